@@ -1,0 +1,187 @@
+"""The ``flownb`` command: parses arguments, calls the public API. Exit 2 on bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import FlownbError, SpecError
+
+__all__ = ["main", "build_parser"]
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str):
+    def deco(fn):
+        COMMANDS[name] = fn
+        return fn
+    return deco
+
+
+def _console():
+    from rich.console import Console
+    return Console(stderr=False, highlight=False)
+
+
+def _load_flow(args: argparse.Namespace):
+    from .flow import load
+    flow = load(Path(args.spec))
+    params = dict(getattr(args, "param", None) or [])
+    if params:
+        flow = flow.with_parameters(params)
+    flow.validate_components()
+    return flow
+
+
+def _add_spec(p: argparse.ArgumentParser, params: bool = True) -> None:
+    p.add_argument("spec", help="path to flow.yaml")
+    if params:
+        p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                       help="override a flow parameter (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="flownb", description="Integration flows built in Jupyter, run anywhere.")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log debug output")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check a spec and every step's config; nothing runs")
+    _add_spec(p)
+
+    sub.add_parser("components", help="list installed components and their config fields")
+
+    p = sub.add_parser("run", help="run a flow on the embedded runtime (SQLite queues)")
+    _add_spec(p)
+    p.add_argument("--state-dir", default=".flownb", help="where queues, cursors and dead letters live")
+    p.add_argument("--until-idle", action="store_true", help="poll once, drain every queue, exit 0")
+    p.add_argument("--port", type=int, default=None, help="serve a webhook trigger on this port")
+    p.add_argument("--host", default="127.0.0.1")
+
+    p = sub.add_parser("dlq", help="list, show or replay dead letters")
+    p.add_argument("action", choices=["list", "show", "replay"])
+    _add_spec(p)
+    p.add_argument("--step", default=None)
+    p.add_argument("--id", action="append", default=None, help="dead letter id (show/replay)")
+    p.add_argument("--state-dir", default=".flownb")
+    p.add_argument("--broker", default=None, help="RabbitMQ URL: use the broker's dead-letter queues")
+
+    p = sub.add_parser("worker", help="run one step (or --all) against RabbitMQ")
+    _add_spec(p)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--step", help="the step this worker runs")
+    g.add_argument("--all", action="store_true", help="every step in one process (development)")
+    p.add_argument("--broker", default=os.environ.get("FLOWNB_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/"))
+    p.add_argument("--prefetch", type=int, default=None)
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+    p.add_argument("--port", type=int, default=None, help="serve a webhook trigger on this port")
+    p.add_argument("--host", default="127.0.0.1")
+
+    for extra in _EXTRA_PARSERS:
+        extra(sub)
+    return ap
+
+
+#: modules that add sub-commands (deploy, schedule) append a function(sub) here
+_EXTRA_PARSERS: list[Callable[[Any], None]] = []
+
+
+@command("validate")
+def _validate(args) -> int:
+    flow = _load_flow(args)
+    _console().print(f"[green]ok[/green] flow '{flow.name}': trigger '{flow.trigger.name}' "
+                     f"({flow.trigger.component}) + {len(flow.steps)} step(s)")
+    return 0
+
+
+@command("components")
+def _components(args) -> int:
+    from rich.table import Table
+    from .registry import available, describe
+    table = Table(title="installed flownb components")
+    for col in ("key", "kind", "config fields", "description"):
+        table.add_column(col)
+    for key in available():
+        try:
+            d = describe(key)
+        except FlownbError as exc:
+            table.add_row(key, "?", f"[red]{exc}[/red]", "")
+            continue
+        fields = ", ".join(f"{f['name']}{'*' if f['required'] else ''}: {f['type']}" for f in d["fields"])
+        table.add_row(key, d["kind"], fields, d["description"])
+    _console().print(table)
+    _console().print("* required")
+    return 0
+
+
+@command("run")
+def _run(args) -> int:
+    from .runtime.local import run_cli
+    return run_cli(_load_flow(args), args)
+
+
+def _dlq_store(args, flow):
+    if args.broker:
+        from .runtime.amqp.dlq import AmqpDeadLetters
+        return AmqpDeadLetters(flow, args.broker)
+    from .runtime.local import LocalDeadLetters
+    return LocalDeadLetters(flow, Path(args.state_dir))
+
+
+@command("dlq")
+def _dlq(args) -> int:
+    flow = _load_flow(args)
+    store = _dlq_store(args, flow)
+    con = _console()
+    if args.action == "list":
+        from rich.table import Table
+        items = store.list(args.step)
+        t = Table(title=f"dead letters of '{flow.name}'" + (f" step '{args.step}'" if args.step else ""))
+        for c in ("id", "step", "attempts", "error", "body"):
+            t.add_column(c, overflow="fold")
+        for d in items:
+            t.add_row(d.id, d.step, str(d.error.attempt), f"{d.error.type}: {d.error.message}",
+                      json.dumps(d.message.body)[:80])
+        con.print(t)
+        con.print(f"{len(items)} dead letter(s)")
+    elif args.action == "show":
+        if not args.id:
+            raise SpecError("dlq show needs --id ID (see 'flownb dlq list')")
+        for i in args.id:
+            con.print_json(json.dumps(store.show(i).to_dict(), default=str))
+    else:
+        n = store.replay(args.step, args.id)
+        con.print(f"replayed {n} dead letter(s)")
+    return 0
+
+
+@command("worker")
+def _worker(args) -> int:
+    from .runtime.amqp.worker import worker_cli
+    return worker_cli(_load_flow(args), args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except SpecError as exc:
+        print(f"flownb: error: {exc}", file=sys.stderr)
+        return 2
+    except FlownbError as exc:
+        print(f"flownb: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

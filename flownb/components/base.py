@@ -1,0 +1,179 @@
+"""Base classes for components, and decorator shortcuts for plain functions.
+
+Lifecycle (nameko style): ``__init__(config, ctx)`` → ``setup()`` → many ``process``/``poll`` calls →
+``close()``. ``config`` is the validated instance of the component's ``Config`` model.
+
+Action contract: ``process(message, ctx)`` returns a dict (one message), a list/iterator of dicts
+(one message each), or ``None`` (filtered out). Raise :class:`flownb.Retry` or a
+:class:`~flownb.errors.RetryableError` (or let a retryable exception through, see
+:func:`classify`) to be retried with back-off; anything else dead-letters the message at once.
+
+Polling-trigger contract: ``poll(state, ctx)`` yields bodies and updates ``state`` (a small JSON
+dict) in place; the runtime commits the emitted messages and the new state atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .._duration import Duration
+from ..errors import ConfigError, StepError
+
+if TYPE_CHECKING:
+    from ..flow import Step
+    from ..message import Message
+
+__all__ = ["Component", "Action", "PollingTrigger", "WebhookTrigger", "Context", "NoConfig",
+           "PollConfig", "action", "polling_trigger", "classify", "Result"]
+
+Result = dict | list | Iterator[dict] | None
+
+
+class NoConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PollConfig(BaseModel):
+    """Base config of polling triggers: every one has an ``interval``."""
+
+    model_config = ConfigDict(extra="forbid")
+    interval: Duration = Field(60.0, description="time between polls, e.g. 30s, 5m")
+
+
+@dataclass
+class Context:
+    """What a component sees of its surroundings."""
+
+    flow: str
+    step: str
+    config: BaseModel
+    params: dict[str, Any] = field(default_factory=dict)
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("flownb"))
+    state_dir: Path | None = None
+
+    def secret(self, env_name: str) -> str:
+        """The value of environment variable ``env_name``; a clear error when it is unset."""
+        value = os.environ.get(env_name)
+        if value is None:
+            raise ConfigError(f"environment variable '{env_name}' is not set; export it (or add it to "
+                              f"the deployment's env file) before running", step=self.step)
+        return value
+
+
+class Component:
+    """Base of triggers and actions. Subclasses set ``kind`` and ``Config``."""
+
+    key: ClassVar[str] = ""
+    kind: ClassVar[str] = "action"  # "action" | "poll" | "webhook"
+    Config: ClassVar[type[BaseModel]] = NoConfig
+    #: exception types that mean "try again later" for this component
+    retryable_exceptions: ClassVar[tuple[type[BaseException], ...]] = ()
+
+    def __init__(self, config: BaseModel, ctx: Context):
+        self.config = config
+        self.ctx = ctx
+
+    @classmethod
+    def check_config(cls, config: BaseModel, step: "Step") -> None:
+        """Extra validation beyond the model (e.g. compile expressions); raise SpecError subclasses."""
+
+    def setup(self) -> None:
+        """Open connections, compile expressions. Called once before the first message."""
+
+    def close(self) -> None:
+        """Release what ``setup`` opened."""
+
+
+class Action(Component):
+    kind: ClassVar[str] = "action"
+
+    def process(self, message: "Message", ctx: Context) -> Result:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def process_batch(self, messages: list["Message"], ctx: Context) -> list[Result | BaseException]:
+        """Process several messages; the default calls ``process`` per message and returns, per
+        message, either its result or the exception it raised. Override for bulk work (a database
+        write of the whole batch), keeping one entry per input message."""
+        out: list[Result | BaseException] = []
+        for m in messages:
+            try:
+                out.append(self.process(m, ctx))
+            except Exception as exc:  # handed back to the runtime, which classifies it
+                out.append(exc)
+        return out
+
+
+class PollingTrigger(Component):
+    kind: ClassVar[str] = "poll"
+    Config: ClassVar[type[BaseModel]] = PollConfig
+
+    @property
+    def interval(self) -> float:
+        return float(getattr(self.config, "interval", 60.0))
+
+    def next_delay(self, state: dict) -> float:
+        """Seconds until the next poll; schedules override it to follow their cron expression."""
+        return self.interval
+
+    def poll(self, state: dict, ctx: Context) -> Iterable[dict]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class WebhookTrigger(Component):
+    """Requests become messages; served by flownb.webhook."""
+
+    kind: ClassVar[str] = "webhook"
+
+
+_TRANSIENT = (ConnectionError, TimeoutError, socket.timeout, socket.gaierror)
+
+
+def classify(exc: BaseException, component: Component | None = None) -> bool:
+    """True when ``exc`` is retryable: a retryable StepError, a refused/reset connection, a timeout,
+    or one of the component's ``retryable_exceptions``."""
+    if isinstance(exc, StepError):
+        return exc.retryable
+    if isinstance(exc, _TRANSIENT):
+        return True
+    return bool(component and isinstance(exc, component.retryable_exceptions))
+
+
+# -- decorator shortcuts -------------------------------------------------------------------------
+
+def action(key: str, *, config: type[BaseModel] = NoConfig, register: bool = True):
+    """Turn ``def f(body, ctx) -> dict | list | None`` into a registered Action."""
+    def deco(func: Callable[[dict, Context], Result]) -> type[Action]:
+        cls = type(func.__name__, (Action,), {
+            "Config": config, "__doc__": func.__doc__, "__module__": func.__module__,
+            "process": lambda self, message, ctx: func(message.body, ctx),
+        })
+        if register:
+            from ..registry import register as reg
+            reg(key, cls)
+        cls.key = key
+        cls.func = staticmethod(func)
+        return cls
+    return deco
+
+
+def polling_trigger(key: str, *, config: type[BaseModel] = PollConfig, register: bool = True):
+    """Turn ``def f(state, ctx) -> Iterable[dict]`` (updating ``state``) into a PollingTrigger."""
+    def deco(func: Callable[[dict, Context], Iterable[dict]]) -> type[PollingTrigger]:
+        cls = type(func.__name__, (PollingTrigger,), {
+            "Config": config, "__doc__": func.__doc__, "__module__": func.__module__,
+            "poll": lambda self, state, ctx: func(state, ctx),
+        })
+        if register:
+            from ..registry import register as reg
+            reg(key, cls)
+        cls.key = key
+        cls.func = staticmethod(func)
+        return cls
+    return deco

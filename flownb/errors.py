@@ -1,0 +1,150 @@
+"""The flownb exception tree.
+
+Every error flownb raises derives from :class:`FlownbError`::
+
+    FlownbError
+    ├── SpecError                  a spec (flow.yaml) or a flow built in Python is invalid; CLI exit 2
+    │   ├── SpecSyntaxError        the YAML itself does not parse
+    │   ├── UnknownComponentError  a component key is not installed (suggests the nearest)
+    │   ├── ConfigError            a step's config does not match its component's model
+    │   ├── ParameterError         an unknown or mistyped flow parameter
+    │   └── ExpressionError        a JSONata expression does not compile (carries the position)
+    ├── MessageError               a body is not a JSON object / not JSON-serialisable
+    ├── StepError                  raised by a component while processing a message
+    │   ├── Retry                  "try again later" (``flownb.Retry(after=…)``); retryable
+    │   ├── RetryableError         a transient failure (refused connection, HTTP 429/5xx, timeout)
+    │   └── FatalError             a permanent failure: dead-letter at once
+    ├── RuntimeFailure             a runtime (local queue, broker) cannot do its job
+    │   └── BrokerError            RabbitMQ unreachable or refused an operation
+    └── DeployError                export, image build, compose/k8s, Docker
+
+Errors carry data (``step``, ``field``, ``position`` …) so callers and widgets can show them without
+parsing the message; the message always says what to do next.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Iterable
+
+__all__ = [
+    "FlownbError", "SpecError", "SpecSyntaxError", "UnknownComponentError", "ConfigError",
+    "ParameterError", "ExpressionError", "MessageError", "StepError", "Retry", "RetryableError",
+    "FatalError", "RuntimeFailure", "BrokerError", "DeployError", "did_you_mean",
+]
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """Return ``"; did you mean 'x'?"`` for the closest choice, or ``""``."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+class FlownbError(Exception):
+    """Base of every flownb error."""
+
+
+class SpecError(FlownbError):
+    """A flow spec is invalid. ``step`` and ``field`` locate the problem when known."""
+
+    def __init__(self, message: str, *, step: str | None = None, field: str | None = None):
+        self.step = step
+        self.field = field
+        where = []
+        if step:
+            where.append(f"step '{step}'")
+        if field:
+            where.append(f"field '{field}'")
+        prefix = (", ".join(where) + ": ") if where else ""
+        super().__init__(prefix + message)
+        self.reason = message
+
+
+class SpecSyntaxError(SpecError):
+    """The YAML text does not parse."""
+
+
+class UnknownComponentError(SpecError):
+    """A component key is not installed."""
+
+    def __init__(self, key: str, installed: Iterable[str], *, step: str | None = None):
+        installed = sorted(installed)
+        self.key = key
+        self.installed = installed
+        super().__init__(
+            f"unknown component '{key}'{did_you_mean(key, installed)} installed: {', '.join(installed)}",
+            step=step, field="component",
+        )
+
+
+class ConfigError(SpecError):
+    """A step's config does not validate against its component's config model."""
+
+
+class ParameterError(SpecError):
+    """An unknown parameter, or a value that does not fit the parameter's type."""
+
+
+class ExpressionError(SpecError):
+    """A JSONata expression does not compile. ``position`` is the 0-based character offset."""
+
+    def __init__(self, message: str, *, expression: str = "", position: int | None = None,
+                 step: str | None = None, field: str | None = None):
+        self.expression = expression
+        self.position = position
+        pointer = ""
+        if position is not None and expression:
+            pointer = f"\n    {expression}\n    {' ' * max(position, 0)}^"
+        at = f" at position {position}" if position is not None else ""
+        super().__init__(f"{message}{at}{pointer}", step=step, field=field)
+
+
+class MessageError(FlownbError):
+    """A message body is not a JSON object, or is not JSON-serialisable."""
+
+    def __init__(self, message: str, *, step: str | None = None):
+        self.step = step
+        super().__init__((f"step '{step}': " if step else "") + message)
+
+
+class StepError(FlownbError):
+    """Raised while a component processes a message."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str = "", *, data: Any = None):
+        super().__init__(message)
+        self.data = data
+
+
+class RetryableError(StepError):
+    """A transient failure: the runtime retries with back-off up to ``retry.max_attempts``."""
+
+    retryable = True
+
+    def __init__(self, message: str = "", *, after: float | None = None, data: Any = None):
+        super().__init__(message, data=data)
+        self.after = after
+
+
+class Retry(RetryableError):
+    """Raise ``flownb.Retry(after=seconds)`` from a component to be called again later."""
+
+    def __init__(self, message: str = "retry requested", *, after: float | None = None):
+        super().__init__(message, after=after)
+
+
+class FatalError(StepError):
+    """A permanent failure: the message goes to the dead-letter queue at once."""
+
+
+class RuntimeFailure(FlownbError):
+    """A runtime cannot do its job (state directory, queue database, broker)."""
+
+
+class BrokerError(RuntimeFailure):
+    """RabbitMQ is unreachable or refused an operation."""
+
+
+class DeployError(FlownbError):
+    """Export, image build, compose/Kubernetes generation or a Docker operation failed."""

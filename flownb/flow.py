@@ -1,0 +1,297 @@
+"""Flow and Step: the pure model of a flow, and its YAML spec (load / save / validate).
+
+A flow is a name, exactly one trigger and an ordered list of actions. ``load(save(flow)) == flow``.
+Models are immutable: methods that change a flow return a new one (``with_parameters``, ``then``).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ._duration import Duration
+from .errors import ConfigError, FlownbError, ParameterError, SpecError, SpecSyntaxError, did_you_mean
+
+__all__ = ["Flow", "Step", "RetryPolicy", "load", "save", "step", "SPEC_VERSION"]
+
+SPEC_VERSION = 1
+SLUG = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
+_TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+class RetryPolicy(BaseModel):
+    """Exponential back-off: attempt n waits ``min(max, initial * multiplier**(n-1))``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    max_attempts: int = Field(5, ge=1)
+    initial: Duration = 1.0
+    max: Duration = 300.0
+    multiplier: float = Field(2.0, ge=1.0)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        return min(self.max, self.initial * self.multiplier ** max(attempt - 1, 0))
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+class Step(BaseModel):
+    """One step: a trigger or an action, its component key and its config."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str = Field(pattern=SLUG, max_length=63)
+    component: str = Field(min_length=1)
+    config: dict[str, Any] = Field(default_factory=dict)
+    retry: RetryPolicy | None = None
+    replicas: int = Field(1, ge=1)
+    prefetch: int | None = Field(None, ge=1)
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return self.retry or DEFAULT_RETRY
+
+    def spec(self) -> dict:
+        """The step as it appears in flow.yaml (defaults left out)."""
+        return self.model_dump(mode="json", exclude_defaults=True)
+
+
+def step(name: str, component: str, *, retry: RetryPolicy | dict | None = None, replicas: int = 1,
+         prefetch: int | None = None, **config: Any) -> Step:
+    """Shortcut: ``step("push", "http.request", method="POST", url="…")``."""
+    return Step(name=name, component=component, config=config, retry=retry, replicas=replicas,
+                prefetch=prefetch)
+
+
+class Flow(BaseModel):
+    """A flow: one trigger, then ordered actions. Validate with :meth:`validate_components`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    flownb: Literal[1] = 1
+    name: str = Field(pattern=SLUG, max_length=50)
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    requirements: list[str] = Field(default_factory=list)
+    trigger: Step
+    steps: list[Step] = Field(default_factory=list)
+
+    @field_validator("parameters")
+    @classmethod
+    def _param_names(cls, v: dict) -> dict:
+        for name in v:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+                raise ValueError(f"parameter name {name!r} must be an identifier (letters, digits, _)")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "Flow":
+        seen: set[str] = set()
+        for s in self.all_steps:
+            if s.name in seen:
+                raise ValueError(f"step name '{s.name}' is used twice; step names must be unique")
+            seen.add(s.name)
+        return self
+
+    # -- navigation ---------------------------------------------------------------------------
+    @property
+    def all_steps(self) -> list[Step]:
+        return [self.trigger, *self.steps]
+
+    def step(self, name: str) -> Step:
+        for s in self.all_steps:
+            if s.name == name:
+                return s
+        names = [s.name for s in self.all_steps]
+        raise SpecError(f"flow '{self.name}' has no step '{name}'{did_you_mean(name, names)} "
+                        f"steps: {', '.join(names)}")
+
+    def next_step(self, name: str) -> Step | None:
+        """The step after ``name`` (None after the last)."""
+        names = [s.name for s in self.all_steps]
+        i = names.index(self.step(name).name)
+        return self.all_steps[i + 1] if i + 1 < len(names) else None
+
+    # -- value-object edits (copies) ----------------------------------------------------------
+    def then(self, *steps: Step) -> "Flow":
+        return self.model_copy(update={"steps": [*self.steps, *steps]}).revalidated()
+
+    def revalidated(self) -> "Flow":
+        return Flow.model_validate(self.model_dump(mode="python"))
+
+    def with_parameters(self, overrides: dict[str, Any] | None = None, **kw: Any) -> "Flow":
+        """A copy with parameter values overridden; unknown names are a ParameterError."""
+        merged = dict(self.parameters)
+        for name, value in {**(overrides or {}), **kw}.items():
+            if name not in self.parameters:
+                known = ", ".join(sorted(self.parameters)) or "(none: add a 'parameters:' section)"
+                raise ParameterError(f"unknown parameter '{name}'{did_you_mean(name, self.parameters)} "
+                                     f"known parameters: {known}", field=name)
+            merged[name] = coerce_parameter(name, value, self.parameters[name])
+        return self.model_copy(update={"parameters": merged})
+
+    def resolved(self) -> "Flow":
+        """A copy whose config strings have their ``{{ name }}`` templates filled from parameters."""
+        data = self.model_dump(mode="python")
+        for key in ("trigger",):
+            data[key]["config"] = _fill(data[key]["config"], self.parameters, data[key]["name"])
+        for s in data["steps"]:
+            s["config"] = _fill(s["config"], self.parameters, s["name"])
+        return Flow.model_validate(data)
+
+    # -- spec ---------------------------------------------------------------------------------
+    def spec(self) -> dict:
+        d = self.model_dump(mode="json", exclude_defaults=True)
+        d = {"flownb": SPEC_VERSION, **d}
+        d["trigger"] = self.trigger.spec()
+        d["steps"] = [s.spec() for s in self.steps]
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.spec(), sort_keys=False, allow_unicode=True, width=100)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(self.to_yaml(), encoding="utf-8")
+        return path
+
+    def validate_components(self) -> dict[str, BaseModel]:
+        """Check every step against its installed component; return the parsed config models."""
+        from .registry import validate_flow
+        return validate_flow(self)
+
+    # -- running and display (lazy imports keep the model free of runtimes) -------------------
+    def test(self, sample: Any = None, **kw: Any):
+        """Run the flow in memory on ``sample`` (DataFrame or list of dicts); see runtime.local."""
+        from .runtime.local import test_flow
+        return test_flow(self, sample, **kw)
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        from .notebook.display import flow_mimebundle
+        return flow_mimebundle(self)
+
+
+def coerce_parameter(name: str, value: Any, default: Any) -> Any:
+    """Fit a (possibly string, from ``-p``) value to the type of the parameter's default."""
+    if default is None or not isinstance(value, str) or isinstance(default, str):
+        return value
+    try:
+        if isinstance(default, bool):
+            low = value.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, type(default)):
+            return parsed
+        raise ValueError(value)
+    except (ValueError, yaml.YAMLError):
+        raise ParameterError(f"value {value!r} does not fit the type of the default "
+                             f"({type(default).__name__}: {default!r})", field=name) from None
+
+
+def _fill(value: Any, params: dict[str, Any], step_name: str) -> Any:
+    if isinstance(value, str):
+        whole = _TEMPLATE.fullmatch(value.strip())
+        if whole:
+            return _param(whole.group(1), params, step_name)
+        return _TEMPLATE.sub(lambda m: str(_param(m.group(1), params, step_name)), value)
+    if isinstance(value, dict):
+        return {k: _fill(v, params, step_name) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, params, step_name) for v in value]
+    return value
+
+
+def _param(name: str, params: dict[str, Any], step_name: str) -> Any:
+    if name not in params:
+        known = ", ".join(sorted(params)) or "(none)"
+        raise ParameterError(f"'{{{{ {name} }}}}' names an unknown parameter{did_you_mean(name, params)} "
+                             f"known parameters: {known}; add it under 'parameters:'", step=step_name)
+    return params[name]
+
+
+# -- module-level spec functions -------------------------------------------------------------
+
+def _loc(err: dict) -> str:
+    return ".".join(str(p) for p in err["loc"])
+
+
+def from_spec(data: Any, *, source: str = "spec") -> Flow:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a flow spec is a YAML mapping with 'name', 'trigger' and 'steps'")
+    version = data.get("flownb", SPEC_VERSION)
+    if version != SPEC_VERSION:
+        raise SpecError(f"{source}: spec format version {version!r} is not supported; this flownb reads "
+                        f"version {SPEC_VERSION}", field="flownb")
+    try:
+        return Flow.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = list(err["loc"])
+        step_name = None
+        if loc and loc[0] == "trigger":
+            step_name = (data.get("trigger") or {}).get("name") if isinstance(data.get("trigger"), dict) else None
+        elif len(loc) > 1 and loc[0] == "steps" and isinstance(loc[1], int):
+            try:
+                step_name = data["steps"][loc[1]].get("name")
+            except (KeyError, IndexError, AttributeError, TypeError):
+                step_name = None
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_fields(loc)
+            msg = f"unknown field{did_you_mean(str(loc[-1]), allowed)} allowed: {', '.join(allowed)}"
+        elif err["type"] == "missing":
+            msg = "this field is required"
+        raise SpecError(f"{source}: {msg}", step=step_name, field=_loc(err)) from None
+
+
+def _allowed_fields(loc: list) -> list[str]:
+    model: type[BaseModel] = Flow
+    if loc and loc[0] == "trigger":
+        model = Step
+    elif loc and loc[0] == "steps":
+        model = Step
+    if len(loc) >= 2 and loc[-2] == "retry":
+        model = RetryPolicy
+    return list(model.model_fields)
+
+
+def load(source: str | Path) -> Flow:
+    """Load a flow from a path to flow.yaml or from YAML text."""
+    text, name = _read(source)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecSyntaxError(f"{name}: invalid YAML{where}: {getattr(exc, 'problem', exc)}; "
+                              f"fix the YAML (indentation, quotes) and try again") from None
+    return from_spec(data, source=name)
+
+
+def _read(source: str | Path) -> tuple[str, str]:
+    if isinstance(source, Path) or ("\n" not in str(source) and str(source).endswith((".yaml", ".yml"))):
+        path = Path(source)
+        if not path.exists():
+            raise SpecError(f"spec file '{path}' does not exist; pass the path to a flow.yaml")
+        return path.read_text(encoding="utf-8"), str(path)
+    return str(source), "spec"
+
+
+def save(flow: Flow, path: str | Path | None = None) -> str:
+    """Return the YAML text of ``flow``; also write it to ``path`` when given."""
+    text = flow.to_yaml()
+    if path is not None:
+        Path(path).write_text(text, encoding="utf-8")
+    return text

@@ -1,0 +1,128 @@
+"""Message: what travels between steps, and its JSON wire codec.
+
+A message has an ``id`` (uuid4 hex), a ``body`` (a JSON object), ``headers`` (str → str) and
+``meta`` (flow, step, parent id, trace id, attempt, created-at). On the wire it is one JSON object::
+
+    {"id": …, "body": {…}, "headers": {…}, "meta": {"flow": …, "step": …, "parent": …,
+     "trace": …, "attempt": 1, "created": 1732640000.123}}
+
+``encode_body`` refuses anything that is not JSON: a body that cannot be serialised is a
+:class:`~flownb.errors.MessageError` naming the step that produced it, never a silent ``str()``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from .errors import MessageError
+
+__all__ = ["Message", "encode_body", "decode_body", "new_id"]
+
+_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _check_finite(value: Any) -> None:
+    # orjson writes NaN/Infinity as null silently; JSON has no NaN, so refuse it loudly.
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TypeError(f"{value!r} is not a JSON number")
+    elif isinstance(value, dict):
+        for v in value.values():
+            _check_finite(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _check_finite(v)
+
+
+def encode_body(body: Any, *, step: str | None = None) -> bytes:
+    """Serialise a body (a JSON object) to bytes, or raise MessageError naming ``step``."""
+    if not isinstance(body, dict):
+        raise MessageError(
+            f"a message body must be a JSON object (dict), got {type(body).__name__}: "
+            f"return a dict, a list of dicts, or None", step=step)
+    try:
+        data = orjson.dumps(body, option=_OPTS)
+        if b"null" in data:  # cheap pre-check: only then look for NaN/inf turned into null
+            _check_finite(body)
+        return data
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise MessageError(
+            f"body is not JSON-serialisable ({exc}); convert the value to str/int/float/bool/"
+            f"list/dict before returning it", step=step) from exc
+
+
+def decode_body(data: bytes | str) -> dict:
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise MessageError(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise MessageError(f"a message body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+@dataclass(slots=True)
+class Message:
+    body: dict
+    id: str = field(default_factory=new_id)
+    headers: dict[str, str] = field(default_factory=dict)
+    flow: str = ""
+    step: str = ""
+    parent: str | None = None
+    trace: str = ""
+    attempt: int = 1
+    created: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if not self.trace:
+            self.trace = self.id
+
+    @property
+    def meta(self) -> dict:
+        return {"flow": self.flow, "step": self.step, "parent": self.parent, "trace": self.trace,
+                "attempt": self.attempt, "created": self.created}
+
+    def child(self, body: dict, step: str) -> "Message":
+        """A message produced by ``step`` from this one: same trace and headers, new id."""
+        return Message(body=body, headers=dict(self.headers), flow=self.flow, step=step,
+                       parent=self.id, trace=self.trace)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "body": self.body, "headers": self.headers, "meta": self.meta}
+
+    def to_json(self) -> bytes:
+        try:
+            return orjson.dumps(self.to_dict(), option=_OPTS)
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            raise MessageError(f"message is not JSON-serialisable ({exc})", step=self.step) from exc
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Message":
+        meta = d.get("meta") or {}
+        body = d.get("body")
+        if not isinstance(body, dict):
+            raise MessageError("a message body must be a JSON object")
+        return cls(body=body, id=d.get("id") or new_id(), headers=dict(d.get("headers") or {}),
+                   flow=meta.get("flow", ""), step=meta.get("step", ""), parent=meta.get("parent"),
+                   trace=meta.get("trace") or "", attempt=int(meta.get("attempt", 1)),
+                   created=float(meta.get("created") or time.time()))
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> "Message":
+        try:
+            d = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise MessageError(f"message is not valid JSON: {exc}") from exc
+        if not isinstance(d, dict):
+            raise MessageError("a message must be a JSON object")
+        return cls.from_dict(d)

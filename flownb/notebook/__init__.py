@@ -1,0 +1,1 @@
+"""Notebook experience: rich display, MappingEditor, FlowBuilder, Monitor (imports pandas/ipywidgets)."""

@@ -1,0 +1,124 @@
+"""Component registry: ``register`` / ``get`` / entry points (group ``flownb.components``).
+
+Built-ins and third-party packages register the same way, through the entry-point group
+``flownb.components`` (``key = "package.module:Class"``); entry points are loaded lazily, so a
+worker imports only the components its step uses. ``register`` adds a class at run time (notebooks).
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from .errors import ConfigError, FlownbError, SpecError, UnknownComponentError, did_you_mean
+
+if TYPE_CHECKING:
+    from .components.base import Component
+    from .flow import Flow, Step
+
+__all__ = ["GROUP", "register", "get", "available", "describe", "validate_step", "validate_flow"]
+
+GROUP = "flownb.components"
+_registered: dict[str, type["Component"]] = {}
+_eps: dict[str, Any] | None = None
+
+
+def _entry_points() -> dict[str, Any]:
+    global _eps
+    if _eps is None:
+        _eps = {ep.name: ep for ep in entry_points(group=GROUP)}
+    return _eps
+
+
+def register(key: str, cls: type["Component"] | None = None):
+    """Register ``cls`` under ``key``; usable as a class decorator: ``@register("my.action")``."""
+    def deco(c: type["Component"]) -> type["Component"]:
+        c.key = key
+        _registered[key] = c
+        return c
+    return deco(cls) if cls is not None else deco
+
+
+def available() -> list[str]:
+    return sorted(set(_registered) | set(_entry_points()))
+
+
+def get(key: str, *, step: str | None = None) -> type["Component"]:
+    """The component class for ``key``; UnknownComponentError suggests the nearest installed key."""
+    if key in _registered:
+        return _registered[key]
+    ep = _entry_points().get(key)
+    if ep is None:
+        raise UnknownComponentError(key, available(), step=step)
+    try:
+        cls = ep.load()
+    except Exception as exc:  # a broken third-party package must not look like a missing one
+        raise SpecError(f"component '{key}' is installed ({ep.value}) but fails to import: {exc!r}; "
+                        f"reinstall the package that provides it", step=step, field="component") from exc
+    cls.key = key
+    _registered[key] = cls
+    return cls
+
+
+def describe(key: str) -> dict:
+    """Key, kind, description and config fields (name, type, required, default, help)."""
+    cls = get(key)
+    fields = []
+    for name, f in cls.Config.model_fields.items():
+        fields.append({
+            "name": name,
+            "type": _type_name(f.annotation),
+            "required": f.is_required(),
+            "default": None if f.is_required() else f.get_default(call_default_factory=True),
+            "help": f.description or "",
+        })
+    doc = (cls.__doc__ or "").strip().splitlines()
+    return {"key": key, "kind": cls.kind, "description": doc[0] if doc else "", "fields": fields}
+
+
+def _type_name(ann: Any) -> str:
+    name = getattr(ann, "__name__", None)
+    return name if name and not str(ann).startswith("typing.") else str(ann).replace("typing.", "")
+
+
+def _config_error(exc: ValidationError, step: "Step", cls: type) -> ConfigError:
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or None
+    allowed = list(cls.Config.model_fields)
+    if err["type"] == "extra_forbidden":
+        msg = (f"unknown config field{did_you_mean(str(err['loc'][-1]), allowed)} "
+               f"'{step.component}' accepts: {', '.join(allowed)}")
+    elif err["type"] == "missing":
+        msg = f"required by '{step.component}'; add it under config (accepted: {', '.join(allowed)})"
+    else:
+        msg = f"{err['msg']} (got {err.get('input')!r})"
+    return ConfigError(msg, step=step.name, field=f"config.{field}" if field else "config")
+
+
+def validate_step(step: "Step", *, trigger: bool) -> BaseModel:
+    """Validate one (parameter-resolved) step against its component; return the config model."""
+    cls = get(step.component, step=step.name)
+    is_trigger = cls.kind != "action"
+    if trigger and not is_trigger:
+        raise ConfigError(f"'{step.component}' is an action, but the first step must be a trigger "
+                          f"(a poll, webhook or schedule component)", step=step.name, field="component")
+    if not trigger and is_trigger:
+        raise ConfigError(f"'{step.component}' is a trigger; a flow has exactly one trigger, first",
+                          step=step.name, field="component")
+    try:
+        config = cls.Config.model_validate(step.config)
+    except ValidationError as exc:
+        raise _config_error(exc, step, cls) from None
+    cls.check_config(config, step)
+    return config
+
+
+def validate_flow(flow: "Flow") -> dict[str, BaseModel]:
+    """Resolve parameters and validate every step; nothing runs if anything is wrong."""
+    resolved = flow.resolved()
+    out = {resolved.trigger.name: validate_step(resolved.trigger, trigger=True)}
+    for s in resolved.steps:
+        out[s.name] = validate_step(s, trigger=False)
+    return out

@@ -1,0 +1,1 @@
+"""Runtimes: the embedded local runtime (default) and the RabbitMQ runtime, sharing one core."""

@@ -1,0 +1,1 @@
+"""The RabbitMQ runtime: one worker per step, steps joined by durable queues."""

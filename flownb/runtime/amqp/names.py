@@ -1,0 +1,34 @@
+"""Names of the RabbitMQ objects of a flow; every part of flownb that talks AMQP uses these.
+
+- exchange ``flownb.<flow>`` (direct, durable); a message for step S is published with routing key S
+- queue ``flownb.<flow>.<step>``: the step's input (bound with routing key ``<step>``)
+- queue ``flownb.<flow>.<step>.retry.<n>``: delay queues that dead-letter back to the step
+- queue ``flownb.<flow>.<step>.dlq``: dead letters, each carrying its error
+- queue ``flownb.<flow>.<trigger>.state``: the polling trigger's cursor (one message, the latest)
+A sync webhook request sets the message header :data:`REPLY_TO_HEADER` to a queue name; the worker
+of the last step publishes its output there (default exchange), as well as passing it on.
+"""
+
+from __future__ import annotations
+
+REPLY_TO_HEADER = "flownb-reply-to"
+
+
+def exchange(flow: str) -> str:
+    return f"flownb.{flow}"
+
+
+def step_queue(flow: str, step: str) -> str:
+    return f"flownb.{flow}.{step}"
+
+
+def retry_queue(flow: str, step: str, level: int) -> str:
+    return f"flownb.{flow}.{step}.retry.{level}"
+
+
+def dead_letter_queue(flow: str, step: str) -> str:
+    return f"flownb.{flow}.{step}.dlq"
+
+
+def state_queue(flow: str, trigger: str) -> str:
+    return f"flownb.{flow}.{trigger}.state"

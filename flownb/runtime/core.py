@@ -1,0 +1,236 @@
+"""The semantics both runtimes share: run a step on messages and say what becomes of each.
+
+:class:`StepRunner` turns a validated step into outcomes: outputs (already wire-encoded), a retry
+with its delay, or a dead letter with the error attached. Runtimes only move bytes between queues
+according to the outcome, so local and RabbitMQ runs give the same outputs and dead letters.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import GeneratorType
+from typing import Any, Iterable
+
+from ..components.base import Action, Component, Context, PollingTrigger, classify
+from ..errors import FlownbError, MessageError, StepError
+from ..flow import Flow, RetryPolicy, Step
+from ..message import Message
+from ..registry import get, validate_step
+
+__all__ = ["ErrorInfo", "Outcome", "StepRunner", "TriggerRunner", "build_component"]
+
+
+@dataclass
+class ErrorInfo:
+    """The error attached to a retried or dead-lettered message."""
+
+    type: str
+    message: str
+    step: str
+    attempt: int
+    retryable: bool
+    traceback: str = ""
+    at: float = field(default_factory=time.time)
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, step: str, attempt: int, retryable: bool) -> "ErrorInfo":
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(type=type(exc).__name__, message=str(exc), step=step, attempt=attempt,
+                   retryable=retryable, traceback=tb)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ErrorInfo":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass
+class Outcome:
+    """What became of one input message."""
+
+    message: Message
+    outputs: list[Message] = field(default_factory=list)
+    payloads: list[bytes] = field(default_factory=list)  # wire form of ``outputs``
+    retry_after: float | None = None                      # set: send back after this many seconds
+    error: ErrorInfo | None = None                        # set with retry_after None: dead letter
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def dead(self) -> bool:
+        return self.error is not None and self.retry_after is None
+
+
+def build_component(flow: Flow, step: Step, *, trigger: bool, logger: logging.Logger | None = None,
+                    state_dir: Path | None = None) -> Component:
+    """Validate ``step`` (already parameter-resolved) and instantiate its component."""
+    config = validate_step(step, trigger=trigger)
+    cls = get(step.component, step=step.name)
+    ctx = Context(flow=flow.name, step=step.name, config=config, params=dict(flow.parameters),
+                  logger=logger or logging.getLogger(f"flownb.{flow.name}.{step.name}"),
+                  state_dir=state_dir)
+    return cls(config, ctx)
+
+
+def _bodies(result: Any) -> list:
+    if result is None:
+        return []
+    if isinstance(result, dict):
+        return [result]
+    if isinstance(result, (list, tuple, GeneratorType)) or hasattr(result, "__next__"):
+        return list(result)
+    raise MessageError(f"process() returned {type(result).__name__}; return a dict, a list of "
+                       f"dicts, or None")
+
+
+class StepRunner:
+    """Runs one action step of a (resolved) flow on messages."""
+
+    def __init__(self, flow: Flow, step_name: str, *, logger: logging.Logger | None = None,
+                 state_dir: Path | None = None):
+        self.flow = flow
+        self.step = flow.step(step_name)
+        self.policy: RetryPolicy = self.step.retry_policy
+        self.component: Action = build_component(flow, self.step, trigger=False, logger=logger,
+                                                 state_dir=state_dir)  # type: ignore[assignment]
+        self.ctx = self.component.ctx
+        self._open = False
+
+    def open(self) -> "StepRunner":
+        if not self._open:
+            self.component.setup()
+            self._open = True
+        return self
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self.component.close()
+
+    def run(self, message: Message) -> Outcome:
+        return self.run_batch([message])[0]
+
+    def run_batch(self, messages: list[Message]) -> list[Outcome]:
+        self.open()
+        results = self.component.process_batch(messages, self.ctx)
+        return [self._outcome(m, r) for m, r in zip(messages, results)]
+
+    def _outcome(self, message: Message, result: Any) -> Outcome:
+        name = self.step.name
+        if isinstance(result, BaseException):
+            return self.failure(message, result)
+        try:
+            children = []
+            payloads = []
+            for body in _bodies(result):
+                if not isinstance(body, dict):
+                    raise MessageError(f"an output must be a JSON object (dict), got {type(body).__name__}",
+                                       step=name)
+                child = message.child(body, name)
+                payloads.append(child.to_json())
+                children.append(child)
+        except MessageError as exc:
+            exc.step = exc.step or name
+            return self.failure(message, exc, retryable=False)
+        except Exception as exc:  # an iterator that raised while being consumed
+            return self.failure(message, exc)
+        return Outcome(message, children, payloads)
+
+    def failure(self, message: Message, exc: BaseException, retryable: bool | None = None) -> Outcome:
+        """Retry with back-off while attempts remain and the error is retryable; else dead-letter."""
+        if retryable is None:
+            retryable = classify(exc, self.component)
+        info = ErrorInfo.from_exception(exc, self.step.name, message.attempt, retryable)
+        if retryable and message.attempt < self.policy.max_attempts:
+            after = getattr(exc, "after", None)
+            delay = float(after) if after is not None else self.policy.delay(message.attempt)
+            return Outcome(message, retry_after=delay, error=info)
+        return Outcome(message, error=info)
+
+
+class TriggerRunner:
+    """Runs a polling trigger: ``poll(state)`` → (bodies, new state), the state never half-updated."""
+
+    def __init__(self, flow: Flow, *, logger: logging.Logger | None = None, state_dir: Path | None = None):
+        self.flow = flow
+        self.step = flow.trigger
+        self.component: Component = build_component(flow, self.step, trigger=True, logger=logger,
+                                                    state_dir=state_dir)
+        self.ctx = self.component.ctx
+        self._open = False
+
+    @property
+    def kind(self) -> str:
+        return self.component.kind
+
+    def open(self) -> "TriggerRunner":
+        if not self._open:
+            self.component.setup()
+            self._open = True
+        return self
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self.component.close()
+
+    def next_delay(self, state: dict) -> float:
+        assert isinstance(self.component, PollingTrigger)
+        return self.component.next_delay(state)
+
+    def poll(self, state: dict) -> tuple[list[Message], list[bytes], dict]:
+        """Poll once on a copy of ``state``; return messages, their wire form, and the new state.
+        Raises what the component raised (the caller logs it and polls again next interval)."""
+        self.open()
+        assert isinstance(self.component, PollingTrigger), "only polling triggers poll"
+        new_state = copy.deepcopy(state)
+        msgs, payloads = [], []
+        for body in self.component.poll(new_state, self.ctx):
+            if not isinstance(body, dict):
+                raise MessageError(f"poll() yielded {type(body).__name__}; yield dicts", step=self.step.name)
+            m = Message(body=body, flow=self.flow.name, step=self.step.name)
+            payloads.append(m.to_json())
+            msgs.append(m)
+        return msgs, payloads, new_state
+
+    def emit(self, body: dict, headers: dict[str, str] | None = None) -> tuple[Message, bytes]:
+        """Wrap a body received by a push trigger (webhook) as the first message of a run."""
+        m = Message(body=body, headers=headers or {}, flow=self.flow.name, step=self.step.name)
+        return m, m.to_json()
+
+
+@dataclass
+class DeadLetter:
+    """A message that a step gave up on, with the error attached. Both runtimes list these."""
+
+    id: str            # the dead letter's own id within its store (row id / delivery tag)
+    step: str
+    message: Message
+    error: ErrorInfo
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "step": self.step, "message": self.message.to_dict(),
+                "error": self.error.to_dict()}
+
+
+class DeadLetterStore:
+    """Interface of ``flownb dlq``: local (SQLite) and RabbitMQ implement it."""
+
+    def list(self, step: str | None = None) -> list[DeadLetter]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def show(self, dead_id: str) -> DeadLetter:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def replay(self, step: str | None = None, ids: Iterable[str] | None = None) -> int:  # pragma: no cover
+        """Send dead letters back to their step's queue with attempt reset to 1; return the count."""
+        raise NotImplementedError

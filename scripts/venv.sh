@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create (or reuse) .venv and install flownb with the given extras: scripts/venv.sh [EXTRAS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+py="${PYTHON:-python3}"
+if [[ ! -x .venv/bin/python ]]; then
+  "$py" -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+fi
+spec="."
+[[ -n "$extras" ]] && spec=".[${extras}]"
+stamp=".venv/.installed-${extras:-core}"
+if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
+  .venv/bin/pip install -q -e "$spec"
+  touch "$stamp"
+fi
