@@ -1,0 +1,263 @@
+"""sql.poll and sql.upsert against SQLite, the real PostgreSQL and (when reachable) MariaDB."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import uuid
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+
+from flownb.errors import ConfigError, FatalError, RetryableError
+from flownb.message import Message
+
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+MY_URL = "mysql+pymysql://root@127.0.0.1:3306/test"
+
+
+def _reachable(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _mysql_ok() -> bool:
+    if not _reachable(3306):
+        return False
+    try:
+        import pymysql  # noqa: F401
+        sa.create_engine(MY_URL).connect().close()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(params=[
+    "sqlite",
+    pytest.param("postgres", marks=[pytest.mark.integration, pytest.mark.postgres]),
+    pytest.param("mariadb", marks=[pytest.mark.integration]),
+])
+def db(request, tmp_path):
+    """(url, unique table name, engine); the table is dropped afterwards."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    elif request.param == "postgres":
+        url = PG_URL
+    else:
+        if not _mysql_ok():
+            pytest.skip("MariaDB not reachable on 127.0.0.1:3306 (nice-to-have)")
+        url = MY_URL
+    table = "t_" + uuid.uuid4().hex[:12]
+    engine = sa.create_engine(url)
+    yield url, table, engine
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+    engine.dispose()
+
+
+def _orders(engine, table):
+    md = sa.MetaData()
+    t = sa.Table(table, md,
+                 sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+                 sa.Column("updated_at", sa.DateTime),
+                 sa.Column("amount", sa.Numeric(10, 2)),
+                 sa.Column("name", sa.String(50)))
+    md.create_all(engine)
+    return t
+
+
+def _insert(engine, t, rows):
+    with engine.begin() as conn:
+        conn.execute(t.insert(), rows)
+
+
+T0 = dt.datetime(2024, 1, 1, 12, 0, 0)
+
+
+def _row(i, minutes, amount="1.50"):
+    return {"id": i, "updated_at": T0 + dt.timedelta(minutes=minutes), "amount": Decimal(amount),
+            "name": f"n{i}"}
+
+
+# -- sql.poll ---------------------------------------------------------------------------------------
+
+def test_poll_equal_cursor_values_across_batches_neither_lost_nor_repeated(db, trigger_runner):
+    url, table, engine = db
+    t = _orders(engine, table)
+    # 7 rows share one timestamp; batch_size 3 cuts through that group
+    _insert(engine, t, [_row(i, 0 if i <= 7 else i) for i in range(1, 11)])
+    runner = trigger_runner("sql.poll", {"url": url, "table": table, "cursor": "updated_at", "key": "id",
+                                         "batch_size": 3, "interval": "1m"})
+    state, seen = {}, []
+    for _ in range(10):
+        msgs, payloads, state = runner.poll(state)
+        seen += [m.body["id"] for m in msgs]
+        if not msgs:
+            break
+    assert seen == list(range(1, 11))
+    assert runner.next_delay(state) == 60.0
+    # a row arriving later with the same (old) cursor value but a higher key is still seen
+    _insert(engine, t, [_row(11, 10)])
+    msgs, _, state = runner.poll(state)
+    assert [m.body["id"] for m in msgs] == [11]
+    assert runner.poll(state)[0] == []
+
+
+def test_poll_values_are_json_friendly_and_state_round_trips(db, trigger_runner):
+    url, table, engine = db
+    t = _orders(engine, table)
+    _insert(engine, t, [_row(1, 0, "2.00"), _row(2, 5, "3.25")])
+    runner = trigger_runner("sql.poll", {"url": url, "table": table, "cursor": "updated_at", "key": "id"})
+    msgs, payloads, state = runner.poll({})
+    assert msgs[0].body == {"id": 1, "updated_at": "2024-01-01T12:00:00", "amount": 2, "name": "n1"}
+    assert msgs[1].body["amount"] == 3.25
+    assert state == {"cursor": "2024-01-01T12:05:00", "cursor_type": "datetime", "key": 2, "key_type": "json"}
+    assert payloads[0].startswith(b"{")
+    # a fresh runner (a restart) continues from the saved state
+    runner2 = trigger_runner("sql.poll", {"url": url, "table": table, "cursor": "updated_at", "key": "id"})
+    _insert(engine, t, [_row(3, 10)])
+    msgs, _, state = runner2.poll(state)
+    assert [m.body["id"] for m in msgs] == [3]
+
+
+def test_poll_without_key_never_splits_an_equal_cursor_group(db, trigger_runner):
+    url, table, engine = db
+    t = _orders(engine, table)
+    _insert(engine, t, [_row(1, 1), _row(2, 2), _row(3, 2), _row(4, 2), _row(5, 3), _row(6, 3)])
+    runner = trigger_runner("sql.poll", {"url": url, "table": table, "cursor": "updated_at",
+                                         "batch_size": 2})
+    state, batches = {}, []
+    for _ in range(6):
+        msgs, _, state = runner.poll(state)
+        if not msgs:
+            break
+        batches.append(sorted(m.body["id"] for m in msgs))
+    assert sum(batches, []) == [1, 2, 3, 4, 5, 6]
+    assert [2, 3, 4] in batches  # the group with minute 2 came whole
+
+
+def test_poll_query_mode_and_start(db, trigger_runner):
+    url, table, engine = db
+    t = _orders(engine, table)
+    _insert(engine, t, [_row(i, i) for i in range(1, 6)])
+    runner = trigger_runner("sql.poll", {"url": url, "query": f"SELECT id, name FROM {table} WHERE id <> 3",
+                                         "cursor": "id", "start": 1, "batch_size": 2})
+    state, seen = {}, []
+    for _ in range(5):
+        msgs, _, state = runner.poll(state)
+        if not msgs:
+            break
+        seen += [m.body for m in msgs]
+    assert seen == [{"id": 2, "name": "n2"}, {"id": 4, "name": "n4"}, {"id": 5, "name": "n5"}]
+    assert state["cursor"] == 5
+
+
+def test_poll_missing_table_is_fatal_and_outage_is_retryable(trigger_runner, tmp_path):
+    runner = trigger_runner("sql.poll", {"url": f"sqlite:///{tmp_path / 'x.db'}", "table": "nope",
+                                         "cursor": "id"})
+    with pytest.raises(FatalError, match="does not exist"):
+        runner.poll({})
+    down = trigger_runner("sql.poll", {"url": "postgresql+psycopg://postgres@127.0.0.1:1/test",
+                                       "table": "t", "cursor": "id"})
+    with pytest.raises(RetryableError, match="database unavailable"):
+        down.poll({})
+
+
+def test_poll_config_errors(flow_factory):
+    with pytest.raises(ConfigError, match="exactly one of 'table' or 'query'"):
+        flow_factory(("sql.poll", {"url": "sqlite://", "cursor": "id"})).validate_components()
+    with pytest.raises(ConfigError, match="not a plain table"):
+        flow_factory(("sql.poll", {"url": "sqlite://", "table": "a; drop", "cursor": "id"})).validate_components()
+    with pytest.raises(ConfigError, match="not a SQLAlchemy URL"):
+        flow_factory(("sql.poll", {"url": "nonsense", "table": "a", "cursor": "id"})).validate_components()
+    with pytest.raises(ConfigError, match="url_env"):
+        flow_factory(("sql.poll", {"table": "a", "cursor": "id"})).validate_components()
+
+
+def test_poll_url_from_env(trigger_runner, tmp_path, monkeypatch):
+    path = tmp_path / "e.db"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    t = _orders(engine, "o")
+    _insert(engine, t, [_row(1, 1)])
+    monkeypatch.setenv("FLOWNB_TEST_DB", f"sqlite:///{path}")
+    runner = trigger_runner("sql.poll", {"url_env": "FLOWNB_TEST_DB", "table": "o", "cursor": "id"})
+    assert [m.body["id"] for m in runner.poll({})[0]] == [1]
+
+
+# -- sql.upsert -------------------------------------------------------------------------------------
+
+def _msgs(*bodies):
+    return [Message(body=b, flow="f", step="src") for b in bodies]
+
+
+def _all(engine, table):
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(sa.text(f"SELECT * FROM {table} ORDER BY id"))]
+
+
+def test_upsert_create_then_idempotent_update(db, step_runner):
+    url, table, engine = db
+    runner = step_runner("sql.upsert", {"url": url, "table": table, "key": ["id"], "create": True})
+    batch = _msgs({"id": 1, "name": "a", "total": 1.5, "tags": ["x"]}, {"id": 2, "name": "b", "total": 2.0,
+                                                                         "tags": []})
+    outcomes = runner.run_batch(batch)
+    assert all(o.ok for o in outcomes)
+    assert [o.outputs[0].body for o in outcomes] == [m.body for m in batch]
+    # replay the same batch, plus an update of id 1 and an insert of id 3: no duplicates
+    outcomes = runner.run_batch(_msgs({"id": 1, "name": "a", "total": 1.5, "tags": ["x"]},
+                                      {"id": 1, "name": "A2", "total": 9.0},
+                                      {"id": 3, "name": "c", "total": 3.0, "tags": None}))
+    assert all(o.ok for o in outcomes)
+    rows = _all(engine, table)
+    assert [(r["id"], r["name"], r["total"]) for r in rows] == [(1, "A2", 9.0), (2, "b", 2.0), (3, "c", 3.0)]
+
+
+def test_upsert_composite_key_and_bad_rows_dead_letter_alone(db, step_runner):
+    url, table, engine = db
+    md = sa.MetaData()
+    sa.Table(table, md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+             sa.Column("region", sa.String(20), primary_key=True),
+             sa.Column("qty", sa.Integer, nullable=False),
+             sa.Column("seen", sa.DateTime))
+    md.create_all(engine)
+    runner = step_runner("sql.upsert", {"url": url, "table": table, "key": ["id", "region"]})
+    outcomes = runner.run_batch(_msgs(
+        {"id": 1, "region": "eu", "qty": 1, "seen": "2024-05-01T10:00:00"},
+        {"id": 1, "region": "us", "qty": 2},
+        {"id": 2, "region": "eu", "qty": 3, "colour": "red"},     # unknown column
+        {"region": "eu", "qty": 4},                               # no key
+        {"id": 3, "region": "eu", "qty": None},                   # NOT NULL violated
+    ))
+    assert [o.ok for o in outcomes] == [True, True, False, False, False]
+    assert all(o.dead for o in outcomes[2:])
+    assert "colour" in outcomes[2].error.message and "on_extra" in outcomes[2].error.message
+    assert "key field" in outcomes[3].error.message
+    assert outcomes[4].error.type == "FatalError"
+    runner.run_batch(_msgs({"id": 1, "region": "eu", "qty": 10}))
+    with engine.connect() as conn:
+        got = sorted(tuple(r) for r in conn.execute(sa.select(md.tables[table])))
+    assert got == [(1, "eu", 10, dt.datetime(2024, 5, 1, 10, 0)), (1, "us", 2, None)]
+
+
+def test_upsert_missing_table_without_create_is_fatal(db, step_runner):
+    url, table, engine = db
+    runner = step_runner("sql.upsert", {"url": url, "table": table, "key": ["id"]})
+    out = runner.run(_msgs({"id": 1})[0])
+    assert out.dead and "create: true" in out.error.message
+
+
+def test_upsert_outage_is_retryable_for_the_whole_batch(step_runner):
+    runner = step_runner("sql.upsert", {"url": "postgresql+psycopg://postgres@127.0.0.1:1/test",
+                                        "table": "t", "key": ["id"]}, retry={"max_attempts": 3})
+    outcomes = runner.run_batch(_msgs({"id": 1}, {"id": 2}))
+    assert all(o.retry_after is not None and o.error.retryable for o in outcomes)
+
+
+def test_upsert_rejects_unsupported_dialect(flow_factory):
+    with pytest.raises(ConfigError, match="supports sqlite"):
+        flow_factory(steps=[("sql.upsert", {"url": "oracle://u@h/db", "table": "t", "key": ["id"]})]
+                     ).validate_components()
