@@ -1,0 +1,195 @@
+"""Queueing webhook requests on RabbitMQ: persistent publishes with publisher confirms.
+
+One connection and one confirm-mode channel per server. Concurrent requests publish without
+waiting for each other (the frames are written in order, the broker confirms them in batches with
+``multiple=true``), and each request answers only once its own confirm arrived:
+
+- ack → 202; nack (the first queue is full: ``x-overflow: reject-publish``) → 429;
+- returned as unroutable, connection lost before the confirm, or no connection → 503.
+
+A lost connection is re-opened in the background with back-off; meanwhile requests get 503 at once.
+Sync replies come back on an exclusive, server-named queue whose name travels in the message
+header :data:`~flownb.runtime.amqp.names.REPLY_TO_HEADER`; they are matched by trace id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable
+
+import aiormq
+from aiormq.abc import DeliveredMessage
+from pamqp.commands import Basic
+
+from ..errors import MessageError
+from ..flow import Flow
+from ..message import Message
+from ..runtime.amqp import names
+from .ingest import Accepted, Backpressure, ReplyBook, Unavailable
+
+__all__ = ["AmqpIngest", "declare_topology"]
+
+log = logging.getLogger("flownb.webhook.amqp")
+_FAILURES = (aiormq.exceptions.AMQPError, ConnectionError, OSError, asyncio.TimeoutError, RuntimeError)
+
+
+def _topology_declarer() -> Callable[..., Any] | None:
+    """The AMQP runtime's own declare function, when that module is installed."""
+    try:
+        from ..runtime.amqp import topology
+    except ImportError:
+        return None
+    return getattr(topology, "declare_async", None)
+
+
+async def declare_topology(channel: aiormq.abc.AbstractChannel, flow: Flow) -> None:
+    """Declare (idempotently) the flow's exchange and its first action's queue, bound by step name."""
+    declarer = _topology_declarer()
+    if declarer is not None:
+        await declarer(channel, flow)
+        return
+    first = flow.steps[0].name
+    await channel.exchange_declare(names.exchange(flow.name), exchange_type="direct", durable=True)
+    queue = names.step_queue(flow.name, first)
+    await channel.queue_declare(queue, durable=True)
+    await channel.queue_bind(queue, names.exchange(flow.name), routing_key=first)
+
+
+class AmqpIngest:
+    """Publishes accepted requests to ``exchange(flow)`` with routing key = the first action's name."""
+
+    def __init__(self, flow: Flow, url: str, *, publish_timeout: float = 10.0,
+                 connect_timeout: float = 5.0, max_backoff: float = 5.0):
+        if not flow.steps:
+            raise MessageError(f"flow '{flow.name}' has no action after its webhook trigger; add a step")
+        self.flow = flow.name
+        self._spec = flow
+        self.url = url
+        self.routing_key = flow.steps[0].name
+        self.exchange = names.exchange(flow.name)
+        self.publish_timeout = publish_timeout
+        self.connect_timeout = connect_timeout
+        self.max_backoff = max_backoff
+        self._book = ReplyBook()
+        self._conn: aiormq.abc.AbstractConnection | None = None
+        self._channel: aiormq.abc.AbstractChannel | None = None
+        self._reply_queue: str | None = None
+        self._task: asyncio.Task | None = None
+        self._connected = asyncio.Event()
+        self._stopping = False
+        self.last_error: str = "not connected yet"
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._connected = asyncio.Event()
+        self._task = asyncio.create_task(self._keep_connected(), name=f"flownb-webhook-amqp-{self.flow}")
+        try:
+            await asyncio.wait_for(self._connected.wait(), self.connect_timeout)
+        except asyncio.TimeoutError:
+            log.warning("webhook %s: RabbitMQ not reachable yet (%s); answering 503 until it is",
+                        self.flow, self.last_error)
+
+    async def close(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._book.cancel_all()
+        await self._drop()
+
+    def healthy(self) -> bool:
+        return self._channel is not None and not self._channel.is_closed
+
+    async def _drop(self) -> None:
+        conn, self._conn, self._channel, self._reply_queue = self._conn, None, None, None
+        if conn is not None and not conn.is_closed:
+            await asyncio.gather(conn.close(), return_exceptions=True)
+
+    async def _connect(self) -> asyncio.Future:
+        conn = await asyncio.wait_for(aiormq.connect(self.url), self.connect_timeout)
+        try:
+            channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
+            await declare_topology(channel, self._spec)
+            declared = await channel.queue_declare("", exclusive=True, auto_delete=True)
+            await channel.basic_consume(declared.queue, self._on_reply, no_ack=True)
+        except BaseException:
+            await asyncio.gather(conn.close(), return_exceptions=True)
+            raise
+        self._conn, self._channel, self._reply_queue = conn, channel, declared.queue
+        return channel.closing
+
+    async def _keep_connected(self) -> None:
+        delay = 0.1
+        while not self._stopping:
+            try:
+                closing = await self._connect()
+            except _FAILURES as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("webhook %s: cannot reach RabbitMQ (%s); retrying in %.1fs",
+                            self.flow, self.last_error, delay)
+                await asyncio.sleep(delay)
+                delay = min(self.max_backoff, delay * 2)
+                continue
+            delay = 0.1
+            self._connected.set()
+            log.info("webhook %s: connected to RabbitMQ, publishing to %s/%s", self.flow, self.exchange,
+                     self.routing_key)
+            try:
+                await closing
+            except BaseException as exc:  # the close reason; CancelledError on shutdown is re-raised
+                if isinstance(exc, asyncio.CancelledError) and self._stopping:
+                    raise
+                self.last_error = f"{type(exc).__name__}: {exc}"
+            self._connected.clear()
+            log.warning("webhook %s: lost RabbitMQ (%s); reconnecting", self.flow, self.last_error)
+            await self._drop()
+
+    # -- publishing -------------------------------------------------------------------------
+    def _on_reply(self, delivered: DeliveredMessage) -> None:
+        try:
+            msg = Message.from_json(delivered.body)
+        except MessageError as exc:
+            log.warning("webhook %s: ignoring an unreadable reply: %s", self.flow, exc)
+            return
+        props = delivered.header.properties
+        self._book.resolve(msg.trace or props.correlation_id or "", msg.body)
+
+    async def submit(self, body: dict, headers: dict[str, str], *, reply: bool) -> Accepted:
+        channel, reply_queue = self._channel, self._reply_queue
+        if channel is None or channel.is_closed:
+            raise Unavailable(f"RabbitMQ is unreachable ({self.last_error})")
+        msg_headers = dict(headers)
+        if reply:
+            msg_headers[names.REPLY_TO_HEADER] = reply_queue
+        message = Message(body=body, headers=msg_headers, flow=self.flow, step=self._spec.trigger.name)
+        payload = message.to_json()
+        props = aiormq.spec.Basic.Properties(
+            content_type="application/json", delivery_mode=2, message_id=message.id,
+            correlation_id=message.trace, reply_to=reply_queue if reply else None,
+            headers={names.REPLY_TO_HEADER: reply_queue} if reply else None)
+        future = self._book.register(message.trace) if reply else None
+        try:
+            confirm = await channel.basic_publish(
+                payload, exchange=self.exchange, routing_key=self.routing_key, properties=props,
+                mandatory=True, timeout=self.publish_timeout, wait=False)
+        except aiormq.exceptions.DeliveryError as exc:
+            self._abandon(future)
+            raise Backpressure(f"queue '{names.step_queue(self.flow, self.routing_key)}' refused the "
+                               f"message (full)") from exc
+        except aiormq.exceptions.PublishError as exc:
+            self._abandon(future)
+            raise Unavailable(f"no queue is bound for step '{self.routing_key}' on '{self.exchange}'; "
+                              f"start the flow's workers so the topology exists") from exc
+        except _FAILURES as exc:
+            self._abandon(future)
+            raise Unavailable(f"RabbitMQ did not confirm the message ({type(exc).__name__}: {exc})") from exc
+        if not isinstance(confirm, Basic.Ack):
+            self._abandon(future)
+            raise Backpressure(f"RabbitMQ answered {type(confirm).__name__} instead of an ack")
+        return Accepted(message.id, future)
+
+    @staticmethod
+    def _abandon(future: asyncio.Future | None) -> None:
+        if future is not None and not future.done():
+            future.cancel()

@@ -1,0 +1,247 @@
+"""The hostile-input suite: every case against a real uvicorn server on 127.0.0.1, on RabbitMQ and on
+the embedded runtime. Each case gets its status, the server stays up, a rejected request queues
+nothing, an accepted one is queued exactly once (counted at the first queue)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import httpx
+import orjson
+import pytest
+
+from flownb.webhook.app import Hook, create_app
+from flownb.webhook.parse import sign
+from flownb.webhook.server import webhook_config
+
+from .backends import BACKENDS, Backend
+from .conftest import ServerThread, make_flow
+
+pytestmark = [pytest.mark.integration]
+
+MAX_BODY = 4096
+
+
+@dataclass
+class Env:
+    url: str
+    token: str
+    secret: str
+    plain: str   # flow without signature
+    signed: str  # flow with HMAC
+
+
+@dataclass
+class Case:
+    name: str
+    send: Callable[[httpx.Client, Env], httpx.Response]
+    status: int
+    check: Callable[[dict], None] | None = None   # on the queued body, for 202
+    queued: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.queued = 1 if self.status == 202 else 0
+
+
+def post(path_flow: str = "plain", *, token: str | None = None, content: bytes | None = None,
+         ctype: str | None = "application/json", headers: dict | None = None, query: str = "",
+         method: str = "POST", sig: Callable[[Env, bytes], str] | None = None):
+    def send(client: httpx.Client, env: Env) -> httpx.Response:
+        flow = getattr(env, path_flow) if path_flow in ("plain", "signed") else path_flow
+        h = dict(headers or {})
+        if ctype is not None:
+            h["Content-Type"] = ctype
+        if sig is not None:
+            h["X-Flownb-Signature"] = sig(env, content or b"")
+        url = f"{env.url}/hooks/{flow}/{env.token if token is None else token}{query}"
+        return client.request(method, url, content=content, headers=h)
+    return send
+
+
+def eq(expected: dict) -> Callable[[dict], None]:
+    def check(body: dict) -> None:
+        got = {k: v for k, v in body.items() if not k.startswith("_")}
+        assert got == expected
+    return check
+
+
+def nested(n: int) -> bytes:
+    return b'{"a":' * n + b"1" + b"}" * n
+
+
+def _chunks(total: int):
+    for _ in range(total // 1024):
+        yield b"x" * 1024
+
+
+def _headers_check(body: dict) -> None:
+    h = body["_headers"]
+    for secret in ("authorization", "cookie", "x-api-token", "x-flownb-signature"):
+        assert secret not in h
+    assert h["x-request-id"] == "abc-123"
+    assert body["_query"] == {"source": "shop", "tag": ["a", "b"]}
+
+
+CASES = [
+    Case("valid json object", post(content=b'{"order": 1, "items": [1, 2]}'), 202, eq({"order": 1, "items": [1, 2]})),
+    Case("truncated json", post(content=b'{"order": 1, "items": [1,'), 400),
+    Case("invalid json (unquoted key)", post(content=b"{order: 1}"), 400),
+    Case("trailing garbage after json", post(content=b'{"a": 1} {"b": 2}'), 400),
+    Case("invalid utf-8 in json", post(content=b'{"a": "\xff\xfe"}'), 400),
+    Case("lone surrogate escape", post(content=b'{"a": "\\ud800"}'), 400),
+    Case("NaN is not json", post(content=b'{"a": NaN}'), 400),
+    Case("number overflowing a double", post(content=b'{"a": 1e999}'), 400),
+    Case("odd but valid unicode", post(content='{"e": "😀\u200b\u202eabc\u0301", "n": "\\u0000"}'.encode()),
+         202, eq({"e": "😀\u200b\u202eabc\u0301", "n": "\x00"})),
+    Case("duplicate keys keep the last", post(content=b'{"a": 1, "a": 2}'), 202, eq({"a": 2})),
+    Case("deeply nested json", post(content=nested(600)), 400),
+    Case("nesting past the parser's own limit", post(content=b"[" * 2000 + b"]" * 2000), 400),
+    Case("nesting just over max_depth", post(content=nested(65)), 400),
+    Case("nesting at max_depth", post(content=nested(64)), 202),
+    Case("json array kept under 'json'", post(content=b"[1, 2, 3]"), 202, eq({"json": [1, 2, 3]})),
+    Case("empty json body", post(content=b""), 400),
+    Case("empty body, no content type", post(content=b"", ctype=None), 202, eq({})),
+    Case("body over max_body (content-length)", post(content=b'{"a": "' + b"x" * MAX_BODY + b'"}'), 413),
+    Case("body over max_body (chunked)",
+         lambda c, e: c.post(f"{e.url}/hooks/{e.plain}/{e.token}", content=_chunks(MAX_BODY * 4),
+                             headers={"Content-Type": "text/plain"}), 413),
+    Case("body exactly max_body", post(content=b"x" * MAX_BODY, ctype="text/plain"), 202),
+    Case("wrong token", post(token="wrong-token-wrong-token", content=b"{}"), 403),
+    Case("token prefix only", lambda c, e: post(token=e.token[:-1], content=b"{}")(c, e), 403),
+    Case("token with a suffix", lambda c, e: post(token=e.token + "x", content=b"{}")(c, e), 403),
+    Case("unknown flow", post("no-such-flow", content=b"{}"), 404),
+    Case("no token segment", lambda c, e: c.post(f"{e.url}/hooks/{e.plain}", content=b"{}"), 404),
+    Case("GET not allowed", post(method="GET", content=None, ctype=None), 405),
+    Case("PUT not allowed", post(method="PUT", content=b"{}"), 405),
+    Case("unsupported content type", post(content=b"\x00\x01", ctype="application/octet-stream"), 415),
+    Case("body without content type", post(content=b'{"a": 1}', ctype=None), 415),
+    Case("json declared utf-16", post(content=b'{"a": 1}', ctype="application/json; charset=utf-16"), 415),
+    Case("form body, repeated field", post(content=b"a=1&b=x+y&b=z", ctype="application/x-www-form-urlencoded"),
+         202, eq({"a": "1", "b": ["x y", "z"]})),
+    Case("text body", post(content="héllo\nworld".encode(), ctype="text/plain"), 202, eq({"raw": "héllo\nworld"})),
+    Case("latin-1 text", post(content="héllo".encode("latin-1"), ctype="text/plain; charset=latin-1"),
+         202, eq({"raw": "héllo"})),
+    Case("text not in its charset", post(content=b"\xff\xfe\xfd", ctype="text/plain"), 400),
+    Case("vendor +json type", post(content=b'{"a": 1}', ctype="application/vnd.x+json"), 202, eq({"a": 1})),
+    Case("very long url", post(content=b"{}", query="?q=" + "a" * 9000), 414),
+    Case("many headers", post(content=b"{}", headers={f"x-h{i}": "v" for i in range(150)}), 431),
+    Case("credentials dropped, query kept",
+         post(content=b'{"_query": "spoof"}', query="?source=shop&tag=a&tag=b",
+              headers={"Authorization": "Bearer s3cret", "Cookie": "sid=1", "X-Api-Token": "t",
+                       "X-Request-Id": "abc-123"}), 202, _headers_check),
+    # -- signed flow --------------------------------------------------------------------------------
+    Case("valid signature", post("signed", content=b'{"a": 1}', sig=lambda e, b: sign(e.secret, b)), 202,
+         eq({"a": 1})),
+    Case("missing signature", post("signed", content=b'{"a": 1}'), 401),
+    Case("wrong signature", post("signed", content=b'{"a": 1}', sig=lambda e, b: sign("not-the-secret", b)), 401),
+    Case("signature of another body", post("signed", content=b'{"a": 2}', sig=lambda e, b: sign(e.secret, b'{"a": 1}')),
+         401),
+    Case("valid signature replayed outside the window",
+         post("signed", content=b'{"a": 1}', sig=lambda e, b: sign(e.secret, b, int(time.time()) - 600)), 401),
+    Case("timestamp from the future", post("signed", content=b'{"a": 1}',
+                                           sig=lambda e, b: sign(e.secret, b, int(time.time()) + 600)), 401),
+    Case("malformed signature header", post("signed", content=b'{"a": 1}', sig=lambda e, b: "v1=abc"), 401),
+    Case("rotated secret: one of two v1 matches",
+         post("signed", content=b'{"a": 1}',
+              sig=lambda e, b: sign(e.secret, b) + "," + sign("old", b).split(",")[1]), 202, eq({"a": 1})),
+    Case("signed flow, wrong token, valid signature",
+         post("signed", token="x" * 32, content=b"{}", sig=lambda e, b: sign(e.secret, b)), 403),
+]
+
+
+@pytest.fixture(scope="module", params=list(BACKENDS))
+def served(request, tmp_path_factory):
+    backend: Backend = BACKENDS[request.param](tmp_path_factory.mktemp("hostile"))
+    tag = uuid.uuid4().hex[:8].upper()
+    token, secret = secrets.token_urlsafe(24), secrets.token_hex(16)
+    env_names = {f"WH_TOKEN_{tag}": token, f"WH_SECRET_{tag}": secret}
+    os.environ.update(env_names)
+    plain = make_flow(token_env=f"WH_TOKEN_{tag}", max_body=MAX_BODY, tolerance="5m")
+    signed = make_flow(token_env=f"WH_TOKEN_{tag}", hmac_secret_env=f"WH_SECRET_{tag}", tolerance="5m")
+    hooks = [Hook.from_env(f.name, webhook_config(f), backend.ingest(f)) for f in (plain, signed)]
+    try:
+        with ServerThread(create_app(hooks)) as server:
+            yield backend, Env(server.url, token, secret, plain.name, signed.name), server, {
+                plain.name: plain, signed.name: signed}
+    finally:
+        for k in env_names:
+            os.environ.pop(k, None)
+        backend.cleanup([plain, signed])
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_hostile_case(served, case: Case):
+    backend, env, server, flows = served
+    with httpx.Client(timeout=20) as client:
+        resp = case.send(client, env)
+        assert resp.status_code == case.status, resp.text
+        assert resp.headers["content-type"].startswith("application/json")
+        payload = resp.json()
+        queued = {name: backend.drain(flow) for name, flow in flows.items()}
+        all_msgs = [m for msgs in queued.values() for m in msgs]
+        assert len(all_msgs) == case.queued, [m.body for m in all_msgs]
+        if case.status == 202:
+            assert all_msgs[0].id == payload["id"]
+            if case.check:
+                case.check(all_msgs[0].body)
+        else:
+            assert payload["status"] == case.status and payload["error"]
+        if case.status == 405:
+            assert resp.headers["allow"] == "POST"
+        if case.status == 400 and "json" in case.name and "position" in payload:
+            assert isinstance(payload["position"], int)
+        assert client.get(env.url + "/healthz").status_code == 200
+
+
+def test_suite_is_big_enough():
+    assert len(CASES) >= 25
+
+
+def test_malformed_json_reports_position(served):
+    backend, env, server, flows = served
+    resp = httpx.post(f"{env.url}/hooks/{env.plain}/{env.token}", content=b'{"a": 1,, "b": 2}',
+                      headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400
+    assert resp.json()["position"] == 8
+    assert "position 8" in resp.json()["error"]
+
+
+def test_over_limit_is_refused_while_streaming(served):
+    """The 413 comes back while the client is still sending: the server does not read it all first."""
+    backend, env, server, flows = served
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(f"POST /hooks/{env.plain}/{env.token} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+                  f"Transfer-Encoding: chunked\r\n\r\n".encode())
+        chunk = b"x" * 1024
+        for _ in range(MAX_BODY // 1024 + 2):
+            s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        # the request is not finished (no terminating chunk), yet the answer is there
+        answer = s.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert all(not backend.drain(f) for f in flows.values())
+
+
+def test_declared_length_over_limit_is_refused_before_the_body(served):
+    backend, env, server, flows = served
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(f"POST /hooks/{env.plain}/{env.token} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+                  f"Content-Length: {10 ** 9}\r\n\r\n".encode())
+        answer = s.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert server.alive()
+
+
+def test_many_accepted_requests_each_queued_once(served):
+    backend, env, server, flows = served
+    with httpx.Client(timeout=20) as client:
+        ids = [client.post(f"{env.url}/hooks/{env.plain}/{env.token}", json={"n": i}).json()["id"]
+               for i in range(50)]
+    msgs = backend.drain(flows[env.plain])
+    assert sorted(m.id for m in msgs) == sorted(ids)
+    assert sorted(m.body["n"] for m in msgs) == list(range(50))
