@@ -2,7 +2,8 @@
 
 - exchange ``flownb.<flow>`` (direct, durable); a message for step S is published with routing key S
 - queue ``flownb.<flow>.<step>``: the step's input (bound with routing key ``<step>``)
-- queue ``flownb.<flow>.<step>.retry.<n>``: delay queues that dead-letter back to the step
+- queue ``flownb.<flow>.<step>.retry.<n>``: delay queues (``<n>`` = delay in ms) that dead-letter
+  back to the step, into ``flownb.<flow>.<step>.retry.ready``, which the step's worker also consumes
 - queue ``flownb.<flow>.<step>.dlq``: dead letters, each carrying its error
 - queue ``flownb.<flow>.<trigger>.state``: the polling trigger's cursor (one message, the latest)
 A sync webhook request sets the message header :data:`REPLY_TO_HEADER` to a queue name; the worker
@@ -24,6 +25,10 @@ def step_queue(flow: str, step: str) -> str:
 
 def retry_queue(flow: str, step: str, level: int) -> str:
     return f"flownb.{flow}.{step}.retry.{level}"
+
+
+def retry_ready_queue(flow: str, step: str) -> str:
+    return f"flownb.{flow}.{step}.retry.ready"
 
 
 def dead_letter_queue(flow: str, step: str) -> str:

@@ -1,0 +1,323 @@
+"""The worker of one action step: consume, run :class:`~flownb.runtime.core.StepRunner`, hand off.
+
+Hand-off rule (at-least-once, nothing lost): every output, retry or dead letter is published
+persistent on a channel in confirm mode; an input is acked (``multiple=True``, in delivery order)
+only once everything it produced is confirmed. Messages are processed in batches: whatever one
+socket read delivered (at most ``prefetch``) goes to ``StepRunner.run_batch`` at once, and confirms
+are batched by the broker. A publish the broker nacks (the next queue is full: ``reject-publish``)
+is published again after a back-off, its input still unacked, so back-pressure travels upstream
+through the prefetch window. A lost connection drops all in-flight state; the broker redelivers the
+unacked inputs to the new connection (duplicates are possible only within that window).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+import orjson
+import pika
+from pika.adapters.select_connection import SelectConnection
+
+from ...errors import MessageError
+from ...flow import Flow
+from ...message import Message
+from ..core import ErrorInfo, StepRunner
+from . import names
+from .metrics import StepMetrics
+from .topology import ERROR_HEADER, STEP_HEADER, connect, declare_flow, parameters, pick_level, retry_levels
+
+__all__ = ["StepWorker", "DEFAULT_PREFETCH", "PERSISTENT"]
+
+log = logging.getLogger(__name__)
+DEFAULT_PREFETCH = 200
+PERSISTENT = pika.BasicProperties(delivery_mode=2, content_type="application/json")
+TRANSIENT = pika.BasicProperties(delivery_mode=1, content_type="application/json")
+_MAX_BACKOFF = 15.0
+
+
+@dataclass(slots=True)
+class _Input:
+    tag: int
+    pending: int = 0       # publishes not yet confirmed
+    kind: str = "processed"  # processed | retried | dead
+
+
+@dataclass(slots=True)
+class _Pub:
+    rec: _Input
+    exchange: str
+    key: str
+    body: bytes
+    props: pika.BasicProperties
+
+
+def error_props(info: ErrorInfo, step: str) -> pika.BasicProperties:
+    return pika.BasicProperties(delivery_mode=2, content_type="application/json",
+                                headers={ERROR_HEADER: orjson.dumps(info.to_dict()).decode(),
+                                         STEP_HEADER: step})
+
+
+class StepWorker:
+    """Runs one action step against RabbitMQ until :meth:`stop` (thread-safe) is called."""
+
+    def __init__(self, flow: Flow, step_name: str, broker_url: str, *, prefetch: int | None = None,
+                 heartbeat: int = 120):
+        self.flow = flow
+        self.url = broker_url
+        self.runner = StepRunner(flow, step_name)
+        self.step = self.runner.step
+        nxt = flow.next_step(step_name)
+        self.next_key = nxt.name if nxt else None
+        self.exchange = names.exchange(flow.name)
+        self.prefetch = prefetch or self.step.prefetch or DEFAULT_PREFETCH
+        self.levels = retry_levels(self.step.retry_policy)
+        self.metrics = StepMetrics(flow.name, step_name)
+        self.heartbeat = heartbeat
+        self.consuming = threading.Event()   # set while consumers are registered (tests, start-up timing)
+        self._stopping = False
+        self._wake = threading.Event()
+        self._conn: SelectConnection | None = None
+        self._reset()
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def run(self) -> None:
+        """Connect, consume, reconnect with back-off on loss; return after a drained stop."""
+        backoff = 0.5
+        try:
+            while not self._stopping:
+                started = time.monotonic()
+                try:
+                    self._declare()
+                    self._conn = SelectConnection(
+                        parameters(self.url, heartbeat=self.heartbeat, name=f"flownb {self.step.name}"),
+                        on_open_callback=self._on_open, on_open_error_callback=self._on_open_error,
+                        on_close_callback=self._on_closed)
+                    self._conn.ioloop.start()
+                except Exception as exc:  # broker down at declare time: log and retry
+                    log.warning("step '%s': broker unavailable (%s); retrying in %.1fs", self.step.name,
+                                exc, backoff)
+                self.consuming.clear()
+                self._reset()
+                if self._stopping:
+                    break
+                backoff = 0.5 if time.monotonic() - started > 10 else min(backoff * 2, _MAX_BACKOFF)
+                self._wake.wait(backoff)
+        finally:
+            self.runner.close()
+
+    def stop(self) -> None:
+        """Stop consuming, finish in-flight messages (outputs confirmed, inputs acked), disconnect."""
+        self._stopping = True
+        self._wake.set()
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.ioloop.add_callback_threadsafe(self._begin_stop)
+            except Exception:  # the loop is already gone: run() returns by itself
+                log.debug("stop: ioloop already closed")
+
+    def _declare(self) -> None:
+        conn = connect(self.url, name=f"flownb {self.step.name} declare")
+        try:
+            declare_flow(conn.channel(), self.flow)
+        finally:
+            conn.close()
+
+    def _reset(self) -> None:
+        self._ch = None
+        self._buffer: list[tuple[int, pika.BasicProperties, bytes]] = []
+        self._inputs: deque[_Input] = deque()
+        self._pending: OrderedDict[int, _Pub] = OrderedDict()
+        self._nacked: list[_Pub] = []
+        self._seq = 0
+        self._flush_scheduled = False
+        self._consumers: set[str] = set()
+        self._nack_backoff = 0.2
+
+    # -- connection callbacks ---------------------------------------------------------------
+    def _on_open(self, conn) -> None:
+        conn.channel(on_open_callback=self._on_channel)
+
+    def _on_open_error(self, conn, err) -> None:
+        log.warning("step '%s': cannot connect to the broker: %s", self.step.name, err)
+        conn.ioloop.stop()
+
+    def _on_closed(self, conn, reason) -> None:
+        if not self._stopping:
+            log.warning("step '%s': connection lost (%s); reconnecting", self.step.name, reason)
+        conn.ioloop.stop()
+
+    def _on_channel_closed(self, ch, reason) -> None:
+        if not self._stopping:
+            log.error("step '%s': channel closed by the broker (%s); reconnecting", self.step.name, reason)
+        if self._conn is not None and not (self._conn.is_closing or self._conn.is_closed):
+            self._conn.close()
+
+    def _on_channel(self, ch) -> None:
+        self._ch = ch
+        ch.add_on_close_callback(self._on_channel_closed)
+        ch.confirm_delivery(ack_nack_callback=self._on_confirm)
+        ch.basic_qos(prefetch_count=self.prefetch)
+        for q in (names.step_queue(self.flow.name, self.step.name),
+                  names.retry_ready_queue(self.flow.name, self.step.name)):
+            tag = ch.basic_consume(q, self._on_message, auto_ack=False)
+            self._consumers.add(tag)
+        if self._stopping:
+            self._begin_stop()
+        else:
+            self.consuming.set()
+            log.info("step '%s': consuming (prefetch %d)", self.step.name, self.prefetch)
+
+    # -- consuming ------------------------------------------------------------------------
+    def _on_message(self, ch, method, props, body) -> None:
+        self._buffer.append((method.delivery_tag, props, body))
+        if len(self._buffer) >= self.prefetch:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._conn.ioloop.call_later(0, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._buffer = self._buffer, []
+        if not batch or self._ch is None or not self._ch.is_open:
+            return
+        msgs, recs, props_of = [], [], []
+        for tag, props, body in batch:
+            rec = _Input(tag)
+            self._inputs.append(rec)
+            try:
+                msgs.append(Message.from_json(body))
+            except MessageError as exc:
+                info = ErrorInfo.from_exception(exc, self.step.name, 1, False)
+                rec.kind = "dead"
+                self._publish(rec, "", names.dead_letter_queue(self.flow.name, self.step.name), body,
+                              error_props(info, self.step.name))
+                continue
+            recs.append(rec)
+            props_of.append(props)
+        if msgs:
+            self._handle(msgs, recs, props_of)
+        self._settle()
+
+    def _handle(self, msgs: list[Message], recs: list[_Input], props_of: list) -> None:
+        t0 = time.perf_counter()
+        try:
+            outcomes = self.runner.run_batch(msgs)
+        except Exception as exc:  # setup() or process_batch itself failed: every message failed
+            log.exception("step '%s': batch failed", self.step.name)
+            outcomes = [self.runner.failure(m, exc) for m in msgs]
+        per = (time.perf_counter() - t0) / len(msgs)
+        for _ in msgs:
+            self.metrics.latency.observe(per)
+        for rec, props, out in zip(recs, props_of, outcomes):
+            if out.ok:
+                self._deliver(rec, props, out)
+            elif out.dead:
+                rec.kind = "dead"
+                self.metrics.failed.inc()
+                self._publish(rec, "", names.dead_letter_queue(self.flow.name, self.step.name),
+                              out.message.to_json(), error_props(out.error, self.step.name))
+            else:
+                rec.kind = "retried"
+                self.metrics.failed.inc()
+                m = out.message
+                m.attempt += 1
+                level = pick_level(self.levels, out.retry_after or 0.0)
+                self._publish(rec, "", names.retry_queue(self.flow.name, self.step.name, level),
+                              m.to_json(), error_props(out.error, self.step.name))
+
+    def _deliver(self, rec: _Input, props, out) -> None:
+        if self.next_key is not None:
+            for payload in out.payloads:
+                self._publish(rec, self.exchange, self.next_key, payload, PERSISTENT)
+            return
+        reply_to = out.message.headers.get(names.REPLY_TO_HEADER) or \
+            (props.headers or {}).get(names.REPLY_TO_HEADER)
+        if reply_to:
+            for payload in out.payloads:
+                self._publish(rec, "", str(reply_to), payload, TRANSIENT)
+
+    # -- publishing with confirms -----------------------------------------------------------
+    def _publish(self, rec: _Input, exchange: str, key: str, body: bytes, props) -> None:
+        rec.pending += 1
+        self._send(_Pub(rec, exchange, key, body, props))
+
+    def _send(self, pub: _Pub) -> None:
+        self._seq += 1
+        self._pending[self._seq] = pub
+        self._ch.basic_publish(pub.exchange, pub.key, pub.body, pub.props)
+
+    def _on_confirm(self, frame) -> None:
+        method = frame.method
+        ack = isinstance(method, pika.spec.Basic.Ack)
+        tag = method.delivery_tag
+        if method.multiple:
+            done = []
+            while self._pending:
+                seq = next(iter(self._pending))
+                if seq > tag:
+                    break
+                done.append(self._pending.pop(seq))
+        else:
+            done = [self._pending.pop(tag)] if tag in self._pending else []
+        for pub in done:
+            if ack:
+                pub.rec.pending -= 1
+            else:
+                self._nacked.append(pub)
+        if not ack and done:
+            self.metrics.nacked.inc(len(done))
+            log.warning("step '%s': broker refused %d publish(es) (queue '%s' full?); retrying in %.1fs",
+                        self.step.name, len(done), done[0].key, self._nack_backoff)
+            self._conn.ioloop.call_later(self._nack_backoff, self._republish)
+            self._nack_backoff = min(self._nack_backoff * 2, 5.0)
+        elif ack:
+            self._nack_backoff = 0.2
+        self._settle()
+
+    def _republish(self) -> None:
+        pubs, self._nacked = self._nacked, []
+        if self._ch is None or not self._ch.is_open:
+            return
+        for pub in pubs:
+            self._send(pub)
+
+    def _settle(self) -> None:
+        """Ack, in delivery order, every input whose outputs are all confirmed."""
+        last = None
+        m = self.metrics
+        while self._inputs and self._inputs[0].pending == 0:
+            rec = self._inputs.popleft()
+            last = rec.tag
+            (m.processed if rec.kind == "processed" else m.retried if rec.kind == "retried" else m.dead).inc()
+        if last is not None and self._ch is not None and self._ch.is_open:
+            self._ch.basic_ack(last, multiple=True)
+
+    # -- draining stop ----------------------------------------------------------------------
+    def _begin_stop(self) -> None:
+        self._stopping = True
+        ch = self._ch
+        if ch is None or not ch.is_open:
+            if self._conn is not None and not (self._conn.is_closing or self._conn.is_closed):
+                self._conn.close()
+            return
+        for tag in list(self._consumers):
+            ch.basic_cancel(tag, callback=lambda frame, t=tag: self._consumers.discard(t))
+        self._drain_deadline = time.monotonic() + 30.0
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        busy = self._consumers or self._buffer or self._inputs or self._pending or self._nacked
+        if busy and time.monotonic() < self._drain_deadline:
+            self._conn.ioloop.call_later(0.02, self._check_drained)
+            return
+        if busy:
+            log.warning("step '%s': drain timed out; unacked messages return to the queue", self.step.name)
+        self.consuming.clear()
+        if not (self._conn.is_closing or self._conn.is_closed):
+            self._conn.close()

@@ -1,0 +1,168 @@
+"""The RabbitMQ objects of a flow, declared idempotently, and their depths.
+
+Per flow: a durable direct exchange ``flownb.<flow>``. Per action step:
+
+- ``flownb.<flow>.<step>``: the input queue, bound with routing key ``<step>``, limited to
+  :func:`max_length` ready messages with ``x-overflow: reject-publish`` (a full queue nacks a
+  confirmed publish: back-pressure; the publisher retries later, nothing is dropped);
+- ``flownb.<flow>.<step>.retry.<ms>``: one delay queue per back-off level (``<ms>`` = its delay
+  in milliseconds), ``x-message-ttl`` = the delay, dead-lettering into ...
+- ``flownb.<flow>.<step>.retry.ready``: where expired retries land; the step's worker consumes it
+  besides its input queue. It has no length limit, so dead-lettering (at-most-once in RabbitMQ)
+  never meets a full queue and a retried message cannot be dropped;
+- ``flownb.<flow>.<step>.dlq``: dead letters, each with its error in the ``x-flownb-error`` header.
+
+Per polling trigger: ``flownb.<flow>.<trigger>.state`` (``x-single-active-consumer``) holds one
+message, the cursor. Re-declaring with other arguments (a changed ``FLOWNB_MAX_QUEUE_LENGTH``) is a
+:class:`~flownb.errors.BrokerError` that says how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from typing import Any
+
+import pika
+import pika.exceptions
+
+from ...errors import BrokerError
+from ...flow import Flow, RetryPolicy
+from . import names
+
+__all__ = ["DEFAULT_MAX_LENGTH", "ERROR_HEADER", "STEP_HEADER", "max_length", "retry_levels",
+           "pick_level", "declare_flow", "declare_step", "queue_depths", "connect", "parameters"]
+
+DEFAULT_MAX_LENGTH = 100_000
+ERROR_HEADER = "x-flownb-error"
+STEP_HEADER = "x-flownb-step"
+VERSION_HEADER = "x-flownb-version"
+
+
+def max_length() -> int:
+    """Ready-message limit of step queues (env ``FLOWNB_MAX_QUEUE_LENGTH``, default 100,000)."""
+    raw = os.environ.get("FLOWNB_MAX_QUEUE_LENGTH", "")
+    try:
+        return int(raw) if raw else DEFAULT_MAX_LENGTH
+    except ValueError:
+        raise BrokerError(f"FLOWNB_MAX_QUEUE_LENGTH={raw!r} is not an integer; set it to a number "
+                          f"of messages such as 100000") from None
+
+
+def retry_levels(policy: RetryPolicy) -> list[int]:
+    """The distinct back-off delays (ms) of ``policy``, ascending: one delay queue each."""
+    if policy.max_attempts <= 1:
+        return []
+    ms = {max(1, int(round(policy.delay(n) * 1000))) for n in range(1, policy.max_attempts)}
+    return sorted(ms)
+
+
+def pick_level(levels: list[int], delay: float) -> int:
+    """The shortest level at least ``delay`` seconds long (the longest when none is)."""
+    want = delay * 1000
+    for level in levels:
+        if level >= want - 1:
+            return level
+    return levels[-1]
+
+
+def parameters(url: str, **kw: Any) -> pika.URLParameters:
+    """Connection parameters from an AMQP URL; a malformed URL is a BrokerError."""
+    try:
+        params = pika.URLParameters(url)
+    except (ValueError, TypeError) as exc:
+        raise BrokerError(f"invalid broker URL {url!r} ({exc}); write amqp://user:pass@host:5672/vhost") from exc
+    params.connection_attempts = kw.get("connection_attempts", 1)
+    params.blocked_connection_timeout = kw.get("blocked_connection_timeout", 300)
+    if "heartbeat" in kw:
+        params.heartbeat = kw["heartbeat"]
+    params.client_properties = {"connection_name": kw.get("name", "flownb")}
+    return params
+
+
+def _safe_url(url: str) -> str:
+    p = urllib.parse.urlsplit(url)
+    host = p.hostname or "?"
+    return f"{p.scheme}://{host}:{p.port or 5672}{p.path or '/'}"
+
+
+def connect(url: str, **kw: Any) -> pika.BlockingConnection:
+    """A blocking connection; an unreachable broker is a BrokerError naming the (password-free) URL."""
+    try:
+        return pika.BlockingConnection(parameters(url, **kw))
+    except pika.exceptions.AMQPError as exc:
+        raise BrokerError(f"cannot connect to RabbitMQ at {_safe_url(url)} ({exc!r}); start the broker "
+                          f"or pass --broker / FLOWNB_BROKER_URL") from exc
+
+
+def _step_queue_args() -> dict:
+    return {"x-max-length": max_length(), "x-overflow": "reject-publish"}
+
+
+def _declare(ch, queue: str, args: dict | None) -> None:
+    try:
+        ch.queue_declare(queue, durable=True, arguments=args)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 406:
+            raise BrokerError(f"queue '{queue}' exists with other arguments ({exc.reply_text}); "
+                              f"delete it (rabbitmqctl delete_queue) or use the settings it was created "
+                              f"with (FLOWNB_MAX_QUEUE_LENGTH, the step's retry policy)") from exc
+        raise BrokerError(f"declaring queue '{queue}' failed: {exc.reply_text}") from exc
+
+
+def declare_step(ch, flow: Flow, step_name: str) -> None:
+    """Declare one action step's input, retry and dead-letter queues (idempotent)."""
+    f, step = flow.name, flow.step(step_name)
+    ex = names.exchange(f)
+    q = names.step_queue(f, step.name)
+    ready = names.retry_ready_queue(f, step.name)
+    _declare(ch, q, _step_queue_args())
+    ch.queue_bind(q, ex, routing_key=step.name)
+    _declare(ch, ready, None)
+    for level in retry_levels(step.retry_policy):
+        _declare(ch, names.retry_queue(f, step.name, level), {
+            "x-message-ttl": level, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": ready})
+    _declare(ch, names.dead_letter_queue(f, step.name), None)
+
+
+def declare_flow(ch, flow: Flow) -> None:
+    """Declare the exchange, every action step's queues and the trigger's state queue."""
+    try:
+        ch.exchange_declare(names.exchange(flow.name), exchange_type="direct", durable=True)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        raise BrokerError(f"declaring exchange '{names.exchange(flow.name)}' failed: {exc.reply_text}") from exc
+    for s in flow.steps:
+        declare_step(ch, flow, s.name)
+    _declare(ch, names.state_queue(flow.name, flow.trigger.name), {"x-single-active-consumer": True})
+
+
+def _count(conn, queue: str) -> int:
+    ch = conn.channel()
+    try:
+        return ch.queue_declare(queue, passive=True).method.message_count
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 404:
+            return 0
+        raise BrokerError(f"cannot inspect queue '{queue}': {exc.reply_text}") from exc
+    finally:
+        if ch.is_open:
+            ch.close()
+
+
+def queue_depths(flow: Flow, broker_url: str) -> dict[str, dict[str, int]]:
+    """Ready messages per action step: ``{step: {"ready", "dead", "retry"}}`` (passive declares;
+    a queue not declared yet counts 0). ``retry`` sums the delay queues and the ready-for-retry queue."""
+    conn = connect(broker_url, name="flownb-depths")
+    try:
+        out = {}
+        for s in flow.steps:
+            retry = sum(_count(conn, names.retry_queue(flow.name, s.name, lvl))
+                        for lvl in retry_levels(s.retry_policy))
+            retry += _count(conn, names.retry_ready_queue(flow.name, s.name))
+            out[s.name] = {"ready": _count(conn, names.step_queue(flow.name, s.name)),
+                           "dead": _count(conn, names.dead_letter_queue(flow.name, s.name)),
+                           "retry": retry}
+        return out
+    finally:
+        if conn.is_open:
+            conn.close()

@@ -1,0 +1,124 @@
+"""Test components for the RabbitMQ runtime tests (registered on import).
+
+- ``amqptest.count`` (poll): emits ``{"n": i}`` for i in [0, total), ``batch`` per poll; cursor ``next``
+- ``amqptest.work``: adds ``"w": n * 2``; sleeps ``sleep_ms``; a body with ``"poison": true`` raises a
+  retryable error until the file ``fix_file`` exists
+- ``amqptest.http``: POSTs the body to ``url``; 5xx → retryable; returns the body
+- ``amqptest.sink``: idempotent SQLite sink: ``seen(n primary key)`` plus ``deliveries(n)`` counting
+  every arrival (duplicates visible), one transaction per batch
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+
+import flownb
+from flownb.components.base import Action, PollConfig
+from flownb.errors import RetryableError
+
+
+class CountConfig(PollConfig):
+    total: int = 100
+    batch: int = 1000
+
+
+@flownb.polling_trigger("amqptest.count", config=CountConfig)
+def count(state, ctx):
+    start = int(state.get("next", 0))
+    end = min(start + ctx.config.batch, ctx.config.total)
+    state["next"] = end
+    return [{"n": i} for i in range(start, end)]
+
+
+class WorkConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sleep_ms: float = 0
+    fix_file: str = ""
+
+
+@flownb.action("amqptest.work", config=WorkConfig)
+def work(body, ctx):
+    if ctx.config.sleep_ms:
+        time.sleep(ctx.config.sleep_ms / 1000)
+    if body.get("poison") and not (ctx.config.fix_file and Path(ctx.config.fix_file).exists()):
+        raise RetryableError(f"poison message {body.get('n')}")
+    return {**body, "w": body["n"] * 2}
+
+
+class HttpConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str
+
+
+@flownb.action("amqptest.http", config=HttpConfig)
+def http_post(body, ctx):
+    try:
+        r = httpx.post(ctx.config.url, json=body, timeout=5)
+    except httpx.TransportError as exc:
+        raise RetryableError(f"target unreachable: {exc}") from exc
+    if r.status_code >= 500:
+        raise RetryableError(f"target answered {r.status_code}")
+    return body
+
+
+class SinkConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str
+
+
+class Sink(Action):
+    """Idempotent SQLite sink."""
+
+    Config = SinkConfig
+
+    def setup(self):
+        self.db = sqlite3.connect(self.config.path, timeout=30, isolation_level=None)
+        self.db.execute("pragma journal_mode=wal")
+        self.db.execute("create table if not exists seen (n integer primary key, body text)")
+        self.db.execute("create table if not exists deliveries (n integer)")
+
+    def close(self):
+        self.db.close()
+
+    def process_batch(self, messages, ctx):
+        import orjson
+        self.db.execute("begin immediate")
+        self.db.executemany("insert or ignore into seen values (?, ?)",
+                            [(m.body["n"], orjson.dumps(m.body).decode()) for m in messages])
+        self.db.executemany("insert into deliveries values (?)", [(m.body["n"],) for m in messages])
+        self.db.execute("commit")
+        return [None] * len(messages)
+
+
+flownb.register("amqptest.sink", Sink)
+
+
+def sink_counts(path) -> tuple[int, int]:
+    """(distinct messages, all deliveries) in a sink database."""
+    if not Path(path).exists():
+        return 0, 0
+    db = sqlite3.connect(str(path), timeout=30)
+    try:
+        try:
+            seen = db.execute("select count(*) from seen").fetchone()[0]
+            total = db.execute("select count(*) from deliveries").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0, 0
+        return seen, total
+    finally:
+        db.close()
+
+
+def wait_for(cond, timeout=60.0, every=0.1, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
