@@ -52,8 +52,23 @@ async def declare_topology(channel: aiormq.abc.AbstractChannel, flow: Flow) -> N
     first = flow.steps[0].name
     await channel.exchange_declare(names.exchange(flow.name), exchange_type="direct", durable=True)
     queue = names.step_queue(flow.name, first)
-    await channel.queue_declare(queue, durable=True)
+    if not await _queue_exists(channel.connection, queue):
+        # the workers declare it with their arguments (limits, dead-lettering); until they run, a plain
+        # durable queue keeps accepted requests
+        await channel.queue_declare(queue, durable=True)
     await channel.queue_bind(queue, names.exchange(flow.name), routing_key=first)
+
+
+async def _queue_exists(connection: aiormq.abc.AbstractConnection, queue: str) -> bool:
+    probe = await connection.channel()  # a failed passive declare closes its channel
+    try:
+        await probe.queue_declare(queue, passive=True)
+        return True
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return False
+    finally:
+        if not probe.is_closed:
+            await probe.close()
 
 
 class AmqpIngest:

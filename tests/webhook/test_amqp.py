@@ -1,0 +1,169 @@
+"""The webhook on RabbitMQ: back-pressure (429), an unreachable broker (503, never a 202 for a lost
+message), and sync replies through the reply queue — all against the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+
+import httpx
+import pika
+import pytest
+
+from flownb.message import Message
+from flownb.runtime.amqp import names
+from flownb.webhook.amqp import AmqpIngest
+
+from .conftest import BROKER, TcpProxy, amqp_delete, amqp_drain, make_flow, serve_hook
+
+pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
+
+
+@pytest.fixture
+def flow_env(secrets_env):
+    made = []
+
+    def make(**config):
+        s = secrets_env()
+        flow = make_flow(token_env=s["token_env"], **config)
+        made.append(flow)
+        return flow, s["token"]
+    yield make
+    for f in made:
+        amqp_delete(f)
+
+
+def test_full_first_queue_answers_429_and_queues_nothing_more(flow_env):
+    flow, token = flow_env()
+    conn = pika.BlockingConnection(pika.URLParameters(BROKER))
+    conn.channel().queue_declare(names.step_queue(flow.name, "sink"), durable=True,
+                                 arguments={"x-max-length": 2, "x-overflow": "reject-publish"})
+    conn.close()
+    with serve_hook(flow, AmqpIngest(flow, BROKER)) as server:
+        url = f"{server.url}/hooks/{flow.name}/{token}"
+        responses = [httpx.post(url, json={"n": i}) for i in range(4)]
+        assert [r.status_code for r in responses] == [202, 202, 429, 429]
+        assert all(r.headers["retry-after"] == "1" for r in responses[2:])
+        assert "full" in responses[2].json()["error"]
+        queued = amqp_drain(flow)
+        assert [m.id for m in queued] == [r.json()["id"] for r in responses[:2]]
+        # room again: accepted again
+        assert httpx.post(url, json={"n": 9}).status_code == 202
+        assert [m.body["n"] for m in amqp_drain(flow)] == [9]
+
+
+def test_broker_unreachable_at_start_then_back(flow_env):
+    flow, token = flow_env()
+    proxy = TcpProxy()
+    proxy.thread.start()  # listening socket not opened yet: the broker is unreachable
+    try:
+        with serve_hook(flow, AmqpIngest(flow, proxy.url, connect_timeout=0.5, max_backoff=0.2)) as server:
+            url = f"{server.url}/hooks/{flow.name}/{token}"
+            r = httpx.post(url, json={"a": 1})
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+            assert httpx.get(server.url + "/healthz").status_code == 503
+            proxy.start()
+            deadline = time.monotonic() + 10
+            while httpx.get(server.url + "/healthz").status_code != 200:
+                assert time.monotonic() < deadline, "did not reconnect"
+                time.sleep(0.05)
+            r = httpx.post(url, json={"a": 2})
+            assert r.status_code == 202
+            assert [m.id for m in amqp_drain(flow)] == [r.json()["id"]]
+    finally:
+        proxy.stop()
+
+
+async def _load(url: str, stop_at: float, results: list) -> None:
+    async with httpx.AsyncClient(timeout=30) as client:
+        async def one_client(k: int) -> None:
+            i = 0
+            while time.monotonic() < stop_at:
+                r = await client.post(url, json={"k": k, "i": i})
+                results.append((time.monotonic(), r.status_code, r.json(), r.headers.get("retry-after")))
+                i += 1
+        await asyncio.gather(*(one_client(k) for k in range(16)))
+
+
+def test_broker_lost_mid_load_gives_503_never_a_lost_202(flow_env):
+    flow, token = flow_env()
+    proxy = TcpProxy().start()
+    try:
+        with serve_hook(flow, AmqpIngest(flow, proxy.url, max_backoff=0.2)) as server:
+            url = f"{server.url}/hooks/{flow.name}/{token}"
+            results: list = []
+            start = time.monotonic()
+            loader = threading.Thread(target=asyncio.run, args=(_load(url, start + 4.0, results),))
+            loader.start()
+            time.sleep(1.0)
+            proxy.cut()            # every broker connection dropped, new ones refused
+            cut_at = time.monotonic()
+            time.sleep(1.0)
+            proxy.start()          # the broker is reachable again
+            back_at = time.monotonic()
+            loader.join(60)
+            assert server.alive()
+        statuses = collections.Counter(s for _, s, _, _ in results)
+        assert set(statuses) <= {202, 503}, statuses
+        assert statuses[503] > 0 and statuses[202] > 0
+        assert all(ra == "1" for _, s, _, ra in results if s == 503)
+        assert any(t > back_at and s == 202 for t, s, _, _ in results), "no 202 after the broker came back"
+        assert not any(cut_at + 0.2 < t < back_at and s == 202 for t, s, _, _ in results)
+        accepted = [p["id"] for _, s, p, _ in results if s == 202]
+        queued = collections.Counter(m.id for m in amqp_drain(flow))
+        assert all(queued[i] == 1 for i in accepted), "a 202 was answered for a message that is not queued"
+        assert sum(queued.values()) - len(accepted) <= statuses[503]  # unconfirmed ones may be there
+    finally:
+        proxy.stop()
+
+
+def _last_step_worker(flow, stop: threading.Event, delay: float = 0.0) -> None:
+    """What the AMQP worker of the last step does for a sync request: publish its output to the queue
+    named in the reply-to header (default exchange), with the run's trace."""
+    conn = pika.BlockingConnection(pika.URLParameters(BROKER))
+    ch = conn.channel()
+    queue = names.step_queue(flow.name, "sink")
+    while not stop.is_set():
+        method, props, body = ch.basic_get(queue)
+        if method is None:
+            time.sleep(0.01)
+            continue
+        msg = Message.from_json(body)
+        reply_to = msg.headers.get(names.REPLY_TO_HEADER)
+        assert reply_to and props.headers[names.REPLY_TO_HEADER] == reply_to
+        out = msg.child({"echo": msg.body["q"], "seen": True}, "sink")
+        time.sleep(delay)
+        ch.basic_publish("", reply_to, out.to_json(), pika.BasicProperties(delivery_mode=2))
+        ch.basic_ack(method.delivery_tag)
+    conn.close()
+
+
+def test_sync_reply_comes_back_from_the_last_step(flow_env):
+    flow, token = flow_env(reply="sync", timeout="10s")
+    with serve_hook(flow, AmqpIngest(flow, BROKER)) as server:
+        stop = threading.Event()
+        worker = threading.Thread(target=_last_step_worker, args=(flow, stop))
+        worker.start()
+        try:
+            url = f"{server.url}/hooks/{flow.name}/{token}"
+            with httpx.Client(timeout=20) as client:
+                for q in ("a", "b"):
+                    r = client.post(url, json={"q": q})
+                    assert r.status_code == 200, r.text
+                    assert r.json() == {"echo": q, "seen": True}
+                    assert len(r.headers["flownb-id"]) == 32
+        finally:
+            stop.set()
+            worker.join(10)
+
+
+def test_sync_timeout_is_504_and_the_message_stays_queued(flow_env):
+    flow, token = flow_env(reply="sync", timeout="300ms")
+    with serve_hook(flow, AmqpIngest(flow, BROKER)) as server:
+        r = httpx.post(f"{server.url}/hooks/{flow.name}/{token}", json={"q": "late"})
+        assert r.status_code == 504
+        assert "still be processed" in r.json()["error"]
+        queued = amqp_drain(flow)
+        assert [m.id for m in queued] == [r.json()["id"]] and queued[0].body["q"] == "late"
