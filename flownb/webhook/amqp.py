@@ -22,7 +22,7 @@ import aiormq
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
-from ..errors import MessageError
+from ..errors import BrokerError, MessageError
 from ..flow import Flow
 from ..message import Message
 from ..runtime.amqp import names
@@ -31,23 +31,28 @@ from .ingest import Accepted, Backpressure, ReplyBook, Unavailable
 __all__ = ["AmqpIngest", "declare_topology"]
 
 log = logging.getLogger("flownb.webhook.amqp")
-_FAILURES = (aiormq.exceptions.AMQPError, ConnectionError, OSError, asyncio.TimeoutError, RuntimeError)
+_FAILURES = (BrokerError, aiormq.exceptions.AMQPError, ConnectionError, OSError, asyncio.TimeoutError, RuntimeError)
 
 
-def _topology_declarer() -> Callable[..., Any] | None:
-    """The AMQP runtime's own declare function, when that module is installed."""
+def _declare_with_runtime(url: str, flow: Flow) -> bool:
+    """Declare the whole flow with the AMQP runtime's own (pika) code, so arguments always agree
+    with the workers'; False when that module is not installed."""
     try:
         from ..runtime.amqp import topology
     except ImportError:
-        return None
-    return getattr(topology, "declare_async", None)
+        return False
+    conn = topology.connect(url, name=f"flownb-webhook-{flow.name}-declare")
+    try:
+        topology.declare_flow(conn.channel(), flow)
+    finally:
+        if conn.is_open:
+            conn.close()
+    return True
 
 
-async def declare_topology(channel: aiormq.abc.AbstractChannel, flow: Flow) -> None:
+async def declare_topology(channel: aiormq.abc.AbstractChannel, flow: Flow, url: str) -> None:
     """Declare (idempotently) the flow's exchange and its first action's queue, bound by step name."""
-    declarer = _topology_declarer()
-    if declarer is not None:
-        await declarer(channel, flow)
+    if await asyncio.to_thread(_declare_with_runtime, url, flow):
         return
     first = flow.steps[0].name
     await channel.exchange_declare(names.exchange(flow.name), exchange_type="direct", durable=True)
@@ -125,7 +130,7 @@ class AmqpIngest:
         conn = await asyncio.wait_for(aiormq.connect(self.url), self.connect_timeout)
         try:
             channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
-            await declare_topology(channel, self._spec)
+            await declare_topology(channel, self._spec, self.url)
             declared = await channel.queue_declare("", exclusive=True, auto_delete=True)
             await channel.basic_consume(declared.queue, self._on_reply, no_ack=True)
         except BaseException:

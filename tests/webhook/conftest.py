@@ -18,6 +18,7 @@ import uvicorn
 from flownb.flow import Flow, step
 from flownb.message import Message
 from flownb.runtime.amqp import names
+from flownb.runtime.amqp.topology import retry_levels
 from flownb.webhook.app import Hook, create_app
 from flownb.webhook.server import uvicorn_config, webhook_config
 
@@ -99,7 +100,12 @@ def amqp_delete(flow: Flow, url: str = BROKER) -> None:
     try:
         ch = conn.channel()
         for s in flow.steps:
-            ch.queue_delete(names.step_queue(flow.name, s.name))
+            for level in retry_levels(s.retry_policy):
+                ch.queue_delete(names.retry_queue(flow.name, s.name, level))
+            for queue in (names.step_queue(flow.name, s.name), names.retry_ready_queue(flow.name, s.name),
+                          names.dead_letter_queue(flow.name, s.name)):
+                ch.queue_delete(queue)
+        ch.queue_delete(names.state_queue(flow.name, flow.trigger.name))
         ch.exchange_delete(names.exchange(flow.name))
     finally:
         conn.close()

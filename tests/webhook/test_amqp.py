@@ -35,12 +35,9 @@ def flow_env(secrets_env):
         amqp_delete(f)
 
 
-def test_full_first_queue_answers_429_and_queues_nothing_more(flow_env):
+def test_full_first_queue_answers_429_and_queues_nothing_more(flow_env, monkeypatch):
     flow, token = flow_env()
-    conn = pika.BlockingConnection(pika.URLParameters(BROKER))
-    conn.channel().queue_declare(names.step_queue(flow.name, "sink"), durable=True,
-                                 arguments={"x-max-length": 2, "x-overflow": "reject-publish"})
-    conn.close()
+    monkeypatch.setenv("FLOWNB_MAX_QUEUE_LENGTH", "2")  # the runtime's topology limits step queues
     with serve_hook(flow, AmqpIngest(flow, BROKER)) as server:
         url = f"{server.url}/hooks/{flow.name}/{token}"
         responses = [httpx.post(url, json={"n": i}) for i in range(4)]
