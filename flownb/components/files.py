@@ -1,0 +1,271 @@
+"""``csv.poll`` (a polling trigger) and ``csv.write`` (an action).
+
+``csv.poll`` reads every file matching ``path`` (a file or a glob) and emits the rows whose cursor
+column passed the saved cursor, in (cursor, key) order, one message per row. The state is
+``{"cursor": …, "seen": [ids of rows at that cursor value], "files": {path: [mtime_ns, size]}}``:
+
+* a row is emitted when its cursor is greater than the saved one, or equal to it and its identity
+  (the ``key`` column, or else a hash of the whole row) is not in ``seen`` — so rows sharing a
+  cursor value are neither lost nor repeated, across files, appends, rewrites and restarts;
+* files whose modification time and size did not change since the last poll are not read again;
+* rows whose cursor is empty are skipped; a row whose cursor is *older* than the saved one is
+  skipped too (the cursor column must grow, e.g. an id or an ISO 8601 timestamp).
+
+Cells: with ``parse_numbers`` (default) ``42``/``-7`` become ints (but ``007`` stays a string, so
+codes keep their zeros), ``3.14``/``1e3`` floats; an empty cell becomes ``null``; everything else
+stays a string. Cursor values compare numbers numerically and strings as text (ISO timestamps in
+one format sort correctly as text).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import io
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import ConfigError, FatalError, RetryableError
+from .base import Action, Context, PollConfig, PollingTrigger
+
+__all__ = ["CsvPoll", "CsvWrite", "CsvPollConfig", "CsvWriteConfig", "parse_cell"]
+
+#: a file without a final newline, modified less than this ago, may be mid-write
+SETTLE_NS = 2_000_000_000
+_INT = re.compile(r"^[-+]?(0|[1-9][0-9]*)$")
+_FLOAT = re.compile(r"^[-+]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+)$")
+
+
+def parse_cell(text: str, numbers: bool = True) -> Any:
+    """A CSV cell → int, float, None (empty) or the string itself (see the module docstring)."""
+    if text == "":
+        return None
+    if numbers:
+        s = text.strip()
+        if _INT.match(s):
+            return int(s)
+        if _FLOAT.match(s):
+            return float(s)
+    return text
+
+
+def _order(value: Any) -> tuple:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return (1, str(value))
+    return (0, value)
+
+
+class _CsvFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    delimiter: str = Field(",", min_length=1, max_length=1, description="field separator")
+    encoding: str = Field("utf-8", description="text encoding of the file(s)")
+
+
+# -- csv.poll -------------------------------------------------------------------------------------
+
+class CsvPollConfig(PollConfig, _CsvFormat):
+    path: str = Field(description="a CSV file, or a glob such as data/orders-*.csv")
+    cursor: str = Field(description="column that grows for new rows (an id, an ISO timestamp)")
+    key: str | None = Field(None, description="unique column telling apart rows with equal cursor "
+                                              "values (default: the whole row's content)")
+    parse_numbers: bool = Field(True, description="turn numeric cells into numbers (see docs)")
+    columns: list[str] | None = Field(None, description="column names for files without a header row")
+    file_field: str | None = Field(None, description="add the source file's path to each row under "
+                                                     "this field")
+
+
+class CsvPoll(PollingTrigger):
+    """Emit new rows of CSV files, by a cursor column."""
+
+    Config = CsvPollConfig
+
+    @classmethod
+    def check_config(cls, config, step) -> None:
+        if config.columns is not None and config.cursor not in config.columns:
+            raise ConfigError(f"cursor column '{config.cursor}' is not among columns {config.columns}",
+                              step=step.name, field="config.cursor")
+
+    def _files(self) -> list[str]:
+        if glob.has_magic(self.config.path):
+            return sorted(p for p in glob.glob(self.config.path, recursive=True) if os.path.isfile(p))
+        return [self.config.path] if os.path.isfile(self.config.path) else []
+
+    def poll(self, state: dict, ctx: Context) -> list[dict]:
+        known: dict = state.get("files", {})
+        files, rows = {}, []
+        for path in self._files():
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:  # removed between glob and stat
+                continue
+            files[path] = [st.st_mtime_ns, st.st_size]
+            if known.get(path) != files[path]:
+                got, complete = self._read(path, st.st_mtime_ns)
+                rows += got
+                if not complete:  # read it again next poll, when its last line is finished
+                    files[path] = None
+        new = self._new_rows(rows, state)
+        state["files"] = files
+        return new
+
+    def _read(self, path: str, mtime_ns: int) -> tuple[list[dict], bool]:
+        """The rows of ``path``, and False when its last line may still be being written."""
+        c = self.config
+        try:
+            with open(path, newline="", encoding=c.encoding) as fh:
+                text = fh.read()
+        except FileNotFoundError:
+            return [], True
+        except PermissionError as exc:
+            raise FatalError(f"cannot read '{path}': {exc}; fix the file's permissions") from exc
+        except UnicodeDecodeError as exc:
+            raise FatalError(f"'{path}' is not {c.encoding} text ({exc}); set 'encoding'") from exc
+        except OSError as exc:
+            raise RetryableError(f"cannot read '{path}': {exc}") from exc
+        complete = True
+        recent = time.time_ns() - mtime_ns < SETTLE_NS
+        if text and not text.endswith(("\n", "\r")) and recent:  # a writer may be mid-line
+            text, complete = text[:max(text.rfind("\n"), 0)], False
+        reader = csv.DictReader(io.StringIO(text), fieldnames=c.columns, delimiter=c.delimiter)
+        out = []
+        for rec in reader:
+            row = {k: parse_cell(v or "", c.parse_numbers) for k, v in rec.items() if k is not None}
+            if c.cursor not in row:
+                raise FatalError(f"'{path}' has no column '{c.cursor}' (the cursor); columns: "
+                                 f"{', '.join(reader.fieldnames or [])}")
+            if c.file_field:
+                row[c.file_field] = path
+            out.append(row)
+        return out, complete
+
+    def _identity(self, row: dict) -> Any:
+        if self.config.key:
+            return row.get(self.config.key)
+        return hashlib.sha1(orjson.dumps(row, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+    def _new_rows(self, rows: list[dict], state: dict) -> list[dict]:
+        cur = self.config.cursor
+        saved = _order(state["cursor"]) if "cursor" in state else None
+        seen = set(state.get("seen", []))
+        new, ids = [], set()
+        for row in rows:
+            if row.get(cur) is None:
+                continue
+            o, ident = _order(row[cur]), self._identity(row)
+            if saved is not None and (o < saved or (o == saved and ident in seen)):
+                continue
+            if (o, ident) in ids:  # the same row in two files, or twice in one
+                continue
+            ids.add((o, ident))
+            new.append((o, _order(ident), row))
+        # by (cursor, key); without a key, rows with equal cursors keep their file order (stable sort)
+        new.sort(key=(lambda t: (t[0], t[1])) if self.config.key else (lambda t: t[0]))
+        if new:
+            last = new[-1][0]
+            at_last = [self._identity(r) for o, _, r in new if o == last]
+            if saved == last:
+                at_last = [*state.get("seen", []), *at_last]
+            state["cursor"], state["seen"] = new[-1][2][cur], at_last
+        return [r for _, _, r in new]
+
+
+# -- csv.write ------------------------------------------------------------------------------------
+
+class CsvWriteConfig(_CsvFormat):
+    path: str = Field(description="CSV file to append to (created with a header row when missing)")
+    columns: list[str] | None = Field(None, description="columns, in order (default: the existing "
+                                                        "header, else the first row's fields)")
+    on_extra: Literal["error", "ignore"] = Field("ignore", description="fields not among the columns: "
+                                                 "drop them, or dead-letter the message")
+    passthrough: bool = Field(True, description="emit each written message on to the next step")
+    fsync: bool = Field(True, description="fsync after each batch, so a written row survives a crash")
+
+
+class CsvWrite(Action):
+    """Append rows to a CSV file; the header is written once. A batch is one write."""
+
+    Config = CsvWriteConfig
+
+    def setup(self) -> None:
+        self._columns: list[str] | None = None
+
+    def process(self, message, ctx):
+        result = self.process_batch([message], ctx)[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def process_batch(self, messages, ctx) -> list:
+        path = Path(self.config.path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a+", newline="", encoding=self.config.encoding) as fh:
+                _lock(fh)
+                columns, header = self._header(fh, messages)
+                results, lines = self._lines(messages, columns)
+                if header:
+                    fh.write(self._format(columns))
+                fh.write("".join(lines))
+                fh.flush()
+                if self.config.fsync:
+                    os.fsync(fh.fileno())
+        except FatalError as exc:
+            return [exc] * len(messages)
+        except OSError as exc:
+            err = RetryableError(f"csv.write '{ctx.step}': cannot write '{path}': {exc}")
+            return [err] * len(messages)
+        return results
+
+    def _header(self, fh, messages) -> tuple[list[str], bool]:
+        fh.seek(0)
+        first = fh.readline()
+        fh.seek(0, os.SEEK_END)
+        existing = next(csv.reader([first], delimiter=self.config.delimiter)) if first.strip() else None
+        columns = self.config.columns or existing or list(messages[0].body)
+        if existing and existing != columns:
+            raise FatalError(f"'{self.config.path}' has header {existing} but the step writes {columns}; "
+                             f"write to a new file or set 'columns' to match")
+        return columns, existing is None
+
+    def _lines(self, messages, columns: list[str]) -> tuple[list, list[str]]:
+        results, lines = [], []
+        for m in messages:
+            extra = [k for k in m.body if k not in columns]
+            if extra and self.config.on_extra == "error":
+                results.append(FatalError(f"field(s) {extra} are not columns {columns}; add them to "
+                                          f"'columns' or set on_extra: ignore"))
+                continue
+            lines.append(self._format([_cell(m.body.get(c)) for c in columns]))
+            results.append(m.body if self.config.passthrough else None)
+        return results, lines
+
+    def _format(self, values: list[str]) -> str:
+        buf = io.StringIO()
+        csv.writer(buf, delimiter=self.config.delimiter, lineterminator="\n").writerow(values)
+        return buf.getvalue()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+def _lock(fh) -> None:
+    """An exclusive lock on the file while writing (replicas append to the same file)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no advisory locks
+        return
+    fcntl.flock(fh.fileno(), fcntl.LOCK_EX)

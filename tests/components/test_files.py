@@ -1,0 +1,149 @@
+"""csv.poll and csv.write through the shared runners, on real files in tmp_path."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from flownb.components.files import parse_cell
+from flownb.errors import ConfigError, FatalError
+from flownb.message import Message
+
+
+def write(path, text, *, age: float = 10.0):
+    path.write_text(text, encoding="utf-8")
+    t = time.time() - age  # settled: not being written any more
+    os.utime(path, (t, t))
+
+
+def append(path, text, *, age: float = 5.0):
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(text)
+    t = time.time() - age
+    os.utime(path, (t, t))
+
+
+def ids(msgs):
+    return [m.body["id"] for m in msgs]
+
+
+@pytest.mark.parametrize("text, value", [
+    ("42", 42), ("-7", -7), ("007", "007"), ("0", 0), ("3.14", 3.14), ("1e3", 1000.0), (".5", 0.5),
+    ("", None), ("abc", "abc"), ("12abc", "12abc"), ("2024-01-01", "2024-01-01"), (" 5 ", 5),
+])
+def test_parse_cell(text, value):
+    assert parse_cell(text) == value and type(parse_cell(text)) is type(value)
+    assert parse_cell("42", numbers=False) == "42"
+
+
+def test_poll_glob_cursor_key_across_appends_new_files_and_restart(tmp_path, trigger_runner):
+    a = tmp_path / "orders-1.csv"
+    write(a, "id,ts,amount,code\n1,2024-01-01T10:00,1.5,007\n2,2024-01-01T10:00,2,010\n")
+    cfg = {"path": str(tmp_path / "orders-*.csv"), "cursor": "ts", "key": "id", "file_field": "file"}
+    runner = trigger_runner("csv.poll", cfg)
+    msgs, _, state = runner.poll({})
+    assert [m.body for m in msgs] == [
+        {"id": 1, "ts": "2024-01-01T10:00", "amount": 1.5, "code": "007", "file": str(a)},
+        {"id": 2, "ts": "2024-01-01T10:00", "amount": 2, "code": "010", "file": str(a)}]
+    assert state["cursor"] == "2024-01-01T10:00" and state["seen"] == [1, 2]
+    assert runner.poll(state)[0] == []
+    # an append with the same cursor value, and a new file; then a restart (fresh runner)
+    append(a, "3,2024-01-01T10:00,3,\n")
+    write(tmp_path / "orders-2.csv", "id,ts,amount,code\n5,2024-01-01T11:00,5,\n4,2024-01-01T10:30,4,\n")
+    runner2 = trigger_runner("csv.poll", cfg)
+    msgs, _, state = runner2.poll(state)
+    assert ids(msgs) == [3, 4, 5]
+    assert msgs[0].body["code"] is None
+    assert state["cursor"] == "2024-01-01T11:00" and state["seen"] == [5]
+    # a rewrite of a file with old rows plus one new row emits only the new row
+    write(a, "id,ts,amount,code\n1,2024-01-01T10:00,1.5,007\n6,2024-01-01T12:00,6,\n", age=1.0)
+    msgs, _, state = runner2.poll(state)
+    assert ids(msgs) == [6]
+
+
+def test_poll_without_key_uses_row_identity(tmp_path, trigger_runner):
+    f = tmp_path / "events.csv"
+    write(f, "n,what\n1,a\n1,b\n")
+    runner = trigger_runner("csv.poll", {"path": str(f), "cursor": "n"})
+    msgs, _, state = runner.poll({})
+    assert [m.body["what"] for m in msgs] == ["a", "b"]
+    append(f, "1,c\n2,d\n")
+    msgs, _, state = runner.poll(state)
+    assert [m.body["what"] for m in msgs] == ["c", "d"]
+    assert state["cursor"] == 2
+
+
+def test_poll_numeric_cursor_orders_numerically_and_skips_empty_cursor(tmp_path, trigger_runner):
+    f = tmp_path / "x.csv"
+    write(f, "id,name\n10,ten\n9,nine\n,none\n100,hundred\n")
+    runner = trigger_runner("csv.poll", {"path": str(f), "cursor": "id"})
+    msgs, _, state = runner.poll({})
+    assert ids(msgs) == [9, 10, 100] and state["cursor"] == 100
+
+
+def test_poll_leaves_a_line_being_written_for_the_next_poll(tmp_path, trigger_runner):
+    f = tmp_path / "live.csv"
+    f.write_text("id,v\n1,a\n2,b", encoding="utf-8")  # just written, no final newline yet
+    runner = trigger_runner("csv.poll", {"path": str(f), "cursor": "id"})
+    msgs, _, state = runner.poll({})
+    assert ids(msgs) == [1]
+    with open(f, "a", encoding="utf-8") as fh:
+        fh.write("bc\n")
+    msgs, _, state = runner.poll(state)
+    assert [m.body for m in msgs] == [{"id": 2, "v": "bbc"}]
+
+
+def test_poll_headerless_files_and_errors(tmp_path, trigger_runner, flow_factory):
+    f = tmp_path / "h.csv"
+    write(f, "1;x\n2;y\n")
+    runner = trigger_runner("csv.poll", {"path": str(f), "cursor": "id", "columns": ["id", "v"],
+                                         "delimiter": ";"})
+    assert [m.body for m in runner.poll({})[0]] == [{"id": 1, "v": "x"}, {"id": 2, "v": "y"}]
+    bad = tmp_path / "bad.csv"
+    write(bad, "a,b\n1,2\n")
+    with pytest.raises(FatalError, match="no column 'id'"):
+        trigger_runner("csv.poll", {"path": str(bad), "cursor": "id"}).poll({})
+    assert trigger_runner("csv.poll", {"path": str(tmp_path / "none*.csv"), "cursor": "id"}).poll({})[0] == []
+    with pytest.raises(ConfigError, match="not among columns"):
+        flow_factory(("csv.poll", {"path": "x", "cursor": "id", "columns": ["a"]})).validate_components()
+
+
+# -- csv.write ------------------------------------------------------------------------------------
+
+def _msgs(*bodies):
+    return [Message(body=b, flow="f", step="src") for b in bodies]
+
+
+def test_write_header_once_and_batches(tmp_path, step_runner):
+    out = tmp_path / "sub" / "out.csv"
+    runner = step_runner("csv.write", {"path": str(out)})
+    res = runner.run_batch(_msgs({"id": 1, "name": "a,b", "tags": ["x"], "ok": True},
+                                 {"id": 2, "name": None, "extra": 1, "ok": False}))
+    assert all(o.ok for o in res) and res[0].outputs[0].body["id"] == 1
+    runner2 = step_runner("csv.write", {"path": str(out)})  # a restart: header already there
+    runner2.run(_msgs({"id": 3, "name": 'say "hi"'})[0])
+    assert out.read_text() == ('id,name,tags,ok\n1,"a,b","[""x""]",true\n2,,,false\n'
+                               '3,"say ""hi""",,\n')
+
+
+def test_write_columns_extra_and_header_mismatch(tmp_path, step_runner):
+    out = tmp_path / "o.csv"
+    strict = step_runner("csv.write", {"path": str(out), "columns": ["id", "v"], "on_extra": "error",
+                                       "passthrough": False})
+    res = strict.run_batch(_msgs({"id": 1, "v": 2}, {"id": 2, "w": 3}))
+    assert res[0].ok and res[0].outputs == []
+    assert res[1].dead and "'w'" in res[1].error.message
+    assert out.read_text() == "id,v\n1,2\n"
+    other = step_runner("csv.write", {"path": str(out), "columns": ["v", "id"]})
+    res = other.run(_msgs({"id": 1, "v": 2})[0])
+    assert res.dead and "has header ['id', 'v']" in res.error.message
+
+
+def test_write_then_poll_round_trip(tmp_path, step_runner, trigger_runner):
+    out = tmp_path / "rt.csv"
+    step_runner("csv.write", {"path": str(out)}).run_batch(
+        _msgs(*({"id": i, "price": i * 1.5, "sku": f"{i:04d}"} for i in range(1, 4))))
+    msgs, _, _ = trigger_runner("csv.poll", {"path": str(out), "cursor": "id"}).poll({})
+    assert [m.body for m in msgs] == [{"id": i, "price": i * 1.5, "sku": f"{i:04d}"} for i in range(1, 4)]
