@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="serve a webhook trigger on this port")
     p.add_argument("--host", default="127.0.0.1")
 
+    _deploy_parsers(sub)
     for extra in _EXTRA_PARSERS:
         extra(sub)
     return ap
@@ -164,6 +165,76 @@ def _dlq(args) -> int:
 def _worker(args) -> int:
     from .runtime.amqp.worker import worker_cli
     return worker_cli(_load_flow(args), args)
+
+
+def _deploy_parsers(sub) -> None:
+    p = sub.add_parser("export", help="run a notebook with papermill (or read a spec) and write a deployment")
+    p.add_argument("source", metavar="NOTEBOOK|SPEC", help="a notebook (.ipynb) or a flow.yaml")
+    p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="a notebook parameter (a flow parameter for a spec); repeatable")
+    p.add_argument("-f", "--params-file", default=None, help="YAML file of name: value parameters")
+    p.add_argument("--target", choices=["compose", "k8s", "all"], default="all")
+    p.add_argument("--flow", default=None, help="the flow to export when the notebook displays several")
+    p.add_argument("--broker-url", default=None, help="use this RabbitMQ instead of deploying one")
+    p.add_argument("--image", default=None, help="image name (default flownb-<flow>:latest)")
+    p.add_argument("--ingress-host", default=None, help="Kubernetes: add an Ingress for a webhook trigger")
+    p.add_argument("--keda", action="store_true", help="Kubernetes: a KEDA ScaledObject per action step")
+    p.add_argument("--kernel", default=None, help="Jupyter kernel (default: the notebook's)")
+    p.add_argument("-o", "--output", required=True, help="the deployment directory to write")
+
+    p = sub.add_parser("build", help="build the worker image of an exported directory (wheelhouse + docker)")
+    p.add_argument("dir", help="a directory written by 'flownb export'")
+    p.add_argument("--base-image", default=None, help="default python:3.11-slim")
+    p.add_argument("--tag", default=None)
+
+    p = sub.add_parser("deploy", help="build and start an exported flow's containers (Docker)")
+    p.add_argument("dir", help="a directory written by 'flownb export'")
+    p.add_argument("--broker-url", default=None, help="use this RabbitMQ instead of starting one")
+    p.add_argument("--network", default="host", help="Docker network mode of the containers")
+    p.add_argument("--base-image", default=None)
+    p.add_argument("--no-build", action="store_true", help="use the image built before")
+    p.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:CONTAINER",
+                   help="bind-mount a host path into every worker (repeatable)")
+
+    p = sub.add_parser("status", help="containers and queue depths of a deployed flow")
+    p.add_argument("dir")
+    p.add_argument("--broker-url", default=None)
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+    p = sub.add_parser("down", help="stop and remove a deployed flow's containers")
+    p.add_argument("dir")
+    p.add_argument("--keep-broker", action="store_true")
+    p.add_argument("--volumes", action="store_true", help="also remove the broker's data volume")
+
+
+@command("export")
+def _export(args) -> int:
+    from .deploy.cli_views import export_cli
+    return export_cli(args, _console())
+
+
+@command("build")
+def _build(args) -> int:
+    from .deploy.cli_views import build_cli
+    return build_cli(args, _console())
+
+
+@command("deploy")
+def _deploy(args) -> int:
+    from .deploy.cli_views import deploy_cli
+    return deploy_cli(args, _console())
+
+
+@command("status")
+def _status(args) -> int:
+    from .deploy.cli_views import status_cli
+    return status_cli(args, _console())
+
+
+@command("down")
+def _down(args) -> int:
+    from .deploy.cli_views import down_cli
+    return down_cli(args, _console())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,131 @@
+"""What compose, Kubernetes, the image and the Docker deploy share: names, secrets, worker commands."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+from ..errors import DeployError
+from ..flow import Flow, Step
+
+DEFAULT_WEBHOOK_PORT = 8080
+METRICS_PORT = 9100
+INTERNAL_BROKER_URL = "amqp://guest:guest@rabbitmq:5672/"
+RABBITMQ_IMAGE = "rabbitmq:3-management"
+BROKER_ENV = "FLOWNB_BROKER_URL"
+#: config keys whose literal value would be a secret: name an environment variable instead
+_SECRET_KEYS = re.compile(r"^(password|passwd|secret|token|api_?key|access_?key|authorization|"
+                          r"client_secret|private_key)$", re.I)
+
+
+def image_name(flow: Flow) -> str:
+    return f"flownb-{flow.name}:latest"
+
+
+def secrets_name(flow: Flow) -> str:
+    """Name of the Kubernetes Secret (and stem of the compose env file) holding the flow's secrets."""
+    return f"flownb-{flow.name}-secrets"
+
+
+def _walk(config: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:
+    if isinstance(config, dict):
+        for k, v in config.items():
+            where = f"{path}.{k}" if path else str(k)
+            yield where, str(k), v
+            yield from _walk(v, where)
+    elif isinstance(config, list):
+        for i, v in enumerate(config):
+            yield from _walk(v, f"{path}[{i}]")
+
+
+def secret_envs(flow: Flow) -> list[str]:
+    """Environment-variable names given by any ``*_env`` config field, in step order, no repeats."""
+    names: list[str] = []
+    for s in flow.all_steps:
+        for _, key, value in _walk(s.config):
+            if key.endswith("_env") and isinstance(value, str) and value and value not in names:
+                names.append(value)
+    return names
+
+
+def check_no_literal_secrets(flow: Flow) -> None:
+    """A config key such as ``password``/``token`` holding a literal string is refused."""
+    for s in flow.all_steps:
+        for where, key, value in _walk(s.config):
+            if _SECRET_KEYS.match(key) and isinstance(value, str) and value and "{{" not in value:
+                raise DeployError(
+                    f"step '{s.name}': config field '{where}' holds a literal secret; secrets never go "
+                    f"into a spec or an exported file: set '{key}_env: SOME_ENV_VAR' instead and provide "
+                    f"the variable through the env file (compose) or the Secret (Kubernetes)")
+
+
+def url_has_password(url: str) -> bool:
+    return bool(urlsplit(url).password)
+
+
+def without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How one step runs in a container."""
+
+    step: Step
+    is_trigger: bool
+    kind: str  # "action" | "poll" | "webhook"
+
+    @property
+    def name(self) -> str:
+        return self.step.name
+
+    @property
+    def replicas(self) -> int:
+        # a polling trigger must not poll twice: one replica, whatever the spec says
+        return 1 if self.kind == "poll" else self.step.replicas
+
+    @property
+    def port(self) -> int | None:
+        if self.kind != "webhook":
+            return None
+        return int(self.step.config.get("port") or DEFAULT_WEBHOOK_PORT)
+
+    def command(self, spec_path: str = "/app/flow.yaml", *, metrics: bool = False) -> list[str]:
+        cmd = ["flownb", "worker", spec_path, "--step", self.name]
+        if self.port is not None:
+            cmd += ["--port", str(self.port), "--host", "0.0.0.0"]
+        if metrics:
+            cmd += ["--metrics-port", str(METRICS_PORT)]
+        return cmd
+
+
+def component_kind(component: str) -> str:
+    """The kind of an installed component; falls back on the key when it is not installed here."""
+    from ..registry import get
+    try:
+        return get(component).kind
+    except Exception:  # an uninstalled component: the deployment image may still provide it
+        return "webhook" if component.split(".")[-1] == "webhook" else "poll"
+
+
+def plan(flow: Flow) -> list[StepPlan]:
+    out = [StepPlan(flow.trigger, True, component_kind(flow.trigger.component))]
+    out += [StepPlan(s, False, "action") for s in flow.steps]
+    return out
+
+
+def extras_for(flow: Flow) -> list[str]:
+    """flownb extras the flow's workers need (webhook server, PostgreSQL driver)."""
+    extras = []
+    if any(p.kind == "webhook" for p in plan(flow)):
+        extras.append("webhook")
+    text = flow.to_yaml()
+    if "postgresql" in text or "postgres://" in text:
+        extras.append("postgres")
+    return extras

@@ -1,0 +1,93 @@
+"""The deploy commands of the CLI (export, build, deploy, status, down): argument handling and rich
+output; the work is done by the functions of flownb.deploy."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import DeployError
+
+
+@contextmanager
+def _progress(con, title: str):
+    with con.status(title) as st:
+        def say(msg: str) -> None:
+            st.update(f"{title}: {msg}")
+            con.log(msg)
+        yield say
+
+
+def export_cli(args, con) -> int:
+    from .export import export
+    res = export(args.source, args.output, params=dict(args.param or []), params_file=args.params_file,
+                 target=args.target, flow_name=args.flow, broker_url=args.broker_url, image=args.image,
+                 ingress_host=args.ingress_host, keda=args.keda, kernel_name=args.kernel)
+    con.print(f"[green]exported[/green] flow '{res.flow.name}' to {res.out_dir}")
+    for f in res.files:
+        con.print(f"  {f.relative_to(res.out_dir)}")
+    return 0
+
+
+def build_cli(args, con) -> int:
+    from .image import build_image
+    with _progress(con, "build") as say:
+        tag = build_image(Path(args.dir), base_image=args.base_image, tag=args.tag, progress=say)
+    con.print(f"[green]built[/green] {tag}")
+    return 0
+
+
+def _volumes(specs: list[str]) -> dict[str, str]:
+    out = {}
+    for s in specs:
+        host, sep, target = s.partition(":")
+        if not sep or not host or not target:
+            raise DeployError(f"--volume '{s}': expected HOST_PATH:CONTAINER_PATH")
+        out[str(Path(host).resolve())] = target
+    return out
+
+
+def deploy_cli(args, con) -> int:
+    from .engine import deploy
+    with _progress(con, "deploy") as say:
+        res = deploy(Path(args.dir), broker_url=args.broker_url, network=args.network,
+                     base_image=args.base_image, build=not args.no_build, volumes=_volumes(args.volume),
+                     progress=say)
+    con.print(f"[green]deployed[/green] flow '{res.flow}' ({res.image}): {len(res.containers)} container(s)")
+    return 0
+
+
+def status_cli(args, con) -> int:
+    from rich.table import Table
+    from .engine import status
+    st = status(Path(args.dir), broker_url=args.broker_url)
+    if args.json:
+        con.print_json(json.dumps(st))
+        return 0
+    t = Table(title=f"flow '{st['flow']}': containers")
+    for c in ("container", "step", "state", "restarts", "exit code", "started"):
+        t.add_column(c)
+    for c in st["containers"]:
+        colour = "green" if c["state"] == "running" else "red"
+        t.add_row(c["name"], c["step"] or c["role"], f"[{colour}]{c['state']}[/{colour}]", str(c["restarts"]),
+                  str(c["exit_code"]), c["started_at"][:19])
+    con.print(t)
+    if st["queues"] is not None:
+        q = Table(title="queues")
+        for c in ("step", "ready", "retry", "dead"):
+            q.add_column(c)
+        for step, row in st["queues"].items():
+            q.add_row(step, str(row.get("ready", 0)), str(row.get("retry", "-")), str(row.get("dead", 0)))
+        con.print(q)
+    else:
+        con.print(f"[yellow]queue depths unavailable:[/yellow] {st['queues_error']}")
+    return 0
+
+
+def down_cli(args, con) -> int:
+    from .engine import down
+    with _progress(con, "down") as say:
+        removed = down(Path(args.dir), keep_broker=args.keep_broker, volumes=args.volumes, progress=say)
+    con.print(f"removed {len(removed)} container(s)")
+    return 0

@@ -1,0 +1,244 @@
+"""``flownb export``: run a notebook with papermill (or read a spec), take the flow it displays and
+write the deployment directory: flow.yaml, params.json, Dockerfile, docker-compose.yml, k8s/*.yaml,
+and the executed notebook with secrets redacted.
+
+papermill, nbformat and yaml are imported lazily: a worker never imports this module.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import DeployError, ParameterError, did_you_mean
+from ..flow import Flow, coerce_parameter, from_spec, load
+from ..notebook.display import FLOW_MIME
+from ._common import BROKER_ENV, check_no_literal_secrets, secret_envs, url_has_password
+from .redact import redact_notebook, redact_values
+
+__all__ = ["export", "ExportResult", "notebook_parameters", "check_parameters", "flows_in_notebook",
+           "TARGETS"]
+
+log = logging.getLogger("flownb.deploy")
+TARGETS = ("compose", "k8s", "all")
+_NO_DEFAULT = object()
+
+
+@dataclass
+class ExportResult:
+    flow: Flow
+    out_dir: Path
+    files: list[Path] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+# -- parameters ----------------------------------------------------------------------------------
+
+def notebook_parameters(path: str | Path) -> dict[str, dict]:
+    """The notebook's papermill parameters: name → {default (a value, or the source text when it is
+    not a literal), literal (bool), type, help}."""
+    import papermill
+    try:
+        raw = papermill.inspect_notebook(str(path))
+    except Exception as exc:  # papermill/nbformat raise many types for unreadable notebooks
+        raise DeployError(f"cannot read notebook '{path}': {exc}; check that it is a valid .ipynb") from exc
+    out = {}
+    for name, info in raw.items():
+        text = info.get("default") or "None"
+        try:
+            default, literal = ast.literal_eval(text), True
+        except (ValueError, SyntaxError):
+            default, literal = text, False
+        out[name] = {"default": default, "literal": literal,
+                     "type": info.get("inferred_type_name") or "", "help": info.get("help") or ""}
+    return out
+
+
+def _fits(value: Any, default: Any) -> bool:
+    if default is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, type(default))
+
+
+def check_parameters(declared: dict[str, dict], given: dict[str, Any], *, source: str) -> dict[str, Any]:
+    """Coerce ``given`` to the types of the declared defaults; unknown names are a ParameterError
+    that lists the notebook's parameters."""
+    known = ", ".join(f"{n} (default {d['default']!r})" for n, d in declared.items()) or \
+        "(none: tag a cell 'parameters' in the notebook)"
+    out = {}
+    for name, value in given.items():
+        if name not in declared:
+            raise ParameterError(f"{source} has no parameter '{name}'{did_you_mean(name, declared)} "
+                                 f"its parameters: {known}", field=name)
+        d = declared[name]
+        if not d["literal"]:
+            out[name] = value
+            continue
+        value = coerce_parameter(name, value, d["default"])
+        if not _fits(value, d["default"]):
+            raise ParameterError(f"value {value!r} does not fit the type of the default "
+                                 f"({type(d['default']).__name__}: {d['default']!r})", field=name)
+        out[name] = value
+    return out
+
+
+def read_params_file(path: str | Path) -> dict[str, Any]:
+    import yaml
+    p = Path(path)
+    if not p.exists():
+        raise DeployError(f"parameters file '{p}' does not exist")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ParameterError(f"parameters file '{p}' is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ParameterError(f"parameters file '{p}' must be a mapping of name: value")
+    return data
+
+
+# -- notebook ------------------------------------------------------------------------------------
+
+def run_notebook(src: Path, out: Path, params: dict[str, Any], *, kernel_name: str | None = None,
+                 cwd: Path | None = None) -> dict:
+    """Execute ``src`` with papermill; return the executed notebook as a dict. papermill writes to a
+    temporary file: only a redacted notebook ever reaches ``out`` (the partial one, on failure)."""
+    import tempfile
+
+    import nbformat
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+    with tempfile.TemporaryDirectory(prefix="flownb-export-") as tmp:
+        tmp_out = Path(tmp) / src.name
+        try:
+            nb = papermill.execute_notebook(str(src), str(tmp_out), parameters=params,
+                                            kernel_name=kernel_name, progress_bar=False,
+                                            cwd=str(cwd or src.parent))
+        except PapermillExecutionError as exc:
+            if tmp_out.exists():
+                partial = json.loads(tmp_out.read_text(encoding="utf-8"))
+                out.write_text(json.dumps(redact_notebook(partial, []), indent=1) + "\n", encoding="utf-8")
+            raise DeployError(f"notebook '{src.name}' failed in cell {exc.cell_index} (execution count "
+                              f"{exc.exec_count}): {exc.ename}: {exc.evalue}; the partial output is in "
+                              f"'{out}'; fix the notebook (or the parameters) and export again") from None
+        except Exception as exc:  # kernel missing, unreadable notebook …
+            raise DeployError(f"could not run notebook '{src.name}' with papermill: {exc}") from exc
+    return json.loads(nbformat.writes(nb))
+
+
+def flows_in_notebook(nb: dict) -> list[dict]:
+    """The flow specs the notebook displays (MIME ``application/vnd.flownb.flow+json``), one per flow
+    name; a flow displayed several times counts once (its last display wins)."""
+    found: dict[str, dict] = {}
+    for cell in nb.get("cells", []):
+        for output in cell.get("outputs", []) or []:
+            spec = (output.get("data") or {}).get(FLOW_MIME)
+            if isinstance(spec, str):
+                spec = json.loads(spec)
+            if isinstance(spec, dict):
+                found.pop(spec.get("name"), None)
+                found[spec.get("name")] = spec
+    return list(found.values())
+
+
+def pick_flow(specs: list[dict], name: str | None, *, source: str) -> Flow:
+    names = [str(s.get("name")) for s in specs]
+    if name:
+        for s in specs:
+            if s.get("name") == name:
+                return from_spec(s, source=f"{source} (flow '{name}')")
+        raise DeployError(f"{source} displays no flow '{name}'{did_you_mean(name, names)} "
+                          f"flows displayed: {', '.join(names) or '(none)'}")
+    if not specs:
+        raise DeployError(f"{source} displays no flow: end a cell with the Flow object (or "
+                          f"display(flow)) so the export can find it")
+    if len(specs) > 1:
+        raise DeployError(f"{source} displays {len(specs)} flows ({', '.join(names)}); pick one with "
+                          f"--flow NAME")
+    return from_spec(specs[0], source=source)
+
+
+# -- export --------------------------------------------------------------------------------------
+
+def export(source: str | Path, out_dir: str | Path, *, params: dict[str, Any] | None = None,
+           params_file: str | Path | None = None, target: str = "all", flow_name: str | None = None,
+           broker_url: str | None = None, kernel_name: str | None = None, image: str | None = None,
+           ingress_host: str | None = None, keda: bool = False) -> ExportResult:
+    """Export a notebook (run with papermill) or a spec to a deployment directory ``out_dir``."""
+    if target not in TARGETS:
+        raise DeployError(f"unknown target '{target}'{did_you_mean(target, TARGETS)} "
+                          f"targets: {', '.join(TARGETS)}")
+    src = Path(source)
+    if not src.exists():
+        raise DeployError(f"'{src}' does not exist; pass a notebook (.ipynb) or a flow.yaml")
+    given = {**(read_params_file(params_file) if params_file else {}), **(params or {})}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result_params: dict[str, Any]
+    executed: dict | None = None
+    if src.suffix == ".ipynb":
+        declared = notebook_parameters(src)
+        result_params = check_parameters(declared, given, source=f"notebook '{src.name}'")
+        log.info("running %s with papermill, parameters %s", src.name, sorted(result_params))
+        executed_path = out / f"{src.stem}.executed.ipynb"
+        executed = run_notebook(src, executed_path, result_params, kernel_name=kernel_name)
+        flow = pick_flow(flows_in_notebook(executed), flow_name, source=f"notebook '{src.name}'")
+    else:
+        flow = load(src)
+        if flow_name and flow_name != flow.name:
+            raise DeployError(f"spec '{src}' holds flow '{flow.name}', not '{flow_name}'")
+        flow = flow.with_parameters(given)
+        result_params = dict(given)
+    return _write(flow, out, executed, src, result_params, target=target, broker_url=broker_url,
+                  image=image, ingress_host=ingress_host, keda=keda)
+
+
+def _write(flow: Flow, out: Path, executed: dict | None, src: Path, params: dict[str, Any], *,
+           target: str, broker_url: str | None, image: str | None, ingress_host: str | None,
+           keda: bool) -> ExportResult:
+    from . import compose, image as image_mod, k8s
+    flow = flow.resolved()
+    flow.validate_components()
+    check_no_literal_secrets(flow)
+    envs = secret_envs(flow)
+    values = [os.environ[e] for e in envs if os.environ.get(e)]
+    spec_text = flow.to_yaml()
+    if redact_values(spec_text, values) != spec_text:
+        raise DeployError(f"the flow spec contains the value of a secret environment variable "
+                          f"({', '.join(envs)}); reference it with a '*_env' config field instead")
+    res = ExportResult(flow=flow, out_dir=out, parameters=params)
+    res.files.append(flow.save(out / "flow.yaml"))
+    res.files.append(_write_text(out / "params.json", json.dumps(
+        {"source": src.name, "parameters": params, "flow_parameters": flow.parameters},
+        indent=2, default=str, sort_keys=True) + "\n", values))
+    res.files.append(image_mod.write_dockerfile(out, flow))
+    env_names = envs + ([BROKER_ENV] if broker_url and url_has_password(broker_url) else [])
+    if env_names:
+        res.files.append(_write_text(out / "secrets.env.example", "".join(
+            f"{e}=\n" for e in env_names), []))
+    if target in ("compose", "all"):
+        res.files.append(compose.write_compose(out, flow, broker_url=broker_url, image=image))
+    if target in ("k8s", "all"):
+        res.files += k8s.write_manifests(out / "k8s", flow, broker_url=broker_url, image=image,
+                                        ingress_host=ingress_host, keda=keda)
+    if executed is not None:
+        path = out / f"{src.stem}.executed.ipynb"
+        path.write_text(json.dumps(redact_notebook(executed, values), indent=1, ensure_ascii=False) + "\n",
+                        encoding="utf-8")
+        res.files.append(path)
+    return res
+
+
+def _write_text(path: Path, text: str, values: list[str]) -> Path:
+    path.write_text(redact_values(text, values), encoding="utf-8")
+    return path

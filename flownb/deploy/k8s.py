@@ -1,0 +1,184 @@
+"""Kubernetes manifests: the spec in a ConfigMap, a Deployment per step, Secret references for every
+``*_env`` secret, a Service (+ optional Ingress) for a webhook trigger, a RabbitMQ StatefulSet unless a
+broker URL is given, and optionally a KEDA ScaledObject per action step (queue length)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from ..flow import Flow
+from ..runtime.amqp import names
+from ._common import (BROKER_ENV, METRICS_PORT, RABBITMQ_IMAGE, StepPlan, image_name, plan, secret_envs,
+                      secrets_name, url_has_password)
+
+__all__ = ["render_manifests", "write_manifests", "TERMINATION_GRACE_SECONDS", "KEDA_QUEUE_LENGTH"]
+
+TERMINATION_GRACE_SECONDS = 60
+KEDA_QUEUE_LENGTH = 100
+BROKER_SECRET_KEY = BROKER_ENV
+
+
+def _dns(name: str) -> str:
+    """A DNS-1035 label (<= 63 chars): long names are cut and given a short hash to stay unique."""
+    if len(name) <= 63:
+        return name
+    import hashlib
+    return name[:54].rstrip("-") + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+
+
+def _meta(flow: Flow, name: str, step: str | None = None) -> dict:
+    labels = {"app.kubernetes.io/name": "flownb", "app.kubernetes.io/instance": flow.name,
+              "flownb.flow": flow.name}
+    if step:
+        labels["flownb.step"] = step
+    return {"name": _dns(name), "labels": labels}
+
+
+def _configmap(flow: Flow) -> dict:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(flow, f"flownb-{flow.name}-spec"),
+            "data": {"flow.yaml": flow.to_yaml()}}
+
+
+def _env(flow: Flow, broker_url: str | None) -> list[dict]:
+    secret = secrets_name(flow)
+    env: list[dict] = []
+    if broker_url is None:
+        env.append({"name": BROKER_ENV, "value": f"amqp://guest:guest@{_dns(f'flownb-{flow.name}-rabbitmq')}:5672/"})
+    elif url_has_password(broker_url):
+        env.append({"name": BROKER_ENV, "valueFrom": {"secretKeyRef": {"name": secret, "key": BROKER_SECRET_KEY}}})
+    else:
+        env.append({"name": BROKER_ENV, "value": broker_url})
+    for name in secret_envs(flow):
+        env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": name}}})
+    return env
+
+
+def _deployment(flow: Flow, p: StepPlan, image: str, broker_url: str | None) -> dict:
+    name = f"flownb-{flow.name}-{p.name}"
+    ports = [{"name": "metrics", "containerPort": METRICS_PORT}]
+    if p.port is not None:
+        ports.append({"name": "webhook", "containerPort": p.port})
+    probe = {"tcpSocket": {"port": "metrics"}, "periodSeconds": 10, "failureThreshold": 6}
+    container = {
+        "name": "worker", "image": image, "imagePullPolicy": "IfNotPresent",
+        "command": p.command(metrics=True), "env": _env(flow, broker_url), "ports": ports,
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        "readinessProbe": {**probe, "initialDelaySeconds": 2},
+        "livenessProbe": {**probe, "initialDelaySeconds": 15},
+        "volumeMounts": [{"name": "spec", "mountPath": "/app/flow.yaml", "subPath": "flow.yaml",
+                          "readOnly": True}],
+        "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True, "runAsUser": 10001,
+                            "capabilities": {"drop": ["ALL"]}},
+    }
+    meta = _meta(flow, name, p.name)
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
+        "spec": {
+            "replicas": p.replicas,
+            # a polling trigger must never run twice at once: replace, never overlap
+            "strategy": {"type": "Recreate"} if p.kind == "poll" else {"type": "RollingUpdate"},
+            "selector": {"matchLabels": {"flownb.flow": flow.name, "flownb.step": p.name}},
+            "template": {
+                "metadata": {"labels": meta["labels"]},
+                "spec": {
+                    # SIGTERM drains in-flight messages; give the worker time before SIGKILL
+                    "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+                    "containers": [container],
+                    "volumes": [{"name": "spec", "configMap": {"name": _dns(f"flownb-{flow.name}-spec")}}],
+                },
+            },
+        },
+    }
+
+
+def _webhook_service(flow: Flow, p: StepPlan) -> dict:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(flow, f"flownb-{flow.name}-{p.name}", p.name),
+            "spec": {"selector": {"flownb.flow": flow.name, "flownb.step": p.name},
+                     "ports": [{"name": "webhook", "port": 80, "targetPort": "webhook"}]}}
+
+
+def _ingress(flow: Flow, p: StepPlan, host: str) -> dict:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": _meta(flow, f"flownb-{flow.name}-{p.name}", p.name),
+            "spec": {"rules": [{"host": host, "http": {"paths": [{
+                "path": f"/hooks/{flow.name}", "pathType": "Prefix",
+                "backend": {"service": {"name": _dns(f"flownb-{flow.name}-{p.name}"),
+                                        "port": {"name": "webhook"}}}}]}}]}}
+
+
+def _rabbitmq(flow: Flow) -> list[dict]:
+    name = f"flownb-{flow.name}-rabbitmq"
+    meta = _meta(flow, name, "rabbitmq")
+    sel = {"flownb.flow": flow.name, "flownb.step": "rabbitmq"}
+    probe = {"exec": {"command": ["rabbitmq-diagnostics", "-q", "ping"]}, "periodSeconds": 15,
+             "timeoutSeconds": 10}
+    sts = {
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta,
+        "spec": {
+            "serviceName": meta["name"], "replicas": 1, "selector": {"matchLabels": sel},
+            "template": {"metadata": {"labels": meta["labels"]}, "spec": {
+                "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+                "containers": [{
+                    "name": "rabbitmq", "image": RABBITMQ_IMAGE,
+                    "ports": [{"name": "amqp", "containerPort": 5672},
+                              {"name": "management", "containerPort": 15672}],
+                    "readinessProbe": {**probe, "initialDelaySeconds": 10},
+                    "livenessProbe": {**probe, "initialDelaySeconds": 60},
+                    "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+                    "volumeMounts": [{"name": "data", "mountPath": "/var/lib/rabbitmq"}],
+                }]}},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {
+                "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}],
+        },
+    }
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": meta,
+           "spec": {"selector": sel, "ports": [{"name": "amqp", "port": 5672, "targetPort": "amqp"},
+                                               {"name": "management", "port": 15672,
+                                                "targetPort": "management"}]}}
+    return [sts, svc]
+
+
+def _scaled_object(flow: Flow, p: StepPlan) -> dict:
+    return {
+        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+        "metadata": _meta(flow, f"flownb-{flow.name}-{p.name}", p.name),
+        "spec": {
+            "scaleTargetRef": {"name": _dns(f"flownb-{flow.name}-{p.name}")},
+            "minReplicaCount": p.replicas, "maxReplicaCount": max(p.replicas * 5, 5),
+            "triggers": [{"type": "rabbitmq", "metadata": {
+                "queueName": names.step_queue(flow.name, p.name), "mode": "QueueLength",
+                "value": str(KEDA_QUEUE_LENGTH), "hostFromEnv": BROKER_ENV}}],
+        },
+    }
+
+
+def render_manifests(flow: Flow, *, broker_url: str | None = None, image: str | None = None,
+                     ingress_host: str | None = None, keda: bool = False) -> dict[str, list[dict]]:
+    """file name → the Kubernetes objects written to it."""
+    img = image or image_name(flow)
+    files: dict[str, list[dict]] = {"configmap.yaml": [_configmap(flow)]}
+    if broker_url is None:
+        files["rabbitmq.yaml"] = _rabbitmq(flow)
+    for p in plan(flow):
+        objs = [_deployment(flow, p, img, broker_url)]
+        if p.port is not None:
+            objs.append(_webhook_service(flow, p))
+            if ingress_host:
+                objs.append(_ingress(flow, p, ingress_host))
+        if keda and not p.is_trigger:
+            objs.append(_scaled_object(flow, p))
+        files[f"step-{p.name}.yaml"] = objs
+    return files
+
+
+def write_manifests(out: Path, flow: Flow, **kw) -> list[Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fname, objs in render_manifests(flow, **kw).items():
+        path = out / fname
+        path.write_text(yaml.safe_dump_all(objs, sort_keys=False, width=110), encoding="utf-8")
+        written.append(path)
+    return written

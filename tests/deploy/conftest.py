@@ -1,0 +1,66 @@
+"""Shared fixtures of the deploy tests: test notebooks, an exported directory, the Docker engine."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_yaml_all(path: Path) -> list[dict]:
+    import yaml
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+@pytest.fixture(scope="session")
+def hooks_export(tmp_path_factory) -> Path:
+    """hooks.ipynb exported once (papermill runs the real kernel) with parameters and secrets set."""
+    import os
+    from flownb.deploy import export
+    out = tmp_path_factory.mktemp("hooks-export")
+    env = {"HOOK_TOKEN_E2E": "hook-token-" + uuid.uuid4().hex, "DB_URL_E2E": "postgresql+psycopg://postgres@127.0.0.1/test"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        export(DATA / "hooks.ipynb", out, params={"replicas": "3", "table": "ev2"})
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    (out / "_secrets.json").write_text(json.dumps(env))
+    return out
+
+
+def docker_reason() -> str | None:
+    """None when a Docker engine answers; else why not (the tests print it when they skip)."""
+    try:
+        import docker
+        docker.from_env().ping()
+        return None
+    except Exception as exc:  # DockerException, connection refused, missing socket
+        hint = "" if shutil.which("dockerd") else " (dockerd is not installed: scripts/ci-deps)"
+        return f"Docker engine unavailable: {exc}{hint}; start it with scripts/docker-up"
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    reason = docker_reason()
+    if reason is None:
+        return
+    # try once to start it, as CI does
+    script = ROOT / "scripts" / "docker-up"
+    if script.exists():
+        subprocess.run([str(script)], capture_output=True, timeout=120)
+        reason = docker_reason()
+    if reason:
+        print(f"SKIPPED docker tests: {reason}")
+        pytest.skip(reason)

@@ -1,0 +1,59 @@
+"""docker-compose.yml validated against the Compose specification JSON schema (vendored)."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+import yaml
+
+from flownb import Flow, step
+from flownb.deploy import render_compose
+
+from .conftest import DATA
+
+SCHEMA = json.loads((DATA / "compose-spec.json").read_text())
+
+
+def _validate(doc: dict) -> None:
+    jsonschema.Draft201909Validator(SCHEMA).validate(doc)
+
+
+def test_the_schema_rejects_a_broken_document():
+    with pytest.raises(jsonschema.ValidationError):
+        _validate({"services": {"a": {"image": "x", "deploy": {"replicas": "two"}}}})
+    with pytest.raises(jsonschema.ValidationError):
+        _validate({"services": {"a": {"image": "x", "restart_policy": "always"}}})
+
+
+def test_exported_compose_is_valid_and_complete(hooks_export):
+    doc = yaml.safe_load((hooks_export / "docker-compose.yml").read_text())
+    _validate(doc)
+    svc = doc["services"]
+    assert list(svc) == ["rabbitmq", "hook", "show", "store"]
+    rmq = svc["rabbitmq"]
+    assert rmq["image"] == "rabbitmq:3-management" and rmq["healthcheck"]["test"][0] == "CMD"
+    assert rmq["volumes"] == ["rabbitmq-data:/var/lib/rabbitmq"] and "rabbitmq-data" in doc["volumes"]
+    for name in ("hook", "show", "store"):
+        s = svc[name]
+        assert s["command"][:5] == ["flownb", "worker", "/app/flow.yaml", "--step", name]
+        assert s["environment"]["FLOWNB_BROKER_URL"] == "amqp://guest:guest@rabbitmq:5672/"
+        assert s["restart"] == "unless-stopped" and s["env_file"] == ["secrets.env"]
+        assert s["depends_on"] == {"rabbitmq": {"condition": "service_healthy"}}
+        assert s["labels"] == {"flownb.flow": "hooks", "flownb.step": name}
+    assert svc["show"]["deploy"]["replicas"] == 3
+    assert svc["hook"]["ports"] == ["8080:8080"] and "--port" in svc["hook"]["command"]
+    assert "ports" not in svc["store"]
+
+
+def test_external_broker_and_no_secrets():
+    flow = Flow(name="plain", trigger=step("tick", "schedule", cron="* * * * *"),
+                steps=[step("out", "log", replicas=4)])
+    doc = render_compose(flow, broker_url="amqp://guest@mq.example:5672/")
+    _validate(doc)
+    assert "rabbitmq" not in doc["services"] and "volumes" not in doc
+    out = doc["services"]["out"]
+    assert out["environment"]["FLOWNB_BROKER_URL"] == "amqp://guest@mq.example:5672/"
+    assert "env_file" not in out and "depends_on" not in out and out["deploy"]["replicas"] == 4
+    assert doc["services"]["tick"]["deploy"]["replicas"] == 1  # a trigger that polls never runs twice

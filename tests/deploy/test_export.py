@@ -1,0 +1,179 @@
+"""flownb export: papermill run with checked parameters, flow extraction, files written, secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from flownb import Flow, step
+from flownb.cli import main
+from flownb.deploy import export, flows_in_notebook
+from flownb.errors import DeployError, ParameterError
+from flownb.registry import register
+from flownb.components.base import Action
+from pydantic import BaseModel, ConfigDict
+
+from .conftest import DATA
+
+
+def _notebook(path: Path, *cells: str, params: str = "x = 1") -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    p = nbformat.v4.new_code_cell(params)
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [p, *(nbformat.v4.new_code_cell(c) for c in cells)]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_export_writes_every_file_with_parameters_resolved(hooks_export):
+    out = hooks_export
+    for name in ("flow.yaml", "params.json", "Dockerfile", ".dockerignore", "docker-compose.yml",
+                 "secrets.env.example", "hooks.executed.ipynb", "k8s/configmap.yaml", "k8s/rabbitmq.yaml",
+                 "k8s/step-hook.yaml", "k8s/step-show.yaml", "k8s/step-store.yaml"):
+        assert (out / name).is_file(), name
+    spec = yaml.safe_load((out / "flow.yaml").read_text())
+    assert spec["name"] == "hooks"
+    assert spec["parameters"] == {"table": "ev2"}
+    store = spec["steps"][1]
+    assert store["config"]["table"] == "ev2"  # '{{ table }}' resolved
+    assert spec["steps"][0]["replicas"] == 3  # -p replicas "3" coerced to int by the default's type
+    params = json.loads((out / "params.json").read_text())
+    assert params["parameters"] == {"replicas": 3, "table": "ev2"}
+    nb = json.loads((out / "hooks.executed.ipynb").read_text())
+    injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert injected and "replicas = 3" in "".join(injected[0]["source"])
+    assert sorted((out / "secrets.env.example").read_text().split()) == ["DB_URL_E2E=", "HOOK_TOKEN_E2E="]
+
+
+def test_secrets_never_reach_an_exported_file(hooks_export):
+    secrets = json.loads((hooks_export / "_secrets.json").read_text())
+    files = [p for p in hooks_export.rglob("*") if p.is_file() and p.name != "_secrets.json"]
+    assert len(files) >= 12
+    for p in files:
+        text = p.read_text()
+        for value in secrets.values():
+            assert value not in text, f"{value!r} leaked into {p.name}"
+        if p.suffix == ".ipynb":
+            outputs = json.dumps([c.get("outputs", []) for c in json.loads(text)["cells"]])
+            assert "s3cr3t-Tok3nValue" not in outputs
+    nb = (hooks_export / "hooks.executed.ipynb").read_text()
+    assert "token in use: ***" in nb
+    assert "Authorization: Bearer ***" in nb
+
+
+def test_unknown_parameter_lists_the_notebooks_parameters(tmp_path):
+    with pytest.raises(ParameterError) as e:
+        export(DATA / "hooks.ipynb", tmp_path, params={"tabel": "x"})
+    msg = str(e.value)
+    assert "no parameter 'tabel'" in msg and "did you mean 'table'" in msg
+    for name in ("flow_name", "replicas", "rate", "verbose", "second_flow"):
+        assert name in msg
+    assert not (tmp_path / "flow.yaml").exists()
+
+
+@pytest.mark.parametrize("name, value", [("replicas", "many"), ("rate", "fast"), ("verbose", "perhaps")])
+def test_values_are_checked_against_the_defaults_types(tmp_path, name, value):
+    with pytest.raises(ParameterError, match="does not fit the type of the default"):
+        export(DATA / "hooks.ipynb", tmp_path, params={name: value})
+
+
+def test_typed_values_from_a_params_file_are_checked(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("replicas: 2.5\n")
+    with pytest.raises(ParameterError, match="replicas"):
+        export(DATA / "hooks.ipynb", tmp_path / "out", params_file=f)
+
+
+def test_several_flows_need_flow_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOOK_TOKEN_E2E", "t0ken-value")
+    with pytest.raises(DeployError, match=r"displays 2 flows \(hooks, hooks-copy\); pick one with --flow"):
+        export(DATA / "hooks.ipynb", tmp_path / "a", params={"second_flow": True})
+    res = export(DATA / "hooks.ipynb", tmp_path / "b", params={"second_flow": "true"}, flow_name="hooks-copy",
+                 target="compose")
+    assert res.flow.name == "hooks-copy"
+    assert (tmp_path / "b" / "docker-compose.yml").exists() and not (tmp_path / "b" / "k8s").exists()
+
+
+def test_a_notebook_without_flow_is_an_error(tmp_path):
+    nb = _notebook(tmp_path / "empty.ipynb", "print('hello')")
+    with pytest.raises(DeployError, match="displays no flow"):
+        export(nb, tmp_path / "out")
+
+
+def test_a_failing_cell_reports_where_and_keeps_a_redacted_record(tmp_path):
+    nb = _notebook(tmp_path / "bad.ipynb", "print('Authorization: Bearer abcdefgh1234')\n1/0")
+    with pytest.raises(DeployError, match=r"failed in cell 1 .*ZeroDivisionError"):
+        export(nb, tmp_path / "out")
+    partial = json.loads((tmp_path / "out" / "bad.executed.ipynb").read_text())
+    outputs = json.dumps([c.get("outputs", []) for c in partial["cells"]])
+    assert "ZeroDivisionError" in outputs and "Bearer ***" in outputs and "abcdefgh1234" not in outputs
+
+
+def test_spec_input_skips_papermill_and_overrides_flow_parameters(tmp_path):
+    flow = Flow(name="from-spec", parameters={"table": "a", "n": 1},
+                trigger=step("hook", "webhook", token_env="T"),
+                steps=[step("store", "sql.upsert", url="sqlite:///x.db", table="{{ table }}", key=["id"])])
+    src = flow.save(tmp_path / "flow.yaml")
+    res = export(src, tmp_path / "out", params={"table": "b", "n": "7"}, target="k8s")
+    spec = yaml.safe_load((tmp_path / "out" / "flow.yaml").read_text())
+    assert spec["steps"][0]["config"]["table"] == "b" and spec["parameters"]["n"] == 7
+    assert res.flow.parameters == {"table": "b", "n": 7}
+    with pytest.raises(ParameterError, match="did you mean 'table'"):
+        export(src, tmp_path / "out2", params={"tables": "c"})
+
+
+class _SecretiveConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    password: str | None = None
+    password_env: str | None = None
+    note: str = ""
+
+
+class _Secretive(Action):
+    Config = _SecretiveConfig
+
+    def process(self, message, ctx):
+        return message.body
+
+
+register("test.secretive", _Secretive)
+
+
+def test_a_literal_secret_in_a_config_is_refused(tmp_path):
+    flow = Flow(name="leaky", trigger=step("hook", "webhook", token_env="T"),
+                steps=[step("call", "test.secretive", password="hunter2")])
+    with pytest.raises(DeployError, match="literal secret.*password_env"):
+        export(flow.save(tmp_path / "flow.yaml"), tmp_path / "out")
+
+
+def test_a_secret_value_copied_into_the_spec_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("LEAKY_PW", "correct-horse-battery")
+    flow = Flow(name="leaky", trigger=step("hook", "webhook", token_env="T"),
+                steps=[step("call", "test.secretive", password_env="LEAKY_PW", note="correct-horse-battery")])
+    with pytest.raises(DeployError, match="contains the value of a secret environment variable"):
+        export(flow.save(tmp_path / "flow.yaml"), tmp_path / "out")
+
+
+def test_flows_in_notebook_keeps_one_spec_per_name():
+    spec = {"flownb": 1, "name": "a", "trigger": {"name": "t", "component": "webhook"}}
+    nb = {"cells": [{"outputs": [{"data": {"application/vnd.flownb.flow+json": spec}}]},
+                    {"outputs": [{"data": {"application/vnd.flownb.flow+json": {**spec, "description": "2"}}}]}]}
+    assert flows_in_notebook(nb) == [{**spec, "description": "2"}]
+
+
+def test_cli_export_exit_codes(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HOOK_TOKEN_E2E", "t0ken-value")
+    assert main(["export", str(DATA / "hooks.ipynb"), "-p", "nope", "1", "-o", str(tmp_path / "x")]) == 2
+    assert "no parameter 'nope'" in capsys.readouterr().err
+    assert main(["export", str(DATA / "hooks.ipynb"), "-p", "table", "t9", "--target", "compose",
+                 "--broker-url", "amqp://user:pw0rd123@broker.internal:5672/", "-o", str(tmp_path / "y")]) == 0
+    compose = (tmp_path / "y" / "docker-compose.yml").read_text()
+    assert "pw0rd123" not in compose and "rabbitmq:3-management" not in compose
+    assert "FLOWNB_BROKER_URL=" in (tmp_path / "y" / "secrets.env.example").read_text()
+    assert "exported flow 'hooks'" in capsys.readouterr().out

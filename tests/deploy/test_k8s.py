@@ -1,0 +1,86 @@
+"""Kubernetes manifests validated with kubernetes-validate (the API's OpenAPI schemas)."""
+
+from __future__ import annotations
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from flownb import Flow, step
+from flownb.deploy import render_manifests
+from flownb.runtime.amqp import names
+
+from .conftest import load_yaml_all
+
+K8S_VERSION = "1.30"
+
+
+def _check(obj: dict) -> None:
+    if obj["apiVersion"].startswith("keda.sh/"):
+        return  # a CRD: checked by hand below
+    kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_validator_rejects_a_broken_deployment():
+    bad = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+           "spec": {"replicas": "three", "selector": {}, "template": {}}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
+
+
+def test_exported_manifests_validate(hooks_export):
+    objs = [o for p in sorted((hooks_export / "k8s").glob("*.yaml")) for o in load_yaml_all(p)]
+    kinds = sorted(o["kind"] for o in objs)
+    assert kinds == ["ConfigMap", "Deployment", "Deployment", "Deployment", "Service", "Service", "StatefulSet"]
+    for o in objs:
+        _check(o)
+    cm = next(o for o in objs if o["kind"] == "ConfigMap")
+    assert yaml.safe_load(cm["data"]["flow.yaml"])["name"] == "hooks"
+    deps = {o["metadata"]["labels"]["flownb.step"]: o for o in objs if o["kind"] == "Deployment"}
+    assert deps["show"]["spec"]["replicas"] == 3
+    for name, d in deps.items():
+        pod = d["spec"]["template"]["spec"]
+        assert pod["terminationGracePeriodSeconds"] >= 30
+        c = pod["containers"][0]
+        assert c["readinessProbe"] and c["livenessProbe"] and c["resources"]["limits"]["memory"]
+        assert c["securityContext"]["runAsNonRoot"] is True
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"] if "valueFrom" in e}
+        assert refs == {"HOOK_TOKEN_E2E": {"name": "flownb-hooks-secrets", "key": "HOOK_TOKEN_E2E"},
+                        "DB_URL_E2E": {"name": "flownb-hooks-secrets", "key": "DB_URL_E2E"}}
+        broker = next(e for e in c["env"] if e["name"] == "FLOWNB_BROKER_URL")
+        assert broker["value"] == "amqp://guest:guest@flownb-hooks-rabbitmq:5672/"
+    svc = next(o for o in objs if o["kind"] == "Service" and o["metadata"]["labels"]["flownb.step"] == "hook")
+    assert svc["spec"]["ports"][0]["targetPort"] == "webhook"
+    assert deps["hook"]["spec"]["strategy"]["type"] == "RollingUpdate"
+
+
+def test_external_broker_ingress_and_keda():
+    flow = Flow(name="kq", trigger=step("hook", "webhook", token_env="TOK"),
+                steps=[step("work", "log", replicas=2)])
+    files = render_manifests(flow, broker_url="amqp://app:pw-secret@mq:5672/", ingress_host="hooks.example.org",
+                             keda=True)
+    assert "rabbitmq.yaml" not in files
+    objs = [o for v in files.values() for o in v]
+    for o in objs:
+        _check(o)
+    ing = next(o for o in objs if o["kind"] == "Ingress")
+    assert ing["spec"]["rules"][0]["host"] == "hooks.example.org"
+    so = [o for o in objs if o["kind"] == "ScaledObject"]
+    assert len(so) == 1  # action steps only, not the trigger
+    spec = so[0]["spec"]
+    assert spec["scaleTargetRef"]["name"] == "flownb-kq-work" and spec["minReplicaCount"] == 2
+    trig = spec["triggers"][0]
+    assert trig["type"] == "rabbitmq" and trig["metadata"]["queueName"] == names.step_queue("kq", "work")
+    assert trig["metadata"]["hostFromEnv"] == "FLOWNB_BROKER_URL"
+    assert "pw-secret" not in yaml.safe_dump_all(objs)
+    work = next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "flownb-kq-work")
+    env = {e["name"]: e for e in work["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FLOWNB_BROKER_URL"]["valueFrom"]["secretKeyRef"]["key"] == "FLOWNB_BROKER_URL"
+
+
+def test_long_names_stay_valid_dns_labels():
+    flow = Flow(name="a" * 50, trigger=step("t" * 60, "webhook", token_env="TOK"), steps=[step("s" * 60, "log")])
+    for objs in render_manifests(flow).values():
+        for o in objs:
+            assert len(o["metadata"]["name"]) <= 63
+            _check(o)
