@@ -25,6 +25,7 @@ from flownb.errors import RetryableError
 class CountConfig(PollConfig):
     total: int = 100
     batch: int = 1000
+    poison: list[int] = []
 
 
 @flownb.polling_trigger("amqptest.count", config=CountConfig)
@@ -32,7 +33,8 @@ def count(state, ctx):
     start = int(state.get("next", 0))
     end = min(start + ctx.config.batch, ctx.config.total)
     state["next"] = end
-    return [{"n": i} for i in range(start, end)]
+    bad = set(ctx.config.poison)
+    return [{"n": i, "poison": True} if i in bad else {"n": i} for i in range(start, end)]
 
 
 class WorkConfig(BaseModel):
@@ -69,6 +71,7 @@ def http_post(body, ctx):
 class SinkConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str
+    sleep_ms: float = 0
 
 
 class Sink(Action):
@@ -87,6 +90,8 @@ class Sink(Action):
 
     def process_batch(self, messages, ctx):
         import orjson
+        if self.config.sleep_ms:
+            time.sleep(self.config.sleep_ms / 1000 * len(messages))
         self.db.execute("begin immediate")
         self.db.executemany("insert or ignore into seen values (?, ?)",
                             [(m.body["n"], orjson.dumps(m.body).decode()) for m in messages])

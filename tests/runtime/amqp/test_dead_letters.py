@@ -1,0 +1,94 @@
+"""Retries, dead letters, replay and back-pressure on a real broker."""
+
+from __future__ import annotations
+
+import pytest
+
+import flownb
+from amqp_components import sink_counts, wait_for
+from flownb.cli import main
+from flownb.runtime.amqp.dlq import AmqpDeadLetters
+from flownb.runtime.amqp.topology import queue_depths
+
+pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
+
+
+def poison_flow(db, fix, total=300, max_attempts=3):
+    return flownb.Flow(
+        name="poison",
+        trigger=flownb.step("src", "amqptest.count", total=total, batch=100, poison=[7], interval="100ms"),
+        steps=[flownb.step("work", "amqptest.work", fix_file=str(fix),
+                           retry={"max_attempts": max_attempts, "initial": "200ms", "max": "1s"}),
+               flownb.step("sink", "amqptest.sink", path=str(db))])
+
+
+def test_poison_goes_to_the_dlq_after_max_attempts_and_replay_delivers_it(broker, running, tmp_path):
+    db, fix = tmp_path / "sink.db", tmp_path / "fixed"
+    flow = poison_flow(db, fix)
+    r = running(flow, ["src", "work", "sink"], broker)
+    wait_for(lambda: sink_counts(db)[0] == 299, what="the 299 good messages")
+    store = AmqpDeadLetters(flow, broker)
+    dead = wait_for(lambda: store.list(), what="the dead letter")
+    assert len(dead) == 1
+    d = dead[0]
+    assert (d.step, d.message.body, d.error.attempt) == ("work", {"n": 7, "poison": True}, 3)
+    assert d.error.type == "RetryableError" and "poison message 7" in d.error.message
+    assert "Traceback" in d.error.traceback
+    assert store.show(d.id).message.body == d.message.body
+    assert store.list() and queue_depths(flow, broker)["work"]["dead"] == 1  # listing keeps them
+
+    fix.touch()  # "the fix"
+    assert store.replay("work", [d.id]) == 1
+    wait_for(lambda: sink_counts(db)[0] == 300, what="the replayed message")
+    r.stop()
+    assert store.list() == []
+    assert sink_counts(db) == (300, 300)
+
+
+def test_dlq_cli_lists_and_replays_against_the_broker(broker, running, tmp_path, capsys):
+    db, fix = tmp_path / "sink.db", tmp_path / "fixed"
+    flow = poison_flow(db, fix, total=20, max_attempts=1)
+    spec = flow.save(tmp_path / "flow.yaml")
+    r = running(flow, ["src", "work", "sink"], broker)
+    wait_for(lambda: AmqpDeadLetters(flow, broker).list(), what="the dead letter")
+    assert main(["dlq", "list", str(spec), "--broker", broker]) == 0
+    out = capsys.readouterr().out
+    assert "1 dead letter(s)" in out and "RetryableError" in out
+    fix.touch()
+    assert main(["dlq", "replay", str(spec), "--broker", broker, "--step", "work"]) == 0
+    assert "replayed 1 dead letter(s)" in capsys.readouterr().out
+    wait_for(lambda: sink_counts(db)[0] == 20, what="all 20")
+    r.stop()
+
+
+def test_fatal_errors_dead_letter_at_once(broker, running, tmp_path):
+    db = tmp_path / "sink.db"
+    flow = flownb.Flow(name="fatal", trigger=flownb.step("src", "amqptest.count", total=10, interval="100ms"),
+                       steps=[flownb.step("sink", "amqptest.sink", path=str(tmp_path / "nodir" / "x.db"))])
+    running(flow, ["src", "sink"], broker)
+    dead = wait_for(lambda: len(AmqpDeadLetters(flow, broker).list()) == 10 and AmqpDeadLetters(flow, broker).list(),
+                    what="10 dead letters")
+    assert {d.error.type for d in dead} == {"OperationalError"}
+    assert {d.error.attempt for d in dead} == {1}
+    assert sorted(d.message.body["n"] for d in dead) == list(range(10))
+
+
+def test_full_queues_push_back_without_losing_messages(broker, running, tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOWNB_MAX_QUEUE_LENGTH", "40")
+    db = tmp_path / "sink.db"
+    flow = flownb.Flow(
+        name="pressure", trigger=flownb.step("src", "amqptest.count", total=1500, batch=30, interval="10ms"),
+        steps=[flownb.step("work", "amqptest.work", prefetch=100),
+               flownb.step("sink", "amqptest.sink", path=str(db), sleep_ms=2, prefetch=10)])
+    r = running(flow, ["src", "work", "sink"], broker)
+    peak = 0
+    def done():
+        nonlocal peak
+        peak = max(peak, queue_depths(flow, broker)["sink"]["ready"])
+        return sink_counts(db)[0] == 1500
+    wait_for(done, timeout=120, every=0.2, what="1500 messages through full queues")
+    r.stop()
+    assert sink_counts(db) == (1500, 1500)
+    assert peak <= 40
+    from flownb.runtime.amqp.metrics import NACKED
+    assert NACKED.labels("pressure", "work")._value.get() > 0  # the broker did refuse publishes

@@ -1,0 +1,186 @@
+"""Faults survived: killed workers, SIGTERM drains, a restarted broker, a target answering 503."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+import flownb
+from amqp_components import sink_counts, wait_for
+from flownb.runtime.amqp.dlq import AmqpDeadLetters
+from flownb.runtime.amqp.metrics import RETRIED
+from flownb.runtime.amqp.topology import queue_depths
+from flownb.runtime.amqp.trigger import read_state
+
+pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
+RUN_WORKER = Path(__file__).parent / "run_worker.py"
+PREFETCH = 200
+
+
+def three_steps(name, db, total, batch=500):
+    return flownb.Flow(name=name, trigger=flownb.step("src", "amqptest.count", total=total, batch=batch,
+                                                       interval="20ms"),
+                       steps=[flownb.step("work", "amqptest.work"),
+                              flownb.step("sink", "amqptest.sink", path=str(db))])
+
+
+class Spawned:
+    """A ``flownb worker`` subprocess; start() returns once it logs that it is consuming."""
+
+    def __init__(self, spec, step, broker, *extra):
+        self.proc = subprocess.Popen([sys.executable, str(RUN_WORKER), "worker", str(spec), "--step", step,
+                                      "--broker", broker, "--prefetch", str(PREFETCH), *extra],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        assert self.ready.wait(20), "worker did not start consuming: " + "".join(self.lines)[-2000:]
+
+    def _read(self):
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            if "consuming" in line:
+                self.ready.set()
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+        return self.proc.wait(30)
+
+    @property
+    def log(self):
+        return "".join(self.lines)[-3000:]
+
+
+def spawn(spec, step, broker, *extra):
+    return Spawned(spec, step, broker, *extra)
+
+
+@pytest.mark.slow
+def test_sigkilled_worker_loses_nothing(broker, running, tmp_path):
+    db = tmp_path / "sink.db"
+    total, kills = 20_000, 4
+    flow = three_steps("kill", db, total)
+    spec = flow.save(tmp_path / "flow.yaml")
+    running(flow, ["src", "sink"], broker)
+    proc = spawn(spec, "work", broker)
+    try:
+        for k in range(kills):
+            wait_for(lambda: sink_counts(db)[0] >= (k + 1) * total // (kills + 2), timeout=120,
+                     what=f"progress before kill {k + 1}")
+            assert proc.signal(signal.SIGKILL) == -signal.SIGKILL
+            proc = spawn(spec, "work", broker)
+        wait_for(lambda: sink_counts(db)[0] == total, timeout=180, every=0.25, what="all 20,000 at the sink")
+    finally:
+        assert proc.signal(signal.SIGTERM) == 0, proc.log
+    seen, deliveries = sink_counts(db)
+    print(f"kills={kills} duplicates={deliveries - seen}")
+    assert seen == total                                 # every message reached the (idempotent) sink
+    assert deliveries - seen <= kills * PREFETCH         # duplicates only within the unacked window
+    assert queue_depths(flow, broker)["work"] == {"ready": 0, "dead": 0, "retry": 0}
+
+
+def test_sigterm_drains_in_flight_work_and_exits_0(broker, running, tmp_path):
+    db = tmp_path / "sink.db"
+    total = 5000
+    flow = three_steps("term", db, total, batch=250)
+    flow = flow.model_copy(update={"steps": [flownb.step("work", "amqptest.work", sleep_ms=1),
+                                             flow.steps[1]]})
+    spec = flow.save(tmp_path / "flow.yaml")
+    running(flow, ["src", "sink"], broker)
+    for _ in range(3):  # stop it mid-flow three times; every stop must be clean
+        proc = spawn(spec, "work", broker)
+        wait_for(lambda: queue_depths(flow, broker)["sink"]["ready"] > 0 or sink_counts(db)[0] > 0,
+                 timeout=30, what="work flowing")
+        time.sleep(0.3)
+        assert proc.signal(signal.SIGTERM) == 0, proc.log
+        assert "draining" in proc.log
+    proc = spawn(spec, "work", broker)
+    try:
+        wait_for(lambda: sink_counts(db)[0] == total, timeout=120, what="all messages")
+    finally:
+        assert proc.signal(signal.SIGTERM) == 0, proc.log
+    assert sink_counts(db) == (total, total)  # drained stops: not a single duplicate
+
+
+def _ctl(*args):
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_workers_reconnect_after_a_broker_restart(broker, running, tmp_path):
+    db = tmp_path / "sink.db"
+    total = 10_000
+    flow = three_steps("restart", db, total, batch=200)
+    r = running(flow, ["src", "work", "sink"], broker, prefetch=PREFETCH)
+    wait_for(lambda: sink_counts(db)[0] >= 2000, timeout=60, what="progress before the restart")
+    try:
+        _ctl("stop_app")
+    finally:
+        _ctl("start_app")  # keep the outage short: other people use this broker
+    wait_for(lambda: sink_counts(db)[0] == total, timeout=180, every=0.25, what="all messages after restart")
+    r.stop()
+    seen, deliveries = sink_counts(db)
+    assert seen == total
+    assert deliveries - seen <= 3 * PREFETCH
+    assert read_state(flow, broker) == {"next": total}
+
+
+class _Target(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, outage: float):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.outage, self.first, self.received, self.refused = outage, None, [], 0
+        self.lock = threading.Lock()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        srv = self.server
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with srv.lock:
+            srv.first = srv.first or time.monotonic()
+            down = time.monotonic() - srv.first < srv.outage
+            if down:
+                srv.refused += 1
+            else:
+                srv.received.append(orjson.loads(body)["n"])
+        self.send_response(503 if down else 200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"ok": false}' if down else b'{"ok": true}')
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.slow
+def test_target_answering_503_for_20s_is_retried_until_it_recovers(broker, running, tmp_path):
+    target = _Target(outage=20.0)
+    threading.Thread(target=target.serve_forever, daemon=True).start()
+    db = tmp_path / "sink.db"
+    url = f"http://127.0.0.1:{target.server_address[1]}/orders"
+    flow = flownb.Flow(
+        name="outage", trigger=flownb.step("src", "amqptest.count", total=100, batch=100, interval="50ms"),
+        steps=[flownb.step("push", "http.request", method="POST", url=url, output="input",
+                           retry={"max_attempts": 10, "initial": "500ms", "max": "4s"}),
+               flownb.step("sink", "amqptest.sink", path=str(db))])
+    before = RETRIED.labels("outage", "push")._value.get()
+    r = running(flow, ["src", "push", "sink"], broker)
+    wait_for(lambda: sink_counts(db)[0] == 100, timeout=90, every=0.25, what="delivery after the outage")
+    r.stop()
+    target.shutdown()
+    assert sorted(set(target.received)) == list(range(100))
+    assert target.refused >= 100                     # every message met the outage at least once
+    assert RETRIED.labels("outage", "push")._value.get() - before >= 100
+    assert AmqpDeadLetters(flow, broker).list() == []
+    assert sink_counts(db) == (100, 100)
