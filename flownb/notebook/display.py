@@ -1,14 +1,279 @@
-"""Rich display of flows in Jupyter.
+"""Rich display of flows, messages, test results and dead letters in Jupyter.
 
 Contract used by ``flownb export``: a displayed Flow's bundle carries
-``application/vnd.flownb.flow+json`` = ``flow.spec()`` (the dict that is flow.yaml).
+``application/vnd.flownb.flow+json`` = ``flow.spec()`` (the dict that is flow.yaml), besides its
+picture (``image/svg+xml``, drawn here: no front-end build) and ``text/plain``.
+
+Tables are plain HTML; test results use CSS-only tabs (radio buttons), so they work in JupyterLab,
+in nbviewer and in an exported HTML file without any JavaScript.
 """
 
 from __future__ import annotations
 
+import html
+import json
+import uuid
+from typing import Any, Iterable
+
+from .._duration import format_duration
+
+__all__ = ["FLOW_MIME", "flow_mimebundle", "flow_svg", "flow_text", "records_html", "frame_html",
+           "messages_html", "dead_letters_html", "test_result_html", "test_result_mimebundle", "tabs_html",
+           "retry_label", "Table"]
+
 FLOW_MIME = "application/vnd.flownb.flow+json"
+
+_BOX_W, _BOX_H, _GAP, _PAD, _PER_ROW = 190, 74, 44, 16, 4
+_TRIGGER_FILL, _STEP_FILL, _STROKE = "#e8f1fb", "#f6f6f6", "#5b6b7b"
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def retry_label(step) -> str:
+    """``retry 5× 1s…5m`` for a step's effective retry policy."""
+    p = step.retry_policy
+    return f"retry {p.max_attempts}× {format_duration(p.initial)}…{format_duration(p.max)}"
+
+
+def flow_text(flow) -> str:
+    steps = " → ".join(f"{s.name} ({s.component})" for s in flow.all_steps)
+    return f"Flow '{flow.name}': {steps}"
+
+
+def _clip(text: str, n: int = 26) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _box(x: int, y: int, step, is_trigger: bool) -> str:
+    fill = _TRIGGER_FILL if is_trigger else _STEP_FILL
+    kind = "trigger" if is_trigger else f"×{step.replicas} replica{'s' if step.replicas != 1 else ''}"
+    lines = [
+        f'<rect x="{x}" y="{y}" width="{_BOX_W}" height="{_BOX_H}" rx="8" fill="{fill}" '
+        f'stroke="{_STROKE}" stroke-width="1.2"/>',
+        f'<text x="{x + 10}" y="{y + 20}" font-weight="bold">{_e(_clip(step.name))}</text>',
+        f'<text x="{x + 10}" y="{y + 38}" fill="#1f5fa8">{_e(_clip(step.component))}</text>',
+        f'<text x="{x + 10}" y="{y + 55}" fill="#555" font-size="11">{_e(kind)}</text>',
+    ]
+    if not is_trigger:
+        lines.append(f'<text x="{x + 10}" y="{y + 68}" fill="#555" font-size="11">{_e(retry_label(step))}</text>')
+    return "\n".join(lines)
+
+
+def _position(i: int) -> tuple[int, int]:
+    row, col = divmod(i, _PER_ROW)
+    return _PAD + col * (_BOX_W + _GAP), _PAD + 24 + row * (_BOX_H + _GAP)
+
+
+def _arrow(i: int) -> str:
+    (x1, y1), (x2, y2) = _position(i), _position(i + 1)
+    if y1 == y2:  # same row: left box's right edge → right box's left edge
+        a, b = (x1 + _BOX_W, y1 + _BOX_H // 2), (x2, y2 + _BOX_H // 2)
+        path = f"M{a[0]},{a[1]} L{b[0] - 2},{b[1]}"
+    else:  # next row: down from the last box, back to the first column
+        a, b = (x1 + _BOX_W // 2, y1 + _BOX_H), (x2 + _BOX_W // 2, y2)
+        mid = y1 + _BOX_H + _GAP // 2
+        path = f"M{a[0]},{a[1]} L{a[0]},{mid} L{b[0]},{mid} L{b[0]},{b[1] - 2}"
+    return f'<path d="{path}" fill="none" stroke="{_STROKE}" stroke-width="1.5" marker-end="url(#flownb-arrow)"/>'
+
+
+def flow_svg(flow) -> str:
+    """The flow as an SVG diagram: trigger → steps, each box with component, replicas and retry."""
+    steps = flow.all_steps
+    n = len(steps)
+    cols = min(n, _PER_ROW)
+    rows = (n + _PER_ROW - 1) // _PER_ROW
+    width = _PAD * 2 + cols * _BOX_W + (cols - 1) * _GAP
+    height = _PAD * 2 + 24 + rows * _BOX_H + (rows - 1) * _GAP
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="13" class="flownb-flow">',
+        '<defs><marker id="flownb-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
+        f'markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="{_STROKE}"/></marker></defs>',
+        f'<text x="{_PAD}" y="{_PAD + 8}" font-weight="bold" font-size="14">flow {_e(flow.name)}</text>',
+    ]
+    for i, s in enumerate(steps):
+        x, y = _position(i)
+        parts.append(_box(x, y, s, i == 0))
+        if i + 1 < n:
+            parts.append(_arrow(i))
+    parts.append("</svg>")
+    return "\n".join(parts)
 
 
 def flow_mimebundle(flow) -> dict:
-    steps = " → ".join(f"{s.name} ({s.component})" for s in flow.all_steps)
-    return {FLOW_MIME: flow.spec(), "text/plain": f"Flow '{flow.name}': {steps}"}
+    return {FLOW_MIME: flow.spec(), "image/svg+xml": flow_svg(flow), "text/plain": flow_text(flow)}
+
+
+# -- tables ---------------------------------------------------------------------------------------
+
+_TABLE_CSS = ("border-collapse:collapse;font-size:12px;font-family:var(--jp-code-font-family,monospace);"
+              "margin:4px 0")
+_CELL = "border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top;max-width:40em;" \
+        "overflow-wrap:anywhere"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    elif value is None:
+        text = ""
+    else:
+        text = str(value)
+    if len(text) > 300:
+        text = text[:299] + "…"
+    return _e(text)
+
+
+def records_html(records: list[dict], *, columns: list[str] | None = None, limit: int = 50,
+                 error_column: str = "_error", css_class: str = "flownb-table") -> str:
+    """An HTML table of dicts; rows with a non-empty ``error_column`` are tinted red."""
+    if not records:
+        return '<div class="flownb-empty" style="color:#777;font-style:italic">(no rows)</div>'
+    if columns is None:
+        columns = []
+        for r in records[:limit]:
+            columns.extend(k for k in r if k not in columns)
+    head = "".join(f'<th style="{_CELL};background:#eef">{_e(c)}</th>' for c in columns)
+    body = []
+    for r in records[:limit]:
+        bad = bool(r.get(error_column))
+        style = ' style="background:#fde8e8"' if bad else ""
+        cells = "".join(f'<td style="{_CELL}">{_cell(r.get(c))}</td>' for c in columns)
+        body.append(f"<tr{style}>{cells}</tr>")
+    more = ""
+    if len(records) > limit:
+        more = f'<div style="color:#777">… {len(records) - limit} more rows</div>'
+    return (f'<table class="{css_class}" style="{_TABLE_CSS}"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table>{more}')
+
+
+def frame_html(df, *, limit: int = 50, css_class: str = "flownb-table") -> str:
+    """An HTML table of a DataFrame (NaN shown empty; nested values as JSON)."""
+    records = [{k: (None if _isnan(v) else v) for k, v in row.items()}
+               for row in df.head(limit).to_dict(orient="records")]
+    table = records_html(records, columns=[str(c) for c in df.columns], limit=limit, css_class=css_class)
+    if len(df) > limit:
+        table += f'<div style="color:#777">… {len(df) - limit} more rows</div>'
+    return table
+
+
+def _isnan(v: Any) -> bool:
+    return isinstance(v, float) and v != v
+
+
+def messages_html(messages: Iterable, *, limit: int = 50) -> str:
+    """A table of messages: id, step, attempt, then the body's fields."""
+    rows = []
+    for m in messages:
+        rows.append({"id": m.id[:8], "step": m.step, "attempt": m.attempt, **m.body})
+    return records_html(rows, limit=limit)
+
+
+def dead_letters_html(dead_letters: Iterable, *, limit: int = 50) -> str:
+    """A table of dead letters: step, error type and message, attempt, body."""
+    rows = [{"id": d.id, "step": d.step, "error": f"{d.error.type}: {d.error.message}",
+             "attempt": d.error.attempt, "retryable": d.error.retryable, "body": d.message.body}
+            for d in dead_letters]
+    if not rows:
+        return '<div class="flownb-empty" style="color:#2a7a2a">no dead letters</div>'
+    return records_html(rows, limit=limit, error_column="error", css_class="flownb-table flownb-dead-letters")
+
+
+class Table:
+    """Wrap messages / dead letters / dicts so a notebook shows them as a table: ``Table(msgs)``."""
+
+    def __init__(self, items: Iterable, limit: int = 50):
+        self.items = list(items)
+        self.limit = limit
+
+    def _repr_html_(self) -> str:
+        if self.items and hasattr(self.items[0], "error") and hasattr(self.items[0], "message"):
+            return dead_letters_html(self.items, limit=self.limit)
+        if self.items and hasattr(self.items[0], "body"):
+            return messages_html(self.items, limit=self.limit)
+        return records_html([dict(i) for i in self.items], limit=self.limit)
+
+
+# -- test results ---------------------------------------------------------------------------------
+
+_TABS_CSS = """
+.{id} > input {{ display:none }}
+.{id} > label {{ display:inline-block; padding:3px 10px; margin-right:2px; border:1px solid #bbb;
+  border-bottom:none; border-radius:4px 4px 0 0; background:#f2f2f2; cursor:pointer; font-size:12px }}
+.{id} > .flownb-tab-panel {{ display:none; border-top:1px solid #bbb; padding:4px 0 }}
+{checked}
+"""
+
+
+def tabs_html(tabs: list[tuple[str, str]]) -> str:
+    """CSS-only tabs (no JavaScript): ``[(title, html), …]``. Without CSS every panel shows in turn."""
+    uid = "flownb-tabs-" + uuid.uuid4().hex[:8]
+    checked = "\n".join(
+        f".{uid} > #{uid}-{i}:checked ~ #{uid}-p{i} {{ display:block }}\n"
+        f".{uid} > #{uid}-{i}:checked + label {{ background:#fff; font-weight:bold }}"
+        for i in range(len(tabs)))
+    parts = [f"<style>{_TABS_CSS.format(id=uid, checked=checked)}</style>", f'<div class="{uid} flownb-tabs">']
+    for i, (title, _) in enumerate(tabs):
+        on = " checked" if i == 0 else ""
+        parts.append(f'<input type="radio" name="{uid}" id="{uid}-{i}"{on}>'
+                     f'<label for="{uid}-{i}">{_e(title)}</label>')
+    for i, (title, body) in enumerate(tabs):
+        parts.append(f'<div class="flownb-tab-panel" id="{uid}-p{i}" data-title="{_e(title)}">{body}</div>')
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _fmt_seconds(v: Any) -> str:
+    if isinstance(v, (int, float)):
+        return f"{v * 1000:.1f} ms" if v < 1 else f"{v:.2f} s"
+    return str(v)
+
+
+def _timings_html(result) -> str:
+    timings = getattr(result, "timings", None) or {}
+    counts = getattr(result, "counts", None) or {}
+    names = list(dict.fromkeys([*counts, *timings]))
+    rows = []
+    for name in names:
+        t = timings.get(name) if isinstance(timings, dict) else None
+        c = counts.get(name) if isinstance(counts, dict) else None
+        rows.append({"step": name, "count": json.dumps(c) if isinstance(c, dict) else c,
+                     "time": _fmt_seconds(t) if not isinstance(t, dict) else json.dumps(t)})
+    return records_html(rows) if rows else '<div style="color:#777">(no timings)</div>'
+
+
+def test_result_tabs(result) -> list[tuple[str, str]]:
+    """(title, html) per step output, then dead letters and timings."""
+    tabs = []
+    for name, rows in (getattr(result, "outputs", None) or {}).items():
+        tabs.append((f"{name} ({len(rows)})", records_html(list(rows))))
+    dead = list(getattr(result, "dead_letters", None) or [])
+    tabs.append((f"dead letters ({len(dead)})", dead_letters_html(dead)))
+    tabs.append(("timings", _timings_html(result)))
+    return tabs
+
+
+def _summary(result) -> str:
+    outputs = getattr(result, "outputs", None) or {}
+    dead = list(getattr(result, "dead_letters", None) or [])
+    parts = [f"{name}: {len(rows)}" for name, rows in outputs.items()]
+    return f"test run — {', '.join(parts) or 'no outputs'}; {len(dead)} dead letter{'s' if len(dead) != 1 else ''}"
+
+
+def test_result_html(result) -> str:
+    colour = "#b00020" if getattr(result, "dead_letters", None) else "#2a7a2a"
+    return (f'<div class="flownb-test-result"><div style="color:{colour};font-weight:bold">'
+            f'{_e(_summary(result))}</div>{tabs_html(test_result_tabs(result))}</div>')
+
+
+def test_result_mimebundle(result) -> dict:
+    """Display bundle of ``flownb.runtime.local.TestResult``: tabs per step output, dead letters,
+    timings (HTML), and a one-line text summary."""
+    return {"text/html": test_result_html(result), "text/plain": _summary(result)}
+
+
+test_result_mimebundle.__test__ = False  # not a pytest test despite the name
+test_result_html.__test__ = False
+test_result_tabs.__test__ = False

@@ -1,0 +1,106 @@
+"""Small helpers shared by the notebook widgets: sample checking, paths, debouncing, error HTML."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import re
+from typing import Any, Callable
+
+log = logging.getLogger("flownb.notebook")
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def as_frame(sample: Any):
+    """``(DataFrame, None)`` for a DataFrame or a list of dicts, else ``(None, message)``."""
+    import pandas as pd
+
+    if isinstance(sample, pd.DataFrame):
+        return sample, None
+    if isinstance(sample, list) and all(isinstance(r, dict) for r in sample):
+        return pd.DataFrame.from_records(sample), None
+    kind = type(sample).__name__
+    return None, (f"the sample must be a pandas DataFrame (or a list of dicts), got {kind}; "
+                  f"load one with pd.read_csv(...) / pd.read_json(...) and pass it as the sample")
+
+
+def quote(name: str) -> str:
+    """A JSONata path segment: ``name`` or ```odd name``` (backticks) when not an identifier."""
+    return name if _IDENT.match(name) else f"`{name}`"
+
+
+def sample_paths(df, *, rows: int = 50, depth: int = 4) -> list[str]:
+    """Columns and nested paths of a sample (dicts → ``a.b``; lists of dicts → ``items.qty``)."""
+    out: list[str] = []
+    for col in df.columns:
+        base = quote(str(col))
+        out.append(base)
+        for v in df[col].head(rows):
+            _walk(v, base, out, depth)
+    return list(dict.fromkeys(out))
+
+
+def _walk(value: Any, prefix: str, out: list[str], depth: int) -> None:
+    if depth <= 0:
+        return
+    if isinstance(value, list):
+        for item in value[:20]:
+            _walk(item, prefix, out, depth)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            path = f"{prefix}.{quote(str(k))}"
+            if path not in out:
+                out.append(path)
+            _walk(v, path, out, depth - 1)
+
+
+def error_html(message: str, *, expression: str = "", position: int | None = None) -> str:
+    """A red message; with an expression and a position, the expression with a caret under it."""
+    text = html.escape(message.split("\n")[0])
+    pointer = ""
+    if expression and position is not None:
+        pos = max(0, min(position, len(expression)))
+        pointer = (f'<pre style="margin:2px 0;color:#333">{html.escape(expression)}\n'
+                   f'{" " * pos}<span style="color:#b00020">^</span></pre>')
+    return f'<div class="flownb-error" style="color:#b00020;font-size:12px">{text}{pointer}</div>'
+
+
+def ok_html(message: str) -> str:
+    return f'<div class="flownb-ok" style="color:#2a7a2a;font-size:12px">{html.escape(message)}</div>'
+
+
+class Debouncer:
+    """Call ``fn`` once, ``delay`` seconds after the last ``trigger()``. Without a running asyncio
+    loop (plain Python, tests) or with ``delay <= 0`` it calls ``fn`` at once."""
+
+    def __init__(self, fn: Callable[[], None], delay: float):
+        self.fn = fn
+        self.delay = delay
+        self._handle: asyncio.TimerHandle | None = None
+
+    def trigger(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        loop = None
+        if self.delay > 0:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+        if loop is None:
+            self.fn()
+        else:
+            self._handle = loop.call_later(self.delay, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        self.fn()
+
+    def flush(self) -> None:
+        """Run a pending call now."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._fire()

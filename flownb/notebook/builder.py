@@ -1,0 +1,342 @@
+"""FlowBuilder: assemble a flow from installed components with forms, test it on a sample, save it.
+
+``builder = flownb.FlowBuilder(sample=df)`` shows a palette of the installed components (click one:
+a trigger replaces the trigger, an action is appended), one card per step with a form drawn from
+the component's config model, ↑/↓/✕ buttons, and inline validation. "run on sample" runs
+``flow.test(sample)`` and shows each step's output in its own tab plus the dead letters.
+``builder.flow`` is the :class:`flownb.Flow`; "save" writes flow.yaml.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as w
+
+from .. import registry
+from ..errors import FlownbError, SpecError
+from ..flow import Flow, RetryPolicy, Step, _fill
+from ._common import Debouncer, as_frame, error_html, log, ok_html
+from .display import dead_letters_html, flow_svg, records_html, _timings_html
+from .forms import ConfigForm
+
+__all__ = ["FlowBuilder"]
+
+DEFAULT_TRIGGER = Step(name="incoming", component="webhook", config={"token_env": "WEBHOOK_TOKEN"})
+
+
+def _css(key: str) -> str:
+    return key.replace(".", "-").replace("_", "-")
+
+
+class _StepCard:
+    """One step of the builder: name, component form, replicas/retry, validation message."""
+
+    def __init__(self, builder: "FlowBuilder", step: Step, trigger: bool):
+        self.builder = builder
+        self.trigger = trigger
+        self.component = step.component
+        self.original = step
+        self.name = w.Text(value=step.name, description="name", continuous_update=False,
+                           style={"description_width": "3em"}, layout=w.Layout(width="18em"))
+        self.name.add_class("flownb-step-name")
+        title = w.HTML(f"<b>{'trigger' if trigger else 'action'}</b> <code>{step.component}</code>")
+        buttons = []
+        if not trigger:
+            for icon, tip, fn in (("arrow-up", "move up", lambda _b: builder.move(self, -1)),
+                                  ("arrow-down", "move down", lambda _b: builder.move(self, 1)),
+                                  ("trash", "remove this step", lambda _b: builder.remove(self))):
+                b = w.Button(icon=icon, tooltip=tip, layout=w.Layout(width="3em"))
+                b.add_class(f"flownb-step-{icon}")
+                b.on_click(fn)
+                buttons.append(b)
+        self.message = w.HTML()
+        self.message.add_class("flownb-step-message")
+        self.form, form_widget = self._form(step)
+        extra = []
+        if not trigger:
+            self.replicas = w.BoundedIntText(value=step.replicas, min=1, max=64, description="replicas",
+                                             layout=w.Layout(width="12em"))
+            self.attempts = w.BoundedIntText(value=step.retry_policy.max_attempts, min=1, max=1000,
+                                             description="attempts", tooltip="retry: max attempts",
+                                             layout=w.Layout(width="12em"))
+            for x in (self.replicas, self.attempts):
+                x.observe(lambda _c: builder._changed(), names="value")
+            extra = [w.HBox([self.replicas, self.attempts])]
+        self.name.observe(lambda _c: builder._changed(), names="value")
+        self.box = w.VBox([w.HBox([title, self.name, *buttons]), form_widget, *extra, self.message],
+                          layout=w.Layout(border="1px solid #ccc", padding="4px", margin="2px 0"))
+        self.box.add_class("flownb-step")
+        self.box.add_class(f"flownb-step-{_css(step.component)}")
+
+    def _form(self, step: Step):
+        try:
+            cls = registry.get(step.component, step=step.name)
+        except FlownbError as exc:
+            self.message.value = error_html(str(exc))
+            return None, w.HTML(f"<pre>{step.config}</pre>")
+        form = ConfigForm(cls.Config, step.config, on_change=self.builder._changed)
+        return form, form.widget
+
+    def step(self) -> Step:
+        """The Step of this card (SpecError/ValueError when a widget holds something invalid)."""
+        config = self.form.config() if self.form else dict(self.original.config)
+        kw: dict[str, Any] = {}
+        if not self.trigger:
+            kw["replicas"] = self.replicas.value
+            if self.attempts.value != self.original.retry_policy.max_attempts or self.original.retry:
+                kw["retry"] = (self.original.retry or RetryPolicy()).model_copy(
+                    update={"max_attempts": self.attempts.value})
+        try:
+            return Step(name=self.name.value.strip(), component=self.component, config=config,
+                        prefetch=self.original.prefetch, **kw)
+        except ValueError as exc:  # pydantic: a bad step name
+            raise SpecError("a step name is lowercase letters, digits and '-' (e.g. 'to-crm')",
+                            step=self.name.value, field="name") from exc
+
+    def validate(self, params: dict) -> str | None:
+        """Check this step; show and return the message (None when valid)."""
+        try:
+            step = self.step()
+            resolved = step.model_copy(update={"config": _fill(step.config, params, step.name)})
+            registry.validate_step(resolved, trigger=self.trigger)
+        except (FlownbError, ValueError) as exc:
+            self.message.value = error_html(str(exc))
+            return str(exc)
+        self.message.value = ok_html("✓ valid")
+        return None
+
+
+class FlowBuilder:
+    """Build a flow with widgets; ``.flow`` is the Flow, ``.run()`` tests it on ``sample``."""
+
+    def __init__(self, sample: Any = None, *, name: str = "my-flow", flow: Flow | None = None,
+                 parameters: dict | None = None, path: str | Path = "flow.yaml", debounce: float = 0.2):
+        self.sample_error = None
+        self.sample = None
+        if sample is not None:
+            self.sample, self.sample_error = as_frame(sample)
+        self.parameters = dict(parameters or (flow.parameters if flow else {}))
+        self.description = flow.description if flow else ""
+        self.result = None
+        self._debouncer = Debouncer(self._validate_safely, debounce)
+        self._build_widgets(flow.name if flow else name, path)
+        self._trigger = _StepCard(self, flow.trigger if flow else DEFAULT_TRIGGER, trigger=True)
+        self._cards: list[_StepCard] = [_StepCard(self, s, trigger=False) for s in (flow.steps if flow else [])]
+        self._render()
+
+    # -- widgets ----------------------------------------------------------------------------------
+    def _build_widgets(self, name: str, path: str | Path) -> None:
+        self.name = w.Text(value=name, description="flow name", continuous_update=False)
+        self.name.add_class("flownb-flow-name")
+        self.name.observe(lambda _c: self._changed(), names="value")
+        self.palette = self._palette()
+        self.steps_box = w.VBox()
+        self.status = w.HTML()
+        self.status.add_class("flownb-status")
+        self.diagram = w.HTML()
+        self.run_button = w.Button(description="run on sample", icon="play", button_style="primary")
+        self.run_button.add_class("flownb-run")
+        self.run_button.on_click(lambda _b: self.run())
+        self.path = w.Text(value=str(path), description="save to", continuous_update=False)
+        self.save_button = w.Button(description="save", icon="save")
+        self.save_button.add_class("flownb-save")
+        self.save_button.on_click(lambda _b: self._save_clicked())
+        self.run_output = w.Output()
+        self.results = w.Tab()
+        self.results.add_class("flownb-results")
+        self.widget = w.VBox([
+            self.name, w.HTML("<b>palette</b> — click a component to add it"), self.palette,
+            self.steps_box, self.status, self.diagram,
+            w.HBox([self.run_button, self.path, self.save_button]), self.run_output, self.results,
+        ])
+        self.widget.add_class("flownb-flow-builder")
+
+    def _palette(self) -> w.Widget:
+        rows: dict[str, list] = {"triggers": [], "actions": []}
+        for key in registry.available():
+            try:
+                info = registry.describe(key)
+            except FlownbError as exc:
+                b = w.Button(description=key, disabled=True, tooltip=str(exc), layout=w.Layout(width="auto"))
+                rows["actions"].append(b)
+                continue
+            kind = "actions" if info["kind"] == "action" else "triggers"
+            b = w.Button(description=key, tooltip=info["description"] or key, layout=w.Layout(width="auto"),
+                         button_style="info" if kind == "triggers" else "")
+            b.add_class("flownb-palette-item")
+            b.add_class(f"flownb-palette-{_css(key)}")
+            b.on_click(lambda _b, key=key: self._add_clicked(key))
+            rows[kind].append(b)
+        return w.VBox([w.HBox([w.HTML(f"{label}:", layout=w.Layout(width="5em")),
+                              w.Box(items, layout=w.Layout(flex_flow="row wrap"))])
+                       for label, items in rows.items()])
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+        display(self.widget)
+
+    # -- editing ----------------------------------------------------------------------------------
+    def add(self, component: str | Step, name: str | None = None, **config: Any) -> None:
+        """Append an action (``add("log", level="info")`` or a Step such as ``editor.mapping.step("m")``);
+        a trigger component replaces the trigger."""
+        step = component if isinstance(component, Step) else \
+            Step(name=name or self._unique(str(component).replace(".", "-")), component=component, config=config)
+        cls = registry.get(step.component, step=step.name)
+        card = _StepCard(self, step, trigger=cls.kind != "action")
+        if card.trigger:
+            self._trigger = card
+        else:
+            self._cards.append(card)
+        self._render()
+
+    def remove(self, which: "_StepCard | str | int") -> None:
+        self._cards.remove(self._card(which))
+        self._render()
+
+    def move(self, which: "_StepCard | str | int", delta: int) -> None:
+        card = self._card(which)
+        i = self._cards.index(card)
+        j = max(0, min(len(self._cards) - 1, i + delta))
+        self._cards.insert(j, self._cards.pop(i))
+        self._render()
+
+    def card(self, which: str | int) -> _StepCard:
+        """The card of the step named ``which`` (or at index ``which`` among the actions)."""
+        return self._card(which)
+
+    @property
+    def step_names(self) -> list[str]:
+        return [c.name.value for c in [self._trigger, *self._cards]]
+
+    def _card(self, which: "_StepCard | str | int") -> _StepCard:
+        if isinstance(which, _StepCard):
+            return which
+        if isinstance(which, int):
+            return self._cards[which]
+        for c in [self._trigger, *self._cards]:
+            if c.name.value == which:
+                return c
+        raise FlownbError(f"no step named '{which}'; steps: {', '.join(self.step_names)}")
+
+    def _unique(self, base: str) -> str:
+        names = set(self.step_names) if hasattr(self, "_trigger") else set()
+        name, n = base, 2
+        while name in names:
+            name, n = f"{base}-{n}", n + 1
+        return name
+
+    def _add_clicked(self, key: str) -> None:
+        try:
+            self.add(key)
+        except Exception as exc:  # never a traceback from a click
+            log.exception("adding %s failed", key)
+            self.status.value = error_html(f"cannot add '{key}': {exc}")
+
+    def _render(self) -> None:
+        self.steps_box.children = [self._trigger.box, *[c.box for c in self._cards]]
+        self._changed()
+
+    def _changed(self) -> None:
+        self._debouncer.trigger()
+
+    # -- flow -------------------------------------------------------------------------------------
+    @property
+    def flow(self) -> Flow:
+        """The flow the widgets describe (SpecError says what is wrong)."""
+        try:
+            steps = [c.step() for c in self._cards]
+            trigger = self._trigger.step()
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
+        try:
+            return Flow(name=self.name.value.strip(), description=self.description,
+                        parameters=self.parameters, trigger=trigger, steps=steps)
+        except ValueError as exc:
+            first = exc.errors()[0] if hasattr(exc, "errors") else {"msg": str(exc), "loc": ()}
+            field = ".".join(str(p) for p in first["loc"]) or None
+            hint = " (a flow name is lowercase letters, digits and '-')" if field == "name" else ""
+            raise SpecError(f"{first['msg']}{hint}", field=field) from None
+
+    def validate(self) -> list[str]:
+        """Validate every step now; return the problems (empty when the flow is valid)."""
+        self._debouncer.flush()
+        return self._validate()
+
+    def _validate_safely(self) -> None:
+        try:
+            self._validate()
+        except Exception as exc:  # a widget callback must never show a traceback
+            log.exception("validation failed")
+            self.status.value = error_html(f"validation failed: {type(exc).__name__}: {exc}")
+
+    def _validate(self) -> list[str]:
+        problems = [p for c in [self._trigger, *self._cards] if (p := c.validate(self.parameters))]
+        try:
+            flow = self.flow
+            self.diagram.value = flow_svg(flow)
+        except FlownbError as exc:
+            problems.append(str(exc))
+            self.diagram.value = ""
+        if self.sample_error:
+            problems.append(self.sample_error)
+        if problems:
+            n = len(problems)
+            self.status.value = error_html(f"{n} problem{'s' if n != 1 else ''}: {problems[0]}")
+        else:
+            self.status.value = ok_html(f"flow is valid: {len(self._cards) + 1} steps")
+        return problems
+
+    # -- run and save -----------------------------------------------------------------------------
+    def run(self):
+        """Run ``flow.test(sample)``; show each step's output in a tab, then the dead letters."""
+        self.run_output.clear_output()
+        if self.sample is None:
+            self.status.value = error_html(self.sample_error or "no sample: pass FlowBuilder(sample=df) "
+                                           "to run the flow on it")
+            return None
+        try:
+            flow = self.flow
+            with self.run_output:
+                self.result = flow.test(self.sample)
+        except FlownbError as exc:
+            self.status.value = error_html(f"the test run failed: {exc}")
+            return None
+        except Exception as exc:  # shown in the widget, with the type, never as a traceback
+            log.exception("test run failed")
+            self.status.value = error_html(f"the test run failed: {type(exc).__name__}: {exc}")
+            return None
+        self._show_result(self.result)
+        return self.result
+
+    def _show_result(self, result) -> None:
+        tabs = [(f"{name} ({len(rows)})", records_html(list(rows))) for name, rows in result.outputs.items()]
+        dead = list(result.dead_letters)
+        tabs.append((f"dead letters ({len(dead)})", dead_letters_html(dead)))
+        tabs.append(("timings", _timings_html(result)))
+        children = []
+        for _title, body in tabs:
+            h = w.HTML(body)
+            h.add_class("flownb-result-panel")
+            children.append(h)
+        self.results.children = children
+        for i, (title, _body) in enumerate(tabs):
+            self.results.set_title(i, title)
+        self.results.selected_index = 0
+        self.status.value = ok_html(f"ran on {len(self.sample)} sample rows; {len(dead)} dead letters") \
+            if not dead else error_html(f"ran on {len(self.sample)} sample rows; {len(dead)} dead letters")
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write the flow's spec (flow.yaml) to ``path`` (default: the 'save to' box)."""
+        flow = self.flow
+        flow.validate_components()
+        return flow.save(Path(path or self.path.value))
+
+    def _save_clicked(self) -> None:
+        try:
+            out = self.save()
+        except (FlownbError, OSError) as exc:
+            self.status.value = error_html(f"not saved: {exc}")
+            return
+        self.status.value = ok_html(f"saved {out}")
