@@ -58,7 +58,7 @@ def _walk(value: Any, prefix: str, out: list[str], depth: int) -> None:
 
 def error_html(message: str, *, expression: str = "", position: int | None = None) -> str:
     """A red message; with an expression and a position, the expression with a caret under it."""
-    text = html.escape(message.split("\n")[0])
+    text = html.escape(message.split("\n")[0], quote=False)
     pointer = ""
     if expression and position is not None:
         pos = max(0, min(position, len(expression)))
@@ -68,7 +68,7 @@ def error_html(message: str, *, expression: str = "", position: int | None = Non
 
 
 def ok_html(message: str) -> str:
-    return f'<div class="flownb-ok" style="color:#2a7a2a;font-size:12px">{html.escape(message)}</div>'
+    return f'<div class="flownb-ok" style="color:#2a7a2a;font-size:12px">{html.escape(message, quote=False)}</div>'
 
 
 class Debouncer:

@@ -65,6 +65,9 @@ class _Field:
         if self.kind == "choice":
             opts = _choices(ann) or []
             options = ([("(default)", None)] if optional else []) + [(str(o), o) for o in opts]
+            if isinstance(current, str) and current not in opts:
+                options.append((current, current))  # a '{{ param }}' template keeps its place
+                opts = [*opts, current]
             self.widget = w.Dropdown(options=options, value=current if current in opts else
                                      (None if optional else (opts[0] if opts else None)),
                                      description=label, style=style, layout=layout)
@@ -119,8 +122,9 @@ class _Field:
             except yaml.YAMLError as exc:
                 raise ValueError(f"'{self.name}' is not valid YAML: {getattr(exc, 'problem', exc)}") from None
         elif self.kind in ("text", "env"):
-            v = v.strip()
-            if v == "":
+            if self.kind == "env":
+                v = v.strip()
+            if v.strip() == "":
                 return _UNSET
         if not self.required and _same(v, self.default):
             return _UNSET

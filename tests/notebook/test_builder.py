@@ -1,0 +1,133 @@
+"""FlowBuilder and its config forms, driven through the widgets' values and clicks."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pytest
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+import flownb
+from flownb import registry
+from flownb.components.base import Action
+from flownb.notebook import FlowBuilder
+from flownb.notebook.forms import ConfigForm
+
+
+def _flow() -> flownb.Flow:
+    return flownb.Flow(name="demo", parameters={"lvl": "info"},
+                       trigger=flownb.step("incoming", "webhook", token_env="HOOK_TOKEN"),
+                       steps=[flownb.step("first", "log", level="{{ lvl }}"),
+                              flownb.step("second", "log", prefix="> ", replicas=2, retry={"max_attempts": 3})])
+
+
+def test_round_trip_of_an_existing_flow():
+    b = FlowBuilder(flow=_flow())
+    assert b.flow == _flow()
+    assert b.validate() == []
+    assert "✓ valid" in b.card("second").message.value
+    assert "flow is valid: 3 steps" in b.status.value
+    assert "<svg" in b.diagram.value
+
+
+def test_palette_click_adds_reorders_and_removes(tmp_path):
+    b = FlowBuilder(flow=_flow())
+    palette = {btn.description: btn for row in b.palette.children for btn in row.children[1].children}
+    assert {"log", "csv.write", "http.request"} <= set(palette)
+    assert palette["webhook"].button_style == "info"  # triggers look different
+    palette["log"].click()
+    assert b.step_names == ["incoming", "first", "second", "log"]
+    b.move("log", -1)
+    assert b.step_names == ["incoming", "first", "log", "second"]
+    b.card("log").box.children[0].children[-1].click()  # the trash button
+    assert b.step_names == ["incoming", "first", "second"]
+    palette["schedule"].click()  # a trigger replaces the trigger
+    assert b.step_names[0] == "schedule" and b.flow.trigger.component == "schedule"
+    problems = b.validate()
+    assert problems and "config.cron" in problems[0] and "required" in problems[0]
+    assert "required by 'schedule'" in b.card("schedule").message.value
+    b.card("schedule").form.set("cron", "*/5 * * * *")
+    assert b.validate() == []
+    b.path.value = str(tmp_path / "clicked.yaml")
+    b.save_button.click()
+    assert "saved" in b.status.value and flownb.load(tmp_path / "clicked.yaml") == b.flow
+    out = b.save(tmp_path / "flow.yaml")
+    assert flownb.load(out) == b.flow
+    assert yaml.safe_load(out.read_text())["trigger"]["config"] == {"cron": "*/5 * * * *"}
+
+
+def test_widget_edits_show_inline_validation_never_raise():
+    b = FlowBuilder(flow=_flow())
+    card = b.card("first")
+    card.name.value = "Bad Name"
+    problems = b.validate()
+    assert any("lowercase" in p for p in problems)
+    assert "lowercase letters" in card.message.value
+    card.name.value = "first"
+    b.name.value = "Not A Slug"
+    assert any("flow name" in p for p in b.validate())
+    b.name.value = "demo"
+    b.card("second").form.set("level", "error")
+    assert b.validate() == [] and b.flow.step("second").config["level"] == "error"
+    b.add("csv.write")
+    assert "path" in b.card("csv-write").message.value
+    with pytest.raises(flownb.SpecError):
+        b.save()
+
+
+def test_sample_that_is_not_a_dataframe_is_a_message():
+    b = FlowBuilder(sample=42)
+    assert any("must be a pandas DataFrame" in p for p in b.validate())
+    assert b.run() is None
+    assert "must be a pandas DataFrame" in b.status.value
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str
+    token_env: str | None = None
+    mode: Literal["a", "b"] = "a"
+    verbose: bool = False
+    batch: int = 10
+    ratio: float = 0.5
+    interval: flownb.Duration = 60.0
+    headers: dict = Field(default_factory=dict)
+
+
+def test_config_form_draws_every_kind_and_reads_back():
+    import ipywidgets as w
+
+    form = ConfigForm(_Cfg, {"url": "http://x", "batch": "{{ n }}"})
+    kinds = {f.name: (f.kind, type(f.widget)) for f in form.fields}
+    assert kinds == {"url": ("text", w.Text), "token_env": ("env", w.Text), "mode": ("choice", w.Dropdown),
+                     "verbose": ("bool", w.Checkbox), "batch": ("text", w.Text), "ratio": ("float", w.FloatText),
+                     "interval": ("text", w.Text), "headers": ("yaml", w.Textarea)}
+    assert "environment variable" in form.fields[1].widget.placeholder
+    assert form.fields[6].widget.value == "1m"
+    assert form.config() == {"url": "http://x", "batch": "{{ n }}"}
+    form.set("mode", "b")
+    form.set("headers", {"X-A": "1"})
+    form.set("interval", "2m")
+    form.set("token_env", "CRM_TOKEN")
+    assert form.config() == {"url": "http://x", "batch": "{{ n }}", "mode": "b", "headers": {"X-A": "1"},
+                             "interval": "2m", "token_env": "CRM_TOKEN"}
+    form.fields[7].widget.value = "a: [1"
+    with pytest.raises(ValueError, match="not valid YAML"):
+        form.config()
+
+
+def test_custom_component_gets_a_form():
+    @registry.register("test.builder-custom")
+    class Custom(Action):
+        """A custom action."""
+        Config = _Cfg
+
+        def process(self, message, ctx):
+            return message.body
+
+    b = FlowBuilder(flow=_flow())
+    b.add("test.builder-custom", name="custom")
+    assert "required by 'test.builder-custom'" in b.card("custom").message.value
+    b.card("custom").form.set("url", "http://example")
+    assert b.validate() == []

@@ -1,0 +1,68 @@
+"""Rich display of flows, messages and dead letters."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import flownb
+from flownb.message import Message
+from flownb.notebook.display import (FLOW_MIME, Table, dead_letters_html, flow_mimebundle, records_html,
+                                     tabs_html)
+from flownb.runtime.core import DeadLetter, ErrorInfo
+
+
+def _flow(n_actions: int = 2) -> flownb.Flow:
+    steps = [flownb.step(f"step-{i}", "log", replicas=i + 1,
+                         retry={"max_attempts": 3, "initial": "2s", "max": "1m"} if i == 0 else None)
+             for i in range(n_actions)]
+    return flownb.Flow(name="orders-to-crm", trigger=flownb.step("new-orders", "webhook", token_env="T"), steps=steps)
+
+
+def test_bundle_carries_spec_svg_and_text():
+    flow = _flow()
+    bundle = flow._repr_mimebundle_()
+    assert bundle[FLOW_MIME] == flow.spec()
+    assert flownb.flow.from_spec(bundle[FLOW_MIME]) == flow
+    assert bundle["text/plain"] == "Flow 'orders-to-crm': new-orders (webhook) → step-0 (log) → step-1 (log)"
+    svg = ET.fromstring(bundle["image/svg+xml"])  # well-formed XML
+    texts = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")]
+    assert "new-orders" in texts and "webhook" in texts and "trigger" in texts
+    assert "×1 replica" in texts and "×2 replicas" in texts
+    assert "retry 3× 2s…1m" in texts and "retry 5× 1s…5m" in texts  # explicit and default policies
+    assert len(list(svg.iter("{http://www.w3.org/2000/svg}rect"))) == 3
+    assert len(list(svg.iter("{http://www.w3.org/2000/svg}path"))) == 1 + 2  # marker + 2 arrows
+
+
+def test_long_flows_wrap_and_names_are_escaped():
+    flow = _flow(9)
+    svg = ET.fromstring(flow_mimebundle(flow)["image/svg+xml"])
+    assert int(svg.get("height")) > 3 * 74  # 10 boxes → 3 rows
+    odd = flownb.Flow(name="x", description="<script>", trigger=flownb.step("a", "webhook", token_env="T"),
+                      steps=[flownb.step("b", "log", prefix="<b>&")])
+    ET.fromstring(flow_mimebundle(odd)["image/svg+xml"])
+
+
+def test_records_table_escapes_and_marks_errors():
+    html = records_html([{"a": "<x>", "_error": ""}, {"a": {"n": [1]}, "_error": "boom"}])
+    assert "&lt;x&gt;" in html and "<x>" not in html
+    assert '{&quot;n&quot;: [1]}' in html
+    assert html.count("background:#fde8e8") == 1
+    assert "(no rows)" in records_html([])
+
+
+def test_messages_and_dead_letters_render_as_tables():
+    m = Message(body={"email": "a@b.c"}, step="map")
+    assert "a@b.c" in Table([m])._repr_html_() and m.id[:8] in Table([m])._repr_html_()
+    d = DeadLetter(id="7", step="push", message=m, error=ErrorInfo(type="FatalError", message="HTTP 400",
+                                                                   step="push", attempt=3, retryable=False))
+    html = Table([d])._repr_html_()
+    assert "flownb-dead-letters" in html and "FatalError: HTTP 400" in html and "a@b.c" in html
+    assert dead_letters_html([]).endswith("no dead letters</div>")
+    assert "<td" in Table([{"k": 1}])._repr_html_()
+
+
+def test_tabs_are_css_only():
+    html = tabs_html([("one", "<p>1</p>"), ("two", "<p>2</p>")])
+    assert "<script" not in html
+    assert html.count('type="radio"') == 2 and html.count(" checked") == 1
+    assert 'data-title="two"><p>2</p>' in html
