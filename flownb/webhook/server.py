@@ -48,7 +48,7 @@ def hook_for(flow: Flow, ingest: Ingest) -> Hook:
 def uvicorn_config(app: Any, host: str, port: int, **kw: Any):
     import uvicorn
     return uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
-                          access_log=False, log_level=kw.pop("log_level", "warning"),
+                          access_log=False, proxy_headers=False, log_level=kw.pop("log_level", "warning"),
                           timeout_graceful_shutdown=kw.pop("timeout_graceful_shutdown", 10), **kw)
 
 
