@@ -261,3 +261,28 @@ def test_upsert_rejects_unsupported_dialect(flow_factory):
     with pytest.raises(ConfigError, match="supports sqlite"):
         flow_factory(steps=[("sql.upsert", {"url": "oracle://u@h/db", "table": "t", "key": ["id"]})]
                      ).validate_components()
+
+
+@pytest.mark.integration
+@pytest.mark.postgres
+def test_upsert_and_poll_recover_after_server_side_disconnect(step_runner, trigger_runner):
+    app = "flownb_" + uuid.uuid4().hex[:10]
+    table = "t_" + uuid.uuid4().hex[:12]
+    url = f"{PG_URL}?application_name={app}"
+    admin = sa.create_engine(PG_URL)
+    try:
+        writer = step_runner("sql.upsert", {"url": url, "table": table, "key": ["id"], "create": True})
+        poller = trigger_runner("sql.poll", {"url": url, "table": table, "cursor": "id"})
+        assert all(o.ok for o in writer.run_batch(_msgs({"id": 1, "v": "a"}, {"id": 2, "v": "b"})))
+        _, _, state = poller.poll({})
+        with admin.begin() as conn:  # the server drops our pooled connections (restart, failover)
+            killed = conn.execute(sa.text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                          "WHERE application_name = :a"), {"a": app}).scalar()
+        assert killed >= 1
+        assert all(o.ok for o in writer.run_batch(_msgs({"id": 3, "v": "c"})))
+        msgs, _, state = poller.poll(state)
+        assert [m.body for m in msgs] == [{"id": 3, "v": "c"}]
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+        admin.dispose()
