@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from flownb.flow import Flow
 from flownb.message import Message
@@ -39,4 +42,45 @@ class AmqpBackend(Backend):
             amqp_delete(f)
 
 
-BACKENDS: dict[str, type[Backend]] = {"amqp": AmqpBackend}
+class LocalBackend(Backend):
+    """The embedded runtime (SQLite). Its processing loop is not started, so accepted messages stay
+    in the first action's queue, where :meth:`drain` reads and deletes them through the store."""
+
+    def __init__(self, tmp: Path):
+        super().__init__(tmp)
+        self.runtimes: dict[str, Any] = {}
+
+    def ingest(self, flow: Flow) -> Any:
+        try:
+            from flownb.runtime.local import LocalRuntime
+        except ImportError:
+            pytest.skip("the embedded runtime (flownb.runtime.local.LocalRuntime) is not available yet")
+        from flownb.webhook.ingest import LocalIngest
+        runtime = LocalRuntime(flow, self.tmp / flow.name)
+        self.runtimes[flow.name] = runtime
+        return LocalIngest(runtime)
+
+    def _store(self, flow: Flow):
+        from flownb.runtime.local.store import QueueStore
+        store = getattr(self.runtimes[flow.name], "store", None)
+        if isinstance(store, QueueStore):
+            return store
+        dbs = [p for p in (self.tmp / flow.name).rglob("*") if p.suffix in (".db", ".sqlite", ".sqlite3")]
+        assert len(dbs) == 1, f"cannot find the queue database among {dbs}"
+        return QueueStore(dbs[0])
+
+    def drain(self, flow: Flow) -> list[Message]:
+        store = self._store(flow)
+        rows = store.claim(flow.steps[0].name, float("inf"), 1_000_000)
+        store.commit_batch(next_step=None, now=time.time(), done=[r[0] for r in rows], outputs=[],
+                           retries=[], dead=[])
+        return [Message.from_json(r[2]) for r in rows]
+
+    def cleanup(self, flows: list[Flow]) -> None:
+        for rt in self.runtimes.values():
+            close = getattr(rt, "close", None)
+            if close:
+                close()
+
+
+BACKENDS: dict[str, type[Backend]] = {"amqp": AmqpBackend, "embedded": LocalBackend}

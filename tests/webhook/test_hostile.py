@@ -164,8 +164,8 @@ def served(request, tmp_path_factory):
     os.environ.update(env_names)
     plain = make_flow(token_env=f"WH_TOKEN_{tag}", max_body=MAX_BODY, tolerance="5m")
     signed = make_flow(token_env=f"WH_TOKEN_{tag}", hmac_secret_env=f"WH_SECRET_{tag}", tolerance="5m")
-    hooks = [Hook.from_env(f.name, webhook_config(f), backend.ingest(f)) for f in (plain, signed)]
     try:
+        hooks = [Hook.from_env(f.name, webhook_config(f), backend.ingest(f)) for f in (plain, signed)]
         with ServerThread(create_app(hooks)) as server:
             yield backend, Env(server.url, token, secret, plain.name, signed.name), server, {
                 plain.name: plain, signed.name: signed}
