@@ -55,6 +55,37 @@ class _Pub:
     props: pika.BasicProperties
 
 
+class _CoalescingConnection(SelectConnection):
+    """A SelectConnection that can hold outgoing frames and write them with one ``send``.
+
+    pika writes every frame (3 per published message) with its own ``socket.send``; holding the
+    frames of a whole batch and writing them joined cuts the system calls ~100-fold. Uses pika's
+    ``_output_marshaled_frames`` / ``_adapter_emit_data`` (present since pika 1.0); when a pika
+    version lacks them, frames are written as usual."""
+
+    _hold: list[bytes] | None = None
+    _can_hold = hasattr(SelectConnection, "_output_marshaled_frames") and \
+        hasattr(SelectConnection, "_adapter_emit_data")
+
+    def _output_marshaled_frames(self, marshaled_frames) -> None:
+        if self._hold is None:
+            super()._output_marshaled_frames(marshaled_frames)
+            return
+        for f in marshaled_frames:
+            self.bytes_sent += len(f)
+            self.frames_sent += 1
+        self._hold.extend(marshaled_frames)
+
+    def hold(self) -> None:
+        if self._can_hold:
+            self._hold = []
+
+    def release(self) -> None:
+        frames, self._hold = self._hold, None
+        if frames and not (self.is_closing or self.is_closed):
+            self._adapter_emit_data(b"".join(frames))
+
+
 def error_props(info: ErrorInfo, step: str) -> pika.BasicProperties:
     return pika.BasicProperties(delivery_mode=2, content_type="application/json",
                                 headers={ERROR_HEADER: orjson.dumps(info.to_dict()).decode(),
@@ -92,7 +123,7 @@ class StepWorker:
                 started = time.monotonic()
                 try:
                     self._declare()
-                    self._conn = SelectConnection(
+                    self._conn = _CoalescingConnection(
                         parameters(self.url, heartbeat=self.heartbeat, name=f"flownb {self.step.name}"),
                         on_open_callback=self._on_open, on_open_error_callback=self._on_open_error,
                         on_close_callback=self._on_closed)
@@ -186,6 +217,13 @@ class StepWorker:
         batch, self._buffer = self._buffer, []
         if not batch or self._ch is None or not self._ch.is_open:
             return
+        self._conn.hold()
+        try:
+            self._process(batch)
+        finally:
+            self._conn.release()
+
+    def _process(self, batch) -> None:
         msgs, recs, props_of = [], [], []
         for tag, props, body in batch:
             rec = _Input(tag)
@@ -211,9 +249,7 @@ class StepWorker:
         except Exception as exc:  # setup() or process_batch itself failed: every message failed
             log.exception("step '%s': batch failed", self.step.name)
             outcomes = [self.runner.failure(m, exc) for m in msgs]
-        per = (time.perf_counter() - t0) / len(msgs)
-        for _ in msgs:
-            self.metrics.latency.observe(per)
+        self.metrics.latency.observe((time.perf_counter() - t0) / len(msgs))  # one sample per batch
         for rec, props, out in zip(recs, props_of, outcomes):
             if out.ok:
                 self._deliver(rec, props, out)
@@ -290,13 +326,19 @@ class StepWorker:
     def _settle(self) -> None:
         """Ack, in delivery order, every input whose outputs are all confirmed."""
         last = None
-        m = self.metrics
+        counts = {"processed": 0, "retried": 0, "dead": 0}
         while self._inputs and self._inputs[0].pending == 0:
             rec = self._inputs.popleft()
             last = rec.tag
-            (m.processed if rec.kind == "processed" else m.retried if rec.kind == "retried" else m.dead).inc()
-        if last is not None and self._ch is not None and self._ch.is_open:
+            counts[rec.kind] += 1
+        if last is None:
+            return
+        if self._ch is not None and self._ch.is_open:
             self._ch.basic_ack(last, multiple=True)
+        m = self.metrics
+        for kind, counter in (("processed", m.processed), ("retried", m.retried), ("dead", m.dead)):
+            if counts[kind]:
+                counter.inc(counts[kind])
 
     # -- draining stop ----------------------------------------------------------------------
     def _begin_stop(self) -> None:

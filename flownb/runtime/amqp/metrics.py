@@ -5,7 +5,7 @@
 - ``flownb_messages_dead_lettered_total``: inputs sent to the dead-letter queue
 - ``flownb_messages_failed_total``: processing attempts that raised (retried or dead-lettered)
 - ``flownb_publish_nacked_total``: publishes the broker refused (a full queue); retried later
-- ``flownb_step_latency_seconds``: time to process one batch, per message
+- ``flownb_step_latency_seconds``: processing time per message (one sample per batch: its mean)
 """
 
 from __future__ import annotations
