@@ -98,3 +98,36 @@ def test_worker_cli_serves_sync_and_async_on_rabbitmq(tmp_path):
             _stop(proc)
         for flow in flows.values():
             amqp_delete(flow)
+
+
+def test_run_cli_serves_sync_and_async_on_the_embedded_runtime(tmp_path):
+    try:
+        from flownb.runtime.local import LocalRuntime  # noqa: F401
+    except ImportError:
+        pytest.skip("the embedded runtime (flownb.runtime.local.LocalRuntime) is not available yet")
+    token_env = f"WH_TOKEN_{uuid.uuid4().hex[:8].upper()}"
+    token = secrets.token_urlsafe(24)
+    env = {**os.environ, token_env: token}
+    flows = {mode: _flow(tmp_path / mode, token_env, reply=mode, timeout="20s") for mode in ("sync", "async")}
+    procs = []
+    try:
+        for mode, flow in flows.items():
+            (tmp_path / mode).mkdir()
+            spec = flow.save(tmp_path / f"{mode}.yaml")
+            port = free_port()
+            procs.append((_start(["run", str(spec), "--state-dir", str(tmp_path / mode / "state")], env, port), port))
+        (_, sync_port), (_, async_port) = procs
+        with httpx.Client(timeout=30) as client:
+            r = client.post(f"http://127.0.0.1:{sync_port}/hooks/{flows['sync'].name}/{token}?x=1", json={"q": "hi"})
+            assert r.status_code == 200, r.text
+            assert r.json()["q"] == "hi" and r.json()["_query"] == {"x": "1"}
+            ids = [client.post(f"http://127.0.0.1:{async_port}/hooks/{flows['async'].name}/{token}",
+                               json={"q": f"m{i}"}).json()["id"] for i in range(20)]
+        assert len(set(ids)) == 20
+        rows = _rows(tmp_path / "async" / "out.csv", 20)
+        assert sorted(r["q"] for r in rows) == sorted(f"m{i}" for i in range(20))
+        time.sleep(0.5)
+        assert len(_rows(tmp_path / "async" / "out.csv", 21, timeout=0.2)) == 20  # exactly once
+    finally:
+        for proc, _ in procs:
+            _stop(proc)
