@@ -42,19 +42,20 @@ class Expr:
         self._path = self.text.split(".") if _SIMPLE_PATH.match(self.text) else None
         if self.text == "$":
             self._path = []
-        self._compiled = None
+        self._evaluate = None
         if self._path is None:
             from ..rules import compile as compile_expr
             try:
-                self._compiled = compile_expr(self.text)
+                compiled = compile_expr(self.text)
             except ExpressionError as exc:
                 exc.step, exc.field = exc.step or step, exc.field or field
                 raise
+            self._evaluate = getattr(compiled, "evaluate", compiled)
 
     def __call__(self, data: Any) -> Any:
         if self._path is not None:
             return lookup(data, self._path)
-        return self._compiled.evaluate(data)
+        return self._evaluate(data)
 
 
 def lookup(data: Any, path: list[str]) -> Any:

@@ -253,3 +253,41 @@ def test_poll_errors_map_to_retryable_and_fatal(server, trigger_runner):
 def test_poll_config_errors(flow_factory):
     with pytest.raises(ConfigError, match="both 'cursor_param' and 'cursor_field'"):
         flow_factory(("http.poll", {"url": "http://x", "cursor_param": "since"})).validate_components()
+
+
+# -- JSONata (flownb.rules) ---------------------------------------------------------------------
+
+def _needs_rules():
+    try:
+        from flownb.rules import compile  # noqa: F401
+    except ImportError:
+        pytest.skip("flownb.rules (JSONata) is not available yet")
+
+
+def test_jsonata_url_expr_and_body(server, step_runner):
+    _needs_rules()
+    runner = step_runner("http.request", {
+        "url_expr": f"'{server}/echo/' & $lowercase(customer.name)",
+        "body": "{ 'total': $sum(items.(qty * price)), 'skus': items.sku }", "output": "response"})
+    out = runner.run(msg({"customer": {"name": "ACME"},
+                          "items": [{"sku": "a", "qty": 2, "price": 1.5}, {"sku": "b", "qty": 1, "price": 4}]}))
+    assert out.ok, out.error
+    sent = out.outputs[0].body["body"]
+    assert sent["path"] == "/echo/acme"
+    assert json.loads(sent["body"]) == {"total": 7, "skus": ["a", "b"]}
+
+
+def test_jsonata_items_and_next_in_poll(server, trigger_runner):
+    _needs_rules()
+    runner = trigger_runner("http.poll", {"url": f"{server}/cursor-pages", "items": "results[id % 10 = 1]",
+                                          "next": "next ? next : null"})
+    msgs, _, _ = runner.poll({})
+    assert [m.body["id"] for m in msgs] == [1, 11, 21]
+
+
+def test_jsonata_compile_error_at_validation(flow_factory):
+    _needs_rules()
+    from flownb.errors import ExpressionError
+    with pytest.raises(ExpressionError) as err:
+        flow_factory(steps=[("http.request", {"url": "http://x", "body": "{ 'a': }"})]).validate_components()
+    assert err.value.field == "config.body" and err.value.step == "s0"
