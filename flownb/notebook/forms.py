@@ -157,8 +157,15 @@ class ConfigForm:
         self.fields = [_Field(n, info, config.get(n, _UNSET)) for n, info in model.model_fields.items()]
         known = set(model.model_fields)
         self.extra = {k: v for k, v in config.items() if k not in known}  # kept: validation names them
-        ordered = sorted(self.fields, key=lambda f: not f.required)
-        self.widget = w.VBox([f.widget for f in ordered])
+        required = [f.widget for f in self.fields if f.required]
+        optional = [f.widget for f in self.fields if not f.required]
+        children = list(required)
+        if optional:  # optional fields folded away: the form stays short
+            more = w.Accordion(children=[w.VBox(optional)], selected_index=None)
+            more.set_title(0, f"options ({len(optional)})")
+            more.add_class("flownb-config-options")
+            children.append(more)
+        self.widget = w.VBox(children)
         self.widget.add_class("flownb-config-form")
         if on_change is not None:
             for f in self.fields:

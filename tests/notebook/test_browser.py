@@ -1,0 +1,215 @@
+"""JupyterLab 4 + ipywidgets 8 in real (Debian) Chromium, driven by Playwright.
+
+Starts JupyterLab on 127.0.0.1 (free port, token, isolated config/runtime/settings directories) on a
+copy of notebooks/, runs every cell of the example notebooks, types a new expression into the
+MappingEditor and waits for the preview to show the expected values, clicks a palette component in
+the FlowBuilder and waits for the new step. Screenshots go to test-artifacts/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("FLOWNB_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts"
+T = 180_000  # ms: a loaded 2-core CI machine starts kernels slowly
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (scripts/ci-deps does it)")
+    base = tmp_path_factory.mktemp("lab")
+    work = base / "notebooks"
+    shutil.copytree(ROOT / "notebooks", work, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    settings = base / "settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    token, port = secrets.token_hex(16), _free_port()
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(base / "config"), "JUPYTER_RUNTIME_DIR": str(base / "rt"),
+           "JUPYTER_DATA_DIR": str(base / "data"), "JUPYTER_PLATFORM_DIRS": "1"}
+    cmd = [sys.executable, "-m", "jupyterlab", "--ip=127.0.0.1", f"--port={port}", "--no-browser",
+           "--ServerApp.open_browser=False", "--allow-root", f"--ServerApp.token={token}",
+           f"--ServerApp.root_dir={work}", "--expose-app-in-browser", "--ServerApp.port_retries=0",
+           f"--LabApp.user_settings_dir={base / 'settings'}", f"--LabApp.workspaces_dir={base / 'ws'}"]
+    log = (base / "lab.log").open("wb")
+    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/api/status", params={"token": token}, timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"JupyterLab did not start:\n{(base / 'lab.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield {"url": url, "token": token, "dir": work}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-dev-shm-usage"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = ctx.new_page()
+    pg.set_default_timeout(T)
+    yield pg
+    ARTIFACTS.mkdir(exist_ok=True)
+    pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}-final.png"), full_page=True)
+    ctx.close()
+
+
+_RUN_ALL = """async () => {
+  const app = window.jupyterapp;
+  const panel = app.shell.currentWidget;
+  await panel.context.ready;
+  await panel.sessionContext.ready;
+  await app.commands.execute('notebook:run-all-cells');
+  return true;
+}"""
+
+_ALL_DONE = """() => {
+  const panel = window.jupyterapp.shell.currentWidget;
+  const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
+  if (!kernel || kernel.status !== 'idle') return false;
+  return panel.content.widgets.every(c => c.model.type !== 'code' || c.model.executionCount !== null);
+}"""
+
+_ERRORS = """() => {
+  const panel = window.jupyterapp.shell.currentWidget;
+  const out = [];
+  panel.content.widgets.forEach((c, i) => {
+    if (c.model.type !== 'code') return;
+    for (const o of c.model.outputs.toJSON()) {
+      if (o.output_type === 'error') out.push(`cell ${i}: ${o.ename}: ${o.evalue}`);
+    }
+  });
+  return out;
+}"""
+
+_COLUMN = """([root, column]) => {
+  const table = document.querySelectorAll(root)[0].querySelector('.flownb-preview table');
+  if (!table) return null;
+  const heads = [...table.querySelectorAll('thead th')].map(th => th.textContent);
+  const i = heads.indexOf(column);
+  if (i < 0) return null;
+  return [...table.querySelectorAll('tbody tr')].map(tr => tr.children[i].textContent);
+}"""
+
+
+def _open_and_run(page, lab, name: str) -> None:
+    page.goto(f"{lab['url']}/lab/tree/{name}?token={lab['token']}")
+    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget "
+                           "&& window.jupyterapp.shell.currentWidget.sessionContext", timeout=T)
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=T)
+    page.evaluate(_RUN_ALL)
+    page.wait_for_function(_ALL_DONE, timeout=T, polling=500)
+    assert page.evaluate(_ERRORS) == []
+
+
+def test_mapping_editor_preview_follows_typing(page, lab):
+    _open_and_run(page, lab, "01-prototype-rules.ipynb")
+    editor = page.locator(".flownb-mapping-editor").first
+    editor.wait_for(state="visible", timeout=T)
+    page.wait_for_function(_COLUMN, arg=[".flownb-mapping-editor", "country"], timeout=T)
+    before = page.evaluate(_COLUMN, [".flownb-mapping-editor", "country"])
+    assert before == ["GB", "US", "GB", "NL", "US", "US"]
+    page.screenshot(path=str(_artifact("mapping-editor-before.png")), full_page=True)
+
+    rows = editor.locator(".flownb-field")
+    assert rows.count() == 4
+    country = rows.nth(2).locator(".flownb-expr input")
+    country.click()
+    country.fill("")
+    country.type("$lowercase(customer.country) & '!'", delay=20)
+    page.wait_for_function(
+        f"args => JSON.stringify(({_COLUMN})(args)) === JSON.stringify(['gb!','us!','gb!','nl!','us!','us!'])",
+        arg=[".flownb-mapping-editor", "country"], timeout=T, polling=250)
+    assert "1 of 6 rows fail" in editor.locator(".flownb-summary").inner_text()
+
+    country.fill("$lowercase(customer.country")  # broken: the error appears with its position
+    error = rows.nth(2).locator(".flownb-row-error .flownb-error")
+    error.wait_for(state="visible", timeout=T)
+    assert "position" in error.inner_text()
+    page.screenshot(path=str(_artifact("mapping-editor-error.png")), full_page=True)
+
+    # the second editor in the notebook was given a broken expression: its message, no traceback
+    broken = page.locator(".flownb-mapping-editor").nth(1)
+    assert "position" in broken.locator(".flownb-row-error").inner_text()
+    not_a_frame = page.locator(".flownb-mapping-editor").nth(2)
+    assert "must be a pandas DataFrame" in not_a_frame.locator(".flownb-status").inner_text()
+
+
+def test_flow_builder_add_step_by_click_and_run(page, lab):
+    _open_and_run(page, lab, "02-assemble-and-test-flow.ipynb")
+    page.locator(".jp-RenderedSVG img, .jp-RenderedSVG svg").first.wait_for(state="visible", timeout=T)
+    builder = page.locator(".flownb-flow-builder").first
+    builder.wait_for(state="visible", timeout=T)
+    steps = builder.locator(".flownb-step")
+    assert steps.count() == 4
+    builder.locator(".flownb-palette-log").first.click()
+    page.wait_for_function(
+        "() => document.querySelectorAll('.flownb-flow-builder')[0].querySelectorAll('.flownb-step').length === 5",
+        timeout=T)
+    new_card = steps.nth(4)
+    assert new_card.locator(".flownb-step-name input").input_value() == "log"
+    new_card.locator(".flownb-step-message .flownb-ok").wait_for(state="visible", timeout=T)
+    builder.locator(".flownb-run").click()
+    builder.locator(".flownb-results .lm-TabBar-tab", has_text="dead letters (1)").wait_for(timeout=T)
+    builder.locator(".flownb-results .lm-TabBar-tab", has_text="log (").click()
+    page.screenshot(path=str(_artifact("flow-builder.png")), full_page=True)
+
+
+def test_export_notebook_runs_and_shows_the_flow(page, lab):
+    _open_and_run(page, lab, "03-export-and-deploy.ipynb")
+    page.locator(".jp-RenderedSVG img, .jp-RenderedSVG svg").first.wait_for(state="visible", timeout=T)
+    page.screenshot(path=str(_artifact("export-notebook.png")), full_page=True)
+
+
+def _artifact(name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS / name
