@@ -1,14 +1,25 @@
 """Notebook experience: rich display, MappingEditor, FlowBuilder, Monitor (imports pandas/ipywidgets).
 
-Imported lazily by ``flownb.MappingEditor`` & co., so workers never load ipywidgets.
+The widgets are imported lazily, so ``flownb.notebook.display`` (used by ``Flow``/``Message`` reprs)
+loads neither ipywidgets nor pandas.
 """
 
 from __future__ import annotations
 
-from .builder import FlowBuilder
+from importlib import import_module
+from typing import Any
+
 from .display import FLOW_MIME, Table, flow_mimebundle, flow_svg, test_result_mimebundle
-from .mapping_editor import MappingEditor
-from .monitor import Monitor
+
+_LAZY = {"MappingEditor": ".mapping_editor", "FlowBuilder": ".builder", "Monitor": ".monitor"}
 
 __all__ = ["MappingEditor", "FlowBuilder", "Monitor", "Table", "FLOW_MIME", "flow_mimebundle", "flow_svg",
            "test_result_mimebundle"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'flownb.notebook' has no attribute '{name}'")

@@ -217,6 +217,10 @@ class DeadLetter:
     message: Message
     error: ErrorInfo
 
+    def _repr_html_(self) -> str:  # a table in notebooks (lazy import: workers never load it)
+        from ..notebook.display import dead_letters_html
+        return dead_letters_html([self])
+
     def to_dict(self) -> dict:
         return {"id": self.id, "step": self.step, "message": self.message.to_dict(),
                 "error": self.error.to_dict()}

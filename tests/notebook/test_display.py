@@ -66,3 +66,18 @@ def test_tabs_are_css_only():
     assert "<script" not in html
     assert html.count('type="radio"') == 2 and html.count(" checked") == 1
     assert 'data-title="two"><p>2</p>' in html
+
+
+def test_reprs_are_tables_and_display_stays_lean():
+    import subprocess
+    import sys
+
+    m = Message(body={"n": 1}, step="s")
+    assert "<table" in m._repr_html_()
+    d = DeadLetter(id="1", step="s", message=m, error=ErrorInfo(type="E", message="x", step="s", attempt=1,
+                                                                retryable=False))
+    assert "flownb-dead-letters" in d._repr_html_()
+    code = ("import sys, flownb; f = flownb.Flow(name='a', trigger=flownb.step('t', 'webhook', token_env='T'));"
+            "f._repr_mimebundle_(); flownb.Message(body={})._repr_html_();"
+            "assert 'ipywidgets' not in sys.modules and 'pandas' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)

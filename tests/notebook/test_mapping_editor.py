@@ -1,0 +1,120 @@
+"""MappingEditor driven through its widgets: values typed, buttons clicked, preview and errors read back."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import flownb
+from flownb.notebook import MappingEditor
+
+rules = pytest.importorskip("flownb.rules")
+if not hasattr(rules, "Mapping"):  # pragma: no cover - until flownb.rules lands in this checkout
+    pytest.skip("flownb.rules.Mapping is not available yet", allow_module_level=True)
+
+SAMPLE = Path(__file__).resolve().parents[2] / "notebooks" / "data" / "orders.json"
+FIELDS = {"email": "$lowercase(customer.email)", "total": "$sum(items.(qty * price))"}
+
+
+@pytest.fixture
+def sample() -> pd.DataFrame:
+    return pd.read_json(SAMPLE)
+
+
+def test_preview_follows_the_expressions(sample):
+    ed = MappingEditor(sample, mapping=FIELDS, debounce=0)
+    p = ed.preview
+    assert list(p.columns[:2]) == ["email", "total"] and "_error" in p.columns
+    assert p["email"].tolist() == ["ada@example.com", "grace@navy.mil", "alan@turing.org",
+                                   "edsger@utexas.edu", "barbara@mit.edu", "ken@bell-labs.com"]
+    ok = p["_error"].fillna("").astype(str) == ""
+    assert ok.tolist() == [True, True, True, False, True, True]  # order 1004 has qty "two"
+    assert p.loc[ok, "total"].round(2).tolist() == [115.5, 19.99, 200.0, 116.0, 79.96]
+    assert ed.failing == 1 and "1 of 6 rows fail" in ed.summary.value
+    ed.set_field("email", "$uppercase(customer.country)")
+    assert ed.preview["email"].tolist() == ["GB", "US", "GB", "NL", "US", "US"]
+    assert "<td" in ed.preview_html.value and "NL" in ed.preview_html.value
+
+
+def test_broken_expression_shows_position_and_keeps_other_fields(sample):
+    ed = MappingEditor(sample, mapping=FIELDS, debounce=0)
+    ed.set_field("email", "$lowercase(customer.email")
+    row = ed._rows[0]
+    assert "position" in row.error.value and "^" in row.error.value
+    assert list(ed.preview.columns) == ["total", "_error"]
+    assert "1 field with errors" in ed.summary.value
+    with pytest.raises(flownb.ExpressionError) as info:
+        ed.mapping
+    assert info.value.position is not None and info.value.field == "email"
+
+
+def test_add_remove_duplicate_and_empty_fields(sample):
+    ed = MappingEditor(sample, mapping=FIELDS, debounce=0)
+    ed.add_button.click()
+    assert len(ed._rows) == 3 and ed._rows[2].error.value == ""  # an empty new row is not an error yet
+    ed._rows[2].expr.value = "status"
+    assert "give this field a name" in ed._rows[2].error.value
+    ed._rows[2].name.value = "email"
+    assert "used twice" in ed._rows[2].error.value
+    ed._rows[2].name.value = "status"
+    assert ed.preview["status"].tolist()[:3] == ["paid", "paid", "refunded"]
+    ed._rows[0].remove.click()
+    assert list(ed.fields) == ["total", "status"]
+    m = ed.mapping
+    assert isinstance(m, rules.Mapping)
+    step = m.step("to-contact")
+    assert step.name == "to-contact" and step.component == "mapping"
+
+
+def test_paths_helper_lists_nested_paths_and_inserts(sample):
+    ed = MappingEditor(sample, mapping={"x": "order_id"}, debounce=0)
+    paths = [b.description for b in ed.paths_box.children]
+    assert {"order_id", "customer", "customer.email", "customer.country", "items", "items.qty",
+            "items.price"} <= set(paths)
+    ed.add_field()
+    button = next(b for b in ed.paths_box.children if b.description == "customer.country")
+    button.click()
+    row = ed._rows[-1]
+    assert row.expr.value == "customer.country" and row.name.value == "country"
+    assert ed.preview["country"].tolist()[0] == "GB"
+
+
+def test_default_fields_are_the_sample_columns(sample):
+    ed = MappingEditor(sample[["order_id", "status"]], debounce=0)
+    assert ed.fields == {"order_id": "order_id", "status": "status"}
+    assert ed.preview["status"].tolist()[0] == "paid"
+
+
+@pytest.mark.parametrize("bad", ["orders.csv", 42, None, [1, 2]])
+def test_a_sample_that_is_not_a_dataframe_is_a_message(bad):
+    ed = MappingEditor(bad, mapping=FIELDS, debounce=0)
+    assert "must be a pandas DataFrame" in ed.status.value
+    assert ed.preview is None
+
+
+def test_a_list_of_dicts_is_accepted():
+    ed = MappingEditor([{"a": {"b": 1}}, {"a": {"b": 2}}], mapping={"b": "a.b"}, debounce=0)
+    assert ed.preview["b"].tolist() == [1, 2]
+
+
+def test_a_mapping_object_round_trips(sample):
+    m = rules.Mapping(fields=FIELDS)
+    ed = MappingEditor(sample, mapping=m, debounce=0)
+    assert ed.fields == FIELDS
+    assert ed.mapping.config == m.config
+
+
+def test_typing_is_debounced_on_a_running_loop(sample):
+    async def scenario():
+        ed = MappingEditor(sample, mapping={"v": "status"}, debounce=0.2)
+        for expr in ("$up", "$upper", "$uppercase(status)"):
+            ed._rows[0].expr.value = expr
+            await asyncio.sleep(0.02)
+        assert ed.preview["v"].tolist()[0] == "paid"  # not recomputed while typing
+        await asyncio.sleep(0.5)
+        return ed.preview["v"].tolist()[0]
+
+    assert asyncio.run(scenario()) == "PAID"
