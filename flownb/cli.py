@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import FlownbError, SpecError
+from .errors import FlownbError, MessageError, SpecError
 
 __all__ = ["main", "build_parser"]
 
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
-    except SpecError as exc:
+    except (SpecError, MessageError) as exc:
         print(f"flownb: error: {exc}", file=sys.stderr)
         return 2
     except FlownbError as exc:

@@ -15,6 +15,7 @@ Every error flownb raises derives from :class:`FlownbError`::
     │   ├── RetryableError         a transient failure (refused connection, HTTP 429/5xx, timeout)
     │   └── FatalError             a permanent failure: dead-letter at once
     ├── RuntimeFailure             a runtime (local queue, broker) cannot do its job
+    │   ├── QueueFull              the first queue is over its limit (back-pressure, HTTP 429)
     │   └── BrokerError            RabbitMQ unreachable or refused an operation
     └── DeployError                export, image build, compose/k8s, Docker
 
@@ -30,7 +31,7 @@ from typing import Any, Iterable
 __all__ = [
     "FlownbError", "SpecError", "SpecSyntaxError", "UnknownComponentError", "ConfigError",
     "ParameterError", "ExpressionError", "MessageError", "StepError", "Retry", "RetryableError",
-    "FatalError", "RuntimeFailure", "BrokerError", "DeployError", "did_you_mean",
+    "FatalError", "RuntimeFailure", "QueueFull", "BrokerError", "DeployError", "did_you_mean",
 ]
 
 
@@ -140,6 +141,15 @@ class FatalError(StepError):
 
 class RuntimeFailure(FlownbError):
     """A runtime cannot do its job (state directory, queue database, broker)."""
+
+
+class QueueFull(RuntimeFailure):
+    """The first queue holds more than ``max_queue`` messages: slow down and try again later."""
+
+    def __init__(self, message: str, *, depth: int = 0, limit: int = 0):
+        super().__init__(message)
+        self.depth = depth
+        self.limit = limit
 
 
 class BrokerError(RuntimeFailure):

@@ -106,7 +106,10 @@ class Message:
 
     def to_json(self) -> bytes:
         try:
-            return orjson.dumps(self.to_dict(), option=_OPTS)
+            data = orjson.dumps(self.to_dict(), option=_OPTS)
+            if b"null" in data:  # orjson turns NaN/inf into null silently: refuse them
+                _check_finite(self.body)
+            return data
         except (TypeError, orjson.JSONEncodeError) as exc:
             raise MessageError(f"message is not JSON-serialisable ({exc})", step=self.step) from exc
 

@@ -1,0 +1,135 @@
+"""``flownb run``: run a flow on the local runtime, with a rich progress display and summary.
+
+- default: poll when due, process queues, until SIGINT/SIGTERM; then print the summary.
+- ``--until-idle``: poll once, drain every queue, print the summary, exit 0. Retries due within
+  ``FLOWNB_RETRY_WAIT`` seconds (total waiting, default 60) are waited for; retries scheduled later
+  stay queued (they survive in the state directory) and the summary reports them as pending, with
+  the time until the next one: run again to deliver them.
+- a webhook trigger with ``--port``: ``flownb.webhook.server.serve_local(runtime, host, port)``
+  serves requests in the main thread (blocking until the server stops) while the runtime processes
+  queues in a background thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from ...errors import FlownbError, RuntimeFailure
+from ...flow import Flow
+from .engine import LocalRuntime, Progress, RunSummary
+
+__all__ = ["run_cli", "print_summary"]
+
+log = logging.getLogger("flownb.runtime.local")
+
+
+def _console():
+    from rich.console import Console
+    return Console(highlight=False)
+
+
+def print_summary(summary: RunSummary, console=None) -> None:
+    from rich.table import Table
+    con = console or _console()
+    t = Table(title=f"flow '{summary.flow}'")
+    for col in ("step", "in", "out", "retried", "dead", "time (s)", "msg/s"):
+        t.add_column(col, justify="left" if col == "step" else "right")
+    for name, s in summary.steps.items():
+        rate = f"{s.inputs / s.seconds:,.0f}" if s.seconds > 0 and s.inputs else "-"
+        t.add_row(name, f"{s.inputs:,}" if s.inputs else "-", f"{s.outputs:,}", f"{s.retried:,}",
+                  f"{s.dead:,}", f"{s.seconds:.3f}", rate)
+    con.print(t)
+    con.print(f"{summary.messages:,} messages processed in {summary.elapsed:.2f}s "
+              f"({summary.msg_per_s:,.0f} msg/s)")
+    if summary.dead_letters:
+        con.print(f"[yellow]{summary.dead_letters} dead letter(s) stored[/yellow]: see 'flownb dlq list'")
+    if summary.pending:
+        wait = f"; next retry due in {summary.next_retry_in:.1f}s" if summary.next_retry_in else ""
+        pend = ", ".join(f"{k}: {v}" for k, v in summary.pending.items())
+        con.print(f"[yellow]pending (scheduled retries)[/yellow] {pend}{wait}; run again to deliver them")
+    for err in summary.poll_errors:
+        con.print(f"[red]poll failed[/red]: {err}")
+
+
+@contextmanager
+def _progress(runtime: LocalRuntime, console) -> Iterator[Progress]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+    bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+              console=console, transient=True)
+    total = runtime.stats[runtime.flow.trigger.name].outputs or None
+    tasks = {name: bar.add_task(name, total=total) for name in runtime.steps}
+
+    def update(step: str, n: int) -> None:
+        bar.update(tasks[step], advance=n)
+    with bar:
+        yield update
+
+
+@contextmanager
+def _signals(runtime: LocalRuntime, stop: threading.Event) -> Iterator[None]:
+    def handler(signum, frame):  # noqa: ARG001
+        log.info("received signal %s: finishing the current batch and stopping", signum)
+        stop.set()
+        runtime.stop()
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _poll(runtime: LocalRuntime) -> None:
+    try:
+        runtime.poll_once(raise_errors=True)
+    except FlownbError:
+        raise
+    except Exception as exc:
+        raise RuntimeFailure(f"trigger '{runtime.flow.trigger.name}' ({runtime.flow.trigger.component}) "
+                             f"failed to poll: {type(exc).__name__}: {exc}; nothing was queued") from exc
+
+
+def _serve(runtime: LocalRuntime, args: Any, stop: threading.Event) -> RunSummary:
+    from ...webhook.server import serve_local
+    worker = threading.Thread(target=runtime.run, kwargs={"stop_event": stop}, name="flownb-local",
+                              daemon=True)
+    worker.start()
+    try:
+        serve_local(runtime, args.host, args.port)
+    finally:
+        stop.set()
+        runtime.stop()
+        worker.join()
+    return runtime.summary()
+
+
+def run_cli(flow: Flow, args: Any) -> int:
+    """``flownb run`` (args: state_dir, until_idle, port, host). Returns the exit code."""
+    console = _console()
+    retry_wait = float(os.environ.get("FLOWNB_RETRY_WAIT", "60"))
+    runtime = LocalRuntime(flow, Path(args.state_dir), retry_wait=retry_wait)
+    stop = threading.Event()
+    try:
+        with _signals(runtime, stop):
+            webhook = runtime.trigger.kind == "webhook"
+            if args.until_idle:
+                _poll(runtime)
+                with _progress(runtime, console) as progress:
+                    summary = runtime.drain(progress)
+            elif webhook and getattr(args, "port", None):
+                summary = _serve(runtime, args, stop)
+            else:
+                if webhook:
+                    console.print("[yellow]webhook trigger without --port: only queued messages are "
+                                  "processed; pass --port to receive requests[/yellow]")
+                summary = runtime.run(stop_event=stop)
+        print_summary(summary, console)
+        return 0
+    finally:
+        runtime.close()

@@ -1,0 +1,416 @@
+"""LocalRuntime: a whole flow in one process, steps joined by the durable SQLite queue.
+
+Each action step repeatedly claims a batch of due messages, runs
+:meth:`flownb.runtime.core.StepRunner.run_batch`, then commits in ONE transaction: inputs deleted,
+outputs queued for the next step, retries rescheduled (``available_at = now + delay``,
+``attempt + 1``) and dead letters stored with their error and traceback. A poll's messages and the
+trigger's new cursor are one transaction too. A crash repeats at most one uncommitted batch:
+delivery is at-least-once, and an idempotent sink sees each row exactly once.
+
+One thread runs the steps (:meth:`run` / :meth:`drain`); :meth:`submit` may be called from any
+thread (the webhook server). Final listeners are called from the runtime's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import orjson
+
+from ...errors import FatalError, MessageError, QueueFull
+from ...flow import Flow
+from ...message import Message
+from ..core import DeadLetter, ErrorInfo, Outcome, StepRunner, TriggerRunner
+from .store import QueueStore
+
+__all__ = ["LocalRuntime", "RunSummary", "StepStats", "VirtualClock", "Progress", "FinalListener",
+           "dead_letter_from_row"]
+
+log = logging.getLogger("flownb.runtime.local")
+
+#: progress(step_name, messages_just_processed)
+Progress = Callable[[str, int], None]
+#: listener(trace_id, bodies of the last step for that trace; [] when filtered out or dead)
+FinalListener = Callable[[str, list], None]
+
+
+class VirtualClock:
+    """A clock that jumps instead of sleeping (``flow.test`` retries without real waiting)."""
+
+    def __init__(self, start: float | None = None):
+        self.now = time.time() if start is None else start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += max(seconds, 0.0)
+
+
+@dataclass
+class StepStats:
+    inputs: int = 0
+    outputs: int = 0
+    retried: int = 0
+    dead: int = 0
+    seconds: float = 0.0
+    errors: int = 0  # trigger: failed polls
+
+    def to_dict(self) -> dict:
+        return {"in": self.inputs, "out": self.outputs, "retried": self.retried, "dead": self.dead,
+                "seconds": round(self.seconds, 6), "errors": self.errors}
+
+
+@dataclass
+class RunSummary:
+    """What a run did: per step in/out/retried/dead and time; what is still queued."""
+
+    flow: str
+    steps: dict[str, StepStats]
+    elapsed: float
+    pending: dict[str, int] = field(default_factory=dict)
+    next_retry_in: float | None = None
+    dead_letters: int = 0
+    poll_errors: list[str] = field(default_factory=list)
+
+    @property
+    def messages(self) -> int:
+        return sum(s.inputs for s in list(self.steps.values())[1:])
+
+    @property
+    def msg_per_s(self) -> float:
+        return self.messages / self.elapsed if self.elapsed > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {"flow": self.flow, "elapsed": self.elapsed, "msg_per_s": self.msg_per_s,
+                "steps": {k: v.to_dict() for k, v in self.steps.items()}, "pending": self.pending,
+                "next_retry_in": self.next_retry_in, "dead_letters": self.dead_letters,
+                "poll_errors": self.poll_errors}
+
+
+def dead_letter_from_row(row: tuple) -> DeadLetter:
+    """A :class:`DeadLetter` from a ``dead`` table row (id, step, attempt, payload, error)."""
+    rid, step, attempt, payload, error = row
+    try:
+        message = Message.from_json(payload)
+    except MessageError:
+        message = Message(body={"_raw": bytes(payload).decode("utf-8", "replace")}, step=step)
+    message.attempt = attempt
+    return DeadLetter(id=str(rid), step=step, message=message, error=ErrorInfo.from_dict(orjson.loads(error)))
+
+
+class LocalRuntime:
+    """Run ``flow`` on SQLite queues in ``state_dir`` (``<state_dir>/<flow>.db``), or in memory."""
+
+    def __init__(self, flow: Flow, state_dir: Path | str | None = Path(".flownb"), *, memory: bool = False,
+                 batch_size: int = 500, max_queue: int = 10_000, retry_wait: float = 60.0,
+                 clock: Callable[[], float] | None = None, record: bool = False,
+                 logger: logging.Logger | None = None):
+        self.flow = flow.resolved()
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        if not memory and self.state_dir is None:
+            raise ValueError("state_dir is required unless memory=True")
+        self.batch_size = batch_size
+        self.max_queue = max_queue
+        self.retry_wait = retry_wait
+        self.clock = clock or time.time
+        self.log = logger or log
+        self.steps = [s.name for s in self.flow.steps]
+        self._first = self.steps[0] if self.steps else None
+        self._next = dict(zip(self.steps, [*self.steps[1:], None]))
+        self.trigger = TriggerRunner(self.flow, state_dir=self.state_dir)
+        self.runners: dict[str, StepRunner] = {}
+        for name in self.steps:
+            self.runners[name] = StepRunner(self.flow, name, state_dir=self.state_dir)
+        self.store = QueueStore(None if memory else self.state_dir / f"{self.flow.name}.db")
+        names = [self.flow.trigger.name, *self.steps]
+        self.stats = {n: StepStats() for n in names}
+        self.recorded: dict[str, list[dict]] | None = {n: [] for n in names} if record else None
+        self.poll_errors: list[str] = []
+        self._listeners: list[FinalListener] = []
+        self._traces: dict[str, list] = {}      # trace -> [outstanding messages, final bodies]
+        self._trace_lock = threading.Lock()
+        self._submit_lock = threading.Lock()
+        self._depth_cache: tuple[float, int] = (0.0, 0)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._started = time.perf_counter()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def __enter__(self) -> "LocalRuntime":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for r in self.runners.values():
+            r.close()
+        self.trigger.close()
+        self.store.close()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the current batch."""
+        self._stop.set()
+        self._wake.set()
+
+    def add_final_listener(self, cb: FinalListener) -> None:
+        """Call ``cb(trace_id, bodies)`` once every message of a submitted trace has left the flow
+        (``bodies``: the last step's outputs for it; ``[]`` if filtered out or dead-lettered)."""
+        self._listeners.append(cb)
+
+    # -- input -----------------------------------------------------------------------------------
+    def submit(self, body: dict, headers: dict | None = None) -> Message:
+        """Durably queue one trigger output for the first action; thread-safe. Raises QueueFull
+        when the first queue holds ``max_queue`` messages or more."""
+        if not isinstance(body, dict):
+            raise MessageError(f"a message body must be a JSON object, got {type(body).__name__}",
+                               step=self.flow.trigger.name)
+        message, payload = self.trigger.emit(body, {str(k): str(v) for k, v in (headers or {}).items()})
+        if self._first is None:
+            self._finish([(message.trace, [body])])
+            return message
+        with self._submit_lock:
+            depth = self._first_depth()
+            if depth >= self.max_queue:
+                raise QueueFull(f"queue of step '{self._first}' holds {depth} messages (limit "
+                                f"{self.max_queue}); retry later", depth=depth, limit=self.max_queue)
+            if self._listeners:
+                with self._trace_lock:
+                    self._traces[message.trace] = [1, []]
+            self.store.enqueue(self._first, [payload], self.clock())
+            self._depth_cache = (self._depth_cache[0], depth + 1)
+            self.stats[self.flow.trigger.name].outputs += 1
+        self._wake.set()
+        return message
+
+    def _first_depth(self) -> int:
+        at, depth = self._depth_cache
+        now = time.monotonic()
+        if now - at > 0.1:
+            depth = self.store.depth(self._first)
+            self._depth_cache = (now, depth)
+        return depth
+
+    def feed(self, bodies: Iterable[dict]) -> int:
+        """Queue ``bodies`` as if the trigger had emitted them (one transaction)."""
+        msgs = [self.trigger.emit(b) for b in bodies]
+        if self._first is not None:
+            self.store.enqueue(self._first, [p for _, p in msgs], self.clock())
+        self._count_trigger([m for m, _ in msgs])
+        return len(msgs)
+
+    def _count_trigger(self, msgs: list[Message]) -> None:
+        name = self.flow.trigger.name
+        self.stats[name].outputs += len(msgs)
+        if self.recorded is not None:
+            self.recorded[name].extend(m.body for m in msgs)
+
+    def poll_once(self, *, raise_errors: bool = False) -> int:
+        """Poll the trigger once (polling triggers only); commit messages + cursor atomically."""
+        if self.trigger.kind != "poll":
+            return 0
+        name = self.flow.trigger.name
+        state, _ = self.store.get_state(name)
+        t0 = time.perf_counter()
+        try:
+            msgs, payloads, new_state = self.trigger.poll(state)
+        except Exception as exc:  # logged; the trigger polls again next interval
+            self.stats[name].errors += 1
+            self.poll_errors.append(f"{type(exc).__name__}: {exc}")
+            self.store.set_next_poll(name, self.clock() + self.trigger.next_delay(state))
+            if raise_errors:
+                raise
+            self.log.exception("trigger '%s' failed to poll; next try in %.1fs", name,
+                               self.trigger.next_delay(state))
+            return 0
+        now = self.clock()
+        self.store.commit_poll(name, self._first, payloads, new_state,
+                               now + self.trigger.next_delay(new_state), now)
+        self.stats[name].seconds += time.perf_counter() - t0
+        self._count_trigger(msgs)
+        return len(msgs)
+
+    def next_poll_at(self) -> float | None:
+        """When the polling trigger is due (None: never polled, so now; webhook: None)."""
+        return self.store.get_state(self.flow.trigger.name)[1]
+
+    # -- steps -----------------------------------------------------------------------------------
+    def process_step(self, name: str, progress: Progress | None = None) -> int:
+        """Claim one batch for step ``name``, run it, commit its outcomes; return the batch size."""
+        rows = self.store.claim(name, self.clock(), self.batch_size)
+        if not rows:
+            return 0
+        runner = self.runners[name]
+        ids, msgs, broken = [], [], []
+        for rid, attempt, payload in rows:
+            try:
+                m = Message.from_json(payload)
+            except MessageError as exc:
+                broken.append((name, attempt, payload, _error_json(exc, name, attempt)))
+                ids.append(None)
+                continue
+            m.attempt = attempt
+            ids.append(rid)
+            msgs.append(m)
+        t0 = time.perf_counter()
+        outcomes = self._run(runner, msgs)
+        self.stats[name].seconds += time.perf_counter() - t0
+        self._commit(name, rows, ids, outcomes, broken)
+        if progress is not None:
+            progress(name, len(rows))
+        return len(rows)
+
+    @staticmethod
+    def _run(runner: StepRunner, msgs: list[Message]) -> list[Outcome]:
+        if not msgs:
+            return []
+        try:
+            outcomes = runner.run_batch(msgs)
+        except Exception as exc:  # a process_batch that raised for the whole batch
+            return [runner.failure(m, exc) for m in msgs]
+        if len(outcomes) != len(msgs):
+            exc = FatalError(f"process_batch returned {len(outcomes)} results for {len(msgs)} messages; "
+                             f"return exactly one result (or exception) per input message")
+            return [runner.failure(m, exc, retryable=False) for m in msgs]
+        return outcomes
+
+    def _commit(self, name: str, rows: list, ids: list, outcomes: list[Outcome], dead: list) -> None:
+        done = [rows[i][0] for i, rid in enumerate(ids) if rid is None]
+        payloads = {rid: p for rid, _, p in rows}
+        outputs: list[bytes] = []
+        retries: list[tuple[float, int, int]] = []
+        now = self.clock()
+        it = iter(outcomes)
+        for rid in ids:
+            if rid is None:
+                continue
+            o = next(it)
+            if o.error is None:
+                done.append(rid)
+                outputs.extend(o.payloads)
+            elif o.retry_after is not None:
+                retries.append((now + o.retry_after, o.message.attempt + 1, rid))
+                self.log.info("step '%s': attempt %d failed (%s: %s); retry in %.2fs", name,
+                              o.message.attempt, o.error.type, o.error.message, o.retry_after)
+            else:
+                done.append(rid)
+                dead.append((name, o.message.attempt, payloads[rid], orjson.dumps(o.error.to_dict())))
+                self.log.warning("step '%s': message %s dead-lettered after attempt %d: %s: %s", name,
+                                 o.message.id, o.message.attempt, o.error.type, o.error.message)
+        self.store.commit_batch(next_step=self._next[name], now=now, done=done, outputs=outputs,
+                                retries=retries, dead=dead)
+        st = self.stats[name]
+        st.inputs += len(rows)
+        st.outputs += len(outputs)
+        st.retried += len(retries)
+        st.dead += len(dead)
+        if self.recorded is not None:
+            self.recorded[name].extend(c.body for o in outcomes if o.error is None for c in o.outputs)
+        if self._traces:
+            self._settle(name, outcomes)
+
+    def _settle(self, name: str, outcomes: list[Outcome]) -> None:
+        last = self._next[name] is None
+        finished = []
+        with self._trace_lock:
+            for o in outcomes:
+                t = self._traces.get(o.message.trace)
+                if t is None or (o.error is not None and o.retry_after is not None):
+                    continue
+                if o.error is None and last:
+                    t[1].extend(c.body for c in o.outputs)
+                    t[0] -= 1
+                elif o.error is None:
+                    t[0] += len(o.outputs) - 1
+                else:
+                    t[0] -= 1
+                if t[0] <= 0:
+                    finished.append((o.message.trace, self._traces.pop(o.message.trace)[1]))
+        self._finish(finished)
+
+    def _finish(self, finished: list[tuple[str, list]]) -> None:
+        for trace, bodies in finished:
+            for cb in self._listeners:
+                try:
+                    cb(trace, bodies)
+                except Exception:  # a listener must not stop the flow
+                    self.log.exception("final listener %r failed", cb)
+
+    def drain_pass(self, progress: Progress | None = None) -> int:
+        """Process every step in order until its due messages are gone; return messages processed."""
+        total = 0
+        for name in self.steps:
+            while not self._stop.is_set():
+                n = self.process_step(name, progress)
+                total += n
+                if n < self.batch_size:
+                    break
+        return total
+
+    def drain(self, progress: Progress | None = None, retry_wait: float | None = None) -> RunSummary:
+        """Process until every queue is empty. Retries due within ``retry_wait`` seconds (total
+        waiting, default the runtime's ``retry_wait``) are waited for; later ones stay queued and are
+        reported as ``pending``. With a :class:`VirtualClock` the clock jumps instead of waiting."""
+        budget = self.retry_wait if retry_wait is None else retry_wait
+        while not self._stop.is_set():
+            if self.drain_pass(progress):
+                continue
+            nxt = self.store.next_due(self.steps)
+            if nxt is None:
+                break
+            wait = max(nxt - self.clock(), 0.0)
+            if isinstance(self.clock, VirtualClock):
+                self.clock.advance(wait)
+                continue
+            if wait > budget:
+                break
+            budget -= wait
+            self._stop.wait(wait)
+        return self.summary()
+
+    def run(self, until_idle: bool = False, stop_event: threading.Event | None = None,
+            progress: Progress | None = None) -> RunSummary:
+        """Poll when due and process queues until ``stop_event`` (or :meth:`stop`); with
+        ``until_idle``: poll once, :meth:`drain`, return."""
+        if until_idle:
+            self.poll_once()
+            return self.drain(progress)
+        while not self._stop.is_set() and not (stop_event is not None and stop_event.is_set()):
+            self._wake.clear()
+            if self.trigger.kind == "poll":
+                due = self.next_poll_at()
+                if due is None or self.clock() >= due:
+                    self.poll_once()
+            if self.drain_pass(progress):
+                continue
+            self._wake.wait(self._idle_wait())
+        return self.summary()
+
+    def _idle_wait(self) -> float:
+        now = self.clock()
+        times = [t for t in (self.store.next_due(self.steps),
+                             self.next_poll_at() if self.trigger.kind == "poll" else None) if t is not None]
+        return min([0.2, *(max(t - now, 0.001) for t in times)])
+
+    # -- reporting -------------------------------------------------------------------------------
+    def summary(self) -> RunSummary:
+        depths = self.store.depths()
+        nxt = self.store.next_due(self.steps) if depths else None
+        return RunSummary(flow=self.flow.name, steps=self.stats,
+                          elapsed=time.perf_counter() - self._started,
+                          pending={k: v for k, v in depths.items() if v},
+                          next_retry_in=None if nxt is None else max(nxt - self.clock(), 0.0),
+                          dead_letters=self.store.dead_count(), poll_errors=list(self.poll_errors))
+
+    def dead_letters(self, step: str | None = None) -> list[DeadLetter]:
+        return [dead_letter_from_row(r) for r in self.store.dead_rows(step)]
+
+
+def _error_json(exc: BaseException, step: str, attempt: int) -> bytes:
+    return orjson.dumps(ErrorInfo.from_exception(exc, step, attempt, False).to_dict())

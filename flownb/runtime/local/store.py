@@ -1,0 +1,211 @@
+"""The durable queue of the local runtime: one SQLite database (WAL) per flow.
+
+Tables:
+
+- ``queue``: messages waiting for a step (``step`` = the step that consumes them),
+  ``available_at`` (a retry waits here), ``attempt`` and the wire ``payload`` (bytes).
+- ``dead``: dead letters, with the error (``ErrorInfo`` as JSON, traceback included).
+- ``trigger_state``: the polling trigger's cursor and the time of its next poll.
+
+Every change that must be atomic is ONE transaction (``BEGIN IMMEDIATE`` … ``COMMIT``): a poll's
+messages with its new cursor; a step batch's deleted inputs with its outputs, retries and dead
+letters. A crash at any point therefore loses nothing and repeats at most a batch (at-least-once).
+
+Durability: ``journal_mode=WAL, synchronous=NORMAL``. A committed transaction survives a crash of
+the process (``kill -9``); after a power loss / OS crash the last transactions before the crash may
+be rolled back (never corrupted). Set ``FLOWNB_SQLITE_SYNC=FULL`` to trade speed for that too.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import orjson
+
+from ...errors import RuntimeFailure
+
+__all__ = ["QueueStore", "Row"]
+
+#: (row id, attempt, payload) of a claimed message
+Row = tuple[int, int, bytes]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS queue (
+    id INTEGER PRIMARY KEY,
+    step TEXT NOT NULL,
+    available_at REAL NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    payload BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queue_due ON queue (step, available_at, id);
+CREATE TABLE IF NOT EXISTS dead (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    step TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    error TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_step ON dead (step, id);
+CREATE TABLE IF NOT EXISTS trigger_state (
+    trigger TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    next_at REAL NOT NULL
+);
+"""
+
+
+class QueueStore:
+    """Thread-safe access to one flow's queue database (one connection, one lock)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        target = ":memory:" if path is None else str(path)
+        try:
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False,
+                                        timeout=30.0)
+            sync = os.environ.get("FLOWNB_SQLITE_SYNC", "NORMAL").upper()
+            if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+                sync = "NORMAL"
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute(f"PRAGMA synchronous={sync}")
+            self.conn.execute("PRAGMA busy_timeout=30000")
+            self.conn.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise RuntimeFailure(f"cannot open the queue database '{target}': {exc}; check that the "
+                                 f"state directory is writable (--state-dir)") from exc
+        self.lock = threading.RLock()
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` under the lock; rolled back on any error."""
+        with self.lock:
+            c = self.conn
+            try:
+                c.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise RuntimeFailure(f"queue database '{self.path}' is unavailable: {exc}") from exc
+            try:
+                yield c
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            try:
+                c.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise RuntimeFailure(f"commit to the queue database failed: {exc}") from exc
+
+    # -- queues ----------------------------------------------------------------------------------
+    def claim(self, step: str, now: float, limit: int) -> list[Row]:
+        """Up to ``limit`` due messages for ``step`` (oldest first). Single consumer per step:
+        rows stay in the queue until :meth:`commit_batch` deletes them."""
+        with self.lock:
+            return self.conn.execute(
+                "SELECT id, attempt, payload FROM queue WHERE step=? AND available_at<=? "
+                "ORDER BY available_at, id LIMIT ?", (step, now, limit)).fetchall()
+
+    def enqueue(self, step: str, payloads: Sequence[bytes], now: float) -> None:
+        with self.transaction() as c:
+            c.executemany("INSERT INTO queue (step, available_at, attempt, payload) VALUES (?, ?, 1, ?)",
+                          [(step, now, p) for p in payloads])
+
+    def commit_batch(self, *, next_step: str | None, now: float, done: Iterable[int],
+                     outputs: Sequence[bytes], retries: Sequence[tuple[float, int, int]],
+                     dead: Sequence[tuple[str, int, bytes, str]]) -> None:
+        """One transaction: delete finished inputs, queue outputs for ``next_step``, reschedule
+        ``retries`` (available_at, attempt, id) and store ``dead`` (step, attempt, payload, error)."""
+        with self.transaction() as c:
+            c.executemany("DELETE FROM queue WHERE id=?", [(i,) for i in done])
+            if outputs and next_step is not None:
+                c.executemany("INSERT INTO queue (step, available_at, attempt, payload) VALUES (?, ?, 1, ?)",
+                              [(next_step, now, p) for p in outputs])
+            if retries:
+                c.executemany("UPDATE queue SET available_at=?, attempt=? WHERE id=?", retries)
+            if dead:
+                c.executemany("INSERT INTO dead (step, attempt, payload, error, at) VALUES (?, ?, ?, ?, ?)",
+                              [(s, a, p, e, now) for s, a, p, e in dead])
+
+    def depth(self, step: str | None = None) -> int:
+        with self.lock:
+            if step is None:
+                return self.conn.execute("SELECT count(*) FROM queue").fetchone()[0]
+            return self.conn.execute("SELECT count(*) FROM queue WHERE step=?", (step,)).fetchone()[0]
+
+    def depths(self) -> dict[str, int]:
+        with self.lock:
+            return dict(self.conn.execute("SELECT step, count(*) FROM queue GROUP BY step").fetchall())
+
+    def next_due(self, steps: Sequence[str]) -> float | None:
+        """The earliest ``available_at`` among messages for ``steps`` (None when all are empty)."""
+        with self.lock:
+            best = None
+            for s in steps:
+                row = self.conn.execute("SELECT min(available_at) FROM queue WHERE step=?", (s,)).fetchone()
+                if row[0] is not None and (best is None or row[0] < best):
+                    best = row[0]
+            return best
+
+    # -- trigger state ---------------------------------------------------------------------------
+    def get_state(self, trigger: str) -> tuple[dict, float | None]:
+        with self.lock:
+            row = self.conn.execute("SELECT state, next_at FROM trigger_state WHERE trigger=?",
+                                    (trigger,)).fetchone()
+        if row is None:
+            return {}, None
+        return orjson.loads(row[0]), row[1]
+
+    def commit_poll(self, trigger: str, first_step: str | None, payloads: Sequence[bytes],
+                    state: dict, next_at: float, now: float) -> None:
+        """One transaction: the poll's messages and the trigger's new state."""
+        with self.transaction() as c:
+            if payloads and first_step is not None:
+                c.executemany("INSERT INTO queue (step, available_at, attempt, payload) VALUES (?, ?, 1, ?)",
+                              [(first_step, now, p) for p in payloads])
+            c.execute("INSERT INTO trigger_state (trigger, state, next_at) VALUES (?, ?, ?) "
+                      "ON CONFLICT(trigger) DO UPDATE SET state=excluded.state, next_at=excluded.next_at",
+                      (trigger, orjson.dumps(state).decode(), next_at))
+
+    def set_next_poll(self, trigger: str, next_at: float) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT INTO trigger_state (trigger, state, next_at) VALUES (?, '{}', ?) "
+                      "ON CONFLICT(trigger) DO UPDATE SET next_at=excluded.next_at", (trigger, next_at))
+
+    # -- dead letters ----------------------------------------------------------------------------
+    def dead_rows(self, step: str | None = None, ids: Sequence[int] | None = None) -> list[tuple]:
+        """(id, step, attempt, payload, error) rows, oldest first."""
+        sql = "SELECT id, step, attempt, payload, error FROM dead"
+        where, args = [], []
+        if step is not None:
+            where.append("step=?")
+            args.append(step)
+        if ids is not None:
+            where.append(f"id IN ({','.join('?' * len(ids))})")
+            args.extend(ids)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self.lock:
+            return self.conn.execute(sql + " ORDER BY id", args).fetchall()
+
+    def dead_count(self) -> int:
+        with self.lock:
+            return self.conn.execute("SELECT count(*) FROM dead").fetchone()[0]
+
+    def replay(self, rows: Sequence[tuple[int, str, bytes]], now: float) -> int:
+        """Move dead letters (id, step, payload) back to their step's queue with attempt 1."""
+        with self.transaction() as c:
+            c.executemany("INSERT INTO queue (step, available_at, attempt, payload) VALUES (?, ?, 1, ?)",
+                          [(s, now, p) for _, s, p in rows])
+            c.executemany("DELETE FROM dead WHERE id=?", [(i,) for i, _, _ in rows])
+        return len(rows)
+

@@ -1,0 +1,116 @@
+"""``flow.test(sample)``: the local engine on an in-memory database with a virtual clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ...errors import SpecError, did_you_mean
+from ...flow import Flow
+from ..core import DeadLetter
+from .engine import LocalRuntime, VirtualClock
+
+__all__ = ["TestResult", "test_flow"]
+
+#: above this many rows, a notebook shows a progress bar by default
+PROGRESS_THRESHOLD = 1000
+
+
+@dataclass
+class TestResult:
+    """Each step's outputs (``outputs[step]``: list of bodies), dead letters, timings and counts."""
+
+    __test__ = False  # not a pytest test class
+
+    flow: str
+    outputs: dict[str, list[dict]]
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, dict] = field(default_factory=dict)
+
+    def frame(self, step: str):
+        """The outputs of ``step`` as a pandas DataFrame (one row per message)."""
+        import pandas as pd
+        if step not in self.outputs:
+            names = list(self.outputs)
+            raise SpecError(f"no step '{step}'{did_you_mean(step, names)} steps: {', '.join(names)}")
+        return pd.DataFrame.from_records(self.outputs[step]) if self.outputs[step] else pd.DataFrame()
+
+    @property
+    def last(self) -> list[dict]:
+        """The outputs of the last step."""
+        return list(self.outputs.values())[-1]
+
+    def summary(self) -> str:
+        lines = [f"TestResult of flow '{self.flow}'"]
+        for name, c in self.counts.items():
+            lines.append(f"  {name}: in {c['in']}, out {c['out']}, retried {c['retried']}, dead {c['dead']}, "
+                         f"{self.timings.get(name, 0.0) * 1000:.1f} ms")
+        lines.append(f"  dead letters: {len(self.dead_letters)}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        try:
+            from ...notebook.display import test_result_mimebundle
+        except ImportError:
+            return {"text/plain": self.summary()}
+        return test_result_mimebundle(self)
+
+
+def _rows(sample: Any) -> list[dict]:
+    if hasattr(sample, "to_json") and hasattr(sample, "columns"):  # a DataFrame: NaN → null, dates → ISO
+        return orjson.loads(sample.to_json(orient="records", date_format="iso"))
+    rows = list(sample)
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise SpecError(f"sample row {i} is a {type(r).__name__}; pass a DataFrame or a list of dicts")
+    return rows
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
+
+
+def _progress_bar(total: int, progress: bool | None):
+    if progress is False or (progress is None and not (total > PROGRESS_THRESHOLD and _in_notebook())):
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="flow.test", unit="msg")
+
+
+def test_flow(flow: Flow, sample: Any = None, progress: bool | None = None, *,
+              batch_size: int = 500) -> TestResult:
+    """Run ``flow`` on ``sample`` (DataFrame or list of dicts, fed as the trigger's output; None:
+    poll the trigger once) in memory. Retries happen on a virtual clock, without waiting."""
+    rt = LocalRuntime(flow, None, memory=True, clock=VirtualClock(), record=True, batch_size=batch_size)
+    try:
+        if sample is None:
+            if rt.trigger.kind != "poll":
+                raise SpecError(f"trigger '{flow.trigger.name}' ({flow.trigger.component}) cannot be polled; "
+                                f"pass a sample: flow.test([{{...}}, ...]) or a DataFrame")
+            rt.poll_once(raise_errors=True)
+        else:
+            rt.feed(_rows(sample))
+        n = rt.stats[flow.trigger.name].outputs
+        bar = _progress_bar(n * max(len(rt.steps), 1), progress)
+        rt.drain(progress=(lambda _step, k: bar.update(k)) if bar is not None else None)
+        if bar is not None:
+            bar.close()
+        return TestResult(flow=flow.name, outputs=rt.recorded or {}, dead_letters=rt.dead_letters(),
+                          timings={k: v.seconds for k, v in rt.stats.items()},
+                          counts={k: v.to_dict() for k, v in rt.stats.items()})
+    finally:
+        rt.close()
