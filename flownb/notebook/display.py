@@ -239,8 +239,13 @@ def _timings_html(result) -> str:
     for name in names:
         t = timings.get(name) if isinstance(timings, dict) else None
         c = counts.get(name) if isinstance(counts, dict) else None
-        rows.append({"step": name, "count": json.dumps(c) if isinstance(c, dict) else c,
-                     "time": _fmt_seconds(t) if not isinstance(t, dict) else json.dumps(t)})
+        row: dict[str, Any] = {"step": name}
+        if isinstance(c, dict):  # {"in", "out", "retried", "dead"}
+            row.update(c)
+        elif c is not None:
+            row["count"] = c
+        row["time"] = _fmt_seconds(t) if t is not None else ""
+        rows.append(row)
     return records_html(rows) if rows else '<div style="color:#777">(no timings)</div>'
 
 

@@ -131,3 +131,17 @@ def test_custom_component_gets_a_form():
     assert "required by 'test.builder-custom'" in b.card("custom").message.value
     b.card("custom").form.set("url", "http://example")
     assert b.validate() == []
+
+
+def test_run_on_sample_shows_outputs_and_dead_letters_in_tabs():
+    source = "def f(body, ctx):\n    return {'x': 10 // body['d']}\n"
+    flow = flownb.Flow(name="run", trigger=flownb.step("in", "webhook", token_env="T"),
+                       steps=[flownb.step("divide", "python", source=source, function="f")])
+    b = FlowBuilder(sample=[{"d": 2}, {"d": 0}, {"d": 5}], flow=flow)
+    b.run_button.click()
+    titles = [b.results.get_title(i) for i in range(len(b.results.children))]
+    assert titles == ["in (3)", "divide (2)", "dead letters (1)", "timings"]
+    assert ">5<" in b.results.children[1].value and ">2<" in b.results.children[1].value
+    assert "ZeroDivisionError" in b.results.children[2].value
+    assert "1 dead letters" in b.status.value
+    assert b.result.frame("divide")["x"].tolist() == [5, 2]

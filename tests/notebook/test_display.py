@@ -81,3 +81,28 @@ def test_reprs_are_tables_and_display_stays_lean():
             "f._repr_mimebundle_(); flownb.Message(body={})._repr_html_();"
             "assert 'ipywidgets' not in sys.modules and 'pandas' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+SOURCE = '''
+def check(body, ctx):
+    if body["n"] == 2:
+        raise ValueError("two is not allowed")
+    return {"n": body["n"], "double": body["n"] * 2}
+'''
+
+
+def test_a_real_test_result_renders_as_tabs():
+    flow = flownb.Flow(name="tabs", trigger=flownb.step("in", "webhook", token_env="T"),
+                       steps=[flownb.step("check", "python", source=SOURCE, function="check"),
+                              flownb.step("audit", "log", level="debug")])
+    result = flow.test([{"n": 1}, {"n": 2}, {"n": 3}])
+    bundle = result._repr_mimebundle_()
+    html = bundle["text/html"]
+    assert "1 dead letter" in bundle["text/plain"]
+    titles = [t for t in html.split('data-title="')[1:]]
+    assert [t.split('"')[0] for t in titles] == ["in (3)", "check (2)", "audit (2)", "dead letters (1)",
+                                                     "timings"]
+    assert "ValueError: two is not allowed" in html and "flownb-dead-letters" in html
+    assert '<td style="' in html and ">6<" in html  # double of 3 in the check tab
+    timings = html.split('data-title="timings">')[1]
+    assert ">retried<" in timings and " ms<" in timings
