@@ -6,8 +6,8 @@
   stay queued (they survive in the state directory) and the summary reports them as pending, with
   the time until the next one: run again to deliver them.
 - a webhook trigger with ``--port``: ``flownb.webhook.server.serve_local(runtime, host, port)``
-  serves requests in the main thread (blocking until the server stops) while the runtime processes
-  queues in a background thread.
+  serves requests in the main thread (blocking until the server stops) and runs ``runtime.run`` in
+  a background thread.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def _signals(runtime: LocalRuntime, stop: threading.Event) -> Iterator[None]:
 
 def _poll(runtime: LocalRuntime) -> None:
     try:
-        runtime.poll_once(raise_errors=True)
+        runtime.poll_backlog(raise_errors=True)
     except FlownbError:
         raise
     except Exception as exc:
@@ -95,17 +95,9 @@ def _poll(runtime: LocalRuntime) -> None:
                              f"failed to poll: {type(exc).__name__}: {exc}; nothing was queued") from exc
 
 
-def _serve(runtime: LocalRuntime, args: Any, stop: threading.Event) -> RunSummary:
-    from ...webhook.server import serve_local
-    worker = threading.Thread(target=runtime.run, kwargs={"stop_event": stop}, name="flownb-local",
-                              daemon=True)
-    worker.start()
-    try:
-        serve_local(runtime, args.host, args.port)
-    finally:
-        stop.set()
-        runtime.stop()
-        worker.join()
+def _serve(runtime: LocalRuntime, args: Any) -> RunSummary:
+    from ...webhook.server import serve_local  # serves in this thread, runs the runtime in another
+    serve_local(runtime, args.host, args.port)
     return runtime.summary()
 
 
@@ -123,7 +115,7 @@ def run_cli(flow: Flow, args: Any) -> int:
                 with _progress(runtime, console) as progress:
                     summary = runtime.drain(progress)
             elif webhook and getattr(args, "port", None):
-                summary = _serve(runtime, args, stop)
+                summary = _serve(runtime, args)
             else:
                 if webhook:
                     console.print("[yellow]webhook trigger without --port: only queued messages are "

@@ -236,8 +236,20 @@ class LocalRuntime:
         self._count_trigger(msgs)
         return len(msgs)
 
+    def poll_backlog(self, *, raise_errors: bool = False, limit: int = 10_000) -> int:
+        """Poll once, then again while the trigger says more is ready now (``next_delay`` 0 after a
+        poll that emitted messages, e.g. a full page); at most ``limit`` polls."""
+        total = 0
+        for _ in range(limit):
+            n = self.poll_once(raise_errors=raise_errors)
+            total += n
+            due = self.next_poll_at()
+            if not n or due is None or due > self.clock():
+                break
+        return total
+
     def next_poll_at(self) -> float | None:
-        """When the polling trigger is due (None: never polled, so now; webhook: None)."""
+        """When the polling trigger is due (None: not polled yet, so now)."""
         return self.store.get_state(self.flow.trigger.name)[1]
 
     # -- steps -----------------------------------------------------------------------------------
@@ -379,7 +391,7 @@ class LocalRuntime:
         """Poll when due and process queues until ``stop_event`` (or :meth:`stop`); with
         ``until_idle``: poll once, :meth:`drain`, return."""
         if until_idle:
-            self.poll_once()
+            self.poll_backlog()
             return self.drain(progress)
         while not self._stop.is_set() and not (stop_event is not None and stop_event.is_set()):
             self._wake.clear()
