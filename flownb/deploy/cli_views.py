@@ -4,18 +4,26 @@ output; the work is done by the functions of flownb.deploy."""
 from __future__ import annotations
 
 import json
+import logging
 from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import DeployError
 
 
+def _quiet() -> None:
+    """pika logs every connection at INFO: keep the CLI's output to flownb's own messages."""
+    logging.getLogger("pika").setLevel(logging.WARNING)
+
+
 @contextmanager
 def _progress(con, title: str):
+    _quiet()
     with con.status(title) as st:
         def say(msg: str) -> None:
-            st.update(f"{title}: {msg}")
-            con.log(msg)
+            from rich.markup import escape
+            st.update(f"{title}: {escape(msg)}")
+            con.log(escape(msg))
         yield say
 
 
@@ -61,6 +69,7 @@ def deploy_cli(args, con) -> int:
 def status_cli(args, con) -> int:
     from rich.table import Table
     from .engine import status
+    _quiet()
     st = status(Path(args.dir), broker_url=args.broker_url)
     if args.json:
         con.print_json(json.dumps(st))

@@ -149,18 +149,27 @@ def deploy(out: str | Path, *, broker_url: str | None = None, network: str = "ho
             replicas = 1
         for i in range(replicas):
             name = f"flownb-{flow.name}-{p.name}-{i}"
-            try:
-                c = client.containers.run(
-                    tag, p.command(), name=name, detach=True, network_mode=network, environment=env,
-                    labels={"flownb.flow": flow.name, "flownb.step": p.name, "flownb.replica": str(i),
-                            "flownb.role": "worker"},
-                    restart_policy=RESTART_POLICY, stop_signal="SIGTERM", stop_timeout=STOP_TIMEOUT,
-                    volumes=binds or None)
-            except Exception as exc:  # docker.errors.APIError / ImageNotFound
-                raise DeployError(f"starting container '{name}' failed: {exc}") from exc
+            labels = {"flownb.flow": flow.name, "flownb.step": p.name, "flownb.replica": str(i),
+                      "flownb.role": "worker"}
+            c = _run_worker(client, tag, p.command(), name, network, env, labels, binds)
             result.containers.append(c.name)
             say(f"started {c.name}")
     return result
+
+
+def _run_worker(client, image: str, command: list[str], name: str, network: str, env: dict, labels: dict,
+                binds: dict) -> Any:
+    """Create and start one worker container (the low-level API: it takes a stop timeout)."""
+    api = client.api
+    try:
+        host = api.create_host_config(network_mode=network, restart_policy=RESTART_POLICY,
+                                      binds=binds or None)
+        created = api.create_container(image, command, name=name, environment=env, labels=labels,
+                                       host_config=host, stop_signal="SIGTERM", stop_timeout=STOP_TIMEOUT)
+        api.start(created["Id"])
+        return client.containers.get(created["Id"])
+    except Exception as exc:  # docker.errors.APIError / ImageNotFound
+        raise DeployError(f"starting container '{name}' failed: {exc}") from exc
 
 
 def _container_info(c) -> dict[str, Any]:

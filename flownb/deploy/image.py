@@ -133,9 +133,10 @@ def docker_client():
 
 
 def build_image(out: Path, *, base_image: str | None = None, tag: str | None = None,
-                wheelhouse: bool = True, progress: Progress | None = None) -> str:
+                wheelhouse: bool = True, network_mode: str = "host", progress: Progress | None = None) -> str:
     """Write the Dockerfile, build the wheelhouse and ``docker build`` DIR; return the image tag.
-    The build runs with the host network (Docker here has no bridge) and needs none."""
+    The build needs no network (``network_mode="none"`` works); the default ``host`` suits an engine
+    without its bridge network."""
     out = Path(out)
     flow = load(out / "flow.yaml")
     base = base_image or DEFAULT_BASE_IMAGE
@@ -149,7 +150,7 @@ def build_image(out: Path, *, base_image: str | None = None, tag: str | None = N
     logs: list[str] = []
     try:
         for chunk in client.api.build(path=str(out), tag=tag, buildargs={"BASE_IMAGE": base}, rm=True,
-                                      forcerm=True, network_mode="host", decode=True, pull=False):
+                                      forcerm=True, network_mode=network_mode, decode=True, pull=False):
             if "stream" in chunk and chunk["stream"].strip():
                 logs.append(chunk["stream"].rstrip())
                 log.debug("build: %s", chunk["stream"].rstrip())

@@ -1,0 +1,148 @@
+"""End to end on the real Docker engine: export a notebook with parameters, deploy one container per
+step against the machine's RabbitMQ (a throw-away vhost) and PostgreSQL, push 2,000 orders through
+the polling trigger, SIGKILL the mapping step's container mid-run: its restart policy brings it back
+and all 2,000 rows reach the sink, none lost; `flownb status` shows the restart and the queues."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from flownb.cli import main
+from flownb.deploy import DEBIAN_BASE_IMAGE, down, ensure_base_image, status
+
+from .conftest import DATA
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.rabbitmq, pytest.mark.postgres,
+              pytest.mark.slow]
+
+PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+TOTAL = 2000
+
+
+def _ctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def vhost_url():
+    import pika
+    try:
+        pika.BlockingConnection(pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/")).close()
+    except pika.exceptions.AMQPError as exc:
+        pytest.skip(f"RabbitMQ is not running on 127.0.0.1:5672: {exc}")
+    vhost = f"flownb-deploy-{uuid.uuid4().hex[:10]}"
+    _ctl("add_vhost", vhost)
+    _ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    _ctl("delete_vhost", vhost)
+
+
+@pytest.fixture
+def tables():
+    import sqlalchemy as sa
+    try:
+        engine = sa.create_engine(PG)
+        engine.connect().close()
+    except sa.exc.OperationalError as exc:
+        pytest.skip(f"PostgreSQL is not running on 127.0.0.1:5432: {exc}")
+    uid = uuid.uuid4().hex[:8]
+    src, dst = f"e2e_src_{uid}", f"e2e_dst_{uid}"
+    with engine.begin() as c:
+        c.execute(sa.text(f"CREATE TABLE {src} (id integer PRIMARY KEY, customer text, qty integer, "
+                          f"price_cents integer)"))
+        c.execute(sa.text(f"CREATE TABLE {dst} (id integer PRIMARY KEY, total integer, label text)"))
+    yield engine, src, dst
+    with engine.begin() as c:
+        c.execute(sa.text(f"DROP TABLE IF EXISTS {src}"))
+        c.execute(sa.text(f"DROP TABLE IF EXISTS {dst}"))
+    engine.dispose()
+
+
+def _insert(engine, table: str, lo: int, hi: int) -> None:
+    import sqlalchemy as sa
+    with engine.begin() as c:
+        c.execute(sa.text(f"INSERT INTO {table} (id, customer, qty, price_cents) VALUES (:i, :c, :q, :p)"),
+                  [{"i": i, "c": f"cust{i % 7}", "q": i % 5 + 1, "p": 100 + i} for i in range(lo, hi)])
+
+
+def _count(engine, table: str) -> int:
+    import sqlalchemy as sa
+    with engine.connect() as c:
+        return c.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
+
+
+def _wait(cond, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def test_deploy_survives_a_killed_worker_and_loses_nothing(docker_engine, vhost_url, tables, tmp_path,
+                                                           monkeypatch, capsys):
+    import docker
+    engine, src, dst = tables
+    ensure_base_image(DEBIAN_BASE_IMAGE)
+    monkeypatch.setenv("FLOWNB_E2E_DB", PG)
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    out = tmp_path / "deploy"
+    assert main(["export", str(DATA / "orders.ipynb"), "-p", "flow_name", name, "-p", "src_table", src,
+                 "-p", "dst_table", dst, "-p", "db_env", "FLOWNB_E2E_DB", "-p", "interval", "0.5",
+                 "-p", "batch_size", "100", "--target", "compose", "-o", str(out)]) == 0
+    assert PG not in (out / "orders.executed.ipynb").read_text()
+    client = docker.from_env()
+    try:
+        assert main(["deploy", str(out), "--broker-url", vhost_url,
+                     "--base-image", DEBIAN_BASE_IMAGE]) == 0
+        workers = client.containers.list(filters={"label": f"flownb.flow={name}"})
+        assert sorted(c.labels["flownb.step"] for c in workers) == ["new-orders", "store", "to-row"]
+        assert all(c.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped" for c in workers)
+
+        _insert(engine, src, 1, 501)
+        _wait(lambda: _count(engine, dst) > 0, 120, "the first rows to reach the sink")
+        victim = client.containers.get(f"flownb-{name}-to-row-0")
+        victim.kill()  # SIGKILL mid-run: unacked messages go back to the queue
+        _insert(engine, src, 501, TOTAL + 1)  # the trigger keeps feeding while the step is down
+        _wait(lambda: _count(engine, dst) == TOTAL, 240, f"all {TOTAL} rows in the sink")
+
+        import sqlalchemy as sa
+        with engine.connect() as c:
+            rows = c.execute(sa.text(f"SELECT id, total, label FROM {dst} ORDER BY id")).all()
+        assert [r.id for r in rows] == list(range(1, TOTAL + 1))
+        assert all(r.total == (r.id % 5 + 1) * (100 + r.id) and r.label == f"CUST{r.id % 7}" for r in rows)
+
+        victim.reload()
+        assert victim.status == "running" and victim.attrs["RestartCount"] >= 1
+        st = status(out)
+        row = next(c for c in st["containers"] if c["step"] == "to-row")
+        assert row["restarts"] >= 1 and row["state"] == "running"
+        assert st["queues_error"] is None
+        _wait(lambda: all(q["ready"] == 0 for q in status(out)["queues"].values()), 60, "empty queues")
+        assert all(q["dead"] == 0 for q in status(out)["queues"].values())
+        capsys.readouterr()
+        assert main(["status", str(out), "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert {c["step"] for c in shown["containers"]} == {"new-orders", "to-row", "store"}
+        assert set(shown["queues"]) == {"to-row", "store"}
+        assert main(["status", str(out)]) == 0
+        table = capsys.readouterr().out
+        assert f"flownb-{name}-to-row-0" in table and "running" in table
+    finally:
+        logs = {c.name: c.logs(tail=30).decode(errors="replace")
+                for c in client.containers.list(all=True, filters={"label": f"flownb.flow={name}"})}
+        removed = down(out)
+        for n, text in logs.items():
+            print(f"--- {n}\n{text}")
+        try:
+            client.images.remove(f"flownb-{name}:latest", force=True)
+        except docker.errors.ImageNotFound:
+            pass
+    assert len(removed) == 3
+    assert client.containers.list(all=True, filters={"label": f"flownb.flow={name}"}) == []
