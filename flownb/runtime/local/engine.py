@@ -354,11 +354,14 @@ class LocalRuntime:
                 except Exception:  # a listener must not stop the flow
                     self.log.exception("final listener %r failed", cb)
 
-    def drain_pass(self, progress: Progress | None = None) -> int:
-        """Process every step in order until its due messages are gone; return messages processed."""
+    def drain_pass(self, progress: Progress | None = None, max_batches: int = 20) -> int:
+        """Process every step in order, each until its due messages are gone or ``max_batches``
+        batches are done (so a backlog does not starve later steps); return messages processed."""
         total = 0
         for name in self.steps:
-            while not self._stop.is_set():
+            for _ in range(max_batches):
+                if self._stop.is_set():
+                    return total
                 n = self.process_step(name, progress)
                 total += n
                 if n < self.batch_size:
