@@ -107,7 +107,8 @@ class Message:
     def to_json(self) -> bytes:
         try:
             data = orjson.dumps(self.to_dict(), option=_OPTS)
-            if b"null" in data:  # orjson turns NaN/inf into null silently: refuse them
+            # orjson turns NaN/inf into null silently: refuse them (meta.parent may be a real null)
+            if data.count(b"null") > (self.parent is None):
                 _check_finite(self.body)
             return data
         except (TypeError, orjson.JSONEncodeError) as exc:
