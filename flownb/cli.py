@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
 
     _deploy_parsers(sub)
+    from .schedule.cli import add_parser as _schedule_parser
+    _schedule_parser(sub)
     for extra in _EXTRA_PARSERS:
         extra(sub)
     return ap
@@ -235,6 +237,12 @@ def _status(args) -> int:
 def _down(args) -> int:
     from .deploy.cli_views import down_cli
     return down_cli(args, _console())
+
+
+@command("schedule")
+def _schedule(args) -> int:
+    from .schedule.cli import schedule_cli
+    return schedule_cli(args, _console())
 
 
 def main(argv: list[str] | None = None) -> int:

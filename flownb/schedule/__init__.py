@@ -1,0 +1,43 @@
+"""Scheduled notebook runs: cron schedules of notebooks with papermill parameters, run history,
+no self-overlap, timeouts, catch-up after downtime, retention, and Kubernetes CronJob export.
+
+Public API::
+
+    store = ScheduleStore(".flownb")
+    add_schedule(store, "report.ipynb", cron="0 3 * * *", name="nightly", parameters={"n": 5})
+    Scheduler(store).serve()                  # the loop behind ``flownb schedule serve``
+    run_now(store, "nightly")                 # one run, now, in this process
+    store.history("nightly")                  # RunRecord list, newest first
+    cronjob_manifests(store.list(), image="registry/app:1")   # Kubernetes CronJobs
+
+papermill is imported only where a notebook is inspected or executed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .k8s import cronjob_manifests
+from .model import RunRecord, Schedule, ScheduleError, ScheduleInputError, next_fire_times, parse_schedule
+from .runner import prune_outputs, run_now
+from .scheduler import Scheduler
+from .store import ScheduleStore
+
+__all__ = ["Schedule", "RunRecord", "ScheduleStore", "Scheduler", "ScheduleError", "ScheduleInputError",
+           "add_schedule", "run_now", "prune_outputs", "cronjob_manifests", "next_fire_times", "parse_schedule"]
+
+
+def add_schedule(store: ScheduleStore, notebook: str | Path, *, cron: str, name: str, tz: str = "UTC",
+                 parameters: dict[str, Any] | None = None, timeout: float = 3600.0, catchup: str = "none",
+                 keep: int = 20, allow_overlap: bool = False, replace: bool = False) -> Schedule:
+    """Validate (cron, time zone, parameters against the notebook's ``parameters`` cell) and store a
+    schedule. String parameter values are converted to the notebook's parameter types."""
+    from .params import check_parameters
+
+    path = Path(notebook).resolve()
+    schedule = parse_schedule({"name": name, "notebook": str(path), "cron": cron, "tz": tz,
+                               "parameters": {}, "timeout": timeout, "catchup": catchup, "keep": keep,
+                               "allow_overlap": allow_overlap})
+    values = check_parameters(path, dict(parameters or {}))
+    return store.add(schedule.model_copy(update={"parameters": values}), replace=replace)
