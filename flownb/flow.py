@@ -237,7 +237,7 @@ def from_spec(data: Any, *, source: str = "spec") -> Flow:
     try:
         return Flow.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        err = next((e for e in exc.errors() if e["type"] == "extra_forbidden"), exc.errors()[0])  # a typo first
         loc = list(err["loc"])
         step_name = None
         if loc and loc[0] == "trigger":

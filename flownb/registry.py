@@ -84,7 +84,7 @@ def _type_name(ann: Any) -> str:
 
 
 def _config_error(exc: ValidationError, step: "Step", cls: type) -> ConfigError:
-    err = exc.errors()[0]
+    err = next((e for e in exc.errors() if e["type"] == "extra_forbidden"), exc.errors()[0])  # a typo first
     field = ".".join(str(p) for p in err["loc"]) or None
     allowed = list(cls.Config.model_fields)
     if err["type"] == "extra_forbidden":

@@ -1,0 +1,192 @@
+"""``flownb validate | run | dlq | components``: through the real console script and ``cli.main``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from flownb.cli import main
+
+FLOWNB = str(Path(sys.executable).parent / "flownb")
+
+POLL = textwrap.dedent('''
+    def poll(state, ctx):
+        start = state.get("next", 0)
+        total = ctx.config.options["total"]
+        state["next"] = total
+        bad = ctx.config.options.get("poison", [])
+        return [{"n": i, "poison": i in bad} for i in range(start, total)]
+''')
+WORK = textwrap.dedent('''
+    import os
+    def work(body, ctx):
+        if body["poison"] and not os.path.exists(ctx.config.options["fix_file"]):
+            raise ValueError(f"cannot handle {body['n']}")
+        return {"n": body["n"], "w": body["n"] * 2}
+''')
+
+
+def spec(tmp: Path, *, total=10, poison=(), poll=POLL) -> Path:
+    flow = {
+        "flownb": 1, "name": "cli-test",
+        "parameters": {"total": total, "label": "x"},
+        "trigger": {"name": "numbers", "component": "python.poll",
+                    "config": {"source": poll, "function": "poll",
+                               "options": {"total": "{{ total }}", "poison": list(poison)}}},
+        "steps": [{"name": "work", "component": "python",
+                   "config": {"source": WORK, "function": "work",
+                              "options": {"fix_file": str(tmp / "fixed")}}},
+                  {"name": "out", "component": "log", "config": {"level": "debug"}}],
+    }
+    import yaml
+    text = yaml.safe_dump(flow, sort_keys=False)
+    path = tmp / "flow.yaml"
+    path.write_text(text)
+    return path
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([FLOWNB, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+# -- the real console script -----------------------------------------------------------------------
+
+def test_validate_ok(tmp_path):
+    r = cli("validate", str(spec(tmp_path)))
+    assert r.returncode == 0, r.stderr
+    assert "ok" in r.stdout and "cli-test" in r.stdout and "2 step(s)" in r.stdout
+
+
+def test_invalid_yaml_exits_2(tmp_path):
+    p = tmp_path / "flow.yaml"
+    p.write_text("name: x\ntrigger: [unclosed\n  steps: -\n")
+    r = cli("validate", str(p))
+    assert r.returncode == 2
+    assert "invalid YAML at line" in r.stderr and "fix the YAML" in r.stderr
+
+
+def test_missing_spec_file_exits_2(tmp_path):
+    r = cli("run", str(tmp_path / "nope.yaml"), "--until-idle")
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_unknown_component_suggests_nearest_and_nothing_runs(tmp_path):
+    p = spec(tmp_path)
+    p.write_text(p.read_text().replace("component: log", "component: lgo"))
+    state = tmp_path / "state"
+    r = cli("run", str(p), "--state-dir", str(state), "--until-idle")
+    assert r.returncode == 2
+    assert "step 'out'" in r.stderr and "unknown component 'lgo'" in r.stderr
+    assert "did you mean 'log'" in r.stderr
+    assert not state.exists()          # validated before anything ran
+
+
+def test_missing_and_mistyped_config_name_step_and_field(tmp_path):
+    p = spec(tmp_path)
+    text = p.read_text()
+    p.write_text(text.replace("function: work", "functon: work"))
+    r = cli("validate", str(p))
+    assert r.returncode == 2
+    assert "step 'work'" in r.stderr and "config" in r.stderr and "did you mean 'function'" in r.stderr
+
+    p.write_text(text.replace("level: debug", "level: loud"))
+    r = cli("validate", str(p))
+    assert r.returncode == 2
+    assert "step 'out'" in r.stderr and "field 'config.level'" in r.stderr and "'loud'" in r.stderr
+
+
+def test_unknown_parameter_lists_known_ones(tmp_path):
+    r = cli("validate", str(spec(tmp_path)), "-p", "totl", "5")
+    assert r.returncode == 2
+    assert "unknown parameter 'totl'" in r.stderr and "did you mean 'total'" in r.stderr
+    assert "label, total" in r.stderr
+    r = cli("validate", str(spec(tmp_path)), "-p", "total", "many")
+    assert r.returncode == 2 and "does not fit the type" in r.stderr
+
+
+def test_run_until_idle_prints_summary(tmp_path):
+    state = tmp_path / "state"
+    r = cli("run", str(spec(tmp_path, total=7)), "--state-dir", str(state), "--until-idle", "-p", "total", "12")
+    assert r.returncode == 0, r.stderr
+    for word in ("numbers", "work", "out", "retried", "dead", "msg/s"):
+        assert word in r.stdout
+    assert "24 messages processed" in r.stdout    # 12 through work, 12 through out
+    assert (state / "cli-test.db").exists()
+
+
+def test_body_not_json_exits_2_naming_the_step_and_queues_nothing(tmp_path):
+    p = spec(tmp_path, poll=POLL.replace('"poison": i in bad}', '"poison": i in bad, "tags": {1, 2}}'))
+    state = tmp_path / "state"
+    r = cli("run", str(p), "--state-dir", str(state), "--until-idle")
+    assert r.returncode == 2, r.stderr
+    assert "step 'numbers'" in r.stderr and "not JSON-serialisable" in r.stderr
+    import sqlite3
+    db = sqlite3.connect(state / "cli-test.db")
+    assert db.execute("select count(*) from queue").fetchone()[0] == 0
+    assert db.execute("select count(*) from trigger_state where state != '{}'").fetchone()[0] == 0
+    db.close()
+
+
+def test_components_lists_installed(tmp_path):
+    r = cli("components")
+    assert r.returncode == 0, r.stderr
+    for key in ("log", "python", "python.poll", "csv.poll", "sql.upsert"):
+        assert key in r.stdout
+
+
+def test_dlq_without_state_is_a_clear_error(tmp_path):
+    r = cli("dlq", "list", str(spec(tmp_path)), "--state-dir", str(tmp_path / "none"))
+    assert r.returncode == 1 and "run the flow first" in r.stderr
+
+
+# -- dead letters through cli.main -------------------------------------------------------------------
+
+def test_dlq_list_show_replay_after_fix(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    p = str(spec(tmp_path, total=6, poison=[2, 5]))
+    state = str(tmp_path / "state")
+    assert main(["run", p, "--state-dir", state, "--until-idle"]) == 0
+    out = capsys.readouterr().out
+    assert "2 dead letter(s) stored" in out
+
+    assert main(["dlq", "list", p, "--state-dir", state]) == 0
+    out = capsys.readouterr().out
+    assert "ValueError: cannot handle 2" in out and "2 dead letter(s)" in out
+
+    assert main(["dlq", "show", p, "--state-dir", state, "--id", "1"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["step"] == "work" and shown["message"]["body"]["n"] == 2
+    assert "Traceback" in shown["error"]["traceback"] and shown["error"]["attempt"] == 1
+
+    assert main(["dlq", "show", p, "--state-dir", state]) == 2          # --id missing
+    assert main(["dlq", "list", p, "--state-dir", state, "--step", "wrk"]) == 2
+    assert "did you mean 'work'" in capsys.readouterr().err
+
+    (tmp_path / "fixed").touch()
+    assert main(["dlq", "replay", p, "--state-dir", state]) == 0
+    assert "replayed 2 dead letter(s)" in capsys.readouterr().out
+    assert main(["run", p, "--state-dir", state, "--until-idle"]) == 0
+    out = capsys.readouterr().out
+    assert "dead letter(s) stored" not in out and "4 messages processed" in out
+    assert main(["dlq", "list", p, "--state-dir", state]) == 0
+    assert "0 dead letter(s)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_run_stops_on_sigterm(tmp_path):
+    import signal
+    import time
+    p = spec(tmp_path)
+    proc = subprocess.Popen([FLOWNB, "run", str(p), "--state-dir", str(tmp_path / "s")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "20 messages processed" in out
