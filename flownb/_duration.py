@@ -10,7 +10,7 @@ from pydantic import BeforeValidator, PlainSerializer
 __all__ = ["Duration", "parse_duration", "format_duration"]
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_RE = re.compile(r"^\s*(\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*(ms|s|m|h|d)?\s*$")
 
 
 def parse_duration(value: Any) -> float:
@@ -24,21 +24,27 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, str):
         m = _RE.match(value)
         if m:
-            return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+            unit = m.group(2) or "s"
+            # ms: divide (correctly rounded) rather than multiply by the inexact 0.001
+            return float(m.group(1)) / 1000 if unit == "ms" else float(m.group(1)) * _UNITS[unit]
     raise ValueError(f"{value!r} is not a duration; write e.g. '30s', '5m', '1h', '250ms' or a number of seconds")
 
 
 def format_duration(seconds: float) -> str:
     """The shortest exact string for ``seconds`` that :func:`parse_duration` reads back."""
+    candidates = []
     for unit in ("d", "h", "m"):
         n = seconds / _UNITS[unit]
         if seconds and n == int(n):
-            return f"{int(n)}{unit}"
+            candidates.append(f"{int(n)}{unit}")
     if seconds == int(seconds):
-        return f"{int(seconds)}s"
+        candidates.append(f"{int(seconds)}s")
     ms = seconds * 1000
     if ms == int(ms):
-        return f"{int(ms)}ms"
+        candidates.append(f"{int(ms)}ms")
+    for text in candidates:
+        if parse_duration(text) == seconds:
+            return text
     return f"{seconds!r}s"
 
 
