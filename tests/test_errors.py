@@ -1,0 +1,78 @@
+"""The exception tree: one root, data on errors, messages that say what to do."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+import flownb
+from flownb import errors
+from flownb.components.base import Action, classify
+
+TREE = {
+    "SpecError": "FlownbError", "SpecSyntaxError": "SpecError", "UnknownComponentError": "SpecError",
+    "ConfigError": "SpecError", "ParameterError": "SpecError", "ExpressionError": "SpecError",
+    "MessageError": "FlownbError", "StepError": "FlownbError", "RetryableError": "StepError",
+    "Retry": "RetryableError", "FatalError": "StepError", "RuntimeFailure": "FlownbError",
+    "QueueFull": "RuntimeFailure", "BrokerError": "RuntimeFailure", "DeployError": "FlownbError",
+}
+
+
+@pytest.mark.parametrize("name,parent", sorted(TREE.items()))
+def test_tree(name, parent):
+    cls = getattr(errors, name)
+    assert cls.__bases__ == (getattr(errors, parent),)
+    assert issubclass(cls, errors.FlownbError)
+    assert name in (errors.__doc__ or ""), f"{name} is missing from the tree drawn in the docstring"
+
+
+def test_every_exported_error_is_in_the_tree():
+    exported = {n for n in errors.__all__ if n not in ("FlownbError", "did_you_mean")}
+    assert exported == set(TREE)
+
+
+def test_spec_error_carries_step_and_field():
+    e = errors.SpecError("is wrong", step="push", field="config.url")
+    assert str(e) == "step 'push', field 'config.url': is wrong"
+    assert (e.step, e.field, e.reason) == ("push", "config.url", "is wrong")
+
+
+def test_unknown_component_suggests_and_lists():
+    e = errors.UnknownComponentError("sql.pol", ["sql.poll", "log", "mapping"], step="src")
+    assert "unknown component 'sql.pol'; did you mean 'sql.poll'?" in str(e)
+    assert "installed: log, mapping, sql.poll" in str(e)
+    assert e.installed == ["log", "mapping", "sql.poll"] and e.field == "component"
+
+
+def test_expression_error_points_at_the_position():
+    e = errors.ExpressionError("unexpected token", expression="a + * b", position=4, step="m",
+                               field="config.fields.x")
+    assert e.position == 4
+    assert str(e).endswith("at position 4\n    a + * b\n        ^")
+
+
+def test_did_you_mean():
+    assert errors.did_you_mean("mapng", ["mapping", "filter"]) == "; did you mean 'mapping'?"
+    assert errors.did_you_mean("zzz", ["mapping"]) == ""
+
+
+def test_retry_and_classification():
+    r = flownb.Retry(after=5)
+    assert r.retryable and r.after == 5
+    assert classify(errors.RetryableError("x")) and not classify(errors.FatalError("x"))
+    assert classify(ConnectionRefusedError()) and classify(TimeoutError()) and classify(socket.timeout())
+    assert not classify(ValueError("x"))
+
+    class Flaky(Action):
+        retryable_exceptions = (KeyError,)
+    assert classify(KeyError("k"), Flaky.__new__(Flaky)) and not classify(KeyError("k"))
+
+
+def test_queue_full_carries_depth():
+    e = errors.QueueFull("full", depth=10, limit=5)
+    assert isinstance(e, errors.RuntimeFailure) and (e.depth, e.limit) == (10, 5)
+
+
+def test_message_error_names_step():
+    assert str(errors.MessageError("bad", step="s")) == "step 's': bad"
