@@ -2,8 +2,8 @@
 
 It runs in its own process group so a timeout kills it and its kernel without touching the scheduler.
 Argument: one JSON object ``{notebook, output, log, result, parameters, cwd}``. The progress bar and
-the cells' output go to the log file as lines; the outcome (ok, or the failing cell index with the
-error name and value from PapermillExecutionError) is written as JSON to ``result``.
+the cells' output go to the log file as lines; the outcome (ok, or the index of the failing cell in the output
+notebook with the error name and value from PapermillExecutionError) is written as JSON to ``result``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,20 @@ class _LogWriter:
         pass
 
 
+def _failed_cell(output: str, fallback: int | None) -> int | None:
+    """Index of the failing cell in the saved output notebook (papermill adds banner cells above it)."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(output, as_version=4)
+    except (OSError, ValueError):
+        return fallback
+    for i, cell in enumerate(nb.cells):
+        if cell.get("metadata", {}).get("papermill", {}).get("exception"):
+            return i
+    return fallback
+
+
 def execute(job: dict) -> dict:
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -46,7 +60,7 @@ def execute(job: dict) -> dict:
             progress_bar={"file": _LogWriter(logger), "ascii": True, "mininterval": 0, "ncols": 80},
         )
     except PapermillExecutionError as exc:
-        return {"status": "failed", "error_cell": exc.cell_index,
+        return {"status": "failed", "error_cell": _failed_cell(job["output"], exc.cell_index),
                 "error_name": exc.ename, "error_value": exc.evalue}
     except Exception as exc:  # kernel did not start, notebook unreadable …: recorded, not raised
         logger.exception("run failed before or outside a cell")

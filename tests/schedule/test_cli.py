@@ -1,0 +1,54 @@
+"""``flownb schedule`` through the real entry point (``flownb.cli.main``)."""
+
+import pytest
+
+from flownb.cli import main
+from flownb.schedule import ScheduleStore
+
+
+@pytest.fixture(autouse=True)
+def wide_terminal(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+
+
+def run(capsys, *argv):
+    rc = main(["schedule", *argv])
+    out = capsys.readouterr()
+    return rc, out.out + out.err
+
+
+def test_add_list_history_remove(tmp_path, capsys, params_nb):
+    state = str(tmp_path / "st")
+    rc, out = run(capsys, "--state-dir", state, "add", str(params_nb), "--cron", "0 3 * * *", "--name", "rep",
+                  "-p", "n", "6", "--tz", "Europe/Berlin", "--keep", "3", "--catchup", "last", "--timeout", "60")
+    assert rc == 0 and "added" in out
+    s = ScheduleStore(state).get("rep")
+    assert (s.parameters, s.tz, s.keep, s.catchup, s.timeout) == ({"n": 6}, "Europe/Berlin", 3, "last", 60)
+    rc, out = run(capsys, "--state-dir", state, "list")
+    assert rc == 0 and "rep" in out and "0 3 * * *" in out
+    rc, out = run(capsys, "--state-dir", state, "history", "rep")
+    assert rc == 0 and "runs of 'rep'" in out
+    rc, out = run(capsys, "--state-dir", state, "remove", "rep")
+    assert rc == 0 and ScheduleStore(state).names() == []
+
+
+def test_bad_input_exits_2_with_a_hint(tmp_path, capsys, params_nb):
+    state = str(tmp_path / "st")
+    rc, out = run(capsys, "--state-dir", state, "add", str(params_nb), "--cron", "0 3 * * *", "--name", "x",
+                  "-p", "nn", "1")
+    assert rc == 2 and "did you mean 'n'" in out and "rate (float)" in out
+    rc, out = run(capsys, "--state-dir", state, "add", str(params_nb), "--cron", "3am", "--name", "x")
+    assert rc == 2 and "5 fields" in out
+    rc, out = run(capsys, "--state-dir", state, "run-now", "nope")
+    assert rc == 2 and "no schedule named 'nope'" in out
+
+
+@pytest.mark.slow
+def test_run_now_prints_the_failure(tmp_path, capsys, params_nb):
+    state = str(tmp_path / "st")
+    assert run(capsys, "--state-dir", state, "add", str(params_nb), "--cron", "0 3 * * *", "--name", "f",
+               "-p", "fail", "true")[0] == 0
+    rc, out = run(capsys, "--state-dir", state, "run-now", "f")
+    assert rc == 1 and "failed" in out and "ValueError: bad n=3" in out
+    rc, out = run(capsys, "--state-dir", state, "history", "f")
+    assert "failed" in out and "ValueError" in out
