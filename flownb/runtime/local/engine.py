@@ -223,11 +223,11 @@ class LocalRuntime:
         except Exception as exc:  # logged; the trigger polls again next interval
             self.stats[name].errors += 1
             self.poll_errors.append(f"{type(exc).__name__}: {exc}")
-            self.store.set_next_poll(name, self.clock() + self.trigger.next_delay(state))
+            delay = max(self.trigger.next_delay(state), 1.0)  # never a tight loop of failing polls
+            self.store.set_next_poll(name, self.clock() + delay)
             if raise_errors:
                 raise
-            self.log.exception("trigger '%s' failed to poll; next try in %.1fs", name,
-                               self.trigger.next_delay(state))
+            self.log.exception("trigger '%s' failed to poll; next try in %.1fs", name, delay)
             return 0
         now = self.clock()
         self.store.commit_poll(name, self._first, payloads, new_state,
