@@ -1,0 +1,161 @@
+"""``mapping``, ``filter`` and ``split``: JSONata rules as flow steps.
+
+- ``mapping``: ``fields: {out: expr}`` or ``expression: expr`` (exactly one) → one message.
+- ``filter``: ``condition: expr``; the message passes on when the result is truthy (JSONata
+  ``$boolean``), otherwise it is dropped.
+- ``split``: ``path: expr`` giving an array → one message per item; an item that is not an object
+  becomes ``{"value": item}`` (the key is set by ``into``); undefined or an empty array → nothing.
+
+Expressions are compiled once: in ``check_config`` (validation, ExpressionError with the position and
+the field) and in ``setup``. An evaluation error (T2001 …) is a FatalError: dead-lettered at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..errors import ExpressionError
+from ..rules._runtime import U, boolean
+from ..rules.expression import EvaluationError, compile
+from .base import Action
+
+__all__ = ["MappingAction", "FilterAction", "SplitAction", "MappingConfig", "FilterConfig", "SplitConfig"]
+
+
+class MappingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    fields: dict[str, str] | None = Field(None, description="output field → JSONata expression")
+    expression: str | None = Field(None, description="one JSONata expression that builds the object")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "MappingConfig":
+        if (self.fields is None) == (self.expression is None):
+            raise ValueError("set exactly one of 'fields' (output field → expression) or 'expression'")
+        if self.fields is not None and not self.fields:
+            raise ValueError("'fields' is empty; add at least one 'output: expression' pair")
+        return self
+
+
+class FilterConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    condition: str = Field(description="JSONata; the message passes when the result is truthy")
+
+
+class SplitConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(description="JSONata giving an array; one message per item")
+    into: str = Field("value", description="key that wraps an item that is not an object")
+
+
+def _check(src: str, step: Any, field: str):
+    try:
+        return compile(src)
+    except ExpressionError as exc:
+        raise ExpressionError(exc.reason.split(" at position")[0] if exc.position is not None
+                              else exc.reason, expression=src, position=exc.position,
+                              step=getattr(step, "name", None), field=field) from None
+
+
+def _fields(config: MappingConfig) -> dict[str, str]:
+    return config.fields if config.fields is not None else {}
+
+
+class MappingAction(Action):
+    """Build a new body from JSONata expressions (one per output field, or one object)."""
+
+    Config = MappingConfig
+
+    @classmethod
+    def check_config(cls, config: MappingConfig, step) -> None:
+        if config.expression is not None:
+            _check(config.expression, step, "config.expression")
+        for name, src in _fields(config).items():
+            _check(src, step, f"config.fields.{name}")
+
+    def setup(self) -> None:
+        c = self.config
+        self._whole = _check(c.expression, None, "config.expression") if c.expression else None
+        self._fields = [(n, _check(s, None, f"config.fields.{n}").raw) for n, s in _fields(c).items()]
+
+    def _map(self, body: dict) -> dict:
+        if self._whole is not None:
+            out = self._whole.raw(body)
+            if type(out) is not dict:
+                raise EvaluationError("the mapping expression did not give an object; wrap it in {…} "
+                                      "or use a 'split' step for arrays", expression=self._whole.source)
+            return out
+        out = {}
+        for name, fn in self._fields:
+            try:
+                v = fn(body)
+            except EvaluationError as exc:
+                raise EvaluationError(exc.detail, code=exc.code, expression=exc.expression,
+                                      field=name) from None
+            if v is not U:
+                out[name] = v
+        return out
+
+    def process(self, message, ctx):
+        return self._map(message.body)
+
+    def process_batch(self, messages, ctx):
+        out: list = []
+        append, fn = out.append, self._map
+        for m in messages:
+            try:
+                append(fn(m.body))
+            except Exception as exc:  # handed back to the runtime, which classifies it
+                append(exc)
+        return out
+
+
+class FilterAction(Action):
+    """Pass a message on only when ``condition`` is truthy."""
+
+    Config = FilterConfig
+
+    @classmethod
+    def check_config(cls, config: FilterConfig, step) -> None:
+        _check(config.condition, step, "config.condition")
+
+    def setup(self) -> None:
+        self._cond = _check(self.config.condition, None, "config.condition").raw
+
+    def process(self, message, ctx):
+        body = message.body
+        return body if boolean(self._cond(body)) else None
+
+    def process_batch(self, messages, ctx):
+        out: list = []
+        append, cond = out.append, self._cond
+        for m in messages:
+            try:
+                body = m.body
+                append(body if boolean(cond(body)) else None)
+            except Exception as exc:  # handed back to the runtime, which classifies it
+                append(exc)
+        return out
+
+
+class SplitAction(Action):
+    """One message per item of the array that ``path`` gives."""
+
+    Config = SplitConfig
+
+    @classmethod
+    def check_config(cls, config: SplitConfig, step) -> None:
+        _check(config.path, step, "config.path")
+
+    def setup(self) -> None:
+        self._path = _check(self.config.path, None, "config.path").raw
+        self._into = self.config.into
+
+    def process(self, message, ctx):
+        v = self._path(message.body)
+        if v is U:
+            return []
+        items = v if isinstance(v, list) else [v]
+        into = self._into
+        return [x if type(x) is dict else {into: x} for x in items]

@@ -1,0 +1,196 @@
+"""Compile a parsed JSONata tree to Python source, then to a function with ``compile()``.
+
+The generated module defines ``_main(c, r)`` (``c`` the context, ``r`` the root ``$$``) and one
+helper function per path step, predicate and object constructor. Constructs outside the supported
+subset raise :class:`Unsupported`, and the caller uses the fallback engine instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from . import _functions, _runtime
+from ._parser import Node
+
+__all__ = ["Unsupported", "compile_tree"]
+
+
+class Unsupported(Exception):
+    """The expression uses a construct the compiler leaves to the fallback engine."""
+
+
+_BINOPS = {"+": "R.add", "-": "R.sub", "*": "R.mul", "/": "R.div", "%": "R.mod", "<": "R.lt",
+           "<=": "R.le", ">": "R.gt", ">=": "R.ge", "=": "R.eq", "!=": "R.ne", "&": "R.concat",
+           "in": "R.in_"}
+
+
+class _Gen:
+    def __init__(self) -> None:
+        self.defs: list[str] = []
+        self.consts: dict[str, Any] = {}
+        self.n = 0
+
+    def name(self, prefix: str) -> str:
+        self.n += 1
+        return f"_{prefix}{self.n}"
+
+    def const(self, value: Any) -> str:
+        key = self.name("k")
+        self.consts[key] = value
+        return key
+
+    def fn(self, body: str, prefix: str = "s") -> str:
+        """Hoist ``lambda c, r: body`` into a module-level def; return its name."""
+        name = self.name(prefix)
+        self.defs.append(f"def {name}(c, r):\n    return {body}\n")
+        return name
+
+    # -- expressions ------------------------------------------------------------------------------
+    def expr(self, e: Node) -> str:
+        if e.get("group") is not None:
+            raise Unsupported("group-by")
+        code = self._expr(e)
+        preds = e.get("predicate")
+        if preds:
+            code = self.predicates(code, preds)
+        if e.get("keepArray") and e.type != "path":
+            code = f"R.keep_array({code})"
+        return code
+
+    def predicates(self, code: str, preds: list) -> str:
+        for p in preds:
+            if p.type == "number" and type(p.value) is int:
+                code = f"R.collapse(R.index({code}, {p.value}))"
+            else:
+                code = f"R.collapse(R.filt({code}, {self.fn(self.expr(p), 'p')}, r))"
+        return code
+
+    def _expr(self, e: Node) -> str:  # noqa: C901
+        t = e.type
+        if t in ("string", "number", "value"):
+            return repr(e.value)
+        if t == "path":
+            return self.path(e)
+        if t == "variable":
+            if e.value == "":
+                return "c"
+            if e.value == "$":
+                return "r"
+            raise Unsupported(f"variable ${e.value}")
+        if t == "binary":
+            return self.binary(e)
+        if t == "unary":
+            if e.value == "-":
+                return f"R.neg({self.expr(e.expression)})"
+            if e.value == "[":
+                return self.array(e)
+            if e.value == "{":
+                return self.object(e.lhs)
+        if t == "condition":
+            other = self.expr(e.other) if e.other is not None else "U"
+            return f"({self.expr(e.then)} if R.boolean({self.expr(e.condition)}) else {other})"
+        if t == "block":
+            if not e.expressions:
+                return "U"
+            if len(e.expressions) == 1:
+                return self.expr(e.expressions[0])
+            return "(" + ", ".join(self.expr(x) for x in e.expressions) + ")[-1]"
+        if t == "function":
+            return self.call(e)
+        raise Unsupported(t)
+
+    def binary(self, e: Node) -> str:
+        op = e.value
+        if op == "and":
+            return f"(R.boolean({self.expr(e.lhs)}) and R.boolean({self.expr(e.rhs)}))"
+        if op == "or":
+            return f"(R.boolean({self.expr(e.lhs)}) or R.boolean({self.expr(e.rhs)}))"
+        if op in _BINOPS:
+            return f"{_BINOPS[op]}({self.expr(e.lhs)}, {self.expr(e.rhs)})"
+        raise Unsupported(f"operator {op}")
+
+    def array(self, e: Node) -> str:
+        items = e.expressions
+        for x in items:
+            if x.type == "binary" and x.value == "..":
+                raise Unsupported("range")
+        values = "".join(self.expr(x) + ", " for x in items)
+        nested = tuple(x.type == "unary" and x.value == "[" for x in items)
+        return f"R.array(({values}), {nested!r}, {bool(e.get('consarray'))})"
+
+    def object(self, pairs: list) -> str:
+        keys = [k.value if k.type == "string" else None for k, _ in pairs]
+        if None in keys or len(set(keys)) != len(keys):
+            spec = ", ".join(f"({self.fn(self.expr(k), 'k')}, {self.fn(self.expr(v), 'v')})"
+                             for k, v in pairs)
+            return f"R.group(c, r, ({spec},))" if pairs else "R.group(c, r, ())"
+        name = self.name("o")
+        lines = [f"def {name}(c, r):", "    if isinstance(c, list):",
+                 f"        return R.group(c, r, {name}.pairs)", "    o = {}"]
+        pair_fns = []
+        for key, (k, v) in zip(keys, pairs):
+            code = self.expr(v)
+            lines.append(f"    v = {code}")
+            lines.append(f"    if v is not U: o[{key!r}] = v")
+            pair_fns.append(f"({self.fn(repr(key), 'k')}, {self.fn(code, 'v')})")
+        lines.append("    return o")
+        self.defs.append("\n".join(lines) + "\n")
+        self.defs.append(f"{name}.pairs = ({''.join(p + ', ' for p in pair_fns)})\n")
+        return f"{name}(c, r)"
+
+    def call(self, e: Node) -> str:
+        proc = e.procedure
+        if proc.type != "variable" or proc.value not in _functions.FUNCTIONS:
+            raise Unsupported("function")
+        fn, lo, hi, ctx_default = _functions.FUNCTIONS[proc.value]
+        args = [self.expr(a) for a in e.arguments]
+        if len(args) < lo and ctx_default:
+            args.insert(0, "c")
+        if len(args) > hi:
+            raise Unsupported("arity")  # the fallback reports the signature error
+        while len(args) < lo:
+            args.append("U")
+        return f"F.f_{proc.value}({', '.join(args)})"
+
+    # -- paths ------------------------------------------------------------------------------------
+    def path(self, e: Node) -> str:
+        steps = e.steps
+        keep = bool(e.get("keepSingletonArray"))
+        if (not keep and all(s.type == "name" and not s.get("stages") and not s.get("group")
+                             for s in steps)):
+            return f"R.names(c, {tuple(s.value for s in steps)!r})"
+        specs = []
+        for i, s in enumerate(steps):
+            if s.get("group") is not None or s.type in ("wildcard", "descendant", "parent", "sort"):
+                raise Unsupported(s.type)
+            stages = s.get("stages") or []
+            st = "(" + "".join(self.stage(p) + ", " for p in stages) + ")"
+            if s.type == "name":
+                specs.append(f"('n', {s.value!r}, {st})")
+                continue
+            if i == 0 and s.type == "variable":
+                kind = "v"
+            elif i == 0 and s.type == "unary" and s.value == "[":
+                kind = "c"
+            else:
+                kind = "e"
+            body = self.expr(s)
+            if kind == "e" and s.type != "path":
+                body = f"R.collapse({body})"
+            specs.append(f"('{kind}', {self.fn(body)}, {st})")
+        return f"R.path(c, r, ({''.join(x + ', ' for x in specs)}), {keep})"
+
+    def stage(self, p: Node) -> str:
+        if p.type == "number" and type(p.value) is int:
+            return self.fn(f"R.index(c, {p.value})", "i")
+        return self.fn(f"R.filt(c, {self.fn(self.expr(p), 'p')}, r)", "f")
+
+
+def compile_tree(tree: Node, source: str) -> tuple[Callable[[Any, Any], Any], str]:
+    """Return ``(fn(context, root), python_source)``; raise :class:`Unsupported`."""
+    g = _Gen()
+    main = g.expr(tree)
+    code = "".join(g.defs) + f"def _main(c, r):\n    return {main}\n"
+    namespace: dict[str, Any] = {"R": _runtime, "F": _functions, "U": _runtime.U, **g.consts}
+    exec(compile(code, f"<jsonata {source[:40]!r}>", "exec"), namespace)  # noqa: S102 - our own code
+    return namespace["_main"], code
