@@ -13,8 +13,8 @@ A message has an ``id`` (uuid4 hex), a ``body`` (a JSON object), ``headers`` (st
 from __future__ import annotations
 
 import math
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,11 @@ _OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """A random (version 4) UUID as 32 hex digits; like ``uuid.uuid4().hex``, about 2x faster."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    return b.hex()
 
 
 def _check_finite(value: Any) -> None:

@@ -190,3 +190,45 @@ def test_run_stops_on_sigterm(tmp_path):
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "20 messages processed" in out
+
+
+# -- the example flow (README's first command) ---------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _expected_orders() -> dict[str, float]:
+    import csv
+    out = {}
+    with open(REPO / "examples/orders/orders.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            total = round(int(row["qty"]) * float(row["unit_price"]) * (1 - float(row["discount"])), 2)
+            if row["status"] != "cancelled" and total >= 20:
+                out[row["order_id"]] = total
+    return out
+
+
+def test_example_flow_runs_and_is_idempotent(tmp_path):
+    import sqlite3
+    db = tmp_path / "orders.db"
+    args = ("run", "examples/orders/flow.yaml", "--state-dir", str(tmp_path / "state"), "--until-idle",
+            "-p", "db_url", f"sqlite:///{db}")
+    r = cli(*args, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert "new-orders" in r.stdout and "save" in r.stdout
+    expected = _expected_orders()
+    assert 100 < len(expected) < 300
+    con = sqlite3.connect(db)
+    rows = {oid: (total, email) for oid, total, email in con.execute("select order_id, total, email from orders")}
+    assert {k: v[0] for k, v in rows.items()} == pytest.approx(expected)
+    assert all(email == email.lower() and "@" in email for _, email in rows.values())
+    r = cli(*args, cwd=REPO)                    # the cursor was kept: nothing new the second time
+    assert r.returncode == 0, r.stderr
+    assert con.execute("select count(*) from orders").fetchone()[0] == len(expected)
+    con.close()
+    assert "0 messages processed" in r.stdout
+
+
+def test_scripts_example_runs_the_example():
+    text = (REPO / "scripts/example").read_text()
+    assert "flownb run examples/orders/flow.yaml" in text and "--until-idle" in text

@@ -76,3 +76,14 @@ def test_from_dict_requires_an_object_body():
         Message.from_dict({"id": "x", "body": [1]})
     m = Message.from_dict({"body": {"a": 1}})
     assert m.trace == m.id and m.attempt == 1
+
+
+def test_ids_are_random_uuid4_hex():
+    import uuid
+
+    from flownb.message import new_id
+    ids = {new_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for i in list(ids)[:200]:
+        u = uuid.UUID(hex=i)
+        assert u.version == 4 and u.variant == uuid.RFC_4122 and u.hex == i
