@@ -232,3 +232,15 @@ def test_example_flow_runs_and_is_idempotent(tmp_path):
 def test_scripts_example_runs_the_example():
     text = (REPO / "scripts/example").read_text()
     assert "flownb run examples/orders/flow.yaml" in text and "--until-idle" in text
+
+
+def test_jsonata_syntax_error_names_step_field_and_position(tmp_path):
+    text = (REPO / "examples/orders/flow.yaml").read_text()
+    bad = tmp_path / "flow.yaml"
+    bad.write_text(text.replace("email: $lowercase(customer_email)", "email: $lowercase(customer_email"))
+    state = tmp_path / "state"
+    r = cli("run", str(bad), "--state-dir", str(state), "--until-idle", cwd=REPO)
+    assert r.returncode == 2
+    assert "step 'to-order'" in r.stderr and "field 'config.fields.email'" in r.stderr
+    assert "position 25" in r.stderr and "$lowercase(customer_email\n" in r.stderr
+    assert not state.exists()
