@@ -145,7 +145,9 @@ class _Gen:
         fn, lo, hi, ctx_default = _functions.FUNCTIONS[proc.value]
         args = [self.expr(a) for a in e.arguments]
         if len(args) < lo and ctx_default:
-            args.insert(0, "c")
+            if len(args) + 1 > hi:
+                raise Unsupported("arity")
+            return f"F.with_ctx(F.f_{proc.value}, c{''.join(', ' + a for a in args)})"
         if len(args) > hi:
             raise Unsupported("arity")  # the fallback reports the signature error
         while len(args) < lo:

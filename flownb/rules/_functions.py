@@ -144,6 +144,8 @@ def f_number(v: Any) -> Any:
                 return norm(x)
         if s[:2].lower() in ("0x", "0o", "0b") or s.strip() != s:
             raise Fallback
+    else:
+        raise _arg_error("number", 1, "a number, string or boolean")
     raise EvalError("D3030", f"Unable to cast value to a number: {string(v)}")
 
 
@@ -167,7 +169,7 @@ def f_count(v: Any) -> int:
 
 def f_sum(v: Any) -> Any:
     xs = _nums(v, "sum")
-    return U if xs is None else norm(math.fsum(xs) if any(type(x) is float for x in xs) else sum(xs))
+    return U if xs is None else norm(sum(xs))
 
 
 def f_max(v: Any) -> Any:
@@ -253,6 +255,17 @@ def f_now(picture: Any = U, tz: Any = U) -> str:
         raise Fallback
     now = datetime.now(timezone.utc)
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def with_ctx(fn: Any, c: Any, *args: Any) -> Any:
+    """Call ``fn`` with the context as first argument; a context of the wrong type is T0411."""
+    try:
+        return fn(c, *args)
+    except EvalError as exc:
+        if exc.code == "T0410" and "Argument 1 " in str(exc):
+            raise EvalError("T0411", f"Context value is not a compatible type with argument 1 of "
+                                     f"function ${fn.__name__[2:]}") from None
+        raise
 
 
 FUNCTIONS: dict[str, tuple] = {

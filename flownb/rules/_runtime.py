@@ -152,7 +152,7 @@ def _steps_names(seq: list, ks: tuple) -> Any:
                 result.append(r)
         seq = _flatten(result, i == last)
         if not seq:
-            return U
+            break
     return collapse(seq)
 
 
@@ -191,7 +191,7 @@ def path(c: Any, r: Any, steps: tuple, keep: bool) -> Any:
                     result.append(v)
             seq = _flatten(result, i == last)
         if not seq:
-            return U
+            break
     if keep:
         if type(seq) is Cons:
             seq = Seq([seq])
