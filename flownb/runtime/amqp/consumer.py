@@ -6,13 +6,16 @@ only once everything it produced is confirmed. Messages are processed in batches
 socket read delivered (at most ``prefetch``) goes to ``StepRunner.run_batch`` at once, and confirms
 are batched by the broker. A publish the broker nacks (the next queue is full: ``reject-publish``)
 is published again after a back-off, its input still unacked, so back-pressure travels upstream
-through the prefetch window. A lost connection drops all in-flight state; the broker redelivers the
+through the prefetch window. Steps run in a processing thread, so a slow step (an HTTP call that
+times out) never stalls the I/O loop: heartbeats and confirms keep flowing. A lost connection drops all in-flight state; the broker redelivers the
 unacked inputs to the new connection (duplicates are possible only within that window).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import queue
 import threading
 import time
 from collections import OrderedDict, deque
@@ -43,6 +46,7 @@ _MAX_BACKOFF = 15.0
 class _Input:
     tag: int
     pending: int = 0       # publishes not yet confirmed
+    done: bool = False     # its outcome has been published (processing finished)
     kind: str = "processed"  # processed | retried | dead
 
 
@@ -112,12 +116,17 @@ class StepWorker:
         self._stopping = False
         self._wake = threading.Event()
         self._conn: SelectConnection | None = None
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
+        self._gen = 0
         self._reset()
 
     # -- lifecycle --------------------------------------------------------------------------
     def run(self) -> None:
         """Connect, consume, reconnect with back-off on loss; return after a drained stop."""
         backoff = 0.5
+        processor = threading.Thread(target=self._processor, name=f"flownb-{self.step.name}-process",
+                                     daemon=True)
+        processor.start()
         try:
             while not self._stopping:
                 started = time.monotonic()
@@ -138,7 +147,8 @@ class StepWorker:
                 backoff = 0.5 if time.monotonic() - started > 10 else min(backoff * 2, _MAX_BACKOFF)
                 self._wake.wait(backoff)
         finally:
-            self.runner.close()
+            self._work.put(None)
+            processor.join(60)
 
     def stop(self) -> None:
         """Stop consuming, finish in-flight messages (outputs confirmed, inputs acked), disconnect."""
@@ -159,6 +169,8 @@ class StepWorker:
             conn.close()
 
     def _reset(self) -> None:
+        self._gen += 1  # outcomes still being computed for the old connection are dropped
+        self._in_process = 0
         self._ch = None
         self._buffer: list[tuple[int, pika.BasicProperties, bytes]] = []
         self._inputs: deque[_Input] = deque()
@@ -213,36 +225,45 @@ class StepWorker:
             self._conn.ioloop.call_later(0, self._flush)
 
     def _flush(self) -> None:
+        """Hand what has arrived to the processing thread (the I/O loop never runs a step)."""
         self._flush_scheduled = False
         batch, self._buffer = self._buffer, []
         if not batch or self._ch is None or not self._ch.is_open:
             return
-        self._conn.hold()
-        try:
-            self._process(batch)
-        finally:
-            self._conn.release()
+        recs = [_Input(tag) for tag, _, _ in batch]
+        self._inputs.extend(recs)
+        self._in_process += 1
+        self._work.put((self._gen, self._conn, recs, batch))
 
-    def _process(self, batch) -> None:
-        msgs, recs, props_of = [], [], []
-        for tag, props, body in batch:
-            rec = _Input(tag)
-            self._inputs.append(rec)
+    # -- the processing thread --------------------------------------------------------------
+    def _processor(self) -> None:
+        """Run batches through the StepRunner; post the outcomes back to the I/O loop."""
+        try:
+            while True:
+                item = self._work.get()
+                if item is None:
+                    return
+                gen, conn, recs, batch = item
+                results = self._compute(batch)
+                try:
+                    conn.ioloop.add_callback_threadsafe(functools.partial(self._apply, gen, recs, batch, results))
+                except Exception:  # that connection is gone: its inputs are redelivered
+                    log.debug("step '%s': outcome of an old connection dropped", self.step.name)
+        finally:
+            self.runner.close()  # in this thread: components may hold thread-bound resources
+
+    def _compute(self, batch) -> list:
+        """Per delivery: an Outcome, or the ErrorInfo of a body that is not a message."""
+        results: list = [None] * len(batch)
+        msgs, where = [], []
+        for i, (_tag, _props, body) in enumerate(batch):
             try:
                 msgs.append(Message.from_json(body))
+                where.append(i)
             except MessageError as exc:
-                info = ErrorInfo.from_exception(exc, self.step.name, 1, False)
-                rec.kind = "dead"
-                self._publish(rec, "", names.dead_letter_queue(self.flow.name, self.step.name), body,
-                              error_props(info, self.step.name))
-                continue
-            recs.append(rec)
-            props_of.append(props)
-        if msgs:
-            self._handle(msgs, recs, props_of)
-        self._settle()
-
-    def _handle(self, msgs: list[Message], recs: list[_Input], props_of: list) -> None:
+                results[i] = ErrorInfo.from_exception(exc, self.step.name, 1, False)
+        if not msgs:
+            return results
         t0 = time.perf_counter()
         try:
             outcomes = self.runner.run_batch(msgs)
@@ -250,22 +271,40 @@ class StepWorker:
             log.exception("step '%s': batch failed", self.step.name)
             outcomes = [self.runner.failure(m, exc) for m in msgs]
         self.metrics.latency.observe((time.perf_counter() - t0) / len(msgs))  # one sample per batch
-        for rec, props, out in zip(recs, props_of, outcomes):
-            if out.ok:
-                self._deliver(rec, props, out)
-            elif out.dead:
-                rec.kind = "dead"
-                self.metrics.failed.inc()
-                self._publish(rec, "", names.dead_letter_queue(self.flow.name, self.step.name),
-                              out.message.to_json(), error_props(out.error, self.step.name))
-            else:
-                rec.kind = "retried"
-                self.metrics.failed.inc()
-                m = out.message
-                m.attempt += 1
-                level = pick_level(self.levels, out.retry_after or 0.0)
-                self._publish(rec, "", names.retry_queue(self.flow.name, self.step.name, level),
-                              m.to_json(), error_props(out.error, self.step.name))
+        for i, out in zip(where, outcomes):
+            results[i] = out
+        return results
+
+    # -- back on the I/O loop -----------------------------------------------------------------
+    def _apply(self, gen: int, recs: list[_Input], batch, results: list) -> None:
+        if gen != self._gen or self._ch is None or not self._ch.is_open:
+            return  # from before a reconnect: those inputs are redelivered, never acked here
+        self._in_process -= 1
+        dlq = names.dead_letter_queue(self.flow.name, self.step.name)
+        self._conn.hold()
+        try:
+            for rec, (_tag, props, body), res in zip(recs, batch, results):
+                rec.done = True
+                if isinstance(res, ErrorInfo):
+                    rec.kind = "dead"
+                    self._publish(rec, "", dlq, body, error_props(res, self.step.name))
+                elif res.ok:
+                    self._deliver(rec, props, res)
+                elif res.dead:
+                    rec.kind = "dead"
+                    self.metrics.failed.inc()
+                    self._publish(rec, "", dlq, res.message.to_json(), error_props(res.error, self.step.name))
+                else:
+                    rec.kind = "retried"
+                    self.metrics.failed.inc()
+                    m = res.message
+                    m.attempt += 1
+                    level = pick_level(self.levels, res.retry_after or 0.0)
+                    self._publish(rec, "", names.retry_queue(self.flow.name, self.step.name, level),
+                                  m.to_json(), error_props(res.error, self.step.name))
+            self._settle()
+        finally:
+            self._conn.release()
 
     def _deliver(self, rec: _Input, props, out) -> None:
         if self.next_key is not None:
@@ -327,7 +366,7 @@ class StepWorker:
         """Ack, in delivery order, every input whose outputs are all confirmed."""
         last = None
         counts = {"processed": 0, "retried": 0, "dead": 0}
-        while self._inputs and self._inputs[0].pending == 0:
+        while self._inputs and self._inputs[0].done and self._inputs[0].pending == 0:
             rec = self._inputs.popleft()
             last = rec.tag
             counts[rec.kind] += 1
@@ -354,7 +393,8 @@ class StepWorker:
         self._check_drained()
 
     def _check_drained(self) -> None:
-        busy = self._consumers or self._buffer or self._inputs or self._pending or self._nacked
+        busy = (self._consumers or self._buffer or self._inputs or self._pending or self._nacked
+                or self._in_process)
         if busy and time.monotonic() < self._drain_deadline:
             self._conn.ioloop.call_later(0.02, self._check_drained)
             return

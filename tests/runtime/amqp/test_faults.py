@@ -116,7 +116,7 @@ def _ctl(*args):
 
 
 @pytest.mark.slow
-def test_workers_reconnect_after_a_broker_restart(broker, running, tmp_path):
+def test_workers_reconnect_after_a_broker_restart(broker, running, tmp_path, caplog):
     db = tmp_path / "sink.db"
     total = 10_000
     flow = three_steps("restart", db, total, batch=200)
@@ -132,6 +132,7 @@ def test_workers_reconnect_after_a_broker_restart(broker, running, tmp_path):
     assert seen == total
     assert deliveries - seen <= 3 * PREFETCH
     assert read_state(flow, broker) == {"next": total}
+    assert "connection lost" in caplog.text  # the workers did lose the broker, and came back
 
 
 class _Target(http.server.ThreadingHTTPServer):
@@ -184,3 +185,25 @@ def test_target_answering_503_for_20s_is_retried_until_it_recovers(broker, runni
     assert RETRIED.labels("outage", "push")._value.get() - before >= 100
     assert AmqpDeadLetters(flow, broker).list() == []
     assert sink_counts(db) == (100, 100)
+
+
+@pytest.mark.slow
+def test_a_step_slower_than_the_heartbeat_keeps_its_connection(broker, running, tmp_path, caplog):
+    from flownb.runtime.amqp.consumer import StepWorker
+    from flownb.runtime.amqp.worker import run_workers
+    db = tmp_path / "sink.db"
+    flow = flownb.Flow(name="hb", trigger=flownb.step("src", "amqptest.count", total=2, batch=2),
+                       steps=[flownb.step("work", "amqptest.work", sleep_ms=4000),
+                              flownb.step("sink", "amqptest.sink", path=str(db))]).resolved()
+    running(flow, ["src", "sink"], broker)
+    slow = StepWorker(flow, "work", broker, heartbeat=1)  # the broker drops a silent peer after ~2-3 s
+    stop = threading.Event()
+    t = threading.Thread(target=run_workers, args=([slow], stop), daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: sink_counts(db)[0] == 2, timeout=40, what="both messages")
+    finally:
+        stop.set()
+        t.join(30)
+    assert sink_counts(db) == (2, 2)  # no redelivery: the connection stayed up while the step slept
+    assert "connection lost" not in caplog.text
