@@ -75,8 +75,9 @@ def status_cli(args, con) -> int:
         con.print_json(json.dumps(st))
         return 0
     t = Table(title=f"flow '{st['flow']}': containers")
-    for c in ("container", "step", "state", "restarts", "exit code", "started"):
-        t.add_column(c)
+    t.add_column("container", overflow="fold", no_wrap=False, min_width=20)
+    for c in ("step", "state", "restarts", "exit code", "started"):
+        t.add_column(c, overflow="fold")
     for c in st["containers"]:
         colour = "green" if c["state"] == "running" else "red"
         t.add_row(c["name"], c["step"] or c["role"], f"[{colour}]{c['state']}[/{colour}]", str(c["restarts"]),

@@ -162,8 +162,9 @@ def _run_worker(client, image: str, command: list[str], name: str, network: str,
     """Create and start one worker container (the low-level API: it takes a stop timeout)."""
     api = client.api
     try:
+        # init: a tiny init as PID 1 forwards SIGTERM to the worker (drain) and reaps children
         host = api.create_host_config(network_mode=network, restart_policy=RESTART_POLICY,
-                                      binds=binds or None)
+                                      binds=binds or None, init=True)
         created = api.create_container(image, command, name=name, environment=env, labels=labels,
                                        host_config=host, stop_signal="SIGTERM", stop_timeout=STOP_TIMEOUT)
         api.start(created["Id"])

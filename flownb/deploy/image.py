@@ -61,6 +61,16 @@ def write_dockerfile(out: Path, flow: Flow, base_image: str = DEFAULT_BASE_IMAGE
 # -- wheelhouse ----------------------------------------------------------------------------------
 
 def _project_root() -> Path | None:
+    """The flownb source tree the image is built from: ``$FLOWNB_SOURCE_DIR`` when set (e.g. a clean
+    checkout of a release), else the tree this module is imported from, else None (installed)."""
+    import os
+    env = os.environ.get("FLOWNB_SOURCE_DIR")
+    if env:
+        root = Path(env).resolve()
+        if not ((root / "pyproject.toml").exists() and (root / "flownb").is_dir()):
+            raise DeployError(f"FLOWNB_SOURCE_DIR={env} is not a flownb source tree (pyproject.toml and "
+                              f"flownb/ expected)")
+        return root
     root = Path(__file__).resolve().parents[2]
     return root if (root / "pyproject.toml").exists() and (root / "flownb").is_dir() else None
 

@@ -6,6 +6,8 @@ and all 2,000 rows reach the sink, none lost; `flownb status` shows the restart 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 import uuid
@@ -85,12 +87,28 @@ def _wait(cond, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def _crash(container) -> None:
+    """SIGKILL the container's processes from the host, as the kernel's OOM killer or a crash would.
+    (`docker kill` itself marks the container as stopped by hand on this engine (20.10), and a restart
+    policy never restarts a container stopped by hand.)"""
+    container.reload()
+    pid = container.attrs["State"]["Pid"]
+    assert pid > 0, "the container is not running"
+    os.kill(pid, signal.SIGKILL)
+
+
+def _restarts(container) -> int:
+    container.reload()
+    return container.attrs["RestartCount"] if container.status == "running" else 0
+
+
 def test_deploy_survives_a_killed_worker_and_loses_nothing(docker_engine, vhost_url, tables, tmp_path,
                                                            monkeypatch, capsys):
     import docker
     engine, src, dst = tables
     ensure_base_image(DEBIAN_BASE_IMAGE)
     monkeypatch.setenv("FLOWNB_E2E_DB", PG)
+    monkeypatch.setenv("COLUMNS", "200")  # rich tables: whole container names on one line
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     out = tmp_path / "deploy"
     assert main(["export", str(DATA / "orders.ipynb"), "-p", "flow_name", name, "-p", "src_table", src,
@@ -108,8 +126,9 @@ def test_deploy_survives_a_killed_worker_and_loses_nothing(docker_engine, vhost_
         _insert(engine, src, 1, 501)
         _wait(lambda: _count(engine, dst) > 0, 120, "the first rows to reach the sink")
         victim = client.containers.get(f"flownb-{name}-to-row-0")
-        victim.kill()  # SIGKILL mid-run: unacked messages go back to the queue
+        _crash(victim)  # SIGKILL mid-run: its unacked messages go back to the queue
         _insert(engine, src, 501, TOTAL + 1)  # the trigger keeps feeding while the step is down
+        _wait(lambda: _restarts(victim) >= 1, 60, "the restart policy to bring the worker back")
         _wait(lambda: _count(engine, dst) == TOTAL, 240, f"all {TOTAL} rows in the sink")
 
         import sqlalchemy as sa
