@@ -1,0 +1,132 @@
+"""jupyter_flownb inside a real Jupyter server (subprocess, 127.0.0.1, token, free port)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+import flownb
+from flownb.runtime.local import LocalRuntime
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_extension_is_enabled_by_its_installed_config_file(jupyter_flownb_installed):
+    out = subprocess.run([sys.executable, "-m", "jupyter", "server", "extension", "list"],
+                         capture_output=True, text=True, check=True)
+    text = out.stdout + out.stderr
+    assert "jupyter_flownb" in text and "enabled" in text.split("jupyter_flownb", 1)[1][:40]
+
+
+def _flow(tmp_path):
+    name = f"hook-{uuid.uuid4().hex[:8]}"
+    return flownb.Flow.model_validate({
+        "name": name,
+        "trigger": {"name": "incoming", "component": "webhook", "config": {"token_env": "NB_HOOK_TOKEN"}},
+        "steps": [{"name": "save", "component": "csv.write",
+                   "config": {"path": str(tmp_path / "out.csv"), "columns": ["order", "total"]}}],
+    })
+
+
+def test_a_real_http_call_reaches_the_flow_the_kernel_is_testing(jupyter, tmp_path, monkeypatch):
+    from jupyter_flownb import served_flows, serve_in_jupyter, stop_serving
+
+    # this test process plays the kernel: same runtime dir as the server, so the same registry
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(jupyter.runtime))
+    monkeypatch.delenv("FLOWNB_JUPYTER_REGISTRY", raising=False)
+    token = uuid.uuid4().hex
+    monkeypatch.setenv("NB_HOOK_TOKEN", token)
+    flow = _flow(tmp_path)
+    state = tmp_path / "state"
+    hook = serve_in_jupyter(flow, state, max_body=2000)
+    assert hook.path == f"/flownb/hooks/{flow.name}/{token}"
+    assert [r.flow for r in served_flows()] == [flow.name]
+
+    c = jupyter.client
+    r = c.post(hook.path, json={"order": 17, "total": 99.5}, headers={"Authorization": ""})
+    assert r.status_code == 202, r.text
+    msg_id = r.json()["id"]
+    assert c.post(hook.path, content="order=18&total=5",
+                  headers={"Content-Type": "application/x-www-form-urlencoded"}).status_code == 202
+
+    assert c.post(f"/flownb/hooks/{flow.name}/{'x' * 32}", json={}).status_code == 403
+    assert c.post(f"/flownb/hooks/nope-{flow.name}/{token}", json={}).status_code == 404
+    assert c.post(hook.path, content=b"x" * 3000, headers={"Content-Type": "text/plain"}).status_code == 413
+    assert c.post(hook.path, content=b"{bad", headers={"Content-Type": "application/json"}).status_code == 400
+    listed = c.get("/flownb/api/hooks").json()["hooks"]
+    assert [h["flow"] for h in listed] == [flow.name] and token not in json.dumps(listed)
+
+    # the kernel runs the same flow on the same state directory and processes what was committed
+    with LocalRuntime(flow, state) as rt:
+        rt.run(until_idle=True)
+    rows = list(csv.DictReader(open(tmp_path / "out.csv")))
+    assert rows == [{"order": "17", "total": "99.5"}, {"order": "18", "total": "5"}]
+    assert len(msg_id) >= 32
+
+    assert stop_serving(flow.name)
+    assert c.post(hook.path, json={"order": 1}).status_code == 404
+
+
+def _wait_run(c, run_id, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = c.get(f"/flownb/api/runs/{run_id}").json()
+        if run["status"] not in ("queued", "running"):
+            return run
+        time.sleep(0.2)
+    pytest.fail(f"run {run_id} did not finish")
+
+
+def test_schedules_api(jupyter):
+    c = jupyter.client
+    name = f"s-{uuid.uuid4().hex[:8]}"
+    r = c.post("/flownb/api/schedules", json={"notebook": "params.ipynb", "cron": "0 3 * * *", "name": name,
+                                              "parameters": {"nn": 1}})
+    assert r.status_code == 400 and "did you mean 'n'" in r.json()["error"] and "rate (float)" in r.json()["error"]
+    r = c.post("/flownb/api/schedules", json={"notebook": "../outside.ipynb", "cron": "0 3 * * *", "name": name})
+    assert r.status_code == 400 and "outside" in r.json()["error"]
+    r = c.post("/flownb/api/schedules", json={"notebook": "params.ipynb", "cron": "0 3 * * *", "name": name,
+                                              "tz": "Europe/Berlin", "parameters": {"n": "4", "fail": True}})
+    assert r.status_code == 201, r.text
+    assert r.json()["parameters"] == {"n": 4, "fail": True} and r.json()["next_run"] > time.time()
+    assert name in [s["name"] for s in c.get("/flownb/api/schedules").json()["schedules"]]
+
+    r = c.post(f"/flownb/api/schedules/{name}/run")
+    assert r.status_code == 202 and r.json()["run"]["status"] == "running"
+    run = _wait_run(c, r.json()["run"]["id"])
+    assert (run["status"], run["error_name"], run["error_value"]) == ("failed", "ValueError", "bad n=4")
+    assert run["output_exists"] and run["duration"] > 0 and run["error_cell"] is not None
+    [h] = c.get(f"/flownb/api/schedules/{name}/history").json()["runs"]
+    assert h["id"] == run["id"]
+    assert c.get(f"/flownb/api/schedules/{name}").json()["last_run"]["status"] == "failed"
+
+    assert c.delete(f"/flownb/api/schedules/{name}").status_code == 204
+    r = c.get(f"/flownb/api/schedules/{name}")
+    assert r.status_code == 404 and "no schedule named" in r.json()["error"]
+
+
+def test_run_now_while_running_is_skipped(jupyter):
+    c = jupyter.client
+    name = f"slow-{uuid.uuid4().hex[:8]}"
+    assert c.post("/flownb/api/schedules", json={"notebook": "slow.ipynb", "cron": "0 3 * * *", "name": name,
+                                                 "parameters": {"seconds": 3}}).status_code == 201
+    first = c.post(f"/flownb/api/schedules/{name}/run")
+    second = c.post(f"/flownb/api/schedules/{name}/run")
+    assert first.status_code == 202 and second.status_code == 409
+    assert second.json()["run"]["status"] == "skipped"
+    assert _wait_run(c, first.json()["run"]["id"])["status"] == "ok"
+
+
+def test_api_needs_the_server_token(jupyter):
+    import httpx
+
+    r = httpx.get(f"{jupyter.url}/flownb/api/schedules")
+    assert r.status_code == 403
+    r = httpx.post(f"{jupyter.url}/flownb/api/schedules", json={})
+    assert r.status_code == 403
