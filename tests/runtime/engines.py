@@ -32,6 +32,7 @@ Components (``lt.*``):
 from __future__ import annotations
 
 import sqlite3
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,4 +207,11 @@ class LocalEngine:
             rt.close()
 
 
-ENGINES = {"local": LocalEngine}
+def AmqpEngine():
+    """The RabbitMQ engine (tests/runtime/amqp/amqp_engine.py); skips when no broker runs."""
+    sys.path.insert(0, str(Path(__file__).parent / "amqp"))
+    from amqp_engine import AmqpEngine as Engine
+    return Engine()
+
+
+ENGINES = {"local": LocalEngine, "amqp": AmqpEngine}

@@ -161,6 +161,11 @@ class StepWorker:
             except Exception:  # the loop is already gone: run() returns by itself
                 log.debug("stop: ioloop already closed")
 
+    @property
+    def idle(self) -> bool:
+        """Nothing delivered and unfinished right now (read from another thread: a snapshot)."""
+        return not (self._buffer or self._inputs or self._pending or self._nacked or self._in_process)
+
     def _declare(self) -> None:
         conn = connect(self.url, name=f"flownb {self.step.name} declare")
         try:

@@ -47,8 +47,14 @@ def _state_props(polled: float, version: int) -> pika.BasicProperties:
 class TriggerWorker:
     """Polls a trigger on its interval, committing outputs and cursor atomically."""
 
-    def __init__(self, flow: Flow, broker_url: str):
+    def __init__(self, flow: Flow, broker_url: str, *, max_polls: int | None = None,
+                 ignore_interval: bool = False):
+        """``max_polls``: stop after that many committed polls; ``ignore_interval``: poll as soon as
+        the cursor is held (tests, one-shot runs)."""
         self.flow = flow
+        self.max_polls = max_polls
+        self.ignore_interval = ignore_interval
+        self.polls = 0
         self.url = broker_url
         self.runner = TriggerRunner(flow)
         self.name = flow.trigger.name
@@ -121,7 +127,7 @@ class TriggerWorker:
             state = {}
         polled = float(headers.get(POLLED_HEADER) or 0)
         version = int(headers.get(VERSION_HEADER) or 0)
-        due = polled + self.runner.next_delay(state) if polled else time.time()
+        due = polled + self.runner.next_delay(state) if polled and not self.ignore_interval else time.time()
         self._held = (method.delivery_tag, state, version, due)
 
     def _seed(self, conn) -> None:
@@ -171,6 +177,9 @@ class TriggerWorker:
         ch.basic_ack(tag)
         ch.tx_commit()
         self._held = None
+        self.polls += 1
+        if self.max_polls is not None and self.polls >= self.max_polls:
+            self._stopping = True
         self.metrics.processed.inc(len(payloads))
         if payloads:
             log.info("trigger '%s': emitted %d message(s)", self.name, len(payloads))
