@@ -93,3 +93,73 @@ def test_kill_9_mid_run_then_rerun_delivers_every_row_once(flow_factory, tmp_pat
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0
     assert sink_counts(sink)[0] == TOTAL - len(POISON)
+
+
+def _count(db: Path) -> int:
+    try:
+        con = sqlite3.connect(db, timeout=1)
+        try:
+            return con.execute("select count(*) from orders").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.OperationalError:   # not created yet, or locked by the writer for a moment
+        return 0
+
+
+def test_kill_9_csv_to_sql_upsert_through_the_console_script(tmp_path):
+    """The built-in components end to end: csv.poll → mapping → filter → sql.upsert, killed twice."""
+    rows, poison = 20_000, {77, 12_345, 19_999}
+    csv_path = tmp_path / "orders.csv"
+    with open(csv_path, "w") as fh:
+        fh.write("order_id,updated_at,qty,price,status\n")
+        for i in range(rows):
+            qty = '"n/a"' if i in poison else str(1 + i % 4)
+            fh.write(f"A{i:06d},{i:08d},{qty},2.5,{'cancelled' if i % 10 == 0 else 'paid'}\n")
+    db = tmp_path / "target.db"
+    spec = tmp_path / "flow.yaml"
+    spec.write_text(f"""
+name: crash-orders
+trigger:
+  name: orders
+  component: csv.poll
+  config: {{path: "{csv_path}", cursor: updated_at, key: order_id, parse_numbers: false}}
+steps:
+  - name: shape
+    component: mapping
+    config:
+      fields: {{order_id: order_id, total: $number(qty) * $number(price), status: status}}
+  - name: keep
+    component: filter
+    config: {{condition: status = "paid"}}
+  - name: save
+    component: sql.upsert
+    config: {{url: "sqlite:///{db}", table: orders, key: [order_id], create: true}}
+""")
+    state = tmp_path / "state"
+    flownb = str(Path(sys.executable).parent / "flownb")
+    cmd = [flownb, "run", str(spec), "--state-dir", str(state), "--until-idle"]
+    seen = 0
+    for _ in range(2):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while _count(db) < seen + 2000:
+            assert proc.poll() is None, "the run finished before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        seen = _count(db)
+    expected = {f"A{i:06d}": float(1 + i % 4) * 2.5 for i in range(rows) if i % 10 and i not in poison}
+    assert seen < len(expected)                      # the kills really were mid-way
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    con = sqlite3.connect(db)
+    got = dict(con.execute("select order_id, total from orders"))
+    con.close()
+    assert got == expected
+    dead = subprocess.run([flownb, "dlq", "list", str(spec), "--state-dir", str(state)],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "250"})
+    assert dead.returncode == 0 and "3 dead letter(s)" in dead.stdout, dead.stdout
+    for i in poison:                                  # dead-lettered at the mapping, kept across kills
+        assert f"A{i:06d}" in dead.stdout
+    assert dead.stdout.count("shape") >= 3
