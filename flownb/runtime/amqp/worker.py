@@ -85,11 +85,13 @@ def worker_cli(flow: Flow, args) -> int:
             workers.insert(0, make_worker(flow, flow.trigger.name, broker))
         stop = threading.Event()
         if webhook:
-            threading.Thread(target=run_workers, args=(workers, stop), daemon=True).start()
+            steps = threading.Thread(target=run_workers, args=(workers, stop), daemon=True)
+            steps.start()
             try:
-                return _serve_webhook(flow, broker, args)
+                return _serve_webhook(flow, broker, args)  # returns on SIGTERM/SIGINT
             finally:
                 stop.set()
+                steps.join(60)  # the step workers drain too
         _install_signals(stop.set)
         run_workers(workers, stop)
         return 0
