@@ -84,3 +84,12 @@ def test_trigger_cursor_state_after_polls(engine, flow_factory, tmp_path):
     r = engine.run(flow, polls=2, tmp=tmp_path)
     assert r.trigger_state == {"next": 20}
     assert _ns(r.outputs) == list(range(20))
+
+
+def test_builtin_jsonata_mapping_filter_and_split(engine, flow_factory, tmp_path):
+    flow = flow_factory(("shape", "mapping", {"fields": {"n": "n", "sq": "n * n", "tags": '["a", "b"]'}}),
+                        ("big", "filter", {"condition": "sq > 4"}),
+                        ("each", "split", {"path": 'tags.{"n": $$.n, "tag": $}'}),
+                        trigger=("lt.count", {"total": 5}))
+    r = engine.run(flow, tmp=tmp_path)
+    assert sorted((b["n"], b["tag"]) for b in r.outputs) == [(n, t) for n in (3, 4) for t in "ab"]
