@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from ..errors import ParameterError, did_you_mean
-from .model import ScheduleInputError
+from .model import ScheduleError, ScheduleInputError
 
 __all__ = ["notebook_parameters", "check_parameters"]
 
@@ -27,8 +27,12 @@ def notebook_parameters(notebook: str | Path) -> dict[str, dict]:
     if not path.is_file():
         raise ScheduleInputError(f"notebook '{path}' does not exist; pass the path to an .ipynb file",
                                  field="notebook")
-    import papermill
-    from papermill.exceptions import PapermillException
+    try:
+        import papermill
+        from papermill.exceptions import PapermillException
+    except ImportError as exc:
+        raise ScheduleError("scheduled runs need papermill; install it with: pip install 'flownb[notebook]'") \
+            from exc
 
     try:
         found = papermill.inspect_notebook(str(path))

@@ -52,3 +52,30 @@ def test_run_now_prints_the_failure(tmp_path, capsys, params_nb):
     assert rc == 1 and "failed" in out and "ValueError: bad n=3" in out
     rc, out = run(capsys, "--state-dir", state, "history", "f")
     assert "failed" in out and "ValueError" in out
+
+
+@pytest.mark.slow
+def test_serve_runs_due_schedules_and_stops_on_sigterm(tmp_path, params_nb):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    state = tmp_path / "st"
+    assert main(["schedule", "--state-dir", str(state), "add", str(params_nb), "--cron", "* * * * * */2",
+                 "--name", "often", "-p", "n", "2"]) == 0
+    flownb = Path(sys.executable).parent / "flownb"
+    proc = subprocess.Popen([str(flownb), "schedule", "--state-dir", str(state), "serve", "--interval", "0.2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "COLUMNS": "250"})
+    store = ScheduleStore(state)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(r.status == "ok" for r in store.history("often")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "flownb scheduler" in out and "of 'often': ok" in out
+    assert not [r for r in store.history("often") if r.status == "running"]   # runs in progress finished first
