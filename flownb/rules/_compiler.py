@@ -160,27 +160,80 @@ class _Gen:
         keep = bool(e.get("keepSingletonArray"))
         if (not keep and all(s.type == "name" and not s.get("stages") and not s.get("group")
                              for s in steps)):
-            return f"R.names(c, {tuple(s.value for s in steps)!r})"
-        specs = []
-        for i, s in enumerate(steps):
+            ks = tuple(s.value for s in steps)
+            if len(ks) == 1:
+                return f"(c.get({ks[0]!r}, U) if type(c) is dict else R.names(c, {ks!r}))"
+            return f"R.names(c, {ks!r})"
+        for s in steps:
             if s.get("group") is not None or s.type in ("wildcard", "descendant", "parent", "sort"):
                 raise Unsupported(s.type)
+        if steps[0].type == "unary" and steps[0].value == "[":
+            return self.generic_path(steps, keep)
+        return self.unrolled_path(steps, keep)
+
+    def generic_path(self, steps: list, keep: bool) -> str:
+        specs = []
+        for i, s in enumerate(steps):
             stages = s.get("stages") or []
             st = "(" + "".join(self.stage(p) + ", " for p in stages) + ")"
             if s.type == "name":
                 specs.append(f"('n', {s.value!r}, {st})")
                 continue
-            if i == 0 and s.type == "variable":
-                kind = "v"
-            elif i == 0 and s.type == "unary" and s.value == "[":
-                kind = "c"
-            else:
-                kind = "e"
+            kind = "c" if i == 0 else "e"
             body = self.expr(s)
             if kind == "e" and s.type != "path":
                 body = f"R.collapse({body})"
             specs.append(f"('{kind}', {self.fn(body)}, {st})")
         return f"R.path(c, r, ({''.join(x + ', ' for x in specs)}), {keep})"
+
+    def unrolled_path(self, steps: list, keep: bool) -> str:
+        """A path as straight-line Python: one loop per step over the input sequence."""
+        name = self.name("P")
+        L = [f"def {name}(c, r):"]
+        last = len(steps) - 1
+        for i, s in enumerate(steps):
+            stages = [self.stage(p) for p in (s.get("stages") or [])]
+            staged = "".join(f"        v = R.collapse({st}(v, r))\n" for st in stages)
+            if s.type == "name":
+                get = (f"c.get({s.value!r}, U) if type(c) is dict else "
+                       f"R.collapse(R.lookup(c, {s.value!r}))")
+            else:
+                get = f"R.collapse({self.expr(s)})"
+            if i == 0 and s.type == "name":
+                # the usual start: the context is one object
+                L.append("    if type(c) is dict:")
+                L.append(f"        v = c.get({s.value!r}, U)")
+                L.extend(staged.splitlines())
+                if i == last:
+                    L.append(f"        return v if v is U else R.finish(R._flatten([v], True), {keep})")
+                else:
+                    L.append("        if v is U: return U")
+                    L.append("        seq = v if (type(v) is list or type(v) is R.Seq) else [v]")
+                    L.append("        if not seq: return U")
+                L.append("    else:")
+                L.append("        seq = c if isinstance(c, list) else [c]")
+                L.append("        res = []")
+                L.append("        for c in seq:")
+                L.append(f"            v = {get}")
+                L.extend("    " + x for x in staged.splitlines())
+                L.append("            if v is not U: res.append(v)")
+                L.append(f"        seq = R._flatten(res, {i == last})")
+                L.append("        if not seq: return R.finish(seq, False)" if i != last else
+                         f"        return R.finish(seq, {keep})")
+                continue
+            if i == 0:  # a variable ($, $$) or an expression: evaluated once on the context
+                L.append("    seq = [c]")
+            L.append("    res = []")
+            L.append("    for c in seq:")
+            L.append(f"        v = {get}")
+            L.extend(x for x in staged.splitlines())
+            L.append("        if v is not U: res.append(v)")
+            L.append(f"    seq = R._flatten(res, {i == last})")
+            if i != last:
+                L.append("    if not seq: return U")
+        L.append(f"    return R.finish(seq, {keep})")
+        self.defs.append("\n".join(L) + "\n")
+        return f"{name}(c, r)"
 
     def stage(self, p: Node) -> str:
         if p.type == "number" and type(p.value) is int:

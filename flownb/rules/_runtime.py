@@ -200,6 +200,16 @@ def path(c: Any, r: Any, steps: tuple, keep: bool) -> Any:
     return collapse(seq)
 
 
+def finish(seq: list, keep: bool) -> Any:
+    """The end of a path: mark a kept singleton array, then collapse the sequence."""
+    if keep:
+        if type(seq) is Cons:
+            seq = Seq([seq])
+        if type(seq) is Seq:
+            seq.keep = True
+    return collapse(seq)
+
+
 def index(v: Any, i: int) -> Any:
     """A literal numeric predicate ``[i]``."""
     if not isinstance(v, list):

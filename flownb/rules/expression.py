@@ -71,6 +71,13 @@ class Expression:
     def __repr__(self) -> str:
         return f"Expression({self.source!r}, engine={self.engine!r})"
 
+    @property
+    def function(self) -> Any:
+        """The compiled ``fn(context, root)`` (None with the fallback engine). It returns
+        :data:`UNDEFINED` for undefined and may raise internal errors: callers that are not hot
+        loops should use :meth:`raw` or :meth:`evaluate`."""
+        return self._fn
+
     def raw(self, data: Any) -> Any:
         """Evaluate; JSONata undefined is :data:`UNDEFINED`. Raises :class:`EvaluationError`."""
         if self._fn is not None:

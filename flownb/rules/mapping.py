@@ -15,7 +15,7 @@ import math
 from typing import TYPE_CHECKING, Any, Iterable
 
 from ..errors import ConfigError, ExpressionError
-from ._runtime import U
+from ._runtime import _CONTAINERS, U, EvalError, Fallback, clean
 from .expression import EvaluationError, Expression, compile
 
 if TYPE_CHECKING:
@@ -43,6 +43,8 @@ class Mapping:
                                   field="fields")
             for name, src in fields.items():
                 self._compiled.append((name, _compile_field(src, f"fields.{name}")))
+            # (name, compiled function or None, Expression): the per-record fast path
+            self._fast = [(n, e.function, e) for n, e in self._compiled]
         else:
             self._expr = _compile_field(expression, "expression")
 
@@ -77,6 +79,18 @@ class Mapping:
                                       f"wrap it in {{…}} or use a 'split' step for arrays",
                                       expression=self.expression or "")
             return out
+        out = {}
+        name = ""
+        try:
+            for name, fn, expr in self._fast:
+                v = fn(body, body) if fn is not None else expr.raw(body)
+                if v is not U:
+                    out[name] = clean(v) if type(v) in _CONTAINERS else v
+        except (EvalError, Fallback, EvaluationError, RecursionError):
+            return self._apply_slow(body)
+        return out
+
+    def _apply_slow(self, body: Any) -> dict:
         out = {}
         for name, expr in self._compiled:
             try:
@@ -116,18 +130,21 @@ class Mapping:
     def _preview_fields(self, records: list) -> tuple[dict, list]:
         cols: dict[str, list] = {}
         errors: list = [None] * len(records)
-        for name, expr in self._compiled:
-            fn = expr.raw
-            col = [None] * len(records)
+        for name, fn, expr in self._fast:
+            col: list = [None] * len(records)
+            raw = expr.raw
             for i, rec in enumerate(records):
                 try:
-                    v = fn(rec)
-                except EvaluationError as exc:
-                    msg = f"field '{name}': {exc.detail}"
-                    errors[i] = msg if errors[i] is None else f"{errors[i]}; {msg}"
-                    continue
+                    v = fn(rec, rec) if fn is not None else raw(rec)
+                except (EvalError, Fallback, EvaluationError, RecursionError):
+                    try:  # again through the checked path: the fallback, or the error with its text
+                        v = raw(rec)
+                    except EvaluationError as exc:
+                        msg = f"field '{name}': {exc.detail}"
+                        errors[i] = msg if errors[i] is None else f"{errors[i]}; {msg}"
+                        continue
                 if v is not U:
-                    col[i] = v
+                    col[i] = clean(v) if type(v) in _CONTAINERS else v
             cols[name] = col
         return cols, errors
 
@@ -186,91 +203,103 @@ _MISSING = object()
 
 def to_records(frame: "pd.DataFrame") -> list[dict]:
     """DataFrame rows as JSON-like dicts (see the module docstring for the rules)."""
-    import numpy as np
-    import pandas as pd
-
-    names = [str(c) for c in frame.columns]
-    columns = []
-    holes = False
-    for (_, col) in frame.items():
-        kind = col.dtype.kind
-        if kind == "M" or isinstance(col.dtype, pd.DatetimeTZDtype):
-            na = col.isna().to_numpy()
-            vals = [_MISSING if m else v.isoformat() for v, m in zip(col.tolist(), na)]
-            holes = holes or bool(na.any())
-        elif kind == "m":
-            vals = [_MISSING if pd.isna(v) else v.total_seconds() for v in col.tolist()]
-            holes = True
-        elif kind == "f":
-            arr = col.to_numpy()
-            vals = arr.tolist()
-            if np.isnan(arr).any():
-                holes = True
-                vals = [_MISSING if v != v else v for v in vals]
-        elif kind in "iub":
-            vals = col.tolist()
-        else:
-            vals = [_cell(v) for v in col.tolist()]
-            holes = True
-        columns.append(vals)
-    rows = [dict(zip(names, vs)) for vs in zip(*columns)] if columns else [{} for _ in range(len(frame))]
-    if holes:
-        for r in rows:
-            if _MISSING in r.values():
-                for k in [k for k, v in r.items() if v is _MISSING]:
-                    del r[k]
-    if any("." in n for n in names):
-        rows = [_unflatten(r) for r in rows]
-    return rows
-
-
-def _cell(v: Any) -> Any:
-    t = type(v)
-    if t is str or t is int or t is bool or t is dict or t is list:
-        return _json(v) if (t is dict or t is list) else v
-    if v is None:
-        return _MISSING
-    if t is float:
-        return _MISSING if math.isnan(v) else v
-    return _json(v, top=True)
-
-
-def _json(v: Any, top: bool = False) -> Any:
-    """A nested value as JSON-like Python (numpy scalars/arrays, Timestamps, NaN inside)."""
-    t = type(v)
-    if t is str or t is int or t is bool or v is None:
-        return v
-    if t is float:
-        return (_MISSING if top else None) if math.isnan(v) else v
-    if t is dict:
-        return {str(k): _json(x) for k, x in v.items()}
-    if t is list or t is tuple:
-        return [_json(x) for x in v]
-    import numpy as np
-    import pandas as pd
-    if v is pd.NaT or (isinstance(v, np.floating) and np.isnan(v)):
-        return _MISSING if top else None
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return [_json(x) for x in v.tolist()]
-    if hasattr(v, "isoformat"):
-        return v.isoformat()
-    return v
-
-
-def _unflatten(row: dict) -> dict:
-    out: dict = {}
-    for key, v in row.items():
-        if "." not in key:
-            out[key] = v
-            continue
-        parts = key.split(".")
-        node = out
+    tree: dict = {}
+    for name, col in frame.items():
+        parts = str(name).split(".")
+        node = tree
         for p in parts[:-1]:
             nxt = node.get(p)
             if not isinstance(nxt, dict):
                 nxt = node[p] = {}
             node = nxt
-        node[parts[-1]] = v
-    return out
+        if not isinstance(node.get(parts[-1]), dict):  # a nested group wins over a flat column
+            node[parts[-1]] = col
+    return _build(tree, len(frame))
+
+
+def _build(tree: dict, n: int) -> list[dict]:
+    import numpy as np
+
+    names, columns, holes = [], [], None
+    for key, node in tree.items():
+        if isinstance(node, dict):
+            vals, mask = _build(node, n), None
+        else:
+            vals, mask = _column(node)
+        names.append(key)
+        columns.append(vals)
+        if mask is not None:
+            holes = mask if holes is None else (holes | mask)
+    rows = [dict(zip(names, vs)) for vs in zip(*columns)] if columns else [{} for _ in range(n)]
+    if holes is not None:
+        for i in np.flatnonzero(holes).tolist():
+            r = rows[i]
+            for k in [k for k, v in r.items() if v is _MISSING]:
+                del r[k]
+    return rows
+
+
+def _column(col: "pd.Series") -> tuple[list, Any]:
+    """A column as a list of JSON-like values (``_MISSING`` where empty) and its empty-cell mask."""
+    import numpy as np
+    import pandas as pd
+
+    kind = col.dtype.kind
+    if kind in "iub":
+        return col.tolist(), None
+    if kind == "f":
+        arr = col.to_numpy()
+        vals, mask = arr.tolist(), np.isnan(arr)
+    elif kind == "M" or isinstance(col.dtype, pd.DatetimeTZDtype):
+        mask = col.isna().to_numpy()
+        vals = [None if m else v.isoformat() for v, m in zip(col.tolist(), mask)]
+    elif kind == "m":
+        mask = col.isna().to_numpy()
+        vals = [None if m else v.total_seconds() for v, m in zip(col.tolist(), mask)]
+    else:
+        mask = col.isna().to_numpy()
+        vals = col.tolist()
+        if pd.api.types.infer_dtype(col, skipna=True) not in ("string", "empty", "boolean", "integer"):
+            vals = _jsonable([None if m else v for v, m in zip(vals, mask)])
+    if not mask.any():
+        return vals, None
+    for i in np.flatnonzero(mask).tolist():
+        vals[i] = _MISSING
+    return vals, mask
+
+
+def _jsonable(vals: list) -> list:
+    """Nested cells as JSON-like Python: numpy scalars/arrays, Timestamps, NaN (→ null) inside."""
+    import orjson
+    try:
+        return orjson.loads(orjson.dumps(vals, default=_default,
+                                         option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS))
+    except (TypeError, orjson.JSONEncodeError):
+        return [_json(v) for v in vals]
+
+
+def _default(v: Any) -> Any:
+    if hasattr(v, "isoformat") and v == v:
+        return v.isoformat()
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    if v != v:  # NaT, pd.NA
+        return None
+    raise TypeError(f"{type(v).__name__} is not JSON")
+
+
+def _json(v: Any) -> Any:
+    t = type(v)
+    if t is str or t is int or t is bool or v is None:
+        return v
+    if t is float:
+        return None if math.isnan(v) else v
+    if t is dict:
+        return {str(k): _json(x) for k, x in v.items()}
+    if t is list or t is tuple:
+        return [_json(x) for x in v]
+    if hasattr(v, "tolist"):
+        return _json(v.tolist())
+    if hasattr(v, "isoformat"):
+        return v.isoformat() if v == v else None
+    return str(v)
