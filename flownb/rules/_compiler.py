@@ -197,8 +197,10 @@ class _Gen:
             if s.type == "name":
                 get = (f"c.get({s.value!r}, U) if type(c) is dict else "
                        f"R.collapse(R.lookup(c, {s.value!r}))")
-            else:
+            elif s.type == "variable":
                 get = f"R.collapse({self.expr(s)})"
+            else:  # compiled expressions never return an uncollapsed sequence
+                get = self.expr(s)
             if i == 0 and s.type == "name":
                 # the usual start: the context is one object
                 L.append("    if type(c) is dict:")
