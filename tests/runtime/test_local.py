@@ -302,3 +302,30 @@ def test_memory_runtime_leaves_no_files(flow_factory, tmp_path, monkeypatch):
         rt.poll_once()
         rt.drain()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_one_runtime_per_state_database(flow_factory, tmp_path):
+    flow = flow_factory(("double", "lt.double", {}))
+    rt = LocalRuntime(flow, tmp_path)
+    with pytest.raises(RuntimeFailure, match="already running with state directory"):
+        LocalRuntime(flow, tmp_path)
+    with LocalRuntime(flow, tmp_path / "other"), LocalRuntime(flow, memory=True):
+        pass
+    dlq = LocalDeadLetters(flow, tmp_path)  # dead letters can be listed and replayed meanwhile
+    assert dlq.list() == []
+    dlq.close()
+    rt.close()
+    with LocalRuntime(flow, tmp_path):
+        pass
+
+
+def test_trigger_only_flow(flow_factory, tmp_path):
+    flow = flow_factory(trigger=("lt.count", {"total": 3}))
+    r = flow.test()
+    assert r.last == [{"n": 0}, {"n": 1}, {"n": 2}]
+    got = []
+    with LocalRuntime(flow, tmp_path) as rt:
+        rt.add_final_listener(lambda trace, bodies: got.append(bodies))
+        rt.submit({"n": 9})
+        assert rt.run(until_idle=True).steps["src"].outputs == 4
+    assert got == [[{"n": 9}]]

@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 
 import orjson
 
-from ...errors import FatalError, MessageError, QueueFull
+from ...errors import FatalError, MessageError, QueueFull, RuntimeFailure
 from ...flow import Flow
 from ...message import Message
 from ..core import DeadLetter, ErrorInfo, Outcome, StepRunner, TriggerRunner
@@ -127,7 +127,12 @@ class LocalRuntime:
         self.runners: dict[str, StepRunner] = {}
         for name in self.steps:
             self.runners[name] = StepRunner(self.flow, name, state_dir=self.state_dir)
-        self.store = QueueStore(None if memory else self.state_dir / f"{self.flow.name}.db")
+        self._lock_file = None if memory else _lock(self.state_dir, self.flow.name)
+        try:
+            self.store = QueueStore(None if memory else self.state_dir / f"{self.flow.name}.db")
+        except BaseException:
+            self._unlock()
+            raise
         names = [self.flow.trigger.name, *self.steps]
         self.stats = {n: StepStats() for n in names}
         self.recorded: dict[str, list[dict]] | None = {n: [] for n in names} if record else None
@@ -153,6 +158,12 @@ class LocalRuntime:
             r.close()
         self.trigger.close()
         self.store.close()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing releases the flock (the OS also does on kill -9)
+            self._lock_file = None
 
     def stop(self) -> None:
         """Ask :meth:`run` to return after the current batch."""
@@ -172,7 +183,8 @@ class LocalRuntime:
             raise MessageError(f"a message body must be a JSON object, got {type(body).__name__}",
                                step=self.flow.trigger.name)
         message, payload = self.trigger.emit(body, {str(k): str(v) for k, v in (headers or {}).items()})
-        if self._first is None:
+        if self._first is None:  # a trigger-only flow: the body is the flow's output
+            self.stats[self.flow.trigger.name].outputs += 1
             self._finish([(message.trace, [body])])
             return message
         with self._submit_lock:
@@ -425,6 +437,26 @@ class LocalRuntime:
 
     def dead_letters(self, step: str | None = None) -> list[DeadLetter]:
         return [dead_letter_from_row(r) for r in self.store.dead_rows(step)]
+
+
+def _lock(state_dir: Path, flow: str):
+    """Hold ``<state_dir>/<flow>.lock`` (flock) while a runtime uses the flow's queues: two runtimes
+    on one database would process the same messages twice."""
+    import fcntl
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fh = open(state_dir / f"{flow}.lock", "a+")
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot use state directory '{state_dir}': {exc}; pass a writable "
+                             f"--state-dir") from exc
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise RuntimeFailure(f"flow '{flow}' is already running with state directory '{state_dir}' "
+                             f"(another process or runtime holds {flow}.lock); stop it first, or pass "
+                             f"another --state-dir") from None
+    return fh
 
 
 def _error_json(exc: BaseException, step: str, attempt: int) -> bytes:
