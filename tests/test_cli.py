@@ -177,6 +177,21 @@ def test_dlq_list_show_replay_after_fix(tmp_path, capsys, monkeypatch):
     assert "0 dead letter(s)" in capsys.readouterr().out
 
 
+def _idle(db: Path) -> bool:
+    import sqlite3
+    if not db.exists():
+        return False
+    con = sqlite3.connect(db, timeout=5)
+    try:
+        polled = con.execute("select count(*) from trigger_state").fetchone()[0]
+        queued = con.execute("select count(*) from queue").fetchone()[0]
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        con.close()
+    return polled == 1 and queued == 0
+
+
 @pytest.mark.slow
 def test_run_stops_on_sigterm(tmp_path):
     import signal
@@ -184,8 +199,12 @@ def test_run_stops_on_sigterm(tmp_path):
     p = spec(tmp_path)
     proc = subprocess.Popen([FLOWNB, "run", str(p), "--state-dir", str(tmp_path / "s")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)
-    assert proc.poll() is None
+    db = tmp_path / "s" / "cli-test.db"
+    deadline = time.monotonic() + 60
+    while not _idle(db):                # polled once and processed everything: now idle
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
