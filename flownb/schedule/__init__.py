@@ -24,20 +24,53 @@ from .runner import prune_outputs, run_now
 from .scheduler import Scheduler
 from .store import ScheduleStore
 
-__all__ = ["Schedule", "RunRecord", "ScheduleStore", "Scheduler", "ScheduleError", "ScheduleInputError",
-           "add_schedule", "run_now", "prune_outputs", "cronjob_manifests", "next_fire_times", "parse_schedule"]
+__all__ = [
+    "Schedule",
+    "RunRecord",
+    "ScheduleStore",
+    "Scheduler",
+    "ScheduleError",
+    "ScheduleInputError",
+    "add_schedule",
+    "run_now",
+    "prune_outputs",
+    "cronjob_manifests",
+    "next_fire_times",
+    "parse_schedule",
+]
 
 
-def add_schedule(store: ScheduleStore, notebook: str | Path, *, cron: str, name: str, tz: str = "UTC",
-                 parameters: dict[str, Any] | None = None, timeout: float = 3600.0, catchup: str = "none",
-                 keep: int = 20, allow_overlap: bool = False, replace: bool = False) -> Schedule:
+def add_schedule(
+    store: ScheduleStore,
+    notebook: str | Path,
+    *,
+    cron: str,
+    name: str,
+    tz: str = "UTC",
+    parameters: dict[str, Any] | None = None,
+    timeout: float = 3600.0,
+    catchup: str = "none",
+    keep: int = 20,
+    allow_overlap: bool = False,
+    replace: bool = False,
+) -> Schedule:
     """Validate (cron, time zone, parameters against the notebook's ``parameters`` cell) and store a
     schedule. String parameter values are converted to the notebook's parameter types."""
     from .params import check_parameters
 
     path = Path(notebook).resolve()
-    schedule = parse_schedule({"name": name, "notebook": str(path), "cron": cron, "tz": tz,
-                               "parameters": {}, "timeout": timeout, "catchup": catchup, "keep": keep,
-                               "allow_overlap": allow_overlap})
+    schedule = parse_schedule(
+        {
+            "name": name,
+            "notebook": str(path),
+            "cron": cron,
+            "tz": tz,
+            "parameters": {},
+            "timeout": timeout,
+            "catchup": catchup,
+            "keep": keep,
+            "allow_overlap": allow_overlap,
+        }
+    )
     values = check_parameters(path, dict(parameters or {}))
     return store.add(schedule.model_copy(update={"parameters": values}), replace=replace)

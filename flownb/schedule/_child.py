@@ -55,16 +55,28 @@ def execute(job: dict) -> dict:
     logger = logging.getLogger("flownb.schedule.run")
     try:
         papermill.execute_notebook(
-            job["notebook"], job["output"], parameters=job.get("parameters") or {},
-            cwd=job.get("cwd"), log_output=True,
+            job["notebook"],
+            job["output"],
+            parameters=job.get("parameters") or {},
+            cwd=job.get("cwd"),
+            log_output=True,
             progress_bar={"file": _LogWriter(logger), "ascii": True, "mininterval": 0, "ncols": 80},
         )
     except PapermillExecutionError as exc:
-        return {"status": "failed", "error_cell": _failed_cell(job["output"], exc.cell_index),
-                "error_name": exc.ename, "error_value": exc.evalue}
+        return {
+            "status": "failed",
+            "error_cell": _failed_cell(job["output"], exc.cell_index),
+            "error_name": exc.ename,
+            "error_value": exc.evalue,
+        }
     except Exception as exc:  # kernel did not start, notebook unreadable …: recorded, not raised
         logger.exception("run failed before or outside a cell")
-        return {"status": "failed", "error_cell": None, "error_name": type(exc).__name__, "error_value": str(exc)}
+        return {
+            "status": "failed",
+            "error_cell": None,
+            "error_name": type(exc).__name__,
+            "error_value": str(exc),
+        }
     return {"status": "ok"}
 
 

@@ -23,11 +23,22 @@ def add_parser(sub: Any) -> None:
     a.add_argument("--cron", required=True, help="'0 3 * * *' (5 fields) or with seconds as a 6th field")
     a.add_argument("--name", required=True, help="schedule name: lowercase letters, digits, '-'")
     a.add_argument("--tz", default="UTC", help="IANA time zone the cron expression is read in")
-    a.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
-                   help="papermill parameter (repeatable)")
+    a.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        default=[],
+        help="papermill parameter (repeatable)",
+    )
     a.add_argument("--timeout", type=float, default=3600.0, help="seconds before a run is killed")
-    a.add_argument("--catchup", choices=["none", "last", "all"], default="none",
-                   help="after downtime: run nothing missed, the last missed run, or every missed run")
+    a.add_argument(
+        "--catchup",
+        choices=["none", "last", "all"],
+        default="none",
+        help="after downtime: run nothing missed, the last missed run, or every missed run",
+    )
     a.add_argument("--keep", type=int, default=20, help="newest output notebooks kept")
     a.add_argument("--allow-overlap", action="store_true", help="let a run start while the previous one runs")
     a.add_argument("--replace", action="store_true", help="replace a schedule of the same name")
@@ -42,16 +53,27 @@ def add_parser(sub: Any) -> None:
     h.add_argument("--limit", type=int, default=20)
     s = ss.add_parser("serve", help="the scheduler: run schedules as they come due until Ctrl-C")
     s.add_argument("--interval", type=float, default=0.5, help="seconds between scheduling decisions")
-    s.add_argument("--grace", type=float, default=60.0,
-                   help="a run due at most this many seconds ago is on time; older ones are missed")
+    s.add_argument(
+        "--grace",
+        type=float,
+        default=60.0,
+        help="a run due at most this many seconds ago is on time; older ones are missed",
+    )
 
 
 def _when(ts: float | None) -> str:
     return "-" if ts is None else datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
-_STYLE = {"ok": "green", "failed": "red", "timeout": "red", "lost": "red", "skipped": "yellow",
-          "running": "cyan", "queued": "blue"}
+_STYLE = {
+    "ok": "green",
+    "failed": "red",
+    "timeout": "red",
+    "lost": "red",
+    "skipped": "yellow",
+    "running": "cyan",
+    "queued": "blue",
+}
 
 
 def _status(status: str) -> str:
@@ -68,11 +90,23 @@ def schedule_cli(args: argparse.Namespace, console: Any) -> int:
 def _add(args, store, console) -> int:
     from . import add_schedule
 
-    s = add_schedule(store, args.notebook, cron=args.cron, name=args.name, tz=args.tz,
-                     parameters=dict(args.param), timeout=args.timeout, catchup=args.catchup, keep=args.keep,
-                     allow_overlap=args.allow_overlap, replace=args.replace)
-    console.print(f"[green]added[/green] schedule '{s.name}': {s.notebook} at '{s.cron}' ({s.tz}), "
-                  f"parameters {s.parameters or '{}'}")
+    s = add_schedule(
+        store,
+        args.notebook,
+        cron=args.cron,
+        name=args.name,
+        tz=args.tz,
+        parameters=dict(args.param),
+        timeout=args.timeout,
+        catchup=args.catchup,
+        keep=args.keep,
+        allow_overlap=args.allow_overlap,
+        replace=args.replace,
+    )
+    console.print(
+        f"[green]added[/green] schedule '{s.name}': {s.notebook} at '{s.cron}' ({s.tz}), "
+        f"parameters {s.parameters or '{}'}"
+    )
     return 0
 
 
@@ -84,15 +118,36 @@ def _list(args, store, console) -> int:
     from .model import next_fire_times
 
     t = Table(title=f"schedules in {store.state_dir}")
-    for c in ("name", "notebook", "cron", "tz", "parameters", "timeout", "catchup", "keep", "overlap",
-              "next run", "last run"):
+    for c in (
+        "name",
+        "notebook",
+        "cron",
+        "tz",
+        "parameters",
+        "timeout",
+        "catchup",
+        "keep",
+        "overlap",
+        "next run",
+        "last run",
+    ):
         t.add_column(c, overflow="fold")
     for s in store.list():
         nxt = next_fire_times(s, time.time(), time.time() + 366 * 86400, limit=1)
         last = store.history(s.name, limit=1)
-        t.add_row(s.name, Path(s.notebook).name, s.cron, s.tz, str(s.parameters), f"{s.timeout:g}s", s.catchup, str(s.keep),
-                  "yes" if s.allow_overlap else "no", _when(nxt[0] if nxt else None),
-                  f"{_status(last[0].status)} {_when(last[0].started_at or last[0].queued_at)}" if last else "-")
+        t.add_row(
+            s.name,
+            Path(s.notebook).name,
+            s.cron,
+            s.tz,
+            str(s.parameters),
+            f"{s.timeout:g}s",
+            s.catchup,
+            str(s.keep),
+            "yes" if s.allow_overlap else "no",
+            _when(nxt[0] if nxt else None),
+            f"{_status(last[0].status)} {_when(last[0].started_at or last[0].queued_at)}" if last else "-",
+        )
     console.print(t)
     return 0
 
@@ -133,11 +188,19 @@ def _history(args, store, console) -> int:
     for r in store.history(args.name, limit=args.limit):
         err = ""
         if r.error_name or r.error_value:
-            err = (f"cell {r.error_cell}: " if r.error_cell is not None else "") + \
-                  f"{r.error_name or ''}: {r.error_value or ''}"
-        t.add_row(str(r.id), _status(r.status), r.trigger, _when(r.planned_for), _when(r.started_at),
-                  "-" if r.duration is None else f"{r.duration:.1f}s",
-                  (r.output or "-") + ("" if r.output_exists or not r.output else " (pruned)"), err)
+            err = (
+                f"cell {r.error_cell}: " if r.error_cell is not None else ""
+            ) + f"{r.error_name or ''}: {r.error_value or ''}"
+        t.add_row(
+            str(r.id),
+            _status(r.status),
+            r.trigger,
+            _when(r.planned_for),
+            _when(r.started_at),
+            "-" if r.duration is None else f"{r.duration:.1f}s",
+            (r.output or "-") + ("" if r.output_exists or not r.output else " (pruned)"),
+            err,
+        )
     console.print(t)
     return 0
 
@@ -145,11 +208,15 @@ def _history(args, store, console) -> int:
 def _serve(args, store, console) -> int:
     from .scheduler import Scheduler
 
-    sched = Scheduler(store, interval=args.interval, grace=args.grace, on_run=lambda r: _print_run(console, r))
+    sched = Scheduler(
+        store, interval=args.interval, grace=args.grace, on_run=lambda r: _print_run(console, r)
+    )
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: sched.stop())
-    console.print(f"[bold]flownb scheduler[/bold] on {store.state_dir}: {len(store.names())} schedule(s); "
-                  f"Ctrl-C to stop (runs in progress finish first)")
+    console.print(
+        f"[bold]flownb scheduler[/bold] on {store.state_dir}: {len(store.names())} schedule(s); "
+        f"Ctrl-C to stop (runs in progress finish first)"
+    )
     try:
         sched.serve()
     except KeyboardInterrupt:
@@ -159,5 +226,11 @@ def _serve(args, store, console) -> int:
     return 0
 
 
-_ACTIONS = {"add": _add, "list": _list, "remove": _remove, "run-now": _run_now, "history": _history,
-            "serve": _serve}
+_ACTIONS = {
+    "add": _add,
+    "list": _list,
+    "remove": _remove,
+    "run-now": _run_now,
+    "history": _history,
+    "serve": _serve,
+}

@@ -25,10 +25,19 @@ __all__ = ["cronjob_manifests"]
 log = logging.getLogger("flownb.schedule.k8s")
 
 
-def cronjob_manifests(schedules: Iterable[Schedule], image: str, *, namespace: str | None = None,
-                      workdir: str = "/app", notebook_root: str | Path | None = None,
-                      output_dir: str = "/runs", name_prefix: str = "nb-", grace: int = 60,
-                      env_from_secret: str | None = None, labels: dict[str, str] | None = None) -> list[dict]:
+def cronjob_manifests(
+    schedules: Iterable[Schedule],
+    image: str,
+    *,
+    namespace: str | None = None,
+    workdir: str = "/app",
+    notebook_root: str | Path | None = None,
+    output_dir: str = "/runs",
+    name_prefix: str = "nb-",
+    grace: int = 60,
+    env_from_secret: str | None = None,
+    labels: dict[str, str] | None = None,
+) -> list[dict]:
     """One CronJob manifest (a dict ready for ``yaml.safe_dump``) per schedule.
 
     The notebook path inside the image is ``workdir`` / (its path relative to ``notebook_root``, or
@@ -36,8 +45,12 @@ def cronjob_manifests(schedules: Iterable[Schedule], image: str, *, namespace: s
     keep them). ``env_from_secret`` names a Secret whose keys become environment variables.
     """
     root = Path(notebook_root).resolve() if notebook_root else None
-    return [_cronjob(s, image, namespace, workdir, root, output_dir, name_prefix, grace, env_from_secret,
-                     labels or {}) for s in schedules]
+    return [
+        _cronjob(
+            s, image, namespace, workdir, root, output_dir, name_prefix, grace, env_from_secret, labels or {}
+        )
+        for s in schedules
+    ]
 
 
 def _in_image(notebook: str, workdir: str, root: Path | None) -> str:
@@ -51,27 +64,60 @@ def _in_image(notebook: str, workdir: str, root: Path | None) -> str:
     return f"{workdir.rstrip('/')}/{rel.as_posix()}"
 
 
-def _cronjob(s: Schedule, image: str, namespace: str | None, workdir: str, root: Path | None, output_dir: str,
-             prefix: str, grace: int, secret: str | None, labels: dict[str, str]) -> dict:
+def _cronjob(
+    s: Schedule,
+    image: str,
+    namespace: str | None,
+    workdir: str,
+    root: Path | None,
+    output_dir: str,
+    prefix: str,
+    grace: int,
+    secret: str | None,
+    labels: dict[str, str],
+) -> dict:
     if s.has_seconds:
-        raise DeployError(f"schedule '{s.name}': cron '{s.cron}' has a seconds field, which Kubernetes "
-                          f"CronJobs do not support; use a 5-field expression for an exported schedule")
+        raise DeployError(
+            f"schedule '{s.name}': cron '{s.cron}' has a seconds field, which Kubernetes "
+            f"CronJobs do not support; use a 5-field expression for an exported schedule"
+        )
     name = f"{prefix}{s.name}"
     if len(name) > 52 or not re.match(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", name):
-        raise DeployError(f"CronJob name '{name}' is not a valid Kubernetes name (at most 52 characters, "
-                          f"lowercase letters, digits, '-'); shorten the schedule name or name_prefix")
+        raise DeployError(
+            f"CronJob name '{name}' is not a valid Kubernetes name (at most 52 characters, "
+            f"lowercase letters, digits, '-'); shorten the schedule name or name_prefix"
+        )
     if s.catchup == "all":
-        log.warning("schedule '%s': catchup=all cannot be expressed as a CronJob; Kubernetes starts only the "
-                    "most recent missed run (as catchup=last)", s.name)
+        log.warning(
+            "schedule '%s': catchup=all cannot be expressed as a CronJob; Kubernetes starts only the "
+            "most recent missed run (as catchup=last)",
+            s.name,
+        )
     notebook = _in_image(s.notebook, workdir, root)
     out = f"{output_dir.rstrip('/')}/{s.name}.ipynb"
-    command = ["papermill", notebook, out, "--cwd", str(Path(notebook).parent), "--log-output", "--no-progress-bar"]
+    command = [
+        "papermill",
+        notebook,
+        out,
+        "--cwd",
+        str(Path(notebook).parent),
+        "--log-output",
+        "--no-progress-bar",
+    ]
     if s.parameters:
         command += ["-y", json.dumps(s.parameters, sort_keys=True)]
-    meta_labels = {"app.kubernetes.io/name": "flownb", "app.kubernetes.io/component": "schedule",
-                   "flownb/schedule": s.name, **labels}
-    container: dict = {"name": "notebook", "image": image, "command": command,
-                       "volumeMounts": [{"name": "runs", "mountPath": output_dir}]}
+    meta_labels = {
+        "app.kubernetes.io/name": "flownb",
+        "app.kubernetes.io/component": "schedule",
+        "flownb/schedule": s.name,
+        **labels,
+    }
+    container: dict = {
+        "name": "notebook",
+        "image": image,
+        "command": command,
+        "volumeMounts": [{"name": "runs", "mountPath": output_dir}],
+    }
     if secret:
         container["envFrom"] = [{"secretRef": {"name": secret}}]
     job_spec = {
@@ -79,8 +125,11 @@ def _cronjob(s: Schedule, image: str, namespace: str | None, workdir: str, root:
         "backoffLimit": 0,
         "template": {
             "metadata": {"labels": meta_labels},
-            "spec": {"restartPolicy": "Never", "containers": [container],
-                     "volumes": [{"name": "runs", "emptyDir": {}}]},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [container],
+                "volumes": [{"name": "runs", "emptyDir": {}}],
+            },
         },
     }
     spec: dict = {
@@ -93,8 +142,11 @@ def _cronjob(s: Schedule, image: str, namespace: str | None, workdir: str, root:
     }
     if s.catchup == "none":
         spec["startingDeadlineSeconds"] = grace
-    metadata: dict = {"name": name, "labels": meta_labels,
-                      "annotations": {"flownb/catchup": s.catchup, "flownb/notebook": notebook}}
+    metadata: dict = {
+        "name": name,
+        "labels": meta_labels,
+        "annotations": {"flownb/catchup": s.catchup, "flownb/notebook": notebook},
+    }
     if namespace:
         metadata["namespace"] = namespace
     return {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": metadata, "spec": spec}

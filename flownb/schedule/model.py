@@ -6,7 +6,6 @@ being seconds (croniter's convention: ``* * * * * */10`` fires every ten seconds
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -17,8 +16,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import FlownbError, SpecError, did_you_mean
 
-__all__ = ["Schedule", "RunRecord", "ScheduleError", "ScheduleInputError", "Catchup", "STATUSES",
-           "next_fire_times", "parse_schedule"]
+__all__ = [
+    "Schedule",
+    "RunRecord",
+    "ScheduleError",
+    "ScheduleInputError",
+    "Catchup",
+    "STATUSES",
+    "next_fire_times",
+    "parse_schedule",
+]
 
 Catchup = Literal["none", "last", "all"]
 #: run statuses: queued → running → ok | failed | timeout;  skipped (overlap) and lost (owner died)
@@ -54,8 +61,10 @@ class Schedule(BaseModel):
     def _cron(cls, v: str) -> str:
         v = " ".join(v.split())
         if len(v.split()) not in (5, 6) or not croniter.is_valid(v):
-            raise ValueError(f"{v!r} is not a cron expression; write 5 fields 'minute hour day month "
-                             f"weekday' (e.g. '0 3 * * *') or add a 6th field for seconds ('* * * * * */10')")
+            raise ValueError(
+                f"{v!r} is not a cron expression; write 5 fields 'minute hour day month "
+                f"weekday' (e.g. '0 3 * * *') or add a 6th field for seconds ('* * * * * */10')"
+            )
         return v
 
     @field_validator("tz")
@@ -65,8 +74,9 @@ class Schedule(BaseModel):
             ZoneInfo(v)
         except (ZoneInfoNotFoundError, ValueError):
             hint = did_you_mean(v, sorted(available_timezones()))
-            raise ValueError(f"unknown time zone {v!r}{hint} use an IANA name like 'Europe/Berlin' or 'UTC'") \
-                from None
+            raise ValueError(
+                f"unknown time zone {v!r}{hint} use an IANA name like 'Europe/Berlin' or 'UTC'"
+            ) from None
         return v
 
     @property
@@ -88,8 +98,10 @@ def parse_schedule(data: dict) -> Schedule:
         if field == "name" and err["type"] == "string_pattern_mismatch":
             msg = f"{err.get('input')!r} is not a valid schedule name; use lowercase letters, digits and '-'"
         elif err["type"] == "extra_forbidden":
-            msg = f"unknown field{did_you_mean(str(field), Schedule.model_fields)} " \
-                  f"allowed: {', '.join(Schedule.model_fields)}"
+            msg = (
+                f"unknown field{did_you_mean(str(field), Schedule.model_fields)} "
+                f"allowed: {', '.join(Schedule.model_fields)}"
+            )
         raise ScheduleInputError(msg, field=field) from None
 
 
@@ -119,7 +131,7 @@ class RunRecord(BaseModel):
     id: int
     schedule: str
     status: str
-    trigger: str = "cron"                 # cron | catchup | manual
+    trigger: str = "cron"  # cron | catchup | manual
     planned_for: float | None = None
     queued_at: float | None = None
     started_at: float | None = None

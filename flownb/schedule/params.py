@@ -25,14 +25,16 @@ def notebook_parameters(notebook: str | Path) -> dict[str, dict]:
     """``{name: {"type": "int" | … | None, "default": value, "help": str}}`` of the parameters cell."""
     path = Path(notebook)
     if not path.is_file():
-        raise ScheduleInputError(f"notebook '{path}' does not exist; pass the path to an .ipynb file",
-                                 field="notebook")
+        raise ScheduleInputError(
+            f"notebook '{path}' does not exist; pass the path to an .ipynb file", field="notebook"
+        )
     try:
         import papermill
         from papermill.exceptions import PapermillException
     except ImportError as exc:
-        raise ScheduleError("scheduled runs need papermill; install it with: pip install 'flownb[notebook]'") \
-            from exc
+        raise ScheduleError(
+            "scheduled runs need papermill; install it with: pip install 'flownb[notebook]'"
+        ) from exc
 
     try:
         found = papermill.inspect_notebook(str(path))
@@ -43,7 +45,11 @@ def notebook_parameters(notebook: str | Path) -> dict[str, dict]:
         default = _literal(p.get("default"))
         declared = p.get("inferred_type_name")
         tname = declared if declared in _TYPES else (type(default).__name__ if default is not None else None)
-        out[name] = {"type": tname if tname in _TYPES else None, "default": default, "help": p.get("help", "")}
+        out[name] = {
+            "type": tname if tname in _TYPES else None,
+            "default": default,
+            "help": p.get("help", ""),
+        }
     return out
 
 
@@ -61,14 +67,19 @@ def check_parameters(notebook: str | Path, values: dict[str, Any]) -> dict[str, 
     value that does not fit is a ParameterError that lists the known parameters."""
     known = notebook_parameters(notebook)
     if values and not known:
-        raise ParameterError(f"notebook '{notebook}' has no 'parameters' cell; tag a cell 'parameters' "
-                             f"(cell toolbar → tags) that assigns the defaults, then add the schedule again")
+        raise ParameterError(
+            f"notebook '{notebook}' has no 'parameters' cell; tag a cell 'parameters' "
+            f"(cell toolbar → tags) that assigns the defaults, then add the schedule again"
+        )
     out = {}
     for name, value in values.items():
         if name not in known:
             listing = ", ".join(f"{n} ({k['type'] or 'any'})" for n, k in known.items())
-            raise ParameterError(f"unknown parameter '{name}'{did_you_mean(name, known)} the notebook's "
-                                 f"parameters cell defines: {listing}", field=name)
+            raise ParameterError(
+                f"unknown parameter '{name}'{did_you_mean(name, known)} the notebook's "
+                f"parameters cell defines: {listing}",
+                field=name,
+            )
         out[name] = _convert(name, value, known[name]["type"])
     return out
 
@@ -81,13 +92,19 @@ def _convert(name: str, value: Any, tname: str | None) -> Any:
         try:
             value = _from_text(value, want)
         except (ValueError, yaml.YAMLError):
-            raise ParameterError(f"value {value!r} does not fit type {tname} of the notebook's parameter "
-                                 f"'{name}'; pass e.g. {_example(want)}", field=name) from None
+            raise ParameterError(
+                f"value {value!r} does not fit type {tname} of the notebook's parameter "
+                f"'{name}'; pass e.g. {_example(want)}",
+                field=name,
+            ) from None
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-        raise ParameterError(f"value {value!r} does not fit type {tname} of the notebook's parameter "
-                             f"'{name}'; pass e.g. {_example(want)}", field=name)
+        raise ParameterError(
+            f"value {value!r} does not fit type {tname} of the notebook's parameter "
+            f"'{name}'; pass e.g. {_example(want)}",
+            field=name,
+        )
     return value
 
 

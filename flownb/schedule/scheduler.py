@@ -32,8 +32,15 @@ log = logging.getLogger("flownb.schedule")
 class Scheduler:
     """Runs the schedules of one state directory. ``serve()`` loops; ``tick()`` decides once."""
 
-    def __init__(self, store: ScheduleStore, *, clock: Callable[[], float] = time.time, interval: float = 0.5,
-                 grace: float = 60.0, on_run: Callable[[RunRecord], None] | None = None):
+    def __init__(
+        self,
+        store: ScheduleStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        interval: float = 0.5,
+        grace: float = 60.0,
+        on_run: Callable[[RunRecord], None] | None = None,
+    ):
         self.store = store
         self.clock = clock
         self.interval = interval
@@ -62,17 +69,31 @@ class Scheduler:
         if due:
             current = due[-1] if now - due[-1] <= self.grace else None
             missed = due[:-1] if current is not None else due
-            backlog = {"none": [], "last": [] if current is not None else missed[-1:], "all": missed}[s.catchup]
+            backlog = {"none": [], "last": [] if current is not None else missed[-1:], "all": missed}[
+                s.catchup
+            ]
             if len(missed) > len(backlog):
-                log.info("schedule '%s': %d missed run(s) not caught up (catchup=%s)", s.name,
-                         len(missed) - len(backlog), s.catchup)
+                log.info(
+                    "schedule '%s': %d missed run(s) not caught up (catchup=%s)",
+                    s.name,
+                    len(missed) - len(backlog),
+                    s.catchup,
+                )
             with self.store.transaction() as con:
                 for t in backlog:
-                    self.store.insert_run(con, s.name, "queued", trigger="catchup", planned_for=t, queued_at=now)
-                has_queue = bool(backlog) or con.execute(
-                    "SELECT 1 FROM runs WHERE schedule=? AND status='queued' LIMIT 1", (s.name,)).fetchone()
+                    self.store.insert_run(
+                        con, s.name, "queued", trigger="catchup", planned_for=t, queued_at=now
+                    )
+                has_queue = (
+                    bool(backlog)
+                    or con.execute(
+                        "SELECT 1 FROM runs WHERE schedule=? AND status='queued' LIMIT 1", (s.name,)
+                    ).fetchone()
+                )
                 if current is not None and has_queue:
-                    self.store.insert_run(con, s.name, "queued", trigger="cron", planned_for=current, queued_at=now)
+                    self.store.insert_run(
+                        con, s.name, "queued", trigger="cron", planned_for=current, queued_at=now
+                    )
                 self.store.set_last_fire(s.name, due[-1], con)
             if current is not None and not has_queue:
                 run_id = claim(self.store, s, trigger="cron", planned_for=current)
@@ -83,8 +104,13 @@ class Scheduler:
         if not self._busy(s.name):
             queued = self.store.queued(s.name)
             if queued:
-                run_id = claim(self.store, s, trigger=queued[0].trigger, planned_for=queued[0].planned_for,
-                               queued_id=queued[0].id)
+                run_id = claim(
+                    self.store,
+                    s,
+                    trigger=queued[0].trigger,
+                    planned_for=queued[0].planned_for,
+                    queued_id=queued[0].id,
+                )
                 if run_id is not None:
                     started.append(self._launch(s, run_id))
         return started
@@ -107,8 +133,13 @@ class Scheduler:
             rec = execute(self.store, s, run_id)
         except Exception as exc:
             log.exception("schedule '%s': run %d could not be executed", s.name, run_id)
-            self.store.update_run(run_id, status="failed", finished_at=time.time(),
-                                  error_name=type(exc).__name__, error_value=str(exc))
+            self.store.update_run(
+                run_id,
+                status="failed",
+                finished_at=time.time(),
+                error_name=type(exc).__name__,
+                error_value=str(exc),
+            )
             rec = self.store.run(run_id)
         finally:
             with self._lock:

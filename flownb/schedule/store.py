@@ -38,8 +38,22 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_by_schedule ON runs (schedule, id);
 """
-_RUN_COLS = ("id", "schedule", "status", "trigger", "planned_for", "queued_at", "started_at", "finished_at",
-             "output", "log", "error_cell", "error_name", "error_value", "pid")
+_RUN_COLS = (
+    "id",
+    "schedule",
+    "status",
+    "trigger",
+    "planned_for",
+    "queued_at",
+    "started_at",
+    "finished_at",
+    "output",
+    "log",
+    "error_cell",
+    "error_name",
+    "error_value",
+    "pid",
+)
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -63,8 +77,9 @@ class ScheduleStore:
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ScheduleError(f"cannot create state directory '{self.state_dir}': {exc}; "
-                                f"pass a writable --state-dir") from exc
+            raise ScheduleError(
+                f"cannot create state directory '{self.state_dir}': {exc}; pass a writable --state-dir"
+            ) from exc
         self.path = self.state_dir / "schedules.db"
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
@@ -105,10 +120,14 @@ class ScheduleStore:
         with self.transaction() as con:
             exists = con.execute("SELECT 1 FROM schedules WHERE name=?", (schedule.name,)).fetchone()
             if exists and not replace:
-                raise ScheduleInputError(f"a schedule named '{schedule.name}' exists; remove it first "
-                                         f"('flownb schedule remove {schedule.name}') or pick another --name")
-            con.execute("INSERT OR REPLACE INTO schedules (name, spec, last_fire) VALUES (?, ?, ?)",
-                        (schedule.name, json.dumps(schedule.to_dict()), created))
+                raise ScheduleInputError(
+                    f"a schedule named '{schedule.name}' exists; remove it first "
+                    f"('flownb schedule remove {schedule.name}') or pick another --name"
+                )
+            con.execute(
+                "INSERT OR REPLACE INTO schedules (name, spec, last_fire) VALUES (?, ?, ?)",
+                (schedule.name, json.dumps(schedule.to_dict()), created),
+            )
         return schedule
 
     def get(self, name: str) -> Schedule:
@@ -116,8 +135,10 @@ class ScheduleStore:
             row = con.execute("SELECT spec FROM schedules WHERE name=?", (name,)).fetchone()
         if row is None:
             names = self.names()
-            raise ScheduleInputError(f"no schedule named '{name}'{did_you_mean(name, names)} "
-                                     f"schedules: {', '.join(names) or '(none; add one with flownb schedule add)'}")
+            raise ScheduleInputError(
+                f"no schedule named '{name}'{did_you_mean(name, names)} "
+                f"schedules: {', '.join(names) or '(none; add one with flownb schedule add)'}"
+            )
         return parse_schedule(json.loads(row[0]))
 
     def names(self) -> list[str]:
@@ -153,8 +174,10 @@ class ScheduleStore:
 
     def insert_run(self, con: sqlite3.Connection, schedule: str, status: str, **fields: Any) -> int:
         cols = ["schedule", "status", *fields]
-        cur = con.execute(f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                          (schedule, status, *fields.values()))
+        cur = con.execute(
+            f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+            (schedule, status, *fields.values()),
+        )
         return int(cur.lastrowid)
 
     def update_run(self, run_id: int, **fields: Any) -> None:
@@ -173,24 +196,31 @@ class ScheduleStore:
         """Newest first."""
         where, args = ("WHERE schedule=?", (name,)) if name else ("", ())
         with self._connect() as con:
-            rows = con.execute(f"SELECT {', '.join(_RUN_COLS)} FROM runs {where} ORDER BY id DESC LIMIT ?",
-                               (*args, limit)).fetchall()
+            rows = con.execute(
+                f"SELECT {', '.join(_RUN_COLS)} FROM runs {where} ORDER BY id DESC LIMIT ?", (*args, limit)
+            ).fetchall()
         return [self._run(r) for r in rows]
 
     def running(self, con: sqlite3.Connection, name: str) -> list[int]:
         """Ids of runs of ``name`` in progress; runs whose owner process died become ``lost``."""
         alive = []
-        for run_id, pid in con.execute("SELECT id, pid FROM runs WHERE schedule=? AND status='running'", (name,)):
+        for run_id, pid in con.execute(
+            "SELECT id, pid FROM runs WHERE schedule=? AND status='running'", (name,)
+        ):
             if pid_alive(pid):
                 alive.append(run_id)
             else:
-                con.execute("UPDATE runs SET status='lost', finished_at=?, error_value=? WHERE id=?",
-                            (time.time(), f"the process {pid} that ran it exited before recording a result",
-                             run_id))
+                con.execute(
+                    "UPDATE runs SET status='lost', finished_at=?, error_value=? WHERE id=?",
+                    (time.time(), f"the process {pid} that ran it exited before recording a result", run_id),
+                )
         return alive
 
     def queued(self, name: str) -> list[RunRecord]:
         with self._connect() as con:
-            rows = con.execute(f"SELECT {', '.join(_RUN_COLS)} FROM runs WHERE schedule=? AND status='queued' "
-                               f"ORDER BY planned_for, id", (name,)).fetchall()
+            rows = con.execute(
+                f"SELECT {', '.join(_RUN_COLS)} FROM runs WHERE schedule=? AND status='queued' "
+                f"ORDER BY planned_for, id",
+                (name,),
+            ).fetchall()
         return [self._run(r) for r in rows]

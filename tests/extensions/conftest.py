@@ -17,8 +17,10 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-EXTENSIONS = {"jupyter_flownb": REPO / "extensions" / "jupyter-flownb",
-              "flownb_connector_example": REPO / "extensions" / "flownb-connector-template"}
+EXTENSIONS = {
+    "jupyter_flownb": REPO / "extensions" / "jupyter-flownb",
+    "flownb_connector_example": REPO / "extensions" / "flownb-connector-template",
+}
 BIN = Path(sys.executable).parent
 
 
@@ -48,16 +50,35 @@ class JupyterServer:
         self.port = free_port()
         self.token = secrets.token_hex(16)
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(runtime), "JUPYTER_CONFIG_DIR": str(root.parent / "jcfg"),
-               "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        env = {
+            **os.environ,
+            "JUPYTER_RUNTIME_DIR": str(runtime),
+            "JUPYTER_CONFIG_DIR": str(root.parent / "jcfg"),
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
         env.pop("FLOWNB_JUPYTER_REGISTRY", None)
         self.log = open(root.parent / "jupyter.log", "w")
         self.proc = subprocess.Popen(
-            [str(BIN / "jupyter"), "server", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",
-             f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0",
-             f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={root}", *extra],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"token {self.token}"}, timeout=30)
+            [
+                str(BIN / "jupyter"),
+                "server",
+                "--no-browser",
+                "--allow-root",
+                "--ServerApp.ip=127.0.0.1",
+                f"--ServerApp.port={self.port}",
+                "--ServerApp.port_retries=0",
+                f"--IdentityProvider.token={self.token}",
+                f"--ServerApp.root_dir={root}",
+                *extra,
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.client = httpx.Client(
+            base_url=self.url, headers={"Authorization": f"token {self.token}"}, timeout=30
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -18,20 +19,31 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_extension_is_enabled_by_its_installed_config_file(jupyter_flownb_installed):
-    out = subprocess.run([sys.executable, "-m", "jupyter", "server", "extension", "list"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "jupyter", "server", "extension", "list"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     text = out.stdout + out.stderr
     assert "jupyter_flownb" in text and "enabled" in text.split("jupyter_flownb", 1)[1][:40]
 
 
 def _flow(tmp_path):
     name = f"hook-{uuid.uuid4().hex[:8]}"
-    return flownb.Flow.model_validate({
-        "name": name,
-        "trigger": {"name": "incoming", "component": "webhook", "config": {"token_env": "NB_HOOK_TOKEN"}},
-        "steps": [{"name": "save", "component": "csv.write",
-                   "config": {"path": str(tmp_path / "out.csv"), "columns": ["order", "total"]}}],
-    })
+    return flownb.Flow.model_validate(
+        {
+            "name": name,
+            "trigger": {"name": "incoming", "component": "webhook", "config": {"token_env": "NB_HOOK_TOKEN"}},
+            "steps": [
+                {
+                    "name": "save",
+                    "component": "csv.write",
+                    "config": {"path": str(tmp_path / "out.csv"), "columns": ["order", "total"]},
+                }
+            ],
+        }
+    )
 
 
 def test_a_real_http_call_reaches_the_flow_the_kernel_is_testing(jupyter, tmp_path, monkeypatch):
@@ -48,26 +60,47 @@ def test_a_real_http_call_reaches_the_flow_the_kernel_is_testing(jupyter, tmp_pa
     assert hook.path == f"/flownb/hooks/{flow.name}/{token}"
     assert [r.flow for r in served_flows()] == [flow.name]
 
-    c = jupyter.client
-    r = c.post(hook.path, json={"order": 17, "total": 99.5}, headers={"Authorization": ""})
-    assert r.status_code == 202, r.text
-    msg_id = r.json()["id"]
-    assert c.post(hook.path, content="order=18&total=5",
-                  headers={"Content-Type": "application/x-www-form-urlencoded"}).status_code == 202
+    # the kernel runs the same flow on the same state directory (holding its runtime lock) while a
+    # real HTTP call comes in; the request is committed to the queue and the kernel's runtime processes it
+    rt = LocalRuntime(flow, state)
+    stop = threading.Event()
+    kernel = threading.Thread(target=rt.run, kwargs={"stop_event": stop})
+    kernel.start()
+    try:
+        c = jupyter.client
+        r = c.post(hook.path, json={"order": 17, "total": 99.5}, headers={"Authorization": ""})
+        assert r.status_code == 202, r.text
+        assert len(r.json()["id"]) >= 32
+        r = c.post(
+            hook.path,
+            content="order=18&total=5",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert r.status_code == 202, r.text
 
-    assert c.post(f"/flownb/hooks/{flow.name}/{'x' * 32}", json={}).status_code == 403
-    assert c.post(f"/flownb/hooks/nope-{flow.name}/{token}", json={}).status_code == 404
-    assert c.post(hook.path, content=b"x" * 3000, headers={"Content-Type": "text/plain"}).status_code == 413
-    assert c.post(hook.path, content=b"{bad", headers={"Content-Type": "application/json"}).status_code == 400
-    listed = c.get("/flownb/api/hooks").json()["hooks"]
-    assert [h["flow"] for h in listed] == [flow.name] and token not in json.dumps(listed)
+        assert c.post(f"/flownb/hooks/{flow.name}/{'x' * 32}", json={}).status_code == 403
+        assert c.post(f"/flownb/hooks/nope-{flow.name}/{token}", json={}).status_code == 404
+        assert (
+            c.post(hook.path, content=b"x" * 3000, headers={"Content-Type": "text/plain"}).status_code == 413
+        )
+        assert (
+            c.post(hook.path, content=b"{bad", headers={"Content-Type": "application/json"}).status_code
+            == 400
+        )
+        listed = c.get("/flownb/api/hooks").json()["hooks"]
+        assert [h["flow"] for h in listed] == [flow.name] and token not in json.dumps(listed)
 
-    # the kernel runs the same flow on the same state directory and processes what was committed
-    with LocalRuntime(flow, state) as rt:
-        rt.run(until_idle=True)
-    rows = list(csv.DictReader(open(tmp_path / "out.csv")))
-    assert rows == [{"order": "17", "total": "99.5"}, {"order": "18", "total": "5"}]
-    assert len(msg_id) >= 32
+        out = tmp_path / "out.csv"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 3):
+            time.sleep(0.1)
+        with open(out) as fh:
+            rows = list(csv.DictReader(fh))
+        assert rows == [{"order": "17", "total": "99.5"}, {"order": "18", "total": "5"}]
+    finally:
+        stop.set()
+        kernel.join(30)
+        rt.close()
 
     assert stop_serving(flow.name)
     assert c.post(hook.path, json={"order": 1}).status_code == 404
@@ -86,13 +119,29 @@ def _wait_run(c, run_id, timeout=60):
 def test_schedules_api(jupyter):
     c = jupyter.client
     name = f"s-{uuid.uuid4().hex[:8]}"
-    r = c.post("/flownb/api/schedules", json={"notebook": "params.ipynb", "cron": "0 3 * * *", "name": name,
-                                              "parameters": {"nn": 1}})
-    assert r.status_code == 400 and "did you mean 'n'" in r.json()["error"] and "rate (float)" in r.json()["error"]
-    r = c.post("/flownb/api/schedules", json={"notebook": "../outside.ipynb", "cron": "0 3 * * *", "name": name})
+    r = c.post(
+        "/flownb/api/schedules",
+        json={"notebook": "params.ipynb", "cron": "0 3 * * *", "name": name, "parameters": {"nn": 1}},
+    )
+    assert (
+        r.status_code == 400
+        and "did you mean 'n'" in r.json()["error"]
+        and "rate (float)" in r.json()["error"]
+    )
+    r = c.post(
+        "/flownb/api/schedules", json={"notebook": "../outside.ipynb", "cron": "0 3 * * *", "name": name}
+    )
     assert r.status_code == 400 and "outside" in r.json()["error"]
-    r = c.post("/flownb/api/schedules", json={"notebook": "params.ipynb", "cron": "0 3 * * *", "name": name,
-                                              "tz": "Europe/Berlin", "parameters": {"n": "4", "fail": True}})
+    r = c.post(
+        "/flownb/api/schedules",
+        json={
+            "notebook": "params.ipynb",
+            "cron": "0 3 * * *",
+            "name": name,
+            "tz": "Europe/Berlin",
+            "parameters": {"n": "4", "fail": True},
+        },
+    )
     assert r.status_code == 201, r.text
     assert r.json()["parameters"] == {"n": 4, "fail": True} and r.json()["next_run"] > time.time()
     assert name in [s["name"] for s in c.get("/flownb/api/schedules").json()["schedules"]]
@@ -114,8 +163,13 @@ def test_schedules_api(jupyter):
 def test_run_now_while_running_is_skipped(jupyter):
     c = jupyter.client
     name = f"slow-{uuid.uuid4().hex[:8]}"
-    assert c.post("/flownb/api/schedules", json={"notebook": "slow.ipynb", "cron": "0 3 * * *", "name": name,
-                                                 "parameters": {"seconds": 3}}).status_code == 201
+    assert (
+        c.post(
+            "/flownb/api/schedules",
+            json={"notebook": "slow.ipynb", "cron": "0 3 * * *", "name": name, "parameters": {"seconds": 3}},
+        ).status_code
+        == 201
+    )
     first = c.post(f"/flownb/api/schedules/{name}/run")
     second = c.post(f"/flownb/api/schedules/{name}/run")
     assert first.status_code == 202 and second.status_code == 409

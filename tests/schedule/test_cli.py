@@ -19,8 +19,28 @@ def run(capsys, *argv):
 
 def test_add_list_history_remove(tmp_path, capsys, params_nb):
     state = str(tmp_path / "st")
-    rc, out = run(capsys, "--state-dir", state, "add", str(params_nb), "--cron", "0 3 * * *", "--name", "rep",
-                  "-p", "n", "6", "--tz", "Europe/Berlin", "--keep", "3", "--catchup", "last", "--timeout", "60")
+    rc, out = run(
+        capsys,
+        "--state-dir",
+        state,
+        "add",
+        str(params_nb),
+        "--cron",
+        "0 3 * * *",
+        "--name",
+        "rep",
+        "-p",
+        "n",
+        "6",
+        "--tz",
+        "Europe/Berlin",
+        "--keep",
+        "3",
+        "--catchup",
+        "last",
+        "--timeout",
+        "60",
+    )
     assert rc == 0 and "added" in out
     s = ScheduleStore(state).get("rep")
     assert (s.parameters, s.tz, s.keep, s.catchup, s.timeout) == ({"n": 6}, "Europe/Berlin", 3, "last", 60)
@@ -34,8 +54,20 @@ def test_add_list_history_remove(tmp_path, capsys, params_nb):
 
 def test_bad_input_exits_2_with_a_hint(tmp_path, capsys, params_nb):
     state = str(tmp_path / "st")
-    rc, out = run(capsys, "--state-dir", state, "add", str(params_nb), "--cron", "0 3 * * *", "--name", "x",
-                  "-p", "nn", "1")
+    rc, out = run(
+        capsys,
+        "--state-dir",
+        state,
+        "add",
+        str(params_nb),
+        "--cron",
+        "0 3 * * *",
+        "--name",
+        "x",
+        "-p",
+        "nn",
+        "1",
+    )
     assert rc == 2 and "did you mean 'n'" in out and "rate (float)" in out
     rc, out = run(capsys, "--state-dir", state, "add", str(params_nb), "--cron", "3am", "--name", "x")
     assert rc == 2 and "5 fields" in out
@@ -46,8 +78,23 @@ def test_bad_input_exits_2_with_a_hint(tmp_path, capsys, params_nb):
 @pytest.mark.slow
 def test_run_now_prints_the_failure(tmp_path, capsys, params_nb):
     state = str(tmp_path / "st")
-    assert run(capsys, "--state-dir", state, "add", str(params_nb), "--cron", "0 3 * * *", "--name", "f",
-               "-p", "fail", "true")[0] == 0
+    assert (
+        run(
+            capsys,
+            "--state-dir",
+            state,
+            "add",
+            str(params_nb),
+            "--cron",
+            "0 3 * * *",
+            "--name",
+            "f",
+            "-p",
+            "fail",
+            "true",
+        )[0]
+        == 0
+    )
     rc, out = run(capsys, "--state-dir", state, "run-now", "f")
     assert rc == 1 and "failed" in out and "ValueError: bad n=3" in out
     rc, out = run(capsys, "--state-dir", state, "history", "f")
@@ -64,12 +111,33 @@ def test_serve_runs_due_schedules_and_stops_on_sigterm(tmp_path, params_nb):
     from pathlib import Path
 
     state = tmp_path / "st"
-    assert main(["schedule", "--state-dir", str(state), "add", str(params_nb), "--cron", "* * * * * */2",
-                 "--name", "often", "-p", "n", "2"]) == 0
+    assert (
+        main(
+            [
+                "schedule",
+                "--state-dir",
+                str(state),
+                "add",
+                str(params_nb),
+                "--cron",
+                "* * * * * */2",
+                "--name",
+                "often",
+                "-p",
+                "n",
+                "2",
+            ]
+        )
+        == 0
+    )
     flownb = Path(sys.executable).parent / "flownb"
-    proc = subprocess.Popen([str(flownb), "schedule", "--state-dir", str(state), "serve", "--interval", "0.2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "COLUMNS": "250"})
+    proc = subprocess.Popen(
+        [str(flownb), "schedule", "--state-dir", str(state), "serve", "--interval", "0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "250"},
+    )
     store = ScheduleStore(state)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not any(r.status == "ok" for r in store.history("often")):
@@ -78,4 +146,4 @@ def test_serve_runs_due_schedules_and_stops_on_sigterm(tmp_path, params_nb):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert "flownb scheduler" in out and "of 'often': ok" in out
-    assert not [r for r in store.history("often") if r.status == "running"]   # runs in progress finished first
+    assert not [r for r in store.history("often") if r.status == "running"]  # runs in progress finished first

@@ -7,8 +7,14 @@ from flownb.schedule import cronjob_manifests, parse_schedule
 
 
 def sched(**kw):
-    base = {"name": "nightly", "notebook": "/proj/notebooks/report.ipynb", "cron": "0 3 * * *",
-            "tz": "Europe/Berlin", "parameters": {"n": 5, "label": "prod", "rate": 0.25}, "timeout": 900}
+    base = {
+        "name": "nightly",
+        "notebook": "/proj/notebooks/report.ipynb",
+        "cron": "0 3 * * *",
+        "tz": "Europe/Berlin",
+        "parameters": {"n": 5, "label": "prod", "rate": 0.25},
+        "timeout": 900,
+    }
     return parse_schedule({**base, **kw})
 
 
@@ -22,26 +28,40 @@ def test_cronjob_carries_schedule_timezone_parameters_deadline_and_policy():
     validate(m)
     spec = m["spec"]
     assert (m["kind"], m["metadata"]["name"], m["metadata"]["namespace"]) == ("CronJob", "nb-nightly", "jobs")
-    assert (spec["schedule"], spec["timeZone"], spec["concurrencyPolicy"]) == ("0 3 * * *", "Europe/Berlin", "Forbid")
+    assert (spec["schedule"], spec["timeZone"], spec["concurrencyPolicy"]) == (
+        "0 3 * * *",
+        "Europe/Berlin",
+        "Forbid",
+    )
     job = spec["jobTemplate"]["spec"]
     assert job["activeDeadlineSeconds"] == 900
     [c] = job["template"]["spec"]["containers"]
     assert c["image"] == "registry.local/flow:1"
     assert c["command"][:2] == ["papermill", "/app/notebooks/report.ipynb"]
-    assert yaml.safe_load(c["command"][c["command"].index("-y") + 1]) == {"n": 5, "label": "prod", "rate": 0.25}
-    assert spec["startingDeadlineSeconds"] == 60                # catchup none: a late run is dropped
+    assert yaml.safe_load(c["command"][c["command"].index("-y") + 1]) == {
+        "n": 5,
+        "label": "prod",
+        "rate": 0.25,
+    }
+    assert spec["startingDeadlineSeconds"] == 60  # catchup none: a late run is dropped
 
 
 def test_overlap_catchup_and_history_limits():
-    a, b = cronjob_manifests([sched(name="a", allow_overlap=True, catchup="last", keep=3),
-                              sched(name="b", catchup="all", parameters={})], "img:1", env_from_secret="creds")
+    a, b = cronjob_manifests(
+        [
+            sched(name="a", allow_overlap=True, catchup="last", keep=3),
+            sched(name="b", catchup="all", parameters={}),
+        ],
+        "img:1",
+        env_from_secret="creds",
+    )
     for m in (a, b):
         validate(m)
     assert a["spec"]["concurrencyPolicy"] == "Allow" and "startingDeadlineSeconds" not in a["spec"]
     assert a["spec"]["successfulJobsHistoryLimit"] == 3
     cb = b["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert "-y" not in cb["command"] and cb["envFrom"] == [{"secretRef": {"name": "creds"}}]
-    assert cb["command"][1] == "/app/report.ipynb"             # no notebook_root: the file name under workdir
+    assert cb["command"][1] == "/app/report.ipynb"  # no notebook_root: the file name under workdir
 
 
 def test_validator_catches_a_broken_manifest():

@@ -8,13 +8,23 @@ from flownb.schedule.params import check_parameters, notebook_parameters
 def test_parameters_cell_is_read_with_types(params_nb):
     p = notebook_parameters(params_nb)
     assert {k: v["type"] for k, v in p.items()} == {
-        "n": "int", "label": "str", "rate": "float", "out_file": "str", "sleep": "float", "fail": "bool"}
+        "n": "int",
+        "label": "str",
+        "rate": "float",
+        "out_file": "str",
+        "sleep": "float",
+        "fail": "bool",
+    }
     assert p["n"]["default"] == 3
 
 
 def test_strings_from_the_command_line_get_the_parameter_types(params_nb):
     assert check_parameters(params_nb, {"n": "7", "rate": "2", "fail": "yes", "label": "x"}) == {
-        "n": 7, "rate": 2.0, "fail": True, "label": "x"}
+        "n": 7,
+        "rate": 2.0,
+        "fail": True,
+        "label": "x",
+    }
 
 
 def test_unknown_name_lists_the_known_ones(params_nb):

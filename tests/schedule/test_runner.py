@@ -26,8 +26,8 @@ def test_ok_run_writes_output_notebook_with_parameters_and_a_progress_log(store,
     assert "n = 4" in injected[0].source
     assert json.loads(out.read_text())["total"] == 2.0
     logtext = open(rec.log).read()
-    assert "Executing:" in logtext and "cell/s" in logtext          # papermill's progress bar, as lines
-    assert '"total": 2.0' in logtext                                 # cell output, logged
+    assert "Executing:" in logtext and "cell/s" in logtext  # papermill's progress bar, as lines
+    assert '"total": 2.0' in logtext  # cell output, logged
     assert store.history("rep")[0] == rec
 
 
@@ -37,13 +37,19 @@ def test_failure_records_cell_index_error_name_and_value(store, params_nb):
     assert rec.status == "failed"
     assert (rec.error_name, rec.error_value) == ("ValueError", "bad n=9")
     nb = nbformat.read(rec.output, as_version=4)
-    assert "raise ValueError" in nb.cells[rec.error_cell].source   # the index points at the failing cell
+    assert "raise ValueError" in nb.cells[rec.error_cell].source  # the index points at the failing cell
 
 
 def test_timeout_kills_the_run_and_its_kernel(store, slow_nb, tmp_path):
     pid_file = tmp_path / "kernel.pid"
-    add_schedule(store, slow_nb, cron="0 3 * * *", name="slow", timeout=3,
-                 parameters={"pid_file": str(pid_file), "seconds": 120})
+    add_schedule(
+        store,
+        slow_nb,
+        cron="0 3 * * *",
+        name="slow",
+        timeout=3,
+        parameters={"pid_file": str(pid_file), "seconds": 120},
+    )
     t0 = time.monotonic()
     rec = run_now(store, "slow")
     assert rec.status == "timeout" and "3s" in rec.error_value
@@ -68,7 +74,7 @@ def test_a_schedule_never_overlaps_itself(store, slow_nb):
     deadline = time.monotonic() + 10
     while not store.history("once") and time.monotonic() < deadline:
         time.sleep(0.05)
-    second = run_now(store, "once")                      # while the first is running
+    second = run_now(store, "once")  # while the first is running
     first.join()
     assert second.status == "skipped" and "still running" in second.error_value
     assert results[0].status == "ok"
@@ -86,7 +92,7 @@ def test_allow_overlap_claims_a_second_run(store, params_nb):
 def test_run_of_a_dead_owner_becomes_lost(store, params_nb):
     s = add_schedule(store, params_nb, cron="0 3 * * *", name="orphan")
     with store.transaction() as con:
-        store.insert_run(con, "orphan", "running", started_at=time.time(), pid=2 ** 22 + 12345)
+        store.insert_run(con, "orphan", "running", started_at=time.time(), pid=2**22 + 12345)
     run_id = claim(store, s, trigger="cron", planned_for=1.0)
     assert run_id is not None
     statuses = {r.id: r.status for r in store.history("orphan")}
@@ -98,6 +104,7 @@ def test_only_the_newest_outputs_are_kept(store, params_nb):
     recs = [run_now(store, "keep") for _ in range(3)]
     assert [r.status for r in recs] == ["ok"] * 3
     files = sorted(p.name for p in (store.runs_dir / "keep").iterdir())
-    assert files == sorted([os.path.basename(r.output) for r in recs[1:]] +
-                           [os.path.basename(r.log) for r in recs[1:]])
+    assert files == sorted(
+        [os.path.basename(r.output) for r in recs[1:]] + [os.path.basename(r.log) for r in recs[1:]]
+    )
     assert [r.output_exists for r in store.history("keep")] == [True, True, False]

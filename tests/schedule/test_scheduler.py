@@ -29,7 +29,7 @@ def test_loop_runs_a_seconds_schedule_on_its_fire_times(store, params_nb):
     assert len(done) >= 2
     for r in done:
         assert r.trigger == "cron" and r.planned_for % 3 == 0
-        assert 0 <= r.started_at - r.planned_for < 2.0           # started on time
+        assert 0 <= r.started_at - r.planned_for < 2.0  # started on time
         assert r.output_exists
 
 
@@ -76,7 +76,7 @@ def test_catchup_none_drops_missed_runs(store, params_nb):
     sched = Scheduler(store, clock=clock, grace=10)
     assert sched.tick() == []
     assert store.history(name) == [] and store.last_fire(name) == base + 180
-    clock.now += 35                                           # the next minute comes due, on time
+    clock.now += 35  # the next minute comes due, on time
     assert len(sched.tick()) == 1
     sched.wait_idle(30)
     [r] = store.history(name)
@@ -89,7 +89,7 @@ def test_catchup_last_runs_the_newest_missed_once(store, params_nb):
     _drain(sched, name)
     [r] = store.history(name)
     assert (r.status, r.trigger, r.planned_for) == ("ok", "catchup", base + 180)
-    assert sched.tick() == []                                 # nothing is due twice
+    assert sched.tick() == []  # nothing is due twice
 
 
 def test_catchup_all_runs_every_missed_one_in_order_without_overlap(store, params_nb):
@@ -109,7 +109,7 @@ def test_queued_catchup_runs_survive_a_scheduler_restart(store, params_nb):
     name, base, clock = _schedule_missed(store, params_nb, "all", missed=2)
     first = Scheduler(store, clock=clock, grace=10)
     first.tick()
-    first.wait_idle(30)                                       # scheduler "stops" with one run still queued
+    first.wait_idle(30)  # scheduler "stops" with one run still queued
     assert [r.status for r in store.history(name)] == ["queued", "ok"]
     second = Scheduler(store, clock=clock, grace=10)
     _drain(second, name)

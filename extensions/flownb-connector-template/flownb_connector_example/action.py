@@ -17,10 +17,11 @@ from flownb.errors import ConfigError, FatalError
 
 
 class FormatConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")     # a typo in the spec is an error that names the field
+    model_config = ConfigDict(extra="forbid")  # a typo in the spec is an error that names the field
     field: str = Field(description="name of the field to set")
-    template: str = Field(description="text with {placeholders} naming the message's fields, e.g. "
-                                      "'Hello {name}'")
+    template: str = Field(
+        description="text with {placeholders} naming the message's fields, e.g. 'Hello {name}'"
+    )
     upper: bool = Field(False, description="upper-case the result")
 
 
@@ -34,14 +35,20 @@ class Format(Action):
         try:
             list(string.Formatter().parse(config.template))
         except ValueError as exc:
-            raise ConfigError(f"template {config.template!r} is not valid: {exc}; write fields as {{name}} and "
-                              f"a literal brace as {{{{ or }}}}", step=step.name, field="config.template") from None
+            raise ConfigError(
+                f"template {config.template!r} is not valid: {exc}; write fields as {{name}} and "
+                f"a literal brace as {{{{ or }}}}",
+                step=step.name,
+                field="config.template",
+            ) from None
 
     def process(self, message, ctx):
         body = message.body
         try:
             text = self.config.template.format_map(body)
         except KeyError as exc:
-            raise FatalError(f"the template needs field {exc} that this message does not have; fields: "
-                             f"{', '.join(sorted(body)) or '(none)'}") from None
+            raise FatalError(
+                f"the template needs field {exc} that this message does not have; fields: "
+                f"{', '.join(sorted(body)) or '(none)'}"
+            ) from None
         return {**body, self.config.field: text.upper() if self.config.upper else text}

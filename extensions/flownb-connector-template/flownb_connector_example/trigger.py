@@ -50,7 +50,9 @@ class JsonLinesPoll(PollingTrigger):
             raise RetryableError(f"'{path}' does not exist yet; it is polled again in {self.interval:g}s")
         offset = int(state.get("offset", 0))
         if path.stat().st_size < offset:
-            ctx.logger.warning("'%s' shrank below the saved offset %d; reading it from the start", path, offset)
+            ctx.logger.warning(
+                "'%s' shrank below the saved offset %d; reading it from the start", path, offset
+            )
             offset = 0
         bodies = []
         with path.open("rb") as fh:
@@ -58,7 +60,7 @@ class JsonLinesPoll(PollingTrigger):
             while len(bodies) < self.config.batch:
                 line = fh.readline()
                 if not line.endswith(b"\n"):
-                    break                        # a half-written last line: read it next poll
+                    break  # a half-written last line: read it next poll
                 offset += len(line)
                 body = self._parse(line, offset)
                 if body is not None:
@@ -79,14 +81,22 @@ class JsonLinesPoll(PollingTrigger):
         if error is None:
             return value
         if self.config.skip_invalid:
-            self.ctx.logger.warning("skipping line ending at byte %d of '%s': %s", offset, self.config.path, error)
+            self.ctx.logger.warning(
+                "skipping line ending at byte %d of '%s': %s", offset, self.config.path, error
+            )
             return None
-        raise FatalError(f"line ending at byte {offset} of '{self.config.path}' is {error}; fix the file or set "
-                         f"skip_invalid: true")
+        raise FatalError(
+            f"line ending at byte {offset} of '{self.config.path}' is {error}; fix the file or set "
+            f"skip_invalid: true"
+        )
 
     @classmethod
     def check_config(cls, config, step) -> None:
         """Checks beyond the model that need no I/O; raise a SpecError subclass naming the field."""
         if config.path.endswith((".csv", ".json")) and not config.path.endswith(".jsonl"):
-            raise ConfigError(f"'{config.path}' does not look like a JSON Lines file; use csv.poll for CSV, "
-                              f"or a .jsonl file with one JSON object per line", step=step.name, field="config.path")
+            raise ConfigError(
+                f"'{config.path}' does not look like a JSON Lines file; use csv.poll for CSV, "
+                f"or a .jsonl file with one JSON object per line",
+                step=step.name,
+                field="config.path",
+            )

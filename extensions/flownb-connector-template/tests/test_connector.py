@@ -14,13 +14,23 @@ from flownb.runtime.local import LocalRuntime
 
 
 def flow(tmp_path, **poll):
-    return flownb.Flow.model_validate({
-        "name": "example",
-        "trigger": {"name": "lines", "component": "example.jsonl.poll",
-                    "config": {"path": str(tmp_path / "in.jsonl"), "interval": "1s", **poll}},
-        "steps": [{"name": "greet", "component": "example.format",
-                   "config": {"field": "greeting", "template": "Hello {name}!"}}],
-    })
+    return flownb.Flow.model_validate(
+        {
+            "name": "example",
+            "trigger": {
+                "name": "lines",
+                "component": "example.jsonl.poll",
+                "config": {"path": str(tmp_path / "in.jsonl"), "interval": "1s", **poll},
+            },
+            "steps": [
+                {
+                    "name": "greet",
+                    "component": "example.format",
+                    "config": {"field": "greeting", "template": "Hello {name}!"},
+                }
+            ],
+        }
+    )
 
 
 def write(path, *lines, mode="a"):

@@ -3,9 +3,10 @@
 Inside a running Jupyter server (JupyterLab, Notebook 7, ``jupyter server``) it serves
 
 - ``POST /flownb/hooks/<flow>/<token>``: a real HTTP request becomes a message, durably committed
-  into the flow's local state (``LocalRuntime(flow, state_dir).submit``); the kernel that runs the
-  same flow on the same state directory processes it. A kernel registers its flow with
-  :func:`serve_in_jupyter` (a JSON file in the hook registry directory that the server reads).
+  into the first action's queue in the flow's local state directory (the insert
+  ``LocalRuntime.submit`` does); the kernel that runs the same flow on the same state directory
+  processes it. A kernel registers its flow with :func:`serve_in_jupyter` (a JSON file in the hook
+  registry directory that the server reads).
 - ``/flownb/api/schedules…``: list/add/remove schedules, run one now, read run history, backed by
   :mod:`flownb.schedule` (see the README for every route).
 
@@ -17,8 +18,14 @@ from __future__ import annotations
 
 from .registry import HookRegistration, registry_dir, serve_in_jupyter, served_flows, stop_serving
 
-__all__ = ["serve_in_jupyter", "stop_serving", "served_flows", "registry_dir", "HookRegistration",
-           "__version__"]
+__all__ = [
+    "serve_in_jupyter",
+    "stop_serving",
+    "served_flows",
+    "registry_dir",
+    "HookRegistration",
+    "__version__",
+]
 __version__ = "0.1.0"
 
 

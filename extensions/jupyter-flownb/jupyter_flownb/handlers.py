@@ -47,46 +47,88 @@ _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="flownb-ext")
 class FlownbExtension(Configurable):
     """Settings: ``c.FlownbExtension.state_dir = ".flownb"`` etc. in jupyter_server_config.py."""
 
-    state_dir = Unicode(".flownb", help="state directory of schedules and run history; relative paths are "
-                                        "under the server's root_dir").tag(config=True)
-    registry_dir = Unicode("", help="hook registry directory (default: <runtime dir>/flownb-hooks)").tag(config=True)
-    run_scheduler = Bool(False, help="run the schedules inside the server (like flownb schedule serve)"
-                         ).tag(config=True)
+    state_dir = Unicode(
+        ".flownb",
+        help="state directory of schedules and run history; relative paths are under the server's root_dir",
+    ).tag(config=True)
+    registry_dir = Unicode("", help="hook registry directory (default: <runtime dir>/flownb-hooks)").tag(
+        config=True
+    )
+    run_scheduler = Bool(False, help="run the schedules inside the server (like flownb schedule serve)").tag(
+        config=True
+    )
     scheduler_interval = Float(1.0, help="seconds between scheduling decisions").tag(config=True)
 
 
 # -- webhooks ------------------------------------------------------------------------------------
 
-class _Runtimes:
-    """One LocalRuntime per registered flow, rebuilt when the kernel registers the flow again."""
+
+class Ingress:
+    """Commits hook requests into a registered flow's queue database (``<state_dir>/<flow>.db``).
+
+    The kernel's ``LocalRuntime`` holds the flow's processing lock (one runtime per state database),
+    so the server does not open a second runtime: it only appends to the first action's queue through
+    :class:`flownb.runtime.local.QueueStore` — the same insert ``LocalRuntime.submit`` does, one
+    SQLite WAL transaction, safe alongside the kernel's runtime — and the kernel processes it.
+    """
+
+    def __init__(self, reg: registry.HookRegistration, max_queue: int = 10_000):
+        from flownb.flow import load
+        from flownb.runtime.local import QueueStore
+
+        flow = load(reg.spec)
+        self.flow = flow.name
+        self.trigger = flow.trigger.name
+        self.first = flow.steps[0].name if flow.steps else None
+        self.max_queue = max_queue
+        self.store = QueueStore(Path(reg.state_dir) / f"{flow.name}.db")
+
+    def submit(self, body: dict, headers: dict[str, str]):
+        from flownb.message import Message
+
+        if self.first is None:
+            raise MessageError(f"flow '{self.flow}' has no actions to queue the request for; add a step")
+        depth = self.store.depth(self.first)
+        if depth >= self.max_queue:
+            raise QueueFull(
+                f"queue of step '{self.first}' holds {depth} messages (limit {self.max_queue})",
+                depth=depth,
+                limit=self.max_queue,
+            )
+        message = Message(body=body, headers=headers, flow=self.flow, step=self.trigger)
+        self.store.enqueue(self.first, [message.to_json()], time.time())
+        return message
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class _Ingresses:
+    """One :class:`Ingress` per registered flow, rebuilt when the kernel registers the flow again."""
 
     def __init__(self, registry_path: str | None):
         self.registry_path = registry_path or None
-        self._cache: dict[str, tuple[float, Any]] = {}
+        self._cache: dict[str, tuple[float, Ingress]] = {}
         self._lock = threading.Lock()
 
-    def get(self, flow_name: str) -> tuple[registry.HookRegistration, Any] | None:
+    def get(self, flow_name: str) -> tuple[registry.HookRegistration, Ingress] | None:
         reg = registry.read(flow_name, self.registry_path)
         if reg is None:
             return None
         with self._lock:
             cached = self._cache.get(flow_name)
             if cached is None or cached[0] != reg.registered_at:
-                from flownb.flow import load
-                from flownb.runtime.local import LocalRuntime
-
                 if cached is not None:
                     cached[1].close()
-                runtime = LocalRuntime(load(reg.spec), Path(reg.state_dir))
-                self._cache[flow_name] = cached = (reg.registered_at, runtime)
+                self._cache[flow_name] = cached = (reg.registered_at, Ingress(reg))
         return reg, cached[1]
 
 
 class HookHandler(tornado.web.RequestHandler):
     """``POST /flownb/hooks/<flow>/<token>``: the request becomes a message in the flow's first queue."""
 
-    def initialize(self, runtimes: _Runtimes) -> None:
-        self.runtimes = runtimes
+    def initialize(self, ingresses: _Ingresses) -> None:
+        self.ingresses = ingresses
 
     def check_xsrf_cookie(self) -> None:
         """Webhooks come from other systems: the token in the path is the credential."""
@@ -100,32 +142,45 @@ class HookHandler(tornado.web.RequestHandler):
         from flownb.webhook.parse import HttpError, parse_body, public_headers, query_dict
 
         try:
-            found = await asyncio.get_running_loop().run_in_executor(_POOL, self.runtimes.get, flow)
+            found = await asyncio.get_running_loop().run_in_executor(_POOL, self.ingresses.get, flow)
         except FlownbError as exc:
             return self._reply(500, {"error": f"flow '{flow}' cannot be served: {exc}", "status": 500})
         if found is None:
-            return self._reply(404, {"error": f"no flow '{flow}' is served here; run "
-                                              f"jupyter_flownb.serve_in_jupyter(flow) in the kernel", "status": 404})
-        reg, runtime = found
+            return self._reply(
+                404,
+                {
+                    "error": f"no flow '{flow}' is served here; run "
+                    f"jupyter_flownb.serve_in_jupyter(flow) in the kernel",
+                    "status": 404,
+                },
+            )
+        reg, ingress = found
         if not hmac.compare_digest(token.encode(), reg.token.encode()):
-            return self._reply(403, {"error": "wrong token in the URL; use the path serve_in_jupyter returned",
-                                     "status": 403})
+            return self._reply(
+                403,
+                {"error": "wrong token in the URL; use the path serve_in_jupyter returned", "status": 403},
+            )
         raw = self.request.body or b""
         if len(raw) > reg.max_body:
-            return self._reply(413, {"error": f"body of {len(raw)} bytes is over the limit of {reg.max_body}",
-                                     "status": 413})
+            return self._reply(
+                413, {"error": f"body of {len(raw)} bytes is over the limit of {reg.max_body}", "status": 413}
+            )
         try:
             body = parse_body(raw, self.request.headers.get("Content-Type"), max_depth=64)
         except HttpError as exc:
             return self._reply(exc.status, {"error": exc.detail, "status": exc.status})
         body["_query"] = query_dict(self.request.query.encode())
-        body["_headers"] = public_headers([(k.lower().encode(), v.encode()) for k, v in self.request.headers.get_all()],
-                                          "X-Flownb-Signature")
+        body["_headers"] = public_headers(
+            [(k.lower().encode(), v.encode()) for k, v in self.request.headers.get_all()],
+            "X-Flownb-Signature",
+        )
         try:
-            message = await asyncio.get_running_loop().run_in_executor(_POOL, runtime.submit, body, {})
+            message = await asyncio.get_running_loop().run_in_executor(_POOL, ingress.submit, body, {})
         except QueueFull as exc:
             self.set_header("Retry-After", "1")
-            return self._reply(429, {"error": f"the flow's first queue is full; retry later ({exc})", "status": 429})
+            return self._reply(
+                429, {"error": f"the flow's first queue is full; retry later ({exc})", "status": 429}
+            )
         except MessageError as exc:
             return self._reply(400, {"error": f"the body cannot be queued: {exc}", "status": 400})
         self._reply(202, {"id": message.id})
@@ -133,13 +188,16 @@ class HookHandler(tornado.web.RequestHandler):
 
 # -- schedules API ---------------------------------------------------------------------------------
 
+
 class _Api(APIHandler):
     def initialize(self, ext: "Extension") -> None:
         self.ext = ext
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        message = exc.log_message if isinstance(exc, tornado.web.HTTPError) and exc.log_message else str(exc or "")
+        message = (
+            exc.log_message if isinstance(exc, tornado.web.HTTPError) and exc.log_message else str(exc or "")
+        )
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"error": message or self._reason, "status": status_code}))
 
@@ -164,7 +222,11 @@ def _schedule_view(store, s) -> dict:
     now = time.time()
     nxt = next_fire_times(s, now, now + 366 * 86400, limit=1)
     last = store.history(s.name, limit=1)
-    return {**s.to_dict(), "next_run": nxt[0] if nxt else None, "last_run": last[0].to_dict() if last else None}
+    return {
+        **s.to_dict(),
+        "next_run": nxt[0] if nxt else None,
+        "last_run": last[0].to_dict() if last else None,
+    }
 
 
 class SchedulesHandler(_Api):
@@ -179,15 +241,34 @@ class SchedulesHandler(_Api):
 
         data = self.get_json_body() or {}
         if not isinstance(data, dict) or "notebook" not in data:
-            raise tornado.web.HTTPError(400, "send a JSON object with notebook, cron and name "
-                                             "(optional: tz, parameters, timeout, catchup, keep, allow_overlap)")
+            raise tornado.web.HTTPError(
+                400,
+                "send a JSON object with notebook, cron and name "
+                "(optional: tz, parameters, timeout, catchup, keep, allow_overlap)",
+            )
         notebook = self.ext.notebook_path(str(data.pop("notebook")))
-        fields = {k: data[k] for k in ("cron", "name", "tz", "parameters", "timeout", "catchup", "keep",
-                                       "allow_overlap", "replace") if k in data}
+        fields = {
+            k: data[k]
+            for k in (
+                "cron",
+                "name",
+                "tz",
+                "parameters",
+                "timeout",
+                "catchup",
+                "keep",
+                "allow_overlap",
+                "replace",
+            )
+            if k in data
+        }
         unknown = sorted(set(data) - set(fields))
         if unknown:
-            raise tornado.web.HTTPError(400, f"unknown field(s) {unknown}; accepted: notebook, cron, name, tz, "
-                                             f"parameters, timeout, catchup, keep, allow_overlap, replace")
+            raise tornado.web.HTTPError(
+                400,
+                f"unknown field(s) {unknown}; accepted: notebook, cron, name, tz, "
+                f"parameters, timeout, catchup, keep, allow_overlap, replace",
+            )
         if "cron" not in fields or "name" not in fields:
             raise tornado.web.HTTPError(400, "'cron' and 'name' are required")
         s = await self.call(add_schedule, self.ext.store, notebook, **fields)
@@ -210,7 +291,7 @@ class ScheduleHandler(_Api):
 class RunNowHandler(_Api):
     @tornado.web.authenticated
     async def post(self, name: str) -> None:
-        from flownb.schedule.runner import claim, execute
+        from flownb.schedule.runner import claim
 
         store = self.ext.store
         schedule = await self.call(store.get, name)
@@ -247,6 +328,7 @@ class HooksHandler(_Api):
 
 # -- wiring ----------------------------------------------------------------------------------------
 
+
 class Extension:
     """What the handlers share: settings, the schedule store, background runs, the optional scheduler."""
 
@@ -282,8 +364,13 @@ class Extension:
                 execute(self.store, schedule, run_id)
             except Exception as exc:
                 log.exception("run %d of '%s' could not be executed", run_id, schedule.name)
-                self.store.update_run(run_id, status="failed", finished_at=time.time(),
-                                      error_name=type(exc).__name__, error_value=str(exc))
+                self.store.update_run(
+                    run_id,
+                    status="failed",
+                    finished_at=time.time(),
+                    error_name=type(exc).__name__,
+                    error_value=str(exc),
+                )
             finally:
                 self.runs.pop(run_id, None)
 
@@ -301,11 +388,15 @@ class Extension:
 def setup_handlers(serverapp) -> Extension:
     ext = Extension(serverapp)
     base = serverapp.web_app.settings["base_url"]
-    runtimes = _Runtimes(ext.config.registry_dir or None)
+    ingresses = _Ingresses(ext.config.registry_dir or None)
     api = {"ext": ext}
     name = r"(?P<name>[a-z0-9][a-z0-9-]*)"
     routes = [
-        (r"flownb/hooks/(?P<flow>[a-z0-9][a-z0-9-]*)/(?P<token>[^/]+)", HookHandler, {"runtimes": runtimes}),
+        (
+            r"flownb/hooks/(?P<flow>[a-z0-9][a-z0-9-]*)/(?P<token>[^/]+)",
+            HookHandler,
+            {"ingresses": ingresses},
+        ),
         (r"flownb/api/hooks", HooksHandler, api),
         (r"flownb/api/schedules", SchedulesHandler, api),
         (rf"flownb/api/schedules/{name}", ScheduleHandler, api),
@@ -316,6 +407,11 @@ def setup_handlers(serverapp) -> Extension:
     serverapp.web_app.add_handlers(".*$", [(url_path_join(base, r), h, kw) for r, h, kw in routes])
     if ext.config.run_scheduler:
         ext.start_scheduler()
-    serverapp.log.info("jupyter_flownb: hooks at %sflownb/hooks/<flow>/<token>, schedules API at "
-                       "%sflownb/api/schedules (state %s)", base, base, ext.state_dir)
+    serverapp.log.info(
+        "jupyter_flownb: hooks at %sflownb/hooks/<flow>/<token>, schedules API at "
+        "%sflownb/api/schedules (state %s)",
+        base,
+        base,
+        ext.state_dir,
+    )
     return ext

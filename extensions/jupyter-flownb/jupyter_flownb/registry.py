@@ -43,11 +43,11 @@ class HookRegistration:
     """A flow served by the Jupyter server."""
 
     flow: str
-    spec: str                 # flow.yaml text
-    state_dir: str            # absolute
+    spec: str  # flow.yaml text
+    state_dir: str  # absolute
     token: str
     max_body: int = 1024 * 1024
-    pid: int = 0              # the registering kernel
+    pid: int = 0  # the registering kernel
     registered_at: float = 0.0
 
     @property
@@ -57,8 +57,13 @@ class HookRegistration:
 
     def public(self) -> dict:
         """What the server lists: everything but the token and the spec text."""
-        return {"flow": self.flow, "state_dir": self.state_dir, "pid": self.pid,
-                "registered_at": self.registered_at, "max_body": self.max_body}
+        return {
+            "flow": self.flow,
+            "state_dir": self.state_dir,
+            "pid": self.pid,
+            "registered_at": self.registered_at,
+            "max_body": self.max_body,
+        }
 
 
 def _token_for(flow: Any, token: str | None) -> str:
@@ -67,13 +72,22 @@ def _token_for(flow: Any, token: str | None) -> str:
         token = os.environ.get(env) if env else None
     token = token or secrets.token_urlsafe(24)
     if len(token) < MIN_TOKEN:
-        raise ConfigError(f"the webhook token has {len(token)} characters; use at least {MIN_TOKEN} "
-                          f"(e.g. secrets.token_urlsafe(24))", field="token")
+        raise ConfigError(
+            f"the webhook token has {len(token)} characters; use at least {MIN_TOKEN} "
+            f"(e.g. secrets.token_urlsafe(24))",
+            field="token",
+        )
     return token
 
 
-def serve_in_jupyter(flow: Any, state_dir: str | Path = ".flownb", *, token: str | None = None,
-                     max_body: int = 1024 * 1024, registry: str | Path | None = None) -> HookRegistration:
+def serve_in_jupyter(
+    flow: Any,
+    state_dir: str | Path = ".flownb",
+    *,
+    token: str | None = None,
+    max_body: int = 1024 * 1024,
+    registry: str | Path | None = None,
+) -> HookRegistration:
     """Register ``flow`` (a :class:`flownb.Flow`) with the Jupyter server of this kernel.
 
     Requests to ``/flownb/hooks/<flow>/<token>`` are then committed into ``state_dir``; run the flow
@@ -82,9 +96,15 @@ def serve_in_jupyter(flow: Any, state_dir: str | Path = ".flownb", *, token: str
     random one. Returns the registration; ``.path`` is the URL path to call.
     """
     flow.validate_components()
-    reg = HookRegistration(flow=flow.name, spec=flow.to_yaml(), state_dir=str(Path(state_dir).resolve()),
-                           token=_token_for(flow, token), max_body=max_body, pid=os.getpid(),
-                           registered_at=time.time())
+    reg = HookRegistration(
+        flow=flow.name,
+        spec=flow.to_yaml(),
+        state_dir=str(Path(state_dir).resolve()),
+        token=_token_for(flow, token),
+        max_body=max_body,
+        pid=os.getpid(),
+        registered_at=time.time(),
+    )
     folder = registry_dir(registry)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{flow.name}.json"
@@ -92,7 +112,7 @@ def serve_in_jupyter(flow: Any, state_dir: str | Path = ".flownb", *, token: str
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump(asdict(reg), fh)
-    os.replace(tmp, target)             # readers never see a half-written registration
+    os.replace(tmp, target)  # readers never see a half-written registration
     return reg
 
 
@@ -112,7 +132,9 @@ def read(flow_name: str, registry: str | Path | None = None) -> HookRegistration
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise SpecError(f"hook registration '{path}' is unreadable ({exc}); call serve_in_jupyter again") from exc
+        raise SpecError(
+            f"hook registration '{path}' is unreadable ({exc}); call serve_in_jupyter again"
+        ) from exc
     return HookRegistration(**{k: data[k] for k in HookRegistration.__dataclass_fields__ if k in data})
 
 
