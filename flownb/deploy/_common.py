@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import DeployError
@@ -17,7 +18,7 @@ RABBITMQ_IMAGE = "rabbitmq:3-management"
 BROKER_ENV = "FLOWNB_BROKER_URL"
 #: config keys whose literal value would be a secret: name an environment variable instead
 _SECRET_KEYS = re.compile(r"^(password|passwd|secret|token|api_?key|access_?key|authorization|"
-                          r"client_secret|private_key)$", re.I)
+                          r"client_secret|private_key)$", re.IGNORECASE)
 
 
 def image_name(flow: Flow) -> str:
@@ -107,10 +108,11 @@ class StepPlan:
 
 def component_kind(component: str) -> str:
     """The kind of an installed component; falls back on the key when it is not installed here."""
+    from ..errors import FlownbError
     from ..registry import get
     try:
         return get(component).kind
-    except Exception:  # an uninstalled component: the deployment image may still provide it
+    except FlownbError:  # not installed here: the deployment image may still provide it
         return "webhook" if component.split(".")[-1] == "webhook" else "poll"
 
 

@@ -68,6 +68,7 @@ def deploy_cli(args, con) -> int:
 
 def status_cli(args, con) -> int:
     from rich.table import Table
+
     from .engine import status
     _quiet()
     st = status(Path(args.dir), broker_url=args.broker_url)

@@ -7,10 +7,17 @@ from pathlib import Path
 import yaml
 
 from ..flow import Flow
-from ._common import (BROKER_ENV, INTERNAL_BROKER_URL, RABBITMQ_IMAGE, image_name, plan, secret_envs,
-                      url_has_password)
+from ._common import (
+    BROKER_ENV,
+    INTERNAL_BROKER_URL,
+    RABBITMQ_IMAGE,
+    image_name,
+    plan,
+    secret_envs,
+    url_has_password,
+)
 
-__all__ = ["render_compose", "write_compose", "SECRETS_ENV_FILE"]
+__all__ = ["SECRETS_ENV_FILE", "render_compose", "write_compose"]
 
 SECRETS_ENV_FILE = "secrets.env"
 STOP_GRACE = "60s"

@@ -11,18 +11,19 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import BrokerError, DeployError
+from ..errors import BrokerError, DeployError, FlownbError
 from ..flow import Flow, load
 from ..runtime.amqp import names
 from ._common import BROKER_ENV, RABBITMQ_IMAGE, image_name, plan, secret_envs
 from .image import build_image, docker_client, image_exists
 
-__all__ = ["deploy", "status", "down", "DeployResult", "RESTART_POLICY", "read_env_file"]
+__all__ = ["RESTART_POLICY", "DeployResult", "deploy", "down", "read_env_file", "status"]
 
 log = logging.getLogger("flownb.deploy")
 Progress = Callable[[str], None]
@@ -235,9 +236,10 @@ def status(out: str | Path, *, broker_url: str | None = None) -> dict[str, Any]:
     queues: dict | None = None
     error = None
     if url:
+        import pika
         try:
             queues = queue_depths(flow, url)
-        except Exception as exc:  # BrokerError or pika errors: show, don't fail the status
+        except (FlownbError, pika.exceptions.AMQPError, OSError) as exc:  # show it, don't fail the status
             error = str(exc)
     else:
         error = "no running container names a broker; pass --broker-url"
@@ -249,10 +251,11 @@ def _remove(client, flow_name: str, *, workers_only: bool, say: Progress) -> lis
     for c in _containers(client, flow_name):
         if workers_only and (c.labels or {}).get("flownb.role") == "broker":
             continue
+        import docker
         try:
             c.stop(timeout=STOP_TIMEOUT)
             c.remove(force=True)
-        except Exception as exc:  # docker.errors.NotFound when it vanished meanwhile
+        except docker.errors.NotFound as exc:  # it vanished meanwhile
             log.debug("removing %s: %s", c.name, exc)
         removed.append(c.name)
         say(f"removed {c.name}")
@@ -268,8 +271,9 @@ def down(out: str | Path, *, keep_broker: bool = False, volumes: bool = False,
     client = docker_client()
     removed = _remove(client, flow.name, workers_only=keep_broker, say=say)
     if volumes and not keep_broker:
+        import docker
         try:
             client.volumes.get(f"flownb-{flow.name}-rabbitmq").remove(force=True)
-        except Exception as exc:  # docker.errors.NotFound
+        except docker.errors.NotFound as exc:
             log.debug("volume: %s", exc)
     return removed

@@ -21,8 +21,14 @@ from ..notebook.display import FLOW_MIME
 from ._common import BROKER_ENV, check_no_literal_secrets, secret_envs, url_has_password
 from .redact import redact_notebook, redact_values
 
-__all__ = ["export", "ExportResult", "notebook_parameters", "check_parameters", "flows_in_notebook",
-           "TARGETS"]
+__all__ = [
+    "TARGETS",
+    "ExportResult",
+    "check_parameters",
+    "export",
+    "flows_in_notebook",
+    "notebook_parameters",
+]
 
 log = logging.getLogger("flownb.deploy")
 TARGETS = ("compose", "k8s", "all")
@@ -206,7 +212,8 @@ def export(source: str | Path, out_dir: str | Path, *, params: dict[str, Any] | 
 def _write(flow: Flow, out: Path, executed: dict | None, src: Path, params: dict[str, Any], *,
            target: str, broker_url: str | None, image: str | None, ingress_host: str | None,
            keda: bool) -> ExportResult:
-    from . import compose, image as image_mod, k8s
+    from . import compose, k8s
+    from . import image as image_mod
     flow = flow.resolved()
     flow.validate_components()
     check_no_literal_secrets(flow)

@@ -9,15 +9,21 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import DeployError
 from ..flow import Flow, load
 from ._common import extras_for, image_name
 
-__all__ = ["write_dockerfile", "build_wheelhouse", "build_image", "ensure_base_image", "DEFAULT_BASE_IMAGE",
-           "DEBIAN_BASE_IMAGE"]
+__all__ = [
+    "DEBIAN_BASE_IMAGE",
+    "DEFAULT_BASE_IMAGE",
+    "build_image",
+    "build_wheelhouse",
+    "ensure_base_image",
+    "write_dockerfile",
+]
 
 log = logging.getLogger("flownb.deploy")
 Progress = Callable[[str], None]
@@ -78,7 +84,7 @@ def _project_root() -> Path | None:
 def _pip(args: list[str], what: str) -> None:
     cmd = [sys.executable, "-m", "pip", *args]
     log.debug("running %s", " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
         raise DeployError(f"{what} failed (pip exit {proc.returncode}):\n{tail}\ncheck the flow's "
@@ -205,7 +211,7 @@ def ensure_base_image(tag: str = DEBIAN_BASE_IMAGE, *, suite: str = "bookworm",
         root = Path(tmp) / "rootfs"
         say(f"debootstrap {suite} (minbase + python3, python3-venv)")
         proc = subprocess.run(["debootstrap", "--variant=minbase", "--include=python3,python3-venv", suite,
-                               str(root), mirror], capture_output=True, text=True)
+                               str(root), mirror], capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-10:])
             raise DeployError(f"debootstrap failed (exit {proc.returncode}):\n{tail}")

@@ -10,10 +10,19 @@ import yaml
 
 from ..flow import Flow
 from ..runtime.amqp import names
-from ._common import (BROKER_ENV, METRICS_PORT, RABBITMQ_IMAGE, StepPlan, image_name, plan, secret_envs,
-                      secrets_name, url_has_password)
+from ._common import (
+    BROKER_ENV,
+    METRICS_PORT,
+    RABBITMQ_IMAGE,
+    StepPlan,
+    image_name,
+    plan,
+    secret_envs,
+    secrets_name,
+    url_has_password,
+)
 
-__all__ = ["render_manifests", "write_manifests", "TERMINATION_GRACE_SECONDS", "KEDA_QUEUE_LENGTH"]
+__all__ = ["KEDA_QUEUE_LENGTH", "TERMINATION_GRACE_SECONDS", "render_manifests", "write_manifests"]
 
 TERMINATION_GRACE_SECONDS = 60
 KEDA_QUEUE_LENGTH = 100

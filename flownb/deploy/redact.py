@@ -18,7 +18,8 @@ Values shorter than 4 characters are not searched for (they would redact ordinar
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 MASK = "***"
 

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
+from pydantic import BaseModel, ConfigDict
 
 from flownb import Flow, step
 from flownb.cli import main
+from flownb.components.base import Action
 from flownb.deploy import export, flows_in_notebook
 from flownb.errors import DeployError, ParameterError
 from flownb.registry import register
-from flownb.components.base import Action
-from pydantic import BaseModel, ConfigDict
 
 from .conftest import DATA
 

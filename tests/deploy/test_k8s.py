@@ -38,7 +38,7 @@ def test_exported_manifests_validate(hooks_export):
     assert yaml.safe_load(cm["data"]["flow.yaml"])["name"] == "hooks"
     deps = {o["metadata"]["labels"]["flownb.step"]: o for o in objs if o["kind"] == "Deployment"}
     assert deps["show"]["spec"]["replicas"] == 3
-    for name, d in deps.items():
+    for d in deps.values():
         pod = d["spec"]["template"]["spec"]
         assert pod["terminationGracePeriodSeconds"] >= 30
         c = pod["containers"][0]
