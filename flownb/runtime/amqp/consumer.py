@@ -7,8 +7,9 @@ socket read delivered (at most ``prefetch``) goes to ``StepRunner.run_batch`` at
 are batched by the broker. A publish the broker nacks (the next queue is full: ``reject-publish``)
 is published again after a back-off, its input still unacked, so back-pressure travels upstream
 through the prefetch window. Steps run in a processing thread, so a slow step (an HTTP call that
-times out) never stalls the I/O loop: heartbeats and confirms keep flowing. A lost connection drops all in-flight state; the broker redelivers the
-unacked inputs to the new connection (duplicates are possible only within that window).
+times out) never stalls the I/O loop: heartbeats and confirms keep flowing. A lost connection
+drops all in-flight state; the broker redelivers the unacked inputs to the new connection
+(duplicates are possible only within that window).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from ...message import Message
 from ..core import ErrorInfo, StepRunner
 from . import names
 from .metrics import StepMetrics
-from .topology import ERROR_HEADER, STEP_HEADER, connect, declare_flow, parameters, pick_level, retry_levels
+from .topology import (ERROR_HEADER, STEP_HEADER, TopologyError, connect, declare_flow, parameters,
+                       pick_level, retry_levels)
 
 __all__ = ["StepWorker", "DEFAULT_PREFETCH", "PERSISTENT"]
 
@@ -137,6 +139,9 @@ class StepWorker:
                         on_open_callback=self._on_open, on_open_error_callback=self._on_open_error,
                         on_close_callback=self._on_closed)
                     self._conn.ioloop.start()
+                    self._conn.ioloop.close()
+                except TopologyError:
+                    raise  # a configuration problem: retrying cannot fix it
                 except Exception as exc:  # broker down at declare time: log and retry
                     log.warning("step '%s': broker unavailable (%s); retrying in %.1fs", self.step.name,
                                 exc, backoff)
@@ -251,7 +256,8 @@ class StepWorker:
                 gen, conn, recs, batch = item
                 results = self._compute(batch)
                 try:
-                    conn.ioloop.add_callback_threadsafe(functools.partial(self._apply, gen, recs, batch, results))
+                    apply = functools.partial(self._apply, gen, recs, batch, results)
+                    conn.ioloop.add_callback_threadsafe(apply)
                 except Exception:  # that connection is gone: its inputs are redelivered
                     log.debug("step '%s': outcome of an old connection dropped", self.step.name)
         finally:

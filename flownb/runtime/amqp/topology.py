@@ -30,13 +30,17 @@ from ...errors import BrokerError
 from ...flow import Flow, RetryPolicy
 from . import names
 
-__all__ = ["DEFAULT_MAX_LENGTH", "ERROR_HEADER", "STEP_HEADER", "max_length", "retry_levels",
-           "pick_level", "declare_flow", "declare_step", "queue_depths", "connect", "parameters"]
+__all__ = ["TopologyError", "DEFAULT_MAX_LENGTH", "ERROR_HEADER", "STEP_HEADER", "max_length",
+           "retry_levels", "pick_level", "declare_flow", "declare_step", "queue_depths", "connect", "parameters"]
 
 DEFAULT_MAX_LENGTH = 100_000
 ERROR_HEADER = "x-flownb-error"
 STEP_HEADER = "x-flownb-step"
 VERSION_HEADER = "x-flownb-version"
+
+
+class TopologyError(BrokerError):
+    """A queue or exchange exists with other arguments: a configuration problem, not an outage."""
 
 
 def max_length() -> int:
@@ -104,7 +108,7 @@ def _declare(ch, queue: str, args: dict | None) -> None:
         ch.queue_declare(queue, durable=True, arguments=args)
     except pika.exceptions.ChannelClosedByBroker as exc:
         if exc.reply_code == 406:
-            raise BrokerError(f"queue '{queue}' exists with other arguments ({exc.reply_text}); "
+            raise TopologyError(f"queue '{queue}' exists with other arguments ({exc.reply_text}); "
                               f"delete it (rabbitmqctl delete_queue) or use the settings it was created "
                               f"with (FLOWNB_MAX_QUEUE_LENGTH, the step's retry policy)") from exc
         raise BrokerError(f"declaring queue '{queue}' failed: {exc.reply_text}") from exc

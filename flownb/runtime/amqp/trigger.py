@@ -30,7 +30,7 @@ from ..core import TriggerRunner
 from . import names
 from .consumer import PERSISTENT
 from .metrics import StepMetrics
-from .topology import VERSION_HEADER, connect, declare_flow, max_length
+from .topology import VERSION_HEADER, TopologyError, connect, declare_flow, max_length
 
 __all__ = ["TriggerWorker", "read_state"]
 
@@ -78,6 +78,8 @@ class TriggerWorker:
                 started = time.monotonic()
                 try:
                     self._session()
+                except TopologyError:
+                    raise  # a configuration problem: retrying cannot fix it
                 except _AMQP_ERRORS as exc:
                     log.warning("trigger '%s': broker connection lost (%r); retrying in %.1fs",
                                 self.name, exc, backoff)

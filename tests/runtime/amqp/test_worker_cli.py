@@ -96,3 +96,17 @@ def test_topology_is_idempotent_and_a_changed_limit_says_what_to_do(broker, monk
     with pytest.raises(BrokerError, match="exists with other arguments.*FLOWNB_MAX_QUEUE_LENGTH"):
         declare_flow(conn.channel(), flow)
     conn.close()
+
+
+def test_worker_exits_1_when_a_queue_exists_with_other_settings(broker, tmp_path, monkeypatch, capsys):
+    from flownb.cli import main
+    flow = flownb.Flow(name="clash", trigger=flownb.step("src", "amqptest.count"),
+                       steps=[flownb.step("work", "amqptest.work")])
+    spec = flow.save(tmp_path / "flow.yaml")
+    conn = connect(broker)
+    declare_flow(conn.channel(), flow)
+    conn.close()
+    monkeypatch.setenv("FLOWNB_MAX_QUEUE_LENGTH", "5")
+    assert main(["worker", str(spec), "--step", "work", "--broker", broker]) == 1
+    err = capsys.readouterr().err
+    assert "exists with other arguments" in err and "FLOWNB_MAX_QUEUE_LENGTH" in err
