@@ -263,3 +263,35 @@ def test_jsonata_syntax_error_names_step_field_and_position(tmp_path):
     assert "step 'to-order'" in r.stderr and "field 'config.fields.email'" in r.stderr
     assert "position 25" in r.stderr and "$lowercase(customer_email\n" in r.stderr
     assert not state.exists()
+
+
+def test_until_idle_reports_retries_scheduled_later_and_delivers_them_next_run(tmp_path):
+    later = textwrap.dedent('''
+        import os
+        from flownb import Retry
+        def work(body, ctx):
+            if not os.path.exists(ctx.config.options["fix_file"]):
+                raise Retry("not yet", after=3600)
+            return body
+    ''')
+    p = spec(tmp_path, total=3)
+    import yaml
+    data = yaml.safe_load(p.read_text())
+    data["steps"][0]["config"]["source"] = later
+    p.write_text(yaml.safe_dump(data, sort_keys=False))
+    state = str(tmp_path / "state")
+    import os
+    env = {**os.environ, "FLOWNB_RETRY_WAIT": "0.5", "COLUMNS": "200"}
+    r = subprocess.run([FLOWNB, "run", str(p), "--state-dir", state, "--until-idle"], capture_output=True,
+                       text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "pending (scheduled retries) work: 3" in r.stdout and "next retry due in 3" in r.stdout
+    import sqlite3
+    con = sqlite3.connect(Path(state) / "cli-test.db")
+    con.execute("update queue set available_at = 0")    # as if the hour had passed
+    con.commit()
+    con.close()
+    (tmp_path / "fixed").touch()
+    r = subprocess.run([FLOWNB, "run", str(p), "--state-dir", state, "--until-idle"], capture_output=True,
+                       text=True, timeout=120, env=env)
+    assert r.returncode == 0 and "pending" not in r.stdout and "6 messages processed" in r.stdout

@@ -5,6 +5,7 @@
   ``FLOWNB_RETRY_WAIT`` seconds (total waiting, default 60) are waited for; retries scheduled later
   stay queued (they survive in the state directory) and the summary reports them as pending, with
   the time until the next one: run again to deliver them.
+- ``FLOWNB_MAX_QUEUE`` (default 10,000): ``submit`` raises QueueFull (HTTP 429) above this depth.
 - a webhook trigger with ``--port``: ``flownb.webhook.server.serve_local(runtime, host, port)``
   serves requests in the main thread (blocking until the server stops) and runs ``runtime.run`` in
   a background thread.
@@ -105,7 +106,8 @@ def run_cli(flow: Flow, args: Any) -> int:
     """``flownb run`` (args: state_dir, until_idle, port, host). Returns the exit code."""
     console = _console()
     retry_wait = float(os.environ.get("FLOWNB_RETRY_WAIT", "60"))
-    runtime = LocalRuntime(flow, Path(args.state_dir), retry_wait=retry_wait)
+    max_queue = int(os.environ.get("FLOWNB_MAX_QUEUE", "10000"))
+    runtime = LocalRuntime(flow, Path(args.state_dir), retry_wait=retry_wait, max_queue=max_queue)
     stop = threading.Event()
     try:
         with _signals(runtime, stop):
