@@ -19,9 +19,6 @@ from flownb.deploy import DEBIAN_BASE_IMAGE, down, ensure_base_image, status
 
 from .conftest import DATA
 
-pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.rabbitmq, pytest.mark.postgres,
-              pytest.mark.slow]
-
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TOTAL = 2000
 
@@ -102,6 +99,11 @@ def _restarts(container) -> int:
     return container.attrs["RestartCount"] if container.status == "running" else 0
 
 
+@pytest.mark.integration
+@pytest.mark.docker
+@pytest.mark.rabbitmq
+@pytest.mark.postgres
+@pytest.mark.slow
 def test_deploy_survives_a_killed_worker_and_loses_nothing(docker_engine, vhost_url, tables, tmp_path,
                                                            monkeypatch, capsys):
     import docker
@@ -165,3 +167,25 @@ def test_deploy_survives_a_killed_worker_and_loses_nothing(docker_engine, vhost_
             pass
     assert len(removed) == 3
     assert client.containers.list(all=True, filters={"label": f"flownb.flow={name}"}) == []
+
+
+def test_a_missing_secret_stops_the_deploy_before_anything_starts(tmp_path, monkeypatch):
+    from flownb import Flow, step
+    from flownb.deploy import deploy
+    from flownb.errors import DeployError
+    monkeypatch.delenv("NOPE_TOKEN_X", raising=False)
+    Flow(name="sec", trigger=step("hook", "webhook", token_env="NOPE_TOKEN_X"),
+         steps=[step("out", "log")]).save(tmp_path / "flow.yaml")
+    with pytest.raises(DeployError, match=r"NOPE_TOKEN_X are not set; export them or write them to .*secrets.env"):
+        deploy(tmp_path, broker_url="amqp://guest:guest@127.0.0.1:5672/", build=False)
+
+
+def test_secrets_env_file_is_read(tmp_path):
+    from flownb.deploy.engine import read_env_file
+    from flownb.errors import DeployError
+    f = tmp_path / "secrets.env"
+    f.write_text("# comment\n\nexport A=1\nB = 'two words'\nC=\"x=y\"\n")
+    assert read_env_file(f) == {"A": "1", "B": "two words", "C": "x=y"}
+    f.write_text("JUSTANAME\n")
+    with pytest.raises(DeployError, match="secrets.env:1: expected NAME=value"):
+        read_env_file(f)
