@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from .k8s import cronjob_manifests
-from .model import RunRecord, Schedule, ScheduleError, ScheduleInputError, next_fire_times, parse_schedule
+from .model import (
+    RunRecord,
+    Schedule,
+    ScheduleError,
+    ScheduleInputError,
+    next_fire,
+    next_fire_times,
+    parse_schedule,
+)
 from .runner import prune_outputs, run_now
 from .scheduler import Scheduler
 from .store import ScheduleStore
@@ -35,6 +43,7 @@ __all__ = [
     "run_now",
     "prune_outputs",
     "cronjob_manifests",
+    "next_fire",
     "next_fire_times",
     "parse_schedule",
 ]

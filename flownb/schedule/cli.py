@@ -17,8 +17,15 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("schedule", help="run notebooks on cron schedules with papermill")
     p.add_argument("--state-dir", default=".flownb", help="where schedules, run history and outputs live")
     ss = p.add_subparsers(dest="schedule_command", required=True, metavar="ACTION")
+    # ``--state-dir`` is accepted after the action too (flownb schedule list --state-dir X)
+    state = argparse.ArgumentParser(add_help=False)
+    state.add_argument("--state-dir", default=argparse.SUPPRESS, help="as above")
 
-    a = ss.add_parser("add", help="schedule a notebook (parameters are checked against its parameters cell)")
+    a = ss.add_parser(
+        "add",
+        parents=[state],
+        help="schedule a notebook (parameters are checked against its parameters cell)",
+    )
     a.add_argument("notebook")
     a.add_argument("--cron", required=True, help="'0 3 * * *' (5 fields) or with seconds as a 6th field")
     a.add_argument("--name", required=True, help="schedule name: lowercase letters, digits, '-'")
@@ -43,15 +50,17 @@ def add_parser(sub: Any) -> None:
     a.add_argument("--allow-overlap", action="store_true", help="let a run start while the previous one runs")
     a.add_argument("--replace", action="store_true", help="replace a schedule of the same name")
 
-    ss.add_parser("list", help="schedules and their next run")
-    r = ss.add_parser("remove", help="delete a schedule (its history stays)")
+    ss.add_parser("list", parents=[state], help="schedules and their next run")
+    r = ss.add_parser("remove", parents=[state], help="delete a schedule (its history stays)")
     r.add_argument("name")
-    r = ss.add_parser("run-now", help="run a schedule once, now, and wait for it")
+    r = ss.add_parser("run-now", parents=[state], help="run a schedule once, now, and wait for it")
     r.add_argument("name")
-    h = ss.add_parser("history", help="run history of a schedule, newest first")
+    h = ss.add_parser("history", parents=[state], help="run history of a schedule, newest first")
     h.add_argument("name")
     h.add_argument("--limit", type=int, default=20)
-    s = ss.add_parser("serve", help="the scheduler: run schedules as they come due until Ctrl-C")
+    s = ss.add_parser(
+        "serve", parents=[state], help="the scheduler: run schedules as they come due until Ctrl-C"
+    )
     s.add_argument("--interval", type=float, default=0.5, help="seconds between scheduling decisions")
     s.add_argument(
         "--grace",
@@ -115,7 +124,7 @@ def _list(args, store, console) -> int:
 
     from rich.table import Table
 
-    from .model import next_fire_times
+    from .model import next_fire
 
     t = Table(title=f"schedules in {store.state_dir}")
     for c in (
@@ -133,7 +142,7 @@ def _list(args, store, console) -> int:
     ):
         t.add_column(c, overflow="fold")
     for s in store.list():
-        nxt = next_fire_times(s, time.time(), time.time() + 366 * 86400, limit=1)
+        nxt = next_fire(s, time.time())
         last = store.history(s.name, limit=1)
         t.add_row(
             s.name,
@@ -145,7 +154,7 @@ def _list(args, store, console) -> int:
             s.catchup,
             str(s.keep),
             "yes" if s.allow_overlap else "no",
-            _when(nxt[0] if nxt else None),
+            _when(nxt),
             f"{_status(last[0].status)} {_when(last[0].started_at or last[0].queued_at)}" if last else "-",
         )
     console.print(t)

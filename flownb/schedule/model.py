@@ -23,6 +23,7 @@ __all__ = [
     "ScheduleInputError",
     "Catchup",
     "STATUSES",
+    "next_fire",
     "next_fire_times",
     "parse_schedule",
 ]
@@ -105,19 +106,26 @@ def parse_schedule(data: dict) -> Schedule:
         raise ScheduleInputError(msg, field=field) from None
 
 
-def next_fire_times(schedule: Schedule, after: float, until: float, limit: int = 1000) -> list[float]:
-    """Fire times (epoch seconds) of ``schedule`` in ``(after, until]``, oldest first, at most ``limit``
-    (the newest ``limit`` when there are more)."""
+def next_fire(schedule: Schedule, after: float) -> float:
+    """The first fire time (epoch seconds) of ``schedule`` after ``after``."""
     zone = ZoneInfo(schedule.tz)
-    it = croniter(schedule.cron, datetime.fromtimestamp(after, zone))
+    return croniter(schedule.cron, datetime.fromtimestamp(after, zone)).get_next(datetime).timestamp()
+
+
+def next_fire_times(schedule: Schedule, after: float, until: float, limit: int = 1000) -> list[float]:
+    """Fire times (epoch seconds) of ``schedule`` in ``(after, until]``, oldest first; at most the
+    newest ``limit`` of them (walked backwards from ``until``, so a long window costs ``limit`` steps)."""
+    zone = ZoneInfo(schedule.tz)
+    it = croniter(schedule.cron, datetime.fromtimestamp(until, zone))
     out: list[float] = []
-    while True:
-        t = it.get_next(datetime).timestamp()
-        if t > until:
-            return out
+    if next_fire(schedule, until - 1e-3) == until:  # ``until`` itself is a fire time
+        out.append(float(until))
+    while len(out) < limit:
+        t = it.get_prev(datetime).timestamp()
+        if t <= after:
+            break
         out.append(t)
-        if len(out) > limit:
-            out.pop(0)
+    return [t for t in reversed(out) if t > after]
 
 
 def iso(ts: float | None) -> str | None:

@@ -184,3 +184,47 @@ def test_api_needs_the_server_token(jupyter):
     assert r.status_code == 403
     r = httpx.post(f"{jupyter.url}/flownb/api/schedules", json={})
     assert r.status_code == 403
+
+
+def test_scheduler_inside_the_server(tmp_path, jupyter_flownb_installed):
+    import shutil
+
+    from .conftest import REPO, JupyterServer
+
+    root, runtime = tmp_path / "root", tmp_path / "runtime"
+    root.mkdir()
+    runtime.mkdir()
+    shutil.copy(REPO / "tests" / "schedule" / "data" / "params.ipynb", root / "params.ipynb")
+    server = JupyterServer(
+        root,
+        runtime,
+        [
+            "--FlownbExtension.run_scheduler=True",
+            "--FlownbExtension.scheduler_interval=0.2",
+            "--FlownbExtension.state_dir=sched-state",
+        ],
+    )
+    try:
+        c = server.client
+        r = c.post(
+            "/flownb/api/schedules",
+            json={
+                "notebook": "params.ipynb",
+                "cron": "* * * * * */2",
+                "name": "often",
+                "parameters": {"n": 3},
+            },
+        )
+        assert r.status_code == 201, r.text
+        deadline = time.monotonic() + 60
+        runs: list = []
+        while time.monotonic() < deadline:
+            runs = c.get("/flownb/api/schedules/often/history").json()["runs"]
+            if any(run["status"] == "ok" for run in runs):
+                break
+            time.sleep(0.3)
+        ok = [run for run in runs if run["status"] == "ok"]
+        assert ok and ok[0]["trigger"] == "cron" and ok[0]["planned_for"] % 2 == 0
+        assert ok[0]["output"].startswith(str(root / "sched-state" / "runs" / "often"))
+    finally:
+        server.stop()

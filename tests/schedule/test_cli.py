@@ -44,7 +44,7 @@ def test_add_list_history_remove(tmp_path, capsys, params_nb):
     assert rc == 0 and "added" in out
     s = ScheduleStore(state).get("rep")
     assert (s.parameters, s.tz, s.keep, s.catchup, s.timeout) == ({"n": 6}, "Europe/Berlin", 3, "last", 60)
-    rc, out = run(capsys, "--state-dir", state, "list")
+    rc, out = run(capsys, "list", "--state-dir", state)           # accepted after the action too
     assert rc == 0 and "rep" in out and "0 3 * * *" in out
     rc, out = run(capsys, "--state-dir", state, "history", "rep")
     assert rc == 0 and "runs of 'rep'" in out

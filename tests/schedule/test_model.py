@@ -43,3 +43,13 @@ def test_seconds_field_and_window_bounds():
     assert s.has_seconds
     assert next_fire_times(s, 1000.0, 1010.0) == [1002.0, 1004.0, 1006.0, 1008.0, 1010.0]
     assert next_fire_times(s, 1000.0, 1010.0, limit=2) == [1008.0, 1010.0]
+
+
+def test_next_fire_and_a_huge_window_keep_the_newest():
+    from flownb.schedule import next_fire
+
+    s = sched(cron="* * * * * */2")
+    assert next_fire(s, 1000.0) == 1002.0 and next_fire(s, 1001.0) == 1002.0
+    # thirty years of every-2-seconds fire times: only the newest `limit` are walked and returned
+    times = next_fire_times(s, 0.0, 1e9, limit=5)
+    assert times == [1e9 - 8, 1e9 - 6, 1e9 - 4, 1e9 - 2, 1e9]

@@ -217,14 +217,13 @@ class _Api(APIHandler):
 
 
 def _schedule_view(store, s) -> dict:
-    from flownb.schedule import next_fire_times
+    from flownb.schedule.model import next_fire
 
-    now = time.time()
-    nxt = next_fire_times(s, now, now + 366 * 86400, limit=1)
+    nxt = next_fire(s, time.time())
     last = store.history(s.name, limit=1)
     return {
         **s.to_dict(),
-        "next_run": nxt[0] if nxt else None,
+        "next_run": nxt,
         "last_run": last[0].to_dict() if last else None,
     }
 
@@ -272,7 +271,7 @@ class SchedulesHandler(_Api):
         if "cron" not in fields or "name" not in fields:
             raise tornado.web.HTTPError(400, "'cron' and 'name' are required")
         s = await self.call(add_schedule, self.ext.store, notebook, **fields)
-        self.reply(_schedule_view(self.ext.store, s), 201)
+        self.reply(await self.call(_schedule_view, self.ext.store, s), 201)
 
 
 class ScheduleHandler(_Api):
