@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 import threading
 import time
 
@@ -24,7 +25,9 @@ def test_ok_run_writes_output_notebook_with_parameters_and_a_progress_log(store,
     nb = nbformat.read(rec.output, as_version=4)
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert "n = 4" in injected[0].source
-    assert json.loads(out.read_text())["total"] == 2.0
+    written = json.loads(out.read_text())
+    assert written["total"] == 2.0
+    assert written["prefix"] == sys.prefix  # the python3 kernelspec resolved to this venv's interpreter
     logtext = open(rec.log).read()
     assert "Executing:" in logtext and "cell/s" in logtext  # papermill's progress bar, as lines
     assert '"total": 2.0' in logtext  # cell output, logged
