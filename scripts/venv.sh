@@ -15,3 +15,14 @@ if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
   .venv/bin/pip install -q -e "$spec"
   touch "$stamp"
 fi
+# The dev environment also holds the two packages under extensions/ (their tests import them, and an
+# editable install's path hook is read only when an interpreter starts, so not from inside pytest).
+if [[ "$extras" == *dev* ]]; then
+  for ext in extensions/*/; do
+    ext_stamp=".venv/.installed-ext-$(basename "$ext")"
+    if [[ ! -f "$ext_stamp" || "$ext/pyproject.toml" -nt "$ext_stamp" ]]; then
+      .venv/bin/pip install -q --no-deps -e "$ext"
+      touch "$ext_stamp"
+    fi
+  done
+fi

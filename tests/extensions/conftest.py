@@ -7,6 +7,7 @@ import importlib
 import os
 import secrets
 import shutil
+import site
 import socket
 import subprocess
 import sys
@@ -33,7 +34,10 @@ def ensure_installed(module: str) -> None:
             return
     except ImportError:
         pass
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", str(src)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", str(src)], check=True)
+    # An editable install works through a .pth file, which Python reads only at start-up: read it now.
+    for path in site.getsitepackages():
+        site.addsitedir(path)
     importlib.invalidate_caches()
     importlib.import_module(module)
 
