@@ -108,6 +108,9 @@ _RUN_ALL = """async () => {
   const panel = app.shell.currentWidget;
   await panel.context.ready;
   await panel.sessionContext.ready;
+  // the command acts on the notebook tracker's current widget: make sure it is this one
+  app.shell.activateById(panel.id);
+  await panel.revealed;
   await app.commands.execute('notebook:run-all-cells');
   return true;
 }"""
@@ -142,9 +145,13 @@ _COLUMN = """([root, column]) => {
 
 
 def _open_and_run(page, lab, name: str) -> None:
-    page.goto(f"{lab['url']}/lab/tree/{name}?token={lab['token']}")
+    # a workspace of its own, so no tab of an earlier test is restored beside this notebook
+    workspace = name.split(".")[0]
+    page.goto(f"{lab['url']}/lab/workspaces/{workspace}/tree/{name}?reset&token={lab['token']}")
     page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget "
-                           "&& window.jupyterapp.shell.currentWidget.sessionContext", timeout=T)
+                           "&& window.jupyterapp.shell.currentWidget.sessionContext "
+                           f"&& window.jupyterapp.shell.currentWidget.context.path === {json.dumps(name)}",
+                           timeout=T)
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=T)
     page.evaluate(_RUN_ALL)
     page.wait_for_function(_ALL_DONE, timeout=T, polling=500)
