@@ -182,6 +182,10 @@ def _deploy_parsers(sub) -> None:
     p.add_argument("--ingress-host", default=None, help="Kubernetes: add an Ingress for a webhook trigger")
     p.add_argument("--keda", action="store_true", help="Kubernetes: a KEDA ScaledObject per action step")
     p.add_argument("--kernel", default=None, help="Jupyter kernel (default: the notebook's)")
+    p.add_argument("--schedules", default=None, metavar="STATE_DIR",
+                   help="Kubernetes: turn the schedules stored there ('flownb schedule add') into CronJobs")
+    p.add_argument("--schedule", action="append", default=None, metavar="NAME",
+                   help="with --schedules: export only this schedule (repeatable)")
     p.add_argument("-o", "--output", required=True, help="the deployment directory to write")
 
     p = sub.add_parser("build", help="build the worker image of an exported directory (wheelhouse + docker)")

@@ -31,7 +31,8 @@ def export_cli(args, con) -> int:
     from .export import export
     res = export(args.source, args.output, params=dict(args.param or []), params_file=args.params_file,
                  target=args.target, flow_name=args.flow, broker_url=args.broker_url, image=args.image,
-                 ingress_host=args.ingress_host, keda=args.keda, kernel_name=args.kernel)
+                 ingress_host=args.ingress_host, keda=args.keda, kernel_name=args.kernel,
+                 schedules_dir=args.schedules, schedule_names=args.schedule)
     con.print(f"[green]exported[/green] flow '{res.flow.name}' to {res.out_dir}")
     for f in res.files:
         con.print(f"  {f.relative_to(res.out_dir)}")

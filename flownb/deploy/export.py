@@ -179,11 +179,18 @@ def pick_flow(specs: list[dict], name: str | None, *, source: str) -> Flow:
 def export(source: str | Path, out_dir: str | Path, *, params: dict[str, Any] | None = None,
            params_file: str | Path | None = None, target: str = "all", flow_name: str | None = None,
            broker_url: str | None = None, kernel_name: str | None = None, image: str | None = None,
-           ingress_host: str | None = None, keda: bool = False) -> ExportResult:
-    """Export a notebook (run with papermill) or a spec to a deployment directory ``out_dir``."""
+           ingress_host: str | None = None, keda: bool = False,
+           schedules_dir: str | Path | None = None, schedule_names: list[str] | None = None) -> ExportResult:
+    """Export a notebook (run with papermill) or a spec to a deployment directory ``out_dir``.
+
+    ``schedules_dir`` is a state directory holding ``schedules.db`` (``flownb schedule add``): its
+    schedules (all, or those named in ``schedule_names``) become Kubernetes CronJobs in
+    ``k8s/schedules.yaml``, their notebooks are copied to ``notebooks/`` and go into the image.
+    """
     if target not in TARGETS:
         raise DeployError(f"unknown target '{target}'{did_you_mean(target, TARGETS)} "
                           f"targets: {', '.join(TARGETS)}")
+    schedules = load_schedules(schedules_dir, schedule_names)
     src = Path(source)
     if not src.exists():
         raise DeployError(f"'{src}' does not exist; pass a notebook (.ipynb) or a flow.yaml")
@@ -206,12 +213,58 @@ def export(source: str | Path, out_dir: str | Path, *, params: dict[str, Any] | 
         flow = flow.with_parameters(given)
         result_params = dict(given)
     return _write(flow, out, executed, src, result_params, target=target, broker_url=broker_url,
-                  image=image, ingress_host=ingress_host, keda=keda)
+                  image=image, ingress_host=ingress_host, keda=keda, schedules=schedules)
+
+
+def load_schedules(state_dir: str | Path | None, names: list[str] | None = None) -> list:
+    """The schedules of ``state_dir`` (all, or ``names`` in that order); [] when ``state_dir`` is None.
+    An unknown name, or a directory without ``schedules.db``, is a ScheduleInputError (CLI exit 2)
+    that says what exists."""
+    from ..schedule.model import ScheduleInputError
+    if state_dir is None:
+        if names:
+            raise ScheduleInputError("--schedule NAME needs --schedules STATE_DIR (where 'flownb schedule add' "
+                              "stored them)")
+        return []
+    db = Path(state_dir) / "schedules.db"
+    if not db.exists():
+        raise ScheduleInputError(f"'{state_dir}' holds no schedules ({db.name} is missing); add them with "
+                          f"'flownb schedule add NOTEBOOK --cron EXPR --name NAME --state-dir {state_dir}'")
+    from ..schedule.store import ScheduleStore
+    store = ScheduleStore(state_dir)
+    every = {s.name: s for s in store.list()}
+    if not names:
+        return list(every.values())
+    unknown = [n for n in names if n not in every]
+    if unknown:
+        raise ScheduleInputError(f"no schedule named {', '.join(map(repr, unknown))} in '{state_dir}'"
+                          f"{did_you_mean(unknown[0], list(every))} schedules: {', '.join(every) or '(none)'}")
+    return [every[n] for n in names]
+
+
+def _copy_schedule_notebooks(schedules: list, out: Path) -> Path:
+    """Copy each scheduled notebook to ``out/notebooks/`` (one file name per notebook)."""
+    import shutil
+    nb_dir = out / "notebooks"
+    nb_dir.mkdir(exist_ok=True)
+    seen: dict[str, Path] = {}
+    for s in schedules:
+        path = Path(s.notebook)
+        if not path.exists():
+            raise DeployError(f"schedule '{s.name}': notebook '{path}' does not exist; fix or remove the "
+                              f"schedule ('flownb schedule remove {s.name}')")
+        other = seen.get(path.name)
+        if other is not None and other.resolve() != path.resolve():
+            raise DeployError(f"scheduled notebooks '{other}' and '{path}' have the same file name; the "
+                              f"image holds one notebooks/ directory: rename one of them")
+        seen[path.name] = path
+        shutil.copy2(path, nb_dir / path.name)
+    return nb_dir
 
 
 def _write(flow: Flow, out: Path, executed: dict | None, src: Path, params: dict[str, Any], *,
            target: str, broker_url: str | None, image: str | None, ingress_host: str | None,
-           keda: bool) -> ExportResult:
+           keda: bool, schedules: list | None = None) -> ExportResult:
     from . import compose, k8s
     from . import image as image_mod
     flow = flow.resolved()
@@ -228,7 +281,10 @@ def _write(flow: Flow, out: Path, executed: dict | None, src: Path, params: dict
     res.files.append(_write_text(out / "params.json", json.dumps(
         {"source": src.name, "parameters": params, "flow_parameters": flow.parameters},
         indent=2, default=str, sort_keys=True) + "\n", values))
-    res.files.append(image_mod.write_dockerfile(out, flow))
+    if schedules:
+        nb_dir = _copy_schedule_notebooks(schedules, out)
+        res.files += sorted(nb_dir.iterdir())
+    res.files.append(image_mod.write_dockerfile(out, flow, notebooks=bool(schedules)))
     env_names = envs + ([BROKER_ENV] if broker_url and url_has_password(broker_url) else [])
     if env_names:
         res.files.append(_write_text(out / "secrets.env.example", "".join(
@@ -237,7 +293,10 @@ def _write(flow: Flow, out: Path, executed: dict | None, src: Path, params: dict
         res.files.append(compose.write_compose(out, flow, broker_url=broker_url, image=image))
     if target in ("k8s", "all"):
         res.files += k8s.write_manifests(out / "k8s", flow, broker_url=broker_url, image=image,
-                                        ingress_host=ingress_host, keda=keda)
+                                        ingress_host=ingress_host, keda=keda, schedules=schedules or [])
+    elif schedules:
+        log.warning("%d schedule(s) are exported as Kubernetes CronJobs only (--target k8s or all); "
+                    "with compose, run 'flownb schedule serve' beside the workers", len(schedules))
     if executed is not None:
         path = out / f"{src.stem}.executed.ipynb"
         path.write_text(json.dumps(redact_notebook(executed, values), indent=1, ensure_ascii=False) + "\n",

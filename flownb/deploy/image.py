@@ -48,19 +48,31 @@ RUN python3 -m venv /opt/flownb \\
  && useradd --system --uid {uid} --gid {uid} --home-dir /app --no-create-home --shell /usr/sbin/nologin flownb \\
  && mkdir -p /app && chown {uid}:{uid} /app
 COPY flow.yaml /app/flow.yaml
-WORKDIR /app
+{notebooks}WORKDIR /app
 USER {uid}:{uid}
 CMD ["flownb", "worker", "/app/flow.yaml", "--all"]
 """
 
 DOCKERIGNORE = "# only the wheelhouse and the spec go into the image (never secrets.env or notebooks)\n*\n!wheels\n!flow.yaml\n"
+# scheduled notebooks (k8s CronJobs run them with papermill): copied into the image, kernel installed
+NOTEBOOKS_COPY = "# scheduled notebooks, run by the CronJobs in k8s/schedules.yaml\nCOPY --chown={uid}:{uid} notebooks /app/notebooks\n"
+DOCKERIGNORE_NOTEBOOKS = "# the wheelhouse, the spec and the scheduled notebooks go into the image (never secrets.env)\n*\n!wheels\n!flow.yaml\n!notebooks\n"
+#: what a scheduled notebook needs on top of the lean core: papermill and a Python kernel
+SCHEDULE_REQUIREMENTS = ["papermill>=2.5", "ipykernel>=6.0"]
 
 
-def write_dockerfile(out: Path, flow: Flow, base_image: str = DEFAULT_BASE_IMAGE) -> Path:
+def write_dockerfile(out: Path, flow: Flow, base_image: str = DEFAULT_BASE_IMAGE, *,
+                     notebooks: bool | None = None) -> Path:
+    """Write DIR/Dockerfile and .dockerignore. ``notebooks`` (default: DIR/notebooks exists) copies
+    the scheduled notebooks into /app/notebooks."""
     out = Path(out)
-    (out / ".dockerignore").write_text(DOCKERIGNORE, encoding="utf-8")
+    if notebooks is None:
+        notebooks = (out / "notebooks").is_dir()
+    (out / ".dockerignore").write_text(DOCKERIGNORE_NOTEBOOKS if notebooks else DOCKERIGNORE, encoding="utf-8")
     path = out / "Dockerfile"
-    path.write_text(DOCKERFILE.format(flow=flow.name, base=base_image, uid=UID), encoding="utf-8")
+    path.write_text(DOCKERFILE.format(flow=flow.name, base=base_image, uid=UID,
+                                      notebooks=NOTEBOOKS_COPY.format(uid=UID) if notebooks else ""),
+                    encoding="utf-8")
     return path
 
 
@@ -125,6 +137,8 @@ def build_wheelhouse(out: Path, flow: Flow | None = None, *, progress: Progress 
     if extras:
         req = req.replace("flownb==", f"flownb[{','.join(extras)}]==", 1)
     reqs = [req, *flow.requirements]
+    if (out / "notebooks").is_dir():  # scheduled notebooks: the CronJobs run papermill in this image
+        reqs += [r for r in SCHEDULE_REQUIREMENTS if r.split(">=")[0] not in " ".join(flow.requirements)]
     (wheels / "requirements.txt").write_text("\n".join(reqs) + "\n", encoding="utf-8")
     say(f"pip wheel {' '.join(reqs)}")
     _pip(["wheel", "-q", "--prefer-binary", "-w", str(wheels), "--find-links", str(wheels),

@@ -164,8 +164,10 @@ def _scaled_object(flow: Flow, p: StepPlan) -> dict:
 
 
 def render_manifests(flow: Flow, *, broker_url: str | None = None, image: str | None = None,
-                     ingress_host: str | None = None, keda: bool = False) -> dict[str, list[dict]]:
-    """file name → the Kubernetes objects written to it."""
+                     ingress_host: str | None = None, keda: bool = False,
+                     schedules: list | None = None) -> dict[str, list[dict]]:
+    """file name → the Kubernetes objects written to it. ``schedules`` (flownb.schedule.Schedule)
+    become CronJobs running their notebook (copied to /app/notebooks in the image) with papermill."""
     img = image or image_name(flow)
     files: dict[str, list[dict]] = {"configmap.yaml": [_configmap(flow)]}
     if broker_url is None:
@@ -179,7 +181,17 @@ def render_manifests(flow: Flow, *, broker_url: str | None = None, image: str | 
         if keda and not p.is_trigger:
             objs.append(_scaled_object(flow, p))
         files[f"step-{p.name}.yaml"] = objs
+    if schedules:
+        from ..schedule.k8s import cronjob_manifests
+        files["schedules.yaml"] = cronjob_manifests(
+            schedules, img, workdir="/app/notebooks", env_from_secret=_schedule_secret(flow),
+            labels={"app.kubernetes.io/instance": flow.name, "flownb.flow": flow.name}, kernel="python3")
     return files
+
+
+def _schedule_secret(flow: Flow) -> str | None:
+    """Scheduled notebooks get the flow's Secret as environment (when the flow has secrets)."""
+    return secrets_name(flow) if secret_envs(flow) else None
 
 
 def write_manifests(out: Path, flow: Flow, **kw) -> list[Path]:

@@ -37,17 +37,21 @@ def cronjob_manifests(
     grace: int = 60,
     env_from_secret: str | None = None,
     labels: dict[str, str] | None = None,
+    kernel: str | None = None,
 ) -> list[dict]:
     """One CronJob manifest (a dict ready for ``yaml.safe_dump``) per schedule.
 
     The notebook path inside the image is ``workdir`` / (its path relative to ``notebook_root``, or
     its file name). Output notebooks go to ``output_dir`` (an ``emptyDir``; mount a volume there to
     keep them). ``env_from_secret`` names a Secret whose keys become environment variables.
+    ``kernel`` overrides the notebook's kernel name (an image has the ``python3`` kernel, not the
+    kernels of the machine the notebook was written on).
     """
     root = Path(notebook_root).resolve() if notebook_root else None
     return [
         _cronjob(
-            s, image, namespace, workdir, root, output_dir, name_prefix, grace, env_from_secret, labels or {}
+            s, image, namespace, workdir, root, output_dir, name_prefix, grace, env_from_secret, labels or {},
+            kernel,
         )
         for s in schedules
     ]
@@ -75,6 +79,7 @@ def _cronjob(
     grace: int,
     secret: str | None,
     labels: dict[str, str],
+    kernel: str | None = None,
 ) -> dict:
     if s.has_seconds:
         raise DeployError(
@@ -104,6 +109,8 @@ def _cronjob(
         "--log-output",
         "--no-progress-bar",
     ]
+    if kernel:
+        command += ["-k", kernel]
     if s.parameters:
         command += ["-y", json.dumps(s.parameters, sort_keys=True)]
     meta_labels = {
