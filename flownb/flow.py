@@ -6,7 +6,6 @@ Models are immutable: methods that change a flow return a new one (``with_parame
 
 from __future__ import annotations
 
-import copy
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -15,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ._duration import Duration
-from .errors import ConfigError, FlownbError, ParameterError, SpecError, SpecSyntaxError, did_you_mean
+from .errors import ParameterError, SpecError, SpecSyntaxError, did_you_mean
 
 __all__ = ["Flow", "Step", "RetryPolicy", "load", "save", "step", "SPEC_VERSION"]
 

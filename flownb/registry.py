@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from .errors import ConfigError, FlownbError, SpecError, UnknownComponentError, did_you_mean
+from .errors import ConfigError, SpecError, UnknownComponentError, did_you_mean
 
 if TYPE_CHECKING:
     from .components.base import Component

@@ -9,8 +9,6 @@ constructor at the start or end of a path (it is not flattened into the path's s
 from __future__ import annotations
 
 import math
-import re
-from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 

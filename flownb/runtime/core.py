@@ -17,7 +17,7 @@ from types import GeneratorType
 from typing import Any, Iterable
 
 from ..components.base import Action, Component, Context, PollingTrigger, classify
-from ..errors import FlownbError, MessageError, StepError
+from ..errors import MessageError
 from ..flow import Flow, RetryPolicy, Step
 from ..message import Message
 from ..registry import get, validate_step

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
 
 import aiormq
 from aiormq.abc import DeliveredMessage
