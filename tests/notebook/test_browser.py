@@ -41,7 +41,7 @@ def lab(tmp_path_factory):
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (scripts/ci-deps does it)")
     base = tmp_path_factory.mktemp("lab")
     work = base / "notebooks"
-    shutil.copytree(ROOT / "notebooks", work, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    shutil.copytree(ROOT / "notebooks", work, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "build"))
     settings = base / "settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     (settings / "notification.jupyterlab-settings").write_text(
@@ -214,6 +214,17 @@ def test_flow_builder_add_step_by_click_and_run(page, lab):
 def test_export_notebook_runs_and_shows_the_flow(page, lab):
     _open_and_run(page, lab, "03-export-and-deploy.ipynb")
     page.locator(".jp-RenderedSVG img, .jp-RenderedSVG svg").first.wait_for(state="visible", timeout=T)
+    # the export ran (papermill inside the kernel) and listed its files
+    outputs = page.locator(".jp-OutputArea-output").all_inner_texts()
+    assert any("docker-compose.yml" in o and "k8s/step-push.yaml" in o for o in outputs), outputs
+    assert any("push url: https://crm.example.com/contacts" in o for o in outputs)
+    # the monitor read the broker on 127.0.0.1: its status says where from, never a traceback
+    monitor = page.locator(".flownb-monitor").first
+    monitor.scroll_into_view_if_needed()
+    monitor.wait_for(state="visible", timeout=T)
+    status = monitor.locator(".flownb-status")
+    page.wait_for_function("el => el.textContent.trim().length > 0", arg=status.element_handle(), timeout=T)
+    assert "updated" in status.inner_text(), status.inner_text()
     page.screenshot(path=str(_artifact("export-notebook.png")), full_page=True)
 
 
