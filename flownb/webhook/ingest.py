@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -94,31 +95,43 @@ def _queue_full_type() -> type[BaseException]:
 
 
 class LocalIngest:
-    """Queues into a ``flownb.runtime.local.LocalRuntime`` (SQLite): ``runtime.submit`` runs in one
-    dedicated thread (SQLite writes are serial anyway); final outputs come back through
-    ``runtime.add_final_listener``."""
+    """Queues into a ``flownb.runtime.local.LocalRuntime`` (SQLite) with group commit: one writer
+    thread takes every request that arrived while the previous transaction was committing and
+    queues them together (``runtime.submit_many``), so concurrent requests share one commit; each
+    request is answered only after the transaction holding it has committed. Final outputs come back
+    through ``runtime.add_final_listener``."""
 
-    def __init__(self, runtime: Any, *, threads: int = 1):
+    def __init__(self, runtime: Any, *, max_batch: int = 256):
         self.runtime = runtime
         self.flow = runtime.flow.name
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="flownb-webhook-submit")
+        self.max_batch = max_batch
+        self._pending: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
         self._book = ReplyBook()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue_full = _queue_full_type()
         self._listening = False
+        self._closed = False
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         if not self._listening:
             self.runtime.add_final_listener(self._on_final)
             self._listening = True
+        if self._writer is None:
+            self._closed = False
+            self._writer = threading.Thread(target=self._write_loop, name="flownb-webhook-commit", daemon=True)
+            self._writer.start()
 
     async def close(self) -> None:
         self._book.cancel_all()
-        self._pool.shutdown(wait=True)
+        self._closed = True
+        if self._writer is not None:
+            self._pending.put(None)
+            await asyncio.get_running_loop().run_in_executor(None, self._writer.join, 30)
+            self._writer = None
 
     def healthy(self) -> bool:
-        return True
+        return self._writer is None or self._writer.is_alive()
 
     def _on_final(self, trace_id: str, bodies: list[dict]) -> None:
         # called in a runtime thread after the last step's outputs for this run are committed
@@ -128,21 +141,69 @@ class LocalIngest:
 
     async def submit(self, body: dict, headers: dict[str, str], *, reply: bool) -> Accepted:
         loop = self._loop or asyncio.get_running_loop()
+        if self._closed or self._writer is None:
+            raise Unavailable("the webhook is shutting down; retry later")
+        fut = loop.create_future()
         if reply:
             self._book.in_flight += 1
         try:
-            message = await loop.run_in_executor(self._pool, self._submit, body, headers)
+            self._pending.put((body, headers, fut))
+            message = await fut
             return Accepted(message.id, self._book.register(message.trace) if reply else None)
         finally:
             if reply:
                 self._book.in_flight -= 1
 
-    def _submit(self, body: dict, headers: dict[str, str]):
+    # -- the writer thread ---------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._pending.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._pending.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list) -> None:
         try:
-            return self.runtime.submit(body, headers=headers)
-        except self._queue_full as exc:
-            raise Backpressure(str(exc)) from exc
-        except MessageError:
-            raise
+            results = self.runtime.submit_many([(b, h) for b, h, _f in batch])
         except RuntimeFailure as exc:
-            raise Unavailable(f"the local queue refused the message: {exc}") from exc
+            error: BaseException = Unavailable(f"the local queue refused the message: {exc}")
+            results = [error] * len(batch)
+        except Exception as exc:  # sqlite3 errors, a disk that is full: nothing of the batch is queued
+            log.exception("webhook: queueing %d request(s) failed", len(batch))
+            results = [Unavailable(f"the local queue cannot be written: {type(exc).__name__}: {exc}")] * len(batch)
+        for (_b, _h, fut), result in zip(batch, results):
+            if isinstance(result, BaseException):
+                result = self._translate(result)
+            fut.get_loop().call_soon_threadsafe(_settle, fut, result)
+
+    def _translate(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, _queue_full_type()):
+            return Backpressure(str(exc))
+        if isinstance(exc, (MessageError, Backpressure, Unavailable)):
+            return exc
+        if isinstance(exc, RuntimeFailure):
+            return Unavailable(f"the local queue refused the message: {exc}")
+        return exc
+
+
+def _settle(fut: asyncio.Future, result: Any) -> None:
+    if fut.done():
+        return
+    if isinstance(result, BaseException):
+        fut.set_exception(result)
+    else:
+        fut.set_result(result)

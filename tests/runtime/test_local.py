@@ -331,3 +331,27 @@ def test_trigger_only_flow(flow_factory, tmp_path):
         rt.submit({"n": 9})
         assert rt.run(until_idle=True).steps["src"].outputs == 4
     assert got == [[{"n": 9}]]
+
+
+def test_submit_many_commits_together_and_refuses_item_by_item(flow_factory, tmp_path):
+    """Group commit for the webhook: one transaction for the batch; a bad body or a full queue
+    refuses only its own items, in order, and nothing of a refused item is queued."""
+    flow = flow_factory(("double", "lt.double", {}))
+    rt = LocalRuntime(flow, tmp_path, max_queue=5)
+    commits = []
+    enqueue = rt.store.enqueue
+    rt.store.enqueue = lambda step, payloads, now: (commits.append(len(payloads)), enqueue(step, payloads, now))[1]
+    items = [({"n": 1}, {"h": "a"}), (["not a dict"], None), ({"n": float("nan")}, None),
+             ({"n": 2}, None), ({"n": 3}, None), ({"n": 4}, None), ({"n": 5}, None), ({"n": 6}, None)]
+    results = rt.submit_many(items)
+    assert commits == [5]
+    kinds = [type(r).__name__ for r in results]
+    assert kinds == ["Message", "MessageError", "MessageError", "Message", "Message", "Message", "Message",
+                     "QueueFull"]
+    assert "JSON object" in str(results[1]) and results[7].limit == 5
+    assert _queue(rt, "double") == 5
+    assert rt.submit_many([({"n": 7}, None)])[0].__class__ is QueueFull  # still full
+    rt.close()
+    with LocalRuntime(flow, tmp_path, record=True) as rt2:
+        rt2.drain()
+        assert sorted(b["w"] for b in rt2.recorded["double"]) == [2, 4, 6, 8, 10]

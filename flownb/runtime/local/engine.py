@@ -18,11 +18,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import orjson
 
-from ...errors import FatalError, MessageError, QueueFull, RuntimeFailure
+from ...errors import FatalError, FlownbError, MessageError, QueueFull, RuntimeFailure
 from ...flow import Flow
 from ...message import Message
 from ..core import DeadLetter, ErrorInfo, Outcome, StepRunner, TriggerRunner
@@ -200,6 +200,51 @@ class LocalRuntime:
             self.stats[self.flow.trigger.name].outputs += 1
         self._wake.set()
         return message
+
+    def submit_many(self, items: Sequence[tuple[dict, dict | None]]) -> list[Message | FlownbError]:
+        """Durably queue several trigger outputs in ONE transaction (group commit); thread-safe.
+
+        Returns, per item in order, its Message or the error that refused it: a MessageError for a
+        body that is not a JSON object, QueueFull for the items beyond the first queue's limit.
+        Nothing is queued for a refused item; everything else is committed together."""
+        results: list[Message | FlownbError] = []
+        accepted: list[tuple[int, Message, bytes]] = []
+        for body, headers in items:
+            if not isinstance(body, dict):
+                results.append(MessageError(f"a message body must be a JSON object, got {type(body).__name__}",
+                                            step=self.flow.trigger.name))
+                continue
+            try:  # a body the codec refuses (NaN, infinity, …) is refused alone
+                message, payload = self.trigger.emit(body, {str(k): str(v) for k, v in (headers or {}).items()})
+            except MessageError as exc:
+                results.append(exc)
+                continue
+            results.append(message)
+            accepted.append((len(results) - 1, message, payload))
+        if not accepted:
+            return results
+        if self._first is None:  # a trigger-only flow: each body is the flow's output
+            self.stats[self.flow.trigger.name].outputs += len(accepted)
+            self._finish([(m.trace, [items[i][0]]) for i, m, _ in accepted])
+            return results
+        with self._submit_lock:
+            depth = self._first_depth()
+            room = max(0, self.max_queue - depth)
+            for i, _m, _p in accepted[room:]:
+                results[i] = QueueFull(f"queue of step '{self._first}' holds {depth} messages (limit "
+                                       f"{self.max_queue}); retry later", depth=depth, limit=self.max_queue)
+            accepted = accepted[:room]
+            if accepted:
+                if self._listeners:
+                    with self._trace_lock:
+                        for _i, m, _p in accepted:
+                            self._traces[m.trace] = [1, []]
+                self.store.enqueue(self._first, [p for _i, _m, p in accepted], self.clock())
+                self._depth_cache = (self._depth_cache[0], depth + len(accepted))
+                self.stats[self.flow.trigger.name].outputs += len(accepted)
+        if accepted:
+            self._wake.set()
+        return results
 
     def _first_depth(self) -> int:
         at, depth = self._depth_cache
