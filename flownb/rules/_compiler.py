@@ -105,9 +105,32 @@ class _Gen:
             return f"(R.boolean({self.expr(e.lhs)}) and R.boolean({self.expr(e.rhs)}))"
         if op == "or":
             return f"(R.boolean({self.expr(e.lhs)}) or R.boolean({self.expr(e.rhs)}))"
+        if op in _COMPARE:
+            inline = self.compare_literal(op, e.lhs, e.rhs)
+            if inline:
+                return inline
         if op in _BINOPS:
             return f"{_BINOPS[op]}({self.expr(e.lhs)}, {self.expr(e.rhs)})"
         raise Unsupported(f"operator {op}")
+
+    def compare_literal(self, op: str, lhs: Node, rhs: Node) -> str | None:
+        """``x > 2``, ``x = "a"``: when ``x`` is a number (a string), the Python comparison, else
+        the runtime operator (errors, undefined, deep equality)."""
+        lit_right = _literal(rhs)
+        if not lit_right and not _literal(lhs):
+            return None
+        lit, other = (rhs, lhs) if lit_right else (lhs, rhs)
+        w = self.name("w")
+        first = f"type({w} := {self.expr(other)})"
+        if type(lit.value) is str:
+            if op not in ("=", "!="):
+                return None  # string ordering stays with the runtime (its checks)
+            check = f"{first} is str"
+        else:
+            check = f"({first} is int or type({w}) is float)"
+        a, b = (w, repr(lit.value)) if lit_right else (repr(lit.value), w)
+        pyop = {"=": "==", "!=": "!="}.get(op, op)
+        return f"({a} {pyop} {b} if {check} else {_BINOPS[op]}({a}, {b}))"
 
     def array(self, e: Node) -> str:
         items = e.expressions
@@ -163,13 +186,24 @@ class _Gen:
             ks = tuple(s.value for s in steps)
             if len(ks) == 1:
                 return f"(c.get({ks[0]!r}, U) if type(c) is dict else R.names(c, {ks!r}))"
-            return f"R.names(c, {ks!r})"
+            return self.names(ks)
         for s in steps:
             if s.get("group") is not None or s.type in ("wildcard", "descendant", "parent", "sort"):
                 raise Unsupported(s.type)
         if steps[0].type == "unary" and steps[0].value == "[":
             return self.generic_path(steps, keep)
         return self.unrolled_path(steps, keep)
+
+    def names(self, ks: tuple) -> str:
+        """``a.b.c`` inline: nested objects are read with ``dict.get``; anything else (an array on
+        the way, a non-dict context) goes to ``R.names``, which starts again from the context."""
+        slow = f"R.names(c, {ks!r})"
+        tmps = [self.name("w") for _ in ks[:-1]]
+        code = f"{tmps[-1]}.get({ks[-1]!r}, U)"
+        for i in range(len(ks) - 2, -1, -1):
+            src = "c" if i == 0 else tmps[i - 1]
+            code = f"({code} if type({tmps[i]} := {src}.get({ks[i]!r}, U)) is dict else {slow})"
+        return f"({code} if type(c) is dict else {slow})"
 
     def generic_path(self, steps: list, keep: bool) -> str:
         specs = []
@@ -192,8 +226,11 @@ class _Gen:
         L = [f"def {name}(c, r):"]
         last = len(steps) - 1
         for i, s in enumerate(steps):
-            stages = [self.stage(p) for p in (s.get("stages") or [])]
-            staged = "".join(f"        v = R.collapse({st}(v, r))\n" for st in stages)
+            stages = [self.stage_call(p) for p in (s.get("stages") or [])]
+            staged = "".join(f"        v = R.collapse({st})\n" for st in stages)
+            # a last step that always gives one plain value (a number, string, boolean) or
+            # undefined: the sequence is the list of results, no flattening needed
+            plain = i == last and not keep and not stages and s.type != "name" and _plain(s)
             if s.type == "name":
                 get = (f"c.get({s.value!r}, U) if type(c) is dict else "
                        f"R.collapse(R.lookup(c, {s.value!r}))")
@@ -207,7 +244,11 @@ class _Gen:
                 L.append(f"        v = c.get({s.value!r}, U)")
                 L.extend(staged.splitlines())
                 if i == last:
-                    L.append(f"        return v if v is U else R.finish(R._flatten([v], True), {keep})")
+                    if keep:
+                        L.append("        return v if v is U else R.finish(R._flatten([v], True), True)")
+                    else:  # one item that is not an array is the value itself
+                        L.append("        return v if v is U or not isinstance(v, list) else "
+                                 "R.finish(R._flatten([v], True), False)")
                 else:
                     L.append("        if v is U: return U")
                     L.append("        seq = v if (type(v) is list or type(v) is R.Seq) else [v]")
@@ -230,17 +271,63 @@ class _Gen:
             L.append(f"        v = {get}")
             L.extend(x for x in staged.splitlines())
             L.append("        if v is not U: res.append(v)")
+            if plain:
+                L.append("    return (res[0] if len(res) == 1 else R.Seq(res)) if res else U")
+                break
             L.append(f"    seq = R._flatten(res, {i == last})")
             if i != last:
                 L.append("    if not seq: return U")
-        L.append(f"    return R.finish(seq, {keep})")
+        else:
+            L.append(f"    return R.finish(seq, {keep})")
         self.defs.append("\n".join(L) + "\n")
         return f"{name}(c, r)"
+
+    def stage_call(self, p: Node) -> str:
+        """A stage applied to ``v`` inline (``R.index(v, 0)``, ``R.filt(v, pred, r)``)."""
+        if p.type == "number" and type(p.value) is int:
+            return f"R.index(v, {p.value})"
+        return f"R.filt(v, {self.fn(self.expr(p), 'p')}, r)"
 
     def stage(self, p: Node) -> str:
         if p.type == "number" and type(p.value) is int:
             return self.fn(f"R.index(c, {p.value})", "i")
         return self.fn(f"R.filt(c, {self.fn(self.expr(p), 'p')}, r)", "f")
+
+
+_PLAIN_OPS = frozenset(_BINOPS) | {"and", "or"}
+_COMPARE = frozenset({"<", "<=", ">", ">=", "=", "!="})
+
+
+def _literal(e: Node) -> bool:
+    """A number or string literal without predicates (its value is the Python constant)."""
+    if e.get("predicate") or e.get("keepArray") or e.get("group") is not None:
+        return False
+    if e.type == "string":
+        return True
+    return e.type == "number" and type(e.value) in (int, float) and e.value == e.value
+# functions that give one number, string or boolean (or undefined), never an array or object
+_PLAIN_FUNCTIONS = frozenset({"string", "lowercase", "uppercase", "trim", "substring", "length",
+                              "number", "boolean", "not", "exists", "count", "sum", "max", "min",
+                              "average", "round", "abs", "floor", "ceil"})
+
+
+def _plain(e: Node) -> bool:
+    """Whether ``e`` always evaluates to a number, string, boolean or undefined (never a list)."""
+    if e.get("predicate") or e.get("keepArray") or e.get("group") is not None:
+        return False
+    t = e.type
+    if t in ("string", "number"):
+        return True
+    if t == "binary":
+        return e.value in _PLAIN_OPS
+    if t == "unary":
+        return e.value == "-"
+    if t == "block":
+        return bool(e.expressions) and _plain(e.expressions[-1])
+    if t == "function":
+        proc = e.procedure
+        return proc.type == "variable" and proc.value in _PLAIN_FUNCTIONS
+    return False
 
 
 def compile_tree(tree: Node, source: str) -> tuple[Callable[[Any, Any], Any], str]:

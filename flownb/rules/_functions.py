@@ -35,7 +35,8 @@ def _nums(v: Any, fn: str) -> list | None:
     if not isinstance(v, list):
         v = [v]
     for x in v:
-        if not is_num(x):
+        t = type(x)
+        if t is not float and t is not int:
             raise EvalError("T0412", f"Argument 1 of function ${fn} must be an array of numbers")
     return v
 
@@ -169,7 +170,10 @@ def f_count(v: Any) -> int:
 
 def f_sum(v: Any) -> Any:
     xs = _nums(v, "sum")
-    return U if xs is None else norm(sum(xs))
+    if xs is None:
+        return U
+    x = sum(xs)
+    return x if type(x) is int else norm(x)
 
 
 def f_max(v: Any) -> Any:

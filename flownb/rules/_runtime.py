@@ -32,13 +32,10 @@ U: Any = _Undefined()
 
 
 class Seq(list):
-    """A JSONata sequence."""
+    """A JSONata sequence. ``keep`` (a kept singleton array, ``a[]``) is a class default that an
+    instance overrides: no Python ``__init__``, so building a sequence costs what a list does."""
 
-    __slots__ = ("keep",)
-
-    def __init__(self, *a: Any):
-        super().__init__(*a)
-        self.keep = False
+    keep = False
 
 
 class Cons(list):
@@ -97,9 +94,9 @@ def is_num(v: Any) -> bool:
 def norm(x: Any) -> Any:
     if type(x) is float:
         if x.is_integer():
-            if abs(x) < 9007199254740992.0:
+            if -9007199254740992.0 < x < 9007199254740992.0:
                 return int(x)
-        elif not math.isfinite(x):
+        elif x - x != 0.0:  # inf or nan
             raise EvalError("D1001", f"Number out of range: {x}")
     return x
 
@@ -229,6 +226,11 @@ def filt(v: Any, pred: Any, r: Any) -> Seq:
     n = len(v)
     for idx, item in enumerate(v):
         res = pred(item, r)
+        if res is True:  # the usual predicate results first
+            out.append(item)
+            continue
+        if res is False or res is U:
+            continue
         if is_num(res):
             res = [res]
         if isinstance(res, list) and res and all(is_num(x) for x in res):
@@ -305,22 +307,28 @@ def _arith_check(a: Any, b: Any, op: str) -> None:
 
 
 def add(a: Any, b: Any) -> Any:
-    if is_num(a) and is_num(b):
-        return norm(a + b)
+    ta, tb = type(a), type(b)
+    if (ta is int or ta is float) and (tb is int or tb is float):
+        x = a + b
+        return x if type(x) is int else norm(x)
     _arith_check(a, b, "+")
     return U
 
 
 def sub(a: Any, b: Any) -> Any:
-    if is_num(a) and is_num(b):
-        return norm(a - b)
+    ta, tb = type(a), type(b)
+    if (ta is int or ta is float) and (tb is int or tb is float):
+        x = a - b
+        return x if type(x) is int else norm(x)
     _arith_check(a, b, "-")
     return U
 
 
 def mul(a: Any, b: Any) -> Any:
-    if is_num(a) and is_num(b):
-        return norm(a * b)
+    ta, tb = type(a), type(b)
+    if (ta is int or ta is float) and (tb is int or tb is float):
+        x = a * b
+        return x if type(x) is int else norm(x)
     _arith_check(a, b, "*")
     return U
 
@@ -367,18 +375,30 @@ def _cmp_check(a: Any, b: Any, op: str) -> bool:
 
 
 def lt(a: Any, b: Any) -> Any:
+    ta, tb = type(a), type(b)
+    if (ta is int or ta is float) and (tb is int or tb is float) or (ta is str and tb is str):
+        return a < b
     return a < b if _cmp_check(a, b, "<") else U
 
 
 def le(a: Any, b: Any) -> Any:
+    ta, tb = type(a), type(b)
+    if (ta is int or ta is float) and (tb is int or tb is float) or (ta is str and tb is str):
+        return a <= b
     return a <= b if _cmp_check(a, b, "<=") else U
 
 
 def gt(a: Any, b: Any) -> Any:
+    ta, tb = type(a), type(b)
+    if (ta is int or ta is float) and (tb is int or tb is float) or (ta is str and tb is str):
+        return a > b
     return a > b if _cmp_check(a, b, ">") else U
 
 
 def ge(a: Any, b: Any) -> Any:
+    ta, tb = type(a), type(b)
+    if (ta is int or ta is float) and (tb is int or tb is float) or (ta is str and tb is str):
+        return a >= b
     return a >= b if _cmp_check(a, b, ">=") else U
 
 

@@ -40,6 +40,10 @@ CORPUS = [
     "$lookup(items, \"qty\")", "$lookup(a, \"b\")", "s.$uppercase()", "items.tags.$length()",
     "$abs(n)", "$floor(m / 3)", "$ceil(m / 3)", "$sum(items.(qty * price))", "$count(items.tags)",
     "$string(s)", "$string(true)", "$string(null)", "$lowercase(missing)",
+    # inlined code: dotted paths, comparisons with a literal, plain last steps, one-item filters
+    "a.b.c.name", "a.b = 1", "1 < n", "2.5 >= m", "n != 2.5", "s != \"x\"", "\"x\" = a.b",
+    "a.b.c > 0", "items.(qty > 1)", "items.(qty & \"!\")", "items.$count(tags)", "items[qty = 2]",
+    "$count(items[qty > 2]) > 0", "items[tags = \"x\"].qty", "nested.items[qty >= 1][0]",
 ]
 
 KEYS = ["a", "b", "c", "s", "t", "n", "m", "qty", "price", "tags", "name"]
