@@ -11,8 +11,11 @@ strings, and dotted column names (``customer.email``) are unflattened into neste
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gc
 import math
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ..errors import ConfigError, ExpressionError
 from ._runtime import _CONTAINERS, U, EvalError, Fallback, clean
@@ -111,40 +114,51 @@ class Mapping:
         failing rows are also listed in :attr:`errors` (``{"row": index, "error": text}``)."""
         import pandas as pd
 
-        index = None
-        if isinstance(sample, pd.DataFrame):
-            frame = sample if limit is None else sample.iloc[:limit]
-            index = frame.index
-            records = to_records(frame)
-        else:
-            records = list(sample if limit is None else _take(sample, limit))
-        if self.fields is None:
-            data, errors = self._preview_expression(records)
-        else:
-            data, errors = self._preview_fields(records)
-        self.errors = [{"row": (index[i] if index is not None else i), "error": e}
-                       for i, e in enumerate(errors) if e is not None]
-        data["_error"] = errors
-        return pd.DataFrame(data, index=index)
+        with _no_gc():  # many small dicts and lists: the cyclic GC would rescan them for nothing
+            index = None
+            if isinstance(sample, pd.DataFrame):
+                frame = sample if limit is None else sample.iloc[:limit]
+                index = frame.index
+                records = to_records(frame)
+            else:
+                records = list(sample if limit is None else _take(sample, limit))
+            if self.fields is None:
+                data, errors = self._preview_expression(records)
+            else:
+                data, errors = self._preview_fields(records)
+            self.errors = [{"row": (index[i] if index is not None else i), "error": e}
+                           for i, e in enumerate(errors) if e is not None]
+            data["_error"] = errors
+            return pd.DataFrame(data, index=index)
 
     def _preview_fields(self, records: list) -> tuple[dict, list]:
+        """Field by field over all rows. The compiled function runs over the rows in one
+        ``list.extend(map(…))``; a row that raises is evaluated again through the checked path
+        (:meth:`Expression.raw`: the fallback engine, or the error with its text), and the loop
+        goes on with the next row."""
+        n = len(records)
         cols: dict[str, list] = {}
-        errors: list = [None] * len(records)
+        errors: list = [None] * n
         for name, fn, expr in self._fast:
-            col: list = [None] * len(records)
             raw = expr.raw
-            for i, rec in enumerate(records):
-                try:
-                    v = fn(rec, rec) if fn is not None else raw(rec)
-                except (EvalError, Fallback, EvaluationError, RecursionError):
-                    try:  # again through the checked path: the fallback, or the error with its text
-                        v = raw(rec)
-                    except EvaluationError as exc:
-                        msg = f"field '{name}': {exc.detail}"
-                        errors[i] = msg if errors[i] is None else f"{errors[i]}; {msg}"
-                        continue
-                if v is not U:
-                    col[i] = clean(v) if type(v) in _CONTAINERS else v
+            col: list = []
+            if fn is not None:
+                rows, roots = iter(records), iter(records)  # advance together: (record, record)
+                while True:
+                    try:
+                        col.extend(map(fn, rows, roots))
+                        break
+                    except (EvalError, Fallback, EvaluationError, RecursionError):
+                        # list.extend keeps the values before the failing row, and both
+                        # iterators are just past it
+                        i = len(col)
+                        col.append(_checked(raw, records[i], name, errors, i))
+                if len(col) != n:  # never expected; the plain loop below is always right
+                    col = []
+            if len(col) != n:
+                col = [_checked(raw, rec, name, errors, i) for i, rec in enumerate(records)]
+            if not _PLAIN.issuperset(set(map(type, col))):  # undefined → None, plain lists
+                col = [None if v is U else (clean(v) if type(v) in _CONTAINERS else v) for v in col]
             cols[name] = col
         return cols, errors
 
@@ -166,6 +180,32 @@ class Mapping:
     def failing_rows(self) -> int:
         """How many rows failed in the last preview."""
         return len(self.errors)
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+def _checked(raw: Any, rec: Any, name: str, errors: list, i: int) -> Any:
+    """``raw(rec)``; an evaluation error is added to ``errors[i]`` and gives undefined."""
+    try:
+        return raw(rec)
+    except EvaluationError as exc:
+        msg = f"field '{name}': {exc.detail}"
+        errors[i] = msg if errors[i] is None else f"{errors[i]}; {msg}"
+        return U
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused (and restored as it was): building many containers
+    otherwise triggers collections that walk every live object, again and again."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _kind(v: Any) -> str:
@@ -203,6 +243,11 @@ _MISSING = object()
 
 def to_records(frame: "pd.DataFrame") -> list[dict]:
     """DataFrame rows as JSON-like dicts (see the module docstring for the rules)."""
+    with _no_gc():
+        return _to_records(frame)
+
+
+def _to_records(frame: "pd.DataFrame") -> list[dict]:
     tree: dict = {}
     for name, col in frame.items():
         parts = str(name).split(".")
@@ -230,13 +275,22 @@ def _build(tree: dict, n: int) -> list[dict]:
         columns.append(vals)
         if mask is not None:
             holes = mask if holes is None else (holes | mask)
-    rows = [dict(zip(names, vs)) for vs in zip(*columns)] if columns else [{} for _ in range(n)]
+    rows = list(map(_row_maker(tuple(names)), *columns)) if columns else [{} for _ in range(n)]
     if holes is not None:
         for i in np.flatnonzero(holes).tolist():
             r = rows[i]
             for k in [k for k, v in r.items() if v is _MISSING]:
                 del r[k]
     return rows
+
+
+@functools.lru_cache(maxsize=256)
+def _row_maker(names: tuple) -> Any:
+    """``f(v0, v1, …) → {names[0]: v0, names[1]: v1, …}``: a dict display, the fastest way to
+    build one row (the names are string literals, the values positional arguments)."""
+    args = [f"_{i}" for i in range(len(names))]
+    body = ", ".join(f"{k!r}: {a}" for k, a in zip(names, args))
+    return eval(f"lambda {', '.join(args)}: {{{body}}}", {})  # noqa: S307 - only repr'd names
 
 
 def _column(col: "pd.Series") -> tuple[list, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -105,3 +107,89 @@ def test_config_and_step_round_trip():
     s = m.step("to-contact")
     assert s.component == "mapping" and s.config == {"fields": FIELDS}
     assert m.engines == {"email": "compiled", "name": "compiled", "total": "compiled"}
+
+
+def _preview_row_by_row(m: Mapping, records: list) -> tuple[dict, list]:
+    """The reference: each field on each row through the checked path (Expression.raw)."""
+    cols = {name: [] for name in m.fields}
+    errors = []
+    for rec in records:
+        err = None
+        for name, expr in m._compiled:
+            try:
+                v = expr.raw(rec)
+            except EvaluationError as exc:
+                msg = f"field '{name}': {exc.detail}"
+                err = msg if err is None else f"{err}; {msg}"
+                v = None
+            cols[name].append(None if v is flownb.rules.UNDEFINED else v)
+        errors.append(err)
+    return cols, errors
+
+
+def tricky() -> pd.DataFrame:
+    bad = [{"qty": "two", "price": 1}]
+    return pd.DataFrame({
+        "customer.email": ["A@X.IO", None, 5, "d@x.io", None, "F@x"],
+        "customer.first": ["Ann", None, "Cy", "Dee", "Ed", "Flo"],
+        "items": [bad, [], [{"qty": 2, "price": 1.5, "tags": ["x", ["y"]]}], bad, None,
+                  [{"qty": 3, "price": 2}, {"qty": 1.5, "price": 2}, {"qty": np.int64(4), "price": np.nan}]],
+        "n": [1.0, np.nan, 2.5, 3.0, np.nan, -1.0],
+        "s": ["0x1F", "12", None, "abc", "7", "x"],
+    }, index=list("abcdef"))
+
+
+TRICKY_FIELDS = {
+    "email": "$lowercase(customer.email)",  # a number in row c: T0410 error
+    "name": 'customer.first & " " & customer.last',
+    "total": "$sum(items.(qty * price))",  # "two" in rows a and d: T2001; null price in f: T2002
+    "big": "$count(items[qty > 2]) > 0",
+    "tags": "items.tags",  # nested arrays (a list result, cleaned)
+    "pairs": 'items.{"q": qty}',  # objects
+    "num": "$number(s)",  # "0x1F" is handed to jsonatapy for that one row
+    "kept": "items.qty[]",
+    "fallback": "$map(items, function($i) { $i.qty })",  # the jsonatapy engine
+    "missing": "nothing.here",  # undefined everywhere
+}
+
+
+def test_preview_matches_row_by_row_evaluation():
+    m = Mapping(fields=TRICKY_FIELDS)
+    assert m.engines["fallback"] == "jsonatapy" and m.engines["total"] == "compiled"
+    frame = tricky()
+    out = m.preview(frame)
+    cols, errors = _preview_row_by_row(m, to_records(frame))
+    assert list(out.columns) == [*TRICKY_FIELDS, "_error"] and list(out.index) == list("abcdef")
+    for name in TRICKY_FIELDS:
+        got = [None if (not isinstance(v, (list, dict)) and pd.isna(v)) else v for v in out[name]]
+        assert got == cols[name], name
+    assert [None if pd.isna(e) else e for e in out["_error"]] == errors
+    assert [e is not None for e in errors] == [True, False, True, True, False, True]
+    assert "T2001" in errors[0] and "T2001" in errors[3] and "field 'email'" in errors[2]
+    assert "field 'total': T2002" in errors[5] and "field 'num': D3030" in errors[5]  # errors add up
+    assert out.loc["a", "num"] == 31 and out.loc["b", "num"] == 12
+    assert out.loc["f", "kept"] == [3, 1.5, 4] and out.loc["c", "tags"] == ["x", ["y"]]
+    assert m.errors == [{"row": r, "error": e} for r, e in zip("abcdef", errors) if e is not None]
+
+
+def test_preview_errors_on_first_last_and_consecutive_rows():
+    rows = [{"q": "x"}, {"q": "y"}, {"q": 1}, {"q": "z"}, {"q": 2}, {"q": "w"}]
+    m = Mapping(fields={"d": "q * 2", "s": "$string(q)"})
+    out = m.preview(rows)
+    assert [None if pd.isna(v) else v for v in out["d"]] == [None, None, 2, None, 4, None]
+    assert out["s"].tolist() == ["x", "y", "1", "z", "2", "w"]
+    assert [not pd.isna(e) for e in out["_error"]] == [True, True, False, True, False, True]
+    assert [e["row"] for e in m.errors] == [0, 1, 3, 5]
+
+
+def test_preview_restores_the_garbage_collector():
+    m = Mapping(fields={"x": "a"})
+    assert gc.isenabled()
+    m.preview(tricky())
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        m.preview([{"a": 1}])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
