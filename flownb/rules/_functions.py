@@ -50,13 +50,15 @@ def f_string(v: Any, prettify: Any = U) -> Any:
 
 
 def f_lowercase(v: Any) -> Any:
-    v = _str(v, "lowercase")
-    return v if v is U else v.lower()
+    if type(v) is str:
+        return v.lower()
+    return _str(v, "lowercase")  # undefined, or the signature error
 
 
 def f_uppercase(v: Any) -> Any:
-    v = _str(v, "uppercase")
-    return v if v is U else v.upper()
+    if type(v) is str:
+        return v.upper()
+    return _str(v, "uppercase")  # undefined, or the signature error
 
 
 def f_trim(v: Any) -> Any:
@@ -169,10 +171,16 @@ def f_count(v: Any) -> int:
 
 
 def f_sum(v: Any) -> Any:
-    xs = _nums(v, "sum")
-    if xs is None:
+    if v is U:
         return U
-    x = sum(xs)
+    if type(v) is Seq or type(v) is list:
+        for x in v:
+            t = type(x)
+            if t is not float and t is not int:
+                raise EvalError("T0412", "Argument 1 of function $sum must be an array of numbers")
+        x = sum(v)
+    else:
+        x = sum(_nums(v, "sum"))
     return x if type(x) is int else norm(x)
 
 

@@ -310,7 +310,9 @@ def add(a: Any, b: Any) -> Any:
     ta, tb = type(a), type(b)
     if (ta is int or ta is float) and (tb is int or tb is float):
         x = a + b
-        return x if type(x) is int else norm(x)
+        if type(x) is int or (x - x == 0.0 and not x.is_integer()):  # exact, or finite non-integral
+            return x
+        return norm(x)
     _arith_check(a, b, "+")
     return U
 
@@ -319,7 +321,9 @@ def sub(a: Any, b: Any) -> Any:
     ta, tb = type(a), type(b)
     if (ta is int or ta is float) and (tb is int or tb is float):
         x = a - b
-        return x if type(x) is int else norm(x)
+        if type(x) is int or (x - x == 0.0 and not x.is_integer()):  # exact, or finite non-integral
+            return x
+        return norm(x)
     _arith_check(a, b, "-")
     return U
 
@@ -328,7 +332,9 @@ def mul(a: Any, b: Any) -> Any:
     ta, tb = type(a), type(b)
     if (ta is int or ta is float) and (tb is int or tb is float):
         x = a * b
-        return x if type(x) is int else norm(x)
+        if type(x) is int or (x - x == 0.0 and not x.is_integer()):  # exact, or finite non-integral
+            return x
+        return norm(x)
     _arith_check(a, b, "*")
     return U
 
