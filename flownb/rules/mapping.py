@@ -263,34 +263,56 @@ def _to_records(frame: "pd.DataFrame") -> list[dict]:
 
 
 def _build(tree: dict, n: int) -> list[dict]:
+    """All rows at once: one generated function builds a row, nested groups included, from the
+    converted columns (``map`` over them); then the empty cells of the rows that have some are
+    dropped."""
     import numpy as np
 
-    names, columns, holes = [], [], None
-    for key, node in tree.items():
-        if isinstance(node, dict):
-            vals, mask = _build(node, n), None
-        else:
-            vals, mask = _column(node)
-        names.append(key)
-        columns.append(vals)
-        if mask is not None:
-            holes = mask if holes is None else (holes | mask)
-    rows = list(map(_row_maker(tuple(names)), *columns)) if columns else [{} for _ in range(n)]
+    columns: list[list] = []
+    holes = None
+
+    def display(node: dict) -> str:  # the dict display of one level; leaves become arguments
+        nonlocal holes
+        items = []
+        for key, sub in node.items():
+            if isinstance(sub, dict):
+                items.append(f"{key!r}: {display(sub)}")
+                continue
+            vals, mask = _column(sub)
+            items.append(f"{key!r}: _{len(columns)}")
+            columns.append(vals)
+            if mask is not None:
+                holes = mask if holes is None else (holes | mask)
+        return "{" + ", ".join(items) + "}"
+
+    source = display(tree)
+    if not columns:
+        return [{} for _ in range(n)]
+    rows = list(map(_row_maker(source, len(columns)), *columns))
     if holes is not None:
+        groups = _groups(tree)
         for i in np.flatnonzero(holes).tolist():
-            r = rows[i]
-            for k in [k for k, v in r.items() if v is _MISSING]:
-                del r[k]
+            _drop_missing(rows[i], groups)
     return rows
 
 
+def _groups(tree: dict) -> dict:
+    """The nested groups of a column tree (``{"customer": {"address": {}}}``)."""
+    return {k: _groups(v) for k, v in tree.items() if isinstance(v, dict)}
+
+
+def _drop_missing(row: dict, groups: dict) -> None:
+    for k in [k for k, v in row.items() if v is _MISSING]:
+        del row[k]
+    for k, sub in groups.items():
+        _drop_missing(row[k], sub)
+
+
 @functools.lru_cache(maxsize=256)
-def _row_maker(names: tuple) -> Any:
-    """``f(v0, v1, …) → {names[0]: v0, names[1]: v1, …}``: a dict display, the fastest way to
-    build one row (the names are string literals, the values positional arguments)."""
-    args = [f"_{i}" for i in range(len(names))]
-    body = ", ".join(f"{k!r}: {a}" for k, a in zip(names, args))
-    return eval(f"lambda {', '.join(args)}: {{{body}}}", {})  # noqa: S307 - only repr'd names
+def _row_maker(display: str, n: int) -> Any:
+    """``f(_0, _1, …)`` returning ``display``, a (nested) dict display whose keys are string
+    literals (``repr``) and whose values are the arguments: the fastest way to build a row."""
+    return eval(f"lambda {', '.join(f'_{i}' for i in range(n))}: {display}", {})  # noqa: S307
 
 
 def _column(col: "pd.Series") -> tuple[list, Any]:

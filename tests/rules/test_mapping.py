@@ -77,6 +77,15 @@ def test_to_records_rules():
     assert type(rows[2]["count"]) is int and type(rows[2]["score"]) is float
 
 
+def test_to_records_drops_holes_at_every_depth():
+    frame = pd.DataFrame({"a.b.c": [1, None, 3], "a.b.d": ["x", "y", None], "a.e": [None, 2, None], "f": [0, 1, None]})
+    assert to_records(frame) == [
+        {"a": {"b": {"c": 1, "d": "x"}}, "f": 0},
+        {"a": {"b": {"d": "y"}, "e": 2}, "f": 1},
+        {"a": {"b": {"c": 3}}},
+    ]
+
+
 def test_preview_one_row_per_input_with_errors_column():
     m = Mapping(fields=FIELDS)
     df = m.preview(sample())
