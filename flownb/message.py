@@ -75,6 +75,9 @@ def decode_body(data: bytes | str) -> dict:
     return body
 
 
+_new_message = object.__new__
+
+
 @dataclass(slots=True)
 class Message:
     body: dict
@@ -98,8 +101,10 @@ class Message:
 
     def child(self, body: dict, step: str) -> "Message":
         """A message produced by ``step`` from this one: same trace and headers, new id."""
-        return Message(body=body, headers=dict(self.headers), flow=self.flow, step=step,
-                       parent=self.id, trace=self.trace)
+        m = _new_message(Message)  # the fields set directly: no __init__/__post_init__ on the hot path
+        m.body, m.id, m.headers, m.flow, m.step = body, new_id(), dict(self.headers), self.flow, step
+        m.parent, m.trace, m.attempt, m.created = self.id, self.trace, 1, time.time()
+        return m
 
     def to_dict(self) -> dict:
         return {"id": self.id, "body": self.body, "headers": self.headers, "meta": self.meta}
@@ -124,10 +129,15 @@ class Message:
         body = d.get("body")
         if not isinstance(body, dict):
             raise MessageError("a message body must be a JSON object")
-        return cls(body=body, id=d.get("id") or new_id(), headers=dict(d.get("headers") or {}),
-                   flow=meta.get("flow", ""), step=meta.get("step", ""), parent=meta.get("parent"),
-                   trace=meta.get("trace") or "", attempt=int(meta.get("attempt", 1)),
-                   created=float(meta.get("created") or time.time()))
+        m = _new_message(cls)
+        m.body = body
+        m.id = d.get("id") or new_id()
+        m.headers = dict(d.get("headers") or ())
+        m.flow, m.step, m.parent = meta.get("flow", ""), meta.get("step", ""), meta.get("parent")
+        m.trace = meta.get("trace") or m.id
+        m.attempt = int(meta.get("attempt", 1))
+        m.created = float(meta.get("created") or time.time())
+        return m
 
     @classmethod
     def from_json(cls, data: bytes | str) -> "Message":
