@@ -26,6 +26,7 @@ from ..flow import Flow
 from ..message import Message
 from ..runtime.amqp import names
 from .ingest import Accepted, Backpressure, ReplyBook, Unavailable
+from .publish import FastPublisher, supported
 
 __all__ = ["AmqpIngest", "declare_topology"]
 
@@ -94,6 +95,7 @@ class AmqpIngest:
         self._conn: aiormq.abc.AbstractConnection | None = None
         self._channel: aiormq.abc.AbstractChannel | None = None
         self._reply_queue: str | None = None
+        self._publisher: FastPublisher | None = None
         self._task: asyncio.Task | None = None
         self._connected = asyncio.Event()
         self._stopping = False
@@ -122,6 +124,9 @@ class AmqpIngest:
 
     async def _drop(self) -> None:
         conn, self._conn, self._channel, self._reply_queue = self._conn, None, None, None
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
         if conn is not None and not conn.is_closed:
             await asyncio.gather(conn.close(), return_exceptions=True)
 
@@ -136,6 +141,8 @@ class AmqpIngest:
             await asyncio.gather(conn.close(), return_exceptions=True)
             raise
         self._conn, self._channel, self._reply_queue = conn, channel, declared.queue
+        if supported(channel):
+            self._publisher = FastPublisher(channel, self.exchange, self.routing_key, mandatory=True)
         return channel.closing
 
     async def _keep_connected(self) -> None:
@@ -189,17 +196,15 @@ class AmqpIngest:
             headers={names.REPLY_TO_HEADER: reply_queue} if reply else None)
         future = self._book.register(message.trace) if reply else None
         try:
-            confirm = await channel.basic_publish(
-                payload, exchange=self.exchange, routing_key=self.routing_key, properties=props,
-                mandatory=True, timeout=self.publish_timeout, wait=False)
+            confirm = await self._publish(channel, payload, message, props)
+        except aiormq.exceptions.PublishError as exc:  # returned unroutable (a DeliveryError subclass: first)
+            self._abandon(future)
+            raise Unavailable(f"no queue is bound for step '{self.routing_key}' on '{self.exchange}'; "
+                              f"start the flow's workers so the topology exists") from exc
         except aiormq.exceptions.DeliveryError as exc:
             self._abandon(future)
             raise Backpressure(f"queue '{names.step_queue(self.flow, self.routing_key)}' refused the "
                                f"message (full)") from exc
-        except aiormq.exceptions.PublishError as exc:
-            self._abandon(future)
-            raise Unavailable(f"no queue is bound for step '{self.routing_key}' on '{self.exchange}'; "
-                              f"start the flow's workers so the topology exists") from exc
         except _FAILURES as exc:
             self._abandon(future)
             raise Unavailable(f"RabbitMQ did not confirm the message ({type(exc).__name__}: {exc})") from exc
@@ -207,6 +212,28 @@ class AmqpIngest:
             self._abandon(future)
             raise Backpressure(f"RabbitMQ answered {type(confirm).__name__} instead of an ack")
         return Accepted(message.id, future)
+
+    async def _publish(self, channel, payload: bytes, message: Message, props) -> object:
+        publisher = self._publisher
+        if publisher is None or publisher.channel is not channel:
+            return await channel.basic_publish(
+                payload, exchange=self.exchange, routing_key=self.routing_key, properties=props,
+                mandatory=True, timeout=self.publish_timeout, wait=False)
+        confirmation = publisher.publish(payload, message_id=message.id, correlation_id=props.correlation_id,
+                                         reply_to=props.reply_to, headers=props.headers)
+        try:
+            async with asyncio.timeout(self.publish_timeout):
+                return await confirmation
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this request is being cancelled
+            # the channel closed and aiormq cancelled the confirmation: the message may be lost
+            raise ConnectionError("the channel closed before the broker confirmed the message") from None
+        except Exception as exc:
+            if isinstance(exc, (aiormq.exceptions.DeliveryError, aiormq.exceptions.PublishError, *_FAILURES)):
+                raise
+            raise ConnectionError(f"no confirm from the broker ({type(exc).__name__}: {exc})") from exc
 
     @staticmethod
     def _abandon(future: asyncio.Future | None) -> None:

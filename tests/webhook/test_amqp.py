@@ -51,6 +51,41 @@ def test_full_first_queue_answers_429_and_queues_nothing_more(flow_env, monkeypa
         assert [m.body["n"] for m in amqp_drain(flow)] == [9]
 
 
+def test_unroutable_message_is_503_not_429(flow_env):
+    """The first queue deleted under a running server: the broker returns the publish (mandatory)."""
+    flow, token = flow_env()
+    with serve_hook(flow, AmqpIngest(flow, BROKER)) as server:
+        url = f"{server.url}/hooks/{flow.name}/{token}"
+        assert httpx.post(url, json={"n": 0}).status_code == 202
+        conn = pika.BlockingConnection(pika.URLParameters(BROKER))
+        try:
+            conn.channel().queue_delete(names.step_queue(flow.name, flow.steps[0].name))
+        finally:
+            conn.close()
+        r = httpx.post(url, json={"n": 1})
+        assert r.status_code == 503 and "no queue is bound" in r.json()["error"]
+        assert r.headers["retry-after"]
+
+
+def test_bodies_across_frames_and_unicode_arrive_whole(flow_env):
+    """Bodies larger than one AMQP frame (split into body frames) and non-ASCII text, concurrently."""
+    flow, token = flow_env(max_body=2_000_000)
+    with serve_hook(flow, AmqpIngest(flow, BROKER)) as server:
+        url = f"{server.url}/hooks/{flow.name}/{token}"
+        bodies = [{"n": i, "text": "é✓😀" * (i * 25_000), "tail": i} for i in range(6)]
+
+        async def post_all():
+            async with httpx.AsyncClient(timeout=30) as client:
+                return await asyncio.gather(*[client.post(url, json=b) for b in bodies])
+        responses = asyncio.run(post_all())
+        assert [r.status_code for r in responses] == [202] * 6
+        got = {m.id: m for m in amqp_drain(flow)}
+        assert sorted(got) == sorted(r.json()["id"] for r in responses)
+        for r, b in zip(responses, bodies):
+            m = got[r.json()["id"]]
+            assert m.body["text"] == b["text"] and m.body["tail"] == b["tail"]
+
+
 def test_broker_unreachable_at_start_then_back(flow_env):
     flow, token = flow_env()
     proxy = TcpProxy()
