@@ -27,7 +27,8 @@ import struct
 
 import aiormq
 from aiormq.abc import ChannelFrame
-from pamqp import commands, frame as pamqp_frame
+from pamqp import commands
+from pamqp import frame as pamqp_frame
 from pamqp.header import ContentHeader
 
 __all__ = ["FastPublisher", "marshal_header", "supported"]

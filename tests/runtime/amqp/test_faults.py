@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import http.server
-import os
 import signal
 import subprocess
 import sys
@@ -11,15 +9,15 @@ import threading
 import time
 from pathlib import Path
 
-import orjson
 import pytest
+from amqp_components import sink_counts, wait_for
 
 import flownb
-from amqp_components import sink_counts, wait_for
 from flownb.runtime.amqp.dlq import AmqpDeadLetters
 from flownb.runtime.amqp.metrics import RETRIED
 from flownb.runtime.amqp.topology import queue_depths
 from flownb.runtime.amqp.trigger import read_state
+from flownb.testing import HttpTarget
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
 RUN_WORKER = Path(__file__).parent / "run_worker.py"
@@ -135,41 +133,11 @@ def test_workers_reconnect_after_a_broker_restart(broker, running, tmp_path, cap
     assert "connection lost" in caplog.text  # the workers did lose the broker, and came back
 
 
-class _Target(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, outage: float):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.outage, self.first, self.received, self.refused = outage, None, [], 0
-        self.lock = threading.Lock()
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        srv = self.server
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        with srv.lock:
-            srv.first = srv.first or time.monotonic()
-            down = time.monotonic() - srv.first < srv.outage
-            if down:
-                srv.refused += 1
-            else:
-                srv.received.append(orjson.loads(body)["n"])
-        self.send_response(503 if down else 200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(b'{"ok": false}' if down else b'{"ok": true}')
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.mark.slow
 def test_target_answering_503_for_20s_is_retried_until_it_recovers(broker, running, tmp_path):
-    target = _Target(outage=20.0)
-    threading.Thread(target=target.serve_forever, daemon=True).start()
+    target = HttpTarget(outage=20.0, status=503).start()
     db = tmp_path / "sink.db"
-    url = f"http://127.0.0.1:{target.server_address[1]}/orders"
+    url = f"{target.url}/orders"
     flow = flownb.Flow(
         name="outage", trigger=flownb.step("src", "amqptest.count", total=100, batch=100, interval="50ms"),
         steps=[flownb.step("push", "http.request", method="POST", url=url, output="input",
@@ -179,8 +147,8 @@ def test_target_answering_503_for_20s_is_retried_until_it_recovers(broker, runni
     r = running(flow, ["src", "push", "sink"], broker)
     wait_for(lambda: sink_counts(db)[0] == 100, timeout=90, every=0.25, what="delivery after the outage")
     r.stop()
-    target.shutdown()
-    assert sorted(set(target.received)) == list(range(100))
+    target.stop()
+    assert sorted({r.json["n"] for r in target.received}) == list(range(100))
     assert target.refused >= 100                     # every message met the outage at least once
     assert RETRIED.labels("outage", "push")._value.get() - before >= 100
     assert AmqpDeadLetters(flow, broker).list() == []
