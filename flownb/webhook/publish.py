@@ -23,6 +23,7 @@ publishes on it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import struct
 
 import aiormq
@@ -77,8 +78,10 @@ def marshal_header(channel: int, body_size: int, *, message_id: str, correlation
 
 def supported(channel: aiormq.abc.AbstractChannel) -> bool:
     """Whether this aiormq channel has the internals the publisher relies on (else use basic_publish)."""
-    return all(hasattr(channel, a) for a in ("confirmations", "message_id_delivery_tag", "delivery_tag",
-                                             "write_queue", "create_future", "max_content_size", "number"))
+    frame_fields = {f.name for f in dataclasses.fields(ChannelFrame)} if dataclasses.is_dataclass(ChannelFrame) else set()
+    return {"payload", "should_close"} <= frame_fields and all(
+        hasattr(channel, a) for a in ("confirmations", "message_id_delivery_tag", "delivery_tag", "write_queue",
+                                      "create_future", "max_content_size", "number"))
 
 
 class FastPublisher:

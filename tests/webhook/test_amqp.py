@@ -51,6 +51,22 @@ def test_full_first_queue_answers_429_and_queues_nothing_more(flow_env, monkeypa
         assert [m.body["n"] for m in amqp_drain(flow)] == [9]
 
 
+def test_the_publisher_is_used_and_basic_publish_remains_the_fallback(flow_env, monkeypatch):
+    """The installed aiormq has what FastPublisher needs; without it, aiormq's basic_publish queues."""
+    flow, token = flow_env()
+    ingest = AmqpIngest(flow, BROKER)
+    with serve_hook(flow, ingest) as server:
+        assert ingest._publisher is not None  # a newer aiormq that moved its internals fails here
+        assert httpx.post(f"{server.url}/hooks/{flow.name}/{token}", json={"n": 1}).status_code == 202
+    monkeypatch.setattr("flownb.webhook.amqp.supported", lambda channel: False)
+    ingest = AmqpIngest(flow, BROKER)
+    with serve_hook(flow, ingest) as server:
+        assert ingest._publisher is None
+        ids = [httpx.post(f"{server.url}/hooks/{flow.name}/{token}", json={"n": n}).json()["id"] for n in (2, 3)]
+    queued = amqp_drain(flow)
+    assert [m.body["n"] for m in queued] == [1, 2, 3] and [m.id for m in queued][1:] == ids
+
+
 def test_unroutable_message_is_503_not_429(flow_env):
     """The first queue deleted under a running server: the broker returns the publish (mandatory)."""
     flow, token = flow_env()
