@@ -190,13 +190,9 @@ class AmqpIngest:
             msg_headers[names.REPLY_TO_HEADER] = reply_queue
         message = Message(body=body, headers=msg_headers, flow=self.flow, step=self._spec.trigger.name)
         payload = message.to_json()
-        props = aiormq.spec.Basic.Properties(
-            content_type="application/json", delivery_mode=2, message_id=message.id,
-            correlation_id=message.trace, reply_to=reply_queue if reply else None,
-            headers={names.REPLY_TO_HEADER: reply_queue} if reply else None)
         future = self._book.register(message.trace) if reply else None
         try:
-            confirm = await self._publish(channel, payload, message, props)
+            confirm = await self._publish(channel, payload, message, reply_queue if reply else None)
         except aiormq.exceptions.PublishError as exc:  # returned unroutable (a DeliveryError subclass: first)
             self._abandon(future)
             raise Unavailable(f"no queue is bound for step '{self.routing_key}' on '{self.exchange}'; "
@@ -213,14 +209,20 @@ class AmqpIngest:
             raise Backpressure(f"RabbitMQ answered {type(confirm).__name__} instead of an ack")
         return Accepted(message.id, future)
 
-    async def _publish(self, channel, payload: bytes, message: Message, props) -> object:
+    async def _publish(self, channel, payload: bytes, message: Message, reply_to: str | None) -> object:
+        """Publish persistent, mandatory, and wait for the confirm: with :class:`FastPublisher`, or
+        aiormq's ``basic_publish`` when the channel lacks the internals it needs."""
+        headers = {names.REPLY_TO_HEADER: reply_to} if reply_to else None
         publisher = self._publisher
         if publisher is None or publisher.channel is not channel:
+            props = aiormq.spec.Basic.Properties(
+                content_type="application/json", delivery_mode=2, message_id=message.id,
+                correlation_id=message.trace, reply_to=reply_to, headers=headers)
             return await channel.basic_publish(
                 payload, exchange=self.exchange, routing_key=self.routing_key, properties=props,
                 mandatory=True, timeout=self.publish_timeout, wait=False)
-        confirmation = publisher.publish(payload, message_id=message.id, correlation_id=props.correlation_id,
-                                         reply_to=props.reply_to, headers=props.headers)
+        confirmation = publisher.publish(payload, message_id=message.id, correlation_id=message.trace,
+                                         reply_to=reply_to, headers=headers)
         try:
             async with asyncio.timeout(self.publish_timeout):
                 return await confirmation
@@ -230,9 +232,9 @@ class AmqpIngest:
                 raise  # this request is being cancelled
             # the channel closed and aiormq cancelled the confirmation: the message may be lost
             raise ConnectionError("the channel closed before the broker confirmed the message") from None
-        except Exception as exc:
-            if isinstance(exc, (aiormq.exceptions.DeliveryError, aiormq.exceptions.PublishError, *_FAILURES)):
-                raise
+        except (aiormq.exceptions.DeliveryError, *_FAILURES):
+            raise  # mapped by submit()
+        except Exception as exc:  # whatever else a closing channel rejected the confirmation with
             raise ConnectionError(f"no confirm from the broker ({type(exc).__name__}: {exc})") from exc
 
     @staticmethod
