@@ -85,6 +85,10 @@ def supported(channel: aiormq.abc.AbstractChannel) -> bool:
 
 
 class FastPublisher:
+    """Publishes persistent, confirmed messages to one exchange and routing key on ``channel``,
+    which it owns; :meth:`close` stops its writer task (aiormq rejects the pending confirms when the
+    channel closes)."""
+
     def __init__(self, channel: aiormq.abc.AbstractChannel, exchange: str, routing_key: str, *,
                  mandatory: bool = True):
         if not getattr(channel, "publisher_confirms", False):
