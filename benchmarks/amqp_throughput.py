@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
 import re
 import signal
 import socket
@@ -193,7 +192,7 @@ def bench_pika(n: int, prefetch: int = 200) -> dict:
         conn.close()
         preload(url, "", queues[0], n)
         ctx = mp.get_context("fork")
-        procs, events = [], []
+        procs = []
         for i in (2, 1, 0):
             ev = ctx.Event()
             dst = queues[i + 1] if i < 2 else None

@@ -2,7 +2,6 @@
 
 Run: .venv/bin/python notebooks/refresh_outputs.py (after changing a notebook or the rules engine).
 """
-import sys
 from pathlib import Path
 import nbformat
 from nbclient import NotebookClient

@@ -10,10 +10,9 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import httpx
-import orjson
 import pytest
 
 from flownb.webhook.app import Hook, create_app

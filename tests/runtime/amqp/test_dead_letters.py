@@ -62,7 +62,6 @@ def test_dlq_cli_lists_and_replays_against_the_broker(broker, running, tmp_path,
 
 
 def test_fatal_errors_dead_letter_at_once(broker, running, tmp_path):
-    db = tmp_path / "sink.db"
     flow = flownb.Flow(name="fatal", trigger=flownb.step("src", "amqptest.count", total=10, interval="100ms"),
                        steps=[flownb.step("sink", "amqptest.sink", path=str(tmp_path / "nodir" / "x.db"))])
     running(flow, ["src", "sink"], broker)
