@@ -16,7 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import BrokerError, MessageError, RuntimeFailure
+from ..errors import BrokerError, MessageError, QueueFull, RuntimeFailure
 
 __all__ = ["Ingest", "Accepted", "Backpressure", "Unavailable", "ReplyBook", "LocalIngest"]
 
@@ -87,11 +87,6 @@ class ReplyBook:
         for fut in list(self._waiting.values()):
             fut.cancel()
         self._waiting.clear()
-
-
-def _queue_full_type() -> type[BaseException]:
-    from .. import errors
-    return getattr(errors, "QueueFull", Backpressure)
 
 
 class LocalIngest:
@@ -180,30 +175,31 @@ class LocalIngest:
         try:
             results = self.runtime.submit_many([(b, h) for b, h, _f in batch])
         except RuntimeFailure as exc:
-            error: BaseException = Unavailable(f"the local queue refused the message: {exc}")
-            results = [error] * len(batch)
+            results = [exc] * len(batch)
         except Exception as exc:  # sqlite3 errors, a disk that is full: nothing of the batch is queued
             log.exception("webhook: queueing %d request(s) failed", len(batch))
             results = [Unavailable(f"the local queue cannot be written: {type(exc).__name__}: {exc}")] * len(batch)
-        for (_b, _h, fut), result in zip(batch, results):
-            if isinstance(result, BaseException):
-                result = self._translate(result)
-            fut.get_loop().call_soon_threadsafe(_settle, fut, result)
+        settled = [(fut, _translate(r) if isinstance(r, BaseException) else r)
+                   for (_b, _h, fut), r in zip(batch, results)]
+        if settled:  # one wake-up of the event loop for the whole batch
+            settled[0][0].get_loop().call_soon_threadsafe(_settle, settled)
 
-    def _translate(self, exc: BaseException) -> BaseException:
-        if isinstance(exc, _queue_full_type()):
-            return Backpressure(str(exc))
-        if isinstance(exc, (MessageError, Backpressure, Unavailable)):
-            return exc
-        if isinstance(exc, RuntimeFailure):
-            return Unavailable(f"the local queue refused the message: {exc}")
+
+def _translate(exc: BaseException) -> BaseException:
+    if isinstance(exc, QueueFull):
+        return Backpressure(str(exc))
+    if isinstance(exc, (MessageError, Backpressure, Unavailable)):
         return exc
+    if isinstance(exc, RuntimeFailure):
+        return Unavailable(f"the local queue refused the message: {exc}")
+    return exc
 
 
-def _settle(fut: asyncio.Future, result: Any) -> None:
-    if fut.done():
-        return
-    if isinstance(result, BaseException):
-        fut.set_exception(result)
-    else:
-        fut.set_result(result)
+def _settle(settled: list[tuple[asyncio.Future, Any]]) -> None:
+    for fut, result in settled:
+        if fut.done():
+            continue
+        if isinstance(result, BaseException):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)

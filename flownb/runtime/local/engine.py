@@ -178,28 +178,12 @@ class LocalRuntime:
     # -- input -----------------------------------------------------------------------------------
     def submit(self, body: dict, headers: dict | None = None) -> Message:
         """Durably queue one trigger output for the first action; thread-safe. Raises QueueFull
-        when the first queue holds ``max_queue`` messages or more."""
-        if not isinstance(body, dict):
-            raise MessageError(f"a message body must be a JSON object, got {type(body).__name__}",
-                               step=self.flow.trigger.name)
-        message, payload = self.trigger.emit(body, {str(k): str(v) for k, v in (headers or {}).items()})
-        if self._first is None:  # a trigger-only flow: the body is the flow's output
-            self.stats[self.flow.trigger.name].outputs += 1
-            self._finish([(message.trace, [body])])
-            return message
-        with self._submit_lock:
-            depth = self._first_depth()
-            if depth >= self.max_queue:
-                raise QueueFull(f"queue of step '{self._first}' holds {depth} messages (limit "
-                                f"{self.max_queue}); retry later", depth=depth, limit=self.max_queue)
-            if self._listeners:
-                with self._trace_lock:
-                    self._traces[message.trace] = [1, []]
-            self.store.enqueue(self._first, [payload], self.clock())
-            self._depth_cache = (self._depth_cache[0], depth + 1)
-            self.stats[self.flow.trigger.name].outputs += 1
-        self._wake.set()
-        return message
+        when the first queue holds ``max_queue`` messages or more, MessageError for a body that is
+        not a JSON object."""
+        result = self.submit_many([(body, headers)])[0]
+        if isinstance(result, FlownbError):
+            raise result
+        return result
 
     def submit_many(self, items: Sequence[tuple[dict, dict | None]]) -> list[Message | FlownbError]:
         """Durably queue several trigger outputs in ONE transaction (group commit); thread-safe.
