@@ -171,16 +171,10 @@ def f_count(v: Any) -> int:
 
 
 def f_sum(v: Any) -> Any:
-    if v is U:
+    xs = _nums(v, "sum")
+    if xs is None:
         return U
-    if type(v) is Seq or type(v) is list:
-        for x in v:
-            t = type(x)
-            if t is not float and t is not int:
-                raise EvalError("T0412", "Argument 1 of function $sum must be an array of numbers")
-        x = sum(v)
-    else:
-        x = sum(_nums(v, "sum"))
+    x = sum(xs)
     return x if type(x) is int else norm(x)
 
 

@@ -309,10 +309,7 @@ def _arith_check(a: Any, b: Any, op: str) -> None:
 def add(a: Any, b: Any) -> Any:
     ta, tb = type(a), type(b)
     if (ta is int or ta is float) and (tb is int or tb is float):
-        x = a + b
-        if type(x) is int or (x - x == 0.0 and not x.is_integer()):  # exact, or finite non-integral
-            return x
-        return norm(x)
+        return norm(a + b)
     _arith_check(a, b, "+")
     return U
 
@@ -320,10 +317,7 @@ def add(a: Any, b: Any) -> Any:
 def sub(a: Any, b: Any) -> Any:
     ta, tb = type(a), type(b)
     if (ta is int or ta is float) and (tb is int or tb is float):
-        x = a - b
-        if type(x) is int or (x - x == 0.0 and not x.is_integer()):  # exact, or finite non-integral
-            return x
-        return norm(x)
+        return norm(a - b)
     _arith_check(a, b, "-")
     return U
 
@@ -331,10 +325,7 @@ def sub(a: Any, b: Any) -> Any:
 def mul(a: Any, b: Any) -> Any:
     ta, tb = type(a), type(b)
     if (ta is int or ta is float) and (tb is int or tb is float):
-        x = a * b
-        if type(x) is int or (x - x == 0.0 and not x.is_integer()):  # exact, or finite non-integral
-            return x
-        return norm(x)
+        return norm(a * b)
     _arith_check(a, b, "*")
     return U
 

@@ -153,9 +153,7 @@ class Mapping:
                         # iterators are just past it
                         i = len(col)
                         col.append(_checked(raw, records[i], name, errors, i))
-                if len(col) != n:  # never expected; the plain loop below is always right
-                    col = []
-            if len(col) != n:
+            if len(col) != n:  # no compiled function (or, never expected, a short column): row by row
                 col = [_checked(raw, rec, name, errors, i) for i, rec in enumerate(records)]
             if not _PLAIN.issuperset(set(map(type, col))):  # undefined → None, plain lists
                 col = [None if v is U else (clean(v) if type(v) in _CONTAINERS else v) for v in col]
