@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 from urllib.parse import parse_qsl, urlsplit
 
-from .runtime.local.testing import TestResult, test_flow
+from .runtime.local.testing import TestResult
 
-__all__ = ["HttpTarget", "Received", "TestResult", "test_flow"]
+__all__ = ["HttpTarget", "Received", "TestResult"]
 
 
 @dataclass(frozen=True)

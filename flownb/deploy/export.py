@@ -224,12 +224,12 @@ def load_schedules(state_dir: str | Path | None, names: list[str] | None = None)
     if state_dir is None:
         if names:
             raise ScheduleInputError("--schedule NAME needs --schedules STATE_DIR (where 'flownb schedule add' "
-                              "stored them)")
+                                     "stored them)")
         return []
     db = Path(state_dir) / "schedules.db"
     if not db.exists():
         raise ScheduleInputError(f"'{state_dir}' holds no schedules ({db.name} is missing); add them with "
-                          f"'flownb schedule add NOTEBOOK --cron EXPR --name NAME --state-dir {state_dir}'")
+                                 f"'flownb schedule add NOTEBOOK --cron EXPR --name NAME --state-dir {state_dir}'")
     from ..schedule.store import ScheduleStore
     store = ScheduleStore(state_dir)
     every = {s.name: s for s in store.list()}
@@ -238,7 +238,7 @@ def load_schedules(state_dir: str | Path | None, names: list[str] | None = None)
     unknown = [n for n in names if n not in every]
     if unknown:
         raise ScheduleInputError(f"no schedule named {', '.join(map(repr, unknown))} in '{state_dir}'"
-                          f"{did_you_mean(unknown[0], list(every))} schedules: {', '.join(every) or '(none)'}")
+                                 f"{did_you_mean(unknown[0], list(every))} schedules: {', '.join(every) or '(none)'}")
     return [every[n] for n in names]
 
 

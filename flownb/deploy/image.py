@@ -138,7 +138,7 @@ def build_wheelhouse(out: Path, flow: Flow | None = None, *, progress: Progress 
         req = req.replace("flownb==", f"flownb[{','.join(extras)}]==", 1)
     reqs = [req, *flow.requirements]
     if (out / "notebooks").is_dir():  # scheduled notebooks: the CronJobs run papermill in this image
-        reqs += [r for r in SCHEDULE_REQUIREMENTS if r.split(">=")[0] not in " ".join(flow.requirements)]
+        reqs += SCHEDULE_REQUIREMENTS  # pip's resolver merges them with the flow's own pins of the same names
     (wheels / "requirements.txt").write_text("\n".join(reqs) + "\n", encoding="utf-8")
     say(f"pip wheel {' '.join(reqs)}")
     _pip(["wheel", "-q", "--prefer-binary", "-w", str(wheels), "--find-links", str(wheels),
