@@ -184,6 +184,7 @@ class TriggerRunner:
             self.component.close()
 
     def next_delay(self, state: dict) -> float:
+        self.open()  # a component's next_delay may read what setup() prepared (sql.poll's backlog)
         assert isinstance(self.component, PollingTrigger)
         return self.component.next_delay(state)
 
