@@ -29,6 +29,7 @@ class _Gen:
         self.defs: list[str] = []
         self.consts: dict[str, Any] = {}
         self.n = 0
+        self.functions: set[str] = set()  # built-in functions called (a binding may shadow them)
 
     def name(self, prefix: str) -> str:
         self.n += 1
@@ -166,6 +167,7 @@ class _Gen:
         if proc.type != "variable" or proc.value not in _functions.FUNCTIONS:
             raise Unsupported("function")
         fn, lo, hi, ctx_default = _functions.FUNCTIONS[proc.value]
+        self.functions.add(proc.value)
         args = [self.expr(a) for a in e.arguments]
         if len(args) < lo and ctx_default:
             if len(args) + 1 > hi:
@@ -331,10 +333,13 @@ def _plain(e: Node) -> bool:
 
 
 def compile_tree(tree: Node, source: str) -> tuple[Callable[[Any, Any], Any], str]:
-    """Return ``(fn(context, root), python_source)``; raise :class:`Unsupported`."""
+    """Return ``(fn(context, root), python_source)``; raise :class:`Unsupported`. ``fn.functions``
+    names the built-in functions the code calls."""
     g = _Gen()
     main = g.expr(tree)
     code = "".join(g.defs) + f"def _main(c, r):\n    return {main}\n"
     namespace: dict[str, Any] = {"R": _runtime, "F": _functions, "U": _runtime.U, **g.consts}
     exec(compile(code, f"<jsonata {source[:40]!r}>", "exec"), namespace)  # noqa: S102 - our own code
-    return namespace["_main"], code
+    main_fn = namespace["_main"]
+    main_fn.functions = frozenset(g.functions)
+    return main_fn, code

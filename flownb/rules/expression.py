@@ -6,13 +6,21 @@ Expressions inside the supported subset (docs/rules.md) are compiled to a Python
 
 ``Expression.evaluate(data)`` returns JSONata *undefined* as ``None`` (like jsonatapy);
 ``Expression.evaluate(data, undefined=UNDEFINED)`` — or :meth:`Expression.raw` — returns the
-:data:`UNDEFINED` sentinel instead, to tell "no value" from JSON ``null``.
+:data:`UNDEFINED` sentinel instead, to tell "no value" from JSON ``null``. ``bindings`` (a dict of
+variable name → JSON value, without ``$``) binds ``$name`` for one evaluation; passing
+:data:`UNDEFINED` as ``data`` evaluates with no input at all.
+
+An :class:`Expression` may be evaluated from any thread, and from several at once. jsonatapy's
+compiled objects are bound to the thread that created them (evaluating one elsewhere panics), so
+they are never stored on the :class:`Expression`: each thread compiles its own, lazily, into a
+per-thread cache keyed by the source text (dropped with the thread, on that thread).
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import threading
 from typing import Any
 
 import orjson
@@ -54,19 +62,46 @@ def _jsonatapy():
     return jsonatapy
 
 
-class Expression:
-    """A compiled JSONata expression. ``engine`` is ``"compiled"`` or ``"jsonatapy"``."""
+_THREAD = threading.local()
+_PER_THREAD = 1024  # jsonatapy expressions kept per thread (as many as compile() caches)
 
-    __slots__ = ("source", "engine", "python_source", "_fn", "_fallback", "unsupported")
+
+def _thread_jsonatapy(source: str) -> Any:
+    """This thread's jsonatapy expression for ``source`` (compiled on first use in the thread).
+
+    jsonatapy objects are pyo3 "unsendable": using one from another thread raises PanicException
+    and dropping one there is an error too, so each lives (and dies) in its own thread's cache.
+    No frame that an exception's traceback may keep (and carry to another thread) holds one."""
+    fb = getattr(_THREAD, "cache", _NO_CACHE).get(source)
+    return fb if fb is not None else _thread_jsonatapy_new(source)
+
+
+_NO_CACHE: dict = {}
+
+
+def _thread_jsonatapy_new(source: str) -> Any:
+    fb = _jsonatapy().compile(source)  # may raise ValueError (invalid): nothing cached yet
+    cache = _THREAD.__dict__.setdefault("cache", {})
+    if len(cache) >= _PER_THREAD:
+        for old in list(cache)[:_PER_THREAD // 2]:  # the oldest half, on their own thread
+            del cache[old]
+    cache[source] = fb
+    return fb
+
+
+class Expression:
+    """A compiled JSONata expression. ``engine`` is ``"compiled"`` or ``"jsonatapy"``. Thread-safe."""
+
+    __slots__ = ("source", "engine", "python_source", "_fn", "unsupported", "_functions")
 
     def __init__(self, source: str, fn: Any, engine: str, python_source: str = "",
-                 fallback: Any = None, unsupported: str = ""):
+                 unsupported: str = "", functions: frozenset = frozenset()):
         self.source = source
         self.engine = engine
         self.python_source = python_source
         self._fn = fn
-        self._fallback = fallback
         self.unsupported = unsupported
+        self._functions = functions  # the built-in functions the compiled code calls
 
     def __repr__(self) -> str:
         return f"Expression({self.source!r}, engine={self.engine!r})"
@@ -78,9 +113,13 @@ class Expression:
         loops should use :meth:`raw` or :meth:`evaluate`."""
         return self._fn
 
-    def raw(self, data: Any) -> Any:
-        """Evaluate; JSONata undefined is :data:`UNDEFINED`. Raises :class:`EvaluationError`."""
-        if self._fn is not None:
+    def raw(self, data: Any, bindings: dict | None = None) -> Any:
+        """Evaluate; JSONata undefined is :data:`UNDEFINED`. Raises :class:`EvaluationError`.
+
+        ``bindings`` maps variable names (without ``$``) to JSON values for this evaluation."""
+        if self._fn is not None and (not bindings or self._functions.isdisjoint(bindings)):
+            # compiled code reads no variables but the built-in functions it calls (a binding
+            # that shadows one of them goes to the fallback engine)
             try:
                 return _clean(self._fn(data, data))
             except _runtime.EvalError as exc:
@@ -89,30 +128,34 @@ class Expression:
                 pass
             except RecursionError as exc:
                 raise EvaluationError("the input is nested too deeply", expression=self.source) from exc
-        return self._evaluate_fallback(data)
+        return self._evaluate_fallback(data, bindings)
 
-    def evaluate(self, data: Any, undefined: Any = None) -> Any:
+    def evaluate(self, data: Any, undefined: Any = None, bindings: dict | None = None) -> Any:
         """Evaluate on ``data``; JSONata undefined becomes ``undefined`` (default ``None``)."""
-        v = self.raw(data)
+        v = self.raw(data, bindings)
         return undefined if v is _U else v
 
     __call__ = evaluate
 
-    def _evaluate_fallback(self, data: Any) -> Any:
-        fb = self._fallback
-        if fb is None:
-            fb = self._fallback = _jsonatapy().compile(self.source)
+    def _evaluate_fallback(self, data: Any, bindings: dict | None = None) -> Any:
+        if data is _U:
+            payload = None
+        else:
+            try:
+                payload = orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY
+                                       | orjson.OPT_NON_STR_KEYS).decode()
+            except TypeError as exc:
+                raise EvaluationError(f"the input is not JSON ({exc})", expression=self.source) from exc
+        # jsonatapy's error is not chained to ours: its traceback holds the jsonatapy object (in
+        # the wrapper's frame), and our error may be freed on another thread (_thread_jsonatapy)
         try:
-            payload = orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
-        except TypeError as exc:
-            raise EvaluationError(f"the input is not JSON ({exc})", expression=self.source) from exc
-        try:
-            out = fb.evaluate_json_or_none(payload.decode())
+            out = _thread_jsonatapy(self.source).evaluate_json_or_none(payload, bindings or None)
         except ValueError as exc:
-            m = _CODE.search(str(exc))
-            raise EvaluationError(str(exc), code=m.group(1) if m else None,
-                                  expression=self.source) from None
-        return _U if out is None else orjson.loads(out)
+            message = str(exc)
+        else:
+            return _U if out is None else orjson.loads(out)
+        m = _CODE.search(message)
+        raise EvaluationError(message, code=m.group(1) if m else None, expression=self.source)
 
 
 def _syntax_error(source: str, exc: ParseError) -> ExpressionError:
@@ -133,18 +176,19 @@ def compile(source: str) -> Expression:  # noqa: A001 - the public name the API 
     except ParseError as exc:
         # our parser follows jsonata-js; if the fallback engine accepts the text anyway, use it
         try:
-            fb = _jsonatapy().compile(source)
+            _thread_jsonatapy(source)
         except ValueError:
             raise _syntax_error(source, exc) from None
-        return Expression(source, None, "jsonatapy", fallback=fb, unsupported=f"parser: {exc}")
+        return Expression(source, None, "jsonatapy", unsupported=f"parser: {exc}")
     try:
         fn, py = compile_tree(tree, source)
     except Unsupported as exc:
         try:
-            fb = _jsonatapy().compile(source)
+            _thread_jsonatapy(source)  # validates; this thread's copy is kept for evaluation
         except ValueError as fexc:
             raise ExpressionError(f"invalid JSONata: {fexc}", expression=source) from None
-        return Expression(source, None, "jsonatapy", fallback=fb, unsupported=str(exc))
+        return Expression(source, None, "jsonatapy", unsupported=str(exc))
     except RecursionError:
         raise ExpressionError("the expression is nested too deeply", expression=source) from None
-    return Expression(source, fn, "compiled", python_source=py)
+    return Expression(source, fn, "compiled", python_source=py,
+                      functions=getattr(fn, "functions", frozenset()))
