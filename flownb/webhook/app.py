@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from ..components.webhook import WebhookConfig
 from ..errors import ConfigError, MessageError
-from .ingest import Backpressure, Ingest, Unavailable
+from ..runtime.ingress import Backpressure, Ingest, Unavailable
 from .parse import HttpError, parse_body, public_headers, query_dict, verify_signature
 
 __all__ = ["Hook", "create_app", "MAX_URL", "MAX_HEADERS", "MIN_TOKEN"]

@@ -16,8 +16,8 @@ from typing import Any
 from ..components.webhook import WebhookConfig
 from ..errors import ConfigError
 from ..flow import Flow
+from ..runtime.ingress import Ingest
 from .app import Hook, create_app
-from .ingest import Ingest, LocalIngest
 
 __all__ = ["webhook_config", "hook_for", "serve_local", "serve_amqp", "uvicorn_config"]
 
@@ -64,6 +64,7 @@ def serve_local(runtime: Any, host: str = "127.0.0.1", port: int = 8000) -> None
 
     ``runtime`` is a ``flownb.runtime.local.LocalRuntime``: ``submit(body, headers)`` queues durably,
     ``add_final_listener(cb)`` reports the last step's outputs, ``run(stop_event=…)`` processes."""
+    from ..runtime.local.ingress import LocalIngest
     hook = hook_for(runtime.flow, LocalIngest(runtime))
     stop = threading.Event()
     worker = threading.Thread(target=runtime.run, kwargs={"stop_event": stop},
@@ -78,6 +79,6 @@ def serve_local(runtime: Any, host: str = "127.0.0.1", port: int = 8000) -> None
 
 def serve_amqp(flow: Flow, broker_url: str, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve ``flow``'s webhook, publishing each accepted request to RabbitMQ with a confirm."""
-    from .amqp import AmqpIngest
+    from ..runtime.amqp.ingress import AmqpIngest
     hook = hook_for(flow, AmqpIngest(flow.resolved(), broker_url))
     _serve(create_app([hook]), host, port)

@@ -10,7 +10,7 @@ import pytest
 
 from flownb.flow import Flow
 from flownb.message import Message
-from flownb.webhook.amqp import AmqpIngest
+from flownb.runtime.amqp.ingress import AmqpIngest
 
 from .conftest import BROKER, amqp_delete, amqp_drain
 
@@ -55,7 +55,7 @@ class LocalBackend(Backend):
             from flownb.runtime.local import LocalRuntime
         except ImportError:
             pytest.skip("the embedded runtime (flownb.runtime.local.LocalRuntime) is not available yet")
-        from flownb.webhook.ingest import LocalIngest
+        from flownb.runtime.local.ingress import LocalIngest
         runtime = LocalRuntime(flow, self.tmp / flow.name)
         self.runtimes[flow.name] = runtime
         return LocalIngest(runtime)

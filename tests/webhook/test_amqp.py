@@ -14,7 +14,7 @@ import pytest
 
 from flownb.message import Message
 from flownb.runtime.amqp import names
-from flownb.webhook.amqp import AmqpIngest
+from flownb.runtime.amqp.ingress import AmqpIngest
 
 from .conftest import BROKER, TcpProxy, amqp_delete, amqp_drain, make_flow, serve_hook
 
@@ -58,7 +58,7 @@ def test_the_publisher_is_used_and_basic_publish_remains_the_fallback(flow_env, 
     with serve_hook(flow, ingest) as server:
         assert ingest._publisher is not None  # a newer aiormq that moved its internals fails here
         assert httpx.post(f"{server.url}/hooks/{flow.name}/{token}", json={"n": 1}).status_code == 202
-    monkeypatch.setattr("flownb.webhook.amqp.supported", lambda channel: False)
+    monkeypatch.setattr("flownb.runtime.amqp.ingress.supported", lambda channel: False)
     ingest = AmqpIngest(flow, BROKER)
     with serve_hook(flow, ingest) as server:
         assert ingest._publisher is None

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from pamqp import commands, frame
 from pamqp.header import ContentHeader
 
-from flownb.webhook.publish import marshal_header, marshal_method
+from flownb.runtime.amqp.publish import marshal_header, marshal_method
 
 ids = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=60)
 

@@ -1,4 +1,4 @@
-"""A lean publisher for the webhook's one exchange and routing key on an aiormq confirm channel.
+"""A lean publisher for the ingress's one exchange and routing key on an aiormq confirm channel.
 
 aiormq's ``basic_publish`` costs about 110 µs of CPU per message here (pamqp builds three frame
 objects and marshals them, a lock is taken, and its write queue holds only 10 frames, so under load

@@ -1,4 +1,5 @@
-"""Queueing webhook requests on RabbitMQ: persistent publishes with publisher confirms.
+"""Ingress of the RabbitMQ runtime: webhook requests (and any other pushed body) published persistent,
+with publisher confirms, to the flow's exchange for its first action.
 
 One connection and one confirm-mode channel per server. Concurrent requests publish without
 waiting for each other (the frames are written in order, the broker confirms them in batches with
@@ -21,11 +22,11 @@ import aiormq
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
-from ..errors import BrokerError, MessageError
-from ..flow import Flow
-from ..message import Message
-from ..runtime.amqp import names
-from .ingest import Accepted, Backpressure, ReplyBook, Unavailable
+from ...errors import BrokerError, MessageError
+from ...flow import Flow
+from ...message import Message
+from ..ingress import Accepted, Backpressure, ReplyBook, Unavailable
+from . import names
 from .publish import FastPublisher, supported
 
 __all__ = ["AmqpIngest", "declare_topology"]
@@ -38,7 +39,7 @@ def _declare_with_runtime(url: str, flow: Flow) -> bool:
     """Declare the whole flow with the AMQP runtime's own (pika) code, so arguments always agree
     with the workers'; False when that module is not installed."""
     try:
-        from ..runtime.amqp import topology
+        from . import topology
     except ImportError:
         return False
     conn = topology.connect(url, name=f"flownb-webhook-{flow.name}-declare")

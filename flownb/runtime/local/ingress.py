@@ -1,0 +1,223 @@
+"""Ingress of the embedded runtime: webhook requests (and any other pushed body) committed durably
+into a flow's SQLite queue before they are answered.
+
+- :class:`LocalIngest` — group commit: one writer thread takes every request that arrived while the
+  previous transaction was committing and queues them together, so concurrent requests share one
+  commit; each request is answered only after the transaction holding it has committed.
+- its target is a :class:`~flownb.runtime.local.LocalRuntime` (``flownb run SPEC --port P``: the
+  process runs the flow too; sync replies come from its final-output listener), or a
+  :class:`FirstQueue` when another process runs the flow (the Jupyter server extension, next to
+  a kernel's runtime that holds the flow's lock): the same rows in the same database, no replies.
+
+The protocol (:class:`~flownb.runtime.ingress.Ingest`, :class:`~flownb.runtime.ingress.Backpressure`
+→ 429, :class:`~flownb.runtime.ingress.Unavailable` → 503) is in :mod:`flownb.runtime.ingress`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ...errors import ConfigError, FlownbError, MessageError, QueueFull, RuntimeFailure
+from ...flow import Flow
+from ...message import Message
+from ..ingress import Accepted, Backpressure, ReplyBook, Unavailable
+from .store import QueueStore
+
+__all__ = ["LocalIngest", "FirstQueue"]
+
+log = logging.getLogger("flownb.webhook")
+
+
+class LocalIngest:
+    """Queues into ``runtime`` with group commit: one writer thread takes every request that arrived
+    while the previous transaction was committing and queues them together (``runtime.submit_many``),
+    so concurrent requests share one commit; each request is answered only after the transaction
+    holding it has committed. ``runtime`` is a ``LocalRuntime`` or a :class:`FirstQueue`; final
+    outputs (sync replies) come back through ``runtime.add_final_listener`` when it has one."""
+
+    def __init__(self, runtime: Any, *, max_batch: int = 256):
+        self.runtime = runtime
+        self.flow = runtime.flow.name
+        self.max_batch = max_batch
+        self._pending: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._book = ReplyBook()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listening = False
+        self._closed = False
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        listen = getattr(self.runtime, "add_final_listener", None)
+        if not self._listening and listen is not None:
+            listen(self._on_final)
+            self._listening = True
+        if self._writer is None:
+            self._closed = False
+            self._writer = threading.Thread(target=self._write_loop, name="flownb-webhook-commit", daemon=True)
+            self._writer.start()
+
+    async def close(self) -> None:
+        self._book.cancel_all()
+        self._closed = True
+        if self._writer is not None:
+            self._pending.put(None)
+            await asyncio.get_running_loop().run_in_executor(None, self._writer.join, 30)
+            self._writer = None
+
+    def healthy(self) -> bool:
+        return self._writer is None or self._writer.is_alive()
+
+    def _on_final(self, trace_id: str, bodies: list[dict]) -> None:
+        # called in a runtime thread after the last step's outputs for this run are committed
+        loop = self._loop
+        if loop is not None and bodies and not loop.is_closed():
+            loop.call_soon_threadsafe(self._book.resolve, trace_id, bodies[0])
+
+    async def submit(self, body: dict, headers: dict[str, str], *, reply: bool) -> Accepted:
+        loop = self._loop or asyncio.get_running_loop()
+        if self._closed or self._writer is None:
+            raise Unavailable("the webhook is shutting down; retry later")
+        fut = loop.create_future()
+        reply = reply and self._listening  # no listener (FirstQueue): nothing will ever answer
+        if reply:
+            self._book.in_flight += 1
+        try:
+            self._pending.put((body, headers, fut))
+            message = await fut
+            return Accepted(message.id, self._book.register(message.trace) if reply else None)
+        finally:
+            if reply:
+                self._book.in_flight -= 1
+
+    # -- the writer thread ---------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._pending.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._pending.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list) -> None:
+        try:
+            results = self.runtime.submit_many([(b, h) for b, h, _f in batch])
+        except RuntimeFailure as exc:
+            results = [exc] * len(batch)
+        except Exception as exc:  # sqlite3 errors, a disk that is full: nothing of the batch is queued
+            log.exception("webhook: queueing %d request(s) failed", len(batch))
+            results = [Unavailable(f"the local queue cannot be written: {type(exc).__name__}: {exc}")] * len(batch)
+        settled = [(fut, _translate(r) if isinstance(r, BaseException) else r)
+                   for (_b, _h, fut), r in zip(batch, results)]
+        if settled:  # one wake-up of the event loop for the whole batch
+            settled[0][0].get_loop().call_soon_threadsafe(_settle, settled)
+
+
+def _translate(exc: BaseException) -> BaseException:
+    if isinstance(exc, QueueFull):
+        return Backpressure(str(exc))
+    if isinstance(exc, (MessageError, Backpressure, Unavailable)):
+        return exc
+    if isinstance(exc, RuntimeFailure):
+        return Unavailable(f"the local queue refused the message: {exc}")
+    return exc
+
+
+def _settle(settled: list[tuple[asyncio.Future, Any]]) -> None:
+    for fut, result in settled:
+        if fut.done():
+            continue
+        if isinstance(result, BaseException):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
+
+
+class FirstQueue:
+    """The first action's queue in ``<state_dir>/<flow>.db``, for a process that accepts pushed bodies
+    while another process runs the flow (the Jupyter server, next to a kernel's ``LocalRuntime``).
+
+    :meth:`submit_many` has ``LocalRuntime.submit_many``'s contract and writes the same rows: each
+    body wrapped as the trigger's message, one transaction per batch, ``QueueFull`` for the items
+    beyond ``max_queue``. It does not take the flow's lock (``<flow>.lock``): the runtime holding it
+    processes what is appended (SQLite WAL, ``BEGIN IMMEDIATE``: safe alongside it). It reports no
+    final outputs, so a sync request is answered 202 like an async one."""
+
+    def __init__(self, flow: Flow, state_dir: Path | str, *, max_queue: int = 10_000,
+                 clock: Callable[[], float] = time.time):
+        if not flow.steps:
+            raise ConfigError(f"flow '{flow.name}' has no action after its trigger to queue requests for; "
+                              f"add a step", step=flow.trigger.name)
+        self.flow = flow
+        self.first = flow.steps[0].name
+        self.max_queue = max_queue
+        self.clock = clock
+        self.store = QueueStore(Path(state_dir) / f"{flow.name}.db")
+        self._lock = threading.Lock()
+        self._depth_cache: tuple[float, int] = (0.0, 0)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def submit_many(self, items: Sequence[tuple[dict, dict | None]]) -> list[Message | FlownbError]:
+        """Durably queue several bodies in ONE transaction; per item its Message or the error that
+        refused it (MessageError: not a JSON object / not encodable; QueueFull: no room)."""
+        trigger = self.flow.trigger.name
+        results: list[Message | FlownbError] = []
+        accepted: list[tuple[int, bytes]] = []
+        for body, headers in items:
+            if not isinstance(body, dict):
+                results.append(MessageError(f"a message body must be a JSON object, got {type(body).__name__}",
+                                            step=trigger))
+                continue
+            try:
+                message = Message(body=body, headers={str(k): str(v) for k, v in (headers or {}).items()},
+                                  flow=self.flow.name, step=trigger)
+                payload = message.to_json()
+            except MessageError as exc:
+                results.append(exc)
+                continue
+            results.append(message)
+            accepted.append((len(results) - 1, payload))
+        if not accepted:
+            return results
+        with self._lock:
+            depth = self._depth()
+            room = max(0, self.max_queue - depth)
+            for i, _p in accepted[room:]:
+                results[i] = QueueFull(f"queue of step '{self.first}' holds {depth} messages (limit "
+                                       f"{self.max_queue}); retry later", depth=depth, limit=self.max_queue)
+            accepted = accepted[:room]
+            if accepted:
+                self.store.enqueue(self.first, [p for _i, p in accepted], self.clock())
+                self._depth_cache = (self._depth_cache[0], depth + len(accepted))
+        return results
+
+    def _depth(self) -> int:
+        # the runtime drains the queue meanwhile: a cached depth (plus what was added since) can only
+        # over-estimate it, never let the queue grow past max_queue
+        at, depth = self._depth_cache
+        now = time.monotonic()
+        if now - at > 0.1:
+            depth = self.store.depth(self.first)
+            self._depth_cache = (now, depth)
+        return depth
