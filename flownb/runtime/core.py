@@ -1,8 +1,19 @@
 """The semantics both runtimes share: run a step on messages and say what becomes of each.
 
-:class:`StepRunner` turns a validated step into outcomes: outputs (already wire-encoded), a retry
-with its delay, or a dead letter with the error attached. Runtimes only move bytes between queues
-according to the outcome, so local and RabbitMQ runs give the same outputs and dead letters.
+:class:`StepRunner` owns delivery. It decodes the wire payloads a runtime hands it
+(:meth:`StepRunner.run_payloads`), runs the component, enforces *exactly one result per input*
+(a ``process_batch`` that returns too few or too many results dead-letters the whole batch with a
+clear error) and returns one :class:`Outcome` per input with its :class:`Route`:
+
+- ``forward``: outputs (already wire-encoded) go to the next step (or the reply, at the last step);
+- ``filtered``: processed, no output;
+- ``retry``: send the input back after ``retry_after`` seconds (attempt + 1);
+- ``dead``: dead-letter the input with the error attached.
+
+The local runtime (SQLite) and the RabbitMQ worker only map routes to storage, so both give the same
+outputs and dead letters. Exceptions derived from ``Exception`` become outcomes; anything else (a
+``BaseException`` such as a pyo3 panic) propagates, and the runtime's thread guard ends the process
+(:mod:`flownb.runtime.health`).
 """
 
 from __future__ import annotations
@@ -12,17 +23,27 @@ import logging
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from types import GeneratorType
 from typing import Any, Iterable
 
 from ..components.base import Action, Component, Context, PollingTrigger, classify
-from ..errors import MessageError
+from ..errors import FatalError, MessageError
 from ..flow import Flow, RetryPolicy, Step
 from ..message import Message
 from ..registry import get, validate_step
 
-__all__ = ["ErrorInfo", "Outcome", "StepRunner", "TriggerRunner", "build_component"]
+__all__ = ["ErrorInfo", "Outcome", "Route", "StepRunner", "TriggerRunner", "build_component", "decode"]
+
+
+class Route(str, Enum):
+    """Where an input goes once its step ran (see the module docstring)."""
+
+    FORWARD = "forward"
+    FILTERED = "filtered"
+    RETRY = "retry"
+    DEAD = "dead"
 
 
 @dataclass
@@ -60,6 +81,8 @@ class Outcome:
     payloads: list[bytes] = field(default_factory=list)  # wire form of ``outputs``
     retry_after: float | None = None                      # set: send back after this many seconds
     error: ErrorInfo | None = None                        # set with retry_after None: dead letter
+    payload: bytes | None = None                          # the input's wire form (run_payloads)
+    undecodable: bool = False                             # the payload was not a message: dead as received
 
     @property
     def ok(self) -> bool:
@@ -68,6 +91,28 @@ class Outcome:
     @property
     def dead(self) -> bool:
         return self.error is not None and self.retry_after is None
+
+    @property
+    def route(self) -> Route:
+        if self.error is None:
+            return Route.FORWARD if self.payloads else Route.FILTERED
+        return Route.DEAD if self.retry_after is None else Route.RETRY
+
+    def dead_payload(self) -> bytes:
+        """What to store as the dead letter: the input as received when it could not be decoded,
+        else the message (with its current attempt)."""
+        if self.undecodable and self.payload is not None:
+            return self.payload
+        return self.message.to_json()
+
+
+def decode(payload: bytes, step: str, attempt: int | None = None) -> Message:
+    """A message from its wire form; ``attempt`` (when the runtime keeps it apart) overrides the
+    stored one. Raises MessageError for a payload that is not a flownb message."""
+    m = Message.from_json(payload)
+    if attempt is not None:
+        m.attempt = attempt
+    return m
 
 
 def build_component(flow: Flow, step: Step, *, trigger: bool, logger: logging.Logger | None = None,
@@ -120,9 +165,45 @@ class StepRunner:
         return self.run_batch([message])[0]
 
     def run_batch(self, messages: list[Message]) -> list[Outcome]:
-        self.open()
-        results = self.component.process_batch(messages, self.ctx)
-        return [self._outcome(m, r) for m, r in zip(messages, results)]
+        """One outcome per message, in order. A component error for the whole batch (``setup()`` or
+        ``process_batch`` raised) fails every message (retryable per the error); a wrong number of
+        results dead-letters every message. ``BaseException`` propagates (see the module doc)."""
+        if not messages:
+            return []
+        try:
+            self.open()
+            results = self.component.process_batch(messages, self.ctx)
+            if not isinstance(results, list):
+                results = list(results)
+        except Exception as exc:
+            return [self.failure(m, exc) for m in messages]
+        if len(results) != len(messages):
+            exc = FatalError(f"step '{self.step.name}' ({self.step.component}): process_batch returned "
+                             f"{len(results)} results for {len(messages)} messages; return exactly one "
+                             f"result (or exception) per input message")
+            return [self.failure(m, exc, retryable=False) for m in messages]
+        return [self._outcome(m, r) for m, r in zip(messages, results, strict=True)]
+
+    def run_payloads(self, payloads: list[bytes], attempts: list[int] | None = None) -> list[Outcome]:
+        """Decode wire payloads and run them: one outcome per payload, in order. A payload that is
+        not a message is dead-lettered as received (``Outcome.payload``), without running the step.
+        ``attempts``: the delivery attempt of each payload when the runtime stores it apart."""
+        outcomes: list[Outcome | None] = [None] * len(payloads)
+        msgs, where = [], []
+        for i, payload in enumerate(payloads):
+            try:
+                msgs.append(decode(payload, self.step.name, attempts[i] if attempts is not None else None))
+                where.append(i)
+            except MessageError as exc:
+                attempt = attempts[i] if attempts is not None else 1
+                raw = Message(body={"_raw": bytes(payload).decode("utf-8", "replace")}, step=self.step.name)
+                raw.attempt = attempt
+                info = ErrorInfo.from_exception(exc, self.step.name, attempt, False)
+                outcomes[i] = Outcome(raw, error=info, payload=bytes(payload), undecodable=True)
+        for i, out in zip(where, self.run_batch(msgs), strict=True):
+            out.payload = payloads[i]
+            outcomes[i] = out
+        return outcomes  # type: ignore[return-value]
 
     def _outcome(self, message: Message, result: Any) -> Outcome:
         name = self.step.name

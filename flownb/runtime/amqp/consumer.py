@@ -26,14 +26,22 @@ import orjson
 import pika
 from pika.adapters.select_connection import SelectConnection
 
-from ...errors import MessageError
+from ...errors import RuntimeFailure
 from ...flow import Flow
-from ...message import Message
-from ..core import ErrorInfo, StepRunner
+from ..core import ErrorInfo, Outcome, Route, StepRunner
+from ..health import start_thread
 from . import names
 from .metrics import StepMetrics
-from .topology import (ERROR_HEADER, STEP_HEADER, TopologyError, connect, declare_flow, parameters,
-                       pick_level, retry_levels)
+from .topology import (
+    ERROR_HEADER,
+    STEP_HEADER,
+    TopologyError,
+    connect,
+    declare_flow,
+    parameters,
+    pick_level,
+    retry_levels,
+)
 
 __all__ = ["StepWorker", "DEFAULT_PREFETCH", "PERSISTENT"]
 
@@ -116,6 +124,7 @@ class StepWorker:
         self.heartbeat = heartbeat
         self.consuming = threading.Event()   # set while consumers are registered (tests, start-up timing)
         self._stopping = False
+        self._fatal: BaseException | None = None
         self._wake = threading.Event()
         self._conn: SelectConnection | None = None
         self._work: queue.SimpleQueue = queue.SimpleQueue()
@@ -126,9 +135,8 @@ class StepWorker:
     def run(self) -> None:
         """Connect, consume, reconnect with back-off on loss; return after a drained stop."""
         backoff = 0.5
-        processor = threading.Thread(target=self._processor, name=f"flownb-{self.step.name}-process",
-                                     daemon=True)
-        processor.start()
+        processor = start_thread(self._processor_main, f"step '{self.step.name}' (processing thread)",
+                                 name=f"flownb-{self.step.name}-process")
         try:
             while not self._stopping:
                 started = time.monotonic()
@@ -153,7 +161,12 @@ class StepWorker:
                 self._wake.wait(backoff)
         finally:
             self._work.put(None)
-            processor.join(60)
+            if self._fatal is None:
+                processor.join(60)
+        if self._fatal is not None:
+            raise RuntimeFailure(f"step '{self.step.name}': its processing thread died "
+                                 f"({type(self._fatal).__name__}: {self._fatal}); unacknowledged messages "
+                                 f"return to the queue") from self._fatal
 
     def stop(self) -> None:
         """Stop consuming, finish in-flight messages (outputs confirmed, inputs acked), disconnect."""
@@ -245,7 +258,32 @@ class StepWorker:
         self._in_process += 1
         self._work.put((self._gen, self._conn, recs, batch))
 
+    def _abort(self) -> None:
+        """Stop at once without draining (the processing thread is gone): close the connection, so
+        the broker requeues every unacknowledged input."""
+        self._stopping = True
+        self._wake.set()
+        conn = self._conn
+
+        def close() -> None:
+            self.consuming.clear()
+            if not (conn.is_closing or conn.is_closed):
+                conn.close()
+        if conn is not None:
+            try:
+                conn.ioloop.add_callback_threadsafe(close)
+            except Exception:  # the loop is already gone: run() returns by itself
+                log.debug("abort: ioloop already closed")
+
     # -- the processing thread --------------------------------------------------------------
+    def _processor_main(self) -> None:
+        try:
+            self._processor()
+        except BaseException as exc:  # noqa: BLE001 - recorded by the thread guard, then re-raised
+            self._fatal = exc
+            self._abort()
+            raise
+
     def _processor(self) -> None:
         """Run batches through the StepRunner; post the outcomes back to the I/O loop."""
         try:
@@ -263,48 +301,31 @@ class StepWorker:
         finally:
             self.runner.close()  # in this thread: components may hold thread-bound resources
 
-    def _compute(self, batch) -> list:
-        """Per delivery: an Outcome, or the ErrorInfo of a body that is not a message."""
-        results: list = [None] * len(batch)
-        msgs, where = [], []
-        for i, (_tag, _props, body) in enumerate(batch):
-            try:
-                msgs.append(Message.from_json(body))
-                where.append(i)
-            except MessageError as exc:
-                results[i] = ErrorInfo.from_exception(exc, self.step.name, 1, False)
-        if not msgs:
-            return results
+    def _compute(self, batch) -> list[Outcome]:
+        """One Outcome per delivery, decoded, run and routed by the StepRunner."""
         t0 = time.perf_counter()
-        try:
-            outcomes = self.runner.run_batch(msgs)
-        except Exception as exc:  # setup() or process_batch itself failed: every message failed
-            log.exception("step '%s': batch failed", self.step.name)
-            outcomes = [self.runner.failure(m, exc) for m in msgs]
-        self.metrics.latency.observe((time.perf_counter() - t0) / len(msgs))  # one sample per batch
-        for i, out in zip(where, outcomes):
-            results[i] = out
-        return results
+        outcomes = self.runner.run_payloads([body for _tag, _props, body in batch])
+        self.metrics.latency.observe((time.perf_counter() - t0) / len(batch))  # one sample per batch
+        return outcomes
 
     # -- back on the I/O loop -----------------------------------------------------------------
-    def _apply(self, gen: int, recs: list[_Input], batch, results: list) -> None:
+    def _apply(self, gen: int, recs: list[_Input], batch, results: list[Outcome]) -> None:
+        """Map each outcome's route to publishes (confirmed before the input is acked)."""
         if gen != self._gen or self._ch is None or not self._ch.is_open:
             return  # from before a reconnect: those inputs are redelivered, never acked here
         self._in_process -= 1
         dlq = names.dead_letter_queue(self.flow.name, self.step.name)
         self._conn.hold()
         try:
-            for rec, (_tag, props, body), res in zip(recs, batch, results):
+            for rec, (_tag, props, _body), res in zip(recs, batch, results, strict=True):
                 rec.done = True
-                if isinstance(res, ErrorInfo):
-                    rec.kind = "dead"
-                    self._publish(rec, "", dlq, body, error_props(res, self.step.name))
-                elif res.ok:
+                route = res.route
+                if route is Route.FORWARD or route is Route.FILTERED:
                     self._deliver(rec, props, res)
-                elif res.dead:
+                elif route is Route.DEAD:
                     rec.kind = "dead"
                     self.metrics.failed.inc()
-                    self._publish(rec, "", dlq, res.message.to_json(), error_props(res.error, self.step.name))
+                    self._publish(rec, "", dlq, res.dead_payload(), error_props(res.error, self.step.name))
                 else:
                     rec.kind = "retried"
                     self.metrics.failed.inc()

@@ -1,7 +1,8 @@
 """LocalRuntime: a whole flow in one process, steps joined by the durable SQLite queue.
 
 Each action step repeatedly claims a batch of due messages, runs
-:meth:`flownb.runtime.core.StepRunner.run_batch`, then commits in ONE transaction: inputs deleted,
+:meth:`flownb.runtime.core.StepRunner.run_payloads` (which decodes, runs and routes each input),
+then maps the routes to storage in ONE transaction: inputs deleted,
 outputs queued for the next step, retries rescheduled (``available_at = now + delay``,
 ``attempt + 1``) and dead letters stored with their error and traceback. A poll's messages and the
 trigger's new cursor are one transaction too. A crash repeats at most one uncommitted batch:
@@ -22,10 +23,11 @@ from typing import Callable, Iterable, Sequence
 
 import orjson
 
-from ...errors import FatalError, FlownbError, MessageError, QueueFull, RuntimeFailure
+from ...errors import FlownbError, MessageError, QueueFull, RuntimeFailure
 from ...flow import Flow
 from ...message import Message
-from ..core import DeadLetter, ErrorInfo, Outcome, StepRunner, TriggerRunner
+from ..core import DeadLetter, ErrorInfo, Outcome, Route, StepRunner, TriggerRunner
+from ..health import HEALTH
 from .store import QueueStore
 
 __all__ = ["LocalRuntime", "RunSummary", "StepStats", "VirtualClock", "Progress", "FinalListener",
@@ -299,63 +301,40 @@ class LocalRuntime:
         rows = self.store.claim(name, self.clock(), self.batch_size)
         if not rows:
             return 0
-        runner = self.runners[name]
-        ids, msgs, broken = [], [], []
-        for rid, attempt, payload in rows:
-            try:
-                m = Message.from_json(payload)
-            except MessageError as exc:
-                broken.append((name, attempt, payload, _error_json(exc, name, attempt)))
-                ids.append(None)
-                continue
-            m.attempt = attempt
-            ids.append(rid)
-            msgs.append(m)
         t0 = time.perf_counter()
-        outcomes = self._run(runner, msgs)
+        try:
+            outcomes = self.runners[name].run_payloads([p for _, _, p in rows], [a for _, a, _ in rows])
+        except BaseException as exc:  # not an Exception (those are outcomes): the process must end
+            if not isinstance(exc, KeyboardInterrupt):
+                HEALTH.fail(f"step '{name}'", exc)  # the batch stays claimed: redelivered after restart
+            raise
         self.stats[name].seconds += time.perf_counter() - t0
-        self._commit(name, rows, ids, outcomes, broken)
+        self._commit(name, rows, outcomes)
         if progress is not None:
             progress(name, len(rows))
         return len(rows)
 
-    @staticmethod
-    def _run(runner: StepRunner, msgs: list[Message]) -> list[Outcome]:
-        if not msgs:
-            return []
-        try:
-            outcomes = runner.run_batch(msgs)
-        except Exception as exc:  # a process_batch that raised for the whole batch
-            return [runner.failure(m, exc) for m in msgs]
-        if len(outcomes) != len(msgs):
-            exc = FatalError(f"process_batch returned {len(outcomes)} results for {len(msgs)} messages; "
-                             f"return exactly one result (or exception) per input message")
-            return [runner.failure(m, exc, retryable=False) for m in msgs]
-        return outcomes
-
-    def _commit(self, name: str, rows: list, ids: list, outcomes: list[Outcome], dead: list) -> None:
-        done = [rows[i][0] for i, rid in enumerate(ids) if rid is None]
-        payloads = {rid: p for rid, _, p in rows}
+    def _commit(self, name: str, rows: list, outcomes: list[Outcome]) -> None:
+        """Map each outcome's route to storage, all in one transaction."""
+        done: list[int] = []
         outputs: list[bytes] = []
         retries: list[tuple[float, int, int]] = []
+        dead: list[tuple] = []
         now = self.clock()
-        it = iter(outcomes)
-        for rid in ids:
-            if rid is None:
-                continue
-            o = next(it)
-            if o.error is None:
+        for (rid, attempt, payload), o in zip(rows, outcomes, strict=True):
+            route = o.route
+            if route is Route.FORWARD or route is Route.FILTERED:
                 done.append(rid)
                 outputs.extend(o.payloads)
-            elif o.retry_after is not None:
-                retries.append((now + o.retry_after, o.message.attempt + 1, rid))
+            elif route is Route.RETRY:
+                retries.append((now + o.retry_after, attempt + 1, rid))
                 self.log.info("step '%s': attempt %d failed (%s: %s); retry in %.2fs", name,
-                              o.message.attempt, o.error.type, o.error.message, o.retry_after)
+                              attempt, o.error.type, o.error.message, o.retry_after)
             else:
                 done.append(rid)
-                dead.append((name, o.message.attempt, payloads[rid], orjson.dumps(o.error.to_dict())))
+                dead.append((name, attempt, payload, orjson.dumps(o.error.to_dict())))
                 self.log.warning("step '%s': message %s dead-lettered after attempt %d: %s: %s", name,
-                                 o.message.id, o.message.attempt, o.error.type, o.error.message)
+                                 o.message.id, attempt, o.error.type, o.error.message)
         self.store.commit_batch(next_step=self._next[name], now=now, done=done, outputs=outputs,
                                 retries=retries, dead=dead)
         st = self.stats[name]
@@ -366,7 +345,7 @@ class LocalRuntime:
         if self.recorded is not None:
             self.recorded[name].extend(c.body for o in outcomes if o.error is None for c in o.outputs)
         if self._traces:
-            self._settle(name, outcomes)
+            self._settle(name, [o for o in outcomes if not o.undecodable])
 
     def _settle(self, name: str, outcomes: list[Outcome]) -> None:
         last = self._next[name] is None
@@ -487,6 +466,3 @@ def _lock(state_dir: Path, flow: str):
                              f"another --state-dir") from None
     return fh
 
-
-def _error_json(exc: BaseException, step: str, attempt: int) -> bytes:
-    return orjson.dumps(ErrorInfo.from_exception(exc, step, attempt, False).to_dict())
