@@ -69,13 +69,16 @@ def _deployment(flow: Flow, p: StepPlan, image: str, broker_url: str | None) -> 
     ports = [{"name": "metrics", "containerPort": METRICS_PORT}]
     if p.port is not None:
         ports.append({"name": "webhook", "containerPort": p.port})
-    probe = {"tcpSocket": {"port": "metrics"}, "periodSeconds": 10, "failureThreshold": 6}
+    # /healthz turns 503 when a thread of the worker died (the process also exits: either restarts
+    # it); /readyz is 503 while the worker is not consuming (broker unreachable)
+    live = {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 10, "failureThreshold": 3}
+    ready = {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5, "failureThreshold": 2}
     container = {
         "name": "worker", "image": image, "imagePullPolicy": "IfNotPresent",
         "command": p.command(metrics=True), "env": _env(flow, broker_url), "ports": ports,
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
-        "readinessProbe": {**probe, "initialDelaySeconds": 2},
-        "livenessProbe": {**probe, "initialDelaySeconds": 15},
+        "readinessProbe": {**ready, "initialDelaySeconds": 2},
+        "livenessProbe": {**live, "initialDelaySeconds": 15},
         "volumeMounts": [{"name": "spec", "mountPath": "/app/flow.yaml", "subPath": "flow.yaml",
                           "readOnly": True}],
         "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True, "runAsUser": 10001,

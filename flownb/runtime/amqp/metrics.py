@@ -1,4 +1,11 @@
-"""Prometheus metrics of a worker (labels ``flow`` and ``step``), served on ``--metrics-port``.
+"""Prometheus metrics of a worker (labels ``flow`` and ``step``), served on ``--metrics-port``
+together with the worker's health:
+
+- ``GET /healthz``: 200 while every thread of the process is alive; 503 (with the failures) once one
+  died (:mod:`flownb.runtime.health`) — the liveness probe;
+- ``GET /readyz``: 200 when healthy and every worker of the process is consuming; 503 otherwise
+  (e.g. while the broker is unreachable) — the readiness probe;
+- ``GET /metrics`` (and any other path): the Prometheus exposition.
 
 - ``flownb_messages_processed_total``: inputs whose outcome was committed (outputs confirmed, acked)
 - ``flownb_messages_retried_total``: inputs sent to a delay queue
@@ -10,12 +17,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-__all__ = ["StepMetrics", "serve"]
+from ..health import HEALTH
+
+__all__ = ["StepMetrics", "serve", "add_readiness"]
 
 log = logging.getLogger(__name__)
 _LABELS = ("flow", "step")
@@ -43,11 +55,49 @@ class StepMetrics:
         self.latency = LATENCY.labels(flow, step)
 
 
+_ready: list[Callable[[], bool]] = []
+
+
+def add_readiness(check: Callable[[], bool]) -> None:
+    """``/readyz`` answers 200 only while every registered check returns True."""
+    _ready.append(check)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        path = self.path.split("?", 1)[0]
+        if path in ("/healthz", "/readyz"):
+            body = HEALTH.report()
+            ok = HEALTH.ok
+            if path == "/readyz":
+                ready = all(check() for check in list(_ready))
+                body["ready"] = ready
+                ok = ok and ready
+            self._send(200 if ok else 503, json.dumps(body).encode(), "application/json")
+            return
+        self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
+
+    do_HEAD = do_GET
+
+    def _send(self, status: int, body: bytes, ctype: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - quiet: probes every few seconds
+        pass
+
+
 def serve(port: int, host: str = "0.0.0.0") -> None:
-    """Serve ``/metrics`` on ``port`` once per process."""
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``port`` once per process."""
     with _lock:
         if port in _served:
             return
-        start_http_server(port, addr=host)
+        server = ThreadingHTTPServer((host, port), _Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="flownb-metrics", daemon=True).start()
         _served.add(port)
-    log.info("metrics on http://%s:%d/metrics", host, port)
+    log.info("metrics on http://%s:%d/metrics, health on /healthz and /readyz", host, port)

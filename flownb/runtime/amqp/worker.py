@@ -2,7 +2,11 @@
 
 One process per step in production (one container, ``replicas`` copies); ``--all`` runs every step
 in one process, one thread each, for development. SIGTERM/SIGINT drain in-flight work (outputs
-confirmed, inputs acked) and exit 0. A webhook trigger is served by ``flownb.webhook.server``.
+confirmed, inputs acked) and exit 0; a drain that does not finish within ``FLOWNB_STOP_GRACE``
+seconds (default 45) exits 124, a second signal exits at once. A thread that dies (any exception,
+``BaseException`` included) is logged with its step, turns ``/healthz`` to 503 and ends the process
+with status 70 within a few seconds (:mod:`flownb.runtime.health`). A webhook trigger is served by
+``flownb.webhook.server``.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from typing import Protocol
 
 from ...flow import Flow
 from ..core import build_component
+from ..health import EXIT_CRASHED, HEALTH, exit_on_failure, start_thread, stop_deadline
 from .consumer import StepWorker
-from .metrics import serve
+from .metrics import add_readiness, serve
 from .trigger import TriggerWorker
 
 __all__ = ["worker_cli", "make_worker", "run_workers", "DEFAULT_BROKER"]
@@ -43,14 +48,18 @@ def make_worker(flow: Flow, step: str, broker_url: str, *, prefetch: int | None 
     return StepWorker(flow, step, broker_url, prefetch=prefetch)
 
 
+def _where(w: Worker) -> str:
+    step = getattr(w, "step", None)
+    name = getattr(step, "name", None) or getattr(w, "name", "?")
+    return f"{'trigger' if isinstance(w, TriggerWorker) else 'step'} '{name}'"
+
+
 def run_workers(workers: list[Worker], stop: threading.Event) -> None:
-    """Run each worker in a thread until ``stop`` is set, then stop them (draining) and join."""
-    threads = [threading.Thread(target=w.run, name=f"flownb-worker-{i}", daemon=True)
-               for i, w in enumerate(workers)]
-    for t in threads:
-        t.start()
-    while not stop.wait(0.5):
-        if not any(t.is_alive() for t in threads):
+    """Run each worker in a thread until ``stop`` is set (or a thread of the process died), then stop
+    them (draining) and join. A worker whose ``run`` raises is a failure of the process (HEALTH)."""
+    threads = [start_thread(w.run, _where(w), name=f"flownb-worker-{i}") for i, w in enumerate(workers)]
+    while not stop.wait(0.2):
+        if HEALTH.failed.is_set() or not any(t.is_alive() for t in threads):
             break
     for w in workers:
         w.stop()
@@ -59,8 +68,11 @@ def run_workers(workers: list[Worker], stop: threading.Event) -> None:
 
 
 def _install_signals(stop_fn) -> None:
+    deadline = stop_deadline()
+
     def handler(signum, frame):
         log.info("signal %d: draining and stopping", signum)
+        deadline(signum)
         stop_fn()
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
@@ -74,31 +86,57 @@ def _serve_webhook(flow: Flow, broker: str, args) -> int:
 
 def worker_cli(flow: Flow, args) -> int:
     """Entry point of ``flownb worker``; returns the exit code."""
+    restore = exit_on_failure()
+    try:
+        return _worker_cli(flow, args)
+    finally:
+        restore()
+
+
+def _worker_cli(flow: Flow, args) -> int:
     flow = flow.resolved()
     broker = args.broker or os.environ.get("FLOWNB_BROKER_URL") or DEFAULT_BROKER
-    if args.metrics_port:
-        serve(args.metrics_port)
     webhook = trigger_kind(flow) == "webhook"
     if args.all:
         workers = [make_worker(flow, s.name, broker, prefetch=args.prefetch) for s in flow.steps]
         if not webhook:
             workers.insert(0, make_worker(flow, flow.trigger.name, broker))
+        _metrics(args, workers)
         stop = threading.Event()
         if webhook:
-            steps = threading.Thread(target=run_workers, args=(workers, stop), daemon=True)
-            steps.start()
+            steps = start_thread(run_workers, "step workers", args=(workers, stop))
             try:
-                return _serve_webhook(flow, broker, args)  # returns on SIGTERM/SIGINT
+                _serve_webhook(flow, broker, args)  # returns on SIGTERM/SIGINT
             finally:
                 stop.set()
                 steps.join(60)  # the step workers drain too
+            return EXIT_CRASHED if HEALTH.failed.is_set() else 0
         _install_signals(stop.set)
         run_workers(workers, stop)
-        return 0
+        return EXIT_CRASHED if HEALTH.failed.is_set() else 0
     name = flow.step(args.step).name
     if name == flow.trigger.name and webhook:
-        return _serve_webhook(flow, broker, args)
+        _metrics(args, [])
+        _serve_webhook(flow, broker, args)
+        return EXIT_CRASHED if HEALTH.failed.is_set() else 0
     worker = make_worker(flow, name, broker, prefetch=args.prefetch)
+    _metrics(args, [worker])
     _install_signals(worker.stop)
-    worker.run()
-    return 0
+    try:
+        worker.run()
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        if not HEALTH.failed.is_set():
+            HEALTH.fail(_where(worker), exc)
+        if isinstance(exc, Exception):
+            return EXIT_CRASHED
+        raise
+    return EXIT_CRASHED if HEALTH.failed.is_set() else 0
+
+
+def _metrics(args, workers: list[Worker]) -> None:
+    if args.metrics_port:
+        for w in workers:
+            add_readiness(w.consuming.is_set)
+        serve(args.metrics_port)

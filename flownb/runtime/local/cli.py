@@ -9,6 +9,11 @@
 - a webhook trigger with ``--port``: ``flownb.webhook.server.serve_local(runtime, host, port)``
   serves requests in the main thread (blocking until the server stops) and runs ``runtime.run`` in
   a background thread.
+- no zombies: a step or thread that dies of an exception the runtime cannot turn into a dead letter
+  (a ``BaseException`` such as a pyo3 panic) is logged with its step and ends the process with
+  status 70 within a few seconds (``/healthz`` answers 503 meanwhile); its batch stays queued.
+  SIGTERM/SIGINT finish the current batch; if that takes longer than ``FLOWNB_STOP_GRACE`` seconds
+  (default 45) the process exits 124, and a second signal ends it at once.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any, Iterator
 
 from ...errors import FlownbError, RuntimeFailure
 from ...flow import Flow
+from ..health import EXIT_CRASHED, HEALTH, exit_on_failure, stop_deadline
 from .engine import LocalRuntime, Progress, RunSummary
 
 __all__ = ["run_cli", "print_summary"]
@@ -74,8 +80,11 @@ def _progress(runtime: LocalRuntime, console) -> Iterator[Progress]:
 
 @contextmanager
 def _signals(runtime: LocalRuntime, stop: threading.Event) -> Iterator[None]:
+    deadline = stop_deadline()
+
     def handler(signum, frame):  # noqa: ARG001
         log.info("received signal %s: finishing the current batch and stopping", signum)
+        deadline(signum)
         stop.set()
         runtime.stop()
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -108,6 +117,7 @@ def run_cli(flow: Flow, args: Any) -> int:
     retry_wait = float(os.environ.get("FLOWNB_RETRY_WAIT", "60"))
     max_queue = int(os.environ.get("FLOWNB_MAX_QUEUE", "10000"))
     runtime = LocalRuntime(flow, Path(args.state_dir), retry_wait=retry_wait, max_queue=max_queue)
+    restore = exit_on_failure()
     stop = threading.Event()
     try:
         with _signals(runtime, stop):
@@ -124,6 +134,16 @@ def run_cli(flow: Flow, args: Any) -> int:
                                   "processed; pass --port to receive requests[/yellow]")
                 summary = runtime.run(stop_event=stop)
         print_summary(summary, console)
-        return 0
+        return EXIT_CRASHED if HEALTH.failed.is_set() else 0
+    except BaseException as exc:
+        if isinstance(exc, (KeyboardInterrupt, FlownbError)):
+            raise
+        if not HEALTH.failed.is_set():
+            HEALTH.fail("the embedded runtime", exc)
+        failure = HEALTH.failures[0]
+        console.print(f"[red]flownb: {failure.where} crashed: {failure.error}[/red]; its batch stays "
+                      f"queued in {args.state_dir} and is processed again on the next run")
+        return EXIT_CRASHED
     finally:
         runtime.close()
+        restore()

@@ -1,0 +1,73 @@
+"""No zombies on the embedded runtime: a step that dies of a BaseException ends ``flownb run`` with
+status 70 within 5 s, naming the step, and its batch stays queued; SIGTERM ends a run whose step never
+returns within the grace period."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+
+import pytest
+
+from zombie_flows import Proc, flow
+
+pytestmark = [pytest.mark.integration]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {"PATH": os.environ.get("PATH", "/usr/bin"), "HOME": os.environ.get("HOME", "/root"), **extra}
+
+
+def _queued(state_dir, name: str) -> dict[str, int]:
+    with sqlite3.connect(state_dir / f"{name}.db") as c:
+        return dict(c.execute("SELECT step, count(*) FROM queue GROUP BY step").fetchall())
+
+
+@pytest.mark.parametrize("mode", [["--until-idle"], []], ids=["until-idle", "serving"])
+def test_a_step_dying_of_a_base_exception_ends_run_with_70_within_5s(tmp_path, mode):
+    spec = flow("zombie-local", "crash").save(tmp_path / "flow.yaml")
+    state = tmp_path / "state"
+    proc = Proc(["run", str(spec), "--state-dir", str(state), *mode], _env())
+    try:
+        died = proc.first("died with an uncaught SimulatedPanic", timeout=60)
+        code, exited = proc.wait(30)
+    finally:
+        proc.kill()
+    assert code == 70, proc.stderr()
+    assert exited - died < 5.0
+    err = proc.stderr(tail=None)
+    assert "step 'boom'" in err and "simulated panic in the processing thread" in err
+    assert "processed again on the next run" in proc.out
+    # nothing lost: the crashed batch is still queued for 'boom'
+    assert _queued(state, "zombie-local") == {"boom": 5}
+
+
+def test_sigterm_ends_a_run_whose_step_never_returns_within_the_grace_period(tmp_path):
+    spec = flow("hang-local", "hang").save(tmp_path / "flow.yaml")
+    proc = Proc(["run", str(spec), "--state-dir", str(tmp_path / "state")], _env(FLOWNB_STOP_GRACE="3"))
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _has_queue(tmp_path / "state" / "hang-local.db"):
+            time.sleep(0.1)
+        time.sleep(1.0)  # the step is now inside time.sleep(3600)
+        sent = time.monotonic()
+        proc.p.send_signal(signal.SIGTERM)
+        code, exited = proc.wait(30)
+    finally:
+        proc.kill()
+    assert code == 124, proc.stderr()
+    assert exited - sent < 3.0 + 2.0
+    assert "did not finish within 3s" in proc.stderr()
+    assert _queued(tmp_path / "state", "hang-local") == {"boom": 5}
+
+
+def _has_queue(db) -> bool:
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(db) as c:
+            return bool(c.execute("SELECT count(*) FROM queue WHERE step='boom'").fetchone()[0])
+    except sqlite3.Error:
+        return False
