@@ -1,0 +1,608 @@
+"""The parity suite's machinery: load a case from ``flows/<name>/``, run it one of four ways, and
+normalize what came out so the four ways can be compared with ``==``.
+
+A case is a directory ``flows/<name>/`` holding
+
+- ``flow.yaml``: a plain flownb spec (``flownb validate`` reads it). Parameters the runner fills
+  when the flow declares them: ``out_dir`` (a fresh directory for ``csv.write``), ``db_url`` and
+  ``table`` (a SQLite file in the run's directory, or PostgreSQL at 127.0.0.1:5432 db ``test``; the
+  table name is unique per run), ``source`` (the case's ``sample.csv``, for a ``csv.poll`` trigger)
+  and one URL per HTTP target named in ``case.yaml``;
+- ``sample.json`` (bodies fed as the trigger's output) or ``sample.csv`` (read by the ``csv.poll``
+  trigger; ``pandas.read_csv`` of it for the preview);
+- ``case.yaml``: ``description``, ``db`` (``sqlite`` | ``postgres``), ``targets`` (parameter name →
+  :class:`flownb.testing.HttpTarget` keyword arguments), ``engines`` (expected
+  ``flownb.rules.compile(expr).engine`` of the JSONata expressions), ``xfail`` (path → reason);
+- ``expected.json``: the normalized result every path must give (:func:`normalize`).
+
+The four paths (``PATHS``), each independent of the others (own temp dir, own HTTP target, own
+table, own flow name on the broker), so they can run in parallel processes:
+
+- ``preview``: ``Mapping.preview`` chained over the steps, for flows made only of ``mapping`` and
+  ``filter`` steps (a filter is previewed as a one-field mapping of its condition, kept when
+  ``$boolean``); rows with ``_error`` are the step's dead letters;
+- ``test``: ``flow.test(sample)`` (in memory, virtual clock);
+- ``local``: ``LocalRuntime`` on a temp state dir, drained until idle
+  (``tests/runtime/engines.py``'s ``LocalEngine``);
+- ``amqp``: one real ``flownb worker SPEC --step X`` process per step against RabbitMQ (+ the
+  trigger's worker for a polling trigger), samples published to the first step's queue as the
+  trigger's output; the last step's outputs are collected by an extra ``log`` step without a worker.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import date, datetime, time as dtime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+import flownb
+from flownb.flow import Flow, from_spec
+
+HERE = Path(__file__).parent
+FLOWS = HERE / "flows"
+PATHS = ("preview", "test", "local", "amqp")
+PG_URL = os.environ.get("FLOWNB_PARITY_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+BROKER = os.environ.get("FLOWNB_PARITY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
+CAPTURE = "parity-capture"
+RUN_TIMEOUT = float(os.environ.get("FLOWNB_PARITY_TIMEOUT", "60"))  # seconds a path may take to settle
+
+sys.path.insert(0, str(HERE.parent / "runtime"))
+from engines import LocalEngine  # noqa: E402  (also registers the lt.* test components, unused here)
+
+
+# -- cases ----------------------------------------------------------------------------------------
+
+@dataclass
+class Case:
+    name: str
+    dir: Path
+    spec: dict
+    meta: dict
+    sample: list[dict] | None
+    sample_csv: Path | None
+    expected: dict | None
+
+    @property
+    def flow(self) -> Flow:
+        return from_spec(self.spec, source=str(self.dir / "flow.yaml"))
+
+    @property
+    def db(self) -> str | None:
+        return self.meta.get("db")
+
+    @property
+    def targets(self) -> dict[str, dict]:
+        return self.meta.get("targets") or {}
+
+    @property
+    def xfail(self) -> dict[str, str]:
+        return self.meta.get("xfail") or {}
+
+    @property
+    def previewable(self) -> bool:
+        return all(s.component in ("mapping", "filter") for s in self.flow.steps)
+
+    @property
+    def uses_http(self) -> bool:
+        return any(s.component == "http.request" for s in self.flow.steps)
+
+
+def load_case(name: str) -> Case:
+    d = FLOWS / name
+    spec = yaml.safe_load((d / "flow.yaml").read_text())
+    meta = yaml.safe_load((d / "case.yaml").read_text()) or {}
+    sample = orjson.loads((d / "sample.json").read_bytes()) if (d / "sample.json").exists() else None
+    sample_csv = d / "sample.csv" if (d / "sample.csv").exists() else None
+    expected = orjson.loads((d / "expected.json").read_bytes()) if (d / "expected.json").exists() else None
+    return Case(name, d, spec, meta, sample, sample_csv, expected)
+
+
+def case_names() -> list[str]:
+    return sorted(p.name for p in FLOWS.iterdir() if (p / "flow.yaml").exists())
+
+
+def expressions(flow: Flow) -> list[str]:
+    """The JSONata expressions of the flow's mapping/filter/split steps."""
+    out = []
+    for s in flow.steps:
+        c = s.config
+        if s.component == "mapping":
+            out += list((c.get("fields") or {}).values()) + ([c["expression"]] if c.get("expression") else [])
+        elif s.component == "filter":
+            out.append(c["condition"])
+        elif s.component == "split":
+            out.append(c["path"])
+    return out
+
+
+# -- a run's environment ----------------------------------------------------------------------------
+
+@dataclass
+class Env:
+    """Everything one path run of one case owns: temp dir, targets, table, flow name."""
+
+    case: Case
+    path: str
+    tmp: Path
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    targets: dict[str, Any] = field(default_factory=dict)   # param → HttpTarget
+    params: dict[str, Any] = field(default_factory=dict)
+    replacements: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def table(self) -> str:
+        return f"{self.base_table}_{self.run_id}"
+
+    @property
+    def base_table(self) -> str:
+        return str(self.case.flow.parameters.get("table", "t"))
+
+    @property
+    def flow_name(self) -> str:
+        return f"{self.case.flow.name}-{self.run_id}"[:50]
+
+    @property
+    def db_url(self) -> str:
+        return PG_URL if self.case.db == "postgres" else f"sqlite:///{self.tmp / 'sink.db'}"
+
+    def flow(self) -> Flow:
+        """The case's flow with this run's parameters (and, for amqp, a unique name)."""
+        return self.case.flow.with_parameters(self.params)
+
+
+def open_env(case: Case, path: str, tmp: Path, stack: ExitStack) -> Env:
+    from flownb.testing import HttpTarget
+    env = Env(case, path, tmp)
+    declared = case.flow.parameters
+    if "out_dir" in declared:
+        out = tmp / "out"
+        out.mkdir()
+        env.params["out_dir"] = str(out)
+    if "db_url" in declared:
+        env.params["db_url"] = env.db_url
+    if "table" in declared:
+        env.params["table"] = env.table
+        env.replacements.append((env.table, env.base_table))
+        if case.db == "postgres":
+            stack.callback(_drop_table, env.db_url, env.table)
+    if "source" in declared:
+        env.params["source"] = str(case.sample_csv)
+        env.replacements.append((str(case.sample_csv), "<source>"))
+    for param, kw in case.targets.items():
+        target = stack.enter_context(HttpTarget(**(kw or {})))
+        env.targets[param] = target
+        env.params[param] = target.url
+        env.replacements.append((target.url, f"<{param}>"))
+    env.replacements.append((str(tmp), "<tmp>"))
+    return env
+
+
+def _drop_table(url: str, table: str) -> None:
+    import sqlalchemy as sa
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table}"'))
+    finally:
+        engine.dispose()
+
+
+# -- normalization ----------------------------------------------------------------------------------
+
+@dataclass
+class Raw:
+    """What a path produced, before normalization."""
+
+    outputs: list[dict]                      # bodies emitted by the flow's last step
+    dead: list[dict]                         # {step, type, message, attempt, retryable, body}
+
+
+_MSG_ID = re.compile(r"\b[0-9a-f]{32}\b")
+# the suffix a runtime adds to an EvaluationError; the preview's _error has the same text without it
+_EXPR_SUFFIX = re.compile(r" \(expression: .*\); fix the expression or the input record$", re.S)
+
+
+def _scrub(text: str, env: Env) -> str:
+    for old, new in env.replacements:
+        text = text.replace(old, new)
+    return _MSG_ID.sub("<id>", text)
+
+
+def jsonable(v: Any) -> Any:
+    """A database / CSV value as plain JSON-like data (exact: no float rounding)."""
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if isinstance(v, Decimal):
+        return int(v) if v == v.to_integral_value() else float(v)
+    if isinstance(v, (datetime, date, dtime)):
+        return v.isoformat()
+    if isinstance(v, float) and math.isnan(v):
+        return "NaN"
+    return v
+
+
+def _key(v: Any) -> bytes:
+    """Sort key: canonical JSON (integral floats written as ints so 1.0 and 1 sort together)."""
+    def canon(x):
+        if isinstance(x, float) and x.is_integer():
+            return int(x)
+        if isinstance(x, dict):
+            return {k: canon(y) for k, y in x.items()}
+        if isinstance(x, list):
+            return [canon(y) for y in x]
+        return x
+    return orjson.dumps(canon(v), option=orjson.OPT_SORT_KEYS)
+
+
+def normalize(raw: Raw, env: Env, sinks: dict) -> dict:
+    """Order-free, id-free, time-free form of a run: last step outputs, sink contents, dead letters."""
+    outputs = sorted((jsonable(b) for b in raw.outputs), key=_key)
+    dead = []
+    for d in raw.dead:
+        msg = _EXPR_SUFFIX.sub("", d["message"]) if d["type"] == "EvaluationError" else d["message"]
+        dead.append({"step": d["step"], "type": d["type"], "message": _scrub(msg, env),
+                     "attempt": d["attempt"], "retryable": d["retryable"], "body": jsonable(d["body"])})
+    dead.sort(key=_key)
+    return {"outputs": outputs, "sinks": sinks, "dead_letters": dead}
+
+
+def dead_from_letters(letters) -> list[dict]:
+    return [{"step": d.step, "type": d.error.type, "message": d.error.message, "attempt": d.error.attempt,
+             "retryable": d.error.retryable, "body": d.message.body} for d in letters]
+
+
+def read_sinks(flow: Flow, env: Env) -> dict:
+    """Final contents of every sink of the (resolved) flow: CSV files, SQL tables, HTTP targets."""
+    out: dict[str, Any] = {}
+    for s in flow.resolved().steps:
+        c = s.config
+        if s.component == "csv.write":
+            p = Path(c["path"])
+            key = f"csv:{s.name}"
+            if not p.exists():
+                out[key] = None
+                continue
+            with open(p, newline="", encoding=c.get("encoding", "utf-8")) as fh:
+                rows = list(csv.reader(fh, delimiter=c.get("delimiter", ",")))
+            header, body = (rows[0], rows[1:]) if rows else ([], [])
+            out[key] = {"header": header, "rows": sorted(body)}
+        elif s.component == "sql.upsert":
+            out[f"sql:{s.name}"] = _read_table(c["url"], c["table"], c["key"])
+    for param, target in env.targets.items():
+        out[f"http:{param}"] = {
+            "received": sorted(({"method": r.method, "path": r.path, "query": r.query,
+                                 "content_type": r.headers.get("content-type"), "json": r.json}
+                                for r in target.received), key=_key),
+            "refused": target.refused}
+    return out
+
+
+def _read_table(url: str, table: str, key: list[str]) -> Any:
+    import sqlalchemy as sa
+    engine = sa.create_engine(url)
+    try:
+        if not sa.inspect(engine).has_table(table):
+            return None
+        with engine.connect() as conn:
+            t = sa.Table(table, sa.MetaData(), autoload_with=conn)
+            rows = conn.execute(sa.select(t).order_by(*[t.c[k] for k in key])).mappings().all()
+            return {"columns": sorted(t.c.keys()), "rows": [jsonable(dict(r)) for r in rows]}
+    finally:
+        engine.dispose()
+
+
+# -- the four paths ---------------------------------------------------------------------------------
+
+def run_path(case: Case, path: str, tmp: Path) -> dict:
+    """Run ``case`` one way; return its normalized result."""
+    with ExitStack() as stack:
+        env = open_env(case, path, tmp, stack)
+        raw = {"preview": run_preview, "test": run_flow_test, "local": run_local, "amqp": run_amqp}[path](env)
+        return normalize(raw, env, read_sinks(env.flow(), env))
+
+
+def run_preview(env: Env) -> Raw:
+    """``Mapping.preview`` step after step; a filter is the preview of its condition."""
+    import pandas as pd
+
+    from flownb.rules import Mapping, to_records
+    from flownb.rules._runtime import boolean
+
+    case = env.case
+    frame = pd.read_csv(case.sample_csv) if case.sample_csv is not None else pd.DataFrame(case.sample)
+    dead: list[dict] = []
+    for s in env.flow().resolved().steps:
+        inputs = to_records(frame)
+        if s.component == "mapping":
+            m = Mapping(fields=s.config.get("fields"), expression=s.config.get("expression"))
+        elif s.component == "filter":
+            m = Mapping(fields={"__keep": s.config["condition"]})
+        else:  # pragma: no cover - guarded by Case.previewable
+            raise AssertionError(f"step {s.name} ({s.component}) cannot be previewed")
+        view = m.preview(frame)
+        err = view["_error"]
+        failed = [i for i, e in enumerate(err) if isinstance(e, str)]
+        for i in failed:
+            dead.append({"step": s.name, "type": "EvaluationError", "message": err.iloc[i], "attempt": 1,
+                         "retryable": False, "body": inputs[i]})
+        good = view[[not isinstance(e, str) for e in err]].drop(columns="_error")
+        if s.component == "filter":
+            keep = [boolean(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else False
+                    for v in good["__keep"]]
+            frame = frame.iloc[[i for i, e in enumerate(err) if not isinstance(e, str)]][keep]
+        else:
+            frame = good
+        frame = frame.reset_index(drop=True)
+    return Raw(outputs=to_records(frame), dead=dead)
+
+
+def run_flow_test(env: Env) -> Raw:
+    flow = env.flow()
+    result = flow.test(env.case.sample)  # None: poll the trigger once
+    return Raw(outputs=list(result.outputs[flow.steps[-1].name]), dead=dead_from_letters(result.dead_letters))
+
+
+def run_local(env: Env) -> Raw:
+    flow = env.flow()
+    state = env.tmp / "local"
+    state.mkdir()
+    r = LocalEngine().run(flow, inputs=env.case.sample, polls=1, tmp=state, timeout=RUN_TIMEOUT)
+    return Raw(outputs=list(r.outputs), dead=dead_from_letters(r.dead_letters))
+
+
+# -- RabbitMQ: one worker process per step ---------------------------------------------------------
+
+def broker_up() -> bool:
+    import pika
+    try:
+        pika.BlockingConnection(pika.URLParameters(BROKER)).close()
+        return True
+    except pika.exceptions.AMQPError:
+        return False
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _flownb_cmd() -> list[str]:
+    exe = Path(sys.executable).parent / "flownb"
+    return [str(exe)] if exe.exists() else [sys.executable, "-c", "import sys; from flownb.cli import main; "
+                                                                  "sys.exit(main(sys.argv[1:]))"]
+
+
+class Workers:
+    """``flownb worker SPEC --step X`` processes, all started at once; stderr kept in files."""
+
+    def __init__(self, spec: Path, steps: list[str], tmp: Path, metrics: dict[str, int]):
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Path] = {}
+        env = {**os.environ, "FLOWNB_BROKER_URL": BROKER, "PYTHONUNBUFFERED": "1"}
+        for step in steps:
+            log = tmp / f"worker-{step}.log"
+            self.logs[step] = log
+            cmd = [*_flownb_cmd(), "worker", str(spec), "--step", step]
+            if step in metrics:
+                cmd += ["--metrics-port", str(metrics[step])]
+            with open(log, "wb") as fh:
+                self.procs[step] = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                                    start_new_session=True)
+
+    def tail(self, step: str, n: int = 3000) -> str:
+        try:
+            return self.logs[step].read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def check_alive(self) -> None:
+        for step, p in self.procs.items():
+            rc = p.poll()
+            if rc is not None:
+                raise AssertionError(f"worker of step '{step}' exited early with code {rc}:\n{self.tail(step)}")
+
+    def stop(self, timeout: float = 30.0) -> dict[str, int | None]:
+        """SIGTERM every worker (they drain and exit 0); SIGKILL what is left after ``timeout``."""
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        codes: dict[str, int | None] = {}
+        for step, p in self.procs.items():
+            try:
+                codes[step] = p.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(10)
+                codes[step] = None
+        return codes
+
+
+def _rabbit_queues(prefix: str) -> dict[str, tuple[int, int]]:
+    """{queue: (ready, unacked)} of the broker's queues named ``prefix…`` (rabbitmqctl: sees unacked)."""
+    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "--no-table-headers",
+                          "name", "messages_ready", "messages_unacknowledged"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    found = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0].startswith(prefix):
+            found[parts[0]] = (int(parts[1]), int(parts[2]))
+    return found
+
+
+def _amqp_queues(flow: Flow) -> dict[str, list[str]]:
+    """Every queue of the flow by role: ``work`` (inputs, delays, retry-ready), ``dlq``, ``other``."""
+    from flownb.runtime.amqp import names
+    from flownb.runtime.amqp.topology import retry_levels
+    work, dlq = [], []
+    for s in flow.steps:
+        work.append(names.step_queue(flow.name, s.name))
+        if s.name == CAPTURE:
+            continue
+        work += [names.retry_queue(flow.name, s.name, lv) for lv in retry_levels(s.retry_policy)]
+        work.append(names.retry_ready_queue(flow.name, s.name))
+        dlq.append(names.dead_letter_queue(flow.name, s.name))
+    other = [names.state_queue(flow.name, flow.trigger.name), names.dead_letter_queue(flow.name, CAPTURE)]
+    return {"work": work, "dlq": dlq, "other": other}
+
+
+def _metric(port: int, name: str, step: str) -> float:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return 0.0
+    m = re.search(rf'^{name}{{[^}}]*step="{re.escape(step)}"[^}}]*}} (\S+)$', text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def run_amqp(env: Env) -> Raw:
+    from flownb.message import Message
+    from flownb.runtime.amqp import names
+    from flownb.runtime.amqp.consumer import PERSISTENT
+    from flownb.runtime.amqp.dlq import AmqpDeadLetters
+    from flownb.runtime.amqp.topology import connect, declare_flow
+
+    flow = (env.flow().model_copy(update={"name": env.flow_name})
+            .then(flownb.step(CAPTURE, "log", level="debug")))
+    env.replacements.append((env.flow_name, env.case.flow.name))
+    spec = flow.save(env.tmp / "flow.yaml")
+    queues = _amqp_queues(flow)
+    conn = connect(BROKER)
+    try:
+        ch = conn.channel()
+        declare_flow(ch, flow)
+        polling = env.case.sample is None
+        if not polling:
+            ch.confirm_delivery()
+            first = flow.steps[0].name
+            for body in env.case.sample:
+                m = Message(body=body, flow=flow.name, step=flow.trigger.name)
+                ch.basic_publish(names.exchange(flow.name), first, m.to_json(), PERSISTENT)
+        steps = [s.name for s in flow.steps if s.name != CAPTURE]
+        metrics = {}
+        if polling:
+            steps.insert(0, flow.trigger.name)
+            metrics[flow.trigger.name] = _free_port()
+        workers = Workers(spec, steps, env.tmp, metrics)
+        try:
+            if polling:  # wait for the trigger's first committed poll
+                _wait(lambda: _metric(metrics[flow.trigger.name], "flownb_messages_processed_total",
+                                      flow.trigger.name) > 0, workers, "the trigger's first poll")
+            _wait_idle(ch, queues, workers, flow)
+        finally:
+            codes = workers.stop()
+        bad = {s: c for s, c in codes.items() if c != 0}
+        assert not bad, "workers did not exit 0 on SIGTERM: " + "; ".join(
+            f"{s}: {c}\n{workers.tail(s)}" for s, c in bad.items())
+        outputs = []
+        while True:
+            method, _props, body = ch.basic_get(names.step_queue(flow.name, CAPTURE), auto_ack=True)
+            if method is None:
+                break
+            outputs.append(Message.from_json(body).body)
+        dead = AmqpDeadLetters(flow, BROKER).list()
+        return Raw(outputs=outputs, dead=dead_from_letters(dead))
+    finally:
+        try:
+            ch = conn.channel()
+            for q in [*queues["work"], *queues["dlq"], *queues["other"]]:
+                ch.queue_delete(q)
+            ch.exchange_delete(names.exchange(flow.name))
+        finally:
+            conn.close()
+
+
+def _wait(cond, workers: Workers, what: str, timeout: float = RUN_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers.check_alive()
+        if cond():
+            return
+        time.sleep(0.05)
+    logs = "\n".join(f"--- {s}:\n{workers.tail(s, 1500)}" for s in workers.procs)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{logs}")
+
+
+def _wait_idle(ch, queues: dict, workers: Workers, flow: Flow) -> None:
+    """Until every input, delay and retry-ready queue of the flow is empty with nothing unacked (a
+    worker acks an input only after its outputs are confirmed, so a message is always counted
+    somewhere), seen twice in a row. Passive declares (ready counts) are the cheap first check;
+    ``rabbitmqctl`` (which sees unacked messages) confirms."""
+    work = [q for q in queues["work"] if q != f"flownb.{flow.name}.{CAPTURE}"]
+    prefix = f"flownb.{flow.name}."
+    calm = 0
+
+    def idle() -> bool:
+        nonlocal calm
+        if any(ch.queue_declare(q, passive=True).method.message_count for q in work):
+            calm = 0
+            return False
+        counts = _rabbit_queues(prefix)
+        if any(sum(counts.get(q, (0, 0))) for q in work):
+            calm = 0
+            return False
+        calm += 1
+        return calm >= 2
+    _wait(idle, workers, f"flow '{flow.name}' to come to rest (queues: {work})")
+
+
+# -- the flow × path table --------------------------------------------------------------------------
+
+class ParityTable:
+    """Outcome of every (flow, path) test of a session; :meth:`render` prints the table."""
+
+    def __init__(self):
+        self.cells: dict[tuple[str, str], str] = {}
+        self.seconds: dict[tuple[str, str], float] = {}
+
+    def record(self, flow: str, path: str, outcome: str, seconds: float = 0.0) -> None:
+        self.cells[(flow, path)] = outcome
+        self.seconds[(flow, path)] = self.seconds.get((flow, path), 0.0) + seconds
+
+    def render(self) -> str:
+        if not self.cells:
+            return ""
+        flows = sorted({f for f, _ in self.cells} | set(case_names()))
+        w = max(len(f) for f in flows)
+        lines = [f"{'flow':<{w}}  " + "  ".join(f"{p:<8}" for p in PATHS)]
+        for f in flows:
+            row = []
+            for p in PATHS:
+                if (f, p) in self.cells:
+                    row.append(self.cells[(f, p)])
+                elif p == "preview" and not load_case(f).previewable:
+                    row.append("n/a")
+                else:
+                    row.append("-")
+            lines.append(f"{f:<{w}}  " + "  ".join(f"{c:<8}" for c in row))
+        return "\n".join(lines)
+
+
+def dumps(result: dict) -> str:
+    return json.dumps(result, indent=1, sort_keys=True, ensure_ascii=False)
+
+
+__all__ = ["Case", "PATHS", "ParityTable", "case_names", "load_case", "run_path", "broker_up",
+           "normalize", "expressions", "dumps"]
