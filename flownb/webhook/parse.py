@@ -191,7 +191,9 @@ def verify_signature(header: str | None, secret: bytes, body: bytes, *, toleranc
             timestamp = value
         elif eq and key == "v1":
             candidates.append(value)
-    if timestamp is None or not timestamp.isdigit() or not candidates or len(timestamp) > 12:
+    # str.isdigit() is also true for "²" or "١", which int() refuses (or reads): ASCII digits only
+    if timestamp is None or not (timestamp.isascii() and timestamp.isdigit()) or not candidates \
+            or len(timestamp) > 12:
         raise HttpError(401, f"malformed {header_name}; expected t=<unix seconds>,v1=<hex>")
     now = time.time() if now is None else now
     if abs(now - int(timestamp)) > tolerance:

@@ -101,3 +101,18 @@ def test_any_json_object_parses_to_itself(obj):
 def test_retry_after_timestamp_is_bounded():
     with pytest.raises(HttpError, match="malformed"):
         verify_signature("t=" + "9" * 40 + ",v1=ab", b"k", b"", tolerance=10, now=time.time())
+
+
+@pytest.mark.parametrize("stamp", ["²", "¹²³", "١٢٣", "１２３", "12\u0663"])
+def test_non_ascii_digits_in_the_timestamp_are_malformed_not_a_crash(stamp):
+    with pytest.raises(HttpError, match="malformed") as info:
+        verify_signature(f"t={stamp},v1=00", b"k", b"", tolerance=10, now=time.time())
+    assert info.value.status == 401
+
+
+@given(st.text(max_size=60))
+def test_any_signature_header_is_401_or_valid(header):
+    try:
+        verify_signature(header, b"k", b"", tolerance=10, now=time.time())
+    except HttpError as exc:
+        assert exc.status == 401
