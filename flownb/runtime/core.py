@@ -34,7 +34,8 @@ from ..flow import Flow, RetryPolicy, Step
 from ..message import Message
 from ..registry import get, validate_step
 
-__all__ = ["ErrorInfo", "Outcome", "Route", "StepRunner", "TriggerRunner", "build_component", "decode"]
+__all__ = ["ErrorInfo", "Outcome", "Route", "StepRunner", "TriggerRunner", "build_component", "decode",
+           "undecodable"]
 
 
 class Route(str, Enum):
@@ -104,6 +105,14 @@ class Outcome:
         if self.undecodable and self.payload is not None:
             return self.payload
         return self.message.to_json()
+
+
+def undecodable(payload: bytes, step: str, attempt: int = 1) -> Message:
+    """The message that stands for a payload that is not a flownb message (both runtimes store and
+    list it the same way): ``{"_raw": <the payload as text>}``."""
+    m = Message(body={"_raw": bytes(payload).decode("utf-8", "replace")}, step=step)
+    m.attempt = attempt
+    return m
 
 
 def decode(payload: bytes, step: str, attempt: int | None = None) -> Message:
@@ -196,8 +205,7 @@ class StepRunner:
                 where.append(i)
             except MessageError as exc:
                 attempt = attempts[i] if attempts is not None else 1
-                raw = Message(body={"_raw": bytes(payload).decode("utf-8", "replace")}, step=self.step.name)
-                raw.attempt = attempt
+                raw = undecodable(payload, self.step.name, attempt)
                 info = ErrorInfo.from_exception(exc, self.step.name, attempt, False)
                 outcomes[i] = Outcome(raw, error=info, payload=bytes(payload), undecodable=True)
         for i, out in zip(where, self.run_batch(msgs), strict=True):

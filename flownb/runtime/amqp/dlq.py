@@ -17,7 +17,7 @@ import pika.exceptions
 from ...errors import BrokerError, FlownbError, MessageError
 from ...flow import Flow
 from ...message import Message
-from ..core import DeadLetter, DeadLetterStore, ErrorInfo
+from ..core import DeadLetter, DeadLetterStore, ErrorInfo, undecodable
 from . import names
 from .consumer import PERSISTENT
 from .topology import ERROR_HEADER, connect, declare_flow
@@ -29,7 +29,7 @@ def _dead_letter(step: str, props, body: bytes) -> DeadLetter:
     try:
         msg = Message.from_json(body)
     except MessageError:
-        msg = Message(body={"raw": body.decode("utf-8", "replace")}, step=step)
+        msg = undecodable(body, step)
     raw = (props.headers or {}).get(ERROR_HEADER)
     try:
         info = ErrorInfo.from_dict(orjson.loads(raw)) if raw else None

@@ -26,7 +26,7 @@ import orjson
 from ...errors import FlownbError, MessageError, QueueFull, RuntimeFailure
 from ...flow import Flow
 from ...message import Message
-from ..core import DeadLetter, ErrorInfo, Outcome, Route, StepRunner, TriggerRunner
+from ..core import DeadLetter, ErrorInfo, Outcome, Route, StepRunner, TriggerRunner, undecodable
 from ..health import HEALTH
 from .store import QueueStore
 
@@ -101,7 +101,7 @@ def dead_letter_from_row(row: tuple) -> DeadLetter:
     try:
         message = Message.from_json(payload)
     except MessageError:
-        message = Message(body={"_raw": bytes(payload).decode("utf-8", "replace")}, step=step)
+        message = undecodable(payload, step)
     message.attempt = attempt
     return DeadLetter(id=str(rid), step=step, message=message, error=ErrorInfo.from_dict(orjson.loads(error)))
 
