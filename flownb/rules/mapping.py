@@ -3,22 +3,19 @@
 A mapping is either ``fields`` (output field → expression; a field whose expression gives
 *undefined* is left out of the output) or one ``expression`` that must give an object.
 
-Sample rows (``to_records``): a DataFrame becomes JSON-like dicts — NaN/NaT/None cells are left out
-(missing, so ``$exists(x)`` is false), numpy scalars become Python numbers, Timestamps become ISO 8601
-strings, and dotted column names (``customer.email``) are unflattened into nested objects
-(``{"customer": {"email": …}}``). A list of dicts is used as it is.
+Sample rows come from :func:`flownb.records.to_records` — the same conversion as ``flow.test``
+and the notebook widgets (docs/records.md): missing cells are left out (JSONata *undefined*), numpy
+scalars become Python values, Timestamps one ISO 8601 form, and dotted column names
+(``customer.email``) nested objects (``{"customer": {"email": …}}``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import gc
-import math
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, ExpressionError
-from ._runtime import _CONTAINERS, U, EvalError, Fallback, clean
+from ..records import _no_gc, is_frame, to_records
+from ._runtime import _CONTAINERS, EvalError, Fallback, U, clean
 from .expression import EvaluationError, Expression, compile
 
 if TYPE_CHECKING:
@@ -110,18 +107,18 @@ class Mapping:
     def preview(self, sample: Any, limit: int | None = None) -> "pd.DataFrame":
         """One row per input row, one column per output field, plus ``_error`` (None when fine).
 
-        A failing row keeps the fields that worked; ``_error`` says which field failed and why. The
-        failing rows are also listed in :attr:`errors` (``{"row": index, "error": text}``)."""
+        ``sample``: a DataFrame (its index is kept), a list of dicts or one dict, made records by
+        :func:`flownb.records.to_records` exactly as ``flow.test`` does. A failing row keeps the
+        fields that worked; ``_error`` says which field failed and why. The failing rows are also
+        listed in :attr:`errors` (``{"row": index, "error": text}``)."""
         import pandas as pd
 
         with _no_gc():  # many small dicts and lists: the cyclic GC would rescan them for nothing
             index = None
-            if isinstance(sample, pd.DataFrame):
-                frame = sample if limit is None else sample.iloc[:limit]
-                index = frame.index
-                records = to_records(frame)
-            else:
-                records = list(sample if limit is None else _take(sample, limit))
+            if is_frame(sample):
+                sample = sample if limit is None else sample.iloc[:limit]
+                index = sample.index
+            records = to_records(sample, limit)
             if self.fields is None:
                 data, errors = self._preview_expression(records)
             else:
@@ -193,19 +190,6 @@ def _checked(raw: Any, rec: Any, name: str, errors: list, i: int) -> Any:
         return U
 
 
-@contextlib.contextmanager
-def _no_gc() -> Iterator[None]:
-    """The cyclic garbage collector paused (and restored as it was): building many containers
-    otherwise triggers collections that walk every live object, again and again."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
 def _kind(v: Any) -> str:
     if v is U:
         return "nothing (undefined)"
@@ -225,155 +209,3 @@ def _compile_field(src: Any, field: str) -> Expression:
                               field=field) from None
 
 
-def _take(items: Iterable, n: int) -> list:
-    out = []
-    for i, x in enumerate(items):
-        if i >= n:
-            break
-        out.append(x)
-    return out
-
-
-# -- sample rows ------------------------------------------------------------------------------------
-
-_MISSING = object()
-
-
-def to_records(frame: "pd.DataFrame") -> list[dict]:
-    """DataFrame rows as JSON-like dicts (see the module docstring for the rules)."""
-    with _no_gc():
-        return _to_records(frame)
-
-
-def _to_records(frame: "pd.DataFrame") -> list[dict]:
-    tree: dict = {}
-    for name, col in frame.items():
-        parts = str(name).split(".")
-        node = tree
-        for p in parts[:-1]:
-            nxt = node.get(p)
-            if not isinstance(nxt, dict):
-                nxt = node[p] = {}
-            node = nxt
-        if not isinstance(node.get(parts[-1]), dict):  # a nested group wins over a flat column
-            node[parts[-1]] = col
-    return _build(tree, len(frame))
-
-
-def _build(tree: dict, n: int) -> list[dict]:
-    """All rows at once: one generated function builds a row, nested groups included, from the
-    converted columns (``map`` over them); then the empty cells of the rows that have some are
-    dropped."""
-    import numpy as np
-
-    columns: list[list] = []
-    holes = None
-
-    def display(node: dict) -> str:  # the dict display of one level; leaves become arguments
-        nonlocal holes
-        items = []
-        for key, sub in node.items():
-            if isinstance(sub, dict):
-                items.append(f"{key!r}: {display(sub)}")
-                continue
-            vals, mask = _column(sub)
-            items.append(f"{key!r}: _{len(columns)}")
-            columns.append(vals)
-            if mask is not None:
-                holes = mask if holes is None else (holes | mask)
-        return "{" + ", ".join(items) + "}"
-
-    source = display(tree)
-    if not columns:
-        return [{} for _ in range(n)]
-    rows = list(map(_row_maker(source, len(columns)), *columns))
-    if holes is not None:
-        groups = _groups(tree)
-        for i in np.flatnonzero(holes).tolist():
-            _drop_missing(rows[i], groups)
-    return rows
-
-
-def _groups(tree: dict) -> dict:
-    """The nested groups of a column tree (``{"customer": {"address": {}}}``)."""
-    return {k: _groups(v) for k, v in tree.items() if isinstance(v, dict)}
-
-
-def _drop_missing(row: dict, groups: dict) -> None:
-    for k in [k for k, v in row.items() if v is _MISSING]:
-        del row[k]
-    for k, sub in groups.items():
-        _drop_missing(row[k], sub)
-
-
-@functools.lru_cache(maxsize=256)
-def _row_maker(display: str, n: int) -> Any:
-    """``f(_0, _1, …)`` returning ``display``, a (nested) dict display whose keys are string
-    literals (``repr``) and whose values are the arguments: the fastest way to build a row."""
-    return eval(f"lambda {', '.join(f'_{i}' for i in range(n))}: {display}", {})  # noqa: S307
-
-
-def _column(col: "pd.Series") -> tuple[list, Any]:
-    """A column as a list of JSON-like values (``_MISSING`` where empty) and its empty-cell mask."""
-    import numpy as np
-    import pandas as pd
-
-    kind = col.dtype.kind
-    if kind in "iub":
-        return col.tolist(), None
-    if kind == "f":
-        arr = col.to_numpy()
-        vals, mask = arr.tolist(), np.isnan(arr)
-    elif kind == "M" or isinstance(col.dtype, pd.DatetimeTZDtype):
-        mask = col.isna().to_numpy()
-        vals = [None if m else v.isoformat() for v, m in zip(col.tolist(), mask)]
-    elif kind == "m":
-        mask = col.isna().to_numpy()
-        vals = [None if m else v.total_seconds() for v, m in zip(col.tolist(), mask)]
-    else:
-        mask = col.isna().to_numpy()
-        vals = col.tolist()
-        if pd.api.types.infer_dtype(col, skipna=True) not in ("string", "empty", "boolean", "integer"):
-            vals = _jsonable([None if m else v for v, m in zip(vals, mask)])
-    if not mask.any():
-        return vals, None
-    for i in np.flatnonzero(mask).tolist():
-        vals[i] = _MISSING
-    return vals, mask
-
-
-def _jsonable(vals: list) -> list:
-    """Nested cells as JSON-like Python: numpy scalars/arrays, Timestamps, NaN (→ null) inside."""
-    import orjson
-    try:
-        return orjson.loads(orjson.dumps(vals, default=_default,
-                                         option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS))
-    except (TypeError, orjson.JSONEncodeError):
-        return [_json(v) for v in vals]
-
-
-def _default(v: Any) -> Any:
-    if hasattr(v, "isoformat") and v == v:
-        return v.isoformat()
-    if hasattr(v, "tolist"):
-        return v.tolist()
-    if v != v:  # NaT, pd.NA
-        return None
-    raise TypeError(f"{type(v).__name__} is not JSON")
-
-
-def _json(v: Any) -> Any:
-    t = type(v)
-    if t is str or t is int or t is bool or v is None:
-        return v
-    if t is float:
-        return None if math.isnan(v) else v
-    if t is dict:
-        return {str(k): _json(x) for k, x in v.items()}
-    if t is list or t is tuple:
-        return [_json(x) for x in v]
-    if hasattr(v, "tolist"):
-        return _json(v.tolist())
-    if hasattr(v, "isoformat"):
-        return v.isoformat() if v == v else None
-    return str(v)
