@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import http.server
+import itertools
 import json
 import os
 import signal
@@ -165,7 +166,7 @@ class _ApiHandler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         url = urlsplit(self.path)
         q = {k: v[-1] for k, v in parse_qs(url.query).items()}
         if url.path != "/items":
@@ -197,7 +198,7 @@ class HttpSource(Source):
         self.server = _Api(("127.0.0.1", 0), _ApiHandler)
         self.server.rows, self.server.lock = [], threading.Lock()
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def trigger(self):
         return flownb.step("src", "http.poll", url=f"{self.url}/items", query={"limit": "100"},
@@ -552,13 +553,13 @@ def run_schedule_kill_restart(*, flow: flownb.Flow, tmp: Path, command: list[str
         assert set(logged) == set(keys), "the delivery log and the upsert disagree"
         # a poll is committed once; only a batch in flight at the kill may be written twice
         assert len(logged) - len(set(logged)) <= 1, f"fires repeated at the log: {sorted(logged)}"
-        steps = [round(b - a, 3) for a, b in zip(stamps, stamps[1:])]
+        steps = [round(b - a, 3) for a, b in itertools.pairwise(stamps)]
         if catchup:
             assert set(steps) == {1.0}, f"fires lost or doubled across the kill: gaps {steps}\n{got}"
         else:
             # the seconds missed while nothing ran are skipped, except the latest one (emitted by the
             # restarted process's first poll): one gap, from the last fire before the kill
-            gaps = [(a, b) for a, b in zip(stamps, stamps[1:]) if b - a != 1.0]
+            gaps = [(a, b) for a, b in itertools.pairwise(stamps) if b - a != 1.0]
             assert len(gaps) == 1, f"catchup false: expected one gap (the downtime), got {gaps}\n{got}"
             a, b = gaps[0]
             assert a <= killed and int(restarted) <= b <= restarted + 30, (gaps, killed, restarted)
