@@ -165,7 +165,8 @@ class Flow(BaseModel):
 
     # -- running and display (lazy imports keep the model free of runtimes) -------------------
     def test(self, sample: Any = None, **kw: Any):
-        """Run the flow in memory on ``sample`` (DataFrame or list of dicts); see runtime.local."""
+        """Run the flow in memory on ``sample`` (DataFrame, list of dicts or one dict; rows become
+        message bodies as in ``Mapping.preview``: docs/records.md); see runtime.local."""
         from .runtime.local import test_flow
         return test_flow(self, sample, **kw)
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from ...errors import SpecError, did_you_mean
 from ...flow import Flow
+from ...records import to_records
 from ..core import DeadLetter
 from .engine import LocalRuntime, VirtualClock
 
@@ -63,13 +62,9 @@ class TestResult:
 
 
 def _rows(sample: Any) -> list[dict]:
-    if hasattr(sample, "to_json") and hasattr(sample, "columns"):  # a DataFrame: NaN → null, dates → ISO
-        return orjson.loads(sample.to_json(orient="records", date_format="iso"))
-    rows = list(sample)
-    for i, r in enumerate(rows):
-        if not isinstance(r, dict):
-            raise SpecError(f"sample row {i} is a {type(r).__name__}; pass a DataFrame or a list of dicts")
-    return rows
+    """The sample as message bodies: :func:`flownb.records.to_records`, the conversion that
+    ``Mapping.preview`` and the notebook widgets use too (docs/records.md)."""
+    return to_records(sample)
 
 
 def _in_notebook() -> bool:
@@ -93,8 +88,9 @@ def _progress_bar(total: int, progress: bool | None):
 
 def test_flow(flow: Flow, sample: Any = None, progress: bool | None = None, *,
               batch_size: int = 500) -> TestResult:
-    """Run ``flow`` on ``sample`` (DataFrame or list of dicts, fed as the trigger's output; None:
-    poll the trigger once) in memory. Retries happen on a virtual clock, without waiting."""
+    """Run ``flow`` on ``sample`` (DataFrame, list of dicts or one dict, made records by
+    :func:`flownb.records.to_records` and fed as the trigger's output; None: poll the trigger
+    once) in memory. Retries happen on a virtual clock, without waiting."""
     rt = LocalRuntime(flow, None, memory=True, clock=VirtualClock(), record=True, batch_size=batch_size)
     try:
         if sample is None:
