@@ -13,17 +13,41 @@ log = logging.getLogger("flownb.notebook")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def as_frame(sample: Any):
-    """``(DataFrame, None)`` for a DataFrame or a list of dicts, else ``(None, message)``."""
-    import pandas as pd
+def as_sample(sample: Any):
+    """``(sample, None)`` for a DataFrame or a list of dicts, kept as given (the widgets turn it
+    into records with :func:`flownb.records.to_records`, as ``flow.test`` does), else
+    ``(None, message)``. A DataFrame whose columns collide (``customer`` and ``customer.email``)
+    gets a message too."""
+    from ..errors import FlownbError
+    from ..records import column_paths, is_frame
 
-    if isinstance(sample, pd.DataFrame):
+    if is_frame(sample):
+        try:
+            column_paths(sample)
+        except FlownbError as exc:
+            return None, str(exc)
         return sample, None
     if isinstance(sample, list) and all(isinstance(r, dict) for r in sample):
-        return pd.DataFrame.from_records(sample), None
+        return sample, None
     kind = type(sample).__name__
     return None, (f"the sample must be a pandas DataFrame (or a list of dicts), got {kind}; "
                   f"load one with pd.read_csv(...) / pd.read_json(...) and pass it as the sample")
+
+
+def head(sample: Any, n: int) -> Any:
+    """The first ``n`` rows of a DataFrame or a list."""
+    return sample.head(n) if hasattr(sample, "head") else sample[:n]
+
+
+def sample_fields(sample: Any) -> dict[str, str]:
+    """One output field per column (or top-level key) of a sample: name → its JSONata path
+    (a dotted column ``customer.email`` → ``customer.email``, a path into the record)."""
+    from ..records import column_paths, is_frame
+
+    if is_frame(sample):
+        return {".".join(parts): ".".join(quote(p) for p in parts) for parts in column_paths(sample)}
+    keys = dict.fromkeys(str(k) for r in sample[:50] for k in r)
+    return {k: quote(k) for k in keys}
 
 
 def quote(name: str) -> str:
@@ -31,14 +55,16 @@ def quote(name: str) -> str:
     return name if _IDENT.match(name) else f"`{name}`"
 
 
-def sample_paths(df, *, rows: int = 50, depth: int = 4) -> list[str]:
-    """Columns and nested paths of a sample (dicts → ``a.b``; lists of dicts → ``items.qty``)."""
+def sample_paths(records: list[dict], *, depth: int = 4) -> list[str]:
+    """Keys and nested paths of sample records (dicts → ``a.b``; lists of dicts → ``items.qty``),
+    key by key in first-seen order."""
     out: list[str] = []
-    for col in df.columns:
-        base = quote(str(col))
+    for key in dict.fromkeys(k for r in records for k in r):
+        base = quote(str(key))
         out.append(base)
-        for v in df[col].head(rows):
-            _walk(v, base, out, depth)
+        for r in records:
+            if key in r:
+                _walk(r[key], base, out, depth)
     return list(dict.fromkeys(out))
 
 

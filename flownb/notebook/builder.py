@@ -17,7 +17,7 @@ import ipywidgets as w
 from .. import registry
 from ..errors import FlownbError, SpecError
 from ..flow import Flow, RetryPolicy, Step, _fill
-from ._common import Debouncer, as_frame, error_html, log, ok_html
+from ._common import Debouncer, as_sample, error_html, log, ok_html
 from .display import dead_letters_html, flow_svg, records_html, _timings_html
 from .forms import ConfigForm
 
@@ -116,7 +116,7 @@ class FlowBuilder:
         self.sample_error = None
         self.sample = None
         if sample is not None:
-            self.sample, self.sample_error = as_frame(sample)
+            self.sample, self.sample_error = as_sample(sample)
         self.parameters = dict(parameters or (flow.parameters if flow else {}))
         self.description = flow.description if flow else ""
         self.result = None

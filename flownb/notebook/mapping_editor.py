@@ -14,12 +14,13 @@ from typing import Any
 import ipywidgets as w
 
 from ..errors import ExpressionError, FlownbError
-from ._common import Debouncer, as_frame, error_html, log, ok_html, quote, sample_paths
+from ._common import Debouncer, as_sample, error_html, head, log, ok_html, sample_fields, sample_paths
 from .display import frame_html
 
 __all__ = ["MappingEditor"]
 
 CHECK_ROWS = 5000  # rows of the sample the failing-row count covers
+PATH_ROWS = 50  # rows of the sample the list of paths comes from
 
 
 class _FieldRow:
@@ -53,7 +54,7 @@ class MappingEditor:
 
     def __init__(self, sample: Any, mapping: Any = None, *, rows: int = 10, debounce: float = 0.3):
         self.rows = rows
-        self.sample, self.sample_error = as_frame(sample)
+        self.sample, self.sample_error = as_sample(sample)
         self._rows: list[_FieldRow] = []
         self._active: _FieldRow | None = None
         self._preview = None
@@ -70,7 +71,7 @@ class MappingEditor:
         if mapping is None:
             if self.sample is None:
                 return {"": ""}
-            return {str(c): quote(str(c)) for c in self.sample.columns}
+            return sample_fields(self.sample)
         if isinstance(mapping, dict):
             return {str(k): str(v) for k, v in mapping.items()}
         fields = getattr(mapping, "fields", None)
@@ -91,7 +92,7 @@ class MappingEditor:
         self.summary.add_class("flownb-summary")
         self.preview_html = w.HTML()
         self.preview_html.add_class("flownb-preview")
-        paths = sample_paths(self.sample) if self.sample is not None else []
+        paths = self._paths()
         buttons = []
         for p in paths:
             b = w.Button(description=p, tooltip=f"insert {p} into the field last edited",
@@ -105,6 +106,18 @@ class MappingEditor:
         self.widget = w.VBox([self.status, header, self.fields_box, self.add_button, helper,
                               self.summary, self.preview_html])
         self.widget.add_class("flownb-mapping-editor")
+
+    def _paths(self) -> list[str]:
+        """The sample's paths, from the records the preview sees (``customer.email`` columns
+        nested); a sample that cannot become records is shown by the preview instead."""
+        from ..records import to_records
+
+        if self.sample is None:
+            return []
+        try:
+            return sample_paths(to_records(head(self.sample, PATH_ROWS)))
+        except FlownbError:
+            return []
 
     def _append_row(self, name: str, expression: str) -> _FieldRow:
         row = _FieldRow(self, name, expression)
@@ -251,7 +264,7 @@ class MappingEditor:
             return
         from ..rules import Mapping
 
-        checked = self.sample.head(CHECK_ROWS)
+        checked = head(self.sample, CHECK_ROWS)
         try:
             full = Mapping(fields=good).preview(checked)
         except FlownbError as exc:
