@@ -268,8 +268,8 @@ class SqlUpsertConfig(_UrlConfig):
     table: str = Field(description="table to write")
     key: list[str] = Field(min_length=1, description="key column(s): a row with the same key is updated, "
                                                      "so replays are harmless (needs a unique index/PK)")
-    create: bool = Field(False, description="create the table from the first batch when it does not "
-                                            "exist (key columns become the primary key)")
+    create: bool = Field(False, description="create the table from the first message (with its key) when "
+                                            "it does not exist (key columns become the primary key)")
     on_extra: Literal["error", "ignore"] = Field("error", description="fields of the body that are not "
                                                  "columns of the table: dead-letter the message, or drop them")
 
@@ -317,6 +317,8 @@ class SqlUpsert(Action):
             return [err] * len(messages)
         except FatalError as exc:
             return [exc] * len(messages)
+        if table is None:  # no table yet and no message of the batch has its key: none can be written
+            return [self._key_error(m.body) for m in messages]
         results: list = []
         rows: list[dict] = []
         for m in messages:
@@ -351,6 +353,10 @@ class SqlUpsert(Action):
 
     # -- helpers ----------------------------------------------------------------------------------
     def _get_table(self, bodies: list[dict]):
+        """The table (reflected once); with ``create``, a missing table is created from the first
+        body that has its key — one message, never the batch, so the table does not depend on how
+        a runtime happened to batch the messages (the local runtime takes up to 500 at once, a
+        RabbitMQ worker what one socket read delivered). None: no table, and no body to create it from."""
         import sqlalchemy as sa
         if self._table is not None:
             return self._table
@@ -360,8 +366,11 @@ class SqlUpsert(Action):
         except sa.exc.NoSuchTableError:
             if not self.config.create:
                 raise FatalError(f"table '{self.config.table}' does not exist; create it, or set "
-                                 f"'create: true' to create it from the first batch") from None
-            table = self._create(name, schema or None, bodies)
+                                 f"'create: true' to create it from the first message") from None
+            first = next((b for b in bodies if self._key_error(b) is None), None)
+            if first is None:
+                return None
+            table = self._create(name, schema or None, first)
         missing = [k for k in self.config.key if k not in table.c]
         if missing:
             raise FatalError(f"key column(s) {missing} are not columns of '{self.config.table}'; "
@@ -369,31 +378,30 @@ class SqlUpsert(Action):
         self._table = table
         return table
 
-    def _create(self, name: str, schema: str | None, bodies: list[dict]):
+    def _create(self, name: str, schema: str | None, body: dict):
+        """Create the table with the columns of ``body`` (which has every key field)."""
         import sqlalchemy as sa
-        samples: dict[str, Any] = {}
-        for body in bodies:
-            for k, v in body.items():
-                if samples.get(k) is None:
-                    samples[k] = v
-        if not all(k in samples for k in self.config.key):
-            raise FatalError(f"cannot create '{self.config.table}': the first batch lacks key field(s) "
-                             f"{[k for k in self.config.key if k not in samples]}")
         cols = [sa.Column(k, _sql_type(v, k in self.config.key), primary_key=k in self.config.key,
-                          nullable=k not in self.config.key) for k, v in samples.items()]
+                          nullable=k not in self.config.key) for k, v in body.items()]
         table = sa.Table(name, sa.MetaData(), *cols, schema=schema)
         table.create(self.engine, checkfirst=True)
-        log.info("created table %s with columns %s", self.config.table, list(samples))
+        log.info("created table %s with columns %s", self.config.table, list(body))
         return sa.Table(name, sa.MetaData(), schema=schema, autoload_with=self.engine)
 
+    def _key_error(self, body: dict) -> FatalError | None:
+        missing = [k for k in self.config.key if body.get(k) is None]
+        if missing:
+            return FatalError(f"key field(s) {missing} missing from the message; every row needs its key")
+        return None
+
     def _row(self, table, body: dict) -> dict:
+        err = self._key_error(body)  # first: a keyless row fails the same way, table or no table yet
+        if err is not None:
+            raise err
         extra = [k for k in body if k not in table.c]
         if extra and self.config.on_extra == "error":
             raise FatalError(f"field(s) {extra} are not columns of '{self.config.table}' (columns: "
                              f"{', '.join(table.c.keys())}); map them away or set on_extra: ignore")
-        missing = [k for k in self.config.key if body.get(k) is None]
-        if missing:
-            raise FatalError(f"key field(s) {missing} missing from the message; every row needs its key")
         return {k: _to_db(v, table.c[k].type) for k, v in body.items() if k in table.c}
 
     def _write(self, table, rows: list[dict]) -> None:
