@@ -145,3 +145,26 @@ def test_run_on_sample_shows_outputs_and_dead_letters_in_tabs():
     assert "ZeroDivisionError" in b.results.children[2].value
     assert "1 dead letters" in b.status.value
     assert b.result.frame("divide")["x"].tolist() == [5, 2]
+
+
+def test_run_on_a_dataframe_sample_feeds_the_records_of_flownb_records():
+    import pandas as pd
+
+    from flownb.records import to_records
+
+    df = pd.DataFrame({"customer.email": ["A@X", None], "n": [1.5, float("nan")],
+                       "at": pd.to_datetime(["2024-01-02T03:04:05", None], utc=True)})
+    flow = flownb.Flow(name="run", trigger=flownb.step("in", "webhook", token_env="T"),
+                       steps=[flownb.step("m", "mapping", fields={"e": "$lowercase(customer.email)"})])
+    result = FlowBuilder(sample=df, flow=flow).run()
+    assert result.outputs["in"] == to_records(df) == [
+        {"customer": {"email": "A@X"}, "n": 1.5, "at": "2024-01-02T03:04:05.000Z"}, {"customer": {}}]
+    assert result.outputs["m"] == [{"e": "a@x"}, {}] and result.dead_letters == []
+
+
+def test_sample_with_colliding_columns_is_a_message():
+    import pandas as pd
+
+    b = FlowBuilder(sample=pd.DataFrame({"a": [1], "a.b": [2]}), flow=_flow())
+    assert any("columns 'a' and 'a.b' collide" in p for p in b.validate())
+    assert b.run() is None and "collide" in b.status.value

@@ -118,3 +118,29 @@ def test_typing_is_debounced_on_a_running_loop(sample):
         return ed.preview["v"].tolist()[0]
 
     assert asyncio.run(scenario()) == "PAID"
+
+
+def test_dotted_columns_are_paths_in_fields_and_helper():
+    df = pd.DataFrame({"id": [1, 2], "customer.email": ["A@X", None], "customer.address.city": ["Oslo", "Rome"]})
+    ed = MappingEditor(df, debounce=0)
+    assert ed.fields == {"id": "id", "customer.email": "customer.email",
+                         "customer.address.city": "customer.address.city"}
+    assert ed.preview["customer.email"].tolist()[0] == "A@X"  # the path finds the nested value
+    assert pd.isna(ed.preview["customer.email"].tolist()[1]) and ed.failing == 0  # missing, not null
+    paths = [b.description for b in ed.paths_box.children]
+    assert paths == ["id", "customer", "customer.email", "customer.address", "customer.address.city"]
+
+
+def test_colliding_columns_are_a_message():
+    df = pd.DataFrame({"customer": ["c1"], "customer.email": ["a@x"]})
+    ed = MappingEditor(df, mapping={"e": "customer.email"}, debounce=0)
+    assert "columns 'customer' and 'customer.email' collide" in ed.status.value
+    assert ed.preview is None
+
+
+def test_a_list_of_dicts_is_not_made_a_dataframe():
+    rows = [{"n": 1, "customer.email": "flat key"}, {"n": 2, "extra": True}]
+    ed = MappingEditor(rows, debounce=0)
+    assert ed.fields == {"n": "n", "customer.email": "`customer.email`", "extra": "extra"}
+    assert ed.preview["n"].tolist() == [1, 2]  # ints stay ints (no NaN-padded float column)
+    assert ed.preview["customer.email"].tolist()[0] == "flat key"
