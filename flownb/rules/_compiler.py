@@ -24,11 +24,17 @@ _BINOPS = {"+": "R.add", "-": "R.sub", "*": "R.mul", "/": "R.div", "%": "R.mod",
            "in": "R.in_"}
 
 
+_HOIST = 10  # JSONata levels per generated def: CPython's parser allows 200 nested parentheses
+_CHAIN = 8  # a longer chain of + - * / % & is generated as statements (no nesting at all)
+_INLINE_NAMES = 8  # a longer a.b.c… path is read by R.names, not inline
+
+
 class _Gen:
     def __init__(self) -> None:
         self.defs: list[str] = []
         self.consts: dict[str, Any] = {}
         self.n = 0
+        self.depth = 0  # nesting of expr() calls: every _HOIST levels the code moves to a def
         self.functions: set[str] = set()  # built-in functions called (a binding may shadow them)
 
     def name(self, prefix: str) -> str:
@@ -48,18 +54,30 @@ class _Gen:
 
     # -- expressions ------------------------------------------------------------------------------
     def expr(self, e: Node) -> str:
+        # `((x))` is x: unwrapped in a loop, so thousands of nested parentheses cost no recursion
+        while (e.type == "block" and len(e.expressions) == 1 and not e.get("predicate")
+               and not e.get("keepArray") and e.get("group") is None):
+            e = e.expressions[0]
         if e.get("group") is not None:
             raise Unsupported("group-by")
-        code = self._expr(e)
-        preds = e.get("predicate")
-        if preds:
-            code = self.predicates(code, preds)
-        if e.get("keepArray") and e.type != "path":
-            code = f"R.keep_array({code})"
+        self.depth += 1
+        try:
+            code = self._expr(e)
+            preds = e.get("predicate")
+            if preds:
+                code = self.predicates(code, preds)
+            if e.get("keepArray") and e.type != "path":
+                code = f"R.keep_array({code})"
+        finally:
+            self.depth -= 1
+        if self.depth % _HOIST == _HOIST - 1:  # keep the generated Python shallow
+            code = f"{self.fn(code, 'h')}(c, r)"
         return code
 
     def predicates(self, code: str, preds: list) -> str:
-        for p in preds:
+        for i, p in enumerate(preds):
+            if i and i % _HOIST == 0:
+                code = f"{self.fn(code, 'h')}(c, r)"
             if p.type == "number" and type(p.value) is int:
                 code = f"R.collapse(R.index({code}, {p.value}))"
             else:
@@ -102,10 +120,14 @@ class _Gen:
 
     def binary(self, e: Node) -> str:
         op = e.value
-        if op == "and":
-            return f"(R.boolean({self.expr(e.lhs)}) and R.boolean({self.expr(e.rhs)}))"
-        if op == "or":
-            return f"(R.boolean({self.expr(e.lhs)}) or R.boolean({self.expr(e.rhs)}))"
+        if op in ("and", "or"):  # `a and b and c …` as one flat Python `and`
+            first, spine = _spine(e, (op,))
+            terms = [first] + [n.rhs for n in spine]
+            return "(" + f" {op} ".join(f"R.boolean({self.expr(t)})" for t in terms) + ")"
+        if op in _CHAINED:
+            first, spine = _spine(e, _CHAINED)
+            if len(spine) > _CHAIN:
+                return self.chain(first, spine)
         if op in _COMPARE:
             inline = self.compare_literal(op, e.lhs, e.rhs)
             if inline:
@@ -113,6 +135,17 @@ class _Gen:
         if op in _BINOPS:
             return f"{_BINOPS[op]}({self.expr(e.lhs)}, {self.expr(e.rhs)})"
         raise Unsupported(f"operator {op}")
+
+    def chain(self, first: Node, spine: list) -> str:
+        """``a + b - c & d …`` (left-associative) as one def of statements: no nesting, no
+        recursion, however long the chain."""
+        name = self.name("h")
+        lines = [f"def {name}(c, r):", f"    x = {self.expr(first)}"]
+        for n in spine:
+            lines.append(f"    x = {_BINOPS[n.value]}(x, {self.expr(n.rhs)})")
+        lines.append("    return x")
+        self.defs.append("\n".join(lines) + "\n")
+        return f"{name}(c, r)"
 
     def compare_literal(self, op: str, lhs: Node, rhs: Node) -> str | None:
         """``x > 2``, ``x = "a"``: when ``x`` is a number (a string), the Python comparison, else
@@ -168,15 +201,12 @@ class _Gen:
             raise Unsupported("function")
         fn, lo, hi, ctx_default = _functions.FUNCTIONS[proc.value]
         self.functions.add(proc.value)
+        n = len(e.arguments)
+        if n > hi or n + (1 if ctx_default else 0) < lo:
+            raise Unsupported("arity")  # the fallback reports the signature error (T0410)
         args = [self.expr(a) for a in e.arguments]
-        if len(args) < lo and ctx_default:
-            if len(args) + 1 > hi:
-                raise Unsupported("arity")
+        if n < lo:  # the context is the first argument (`name.$uppercase()`)
             return f"F.with_ctx(F.f_{proc.value}, c{''.join(', ' + a for a in args)})"
-        if len(args) > hi:
-            raise Unsupported("arity")  # the fallback reports the signature error
-        while len(args) < lo:
-            args.append("U")
         return f"F.f_{proc.value}({', '.join(args)})"
 
     # -- paths ------------------------------------------------------------------------------------
@@ -188,6 +218,8 @@ class _Gen:
             ks = tuple(s.value for s in steps)
             if len(ks) == 1:
                 return f"(c.get({ks[0]!r}, U) if type(c) is dict else R.names(c, {ks!r}))"
+            if len(ks) > _INLINE_NAMES:
+                return f"R.names(c, {ks!r})"
             return self.names(ks)
         for s in steps:
             if s.get("group") is not None or s.type in ("wildcard", "descendant", "parent", "sort"):
@@ -297,6 +329,18 @@ class _Gen:
 
 
 _PLAIN_OPS = frozenset(_BINOPS) | {"and", "or"}
+_CHAINED = frozenset({"+", "-", "*", "/", "%", "&"})
+
+
+def _spine(e: Node, ops: tuple | frozenset) -> tuple[Node, list]:
+    """The left spine of a left-associative chain: ``a + b - c`` → (a, [node(+b), node(-c)])."""
+    spine = []
+    while (e.type == "binary" and e.value in ops and not e.get("predicate") and not e.get("keepArray")
+           and e.get("group") is None):
+        spine.append(e)
+        e = e.lhs
+    spine.reverse()
+    return e, spine
 _COMPARE = frozenset({"<", "<=", ">", ">=", "=", "!="})
 
 
@@ -337,9 +381,15 @@ def compile_tree(tree: Node, source: str) -> tuple[Callable[[Any, Any], Any], st
     names the built-in functions the code calls."""
     g = _Gen()
     main = g.expr(tree)
-    code = "".join(g.defs) + f"def _main(c, r):\n    return {main}\n"
+    # an array as input is one item (jsonata-js wraps it in a sequence; `$` is the array): the
+    # compiled paths iterate over it instead, so that evaluation goes to the fallback engine
+    code = "".join(g.defs) + (f"def _main(c, r):\n    if type(c) is list:\n        raise R.Fallback\n"
+                              f"    return {main}\n")
     namespace: dict[str, Any] = {"R": _runtime, "F": _functions, "U": _runtime.U, **g.consts}
-    exec(compile(code, f"<jsonata {source[:40]!r}>", "exec"), namespace)  # noqa: S102 - our own code
+    try:
+        exec(compile(code, f"<jsonata {source[:40]!r}>", "exec"), namespace)  # noqa: S102 - our own code
+    except (SyntaxError, RecursionError, MemoryError) as exc:  # too big or deep for CPython
+        raise Unsupported(f"generated code: {type(exc).__name__}: {exc}") from None
     main_fn = namespace["_main"]
     main_fn.functions = frozenset(g.functions)
     return main_fn, code

@@ -14,7 +14,8 @@ from typing import Any
 
 from ._runtime import U, EvalError, Fallback, Seq, boolean, collapse, is_num, lookup, norm, string
 
-_NUMBER = re.compile(r"-?(0|([1-9][0-9]*))(\.[0-9]+)?([Ee][-+]?[0-9]+)?")
+_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?([Ee][-+]?[0-9]+)?")  # jsonata-js $number: leading zeros
+_RADIX = re.compile(r"0[xXoObB]")
 _WS = re.compile(r"[ \t\n\r]+")
 
 
@@ -81,9 +82,16 @@ def _int_arg(v: Any, fn: str, i: int) -> int:
 
 
 def f_substring(v: Any, start: Any = U, length: Any = U) -> Any:
+    # the signature is checked before undefined in gives undefined out (as jsonata-js does)
+    if start is not U and not is_num(start):
+        raise _arg_error("substring", 2, "a number")
+    if length is not U and not is_num(length):
+        raise _arg_error("substring", 3, "a number")
     v = _str(v, "substring")
     if v is U:
         return U
+    if start is U:
+        raise Fallback
     start = _int_arg(start, "substring", 2)
     n = len(v)
     if n + start < 0:
@@ -98,35 +106,40 @@ def f_substring(v: Any, start: Any = U, length: Any = U) -> Any:
 
 
 def f_contains(v: Any, pattern: Any) -> Any:
+    if type(pattern) is not str:
+        raise Fallback  # a regex, or a signature error: jsonatapy
     v = _str(v, "contains")
     if v is U:
         return U
-    if type(pattern) is not str:
-        raise Fallback
     return pattern in v
 
 
 def f_split(v: Any, sep: Any, limit: Any = U) -> Any:
+    if type(sep) is not str:
+        raise Fallback  # a regex, or a signature error: jsonatapy
+    if limit is not U:
+        if not is_num(limit):
+            raise _arg_error("split", 3, "a number")
+        if limit < 0:
+            raise EvalError("D3020", "Third argument of split function must evaluate to a positive number")
     v = _str(v, "split")
     if v is U:
         return U
-    if type(sep) is not str:
-        raise Fallback
     parts = list(v) if sep == "" else v.split(sep)
     if limit is not U:
-        if not is_num(limit) or limit < 0:
-            raise EvalError("D3020", "Third argument of split function must evaluate to a positive number")
         parts = parts[:math.floor(limit)]
     return parts
 
 
 def f_join(v: Any, sep: Any = "") -> Any:
+    if sep is U:
+        sep = ""
+    elif type(sep) is not str:
+        raise _arg_error("join", 2, "a string")
     if v is U:
         return U
     if not isinstance(v, list):
         v = [v]
-    if type(sep) is not str:
-        raise _arg_error("join", 2, "a string")
     for x in v:
         if type(x) is not str:
             raise EvalError("T0412", "Argument 1 of function $join must be an array of strings")
@@ -145,8 +158,8 @@ def f_number(v: Any) -> Any:
             x = float(s)
             if math.isfinite(x):
                 return norm(x)
-        if s[:2].lower() in ("0x", "0o", "0b") or s.strip() != s:
-            raise Fallback
+        if _RADIX.search(s) or s.strip() != s:
+            raise Fallback  # hexadecimal, octal, binary: jsonatapy
     else:
         raise _arg_error("number", 1, "a number, string or boolean")
     raise EvalError("D3030", f"Unable to cast value to a number: {string(v)}")
@@ -199,6 +212,8 @@ def _shift(x: float, places: int) -> float:
 
 
 def f_round(v: Any, precision: Any = U) -> Any:
+    if precision is not U and not is_num(precision):
+        raise _arg_error("round", 2, "a number")
     if v is U:
         return U
     if not is_num(v):
@@ -256,6 +271,30 @@ def f_lookup(v: Any, key: Any) -> Any:
     return collapse(lookup(v, key))
 
 
+_URI_COMPONENT_SAFE = "-_.!~*'()"  # JavaScript's encodeURIComponent leaves these (and letters, digits)
+_URI_SAFE = _URI_COMPONENT_SAFE + ";,/?:@&=+$#"  # encodeURI also leaves the reserved characters
+
+
+def _encode_uri(v: Any, fn: str, safe: str) -> Any:
+    from urllib.parse import quote
+
+    v = _str(v, fn)
+    if v is U:
+        return U
+    try:
+        return quote(v, safe=safe, encoding="utf-8", errors="strict")
+    except UnicodeEncodeError:  # a lone surrogate: JavaScript's URIError
+        raise EvalError("D3140", f"Malformed URL passed to ${fn}(): {v!r}") from None
+
+
+def f_encodeUrl(v: Any) -> Any:
+    return _encode_uri(v, "encodeUrl", _URI_SAFE)
+
+
+def f_encodeUrlComponent(v: Any) -> Any:
+    return _encode_uri(v, "encodeUrlComponent", _URI_COMPONENT_SAFE)
+
+
 def f_now(picture: Any = U, tz: Any = U) -> str:
     if picture is not U or tz is not U:
         raise Fallback
@@ -285,4 +324,5 @@ FUNCTIONS: dict[str, tuple] = {
     "min": (f_min, 1, 1, False), "average": (f_average, 1, 1, False), "round": (f_round, 1, 2, True),
     "abs": (f_abs, 1, 1, True), "floor": (f_floor, 1, 1, True), "ceil": (f_ceil, 1, 1, True),
     "keys": (f_keys, 1, 1, True), "lookup": (f_lookup, 2, 2, True), "now": (f_now, 0, 2, False),
+    "encodeUrl": (f_encodeUrl, 1, 1, True), "encodeUrlComponent": (f_encodeUrlComponent, 1, 1, True),
 }

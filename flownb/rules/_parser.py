@@ -23,6 +23,7 @@ _TWO = ("..", ":=", "!=", ">=", "<=", "**", "~>", "?:", "??")
 _NUM = re.compile(r"-?(0|([1-9][0-9]*))(\.[0-9]+)?([Ee][-+]?[0-9]+)?")
 _ESC = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 _WS = " \t\n\r\v"
+_UNKNOWN = ("!", "~")  # tokens only as part of != and ~>: jsonata-js has no symbol for them (S0204)
 _TERMINALS = (":", ";", ",", ")", "]", "}", "..", "!", "~", "|", "**")  # symbols with no left binding power
 _BINARY = ("+", "-", "*", "/", "%", "=", "!=", "<", "<=", ">", ">=", "&", "and", "or", "in", "~>",
            "??", "?:", "..")
@@ -64,6 +65,8 @@ class _Tokenizer:
         prev = self.prev
         prefix = prev is None or (prev.type == "operator" and prev.value not in (")", "]", "}"))
         self.prev = tok = self._next(prefix)
+        if tok is not None and tok.type == "operator" and tok.value in _UNKNOWN:
+            raise ParseError("S0204", f"Unknown operator: {tok.value!r}", tok.position)
         return tok
 
     def _next(self, prefix: bool) -> Node | None:  # noqa: C901 - a tokenizer is one long switch
@@ -132,14 +135,20 @@ class _Tokenizer:
                     out.append(_ESC[e])
                 elif e == "'":
                     out.append("'")
-                elif e == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", s[i + 1:i + 5]):
+                elif e == "u":
+                    if not re.fullmatch(r"[0-9a-fA-F]{4}", s[i + 1:i + 5]):
+                        raise ParseError("S0104", "The escape sequence \\u must be followed by 4 hex "
+                                                  "digits", i - 1)
                     out.append(chr(int(s[i + 1:i + 5], 16)))
                     i += 4
                 else:
                     raise ParseError("S0103", f"Unsupported escape sequence: \\{e}", i - 1)
             elif c == quote:
                 self.pos = i + 1
-                return Node("string", "".join(out), start)
+                text = "".join(out)
+                if "\\" in s[start:i]:  # \uD834\uDD1E is one character (a surrogate pair)
+                    text = text.encode("utf-16", "surrogatepass").decode("utf-16", "surrogatepass")
+                return Node("string", text, start)
             else:
                 out.append(c)
             i += 1
@@ -368,36 +377,94 @@ class _Parser:
             i += 1
         else:
             raise ParseError("S0401", "Function signature is not terminated by '>'", self.tok.position)
+        _check_signature(s[self.tok.position:i + 1], self.tok.position)
         self.lexer.pos = i + 1
         self.advance()
 
 
+def _closing(sig: str, i: int, open_: str, close: str) -> int:
+    depth = 1
+    while i < len(sig) - 1:
+        i += 1
+        if sig[i] == close:
+            depth -= 1
+            if depth == 0:
+                break
+        elif sig[i] == open_:
+            depth += 1
+    return i
+
+
+def _check_signature(sig: str, offset: int) -> None:
+    """The errors of jsonata-js's signature parser: S0401 (a type parameter on a type other than
+    an array or a function), S0402 (a choice group with a parameterised type)."""
+    i, prev = 1, ""
+    while i < len(sig):
+        ch = sig[i]
+        if ch == ":":
+            break
+        if ch in "snbloafjx":
+            prev = ch
+        elif ch == "(":
+            end = _closing(sig, i, "(", ")")
+            if "<" in sig[i + 1:end]:
+                raise ParseError("S0402", "Choice groups containing parameterized types are not "
+                                          "supported", offset + i)
+            prev, i = "(", end
+        elif ch == "<":
+            if prev not in ("a", "f"):
+                raise ParseError("S0401", "Type parameters can only be applied to functions and "
+                                          "arrays", offset + i)
+            i = _closing(sig, i, "<", ">")
+        i += 1
+
+
 # -- post-processing (names and '.' chains → paths; predicates → stages) ---------------------------
+
+_SPINE = frozenset(_BINARY) | {"."}
+
+
+def _post_binary(e: Node, lhs: Node) -> Node:
+    """Post-process the binary node ``e`` whose left side is already post-processed (``lhs``)."""
+    if e.value != ".":
+        return Node("binary", e.value, e.position, lhs=lhs, rhs=_post(e.rhs))
+    fresh = lhs.type != "path"
+    result = Node("path", None, lhs.position, steps=[lhs]) if fresh else lhs
+    rest = _post(e.rhs)
+    if rest.type == "path":
+        added = rest.steps
+    else:
+        if rest.get("predicate") is not None:
+            rest.stages = rest.predicate
+            rest.predicate = None
+        added = [rest]
+    result.steps.extend(added)
+    new = result.steps if fresh else added  # (the steps of a path on the left are checked)
+    for st in new:
+        if st.type in ("number", "value"):
+            raise ParseError("S0213", f"The literal value {st.value!r} cannot be used as a step "
+                                      f"within a path expression", st.position)
+        if st.type == "string":
+            st.type = "name"
+    if any(st.get("keepArray") for st in new):
+        result.keepSingletonArray = True
+    for st in (result.steps[0], result.steps[-1]):
+        if st.type == "unary" and st.value == "[":
+            st.consarray = True
+    return result
+
 
 def _post(e: Node) -> Node:  # noqa: C901
     t = e.type
-    if t == "binary" and e.value == ".":
-        lstep = _post(e.lhs)
-        result = lstep if lstep.type == "path" else Node("path", None, lstep.position, steps=[lstep])
-        rest = _post(e.rhs)
-        if rest.type == "path":
-            result.steps.extend(rest.steps)
-        else:
-            if rest.get("predicate") is not None:
-                rest.stages = rest.predicate
-                rest.predicate = None
-            result.steps.append(rest)
-        for st in result.steps:
-            if st.type in ("number", "value"):
-                raise ParseError("S0213", f"The literal value {st.value!r} cannot be used as a step "
-                                          f"within a path expression", st.position)
-            if st.type == "string":
-                st.type = "name"
-        if any(st.get("keepArray") for st in result.steps):
-            result.keepSingletonArray = True
-        for st in (result.steps[0], result.steps[-1]):
-            if st.type == "unary" and st.value == "[":
-                st.consarray = True
+    if t == "binary" and e.value in _SPINE:
+        # a left-associative chain (a + b + c …, a.b.c …) is walked in a loop, not recursively
+        spine = []
+        while e.type == "binary" and e.value in _SPINE:
+            spine.append(e)
+            e = e.lhs
+        result = _post(e)
+        for node in reversed(spine):
+            result = _post_binary(node, result)
         return result
     if t == "binary" and e.value == "[":
         result = _post(e.lhs)

@@ -53,6 +53,12 @@ class EvalError(Exception):
         self.position = position
 
 
+class NonFinite(EvalError):
+    """D1001: a division by zero or an overflow. jsonata-js lets the infinity flow on until it is
+    used (``$string(1/0)`` is D3001): :meth:`Expression.raw` asks the fallback engine for that
+    more specific error, else reports this one."""
+
+
 class Fallback(Exception):
     """Raised by the compiled code on a rare case it leaves to the fallback engine."""
 
@@ -97,7 +103,7 @@ def norm(x: Any) -> Any:
             if -9007199254740992.0 < x < 9007199254740992.0:
                 return int(x)
         elif x - x != 0.0:  # inf or nan
-            raise EvalError("D1001", f"Number out of range: {x}")
+            raise NonFinite("D1001", f"Number out of range: {x}")
     return x
 
 
@@ -333,7 +339,7 @@ def mul(a: Any, b: Any) -> Any:
 def div(a: Any, b: Any) -> Any:
     if is_num(a) and is_num(b):
         if b == 0:
-            raise EvalError("D1001", "Number out of range: division by zero")
+            raise NonFinite("D1001", "Number out of range: division by zero")
         return norm(a / b)
     _arith_check(a, b, "/")
     return U
@@ -342,7 +348,7 @@ def div(a: Any, b: Any) -> Any:
 def mod(a: Any, b: Any) -> Any:
     if is_num(a) and is_num(b):
         if b == 0:
-            raise EvalError("D1001", "Number out of range: modulo by zero")
+            raise NonFinite("D1001", "Number out of range: modulo by zero")
         return norm(math.fmod(a, b)) if type(a) is float or type(b) is float or a < 0 or b < 0 else a % b
     _arith_check(a, b, "%")
     return U
@@ -468,10 +474,16 @@ def boolean(v: Any) -> bool:
 # -- number and string formatting ------------------------------------------------------------------
 
 def num_str(x: Any) -> str:
-    """A number as JavaScript (and so JSONata) writes it, after rounding to 15 significant digits."""
-    if type(x) is int and abs(x) < 10**15:
-        return str(x)
-    x = float(f"{float(x):.15g}")
+    """A number as JavaScript (and so JSONata) writes it; a non-integer is first rounded to 15
+    significant digits (jsonata-js's ``toPrecision(15)``), a safe integer is written exactly."""
+    if type(x) is int:
+        if abs(x) < 2**53:
+            return str(x)
+        raise Fallback  # beyond a double's exact integers: the fallback engine's doubles
+    if x - x != 0:  # inf or nan inside a structure (jsonata-js: D1001 from JSON.stringify)
+        raise NonFinite("D1001", f"Number out of range: {x}")
+    if not x.is_integer():  # JSON.stringify's replacer in jsonata-js: integers are not rounded
+        x = float(f"{x:.15g}")
     if x == 0:
         return "0"
     sign, digits, exp = Decimal(repr(x)).normalize().as_tuple()

@@ -122,12 +122,15 @@ class Expression:
             # that shadows one of them goes to the fallback engine)
             try:
                 return _clean(self._fn(data, data))
+            except _runtime.NonFinite as exc:
+                # jsonata-js lets an infinity flow on until it is used; the fallback engine tells
+                # whether that use is a more specific error ($string(1/0): D3001); else D1001
+                self._evaluate_fallback(data, bindings)
+                raise EvaluationError(str(exc), code=exc.code, expression=self.source) from None
             except _runtime.EvalError as exc:
                 raise EvaluationError(str(exc), code=exc.code, expression=self.source) from None
-            except _runtime.Fallback:
-                pass
-            except RecursionError as exc:
-                raise EvaluationError("the input is nested too deeply", expression=self.source) from exc
+            except (_runtime.Fallback, RecursionError):
+                pass  # a rare case, or input (or an expression) nested too deeply for Python
         return self._evaluate_fallback(data, bindings)
 
     def evaluate(self, data: Any, undefined: Any = None, bindings: dict | None = None) -> Any:
@@ -150,7 +153,7 @@ class Expression:
         # the wrapper's frame), and our error may be freed on another thread (_thread_jsonatapy)
         try:
             out = _thread_jsonatapy(self.source).evaluate_json_or_none(payload, bindings or None)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:  # TypeError: bindings that are not JSON-like
             message = str(exc)
         else:
             return _U if out is None else orjson.loads(out)
