@@ -30,15 +30,32 @@ import orjson
 
 from ..components.webhook import WebhookConfig
 from ..errors import ConfigError, MessageError
+from ..flow import Flow
 from ..runtime.ingress import Accepted, Backpressure, Ingest, Unavailable
 from .parse import HttpError, parse_body, public_headers, query_dict, verify_signature
 
 __all__ = ["MAX_HEADERS", "MAX_URL", "MIN_TOKEN", "BodyLimit", "Hook", "Reply", "RequestHead", "accept",
-           "admit", "error_reply", "read_secrets"]
+           "admit", "error_reply", "read_secrets", "webhook_config"]
 
 MAX_URL = 8192      # path + query, bytes (414 above)
 MAX_HEADERS = 100   # request header lines (431 above)
 MIN_TOKEN = 16
+
+
+def webhook_config(flow: Flow) -> WebhookConfig:
+    """The (parameter-resolved, validated) config of ``flow``'s webhook trigger; ConfigError otherwise."""
+    from ..registry import get, validate_step
+    resolved = flow.resolved()
+    trigger = resolved.trigger
+    if get(trigger.component, step=trigger.name).kind != "webhook":
+        raise ConfigError(f"the trigger is '{trigger.component}', not a webhook; --port serves webhook "
+                          f"triggers only (drop --port)", step=trigger.name, field="component")
+    if not resolved.steps:
+        raise ConfigError(f"flow '{flow.name}' has no action after its webhook trigger; add a step",
+                          step=trigger.name)
+    config = validate_step(trigger, trigger=True)
+    assert isinstance(config, WebhookConfig)
+    return config
 
 
 def read_secrets(config: WebhookConfig, *, step: str = "") -> tuple[str, str | None]:

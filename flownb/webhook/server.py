@@ -13,31 +13,14 @@ import logging
 import threading
 from typing import Any
 
-from ..components.webhook import WebhookConfig
-from ..errors import ConfigError
 from ..flow import Flow
 from ..runtime.ingress import Ingest
 from .app import Hook, create_app
+from .pipeline import webhook_config
 
 __all__ = ["webhook_config", "hook_for", "serve_local", "serve_amqp", "uvicorn_config"]
 
 log = logging.getLogger("flownb.webhook")
-
-
-def webhook_config(flow: Flow) -> WebhookConfig:
-    """The (parameter-resolved, validated) config of ``flow``'s webhook trigger; ConfigError otherwise."""
-    from ..registry import get, validate_step
-    resolved = flow.resolved()
-    trigger = resolved.trigger
-    if get(trigger.component, step=trigger.name).kind != "webhook":
-        raise ConfigError(f"the trigger is '{trigger.component}', not a webhook; --port serves webhook "
-                          f"triggers only (drop --port)", step=trigger.name, field="component")
-    if not resolved.steps:
-        raise ConfigError(f"flow '{flow.name}' has no action after its webhook trigger; add a step",
-                          step=trigger.name)
-    config = validate_step(trigger, trigger=True)
-    assert isinstance(config, WebhookConfig)
-    return config
 
 
 def hook_for(flow: Flow, ingest: Ingest) -> Hook:

@@ -228,3 +228,50 @@ def test_scheduler_inside_the_server(tmp_path, jupyter_flownb_installed):
         assert ok[0]["output"].startswith(str(root / "sched-state" / "runs" / "often"))
     finally:
         server.stop()
+
+
+def test_a_flow_with_hmac_secret_refuses_unsigned_requests(jupyter, tmp_path, monkeypatch):
+    """The bug: the extension queued unsigned requests (202) for a flow whose trigger requires an HMAC
+    signature, where ``flownb run --port`` answers 401. The hook must apply the flow's own checks."""
+    from flownb.message import Message
+    from flownb.runtime.local import QueueStore
+    from flownb.webhook import sign
+    from jupyter_flownb import serve_in_jupyter, stop_serving
+
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(jupyter.runtime))
+    monkeypatch.delenv("FLOWNB_JUPYTER_REGISTRY", raising=False)
+    token, secret = uuid.uuid4().hex, uuid.uuid4().hex
+    # the server was started before these were set: only the kernel (this process) has them
+    monkeypatch.setenv("NB_HOOK_TOKEN", token)
+    monkeypatch.setenv("NB_HOOK_SECRET", secret)
+    name = f"signed-{uuid.uuid4().hex[:8]}"
+    flow = flownb.Flow.model_validate(
+        {
+            "name": name,
+            "trigger": {
+                "name": "incoming",
+                "component": "webhook",
+                "config": {"token_env": "NB_HOOK_TOKEN", "hmac_secret_env": "NB_HOOK_SECRET"},
+            },
+            "steps": [{"name": "keep", "component": "log", "config": {"level": "debug"}}],
+        }
+    )
+    state = tmp_path / "state"
+    hook = serve_in_jupyter(flow, state)
+    c = jupyter.client
+    try:
+        body = b'{"order": 1}'
+        r = c.post(hook.path, content=body, headers={"Content-Type": "application/json", "Authorization": ""})
+        assert r.status_code == 401, r.text
+        assert r.json()["status"] == 401 and "X-Flownb-Signature" in r.json()["error"]
+        signed = {"Content-Type": "application/json", "X-Flownb-Signature": sign(secret, body)}
+        r = c.post(hook.path, content=body, headers={**signed, "Authorization": ""})
+        assert r.status_code == 202, r.text
+        store = QueueStore(state / f"{name}.db")
+        try:
+            rows = store.claim("keep", float("inf"), 100)
+        finally:
+            store.close()
+        assert [Message.from_json(p).id for _i, _a, p in rows] == [r.json()["id"]]
+    finally:
+        stop_serving(flow.name)

@@ -21,9 +21,10 @@ the token in its path, as webhooks are called by other systems.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
+import os
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,12 +37,13 @@ from jupyter_server.utils import url_path_join
 from traitlets import Bool, Float, Unicode
 from traitlets.config import Configurable
 
-from flownb.errors import FlownbError, MessageError, QueueFull, SpecError
+from flownb.errors import ConfigError, FlownbError, SpecError
 
 from . import registry
 
 log = logging.getLogger("jupyter_flownb")
 _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="flownb-ext")
+_SLUG = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")  # flow names (flownb.flow.SLUG)
 
 
 class FlownbExtension(Configurable):
@@ -63,127 +65,201 @@ class FlownbExtension(Configurable):
 # -- webhooks ------------------------------------------------------------------------------------
 
 
-class Ingress:
-    """Commits hook requests into a registered flow's queue database (``<state_dir>/<flow>.db``).
+def _build_hook(reg: registry.HookRegistration):
+    """The :class:`flownb.webhook.pipeline.Hook` of a registration: the flow's own webhook config
+    (``max_body`` from the registration), the token and secret the kernel registered, and the
+    embedded runtime's ingress into ``<state_dir>/<flow>.db``.
 
     The kernel's ``LocalRuntime`` holds the flow's processing lock (one runtime per state database),
-    so the server does not open a second runtime: it only appends to the first action's queue through
-    :class:`flownb.runtime.local.QueueStore` — the same insert ``LocalRuntime.submit`` does, one
-    SQLite WAL transaction, safe alongside the kernel's runtime — and the kernel processes it.
+    so the server does not open a second runtime: the ingress appends to the first action's queue
+    through :class:`flownb.runtime.local.ingress.FirstQueue` (the rows ``LocalRuntime.submit_many``
+    writes, group-committed by :class:`~flownb.runtime.local.ingress.LocalIngest`), and the kernel
+    processes them.
     """
+    from flownb.components.webhook import WebhookConfig
+    from flownb.flow import load
+    from flownb.runtime.local.ingress import FirstQueue, LocalIngest
+    from flownb.webhook.pipeline import Hook
 
-    def __init__(self, reg: registry.HookRegistration, max_queue: int = 10_000):
-        from flownb.flow import load
-        from flownb.runtime.local import QueueStore
-
-        flow = load(reg.spec)
-        self.flow = flow.name
-        self.trigger = flow.trigger.name
-        self.first = flow.steps[0].name if flow.steps else None
-        self.max_queue = max_queue
-        self.store = QueueStore(Path(reg.state_dir) / f"{flow.name}.db")
-
-    def submit(self, body: dict, headers: dict[str, str]):
-        from flownb.message import Message
-
-        if self.first is None:
-            raise MessageError(f"flow '{self.flow}' has no actions to queue the request for; add a step")
-        depth = self.store.depth(self.first)
-        if depth >= self.max_queue:
-            raise QueueFull(
-                f"queue of step '{self.first}' holds {depth} messages (limit {self.max_queue})",
-                depth=depth,
-                limit=self.max_queue,
+    flow = load(reg.spec)
+    config = registry.webhook_config(flow) or WebhookConfig(token_env="FLOWNB_JUPYTER_TOKEN")
+    config = config.model_copy(update={"max_body": reg.max_body})
+    secret = reg.secret
+    if config.hmac_secret_env and not secret:
+        # a registration written before secrets were registered: the server's own environment, or refuse
+        secret = os.environ.get(config.hmac_secret_env, "")
+        if not secret:
+            raise ConfigError(
+                f"flow '{flow.name}' requires signed requests but its registration has no secret; "
+                f"call serve_in_jupyter(flow) again in the kernel, with {config.hmac_secret_env} set",
+                field="config.hmac_secret_env",
             )
-        message = Message(body=body, headers=headers, flow=self.flow, step=self.trigger)
-        self.store.enqueue(self.first, [message.to_json()], time.time())
-        return message
+    queue = FirstQueue(flow, reg.state_dir)
+    try:
+        return Hook(flow.name, config, LocalIngest(queue), reg.token.encode(), secret.encode() or None)
+    except BaseException:
+        queue.close()
+        raise
 
-    def close(self) -> None:
-        self.store.close()
+
+async def _close_hook(hook) -> None:
+    await hook.ingest.close()
+    hook.ingest.runtime.close()
 
 
-class _Ingresses:
-    """One :class:`Ingress` per registered flow, rebuilt when the kernel registers the flow again."""
+class _Hooks:
+    """One hook per registered flow, rebuilt when the kernel registers the flow again, dropped when
+    it stops serving; the registry is read on every request."""
 
     def __init__(self, registry_path: str | None):
         self.registry_path = registry_path or None
-        self._cache: dict[str, tuple[float, Ingress]] = {}
-        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[float, Any]] = {}
+        self._lock: asyncio.Lock | None = None
 
-    def get(self, flow_name: str) -> tuple[registry.HookRegistration, Ingress] | None:
-        reg = registry.read(flow_name, self.registry_path)
-        if reg is None:
-            return None
-        with self._lock:
-            cached = self._cache.get(flow_name)
-            if cached is None or cached[0] != reg.registered_at:
-                if cached is not None:
-                    cached[1].close()
-                self._cache[flow_name] = cached = (reg.registered_at, Ingress(reg))
-        return reg, cached[1]
+    async def get(self, flow_name: str):
+        """The hook served for ``flow_name``, or None. FlownbError when its registration is unusable."""
+        if not _SLUG.match(flow_name):
+            return None  # not a flow name (and never a path outside the registry)
+        loop = asyncio.get_running_loop()
+        reg = await loop.run_in_executor(_POOL, registry.read, flow_name, self.registry_path)
+        cached = self._cache.get(flow_name)
+        if reg is not None and cached is not None and cached[0] == reg.registered_at:
+            return cached[1]
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            cached = self._cache.pop(flow_name, None)
+            if reg is not None and cached is not None and cached[0] == reg.registered_at:
+                self._cache[flow_name] = cached  # another request rebuilt it meanwhile
+                return cached[1]
+            if cached is not None:
+                await _close_hook(cached[1])
+            if reg is None:
+                return None
+            hook = await loop.run_in_executor(_POOL, _build_hook, reg)
+            await hook.ingest.start()
+            self._cache[flow_name] = (reg.registered_at, hook)
+            return hook
 
 
+@tornado.web.stream_request_body
 class HookHandler(tornado.web.RequestHandler):
-    """``POST /flownb/hooks/<flow>/<token>``: the request becomes a message in the flow's first queue."""
+    """``/flownb/hooks/<flow>/<token>``: the request goes through :mod:`flownb.webhook.pipeline`, the
+    pipeline of ``flownb run --port`` — same checks in the same order, same answers — and is
+    committed into the flow's first queue before the 202.
 
-    def initialize(self, ingresses: _Ingresses) -> None:
-        self.ingresses = ingresses
+    Tornado streams the body: :meth:`prepare` runs the checks before the body (414, 404, 405, 403,
+    431, 413 on the declared length), :meth:`data_received` counts it (413 as soon as it passes
+    ``max_body``), :meth:`post` runs the rest (401, 400/415, queue).
+
+    A refusal is sent at once, but the connection is closed only once the rest of the body is read
+    (up to :data:`DRAIN` bytes): closing a socket with unread input resets it, and the client would
+    lose the answer. Beyond that, or for a declared length over it, the connection is closed."""
+
+    DRAIN = 1 << 20
+
+    def initialize(self, hooks: _Hooks) -> None:
+        self.hooks = hooks
+        self.hook = None
+        self.request_head = None
+        self.body_limit = None
+        self.refused = False
+        self.dropped = 0
 
     def check_xsrf_cookie(self) -> None:
         """Webhooks come from other systems: the token in the path is the credential."""
 
-    def _reply(self, status: int, payload: dict) -> None:
-        self.set_status(status)
+    def _answer(self, reply) -> None:
+        self.set_status(reply.status)
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(payload))
+        for k, v in (reply.headers or {}).items():
+            self.set_header(k, v)
+        self.set_header("Content-Length", str(len(reply.body)))
+        self.write(reply.body)
 
-    async def post(self, flow: str, token: str) -> None:
-        from flownb.webhook.parse import HttpError, parse_body, public_headers, query_dict
+    def _refuse(self, exc) -> None:
+        from flownb.webhook.pipeline import error_reply
 
-        try:
-            found = await asyncio.get_running_loop().run_in_executor(_POOL, self.ingresses.get, flow)
-        except FlownbError as exc:
-            return self._reply(500, {"error": f"flow '{flow}' cannot be served: {exc}", "status": 500})
-        if found is None:
-            return self._reply(
-                404,
-                {
-                    "error": f"no flow '{flow}' is served here; run "
-                    f"jupyter_flownb.serve_in_jupyter(flow) in the kernel",
-                    "status": 404,
-                },
-            )
-        reg, ingress = found
-        if not hmac.compare_digest(token.encode(), reg.token.encode()):
-            return self._reply(
-                403,
-                {"error": "wrong token in the URL; use the path serve_in_jupyter returned", "status": 403},
-            )
-        raw = self.request.body or b""
-        if len(raw) > reg.max_body:
-            return self._reply(
-                413, {"error": f"body of {len(raw)} bytes is over the limit of {reg.max_body}", "status": 413}
-            )
-        try:
-            body = parse_body(raw, self.request.headers.get("Content-Type"), max_depth=64)
-        except HttpError as exc:
-            return self._reply(exc.status, {"error": exc.detail, "status": exc.status})
-        body["_query"] = query_dict(self.request.query.encode())
-        body["_headers"] = public_headers(
-            [(k.lower().encode(), v.encode()) for k, v in self.request.headers.get_all()],
-            "X-Flownb-Signature",
+        if self._finished or self.refused:
+            return
+        self._answer(error_reply(exc))
+        self.refused = True
+        headers = self.request.headers
+        declared = headers.get("Content-Length", "")
+        if headers.get("Expect", "").lower() == "100-continue" or (
+            declared.isascii() and declared.isdigit() and int(declared) > self.DRAIN
+        ):
+            self.finish()  # the client will not send (or we will not read) the body: answer and close
+        else:
+            self.flush()  # the answer now; finished (keep-alive) once the body has been read
+
+    async def prepare(self) -> None:
+        from flownb.webhook.parse import HttpError
+        from flownb.webhook.pipeline import BodyLimit, RequestHead, admit
+
+        req = self.request
+        # the checks below bound the body; tornado's own limit must not answer first (with a bare 400)
+        req.connection.set_max_body_size(1 << 62)
+        self.request_head = head = RequestHead(
+            req.method,
+            self.path_kwargs.get("flow", ""),
+            self.path_kwargs.get("token", ""),
+            len(req.path.encode("latin-1", "replace")) + len(req.query.encode("latin-1", "replace")),
+            req.query.encode("latin-1", "replace"),
+            [(k.lower().encode("latin-1"), v.encode("latin-1", "replace")) for k, v in req.headers.get_all()],
         )
         try:
-            message = await asyncio.get_running_loop().run_in_executor(_POOL, ingress.submit, body, {})
-        except QueueFull as exc:
-            self.set_header("Retry-After", "1")
-            return self._reply(
-                429, {"error": f"the flow's first queue is full; retry later ({exc})", "status": 429}
-            )
-        except MessageError as exc:
-            return self._reply(400, {"error": f"the body cannot be queued: {exc}", "status": 400})
-        self._reply(202, {"id": message.id})
+            try:
+                hook = await self.hooks.get(head.flow) if head.flow else None
+            except FlownbError as exc:
+                raise HttpError(500, f"flow '{head.flow}' cannot be served: {exc}") from None
+            self.hook = admit(head, hook)
+        except HttpError as exc:
+            return self._refuse(exc)
+        self.body_limit = BodyLimit(self.hook.config.max_body)
+
+    def data_received(self, chunk: bytes) -> None:
+        from flownb.webhook.parse import HttpError
+
+        if self._finished:
+            return
+        if self.refused:
+            self.dropped += len(chunk)
+            if self.dropped > self.DRAIN:
+                self.finish()
+            return
+        try:
+            self.body_limit.feed(chunk)
+        except HttpError as exc:
+            self._refuse(exc)
+
+    async def post(self, flow: str = "", token: str = "") -> None:
+        from flownb.webhook.pipeline import accept
+
+        if not self.refused:
+            self._answer(await accept(self.hook, self.request_head, self.body_limit.body()))
+
+    # every other method was refused (405) by prepare(); the answer is finished once the body is read
+    async def get(self, flow: str = "", token: str = "") -> None:
+        pass
+
+    head = put = patch = delete = options = get
+
+
+class HookNotFound(tornado.web.RequestHandler):
+    """Anything else under ``/flownb/hooks/``: the pipeline's 404."""
+
+    def check_xsrf_cookie(self) -> None:
+        """Not a browser form: nothing to protect."""
+
+    def prepare(self) -> None:
+        from flownb.webhook.parse import HttpError
+        from flownb.webhook.pipeline import error_reply
+
+        reply = error_reply(HttpError(404, "not found; webhooks live at /flownb/hooks/<flow>/<token>"))
+        self.set_status(404)
+        self.set_header("Content-Type", "application/json")
+        self.finish(reply.body)
 
 
 # -- schedules API ---------------------------------------------------------------------------------
@@ -387,15 +463,12 @@ class Extension:
 def setup_handlers(serverapp) -> Extension:
     ext = Extension(serverapp)
     base = serverapp.web_app.settings["base_url"]
-    ingresses = _Ingresses(ext.config.registry_dir or None)
+    hooks = _Hooks(ext.config.registry_dir or None)
     api = {"ext": ext}
     name = r"(?P<name>[a-z0-9][a-z0-9-]*)"
     routes = [
-        (
-            r"flownb/hooks/(?P<flow>[a-z0-9][a-z0-9-]*)/(?P<token>[^/]+)",
-            HookHandler,
-            {"ingresses": ingresses},
-        ),
+        (r"flownb/hooks/(?P<flow>[^/]+)/(?P<token>[^/]+)", HookHandler, {"hooks": hooks}),
+        (r"flownb/hooks(?:/.*)?", HookNotFound, {}),
         (r"flownb/api/hooks", HooksHandler, api),
         (r"flownb/api/schedules", SchedulesHandler, api),
         (rf"flownb/api/schedules/{name}", ScheduleHandler, api),
