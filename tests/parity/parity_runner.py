@@ -250,17 +250,22 @@ def _key(v: Any) -> bytes:
         if isinstance(x, list):
             return [canon(y) for y in x]
         return x
-    return orjson.dumps(canon(v), option=orjson.OPT_SORT_KEYS)
+    return orjson.dumps(canon(v), option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=repr)
 
 
 def normalize(raw: Raw, env: Env, sinks: dict) -> dict:
-    """Order-free, id-free, time-free form of a run: last step outputs, sink contents, dead letters."""
-    outputs = sorted((jsonable(b) for b in raw.outputs), key=_key)
+    """Order-free, id-free, time-free form of a run: last step outputs, sink contents, dead letters.
+
+    Bodies (outputs, dead letters' messages) are compared as they come, not made JSON-like: a body
+    holding a value JSON cannot (a datetime, a tuple, a non-string key) differs from the JSON the
+    same step sends on the wire — that is a discrepancy to see, not to hide. Only values read back
+    from a database (Decimal, datetime columns) are made JSON-like."""
+    outputs = sorted(raw.outputs, key=_key)
     dead = []
     for d in raw.dead:
         msg = _EXPR_SUFFIX.sub("", d["message"]) if d["type"] == "EvaluationError" else d["message"]
         dead.append({"step": d["step"], "type": d["type"], "message": _scrub(msg, env),
-                     "attempt": d["attempt"], "retryable": d["retryable"], "body": jsonable(d["body"])})
+                     "attempt": d["attempt"], "retryable": d["retryable"], "body": d["body"]})
     dead.sort(key=_key)
     return {"outputs": outputs, "sinks": sinks, "dead_letters": dead}
 
@@ -553,19 +558,28 @@ def _wait_idle(ch, queues: dict, workers: Workers, flow: Flow) -> None:
     work = [q for q in queues["work"] if q != f"flownb.{flow.name}.{CAPTURE}"]
     prefix = f"flownb.{flow.name}."
     calm = 0
+    last_error = [""]
 
     def idle() -> bool:
         nonlocal calm
         if any(ch.queue_declare(q, passive=True).method.message_count for q in work):
             calm = 0
             return False
-        counts = _rabbit_queues(prefix)
+        try:
+            counts = _rabbit_queues(prefix)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:  # busy node: ask again
+            calm = 0
+            last_error[0] = f"{exc}: {getattr(exc, 'stderr', '')}"
+            return False
         if any(sum(counts.get(q, (0, 0))) for q in work):
             calm = 0
             return False
         calm += 1
         return calm >= 2
-    _wait(idle, workers, f"flow '{flow.name}' to come to rest (queues: {work})")
+    try:
+        _wait(idle, workers, f"flow '{flow.name}' to come to rest (queues: {work})")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nlast rabbitmqctl error: {last_error[0] or 'none'}") from None
 
 
 # -- the flow × path table --------------------------------------------------------------------------
@@ -600,8 +614,19 @@ class ParityTable:
         return "\n".join(lines)
 
 
+def _shown(v: Any) -> Any:
+    """For display only: values JSON cannot hold are shown as ``"<python repr>"``."""
+    if isinstance(v, dict):
+        return {(k if isinstance(k, str) else f"<{k!r}>"): _shown(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_shown(x) for x in v]
+    if v is None or isinstance(v, (str, bool, int, float)):
+        return v
+    return f"<{v!r}>"
+
+
 def dumps(result: dict) -> str:
-    return json.dumps(result, indent=1, sort_keys=True, ensure_ascii=False)
+    return json.dumps(_shown(result), indent=1, sort_keys=True, ensure_ascii=False)
 
 
 __all__ = ["Case", "PATHS", "ParityTable", "case_names", "load_case", "run_path", "broker_up",

@@ -3,8 +3,8 @@ and dead letters (normalized: ids, timestamps, ports and temp paths aside; see p
 
 Each (flow, path) test compares its path's result with the flow's reviewed ``expected.json``, so the
 paths are independent of each other (they can run in parallel processes) and any two that pass
-agree exactly. ``FLOWNB_PARITY_WRITE=1`` writes ``expected.json`` of a new case from the ``test``
-path — review it by hand before committing.
+agree exactly. ``FLOWNB_PARITY_WRITE=<path>`` writes ``expected.json`` of a new case from that
+path's result — review it by hand before committing.
 
     .venv/bin/python -m pytest tests/parity -p no:cacheprovider     # the table is printed at the end
 """
@@ -62,7 +62,7 @@ def test_parity(name, path, tmp_path):
         pytest.skip("PostgreSQL is not running on 127.0.0.1:5432 (db test, trust auth)")
     result = run_path(case, path, tmp_path)
     if case.expected is None:
-        if os.environ.get("FLOWNB_PARITY_WRITE") == "1" and path == "test":
+        if os.environ.get("FLOWNB_PARITY_WRITE") == path:
             (case.dir / "expected.json").write_text(dumps(result) + "\n")
         pytest.fail(f"{name}: no expected.json; the {path} path gave:\n{dumps(result)}")
     if result != case.expected:
