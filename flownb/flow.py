@@ -13,8 +13,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import _yaml
 from ._duration import Duration
-from .errors import ParameterError, SpecError, SpecSyntaxError, did_you_mean
+from .errors import ParameterError, SpecError, did_you_mean
 
 __all__ = ["Flow", "Step", "RetryPolicy", "load", "save", "step", "SPEC_VERSION"]
 
@@ -191,11 +192,11 @@ def coerce_parameter(name: str, value: Any, default: Any) -> Any:
             return int(value)
         if isinstance(default, float):
             return float(value)
-        parsed = yaml.safe_load(value)
+        parsed = _yaml.load(value, source=f"parameter '{name}'")
         if isinstance(parsed, type(default)):
             return parsed
         raise ValueError(value)
-    except (ValueError, yaml.YAMLError):
+    except (ValueError, SpecError):
         raise ParameterError(f"value {value!r} does not fit the type of the default "
                              f"({type(default).__name__}: {default!r})", field=name) from None
 
@@ -268,16 +269,9 @@ def _allowed_fields(loc: list) -> list[str]:
 
 
 def load(source: str | Path) -> Flow:
-    """Load a flow from a path to flow.yaml or from YAML text."""
+    """Load a flow from a path to flow.yaml or from YAML text (bounded: see :mod:`flownb._yaml`)."""
     text, name = _read(source)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecSyntaxError(f"{name}: invalid YAML{where}: {getattr(exc, 'problem', exc)}; "
-                              f"fix the YAML (indentation, quotes) and try again") from None
-    return from_spec(data, source=name)
+    return from_spec(_yaml.load(text, source=name), source=name)
 
 
 def _read(source: str | Path) -> tuple[str, str]:
@@ -285,8 +279,31 @@ def _read(source: str | Path) -> tuple[str, str]:
         path = Path(source)
         if not path.exists():
             raise SpecError(f"spec file '{path}' does not exist; pass the path to a flow.yaml")
-        return path.read_text(encoding="utf-8"), str(path)
+        if path.is_dir():
+            raise SpecError(f"'{path}' is a directory; pass the path to a flow.yaml file in it")
+        try:
+            size = path.stat().st_size
+            if size > _yaml.MAX_SPEC_BYTES:
+                raise SpecError(f"spec file '{path}' is {size:,} bytes, over the limit of "
+                                f"{_yaml.MAX_SPEC_BYTES:,} bytes; is this the right file?")
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise SpecError(f"cannot read spec file '{path}': {exc.strerror or exc}") from None
+        return _decode(raw, path), str(path)
     return str(source), "spec"
+
+
+def _decode(raw: bytes, path: Path) -> str:
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(raw) > 1 and b"\x00" in raw[:64]):
+        raise SpecError(f"spec file '{path}' is UTF-16 (or another wide encoding); flownb reads UTF-8 "
+                        f"specs: save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise SpecError(f"spec file '{path}' is not UTF-8: byte 0x{raw[exc.start]:02x} at line {line} "
+                        f"(offset {exc.start}); flownb reads UTF-8 specs: save it as UTF-8 (e.g. iconv -f "
+                        f"LATIN1 -t UTF-8)") from None
 
 
 def save(flow: Flow, path: str | Path | None = None) -> str:
