@@ -212,6 +212,9 @@ class CsvWrite(Action):
                 results, lines = self._lines(messages, columns)
                 if header:
                     fh.write(self._format(columns))
+                elif lines and self._ends_mid_line(fh):
+                    fh.write("\n")  # a last line without its newline (hand-written, or a writer killed
+                    # mid-write) must not swallow the first row of this batch
                 fh.write("".join(lines))
                 fh.flush()
                 if self.config.fsync:
@@ -233,6 +236,13 @@ class CsvWrite(Action):
             raise FatalError(f"'{self.config.path}' has header {existing} but the step writes {columns}; "
                              f"write to a new file or set 'columns' to match")
         return columns, existing is None
+
+    def _ends_mid_line(self, fh) -> bool:
+        if "\n".encode(self.config.encoding) != b"\n":  # not ASCII-compatible (UTF-16…): not checked
+            return False
+        fh.flush()
+        size = os.fstat(fh.fileno()).st_size
+        return size > 0 and os.pread(fh.fileno(), 1, size - 1) not in (b"\n", b"\r")
 
     def _lines(self, messages, columns: list[str]) -> tuple[list, list[str]]:
         results, lines = [], []
