@@ -41,3 +41,20 @@ def test_kill_9_and_restart_schedule_fires(engine, catchup, tmp_path):
     flow = kit.schedule_flow(kit.unique_name(f"rs-schedule-{engine}"), engine, tmp_path, catchup=catchup)
     figures = kit.run_schedule_kill_restart(flow=flow, tmp=tmp_path, command=_command(tmp_path), catchup=catchup)
     print("schedule", engine, catchup, figures)
+
+
+def test_csv_write_after_a_torn_last_line_starts_a_new_line(tmp_path):
+    """A writer killed mid-line (or a hand-written file) leaves a last line without its newline: the
+    restarted csv.write must not glue its first row onto it (that row would be lost in the fragment)."""
+    from flownb.components.base import Context
+    from flownb.components.files import CsvWrite
+    from flownb.message import Message
+
+    out = tmp_path / "log.csv"
+    out.write_text("id,label\n1,r1\n2,r")   # the kill tore row 2; its batch is redelivered
+    cfg = CsvWrite.Config(path=str(out))
+    writer = CsvWrite(cfg, Context(flow="f", step="log", config=cfg))
+    writer.setup()
+    writer.process_batch([Message(body={"id": 2, "label": "r2"}), Message(body={"id": 3, "label": "r3"})],
+                         writer.ctx)
+    assert out.read_text().splitlines() == ["id,label", "1,r1", "2,r", "2,r2", "3,r3"]
