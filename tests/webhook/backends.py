@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -83,4 +84,52 @@ class LocalBackend(Backend):
                 close()
 
 
-BACKENDS: dict[str, type[Backend]] = {"amqp": AmqpBackend, "embedded": LocalBackend}
+class JupyterBackend(Backend):
+    """The Jupyter server extension: a real ``jupyter server`` subprocess with ``jupyter_flownb``; the
+    flows are registered by this process (the kernel), which does not run them, so accepted messages
+    stay in the first action's queue of ``<state>/<flow>.db``. The server is served by :meth:`serve`,
+    not through :meth:`ingest` (its ingress lives in the server process)."""
+
+    def __init__(self, tmp: Path):
+        super().__init__(tmp)
+        self.state = tmp / "state"
+
+    def serve(self, flows: list[Flow]) -> Any:
+        from ..extensions.conftest import JupyterServer, ensure_installed
+        ensure_installed("jupyter_flownb")
+        from jupyter_flownb import serve_in_jupyter
+        root, runtime = self.tmp / "root", self.tmp / "runtime"
+        root.mkdir(exist_ok=True)
+        runtime.mkdir(exist_ok=True)
+        server = JupyterServer(root, runtime, [])
+        self._saved = {k: os.environ.get(k) for k in ("JUPYTER_RUNTIME_DIR", "FLOWNB_JUPYTER_REGISTRY")}
+        os.environ["JUPYTER_RUNTIME_DIR"] = str(runtime)
+        os.environ.pop("FLOWNB_JUPYTER_REGISTRY", None)
+        for f in flows:
+            serve_in_jupyter(f, self.state)
+        return server
+
+    def drain(self, flow: Flow) -> list[Message]:
+        from flownb.runtime.local.store import QueueStore
+        store = QueueStore(self.state / f"{flow.name}.db")
+        try:
+            rows = store.claim(flow.steps[0].name, float("inf"), 1_000_000)
+            store.commit_batch(next_step=None, now=time.time(), done=[r[0] for r in rows], outputs=[],
+                               retries=[], dead=[])
+        finally:
+            store.close()
+        return [Message.from_json(r[2]) for r in rows]
+
+    def cleanup(self, flows: list[Flow]) -> None:
+        from jupyter_flownb import stop_serving
+        for f in flows:
+            stop_serving(f.name)
+        for k, v in getattr(self, "_saved", {}).items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+BACKENDS: dict[str, type[Backend]] = {"amqp": AmqpBackend, "embedded": LocalBackend,
+                                      "jupyter": JupyterBackend}

@@ -1,6 +1,7 @@
 """The hostile-input suite: every case against a real uvicorn server on 127.0.0.1, on RabbitMQ and on
-the embedded runtime. Each case gets its status, the server stays up, a rejected request queues
-nothing, an accepted one is queued exactly once (counted at the first queue)."""
+the embedded runtime, and against a real Jupyter server with the jupyter_flownb extension (the third
+door into a flow, same pipeline). Each case gets its status, the server stays up, a rejected request
+queues nothing, an accepted one is queued exactly once (counted at the first queue)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Callable
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -34,6 +36,12 @@ class Env:
     secret: str
     plain: str   # flow without signature
     signed: str  # flow with HMAC
+    health: str = ""  # a URL that answers 200 while the server is up
+
+    @property
+    def prefix(self) -> str:
+        """The path before /hooks ("" or e.g. "/flownb")."""
+        return urlsplit(self.url).path
 
 
 @dataclass
@@ -164,10 +172,18 @@ def served(request, tmp_path_factory):
     plain = make_flow(token_env=f"WH_TOKEN_{tag}", max_body=MAX_BODY, tolerance="5m")
     signed = make_flow(token_env=f"WH_TOKEN_{tag}", hmac_secret_env=f"WH_SECRET_{tag}", tolerance="5m")
     try:
+        if request.param == "jupyter":  # the extension's server reads nothing from its environment
+            server = backend.serve([plain, signed])
+            try:
+                env = Env(f"{server.url}/flownb", token, secret, plain.name, signed.name, f"{server.url}/api")
+                yield backend, env, server, {plain.name: plain, signed.name: signed}
+            finally:
+                server.stop()
+            return
         hooks = [Hook.from_env(f.name, webhook_config(f), backend.ingest(f)) for f in (plain, signed)]
         with ServerThread(create_app(hooks)) as server:
-            yield backend, Env(server.url, token, secret, plain.name, signed.name), server, {
-                plain.name: plain, signed.name: signed}
+            yield backend, Env(server.url, token, secret, plain.name, signed.name, f"{server.url}/healthz"), \
+                server, {plain.name: plain, signed.name: signed}
     finally:
         for k in env_names:
             os.environ.pop(k, None)
@@ -195,7 +211,7 @@ def test_hostile_case(served, case: Case):
             assert resp.headers["allow"] == "POST"
         if case.status == 400 and "json" in case.name and "position" in payload:
             assert isinstance(payload["position"], int)
-        assert client.get(env.url + "/healthz").status_code == 200
+        assert client.get(env.health).status_code == 200
 
 
 def test_suite_is_big_enough():
@@ -215,8 +231,8 @@ def test_over_limit_is_refused_while_streaming(served):
     """The 413 comes back while the client is still sending: the server does not read it all first."""
     backend, env, server, flows = served
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-        s.sendall(f"POST /hooks/{env.plain}/{env.token} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
-                  f"Transfer-Encoding: chunked\r\n\r\n".encode())
+        s.sendall(f"POST {env.prefix}/hooks/{env.plain}/{env.token} HTTP/1.1\r\nHost: x\r\n"
+                  f"Content-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
         chunk = b"x" * 1024
         for _ in range(MAX_BODY // 1024 + 2):
             s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
@@ -229,11 +245,14 @@ def test_over_limit_is_refused_while_streaming(served):
 def test_declared_length_over_limit_is_refused_before_the_body(served):
     backend, env, server, flows = served
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-        s.sendall(f"POST /hooks/{env.plain}/{env.token} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
-                  f"Content-Length: {10 ** 9}\r\n\r\n".encode())
+        s.sendall(f"POST {env.prefix}/hooks/{env.plain}/{env.token} HTTP/1.1\r\nHost: x\r\n"
+                  f"Content-Type: text/plain\r\nContent-Length: {10 ** 9}\r\n\r\n".encode())
         answer = s.recv(65536)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
-    assert server.alive()
+    if isinstance(server, ServerThread):
+        assert server.alive()
+    else:  # the Jupyter server
+        assert httpx.get(env.health, timeout=5).status_code == 200
 
 
 def test_many_accepted_requests_each_queued_once(served):
