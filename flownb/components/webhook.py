@@ -2,7 +2,9 @@
 
 The component only declares and checks the configuration; requests are served by
 :mod:`flownb.webhook` (``flownb run SPEC --port P`` locally, ``flownb worker SPEC --step <trigger>
---port P`` on RabbitMQ). See docs/webhook.md for the URL, the signing scheme and the status codes.
+--port P`` on RabbitMQ, and the Jupyter server extension for a flow registered by a kernel), all
+through one request pipeline (:mod:`flownb.webhook.pipeline`) that applies this config. See
+docs/webhook.md for the URL, the signing scheme and the status codes.
 """
 
 from __future__ import annotations

@@ -272,6 +272,6 @@ def test_a_flow_with_hmac_secret_refuses_unsigned_requests(jupyter, tmp_path, mo
             rows = store.claim("keep", float("inf"), 100)
         finally:
             store.close()
-        assert [Message.from_json(p).id for _i, _a, p in rows] == [r.json()["id"]]
+        assert [Message.from_json(row[2]).id for row in rows] == [r.json()["id"]]
     finally:
         stop_serving(flow.name)

@@ -2,11 +2,12 @@
 
 Inside a running Jupyter server (JupyterLab, Notebook 7, ``jupyter server``) it serves
 
-- ``POST /flownb/hooks/<flow>/<token>``: a real HTTP request becomes a message, durably committed
-  into the first action's queue in the flow's local state directory (the insert
-  ``LocalRuntime.submit`` does); the kernel that runs the same flow on the same state directory
-  processes it. A kernel registers its flow with :func:`serve_in_jupyter` (a JSON file in the hook
-  registry directory that the server reads).
+- ``POST /flownb/hooks/<flow>/<token>``: a real HTTP request goes through the webhook pipeline of
+  ``flownb run --port`` (:mod:`flownb.webhook.pipeline`: the flow's token, signature, limits) and
+  becomes a message, durably committed into the first action's queue in the flow's local state
+  directory by the embedded runtime's ingress; the kernel that runs the same flow on the same state
+  directory processes it. A kernel registers its flow with :func:`serve_in_jupyter` (a JSON file in
+  the hook registry directory that the server reads).
 - ``/flownb/api/schedules…``: list/add/remove schedules, run one now, read run history, backed by
   :mod:`flownb.schedule` (see the README for every route).
 

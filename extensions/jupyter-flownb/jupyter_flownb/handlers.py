@@ -3,7 +3,7 @@
 Routes (under the server's base URL):
 
 =======  ======================================  =================================================
-POST     /flownb/hooks/<flow>/<token>            202 {"id"} once durably committed; 403/404/413/429
+POST     /flownb/hooks/<flow>/<token>            202 {"id"} once durably committed; else as docs/webhook.md
 GET      /flownb/api/hooks                       flows served (no tokens)
 GET      /flownb/api/schedules                   every schedule, with next and last run
 POST     /flownb/api/schedules                   add one (JSON: notebook, cron, name, …) → 201
