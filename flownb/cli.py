@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until-idle", action="store_true", help="poll once, drain every queue, exit 0")
     p.add_argument("--port", type=int, default=None, help="serve a webhook trigger on this port")
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--reset-state", action="store_true",
+                   help="start over: move this flow's state (cursor, queues, dead letters) aside first")
 
     p = sub.add_parser("dlq", help="list, show or replay dead letters")
     p.add_argument("action", choices=["list", "show", "replay"])

@@ -14,8 +14,10 @@ Every error flownb raises derives from :class:`FlownbError`::
     │   ├── Retry                  "try again later" (``flownb.Retry(after=…)``); retryable
     │   ├── RetryableError         a transient failure (refused connection, HTTP 429/5xx, timeout)
     │   └── FatalError             a permanent failure: dead-letter at once
+    │       └── PoisonMessage      the process died N times while processing it
     ├── RuntimeFailure             a runtime (local queue, broker) cannot do its job
     │   ├── QueueFull              the first queue is over its limit (back-pressure, HTTP 429)
+    │   ├── StateError             a state directory's database is missing/empty/damaged (--reset-state)
     │   └── BrokerError            RabbitMQ unreachable or refused an operation
     └── DeployError                export, image build, compose/k8s, Docker
 
@@ -31,7 +33,8 @@ from typing import Any, Iterable
 __all__ = [
     "FlownbError", "SpecError", "SpecSyntaxError", "UnknownComponentError", "ConfigError",
     "ParameterError", "ExpressionError", "MessageError", "StepError", "Retry", "RetryableError",
-    "FatalError", "RuntimeFailure", "QueueFull", "BrokerError", "DeployError", "did_you_mean",
+    "FatalError", "PoisonMessage", "RuntimeFailure", "QueueFull", "StateError", "BrokerError", "DeployError",
+    "did_you_mean",
 ]
 
 
@@ -139,8 +142,18 @@ class FatalError(StepError):
     """A permanent failure: the message goes to the dead-letter queue at once."""
 
 
+class PoisonMessage(FatalError):
+    """The process died (crash, out of memory, killed past its grace period) while processing this
+    message, ``max_deliveries`` times: it is dead-lettered instead of crashing every restart."""
+
+
 class RuntimeFailure(FlownbError):
     """A runtime cannot do its job (state directory, queue database, broker)."""
+
+
+class StateError(RuntimeFailure):
+    """A state directory's database is missing, empty or damaged although its marker says it existed;
+    the message names the file and the choices (restore it, or ``--reset-state``)."""
 
 
 class QueueFull(RuntimeFailure):

@@ -14,8 +14,8 @@ TREE = {
     "SpecError": "FlownbError", "SpecSyntaxError": "SpecError", "UnknownComponentError": "SpecError",
     "ConfigError": "SpecError", "ParameterError": "SpecError", "ExpressionError": "SpecError",
     "MessageError": "FlownbError", "StepError": "FlownbError", "RetryableError": "StepError",
-    "Retry": "RetryableError", "FatalError": "StepError", "RuntimeFailure": "FlownbError",
-    "QueueFull": "RuntimeFailure", "BrokerError": "RuntimeFailure", "DeployError": "FlownbError",
+    "Retry": "RetryableError", "FatalError": "StepError", "PoisonMessage": "FatalError",
+    "RuntimeFailure": "FlownbError", "QueueFull": "RuntimeFailure", "StateError": "RuntimeFailure", "BrokerError": "RuntimeFailure", "DeployError": "FlownbError",
 }
 
 

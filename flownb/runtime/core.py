@@ -29,7 +29,7 @@ from types import GeneratorType
 from typing import Any, Iterable
 
 from ..components.base import Action, Component, Context, PollingTrigger, classify
-from ..errors import FatalError, MessageError
+from ..errors import FatalError, MessageError, PoisonMessage
 from ..flow import Flow, RetryPolicy, Step
 from ..message import Message
 from ..registry import get, validate_step
@@ -193,15 +193,27 @@ class StepRunner:
             return [self.failure(m, exc, retryable=False) for m in messages]
         return [self._outcome(m, r) for m, r in zip(messages, results, strict=True)]
 
-    def run_payloads(self, payloads: list[bytes], attempts: list[int] | None = None) -> list[Outcome]:
+    def run_payloads(self, payloads: list[bytes], attempts: list[int] | None = None, *,
+                     deliveries: list[int] | None = None, max_deliveries: int = 3) -> list[Outcome]:
         """Decode wire payloads and run them: one outcome per payload, in order. A payload that is
         not a message is dead-lettered as received (``Outcome.payload``), without running the step.
-        ``attempts``: the delivery attempt of each payload when the runtime stores it apart."""
+        ``attempts``: the delivery attempt of each payload when the runtime stores it apart.
+        ``deliveries``: how many earlier deliveries of each payload ended with the process dying
+        while processing it; at ``max_deliveries`` it is dead-lettered as poison without running."""
         outcomes: list[Outcome | None] = [None] * len(payloads)
         msgs, where = [], []
         for i, payload in enumerate(payloads):
             try:
-                msgs.append(decode(payload, self.step.name, attempts[i] if attempts is not None else None))
+                m = decode(payload, self.step.name, attempts[i] if attempts is not None else None)
+                died = deliveries[i] if deliveries is not None else 0
+                if died >= max_deliveries:
+                    exc = PoisonMessage(f"poison: the worker died {died} times while processing it (step "
+                                        f"'{self.step.name}'); fix the cause, then replay it from the "
+                                        f"dead letters")
+                    outcomes[i] = Outcome(m, error=ErrorInfo.from_exception(exc, self.step.name, m.attempt,
+                                                                            False), payload=payload)
+                    continue
+                msgs.append(m)
                 where.append(i)
             except MessageError as exc:
                 attempt = attempts[i] if attempts is not None else 1

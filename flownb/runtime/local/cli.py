@@ -116,7 +116,8 @@ def run_cli(flow: Flow, args: Any) -> int:
     console = _console()
     retry_wait = float(os.environ.get("FLOWNB_RETRY_WAIT", "60"))
     max_queue = int(os.environ.get("FLOWNB_MAX_QUEUE", "10000"))
-    runtime = LocalRuntime(flow, Path(args.state_dir), retry_wait=retry_wait, max_queue=max_queue)
+    runtime = LocalRuntime(flow, Path(args.state_dir), retry_wait=retry_wait, max_queue=max_queue,
+                           reset_state=bool(getattr(args, "reset_state", False)))
     restore = exit_on_failure()
     stop = threading.Event()
     try:

@@ -10,7 +10,7 @@ from ...errors import RuntimeFailure, SpecError
 from ...flow import Flow
 from ..core import DeadLetter, DeadLetterStore
 from .engine import dead_letter_from_row
-from .store import QueueStore
+from .store import open_state
 
 __all__ = ["LocalDeadLetters"]
 
@@ -22,10 +22,10 @@ class LocalDeadLetters(DeadLetterStore):
     def __init__(self, flow: Flow, state_dir: Path | str = Path(".flownb")):
         self.flow = flow
         path = Path(state_dir) / f"{flow.name}.db"
-        if not path.exists():
+        if not path.exists() and not (Path(state_dir) / f"{flow.name}.state.json").exists():
             raise RuntimeFailure(f"no local state for flow '{flow.name}' at '{path}'; run the flow first "
                                  f"('flownb run') or pass the --state-dir it used")
-        self.store = QueueStore(path)
+        self.store = open_state(Path(state_dir), flow.name, create=False)
 
     def close(self) -> None:
         self.store.close()

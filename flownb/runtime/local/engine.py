@@ -15,6 +15,7 @@ thread (the webhook server). Final listeners are called from the runtime's threa
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from ...flow import Flow
 from ...message import Message
 from ..core import DeadLetter, ErrorInfo, Outcome, Route, StepRunner, TriggerRunner, undecodable
 from ..health import HEALTH
-from .store import QueueStore
+from .store import QueueStore, open_state
 
 __all__ = ["LocalRuntime", "RunSummary", "StepStats", "VirtualClock", "Progress", "FinalListener",
            "dead_letter_from_row"]
@@ -112,12 +113,17 @@ class LocalRuntime:
     def __init__(self, flow: Flow, state_dir: Path | str | None = Path(".flownb"), *, memory: bool = False,
                  batch_size: int = 500, max_queue: int = 10_000, retry_wait: float = 60.0,
                  clock: Callable[[], float] | None = None, record: bool = False,
-                 logger: logging.Logger | None = None):
+                 logger: logging.Logger | None = None, reset_state: bool = False,
+                 max_deliveries: int | None = None):
+        """``reset_state``: move the state directory's files for this flow aside and start over.
+        ``max_deliveries``: a message whose processing the process did not survive this many times
+        is dead-lettered as poison (default ``FLOWNB_MAX_DELIVERIES`` or 3)."""
         self.flow = flow.resolved()
         self.state_dir = Path(state_dir) if state_dir is not None else None
         if not memory and self.state_dir is None:
             raise ValueError("state_dir is required unless memory=True")
         self.batch_size = batch_size
+        self.max_deliveries = max_deliveries or int(os.environ.get("FLOWNB_MAX_DELIVERIES", "3"))
         self.max_queue = max_queue
         self.retry_wait = retry_wait
         self.clock = clock or time.time
@@ -131,7 +137,8 @@ class LocalRuntime:
             self.runners[name] = StepRunner(self.flow, name, state_dir=self.state_dir)
         self._lock_file = None if memory else _lock(self.state_dir, self.flow.name)
         try:
-            self.store = QueueStore(None if memory else self.state_dir / f"{self.flow.name}.db")
+            self.store = QueueStore(None) if memory else \
+                open_state(self.state_dir, self.flow.name, reset=reset_state)
         except BaseException:
             self._unlock()
             raise
@@ -303,7 +310,9 @@ class LocalRuntime:
             return 0
         t0 = time.perf_counter()
         try:
-            outcomes = self.runners[name].run_payloads([p for _, _, p in rows], [a for _, a, _ in rows])
+            outcomes = self.runners[name].run_payloads([r[2] for r in rows], [r[1] for r in rows],
+                                                       deliveries=[r[3] for r in rows],
+                                                       max_deliveries=self.max_deliveries)
         except BaseException as exc:  # not an Exception (those are outcomes): the process must end
             if not isinstance(exc, KeyboardInterrupt):
                 HEALTH.fail(f"step '{name}'", exc)  # the batch stays claimed: redelivered after restart
@@ -321,7 +330,7 @@ class LocalRuntime:
         retries: list[tuple[float, int, int]] = []
         dead: list[tuple] = []
         now = self.clock()
-        for (rid, attempt, payload), o in zip(rows, outcomes, strict=True):
+        for (rid, attempt, payload, _deliveries), o in zip(rows, outcomes, strict=True):
             route = o.route
             if route is Route.FORWARD or route is Route.FILTERED:
                 done.append(rid)

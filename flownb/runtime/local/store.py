@@ -7,6 +7,18 @@ Tables:
 - ``dead``: dead letters, with the error (``ErrorInfo`` as JSON, traceback included).
 - ``trigger_state``: the polling trigger's cursor and the time of its next poll.
 
+``queue.deliveries`` counts the claims of a message that never reached a commit: :meth:`claim`
+increments it in its own transaction *before* the step runs, so a message that kills the process
+(SIGABRT, out of memory) is known as such on the next run and dead-lettered as poison after
+``max_deliveries`` such deaths instead of crashing every restart (``flownb.runtime.core``).
+
+A state directory records its identity: ``<flow>.state.json`` (flow name, schema version, when it
+was created) is written beside ``<flow>.db`` once the database exists. When the marker says there
+was a database and the file is missing, empty or not a database, :func:`open_state` refuses to
+start afresh (that would re-emit the whole source and silently drop queues and dead letters) and
+says what to do: restore the file, or ``flownb run --reset-state`` to start over (the old files are
+moved aside into ``<flow>.reset-<time>/``, never deleted).
+
 Every change that must be atomic is ONE transaction (``BEGIN IMMEDIATE`` … ``COMMIT``): a poll's
 messages with its new cursor; a step batch's deleted inputs with its outputs, retries and dead
 letters. A crash at any point therefore loses nothing and repeats at most a batch (at-least-once).
@@ -18,21 +30,25 @@ be rolled back (never corrupted). Set ``FLOWNB_SQLITE_SYNC=FULL`` to trade speed
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import orjson
 
-from ...errors import RuntimeFailure
+from ...errors import RuntimeFailure, StateError
 
-__all__ = ["QueueStore", "Row"]
+__all__ = ["QueueStore", "Row", "open_state", "StateError", "SCHEMA_VERSION"]
 
-#: (row id, attempt, payload) of a claimed message
-Row = tuple[int, int, bytes]
+#: (row id, attempt, payload, deliveries before this claim) of a claimed message
+Row = tuple[int, int, bytes, int]
+#: the layout of the database (``PRAGMA user_version``) and of the marker
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue (
@@ -40,7 +56,8 @@ CREATE TABLE IF NOT EXISTS queue (
     step TEXT NOT NULL,
     available_at REAL NOT NULL,
     attempt INTEGER NOT NULL DEFAULT 1,
-    payload BLOB NOT NULL
+    payload BLOB NOT NULL,
+    deliveries INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS queue_due ON queue (step, available_at, id);
 CREATE TABLE IF NOT EXISTS dead (
@@ -78,6 +95,10 @@ class QueueStore:
             self.conn.execute(f"PRAGMA synchronous={sync}")
             self.conn.execute("PRAGMA busy_timeout=30000")
             self.conn.executescript(_SCHEMA)
+            cols = {r[1] for r in self.conn.execute("PRAGMA table_info(queue)")}
+            if "deliveries" not in cols:  # a database of schema 1
+                self.conn.execute("ALTER TABLE queue ADD COLUMN deliveries INTEGER NOT NULL DEFAULT 0")
+            self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except (sqlite3.Error, OSError) as exc:
             raise RuntimeFailure(f"cannot open the queue database '{target}': {exc}; check that the "
                                  f"state directory is writable (--state-dir)") from exc
@@ -108,12 +129,22 @@ class QueueStore:
 
     # -- queues ----------------------------------------------------------------------------------
     def claim(self, step: str, now: float, limit: int) -> list[Row]:
-        """Up to ``limit`` due messages for ``step`` (oldest first). Single consumer per step:
-        rows stay in the queue until :meth:`commit_batch` deletes them."""
-        with self.lock:
-            return self.conn.execute(
-                "SELECT id, attempt, payload FROM queue WHERE step=? AND available_at<=? "
+        """Up to ``limit`` due messages for ``step`` (oldest first), each with the number of earlier
+        claims that never committed; this claim is counted (committed) before returning. When one of
+        them was claimed before by a process that died, only that one is claimed (isolating the
+        message that kills the process). Single consumer per step: rows stay in the queue until
+        :meth:`commit_batch` deletes them."""
+        with self.transaction() as c:
+            rows = c.execute(
+                "SELECT id, attempt, payload, deliveries FROM queue WHERE step=? AND available_at<=? "
                 "ORDER BY available_at, id LIMIT ?", (step, now, limit)).fetchall()
+            suspect = next((r for r in rows if r[3] > 0), None)
+            if suspect is not None:  # the process died during an earlier claim: one at a time, so
+                rows = [suspect]     # that only the message that kills it is counted towards poison
+            if rows:
+                c.execute(f"UPDATE queue SET deliveries=deliveries+1 WHERE id IN "
+                          f"({','.join(str(r[0]) for r in rows)})")
+        return rows
 
     def enqueue(self, step: str, payloads: Sequence[bytes], now: float) -> None:
         with self.transaction() as c:
@@ -130,8 +161,8 @@ class QueueStore:
             if outputs and next_step is not None:
                 c.executemany("INSERT INTO queue (step, available_at, attempt, payload) VALUES (?, ?, 1, ?)",
                               [(next_step, now, p) for p in outputs])
-            if retries:
-                c.executemany("UPDATE queue SET available_at=?, attempt=? WHERE id=?", retries)
+            if retries:  # the attempt finished: it is no longer a delivery that died
+                c.executemany("UPDATE queue SET available_at=?, attempt=?, deliveries=0 WHERE id=?", retries)
             if dead:
                 c.executemany("INSERT INTO dead (step, attempt, payload, error, at) VALUES (?, ?, ?, ?, ?)",
                               [(s, a, p, e, now) for s, a, p, e in dead])
@@ -209,3 +240,69 @@ class QueueStore:
             c.executemany("DELETE FROM dead WHERE id=?", [(i,) for i, _, _ in rows])
         return len(rows)
 
+
+
+def _marker(state_dir: Path, flow: str) -> Path:
+    return state_dir / f"{flow}.state.json"
+
+
+def _valid_db(path: Path) -> str | None:
+    """None when ``path`` looks like a usable SQLite database, else what is wrong with it."""
+    if not path.exists():
+        return "is missing"
+    size = path.stat().st_size
+    if size == 0:
+        return "is empty (0 bytes)"
+    with path.open("rb") as fh:
+        head = fh.read(16)
+    if head != b"SQLite format 3\x00":
+        return f"is not an SQLite database (it starts with {head[:16]!r})"
+    return None
+
+
+def reset_state(state_dir: Path, flow: str) -> Path | None:
+    """Move ``<flow>.db*`` and the marker aside into ``<flow>.reset-<time>/``; return that folder."""
+    files = [p for p in state_dir.glob(f"{flow}.db*")] + [p for p in [_marker(state_dir, flow)] if p.exists()]
+    if not files:
+        return None
+    aside = state_dir / f"{flow}.reset-{time.strftime('%Y%m%dT%H%M%S')}"
+    aside.mkdir(parents=True, exist_ok=True)
+    for p in files:
+        p.rename(aside / p.name)
+    return aside
+
+
+def open_state(state_dir: Path, flow: str, *, reset: bool = False, create: bool = True) -> QueueStore:
+    """Open the queue database of ``flow`` in ``state_dir`` after checking it against the marker
+    (see the module docstring). ``reset``: move the old files aside first and start over.
+    ``create=False``: the database must already exist (``flownb dlq`` never creates one)."""
+    state_dir = Path(state_dir)
+    db = state_dir / f"{flow}.db"
+    marker = _marker(state_dir, flow)
+    if reset:
+        reset_state(state_dir, flow)
+    problem = _valid_db(db)
+    if problem is not None and marker.exists():
+        try:
+            info = json.loads(marker.read_text())
+            since = f" (created {info.get('created', '?')})"
+        except (OSError, ValueError):
+            since = ""
+        raise StateError(
+            f"the state database '{db}' {problem}, but '{marker}' says this state directory held flow "
+            f"'{flow}'{since}: its cursor, queued messages and dead letters would be lost. Restore the "
+            f"file from a backup, or run with --reset-state to start over (the source is read again "
+            f"from the beginning; the old files are moved aside, not deleted)")
+    if problem is not None and problem != "is missing":
+        raise StateError(f"the state database '{db}' {problem}; move it away or run with --reset-state "
+                         f"to start over")
+    if problem == "is missing" and not create:
+        raise StateError(f"no state database '{db}' for flow '{flow}'; check --state-dir (the flow has "
+                         f"not run with this state directory)")
+    store = QueueStore(db)
+    if not marker.exists():
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"flow": flow, "schema": SCHEMA_VERSION, "db": db.name,
+                                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+        os.replace(tmp, marker)
+    return store
