@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 import threading
 from typing import Any
 
@@ -161,6 +162,49 @@ class Expression:
         raise EvaluationError(message, code=m.group(1) if m else None, expression=self.source)
 
 
+_DEEP_LOCK = threading.Lock()
+_DEEP_STACK = 256 * 1024 * 1024  # the helper thread's C stack (reserved; pages used as touched)
+_DEEP_FRAMES = 200_000  # at most this recursion limit, while a deep expression compiles
+
+
+def _front(source: str) -> tuple:
+    """Parse and compile to Python: ``(fn, python_source)``; ParseError or Unsupported."""
+    return compile_tree(parse(source), source)
+
+
+def _front_deep(source: str) -> tuple:
+    """:func:`_front` for an expression nested too deeply for the recursion limit (thousands of
+    parentheses): on a helper thread with a large stack, the limit raised while it runs. Python
+    3.11 keeps Python-to-Python calls off the C stack; the large stack covers the calls that are
+    not. Serialised: the recursion limit is one for the process."""
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["ok"] = _front(source)
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the calling thread
+            box["error"] = exc
+
+    with _DEEP_LOCK:
+        old_limit = sys.getrecursionlimit()
+        limit = min(max(old_limit, 10 * len(source) + 10_000), _DEEP_FRAMES)
+        sys.setrecursionlimit(limit)
+        try:
+            old_stack = threading.stack_size(_DEEP_STACK)
+            try:
+                t = threading.Thread(target=run, name="flownb-rules-deep-compile", daemon=True)
+                t.start()
+            finally:
+                threading.stack_size(old_stack)
+            t.join()
+        finally:
+            if sys.getrecursionlimit() == limit:
+                sys.setrecursionlimit(old_limit)
+    if "error" in box:
+        raise box.pop("error")
+    return box["ok"]
+
+
 def _syntax_error(source: str, exc: ParseError) -> ExpressionError:
     err = ExpressionError(f"invalid JSONata ({exc.code}): {exc.message}", expression=source,
                           position=exc.position)
@@ -175,7 +219,10 @@ def compile(source: str) -> Expression:  # noqa: A001 - the public name the API 
         raise ExpressionError("an expression must be a non-empty string of JSONata, e.g. "
                               "'customer.email'", expression=str(source), position=0)
     try:
-        tree = parse(source)
+        try:
+            fn, py = _front(source)
+        except RecursionError:
+            fn, py = _front_deep(source)
     except ParseError as exc:
         # our parser follows jsonata-js; if the fallback engine accepts the text anyway, use it
         try:
@@ -183,15 +230,15 @@ def compile(source: str) -> Expression:  # noqa: A001 - the public name the API 
         except ValueError:
             raise _syntax_error(source, exc) from None
         return Expression(source, None, "jsonatapy", unsupported=f"parser: {exc}")
-    try:
-        fn, py = compile_tree(tree, source)
-    except Unsupported as exc:
+    except (Unsupported, RecursionError, MemoryError) as exc:
         try:
             _thread_jsonatapy(source)  # validates; this thread's copy is kept for evaluation
         except ValueError as fexc:
-            raise ExpressionError(f"invalid JSONata: {fexc}", expression=source) from None
-        return Expression(source, None, "jsonatapy", unsupported=str(exc))
-    except RecursionError:
-        raise ExpressionError("the expression is nested too deeply", expression=source) from None
+            what = "invalid JSONata" if isinstance(exc, Unsupported) else "nested too deeply"
+            err = ExpressionError(f"{what}: {fexc}", expression=source)
+            m = _CODE.search(str(fexc))
+            err.code = m.group(1) if m else None  # type: ignore[attr-defined]
+            raise err from None
+        return Expression(source, None, "jsonatapy", unsupported=str(exc) or type(exc).__name__)
     return Expression(source, fn, "compiled", python_source=py,
                       functions=getattr(fn, "functions", frozenset()))
