@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a spec and every step's config; nothing runs")
     _add_spec(p)
+    p.add_argument("--env", action="store_true",
+                   help="also check that every environment variable the flow reads is set")
 
     sub.add_parser("components", help="list installed components and their config fields")
 
@@ -98,9 +100,19 @@ _EXTRA_PARSERS: list[Callable[[Any], None]] = []
 
 @command("validate")
 def _validate(args) -> int:
+    from .secrets import check_env, required_env
     flow = _load_flow(args)
-    _console().print(f"[green]ok[/green] flow '{flow.name}': trigger '{flow.trigger.name}' "
-                     f"({flow.trigger.component}) + {len(flow.steps)} step(s)")
+    con = _console()
+    env = required_env(flow)
+    if args.env:
+        check_env(flow)
+    con.print(f"[green]ok[/green] flow '{flow.name}': trigger '{flow.trigger.name}' "
+              f"({flow.trigger.component}) + {len(flow.steps)} step(s)")
+    if env:
+        state = " (all set)" if args.env else " (check they are set with --env)"
+        con.print(f"environment variables it reads{state}:")
+        for v in env:
+            con.print(f"  {v.name}  [dim]step '{v.step}', field '{v.field}'[/dim]")
     return 0
 
 

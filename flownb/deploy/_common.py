@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import DeployError
 from ..flow import Flow, Step
+from ..secrets import required_env, walk_config
 
 DEFAULT_WEBHOOK_PORT = 8080
 METRICS_PORT = 9100
@@ -30,24 +29,15 @@ def secrets_name(flow: Flow) -> str:
     return f"flownb-{flow.name}-secrets"
 
 
-def _walk(config: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:
-    if isinstance(config, dict):
-        for k, v in config.items():
-            where = f"{path}.{k}" if path else str(k)
-            yield where, str(k), v
-            yield from _walk(v, where)
-    elif isinstance(config, list):
-        for i, v in enumerate(config):
-            yield from _walk(v, f"{path}[{i}]")
+_walk = walk_config
 
 
 def secret_envs(flow: Flow) -> list[str]:
     """Environment-variable names given by any ``*_env`` config field, in step order, no repeats."""
     names: list[str] = []
-    for s in flow.all_steps:
-        for _, key, value in _walk(s.config):
-            if key.endswith("_env") and isinstance(value, str) and value and value not in names:
-                names.append(value)
+    for v in required_env(flow):
+        if v.name not in names:
+            names.append(v.name)
     return names
 
 

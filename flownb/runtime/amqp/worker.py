@@ -18,6 +18,7 @@ import threading
 from typing import Protocol
 
 from ...flow import Flow
+from ...secrets import check_env
 from ..core import build_component
 from ..health import EXIT_CRASHED, HEALTH, exit_on_failure, start_thread, stop_deadline
 from .consumer import StepWorker
@@ -96,6 +97,8 @@ def worker_cli(flow: Flow, args) -> int:
 def _worker_cli(flow: Flow, args) -> int:
     flow = flow.resolved()
     broker = args.broker or os.environ.get("FLOWNB_BROKER_URL") or DEFAULT_BROKER
+    # an unset secret stops the worker before it consumes anything (exit 2 naming step and variable)
+    check_env(flow, None if args.all else [flow.step(args.step).name])
     webhook = trigger_kind(flow) == "webhook"
     if args.all:
         workers = [make_worker(flow, s.name, broker, prefetch=args.prefetch) for s in flow.steps]

@@ -28,6 +28,7 @@ from typing import Any, Iterator
 
 from ...errors import FlownbError, RuntimeFailure
 from ...flow import Flow
+from ...secrets import check_env
 from ..health import EXIT_CRASHED, HEALTH, exit_on_failure, stop_deadline
 from .engine import LocalRuntime, Progress, RunSummary
 
@@ -114,6 +115,7 @@ def _serve(runtime: LocalRuntime, args: Any) -> RunSummary:
 def run_cli(flow: Flow, args: Any) -> int:
     """``flownb run`` (args: state_dir, until_idle, port, host). Returns the exit code."""
     console = _console()
+    check_env(flow)  # an unset secret stops the run before anything is polled or consumed
     retry_wait = float(os.environ.get("FLOWNB_RETRY_WAIT", "60"))
     max_queue = int(os.environ.get("FLOWNB_MAX_QUEUE", "10000"))
     runtime = LocalRuntime(flow, Path(args.state_dir), retry_wait=retry_wait, max_queue=max_queue,
