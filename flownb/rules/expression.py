@@ -126,7 +126,11 @@ class Expression:
             except _runtime.NonFinite as exc:
                 # jsonata-js lets an infinity flow on until it is used; the fallback engine tells
                 # whether that use is a more specific error ($string(1/0): D3001); else D1001
-                self._evaluate_fallback(data, bindings)
+                try:
+                    self._evaluate_fallback(data, bindings)
+                except EvaluationError as fexc:
+                    if fexc.code is not None:
+                        raise
                 raise EvaluationError(str(exc), code=exc.code, expression=self.source) from None
             except _runtime.EvalError as exc:
                 raise EvaluationError(str(exc), code=exc.code, expression=self.source) from None

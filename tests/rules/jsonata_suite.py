@@ -244,10 +244,10 @@ def table(report: Report) -> str:
         f"| cases run (both engines; {n['skipped']} `timelimit`/`depth` cases skipped) | {run} |",
         f"| jsonatapy {jsonatapy.__version__} alone | {n['jsonatapy_pass']} |",
         f"| flownb.rules (compiled engine + jsonatapy fallback) | {n['flownb_pass']} |",
-        f"| … of which evaluated by the compiled engine | {n['flownb_compiled_pass']} of "
-        f"{n['flownb_compiled']} |",
-        f"| skipped cases, jsonatapy with its own guard (timeout, max_stack_depth) | "
-        f"{n['guarded_jsonatapy_pass']} of {n['guarded']} |",
+        (f"| … of which evaluated by the compiled engine | {n['flownb_compiled_pass']} of "
+         f"{n['flownb_compiled']} |"),
+        ("| skipped cases, jsonatapy with its own guard (timeout, max_stack_depth) | "
+         f"{n['guarded_jsonatapy_pass']} of {n['guarded']} |"),
         "",
         f"Regenerate: `{COMMAND}`",
     ])

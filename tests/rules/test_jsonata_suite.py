@@ -119,6 +119,24 @@ def test_bindings_shadowing_a_built_in_function_go_to_jsonatapy():
     assert info.value.code == "T1006"
 
 
+@pytest.mark.parametrize("expr, code", [
+    ("1 / 0", "D1001"),                   # flownb: an infinity is an error (jsonatapy: null)
+    ('{"a": 5 % 0}', "D1001"),
+    ("$string(1/0)", "D3001"),            # jsonata-js: $string of an infinity
+    ("1/(10e300 * 10e100)", "D1001"),
+    ('$string({"inf": 1/0})', "D1001"),
+    ('"x" & (1/0)', "D1001"),             # jsonata-js D3001, but jsonatapy gives no code here
+])
+def test_infinities_are_errors_with_the_jsonata_js_code(expr, code):
+    from flownb.rules import EvaluationError, compile
+
+    e = compile(expr)
+    assert e.engine == "compiled"
+    with pytest.raises(EvaluationError) as info:
+        e.evaluate({})
+    assert info.value.code == code
+
+
 def test_encode_url_follows_javascript():
     from flownb.rules import compile
 

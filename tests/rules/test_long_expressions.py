@@ -69,7 +69,7 @@ def test_long_and_deep_expressions_compile_and_evaluate(name, expr, expected):
     assert e.engine in ("compiled", "jsonatapy")
     assert e.evaluate(DATA) == expected
     if e.engine == "compiled":
-        e.python_source  # the generated code exists and compiled
+        assert "def _main" in e.python_source
 
 
 def test_the_deepest_cases_use_the_compiled_engine():

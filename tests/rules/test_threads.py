@@ -80,7 +80,7 @@ def test_panic_repro_an_expression_evaluated_from_another_thread(no_unraisable):
     assert out[0] == 8
     assert isinstance(out[1], EvaluationError) and out[1].code == "D3137", out
     assert "negative value" in str(out[1])
-    del out  # the error (and its traceback) raised on the ended thread is freed here
+    out.clear()  # the error (and its traceback) raised on the ended thread is freed here
 
 
 def test_expressions_compiled_on_one_thread_evaluated_concurrently_from_four(no_unraisable):
