@@ -201,6 +201,53 @@ def run_flownb(case: Case) -> Outcome:
     return judge(case, True, v, undefined=v is UNDEFINED, engine=expr.engine)
 
 
+EXTRA_INPUTS = [None, [], {}, [1, 2, {"a": 1}], {"a": [1, [2, 3]], "b": {"c": None}}, "text", 3.5]
+
+
+def cross_check(cases: list[Case] | None = None) -> list[tuple]:
+    """Every suite expression the compiled engine takes, on every dataset (and a few more inputs),
+    against jsonatapy: the differences as (expression, input index, ours, jsonatapy's). Errors
+    agree on their code (T0410/T0411 are one kind, as in test_conformance)."""
+    import jsonatapy
+
+    from flownb.rules import UNDEFINED, EvaluationError, compile
+
+    def norm(code):
+        return "T0410" if code == "T0411" else code
+
+    cases = load_cases() if cases is None else cases
+    inputs = list(_datasets().values()) + EXTRA_INPUTS
+    payloads = [orjson.dumps(d).decode() for d in inputs]
+    out = []
+    for text in sorted({c.expr for c in cases if not c.guarded}):
+        try:
+            expr = compile(text)
+            ref = jsonatapy.compile(text)
+        except Exception:  # noqa: BLE001 - compile errors are the suite's business
+            continue
+        if expr.engine != "compiled":
+            continue
+        for i, (data, payload) in enumerate(zip(inputs, payloads)):
+            try:
+                r = ref.evaluate_json_or_none(payload)
+                theirs = ("ok", UNDEFINED if r is None else orjson.loads(r))
+            except ValueError as exc:
+                m = _CODE.search(str(exc))
+                theirs = ("error", norm(m.group(1) if m else None))
+            try:
+                ours = ("ok", expr.raw(data))
+            except EvaluationError as exc:
+                ours = ("error", norm(exc.code))
+            if ours[0] == theirs[0] == "ok":
+                a, b = ours[1], theirs[1]
+                ok = a is b if UNDEFINED in (a, b) else same(a, b)
+            else:
+                ok = ours == theirs
+            if not ok:
+                out.append((text, i, ours, theirs))
+    return out
+
+
 @dataclass
 class Report:
     cases: list[Case]
