@@ -194,12 +194,16 @@ def _front_deep(source: str) -> tuple:
         limit = min(max(old_limit, 10 * len(source) + 10_000), _DEEP_FRAMES)
         sys.setrecursionlimit(limit)
         try:
-            old_stack = threading.stack_size(_DEEP_STACK)
+            try:
+                old_stack: int | None = threading.stack_size(_DEEP_STACK)
+            except (ValueError, RuntimeError):  # a platform without settable thread stacks
+                old_stack = None
             try:
                 t = threading.Thread(target=run, name="flownb-rules-deep-compile", daemon=True)
                 t.start()
             finally:
-                threading.stack_size(old_stack)
+                if old_stack is not None:
+                    threading.stack_size(old_stack)
             t.join()
         finally:
             if sys.getrecursionlimit() == limit:
