@@ -444,19 +444,6 @@ class Workers:
         return codes
 
 
-def _rabbit_queues(prefix: str) -> dict[str, tuple[int, int]]:
-    """{queue: (ready, unacked)} of the broker's queues named ``prefix…`` (rabbitmqctl: sees unacked)."""
-    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "--no-table-headers",
-                          "name", "messages_ready", "messages_unacknowledged"],
-                         capture_output=True, text=True, timeout=60, check=True).stdout
-    found = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0].startswith(prefix):
-            found[parts[0]] = (int(parts[1]), int(parts[2]))
-    return found
-
-
 def _amqp_queues(flow: Flow) -> dict[str, list[str]]:
     """Every queue of the flow by role: ``work`` (inputs, delays, retry-ready), ``dlq``, ``other``."""
     from flownb.runtime.amqp import names
@@ -498,6 +485,7 @@ def run_amqp(env: Env) -> Raw:
     try:
         ch = conn.channel()
         declare_flow(ch, flow)
+        _bind_arrivals(ch, flow, [s.name for s in flow.steps if s.name != CAPTURE])
         polling = env.case.sample is None
         if not polling:
             ch.confirm_delivery()
@@ -506,16 +494,15 @@ def run_amqp(env: Env) -> Raw:
                 m = Message(body=body, flow=flow.name, step=flow.trigger.name)
                 ch.basic_publish(names.exchange(flow.name), first, m.to_json(), PERSISTENT)
         steps = [s.name for s in flow.steps if s.name != CAPTURE]
-        metrics = {}
         if polling:
             steps.insert(0, flow.trigger.name)
-            metrics[flow.trigger.name] = _free_port()
+        metrics = {s: _free_port() for s in steps}
         workers = Workers(spec, steps, env.tmp, metrics)
         try:
             if polling:  # wait for the trigger's first committed poll
                 _wait(lambda: _metric(metrics[flow.trigger.name], "flownb_messages_processed_total",
                                       flow.trigger.name) > 0, workers, "the trigger's first poll")
-            _wait_idle(ch, queues, workers, flow)
+            _wait_idle(ch, queues, workers, flow, metrics)
         finally:
             codes = workers.stop()
         bad = {s: c for s, c in codes.items() if c != 0}
@@ -550,36 +537,44 @@ def _wait(cond, workers: Workers, what: str, timeout: float = RUN_TIMEOUT) -> No
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{logs}")
 
 
-def _wait_idle(ch, queues: dict, workers: Workers, flow: Flow) -> None:
-    """Until every input, delay and retry-ready queue of the flow is empty with nothing unacked (a
-    worker acks an input only after its outputs are confirmed, so a message is always counted
-    somewhere), seen twice in a row. Passive declares (ready counts) are the cheap first check;
-    ``rabbitmqctl`` (which sees unacked messages) confirms."""
+def _arrivals_queue(flow: Flow, step: str) -> str:
+    return f"parity.{flow.name}.{step}.arrivals"
+
+
+def _bind_arrivals(ch, flow: Flow, steps: list[str]) -> None:
+    """Per step, an exclusive queue (gone with the connection) bound to the flow's exchange with the
+    step's routing key: it receives a copy of every message sent to the step and is never consumed,
+    so its depth counts the step's arrivals. Retries go through the default exchange, not counted."""
+    from flownb.runtime.amqp import names
+    for step in steps:
+        q = _arrivals_queue(flow, step)
+        ch.queue_declare(q, exclusive=True)
+        ch.queue_bind(q, names.exchange(flow.name), routing_key=step)
+
+
+def _wait_idle(ch, queues: dict, workers: Workers, flow: Flow, metrics: dict[str, int]) -> None:
+    """Until every message that reached a step has left it for good: per step, arrivals (the
+    depth of its arrivals queue) == processed + dead-lettered (the worker's counters, moved only
+    when an input is acked, after what it produced is confirmed), and no input, delay or retry-ready
+    queue holds anything. A retried delivery is neither, so a message waiting for its retry keeps
+    the step busy. The counters are read before the arrivals: equal values mean nothing was
+    in flight at the first read and nothing arrived since — exact, with no view of unacked messages."""
     work = [q for q in queues["work"] if q != f"flownb.{flow.name}.{CAPTURE}"]
-    prefix = f"flownb.{flow.name}."
-    calm = 0
-    last_error = [""]
+    steps = [s.name for s in flow.steps if s.name != CAPTURE]
+    seen: dict = {}
 
     def idle() -> bool:
-        nonlocal calm
-        if any(ch.queue_declare(q, passive=True).method.message_count for q in work):
-            calm = 0
-            return False
-        try:
-            counts = _rabbit_queues(prefix)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:  # busy node: ask again
-            calm = 0
-            last_error[0] = f"{exc}: {getattr(exc, 'stderr', '')}"
-            return False
-        if any(sum(counts.get(q, (0, 0))) for q in work):
-            calm = 0
-            return False
-        calm += 1
-        return calm >= 2
+        done = {s: _metric(metrics[s], "flownb_messages_processed_total", s)
+                + _metric(metrics[s], "flownb_messages_dead_lettered_total", s) for s in steps}
+        arrived = {s: ch.queue_declare(_arrivals_queue(flow, s), passive=True).method.message_count
+                   for s in steps}
+        ready = sum(ch.queue_declare(q, passive=True).method.message_count for q in work)
+        seen.update(done=done, arrived=arrived, ready=ready)
+        return ready == 0 and all(done[s] == arrived[s] for s in steps)
     try:
-        _wait(idle, workers, f"flow '{flow.name}' to come to rest (queues: {work})")
+        _wait(idle, workers, f"flow '{flow.name}' to come to rest")
     except AssertionError as exc:
-        raise AssertionError(f"{exc}\nlast rabbitmqctl error: {last_error[0] or 'none'}") from None
+        raise AssertionError(f"{exc}\nlast look: {seen}") from None
 
 
 # -- the flow × path table --------------------------------------------------------------------------
