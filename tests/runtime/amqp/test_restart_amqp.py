@@ -1,11 +1,16 @@
 """SIGKILL-and-restart of a real ``flownb worker SPEC --all`` on RabbitMQ with each built-in polling
 trigger and both JSONata engines: once the restarted worker is the active poller it resumes from the
 cursor in the broker, every row arrives at an idempotent sink, and the worker stays healthy
-(scenario: ``tests/runtime/restart_kit.py``). Each test gets its own vhost (the ``broker`` fixture,
-deleted afterwards, queues and all) and a unique flow name."""
+(scenario: ``tests/runtime/restart_kit.py``). The tests share one vhost of their own, deleted with
+every queue in it at the end of the module (a vhost per test costs ~10 s of rabbitmqctl under load);
+each test's flow has a unique name, so its queues are its own."""
 
 from __future__ import annotations
 
+import subprocess
+import uuid
+
+import pika
 import pytest
 import restart_kit as kit
 
@@ -22,8 +27,28 @@ AMQP_DUPLICATES = 3 * 200
 ENGINES = ["compiled", "jsonatapy"]
 
 
+def _ctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def broker():
+    """URL of a vhost for this module's tests, deleted (queues and all) afterwards."""
+    try:
+        pika.BlockingConnection(pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/")).close()
+    except pika.exceptions.AMQPError:
+        pytest.skip("RabbitMQ is not running on 127.0.0.1:5672")
+    vhost = f"flownb-test-restart-{uuid.uuid4().hex[:10]}"
+    _ctl("add_vhost", vhost)
+    try:
+        _ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    finally:
+        _ctl("delete_vhost", vhost)
+
+
 def _run(tmp_path, broker):
-    return {"command": ["worker", "{spec}", "--all"], "env": {"FLOWNB_BROKER_URL": broker}}
+    return {"command": ["worker", "{spec}", "--all", "--metrics-port", "{port}"], "env": {"FLOWNB_BROKER_URL": broker}}
 
 
 def _queues_empty(tmp_path, broker):
