@@ -10,7 +10,9 @@ Servers (uvicorn, uvloop + httptools, one process each):
 
 Load: wrk (closed loop, max throughput: ``apt-get install wrk``) and an open-loop Python generator at a
 fixed rate for p50/p99 (latency measured from the scheduled send time, so a stall is not hidden).
-Every response is checked: only 202 counts as accepted. The last line is one JSON object.
+Every response is checked: only 202 counts as accepted. ``server_cpu_us_per_req`` is the server
+process's CPU time (user + system, all its threads) during the wrk run divided by the requests: on a
+busy shared machine it moves much less than req/s does. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -104,6 +106,12 @@ def _ms(text: str) -> float:
     m = re.match(r"([\d.]+)(us|ms|s)", text)
     value, unit = float(m.group(1)), m.group(2)
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of process ``pid`` (all threads) so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_wrk(url: str, duration: int, connections: int) -> dict:
@@ -204,7 +212,10 @@ def main() -> None:
             path = f"/hooks/{name}/{token}"
             try:
                 fixed = asyncio.run(_fixed_rate(port, path, args.rate, min(args.duration, 5)))
+                cpu = _cpu_seconds(proc.pid)
                 peak = run_wrk(f"http://127.0.0.1:{port}{path}", args.duration, args.connections)
+                used = _cpu_seconds(proc.pid) - cpu
+                peak["server_cpu_us_per_req"] = round(used / max(1, peak["requests"]) * 1e6, 1)
                 results[kind] = {"max": peak, f"at_{int(args.rate)}_rps": fixed}
             finally:
                 proc.terminate()
@@ -212,7 +223,8 @@ def main() -> None:
                 if kind == "amqp":
                     _cleanup_amqp(name)
             print(f"{kind:9s} max {peak['accepted_rps']:>8.1f} accepted req/s (p50 {peak['p50_ms']} ms, "
-                  f"p99 {peak['p99_ms']} ms, rejected {peak['rejected']}) | at {args.rate:g} req/s: "
+                  f"p99 {peak['p99_ms']} ms, rejected {peak['rejected']}, server CPU "
+                  f"{peak['server_cpu_us_per_req']} µs/req) | at {args.rate:g} req/s: "
                   f"p50 {fixed['p50_ms']} ms, p99 {fixed['p99_ms']} ms, statuses {fixed['statuses']}")
     base = results["plain"]["max"]["accepted_rps"]
     summary = {"benchmark": "webhook", "duration_s": args.duration, "connections": args.connections,
