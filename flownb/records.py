@@ -148,7 +148,8 @@ def _record(r: Any, i: int) -> dict:
             raise SpecError(f"sample row {i} is a {type(r).__name__}; pass a DataFrame or a list of dicts")
         r = dict(r)
     types = set(map(type, r.values()))
-    if types <= _PLAIN and set(map(type, r)) <= {str} and (int not in types or _ints_fit(r.values())):
+    if types <= _PLAIN_F and set(map(type, r)) <= {str} and (int not in types or _ints_fit(r.values())) \
+            and (float not in types or all(v - v == 0 for v in r.values() if type(v) is float)):
         return r  # already JSON: used as it is
     out = {}
     for k, v in r.items():

@@ -160,8 +160,9 @@ def test_limit_takes_the_first_rows():
 
 
 def test_plain_dicts_are_used_as_they_are():
-    rows = [{"a": 1, "b": "x", "c": None}]
-    assert to_records(rows)[0] is rows[0]
+    rows = [{"a": 1, "b": "x", "c": None, "d": 1.5}, {"a": float("nan")}]
+    got = to_records(rows)
+    assert got[0] is rows[0] and got[1] == {}
 
 
 def test_column_paths():
