@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
@@ -273,5 +274,61 @@ def test_a_flow_with_hmac_secret_refuses_unsigned_requests(jupyter, tmp_path, mo
         finally:
             store.close()
         assert [Message.from_json(row[2]).id for row in rows] == [r.json()["id"]]
+        # the secret travels in the 0600 registration only: never listed, never in a repr
+        listed = c.get("/flownb/api/hooks").json()["hooks"]
+        assert [h["signed"] for h in listed if h["flow"] == name] == [True]
+        assert secret not in json.dumps(listed) and secret not in repr(hook)
     finally:
         stop_serving(flow.name)
+
+
+def _signed_flow(name: str) -> flownb.Flow:
+    return flownb.Flow.model_validate(
+        {
+            "name": name,
+            "trigger": {
+                "name": "incoming",
+                "component": "webhook",
+                "config": {"token_env": "NB_HOOK_TOKEN", "hmac_secret_env": "NB_HOOK_SECRET_UNSET"},
+            },
+            "steps": [{"name": "keep", "component": "log", "config": {"level": "debug"}}],
+        }
+    )
+
+
+def test_a_kernel_without_the_secret_cannot_register_a_signed_flow(
+    tmp_path, monkeypatch, jupyter_flownb_installed
+):
+    from flownb.errors import ConfigError
+    from jupyter_flownb import serve_in_jupyter, served_flows
+
+    monkeypatch.setenv("NB_HOOK_TOKEN", uuid.uuid4().hex)
+    monkeypatch.delenv("NB_HOOK_SECRET_UNSET", raising=False)
+    with pytest.raises(ConfigError, match="NB_HOOK_SECRET_UNSET"):
+        serve_in_jupyter(
+            _signed_flow(f"s-{uuid.uuid4().hex[:8]}"), tmp_path / "state", registry=tmp_path / "reg"
+        )
+    assert served_flows(tmp_path / "reg") == []
+
+
+def test_a_registration_without_the_secret_is_refused_not_served_unsigned(jupyter, tmp_path):
+    """A registration file written before secrets were registered (or by hand): the server does not
+    have the secret either, so it answers 500 and queues nothing, rather than accept unsigned requests."""
+    from jupyter_flownb import registry as reg_mod
+
+    name = f"old-{uuid.uuid4().hex[:8]}"
+    token = uuid.uuid4().hex
+    reg = reg_mod.HookRegistration(
+        flow=name, spec=_signed_flow(name).to_yaml(), state_dir=str(tmp_path / "state"), token=token
+    )
+    folder = jupyter.runtime / "flownb-hooks"
+    folder.mkdir(exist_ok=True)
+    data = {k: v for k, v in dataclasses.asdict(reg).items() if k != "secret"}
+    (folder / f"{name}.json").write_text(json.dumps(data))
+    try:
+        r = jupyter.client.post(f"/flownb/hooks/{name}/{token}", json={"a": 1}, headers={"Authorization": ""})
+        assert r.status_code == 500, r.text
+        assert "serve_in_jupyter" in r.json()["error"] and r.json()["status"] == 500
+        assert not (tmp_path / "state" / f"{name}.db").exists()
+    finally:
+        (folder / f"{name}.json").unlink()
