@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..errors import ExpressionError
 from ..rules._runtime import U, boolean
 from ..rules.expression import EvaluationError, compile
+from ..rules.mapping import Mapping
 from .base import Action
 
 __all__ = ["MappingAction", "FilterAction", "SplitAction", "MappingConfig", "FilterConfig", "SplitConfig"]
@@ -76,16 +77,14 @@ class MappingAction(Action):
 
     def setup(self) -> None:
         c = self.config
-        self._whole = _check(c.expression, None, "config.expression") if c.expression else None
+        # one whole-object expression: the very code Mapping.preview runs, so a result that is not an
+        # object fails with the same error in the notebook and in a flow
+        self._whole = Mapping(expression=c.expression).apply if c.expression else None
         self._fields = [(n, _check(s, None, f"config.fields.{n}").raw) for n, s in _fields(c).items()]
 
     def _map(self, body: dict) -> dict:
         if self._whole is not None:
-            out = self._whole.raw(body)
-            if type(out) is not dict:
-                raise EvaluationError("the mapping expression did not give an object; wrap it in {…} "
-                                      "or use a 'split' step for arrays", expression=self._whole.source)
-            return out
+            return self._whole(body)
         out = {}
         for name, fn in self._fields:
             try:

@@ -30,6 +30,19 @@ def test_mapping_expression_and_batch(step_runner):
     assert not bad.error.retryable
 
 
+@pytest.mark.parametrize("body,kind", [({"kind": "list", "items": [1, 2]}, "an array"),
+                                       ({"kind": "text", "items": "x"}, "a string")])
+def test_mapping_expression_that_is_not_an_object_fails_as_in_the_preview(step_runner, body, kind):
+    """The dead letter's error is the one Mapping.preview shows for the same row."""
+    from flownb.rules import Mapping
+    expr = 'kind = "obj" ? {"n": 1} : items'
+    out = step_runner("mapping", {"expression": expr}).run(Message(body=body))
+    preview = Mapping(expression=expr).preview([body])["_error"][0]
+    assert out.dead and out.error.type == "EvaluationError" and not out.error.retryable
+    assert f"the mapping expression gave {kind}, not an object" in out.error.message
+    assert out.error.message.startswith(preview)
+
+
 def test_mapping_error_names_the_field_and_dead_letters(step_runner):
     r = step_runner("mapping", {"fields": {"total": "price * 2"}})
     out = r.run(Message(body={"price": "ten"}))
