@@ -8,8 +8,10 @@ A case is a directory ``flows/<name>/`` holding
   ``table`` (a SQLite file in the run's directory, or PostgreSQL at 127.0.0.1:5432 db ``test``; the
   table name is unique per run), ``source`` (the case's ``sample.csv``, for a ``csv.poll`` trigger)
   and one URL per HTTP target named in ``case.yaml``;
-- ``sample.json`` (bodies fed as the trigger's output) or ``sample.csv`` (read by the ``csv.poll``
-  trigger; ``pandas.read_csv`` of it for the preview);
+- ``sample.json`` (bodies fed as the trigger's output), ``sample.csv`` (read by a ``csv.poll``
+  trigger; ``pandas.read_csv`` of it for the preview) or ``sample.sql`` (a script making the SQLite
+  database ``source_url`` that a ``sql.poll`` trigger reads; ``pandas.read_sql_table`` of the
+  trigger's table for the preview);
 - ``case.yaml``: ``description``, ``db`` (``sqlite`` | ``postgres``), ``targets`` (parameter name →
   :class:`flownb.testing.HttpTarget` keyword arguments), ``engines`` (expected
   ``flownb.rules.compile(expr).engine`` of the JSONata expressions), ``xfail`` (path → reason);
@@ -78,6 +80,10 @@ class Case:
     sample: list[dict] | None
     sample_csv: Path | None
     expected: dict | None
+
+    @property
+    def sample_sql(self) -> Path | None:
+        return self.dir / "sample.sql" if (self.dir / "sample.sql").exists() else None
 
     @property
     def flow(self) -> Flow:
@@ -185,6 +191,13 @@ def open_env(case: Case, path: str, tmp: Path, stack: ExitStack) -> Env:
     if "source" in declared:
         env.params["source"] = str(case.sample_csv)
         env.replacements.append((str(case.sample_csv), "<source>"))
+    if "source_url" in declared:  # a fresh SQLite database made by the case's sample.sql
+        import sqlite3
+        db = tmp / "source.db"
+        with sqlite3.connect(db) as conn:
+            conn.executescript((case.dir / "sample.sql").read_text())
+        conn.close()
+        env.params["source_url"] = f"sqlite:///{db}"
     for param, kw in case.targets.items():
         target = stack.enter_context(HttpTarget(**(kw or {})))
         env.targets[param] = target
@@ -333,7 +346,12 @@ def run_preview(env: Env) -> Raw:
     from flownb.rules._runtime import boolean
 
     case = env.case
-    frame = pd.read_csv(case.sample_csv) if case.sample_csv is not None else pd.DataFrame(case.sample)
+    if case.sample_csv is not None:
+        frame = pd.read_csv(case.sample_csv)
+    elif case.sample_sql is not None:  # the trigger's table, as pandas reads it
+        frame = pd.read_sql_table(env.flow().resolved().trigger.config["table"], env.params["source_url"])
+    else:
+        frame = pd.DataFrame(case.sample)
     dead: list[dict] = []
     for s in env.flow().resolved().steps:
         inputs = to_records(frame)

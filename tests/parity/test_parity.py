@@ -76,7 +76,8 @@ def test_case_is_well_formed(name):
     """The spec validates, the sample is there, and the JSONata engines are the ones the case says."""
     case = load_case(name)
     case.flow.validate_components()
-    assert (case.sample is None) != (case.sample_csv is None), "give sample.json or sample.csv"
+    given = [x is not None for x in (case.sample, case.sample_csv, case.sample_sql)]
+    assert sum(given) == 1, "give one of sample.json, sample.csv, sample.sql"
     used = {compile(e).engine for e in expressions(case.flow)}
     want = case.meta.get("engines")
     if want == "both":
