@@ -7,7 +7,8 @@ true`` (default) emits each missed due time, at most ``max_catchup`` (the most r
 ``catchup: false`` emits only the latest missed one.
 
 Cron syntax is croniter's: five fields ``minute hour day-of-month month day-of-week``, plus an
-optional sixth field for seconds (``*/10 * * * * *`` is every ten seconds).
+optional sixth field for seconds (``* * * * * */10`` is every ten seconds; ``*/10 * * * * *`` would fire
+every second of every tenth minute).
 """
 
 from __future__ import annotations
