@@ -79,7 +79,7 @@ _MISSING = object()
 
 _PLAIN = frozenset({str, int, bool, type(None)})
 _PLAIN_F = _PLAIN | {float}
-_SAFE = _PLAIN | {list, dict}  # top-level cells whose JSON form is never null (None is masked)
+_SAFE = _PLAIN | {list, dict, tuple}  # top-level cells whose JSON form is never null (None is masked)
 _INT_MIN, _INT_MAX = -(2 ** 63), 2 ** 64 - 1  # what orjson (and so a message) can carry
 _OPTS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATACLASS
 
@@ -459,10 +459,13 @@ def _column(col: "pd.Series") -> tuple[list, Any]:
         if kind == "c":
             raise _CellError(f"complex numbers ({dtype}) have no JSON form")
     elif isinstance(dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(dtype):
-        if getattr(col.dt, "tz", None) is not None:
-            arr = col.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
-            return _datetimes(arr, utc=True)
-        return _datetimes(col.to_numpy(dtype="datetime64[ns]"), utc=False)
+        aware = getattr(col.dt, "tz", None) is not None
+        if aware:
+            col = col.dt.tz_convert("UTC").dt.tz_localize(None)
+        arr = col.to_numpy()  # datetime64 in the column's own unit (no overflow past 2262)
+        if arr.dtype.kind != "M":
+            arr = col.to_numpy(dtype="datetime64[ns]")
+        return _datetimes(arr, utc=aware)
     elif pd.api.types.is_float_dtype(dtype):
         return _floats(col.to_numpy(dtype="float64", na_value=np.nan))
     elif isinstance(dtype, pd.StringDtype) or pd.api.types.is_integer_dtype(dtype) or \

@@ -71,6 +71,10 @@ CASES = [
            seconds=pd.Series(pd.to_datetime(["2024-01-02T03:04:05"])).astype("datetime64[s]")),
      [{"aware": "2024-01-02T03:04:05.123Z", "utc": "2024-01-02T03:04:05.000Z",
        "naive": "2024-01-02T03:04:05.999", "seconds": "2024-01-02T03:04:05.000"}]),
+    ("a tz-aware column in seconds past 2262 (no ns overflow)",
+     frame(t=pd.Series(pd.to_datetime(["2500-01-02T03:04:05", None]).astype("datetime64[s]"))
+           .dt.tz_localize("Asia/Tokyo")),
+     [{"t": "2500-01-01T18:04:05.000Z"}, {}]),
     ("Python datetimes, dates and times in object columns",
      frame(o=[dt.datetime(2024, 1, 2, 4, 4, 5, tzinfo=PARIS), dt.datetime(2024, 1, 2, 3, 4, 5),
               dt.date(2024, 1, 2), dt.time(3, 4, 5), pd.Timestamp("2024-01-02T03:04:05Z"),
