@@ -416,6 +416,16 @@ def _flownb_cmd() -> list[str]:
                                                                   "sys.exit(main(sys.argv[1:]))"]
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM it when the test process dies (even by SIGKILL), so no worker of a
+    killed test run keeps consuming on the shared broker (Linux; elsewhere a no-op)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class Workers:
     """``flownb worker SPEC --step X`` processes, all started at once; stderr kept in files."""
 
@@ -431,7 +441,7 @@ class Workers:
                 cmd += ["--metrics-port", str(metrics[step])]
             with open(log, "wb") as fh:
                 self.procs[step] = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                                    start_new_session=True)
+                                                    start_new_session=True, preexec_fn=_die_with_parent)
 
     def tail(self, step: str, n: int = 3000) -> str:
         try:
@@ -466,15 +476,16 @@ def _amqp_queues(flow: Flow) -> dict[str, list[str]]:
     """Every queue of the flow by role: ``work`` (inputs, delays, retry-ready), ``dlq``, ``other``."""
     from flownb.runtime.amqp import names
     from flownb.runtime.amqp.topology import retry_levels
-    work, dlq = [], []
+    work, dlq, other = [], [], [names.state_queue(flow.name, flow.trigger.name)]
     for s in flow.steps:
+        retries = [names.retry_queue(flow.name, s.name, lv) for lv in retry_levels(s.retry_policy)]
+        retries.append(names.retry_ready_queue(flow.name, s.name))
         work.append(names.step_queue(flow.name, s.name))
-        if s.name == CAPTURE:
+        if s.name == CAPTURE:  # declared like any step, never consumed: only to delete
+            other += [*retries, names.dead_letter_queue(flow.name, s.name)]
             continue
-        work += [names.retry_queue(flow.name, s.name, lv) for lv in retry_levels(s.retry_policy)]
-        work.append(names.retry_ready_queue(flow.name, s.name))
+        work += retries
         dlq.append(names.dead_letter_queue(flow.name, s.name))
-    other = [names.state_queue(flow.name, flow.trigger.name), names.dead_letter_queue(flow.name, CAPTURE)]
     return {"work": work, "dlq": dlq, "other": other}
 
 
@@ -535,13 +546,32 @@ def run_amqp(env: Env) -> Raw:
         dead = AmqpDeadLetters(flow, BROKER).list()
         return Raw(outputs=outputs, dead=dead_from_letters(dead))
     finally:
-        try:
+        _delete_topology(conn, flow, queues)
+
+
+def _delete_topology(conn, flow: Flow, queues: dict) -> None:
+    """Delete every queue and the exchange of the run's flow (the arrivals queues are exclusive:
+    they go with the connection). A failure here is reported, never hides the test's own error."""
+    import pika
+
+    from flownb.runtime.amqp import names
+    try:
+        ch = conn.channel() if conn.is_open else None
+        if ch is None:  # the broker dropped the connection: a new one to clean up
+            from flownb.runtime.amqp.topology import connect
+            conn = connect(BROKER)
             ch = conn.channel()
-            for q in [*queues["work"], *queues["dlq"], *queues["other"]]:
-                ch.queue_delete(q)
-            ch.exchange_delete(names.exchange(flow.name))
-        finally:
+        for q in [*queues["work"], *queues["dlq"], *queues["other"]]:
+            ch.queue_delete(q)
+        ch.exchange_delete(names.exchange(flow.name))
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        import warnings
+        warnings.warn(f"parity: could not delete the RabbitMQ queues of flow '{flow.name}': {exc!r}")
+    finally:
+        try:
             conn.close()
+        except (pika.exceptions.AMQPError, OSError):
+            pass
 
 
 def _wait(cond, workers: Workers, what: str, timeout: float = RUN_TIMEOUT) -> None:
