@@ -27,7 +27,7 @@ from ...errors import ConfigError, FlownbError, MessageError, QueueFull, Runtime
 from ...flow import Flow
 from ...message import Message
 from ..ingress import Accepted, Backpressure, ReplyBook, Unavailable
-from .store import QueueStore
+from .store import open_state
 
 __all__ = ["LocalIngest", "FirstQueue"]
 
@@ -158,9 +158,10 @@ class FirstQueue:
 
     :meth:`submit_many` has ``LocalRuntime.submit_many``'s contract and writes the same rows: each
     body wrapped as the trigger's message, one transaction per batch, ``QueueFull`` for the items
-    beyond ``max_queue``. It does not take the flow's lock (``<flow>.lock``): the runtime holding it
-    processes what is appended (SQLite WAL, ``BEGIN IMMEDIATE``: safe alongside it). It reports no
-    final outputs, so a sync request is answered 202 like an async one."""
+    beyond ``max_queue``. The database is opened as ``LocalRuntime`` opens it (:func:`open_state`).
+    It does not take the flow's lock (``<flow>.lock``): the runtime holding it processes what is
+    appended (SQLite WAL, ``BEGIN IMMEDIATE``: safe alongside it). It reports no final outputs, so a
+    sync request is answered 202 like an async one."""
 
     def __init__(self, flow: Flow, state_dir: Path | str, *, max_queue: int = 10_000,
                  clock: Callable[[], float] = time.time):
@@ -171,7 +172,9 @@ class FirstQueue:
         self.first = flow.steps[0].name
         self.max_queue = max_queue
         self.clock = clock
-        self.store = QueueStore(Path(state_dir) / f"{flow.name}.db")
+        # as LocalRuntime opens it: a database that its state marker vouches for but that is missing
+        # or damaged is a StateError, never silently started afresh
+        self.store = open_state(Path(state_dir), flow.name)
         self._lock = threading.Lock()
         self._depth_cache: tuple[float, int] = (0.0, 0)
 
@@ -186,8 +189,8 @@ class FirstQueue:
         accepted: list[tuple[int, bytes]] = []
         for body, headers in items:
             if not isinstance(body, dict):
-                results.append(MessageError(f"a message body must be a JSON object, got {type(body).__name__}",
-                                            step=trigger))
+                results.append(MessageError(f"a message body must be a JSON object, got "
+                                            f"{type(body).__name__}", step=trigger))
                 continue
             try:
                 message = Message(body=body, headers={str(k): str(v) for k, v in (headers or {}).items()},
