@@ -158,8 +158,9 @@ class HookHandler(tornado.web.RequestHandler):
 
     DRAIN = 1 << 20
 
-    def initialize(self, hooks: _Hooks) -> None:
+    def initialize(self, hooks: _Hooks, prefix: str = "") -> None:
         self.hooks = hooks
+        self.prefix = prefix  # the server's base URL + "flownb": not counted in the URL length
         self.hook = None
         self.request_head = None
         self.body_limit = None
@@ -204,7 +205,8 @@ class HookHandler(tornado.web.RequestHandler):
             req.method,
             self.path_kwargs.get("flow", ""),
             self.path_kwargs.get("token", ""),
-            len(req.path.encode("latin-1", "replace")) + len(req.query.encode("latin-1", "replace")),
+            # tornado decodes the request line as latin-1: one character per byte
+            len(req.path) - len(self.prefix) + len(req.query),
             req.query.encode("latin-1", "replace"),
             [(k.lower().encode("latin-1"), v.encode("latin-1", "replace")) for k, v in req.headers.get_all()],
         )
@@ -467,7 +469,11 @@ def setup_handlers(serverapp) -> Extension:
     api = {"ext": ext}
     name = r"(?P<name>[a-z0-9][a-z0-9-]*)"
     routes = [
-        (r"flownb/hooks/(?P<flow>[^/]+)/(?P<token>[^/]+)", HookHandler, {"hooks": hooks}),
+        (
+            r"flownb/hooks/(?P<flow>[^/]+)/(?P<token>[^/]+)",
+            HookHandler,
+            {"hooks": hooks, "prefix": url_path_join(base, "flownb")},
+        ),
         (r"flownb/hooks(?:/.*)?", HookNotFound, {}),
         (r"flownb/api/hooks", HooksHandler, api),
         (r"flownb/api/schedules", SchedulesHandler, api),
