@@ -14,7 +14,8 @@ Every error flownb raises derives from :class:`FlownbError`::
     │   ├── Retry                  "try again later" (``flownb.Retry(after=…)``); retryable
     │   ├── RetryableError         a transient failure (refused connection, HTTP 429/5xx, timeout)
     │   └── FatalError             a permanent failure: dead-letter at once
-    │       └── PoisonMessage      the process died N times while processing it
+    │       ├── PoisonMessage      the process died N times while processing it
+    │       └── EvaluationTimeout  a JSONata evaluation ran past its step's ``timeout``
     ├── RuntimeFailure             a runtime (local queue, broker) cannot do its job
     │   ├── QueueFull              the first queue is over its limit (back-pressure, HTTP 429)
     │   ├── StateError             a state directory's database is missing/empty/damaged (--reset-state)
@@ -33,7 +34,7 @@ from typing import Any, Iterable
 __all__ = [
     "FlownbError", "SpecError", "SpecSyntaxError", "UnknownComponentError", "ConfigError",
     "ParameterError", "ExpressionError", "MessageError", "StepError", "Retry", "RetryableError",
-    "FatalError", "PoisonMessage", "RuntimeFailure", "QueueFull", "StateError", "BrokerError", "DeployError",
+    "FatalError", "PoisonMessage", "EvaluationTimeout", "RuntimeFailure", "QueueFull", "StateError", "BrokerError", "DeployError",
     "did_you_mean",
 ]
 
@@ -145,6 +146,33 @@ class FatalError(StepError):
 class PoisonMessage(FatalError):
     """The process died (crash, out of memory, killed past its grace period) while processing this
     message, ``max_deliveries`` times: it is dead-lettered instead of crashing every restart."""
+
+
+class EvaluationTimeout(FatalError):
+    """A JSONata evaluation (a ``mapping``, ``filter`` or ``split`` step, ``Mapping.preview``,
+    ``Expression.raw(timeout=…)``) ran longer than its ``timeout``: an expression that never ends
+    (a recursive lambda), or too much work for one message. The same input would run as long again,
+    so it is not retried. ``seconds``, ``step``, ``field``, ``expression`` and ``code`` (``D1012``,
+    jsonatapy's code for its own timeout) say which."""
+
+    code = "D1012"
+
+    def __init__(self, seconds: float, *, step: str | None = None, field: str | None = None,
+                 expression: str = ""):
+        where = [f"step '{step}'"] if step else []
+        if field:
+            where.append(f"field '{field}'")
+        if not where and expression:
+            where.append(f"expression {expression[:60]!r}" + ("…" if len(expression) > 60 else ""))
+        at = f" ({', '.join(where)})" if where else ""
+        self.seconds = seconds
+        self.step = step
+        self.field = field
+        self.expression = expression
+        #: the message without the step and field (a preview cell names its field itself)
+        self.detail = f"evaluation exceeded {seconds:g} s; simplify the expression or raise the timeout"
+        super().__init__(f"evaluation exceeded {seconds:g} s{at}; simplify the expression or raise "
+                         f"the {'step' if step else 'evaluation'}'s timeout")
 
 
 class RuntimeFailure(FlownbError):

@@ -15,6 +15,7 @@ TREE = {
     "ConfigError": "SpecError", "ParameterError": "SpecError", "ExpressionError": "SpecError",
     "MessageError": "FlownbError", "StepError": "FlownbError", "RetryableError": "StepError",
     "Retry": "RetryableError", "FatalError": "StepError", "PoisonMessage": "FatalError",
+    "EvaluationTimeout": "FatalError",
     "RuntimeFailure": "FlownbError", "QueueFull": "RuntimeFailure", "StateError": "RuntimeFailure", "BrokerError": "RuntimeFailure", "DeployError": "FlownbError",
 }
 

@@ -8,6 +8,12 @@
 
 Expressions are compiled once: in ``check_config`` (validation, ExpressionError with the position and
 the field) and in ``setup``. An evaluation error (T2001 …) is a FatalError: dead-lettered at once.
+
+``timeout`` (a duration, default ``10s``) bounds the evaluation of one message (all fields of a
+mapping together): past it the message is dead-lettered with
+:class:`~flownb.errors.EvaluationTimeout` ("evaluation exceeded 10 s (step 'x', field 'y'); …"). An
+expression that never ends (a recursive lambda) cannot hold the step, nor the process: see
+docs/rules.md, "Deadlines".
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..errors import ExpressionError
+from .._duration import Duration
+from ..errors import EvaluationTimeout, ExpressionError
+from ..rules import _deadline
 from ..rules._runtime import U, boolean
 from ..rules.expression import EvaluationError, compile
-from ..rules.mapping import Mapping
+from ..rules.mapping import DEFAULT_TIMEOUT, Mapping
 from .base import Action
 
 __all__ = ["MappingAction", "FilterAction", "SplitAction", "MappingConfig", "FilterConfig", "SplitConfig"]
@@ -29,6 +37,8 @@ class MappingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     fields: dict[str, str] | None = Field(None, description="output field → JSONata expression")
     expression: str | None = Field(None, description="one JSONata expression that builds the object")
+    timeout: Duration = Field(DEFAULT_TIMEOUT, gt=0, description="longest evaluation of one message "
+                              "(e.g. 10s, 500ms); past it the message is dead-lettered")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "MappingConfig":
@@ -42,12 +52,16 @@ class MappingConfig(BaseModel):
 class FilterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     condition: str = Field(description="JSONata; the message passes when the result is truthy")
+    timeout: Duration = Field(DEFAULT_TIMEOUT, gt=0, description="longest evaluation of one message "
+                              "(e.g. 10s, 500ms); past it the message is dead-lettered")
 
 
 class SplitConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str = Field(description="JSONata giving an array; one message per item")
     into: str = Field("value", description="key that wraps an item that is not an object")
+    timeout: Duration = Field(DEFAULT_TIMEOUT, gt=0, description="longest evaluation of one message "
+                              "(e.g. 10s, 500ms); past it the message is dead-lettered")
 
 
 def _check(src: str, step: Any, field: str):
@@ -61,6 +75,15 @@ def _check(src: str, step: Any, field: str):
 
 def _fields(config: MappingConfig) -> dict[str, str]:
     return config.fields if config.fields is not None else {}
+
+
+def _guarded(action: Any, fn: Any, body: Any, field: str, source: str) -> Any:
+    """``fn(body)`` within the step's ``timeout``; EvaluationTimeout names the step and field."""
+    timeout = action.config.timeout
+    try:
+        return _deadline.run(timeout, fn, body)
+    except _deadline.Expired:
+        raise EvaluationTimeout(timeout, step=action.ctx.step, field=field, expression=source) from None
 
 
 class MappingAction(Action):
@@ -81,12 +104,26 @@ class MappingAction(Action):
         # object fails with the same error in the notebook and in a flow
         self._whole = Mapping(expression=c.expression).apply if c.expression else None
         self._fields = [(n, _check(s, None, f"config.fields.{n}").raw) for n, s in _fields(c).items()]
+        self._field: str | None = None  # the field being evaluated (a timeout names it)
 
     def _map(self, body: dict) -> dict:
+        """One message, within the step's timeout."""
+        self._field = None
+        try:
+            return _deadline.run(self.config.timeout, self._map_body, body)
+        except _deadline.Expired:
+            c = self.config
+            field = "expression" if c.expression is not None else self._field
+            source = c.expression if c.expression is not None else _fields(c).get(field or "", "")
+            raise EvaluationTimeout(c.timeout, step=self.ctx.step, field=field,
+                                    expression=source) from None
+
+    def _map_body(self, body: dict) -> dict:
         if self._whole is not None:
             return self._whole(body)
         out = {}
         for name, fn in self._fields:
+            self._field = name
             try:
                 v = fn(body)
             except EvaluationError as exc:
@@ -122,17 +159,19 @@ class FilterAction(Action):
     def setup(self) -> None:
         self._cond = _check(self.config.condition, None, "config.condition").raw
 
+    def _passes(self, body: dict) -> bool:
+        return boolean(self._cond(body))
+
     def process(self, message, ctx):
         body = message.body
-        return body if boolean(self._cond(body)) else None
+        return body if _guarded(self, self._passes, body, "condition", self.config.condition) else None
 
     def process_batch(self, messages, ctx):
         out: list = []
-        append, cond = out.append, self._cond
+        append, process = out.append, self.process
         for m in messages:
             try:
-                body = m.body
-                append(body if boolean(cond(body)) else None)
+                append(process(m, ctx))
             except Exception as exc:  # handed back to the runtime, which classifies it
                 append(exc)
         return out
@@ -152,7 +191,7 @@ class SplitAction(Action):
         self._into = self.config.into
 
     def process(self, message, ctx):
-        v = self._path(message.body)
+        v = _guarded(self, self._path, message.body, "path", self.config.path)
         if v is U:
             return []
         items = v if isinstance(v, list) else [v]

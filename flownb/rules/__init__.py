@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .expression import UNDEFINED, EvaluationError, Expression, compile
+from .expression import UNDEFINED, EvaluationError, EvaluationTimeout, Expression, compile
 
-__all__ = ["compile", "Expression", "EvaluationError", "UNDEFINED", "Mapping", "to_records"]
+__all__ = ["compile", "Expression", "EvaluationError", "EvaluationTimeout", "UNDEFINED", "Mapping",
+           "to_records"]
 
 
 def __getattr__(name: str) -> Any:

@@ -26,12 +26,12 @@ from typing import Any
 
 import orjson
 
-from ..errors import ExpressionError, FatalError
-from . import _runtime
+from ..errors import EvaluationTimeout, ExpressionError, FatalError
+from . import _deadline, _runtime
 from ._compiler import Unsupported, compile_tree
 from ._parser import ParseError, parse
 
-__all__ = ["compile", "Expression", "EvaluationError", "UNDEFINED"]
+__all__ = ["compile", "Expression", "EvaluationError", "EvaluationTimeout", "UNDEFINED"]
 
 #: JSONata's *undefined* (no value); distinct from ``None`` (JSON null).
 UNDEFINED = _runtime.U
@@ -114,10 +114,22 @@ class Expression:
         loops should use :meth:`raw` or :meth:`evaluate`."""
         return self._fn
 
-    def raw(self, data: Any, bindings: dict | None = None) -> Any:
+    def raw(self, data: Any, bindings: dict | None = None, *, timeout: float | None = None,
+            max_depth: int | None = None) -> Any:
         """Evaluate; JSONata undefined is :data:`UNDEFINED`. Raises :class:`EvaluationError`.
 
-        ``bindings`` maps variable names (without ``$``) to JSON values for this evaluation."""
+        ``bindings`` maps variable names (without ``$``) to JSON values for this evaluation.
+        ``timeout`` (seconds; None: none of its own) bounds the evaluation in either engine:
+        :class:`~flownb.errors.EvaluationTimeout` when it passes. ``max_depth`` bounds the nesting
+        of function calls in jsonatapy (``D1011``; the compiled engine has no user functions)."""
+        if timeout is not None:
+            try:
+                return _deadline.run(timeout, self._raw, data, bindings, max_depth)
+            except _deadline.Expired:
+                raise EvaluationTimeout(timeout, expression=self.source) from None
+        return self._raw(data, bindings, max_depth)
+
+    def _raw(self, data: Any, bindings: dict | None, max_depth: int | None = None) -> Any:
         if self._fn is not None and (not bindings or self._functions.isdisjoint(bindings)):
             # compiled code reads no variables but the built-in functions it calls (a binding
             # that shadows one of them goes to the fallback engine)
@@ -127,7 +139,7 @@ class Expression:
                 # jsonata-js lets an infinity flow on until it is used; the fallback engine tells
                 # whether that use is a more specific error ($string(1/0): D3001); else D1001
                 try:
-                    self._evaluate_fallback(data, bindings)
+                    self._evaluate_fallback(data, bindings, max_depth)
                 except EvaluationError as fexc:
                     if fexc.code is not None:
                         raise
@@ -136,16 +148,18 @@ class Expression:
                 raise EvaluationError(str(exc), code=exc.code, expression=self.source) from None
             except (_runtime.Fallback, RecursionError):
                 pass  # a rare case, or input (or an expression) nested too deeply for Python
-        return self._evaluate_fallback(data, bindings)
+        return self._evaluate_fallback(data, bindings, max_depth)
 
-    def evaluate(self, data: Any, undefined: Any = None, bindings: dict | None = None) -> Any:
+    def evaluate(self, data: Any, undefined: Any = None, bindings: dict | None = None, *,
+                 timeout: float | None = None, max_depth: int | None = None) -> Any:
         """Evaluate on ``data``; JSONata undefined becomes ``undefined`` (default ``None``)."""
-        v = self.raw(data, bindings)
+        v = self.raw(data, bindings, timeout=timeout, max_depth=max_depth)
         return undefined if v is _U else v
 
     __call__ = evaluate
 
-    def _evaluate_fallback(self, data: Any, bindings: dict | None = None) -> Any:
+    def _evaluate_fallback(self, data: Any, bindings: dict | None = None,
+                           max_depth: int | None = None) -> Any:
         if data is _U:
             payload = None
         else:
@@ -156,14 +170,25 @@ class Expression:
                 raise EvaluationError(f"the input is not JSON ({exc})", expression=self.source) from exc
         # jsonatapy's error is not chained to ours: its traceback holds the jsonatapy object (in
         # the wrapper's frame), and our error may be freed on another thread (_thread_jsonatapy)
+        # jsonatapy holds the GIL until it returns (no other thread, no signal handler runs): within
+        # a deadline (_deadline.run) it is told the time left, and stops itself with D1012
+        kw: dict = {}
+        left = _deadline.remaining()
+        if left is not None:
+            kw["timeout"] = max(1, int(left * 1000))
+        if max_depth is not None:
+            kw["max_stack_depth"] = max_depth
         try:
-            out = _thread_jsonatapy(self.source).evaluate_json_or_none(payload, bindings or None)
+            out = _thread_jsonatapy(self.source).evaluate_json_or_none(payload, bindings or None, **kw)
         except (ValueError, TypeError) as exc:  # TypeError: bindings that are not JSON-like
             message = str(exc)
         else:
             return _U if out is None else orjson.loads(out)
         m = _CODE.search(message)
-        raise EvaluationError(message, code=m.group(1) if m else None, expression=self.source)
+        code = m.group(1) if m else None
+        if code == "D1012" and left is not None:
+            raise _deadline.Expired()
+        raise EvaluationError(message, code=code, expression=self.source)
 
 
 _DEEP_LOCK = threading.Lock()

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, ExpressionError
+from ..errors import ConfigError, EvaluationTimeout, ExpressionError
 from ..records import _no_gc, is_frame, to_records
+from . import _deadline
 from ._runtime import _CONTAINERS, EvalError, Fallback, U, clean
 from .expression import EvaluationError, Expression, compile
 
@@ -23,7 +24,10 @@ if TYPE_CHECKING:
 
     from ..flow import Step
 
-__all__ = ["Mapping", "to_records"]
+__all__ = ["Mapping", "to_records", "DEFAULT_TIMEOUT"]
+
+#: seconds an evaluation may run in a step (its ``timeout``) and in :meth:`Mapping.preview`, per row
+DEFAULT_TIMEOUT = 10.0
 
 
 class Mapping:
@@ -36,6 +40,7 @@ class Mapping:
         self.fields = dict(fields) if fields is not None else None
         self.expression = expression
         self.errors: list[dict] = []  # the failing rows of the last preview
+        self._field: str | None = None  # the field being evaluated (names the field of a timeout)
         self._compiled: list[tuple[str, Expression]] = []
         if fields is not None:
             if not fields:
@@ -70,8 +75,26 @@ class Mapping:
         return f"Mapping({self.config!r})"
 
     # -- evaluation -------------------------------------------------------------------------------
-    def apply(self, body: Any) -> dict:
-        """Map one record; raises :class:`EvaluationError` naming the field that failed."""
+    def apply(self, body: Any, timeout: float | None = None, step: str | None = None) -> dict:
+        """Map one record; raises :class:`EvaluationError` naming the field that failed, or
+        :class:`~flownb.errors.EvaluationTimeout` (naming ``step`` and the field) when it runs
+        longer than ``timeout`` seconds (None: no limit of its own)."""
+        if timeout is None:
+            return self._apply(body)
+        self._field = None
+        try:
+            return _deadline.run(timeout, self._apply, body)
+        except _deadline.Expired:
+            field = self._field if self.fields is not None else "expression"
+            raise EvaluationTimeout(timeout, step=step, field=field,
+                                    expression=self._source(field)) from None
+
+    def _source(self, field: str | None) -> str:
+        if self.fields is None:
+            return self.expression or ""
+        return self.fields.get(field or "", "")
+
+    def _apply(self, body: Any) -> dict:
         if self.fields is None:
             out = self._expr.raw(body)
             if type(out) is not dict:
@@ -83,6 +106,7 @@ class Mapping:
         name = ""
         try:
             for name, fn, expr in self._fast:
+                self._field = name
                 v = fn(body, body) if fn is not None else expr.raw(body)
                 if v is not U:
                     out[name] = clean(v) if type(v) in _CONTAINERS else v
@@ -93,6 +117,7 @@ class Mapping:
     def _apply_slow(self, body: Any) -> dict:
         out = {}
         for name, expr in self._compiled:
+            self._field = name
             try:
                 v = expr.raw(body)
             except EvaluationError as exc:
@@ -104,8 +129,13 @@ class Mapping:
 
     __call__ = apply
 
-    def preview(self, sample: Any, limit: int | None = None) -> "pd.DataFrame":
+    def preview(self, sample: Any, limit: int | None = None,
+                timeout: float | None = DEFAULT_TIMEOUT) -> "pd.DataFrame":
         """One row per input row, one column per output field, plus ``_error`` (None when fine).
+
+        ``timeout``: seconds one row's field may take (default 10, as a step's ``timeout``; None:
+        no limit). A row that runs longer shows ``evaluation exceeded … s`` in ``_error``, and the
+        preview goes on with the next row.
 
         ``sample``: a DataFrame (its index is kept), a list of dicts or one dict, made records by
         :func:`flownb.records.to_records` exactly as ``flow.test`` does. A failing row keeps the
@@ -120,19 +150,20 @@ class Mapping:
                 index = sample.index
             records = to_records(sample, limit)
             if self.fields is None:
-                data, errors = self._preview_expression(records)
+                data, errors = self._preview_expression(records, timeout)
             else:
-                data, errors = self._preview_fields(records)
+                data, errors = self._preview_fields(records, timeout)
             self.errors = [{"row": (index[i] if index is not None else i), "error": e}
                            for i, e in enumerate(errors) if e is not None]
             data["_error"] = errors
             return pd.DataFrame(data, index=index)
 
-    def _preview_fields(self, records: list) -> tuple[dict, list]:
+    def _preview_fields(self, records: list, timeout: float | None) -> tuple[dict, list]:
         """Field by field over all rows. The compiled function runs over the rows in one
         ``list.extend(map(…))``; a row that raises is evaluated again through the checked path
         (:meth:`Expression.raw`: the fallback engine, or the error with its text), and the loop
-        goes on with the next row."""
+        goes on with the next row. The whole column runs under one deadline of ``timeout``; if a
+        column takes longer, its remaining rows run one by one, each with its own ``timeout``."""
         n = len(records)
         cols: dict[str, list] = {}
         errors: list = [None] * n
@@ -140,31 +171,29 @@ class Mapping:
             raw = expr.raw
             col: list = []
             if fn is not None:
-                rows, roots = iter(records), iter(records)  # advance together: (record, record)
-                while True:
-                    try:
-                        col.extend(map(fn, rows, roots))
-                        break
-                    except (EvalError, Fallback, EvaluationError, RecursionError):
-                        # list.extend keeps the values before the failing row, and both
-                        # iterators are just past it
-                        i = len(col)
-                        col.append(_checked(raw, records[i], name, errors, i))
-            if len(col) != n:  # no compiled function (or, never expected, a short column): row by row
-                col = [_checked(raw, rec, name, errors, i) for i, rec in enumerate(records)]
+                try:
+                    _deadline.run(timeout, _fill, col, fn, records, raw, name, errors, timeout)
+                except _deadline.Expired:
+                    pass  # the rows from len(col) on: one by one below
+            if len(col) != n:  # no compiled function, or a column that ran out of time: row by row
+                col.extend(_checked(raw, records[i], name, errors, i, timeout)
+                           for i in range(len(col), n))
             if not _PLAIN.issuperset(set(map(type, col))):  # undefined → None, plain lists
                 col = [None if v is U else (clean(v) if type(v) in _CONTAINERS else v) for v in col]
             cols[name] = col
         return cols, errors
 
-    def _preview_expression(self, records: list) -> tuple[dict, list]:
+    def _preview_expression(self, records: list, timeout: float | None) -> tuple[dict, list]:
         rows: list = []
         errors: list = []
         for rec in records:
             try:
-                rows.append(self.apply(rec))
+                rows.append(self.apply(rec, timeout))
                 errors.append(None)
             except EvaluationError as exc:
+                rows.append({})
+                errors.append(exc.detail)
+            except EvaluationTimeout as exc:
                 rows.append({})
                 errors.append(exc.detail)
         names: dict[str, None] = {}
@@ -180,11 +209,28 @@ class Mapping:
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
-def _checked(raw: Any, rec: Any, name: str, errors: list, i: int) -> Any:
+def _fill(col: list, fn: Any, records: list, raw: Any, name: str, errors: list,
+          timeout: float | None) -> None:
+    """Append ``fn(record, record)`` for the records from ``len(col)`` on (see _preview_fields)."""
+    rows = iter(records)
+    roots = iter(records)  # advance together: (record, record)
+    n = len(records)
+    while len(col) < n:
+        try:
+            col.extend(map(fn, rows, roots))
+        except (EvalError, Fallback, EvaluationError, RecursionError):
+            # list.extend keeps the values before the failing row, and both iterators are just
+            # past it
+            i = len(col)
+            col.append(_checked(raw, records[i], name, errors, i, timeout))
+
+
+def _checked(raw: Any, rec: Any, name: str, errors: list, i: int,
+             timeout: float | None = None) -> Any:
     """``raw(rec)``; an evaluation error is added to ``errors[i]`` and gives undefined."""
     try:
-        return raw(rec)
-    except EvaluationError as exc:
+        return raw(rec, timeout=timeout)
+    except (EvaluationError, EvaluationTimeout) as exc:
         msg = f"field '{name}': {exc.detail}"
         errors[i] = msg if errors[i] is None else f"{errors[i]}; {msg}"
         return U

@@ -1,0 +1,169 @@
+"""Evaluation deadlines: stop an evaluation that runs too long, in either engine.
+
+- **jsonatapy** holds the GIL for the whole of an evaluation (measured: no other Python thread runs
+  meanwhile, signal handlers included); it is given ``timeout=`` (the time left, in ms) and stops
+  itself with ``D1012``.
+- **compiled** code is Python: a watchdog thread raises :class:`_Interrupt` *in* the evaluating
+  thread (``PyThreadState_SetAsyncExc``) once the deadline has passed. Nothing is added to the
+  generated code or its loops; starting and ending a guarded region costs two lock operations.
+
+:func:`run` is the only entry point: it runs ``fn(*args)`` with a deadline and raises
+:class:`Expired` (an ``Exception``) if the deadline passed. The protocol makes sure the interrupt
+never escapes the guarded region: the watchdog fires at most once per region, only while the region
+is running and under a lock that the region takes before it ends; a region that ends with an
+interrupt pending clears it (``SetAsyncExc(thread, NULL)``) before leaving, and an interrupt
+delivered anywhere between the call and the end of the region is caught by the region.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import time
+from typing import Any, Callable
+
+__all__ = ["run", "remaining", "Expired", "MAX_TIMEOUT"]
+
+#: the longest deadline (seconds) handed to jsonatapy (its timeout is an int of milliseconds)
+MAX_TIMEOUT = 7 * 24 * 3600.0
+
+_set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+_set_async_exc.argtypes = (ctypes.c_ulong, ctypes.py_object)
+_set_async_exc.restype = ctypes.c_int
+# the same C function, to clear a pending exception: NULL (None as a void pointer), not Py_None
+_clear_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(
+    ("PyThreadState_SetAsyncExc", ctypes.pythonapi))
+_monotonic = time.monotonic
+_get_ident = threading.get_ident
+
+
+class _Interrupt(BaseException):
+    """Raised asynchronously in a thread whose guarded evaluation passed its deadline (a
+    BaseException: no ``except Exception`` in the evaluated code swallows it)."""
+
+
+class Expired(Exception):
+    """The deadline of a :func:`run` passed (the interrupt, or jsonatapy's own ``D1012`` given the
+    time left); the caller of :func:`run` knows which deadline and reports it."""
+
+
+_RUNNING, _FIRED, _DONE = 0, 1, 2
+
+
+class _Region:
+    __slots__ = ("tid", "deadline", "state", "outer")
+
+    def __init__(self, tid: int, deadline: float, outer: "_Region | None"):
+        self.tid = tid
+        self.deadline = deadline
+        self.state = _RUNNING
+        self.outer = outer
+
+
+_LOCK = threading.Lock()
+_WAKE = threading.Condition(_LOCK)
+_REGIONS: set = set()  # running regions, every thread
+_CURRENT = threading.local()  # .region: this thread's innermost running region
+_watchdog: threading.Thread | None = None
+_idle = False  # the watchdog waits for a region to start (not polling)
+_started = 0  # regions started (the watchdog polls while it changes)
+_POLL = 0.25  # seconds between the watchdog's looks while regions run
+
+
+def _watch() -> None:
+    global _idle
+    seen = -1
+    with _LOCK:
+        while True:
+            if not _REGIONS:
+                if _started == seen:  # nothing started for a poll interval: sleep until one does
+                    _idle = True
+                    _WAKE.wait()
+                    _idle = False
+                else:
+                    seen = _started
+                    _WAKE.wait(_POLL)
+                continue
+            seen = _started
+            now = _monotonic()
+            first = min(r.deadline for r in _REGIONS)
+            if first > now:
+                # a region that starts meanwhile with an earlier deadline is seen within _POLL
+                _WAKE.wait(min(first - now, _POLL))
+                continue
+            for r in [r for r in _REGIONS if r.deadline <= now]:
+                _REGIONS.discard(r)
+                if r.state == _RUNNING:
+                    r.state = _FIRED
+                    _set_async_exc(r.tid, _Interrupt)
+
+
+def _start_watchdog() -> None:
+    global _watchdog
+    with _LOCK:
+        if _watchdog is None or not _watchdog.is_alive():
+            _watchdog = threading.Thread(target=_watch, name="flownb-rules-deadline", daemon=True)
+            _watchdog.start()
+
+
+def _end(region: _Region) -> bool:
+    """End ``region`` (idempotent); True if its interrupt fired (one still pending is cleared)."""
+    with _LOCK:
+        if region.state == _FIRED:
+            _clear_async_exc(region.tid, None)  # not delivered yet: cleared (no-op if it was)
+            fired = True
+        else:
+            region.state = _DONE
+            _REGIONS.discard(region)
+            fired = False
+    _CURRENT.region = region.outer
+    return fired
+
+
+def _after_fork() -> None:  # the child has no watchdog thread, and a lock may be left held
+    global _LOCK, _WAKE, _REGIONS, _watchdog, _idle
+    _LOCK = threading.Lock()
+    _WAKE = threading.Condition(_LOCK)
+    _REGIONS = set()
+    _watchdog = None
+    _idle = False
+    _CURRENT.region = None
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def remaining() -> float | None:
+    """Seconds left before this thread's innermost deadline (None: no deadline)."""
+    region = getattr(_CURRENT, "region", None)
+    return None if region is None else region.deadline - _monotonic()
+
+
+def run(seconds: float | None, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, interrupted with :class:`Expired` once ``seconds`` have passed (None: no
+    deadline of its own; an enclosing one still applies). Regions nest: the innermost deadline that
+    passes is the one reported (an outer one passing first is reported by the outer region)."""
+    global _started
+    if seconds is None:
+        return fn(*args)
+    if _watchdog is None:
+        _start_watchdog()
+    outer = getattr(_CURRENT, "region", None)
+    region = _Region(_get_ident(), _monotonic() + min(seconds, MAX_TIMEOUT), outer)
+    try:
+        try:
+            _CURRENT.region = region
+            with _LOCK:
+                _REGIONS.add(region)
+                _started += 1
+                if _idle:
+                    _WAKE.notify()
+            return fn(*args)
+        finally:
+            fired = _end(region)
+    except _Interrupt:
+        fired = _end(region)
+        if not fired:  # an enclosing region's interrupt
+            raise
+        raise Expired() from None
