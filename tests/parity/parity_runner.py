@@ -46,7 +46,8 @@ import urllib.request
 import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import date, datetime, time as dtime
+from datetime import date, datetime
+from datetime import time as dtime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,6 @@ RUN_TIMEOUT = float(os.environ.get("FLOWNB_PARITY_TIMEOUT", "60"))  # seconds a 
 
 sys.path.insert(0, str(HERE.parent / "runtime"))
 from engines import LocalEngine  # noqa: E402  (also registers the lt.* test components, unused here)
-
 
 # -- cases ----------------------------------------------------------------------------------------
 
