@@ -412,11 +412,23 @@ class Child:
                 pass
 
     def bad_lines(self) -> list[str]:
-        return [line for line in self.stderr.splitlines()
-                if any(b in line for b in BAD_LOG) and not any(r in line for r in BROKER_RESTART_LOG)]
+        """Logged errors, tracebacks (by their exception line) and panics; not a broker restart's."""
+        lines = self.stderr.splitlines()
+        bad = [line for line in lines if any(b in line for b in BAD_LOG) and "Traceback" not in line
+               and not any(r in line for r in BROKER_RESTART_LOG)]
+        return bad + [f"Traceback … {exc}" for exc in tracebacks(lines)]
 
 
-FATAL_LOG = ("Traceback", "panicked")
+def tracebacks(lines: list[str]) -> list[str]:
+    """The exception line of each traceback in a log, except pika's own connection errors (logged
+    with a traceback while the shared broker is restarted by someone else; the worker reconnects)."""
+    found = []
+    for i, line in enumerate(lines):
+        if line.startswith("Traceback (most recent call last)"):
+            exc = next((x for x in lines[i + 1:] if x and not x.startswith(" ")), "?")
+            if not exc.startswith("pika.exceptions."):
+                found.append(exc)
+    return found
 
 
 def wait_until(cond, timeout: float, what: str, children: list[Child], every: float = 0.05):
@@ -434,7 +446,7 @@ def wait_until(cond, timeout: float, what: str, children: list[Child], every: fl
             checked = time.monotonic()
             for c in children:
                 text = c.stderr
-                if any(f in text for f in FATAL_LOG):
+                if "panicked" in text or tracebacks(text.splitlines()):
                     raise AssertionError(f"{c.label} logged a traceback while waiting for {what}\n{c.tail()}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n"
