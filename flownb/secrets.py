@@ -9,13 +9,23 @@ unset secret is exit 2 naming the step, field and variable, not a dead letter pe
 
 from __future__ import annotations
 
+import base64
+import html
+import json
+import logging
 import os
+import re
+import sys
+import threading
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
+from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 from .errors import ConfigError
 
-__all__ = ["EnvVar", "required_env", "missing_env", "check_env", "walk_config"]
+__all__ = ["EnvVar", "required_env", "missing_env", "check_env", "walk_config", "Redactor", "RedactingFilter",
+           "RedactingStream", "MIN_SECRET_LEN", "mask", "encodings", "activate", "active_redactor", "redact",
+           "install_log_redaction"]
 
 
 @dataclass(frozen=True)
@@ -71,3 +81,235 @@ def check_env(flow: Any, steps: Iterable[str] | None = None, environ: Mapping[st
     raise ConfigError(f"environment variable '{first.name}' is not set{others}; export it before "
                       f"starting (nothing was consumed), or check the name with 'flownb validate --env'",
                       step=first.step, field=first.field)
+
+
+# -- redaction -------------------------------------------------------------------------------------
+# The one place that knows what a secret looks like once it is out: the runtimes (stored errors,
+# logs, stdout/stderr), ``flownb dlq`` (display), scheduled runs (output notebook, log, error) and
+# exported notebooks (flownb/deploy/redact.py) all redact with a :class:`Redactor`. Rule: docs/secrets.md.
+
+#: values shorter than this are never searched for (they would redact ordinary text)
+MIN_SECRET_LEN = 4
+#: an already redacted value; never redacted again (so redacting twice changes nothing)
+_MASKED = r"\[redacted:[A-Za-z0-9_.-]*\]"
+
+
+def mask(name: str | None) -> str:
+    """What replaces a secret: ``[redacted:NAME]`` (the variable's name is not a secret), or ``***``
+    for a value whose variable is unknown."""
+    return f"[redacted:{name}]" if name else "***"
+
+
+def _b64(s: str) -> list[str]:
+    raw = s.encode("utf-8")
+    return [base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()]
+
+
+def encodings(value: str) -> set[str]:
+    """The forms of ``value`` that are searched for: as is, stripped, URL-quoted, JSON/``repr``/HTML
+    escaped, base64 (the ``Basic`` credentials of a ``user:pass`` value); for a URL with a password
+    (``scheme://user:pass@host``) also the password alone and base64 of ``user:pass``. (The value of
+    ``Authorization: Bearer <v>`` is the value itself.) Forms shorter than :data:`MIN_SECRET_LEN` are
+    dropped."""
+    forms: set[str] = set()
+    for v in {value, value.strip()}:
+        if len(v) < MIN_SECRET_LEN:
+            continue
+        forms |= {v, quote(v, safe=""), quote(v), quote_plus(v, safe=""), json.dumps(v)[1:-1],
+                  json.dumps(v, ensure_ascii=False)[1:-1], repr(v)[1:-1], html.escape(v), *_b64(v)}
+        forms |= {b.rstrip("=") for b in _b64(v)}
+        try:
+            parts = urlsplit(v)
+            user, password = parts.username, parts.password
+        except ValueError:
+            user = password = None
+        if password:
+            plain = unquote(password)
+            for p in {password, plain}:
+                if len(p) >= MIN_SECRET_LEN:
+                    forms |= {p, quote(p, safe="")}
+            forms |= set(_b64(f"{unquote(user or '')}:{plain}"))
+    return {f for f in forms if len(f) >= MIN_SECRET_LEN}
+
+
+class Redactor:
+    """Replaces known secret values, and their common :func:`encodings`, by :func:`mask` of their
+    variable's name. ``secrets``: ``{variable: value}`` (or ``(variable or None, value)`` pairs);
+    empty values and values shorter than :data:`MIN_SECRET_LEN` are ignored. Falsy when it knows no
+    secret (then :meth:`redact` returns its input)."""
+
+    def __init__(self, secrets: Mapping[str | None, str] | Iterable[tuple[str | None, str]] = ()):
+        pairs = secrets.items() if isinstance(secrets, Mapping) else secrets
+        self._mask: dict[str, str] = {}
+        for name, value in pairs:
+            if isinstance(value, str):
+                for form in encodings(value):
+                    self._mask.setdefault(form, mask(name))
+        self.names = sorted({m[len("[redacted:"):-1] for m in self._mask.values() if m != "***"})
+        forms = sorted(self._mask, key=len, reverse=True)
+        self._re = re.compile(_MASKED + "|" + "|".join(map(re.escape, forms))) if forms else None
+
+    @classmethod
+    def from_env(cls, names: Iterable[str], environ: Mapping[str, str] | None = None) -> "Redactor":
+        """The values of the environment variables ``names`` (unset ones are skipped)."""
+        env = os.environ if environ is None else environ
+        return cls([(n, env[n]) for n in dict.fromkeys(names) if env.get(n)])
+
+    @classmethod
+    def from_flow(cls, flow: Any, environ: Mapping[str, str] | None = None) -> "Redactor":
+        """The values of every variable :func:`required_env` names for ``flow``, read now."""
+        names = [v.name for v in required_env(flow)]
+        try:
+            names += [v.name for v in required_env(flow.resolved())]  # ``{{ param }}`` in a *_env field
+        except Exception:  # noqa: BLE001 - a template that does not fill: the names as written
+            pass
+        return cls.from_env(names, environ)
+
+    @classmethod
+    def from_values(cls, values: Iterable[str]) -> "Redactor":
+        """Values whose variable is unknown: masked as ``***``."""
+        return cls([(None, v) for v in values])
+
+    def __bool__(self) -> bool:
+        return self._re is not None
+
+    def __or__(self, other: "Redactor") -> "Redactor":
+        merged = Redactor()
+        merged._mask = {**other._mask, **self._mask}
+        merged.names = sorted(set(self.names) | set(other.names))
+        forms = sorted(merged._mask, key=len, reverse=True)
+        merged._re = re.compile(_MASKED + "|" + "|".join(map(re.escape, forms))) if forms else None
+        return merged
+
+    def redact(self, text: str) -> str:
+        if self._re is None or not text:
+            return text
+        return self._re.sub(lambda m: self._mask.get(m.group(0), m.group(0)), text)
+
+    def redact_obj(self, obj: Any) -> Any:
+        """A copy of a JSON-like value with every string, dict keys included, redacted."""
+        if isinstance(obj, str):
+            return self.redact(obj)
+        if isinstance(obj, dict):
+            return {(self.redact(k) if isinstance(k, str) else k): self.redact_obj(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [self.redact_obj(v) for v in obj]
+        return obj
+
+
+# -- the process's active redactors (set up by ``flownb run`` / ``flownb worker``) ----------------
+_ACTIVE: list[Redactor] = []
+_ACTIVE_LOCK = threading.Lock()
+
+
+def activate(redactor: Redactor) -> Callable[[], None]:
+    """Make ``redactor`` apply process-wide (:func:`redact`, stored errors, the log filter);
+    returns the function that undoes it."""
+    with _ACTIVE_LOCK:
+        _ACTIVE.append(redactor)
+
+    def undo() -> None:
+        with _ACTIVE_LOCK:
+            if redactor in _ACTIVE:
+                _ACTIVE.remove(redactor)
+    return undo
+
+
+def active_redactor() -> Redactor:
+    with _ACTIVE_LOCK:
+        found = list(_ACTIVE)
+    if len(found) == 1:
+        return found[0]
+    out = Redactor()
+    for r in found:
+        out = out | r
+    return out
+
+
+def redact(text: str, redactor: Redactor | None = None) -> str:
+    """``text`` with the secrets of ``redactor`` and of the process's active redactors masked."""
+    if not isinstance(text, str):
+        return text
+    if redactor is not None:
+        text = redactor.redact(text)
+    for r in list(_ACTIVE):
+        text = r.redact(text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """A ``logging.Filter`` for handlers: redacts each record's message, exception text and stack
+    (with ``redactor``, and the process's active redactors). It never drops a record."""
+
+    def __init__(self, redactor: Redactor | None = None):
+        super().__init__()
+        self.redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            msg = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format: let the handler report it as usual
+            return True
+        red = redact(msg, self.redactor)
+        if red != msg:
+            record.msg, record.args = red, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, self.redactor)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info, self.redactor)
+        return True
+
+
+class RedactingStream:
+    """A text stream (``sys.stdout``/``sys.stderr``) whose writes are redacted; the rest is the
+    wrapped stream's."""
+
+    def __init__(self, stream: Any, redactor: Redactor | None = None):
+        self._stream = stream
+        self._redactor = redactor
+
+    def write(self, s: str) -> int:
+        self._stream.write(redact(s, self._redactor) if isinstance(s, str) else s)
+        return len(s)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def install_log_redaction(flow: Any, *, streams: bool = True,
+                          environ: Mapping[str, str] | None = None) -> Callable[[], None]:
+    """Redact the secrets ``flow`` reads (:meth:`Redactor.from_flow`, read now) from everything this
+    process records or prints: errors stored from now on (``ErrorInfo.from_exception``), records
+    of the root logger's handlers (a :class:`RedactingFilter` on each), and — with ``streams`` —
+    what is written to ``sys.stdout``/``sys.stderr`` (tracebacks, the summary). ``flownb run`` and
+    ``flownb worker`` call it; returns the function that undoes it all."""
+    redactor = Redactor.from_flow(flow, environ)
+    undo_active = activate(redactor)
+    filt = RedactingFilter()
+    handlers = list(logging.getLogger().handlers)
+    if logging.lastResort is not None:
+        handlers.append(logging.lastResort)
+    for h in handlers:
+        h.addFilter(filt)
+    saved = (sys.stdout, sys.stderr)
+    wrapped: tuple[Any, Any] | None = None
+    if streams and redactor:
+        wrapped = (RedactingStream(sys.stdout), RedactingStream(sys.stderr))
+        sys.stdout, sys.stderr = wrapped
+
+    def undo() -> None:
+        for h in handlers:
+            h.removeFilter(filt)
+        if wrapped is not None:
+            if sys.stdout is wrapped[0]:
+                sys.stdout = saved[0]
+            if sys.stderr is wrapped[1]:
+                sys.stderr = saved[1]
+        undo_active()
+    return undo

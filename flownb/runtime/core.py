@@ -60,10 +60,14 @@ class ErrorInfo:
     at: float = field(default_factory=time.time)
 
     @classmethod
-    def from_exception(cls, exc: BaseException, step: str, attempt: int, retryable: bool) -> "ErrorInfo":
+    def from_exception(cls, exc: BaseException, step: str, attempt: int, retryable: bool,
+                       redactor: Any = None) -> "ErrorInfo":
+        """Message and traceback have the flow's secret values masked (``flownb.secrets.redact``:
+        ``redactor`` and the process's active redactors, which ``flownb run``/``worker`` set up)."""
+        from ..secrets import redact  # here, not at the top: keeps this module's imports as they are
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return cls(type=type(exc).__name__, message=str(exc), step=step, attempt=attempt,
-                   retryable=retryable, traceback=tb)
+        return cls(type=type(exc).__name__, message=redact(str(exc), redactor), step=step, attempt=attempt,
+                   retryable=retryable, traceback=redact(tb, redactor))
 
     def to_dict(self) -> dict:
         return asdict(self)
