@@ -48,7 +48,7 @@ class Expired(Exception):
     time left); the caller of :func:`run` knows which deadline and reports it."""
 
 
-_RUNNING, _FIRED, _DONE = 0, 1, 2
+_RUNNING, _FIRED, _DONE, _PAUSED = 0, 1, 2, 3
 
 
 class _Region:
@@ -132,6 +132,30 @@ def _after_fork() -> None:  # the child has no watchdog thread, and a lock may b
 
 
 os.register_at_fork(after_in_child=_after_fork)
+
+
+def pause() -> "_Region | None":
+    """Before a call that holds the GIL and keeps its own time (jsonatapy with ``timeout=``): the
+    watchdog leaves this thread's region alone until :func:`resume`. Otherwise its interrupt,
+    due at the same moment as jsonatapy's own timeout, would be delivered as the call returns —
+    into whatever runs first, such as a signal handler (SIGTERM) that has been waiting meanwhile."""
+    region = getattr(_CURRENT, "region", None)
+    if region is not None:
+        with _LOCK:
+            if region.state == _RUNNING:
+                region.state = _PAUSED
+    return region
+
+
+def resume(region: "_Region | None") -> bool:
+    """After :func:`pause`: the region runs on. True if its deadline has passed meanwhile (the
+    caller raises :class:`Expired`: the watchdog no longer watches a region past its deadline)."""
+    if region is None:
+        return False
+    with _LOCK:
+        if region.state == _PAUSED:
+            region.state = _RUNNING
+    return _monotonic() >= region.deadline
 
 
 def remaining() -> float | None:

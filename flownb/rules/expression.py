@@ -178,11 +178,17 @@ class Expression:
             kw["timeout"] = max(1, int(left * 1000))
         if max_depth is not None:
             kw["max_stack_depth"] = max_depth
+        region = _deadline.pause() if left is not None else None
         try:
             out = _thread_jsonatapy(self.source).evaluate_json_or_none(payload, bindings or None, **kw)
+            message = None
         except (ValueError, TypeError) as exc:  # TypeError: bindings that are not JSON-like
             message = str(exc)
-        else:
+        finally:
+            late = _deadline.resume(region)  # (pause: see _deadline.pause)
+        if late:
+            raise _deadline.Expired()
+        if message is None:
             return _U if out is None else orjson.loads(out)
         m = _CODE.search(message)
         code = m.group(1) if m else None
