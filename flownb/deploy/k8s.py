@@ -69,9 +69,9 @@ def _deployment(flow: Flow, p: StepPlan, image: str, broker_url: str | None) -> 
     ports = [{"name": "metrics", "containerPort": METRICS_PORT}]
     if p.port is not None:
         ports.append({"name": "webhook", "containerPort": p.port})
-    # /healthz turns 503 when a thread of the worker died (the process also exits: either restarts
-    # it); /readyz is 503 while the worker is not consuming (broker unreachable)
-    live = {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 10, "failureThreshold": 3}
+    # /livez turns 503 when a thread of the worker died (the process also exits: either restarts it);
+    # /readyz is 503 while the worker is not consuming (broker unreachable) or its setup() fails
+    live = {"httpGet": {"path": "/livez", "port": "metrics"}, "periodSeconds": 10, "failureThreshold": 3}
     ready = {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5, "failureThreshold": 2}
     container = {
         "name": "worker", "image": image, "imagePullPolicy": "IfNotPresent",

@@ -33,6 +33,9 @@ from ..errors import FatalError, MessageError, PoisonMessage
 from ..flow import Flow, RetryPolicy, Step
 from ..message import Message
 from ..registry import get, validate_step
+from .health import HEALTH
+
+log = logging.getLogger("flownb.runtime")
 
 __all__ = ["ErrorInfo", "Outcome", "Route", "StepRunner", "TriggerRunner", "build_component", "decode",
            "undecodable"]
@@ -104,11 +107,17 @@ class Outcome:
         return Route.DEAD if self.retry_after is None else Route.RETRY
 
     def dead_payload(self) -> bytes:
-        """What to store as the dead letter: the input as received when it could not be decoded,
-        else the message (with its current attempt)."""
-        if self.undecodable and self.payload is not None:
+        """What to store as the dead letter: the input as received (a step that changed its input
+        in place before failing must not leak that change into the dead letter)."""
+        if self.payload is not None:
             return self.payload
         return self.message.to_json()
+
+    def retry_payload(self) -> bytes:
+        """The input as received, with its attempt counted up (same reason as :meth:`dead_payload`)."""
+        m = Message.from_json(self.payload) if self.payload is not None else self.message
+        m.attempt = self.message.attempt + 1
+        return m.to_json()
 
 
 def undecodable(payload: bytes, step: str, attempt: int = 1) -> Message:
@@ -162,12 +171,51 @@ class StepRunner:
                                                  state_dir=state_dir)  # type: ignore[assignment]
         self.ctx = self.component.ctx
         self._open = False
+        self.setup_error: Exception | None = None   # the last setup() failure, while not open
+        self.setup_failures = 0
+        self._setup_retry_at = 0.0
+        self._where = f"flow '{flow.name}' step '{step_name}'"
 
     def open(self) -> "StepRunner":
         if not self._open:
             self.component.setup()
             self._open = True
         return self
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    def ensure_open(self, now: float) -> bool:
+        """Run the component's ``setup()`` if it has not succeeded yet. On failure (database down,
+        bad credentials) remember why, report the step not ready (``/healthz``), and allow the next
+        try only after a back-off (1 s doubling to 30 s, on the ``now`` clock): the runtime leaves
+        the step's messages queued meanwhile instead of dead-lettering them. True when open."""
+        if self._open:
+            return True
+        if now < self._setup_retry_at:
+            return False
+        try:
+            self.open()
+        except Exception as exc:
+            self.setup_error = exc
+            self.setup_failures += 1
+            delay = min(30.0, 2.0 ** (self.setup_failures - 1))
+            self._setup_retry_at = now + delay
+            HEALTH.set_unready(self._where, f"setup() failed: {type(exc).__name__}: {exc}")
+            log.warning("step '%s' (%s): setup() failed (%s: %s); its messages stay queued; next try "
+                        "in %.0fs", self.step.name, self.step.component, type(exc).__name__, exc, delay)
+            return False
+        if self.setup_failures:
+            log.info("step '%s': setup() succeeded after %d failure(s)", self.step.name, self.setup_failures)
+        self.setup_error = None
+        self.setup_failures = 0
+        HEALTH.set_ready(self._where)
+        return True
+
+    @property
+    def setup_retry_at(self) -> float:
+        return self._setup_retry_at
 
     def close(self) -> None:
         if self._open:
@@ -178,13 +226,14 @@ class StepRunner:
         return self.run_batch([message])[0]
 
     def run_batch(self, messages: list[Message]) -> list[Outcome]:
-        """One outcome per message, in order. A component error for the whole batch (``setup()`` or
-        ``process_batch`` raised) fails every message (retryable per the error); a wrong number of
-        results dead-letters every message. ``BaseException`` propagates (see the module doc)."""
+        """One outcome per message, in order. A component error for the whole batch
+        (``process_batch`` raised) fails every message (retryable per the error); a wrong number of
+        results dead-letters every message. ``BaseException`` propagates (see the module doc), and so
+        does a ``setup()`` failure (call :meth:`ensure_open` first)."""
         if not messages:
             return []
+        self.open()  # runtimes call ensure_open() first: a setup() failure is not the messages' fault
         try:
-            self.open()
             results = self.component.process_batch(messages, self.ctx)
             if not isinstance(results, list):
                 results = list(results)

@@ -60,16 +60,33 @@ class Health:
         self._listeners: list[Callable[[Failure], None]] = []
         self._exit_code: int | None = None
         self._exit_within = 3.0
+        self._unready: dict[str, str] = {}     # where -> why (e.g. a step whose setup() fails)
 
     @property
     def ok(self) -> bool:
+        """No thread died (liveness)."""
         return not self.failed.is_set()
 
+    @property
+    def ready(self) -> bool:
+        """Alive, and every part can do its work (readiness, and ``/healthz``)."""
+        return self.ok and not self._unready
+
+    def set_unready(self, where: str, why: str) -> None:
+        with self._lock:
+            self._unready[where] = why
+
+    def set_ready(self, where: str) -> None:
+        with self._lock:
+            self._unready.pop(where, None)
+
     def report(self) -> dict[str, Any]:
-        """The JSON body of ``/healthz``."""
+        """The JSON body of ``/healthz``: ``ok``, ``not ready`` (with why) or ``failed``."""
         with self._lock:
             fails = [{"where": f.where, "error": f.error, "at": f.at} for f in self.failures]
-        return {"status": "ok" if not fails else "failed", "failures": fails}
+            unready = [{"where": w, "why": why} for w, why in self._unready.items()]
+        status = "failed" if fails else "not ready" if unready else "ok"
+        return {"status": status, "failures": fails, "not_ready": unready}
 
     def add_listener(self, cb: Callable[[Failure], None]) -> Callable[[], None]:
         """Call ``cb(failure)`` on each failure (from the failing thread); returns an unsubscribe."""
@@ -108,6 +125,7 @@ class Health:
         """Forget failures (tests)."""
         with self._lock:
             self.failures.clear()
+            self._unready.clear()
         self.failed.clear()
 
 
@@ -137,6 +155,9 @@ def start_thread(target: Callable[..., Any], where: str, *, name: str | None = N
 
 _watchdog_lock = threading.Lock()
 _watchdog_started = False
+#: bumped when an entry point installs or restores the exit policy: a watchdog armed under an older
+#: generation (an in-process CLI call that has returned) never ends the process
+_generation = 0
 
 
 def _watchdog(code: int, within: float, why: str) -> None:
@@ -145,11 +166,13 @@ def _watchdog(code: int, within: float, why: str) -> None:
         if _watchdog_started:
             return
         _watchdog_started = True
+        armed = _generation
 
     def die() -> None:
         time.sleep(within)
-        _hard_exit(code, f"flownb: {why}; exiting with status {code} so that a restart policy brings "
-                         f"the process back (unacknowledged messages return to their queue)")
+        if armed == _generation:
+            _hard_exit(code, f"flownb: {why}; exiting with status {code} so that a restart policy brings "
+                             f"the process back (unacknowledged messages return to their queue)")
     threading.Thread(target=die, name="flownb-watchdog", daemon=True).start()
 
 
@@ -166,7 +189,9 @@ def exit_on_failure(within: float = 3.0, code: int = EXIT_CRASHED) -> Callable[[
     routes uncaught exceptions of any thread (``threading.excepthook``) to :data:`HEALTH`. For
     command line entry points (``flownb run``, ``flownb worker``); returns a function that restores
     the previous behaviour (an entry point called in-process, e.g. by a test, calls it when done)."""
+    global _generation
     previous = (HEALTH._exit_code, HEALTH._exit_within, threading.excepthook)
+    _generation += 1
     HEALTH._exit_code = code
     HEALTH._exit_within = within
 
@@ -180,7 +205,12 @@ def exit_on_failure(within: float = 3.0, code: int = EXIT_CRASHED) -> Callable[[
         _watchdog(code, within, HEALTH.failures[0].where + " died")
 
     def restore() -> None:
+        global _generation, _watchdog_started
         HEALTH._exit_code, HEALTH._exit_within, threading.excepthook = previous
+        HEALTH.reset()  # the entry point has returned its status; an in-process caller goes on afresh
+        with _watchdog_lock:
+            _generation += 1
+            _watchdog_started = False
     return restore
 
 
@@ -196,6 +226,7 @@ def stop_deadline(grace: float | None = None) -> Callable[[int], None]:
     if grace is None:
         grace = float(os.environ.get("FLOWNB_STOP_GRACE", "45"))
     state = _Deadline()
+    armed = _generation
 
     def on_signal(signum: int) -> None:
         state.signals += 1
@@ -204,6 +235,8 @@ def stop_deadline(grace: float | None = None) -> Callable[[int], None]:
 
         def late() -> None:
             time.sleep(grace)
+            if armed != _generation:  # the entry point returned (called in-process)
+                return
             _hard_exit(EXIT_STOP_TIMEOUT, f"flownb: the graceful stop did not finish within {grace:g}s "
                                           f"(FLOWNB_STOP_GRACE); exiting, unacknowledged messages "
                                           f"return to their queue")

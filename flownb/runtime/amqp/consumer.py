@@ -125,6 +125,8 @@ class StepWorker:
         self.consuming = threading.Event()   # set while consumers are registered (tests, start-up timing)
         self._stopping = False
         self._fatal: BaseException | None = None
+        self._ready = threading.Event()      # the component's setup() succeeded
+        self._halt = threading.Event()       # set by stop()/abort: ends setup retries
         self._wake = threading.Event()
         self._conn: SelectConnection | None = None
         self._work: queue.SimpleQueue = queue.SimpleQueue()
@@ -138,6 +140,10 @@ class StepWorker:
         processor = start_thread(self._processor_main, f"step '{self.step.name}' (processing thread)",
                                  name=f"flownb-{self.step.name}-process")
         try:
+            # consume only once the component is set up: while its setup() fails (database down) the
+            # messages stay in the queue and the worker is not ready (/readyz, /healthz 503)
+            while not self._stopping and not self._ready.wait(0.2):
+                pass
             while not self._stopping:
                 started = time.monotonic()
                 try:
@@ -172,6 +178,7 @@ class StepWorker:
         """Stop consuming, finish in-flight messages (outputs confirmed, inputs acked), disconnect."""
         self._stopping = True
         self._wake.set()
+        self._halt.set()
         conn = self._conn
         if conn is not None:
             try:
@@ -263,6 +270,7 @@ class StepWorker:
         the broker requeues every unacknowledged input."""
         self._stopping = True
         self._wake.set()
+        self._halt.set()
         conn = self._conn
 
         def close() -> None:
@@ -278,11 +286,22 @@ class StepWorker:
     # -- the processing thread --------------------------------------------------------------
     def _processor_main(self) -> None:
         try:
-            self._processor()
+            if self._open_runner():
+                self._processor()
         except BaseException as exc:  # noqa: BLE001 - recorded by the thread guard, then re-raised
             self._fatal = exc
             self._abort()
             raise
+
+    def _open_runner(self) -> bool:
+        """Set the component up in this thread (components may hold thread-bound resources), retrying
+        with the StepRunner's back-off until it works or the worker stops."""
+        while not self._halt.is_set():
+            if self.runner.ensure_open(time.time()):
+                self._ready.set()
+                return True
+            self._halt.wait(max(self.runner.setup_retry_at - time.time(), 0.05))
+        return False
 
     def _processor(self) -> None:
         """Run batches through the StepRunner; post the outcomes back to the I/O loop."""
@@ -329,11 +348,9 @@ class StepWorker:
                 else:
                     rec.kind = "retried"
                     self.metrics.failed.inc()
-                    m = res.message
-                    m.attempt += 1
                     level = pick_level(self.levels, res.retry_after or 0.0)
                     self._publish(rec, "", names.retry_queue(self.flow.name, self.step.name, level),
-                                  m.to_json(), error_props(res.error, self.step.name))
+                                  res.retry_payload(), error_props(res.error, self.step.name))
             self._settle()
         finally:
             self._conn.release()

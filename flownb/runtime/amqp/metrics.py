@@ -1,10 +1,12 @@
 """Prometheus metrics of a worker (labels ``flow`` and ``step``), served on ``--metrics-port``
 together with the worker's health:
 
-- ``GET /healthz``: 200 while every thread of the process is alive; 503 (with the failures) once one
+- ``GET /livez``: 200 while every thread of the process is alive; 503 (with the failures) once one
   died (:mod:`flownb.runtime.health`) — the liveness probe;
-- ``GET /readyz``: 200 when healthy and every worker of the process is consuming; 503 otherwise
-  (e.g. while the broker is unreachable) — the readiness probe;
+- ``GET /healthz``: 200 when alive and every step can work; 503 once a thread died or while a step is
+  not ready (its component's ``setup()`` fails: database down, bad credentials), with the reasons;
+- ``GET /readyz``: as ``/healthz``, and every worker of the process is consuming (503 while the
+  broker is unreachable) — the readiness probe;
 - ``GET /metrics`` (and any other path): the Prometheus exposition.
 
 - ``flownb_messages_processed_total``: inputs whose outcome was committed (outputs confirmed, acked)
@@ -66,9 +68,9 @@ def add_readiness(check: Callable[[], bool]) -> None:
 class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - the http.server API
         path = self.path.split("?", 1)[0]
-        if path in ("/healthz", "/readyz"):
+        if path in ("/livez", "/healthz", "/readyz"):
             body = HEALTH.report()
-            ok = HEALTH.ok
+            ok = HEALTH.ok if path == "/livez" else HEALTH.ready
             if path == "/readyz":
                 ready = all(check() for check in list(_ready))
                 body["ready"] = ready
@@ -92,7 +94,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def serve(port: int, host: str = "0.0.0.0") -> None:
-    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``port`` once per process."""
+    """Serve ``/metrics``, ``/livez``, ``/healthz`` and ``/readyz`` on ``port`` once per process."""
     with _lock:
         if port in _served:
             return
@@ -100,4 +102,4 @@ def serve(port: int, host: str = "0.0.0.0") -> None:
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, name="flownb-metrics", daemon=True).start()
         _served.add(port)
-    log.info("metrics on http://%s:%d/metrics, health on /healthz and /readyz", host, port)
+    log.info("metrics on http://%s:%d/metrics, health on /livez, /healthz and /readyz", host, port)

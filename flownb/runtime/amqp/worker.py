@@ -17,6 +17,7 @@ import signal
 import threading
 from typing import Protocol
 
+from ...errors import FlownbError
 from ...flow import Flow
 from ...secrets import check_env
 from ..core import build_component
@@ -58,14 +59,19 @@ def _where(w: Worker) -> str:
 def run_workers(workers: list[Worker], stop: threading.Event) -> None:
     """Run each worker in a thread until ``stop`` is set (or a thread of the process died), then stop
     them (draining) and join. A worker whose ``run`` raises is a failure of the process (HEALTH)."""
-    threads = [start_thread(w.run, _where(w), name=f"flownb-worker-{i}") for i, w in enumerate(workers)]
-    while not stop.wait(0.2):
-        if HEALTH.failed.is_set() or not any(t.is_alive() for t in threads):
-            break
-    for w in workers:
-        w.stop()
-    for t in threads:
-        t.join(timeout=60)
+    died = threading.Event()
+    unsubscribe = HEALTH.add_listener(lambda failure: died.set())
+    try:
+        threads = [start_thread(w.run, _where(w), name=f"flownb-worker-{i}") for i, w in enumerate(workers)]
+        while not stop.wait(0.2):
+            if died.is_set() or not any(t.is_alive() for t in threads):
+                break
+        for w in workers:
+            w.stop()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        unsubscribe()
 
 
 def _install_signals(stop_fn) -> None:
@@ -128,8 +134,8 @@ def _worker_cli(flow: Flow, args) -> int:
     try:
         worker.run()
     except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt):
-            raise
+        if isinstance(exc, (KeyboardInterrupt, FlownbError)):
+            raise  # a configuration problem (a queue with other arguments…): exit 1 with the message
         if not HEALTH.failed.is_set():
             HEALTH.fail(_where(worker), exc)
         if isinstance(exc, Exception):

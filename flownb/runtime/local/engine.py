@@ -304,7 +304,10 @@ class LocalRuntime:
 
     # -- steps -----------------------------------------------------------------------------------
     def process_step(self, name: str, progress: Progress | None = None) -> int:
-        """Claim one batch for step ``name``, run it, commit its outcomes; return the batch size."""
+        """Claim one batch for step ``name``, run it, commit its outcomes; return the batch size.
+        A step whose component cannot be set up claims nothing (see :meth:`StepRunner.ensure_open`)."""
+        if not self.runners[name].ensure_open(self.clock()):
+            return 0
         rows = self.store.claim(name, self.clock(), self.batch_size)
         if not rows:
             return 0
@@ -351,8 +354,9 @@ class LocalRuntime:
         st.outputs += len(outputs)
         st.retried += len(retries)
         st.dead += len(dead)
-        if self.recorded is not None:
-            self.recorded[name].extend(c.body for o in outcomes if o.error is None for c in o.outputs)
+        if self.recorded is not None:  # what went on the wire (a date is a string there, a tuple a list)
+            self.recorded[name].extend(orjson.loads(p)["body"] for o in outcomes if o.error is None
+                                       for p in o.payloads)
         if self._traces:
             self._settle(name, [o for o in outcomes if not o.undecodable])
 
@@ -405,6 +409,17 @@ class LocalRuntime:
         while not self._stop.is_set():
             if self.drain_pass(progress):
                 continue
+            blocked = self._blocked()
+            if blocked:  # a step's setup() fails: wait for its next try within the budget, or give up
+                wait = max(min(self.runners[n].setup_retry_at for n in blocked) - self.clock(), 0.0)
+                if wait > budget:
+                    raise self._not_ready_error(blocked[0])
+                budget -= wait
+                if isinstance(self.clock, VirtualClock):
+                    self.clock.advance(wait)
+                else:
+                    self._stop.wait(wait)
+                continue
             nxt = self.store.next_due(self.steps)
             if nxt is None:
                 break
@@ -438,9 +453,26 @@ class LocalRuntime:
 
     def _idle_wait(self) -> float:
         now = self.clock()
-        times = [t for t in (self.store.next_due(self.steps),
+        blocked = self._blocked()
+        ready = [n for n in self.steps if n not in blocked]
+        times = [t for t in (self.store.next_due(ready),
                              self.next_poll_at() if self.trigger.kind == "poll" else None) if t is not None]
+        times += [self.runners[n].setup_retry_at for n in blocked]
         return min([0.2, *(max(t - now, 0.001) for t in times)])
+
+    def _blocked(self) -> list[str]:
+        """Steps whose component's setup() failed and that have messages waiting."""
+        return [n for n in self.steps if not self.runners[n].is_open and self.runners[n].setup_error is not None
+                and self.store.depth(n)]
+
+    def _not_ready_error(self, name: str) -> RuntimeFailure:
+        r = self.runners[name]
+        exc = r.setup_error
+        return RuntimeFailure(
+            f"step '{name}' ({r.step.component}) is not ready: setup() failed {r.setup_failures} time(s), "
+            f"last with {type(exc).__name__}: {exc}; its {self.store.depth(name)} message(s) stay queued "
+            f"(nothing was dead-lettered): fix the cause (is the service up? the credentials right?) "
+            f"and run again")
 
     # -- reporting -------------------------------------------------------------------------------
     def summary(self) -> RunSummary:
