@@ -139,7 +139,16 @@ def _components(args) -> int:
 @command("run")
 def _run(args) -> int:
     from .runtime.local import run_cli
-    return run_cli(_load_flow(args), args)
+    from .secrets import install_log_redaction, redact
+    flow = _load_flow(args)
+    undo = install_log_redaction(flow)  # stored errors, logs, stdout/stderr: docs/secrets.md
+    try:
+        return run_cli(flow, args)
+    except FlownbError as exc:  # main() prints it after the redaction is undone
+        exc.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.args)
+        raise
+    finally:
+        undo()
 
 
 def _dlq_store(args, flow):
@@ -153,7 +162,7 @@ def _dlq_store(args, flow):
 @command("dlq")
 def _dlq(args) -> int:
     flow = _load_flow(args)
-    store = _dlq_store(args, flow)
+    store = _dlq_store(args, flow)  # list/show return copies with the flow's secrets masked
     con = _console()
     if args.action == "list":
         from rich.table import Table
@@ -180,7 +189,16 @@ def _dlq(args) -> int:
 @command("worker")
 def _worker(args) -> int:
     from .runtime.amqp.worker import worker_cli
-    return worker_cli(_load_flow(args), args)
+    from .secrets import install_log_redaction, redact
+    flow = _load_flow(args)
+    undo = install_log_redaction(flow)  # stored errors, logs, stdout/stderr: docs/secrets.md
+    try:
+        return worker_cli(flow, args)
+    except FlownbError as exc:  # main() prints it after the redaction is undone
+        exc.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.args)
+        raise
+    finally:
+        undo()
 
 
 def _deploy_parsers(sub) -> None:

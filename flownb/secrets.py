@@ -25,7 +25,8 @@ from .errors import ConfigError
 
 __all__ = ["EnvVar", "required_env", "missing_env", "check_env", "walk_config", "Redactor", "RedactingFilter",
            "RedactingStream", "MIN_SECRET_LEN", "mask", "encodings", "activate", "active_redactor", "redact",
-           "install_log_redaction"]
+           "install_log_redaction", "redact_dead_letter", "redact_shapes", "redact_text", "redact_notebook",
+           "as_redactor", "MASK"]
 
 
 @dataclass(frozen=True)
@@ -313,3 +314,100 @@ def install_log_redaction(flow: Any, *, streams: bool = True,
                 sys.stderr = saved[1]
         undo_active()
     return undo
+
+
+# -- token shapes: text that looks like a credential whatever variable (if any) it came from -------
+_URL_PASSWORD = re.compile(r"(?P<pre>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]+:)(?!\[redacted:)(?P<secret>[^\s@/]+)(?=@)")
+_KEYWORD = re.compile(
+    r"(?P<pre>(?i:\b(?:bearer|basic)\s+|\b(?:password|passwd|pwd|token|secret|api[_-]?key|access[_-]?key|"
+    r"authorization|client[_-]?secret)[\"']?\s*[:=]\s*[\"']?(?>(?:(?:bearer|basic|token)\s+)?)))"
+    r"(?!\[redacted:)(?P<secret>[^\s\"',;&}]{4,})")
+_SHAPES = re.compile(
+    r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|xox[abposr]-[A-Za-z0-9-]{10,}|"
+    r"sk-[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})")
+_LONG = re.compile(r"(?<![A-Za-z0-9_+/=-])[A-Za-z0-9_+/=-]{32,}(?![A-Za-z0-9_+/=-])")
+MASK = mask(None)
+
+
+def _looks_random(s: str) -> bool:
+    return any(c.isupper() for c in s) and any(c.islower() for c in s) and any(c.isdigit() for c in s)
+
+
+def redact_shapes(text: str) -> str:
+    """``text`` with token-shaped substrings replaced by ``***``: the password of a URL, the value after
+    ``Bearer``/``Basic`` and after ``password``/``token``/``secret``/``api_key``/``authorization``
+    + ``=``/``:``, GitHub/Slack/``sk-``/AWS/JWT tokens, and runs of 32+ URL-safe characters mixing
+    upper case, lower case and digits (UUIDs and hex digests are kept)."""
+    text = _URL_PASSWORD.sub(lambda m: m.group("pre") + MASK, text)
+    text = _KEYWORD.sub(lambda m: m.group("pre") + MASK, text)
+    text = _SHAPES.sub(MASK, text)
+    return _LONG.sub(lambda m: MASK if _looks_random(m.group(0)) else m.group(0), text)
+
+
+def as_redactor(secrets: "Redactor | Iterable[str] | None") -> Redactor:
+    """A Redactor from a Redactor (as is) or plain values (masked as ``***``)."""
+    if isinstance(secrets, Redactor):
+        return secrets
+    return Redactor.from_values(secrets or ())
+
+
+def redact_text(text: str, secrets: "Redactor | Iterable[str] | None" = ()) -> str:
+    """Known secrets (a Redactor, or plain values), then token shapes (:func:`redact_shapes`)."""
+    return redact_shapes(as_redactor(secrets).redact(text))
+
+
+#: notebook output data left untouched: binary, base64-encoded (SVG is text and is redacted)
+def _binary(key: str) -> bool:
+    return (key.startswith("image/") and key != "image/svg+xml") or key == "application/pdf"
+
+
+def _deep(obj: Any, fn: Callable[[str], str]) -> Any:
+    if isinstance(obj, str):
+        return fn(obj)
+    if isinstance(obj, list):
+        return [_deep(v, fn) for v in obj]
+    if isinstance(obj, dict):
+        return {(fn(k) if isinstance(k, str) else k): (v if isinstance(k, str) and _binary(k) else _deep(v, fn))
+                for k, v in obj.items()}
+    return obj
+
+
+def redact_notebook(nb: dict, secrets: "Redactor | Iterable[str] | None", *, shapes: bool = True) -> dict:
+    """A redacted copy of a notebook (nbformat dict). Known secrets (a Redactor, or plain values)
+    everywhere: cell sources, outputs of every mime type (text/plain, text/html, nested keys *and*
+    values of application/json …; binary images are left as they are), cell and notebook metadata
+    (papermill parameters). With ``shapes``, token-shaped text (:func:`redact_shapes`) too, in outputs
+    and metadata (not in the code a person wrote)."""
+    r = as_redactor(secrets)
+    text = (lambda s: redact_shapes(r.redact(s))) if shapes else r.redact
+    out = dict(nb)
+    cells = []
+    for cell in nb.get("cells", []):
+        cell = dict(cell)
+        cell["source"] = _deep(cell.get("source", ""), r.redact)
+        if "outputs" in cell:
+            cell["outputs"] = _deep(cell["outputs"], text)
+        if "metadata" in cell:
+            cell["metadata"] = _deep(cell["metadata"], text)
+        cells.append(cell)
+    out["cells"] = cells
+    out["metadata"] = _deep(nb.get("metadata", {}), text)
+    return out
+
+
+def redact_dead_letter(dead: Any, redactor: Redactor | None = None) -> Any:
+    """A copy of a dead letter (``flownb.runtime.core.DeadLetter``) for display (``flownb dlq
+    list/show``): the secrets of ``redactor`` (and the active ones) masked in its error and message
+    body and headers, and — in the error's message and traceback — token-shaped text too
+    (flownb.deploy.redact.redact_text), for dead letters stored before errors were redacted or by a
+    process that did not know the secret. Replay uses the stored dead letter, never this copy."""
+    import copy as _copy
+    import dataclasses
+
+    r = active_redactor() if redactor is None else (redactor | active_redactor())
+    error = dataclasses.replace(dead.error, message=redact_text(dead.error.message, r),
+                                traceback=redact_text(dead.error.traceback, r))
+    message = _copy.copy(dead.message)
+    message.body = r.redact_obj(dead.message.body)
+    message.headers = r.redact_obj(dead.message.headers)
+    return dataclasses.replace(dead, message=message, error=error)

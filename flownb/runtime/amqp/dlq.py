@@ -17,6 +17,7 @@ import pika.exceptions
 from ...errors import BrokerError, FlownbError, MessageError
 from ...flow import Flow
 from ...message import Message
+from ...secrets import Redactor, redact_dead_letter
 from ..core import DeadLetter, DeadLetterStore, ErrorInfo, undecodable
 from . import names
 from .consumer import PERSISTENT
@@ -46,6 +47,7 @@ class AmqpDeadLetters(DeadLetterStore):
     def __init__(self, flow: Flow, broker_url: str):
         self.flow = flow
         self.url = broker_url
+        self.redactor = Redactor.from_flow(flow)  # list/show mask secrets; replay sends what is stored
 
     def _steps(self, step: str | None) -> list[str]:
         if step is None:
@@ -77,7 +79,7 @@ class AmqpDeadLetters(DeadLetterStore):
             items = []
             for s in steps:
                 ch = conn.channel()
-                items += [d for _, d in self._read(ch, s)]
+                items += [redact_dead_letter(d, self.redactor) for _, d in self._read(ch, s)]
                 if ch.is_open:
                     ch.close()  # unacked → back to the queue
             return items

@@ -8,6 +8,7 @@ from typing import Iterable
 
 from ...errors import RuntimeFailure, SpecError
 from ...flow import Flow
+from ...secrets import Redactor, redact_dead_letter
 from ..core import DeadLetter, DeadLetterStore
 from .engine import dead_letter_from_row
 from .store import open_state
@@ -26,6 +27,7 @@ class LocalDeadLetters(DeadLetterStore):
             raise RuntimeFailure(f"no local state for flow '{flow.name}' at '{path}'; run the flow first "
                                  f"('flownb run') or pass the --state-dir it used")
         self.store = open_state(Path(state_dir), flow.name, create=False)
+        self.redactor = Redactor.from_flow(flow)  # list/show mask secrets (docs/secrets.md)
 
     def close(self) -> None:
         self.store.close()
@@ -47,13 +49,13 @@ class LocalDeadLetters(DeadLetterStore):
 
     def list(self, step: str | None = None) -> list[DeadLetter]:
         self._check_step(step)
-        return [dead_letter_from_row(r) for r in self.store.dead_rows(step)]
+        return [redact_dead_letter(dead_letter_from_row(r), self.redactor) for r in self.store.dead_rows(step)]
 
     def show(self, dead_id: str) -> DeadLetter:
         rows = self.store.dead_rows(ids=self._ids([dead_id]))
         if not rows:
             raise SpecError(f"no dead letter with id '{dead_id}'; see 'flownb dlq list' for ids", field="id")
-        return dead_letter_from_row(rows[0])
+        return redact_dead_letter(dead_letter_from_row(rows[0]), self.redactor)
 
     def replay(self, step: str | None = None, ids: Iterable[str] | None = None) -> int:
         self._check_step(step)
