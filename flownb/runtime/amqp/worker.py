@@ -134,7 +134,9 @@ def _worker_cli(flow: Flow, args) -> int:
     try:
         worker.run()
     except BaseException as exc:
-        if isinstance(exc, (KeyboardInterrupt, FlownbError)):
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        if isinstance(exc, FlownbError) and not HEALTH.failed.is_set():
             raise  # a configuration problem (a queue with other arguments…): exit 1 with the message
         if not HEALTH.failed.is_set():
             HEALTH.fail(_where(worker), exc)
