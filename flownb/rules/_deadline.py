@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -92,11 +94,43 @@ def _watch() -> None:
                 # a region that starts meanwhile with an earlier deadline is seen within _POLL
                 _WAKE.wait(min(first - now, _POLL))
                 continue
+            postponed = False
             for r in [r for r in _REGIONS if r.deadline <= now]:
-                _REGIONS.discard(r)
-                if r.state == _RUNNING:
+                if r.state != _RUNNING:  # paused (jsonatapy keeps its own time) or ending
+                    _REGIONS.discard(r)
+                elif r.tid == _MAIN and _in_signal_handler():
+                    postponed = True  # its handler must run to the end (SIGTERM: stop the runtime)
+                else:
+                    _REGIONS.discard(r)
                     r.state = _FIRED
                     _set_async_exc(r.tid, _Interrupt)
+            if postponed:
+                _WAKE.wait(0.005)
+
+
+def _in_signal_handler() -> bool:
+    """Whether the main thread is running a Python signal handler (one installed now for a signal
+    that stops or interrupts a process), which an interrupt would cut short."""
+    codes = set()
+    for sig in _SIGNALS:
+        try:
+            h = signal.getsignal(sig)
+        except (ValueError, OSError):
+            continue
+        code = getattr(getattr(h, "__func__", h), "__code__", None)
+        if code is not None:
+            codes.add(code)
+    frame = sys._current_frames().get(_MAIN)
+    while frame is not None and codes:
+        if frame.f_code in codes:
+            return True
+        frame = frame.f_back
+    return False
+
+
+_MAIN = threading.main_thread().ident
+_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1",
+                                              "SIGUSR2") if hasattr(signal, n))
 
 
 def _start_watchdog() -> None:
