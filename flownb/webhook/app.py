@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..runtime.health import HEALTH
 from .parse import HttpError
 from .pipeline import (MAX_HEADERS, MAX_URL, MIN_TOKEN, BodyLimit, Hook, Reply, RequestHead, accept, admit,
                        error_reply)
@@ -60,10 +61,16 @@ def create_app(hooks: Iterable[Hook]) -> Starlette:
     by_flow = {h.flow: h for h in hooks}
 
     async def healthz(request: Request) -> Response:
+        # 503 when a flow cannot queue, when a thread of the process died (the process is about to
+        # exit, see flownb.runtime.health) or while a step cannot work (its setup() fails)
         states = {name: h.ingest.healthy() for name, h in by_flow.items()}
-        ok = all(states.values())
-        return Response(orjson.dumps({"status": "ok" if ok else "unavailable", "flows": states}),
-                        status_code=200 if ok else 503, media_type="application/json")
+        process = HEALTH.report()
+        ok = all(states.values()) and HEALTH.ready
+        status = "ok" if ok else ("unavailable" if process["status"] == "ok" else process["status"])
+        body = {"status": status, "flows": states}
+        if process["status"] != "ok":
+            body["process"] = process
+        return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return _response(error_reply(HttpError(404, "not found; webhooks live at /hooks/<flow>/<token>")))

@@ -71,3 +71,50 @@ def _has_queue(db) -> bool:
             return bool(c.execute("SELECT count(*) FROM queue WHERE step='boom'").fetchone()[0])
     except sqlite3.Error:
         return False
+
+
+def test_webhook_server_answers_503_then_exits_70_when_its_runtime_thread_dies(tmp_path):
+    import json
+    import socket
+    import urllib.error
+    import urllib.request
+
+    import flownb
+    from zombie_flows import CRASH_SOURCE
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    f = flownb.Flow(name="zombie-hook", trigger=flownb.step("hook", "webhook", token_env="ZOMBIE_HOOK_TOKEN"),
+                    steps=[flownb.step("boom", "python", source=CRASH_SOURCE, function="crash")])
+    spec = f.save(tmp_path / "flow.yaml")
+    token = "t" * 32
+    proc = Proc(["run", str(spec), "--state-dir", str(tmp_path / "state"), "--port", str(port)],
+                _env(ZOMBIE_HOOK_TOKEN=token))
+
+    def get(path: str, data: bytes | None = None) -> tuple[int, dict]:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, json.loads(r.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if get("/healthz")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        assert get(f"/hooks/zombie-hook/{token}", b'{"id": 1}')[0] == 202
+        proc.first("died with an uncaught SimulatedPanic", timeout=30)
+        status, body = get("/healthz")
+        assert status == 503, body
+        assert body["process"]["status"] == "failed" and "step 'boom'" in body["process"]["failures"][0]["where"]
+        code, _ = proc.wait(10)
+    finally:
+        proc.kill()
+    assert code == 70, proc.stderr()
