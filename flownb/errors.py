@@ -10,6 +10,7 @@ Every error flownb raises derives from :class:`FlownbError`::
     │   ├── ParameterError         an unknown or mistyped flow parameter
     │   └── ExpressionError        a JSONata expression does not compile (carries the position)
     ├── MessageError               a body is not a JSON object / not JSON-serialisable
+    │   └── MessageTooLarge        a message over the flow's max_message_bytes
     ├── StepError                  raised by a component while processing a message
     │   ├── Retry                  "try again later" (``flownb.Retry(after=…)``); retryable
     │   ├── RetryableError         a transient failure (refused connection, HTTP 429/5xx, timeout)
@@ -33,7 +34,7 @@ from typing import Any, Iterable
 
 __all__ = [
     "FlownbError", "SpecError", "SpecSyntaxError", "UnknownComponentError", "ConfigError",
-    "ParameterError", "ExpressionError", "MessageError", "StepError", "Retry", "RetryableError",
+    "ParameterError", "ExpressionError", "MessageError", "MessageTooLarge", "StepError", "Retry", "RetryableError",
     "FatalError", "PoisonMessage", "EvaluationTimeout", "RuntimeFailure", "QueueFull", "StateError", "BrokerError", "DeployError",
     "did_you_mean",
 ]
@@ -110,6 +111,16 @@ class MessageError(FlownbError):
     def __init__(self, message: str, *, step: str | None = None):
         self.step = step
         super().__init__((f"step '{step}': " if step else "") + message)
+
+
+class MessageTooLarge(MessageError):
+    """A message a step or the trigger produced is larger than the flow's ``max_message_bytes``:
+    it is never published (a broker would refuse it, or choke); its input is dead-lettered."""
+
+    def __init__(self, message: str, *, step: str | None = None, size: int = 0, limit: int = 0):
+        super().__init__(message, step=step)
+        self.size = size
+        self.limit = limit
 
 
 class StepError(FlownbError):

@@ -15,11 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from . import _yaml
 from ._duration import Duration
+from ._size import Size
 from .errors import ParameterError, SpecError, did_you_mean
 
 __all__ = ["Flow", "Step", "RetryPolicy", "load", "save", "step", "SPEC_VERSION"]
 
 SPEC_VERSION = 1
+DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 SLUG = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
 _TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
@@ -79,6 +81,9 @@ class Flow(BaseModel):
     requirements: list[str] = Field(default_factory=list)
     trigger: Step
     steps: list[Step] = Field(default_factory=list)
+    #: the largest message a step or the trigger may emit (both runtimes, checked before publishing;
+    #: keep it under the broker's own limit — RabbitMQ's max_message_size, 128 MiB by default)
+    max_message_bytes: Size = DEFAULT_MAX_MESSAGE_BYTES
 
     @field_validator("parameters")
     @classmethod

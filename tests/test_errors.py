@@ -13,7 +13,7 @@ from flownb.components.base import Action, classify
 TREE = {
     "SpecError": "FlownbError", "SpecSyntaxError": "SpecError", "UnknownComponentError": "SpecError",
     "ConfigError": "SpecError", "ParameterError": "SpecError", "ExpressionError": "SpecError",
-    "MessageError": "FlownbError", "StepError": "FlownbError", "RetryableError": "StepError",
+    "MessageError": "FlownbError", "MessageTooLarge": "MessageError", "StepError": "FlownbError", "RetryableError": "StepError",
     "Retry": "RetryableError", "FatalError": "StepError", "PoisonMessage": "FatalError",
     "EvaluationTimeout": "FatalError",
     "RuntimeFailure": "FlownbError", "QueueFull": "RuntimeFailure", "StateError": "RuntimeFailure", "BrokerError": "RuntimeFailure", "DeployError": "FlownbError",

@@ -10,11 +10,12 @@ docs/webhook.md for the URL, the signing scheme and the status codes.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .._duration import Duration
+from .._size import Size, parse_size  # noqa: F401  (parse_size is re-exported here)
 from .base import WebhookTrigger
 
 if TYPE_CHECKING:
@@ -23,29 +24,6 @@ if TYPE_CHECKING:
 __all__ = ["Webhook", "WebhookConfig", "parse_size", "DEFAULT_SIGNATURE_HEADER"]
 
 DEFAULT_SIGNATURE_HEADER = "X-Flownb-Signature"
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000 ** 2, "mib": 1024 ** 2,
-               "gb": 1000 ** 3, "gib": 1024 ** 3}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
-
-
-def parse_size(value: Any) -> int:
-    """Bytes from ``1048576``, ``"512KB"``, ``"1MiB"``, ``"2MB"``; ValueError says the format."""
-    if isinstance(value, bool):
-        raise ValueError("a size is a number of bytes or a string like '512KB', '1MB', '1MiB'")
-    if isinstance(value, int):
-        if value <= 0:
-            raise ValueError("a size must be positive")
-        return value
-    if isinstance(value, str):
-        m = _SIZE_RE.match(value)
-        if m and m.group(2).lower() in _SIZE_UNITS:
-            n = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
-            if n > 0:
-                return n
-    raise ValueError(f"{value!r} is not a size; write a number of bytes or e.g. '512KB', '1MB', '1MiB'")
-
-
-Size = Annotated[int, BeforeValidator(parse_size), PlainSerializer(int, return_type=int)]
 
 
 class WebhookConfig(BaseModel):

@@ -28,8 +28,10 @@ from pathlib import Path
 from types import GeneratorType
 from typing import Any, Iterable
 
+import orjson
+
 from ..components.base import Action, Component, Context, PollingTrigger, classify
-from ..errors import FatalError, MessageError, PoisonMessage
+from ..errors import FatalError, MessageError, MessageTooLarge, PoisonMessage
 from ..flow import Flow, RetryPolicy, Step
 from ..message import Message
 from ..registry import get, validate_step
@@ -128,6 +130,13 @@ def undecodable(payload: bytes, step: str, attempt: int = 1) -> Message:
     return m
 
 
+def _too_large(step: str, size: int, limit: int, what: str) -> MessageTooLarge:
+    return MessageTooLarge(f"{what} is {size:,} bytes, over the flow's max_message_bytes ({limit:,}); "
+                           f"emit smaller messages (split the record, drop large fields) or raise "
+                           f"max_message_bytes in the spec (keep it under the broker's limit)",
+                           step=step, size=size, limit=limit)
+
+
 def decode(payload: bytes, step: str, attempt: int | None = None) -> Message:
     """A message from its wire form; ``attempt`` (when the runtime keeps it apart) overrides the
     stored one. Raises MessageError for a payload that is not a flownb message."""
@@ -170,6 +179,7 @@ class StepRunner:
         self.component: Action = build_component(flow, self.step, trigger=False, logger=logger,
                                                  state_dir=state_dir)  # type: ignore[assignment]
         self.ctx = self.component.ctx
+        self.max_bytes = flow.max_message_bytes
         self._open = False
         self.setup_error: Exception | None = None   # the last setup() failure, while not open
         self.setup_failures = 0
@@ -290,7 +300,10 @@ class StepRunner:
                     raise MessageError(f"an output must be a JSON object (dict), got {type(body).__name__}",
                                        step=name)
                 child = message.child(body, name)
-                payloads.append(child.to_json())
+                payload = child.to_json()
+                if len(payload) > self.max_bytes:
+                    raise _too_large(name, len(payload), self.max_bytes, "an output of this step")
+                payloads.append(payload)
                 children.append(child)
         except MessageError as exc:
             exc.step = exc.step or name
@@ -320,6 +333,10 @@ class TriggerRunner:
         self.component: Component = build_component(flow, self.step, trigger=True, logger=logger,
                                                     state_dir=state_dir)
         self.ctx = self.component.ctx
+        self.max_bytes = flow.max_message_bytes
+        #: records of the last poll that could not become messages (too large): (message, error,
+        #: payload) — the runtime stores them as the trigger's dead letters with the new cursor
+        self.last_dead: list[tuple[Message, ErrorInfo, bytes]] = []
         self._open = False
 
     @property
@@ -349,18 +366,41 @@ class TriggerRunner:
         assert isinstance(self.component, PollingTrigger), "only polling triggers poll"
         new_state = copy.deepcopy(state)
         msgs, payloads = [], []
+        self.last_dead = []
         for body in self.component.poll(new_state, self.ctx):
             if not isinstance(body, dict):
                 raise MessageError(f"poll() yielded {type(body).__name__}; yield dicts", step=self.step.name)
             m = Message(body=body, flow=self.flow.name, step=self.step.name)
-            payloads.append(m.to_json())
+            payload = m.to_json()
+            if len(payload) > self.max_bytes:  # never published; the cursor moves past it
+                exc = _too_large(self.step.name, len(payload), self.max_bytes, "a record of this trigger")
+                info = ErrorInfo.from_exception(exc, self.step.name, 1, False)
+                self.last_dead.append((m, info, _truncated(m, payload, self.max_bytes)))
+                continue
+            payloads.append(payload)
             msgs.append(m)
         return msgs, payloads, new_state
 
     def emit(self, body: dict, headers: dict[str, str] | None = None) -> tuple[Message, bytes]:
         """Wrap a body received by a push trigger (webhook) as the first message of a run."""
         m = Message(body=body, headers=headers or {}, flow=self.flow.name, step=self.step.name)
-        return m, m.to_json()
+        payload = m.to_json()
+        if len(payload) > self.max_bytes:
+            raise _too_large(self.step.name, len(payload), self.max_bytes, "the message")
+        return m, payload
+
+
+def _truncated(m: Message, payload: bytes, limit: int) -> bytes:
+    """A stand-in small enough to store as a dead letter for a record over ``limit``: its top-level
+    fields with long values cut (the record itself is still at its source)."""
+    if len(payload) <= min(limit, 64 * 1024):
+        return payload
+    body = {}
+    for k, v in m.body.items():
+        text = orjson.dumps(v, default=str)
+        body[k] = v if len(text) <= 256 else f"<{len(text):,} bytes, cut: the record is over max_message_bytes>"
+    stand_in = Message(body={"_truncated": True, **body}, flow=m.flow, step=m.step)
+    return stand_in.to_json()
 
 
 @dataclass

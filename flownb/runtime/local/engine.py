@@ -280,8 +280,13 @@ class LocalRuntime:
             self.log.exception("trigger '%s' failed to poll; next try in %.1fs", name, delay)
             return 0
         now = self.clock()
+        dead = [(name, 1, p, orjson.dumps(info.to_dict())) for _m, info, p in self.trigger.last_dead]
         self.store.commit_poll(name, self._first, payloads, new_state,
-                               now + self.trigger.next_delay(new_state), now)
+                               now + self.trigger.next_delay(new_state), now, dead=dead)
+        if dead:
+            self.stats[name].dead += len(dead)
+            for _m, info, _p in self.trigger.last_dead:
+                self.log.warning("trigger '%s': a record was dead-lettered: %s", name, info.message)
         self.stats[name].seconds += time.perf_counter() - t0
         self._count_trigger(msgs)
         return len(msgs)

@@ -197,9 +197,14 @@ class QueueStore:
         return orjson.loads(row[0]), row[1]
 
     def commit_poll(self, trigger: str, first_step: str | None, payloads: Sequence[bytes],
-                    state: dict, next_at: float, now: float) -> None:
-        """One transaction: the poll's messages and the trigger's new state."""
+                    state: dict, next_at: float, now: float,
+                    dead: Sequence[tuple[str, int, bytes, str]] = ()) -> None:
+        """One transaction: the poll's messages, its dead letters (step, attempt, payload, error:
+        records that cannot become messages) and the trigger's new state."""
         with self.transaction() as c:
+            if dead:
+                c.executemany("INSERT INTO dead (step, attempt, payload, error, at) VALUES (?, ?, ?, ?, ?)",
+                              [(s, a, p, e, now) for s, a, p, e in dead])
             if payloads and first_step is not None:
                 c.executemany("INSERT INTO queue (step, available_at, attempt, payload) VALUES (?, ?, 1, ?)",
                               [(first_step, now, p) for p in payloads])
