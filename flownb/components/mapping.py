@@ -112,11 +112,7 @@ class MappingAction(Action):
         try:
             return _deadline.run(self.config.timeout, self._map_body, body)
         except _deadline.Expired:
-            c = self.config
-            field = "expression" if c.expression is not None else self._field
-            source = c.expression if c.expression is not None else _fields(c).get(field or "", "")
-            raise EvaluationTimeout(c.timeout, step=self.ctx.step, field=field,
-                                    expression=source) from None
+            raise self._timed_out() from None
 
     def _map_body(self, body: dict) -> dict:
         if self._whole is not None:
@@ -136,15 +132,17 @@ class MappingAction(Action):
     def process(self, message, ctx):
         return self._map(message.body)
 
+    def _timed_out(self) -> EvaluationTimeout:
+        c = self.config
+        field = "expression" if c.expression is not None else self._field
+        source = c.expression if c.expression is not None else _fields(c).get(field or "", "")
+        return EvaluationTimeout(c.timeout, step=self.ctx.step, field=field, expression=source)
+
     def process_batch(self, messages, ctx):
-        out: list = []
-        append, fn = out.append, self._map
-        for m in messages:
-            try:
-                append(fn(m.body))
-            except Exception as exc:  # handed back to the runtime, which classifies it
-                append(exc)
-        return out
+        # one deadline region for the batch, renewed per message (_deadline.each); exceptions are
+        # handed back to the runtime, which classifies them
+        fn = self._map_body
+        return _deadline.each(self.config.timeout, lambda m: fn(m.body), messages, self._timed_out)
 
 
 class FilterAction(Action):
@@ -167,14 +165,16 @@ class FilterAction(Action):
         return body if _guarded(self, self._passes, body, "condition", self.config.condition) else None
 
     def process_batch(self, messages, ctx):
-        out: list = []
-        append, process = out.append, self.process
-        for m in messages:
-            try:
-                append(process(m, ctx))
-            except Exception as exc:  # handed back to the runtime, which classifies it
-                append(exc)
-        return out
+        cond = self._cond
+
+        def one(m):
+            body = m.body
+            return body if boolean(cond(body)) else None
+        return _deadline.each(self.config.timeout, one, messages, self._timed_out)
+
+    def _timed_out(self) -> EvaluationTimeout:
+        return EvaluationTimeout(self.config.timeout, step=self.ctx.step, field="condition",
+                                 expression=self.config.condition)
 
 
 class SplitAction(Action):
@@ -197,3 +197,17 @@ class SplitAction(Action):
         items = v if isinstance(v, list) else [v]
         into = self._into
         return [x if type(x) is dict else {into: x} for x in items]
+
+    def process_batch(self, messages, ctx):
+        path, into = self._path, self._into
+
+        def one(m):
+            v = path(m.body)
+            if v is U:
+                return []
+            return [x if type(x) is dict else {into: x} for x in (v if isinstance(v, list) else [v])]
+        return _deadline.each(self.config.timeout, one, messages, self._timed_out)
+
+    def _timed_out(self) -> EvaluationTimeout:
+        return EvaluationTimeout(self.config.timeout, step=self.ctx.step, field="path",
+                                 expression=self.config.path)

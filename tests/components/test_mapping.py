@@ -101,3 +101,29 @@ def test_flow_spec_with_rules_validates():
                   {"name": "f", "component": "filter", "config": {"condition": "x > 1"}},
                   {"name": "s", "component": "split", "config": {"path": "x"}}]})
     assert set(flow.validate_components()) == {"src", "m", "f", "s"}
+
+
+@pytest.mark.parametrize("component,config,field", [
+    ("mapping", {"fields": {"ok": "n", "y": "($f := function($n){ $f($n+1) }; $f(0))"}}, "y"),
+    ("mapping", {"expression": '{"y": $count(a[$count($$.a[$count($$.a[$count($$.a) > 0]) > 0]) > 0])}'},
+     "expression"),
+    ("filter", {"condition": "($f := function($n){ $n > -1 ? $f($n) : 0 }; $f(1))"}, "condition"),
+    ("split", {"path": "$map(a[$count($$.a[$count($$.a[$count($$.a) > 0]) > 0]) > 0], function($v){ $v })"},
+     "path")])
+def test_an_evaluation_past_the_step_timeout_dead_letters(step_runner, component, config, field):
+    r = step_runner(component, {**config, "timeout": "300ms"})
+    slow = Message(body={"n": 1, "a": list(range(300))})
+    outs = r.run_batch([slow, slow])
+    single = r.run(slow)
+    for out in [*outs, single]:
+        assert out.dead and out.error.type == "EvaluationTimeout" and not out.error.retryable
+        assert out.error.message == (f"evaluation exceeded 0.3 s (step '{r.step.name}', field '{field}'); "
+                                     f"simplify the expression or raise the step's timeout")
+
+
+def test_the_timeout_is_a_duration(step_runner):
+    from flownb.errors import ConfigError as CE
+    with pytest.raises(CE):
+        validate_step(step("m", "mapping", fields={"a": "a"}, timeout="soon"), trigger=False)
+    with pytest.raises(CE):
+        validate_step(step("m", "mapping", fields={"a": "a"}, timeout=0), trigger=False)

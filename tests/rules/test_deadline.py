@@ -224,3 +224,38 @@ def test_serving_flownb_run_stops_on_sigterm_while_evaluating(tmp_path, src):
     assert proc.returncode == 0, err
     assert took < 8, (took, err)  # at most one evaluation's timeout (2 s), plus the summary
     assert "dead letter(s) stored" in out
+
+
+def test_each_gives_one_result_per_item_in_order():
+    """A batch under one region renewed per item: slow items give expired(), the others their
+    value or their exception, in order, none skipped or repeated — whatever moment the interrupt
+    lands at."""
+    def fn(x):
+        if x % 50 == 7:
+            while True:
+                pass
+        if x % 50 == 9:
+            raise ValueError(x)
+        s = 0
+        for i in range(500):
+            s += i
+        return x
+    items = list(range(300))
+    out = _deadline.each(0.05, fn, items, lambda: "late")
+    assert len(out) == 300
+    for x, v in zip(items, out):
+        if x % 50 == 7:
+            assert v == "late"
+        elif x % 50 == 9:
+            assert isinstance(v, ValueError) and v.args == (x,)
+        else:
+            assert v == x
+
+
+def test_a_batch_dead_letters_only_the_never_ending_messages():
+    flow = _flow('keep = 2 ? ' + SPIN + ' : keep * 10')
+    result = flow.test([{"keep": k} for k in range(5)])
+    assert [b["y"] for b in result.outputs["x"]] == [0, 10, 30, 40]
+    (dead,) = result.dead_letters
+    assert dead.message.body == {"keep": 2} and dead.error.type == "EvaluationTimeout"
+    assert "field 'y'" in dead.error.message
