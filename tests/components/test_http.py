@@ -257,15 +257,7 @@ def test_poll_config_errors(flow_factory):
 
 # -- JSONata (flownb.rules) ---------------------------------------------------------------------
 
-def _needs_rules():
-    try:
-        from flownb.rules import compile  # noqa: F401
-    except ImportError:
-        pytest.skip("flownb.rules (JSONata) is not available yet")
-
-
 def test_jsonata_url_expr_and_body(server, step_runner):
-    _needs_rules()
     runner = step_runner("http.request", {
         "url_expr": f"'{server}/echo/' & $lowercase(customer.name)",
         "body": "{ 'total': $sum(items.(qty * price)), 'skus': items.sku }", "output": "response"})
@@ -278,7 +270,6 @@ def test_jsonata_url_expr_and_body(server, step_runner):
 
 
 def test_jsonata_items_and_next_in_poll(server, trigger_runner):
-    _needs_rules()
     runner = trigger_runner("http.poll", {"url": f"{server}/cursor-pages", "items": "results[id % 10 = 1]",
                                           "next": "next ? next : null"})
     msgs, _, _ = runner.poll({})
@@ -286,7 +277,6 @@ def test_jsonata_items_and_next_in_poll(server, trigger_runner):
 
 
 def test_jsonata_compile_error_at_validation(flow_factory):
-    _needs_rules()
     from flownb.errors import ExpressionError
     with pytest.raises(ExpressionError) as err:
         flow_factory(steps=[("http.request", {"url": "http://x", "body": "{ 'a': }"})]).validate_components()

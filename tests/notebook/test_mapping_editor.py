@@ -9,11 +9,8 @@ import pandas as pd
 import pytest
 
 import flownb
+from flownb import rules
 from flownb.notebook import MappingEditor
-
-rules = pytest.importorskip("flownb.rules")
-if not hasattr(rules, "Mapping"):  # pragma: no cover - until flownb.rules lands in this checkout
-    pytest.skip("flownb.rules.Mapping is not available yet", allow_module_level=True)
 
 SAMPLE = Path(__file__).resolve().parents[2] / "notebooks" / "data" / "orders.json"
 FIELDS = {"email": "$lowercase(customer.email)", "total": "$sum(items.(qty * price))"}
