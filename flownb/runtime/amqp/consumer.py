@@ -10,6 +10,17 @@ through the prefetch window. Steps run in a processing thread, so a slow step (a
 times out) never stalls the I/O loop: heartbeats and confirms keep flowing. A lost connection
 drops all in-flight state; the broker redelivers the unacked inputs to the new connection
 (duplicates are possible only within that window).
+
+Poison messages (quorum queues, the default): the broker counts a message's deliveries
+(``x-delivery-count``). A message redelivered from the step or retry-ready queue was held by a
+worker that died (or lost its connection) - but so was the rest of that worker's prefetch window,
+so the count alone does not say which message killed it. Such a message is therefore not run in a
+batch: it is moved (published, confirmed, then acked) to the step's suspect queue, carrying the
+death in ``x-flownb-deliveries`` (one, however often it was redelivered: it may never have been
+reached, as in a batch of the embedded runtime). The suspect queue is consumed with prefetch 1 and
+each suspect runs alone, so a death while it runs counts against it only. Its deliveries (carried + the suspect
+queue's own count) go to ``StepRunner.run_payloads(deliveries=...)``, which dead-letters it as
+``PoisonMessage`` at ``FLOWNB_MAX_DELIVERIES`` (default 3).
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from ..health import start_thread
 from . import names
 from .metrics import StepMetrics
 from .topology import (
+    DELIVERIES_HEADER,
     ERROR_HEADER,
     STEP_HEADER,
     TopologyError,
@@ -40,8 +52,11 @@ from .topology import (
     declare_flow,
     parameters,
     pick_level,
+    queue_type,
     retry_levels,
+    suspect_queue,
 )
+from .topology import max_deliveries as env_max_deliveries
 
 __all__ = ["StepWorker", "DEFAULT_PREFETCH", "PERSISTENT"]
 
@@ -50,6 +65,7 @@ DEFAULT_PREFETCH = 200
 PERSISTENT = pika.BasicProperties(delivery_mode=2, content_type="application/json")
 TRANSIENT = pika.BasicProperties(delivery_mode=1, content_type="application/json")
 _MAX_BACKOFF = 15.0
+_COUNT_HEADER = "x-delivery-count"  # set by quorum queues: earlier deliveries of this message
 
 
 @dataclass(slots=True)
@@ -57,7 +73,7 @@ class _Input:
     tag: int
     pending: int = 0       # publishes not yet confirmed
     done: bool = False     # its outcome has been published (processing finished)
-    kind: str = "processed"  # processed | retried | dead
+    kind: str = "processed"  # processed | retried | dead | moved (to the suspect queue)
 
 
 @dataclass(slots=True)
@@ -110,7 +126,7 @@ class StepWorker:
     """Runs one action step against RabbitMQ until :meth:`stop` (thread-safe) is called."""
 
     def __init__(self, flow: Flow, step_name: str, broker_url: str, *, prefetch: int | None = None,
-                 heartbeat: int = 120):
+                 heartbeat: int = 120, max_deliveries: int | None = None):
         self.flow = flow
         self.url = broker_url
         self.runner = StepRunner(flow, step_name)
@@ -122,6 +138,10 @@ class StepWorker:
         self.levels = retry_levels(self.step.retry_policy)
         self.metrics = StepMetrics(flow.name, step_name)
         self.heartbeat = heartbeat
+        # quorum queues count deliveries: poison detection (classic queues: none, as before)
+        self.counting = queue_type() == "quorum"
+        self.max_deliveries = max_deliveries or env_max_deliveries()
+        self.suspect_q = suspect_queue(flow.name, step_name)
         self.consuming = threading.Event()   # set while consumers are registered (tests, start-up timing)
         self._stopping = False
         self._fatal: BaseException | None = None
@@ -209,6 +229,7 @@ class StepWorker:
         self._seq = 0
         self._flush_scheduled = False
         self._consumers: set[str] = set()
+        self._suspect_tag: str | None = None
         self._nack_backoff = 0.2
 
     # -- connection callbacks ---------------------------------------------------------------
@@ -234,6 +255,12 @@ class StepWorker:
         self._ch = ch
         ch.add_on_close_callback(self._on_channel_closed)
         ch.confirm_delivery(ack_nack_callback=self._on_confirm)
+        if self.counting:
+            # per-consumer prefetch (basic.qos applies to the consumers created after it): one suspect
+            # at a time, so a death while it runs is its own
+            ch.basic_qos(prefetch_count=1)
+            self._suspect_tag = ch.basic_consume(self.suspect_q, self._on_message, auto_ack=False)
+            self._consumers.add(self._suspect_tag)
         ch.basic_qos(prefetch_count=self.prefetch)
         for q in (names.step_queue(self.flow.name, self.step.name),
                   names.retry_ready_queue(self.flow.name, self.step.name)):
@@ -247,6 +274,19 @@ class StepWorker:
 
     # -- consuming ------------------------------------------------------------------------
     def _on_message(self, ch, method, props, body) -> None:
+        if self.counting:
+            headers = props.headers or {}
+            count = int(headers.get(_COUNT_HEADER) or 0)
+            if method.consumer_tag == self._suspect_tag:
+                # a suspect runs alone: deliveries = those counted in the step queue + in this one
+                self._flush()  # keep delivery order (acks are cumulative)
+                deaths = int(headers.get(DELIVERIES_HEADER) or 0) + count
+                self._submit([(method.delivery_tag, props, body)], [deaths])
+                return
+            if count > 0:  # redelivered: its worker died holding it, maybe because of it
+                self._flush()
+                self._move(method.delivery_tag, props, body, count)
+                return
         self._buffer.append((method.delivery_tag, props, body))
         if len(self._buffer) >= self.prefetch:
             self._flush()
@@ -258,12 +298,32 @@ class StepWorker:
         """Hand what has arrived to the processing thread (the I/O loop never runs a step)."""
         self._flush_scheduled = False
         batch, self._buffer = self._buffer, []
+        self._submit(batch, None)
+
+    def _submit(self, batch, deaths: list[int] | None) -> None:
         if not batch or self._ch is None or not self._ch.is_open:
             return
         recs = [_Input(tag) for tag, _, _ in batch]
         self._inputs.extend(recs)
         self._in_process += 1
-        self._work.put((self._gen, self._conn, recs, batch))
+        self._work.put((self._gen, self._conn, recs, batch, deaths))
+
+    def _move(self, tag: int, props, body: bytes, count: int) -> None:
+        """Publish a redelivered input to the suspect queue (with its delivery count), ack it once
+        confirmed; it is run from there, alone."""
+        if self._ch is None or not self._ch.is_open:
+            return
+        headers = {k: v for k, v in (props.headers or {}).items() if k != _COUNT_HEADER}
+        # one death, however often it was redelivered: the window it sat in died (maybe before reaching
+        # it), as a batch claimed by the embedded runtime counts once; from here on it runs alone
+        headers[DELIVERIES_HEADER] = 1
+        moved = pika.BasicProperties(delivery_mode=2, content_type=props.content_type or "application/json",
+                                     headers=headers)
+        rec = _Input(tag, done=True, kind="moved")
+        self._inputs.append(rec)
+        log.info("step '%s': a message redelivered %d time(s) goes to '%s' to be processed alone",
+                 self.step.name, count, self.suspect_q)
+        self._publish(rec, "", self.suspect_q, body, moved)
 
     def _abort(self) -> None:
         """Stop at once without draining (the processing thread is gone): close the connection, so
@@ -310,8 +370,8 @@ class StepWorker:
                 item = self._work.get()
                 if item is None:
                     return
-                gen, conn, recs, batch = item
-                results = self._compute(batch)
+                gen, conn, recs, batch, deaths = item
+                results = self._compute(batch, deaths)
                 try:
                     apply = functools.partial(self._apply, gen, recs, batch, results)
                     conn.ioloop.add_callback_threadsafe(apply)
@@ -320,10 +380,12 @@ class StepWorker:
         finally:
             self.runner.close()  # in this thread: components may hold thread-bound resources
 
-    def _compute(self, batch) -> list[Outcome]:
-        """One Outcome per delivery, decoded, run and routed by the StepRunner."""
+    def _compute(self, batch, deaths: list[int] | None = None) -> list[Outcome]:
+        """One Outcome per delivery, decoded, run and routed by the StepRunner (``deaths``: the
+        deliveries of each, counted by the broker, for poison detection)."""
         t0 = time.perf_counter()
-        outcomes = self.runner.run_payloads([body for _tag, _props, body in batch])
+        outcomes = self.runner.run_payloads([body for _tag, _props, body in batch], deliveries=deaths,
+                                            max_deliveries=self.max_deliveries)
         self.metrics.latency.observe((time.perf_counter() - t0) / len(batch))  # one sample per batch
         return outcomes
 
@@ -414,7 +476,7 @@ class StepWorker:
     def _settle(self) -> None:
         """Ack, in delivery order, every input whose outputs are all confirmed."""
         last = None
-        counts = {"processed": 0, "retried": 0, "dead": 0}
+        counts = {"processed": 0, "retried": 0, "dead": 0, "moved": 0}
         while self._inputs and self._inputs[0].done and self._inputs[0].pending == 0:
             rec = self._inputs.popleft()
             last = rec.tag

@@ -10,11 +10,22 @@ Per flow: a durable direct exchange ``flownb.<flow>``. Per action step:
 - ``flownb.<flow>.<step>.retry.ready``: where expired retries land; the step's worker consumes it
   besides its input queue. It has no length limit, so dead-lettering (at-most-once in RabbitMQ)
   never meets a full queue and a retried message cannot be dropped;
+- ``flownb.<flow>.<step>.suspect``: messages redelivered after their worker died (or lost its
+  connection) while holding them; the worker moves them here and processes them one at a time
+  (prefetch 1), so only the message in process is blamed for the next death (poison detection);
 - ``flownb.<flow>.<step>.dlq``: dead letters, each with its error in the ``x-flownb-error`` header.
 
+These queues are **quorum** queues (``FLOWNB_QUEUE_TYPE``, default ``quorum``; ``classic`` keeps
+classic queues and gives up poison detection): the broker counts the deliveries of each message
+(``x-delivery-count``), which the worker hands to ``StepRunner.run_payloads(deliveries=...)``; the
+delay queues dead-letter ``at-least-once`` (the expired retry stays in its delay queue until the
+ready queue has confirmed it).
+
 Per polling trigger: ``flownb.<flow>.<trigger>.state`` (``x-single-active-consumer``) holds one
-message, the cursor. Re-declaring with other arguments (a changed ``FLOWNB_MAX_QUEUE_LENGTH``) is a
-:class:`~flownb.errors.BrokerError` that says how to fix it.
+message, the cursor. It stays a classic queue: RabbitMQ 3.10 refuses ``basic.get`` on a quorum queue
+with a single active consumer (:func:`~flownb.runtime.amqp.trigger.read_state` needs it).
+Re-declaring with other arguments (a changed ``FLOWNB_MAX_QUEUE_LENGTH``, classic queues of an older
+flownb) is a :class:`TopologyError` that says how to fix it.
 """
 
 from __future__ import annotations
@@ -30,13 +41,18 @@ from ...errors import BrokerError
 from ...flow import Flow, RetryPolicy
 from . import names
 
-__all__ = ["TopologyError", "DEFAULT_MAX_LENGTH", "ERROR_HEADER", "STEP_HEADER", "max_length",
-           "retry_levels", "pick_level", "declare_flow", "declare_step", "queue_depths", "connect", "parameters"]
+__all__ = ["TopologyError", "DEFAULT_MAX_LENGTH", "ERROR_HEADER", "STEP_HEADER", "DELIVERIES_HEADER", "max_length",
+           "queue_type", "max_deliveries", "suspect_queue", "retry_levels", "pick_level", "declare_flow",
+           "declare_step", "queue_depths", "connect", "parameters"]
 
 DEFAULT_MAX_LENGTH = 100_000
 ERROR_HEADER = "x-flownb-error"
 STEP_HEADER = "x-flownb-step"
 VERSION_HEADER = "x-flownb-version"
+#: deliveries of a message counted by its step queue before the worker moved it to the suspect queue
+DELIVERIES_HEADER = "x-flownb-deliveries"
+QUEUE_TYPES = ("quorum", "classic")
+DEFAULT_MAX_DELIVERIES = 3
 
 
 class TopologyError(BrokerError):
@@ -51,6 +67,34 @@ def max_length() -> int:
     except ValueError:
         raise BrokerError(f"FLOWNB_MAX_QUEUE_LENGTH={raw!r} is not an integer; set it to a number "
                           f"of messages such as 100000") from None
+
+
+def queue_type() -> str:
+    """Type of the step queues (env ``FLOWNB_QUEUE_TYPE``: ``quorum``, the default, or ``classic``)."""
+    raw = os.environ.get("FLOWNB_QUEUE_TYPE", "").strip().lower() or "quorum"
+    if raw not in QUEUE_TYPES:
+        raise BrokerError(f"FLOWNB_QUEUE_TYPE={raw!r} is not a queue type; set it to 'quorum' (the default: "
+                          f"poison messages are detected) or 'classic'")
+    return raw
+
+
+def max_deliveries() -> int:
+    """Deaths of a worker while processing one message before it is dead-lettered as poison (env
+    ``FLOWNB_MAX_DELIVERIES``, default 3)."""
+    raw = os.environ.get("FLOWNB_MAX_DELIVERIES", "")
+    try:
+        value = int(raw) if raw else DEFAULT_MAX_DELIVERIES
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise BrokerError(f"FLOWNB_MAX_DELIVERIES={raw!r} is not a positive integer; set it to the number "
+                          f"of worker deaths after which a message is dead-lettered, such as 3")
+    return value
+
+
+def suspect_queue(flow: str, step: str) -> str:
+    """Where a step's worker moves redelivered messages to process them one at a time."""
+    return f"{names.step_queue(flow, step)}.suspect"
 
 
 def retry_levels(policy: RetryPolicy) -> list[int]:
@@ -103,10 +147,27 @@ def _step_queue_args() -> dict:
     return {"x-max-length": max_length(), "x-overflow": "reject-publish"}
 
 
-def _declare(ch, queue: str, args: dict | None) -> None:
+def _typed(args: dict | None, kind: str) -> dict | None:
+    if kind == "classic":
+        return args  # as older flownb versions declared them (no x-queue-type)
+    return {**(args or {}), "x-queue-type": "quorum"}
+
+
+def _declare(ch, queue: str, args: dict | None, kind: str = "classic") -> None:
     try:
-        ch.queue_declare(queue, durable=True, arguments=args)
+        ch.queue_declare(queue, durable=True, arguments=_typed(args, kind))
     except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 406 and "x-queue-type" in (exc.reply_text or ""):
+            other = "classic" if kind == "quorum" else "quorum"
+            raise TopologyError(
+                f"queue '{queue}' exists as a {other} queue but this worker declares {kind} queues "
+                f"(FLOWNB_QUEUE_TYPE={kind}); a queue's type cannot change. Either set FLOWNB_QUEUE_TYPE="
+                f"{other} on every worker of the flow (classic queues: no poison-message detection), or "
+                f"move to {kind} queues: stop the flow's trigger, let its workers drain every step queue "
+                f"to 0, stop them, save the dead letters (flownb dlq list), delete the flow's queues "
+                f"(rabbitmqctl delete_queue -p <vhost> <name>, for every queue named "
+                f"'flownb.<flow>.<step>*' except the trigger's '.state'), then start the workers"
+            ) from exc
         if exc.reply_code == 406:
             raise TopologyError(f"queue '{queue}' exists with other arguments ({exc.reply_text}); "
                               f"delete it (rabbitmqctl delete_queue) or use the settings it was created "
@@ -120,13 +181,18 @@ def declare_step(ch, flow: Flow, step_name: str) -> None:
     ex = names.exchange(f)
     q = names.step_queue(f, step.name)
     ready = names.retry_ready_queue(f, step.name)
-    _declare(ch, q, _step_queue_args())
+    kind = queue_type()
+    _declare(ch, q, _step_queue_args(), kind)
     ch.queue_bind(q, ex, routing_key=step.name)
-    _declare(ch, ready, None)
+    _declare(ch, ready, None, kind)
     for level in retry_levels(step.retry_policy):
-        _declare(ch, names.retry_queue(f, step.name, level), {
-            "x-message-ttl": level, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": ready})
-    _declare(ch, names.dead_letter_queue(f, step.name), None)
+        delay = {"x-message-ttl": level, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": ready}
+        if kind == "quorum":  # the expired message leaves only once the ready queue has confirmed it
+            delay.update({"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"})
+        _declare(ch, names.retry_queue(f, step.name, level), delay, kind)
+    if kind == "quorum":
+        _declare(ch, suspect_queue(f, step.name), None, kind)
+    _declare(ch, names.dead_letter_queue(f, step.name), None, kind)
 
 
 def declare_flow(ch, flow: Flow) -> None:
@@ -137,6 +203,7 @@ def declare_flow(ch, flow: Flow) -> None:
         raise BrokerError(f"declaring exchange '{names.exchange(flow.name)}' failed: {exc.reply_text}") from exc
     for s in flow.steps:
         declare_step(ch, flow, s.name)
+    # classic on purpose (see the module doc): basic.get of read_state works, and the cursor is tiny
     _declare(ch, names.state_queue(flow.name, flow.trigger.name), {"x-single-active-consumer": True})
 
 
@@ -155,7 +222,8 @@ def _count(conn, queue: str) -> int:
 
 def queue_depths(flow: Flow, broker_url: str) -> dict[str, dict[str, int]]:
     """Ready messages per action step: ``{step: {"ready", "dead", "retry"}}`` (passive declares;
-    a queue not declared yet counts 0). ``retry`` sums the delay queues and the ready-for-retry queue."""
+    a queue not declared yet counts 0). ``ready`` includes the suspect queue (redelivered messages
+    waiting to be processed one at a time); ``retry`` sums the delay queues and the ready-for-retry queue."""
     conn = connect(broker_url, name="flownb-depths")
     try:
         out = {}
@@ -163,7 +231,8 @@ def queue_depths(flow: Flow, broker_url: str) -> dict[str, dict[str, int]]:
             retry = sum(_count(conn, names.retry_queue(flow.name, s.name, lvl))
                         for lvl in retry_levels(s.retry_policy))
             retry += _count(conn, names.retry_ready_queue(flow.name, s.name))
-            out[s.name] = {"ready": _count(conn, names.step_queue(flow.name, s.name)),
+            ready = _count(conn, names.step_queue(flow.name, s.name)) + _count(conn, suspect_queue(flow.name, s.name))
+            out[s.name] = {"ready": ready,
                            "dead": _count(conn, names.dead_letter_queue(flow.name, s.name)),
                            "retry": retry}
         return out

@@ -1,0 +1,170 @@
+"""Issue 12 on RabbitMQ: a message that kills its worker process (SIGABRT: ``os.abort()`` stands in
+for an expression that exhausts memory) is dead-lettered as poison after ``FLOWNB_MAX_DELIVERIES``
+(3) deaths instead of crashing every restart; its innocent neighbours (the rest of the prefetch
+window, redelivered with it) reach the sink exactly once. Real ``flownb worker`` processes, one per
+step, the crashing one restarted whenever it dies, as a restart policy would."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pika
+import pytest
+from amqp_components import sink_counts, wait_for
+
+import flownb
+from flownb.message import Message
+from flownb.runtime.amqp import names
+from flownb.runtime.amqp.dlq import AmqpDeadLetters
+from flownb.runtime.amqp.topology import TopologyError, connect, declare_flow, queue_depths, suspect_queue
+
+pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq, pytest.mark.timeout(300)]
+RUN_WORKER = Path(__file__).parent / "run_worker.py"
+POISON = 7
+TOTAL = 20
+BOOM = f"""import os
+
+def f(body, ctx):
+    if body['n'] == {POISON}:
+        os.abort()  # as an expression that exhausts memory would: SIGABRT, no Python clean-up
+    return body
+"""
+
+
+def _no_core() -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _worker(spec: Path, step: str, broker: str, log: Path, **env: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(RUN_WORKER), "worker", str(spec), "--step", step],
+                            env={"FLOWNB_BROKER_URL": broker, "PATH": "/usr/bin", **env},
+                            stdout=subprocess.DEVNULL, stderr=log.open("ab"), cwd=log.parent,
+                            preexec_fn=_no_core)  # noqa: PLW1509 - no threads yet; an abort leaves no core
+
+
+def _stop(proc: subprocess.Popen) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    return proc.wait(60)
+
+
+def _flow(db: Path) -> flownb.Flow:
+    return flownb.Flow(name="poison", trigger=flownb.step("src", "amqptest.count", total=TOTAL, interval="50ms"),
+                       steps=[flownb.step("boom", "python", source=BOOM, function="f"),
+                              flownb.step("sink", "amqptest.sink", path=str(db))])
+
+
+def test_a_message_that_kills_the_worker_is_dead_lettered_after_3_deaths(broker, tmp_path):
+    db = tmp_path / "sink.db"
+    flow = _flow(db)
+    spec = flow.save(tmp_path / "flow.yaml")
+    logs = {s: tmp_path / f"{s}.log" for s in ("src", "boom", "sink")}
+    others = [_worker(spec, "sink", broker, logs["sink"])]
+    deaths: list[int] = []
+    boom = _worker(spec, "boom", broker, logs["boom"])
+    try:
+        # the step's worker consumes before the trigger emits: the 20 records arrive in one window
+        wait_for(lambda: b"consuming" in logs["boom"].read_bytes(), timeout=60, what="boom consuming")
+        others.append(_worker(spec, "src", broker, logs["src"]))
+        store = AmqpDeadLetters(flow.resolved(), broker)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            code = boom.poll()
+            if code is not None:  # died: restart it, as a restart policy would (bounded)
+                deaths.append(code)
+                assert len(deaths) <= 5, f"the worker keeps dying: {deaths}"
+                boom = _worker(spec, "boom", broker, logs["boom"])
+                continue
+            if store.list() and sink_counts(db)[0] == TOTAL - 1:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"not at rest after 240 s; deaths {deaths}, sink {sink_counts(db)}, "
+                                 f"boom log: {logs['boom'].read_text()[-3000:]}")
+        resolved = flow.resolved()
+        wait_for(lambda: queue_depths(resolved, broker) == {"boom": {"ready": 0, "dead": 1, "retry": 0},
+                                                             "sink": {"ready": 0, "dead": 0, "retry": 0}},
+                 timeout=30, what="empty queues but the poison dead letter")
+        assert boom.poll() is None, "the restarted worker died again"
+    finally:
+        codes = [_stop(boom), *(_stop(p) for p in others)]
+    assert deaths == [-signal.SIGABRT] * 3, deaths
+    assert codes == [0, 0, 0], (codes, {s: p.read_text()[-2000:] for s, p in logs.items()})
+    [dead] = store.list()
+    assert dead.step == "boom" and dead.message.body == {"n": POISON}
+    assert dead.error.type == "PoisonMessage"
+    assert dead.error.message.startswith("poison: the worker died 3 times while processing it (step 'boom')")
+    # every other record reached the sink exactly once: no duplicate arrivals, none dead-lettered
+    assert sink_counts(db) == (TOTAL - 1, TOTAL - 1)
+    assert "PoisonMessage" not in logs["sink"].read_text()
+
+
+def _receive_and_die(broker: str, queue: str, n: int) -> None:
+    """Take ``n`` messages without acking, then close: the broker returns them (count + 1)."""
+    got = []
+    conn = connect(broker)
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=10)
+    ch.basic_consume(queue, lambda *a: got.append(a))
+    wait_for(lambda: (conn.process_data_events(0.05), len(got) == n)[1], timeout=30, what=f"{n} deliveries")
+    conn.close()
+
+
+def test_a_redelivered_window_is_processed_one_at_a_time_and_none_is_blamed(broker, tmp_path):
+    """Messages redelivered with a delivery count (their worker died holding them) but harmless:
+    moved to the suspect queue, processed there, never dead-lettered even at a count ≥ 3."""
+    db = tmp_path / "sink.db"
+    raw = _flow(db)
+    flow = raw.resolved()
+    conn = connect(broker)
+    ch = conn.channel()
+    declare_flow(ch, flow)
+    ch.confirm_delivery()
+    for n in range(5):  # as if their worker had died 5 times holding them, none running them
+        body = Message(body={"n": 100 + n}, flow="poison", step="src").to_json()
+        ch.basic_publish(names.exchange("poison"), "boom", body, pika.BasicProperties(delivery_mode=2))
+    for _ in range(5):
+        _receive_and_die(broker, names.step_queue("poison", "boom"), 5)
+    conn.close()
+    spec = raw.save(tmp_path / "flow.yaml")
+    log = tmp_path / "boom.log"
+    procs = [_worker(spec, "boom", broker, log), _worker(spec, "sink", broker, tmp_path / "sink.log")]
+    try:
+        wait_for(lambda: sink_counts(db)[0] == 5, timeout=60, what="5 at the sink")
+        wait_for(lambda: queue_depths(flow, broker)["boom"] == {"ready": 0, "dead": 0, "retry": 0}, timeout=30,
+                 what="boom's queues empty")
+    finally:
+        codes = [_stop(p) for p in procs]
+    assert codes == [0, 0]
+    assert sink_counts(db) == (5, 5)
+    assert AmqpDeadLetters(flow, broker).list() == []
+    assert "redelivered 5 time(s) goes to 'flownb.poison.boom.suspect'" in log.read_text()
+
+
+def test_classic_queues_of_an_older_flownb_stop_the_worker_with_what_to_do(broker, tmp_path, monkeypatch):
+    flow = _flow(tmp_path / "sink.db").resolved()
+    monkeypatch.setenv("FLOWNB_QUEUE_TYPE", "classic")
+    conn = connect(broker)
+    try:
+        declare_flow(conn.channel(), flow)  # as flownb declared them before quorum queues
+        monkeypatch.delenv("FLOWNB_QUEUE_TYPE")
+        with pytest.raises(TopologyError) as err:
+            declare_flow(conn.channel(), flow)
+        text = str(err.value)
+        assert "'flownb.poison.boom' exists as a classic queue" in text
+        assert "FLOWNB_QUEUE_TYPE=classic" in text and "rabbitmqctl delete_queue" in text
+        monkeypatch.setenv("FLOWNB_QUEUE_TYPE", "classic")
+        declare_flow(conn.channel(), flow)  # the switch keeps them working
+        ch = conn.channel()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker):  # no suspect queue with classic ones
+            ch.queue_declare(suspect_queue("poison", "boom"), passive=True)
+    finally:
+        if conn.is_open:
+            conn.close()
+    assert os.environ["FLOWNB_QUEUE_TYPE"] == "classic"
