@@ -1,10 +1,15 @@
-"""Fixtures for the RabbitMQ runtime tests: a throw-away vhost per test, workers in threads."""
+"""Fixtures for the RabbitMQ runtime tests: a throw-away vhost per test, workers in threads, and a
+private RabbitMQ node (scripts/rabbit-node) for tests that stop, restart or reconfigure a broker —
+the broker on 5672 is shared with other people's test runs and is never stopped here."""
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -41,6 +46,124 @@ def broker():
     _ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
     _ctl("delete_vhost", vhost)
+
+
+RABBIT_NODE = Path(__file__).resolve().parents[3] / "scripts" / "rabbit-node"
+RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+class PrivateBroker:
+    """A RabbitMQ node of this pytest process alone (``scripts/rabbit-node``): its own name, ports,
+    data and Erlang cookie; stopping or restarting it disturbs nobody. ``url`` is its default vhost."""
+
+    def __init__(self, name: str, config: list[str]):
+        self.name, self.config, self.port = name, config, 0
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def _script(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        env = {**os.environ, "RABBIT_NODE_OWNER": str(os.getpid())}  # a killed pytest leaves no node
+        return subprocess.run([str(RABBIT_NODE), *args], check=False, capture_output=True, text=True,
+                              timeout=timeout, env=env)
+
+    def start(self) -> PrivateBroker:
+        # ports PORT..PORT+4, below the ephemeral range, spread by process id; taken ones are skipped
+        slot = os.getpid() % 1200
+        for attempt in range(8):
+            port = 20000 + ((slot + 97 * attempt) % 1200) * 5
+            t0 = time.monotonic()
+            p = self._script("start", self.name, str(port), *self.config)
+            if p.returncode == 0:
+                self.port, self.started_in = port, time.monotonic() - t0
+                return self
+            if p.returncode != 3 and attempt > 0:  # not a port clash, and not a lost race for one
+                break
+        raise RuntimeError(f"scripts/rabbit-node start {self.name} failed ({p.returncode}):\n{p.stdout}{p.stderr}")
+
+    def stop(self) -> None:
+        self._script("stop", self.name)
+
+    def ctl(self, *args: str, timeout: float = 120) -> str:
+        """``rabbitmqctl -n NAME@localhost -q ARGS`` for this node; its output."""
+        p = self._script("ctl", self.name, "-q", *args, timeout=timeout)
+        if p.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)} on {self.name}: {p.returncode}\n{p.stdout}{p.stderr}")
+        return p.stdout
+
+    def stop_app(self) -> None:
+        self.ctl("stop_app")
+        assert not _listening(self.port), "the node still accepts connections after stop_app"
+
+    def start_app(self) -> None:
+        self.ctl("start_app")  # returns once the app runs; the listener comes up with it
+        deadline = time.monotonic() + 60
+        while not _listening(self.port):
+            assert time.monotonic() < deadline, f"{self.name} does not accept connections after start_app"
+            time.sleep(0.1)
+
+    def restart(self) -> None:
+        """Stop and start the RabbitMQ application: every connection to it is dropped."""
+        try:
+            self.stop_app()
+        finally:
+            self.start_app()
+
+    def new_vhost(self) -> str:
+        """URL of a fresh vhost on this node (guest may do everything in it)."""
+        vhost = f"flownb-test-{uuid.uuid4().hex[:10]}"
+        self.ctl("add_vhost", vhost)
+        self.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        return self.url + vhost
+
+    def ensure_up(self) -> None:
+        """A test that failed between stop_app and start_app must not fail the next one."""
+        if not _listening(self.port):
+            self.start_app()
+
+
+@pytest.fixture(scope="session")
+def _private_nodes():
+    if not RABBITMQ_SERVER.exists() or not RABBIT_NODE.exists():
+        pytest.skip("RabbitMQ (the rabbitmq-server package) is not installed")
+    nodes: dict[tuple[str, ...], PrivateBroker] = {}
+
+    def get(*lines: str, **settings) -> PrivateBroker:
+        config = tuple(lines) + tuple(f"{k} = {v}" for k, v in sorted(settings.items()))
+        if config not in nodes:
+            suffix = f"-{len(nodes)}" if nodes else ""
+            nodes[config] = PrivateBroker(f"flownb-{os.getpid()}{suffix}", list(config)).start()
+        node = nodes[config]
+        node.ensure_up()
+        return node
+    yield get
+    stopping = [threading.Thread(target=node.stop) for node in nodes.values()]
+    for t in stopping:
+        t.start()
+    for t in stopping:
+        t.join()
+
+
+@pytest.fixture
+def private_broker(_private_nodes) -> PrivateBroker:
+    """This pytest process's own RabbitMQ node (started once, stopped at the end of the session)."""
+    return _private_nodes()
+
+
+@pytest.fixture
+def private_broker_with(_private_nodes):
+    """A private node with extra rabbitmq.conf settings, one node per distinct configuration:
+    ``private_broker_with(max_message_size=65536)`` or ``private_broker_with("log.file.level = debug")``."""
+    return _private_nodes
 
 
 class Running:

@@ -1,4 +1,7 @@
-"""Faults survived: killed workers, SIGTERM drains, a restarted broker, a target answering 503."""
+"""Faults survived: killed workers, SIGTERM drains, a restarted broker, a target answering 503.
+
+The broker restart happens on a private node (``private_broker``, scripts/rabbit-node): the broker
+on 127.0.0.1:5672 is shared with other people's test runs and is never stopped or reconfigured."""
 
 from __future__ import annotations
 
@@ -7,8 +10,10 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
+import pika
 import pytest
 from amqp_components import sink_counts, wait_for
 
@@ -109,21 +114,17 @@ def test_sigterm_drains_in_flight_work_and_exits_0(broker, running, tmp_path):
     assert sink_counts(db) == (total, total)  # drained stops: not a single duplicate
 
 
-def _ctl(*args):
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
-
-
 @pytest.mark.slow
-def test_workers_reconnect_after_a_broker_restart(broker, running, tmp_path, caplog):
+def test_workers_reconnect_after_a_broker_restart(private_broker, running, tmp_path, caplog):
+    broker = private_broker.new_vhost()  # a node of this process's own: the one on 5672 is shared
     db = tmp_path / "sink.db"
     total = 10_000
     flow = three_steps("restart", db, total, batch=200)
     r = running(flow, ["src", "work", "sink"], broker, prefetch=PREFETCH)
     wait_for(lambda: sink_counts(db)[0] >= 2000, timeout=60, what="progress before the restart")
-    try:
-        _ctl("stop_app")
-    finally:
-        _ctl("start_app")  # keep the outage short: other people use this broker
+    before = sink_counts(db)[0]
+    private_broker.restart()  # stop_app, start_app: every connection is dropped
+    print(f"at the sink: {before} before the restart, {sink_counts(db)[0]} once it was back")
     wait_for(lambda: sink_counts(db)[0] == total, timeout=180, every=0.25, what="all messages after restart")
     r.stop()
     seen, deliveries = sink_counts(db)
@@ -175,3 +176,63 @@ def test_a_step_slower_than_the_heartbeat_keeps_its_connection(broker, running, 
         t.join(30)
     assert sink_counts(db) == (2, 2)  # no redelivery: the connection stayed up while the step slept
     assert "connection lost" not in caplog.text
+
+
+SHARED = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def _server_node(url):
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        return conn._impl.server_properties["cluster_name"]
+    finally:
+        conn.close()
+
+
+def test_the_private_node_is_not_the_shared_broker(private_broker):
+    try:
+        shared = _server_node(SHARED)
+    except pika.exceptions.AMQPConnectionError:
+        pytest.skip("RabbitMQ is not running on 127.0.0.1:5672")
+    mine = _server_node(private_broker.url)
+    assert mine.startswith(private_broker.name + "@") and mine != shared
+    queue = f"flownb-private-{uuid.uuid4().hex[:10]}"
+    conn = pika.BlockingConnection(pika.URLParameters(private_broker.url))
+    try:
+        conn.channel().queue_declare(queue, auto_delete=True)
+        assert queue in private_broker.ctl("list_queues", "name").split()
+        other = pika.BlockingConnection(pika.URLParameters(SHARED))
+        try:
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+                other.channel().queue_declare(queue, passive=True)
+            assert e.value.reply_code == 404  # not on the shared broker
+        finally:
+            other.close()
+    finally:
+        conn.close()
+    # stopping it leaves the shared broker serving
+    try:
+        private_broker.stop_app()
+        with pytest.raises(pika.exceptions.AMQPConnectionError):
+            _server_node(private_broker.url)
+        assert _server_node(SHARED) == shared
+    finally:
+        private_broker.start_app()
+    assert _server_node(private_broker.url) == mine
+
+
+@pytest.mark.slow
+def test_a_private_node_takes_extra_config(private_broker_with, private_broker):
+    small = private_broker_with(max_message_size=65536)
+    assert small.name != private_broker.name and small.port != private_broker.port
+    conn = pika.BlockingConnection(pika.URLParameters(small.url))
+    try:
+        ch = conn.channel()
+        ch.queue_declare("big", auto_delete=True)
+        ch.basic_publish("", "big", b"x" * 60_000)
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+            ch.basic_publish("", "big", b"x" * 70_000)
+            ch.queue_declare("big", passive=True)  # a round trip: the broker's answer to the publish
+        assert e.value.reply_code == 406 and "larger than configured max size 65536" in e.value.reply_text
+    finally:
+        conn.close()
