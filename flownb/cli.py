@@ -61,11 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a flow on the embedded runtime (SQLite queues)")
     _add_spec(p)
     p.add_argument("--state-dir", default=".flownb", help="where queues, cursors and dead letters live")
-    p.add_argument("--until-idle", action="store_true", help="poll once, drain every queue, exit 0")
+    p.add_argument("--until-idle", action="store_true",
+                   help="poll once, drain every queue, exit (1 if the run dead-lettered messages)")
     p.add_argument("--port", type=int, default=None, help="serve a webhook trigger on this port")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--reset-state", action="store_true",
                    help="start over: move this flow's state (cursor, queues, dead letters) aside first")
+    p.add_argument("--allow-dead-letters", action="store_true",
+                   help="with --until-idle: exit 0 even when the run dead-lettered messages (default: 1)")
 
     p = sub.add_parser("dlq", help="list, show or replay dead letters")
     p.add_argument("action", choices=["list", "show", "replay"])

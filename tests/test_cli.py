@@ -150,9 +150,12 @@ def test_dlq_list_show_replay_after_fix(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")
     p = str(spec(tmp_path, total=6, poison=[2, 5]))
     state = str(tmp_path / "state")
-    assert main(["run", p, "--state-dir", state, "--until-idle"]) == 0
+    assert main(["run", p, "--state-dir", state, "--until-idle"]) == 1  # the run dead-lettered messages
     out = capsys.readouterr().out
     assert "2 dead letter(s) stored" in out
+    assert "dead-lettered step 'work': 2 × ValueError: cannot handle 2" in out  # one line per step and kind
+    assert f"see 'flownb dlq list {p} --state-dir {state}'" in out
+    assert "2 message(s) were dead-lettered by this run" in out
 
     assert main(["dlq", "list", p, "--state-dir", state]) == 0
     out = capsys.readouterr().out

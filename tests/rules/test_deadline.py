@@ -193,7 +193,7 @@ def test_flownb_run_until_idle_dead_letters(tmp_path, src):
     spec = _spec(tmp_path, src, "1s")
     r = subprocess.run([FLOWNB, "run", str(spec), "--state-dir", str(state), "--until-idle"],
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr  # the run dead-lettered a message: not a silent exit 0
     assert "1 dead letter(s) stored" in r.stdout
     r = subprocess.run([FLOWNB, "dlq", "list", str(spec), "--state-dir", str(state)],
                        capture_output=True, text=True, timeout=120)

@@ -58,7 +58,8 @@ def test_a_message_that_kills_the_process_is_poison_after_3_deaths(tmp_path):
     codes = [_run(spec, state).returncode for _ in range(3)]
     assert codes == [-signal.SIGABRT] * 3
     last = _run(spec, state)
-    assert last.returncode == 0, last.stderr[-2000:]
+    assert last.returncode == 1, last.stderr[-2000:]  # it dead-lettered the poison message
+    assert "dead-lettered step 'native': 1 × PoisonMessage: poison: the worker died 3 times" in last.stdout
     with out.open() as fh:
         ids = sorted(int(r["id"]) for r in csv.DictReader(fh))
     assert ids == [0, 1, 2, 4, 5, 6, 7, 8, 9]  # the neighbours of the poison message all arrive, once

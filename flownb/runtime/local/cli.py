@@ -1,7 +1,9 @@
 """``flownb run``: run a flow on the local runtime, with a rich progress display and summary.
 
 - default: poll when due, process queues, until SIGINT/SIGTERM; then print the summary.
-- ``--until-idle``: poll once, drain every queue, print the summary, exit 0. Retries due within
+- ``--until-idle``: poll once, drain every queue, print the summary, exit 0 — or 1 when the run
+  dead-lettered messages (``--allow-dead-letters`` keeps 0); the summary has one line per step and
+  error kind and the exact ``flownb dlq list`` command. Retries due within
   ``FLOWNB_RETRY_WAIT`` seconds (total waiting, default 60) are waited for; retries scheduled later
   stay queued (they survive in the state directory) and the summary reports them as pending, with
   the time until the next one: run again to deliver them.
@@ -42,7 +44,7 @@ def _console():
     return Console(highlight=False)
 
 
-def print_summary(summary: RunSummary, console=None) -> None:
+def print_summary(summary: RunSummary, console=None, dlq_command: str | None = None) -> None:
     from rich.table import Table
     con = console or _console()
     t = Table(title=f"flow '{summary.flow}'")
@@ -55,8 +57,13 @@ def print_summary(summary: RunSummary, console=None) -> None:
     con.print(t)
     con.print(f"{summary.messages:,} messages processed in {summary.elapsed:.2f}s "
               f"({summary.msg_per_s:,.0f} msg/s)")
+    kinds = [(name, kind, n, example) for name, st in summary.steps.items()
+             for kind, (n, example) in st.dead_kinds.items()]
+    for name, kind, n, example in kinds:  # one line per step and error kind, not one per message
+        con.print(f"[yellow]dead-lettered[/yellow] step '{name}': {n:,} × {kind}: {example}", soft_wrap=True)
     if summary.dead_letters:
-        con.print(f"[yellow]{summary.dead_letters} dead letter(s) stored[/yellow]: see 'flownb dlq list'")
+        con.print(f"[yellow]{summary.dead_letters:,} dead letter(s) stored[/yellow]: see "
+                  f"'{dlq_command or 'flownb dlq list SPEC --state-dir DIR'}'", soft_wrap=True)
     if summary.pending:
         wait = f"; next retry due in {summary.next_retry_in:.1f}s" if summary.next_retry_in else ""
         pend = ", ".join(f"{k}: {v}" for k, v in summary.pending.items())
@@ -112,6 +119,12 @@ def _serve(runtime: LocalRuntime, args: Any) -> RunSummary:
     return runtime.summary()
 
 
+def _dlq_command(args: Any) -> str:
+    import shlex
+    spec = getattr(args, "spec", None) or "SPEC"
+    return f"flownb dlq list {shlex.quote(str(spec))} --state-dir {shlex.quote(str(args.state_dir))}"
+
+
 def run_cli(flow: Flow, args: Any) -> int:
     """``flownb run`` (args: state_dir, until_idle, port, host). Returns the exit code."""
     console = _console()
@@ -126,9 +139,17 @@ def run_cli(flow: Flow, args: Any) -> int:
         with _signals(runtime, stop):
             webhook = runtime.trigger.kind == "webhook"
             if args.until_idle:
+                dead_before = runtime.store.dead_count()
                 _poll(runtime)
                 with _progress(runtime, console) as progress:
                     summary = runtime.drain(progress)
+                new_dead = summary.dead_letters - dead_before
+                print_summary(summary, console, _dlq_command(args))
+                if new_dead > 0 and not getattr(args, "allow_dead_letters", False):
+                    console.print(f"[red]{new_dead:,} message(s) were dead-lettered by this run[/red]; exit "
+                                  f"status 1 (pass --allow-dead-letters to accept them)", soft_wrap=True)
+                    return 1
+                return EXIT_CRASHED if HEALTH.failed.is_set() else 0
             elif webhook and getattr(args, "port", None):
                 summary = _serve(runtime, args)
             else:
@@ -136,7 +157,7 @@ def run_cli(flow: Flow, args: Any) -> int:
                     console.print("[yellow]webhook trigger without --port: only queued messages are "
                                   "processed; pass --port to receive requests[/yellow]")
                 summary = runtime.run(stop_event=stop)
-        print_summary(summary, console)
+        print_summary(summary, console, _dlq_command(args))
         return EXIT_CRASHED if HEALTH.failed.is_set() else 0
     except BaseException as exc:
         if isinstance(exc, (KeyboardInterrupt, FlownbError)):

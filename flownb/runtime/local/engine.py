@@ -63,6 +63,8 @@ class StepStats:
     dead: int = 0
     seconds: float = 0.0
     errors: int = 0  # trigger: failed polls
+    #: error type -> [dead letters of that type in this run, the first one's message]
+    dead_kinds: dict[str, list] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"in": self.inputs, "out": self.outputs, "retried": self.retried, "dead": self.dead,
@@ -286,6 +288,8 @@ class LocalRuntime:
         if dead:
             self.stats[name].dead += len(dead)
             for _m, info, _p in self.trigger.last_dead:
+                kind = self.stats[name].dead_kinds.setdefault(info.type, [0, info.message])
+                kind[0] += 1
                 self.log.warning("trigger '%s': a record was dead-lettered: %s", name, info.message)
         self.stats[name].seconds += time.perf_counter() - t0
         self._count_trigger(msgs)
@@ -350,8 +354,12 @@ class LocalRuntime:
             else:
                 done.append(rid)
                 dead.append((name, attempt, payload, orjson.dumps(o.error.to_dict())))
-                self.log.warning("step '%s': message %s dead-lettered after attempt %d: %s: %s", name,
-                                 o.message.id, attempt, o.error.type, o.error.message)
+                kind = self.stats[name].dead_kinds.setdefault(o.error.type, [0, o.error.message])
+                kind[0] += 1
+                # the first of each kind per step is a WARNING; the rest are counted in the summary
+                (self.log.warning if kind[0] == 1 else self.log.debug)(
+                    "step '%s': message %s dead-lettered after attempt %d: %s: %s", name,
+                    o.message.id, attempt, o.error.type, o.error.message)
         self.store.commit_batch(next_step=self._next[name], now=now, done=done, outputs=outputs,
                                 retries=retries, dead=dead)
         st = self.stats[name]
