@@ -236,6 +236,7 @@ def each(seconds: float, fn: Callable[[Any], Any], items: list, expired: Callabl
     region goes on with the next item. An interrupt that lands after its item finished is ignored,
     one that lands before its item's deadline (the deadline was renewed as it fired) evaluates the
     item again: evaluations are pure, so the result is the same."""
+    seconds = min(seconds, MAX_TIMEOUT)
     out: list = []
     append = out.append
     n = len(items)

@@ -10,6 +10,10 @@ Expressions inside the supported subset (docs/rules.md) are compiled to a Python
 variable name → JSON value, without ``$``) binds ``$name`` for one evaluation; passing
 :data:`UNDEFINED` as ``data`` evaluates with no input at all.
 
+``timeout=`` (seconds) bounds one evaluation in either engine (:mod:`._deadline`):
+:class:`~flownb.errors.EvaluationTimeout` when it passes; ``max_depth=`` bounds jsonatapy's nesting
+of function calls (``D1011``).
+
 An :class:`Expression` may be evaluated from any thread, and from several at once. jsonatapy's
 compiled objects are bound to the thread that created them (evaluating one elsewhere panics), so
 they are never stored on the :class:`Expression`: each thread compiles its own, lazily, into a

@@ -259,3 +259,14 @@ def test_a_batch_dead_letters_only_the_never_ending_messages():
     (dead,) = result.dead_letters
     assert dead.message.body == {"keep": 2} and dead.error.type == "EvaluationTimeout"
     assert "field 'y'" in dead.error.message
+
+
+@pytest.mark.parametrize("src", ["[1..1000000000]", "$count([1..1e9])", "[0..10000000]"])
+def test_a_range_beyond_ten_million_items_is_an_error_not_an_out_of_memory(src):
+    """As in jsonata-js (D2014); the compiled engine leaves ranges to jsonatapy."""
+    e = compile(src)
+    assert e.engine == "jsonatapy"
+    t = time.monotonic()
+    with pytest.raises(EvaluationError) as info:
+        e.raw({}, timeout=10)
+    assert info.value.code == "D2014" and time.monotonic() - t < 2
