@@ -20,6 +20,7 @@ Every error flownb raises derives from :class:`FlownbError`::
     ├── RuntimeFailure             a runtime (local queue, broker) cannot do its job
     │   ├── QueueFull              the first queue is over its limit (back-pressure, HTTP 429)
     │   ├── StateError             a state directory's database is missing/empty/damaged (--reset-state)
+    │   ├── StorageFull            the disk holding the queue database is full: nothing was written
     │   └── BrokerError            RabbitMQ unreachable or refused an operation
     └── DeployError                export, image build, compose/k8s, Docker
 
@@ -35,7 +36,7 @@ from typing import Any, Iterable
 __all__ = [
     "FlownbError", "SpecError", "SpecSyntaxError", "UnknownComponentError", "ConfigError",
     "ParameterError", "ExpressionError", "MessageError", "MessageTooLarge", "StepError", "Retry", "RetryableError",
-    "FatalError", "PoisonMessage", "EvaluationTimeout", "RuntimeFailure", "QueueFull", "StateError", "BrokerError", "DeployError",
+    "FatalError", "PoisonMessage", "EvaluationTimeout", "RuntimeFailure", "QueueFull", "StateError", "StorageFull", "BrokerError", "DeployError",
     "did_you_mean",
 ]
 
@@ -193,6 +194,11 @@ class RuntimeFailure(FlownbError):
 class StateError(RuntimeFailure):
     """A state directory's database is missing, empty or damaged although its marker says it existed;
     the message names the file and the choices (restore it, or ``--reset-state``)."""
+
+
+class StorageFull(RuntimeFailure):
+    """The disk (or quota) holding a queue database is full: the transaction was rolled back and
+    nothing of it was written (SQLITE_FULL / ENOSPC). Transient: free space and it goes on."""
 
 
 class QueueFull(RuntimeFailure):

@@ -16,7 +16,7 @@ TREE = {
     "MessageError": "FlownbError", "MessageTooLarge": "MessageError", "StepError": "FlownbError", "RetryableError": "StepError",
     "Retry": "RetryableError", "FatalError": "StepError", "PoisonMessage": "FatalError",
     "EvaluationTimeout": "FatalError",
-    "RuntimeFailure": "FlownbError", "QueueFull": "RuntimeFailure", "StateError": "RuntimeFailure", "BrokerError": "RuntimeFailure", "DeployError": "FlownbError",
+    "RuntimeFailure": "FlownbError", "QueueFull": "RuntimeFailure", "StateError": "RuntimeFailure", "StorageFull": "RuntimeFailure", "BrokerError": "RuntimeFailure", "DeployError": "FlownbError",
 }
 
 

@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Sequence
 
 import orjson
 
-from ...errors import FlownbError, MessageError, QueueFull, RuntimeFailure
+from ...errors import FlownbError, MessageError, QueueFull, RuntimeFailure, StorageFull
 from ...flow import Flow
 from ...message import Message
 from ..core import DeadLetter, ErrorInfo, Outcome, Route, StepRunner, TriggerRunner, undecodable
@@ -156,6 +156,8 @@ class LocalRuntime:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._started = time.perf_counter()
+        #: rows whose batch ran but whose commit failed on a full disk: their claim is undone first
+        self._unclaim: list[int] = []
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> "LocalRuntime":
@@ -234,7 +236,14 @@ class LocalRuntime:
                     with self._trace_lock:
                         for _i, m, _p in accepted:
                             self._traces[m.trace] = [1, []]
-                self.store.enqueue(self._first, [p for _i, _m, p in accepted], self.clock())
+                try:
+                    self.store.enqueue(self._first, [p for _i, _m, p in accepted], self.clock())
+                except BaseException:  # nothing was queued (e.g. StorageFull): no reply will come
+                    if self._listeners:
+                        with self._trace_lock:
+                            for _i, m, _p in accepted:
+                                self._traces.pop(m.trace, None)
+                    raise
                 self._depth_cache = (self._depth_cache[0], depth + len(accepted))
                 self.stats[self.flow.trigger.name].outputs += len(accepted)
         if accepted:
@@ -330,7 +339,11 @@ class LocalRuntime:
                 HEALTH.fail(f"step '{name}'", exc)  # the batch stays claimed: redelivered after restart
             raise
         self.stats[name].seconds += time.perf_counter() - t0
-        self._commit(name, rows, outcomes)
+        try:
+            self._commit(name, rows, outcomes)
+        except StorageFull:  # the batch stays queued and is redone; its claim must not count as a death
+            self._unclaim.extend(r[0] for r in rows)
+            raise
         if progress is not None:
             progress(name, len(rows))
         return len(rows)
@@ -420,8 +433,16 @@ class LocalRuntime:
         reported as ``pending``. With a :class:`VirtualClock` the clock jumps instead of waiting."""
         budget = self.retry_wait if retry_wait is None else retry_wait
         while not self._stop.is_set():
-            if self.drain_pass(progress):
-                continue
+            try:
+                self._undo_claims()
+                if self.drain_pass(progress):
+                    continue
+            except StorageFull:  # a run to idle cannot wait for space: say so (exit 1), nothing is lost
+                try:
+                    self._undo_claims()
+                except StorageFull:
+                    pass
+                raise
             blocked = self._blocked()
             if blocked:  # a step's setup() fails: wait for its next try within the budget, or give up
                 wait = max(min(self.runners[n].setup_retry_at for n in blocked) - self.clock(), 0.0)
@@ -453,16 +474,47 @@ class LocalRuntime:
         if until_idle:
             self.poll_backlog()
             return self.drain(progress)
-        while not self._stop.is_set() and not (stop_event is not None and stop_event.is_set()):
+        stopped = lambda: self._stop.is_set() or (stop_event is not None and stop_event.is_set())  # noqa: E731
+        backoff = 0.0
+        while not stopped():
             self._wake.clear()
-            if self.trigger.kind == "poll":
-                due = self.next_poll_at()
-                if due is None or self.clock() >= due:
-                    self.poll_once()
-            if self.drain_pass(progress):
+            try:
+                self._undo_claims()
+                if self.trigger.kind == "poll":
+                    due = self.next_poll_at()
+                    if due is None or self.clock() >= due:
+                        self.poll_once()
+                busy = self.drain_pass(progress)
+            except StorageFull as exc:
+                # a full disk: what failed was rolled back (a batch stays queued and is redone, a
+                # poll is polled again); not ready until a write succeeds, retried with a back-off
+                if not backoff:
+                    HEALTH.set_unready(self._storage_where, str(exc))
+                    self.log.error("%s; processing paused, retrying until space returns", exc)
+                backoff = min(max(backoff * 2, 0.5), 5.0)
+                until = time.monotonic() + backoff
+                while not stopped() and time.monotonic() < until:
+                    self._stop.wait(min(0.2, until - time.monotonic()))
+                continue
+            if backoff:
+                backoff = 0.0
+                HEALTH.set_ready(self._storage_where)
+                self.log.warning("flow '%s': the queue database is writable again; processing resumed",
+                                 self.flow.name)
+            if busy:
                 continue
             self._wake.wait(self._idle_wait())
         return self.summary()
+
+    @property
+    def _storage_where(self) -> str:
+        return f"flow '{self.flow.name}' queue database"
+
+    def _undo_claims(self) -> None:
+        """Undo the claims of batches whose commit failed on a full disk (StorageFull while it is)."""
+        if self._unclaim:
+            self.store.unclaim(self._unclaim)
+            self._unclaim = []
 
     def _idle_wait(self) -> float:
         now = self.clock()

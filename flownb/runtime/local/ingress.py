@@ -23,9 +23,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ...errors import ConfigError, FlownbError, MessageError, QueueFull, RuntimeFailure
+from ...errors import ConfigError, FlownbError, MessageError, QueueFull, RuntimeFailure, StorageFull
 from ...flow import Flow
 from ...message import Message
+from ..health import HEALTH
 from ..ingress import Accepted, Backpressure, ReplyBook, Unavailable
 from .store import open_state
 
@@ -51,6 +52,8 @@ class LocalIngest:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listening = False
         self._closed = False
+        #: why the last commit failed on a full disk (None: the queue can be written)
+        self._full: str | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -72,7 +75,21 @@ class LocalIngest:
             self._writer = None
 
     def healthy(self) -> bool:
-        return self._writer is None or self._writer.is_alive()
+        """The writer thread is alive and the queue can be written (not while the disk is full)."""
+        return (self._writer is None or self._writer.is_alive()) and self._full is None
+
+    @property
+    def _where(self) -> str:
+        return f"webhook '{self.flow}' queue"
+
+    def _set_full(self, why: str | None) -> None:
+        if why is not None and self._full is None:
+            log.error("webhook '%s': %s; answering 503 until space returns", self.flow, why)
+            HEALTH.set_unready(self._where, why)
+        elif why is None and self._full is not None:
+            log.warning("webhook '%s': the queue can be written again", self.flow)
+            HEALTH.set_ready(self._where)
+        self._full = why
 
     def _on_final(self, trace_id: str, bodies: list[dict]) -> None:
         # called in a runtime thread after the last step's outputs for this run are committed
@@ -100,7 +117,14 @@ class LocalIngest:
 
     def _write_loop(self) -> None:
         while True:
-            first = self._pending.get()
+            if self._full is None:
+                first = self._pending.get()
+            else:  # the disk was full: find out when it is not, even if no request comes
+                try:
+                    first = self._pending.get(timeout=1.0)
+                except queue.Empty:
+                    self._probe()
+                    continue
             if first is None:
                 return
             batch = [first]
@@ -118,9 +142,25 @@ class LocalIngest:
             if stop:
                 return
 
+    def _probe(self) -> None:
+        store = getattr(self.runtime, "store", None)
+        if store is None:
+            return
+        try:
+            store.probe_write()
+        except StorageFull:
+            return
+        except Exception:  # noqa: BLE001 - another failure: the next request will tell
+            return
+        self._set_full(None)
+
     def _commit(self, batch: list) -> None:
         try:
             results = self.runtime.submit_many([(b, h) for b, h, _f in batch])
+            self._set_full(None)
+        except StorageFull as exc:  # nothing of the batch is queued: 503, and /healthz says why
+            self._set_full(str(exc))
+            results = [exc] * len(batch)
         except RuntimeFailure as exc:
             results = [exc] * len(batch)
         except Exception as exc:  # sqlite3 errors, a disk that is full: nothing of the batch is queued
@@ -137,6 +177,8 @@ def _translate(exc: BaseException) -> BaseException:
         return Backpressure(str(exc))
     if isinstance(exc, (MessageError, Backpressure, Unavailable)):
         return exc
+    if isinstance(exc, StorageFull):
+        return Unavailable(f"the local queue cannot be written: {exc}")
     if isinstance(exc, RuntimeFailure):
         return Unavailable(f"the local queue refused the message: {exc}")
     return exc

@@ -41,9 +41,9 @@ from typing import Iterable, Iterator, Sequence
 
 import orjson
 
-from ...errors import RuntimeFailure, StateError
+from ...errors import RuntimeFailure, StateError, StorageFull
 
-__all__ = ["QueueStore", "Row", "open_state", "StateError", "SCHEMA_VERSION"]
+__all__ = ["QueueStore", "Row", "open_state", "StateError", "StorageFull", "SCHEMA_VERSION"]
 
 #: (row id, attempt, payload, deliveries before this claim) of a claimed message
 Row = tuple[int, int, bytes, int]
@@ -100,6 +100,9 @@ class QueueStore:
                 self.conn.execute("ALTER TABLE queue ADD COLUMN deliveries INTEGER NOT NULL DEFAULT 0")
             self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except (sqlite3.Error, OSError) as exc:
+            if path is not None and (_is_full(exc) or _disk_free(path.parent) == 0):
+                raise StorageFull(f"disk full: cannot open the queue database '{target}' ({exc}); free "
+                                  f"space on the disk holding '{path.parent}'") from exc
             raise RuntimeFailure(f"cannot open the queue database '{target}': {exc}; check that the "
                                  f"state directory is writable (--state-dir)") from exc
         self.lock = threading.RLock()
@@ -109,23 +112,62 @@ class QueueStore:
             self.conn.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT`` under the lock; rolled back on any error."""
+    def transaction(self, full: str = "nothing of the transaction was written") -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` under the lock; rolled back on any error (a rollback that
+        fails — SQLite may already have rolled back — never hides the first error). A full disk
+        (SQLITE_FULL / ENOSPC) is :class:`StorageFull`, whose message says ``full``: what was
+        therefore not done."""
         with self.lock:
             c = self.conn
             try:
                 c.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
+                self._rollback()
+                if _is_full(exc):
+                    raise self._full(exc, full) from exc
                 raise RuntimeFailure(f"queue database '{self.path}' is unavailable: {exc}") from exc
             try:
                 yield c
-            except BaseException:
-                c.execute("ROLLBACK")
+            except BaseException as exc:
+                self._rollback()
+                if isinstance(exc, (sqlite3.Error, OSError)) and _is_full(exc):
+                    raise self._full(exc, full) from exc
                 raise
             try:
                 c.execute("COMMIT")
             except sqlite3.Error as exc:
+                self._rollback()
+                if _is_full(exc):
+                    raise self._full(exc, full) from exc
                 raise RuntimeFailure(f"commit to the queue database failed: {exc}") from exc
+
+    def _rollback(self) -> None:
+        """Roll back what is open, if anything: after a failed statement SQLite may have rolled the
+        transaction back itself ("cannot rollback - no transaction is active")."""
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+    def _full(self, exc: BaseException, what: str) -> StorageFull:
+        where = self.path.parent if self.path is not None else "memory"
+        return StorageFull(f"disk full: {what} (the queue database '{self.path}' cannot grow: {exc}); "
+                           f"free space on the disk holding '{where}' and it goes on")
+
+    def probe_write(self) -> None:
+        """A small committed write that changes nothing (inserted and deleted): StorageFull while the
+        disk is still full."""
+        with self.transaction("the probe write failed") as c:
+            c.execute("INSERT INTO trigger_state (trigger, state, next_at) VALUES (' probe', ?, 0)",
+                      ("x" * 512,))
+            c.execute("DELETE FROM trigger_state WHERE trigger=' probe'")
+
+    def unclaim(self, ids: Sequence[int]) -> None:
+        """Undo one claim of ``ids`` (their batch ran but its commit failed on a full disk: the
+        process did not die, so the claim must not count towards poison)."""
+        with self.transaction("the claims were not undone") as c:
+            c.executemany("UPDATE queue SET deliveries=max(deliveries-1, 0) WHERE id=?", [(i,) for i in ids])
 
     # -- queues ----------------------------------------------------------------------------------
     def claim(self, step: str, now: float, limit: int) -> list[Row]:
@@ -147,7 +189,7 @@ class QueueStore:
         return rows
 
     def enqueue(self, step: str, payloads: Sequence[bytes], now: float) -> None:
-        with self.transaction() as c:
+        with self.transaction("nothing was queued") as c:
             c.executemany("INSERT INTO queue (step, available_at, attempt, payload) VALUES (?, ?, 1, ?)",
                           [(step, now, p) for p in payloads])
 
@@ -156,7 +198,7 @@ class QueueStore:
                      dead: Sequence[tuple[str, int, bytes, str]]) -> None:
         """One transaction: delete finished inputs, queue outputs for ``next_step``, reschedule
         ``retries`` (available_at, attempt, id) and store ``dead`` (step, attempt, payload, error)."""
-        with self.transaction() as c:
+        with self.transaction("the batch was not committed and stays queued") as c:
             c.executemany("DELETE FROM queue WHERE id=?", [(i,) for i in done])
             if outputs and next_step is not None:
                 c.executemany("INSERT INTO queue (step, available_at, attempt, payload) VALUES (?, ?, 1, ?)",
@@ -201,7 +243,7 @@ class QueueStore:
                     dead: Sequence[tuple[str, int, bytes, str]] = ()) -> None:
         """One transaction: the poll's messages, its dead letters (step, attempt, payload, error:
         records that cannot become messages) and the trigger's new state."""
-        with self.transaction() as c:
+        with self.transaction("nothing was queued, the cursor did not move") as c:
             if dead:
                 c.executemany("INSERT INTO dead (step, attempt, payload, error, at) VALUES (?, ?, ?, ?, ?)",
                               [(s, a, p, e, now) for s, a, p, e in dead])
@@ -245,6 +287,29 @@ class QueueStore:
             c.executemany("DELETE FROM dead WHERE id=?", [(i,) for i, _, _ in rows])
         return len(rows)
 
+
+
+_SQLITE_FULL = 13
+
+
+def _is_full(exc: BaseException) -> bool:
+    """SQLITE_FULL ("database or disk is full"), or ENOSPC / EDQUOT from the OS."""
+    import errno
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF == _SQLITE_FULL:
+        return True
+    return "disk is full" in str(exc)
+
+
+def _disk_free(directory: Path) -> int | None:
+    """Bytes free for an unprivileged writer on the disk holding ``directory`` (None: unknown)."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def _marker(state_dir: Path, flow: str) -> Path:
