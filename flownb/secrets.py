@@ -26,7 +26,7 @@ from .errors import ConfigError
 __all__ = ["EnvVar", "required_env", "missing_env", "check_env", "walk_config", "Redactor", "RedactingFilter",
            "RedactingStream", "MIN_SECRET_LEN", "mask", "encodings", "activate", "active_redactor", "redact",
            "install_log_redaction", "redact_dead_letter", "redact_shapes", "redact_text", "redact_notebook",
-           "as_redactor", "MASK"]
+           "as_redactor", "MASK", "secret_like_env", "GUESSED_MIN_LEN"]
 
 
 @dataclass(frozen=True)
@@ -92,13 +92,13 @@ def check_env(flow: Any, steps: Iterable[str] | None = None, environ: Mapping[st
 #: values shorter than this are never searched for (they would redact ordinary text)
 MIN_SECRET_LEN = 4
 #: an already redacted value; never redacted again (so redacting twice changes nothing)
-_MASKED = r"\[redacted:[A-Za-z0-9_.-]*\]"
+_MASKED = r"\[REDACTED:[A-Za-z0-9_.-]*\]"
 
 
 def mask(name: str | None) -> str:
-    """What replaces a secret: ``[redacted:NAME]`` (the variable's name is not a secret), or ``***``
+    """What replaces a secret: ``[REDACTED:NAME]`` (the variable's name is not a secret), or ``***``
     for a value whose variable is unknown."""
-    return f"[redacted:{name}]" if name else "***"
+    return f"[REDACTED:{name}]" if name else "***"
 
 
 def _b64(s: str) -> list[str]:
@@ -146,7 +146,7 @@ class Redactor:
             if isinstance(value, str):
                 for form in encodings(value):
                     self._mask.setdefault(form, mask(name))
-        self.names = sorted({m[len("[redacted:"):-1] for m in self._mask.values() if m != "***"})
+        self.names = sorted({m[len("[REDACTED:"):-1] for m in self._mask.values() if m != "***"})
         forms = sorted(self._mask, key=len, reverse=True)
         self._re = re.compile(_MASKED + "|" + "|".join(map(re.escape, forms))) if forms else None
 
@@ -196,6 +196,22 @@ class Redactor:
         if isinstance(obj, (list, tuple)):
             return [self.redact_obj(v) for v in obj]
         return obj
+
+
+#: names of environment variables taken for secrets without being named (scheduled notebooks)
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|(?:^|_)PASS(?:$|_)|API_?KEY|ACCESS_KEY|PRIVATE_KEY|"
+                          r"CREDENTIAL", re.IGNORECASE)
+#: a variable whose name only *looks* secret is redacted when its value has at least this many characters
+GUESSED_MIN_LEN = 8
+
+
+def secret_like_env(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Names of the environment variables whose name looks like a secret's (``*TOKEN*``, ``*SECRET*``,
+    ``*PASSWORD*``, ``*PASSWD*``, ``*_PASS``, ``*API_KEY*``/``*APIKEY*``, ``*ACCESS_KEY*``,
+    ``*PRIVATE_KEY*``, ``*CREDENTIAL*``) and whose value has at least :data:`GUESSED_MIN_LEN`
+    characters; sorted."""
+    env = os.environ if environ is None else environ
+    return sorted(n for n, v in env.items() if _SECRET_NAME.search(n) and len(v.strip()) >= GUESSED_MIN_LEN)
 
 
 # -- the process's active redactors (set up by ``flownb run`` / ``flownb worker``) ----------------
@@ -317,11 +333,11 @@ def install_log_redaction(flow: Any, *, streams: bool = True,
 
 
 # -- token shapes: text that looks like a credential whatever variable (if any) it came from -------
-_URL_PASSWORD = re.compile(r"(?P<pre>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]+:)(?!\[redacted:)(?P<secret>[^\s@/]+)(?=@)")
+_URL_PASSWORD = re.compile(r"(?P<pre>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]+:)(?!\[REDACTED:)(?P<secret>[^\s@/]+)(?=@)")
 _KEYWORD = re.compile(
     r"(?P<pre>(?i:\b(?:bearer|basic)\s+|\b(?:password|passwd|pwd|token|secret|api[_-]?key|access[_-]?key|"
     r"authorization|client[_-]?secret)[\"']?\s*[:=]\s*[\"']?(?>(?:(?:bearer|basic|token)\s+)?)))"
-    r"(?!\[redacted:)(?P<secret>[^\s\"',;&}]{4,})")
+    r"(?!\[REDACTED:)(?P<secret>[^\s\"',;&}]{4,})")
 _SHAPES = re.compile(
     r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|xox[abposr]-[A-Za-z0-9-]{10,}|"
     r"sk-[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})")

@@ -32,7 +32,7 @@ from flownb.testing import HttpTarget
 
 FLOWNB = str(Path(sys.executable).parent / "flownb")
 VAR = "FLOWNB_TEST_ECHO_TOKEN"
-MASKED = f"[redacted:{VAR}]"
+MASKED = f"[REDACTED:{VAR}]"
 
 
 class EchoAuthTarget(HttpTarget):
@@ -92,19 +92,19 @@ def test_values_and_their_encodings_are_masked_with_the_variable_name():
     assert r.names == ["CRM_TOKEN", "DB_URL"]  # empty and < 4 characters: ignored
     assert MIN_SECRET_LEN == 4 and r.redact("abc EMPTY") == "abc EMPTY"
     cases = {
-        f"Authorization: Bearer {token}": "Authorization: Bearer [redacted:CRM_TOKEN]",
-        f"GET /x?t={quote(token, safe='')}": "GET /x?t=[redacted:CRM_TOKEN]",
-        f"{json.dumps({'t': token})}": '{"t": "[redacted:CRM_TOKEN]"}',
-        f"url={url}": "url=[redacted:DB_URL]",
-        "password p@ss-w0rd or p%40ss-w0rd": "password [redacted:DB_URL] or [redacted:DB_URL]",
-        "Basic " + base64.b64encode(b"app:p@ss-w0rd").decode(): "Basic [redacted:DB_URL]",
-        "b64 " + base64.b64encode(token.encode()).decode(): "b64 [redacted:CRM_TOKEN]",
+        f"Authorization: Bearer {token}": "Authorization: Bearer [REDACTED:CRM_TOKEN]",
+        f"GET /x?t={quote(token, safe='')}": "GET /x?t=[REDACTED:CRM_TOKEN]",
+        f"{json.dumps({'t': token})}": '{"t": "[REDACTED:CRM_TOKEN]"}',
+        f"url={url}": "url=[REDACTED:DB_URL]",
+        "password p@ss-w0rd or p%40ss-w0rd": "password [REDACTED:DB_URL] or [REDACTED:DB_URL]",
+        "Basic " + base64.b64encode(b"app:p@ss-w0rd").decode(): "Basic [REDACTED:DB_URL]",
+        "b64 " + base64.b64encode(token.encode()).decode(): "b64 [REDACTED:CRM_TOKEN]",
     }
     for text, want in cases.items():
         assert r.redact(text) == want
-    assert r.redact(r.redact(f"x {token}")) == "x [redacted:CRM_TOKEN]"  # idempotent
+    assert r.redact(r.redact(f"x {token}")) == "x [REDACTED:CRM_TOKEN]"  # idempotent
     assert r.redact_obj({token: [token, 1, {"k": token}]}) == {
-        "[redacted:CRM_TOKEN]": ["[redacted:CRM_TOKEN]", 1, {"k": "[redacted:CRM_TOKEN]"}]}
+        "[REDACTED:CRM_TOKEN]": ["[REDACTED:CRM_TOKEN]", 1, {"k": "[REDACTED:CRM_TOKEN]"}]}
     assert not Redactor() and Redactor().redact("anything") == "anything"
     assert all(len(f) >= MIN_SECRET_LEN for f in encodings("abcd"))
 
@@ -162,7 +162,7 @@ def test_an_explicit_redactor_and_the_active_ones_combine():
             info = ErrorInfo.from_exception(exc, "s", 1, True, redactor=Redactor({"B": b}))
     finally:
         undo()
-    assert info.message == "[redacted:A] [redacted:B]"
+    assert info.message == "[REDACTED:A] [REDACTED:B]"
 
 
 def test_notebook_keys_values_and_every_mime_type():
@@ -212,6 +212,7 @@ def test_flownb_run_keeps_an_echoed_token_out_of_state_logs_and_dlq(tmp_path, en
     assert f"Bearer {MASKED}" in error["message"] and MASKED in error["traceback"]
     listed = run("dlq", "list", str(spec), "--state-dir", str(state), env=env, cwd=tmp_path)
     assert listed.returncode == 0 and "1 dead letter(s)" in listed.stdout
+    assert MASKED in listed.stdout  # the mask is not taken for console markup
     for out in (shown, listed):
         assert_clean(token, out.stdout + out.stderr, "flownb dlq output")
 

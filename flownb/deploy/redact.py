@@ -7,7 +7,7 @@ scheduled runs; docs/secrets.md); this module keeps the export's names for it:
    the exporting environment, which the notebook kernel inherits), and its common encodings
    (URL-quoted, JSON/HTML-escaped, base64 …), is masked in every cell's source and outputs — dict
    keys included (``display(JSON({token: 1}))``) — and in the metadata (papermill parameters):
-   ``[redacted:NAME]`` when the variable is known (a :class:`~flownb.secrets.Redactor`), ``***``
+   ``[REDACTED:NAME]`` when the variable is known (a :class:`~flownb.secrets.Redactor`), ``***``
    when only plain values are given;
 2. in outputs and metadata, anything that looks like a token is replaced by ``***``
    (:func:`flownb.secrets.redact_shapes`):

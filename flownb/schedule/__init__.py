@@ -62,9 +62,11 @@ def add_schedule(
     keep: int = 20,
     allow_overlap: bool = False,
     replace: bool = False,
+    secret_env: list[str] | None = None,
 ) -> Schedule:
     """Validate (cron, time zone, parameters against the notebook's ``parameters`` cell) and store a
-    schedule. String parameter values are converted to the notebook's parameter types."""
+    schedule. String parameter values are converted to the notebook's parameter types.
+    ``secret_env``: variables whose values are redacted from the runs' outputs (docs/secrets.md)."""
     from .params import check_parameters
 
     path = Path(notebook).resolve()
@@ -79,6 +81,7 @@ def add_schedule(
             "catchup": catchup,
             "keep": keep,
             "allow_overlap": allow_overlap,
+            "secret_env": list(secret_env or []),
         }
     )
     values = check_parameters(path, dict(parameters or {}))

@@ -1,9 +1,12 @@
 """The process that executes one scheduled notebook with papermill (``python -m flownb.schedule._child``).
 
 It runs in its own process group so a timeout kills it and its kernel without touching the scheduler.
-Argument: one JSON object ``{notebook, output, log, result, parameters, cwd}``. The progress bar and
-the cells' output go to the log file as lines; the outcome (ok, or the index of the failing cell in the output
-notebook with the error name and value from PapermillExecutionError) is written as JSON to ``result``.
+Argument: one JSON object ``{notebook, output, partial, log, result, parameters, cwd, secret_env}``.
+papermill writes to ``partial``; when it ends (ok, failed or interrupted) the redacted copy becomes
+``output`` (flownb.schedule.runner.publish_output). The progress bar and the cells' output go to the
+log file as lines, redacted (a flownb.secrets.RedactingFilter on its handler); the outcome (ok, or the
+index of the failing cell in the output notebook with the error name and value from
+PapermillExecutionError, redacted) is written as JSON to ``result``. Files are 0600.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ import logging
 import signal
 import sys
 from pathlib import Path
+
+from ..secrets import Redactor, RedactingFilter
+from .runner import partial_path, private_file, publish_output, run_redactor, write_private
 
 
 class _LogWriter:
@@ -48,15 +54,31 @@ def _failed_cell(output: str, fallback: int | None) -> int | None:
     return fallback
 
 
-def execute(job: dict) -> dict:
+def execute(job: dict, redactor: Redactor | None = None) -> dict:
+    redactor = redactor if redactor is not None else run_redactor(job.get("secret_env") or [])
+    partial = Path(job.get("partial") or partial_path(Path(job["output"])))
+    try:
+        result = _execute(job, str(partial))
+    finally:  # also on SIGTERM (timeout): only a redacted notebook is left behind
+        publish_output(partial, Path(job["output"]), redactor)
+    if result.pop("_in_cell", False):  # papermill's index, checked against the output notebook
+        result["error_cell"] = _failed_cell(job["output"], result["error_cell"])
+    for key in ("error_name", "error_value"):
+        if isinstance(result.get(key), str):
+            result[key] = redactor.redact(result[key])
+    return result
+
+
+def _execute(job: dict, partial: str) -> dict:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     logger = logging.getLogger("flownb.schedule.run")
+    private_file(Path(partial))
     try:
         papermill.execute_notebook(
             job["notebook"],
-            job["output"],
+            partial,
             parameters=job.get("parameters") or {},
             cwd=job.get("cwd"),
             log_output=True,
@@ -65,7 +87,8 @@ def execute(job: dict) -> dict:
     except PapermillExecutionError as exc:
         return {
             "status": "failed",
-            "error_cell": _failed_cell(job["output"], exc.cell_index),
+            "error_cell": exc.cell_index,
+            "_in_cell": True,
             "error_name": exc.ename,
             "error_value": exc.evalue,
         }
@@ -87,13 +110,15 @@ def _terminate(signum, frame):
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     job = json.loads(argv[0])
-    handler = logging.FileHandler(job["log"], encoding="utf-8")
+    redactor = run_redactor(job.get("secret_env") or [])
+    handler = logging.FileHandler(private_file(Path(job["log"])), encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter(redactor))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
-    result = execute(job)
-    Path(job["result"]).write_text(json.dumps(result), encoding="utf-8")
+    result = execute(job, redactor)
+    write_private(Path(job["result"]), json.dumps(result))
     return 0 if result["status"] == "ok" else 1
 
 

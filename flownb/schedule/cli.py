@@ -49,6 +49,14 @@ def add_parser(sub: Any) -> None:
     a.add_argument("--keep", type=int, default=20, help="newest output notebooks kept")
     a.add_argument("--allow-overlap", action="store_true", help="let a run start while the previous one runs")
     a.add_argument("--replace", action="store_true", help="replace a schedule of the same name")
+    a.add_argument(
+        "--secret-env",
+        action="append",
+        default=[],
+        metavar="VAR",
+        help="an environment variable the notebook reads a secret from: its value is redacted from "
+        "the runs' output notebooks, logs and errors (repeatable; *TOKEN*/*SECRET*/*PASSWORD*… always are)",
+    )
 
     ss.add_parser("list", parents=[state], help="schedules and their next run")
     r = ss.add_parser("remove", parents=[state], help="delete a schedule (its history stays)")
@@ -111,6 +119,7 @@ def _add(args, store, console) -> int:
         keep=args.keep,
         allow_overlap=args.allow_overlap,
         replace=args.replace,
+        secret_env=args.secret_env,
     )
     console.print(
         f"[green]added[/green] schedule '{s.name}': {s.notebook} at '{s.cron}' ({s.tz}), "

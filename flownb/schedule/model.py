@@ -6,6 +6,7 @@ being seconds (croniter's convention: ``* * * * * */10`` fires every ten seconds
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -55,6 +56,11 @@ class Schedule(BaseModel):
     catchup: Catchup = "none"
     keep: int = Field(20, ge=1, description="newest output notebooks kept per schedule")
     allow_overlap: bool = False
+    secret_env: list[str] = Field(
+        default_factory=list,
+        description="environment variables the notebook reads secrets from: their values are redacted "
+        "from the run's output notebook, log and error (besides variables named like secrets; docs/secrets.md)",
+    )
     created_at: float = 0.0
 
     @field_validator("cron")
@@ -67,6 +73,14 @@ class Schedule(BaseModel):
                 f"weekday' (e.g. '0 3 * * *') or add a 6th field for seconds ('* * * * * */10')"
             )
         return v
+
+    @field_validator("secret_env")
+    @classmethod
+    def _secret_env(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{name!r} is not an environment variable name (letters, digits, '_')")
+        return list(dict.fromkeys(v))
 
     @field_validator("tz")
     @classmethod

@@ -1,6 +1,11 @@
 """Execute one scheduled run: claim it (never overlapping itself), run papermill in a child process
 with a timeout, record the outcome, prune old output notebooks.
 
+Secrets: papermill writes to a hidden partial notebook; only a redacted copy becomes the run's output
+notebook (:func:`publish_output`: the values of the schedule's ``secret_env`` variables and of the
+variables named like secrets, keys and values of every output, flownb.secrets). The run's log and
+recorded error are redacted too; output files are 0600 in 0700 directories (docs/secrets.md).
+
 Statuses: ``running`` → ``ok`` | ``failed`` (cell index, error name and value) | ``timeout`` (killed);
 ``skipped`` when a run of the same schedule was still in progress; ``lost`` when the process that
 owned a run died before recording its result.
@@ -18,10 +23,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..secrets import Redactor, redact, redact_notebook, secret_like_env
 from .model import RunRecord, Schedule, ScheduleError
 from .store import ScheduleStore
 
-__all__ = ["claim", "execute", "run_now", "prune_outputs", "KILL_GRACE"]
+__all__ = ["claim", "execute", "run_now", "prune_outputs", "publish_output", "run_redactor", "KILL_GRACE"]
 
 log = logging.getLogger("flownb.schedule")
 #: seconds a timed-out run gets after SIGTERM (to shut its kernel down) before SIGKILL
@@ -76,6 +82,59 @@ def claim(
         )
 
 
+def run_redactor(secret_env: list[str] | tuple[str, ...] = ()) -> Redactor:
+    """What a run redacts: the values of ``secret_env`` and of the variables named like secrets
+    (flownb.secrets.secret_like_env), from this process's environment (the run's kernel inherits it)."""
+    return Redactor.from_env([*secret_env, *secret_like_env()])
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` created if needed and made 0700."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """``path`` created empty if missing, and made 0600 (writers that open it with "w"/"a" keep that)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` (0600) atomically: readers see the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def publish_output(partial: Path, output: Path, redactor: Redactor) -> bool:
+    """Turn papermill's partial notebook into the run's output notebook: redacted (flownb.secrets
+    .redact_notebook: known secret values, keys included, in every cell and output), 0600; the
+    partial file is removed. False when there is no partial notebook."""
+    try:
+        nb = json.loads(partial.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):  # cut short mid-write (killed): nothing readable to keep
+        partial.unlink(missing_ok=True)
+        return False
+    pm = nb.get("metadata", {}).get("papermill")
+    if isinstance(pm, dict) and pm.get("output_path"):
+        pm["output_path"] = str(output)
+    write_private(output, json.dumps(redact_notebook(nb, redactor, shapes=False), indent=1, ensure_ascii=False) + "\n")
+    partial.unlink(missing_ok=True)
+    return True
+
+
+def partial_path(output: Path) -> Path:
+    """Where papermill writes while the run goes on (hidden; never a run's output)."""
+    return output.with_name(f".{output.stem}.partial.ipynb")
+
+
 def _stamp(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y%m%dT%H%M%S-%fZ")
 
@@ -83,8 +142,8 @@ def _stamp(ts: float) -> str:
 def execute(store: ScheduleStore, schedule: Schedule, run_id: int) -> RunRecord:
     """Run the claimed run ``run_id`` to completion (or timeout) and record the outcome."""
     started = time.time()
-    out_dir = store.runs_dir / schedule.name
-    out_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(store.runs_dir)
+    out_dir = private_dir(store.runs_dir / schedule.name)
     base = out_dir / _stamp(started)
     output, logfile, result = (
         base.with_suffix(".ipynb"),
@@ -104,13 +163,18 @@ def execute(store: ScheduleStore, schedule: Schedule, run_id: int) -> RunRecord:
                 "error_value": f"notebook '{notebook}' does not exist",
             },
         )
+    partial = partial_path(output)
+    for path in (partial, logfile, result):
+        private_file(path)
     job = {
         "notebook": str(notebook),
         "output": str(output),
+        "partial": str(partial),
         "log": str(logfile),
         "result": str(result),
         "parameters": schedule.parameters,
         "cwd": str(notebook.parent),
+        "secret_env": list(schedule.secret_env),
     }
     log.info("schedule '%s': run %d started → %s", schedule.name, run_id, output)
     proc = subprocess.Popen(
@@ -132,6 +196,8 @@ def execute(store: ScheduleStore, schedule: Schedule, run_id: int) -> RunRecord:
     else:
         outcome = _read_result(result, proc.returncode)
     result.unlink(missing_ok=True)
+    # the child publishes the redacted output itself; a child killed before it could leaves the partial
+    publish_output(partial, output, run_redactor(schedule.secret_env))
     return _finish(store, schedule, run_id, outcome)
 
 
@@ -161,13 +227,14 @@ def _read_result(path: Path, returncode: int) -> dict:
 
 
 def _finish(store: ScheduleStore, schedule: Schedule, run_id: int, outcome: dict) -> RunRecord:
+    redactor = run_redactor(schedule.secret_env)  # the child redacted it; this covers the rest
     store.update_run(
         run_id,
         status=outcome["status"],
         finished_at=time.time(),
         error_cell=outcome.get("error_cell"),
-        error_name=outcome.get("error_name"),
-        error_value=outcome.get("error_value"),
+        error_name=redact(outcome.get("error_name"), redactor),
+        error_value=redact(outcome.get("error_value"), redactor),
     )
     rec = store.run(run_id)
     log.info(
@@ -188,7 +255,9 @@ def prune_outputs(store: ScheduleStore, schedule: Schedule) -> list[Path]:
     if not out_dir.is_dir():
         return []
     active = {r.output for r in store.history(schedule.name, limit=100) if r.status == "running"}
-    notebooks = sorted(p for p in out_dir.glob("*.ipynb") if str(p) not in active)
+    notebooks = sorted(
+        p for p in out_dir.glob("*.ipynb") if str(p) not in active and not p.name.startswith(".")
+    )
     doomed = notebooks[: -schedule.keep] if len(notebooks) > schedule.keep else []
     for nb in doomed:
         nb.unlink(missing_ok=True)
@@ -211,8 +280,9 @@ def run_now(store: ScheduleStore, name: str, *, trigger: str = "manual") -> RunR
             status="failed",
             finished_at=time.time(),
             error_name=type(exc).__name__,
-            error_value=str(exc),
+            error_value=redact(str(exc), run_redactor(schedule.secret_env)),
         )
         if isinstance(exc, Exception):
-            raise ScheduleError(f"run {run_id} of '{name}' could not be executed: {exc}") from exc
+            reason = redact(str(exc), run_redactor(schedule.secret_env))
+            raise ScheduleError(f"run {run_id} of '{name}' could not be executed: {reason}") from exc
         raise
