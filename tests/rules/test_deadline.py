@@ -203,8 +203,10 @@ def test_flownb_run_until_idle_dead_letters(tmp_path, src):
 
 @pytest.mark.parametrize("src", [SPIN, NESTED])
 def test_serving_flownb_run_stops_on_sigterm_while_evaluating(tmp_path, src):
-    """A message every second, each running for ever: SIGTERM arrives mid-evaluation and the
-    process exits (gracefully: the current batch is dead-lettered) within a few seconds."""
+    """A poll due every second, each message running for ever (the runtime polls between batches,
+    so a batch holds one message and the step is always evaluating): SIGTERM arrives
+    mid-evaluation and the process exits (gracefully: the current batch is dead-lettered) within a
+    few seconds."""
     state = tmp_path / "state"
     spec = _spec(tmp_path, src, "2s", interval="1s")
     proc = subprocess.Popen([FLOWNB, "run", str(spec), "--state-dir", str(state)],
