@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
 #: an OperationalError with one of these texts is a mistake in the SQL, not an outage
 _PERMANENT_TEXT = re.compile(r"no such (table|column)|syntax error|has no column|unknown column|"
-                             r"doesn't exist|does not exist|datatype mismatch", re.I)
+                             r"doesn't exist|does not exist|datatype mismatch|duplicate column", re.I)
 
 
 # -- value conversions ----------------------------------------------------------------------------
@@ -130,16 +130,84 @@ def _engine(config: _UrlConfig, ctx: Context):
 
 
 def map_db_error(exc: Exception, what: str) -> Exception:
-    """SQLAlchemy error → RetryableError (outage, lock, timeout) or FatalError (bad SQL or data)."""
+    """SQLAlchemy error → RetryableError (outage, lock, timeout) or FatalError (bad SQL or data).
+
+    The driver's own code decides first (:func:`db_error_is_transient`): an ``OperationalError``
+    covers both "database is locked" (transient) and a schema error such as "duplicate column name"
+    (permanent: retrying it for its whole retry budget only delays the dead letter). Without a
+    known code: a lost connection or an ``OperationalError`` whose text is not a mistake in the SQL
+    is transient, anything else permanent."""
     from sqlalchemy import exc as sx
     text = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
     if isinstance(exc, sx.DBAPIError) and exc.connection_invalidated:
         return RetryableError(f"{what}: database connection lost ({text}); will retry")
     if isinstance(exc, (sx.DisconnectionError, sx.TimeoutError)):
         return RetryableError(f"{what}: database unavailable ({text}); will retry")
-    if isinstance(exc, sx.OperationalError) and not _PERMANENT_TEXT.search(text):
+    transient = db_error_is_transient(getattr(exc, "orig", None))
+    if transient is None:
+        transient = isinstance(exc, sx.OperationalError) and not _PERMANENT_TEXT.search(text)
+    if transient:
         return RetryableError(f"{what}: database unavailable ({text}); will retry")
     return FatalError(f"{what}: {type(getattr(exc, 'orig', exc)).__name__}: {text}")
+
+
+#: SQLite primary result codes: BUSY, LOCKED, NOMEM, INTERRUPT, IOERR, FULL, CANTOPEN, PROTOCOL, SCHEMA
+_SQLITE_TRANSIENT = {5, 6, 7, 9, 10, 13, 14, 15, 17}
+#: ERROR (SQL error or missing database: no such table, duplicate column name, syntax), CORRUPT,
+#: TOOBIG, CONSTRAINT, MISMATCH, MISUSE, AUTH, RANGE, NOTADB
+_SQLITE_PERMANENT = {1, 11, 18, 19, 20, 21, 23, 25, 26}
+#: PostgreSQL SQLSTATE classes / codes that pass: connection (08), transaction rollback
+#: (40: serialization failure, deadlock), insufficient resources (53), operator intervention (57:
+#: shutdown, query canceled by statement_timeout), system error (58), lock not available (55P03)
+_PG_TRANSIENT_CLASSES = {"08", "40", "53", "57", "58"}
+_PG_TRANSIENT = {"55P03", "55006"}
+#: the rest of these classes is a mistake in the SQL, the schema or the data: data (22), integrity
+#: (23), syntax/access rule (42: duplicate/undefined column or
+#: table), feature not supported (0A), object state (55), program limit (54), cardinality (21)
+_PG_PERMANENT_CLASSES = {"0A", "21", "22", "23", "42", "44", "54", "55"}
+#: MySQL/MariaDB error numbers that pass: lock wait timeout, deadlock, too many connections, server
+#: shutdown, query interrupted/killed, max_statement_time, out of memory, connection errors (2xxx)
+_MYSQL_TRANSIENT = {1205, 1213, 1040, 1053, 1077, 1078, 1079, 1080, 1152, 1153, 1154, 1155, 1156, 1157,
+                    1158, 1159, 1160, 1161, 1317, 1927, 1969, 3024, 1037, 1038, 1041, 1203, 1226, 4031}
+#: ... and that do not: duplicate column (1060), unknown column (1054), no such table (1146), syntax
+#: (1064, 1149), duplicate key (1062), NULL in NOT NULL (1048), data too long/out of range/incorrect
+#: value (1406, 1264, 1366, 1292, 1265), column count (1136), bad names (1166, 1103, 1059), key and
+#: row size (1071, 1118, 1170), duplicate key name (1061), multiple primary keys (1068), foreign
+#: keys (1451, 1452, 1216, 1217), table exists (1050), unknown database (1049)
+_MYSQL_PERMANENT = {1060, 1054, 1146, 1064, 1149, 1062, 1048, 1406, 1264, 1366, 1292, 1265, 1136, 1166,
+                    1103, 1059, 1071, 1118, 1170, 1061, 1068, 1451, 1452, 1216, 1217, 1050, 1049, 1051,
+                    1091, 1072, 1075, 1101, 1113, 1171, 1263, 3140, 4025}
+
+
+def db_error_is_transient(orig: BaseException | None) -> bool | None:
+    """What the driver's error code says of ``orig`` (the DBAPI exception): True (try again later),
+    False (a mistake in the SQL, schema or data), None (no code known to flownb)."""
+    if orig is None:
+        return None
+    code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(code, int):  # sqlite3 (Python ≥ 3.11): the primary code is the low byte
+        primary = code & 0xFF
+        if primary in _SQLITE_TRANSIENT:
+            return True
+        if primary in _SQLITE_PERMANENT:
+            return False
+        return None
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if isinstance(sqlstate, str) and len(sqlstate) == 5:  # psycopg / psycopg2
+        if sqlstate in _PG_TRANSIENT or sqlstate[:2] in _PG_TRANSIENT_CLASSES:
+            return True
+        if sqlstate[:2] in _PG_PERMANENT_CLASSES:
+            return False
+        return None
+    if type(orig).__module__.startswith(("pymysql", "MySQLdb", "mysql.connector", "mariadb")):
+        args = getattr(orig, "args", ())
+        errno = args[0] if args and isinstance(args[0], int) else getattr(orig, "errno", None)
+        if isinstance(errno, int):
+            if errno in _MYSQL_TRANSIENT or 2000 <= errno < 2100:  # 2xxx: client/connection errors
+                return True
+            if errno in _MYSQL_PERMANENT:
+                return False
+    return None
 
 
 # -- sql.poll -------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
+import time
 import uuid
 from decimal import Decimal
 
@@ -312,3 +313,137 @@ def test_upsert_and_poll_recover_after_server_side_disconnect(step_runner, trigg
         with admin.begin() as conn:
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
         admin.dispose()
+
+
+# -- which database errors are transient: table-driven, against the real databases ------------------
+
+def _hold_lock(url: str, table: str):
+    """A second connection holding a write lock on ``table`` (a row lock / the SQLite write lock)."""
+    eng = sa.create_engine(url)
+    conn = eng.connect()
+    if url.startswith("sqlite"):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql(f"INSERT INTO {table} (id, v) VALUES (99, 'held')")
+    else:
+        trans = conn.begin()
+        conn.execute(sa.text(f"UPDATE {table} SET v='held' WHERE id=1"))
+        conn._held = trans
+    return eng, conn
+
+
+def _release(held) -> None:
+    eng, conn = held
+    try:
+        conn.rollback() if not hasattr(conn, "_held") else conn._held.rollback()
+    finally:
+        conn.close()
+        eng.dispose()
+
+
+def _locked_write(url, table, engine):
+    held = _hold_lock(url, table)
+    try:
+        if url.startswith("sqlite"):
+            quick = sa.create_engine(url, connect_args={"timeout": 0.1})
+        elif url.startswith("postgresql"):
+            quick = sa.create_engine(url, connect_args={"options": "-c lock_timeout=200"})
+        else:
+            quick = sa.create_engine(url, connect_args={"init_command": "SET innodb_lock_wait_timeout=1"})
+        try:
+            with quick.begin() as c:
+                c.execute(sa.text(f"UPDATE {table} SET v='mine' WHERE id=1"))
+        finally:
+            quick.dispose()
+    finally:
+        _release(held)
+
+
+def _statement_timeout(url, table, engine):
+    if url.startswith("postgresql"):
+        sql = "SET LOCAL statement_timeout = 100; SELECT pg_sleep(2)"
+    elif url.startswith("mysql"):
+        sql = "SELECT /*+ MAX_EXECUTION_TIME(100) */ SLEEP(2) FROM " + table  # MySQL; MariaDB below
+        sql = "SET STATEMENT max_statement_time=0.1 FOR SELECT SLEEP(2) FROM " + table
+    else:
+        pytest.skip("SQLite has no statement timeout")
+    with engine.begin() as c:
+        c.exec_driver_sql(sql)
+
+
+def _sql(statement: str):
+    def run(url, table, engine):
+        with engine.begin() as c:
+            c.exec_driver_sql(statement.format(t=table))
+    return run
+
+
+#: (case, provoke(url, table, engine), transient?) — the table has (id INTEGER PRIMARY KEY, v TEXT) with id 1
+DB_ERRORS = [
+    ("duplicate column name", _sql("CREATE TABLE {t}_dup (id INTEGER, ID INTEGER)"), False),
+    ("duplicate column (same case)", _sql("CREATE TABLE {t}_dup (a INTEGER, a INTEGER)"), False),
+    ("add a column that exists", _sql("ALTER TABLE {t} ADD COLUMN v TEXT"), False),
+    ("no such table", _sql("SELECT * FROM {t}_missing"), False),
+    ("no such column", _sql("SELECT nope FROM {t}"), False),
+    ("syntax error", _sql("SELEC 1 FROM {t}"), False),
+    ("table exists", _sql("CREATE TABLE {t} (id INTEGER)"), False),
+    ("duplicate key", _sql("INSERT INTO {t} (id, v) VALUES (1, 'again')"), False),
+    ("NULL into the key", _sql("INSERT INTO {t} (id, v) VALUES (NULL, NULL)"), None),  # SQLite: a rowid
+    ("write waiting for a lock", _locked_write, True),
+    ("statement timeout", _statement_timeout, True),
+]
+
+
+@pytest.mark.parametrize("case,provoke,transient", DB_ERRORS, ids=[c[0] for c in DB_ERRORS])
+def test_db_errors_are_classified_by_what_they_are(db, case, provoke, transient):
+    """The bug: SQLite's "duplicate column name" is an OperationalError like "database is locked", and
+    was retried for 15 s; a schema error is not transient. Each case is provoked for real."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from flownb.components.sql import map_db_error
+
+    url, table, engine = db
+    with engine.begin() as c:
+        c.exec_driver_sql(f"CREATE TABLE {table} (id INTEGER NOT NULL PRIMARY KEY, v VARCHAR(20))")
+        c.exec_driver_sql(f"INSERT INTO {table} (id, v) VALUES (1, 'a')")
+    try:
+        try:
+            provoke(url, table, engine)
+        except SQLAlchemyError as exc:
+            err = map_db_error(exc, "test")
+        else:
+            assert transient is None, f"{case}: no error on {url.split(':')[0]}"
+            return
+        assert err.retryable is bool(transient), f"{case} on {url.split(':')[0]}: {err}"
+        assert isinstance(err, RetryableError if transient else FatalError)
+    finally:
+        with engine.begin() as c:
+            c.exec_driver_sql(f"DROP TABLE IF EXISTS {table}_dup")
+
+
+def test_outage_is_transient():
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from flownb.components.sql import map_db_error
+    for url in ("postgresql+psycopg://postgres@127.0.0.1:1/test", "mysql+pymysql://root@127.0.0.1:1/test"):
+        eng = sa.create_engine(url)
+        with pytest.raises(SQLAlchemyError) as info:
+            eng.connect()
+        assert map_db_error(info.value, "test").retryable, url
+        eng.dispose()
+
+
+def test_upsert_create_with_id_and_ID_is_fatal_at_once(db, step_runner):
+    """A body with ``id`` and ``ID`` into sql.upsert with create: true: SQLite and MariaDB refuse the
+    table (duplicate column name) — dead-lettered at the first attempt, not retried for 15 s.
+    PostgreSQL keeps "ID" apart from id (quoted identifiers), so there the row is written."""
+    url, table, engine = db
+    runner = step_runner("sql.upsert", {"url": url, "table": table, "key": ["id"], "create": True},
+                         retry={"max_attempts": 5})
+    t0 = time.monotonic()
+    out = runner.run(_msgs({"id": 1, "ID": 2, "name": "x"})[0])
+    if url.startswith("postgresql"):
+        assert out.error is None, out.error
+        return
+    assert out.dead and out.retry_after is None, out.error
+    assert "duplicate column" in out.error.message.lower()
+    assert time.monotonic() - t0 < 5
