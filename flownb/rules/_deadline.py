@@ -261,6 +261,7 @@ def each(seconds: float, fn: Callable[[Any], Any], items: list, expired: Callabl
                         append(fn(items[i]))
                     except Expired:  # jsonatapy's own timeout, given the time left (expression.py)
                         append(expired())
+                        break  # the watchdog let this region go (paused past its deadline): a new one
                     except Exception as exc:  # handed back, as the actions' process_batch does
                         append(exc)
                     i = len(out)

@@ -272,3 +272,12 @@ def test_a_range_beyond_ten_million_items_is_an_error_not_an_out_of_memory(src):
     with pytest.raises(EvaluationError) as info:
         e.raw({}, timeout=10)
     assert info.value.code == "D2014" and time.monotonic() - t < 2
+
+
+def test_each_goes_on_watching_after_jsonatapy_timed_out():
+    """A batch whose first message times out in jsonatapy and whose second never ends in compiled
+    code: both are stopped, the third is evaluated."""
+    exprs = [compile(SPIN), compile(NESTED), compile("keep")]
+    t = time.monotonic()
+    out = _deadline.each(0.5, lambda e: e.raw(BODY), exprs, lambda: "late")
+    assert out == ["late", "late", 1] and time.monotonic() - t < 10
