@@ -131,7 +131,9 @@ def undecodable(payload: bytes, step: str, attempt: int = 1) -> Message:
 
 
 def _too_large(step: str, size: int, limit: int, what: str) -> MessageTooLarge:
-    return MessageTooLarge(f"{what} is {size:,} bytes, over the flow's max_message_bytes ({limit:,}); "
+    # the size in KiB with one decimal: the envelope (flow name, ids) changes the exact byte count
+    return MessageTooLarge(f"{what} is {size / 1024:,.1f} KiB, over the flow's max_message_bytes ({limit:,} "
+                           f"bytes); "
                            f"emit smaller messages (split the record, drop large fields) or raise "
                            f"max_message_bytes in the spec (keep it under the broker's limit)",
                            step=step, size=size, limit=limit)

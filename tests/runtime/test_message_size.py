@@ -50,7 +50,7 @@ def test_embedded_runtime_dead_letters_oversized_records_and_outputs(tmp_path):
     assert [(d.step, d.error.type) for d in dead] == [("grow", "MessageTooLarge"), ("src", "MessageTooLarge")]
     grow, src = dead
     assert grow.message.body["id"] == 4 and "an output of this step is" in grow.error.message
-    assert "over the flow's max_message_bytes (3,072)" in grow.error.message
+    assert "over the flow's max_message_bytes (3,072 bytes)" in grow.error.message
     assert src.message.body["id"] == 2 and "a record of this trigger is" in src.error.message
     ids = sorted(int(line.split(",")[0]) for line in out.read_text().splitlines()[1:])
     assert ids == [0, 1, 3, 5]
