@@ -1,0 +1,51 @@
+"""A broker with a real message size limit (a private node with max_message_size = 64 KiB): an output
+over the flow's max_message_bytes is dead-lettered before it is published — the worker does not
+lose its channel and redeliver for ever — and smaller outputs flow on."""
+
+from __future__ import annotations
+
+import pytest
+
+import flownb
+from amqp_components import wait_for
+from flownb.message import Message
+from flownb.runtime.amqp import names
+from flownb.runtime.amqp.consumer import PERSISTENT
+from flownb.runtime.amqp.dlq import AmqpDeadLetters
+from flownb.runtime.amqp.topology import connect, declare_flow, queue_depths
+
+pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq, pytest.mark.slow]
+
+GROW = '''
+def grow(body, ctx):
+    return {**body, "pad": "y" * body["size"]}
+'''
+
+
+def test_an_output_over_max_message_bytes_is_dead_lettered_not_published(private_broker_with, running,
+                                                                          caplog):
+    node = private_broker_with(max_message_size=65536)
+    url = node.new_vhost()
+    f = flownb.Flow(name="sizes-amqp", max_message_bytes="48KiB",
+                    trigger=flownb.step("hook", "webhook", token_env="UNUSED_TOKEN"),
+                    steps=[flownb.step("grow", "python", source=GROW, function="grow"),
+                           flownb.step("next", "mapping", fields={"id": "id"})])
+    running(f, ["grow"], url)
+    conn = connect(url)
+    try:
+        ch = conn.channel()
+        declare_flow(ch, f)
+        ch.confirm_delivery()
+        for i, size in enumerate([100, 200_000, 40_000, 70_000, 10]):
+            ch.basic_publish(names.exchange(f.name), "grow",
+                             Message(body={"id": i, "size": size}, flow=f.name, step="hook").to_json(), PERSISTENT)
+    finally:
+        conn.close()
+    store = AmqpDeadLetters(f.resolved(), url)
+    dead = wait_for(lambda: (d := store.list()) and len(d) == 2 and d, timeout=60, what="2 dead letters")
+    assert sorted(d.message.body["id"] for d in dead) == [1, 3]
+    assert {d.error.type for d in dead} == {"MessageTooLarge"}
+    assert all("over the flow's max_message_bytes (49,152 bytes)" in d.error.message for d in dead)
+    wait_for(lambda: queue_depths(f.resolved(), url)["next"]["ready"] == 3, timeout=30, what="3 outputs queued")
+    assert queue_depths(f.resolved(), url)["grow"] == {"ready": 0, "dead": 2, "retry": 0}
+    assert "channel closed by the broker" not in caplog.text and "connection lost" not in caplog.text
