@@ -100,7 +100,16 @@ class CsvPoll(PollingTrigger):
     def poll(self, state: dict, ctx: Context) -> list[dict]:
         known: dict = state.get("files", {})
         files, rows = {}, []
-        for path in self._files():
+        matched = self._files()
+        if not matched and not getattr(self, "_warned_empty", False):
+            # once per process (not every interval): a wrong path or a run from another folder
+            self._warned_empty = True
+            ctx.logger.warning("csv.poll '%s': no file matches '%s' (relative paths are read from the "
+                               "current directory, %s); nothing to read until one appears", ctx.step,
+                               self.config.path, os.getcwd())
+        elif matched:
+            self._warned_empty = False
+        for path in matched:
             try:
                 st = os.stat(path)
             except FileNotFoundError:  # removed between glob and stat

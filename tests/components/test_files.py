@@ -147,3 +147,20 @@ def test_write_then_poll_round_trip(tmp_path, step_runner, trigger_runner):
         _msgs(*({"id": i, "price": i * 1.5, "sku": f"{i:04d}"} for i in range(1, 4))))
     msgs, _, _ = trigger_runner("csv.poll", {"path": str(out), "cursor": "id"}).poll({})
     assert [m.body for m in msgs] == [{"id": i, "price": i * 1.5, "sku": f"{i:04d}"} for i in range(1, 4)]
+
+
+def test_poll_of_a_path_that_matches_nothing_warns_once_with_the_folder(tmp_path, trigger_runner, caplog,
+                                                                        monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = trigger_runner("csv.poll", {"path": "data/orders.csv", "cursor": "n"})
+    with caplog.at_level("WARNING"):
+        msgs, _, state = runner.poll({})
+        msgs2, _, state = runner.poll(state)
+    assert msgs == [] and msgs2 == []
+    warnings = [r.getMessage() for r in caplog.records if "no file matches" in r.getMessage()]
+    assert warnings == [f"csv.poll 'src': no file matches 'data/orders.csv' (relative paths are read from "
+                        f"the current directory, {tmp_path}); nothing to read until one appears"]
+    (tmp_path / "data").mkdir()
+    write(tmp_path / "data" / "orders.csv", "n,v\n1,a\n")
+    msgs, _, state = runner.poll(state)
+    assert [m.body["v"] for m in msgs] == ["a"]
