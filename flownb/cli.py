@@ -75,8 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec(p)
     p.add_argument("--step", default=None)
     p.add_argument("--id", action="append", default=None, help="dead letter id (show/replay)")
-    p.add_argument("--state-dir", default=".flownb")
-    p.add_argument("--broker", default=None, help="RabbitMQ URL: use the broker's dead-letter queues")
+    p.add_argument("--state-dir", default=None,
+                   help="the embedded runtime's state directory (default .flownb)")
+    p.add_argument("--broker", default=None,
+                   help="RabbitMQ URL: use the broker's dead-letter queues (default: FLOWNB_BROKER_URL "
+                        "when it is set and --state-dir is not given)")
 
     p = sub.add_parser("worker", help="run one step (or --all) against RabbitMQ")
     _add_spec(p)
@@ -155,11 +158,14 @@ def _run(args) -> int:
 
 
 def _dlq_store(args, flow):
-    if args.broker:
+    # the broker's dead letters with --broker, or with FLOWNB_BROKER_URL set (as for `flownb worker`)
+    # unless --state-dir names a local state directory
+    broker = args.broker or (os.environ.get("FLOWNB_BROKER_URL") if args.state_dir is None else None)
+    if broker:
         from .runtime.amqp.dlq import AmqpDeadLetters
-        return AmqpDeadLetters(flow, args.broker)
+        return AmqpDeadLetters(flow, broker)
     from .runtime.local import LocalDeadLetters
-    return LocalDeadLetters(flow, Path(args.state_dir))
+    return LocalDeadLetters(flow, Path(args.state_dir or ".flownb"))
 
 
 @command("dlq")
@@ -289,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # pika narrates every connection at INFO (and each reconnect at ERROR)
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
     try:
         return COMMANDS[args.command](args)
     except (SpecError, MessageError) as exc:

@@ -298,3 +298,18 @@ def test_until_idle_reports_retries_scheduled_later_and_delivers_them_next_run(t
     r = subprocess.run([FLOWNB, "run", str(p), "--state-dir", state, "--until-idle"], capture_output=True,
                        text=True, timeout=120, env=env)
     assert r.returncode == 0 and "pending" not in r.stdout and "6 messages processed" in r.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.rabbitmq
+def test_dlq_uses_flownb_broker_url_and_prints_no_pika_chatter(tmp_path):
+    import os
+    p = spec(tmp_path)
+    env = {**os.environ, "FLOWNB_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672/"}
+    r = subprocess.run([FLOWNB, "dlq", "list", str(p)], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "0 dead letter(s)" in r.stdout  # read from the broker: there is no local state at all
+    assert "pika" not in r.stderr and "INFO" not in r.stderr
+    local = subprocess.run([FLOWNB, "dlq", "list", str(p), "--state-dir", str(tmp_path / "none")],
+                           capture_output=True, text=True, timeout=120, env=env)
+    assert local.returncode == 1 and "run the flow first" in local.stderr  # --state-dir means local

@@ -36,6 +36,7 @@ from typing import Any
 
 import pika
 import pika.exceptions
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from ...errors import BrokerError
 from ...flow import Flow, RetryPolicy
@@ -138,7 +139,7 @@ def connect(url: str, **kw: Any) -> pika.BlockingConnection:
     """A blocking connection; an unreachable broker is a BrokerError naming the (password-free) URL."""
     try:
         return pika.BlockingConnection(parameters(url, **kw))
-    except pika.exceptions.AMQPError as exc:
+    except (pika.exceptions.AMQPError, AMQPConnectorException, OSError) as exc:  # incl. a handshake timeout
         raise BrokerError(f"cannot connect to RabbitMQ at {_safe_url(url)} ({exc!r}); start the broker "
                           f"or pass --broker / FLOWNB_BROKER_URL") from exc
 
