@@ -17,7 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
-from ..secrets import Redactor, RedactingFilter
+from ..secrets import RedactingFilter, Redactor
 from .runner import partial_path, private_file, publish_output, run_redactor, write_private
 
 

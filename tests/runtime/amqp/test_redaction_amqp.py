@@ -17,9 +17,9 @@ from urllib.parse import quote
 
 import pika
 import pytest
+from amqp_components import wait_for
 
 import flownb
-from amqp_components import wait_for
 from flownb.runtime.amqp import names
 from flownb.testing import HttpTarget
 
