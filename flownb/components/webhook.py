@@ -38,7 +38,8 @@ class WebhookConfig(BaseModel):
                                   description="header carrying 't=<unix>,v1=<hex>'")
     tolerance: Duration = Field(300.0, description="how far the signed timestamp may be from now "
                                                    "(replay window), e.g. 5m")
-    max_body: Size = Field(1024 * 1024, description="largest accepted body, e.g. 1MiB (413 above)")
+    max_body: Size = Field(1024 * 1024, description="largest accepted request: the body plus the request headers "
+                                                    "copied into its _headers, e.g. 1MiB (413 above)")
     max_depth: int = Field(64, ge=1, le=200, description="deepest accepted JSON nesting (400 above)")
     reply: Literal["async", "sync"] = Field("async", description="async: 202 {id} once queued; "
                                                                  "sync: 200 with the last step's output")

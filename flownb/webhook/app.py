@@ -3,9 +3,9 @@
 A thin adapter: the checks, their order and their answers are :mod:`flownb.webhook.pipeline`'s
 (shared with the Jupyter server extension). Order for a hook request (each refusal queues nothing):
 URL length (414) → flow known (404) → method POST (405) → token, constant time (403) → header count
-(431) → declared length (413) → body read while counting (413 as soon as the limit is passed) →
+and total size (431) → declared length (413) → body read while counting (413 as soon as the limit is passed) →
 signature (401) → body parsed (400/415) → queued (202, or 429/503) → in sync mode the last step's
-output (200 / 504).
+output (200 / 504). A client that disconnects mid-body is one INFO line; nothing is queued.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 
 import orjson
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -53,6 +53,10 @@ class HookEndpoint:
                 body.feed(chunk)
         except HttpError as exc:
             return _response(error_reply(exc))
+        except ClientDisconnect:  # the client went away mid-body: nothing was queued, nobody to answer
+            log.info("webhook '%s': the client disconnected after %d byte(s) of the body; nothing was "
+                     "queued", head.flow, body.size)
+            return Response(status_code=400)
         return _response(await accept(hook, head, body.body()))
 
 

@@ -7,11 +7,17 @@ and ``flownb worker --port``) and the Jupyter server extension (a tornado handle
 :class:`Reply`; the checks, their order and their answers are here:
 
 1. :func:`admit`, before the body is read: URL length (414) → flow known (404) → method POST (405)
-   → token, constant time (403) → header count (431) → declared length (400 if invalid, 413 over
-   ``max_body``);
+   → token, constant time (403) → header count and total header size (431, :data:`MAX_HEADERS`,
+   :data:`MAX_HEADER_BYTES`) → declared length (400 if invalid, 413 over ``max_body``);
 2. :class:`BodyLimit`, while the body streams in: 413 as soon as it passes ``max_body``;
 3. :func:`accept`, with the whole body: signature (401) → body parsed (400/415, ``max_depth``) →
-   queued by the hook's ingest (202, or 429/503) → in sync mode the last step's output (200/504).
+   body plus the headers copied into ``_headers`` within ``max_body`` (413) → queued by the hook's
+   ingest (202, or 429/503) → in sync mode the last step's output (200/504).
+
+The HTTP servers bound what they buffer before the pipeline sees a request: uvicorn (httptools,
+which has no limit of its own) through :class:`flownb.webhook.server.LimitedHttpTools` (431 once
+the request head passes :data:`MAX_HEAD_BYTES`), tornado (Jupyter) by its ``max_header_size``
+(64 KiB, then it closes the connection).
 
 Each refusal queues nothing. Header names (the signature header) and limits come from the flow's
 :class:`~flownb.components.webhook.WebhookConfig`.
@@ -34,11 +40,14 @@ from ..flow import Flow
 from ..runtime.ingress import Accepted, Backpressure, Ingest, Unavailable
 from .parse import HttpError, parse_body, public_headers, query_dict, verify_signature
 
-__all__ = ["MAX_HEADERS", "MAX_URL", "MIN_TOKEN", "BodyLimit", "Hook", "Reply", "RequestHead", "accept",
+__all__ = ["MAX_HEADERS", "MAX_HEADER_BYTES", "MAX_HEAD_BYTES", "MAX_URL", "MIN_TOKEN", "BodyLimit", "Hook", "Reply", "RequestHead", "accept",
            "admit", "error_reply", "read_secrets", "webhook_config"]
 
 MAX_URL = 8192      # path + query, bytes (414 above)
 MAX_HEADERS = 100   # request header lines (431 above)
+MAX_HEADER_BYTES = 32 * 1024  # request headers in total: names + values + 4 per line (431 above)
+#: what an HTTP server buffers of a request head (request line + headers) before it answers 431
+MAX_HEAD_BYTES = MAX_URL + MAX_HEADER_BYTES + 1024
 MIN_TOKEN = 16
 
 
@@ -161,6 +170,10 @@ def admit(head: RequestHead, hook: Hook | None) -> Hook:
         raise HttpError(403, "wrong token in the URL; use the token from the flow's token_env")
     if len(head.headers) > MAX_HEADERS:
         raise HttpError(431, f"more than {MAX_HEADERS} request headers; send fewer")
+    size = header_bytes(head.headers)
+    if size > MAX_HEADER_BYTES:
+        raise HttpError(431, f"request headers of {size} bytes in total are over the limit of "
+                             f"{MAX_HEADER_BYTES} bytes; send smaller headers (data goes in the body)")
     declared = head.header(b"content-length")
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):
@@ -169,6 +182,11 @@ def admit(head: RequestHead, hook: Hook | None) -> Hook:
         if int(declared) > limit:
             raise HttpError(413, f"body of {declared} bytes is over the limit of {limit} bytes (max_body)")
     return hook
+
+
+def header_bytes(headers: Sequence[tuple[bytes, bytes]]) -> int:
+    """The size of ``headers`` on the wire: ``name: value\r\n`` per line."""
+    return sum(len(k) + len(v) + 4 for k, v in headers)
 
 
 class BodyLimit:
@@ -207,7 +225,13 @@ async def _accept(hook: Hook, head: RequestHead, raw: bytes) -> Reply:
                          tolerance=cfg.tolerance, header_name=cfg.signature_header)
     body = parse_body(raw, head.header(b"content-type"), max_depth=cfg.max_depth)
     body["_query"] = query_dict(head.query_string)
-    body["_headers"] = public_headers(head.headers, cfg.signature_header)
+    body["_headers"] = copied = public_headers(head.headers, cfg.signature_header)
+    # what is stored is the body and the headers copied into it: both count towards max_body
+    stored = len(raw) + sum(len(k) + len(v) for k, v in copied.items())
+    if stored > cfg.max_body:
+        raise HttpError(413, f"the body ({len(raw)} bytes) and the request headers copied into its "
+                             f"_headers are {stored} bytes, over the limit of {cfg.max_body} bytes "
+                             f"(max_body); send smaller headers or less")
     sync = cfg.reply == "sync"
     try:
         accepted = await hook.ingest.submit(body, {}, reply=sync)

@@ -13,12 +13,14 @@ import logging
 import threading
 from typing import Any
 
+import orjson
+
 from ..flow import Flow
 from ..runtime.ingress import Ingest
 from .app import Hook, create_app
 from .pipeline import webhook_config
 
-__all__ = ["webhook_config", "hook_for", "serve_local", "serve_amqp", "uvicorn_config"]
+__all__ = ["webhook_config", "hook_for", "serve_local", "serve_amqp", "uvicorn_config", "LimitedHttpTools"]
 
 log = logging.getLogger("flownb.webhook")
 
@@ -28,9 +30,67 @@ def hook_for(flow: Flow, ingest: Ingest) -> Hook:
     return Hook.from_env(flow.name, webhook_config(flow), ingest, step=flow.trigger.name)
 
 
+def _limited_httptools() -> type:
+    """uvicorn's httptools protocol with a bound on the request head: httptools (llhttp) buffers a
+    header of any size, so a 16 MB header would be read, kept and handed to the app. Bytes received
+    while a request head is incomplete are counted; past :data:`~flownb.webhook.pipeline.MAX_HEAD_BYTES`
+    the answer is 431 and the connection is closed (the pipeline's own, lower limit on the headers
+    answers first for anything smaller)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from .pipeline import MAX_HEAD_BYTES, MAX_HEADER_BYTES
+
+    body = orjson.dumps({"error": f"request head over {MAX_HEAD_BYTES} bytes; send smaller headers "
+                                  f"(at most {MAX_HEADER_BYTES} bytes in total; data goes in the body)",
+                         "status": 431})
+    reply = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+             b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+
+    class LimitedHttpTools(HttpToolsProtocol):
+        limit = MAX_HEAD_BYTES
+
+        def connection_made(self, transport: Any) -> None:
+            self._head_bytes = 0
+            self._in_head = False
+            self._refused = False
+            super().connection_made(transport)
+
+        def on_message_begin(self) -> None:
+            self._in_head = True
+            self._head_bytes = 0
+            super().on_message_begin()
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            super().on_headers_complete()
+
+        def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return
+            super().data_received(data)
+            if not self._in_head or self.transport.is_closing():
+                return
+            # a head still incomplete after this chunk (a pipelined head that began in it counts
+            # the chunk whole: an over-estimate, never an under-estimate)
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limit:
+                self._refused = True
+                log.info("webhook: refused a request head of more than %d bytes (431)", self.limit)
+                self.transport.write(reply)
+                self.transport.close()
+
+    return LimitedHttpTools
+
+
+LimitedHttpTools: Any = None
+
+
 def uvicorn_config(app: Any, host: str, port: int, **kw: Any):
     import uvicorn
-    return uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
+    global LimitedHttpTools
+    if LimitedHttpTools is None:
+        LimitedHttpTools = _limited_httptools()
+    return uvicorn.Config(app, host=host, port=port, loop="uvloop", http=LimitedHttpTools, lifespan="on",
                           access_log=False, proxy_headers=False, log_level=kw.pop("log_level", "warning"),
                           timeout_graceful_shutdown=kw.pop("timeout_graceful_shutdown", 10), **kw)
 

@@ -78,6 +78,24 @@ def eq(expected: dict) -> Callable[[dict], None]:
     return check
 
 
+def at_limit(client: httpx.Client, env: Env, over: int) -> httpx.Response:
+    """A text body sized so that it and the headers the server copies into ``_headers`` (exactly the
+    ones sent: httpx's defaults are dropped) are ``MAX_BODY + over`` bytes."""
+    url = f"{env.url}/hooks/{env.plain}/{env.token}"
+    n = MAX_BODY
+    for _ in range(5):  # the Content-Length digits depend on n
+        req = client.build_request("POST", url, content=b"x" * n, headers={"Content-Type": "text/plain"})
+        for h in ("accept", "accept-encoding", "user-agent", "connection"):
+            req.headers.pop(h, None)
+        headers = sum(len(k) + len(v) for k, v in req.headers.items())
+        n = MAX_BODY + over - headers
+    req = client.build_request("POST", url, content=b"x" * n, headers={"Content-Type": "text/plain"})
+    for h in ("accept", "accept-encoding", "user-agent", "connection"):
+        req.headers.pop(h, None)
+    assert n + sum(len(k) + len(v) for k, v in req.headers.items()) == MAX_BODY + over
+    return client.send(req)
+
+
 def nested(n: int) -> bytes:
     return b'{"a":' * n + b"1" + b"}" * n
 
@@ -118,7 +136,11 @@ CASES = [
     Case("body over max_body (chunked)",
          lambda c, e: c.post(f"{e.url}/hooks/{e.plain}/{e.token}", content=_chunks(MAX_BODY * 4),
                              headers={"Content-Type": "text/plain"}), 413),
-    Case("body exactly max_body", post(content=b"x" * MAX_BODY, ctype="text/plain"), 202),
+    # max_body counts what is stored: the body and the request headers copied into its _headers
+    Case("body exactly max_body", lambda c, e: at_limit(c, e, 0), 202),
+    Case("body plus copied headers one byte over max_body", lambda c, e: at_limit(c, e, 1), 413),
+    Case("body within max_body, headers pushing it over",
+         post(content=b"x" * (MAX_BODY - 100), ctype="text/plain", headers={"x-pad": "p" * 200}), 413),
     Case("wrong token", post(token="wrong-token-wrong-token", content=b"{}"), 403),
     Case("token prefix only", lambda c, e: post(token=e.token[:-1], content=b"{}")(c, e), 403),
     Case("token with a suffix", lambda c, e: post(token=e.token + "x", content=b"{}")(c, e), 403),
@@ -138,6 +160,9 @@ CASES = [
     Case("vendor +json type", post(content=b'{"a": 1}', ctype="application/vnd.x+json"), 202, eq({"a": 1})),
     Case("very long url", post(content=b"{}", query="?q=" + "a" * 9000), 414),
     Case("many headers", post(content=b"{}", headers={f"x-h{i}": "v" for i in range(150)}), 431),
+    Case("headers over the total size limit", post(content=b"{}", headers={"x-big": "b" * 40_000}), 431),
+    Case("few headers, together over the size limit",
+         post(content=b"{}", headers={f"x-h{i}": "b" * 4000 for i in range(10)}), 431),
     Case("credentials dropped, query kept",
          post(content=b'{"_query": "spoof"}', query="?source=shop&tag=a&tag=b",
               headers={"Authorization": "Bearer s3cret", "Cookie": "sid=1", "X-Api-Token": "t",
@@ -263,3 +288,62 @@ def test_many_accepted_requests_each_queued_once(served):
     msgs = backend.drain(flows[env.plain])
     assert sorted(m.id for m in msgs) == sorted(ids)
     assert sorted(m.body["n"] for m in msgs) == list(range(50))
+
+
+def _raw_head_with(server_port: int, path: str, header_bytes: int) -> bytes:
+    """Send a request head with one header of ``header_bytes`` bytes; what came back (b"": closed)."""
+    with socket.create_connection(("127.0.0.1", server_port), timeout=20) as s:
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: 2\r\nX-Big: ".encode())
+        chunk = b"b" * (1 << 16)
+        sent = 0
+        try:
+            while sent < header_bytes:
+                s.sendall(chunk)
+                sent += len(chunk)
+            s.sendall(b"\r\n\r\n{}")
+        except OSError:  # the server answered and closed while we were still sending
+            pass
+        try:
+            return s.recv(65536)
+        except OSError:
+            return b""
+
+
+def test_one_16_mb_header_is_refused_and_nothing_is_stored(served):
+    backend, env, server, flows = served
+    answer = _raw_head_with(server.port, f"{env.prefix}/hooks/{env.plain}/{env.token}", 16 << 20)
+    if isinstance(server, ServerThread):  # uvicorn: the head is bounded by the protocol (431, closed)
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+        assert server.alive()
+    else:  # tornado (Jupyter) closes the connection at its max_header_size (64 KiB)
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 431"), answer[:200]
+        assert httpx.get(env.health, timeout=5).status_code == 200
+    assert all(not backend.drain(f) for f in flows.values())
+
+
+def test_a_client_that_disconnects_mid_body_is_one_info_line(served, caplog):
+    import logging
+    backend, env, server, flows = served
+    log_file = getattr(server, "log", None)
+    start = os.path.getsize(log_file.name) if log_file is not None else 0
+    caplog.set_level(logging.INFO)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(f"POST {env.prefix}/hooks/{env.plain}/{env.token} HTTP/1.1\r\nHost: x\r\n"
+                  f"Content-Type: text/plain\r\nContent-Length: 1000\r\n\r\nonly part".encode())
+        time.sleep(0.3)
+    time.sleep(1.0)
+    if isinstance(server, ServerThread):
+        records = [r for r in caplog.records if r.levelno >= logging.INFO
+                   and ("disconnect" in r.getMessage().lower() or r.levelno >= logging.ERROR)]
+        assert [r.levelno for r in records] == [logging.INFO], [r.getMessage() for r in records]
+        assert not any(r.exc_info for r in caplog.records)
+    else:
+        log_file.flush()
+        with open(log_file.name) as f:
+            f.seek(start)
+            text = f.read()
+        assert "Traceback" not in text and "[E " not in text, text
+    assert all(not backend.drain(f) for f in flows.values())
+    with httpx.Client(timeout=10) as client:
+        assert client.get(env.health).status_code == 200
