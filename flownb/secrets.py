@@ -383,8 +383,8 @@ def _deep(obj: Any, fn: Callable[[str], str]) -> Any:
     if isinstance(obj, list):
         return [_deep(v, fn) for v in obj]
     if isinstance(obj, dict):
-        return {(fn(k) if isinstance(k, str) else k): (v if isinstance(k, str) and _binary(k) else _deep(v, fn))
-                for k, v in obj.items()}
+        return {(fn(k) if isinstance(k, str) else k):
+                (v if isinstance(k, str) and _binary(k) else _deep(v, fn)) for k, v in obj.items()}
     return obj
 
 

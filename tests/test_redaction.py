@@ -58,7 +58,8 @@ def forms(token: str) -> list[str]:
 def echo_flow(name: str, url: str) -> flownb.Flow:
     return flownb.Flow(
         name=name,
-        trigger=flownb.step("src", "python.poll", source="def p(s, c):\n    return [{'a': 1}]\n", function="p"),
+        trigger=flownb.step("src", "python.poll", source="def p(s, c):\n    return [{'a': 1}]\n",
+                            function="p"),
         steps=[flownb.step("push", "http.request", method="POST", url=url + "/contacts", token_env=VAR)])
 
 

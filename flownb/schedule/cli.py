@@ -199,7 +199,10 @@ def _run_now(args, store, console) -> int:
 def _history(args, store, console) -> int:
     from rich.table import Table
 
-    store.get(args.name)
+    from .runner import run_redactor
+
+    # errors are redacted when recorded; this also masks those recorded before that was so
+    redactor = run_redactor(store.get(args.name).secret_env)
     t = Table(title=f"runs of '{args.name}' (newest first)")
     for c in ("id", "status", "trigger", "planned for", "started", "duration", "output", "error"):
         t.add_column(c, overflow="fold")
@@ -208,7 +211,7 @@ def _history(args, store, console) -> int:
         if r.error_name or r.error_value:
             err = (
                 f"cell {r.error_cell}: " if r.error_cell is not None else ""
-            ) + f"{r.error_name or ''}: {r.error_value or ''}"
+            ) + redactor.redact(f"{r.error_name or ''}: {r.error_value or ''}")
         t.add_row(
             str(r.id),
             _status(r.status),

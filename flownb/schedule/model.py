@@ -58,8 +58,9 @@ class Schedule(BaseModel):
     allow_overlap: bool = False
     secret_env: list[str] = Field(
         default_factory=list,
-        description="environment variables the notebook reads secrets from: their values are redacted "
-        "from the run's output notebook, log and error (besides variables named like secrets; docs/secrets.md)",
+        description="environment variables the notebook reads secrets from: their values are "
+        "redacted from the run's output notebook, log and error (besides variables named like "
+        "secrets; docs/secrets.md)",
     )
     created_at: float = 0.0
 

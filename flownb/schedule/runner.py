@@ -125,7 +125,8 @@ def publish_output(partial: Path, output: Path, redactor: Redactor) -> bool:
     pm = nb.get("metadata", {}).get("papermill")
     if isinstance(pm, dict) and pm.get("output_path"):
         pm["output_path"] = str(output)
-    write_private(output, json.dumps(redact_notebook(nb, redactor, shapes=False), indent=1, ensure_ascii=False) + "\n")
+    redacted = redact_notebook(nb, redactor, shapes=False)
+    write_private(output, json.dumps(redacted, indent=1, ensure_ascii=False) + "\n")
     partial.unlink(missing_ok=True)
     return True
 

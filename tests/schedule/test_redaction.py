@@ -88,7 +88,8 @@ def test_failed_run_output_log_and_error_are_redacted(store, tmp_path, explicit)
     assert (rec.error_name, rec.error_value) == ("ValueError", f"rejected {masked}")
     nb = check_outputs(store, rec, token, masked)
     assert "raise ValueError" in nb.cells[rec.error_cell].source  # the index still points at the cell
-    display = next(o for c in nb.cells for o in c.get("outputs", []) if "application/json" in o.get("data", {}))
+    outputs = [o for c in nb.cells for o in c.get("outputs", [])]
+    display = next(o for o in outputs if "application/json" in o.get("data", {}))
     assert display["data"]["application/json"] == {masked: 1, "nested": {masked: [masked]}}
     assert nb.metadata.papermill.output_path == rec.output
 
@@ -128,3 +129,18 @@ def test_a_run_killed_at_its_timeout_leaves_only_a_redacted_notebook(store, tmp_
     nb = nbformat.read(out, as_version=4)
     if nb.cells[1].get("outputs"):  # the kernel got as far as printing (not guaranteed under load)
         assert f"[REDACTED:{explicit}]" in json.dumps(nb.cells[1].outputs)  # there, redacted
+
+
+def test_history_masks_an_error_recorded_before_runs_were_redacted(store, tmp_path, explicit, capsys,
+                                                                   monkeypatch):
+    from flownb.cli import main
+    monkeypatch.setenv("COLUMNS", "1000")  # a wide table: nothing folded across lines
+    token = os.environ[explicit]
+    nb_path = secret_notebook(tmp_path / "old.ipynb", explicit)
+    add_schedule(store, nb_path, cron="0 3 * * *", name="old", secret_env=[explicit])
+    with store.transaction() as con:  # as an older flownb recorded it
+        store.insert_run(con, "old", "failed", trigger="manual", error_name="ValueError",
+                         error_value=f"rejected {token}")
+    assert main(["schedule", "--state-dir", str(store.state_dir), "history", "old"]) == 0
+    out = capsys.readouterr().out
+    assert token not in out and f"[REDACTED:{explicit}]" in out

@@ -49,7 +49,8 @@ class LocalDeadLetters(DeadLetterStore):
 
     def list(self, step: str | None = None) -> list[DeadLetter]:
         self._check_step(step)
-        return [redact_dead_letter(dead_letter_from_row(r), self.redactor) for r in self.store.dead_rows(step)]
+        rows = self.store.dead_rows(step)
+        return [redact_dead_letter(dead_letter_from_row(r), self.redactor) for r in rows]
 
     def show(self, dead_id: str) -> DeadLetter:
         rows = self.store.dead_rows(ids=self._ids([dead_id]))
