@@ -332,3 +332,88 @@ def test_a_registration_without_the_secret_is_refused_not_served_unsigned(jupyte
         assert not (tmp_path / "state" / f"{name}.db").exists()
     finally:
         (folder / f"{name}.json").unlink()
+
+
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"parameters": [1]}, "parameters"),
+        ({"parameters": "n=1"}, "parameters"),
+        ({"parameters": {"n": [1]}}, "n"),
+        ({"cron": 5}, "cron"),
+        ({"name": ["x"]}, "name"),
+        ({"tz": {}}, "tz"),
+        ({"timeout": "soon"}, "timeout"),
+        ({"timeout": True}, "timeout"),
+        ({"keep": 1.5}, "keep"),
+        ({"keep": 10**30}, "keep"),
+        ({"allow_overlap": "yes"}, "allow_overlap"),
+        ({"replace": 1}, "replace"),
+        ({"notebook": ["params.ipynb"]}, "notebook"),
+    ],
+)
+def test_schedules_api_wrong_field_type_is_400_naming_it(jupyter, body, field):
+    """The bug: a field of the wrong JSON type (``"parameters": [1]``) was a 500."""
+    data = {"notebook": "params.ipynb", "cron": "0 3 * * *", "name": f"t-{uuid.uuid4().hex[:8]}", **body}
+    r = jupyter.client.post("/flownb/api/schedules", json=data)
+    assert r.status_code == 400, r.text
+    assert f"'{field}'" in r.json()["error"], r.json()
+
+
+@pytest.mark.parametrize("limit", ["abc", "-1", "0", "1.5", "99999999999999999999999", "10001", ""])
+def test_history_limit_that_is_not_a_count_is_400(jupyter, limit):
+    c = jupyter.client
+    name = f"h-{uuid.uuid4().hex[:8]}"
+    r = c.post("/flownb/api/schedules", json={"notebook": "params.ipynb", "cron": "0 3 * * *", "name": name})
+    assert r.status_code == 201, r.text
+    try:
+        r = c.get(f"/flownb/api/schedules/{name}/history", params={"limit": limit})
+        assert r.status_code == 400, r.text
+        assert "'limit'" in r.json()["error"]
+        assert c.get(f"/flownb/api/schedules/{name}/history", params={"limit": "5"}).status_code == 200
+    finally:
+        c.delete(f"/flownb/api/schedules/{name}")
+
+
+def test_a_huge_run_id_is_400_and_an_unknown_one_404(jupyter):
+    c = jupyter.client
+    r = c.get("/flownb/api/runs/" + "9" * 40)
+    assert r.status_code == 400, r.text
+    assert "'run id'" in r.json()["error"]
+    r = c.get(f"/flownb/api/runs/{2**63}")
+    assert r.status_code == 400, r.text
+    r = c.get(f"/flownb/api/runs/{2**63 - 1}")
+    assert r.status_code == 404, r.text
+
+
+def test_hook_tokens_never_reach_the_server_log(jupyter, tmp_path, monkeypatch):
+    """The bug: the access log of a non-2xx hook request showed the URL with its token."""
+    from jupyter_flownb import serve_in_jupyter, stop_serving
+
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(jupyter.runtime))
+    monkeypatch.delenv("FLOWNB_JUPYTER_REGISTRY", raising=False)
+    token = uuid.uuid4().hex
+    monkeypatch.setenv("NB_HOOK_TOKEN", token)
+    flow = _flow(tmp_path)
+    hook = serve_in_jupyter(flow, tmp_path / "state", max_body=1000)
+    wrong = uuid.uuid4().hex
+    c = jupyter.client
+    no_auth = {"Authorization": ""}
+    try:
+        answers = [
+            c.post(hook.path, content=b"{not json", headers={**no_auth, "Content-Type": "application/json"}),
+            c.post(hook.path, content=b"x" * 2000, headers={**no_auth, "Content-Type": "text/plain"}),
+            c.get(hook.path, headers=no_auth),
+            c.post(f"/flownb/hooks/{flow.name}/{wrong}", content=b"{}", headers=no_auth),
+            c.post(f"/flownb/hooks/no-such-flow/{token}?x=1", content=b"{}", headers=no_auth),
+            c.post(f"/flownb/hooks/{flow.name}/{token}/extra", content=b"{}", headers=no_auth),
+            c.post(hook.path, json={"order": 1, "total": 2}, headers=no_auth),
+        ]
+        assert [r.status_code for r in answers] == [400, 413, 405, 403, 404, 404, 202]
+    finally:
+        stop_serving(flow.name)
+    time.sleep(0.5)
+    jupyter.log.flush()
+    text = open(jupyter.log.name).read()
+    assert token not in text and wrong not in text
+    assert f"/flownb/hooks/{flow.name}/***" in text  # the requests are logged, without their token

@@ -142,8 +142,35 @@ class _Hooks:
             return hook
 
 
+_HOOK_PATH = re.compile(r"(/flownb/hooks/[^/?]*/)[^?]*")
+
+
+def redact_hook_uri(uri: str) -> str:
+    """``uri`` with what follows ``/flownb/hooks/<flow>/`` (the token) replaced by ``***``."""
+    return _HOOK_PATH.sub(r"\1***", uri, count=1)
+
+
+class _NoTokenInLogs:
+    """The hook token is in the path: no log line (the server's access log, tornado's warnings and
+    exception logs) may show it. Tornado logs ``request.uri`` (the server's ``log_function`` after
+    :meth:`finish`) and :meth:`_request_summary`; both see the redacted URI."""
+
+    def _request_summary(self) -> str:
+        req = self.request
+        return f"{req.method} {redact_hook_uri(req.uri)} ({req.remote_ip})"
+
+    def _log(self) -> None:
+        req = self.request
+        uri, path = req.uri, req.path
+        req.uri, req.path = redact_hook_uri(uri), redact_hook_uri(path)
+        try:
+            super()._log()
+        finally:
+            req.uri, req.path = uri, path
+
+
 @tornado.web.stream_request_body
-class HookHandler(tornado.web.RequestHandler):
+class HookHandler(_NoTokenInLogs, tornado.web.RequestHandler):
     """``/flownb/hooks/<flow>/<token>``: the request goes through :mod:`flownb.webhook.pipeline`, the
     pipeline of ``flownb run --port`` — same checks in the same order, same answers — and is
     committed into the flow's first queue before the 202.
@@ -248,7 +275,7 @@ class HookHandler(tornado.web.RequestHandler):
     head = put = patch = delete = options = get
 
 
-class HookNotFound(tornado.web.RequestHandler):
+class HookNotFound(_NoTokenInLogs, tornado.web.RequestHandler):
     """Anything else under ``/flownb/hooks/``: the pipeline's 404."""
 
     def check_xsrf_cookie(self) -> None:
@@ -306,6 +333,50 @@ def _schedule_view(store, s) -> dict:
     }
 
 
+#: the JSON type of each schedule field (a wrong type is a 400 that names the field, never a 500)
+_FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "cron": ((str,), "a string such as \"0 3 * * *\""),
+    "name": ((str,), "a string"),
+    "tz": ((str,), "a time zone name such as \"Europe/Berlin\""),
+    "parameters": ((dict,), "a JSON object of parameter name → value"),
+    "timeout": ((int, float), "a number of seconds"),
+    "catchup": ((str,), "a string"),
+    "keep": ((int,), "an integer"),
+    "allow_overlap": ((bool,), "true or false"),
+    "replace": ((bool,), "true or false"),
+}
+#: SQLite's INTEGER range: a run id or limit beyond it is not a number the store can hold
+_MAX_INT = (1 << 63) - 1
+_MAX_LIMIT = 10_000
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number"
+    )
+
+
+def _check_fields(fields: dict) -> None:
+    for key, value in fields.items():
+        types, want = _FIELD_TYPES[key]
+        ok = isinstance(value, types) and not (bool not in types and isinstance(value, bool))
+        if ok and isinstance(value, (int, float)) and not isinstance(value, bool):
+            ok = abs(value) <= _MAX_INT
+        if not ok:
+            raise tornado.web.HTTPError(400, f"field '{key}' must be {want}, got {_json_type(value)} "
+                                             f"{json.dumps(value)[:80]}".replace("%", "%%"))
+
+
+def _int_arg(value: str, name: str, *, low: int = 1, high: int = _MAX_INT) -> int:
+    """``value`` as an integer in [low, high]; else a 400 that names ``name``."""
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or not low <= int(text) <= high:
+        raise tornado.web.HTTPError(
+            400, f"'{name}' must be an integer from {low} to {high}, got {value[:40]!r}".replace("%", "%%")
+        )
+    return int(text)
+
+
 class SchedulesHandler(_Api):
     @tornado.web.authenticated
     async def get(self) -> None:
@@ -322,6 +393,10 @@ class SchedulesHandler(_Api):
                 400,
                 "send a JSON object with notebook, cron and name "
                 "(optional: tz, parameters, timeout, catchup, keep, allow_overlap)",
+            )
+        if not isinstance(data["notebook"], str):
+            raise tornado.web.HTTPError(
+                400, f"field 'notebook' must be a path string, got {_json_type(data['notebook'])}"
             )
         notebook = self.ext.notebook_path(str(data.pop("notebook")))
         fields = {
@@ -348,6 +423,7 @@ class SchedulesHandler(_Api):
             )
         if "cron" not in fields or "name" not in fields:
             raise tornado.web.HTTPError(400, "'cron' and 'name' are required")
+        _check_fields(fields)
         s = await self.call(add_schedule, self.ext.store, notebook, **fields)
         self.reply(await self.call(_schedule_view, self.ext.store, s), 201)
 
@@ -383,7 +459,7 @@ class RunNowHandler(_Api):
 class HistoryHandler(_Api):
     @tornado.web.authenticated
     async def get(self, name: str) -> None:
-        limit = int(self.get_query_argument("limit", "50"))
+        limit = _int_arg(self.get_query_argument("limit", "50"), "limit", high=_MAX_LIMIT)
         store = self.ext.store
         await self.call(store.get, name)
         runs = await self.call(store.history, name, limit=limit)
@@ -393,7 +469,7 @@ class HistoryHandler(_Api):
 class RunHandler(_Api):
     @tornado.web.authenticated
     async def get(self, run_id: str) -> None:
-        self.reply((await self.call(self.ext.store.run, int(run_id))).to_dict())
+        self.reply((await self.call(self.ext.store.run, _int_arg(run_id, "run id", low=0))).to_dict())
 
 
 class HooksHandler(_Api):
