@@ -20,7 +20,7 @@ from ..runtime.ingress import Ingest
 from .app import Hook, create_app
 from .pipeline import webhook_config
 
-__all__ = ["webhook_config", "hook_for", "serve_local", "serve_amqp", "uvicorn_config", "LimitedHttpTools"]
+__all__ = ["LimitedHttpTools", "hook_for", "serve_amqp", "serve_local", "uvicorn_config", "webhook_config"]
 
 log = logging.getLogger("flownb.webhook")
 
@@ -51,12 +51,13 @@ def _limited_httptools() -> type:
 
         def connection_made(self, transport: Any) -> None:
             self._head_bytes = 0
-            self._in_head = False
+            self._in_head = self._began = False
             self._refused = False
             super().connection_made(transport)
 
         def on_message_begin(self) -> None:
             self._in_head = True
+            self._began = True
             self._head_bytes = 0
             super().on_message_begin()
 
@@ -67,12 +68,15 @@ def _limited_httptools() -> type:
         def data_received(self, data: bytes) -> None:
             if self._refused:
                 return
+            self._began = False
             super().data_received(data)
             if not self._in_head or self.transport.is_closing():
                 return
-            # a head still incomplete after this chunk (a pipelined head that began in it counts
-            # the chunk whole: an over-estimate, never an under-estimate)
-            self._head_bytes += len(data)
+            if self._began:  # the head began within this chunk (after a pipelined request, maybe):
+                # what the parser has handed over of it so far (its unfinished line is at most this chunk)
+                self._head_bytes = len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers)
+            else:  # a head still incomplete: all of this chunk is part of it
+                self._head_bytes += len(data)
             if self._head_bytes > self.limit:
                 self._refused = True
                 log.info("webhook: refused a request head of more than %d bytes (431)", self.limit)

@@ -436,7 +436,7 @@ def test_upsert_create_with_id_and_ID_is_fatal_at_once(db, step_runner):
     """A body with ``id`` and ``ID`` into sql.upsert with create: true: SQLite and MariaDB refuse the
     table (duplicate column name) — dead-lettered at the first attempt, not retried for 15 s.
     PostgreSQL keeps "ID" apart from id (quoted identifiers), so there the row is written."""
-    url, table, engine = db
+    url, table, _engine = db
     runner = step_runner("sql.upsert", {"url": url, "table": table, "key": ["id"], "create": True},
                          retry={"max_attempts": 5})
     t0 = time.monotonic()

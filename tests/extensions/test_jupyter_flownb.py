@@ -414,6 +414,7 @@ def test_hook_tokens_never_reach_the_server_log(jupyter, tmp_path, monkeypatch):
         stop_serving(flow.name)
     time.sleep(0.5)
     jupyter.log.flush()
-    text = open(jupyter.log.name).read()
+    with open(jupyter.log.name) as f:
+        text = f.read()
     assert token not in text and wrong not in text
     assert f"/flownb/hooks/{flow.name}/***" in text  # the requests are logged, without their token

@@ -474,7 +474,10 @@ class LocalRuntime:
         if until_idle:
             self.poll_backlog()
             return self.drain(progress)
-        stopped = lambda: self._stop.is_set() or (stop_event is not None and stop_event.is_set())  # noqa: E731
+
+        def stopped() -> bool:
+            return self._stop.is_set() or (stop_event is not None and stop_event.is_set())
+
         backoff = 0.0
         while not stopped():
             self._wake.clear()
