@@ -10,6 +10,9 @@ Also measured: a step that waits 20 ms per message with 1 vs 4 replicas, a worke
 run, and a worker's start-up time (process start → consuming).
 
     .venv/bin/python benchmarks/amqp_throughput.py [--messages 20000]
+    FLOWNB_QUEUE_TYPE=classic .venv/bin/python benchmarks/amqp_throughput.py   # classic queues
+
+Both pipelines use the queue type flownb declares (``FLOWNB_QUEUE_TYPE``, default quorum).
 
 Last line: one JSON object with every figure.
 """
@@ -37,7 +40,7 @@ import pika
 import flownb
 from flownb.message import Message
 from flownb.runtime.amqp import names
-from flownb.runtime.amqp.topology import connect, declare_flow
+from flownb.runtime.amqp.topology import connect, declare_flow, queue_type
 
 ROOT = "amqp://guest:guest@127.0.0.1:5672/"
 STEP_SRC = "def f(body, ctx):\n    body['{field}'] = body['n'] * 2\n    return body\n"
@@ -187,8 +190,9 @@ def bench_pika(n: int, prefetch: int = 200) -> dict:
         conn = connect(url)
         ch = conn.channel()
         queues = [f"pika.{s}" for s in "abc"]
+        args = {"x-queue-type": "quorum"} if queue_type() == "quorum" else None
         for q in queues:
-            ch.queue_declare(q, durable=True)
+            ch.queue_declare(q, durable=True, arguments=args)
         conn.close()
         preload(url, "", queues[0], n)
         ctx = mp.get_context("fork")
@@ -240,6 +244,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best of each is kept "
                     "(the machine is shared: this damps noise equally for both)")
     args = ap.parse_args()
+    print(f"queue type: {queue_type()}")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         pks, fbs = [], []
@@ -265,7 +270,7 @@ def main() -> None:
         print(f"worker start-up to consuming:   {fb['startup_s']:8.2f} s (max of 3: {fb['startup_max_s']:.2f} s; "
               f"target <= 1 s)")
         print(json.dumps({
-            "messages": args.messages, "rounds": args.rounds,
+            "queue_type": queue_type(), "messages": args.messages, "rounds": args.rounds,
             "pika_rounds_msg_s": [round(x["rate"], 1) for x in pks],
             "flownb_rounds_msg_s": [round(x["rate"], 1) for x in fbs], "pika_batched_tx_msg_s": round(pk["rate"], 1),
             "flownb_msg_s": round(fb["rate"], 1), "ratio_flownb_over_pika": round(ratio, 3),

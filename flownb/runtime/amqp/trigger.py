@@ -8,7 +8,14 @@ the emitted messages (persistent) and the new cursor and acks the old one: a cra
 ``tx.commit`` changes nothing, so a poll is never lost nor emitted twice.
 
 Back-pressure: before committing, the first step's queue depth plus the poll's size must fit its
-length limit; otherwise the poll is not committed and is repeated (from the same cursor) later.
+length limit; otherwise the poll is not committed and is repeated (from the same cursor) later. The
+check is what enforces the limit: a transaction has no publisher confirms, so a full queue does not
+refuse a transactional publish (a quorum queue accepts it beyond its limit; RabbitMQ 3.10.8).
+
+Queue types: the step queues are quorum queues (``FLOWNB_QUEUE_TYPE``), the state queue is classic;
+the transaction spans both (tested: commit applies all of it, a connection closed before
+``tx.commit`` nothing). The state queue stays classic because RabbitMQ refuses ``basic.get`` on a
+quorum queue with a single active consumer, which :func:`read_state` uses.
 
 The cursor is seeded (``{}``) once, under a lock (an exclusive queue), when the state queue has
 neither a message nor a consumer.
