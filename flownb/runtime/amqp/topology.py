@@ -15,8 +15,10 @@ Per flow: a durable direct exchange ``flownb.<flow>``. Per action step:
   (prefetch 1), so only the message in process is blamed for the next death (poison detection);
 - ``flownb.<flow>.<step>.dlq``: dead letters, each with its error in the ``x-flownb-error`` header.
 
-These queues are **quorum** queues (``FLOWNB_QUEUE_TYPE``, default ``quorum``; ``classic`` keeps
-classic queues and gives up poison detection): the broker counts the deliveries of each message
+These queues are **classic** queues by default (``FLOWNB_QUEUE_TYPE``, default ``classic``: one
+local broker for development and tests, exact length limits, light to create and delete) and
+**quorum** queues in exported deployments (compose, Kubernetes and ``flownb deploy`` set
+``FLOWNB_QUEUE_TYPE=quorum``): replicated, and poison messages are detected — the broker counts the deliveries of each message
 (``x-delivery-count``), which the worker hands to ``StepRunner.run_payloads(deliveries=...)``; the
 delay queues dead-letter ``at-least-once`` (the expired retry stays in its delay queue until the
 ready queue has confirmed it).
@@ -71,11 +73,12 @@ def max_length() -> int:
 
 
 def queue_type() -> str:
-    """Type of the step queues (env ``FLOWNB_QUEUE_TYPE``: ``quorum``, the default, or ``classic``)."""
-    raw = os.environ.get("FLOWNB_QUEUE_TYPE", "").strip().lower() or "quorum"
+    """Type of the step queues (env ``FLOWNB_QUEUE_TYPE``: ``classic``, the default, or ``quorum``, which
+    exported deployments set)."""
+    raw = os.environ.get("FLOWNB_QUEUE_TYPE", "").strip().lower() or "classic"
     if raw not in QUEUE_TYPES:
-        raise BrokerError(f"FLOWNB_QUEUE_TYPE={raw!r} is not a queue type; set it to 'quorum' (the default: "
-                          f"poison messages are detected) or 'classic'")
+        raise BrokerError(f"FLOWNB_QUEUE_TYPE={raw!r} is not a queue type; set it to 'quorum' (replicated; "
+                          f"poison messages are detected) or 'classic' (the default)")
     return raw
 
 

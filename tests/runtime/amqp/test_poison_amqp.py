@@ -25,6 +25,12 @@ from flownb.runtime.amqp.dlq import AmqpDeadLetters
 from flownb.runtime.amqp.topology import TopologyError, connect, declare_flow, queue_depths, suspect_queue
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq, pytest.mark.timeout(300)]
+
+
+@pytest.fixture(autouse=True)
+def _quorum(monkeypatch):
+    """Poison detection is a property of quorum queues (what exported deployments use)."""
+    monkeypatch.setenv("FLOWNB_QUEUE_TYPE", "quorum")
 RUN_WORKER = Path(__file__).parent / "run_worker.py"
 POISON = 7
 TOTAL = 20
@@ -43,7 +49,8 @@ def _no_core() -> None:
 
 def _worker(spec: Path, step: str, broker: str, log: Path, **env: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(RUN_WORKER), "worker", str(spec), "--step", step],
-                            env={"FLOWNB_BROKER_URL": broker, "PATH": "/usr/bin", **env},
+                            env={"FLOWNB_BROKER_URL": broker, "PATH": "/usr/bin", "FLOWNB_QUEUE_TYPE": "quorum",
+                                 **env},
                             stdout=subprocess.DEVNULL, stderr=log.open("ab"), cwd=log.parent,
                             preexec_fn=_no_core)  # noqa: PLW1509 - no threads yet; an abort leaves no core
 
@@ -153,7 +160,7 @@ def test_classic_queues_of_an_older_flownb_stop_the_worker_with_what_to_do(broke
     conn = connect(broker)
     try:
         declare_flow(conn.channel(), flow)  # as flownb declared them before quorum queues
-        monkeypatch.delenv("FLOWNB_QUEUE_TYPE")
+        monkeypatch.setenv("FLOWNB_QUEUE_TYPE", "quorum")
         with pytest.raises(TopologyError) as err:
             declare_flow(conn.channel(), flow)
         text = str(err.value)
