@@ -49,12 +49,15 @@ class AmqpDeadLetters(DeadLetterStore):
         self.url = broker_url
         self.redactor = Redactor.from_flow(flow)  # list/show mask secrets; replay sends what is stored
 
-    def _steps(self, step: str | None) -> list[str]:
+    def _steps(self, step: str | None, *, trigger: bool = True) -> list[str]:
+        """Steps whose dead letters to read. The trigger has dead letters too (records over
+        max_message_bytes), listed but never replayed: they would be refused again."""
         if step is None:
-            return [s.name for s in self.flow.steps]
+            return ([self.flow.trigger.name] if trigger else []) + [s.name for s in self.flow.steps]
         found = self.flow.step(step)  # SpecError with a suggestion when unknown
-        if found.name == self.flow.trigger.name:
-            raise FlownbError(f"'{step}' is the trigger; dead letters belong to action steps: "
+        if found.name == self.flow.trigger.name and not trigger:
+            raise FlownbError(f"'{step}' is the trigger: its dead letters are records over the flow's "
+                              f"max_message_bytes and cannot be replayed; action steps: "
                               f"{', '.join(s.name for s in self.flow.steps)}")
         return [found.name]
 
@@ -95,7 +98,7 @@ class AmqpDeadLetters(DeadLetterStore):
 
     def replay(self, step: str | None = None, ids: Iterable[str] | None = None) -> int:
         wanted = set(ids) if ids else None
-        steps = self._steps(step)
+        steps = self._steps(step, trigger=False)
         conn = connect(self.url, name="flownb dlq replay")
         try:
             declare_flow(conn.channel(), self.flow)

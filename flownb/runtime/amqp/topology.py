@@ -209,6 +209,8 @@ def declare_flow(ch, flow: Flow) -> None:
         declare_step(ch, flow, s.name)
     # classic on purpose (see the module doc): basic.get of read_state works, and the cursor is tiny
     _declare(ch, names.state_queue(flow.name, flow.trigger.name), {"x-single-active-consumer": True})
+    # the trigger's dead letters: records over max_message_bytes, committed with the cursor
+    _declare(ch, names.dead_letter_queue(flow.name, flow.trigger.name), None)
 
 
 def _count(conn, queue: str) -> int:

@@ -35,7 +35,7 @@ from ...errors import BrokerError, FlownbError
 from ...flow import Flow
 from ..core import TriggerRunner
 from . import names
-from .consumer import PERSISTENT
+from .consumer import PERSISTENT, error_props
 from .metrics import StepMetrics
 from .topology import VERSION_HEADER, TopologyError, connect, declare_flow, max_length
 
@@ -182,6 +182,10 @@ class TriggerWorker:
         if self.first:
             for p in payloads:
                 ch.basic_publish(self.exchange, self.first, p, PERSISTENT)
+        dlq = names.dead_letter_queue(self.flow.name, self.name)
+        for _m, info, p in self.runner.last_dead:  # records over max_message_bytes: dead, cursor moves on
+            ch.basic_publish("", dlq, p, error_props(info, self.name))
+            log.warning("trigger '%s': a record was dead-lettered: %s", self.name, info.message)
         ch.basic_publish("", self.state_q, orjson.dumps(new_state), _state_props(now, version + 1))
         ch.basic_ack(tag)
         ch.tx_commit()

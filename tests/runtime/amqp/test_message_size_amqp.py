@@ -49,3 +49,29 @@ def test_an_output_over_max_message_bytes_is_dead_lettered_not_published(private
     wait_for(lambda: queue_depths(f.resolved(), url)["next"]["ready"] == 3, timeout=30, what="3 outputs queued")
     assert queue_depths(f.resolved(), url)["grow"] == {"ready": 0, "dead": 2, "retry": 0}
     assert "channel closed by the broker" not in caplog.text and "connection lost" not in caplog.text
+
+
+BIG_POLL = '''
+def poll(state, ctx):
+    if state.get("done"):
+        return []
+    state["done"] = True
+    return [{"id": i, "blob": "z" * (60_000 if i == 1 else 10)} for i in range(4)]
+'''
+
+
+def test_a_trigger_record_over_max_message_bytes_is_a_trigger_dead_letter_and_the_cursor_moves(broker):
+    from flownb.runtime.amqp.trigger import TriggerWorker, read_state
+    f = flownb.Flow(name="sizes-trigger", max_message_bytes="16KiB",
+                    trigger=flownb.step("src", "python.poll", source=BIG_POLL, function="poll", interval="1h"),
+                    steps=[flownb.step("next", "mapping", fields={"id": "id"})]).resolved()
+    TriggerWorker(f, broker, max_polls=1, ignore_interval=True).run()
+    assert read_state(f, broker) == {"done": True}  # the cursor moved past the oversized record
+    assert queue_depths(f, broker)["next"]["ready"] == 3
+    store = AmqpDeadLetters(f, broker)
+    dead = store.list()
+    assert [(d.step, d.error.type, d.message.body["id"]) for d in dead] == [("src", "MessageTooLarge", 1)]
+    assert "a record of this trigger is" in dead[0].error.message
+    assert dead[0].message.body["_truncated"] is True  # a stand-in: the record itself is at its source
+    with pytest.raises(flownb.errors.FlownbError, match="cannot be replayed"):
+        store.replay("src")
