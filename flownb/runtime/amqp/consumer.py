@@ -40,7 +40,7 @@ from pika.adapters.select_connection import SelectConnection
 from ...errors import RuntimeFailure
 from ...flow import Flow
 from ..core import ErrorInfo, Outcome, Route, StepRunner
-from ..health import start_thread
+from ..health import HEALTH, start_thread
 from . import names
 from .metrics import StepMetrics
 from .topology import (
@@ -348,8 +348,9 @@ class StepWorker:
         try:
             if self._open_runner():
                 self._processor()
-        except BaseException as exc:  # noqa: BLE001 - recorded by the thread guard, then re-raised
+        except BaseException as exc:  # noqa: BLE001 - recorded first (run() must see a failed process)
             self._fatal = exc
+            HEALTH.fail(f"step '{self.step.name}' (processing thread)", exc)  # the guard will not repeat it
             self._abort()
             raise
 

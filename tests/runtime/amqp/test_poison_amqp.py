@@ -107,8 +107,13 @@ def test_a_message_that_kills_the_worker_is_dead_lettered_after_3_deaths(broker,
     assert dead.step == "boom" and dead.message.body == {"n": POISON}
     assert dead.error.type == "PoisonMessage"
     assert dead.error.message.startswith("poison: the worker died 3 times while processing it (step 'boom')")
-    # every other record reached the sink exactly once: no duplicate arrivals, none dead-lettered
-    assert sink_counts(db) == (TOTAL - 1, TOTAL - 1)
+    # every other record reached the idempotent sink, once each; none dead-lettered. Delivery is
+    # at-least-once: a worker killed between a confirmed output and its input's ack repeats that
+    # output (seen under load in CI: 26 arrivals for 19 records), so arrivals are bounded by what the
+    # three deaths can have had in flight (one prefetch window each), as in test_faults.py
+    seen, arrivals = sink_counts(db)
+    assert seen == TOTAL - 1
+    assert seen <= arrivals <= seen + 3 * TOTAL
     assert "PoisonMessage" not in logs["sink"].read_text()
 
 
