@@ -142,19 +142,25 @@ def _components(args) -> int:
     return 0
 
 
-@command("run")
-def _run(args) -> int:
-    from .runtime.local import run_cli
+def _redacted(entry: Callable[[Any, argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """``entry(flow, args)`` with the flow's secrets redacted from stored errors, logs and
+    stdout/stderr (docs/secrets.md), and from the message of a FlownbError it raises."""
     from .secrets import install_log_redaction, redact
     flow = _load_flow(args)
-    undo = install_log_redaction(flow)  # stored errors, logs, stdout/stderr: docs/secrets.md
+    undo = install_log_redaction(flow)
     try:
-        return run_cli(flow, args)
+        return entry(flow, args)
     except FlownbError as exc:  # main() prints it after the redaction is undone
         exc.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.args)
         raise
     finally:
         undo()
+
+
+@command("run")
+def _run(args) -> int:
+    from .runtime.local import run_cli
+    return _redacted(run_cli, args)
 
 
 def _dlq_store(args, flow):
@@ -198,16 +204,7 @@ def _dlq(args) -> int:
 @command("worker")
 def _worker(args) -> int:
     from .runtime.amqp.worker import worker_cli
-    from .secrets import install_log_redaction, redact
-    flow = _load_flow(args)
-    undo = install_log_redaction(flow)  # stored errors, logs, stdout/stderr: docs/secrets.md
-    try:
-        return worker_cli(flow, args)
-    except FlownbError as exc:  # main() prints it after the redaction is undone
-        exc.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.args)
-        raise
-    finally:
-        undo()
+    return _redacted(worker_cli, args)
 
 
 def _deploy_parsers(sub) -> None:
