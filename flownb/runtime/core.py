@@ -357,8 +357,16 @@ class TriggerRunner:
             self.component.close()
 
     def next_delay(self, state: dict) -> float:
-        self.open()  # a component's next_delay may read what setup() prepared (sql.poll's backlog)
+        """Seconds until the next poll. A component's ``next_delay`` may read what ``setup()``
+        prepared (sql.poll's backlog), so it is set up first; while ``setup()`` fails (its source is
+        down) the answer is the interval: ``poll`` raises that failure, the runtime logs it and polls
+        again then — the trigger never dies of it."""
         assert isinstance(self.component, PollingTrigger)
+        if not self._open:
+            try:
+                self.open()
+            except Exception:
+                return self.component.interval
         return self.component.next_delay(state)
 
     def poll(self, state: dict) -> tuple[list[Message], list[bytes], dict]:

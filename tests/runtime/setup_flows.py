@@ -57,3 +57,24 @@ class Listener:
         self.sock.close()
         for c in self.held:
             c.close()
+
+
+POLL_SOURCE = '''
+import socket
+
+_conn = socket.create_connection(("127.0.0.1", {port}), timeout=2)  # like a database client in setup()
+
+def poll(state, ctx):
+    if state.get("done"):
+        return []
+    state["done"] = True
+    return [{{"id": i}} for i in range(3)]
+'''
+
+
+def trigger_flow(name: str, port: int, out) -> flownb.Flow:
+    """A flow whose polling trigger's setup() needs the service on ``port``."""
+    return flownb.Flow(
+        name=name, trigger=flownb.step("src", "python.poll", source=POLL_SOURCE.format(port=port),
+                                       function="poll", interval="1s"),
+        steps=[flownb.step("out", "csv.write", path=str(out))])

@@ -15,7 +15,7 @@ import pytest
 
 from flownb.runtime.health import HEALTH
 from flownb.runtime.local import LocalRuntime
-from setup_flows import Listener, flow, free_port
+from setup_flows import Listener, flow, free_port, trigger_flow
 
 pytestmark = [pytest.mark.integration]
 
@@ -86,3 +86,40 @@ def test_until_idle_exits_1_with_the_reason_and_keeps_the_messages(tmp_path):
         listener.close()
     assert again.returncode == 0, again.stderr[-3000:]
     assert sorted(int(r["id"]) for r in _rows(out)) == [0, 1, 2, 3]
+
+
+def test_a_trigger_whose_setup_fails_is_polled_again_and_the_runtime_lives(tmp_path):
+    """The trigger's next_delay needs setup(); while that fails the runtime must keep polling (it
+    used to die of the ConfigError the second time setup() was tried)."""
+    port, out = free_port(), tmp_path / "out.csv"
+    rt = LocalRuntime(trigger_flow("trigger-setup-local", port, out), tmp_path / "state")
+    stop = threading.Event()
+    died: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            rt.run(stop_event=stop)
+        except BaseException as exc:  # noqa: BLE001
+            died.append(exc)
+    t = threading.Thread(target=run, daemon=True)
+    listener = None
+    try:
+        t.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(rt.poll_errors) < 2:
+            time.sleep(0.05)
+        assert len(rt.poll_errors) >= 2 and "ConnectionRefusedError" in rt.poll_errors[0]
+        assert t.is_alive() and not died
+        listener = Listener(port)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(_rows(out)) < 3:
+            time.sleep(0.1)
+        assert sorted(int(r["id"]) for r in _rows(out)) == [0, 1, 2]
+    finally:
+        stop.set()
+        rt.stop()
+        t.join(10)
+        rt.close()
+        if listener:
+            listener.close()
+    assert not died

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from setup_flows import Listener, flow, free_port  # noqa: E402
+from setup_flows import Listener, flow, free_port, trigger_flow  # noqa: E402
 
 from amqp_components import wait_for  # noqa: E402
 from flownb.message import Message  # noqa: E402
@@ -90,3 +90,34 @@ def test_a_step_whose_setup_fails_leaves_its_messages_queued_and_resumes(broker,
         if listener:
             listener.close()
         HEALTH.reset()
+
+
+def test_a_trigger_whose_setup_fails_keeps_polling_and_emits_once_it_works(broker, tmp_path):
+    """The trigger worker asks next_delay() when it receives the cursor; while setup() fails that
+    used to raise inside pika's callback and kill the trigger thread (exit 70, a crash loop)."""
+    from flownb.runtime.amqp.trigger import TriggerWorker
+    svc = free_port()
+    f = trigger_flow("trigger-setup-amqp", svc, tmp_path / "out.csv").resolved()
+    trigger = TriggerWorker(f, broker, max_polls=1)
+    died: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            trigger.run()
+        except BaseException as exc:  # noqa: BLE001
+            died.append(exc)
+    t = threading.Thread(target=run, daemon=True)
+    listener = None
+    try:
+        t.start()
+        wait_for(lambda: trigger.metrics.failed._value.get() >= 2, timeout=30, what="two failed polls")
+        assert t.is_alive() and not died
+        listener = Listener(svc)
+        wait_for(lambda: queue_depths(f, broker)["out"]["ready"] == 3, timeout=30, what="3 emitted")
+        t.join(15)
+        assert not t.is_alive() and not died  # max_polls=1: one committed poll, then it returns
+    finally:
+        trigger.stop()
+        t.join(10)
+        if listener:
+            listener.close()
