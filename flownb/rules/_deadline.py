@@ -141,6 +141,20 @@ def _start_watchdog() -> None:
             _watchdog.start()
 
 
+def _begin(region: _Region) -> None:
+    """Start watching ``region`` (this thread's innermost from now on). Called inside the caller's
+    ``try``, with ``region`` made before it: an interrupt that lands here is caught there."""
+    global _started
+    if _watchdog is None:
+        _start_watchdog()
+    _CURRENT.region = region
+    with _LOCK:
+        _REGIONS.add(region)
+        _started += 1
+        if _idle:
+            _WAKE.notify()
+
+
 def _end(region: _Region) -> bool:
     """End ``region`` (idempotent); True if its interrupt fired (one still pending is cleared)."""
     with _LOCK:
@@ -202,21 +216,13 @@ def run(seconds: float | None, fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)``, interrupted with :class:`Expired` once ``seconds`` have passed (None: no
     deadline of its own; an enclosing one still applies). Regions nest: the innermost deadline that
     passes is the one reported (an outer one passing first is reported by the outer region)."""
-    global _started
     if seconds is None:
         return fn(*args)
-    if _watchdog is None:
-        _start_watchdog()
-    outer = getattr(_CURRENT, "region", None)
-    region = _Region(_get_ident(), _monotonic() + min(seconds, MAX_TIMEOUT), outer)
+    region = _Region(_get_ident(), _monotonic() + min(seconds, MAX_TIMEOUT),
+                     getattr(_CURRENT, "region", None))
     try:
         try:
-            _CURRENT.region = region
-            with _LOCK:
-                _REGIONS.add(region)
-                _started += 1
-                if _idle:
-                    _WAKE.notify()
+            _begin(region)
             return fn(*args)
         finally:
             fired = _end(region)
@@ -241,20 +247,12 @@ def each(seconds: float, fn: Callable[[Any], Any], items: list, expired: Callabl
     append = out.append
     n = len(items)
     outer = getattr(_CURRENT, "region", None)
-    global _started
-    if _watchdog is None:
-        _start_watchdog()
     while len(out) < n:
         i = len(out)
         region = _Region(_get_ident(), _monotonic() + seconds, outer)
         try:
             try:
-                _CURRENT.region = region
-                with _LOCK:
-                    _REGIONS.add(region)
-                    _started += 1
-                    if _idle:
-                        _WAKE.notify()
+                _begin(region)
                 while i < n:
                     region.deadline = _monotonic() + seconds
                     try:
