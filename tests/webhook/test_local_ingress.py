@@ -33,6 +33,21 @@ def test_first_queue_contract_matches_submit_many(tmp_path):
         fq.close()
 
 
+def test_first_queue_refuses_what_the_runtime_refuses_a_body_over_max_message_bytes(tmp_path):
+    flow = Flow(name="fq", trigger=step("hook", "webhook", token_env="T"), max_message_bytes="2KiB",
+                steps=[step("sink", "csv.write", path=str(tmp_path / "out.csv"), columns=["n"], fsync=False)])
+    items = [({"n": 1}, None), ({"n": "x" * 4096}, None)]
+    fq = FirstQueue(flow, tmp_path / "fq")
+    rt = LocalRuntime(flow, tmp_path / "rt")
+    try:
+        for out in (fq.submit_many(items), rt.submit_many(items)):
+            assert [type(r).__name__ for r in out] == ["Message", "MessageTooLarge"]
+        assert fq.store.depth("sink") == rt.store.depth("sink") == 1
+    finally:
+        fq.close()
+        rt.close()
+
+
 def test_appended_while_the_runtime_runs_is_processed_once(tmp_path):
     flow = _flow(tmp_path)
     rt = LocalRuntime(flow, tmp_path / "state")  # holds the flow's lock, as a kernel does

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import orjson
 
@@ -32,7 +32,7 @@ from ..health import HEALTH
 from .store import QueueStore, open_state
 
 __all__ = ["LocalRuntime", "RunSummary", "StepStats", "VirtualClock", "Progress", "FinalListener",
-           "dead_letter_from_row"]
+           "dead_letter_from_row", "wrap_pushed", "within_limit", "cached_depth"]
 
 log = logging.getLogger("flownb.runtime.local")
 
@@ -107,6 +107,56 @@ def dead_letter_from_row(row: tuple) -> DeadLetter:
         message = undecodable(payload, step)
     message.attempt = attempt
     return DeadLetter(id=str(rid), step=step, message=message, error=ErrorInfo.from_dict(orjson.loads(error)))
+
+
+#: (index in the submitted items, message, wire form) of a pushed body that may be queued
+Pushed = tuple[int, Message, bytes]
+
+
+def wrap_pushed(items: Sequence[tuple[dict, dict | None]], emit: Callable[[dict, dict], tuple[Message, bytes]],
+                trigger: str) -> tuple[list[Message | FlownbError], list[Pushed]]:
+    """Pushed ``(body, headers)`` pairs as the trigger's messages (``emit``: ``TriggerRunner.emit``):
+    per item its Message or the MessageError that refuses it (not a JSON object; a body the codec
+    refuses — NaN, infinity … — or over ``max_message_bytes``), and the items that may be queued.
+    Shared by ``LocalRuntime.submit_many`` and ``flownb.runtime.local.ingress.FirstQueue``."""
+    results: list[Message | FlownbError] = []
+    accepted: list[Pushed] = []
+    for body, headers in items:
+        if not isinstance(body, dict):
+            results.append(MessageError(f"a message body must be a JSON object, got {type(body).__name__}",
+                                        step=trigger))
+            continue
+        try:  # a body the codec refuses is refused alone
+            message, payload = emit(body, {str(k): str(v) for k, v in (headers or {}).items()})
+        except MessageError as exc:
+            results.append(exc)
+            continue
+        results.append(message)
+        accepted.append((len(results) - 1, message, payload))
+    return results, accepted
+
+
+def within_limit(results: list[Message | FlownbError], accepted: list[Pushed], depth: int, limit: int,
+                 step: str) -> list[Pushed]:
+    """The ``accepted`` items that fit into ``step``'s queue holding ``depth`` of at most ``limit``
+    messages; each one beyond is refused in ``results`` (QueueFull)."""
+    room = max(0, limit - depth)
+    for i, _m, _p in accepted[room:]:
+        results[i] = QueueFull(f"queue of step '{step}' holds {depth} messages (limit {limit}); retry later",
+                               depth=depth, limit=limit)
+    return accepted[:room]
+
+
+def cached_depth(owner: Any, step: str) -> int:
+    """``owner.store.depth(step)``, read again at most every 0.1 s (``owner._depth_cache``: (read at,
+    depth), which the caller bumps by what it queues). The runtime drains the queue meanwhile: the
+    cached depth can only over-estimate it, never let the queue grow past its limit."""
+    at, depth = owner._depth_cache
+    now = time.monotonic()
+    if now - at > 0.1:
+        depth = owner.store.depth(step)
+        owner._depth_cache = (now, depth)
+    return depth
 
 
 class LocalRuntime:
@@ -204,20 +254,7 @@ class LocalRuntime:
         Returns, per item in order, its Message or the error that refused it: a MessageError for a
         body that is not a JSON object, QueueFull for the items beyond the first queue's limit.
         Nothing is queued for a refused item; everything else is committed together."""
-        results: list[Message | FlownbError] = []
-        accepted: list[tuple[int, Message, bytes]] = []
-        for body, headers in items:
-            if not isinstance(body, dict):
-                results.append(MessageError(f"a message body must be a JSON object, got {type(body).__name__}",
-                                            step=self.flow.trigger.name))
-                continue
-            try:  # a body the codec refuses (NaN, infinity, …) is refused alone
-                message, payload = self.trigger.emit(body, {str(k): str(v) for k, v in (headers or {}).items()})
-            except MessageError as exc:
-                results.append(exc)
-                continue
-            results.append(message)
-            accepted.append((len(results) - 1, message, payload))
+        results, accepted = wrap_pushed(items, self.trigger.emit, self.flow.trigger.name)
         if not accepted:
             return results
         if self._first is None:  # a trigger-only flow: each body is the flow's output
@@ -225,12 +262,8 @@ class LocalRuntime:
             self._finish([(m.trace, [items[i][0]]) for i, m, _ in accepted])
             return results
         with self._submit_lock:
-            depth = self._first_depth()
-            room = max(0, self.max_queue - depth)
-            for i, _m, _p in accepted[room:]:
-                results[i] = QueueFull(f"queue of step '{self._first}' holds {depth} messages (limit "
-                                       f"{self.max_queue}); retry later", depth=depth, limit=self.max_queue)
-            accepted = accepted[:room]
+            depth = cached_depth(self, self._first)
+            accepted = within_limit(results, accepted, depth, self.max_queue, self._first)
             if accepted:
                 if self._listeners:
                     with self._trace_lock:
@@ -249,14 +282,6 @@ class LocalRuntime:
         if accepted:
             self._wake.set()
         return results
-
-    def _first_depth(self) -> int:
-        at, depth = self._depth_cache
-        now = time.monotonic()
-        if now - at > 0.1:
-            depth = self.store.depth(self._first)
-            self._depth_cache = (now, depth)
-        return depth
 
     def feed(self, bodies: Iterable[dict]) -> int:
         """Queue ``bodies`` as if the trigger had emitted them (one transaction)."""

@@ -26,8 +26,10 @@ from typing import Any, Callable, Sequence
 from ...errors import ConfigError, FlownbError, MessageError, QueueFull, RuntimeFailure, StorageFull
 from ...flow import Flow
 from ...message import Message
+from ..core import TriggerRunner
 from ..health import HEALTH
 from ..ingress import Accepted, Backpressure, ReplyBook, Unavailable
+from .engine import cached_depth, within_limit, wrap_pushed
 from .store import open_state
 
 __all__ = ["LocalIngest", "FirstQueue"]
@@ -198,22 +200,23 @@ class FirstQueue:
     """The first action's queue in ``<state_dir>/<flow>.db``, for a process that accepts pushed bodies
     while another process runs the flow (the Jupyter server, next to a kernel's ``LocalRuntime``).
 
-    :meth:`submit_many` has ``LocalRuntime.submit_many``'s contract and writes the same rows: each
-    body wrapped as the trigger's message, one transaction per batch, ``QueueFull`` for the items
-    beyond ``max_queue``. The database is opened as ``LocalRuntime`` opens it (:func:`open_state`).
-    It does not take the flow's lock (``<flow>.lock``): the runtime holding it processes what is
-    appended (SQLite WAL, ``BEGIN IMMEDIATE``: safe alongside it). It reports no final outputs, so a
-    sync request is answered 202 like an async one."""
+    :meth:`submit_many` has ``LocalRuntime.submit_many``'s contract and writes the same rows (the
+    same helpers: each body wrapped by the trigger's ``emit``, one transaction per batch, ``QueueFull``
+    for the items beyond ``max_queue``). The database is opened as ``LocalRuntime`` opens it
+    (:func:`open_state`). It does not take the flow's lock (``<flow>.lock``): the runtime holding it
+    processes what is appended (SQLite WAL, ``BEGIN IMMEDIATE``: safe alongside it). It reports no
+    final outputs, so a sync request is answered 202 like an async one."""
 
     def __init__(self, flow: Flow, state_dir: Path | str, *, max_queue: int = 10_000,
                  clock: Callable[[], float] = time.time):
         if not flow.steps:
             raise ConfigError(f"flow '{flow.name}' has no action after its trigger to queue requests for; "
                               f"add a step", step=flow.trigger.name)
-        self.flow = flow
+        self.flow = flow.resolved()  # as LocalRuntime: its max_message_bytes, its trigger's config
         self.first = flow.steps[0].name
         self.max_queue = max_queue
         self.clock = clock
+        self.trigger = TriggerRunner(self.flow)  # wraps bodies as LocalRuntime's does (never set up)
         # as LocalRuntime opens it: a database that its state marker vouches for but that is missing
         # or damaged is a StateError, never silently started afresh
         self.store = open_state(Path(state_dir), flow.name)
@@ -225,44 +228,14 @@ class FirstQueue:
 
     def submit_many(self, items: Sequence[tuple[dict, dict | None]]) -> list[Message | FlownbError]:
         """Durably queue several bodies in ONE transaction; per item its Message or the error that
-        refused it (MessageError: not a JSON object / not encodable; QueueFull: no room)."""
-        trigger = self.flow.trigger.name
-        results: list[Message | FlownbError] = []
-        accepted: list[tuple[int, bytes]] = []
-        for body, headers in items:
-            if not isinstance(body, dict):
-                results.append(MessageError(f"a message body must be a JSON object, got "
-                                            f"{type(body).__name__}", step=trigger))
-                continue
-            try:
-                message = Message(body=body, headers={str(k): str(v) for k, v in (headers or {}).items()},
-                                  flow=self.flow.name, step=trigger)
-                payload = message.to_json()
-            except MessageError as exc:
-                results.append(exc)
-                continue
-            results.append(message)
-            accepted.append((len(results) - 1, payload))
+        refused it (MessageError: not a JSON object / not encodable / too large; QueueFull: no room)."""
+        results, accepted = wrap_pushed(items, self.trigger.emit, self.flow.trigger.name)
         if not accepted:
             return results
         with self._lock:
-            depth = self._depth()
-            room = max(0, self.max_queue - depth)
-            for i, _p in accepted[room:]:
-                results[i] = QueueFull(f"queue of step '{self.first}' holds {depth} messages (limit "
-                                       f"{self.max_queue}); retry later", depth=depth, limit=self.max_queue)
-            accepted = accepted[:room]
+            depth = cached_depth(self, self.first)
+            accepted = within_limit(results, accepted, depth, self.max_queue, self.first)
             if accepted:
-                self.store.enqueue(self.first, [p for _i, p in accepted], self.clock())
+                self.store.enqueue(self.first, [p for _i, _m, p in accepted], self.clock())
                 self._depth_cache = (self._depth_cache[0], depth + len(accepted))
         return results
-
-    def _depth(self) -> int:
-        # the runtime drains the queue meanwhile: a cached depth (plus what was added since) can only
-        # over-estimate it, never let the queue grow past max_queue
-        at, depth = self._depth_cache
-        now = time.monotonic()
-        if now - at > 0.1:
-            depth = self.store.depth(self.first)
-            self._depth_cache = (now, depth)
-        return depth
