@@ -29,22 +29,15 @@ def secrets_name(flow: Flow) -> str:
     return f"flownb-{flow.name}-secrets"
 
 
-_walk = walk_config
-
-
 def secret_envs(flow: Flow) -> list[str]:
     """Environment-variable names given by any ``*_env`` config field, in step order, no repeats."""
-    names: list[str] = []
-    for v in required_env(flow):
-        if v.name not in names:
-            names.append(v.name)
-    return names
+    return list(dict.fromkeys(v.name for v in required_env(flow)))
 
 
 def check_no_literal_secrets(flow: Flow) -> None:
     """A config key such as ``password``/``token`` holding a literal string is refused."""
     for s in flow.all_steps:
-        for where, key, value in _walk(s.config):
+        for where, key, value in walk_config(s.config):
             if _SECRET_KEYS.match(key) and isinstance(value, str) and value and "{{" not in value:
                 raise DeployError(
                     f"step '{s.name}': config field '{where}' holds a literal secret; secrets never go "
