@@ -39,8 +39,7 @@ from .health import HEALTH
 
 log = logging.getLogger("flownb.runtime")
 
-__all__ = ["ErrorInfo", "Outcome", "Route", "StepRunner", "TriggerRunner", "build_component", "decode",
-           "undecodable"]
+__all__ = ["ErrorInfo", "Outcome", "Route", "StepRunner", "TriggerRunner", "build_component", "undecodable"]
 
 
 class Route(str, Enum):
@@ -137,15 +136,6 @@ def _too_large(step: str, size: int, limit: int, what: str) -> MessageTooLarge:
                            f"emit smaller messages (split the record, drop large fields) or raise "
                            f"max_message_bytes in the spec (keep it under the broker's limit)",
                            step=step, size=size, limit=limit)
-
-
-def decode(payload: bytes, step: str, attempt: int | None = None) -> Message:
-    """A message from its wire form; ``attempt`` (when the runtime keeps it apart) overrides the
-    stored one. Raises MessageError for a payload that is not a flownb message."""
-    m = Message.from_json(payload)
-    if attempt is not None:
-        m.attempt = attempt
-    return m
 
 
 def build_component(flow: Flow, step: Step, *, trigger: bool, logger: logging.Logger | None = None,
@@ -265,26 +255,29 @@ class StepRunner:
         ``attempts``: the delivery attempt of each payload when the runtime stores it apart.
         ``deliveries``: how many earlier deliveries of each payload ended with the process dying
         while processing it; at ``max_deliveries`` it is dead-lettered as poison without running."""
+        name = self.step.name
         outcomes: list[Outcome | None] = [None] * len(payloads)
         msgs, where = [], []
         for i, payload in enumerate(payloads):
             try:
-                m = decode(payload, self.step.name, attempts[i] if attempts is not None else None)
-                died = deliveries[i] if deliveries is not None else 0
-                if died >= max_deliveries:
-                    exc = PoisonMessage(f"poison: the worker died {died} times while processing it (step "
-                                        f"'{self.step.name}'); fix the cause, then replay it from the "
-                                        f"dead letters")
-                    outcomes[i] = Outcome(m, error=ErrorInfo.from_exception(exc, self.step.name, m.attempt,
-                                                                            False), payload=payload)
-                    continue
-                msgs.append(m)
-                where.append(i)
+                m = Message.from_json(payload)
             except MessageError as exc:
                 attempt = attempts[i] if attempts is not None else 1
-                raw = undecodable(payload, self.step.name, attempt)
-                info = ErrorInfo.from_exception(exc, self.step.name, attempt, False)
-                outcomes[i] = Outcome(raw, error=info, payload=bytes(payload), undecodable=True)
+                info = ErrorInfo.from_exception(exc, name, attempt, False)
+                outcomes[i] = Outcome(undecodable(payload, name, attempt), error=info, payload=bytes(payload),
+                                      undecodable=True)
+                continue
+            if attempts is not None:
+                m.attempt = attempts[i]
+            died = deliveries[i] if deliveries is not None else 0
+            if died >= max_deliveries:
+                exc = PoisonMessage(f"poison: the worker died {died} times while processing it (step "
+                                    f"'{name}'); fix the cause, then replay it from the dead letters")
+                outcomes[i] = Outcome(m, error=ErrorInfo.from_exception(exc, name, m.attempt, False),
+                                      payload=payload)
+                continue
+            msgs.append(m)
+            where.append(i)
         for i, out in zip(where, self.run_batch(msgs), strict=True):
             out.payload = payloads[i]
             outcomes[i] = out
@@ -385,7 +378,7 @@ class TriggerRunner:
             if len(payload) > self.max_bytes:  # never published; the cursor moves past it
                 exc = _too_large(self.step.name, len(payload), self.max_bytes, "a record of this trigger")
                 info = ErrorInfo.from_exception(exc, self.step.name, 1, False)
-                self.last_dead.append((m, info, _truncated(m, payload, self.max_bytes)))
+                self.last_dead.append((m, info, _truncated(m)))
                 continue
             payloads.append(payload)
             msgs.append(m)
@@ -400,11 +393,9 @@ class TriggerRunner:
         return m, payload
 
 
-def _truncated(m: Message, payload: bytes, limit: int) -> bytes:
+def _truncated(m: Message) -> bytes:
     """A stand-in small enough to store as a dead letter for a record over ``limit``: its top-level
     fields with long values cut (the record itself is still at its source)."""
-    if len(payload) <= min(limit, 64 * 1024):
-        return payload
     body = {}
     for k, v in m.body.items():
         text = orjson.dumps(v, default=str)

@@ -11,15 +11,16 @@ times out) never stalls the I/O loop: heartbeats and confirms keep flowing. A lo
 drops all in-flight state; the broker redelivers the unacked inputs to the new connection
 (duplicates are possible only within that window).
 
-Poison messages (quorum queues, the default): the broker counts a message's deliveries
+Poison messages (quorum queues, ``FLOWNB_QUEUE_TYPE=quorum``; classic queues, the default, have no
+delivery count and no poison detection): the broker counts a message's deliveries
 (``x-delivery-count``). A message redelivered from the step or retry-ready queue was held by a
 worker that died (or lost its connection) - but so was the rest of that worker's prefetch window,
 so the count alone does not say which message killed it. Such a message is therefore not run in a
 batch: it is moved (published, confirmed, then acked) to the step's suspect queue, carrying the
 death in ``x-flownb-deliveries`` (one, however often it was redelivered: it may never have been
 reached, as in a batch of the embedded runtime). The suspect queue is consumed with prefetch 1 and
-each suspect runs alone, so a death while it runs counts against it only. Its deliveries (carried + the suspect
-queue's own count) go to ``StepRunner.run_payloads(deliveries=...)``, which dead-letters it as
+each suspect runs alone, so a death while it runs counts against it only. Its deliveries (carried +
+the suspect queue's own count) go to ``StepRunner.run_payloads(deliveries=...)``, which dead-letters it as
 ``PoisonMessage`` at ``FLOWNB_MAX_DELIVERIES`` (default 3).
 """
 

@@ -85,22 +85,22 @@ def _install_signals(stop_fn) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def _serve_webhook(flow: Flow, broker: str, args) -> int:
+def _serve_webhook(flow: Flow, broker: str, args) -> None:
     from ...webhook.server import serve_amqp
     serve_amqp(flow, broker, args.host, args.port or int(os.environ.get("FLOWNB_PORT", "8000")))
-    return 0
 
 
 def worker_cli(flow: Flow, args) -> int:
-    """Entry point of ``flownb worker``; returns the exit code."""
+    """Entry point of ``flownb worker``; returns the exit code (70 when a thread of it died)."""
     restore = exit_on_failure()
     try:
-        return _worker_cli(flow, args)
+        _worker_cli(flow, args)
+        return EXIT_CRASHED if HEALTH.failed.is_set() else 0
     finally:
         restore()
 
 
-def _worker_cli(flow: Flow, args) -> int:
+def _worker_cli(flow: Flow, args) -> None:
     flow = flow.resolved()
     broker = args.broker or os.environ.get("FLOWNB_BROKER_URL") or DEFAULT_BROKER
     # an unset secret stops the worker before it consumes anything (exit 2 naming step and variable)
@@ -119,31 +119,27 @@ def _worker_cli(flow: Flow, args) -> int:
             finally:
                 stop.set()
                 steps.join(60)  # the step workers drain too
-            return EXIT_CRASHED if HEALTH.failed.is_set() else 0
+            return
         _install_signals(stop.set)
         run_workers(workers, stop)
-        return EXIT_CRASHED if HEALTH.failed.is_set() else 0
+        return
     name = flow.step(args.step).name
     if name == flow.trigger.name and webhook:
         _metrics(args, [])
         _serve_webhook(flow, broker, args)
-        return EXIT_CRASHED if HEALTH.failed.is_set() else 0
+        return
     worker = make_worker(flow, name, broker, prefetch=args.prefetch)
     _metrics(args, [worker])
     _install_signals(worker.stop)
     try:
         worker.run()
-    except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        if isinstance(exc, FlownbError) and not HEALTH.failed.is_set():
-            raise  # a configuration problem (a queue with other arguments…): exit 1 with the message
-        if not HEALTH.failed.is_set():
-            HEALTH.fail(_where(worker), exc)
-        if isinstance(exc, Exception):
-            return EXIT_CRASHED
+    except KeyboardInterrupt:
         raise
-    return EXIT_CRASHED if HEALTH.failed.is_set() else 0
+    except BaseException as exc:  # noqa: BLE001 - exit 70 (worker_cli) unless it is a configuration problem
+        if not HEALTH.failed.is_set():  # (a thread's death is already recorded: run() only reports it)
+            if isinstance(exc, FlownbError):
+                raise  # a queue with other arguments…: exit 1 with the message
+            HEALTH.fail(_where(worker), exc)
 
 
 def _metrics(args, workers: list[Worker]) -> None:

@@ -66,6 +66,13 @@ class StepStats:
     #: error type -> [dead letters of that type in this run, the first one's message]
     dead_kinds: dict[str, list] = field(default_factory=dict)
 
+    def count_dead(self, error: ErrorInfo) -> bool:
+        """Count one dead letter (``dead`` and its kind); True for the first of its kind."""
+        self.dead += 1
+        kind = self.dead_kinds.setdefault(error.type, [0, error.message])
+        kind[0] += 1
+        return kind[0] == 1
+
     def to_dict(self) -> dict:
         return {"in": self.inputs, "out": self.outputs, "retried": self.retried, "dead": self.dead,
                 "seconds": round(self.seconds, 6), "errors": self.errors}
@@ -319,12 +326,9 @@ class LocalRuntime:
         dead = [(name, 1, p, orjson.dumps(info.to_dict())) for _m, info, p in self.trigger.last_dead]
         self.store.commit_poll(name, self._first, payloads, new_state,
                                now + self.trigger.next_delay(new_state), now, dead=dead)
-        if dead:
-            self.stats[name].dead += len(dead)
-            for _m, info, _p in self.trigger.last_dead:
-                kind = self.stats[name].dead_kinds.setdefault(info.type, [0, info.message])
-                kind[0] += 1
-                self.log.warning("trigger '%s': a record was dead-lettered: %s", name, info.message)
+        for _m, info, _p in self.trigger.last_dead:
+            self.stats[name].count_dead(info)
+            self.log.warning("trigger '%s': a record was dead-lettered: %s", name, info.message)
         self.stats[name].seconds += time.perf_counter() - t0
         self._count_trigger(msgs)
         return len(msgs)
@@ -379,6 +383,7 @@ class LocalRuntime:
         outputs: list[bytes] = []
         retries: list[tuple[float, int, int]] = []
         dead: list[tuple] = []
+        died: list[tuple[Outcome, int]] = []
         now = self.clock()
         for (rid, attempt, payload, _deliveries), o in zip(rows, outcomes, strict=True):
             route = o.route
@@ -392,19 +397,17 @@ class LocalRuntime:
             else:
                 done.append(rid)
                 dead.append((name, attempt, payload, orjson.dumps(o.error.to_dict())))
-                kind = self.stats[name].dead_kinds.setdefault(o.error.type, [0, o.error.message])
-                kind[0] += 1
-                # the first of each kind per step is a WARNING; the rest are counted in the summary
-                (self.log.warning if kind[0] == 1 else self.log.debug)(
-                    "step '%s': message %s dead-lettered after attempt %d: %s: %s", name,
-                    o.message.id, attempt, o.error.type, o.error.message)
+                died.append((o, attempt))
         self.store.commit_batch(next_step=self._next[name], now=now, done=done, outputs=outputs,
                                 retries=retries, dead=dead)
         st = self.stats[name]
+        for o, attempt in died:  # the first of each kind per step is a WARNING; the summary counts the rest
+            (self.log.warning if st.count_dead(o.error) else self.log.debug)(
+                "step '%s': message %s dead-lettered after attempt %d: %s: %s", name,
+                o.message.id, attempt, o.error.type, o.error.message)
         st.inputs += len(rows)
         st.outputs += len(outputs)
         st.retried += len(retries)
-        st.dead += len(dead)
         if self.recorded is not None:  # what went on the wire (a date is a string there, a tuple a list)
             self.recorded[name].extend(orjson.loads(p)["body"] for o in outcomes if o.error is None
                                        for p in o.payloads)
