@@ -146,6 +146,10 @@ class Redactor:
             if isinstance(value, str):
                 for form in encodings(value):
                     self._mask.setdefault(form, mask(name))
+        self._compile()
+
+    def _compile(self) -> None:
+        """``names`` and the pattern (longest form first, an existing mask never re-masked) from ``_mask``."""
         self.names = sorted({m[len("[REDACTED:"):-1] for m in self._mask.values() if m != "***"})
         forms = sorted(self._mask, key=len, reverse=True)
         self._re = re.compile(_MASKED + "|" + "|".join(map(re.escape, forms))) if forms else None
@@ -177,9 +181,8 @@ class Redactor:
     def __or__(self, other: "Redactor") -> "Redactor":
         merged = Redactor()
         merged._mask = {**other._mask, **self._mask}
-        merged.names = sorted(set(self.names) | set(other.names))
-        forms = sorted(merged._mask, key=len, reverse=True)
-        merged._re = re.compile(_MASKED + "|" + "|".join(map(re.escape, forms))) if forms else None
+        merged._compile()
+        merged.names = sorted(set(self.names) | set(other.names))  # a value known by two names: both
         return merged
 
     def redact(self, text: str) -> str:
