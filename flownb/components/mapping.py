@@ -26,7 +26,7 @@ from .._duration import Duration
 from ..errors import EvaluationTimeout, ExpressionError
 from ..rules import _deadline
 from ..rules._runtime import U, boolean
-from ..rules.expression import EvaluationError, compile
+from ..rules.expression import compile
 from ..rules.mapping import DEFAULT_TIMEOUT, Mapping
 from .base import Action
 
@@ -77,13 +77,13 @@ def _fields(config: MappingConfig) -> dict[str, str]:
     return config.fields if config.fields is not None else {}
 
 
-def _guarded(action: Any, fn: Any, body: Any, field: str, source: str) -> Any:
-    """``fn(body)`` within the step's ``timeout``; EvaluationTimeout names the step and field."""
-    timeout = action.config.timeout
+def _guarded(action: Any, fn: Any, body: Any) -> Any:
+    """``fn(body)`` within the step's ``timeout``; past it ``action._timed_out()`` (an
+    EvaluationTimeout naming the step and field) is raised."""
     try:
-        return _deadline.run(timeout, fn, body)
+        return _deadline.run(action.config.timeout, fn, body)
     except _deadline.Expired:
-        raise EvaluationTimeout(timeout, step=action.ctx.step, field=field, expression=source) from None
+        raise action._timed_out() from None
 
 
 class MappingAction(Action):
@@ -100,48 +100,20 @@ class MappingAction(Action):
 
     def setup(self) -> None:
         c = self.config
-        # one whole-object expression: the very code Mapping.preview runs, so a result that is not an
-        # object fails with the same error in the notebook and in a flow
-        self._whole = Mapping(expression=c.expression).apply if c.expression else None
-        self._fields = [(n, _check(s, None, f"config.fields.{n}").raw) for n, s in _fields(c).items()]
-        self._field: str | None = None  # the field being evaluated (a timeout names it)
-
-    def _map(self, body: dict) -> dict:
-        """One message, within the step's timeout."""
-        self._field = None
-        try:
-            return _deadline.run(self.config.timeout, self._map_body, body)
-        except _deadline.Expired:
-            raise self._timed_out() from None
-
-    def _map_body(self, body: dict) -> dict:
-        if self._whole is not None:
-            return self._whole(body)
-        out = {}
-        for name, fn in self._fields:
-            self._field = name
-            try:
-                v = fn(body)
-            except EvaluationError as exc:
-                raise EvaluationError(exc.detail, code=exc.code, expression=exc.expression,
-                                      field=name) from None
-            if v is not U:
-                out[name] = v
-        return out
+        # the very code Mapping.apply and Mapping.preview run: a row fails (or times out) with the
+        # same error in the notebook and in a flow
+        self._mapping = Mapping(fields=c.fields, expression=c.expression)
 
     def process(self, message, ctx):
-        return self._map(message.body)
+        return self._mapping.apply(message.body, self.config.timeout, self.ctx.step)
 
     def _timed_out(self) -> EvaluationTimeout:
-        c = self.config
-        field = "expression" if c.expression is not None else self._field
-        source = c.expression if c.expression is not None else _fields(c).get(field or "", "")
-        return EvaluationTimeout(c.timeout, step=self.ctx.step, field=field, expression=source)
+        return self._mapping._timed_out(self.config.timeout, self.ctx.step)
 
     def process_batch(self, messages, ctx):
         # one deadline region for the batch, renewed per message (_deadline.each); exceptions are
         # handed back to the runtime, which classifies them
-        fn = self._map_body
+        fn = self._mapping._apply
         return _deadline.each(self.config.timeout, lambda m: fn(m.body), messages, self._timed_out)
 
 
@@ -162,7 +134,7 @@ class FilterAction(Action):
 
     def process(self, message, ctx):
         body = message.body
-        return body if _guarded(self, self._passes, body, "condition", self.config.condition) else None
+        return body if _guarded(self, self._passes, body) else None
 
     def process_batch(self, messages, ctx):
         cond = self._cond
@@ -191,7 +163,7 @@ class SplitAction(Action):
         self._into = self.config.into
 
     def process(self, message, ctx):
-        v = _guarded(self, self._path, message.body, "path", self.config.path)
+        v = _guarded(self, self._path, message.body)
         if v is U:
             return []
         items = v if isinstance(v, list) else [v]

@@ -85,14 +85,16 @@ class Mapping:
         try:
             return _deadline.run(timeout, self._apply, body)
         except _deadline.Expired:
-            field = self._field if self.fields is not None else "expression"
-            raise EvaluationTimeout(timeout, step=step, field=field,
-                                    expression=self._source(field)) from None
+            raise self._timed_out(timeout, step) from None
 
-    def _source(self, field: str | None) -> str:
+    def _timed_out(self, timeout: float, step: str | None) -> EvaluationTimeout:
+        """The error of an evaluation stopped at ``timeout``, naming the field it was in."""
         if self.fields is None:
-            return self.expression or ""
-        return self.fields.get(field or "", "")
+            field, source = "expression", self.expression or ""
+        else:
+            field = self._field
+            source = self.fields.get(field or "", "")
+        return EvaluationTimeout(timeout, step=step, field=field, expression=source)
 
     def _apply(self, body: Any) -> dict:
         if self.fields is None:
