@@ -176,16 +176,19 @@ class QueueStore:
         them was claimed before by a process that died, only that one is claimed (isolating the
         message that kills the process). Single consumer per step: rows stay in the queue until
         :meth:`commit_batch` deletes them."""
-        with self.transaction() as c:
-            rows = c.execute(
+        with self.lock:  # a read first: an idle step takes no write lock and commits nothing
+            rows = self.conn.execute(
                 "SELECT id, attempt, payload, deliveries FROM queue WHERE step=? AND available_at<=? "
                 "ORDER BY available_at, id LIMIT ?", (step, now, limit)).fetchall()
-            suspect = next((r for r in rows if r[3] > 0), None)
-            if suspect is not None:  # the process died during an earlier claim: one at a time, so
-                rows = [suspect]     # that only the message that kills it is counted towards poison
-            if rows:
-                c.execute(f"UPDATE queue SET deliveries=deliveries+1 WHERE id IN "
-                          f"({','.join(str(r[0]) for r in rows)})")
+        if not rows:
+            return rows
+        suspect = next((r for r in rows if r[3] > 0), None)
+        if suspect is not None:  # the process died during an earlier claim: one at a time, so
+            rows = [suspect]     # that only the message that kills it is counted towards poison
+        # counted and committed before the step runs (the rows are this consumer's: one per step)
+        with self.transaction() as c:
+            ids = ",".join(str(r[0]) for r in rows)
+            c.execute(f"UPDATE queue SET deliveries=deliveries+1 WHERE id IN ({ids})")
         return rows
 
     def enqueue(self, step: str, payloads: Sequence[bytes], now: float) -> None:
