@@ -192,10 +192,7 @@ class Mapping:
             try:
                 rows.append(self.apply(rec, timeout))
                 errors.append(None)
-            except EvaluationError as exc:
-                rows.append({})
-                errors.append(exc.detail)
-            except EvaluationTimeout as exc:
+            except (EvaluationError, EvaluationTimeout) as exc:
                 rows.append({})
                 errors.append(exc.detail)
         names: dict[str, None] = {}
