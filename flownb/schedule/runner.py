@@ -27,7 +27,8 @@ from ..secrets import Redactor, redact, redact_notebook, secret_like_env
 from .model import RunRecord, Schedule, ScheduleError
 from .store import ScheduleStore
 
-__all__ = ["claim", "execute", "run_now", "prune_outputs", "publish_output", "run_redactor", "KILL_GRACE"]
+__all__ = ["claim", "execute", "run_now", "prune_outputs", "publish_output", "record_failure", "run_redactor",
+           "KILL_GRACE"]
 
 log = logging.getLogger("flownb.schedule")
 #: seconds a timed-out run gets after SIGTERM (to shut its kernel down) before SIGKILL
@@ -276,14 +277,22 @@ def run_now(store: ScheduleStore, name: str, *, trigger: str = "manual") -> RunR
     try:
         return execute(store, schedule, run_id)
     except BaseException as exc:
-        store.update_run(
-            run_id,
-            status="failed",
-            finished_at=time.time(),
-            error_name=type(exc).__name__,
-            error_value=redact(str(exc), run_redactor(schedule.secret_env)),
-        )
+        reason = record_failure(store, schedule, run_id, exc)
         if isinstance(exc, Exception):
-            reason = redact(str(exc), run_redactor(schedule.secret_env))
             raise ScheduleError(f"run {run_id} of '{name}' could not be executed: {reason}") from exc
         raise
+
+
+def record_failure(store: ScheduleStore, schedule: Schedule, run_id: int, exc: BaseException) -> str:
+    """Record run ``run_id`` as ``failed`` because :func:`execute` raised ``exc``, its error redacted as
+    a run's own errors are (:func:`run_redactor`); returns that redacted message. Every caller of
+    :func:`execute` (run_now, the scheduler, the Jupyter extension) records such a failure with it."""
+    reason = redact(str(exc), run_redactor(schedule.secret_env))
+    store.update_run(
+        run_id,
+        status="failed",
+        finished_at=time.time(),
+        error_name=type(exc).__name__,
+        error_value=reason,
+    )
+    return reason

@@ -21,7 +21,7 @@ import time
 from typing import Callable
 
 from .model import RunRecord, Schedule, next_fire_times
-from .runner import claim, execute
+from .runner import claim, execute, record_failure
 from .store import ScheduleStore
 
 __all__ = ["Scheduler"]
@@ -133,13 +133,7 @@ class Scheduler:
             rec = execute(self.store, s, run_id)
         except Exception as exc:
             log.exception("schedule '%s': run %d could not be executed", s.name, run_id)
-            self.store.update_run(
-                run_id,
-                status="failed",
-                finished_at=time.time(),
-                error_name=type(exc).__name__,
-                error_value=str(exc),
-            )
+            record_failure(self.store, s, run_id, exc)
             rec = self.store.run(run_id)
         finally:
             with self._lock:

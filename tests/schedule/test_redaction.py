@@ -144,3 +144,23 @@ def test_history_masks_an_error_recorded_before_runs_were_redacted(store, tmp_pa
     assert main(["schedule", "--state-dir", str(store.state_dir), "history", "old"]) == 0
     out = capsys.readouterr().out
     assert token not in out and f"[REDACTED:{explicit}]" in out
+
+
+def test_a_run_the_scheduler_cannot_execute_records_its_error_redacted(store, tmp_path, explicit, monkeypatch):
+    from flownb.schedule import scheduler as scheduler_module
+    from flownb.schedule.runner import claim
+    token = os.environ[explicit]
+    schedule = add_schedule(store, secret_notebook(tmp_path / "broken.ipynb", explicit), cron="0 3 * * *",
+                            name="broken", secret_env=[explicit])
+
+    def cannot_start(store, schedule, run_id):  # e.g. the runs directory cannot be created
+        raise OSError(f"cannot start the run with {token}")
+
+    monkeypatch.setattr(scheduler_module, "execute", cannot_start)
+    scheduler = scheduler_module.Scheduler(store)
+    run_id = claim(store, schedule, trigger="manual", planned_for=time.time())
+    scheduler._launch(schedule, run_id)
+    assert scheduler.wait_idle(30)
+    rec = store.run(run_id)
+    assert (rec.status, rec.error_name) == ("failed", "OSError")
+    assert rec.error_value == f"cannot start the run with [REDACTED:{explicit}]"

@@ -510,20 +510,14 @@ class Extension:
         return path
 
     def start_run(self, schedule, run_id: int) -> None:
-        from flownb.schedule.runner import execute
+        from flownb.schedule.runner import execute, record_failure
 
         def work() -> None:
             try:
                 execute(self.store, schedule, run_id)
             except Exception as exc:
                 log.exception("run %d of '%s' could not be executed", run_id, schedule.name)
-                self.store.update_run(
-                    run_id,
-                    status="failed",
-                    finished_at=time.time(),
-                    error_name=type(exc).__name__,
-                    error_value=str(exc),
-                )
+                record_failure(self.store, schedule, run_id, exc)
             finally:
                 self.runs.pop(run_id, None)
 
