@@ -204,7 +204,8 @@ class StepRunner:
             self.setup_failures += 1
             delay = min(30.0, 2.0 ** (self.setup_failures - 1))
             self._setup_retry_at = now + delay
-            HEALTH.set_unready(self._where, f"setup() failed: {type(exc).__name__}: {exc}")
+            from ..secrets import redact  # /healthz is served to anyone who can reach the port
+            HEALTH.set_unready(self._where, redact(f"setup() failed: {type(exc).__name__}: {exc}"))
             log.warning("step '%s' (%s): setup() failed (%s: %s); its messages stay queued; next try "
                         "in %.0fs", self.step.name, self.step.component, type(exc).__name__, exc, delay)
             return False

@@ -101,8 +101,9 @@ class Health:
 
     def fail(self, where: str, exc: BaseException) -> Failure:
         """Record that the thread running ``where`` died of ``exc``; log it; end the process if asked."""
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        failure = Failure(where=where, error=f"{type(exc).__name__}: {exc}", traceback=tb)
+        from ..secrets import redact  # the failure is served on /healthz and logged
+        tb = redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        failure = Failure(where=where, error=redact(f"{type(exc).__name__}: {exc}"), traceback=tb)
         with self._lock:
             if any(f.exc is exc for f in self.failures):  # re-raised through several guards
                 return next(f for f in self.failures if f.exc is exc)
@@ -111,7 +112,7 @@ class Health:
             listeners = list(self._listeners)
             code = self._exit_code
         self.failed.set()
-        log.critical("%s died with an uncaught %s: %s\n%s", where, type(exc).__name__, exc, tb.rstrip())
+        log.critical("%s died with an uncaught %s\n%s", where, failure.error, tb.rstrip())
         for cb in listeners:
             try:
                 cb(failure)

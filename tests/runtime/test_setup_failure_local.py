@@ -12,10 +12,12 @@ import threading
 import time
 
 import pytest
+from setup_flows import Listener, flow, free_port, trigger_flow
 
+import flownb
+from flownb.runtime.core import StepRunner
 from flownb.runtime.health import HEALTH
 from flownb.runtime.local import LocalRuntime
-from setup_flows import Listener, flow, free_port, trigger_flow
 
 pytestmark = [pytest.mark.integration]
 
@@ -123,3 +125,28 @@ def test_a_trigger_whose_setup_fails_is_polled_again_and_the_runtime_lives(tmp_p
         if listener:
             listener.close()
     assert not died
+
+
+def test_the_reasons_health_reports_have_the_flows_secrets_masked(tmp_path):
+    """/healthz is served to whoever reaches the port: a setup() error or a thread's death that
+    quotes a secret shows it masked."""
+    from flownb.runtime.health import Health
+    from flownb.secrets import Redactor, activate
+    secret = "s3cr3t-token-value"
+    undo = activate(Redactor({"CRM_TOKEN": secret}))
+    health = Health()
+    try:
+        source = (f"raise ConnectionError('login as bot:{secret} refused')\n\n"
+                  f"def step(body, ctx):\n    return body\n")
+        f = flownb.Flow(name="masked-health", trigger=flownb.step("src", "webhook", token_env="T"),
+                        steps=[flownb.step("s", "python", source=source, function="step")])
+        runner = StepRunner(f.resolved(), "s")
+        assert not runner.ensure_open(0.0)
+        health.fail("step 's'", RuntimeError(f"died holding {secret}"))
+        text = str(HEALTH.report()) + str(health.report()) + health.failures[0].traceback
+    finally:
+        undo()
+        HEALTH.reset()
+    assert "login as bot:[REDACTED:CRM_TOKEN] refused" in text
+    assert "died holding [REDACTED:CRM_TOKEN]" in text
+    assert secret not in text
