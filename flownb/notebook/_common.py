@@ -34,11 +34,6 @@ def as_sample(sample: Any):
                   f"load one with pd.read_csv(...) / pd.read_json(...) and pass it as the sample")
 
 
-def head(sample: Any, n: int) -> Any:
-    """The first ``n`` rows of a DataFrame or a list."""
-    return sample.head(n) if hasattr(sample, "head") else sample[:n]
-
-
 def sample_fields(sample: Any) -> dict[str, str]:
     """One output field per column (or top-level key) of a sample: name → its JSONata path
     (a dotted column ``customer.email`` → ``customer.email``, a path into the record)."""

@@ -14,7 +14,7 @@ from typing import Any
 import ipywidgets as w
 
 from ..errors import ExpressionError, FlownbError
-from ._common import Debouncer, as_sample, error_html, head, log, ok_html, sample_fields, sample_paths
+from ._common import Debouncer, as_sample, error_html, log, ok_html, sample_fields, sample_paths
 from .display import frame_html
 
 __all__ = ["MappingEditor"]
@@ -115,7 +115,7 @@ class MappingEditor:
         if self.sample is None:
             return []
         try:
-            return sample_paths(to_records(head(self.sample, PATH_ROWS)))
+            return sample_paths(to_records(self.sample, PATH_ROWS))
         except FlownbError:
             return []
 
@@ -264,9 +264,9 @@ class MappingEditor:
             return
         from ..rules import Mapping
 
-        checked = head(self.sample, CHECK_ROWS)
+        checked = min(len(self.sample), CHECK_ROWS)
         try:
-            full = Mapping(fields=good).preview(checked)
+            full = Mapping(fields=good).preview(self.sample, CHECK_ROWS)
         except FlownbError as exc:
             self._set_status(error_html(str(exc)))
             return
@@ -274,8 +274,8 @@ class MappingEditor:
         self._preview = full.head(self.rows)
         errs = full["_error"] if "_error" in full.columns else None
         self._failing = int(errs.fillna("").astype(str).str.len().gt(0).sum()) if errs is not None else 0
-        scope = f" (first {len(checked)} checked)" if len(self.sample) > len(checked) else ""
+        scope = f" (first {checked} checked)" if len(self.sample) > checked else ""
         bad = f"; {len(self.errors)} field{'s' if len(self.errors) != 1 else ''} with errors" if self.errors else ""
-        text = f"{self._failing} of {len(checked)} rows fail{scope}{bad}"
+        text = f"{self._failing} of {checked} rows fail{scope}{bad}"
         self.summary.value = (error_html(text) if self._failing or self.errors else ok_html(text))
         self.preview_html.value = frame_html(self._preview, limit=self.rows)
