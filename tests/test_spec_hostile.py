@@ -3,8 +3,6 @@ never a traceback, a hang or gigabytes of memory."""
 
 from __future__ import annotations
 
-import os
-import resource
 import subprocess
 import sys
 import time
@@ -82,11 +80,9 @@ def test_the_bomb_is_refused_within_a_small_memory_cap(tmp_path):
     spec.write_text(_bomb())
     code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30));"
             "from flownb.cli import main; sys.exit(main(['validate', sys.argv[1]]))")
-    out = subprocess.run([sys.executable, "-c", code, str(spec)], capture_output=True, text=True, timeout=60,
-                         env={**os.environ})
+    out = subprocess.run([sys.executable, "-c", code, str(spec)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "expands to more than" in out.stderr
-    assert resource.getrlimit(resource.RLIMIT_AS)  # the cap applied to the child only
 
 
 def test_a_parameter_value_cannot_be_a_bomb():

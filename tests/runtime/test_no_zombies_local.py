@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from zombie_flows import Proc, flow
+from zombie_flows import Proc, assert_crashed_with_70, flow
 
 pytestmark = [pytest.mark.integration]
 
@@ -30,15 +30,7 @@ def test_a_step_dying_of_a_base_exception_ends_run_with_70_within_5s(tmp_path, m
     spec = flow("zombie-local", "crash").save(tmp_path / "flow.yaml")
     state = tmp_path / "state"
     proc = Proc(["run", str(spec), "--state-dir", str(state), *mode], _env())
-    try:
-        died = proc.first("died with an uncaught SimulatedPanic", timeout=60)
-        code, exited = proc.wait(30)
-    finally:
-        proc.kill()
-    assert code == 70, proc.stderr()
-    assert exited - died < 5.0
-    err = proc.stderr(tail=None)
-    assert "step 'boom'" in err and "simulated panic in the processing thread" in err
+    assert_crashed_with_70(proc)
     assert "processed again on the next run" in proc.out
     # nothing lost: the crashed batch is still queued for 'boom'
     assert _queued(state, "zombie-local") == {"boom": 5}

@@ -95,3 +95,16 @@ class Proc:
         if self.p.poll() is None:
             self.p.kill()
             self.p.wait()
+
+
+def assert_crashed_with_70(proc: Proc, step: str = "boom") -> None:
+    """``proc`` logged that ``step``'s thread died of the SimulatedPanic, then exited 70 within 5 s."""
+    try:
+        died = proc.first("died with an uncaught SimulatedPanic", timeout=60)
+        code, exited = proc.wait(30)
+    finally:
+        proc.kill()
+    assert code == 70, proc.stderr()
+    assert exited - died < 5.0
+    err = proc.stderr(tail=None)
+    assert f"step '{step}'" in err and "simulated panic in the processing thread" in err

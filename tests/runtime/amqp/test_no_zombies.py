@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from zombie_flows import Proc, flow  # noqa: E402
+from zombie_flows import Proc, assert_crashed_with_70, flow  # noqa: E402
 
 from amqp_components import wait_for  # noqa: E402
 from flownb.message import Message  # noqa: E402
@@ -72,15 +72,7 @@ def test_a_thread_dying_of_a_base_exception_ends_the_worker_with_70_within_5s(br
     if how != ["--all"]:
         _publish(f, broker, "boom", 5)
     proc = Proc(["worker", str(spec), *how, "--metrics-port", str(_port())], _env(broker))
-    try:
-        died = proc.first("died with an uncaught SimulatedPanic", timeout=60)
-        code, exited = proc.wait(30)
-    finally:
-        proc.kill()
-    assert code == 70, proc.stderr()
-    assert exited - died < 5.0
-    err = proc.stderr(tail=None)
-    assert "step 'boom'" in err and "simulated panic in the processing thread" in err
+    assert_crashed_with_70(proc)
     # nothing lost: the deliveries that were in the dead thread went back to boom's queue
     wait_for(lambda: queue_depths(f, broker)["boom"]["ready"] == 5, timeout=20, what="5 requeued for boom")
     assert queue_depths(f, broker)["boom"]["dead"] == 0
