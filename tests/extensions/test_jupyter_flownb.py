@@ -47,14 +47,20 @@ def _flow(tmp_path):
     )
 
 
-def test_a_real_http_call_reaches_the_flow_the_kernel_is_testing(jupyter, tmp_path, monkeypatch):
-    from jupyter_flownb import served_flows, serve_in_jupyter, stop_serving
-
-    # this test process plays the kernel: same runtime dir as the server, so the same registry
+def _play_kernel(jupyter, monkeypatch) -> str:
+    """This test process plays the kernel: the server's runtime dir (so the same hook registry) and
+    the flow's token in its environment (the server never had it); returns the token."""
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(jupyter.runtime))
     monkeypatch.delenv("FLOWNB_JUPYTER_REGISTRY", raising=False)
     token = uuid.uuid4().hex
     monkeypatch.setenv("NB_HOOK_TOKEN", token)
+    return token
+
+
+def test_a_real_http_call_reaches_the_flow_the_kernel_is_testing(jupyter, tmp_path, monkeypatch):
+    from jupyter_flownb import served_flows, serve_in_jupyter, stop_serving
+
+    token = _play_kernel(jupyter, monkeypatch)
     flow = _flow(tmp_path)
     state = tmp_path / "state"
     hook = serve_in_jupyter(flow, state, max_body=2000)
@@ -239,11 +245,8 @@ def test_a_flow_with_hmac_secret_refuses_unsigned_requests(jupyter, tmp_path, mo
     from flownb.webhook import sign
     from jupyter_flownb import serve_in_jupyter, stop_serving
 
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(jupyter.runtime))
-    monkeypatch.delenv("FLOWNB_JUPYTER_REGISTRY", raising=False)
-    token, secret = uuid.uuid4().hex, uuid.uuid4().hex
+    token, secret = _play_kernel(jupyter, monkeypatch), uuid.uuid4().hex
     # the server was started before these were set: only the kernel (this process) has them
-    monkeypatch.setenv("NB_HOOK_TOKEN", token)
     monkeypatch.setenv("NB_HOOK_SECRET", secret)
     name = f"signed-{uuid.uuid4().hex[:8]}"
     flow = flownb.Flow.model_validate(
@@ -390,10 +393,7 @@ def test_hook_tokens_never_reach_the_server_log(jupyter, tmp_path, monkeypatch):
     """The bug: the access log of a non-2xx hook request showed the URL with its token."""
     from jupyter_flownb import serve_in_jupyter, stop_serving
 
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(jupyter.runtime))
-    monkeypatch.delenv("FLOWNB_JUPYTER_REGISTRY", raising=False)
-    token = uuid.uuid4().hex
-    monkeypatch.setenv("NB_HOOK_TOKEN", token)
+    token = _play_kernel(jupyter, monkeypatch)
     flow = _flow(tmp_path)
     hook = serve_in_jupyter(flow, tmp_path / "state", max_body=1000)
     wrong = uuid.uuid4().hex
