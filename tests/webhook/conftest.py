@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -29,6 +32,34 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_cli(args: list[str], env: dict, port: int, *, within: float = 60) -> subprocess.Popen:
+    """``python -m flownb.cli ARGS --port PORT`` in a real process, returned once its /healthz answers 200
+    (output on its stdout pipe; fails the test when it exits or is not up ``within`` seconds)."""
+    proc = subprocess.Popen([sys.executable, "-m", "flownb.cli", *args, "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + within
+    while True:
+        assert proc.poll() is None, proc.stdout.read().decode()
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the webhook server did not come up"
+        time.sleep(0.1)
+
+
+def stop_cli(proc: subprocess.Popen) -> str:
+    """SIGINT, as Ctrl-C (killed after 30 s); returns what the process printed."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out.decode(errors="replace")
 
 
 class ServerThread:

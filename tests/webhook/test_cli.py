@@ -6,9 +6,6 @@ from __future__ import annotations
 import csv
 import os
 import secrets
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -18,7 +15,7 @@ import pytest
 
 from flownb.flow import Flow, step
 
-from .conftest import BROKER, amqp_delete, free_port
+from .conftest import BROKER, amqp_delete, free_port, start_cli, stop_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -27,31 +24,6 @@ def _flow(tmp: Path, token_env: str, **hook) -> Flow:
     return Flow(name=f"wh-{uuid.uuid4().hex[:10]}", trigger=step("hook", "webhook", token_env=token_env, **hook),
                 steps=[step("keep", "log", level="debug"),
                        step("sink", "csv.write", path=str(tmp / "out.csv"), columns=["q"], fsync=False)])
-
-
-def _start(args: list[str], env: dict, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "flownb.cli", *args, "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while True:
-        assert proc.poll() is None, proc.stdout.read().decode()
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the webhook server did not come up"
-        time.sleep(0.1)
-
-
-def _stop(proc: subprocess.Popen) -> str:
-    proc.send_signal(signal.SIGINT)
-    try:
-        out, _ = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    return out.decode(errors="replace")
 
 
 def _rows(path: Path, n: int, timeout: float = 20) -> list[dict]:
@@ -78,7 +50,7 @@ def test_worker_cli_serves_sync_and_async_on_rabbitmq(tmp_path):
             (tmp_path / mode).mkdir()
             spec = flow.save(tmp_path / f"{mode}.yaml")
             port = free_port()
-            procs.append((_start(["worker", str(spec), "--all"], env, port), port))
+            procs.append((start_cli(["worker", str(spec), "--all"], env, port, within=30), port))
         (sync_proc, sync_port), (async_proc, async_port) = procs
         with httpx.Client(timeout=30) as client:
             r = client.post(f"http://127.0.0.1:{sync_port}/hooks/{flows['sync'].name}/{token}", json={"q": "hello"})
@@ -95,16 +67,12 @@ def test_worker_cli_serves_sync_and_async_on_rabbitmq(tmp_path):
         assert len(_rows(tmp_path / "async" / "out.csv", 21, timeout=0.2)) == 20  # exactly once
     finally:
         for proc, _ in procs:
-            _stop(proc)
+            stop_cli(proc)
         for flow in flows.values():
             amqp_delete(flow)
 
 
 def test_run_cli_serves_sync_and_async_on_the_embedded_runtime(tmp_path):
-    try:
-        from flownb.runtime.local import LocalRuntime  # noqa: F401
-    except ImportError:
-        pytest.skip("the embedded runtime (flownb.runtime.local.LocalRuntime) is not available yet")
     token_env = f"WH_TOKEN_{uuid.uuid4().hex[:8].upper()}"
     token = secrets.token_urlsafe(24)
     env = {**os.environ, token_env: token}
@@ -115,7 +83,7 @@ def test_run_cli_serves_sync_and_async_on_the_embedded_runtime(tmp_path):
             (tmp_path / mode).mkdir()
             spec = flow.save(tmp_path / f"{mode}.yaml")
             port = free_port()
-            procs.append((_start(["run", str(spec), "--state-dir", str(tmp_path / mode / "state")], env, port), port))
+            procs.append((start_cli(["run", str(spec), "--state-dir", str(tmp_path / mode / "state")], env, port, within=30), port))
         (_, sync_port), (_, async_port) = procs
         with httpx.Client(timeout=30) as client:
             r = client.post(f"http://127.0.0.1:{sync_port}/hooks/{flows['sync'].name}/{token}?x=1", json={"q": "hi"})
@@ -130,4 +98,4 @@ def test_run_cli_serves_sync_and_async_on_the_embedded_runtime(tmp_path):
         assert len(_rows(tmp_path / "async" / "out.csv", 21, timeout=0.2)) == 20  # exactly once
     finally:
         for proc, _ in procs:
-            _stop(proc)
+            stop_cli(proc)

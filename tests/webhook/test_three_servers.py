@@ -15,9 +15,7 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,7 +29,7 @@ from flownb.flow import Flow, step
 from flownb.message import Message
 from flownb.webhook.parse import sign
 
-from .conftest import BROKER, amqp_delete, amqp_drain, free_port
+from .conftest import BROKER, amqp_delete, amqp_drain, free_port, start_cli, stop_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq, pytest.mark.slow]
 
@@ -143,30 +141,6 @@ def _flows(tmp: Path, kind: str, token_env: str, secret_env: str) -> dict[str, F
     return {"a": flow("a", max_depth=MAX_DEPTH, max_body=MAX_BODY), "b": flow("b", signature_header=CUSTOM_HEADER)}
 
 
-def _start_cli(args: list[str], env: dict, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "flownb.cli", *args, "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, proc.stdout.read().decode()
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the webhook server did not come up"
-        time.sleep(0.1)
-
-
-def _stop_cli(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-
-
 def _csv_rows(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -197,11 +171,11 @@ def served(request, tmp_path_factory) -> Iterator[Served]:
             args = (["run", spec, "--state-dir", str(tmp / "state")] if kind == "embedded"
                     else ["worker", spec, "--step", "hook"])
             port = free_port()
-            procs[k] = (_start_cli(args, env, port), port)
+            procs[k] = (start_cli(args, env, port), port)
         yield from _serve_cli(kind, tmp, flows, token, secret, {k: port for k, (_p, port) in procs.items()})
     finally:
         for proc, _port in procs.values():
-            _stop_cli(proc)
+            stop_cli(proc)
         if kind == "rabbitmq":
             for f in flows.values():
                 amqp_delete(f)
