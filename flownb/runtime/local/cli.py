@@ -139,17 +139,9 @@ def run_cli(flow: Flow, args: Any) -> int:
         with _signals(runtime, stop):
             webhook = runtime.trigger.kind == "webhook"
             if args.until_idle:
-                dead_before = runtime.store.dead_count()
                 _poll(runtime)
                 with _progress(runtime, console) as progress:
                     summary = runtime.drain(progress)
-                new_dead = summary.dead_letters - dead_before
-                print_summary(summary, console, _dlq_command(args))
-                if new_dead > 0 and not getattr(args, "allow_dead_letters", False):
-                    console.print(f"[red]{new_dead:,} message(s) were dead-lettered by this run[/red]; exit "
-                                  f"status 1 (pass --allow-dead-letters to accept them)", soft_wrap=True)
-                    return 1
-                return EXIT_CRASHED if HEALTH.failed.is_set() else 0
             elif webhook and getattr(args, "port", None):
                 summary = _serve(runtime, args)
             else:
@@ -158,7 +150,14 @@ def run_cli(flow: Flow, args: Any) -> int:
                                   "processed; pass --port to receive requests[/yellow]")
                 summary = runtime.run(stop_event=stop)
         print_summary(summary, console, _dlq_command(args))
-        return EXIT_CRASHED if HEALTH.failed.is_set() else 0
+        if HEALTH.failed.is_set():
+            return EXIT_CRASHED
+        new_dead = sum(s.dead for s in summary.steps.values())  # dead-lettered by this run
+        if args.until_idle and new_dead and not getattr(args, "allow_dead_letters", False):
+            console.print(f"[red]{new_dead:,} message(s) were dead-lettered by this run[/red]; exit "
+                          f"status 1 (pass --allow-dead-letters to accept them)", soft_wrap=True)
+            return 1
+        return 0
     except BaseException as exc:
         if isinstance(exc, (KeyboardInterrupt, FlownbError)):
             raise
