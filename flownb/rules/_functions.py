@@ -11,6 +11,7 @@ import math
 import re
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import quote
 
 from ._runtime import U, EvalError, Fallback, Seq, boolean, collapse, is_num, lookup, norm, string
 
@@ -276,8 +277,6 @@ _URI_SAFE = _URI_COMPONENT_SAFE + ";,/?:@&=+$#"  # encodeURI also leaves the res
 
 
 def _encode_uri(v: Any, fn: str, safe: str) -> Any:
-    from urllib.parse import quote
-
     v = _str(v, fn)
     if v is U:
         return U
