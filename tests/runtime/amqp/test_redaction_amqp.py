@@ -21,23 +21,12 @@ from amqp_components import wait_for
 
 import flownb
 from flownb.runtime.amqp import names
-from flownb.testing import HttpTarget
+from tests.test_redaction import EchoAuthTarget
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
 FLOWNB = str(Path(sys.executable).parent / "flownb")
 VAR = "FLOWNB_TEST_AMQP_ECHO_TOKEN"
 MASKED = f"[REDACTED:{VAR}]"
-
-
-class EchoAuthTarget(HttpTarget):
-    """Answers 400 with a body echoing the request's Authorization header (a careless server)."""
-
-    def _decide(self, request):
-        with self._lock:
-            self.received.append(request)
-        body = json.dumps({"error": "invalid credentials",
-                           "echo": {"authorization": request.headers.get("authorization")}}).encode()
-        return 400, {}, body
 
 
 def assert_clean(token: str, data: bytes | str, where: str) -> None:
