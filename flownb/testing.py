@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 from urllib.parse import parse_qsl, urlsplit
 
-from .runtime.local.testing import TestResult
+from .runtime.local.flow_test import TestResult
 
 __all__ = ["HttpTarget", "Received", "TestResult"]
 

@@ -6,7 +6,7 @@ papermill, nbformat and the Docker SDK are imported lazily, inside the functions
 from __future__ import annotations
 
 from .compose import render_compose, write_compose
-from .engine import DeployResult, deploy, down, status
+from .docker import DeployResult, deploy, down, status
 from .export import ExportResult, check_parameters, export, flows_in_notebook, notebook_parameters
 from .image import (
                     DEBIAN_BASE_IMAGE,

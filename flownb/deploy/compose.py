@@ -7,12 +7,12 @@ from pathlib import Path
 import yaml
 
 from ..flow import Flow
-from ._common import (
+from .plan import (
     BROKER_ENV,
     INTERNAL_BROKER_URL,
     RABBITMQ_IMAGE,
     image_name,
-    plan,
+    step_plans,
     secret_envs,
     url_has_password,
 )
@@ -53,7 +53,7 @@ def render_compose(flow: Flow, *, broker_url: str | None = None, image: str | No
     if broker_url is None:
         services["rabbitmq"] = _rabbitmq()
     img = image or image_name(flow)
-    for p in plan(flow):
+    for p in step_plans(flow):
         # every step service names the build: compose then never tries to pull the local image
         svc: dict = {"image": img, "build": {"context": "."}}
         svc.update({

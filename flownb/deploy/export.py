@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import DeployError, ParameterError, did_you_mean
 from ..flow import Flow, coerce_parameter, from_spec, load
 from ..notebook.display import FLOW_MIME
-from ._common import BROKER_ENV, check_no_literal_secrets, secret_envs, url_has_password
+from .plan import BROKER_ENV, check_no_literal_secrets, secret_envs, url_has_password
 from .redact import redact_notebook, redact_values
 
 __all__ = [

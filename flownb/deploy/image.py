@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import DeployError
 from ..flow import Flow, load
-from ._common import extras_for, image_name
+from .plan import extras_for, image_name
 
 __all__ = [
     "DEBIAN_BASE_IMAGE",

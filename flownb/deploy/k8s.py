@@ -10,13 +10,13 @@ import yaml
 
 from ..flow import Flow
 from ..runtime.amqp import names
-from ._common import (
+from .plan import (
     BROKER_ENV,
     METRICS_PORT,
     RABBITMQ_IMAGE,
     StepPlan,
     image_name,
-    plan,
+    step_plans,
     secret_envs,
     secrets_name,
     url_has_password,
@@ -175,7 +175,7 @@ def render_manifests(flow: Flow, *, broker_url: str | None = None, image: str | 
     files: dict[str, list[dict]] = {"configmap.yaml": [_configmap(flow)]}
     if broker_url is None:
         files["rabbitmq.yaml"] = _rabbitmq(flow)
-    for p in plan(flow):
+    for p in step_plans(flow):
         objs = [_deployment(flow, p, img, broker_url)]
         if p.port is not None:
             objs.append(_webhook_service(flow, p))

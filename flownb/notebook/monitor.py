@@ -28,7 +28,6 @@ from .display import records_html
 
 __all__ = ["Monitor", "Snapshot", "management_snapshot"]
 
-DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_MANAGEMENT = "http://127.0.0.1:15672"
 
 
@@ -125,7 +124,7 @@ def throughput_svg(history: list[Snapshot], *, width: int = 420, height: int = 1
 class Monitor:
     """Live figures of a deployed flow; ``.refresh()`` once, ``.start()``/``.stop()`` periodically."""
 
-    def __init__(self, spec: Flow | str | Path, broker: str = DEFAULT_BROKER, *,
+    def __init__(self, spec: Flow | str | Path, broker: str = names.DEFAULT_BROKER_URL, *,
                  management_url: str | None = DEFAULT_MANAGEMENT, interval: float = 5.0,
                  history: int = 120, autostart: bool = True):
         self.flow = spec if isinstance(spec, Flow) else load(Path(spec) if not isinstance(spec, Path) else spec)

@@ -16,6 +16,7 @@ def add_parser(sub: Any) -> None:
     """Add the ``schedule`` command group to the ``flownb`` sub-parsers."""
     p = sub.add_parser("schedule", help="run notebooks on cron schedules with papermill")
     p.add_argument("--state-dir", default=".flownb", help="where schedules, run history and outputs live")
+    p.set_defaults(handler=_schedule)
     ss = p.add_subparsers(dest="schedule_command", required=True, metavar="ACTION")
     # ``--state-dir`` is accepted after the action too (flownb schedule list --state-dir X)
     state = argparse.ArgumentParser(add_help=False)
@@ -255,3 +256,8 @@ _ACTIONS = {
     "history": _history,
     "serve": _serve,
 }
+
+
+def _schedule(args) -> int:
+    from .._cli import console
+    return schedule_cli(args, console())

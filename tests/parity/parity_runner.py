@@ -25,7 +25,7 @@ table, own flow name on the broker), so they can run in parallel processes:
   ``$boolean``); rows with ``_error`` are the step's dead letters;
 - ``test``: ``flow.test(sample)`` (in memory, virtual clock);
 - ``local``: ``LocalRuntime`` on a temp state dir, drained until idle
-  (``tests/runtime/engines.py``'s ``LocalEngine``);
+  (``tests/runtime/runtimes.py``'s ``LocalEngine``);
 - ``amqp``: one real ``flownb worker SPEC --step X`` process per step against RabbitMQ (+ the
   trigger's worker for a polling trigger), samples published to the first step's queue as the
   trigger's output; the last step's outputs are collected by an extra ``log`` step without a worker.
@@ -67,7 +67,7 @@ CAPTURE = "parity-capture"
 RUN_TIMEOUT = float(os.environ.get("FLOWNB_PARITY_TIMEOUT", "60"))  # seconds a path may take to settle
 
 sys.path.insert(0, str(HERE.parent / "runtime"))
-from engines import LocalEngine  # noqa: E402  (also registers the lt.* test components, unused here)
+from runtimes import LocalEngine  # noqa: E402  (also registers the lt.* test components, unused here)
 
 # -- cases ----------------------------------------------------------------------------------------
 
@@ -501,7 +501,7 @@ def _metric(port: int, name: str, step: str) -> float:
 def run_amqp(env: Env) -> Raw:
     from flownb.message import Message
     from flownb.runtime.amqp import names
-    from flownb.runtime.amqp.consumer import PERSISTENT
+    from flownb.runtime.amqp.step_worker import PERSISTENT
     from flownb.runtime.amqp.dlq import AmqpDeadLetters
     from flownb.runtime.amqp.topology import connect, declare_flow
 

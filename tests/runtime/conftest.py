@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import engines  # noqa: E402,F401  (registers lt.*)
+import runtimes  # noqa: E402,F401  (registers lt.*)
 
 from flownb import Flow, step  # noqa: E402
 

@@ -4,7 +4,7 @@ same dead letters, same trigger state."""
 from __future__ import annotations
 
 import pytest
-from engines import ENGINES
+from runtimes import ENGINES
 
 FAST_RETRY = {"retry": {"max_attempts": 3, "initial": "20ms", "max": "50ms"}}
 

@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from engines import sink_counts
+from runtimes import sink_counts
 
 from flownb import Message, action
 from flownb.errors import MessageError, QueueFull, RuntimeFailure, SpecError

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from engines import sink_counts
+from runtimes import sink_counts
 
 from flownb import save
 
@@ -20,7 +20,7 @@ HERE = Path(__file__).parent
 TOTAL = 5000
 POISON = [17, 2500, 4990]
 # the real CLI entry point, in a fresh interpreter that also registers the lt.* test components
-LAUNCH = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import engines; "
+LAUNCH = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import runtimes; "
           "from flownb.cli import main; sys.exit(main(sys.argv[1:]))")
 
 pytestmark = pytest.mark.slow

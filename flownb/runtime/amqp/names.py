@@ -13,6 +13,16 @@ of the last step publishes its output there (default exchange), as well as passi
 from __future__ import annotations
 
 REPLY_TO_HEADER = "flownb-reply-to"
+#: the environment variable every command reads the broker from when no ``--broker`` is given
+BROKER_ENV = "FLOWNB_BROKER_URL"
+#: the broker of a development machine (the machine's own RabbitMQ), when neither is given
+DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def broker_url(explicit: str | None = None) -> str:
+    """The broker to use: ``explicit`` (``--broker``), else ``$FLOWNB_BROKER_URL``, else the default."""
+    import os
+    return explicit or os.environ.get(BROKER_ENV) or DEFAULT_BROKER_URL
 
 
 def exchange(flow: str) -> str:

@@ -35,7 +35,7 @@ from ...errors import BrokerError, FlownbError
 from ...flow import Flow
 from ..core import TriggerRunner
 from . import names
-from .consumer import PERSISTENT, error_props
+from .step_worker import PERSISTENT, error_props
 from .metrics import StepMetrics
 from .topology import VERSION_HEADER, TopologyError, connect, declare_flow, max_length
 

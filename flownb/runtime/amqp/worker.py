@@ -22,14 +22,14 @@ from ...flow import Flow
 from ...secrets import check_env
 from ..core import build_component
 from ..health import EXIT_CRASHED, HEALTH, exit_on_failure, start_thread, stop_deadline
-from .consumer import StepWorker
+from .step_worker import StepWorker
 from .metrics import add_readiness, serve
+from .names import broker_url
 from .trigger import TriggerWorker
 
-__all__ = ["worker_cli", "make_worker", "run_workers", "DEFAULT_BROKER"]
+__all__ = ["worker_cli", "make_worker", "run_workers"]
 
 log = logging.getLogger(__name__)
-DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 class Worker(Protocol):
@@ -102,7 +102,7 @@ def worker_cli(flow: Flow, args) -> int:
 
 def _worker_cli(flow: Flow, args) -> None:
     flow = flow.resolved()
-    broker = args.broker or os.environ.get("FLOWNB_BROKER_URL") or DEFAULT_BROKER
+    broker = broker_url(args.broker)
     # an unset secret stops the worker before it consumes anything (exit 2 naming step and variable)
     check_env(flow, None if args.all else [flow.step(args.step).name])
     webhook = trigger_kind(flow) == "webhook"

@@ -32,11 +32,32 @@ from ...errors import FlownbError, RuntimeFailure
 from ...flow import Flow
 from ...secrets import check_env
 from ..health import EXIT_CRASHED, HEALTH, exit_on_failure, stop_deadline
-from .engine import LocalRuntime, Progress, RunSummary
+from .runtime import LocalRuntime, Progress, RunSummary
 
-__all__ = ["run_cli", "print_summary"]
+__all__ = ["add_parser", "run_cli", "print_summary"]
 
 log = logging.getLogger("flownb.runtime.local")
+
+
+def add_parser(sub: Any) -> None:
+    from ..._cli import add_spec
+    p = sub.add_parser("run", help="run a flow on the embedded runtime (SQLite queues)")
+    add_spec(p)
+    p.add_argument("--state-dir", default=".flownb", help="where queues, cursors and dead letters live")
+    p.add_argument("--until-idle", action="store_true",
+                   help="poll once, drain every queue, exit (1 if the run dead-lettered messages)")
+    p.add_argument("--port", type=int, default=None, help="serve a webhook trigger on this port")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--reset-state", action="store_true",
+                   help="start over: move this flow's state (cursor, queues, dead letters) aside first")
+    p.add_argument("--allow-dead-letters", action="store_true",
+                   help="with --until-idle: exit 0 even when the run dead-lettered messages (default: 1)")
+    p.set_defaults(handler=_run)
+
+
+def _run(args) -> int:
+    from ..._cli import redacted
+    return redacted(run_cli, args)
 
 
 def _console():

@@ -10,7 +10,7 @@ from ...errors import RuntimeFailure, SpecError
 from ...flow import Flow
 from ...secrets import Redactor, redact_dead_letter
 from ..core import DeadLetter, DeadLetterStore
-from .engine import dead_letter_from_row
+from .runtime import dead_letter_from_row
 from .store import open_state
 
 __all__ = ["LocalDeadLetters"]

@@ -29,7 +29,7 @@ from ...message import Message
 from ..core import TriggerRunner
 from ..health import HEALTH
 from ..ingress import Accepted, Backpressure, ReplyBook, Unavailable
-from .engine import cached_depth, within_limit, wrap_pushed
+from .runtime import cached_depth, within_limit, wrap_pushed
 from .store import open_state
 
 __all__ = ["LocalIngest", "FirstQueue"]

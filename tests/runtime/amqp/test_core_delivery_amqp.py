@@ -16,7 +16,7 @@ import flownb  # noqa: E402
 from amqp_components import wait_for  # noqa: E402
 from flownb.message import Message  # noqa: E402
 from flownb.runtime.amqp import names  # noqa: E402
-from flownb.runtime.amqp.consumer import PERSISTENT  # noqa: E402
+from flownb.runtime.amqp.step_worker import PERSISTENT  # noqa: E402
 from flownb.runtime.amqp.dlq import AmqpDeadLetters  # noqa: E402
 from flownb.runtime.amqp.topology import connect, declare_flow, queue_depths  # noqa: E402
 

@@ -158,7 +158,7 @@ def test_target_answering_503_for_20s_is_retried_until_it_recovers(broker, runni
 
 @pytest.mark.slow
 def test_a_step_slower_than_the_heartbeat_keeps_its_connection(broker, running, tmp_path, caplog):
-    from flownb.runtime.amqp.consumer import StepWorker
+    from flownb.runtime.amqp.step_worker import StepWorker
     from flownb.runtime.amqp.worker import run_workers
     db = tmp_path / "sink.db"
     flow = flownb.Flow(name="hb", trigger=flownb.step("src", "amqptest.count", total=2, batch=2),

@@ -10,7 +10,7 @@ import flownb
 from amqp_components import wait_for
 from flownb.message import Message
 from flownb.runtime.amqp import names
-from flownb.runtime.amqp.consumer import PERSISTENT
+from flownb.runtime.amqp.step_worker import PERSISTENT
 from flownb.runtime.amqp.dlq import AmqpDeadLetters
 from flownb.runtime.amqp.topology import connect, declare_flow, queue_depths
 

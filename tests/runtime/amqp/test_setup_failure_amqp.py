@@ -21,7 +21,7 @@ from setup_flows import Listener, flow, free_port, trigger_flow  # noqa: E402
 from amqp_components import wait_for  # noqa: E402
 from flownb.message import Message  # noqa: E402
 from flownb.runtime.amqp import names  # noqa: E402
-from flownb.runtime.amqp.consumer import PERSISTENT, StepWorker  # noqa: E402
+from flownb.runtime.amqp.step_worker import PERSISTENT, StepWorker  # noqa: E402
 from flownb.runtime.amqp.metrics import add_readiness, serve  # noqa: E402
 from flownb.runtime.amqp.topology import connect, declare_flow, queue_depths  # noqa: E402
 from flownb.runtime.health import HEALTH  # noqa: E402

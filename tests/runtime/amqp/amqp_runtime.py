@@ -1,4 +1,4 @@
-"""``AmqpEngine``: the conformance-suite engine (tests/runtime/engines.py) on the real RabbitMQ.
+"""``AmqpEngine``: the conformance-suite engine (tests/runtime/runtimes.py) on the real RabbitMQ.
 
 Same interface as ``LocalEngine``: ``run(flow, inputs=None, polls=1, tmp=…) -> Result``. Each run
 gets a throw-away vhost. The outputs of the flow's last step are captured by appending one step
@@ -20,7 +20,7 @@ import pytest
 import flownb
 from flownb.message import Message
 from flownb.runtime.amqp import names
-from flownb.runtime.amqp.consumer import PERSISTENT, StepWorker
+from flownb.runtime.amqp.step_worker import PERSISTENT, StepWorker
 from flownb.runtime.amqp.dlq import AmqpDeadLetters
 from flownb.runtime.amqp.topology import connect, declare_flow, queue_depths
 from flownb.runtime.amqp.trigger import TriggerWorker, read_state
@@ -40,7 +40,7 @@ class AmqpEngine:
     name = "amqp"
 
     def run(self, flow, inputs=None, polls: int = 1, tmp=None, timeout: float = 60.0):
-        from engines import Result
+        from runtimes import Result
         try:
             pika.BlockingConnection(pika.URLParameters(ROOT)).close()
         except pika.exceptions.AMQPError:

@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 from ..errors import BrokerError, DeployError, FlownbError
 from ..flow import Flow, load
 from ..runtime.amqp import names
-from ._common import BROKER_ENV, RABBITMQ_IMAGE, image_name, plan, secret_envs
+from ..runtime.amqp.names import DEFAULT_BROKER_URL
+from .plan import BROKER_ENV, RABBITMQ_IMAGE, image_name, secret_envs, step_plans
 from .image import build_image, docker_client, image_exists
 
 __all__ = ["RESTART_POLICY", "DeployResult", "deploy", "down", "read_env_file", "status"]
@@ -29,7 +30,6 @@ log = logging.getLogger("flownb.deploy")
 Progress = Callable[[str], None]
 RESTART_POLICY = {"Name": "unless-stopped"}
 STOP_TIMEOUT = 60  # seconds between SIGTERM (drain) and SIGKILL
-LOCAL_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 @dataclass
@@ -115,7 +115,7 @@ def _start_broker(client, flow: Flow, network: str, say: Progress) -> str:
                               labels={"flownb.flow": flow.name, "flownb.role": "broker"},
                               volumes={f"flownb-{flow.name}-rabbitmq": {"bind": "/var/lib/rabbitmq",
                                                                         "mode": "rw"}})
-    url = LOCAL_BROKER_URL if network == "host" else f"amqp://guest:guest@{name}:5672/"
+    url = DEFAULT_BROKER_URL if network == "host" else f"amqp://guest:guest@{name}:5672/"
     if network == "host":
         _wait_port(url)
     return url
@@ -142,7 +142,7 @@ def deploy(out: str | Path, *, broker_url: str | None = None, network: str = "ho
     env = {BROKER_ENV: broker_url, **env_secrets}
     binds = {host: {"bind": target, "mode": "rw"} for host, target in (volumes or {}).items()}
     result = DeployResult(flow=flow.name, image=tag, broker_url=broker_url)
-    for p in plan(flow):
+    for p in step_plans(flow):
         replicas = p.replicas
         if p.port is not None and network == "host" and replicas > 1:
             say(f"step '{p.name}': {replicas} replicas cannot share port {p.port} on the host network; "

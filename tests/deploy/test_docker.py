@@ -181,7 +181,7 @@ def test_a_missing_secret_stops_the_deploy_before_anything_starts(tmp_path, monk
 
 
 def test_secrets_env_file_is_read(tmp_path):
-    from flownb.deploy.engine import read_env_file
+    from flownb.deploy.docker import read_env_file
     from flownb.errors import DeployError
     f = tmp_path / "secrets.env"
     f.write_text("# comment\n\nexport A=1\nB = 'two words'\nC=\"x=y\"\n")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import DeployError
+from ..runtime.amqp.names import BROKER_ENV
 from ..flow import Flow, Step
 from ..secrets import required_env, walk_config
 
@@ -14,7 +15,6 @@ DEFAULT_WEBHOOK_PORT = 8080
 METRICS_PORT = 9100
 INTERNAL_BROKER_URL = "amqp://guest:guest@rabbitmq:5672/"
 RABBITMQ_IMAGE = "rabbitmq:3-management"
-BROKER_ENV = "FLOWNB_BROKER_URL"
 #: config keys whose literal value would be a secret: name an environment variable instead
 _SECRET_KEYS = re.compile(r"^(password|passwd|secret|token|api_?key|access_?key|authorization|"
                           r"client_secret|private_key)$", re.IGNORECASE)
@@ -99,7 +99,7 @@ def component_kind(component: str) -> str:
         return "webhook" if component.split(".")[-1] == "webhook" else "poll"
 
 
-def plan(flow: Flow) -> list[StepPlan]:
+def step_plans(flow: Flow) -> list[StepPlan]:
     out = [StepPlan(flow.trigger, True, component_kind(flow.trigger.component))]
     out += [StepPlan(s, False, "action") for s in flow.steps]
     return out
@@ -108,7 +108,7 @@ def plan(flow: Flow) -> list[StepPlan]:
 def extras_for(flow: Flow) -> list[str]:
     """flownb extras the flow's workers need (webhook server, PostgreSQL driver)."""
     extras = []
-    if any(p.kind == "webhook" for p in plan(flow)):
+    if any(p.kind == "webhook" for p in step_plans(flow)):
         extras.append("webhook")
     text = flow.to_yaml()
     if "postgresql" in text or "postgres://" in text:

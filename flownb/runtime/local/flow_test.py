@@ -9,7 +9,7 @@ from ...errors import SpecError, did_you_mean
 from ...flow import Flow
 from ...records import to_records
 from ..core import DeadLetter
-from .engine import LocalRuntime, VirtualClock
+from .runtime import LocalRuntime, VirtualClock
 
 __all__ = ["TestResult", "test_flow"]
 

@@ -11,7 +11,7 @@ An engine runs a flow and reports what came out::
   the polling trigger's saved cursor.
 
 Add an engine (e.g. ``AmqpEngine``) to :data:`ENGINES`; ``test_conformance.py`` runs every test on
-each. Processes that run the flow in another interpreter can ``import engines`` to register the
+each. Processes that run the flow in another interpreter can ``import runtimes`` to register the
 ``lt.*`` components below.
 
 Components (``lt.*``):
@@ -208,9 +208,9 @@ class LocalEngine:
 
 
 def AmqpEngine():
-    """The RabbitMQ engine (tests/runtime/amqp/amqp_engine.py); skips when no broker runs."""
+    """The RabbitMQ engine (tests/runtime/amqp/amqp_runtime.py); skips when no broker runs."""
     sys.path.insert(0, str(Path(__file__).parent / "amqp"))
-    from amqp_engine import AmqpEngine as Engine
+    from amqp_runtime import AmqpEngine as Engine
     return Engine()
 
 

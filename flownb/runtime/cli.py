@@ -1,0 +1,63 @@
+"""``flownb dlq list|show|replay``: the dead letters of either runtime (a state directory or a broker)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .._cli import add_spec, console, load_flow
+from ..errors import SpecError
+from .amqp.names import BROKER_ENV
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("dlq", help="list, show or replay dead letters")
+    p.add_argument("action", choices=["list", "show", "replay"])
+    add_spec(p)
+    p.add_argument("--step", default=None)
+    p.add_argument("--id", action="append", default=None, help="dead letter id (show/replay)")
+    p.add_argument("--state-dir", default=None,
+                   help="the embedded runtime's state directory (default .flownb)")
+    p.add_argument("--broker", default=None,
+                   help="RabbitMQ URL: use the broker's dead-letter queues (default: FLOWNB_BROKER_URL "
+                        "when it is set and --state-dir is not given)")
+    p.set_defaults(handler=dlq_cli)
+
+
+def _dlq_store(args, flow):
+    # the broker's dead letters with --broker, or with FLOWNB_BROKER_URL set (as for `flownb worker`)
+    # unless --state-dir names a local state directory
+    broker = args.broker or (os.environ.get(BROKER_ENV) if args.state_dir is None else None)
+    if broker:
+        from .amqp.dlq import AmqpDeadLetters
+        return AmqpDeadLetters(flow, broker)
+    from .local import LocalDeadLetters
+    return LocalDeadLetters(flow, Path(args.state_dir or ".flownb"))
+
+
+def dlq_cli(args) -> int:
+    flow = load_flow(args)
+    store = _dlq_store(args, flow)  # list/show return copies with the flow's secrets masked
+    con = console()
+    if args.action == "list":
+        from rich.table import Table
+        items = store.list(args.step)
+        t = Table(title=f"dead letters of '{flow.name}'" + (f" step '{args.step}'" if args.step else ""))
+        for c in ("id", "step", "attempts", "error", "body"):
+            t.add_column(c, overflow="fold")
+        for d in items:
+            t.add_row(d.id, d.step, str(d.error.attempt), f"{d.error.type}: {d.error.message}",
+                      json.dumps(d.message.body)[:80])
+        con.print(t)
+        con.print(f"{len(items)} dead letter(s)")
+    elif args.action == "show":
+        if not args.id:
+            raise SpecError("dlq show needs --id ID (see 'flownb dlq list')")
+        for i in args.id:
+            con.print_json(json.dumps(store.show(i).to_dict(), default=str))
+    else:
+        n = store.replay(args.step, args.id)
+        con.print(f"replayed {n} dead letter(s)")
+    return 0
