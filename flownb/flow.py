@@ -17,6 +17,7 @@ from . import _yaml
 from ._duration import Duration
 from ._size import Size
 from .errors import ParameterError, SpecError, did_you_mean
+from .params import Param, coerce
 
 __all__ = ["Flow", "Step", "RetryPolicy", "load", "save", "step", "SPEC_VERSION"]
 
@@ -136,7 +137,7 @@ class Flow(BaseModel):
                 known = ", ".join(sorted(self.parameters)) or "(none: add a 'parameters:' section)"
                 raise ParameterError(f"unknown parameter '{name}'{did_you_mean(name, self.parameters)} "
                                      f"known parameters: {known}", field=name)
-            merged[name] = coerce_parameter(name, value, self.parameters[name])
+            merged[name] = coerce(value, Param.of(name, self.parameters[name]))
         return self.model_copy(update={"parameters": merged})
 
     def resolved(self) -> "Flow":
@@ -179,31 +180,6 @@ class Flow(BaseModel):
     def _repr_mimebundle_(self, include=None, exclude=None):
         from .notebook.display import flow_mimebundle
         return flow_mimebundle(self)
-
-
-def coerce_parameter(name: str, value: Any, default: Any) -> Any:
-    """Fit a (possibly string, from ``-p``) value to the type of the parameter's default."""
-    if default is None or not isinstance(value, str) or isinstance(default, str):
-        return value
-    try:
-        if isinstance(default, bool):
-            low = value.strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-        parsed = _yaml.load(value, source=f"parameter '{name}'")
-        if isinstance(parsed, type(default)):
-            return parsed
-        raise ValueError(value)
-    except (ValueError, SpecError):
-        raise ParameterError(f"value {value!r} does not fit the type of the default "
-                             f"({type(default).__name__}: {default!r})", field=name) from None
 
 
 def _fill(value: Any, params: dict[str, Any], step_name: str) -> Any:

@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from flownb import Flow, RetryPolicy, Step, load, save, step
 from flownb.errors import ParameterError, SpecError, SpecSyntaxError
-from flownb.flow import coerce_parameter, from_spec
+from flownb.flow import from_spec
+from flownb.params import Param, coerce
 
 SPEC = textwrap.dedent("""\
     flownb: 1
@@ -143,13 +144,13 @@ def test_overrides_are_coerced_to_the_default_type():
     ({"a": 1}, "{b: 2}", {"b": 2}), ("s", "12", "12"), (None, "x", "x"), (3, 4, 4),
 ])
 def test_coercion(default, value, expected):
-    assert coerce_parameter("p", value, default) == expected
+    assert coerce(value, Param.of("p", default)) == expected
 
 
 @pytest.mark.parametrize("default,value", [(1, "many"), (True, "perhaps"), ([1], "{a: 1}"), (2.0, "x")])
 def test_coercion_errors(default, value):
     with pytest.raises(ParameterError, match="does not fit the type"):
-        coerce_parameter("p", value, default)
+        coerce(value, Param.of("p", default))
 
 
 def test_unknown_parameter_lists_known_ones():

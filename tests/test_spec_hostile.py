@@ -87,4 +87,4 @@ def test_the_bomb_is_refused_within_a_small_memory_cap(tmp_path):
 
 def test_a_parameter_value_cannot_be_a_bomb():
     with pytest.raises(SpecError):
-        flownb.flow.coerce_parameter("p", _bomb().split("flownb: 1")[0] + "x: *a9\n", {"a": 1})
+        flownb.params.coerce(_bomb().split("flownb: 1")[0] + "x: *a9\n", flownb.params.Param.of("p", {"a": 1}))

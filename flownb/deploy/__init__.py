@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .compose import render_compose, write_compose
 from .docker import DeployResult, deploy, down, status
-from .export import ExportResult, check_parameters, export, flows_in_notebook, notebook_parameters
+from .export import ExportResult, export, flows_in_notebook
 from .image import (
                     DEBIAN_BASE_IMAGE,
                     DEFAULT_BASE_IMAGE,
@@ -26,13 +26,11 @@ __all__ = [
                     "ExportResult",
                     "build_image",
                     "build_wheelhouse",
-                    "check_parameters",
                     "deploy",
                     "down",
                     "ensure_base_image",
                     "export",
                     "flows_in_notebook",
-                    "notebook_parameters",
                     "redact_notebook",
                     "redact_text",
                     "render_compose",

@@ -7,7 +7,6 @@ papermill, nbformat and yaml are imported lazily: a worker never imports this mo
 
 from __future__ import annotations
 
-import ast
 import json
 import logging
 import os
@@ -16,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DeployError, ParameterError, did_you_mean
-from ..flow import Flow, coerce_parameter, from_spec, load
+from ..flow import Flow, from_spec, load
+from ..params import coerce_all, inspect
 from ..notebook.display import FLOW_MIME
 from .plan import BROKER_ENV, check_no_literal_secrets, secret_envs, url_has_password
 from .redact import redact_notebook, redact_values
@@ -24,10 +24,8 @@ from .redact import redact_notebook, redact_values
 __all__ = [
     "TARGETS",
     "ExportResult",
-    "check_parameters",
     "export",
     "flows_in_notebook",
-    "notebook_parameters",
 ]
 
 log = logging.getLogger("flownb.deploy")
@@ -44,60 +42,6 @@ class ExportResult:
 
 
 # -- parameters ----------------------------------------------------------------------------------
-
-def notebook_parameters(path: str | Path) -> dict[str, dict]:
-    """The notebook's papermill parameters: name → {default (a value, or the source text when it is
-    not a literal), literal (bool), type, help}."""
-    import papermill
-    try:
-        raw = papermill.inspect_notebook(str(path))
-    except Exception as exc:  # papermill/nbformat raise many types for unreadable notebooks
-        raise DeployError(f"cannot read notebook '{path}': {exc}; check that it is a valid .ipynb") from exc
-    out = {}
-    for name, info in raw.items():
-        text = info.get("default") or "None"
-        try:
-            default, literal = ast.literal_eval(text), True
-        except (ValueError, SyntaxError):
-            default, literal = text, False
-        out[name] = {"default": default, "literal": literal,
-                     "type": info.get("inferred_type_name") or "", "help": info.get("help") or ""}
-    return out
-
-
-def _fits(value: Any, default: Any) -> bool:
-    if default is None:
-        return True
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, type(default))
-
-
-def check_parameters(declared: dict[str, dict], given: dict[str, Any], *, source: str) -> dict[str, Any]:
-    """Coerce ``given`` to the types of the declared defaults; unknown names are a ParameterError
-    that lists the notebook's parameters."""
-    known = ", ".join(f"{n} (default {d['default']!r})" for n, d in declared.items()) or \
-        "(none: tag a cell 'parameters' in the notebook)"
-    out = {}
-    for name, value in given.items():
-        if name not in declared:
-            raise ParameterError(f"{source} has no parameter '{name}'{did_you_mean(name, declared)} "
-                                 f"its parameters: {known}", field=name)
-        d = declared[name]
-        if not d["literal"]:
-            out[name] = value
-            continue
-        value = coerce_parameter(name, value, d["default"])
-        if not _fits(value, d["default"]):
-            raise ParameterError(f"value {value!r} does not fit the type of the default "
-                                 f"({type(d['default']).__name__}: {d['default']!r})", field=name)
-        out[name] = value
-    return out
-
 
 def read_params_file(path: str | Path) -> dict[str, Any]:
     import yaml
@@ -200,8 +144,7 @@ def export(source: str | Path, out_dir: str | Path, *, params: dict[str, Any] | 
     result_params: dict[str, Any]
     executed: dict | None = None
     if src.suffix == ".ipynb":
-        declared = notebook_parameters(src)
-        result_params = check_parameters(declared, given, source=f"notebook '{src.name}'")
+        result_params = coerce_all(inspect(src), given, source=f"notebook '{src.name}'")
         log.info("running %s with papermill, parameters %s", src.name, sorted(result_params))
         executed_path = out / f"{src.stem}.executed.ipynb"
         executed = run_notebook(src, executed_path, result_params, kernel_name=kernel_name)

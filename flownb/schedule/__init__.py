@@ -67,7 +67,8 @@ def add_schedule(
     """Validate (cron, time zone, parameters against the notebook's ``parameters`` cell) and store a
     schedule. String parameter values are converted to the notebook's parameter types.
     ``secret_env``: variables whose values are redacted from the runs' outputs (docs/secrets.md)."""
-    from .params import check_parameters
+    from ..errors import ParameterError
+    from ..params import coerce_all, inspect
 
     path = Path(notebook).resolve()
     schedule = parse_schedule(
@@ -84,5 +85,9 @@ def add_schedule(
             "secret_env": list(secret_env or []),
         }
     )
-    values = check_parameters(path, dict(parameters or {}))
+    declared = inspect(path)
+    if parameters and not declared:
+        raise ParameterError(f"notebook '{path}' has no 'parameters' cell; tag a cell 'parameters' "
+                             f"(cell toolbar → tags) that assigns the defaults, then add the schedule again")
+    values = coerce_all(declared, dict(parameters or {}), source=f"notebook '{path.name}'")
     return store.add(schedule.model_copy(update={"parameters": values}), replace=replace)

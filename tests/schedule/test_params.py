@@ -2,12 +2,12 @@ import pytest
 
 from flownb.errors import ParameterError
 from flownb.schedule import add_schedule
-from flownb.schedule.params import check_parameters, notebook_parameters
+from flownb.params import coerce_all, inspect
 
 
 def test_parameters_cell_is_read_with_types(params_nb):
-    p = notebook_parameters(params_nb)
-    assert {k: v["type"] for k, v in p.items()} == {
+    p = inspect(params_nb)
+    assert {k: v.type for k, v in p.items()} == {
         "n": "int",
         "label": "str",
         "rate": "float",
@@ -15,11 +15,11 @@ def test_parameters_cell_is_read_with_types(params_nb):
         "sleep": "float",
         "fail": "bool",
     }
-    assert p["n"]["default"] == 3
+    assert p["n"].default == 3
 
 
 def test_strings_from_the_command_line_get_the_parameter_types(params_nb):
-    assert check_parameters(params_nb, {"n": "7", "rate": "2", "fail": "yes", "label": "x"}) == {
+    assert coerce_all(inspect(params_nb), {"n": "7", "rate": "2", "fail": "yes", "label": "x"}, source="the notebook") == {
         "n": 7,
         "rate": 2.0,
         "fail": True,
@@ -29,7 +29,7 @@ def test_strings_from_the_command_line_get_the_parameter_types(params_nb):
 
 def test_unknown_name_lists_the_known_ones(params_nb):
     with pytest.raises(ParameterError) as e:
-        check_parameters(params_nb, {"nn": 1})
+        coerce_all(inspect(params_nb), {"nn": 1}, source="the notebook")
     msg = str(e.value)
     assert "did you mean 'n'" in msg and "rate (float)" in msg and "fail (bool)" in msg
 
@@ -37,7 +37,7 @@ def test_unknown_name_lists_the_known_ones(params_nb):
 @pytest.mark.parametrize("name,value", [("n", "three"), ("n", True), ("rate", "fast"), ("fail", "maybe")])
 def test_wrong_type_is_refused(params_nb, name, value):
     with pytest.raises(ParameterError, match=f"parameter '{name}'"):
-        check_parameters(params_nb, {name: value})
+        coerce_all(inspect(params_nb), {name: value}, source="the notebook")
 
 
 def test_add_checks_before_storing(store, params_nb, tmp_path):
