@@ -7,25 +7,33 @@ Every error flownb raises derives from :class:`FlownbError`::
     │   ├── SpecSyntaxError        the YAML itself does not parse
     │   ├── UnknownComponentError  a component key is not installed (suggests the nearest)
     │   ├── ConfigError            a step's config does not match its component's model
-    │   ├── ParameterError         an unknown or mistyped flow parameter
-    │   └── ExpressionError        a JSONata expression does not compile (carries the position)
+    │   ├── ParameterError         an unknown or mistyped flow or notebook parameter
+    │   ├── ExpressionError        a JSONata expression does not compile (carries the position)
+    │   └── ScheduleInputError     bad input for a schedule (name, cron, time zone, unknown schedule)
     ├── MessageError               a body is not a JSON object / not JSON-serialisable
     │   └── MessageTooLarge        a message over the flow's max_message_bytes
     ├── StepError                  raised by a component while processing a message
-    │   ├── Retry                  "try again later" (``flownb.Retry(after=…)``); retryable
     │   ├── RetryableError         a transient failure (refused connection, HTTP 429/5xx, timeout)
+    │   │   └── Retry              "try again later" (``flownb.Retry(after=…)``)
     │   └── FatalError             a permanent failure: dead-letter at once
     │       ├── PoisonMessage      the process died N times while processing it
+    │       ├── EvaluationError    a JSONata expression failed on one input (e.g. T2001)
     │       └── EvaluationTimeout  a JSONata evaluation ran past its step's ``timeout``
     ├── RuntimeFailure             a runtime (local queue, broker) cannot do its job
     │   ├── QueueFull              the first queue is over its limit (back-pressure, HTTP 429)
+    │   ├── Backpressure           an ingress's first queue is full: retry after ``retry_after``
     │   ├── StateError             a state directory's database is missing/empty/damaged (--reset-state)
     │   ├── StorageFull            the disk holding the queue database is full: nothing was written
     │   └── BrokerError            RabbitMQ unreachable or refused an operation
-    └── DeployError                export, image build, compose/k8s, Docker
+    │       ├── TopologyError      a queue/exchange exists with other arguments (configuration)
+    │       └── Unavailable        an ingress cannot reach its queue: nothing was accepted
+    ├── DeployError                export, image build, compose/k8s, Docker
+    └── ScheduleError              a schedule cannot be run or stored
 
 Errors carry data (``step``, ``field``, ``position`` …) so callers and widgets can show them without
-parsing the message; the message always says what to do next.
+parsing the message; the message always says what to do next. A located error builds its message
+from its data when shown: ``str(e)`` is ``"step 'push', field 'url': <reason>"``, and code that learns
+the location later adds it with ``raise exc.at(step=…, field=…)`` (a location already known is kept).
 """
 
 from __future__ import annotations
@@ -36,7 +44,9 @@ from typing import Any, Iterable
 __all__ = [
     "FlownbError", "SpecError", "SpecSyntaxError", "UnknownComponentError", "ConfigError",
     "ParameterError", "ExpressionError", "MessageError", "MessageTooLarge", "StepError", "Retry", "RetryableError",
-    "FatalError", "PoisonMessage", "EvaluationTimeout", "RuntimeFailure", "QueueFull", "StateError", "StorageFull", "BrokerError", "DeployError",
+    "FatalError", "PoisonMessage", "EvaluationError", "EvaluationTimeout", "RuntimeFailure", "QueueFull",
+    "Backpressure", "StateError", "StorageFull", "BrokerError", "TopologyError", "Unavailable", "DeployError",
+    "ScheduleError", "ScheduleInputError",
     "did_you_mean",
 ]
 
@@ -50,21 +60,37 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 class FlownbError(Exception):
     """Base of every flownb error."""
 
+    step: str | None = None
+    field: str | None = None
+
+    def at(self, *, step: str | None = None, field: str | None = None) -> "FlownbError":
+        """Add where the error happened, keeping a location already known; returns the error."""
+        if step and not self.step:
+            self.step = step
+        if field and not self.field:
+            self.field = field
+        return self
+
+    @property
+    def reason(self) -> str:
+        """The message without its location."""
+        return str(self.args[0]) if self.args else ""
+
+    def _where(self) -> str:
+        where = ([f"step '{self.step}'"] if self.step else []) + ([f"field '{self.field}'"] if self.field else [])
+        return (", ".join(where) + ": ") if where else ""
+
+    def __str__(self) -> str:
+        return self._where() + self.reason if (self.step or self.field) else super().__str__()
+
 
 class SpecError(FlownbError):
     """A flow spec is invalid. ``step`` and ``field`` locate the problem when known."""
 
     def __init__(self, message: str, *, step: str | None = None, field: str | None = None):
+        super().__init__(message)
         self.step = step
         self.field = field
-        where = []
-        if step:
-            where.append(f"step '{step}'")
-        if field:
-            where.append(f"field '{field}'")
-        prefix = (", ".join(where) + ": ") if where else ""
-        super().__init__(prefix + message)
-        self.reason = message
 
 
 class SpecSyntaxError(SpecError):
@@ -99,19 +125,23 @@ class ExpressionError(SpecError):
                  step: str | None = None, field: str | None = None):
         self.expression = expression
         self.position = position
-        pointer = ""
-        if position is not None and expression:
-            pointer = f"\n    {expression}\n    {' ' * max(position, 0)}^"
-        at = f" at position {position}" if position is not None else ""
-        super().__init__(f"{message}{at}{pointer}", step=step, field=field)
+        super().__init__(message, step=step, field=field)
+
+    def __str__(self) -> str:
+        at = pointer = ""
+        if self.position is not None:
+            at = f" at position {self.position}"
+            if self.expression:
+                pointer = f"\n    {self.expression}\n    {' ' * max(self.position, 0)}^"
+        return f"{self._where()}{self.reason}{at}{pointer}"
 
 
 class MessageError(FlownbError):
     """A message body is not a JSON object, or is not JSON-serialisable."""
 
     def __init__(self, message: str, *, step: str | None = None):
+        super().__init__(message)
         self.step = step
-        super().__init__((f"step '{step}': " if step else "") + message)
 
 
 class MessageTooLarge(MessageError):
@@ -160,6 +190,20 @@ class PoisonMessage(FatalError):
     message, ``max_deliveries`` times: it is dead-lettered instead of crashing every restart."""
 
 
+class EvaluationError(FatalError):
+    """An expression failed on one input (e.g. T2001: arithmetic on a string). Not retryable: the
+    same input fails the same way, so the message is dead-lettered at once."""
+
+    def __init__(self, message: str, *, code: str | None = None, expression: str = "",
+                 field: str | None = None, position: int | None = None):
+        super().__init__(f"{message} (expression: {expression}); fix the expression or the input record")
+        self.code = code
+        self.expression = expression
+        self.field = field
+        self.position = position
+        self.detail = message
+
+
 class EvaluationTimeout(FatalError):
     """A JSONata evaluation (a ``mapping``, ``filter`` or ``split`` step, ``Mapping.preview``,
     ``Expression.raw(timeout=…)``) ran longer than its ``timeout``: an expression that never ends
@@ -171,24 +215,30 @@ class EvaluationTimeout(FatalError):
 
     def __init__(self, seconds: float, *, step: str | None = None, field: str | None = None,
                  expression: str = ""):
-        where = [f"step '{step}'"] if step else []
-        if field:
-            where.append(f"field '{field}'")
-        if not where and expression:
-            where.append(f"expression {expression[:60]!r}" + ("…" if len(expression) > 60 else ""))
-        at = f" ({', '.join(where)})" if where else ""
         self.seconds = seconds
         self.step = step
         self.field = field
         self.expression = expression
         #: the message without the step and field (a preview cell names its field itself)
         self.detail = f"evaluation exceeded {seconds:g} s; simplify the expression or raise the timeout"
-        super().__init__(f"evaluation exceeded {seconds:g} s{at}; simplify the expression or raise "
-                         f"the {'step' if step else 'evaluation'}'s timeout")
+        super().__init__(self.detail)
+
+    def __str__(self) -> str:
+        where = ([f"step '{self.step}'"] if self.step else []) + ([f"field '{self.field}'"] if self.field else [])
+        if not where and self.expression:
+            e = self.expression
+            where.append(f"expression {e[:60]!r}" + ("…" if len(e) > 60 else ""))
+        at = f" ({', '.join(where)})" if where else ""
+        return (f"evaluation exceeded {self.seconds:g} s{at}; simplify the expression or raise "
+                f"the {'step' if self.step else 'evaluation'}'s timeout")
 
 
 class RuntimeFailure(FlownbError):
     """A runtime cannot do its job (state directory, queue database, broker)."""
+
+
+class Backpressure(RuntimeFailure):
+    """The flow's first queue is full; the client should retry after ``retry_after`` seconds."""
 
 
 class StateError(RuntimeFailure):
@@ -216,3 +266,19 @@ class BrokerError(RuntimeFailure):
 
 class DeployError(FlownbError):
     """Export, image build, compose/Kubernetes generation or a Docker operation failed."""
+
+
+class TopologyError(BrokerError):
+    """A queue or exchange exists with other arguments: a configuration problem, not an outage."""
+
+
+class Unavailable(BrokerError):
+    """The queue (broker) cannot be reached; nothing was accepted; retry later."""
+
+
+class ScheduleError(FlownbError):
+    """A schedule cannot be run or stored (state directory, notebook missing at run time …)."""
+
+
+class ScheduleInputError(SpecError):
+    """Bad input for a schedule (name, cron, time zone, parameters, unknown schedule); CLI exit 2."""

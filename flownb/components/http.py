@@ -48,8 +48,7 @@ class Expr:
             try:
                 compiled = compile_expr(self.text)
             except ExpressionError as exc:
-                exc.step, exc.field = exc.step or step, exc.field or field
-                raise
+                raise exc.at(step=step, field=field)
             self._evaluate = getattr(compiled, "evaluate", compiled)
 
     def __call__(self, data: Any) -> Any:

@@ -68,9 +68,8 @@ def _check(src: str, step: Any, field: str):
     try:
         return compile(src)
     except ExpressionError as exc:
-        raise ExpressionError(exc.reason.split(" at position")[0] if exc.position is not None
-                              else exc.reason, expression=src, position=exc.position,
-                              step=getattr(step, "name", None), field=field) from None
+        exc.expression = exc.expression or src
+        raise exc.at(step=getattr(step, "name", None), field=field) from None
 
 
 def _fields(config: MappingConfig) -> dict[str, str]:

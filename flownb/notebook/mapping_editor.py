@@ -178,8 +178,7 @@ class MappingEditor:
             try:
                 compile_expr(expr)
             except ExpressionError as exc:
-                exc.field = exc.field or name
-                raise
+                raise exc.at(field=name)
         return Mapping(fields=fields)
 
     @property

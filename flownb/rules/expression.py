@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import EvaluationTimeout, ExpressionError, FatalError
+from ..errors import EvaluationError, EvaluationTimeout, ExpressionError
 from . import _deadline, _runtime
 from ._compiler import Unsupported, compile_tree
 from ._parser import ParseError, parse
@@ -41,22 +41,6 @@ __all__ = ["compile", "Expression", "EvaluationError", "EvaluationTimeout", "UND
 UNDEFINED = _runtime.U
 _U = _runtime.U
 _clean = _runtime.clean
-
-
-class EvaluationError(FatalError):
-    """An expression failed on one input (e.g. T2001: arithmetic on a string). Not retryable: the
-    same input fails the same way, so the message is dead-lettered at once."""
-
-    def __init__(self, message: str, *, code: str | None = None, expression: str = "",
-                 field: str | None = None, position: int | None = None):
-        where = f"field '{field}': " if field else ""
-        super().__init__(f"{where}{message} (expression: {expression}); fix the expression or "
-                         f"the input record")
-        self.code = code
-        self.expression = expression
-        self.field = field
-        self.position = position
-        self.detail = message
 
 
 _CODE = re.compile(r"\b([STDU]\d{4})\b")

@@ -249,8 +249,7 @@ def _compile_field(src: Any, field: str) -> Expression:
     try:
         return compile(src)
     except ExpressionError as exc:
-        raise ExpressionError(exc.reason.split(" at position")[0] if exc.position is not None
-                              else exc.reason, expression=src, position=exc.position,
-                              field=field) from None
+        exc.expression = exc.expression or src
+        raise exc.at(field=field) from None
 
 

@@ -302,8 +302,7 @@ class StepRunner:
                 payloads.append(payload)
                 children.append(child)
         except MessageError as exc:
-            exc.step = exc.step or name
-            return self.failure(message, exc, retryable=False)
+            return self.failure(message, exc.at(step=name), retryable=False)
         except Exception as exc:  # an iterator that raised while being consumed
             return self.failure(message, exc)
         return Outcome(message, children, payloads)

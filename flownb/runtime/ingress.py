@@ -17,17 +17,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from ..errors import BrokerError, RuntimeFailure
+from ..errors import Backpressure, Unavailable
 
 __all__ = ["Ingest", "Accepted", "Backpressure", "Unavailable", "ReplyBook"]
-
-
-class Backpressure(RuntimeFailure):
-    """The flow's first queue is full; the client should retry after ``retry_after`` seconds."""
-
-
-class Unavailable(BrokerError):
-    """The queue (broker) cannot be reached; nothing was accepted; retry later."""
 
 
 @dataclass

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..errors import FlownbError, SpecError, did_you_mean
+from ..errors import ScheduleError, ScheduleInputError, did_you_mean
 
 __all__ = [
     "Schedule",
@@ -33,14 +33,6 @@ Catchup = Literal["none", "last", "all"]
 #: run statuses: queued → running → ok | failed | timeout;  skipped (overlap) and lost (owner died)
 STATUSES = ("queued", "running", "ok", "failed", "timeout", "skipped", "lost")
 NAME = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
-
-
-class ScheduleError(FlownbError):
-    """A schedule cannot be run or stored (state directory, notebook missing at run time …)."""
-
-
-class ScheduleInputError(SpecError):
-    """Bad input for a schedule (name, cron, time zone, parameters, unknown schedule); CLI exit 2."""
 
 
 class Schedule(BaseModel):

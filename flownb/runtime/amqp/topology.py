@@ -40,7 +40,7 @@ import pika
 import pika.exceptions
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-from ...errors import BrokerError
+from ...errors import BrokerError, TopologyError
 from ...flow import Flow, RetryPolicy
 from . import names
 
@@ -56,10 +56,6 @@ VERSION_HEADER = "x-flownb-version"
 DELIVERIES_HEADER = "x-flownb-deliveries"
 QUEUE_TYPES = ("quorum", "classic")
 DEFAULT_MAX_DELIVERIES = 3
-
-
-class TopologyError(BrokerError):
-    """A queue or exchange exists with other arguments: a configuration problem, not an outage."""
 
 
 def max_length() -> int:
