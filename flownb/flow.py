@@ -144,9 +144,9 @@ class Flow(BaseModel):
         """A copy whose config strings have their ``{{ name }}`` templates filled from parameters."""
         data = self.model_dump(mode="python")
         for key in ("trigger",):
-            data[key]["config"] = _fill(data[key]["config"], self.parameters, data[key]["name"])
+            data[key]["config"] = fill_templates(data[key]["config"], self.parameters, data[key]["name"])
         for s in data["steps"]:
-            s["config"] = _fill(s["config"], self.parameters, s["name"])
+            s["config"] = fill_templates(s["config"], self.parameters, s["name"])
         return Flow.model_validate(data)
 
     # -- spec ---------------------------------------------------------------------------------
@@ -178,20 +178,20 @@ class Flow(BaseModel):
         return test_flow(self, sample, **kw)
 
     def _repr_mimebundle_(self, include=None, exclude=None):
-        from .notebook.display import flow_mimebundle
+        from .display import flow_mimebundle
         return flow_mimebundle(self)
 
 
-def _fill(value: Any, params: dict[str, Any], step_name: str) -> Any:
+def fill_templates(value: Any, params: dict[str, Any], step_name: str) -> Any:
     if isinstance(value, str):
         whole = _TEMPLATE.fullmatch(value.strip())
         if whole:
             return _param(whole.group(1), params, step_name)
         return _TEMPLATE.sub(lambda m: str(_param(m.group(1), params, step_name)), value)
     if isinstance(value, dict):
-        return {k: _fill(v, params, step_name) for k, v in value.items()}
+        return {k: fill_templates(v, params, step_name) for k, v in value.items()}
     if isinstance(value, list):
-        return [_fill(v, params, step_name) for v in value]
+        return [fill_templates(v, params, step_name) for v in value]
     return value
 
 

@@ -110,7 +110,7 @@ class Message:
         return {"id": self.id, "body": self.body, "headers": self.headers, "meta": self.meta}
 
     def _repr_html_(self) -> str:  # a table in notebooks (lazy import: workers never load it)
-        from .notebook.display import messages_html
+        from .display import messages_html
         return messages_html([self])
 
     def to_json(self) -> bytes:

@@ -1,7 +1,7 @@
 """Notebook experience: rich display, MappingEditor, FlowBuilder, Monitor (imports pandas/ipywidgets).
 
-The widgets are imported lazily, so ``flownb.notebook.display`` (used by ``Flow``/``Message`` reprs)
-loads neither ipywidgets nor pandas.
+The widgets are imported lazily; the rich display they share with ``Flow``/``Message``/``TestResult``
+reprs and export is :mod:`flownb.display`, which loads neither ipywidgets nor pandas.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from .display import FLOW_MIME, Table, flow_mimebundle, flow_svg, test_result_mimebundle
+from ..display import FLOW_MIME, Table, flow_mimebundle, flow_svg, test_result_mimebundle
 
 _LAZY = {"MappingEditor": ".mapping_editor", "FlowBuilder": ".builder", "Monitor": ".monitor"}
 

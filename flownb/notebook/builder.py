@@ -16,9 +16,9 @@ import ipywidgets as w
 
 from .. import registry
 from ..errors import FlownbError, SpecError
-from ..flow import Flow, RetryPolicy, Step, _fill
+from ..flow import Flow, RetryPolicy, Step, fill_templates
 from ._common import Debouncer, as_sample, error_html, log, ok_html
-from .display import dead_letters_html, flow_svg, records_html, _timings_html
+from ..display import dead_letters_html, flow_svg, records_html, timings_html
 from .forms import ConfigForm
 
 __all__ = ["FlowBuilder"]
@@ -99,7 +99,7 @@ class _StepCard:
         """Check this step; show and return the message (None when valid)."""
         try:
             step = self.step()
-            resolved = step.model_copy(update={"config": _fill(step.config, params, step.name)})
+            resolved = step.model_copy(update={"config": fill_templates(step.config, params, step.name)})
             registry.validate_step(resolved, trigger=self.trigger)
         except (FlownbError, ValueError) as exc:
             self.message.value = error_html(str(exc))
@@ -314,7 +314,7 @@ class FlowBuilder:
         tabs = [(f"{name} ({len(rows)})", records_html(list(rows))) for name, rows in result.outputs.items()]
         dead = list(result.dead_letters)
         tabs.append((f"dead letters ({len(dead)})", dead_letters_html(dead)))
-        tabs.append(("timings", _timings_html(result)))
+        tabs.append(("timings", timings_html(result)))
         children = []
         for _title, body in tabs:
             h = w.HTML(body)

@@ -15,7 +15,7 @@ import ipywidgets as w
 
 from ..errors import ExpressionError, FlownbError
 from ._common import Debouncer, as_sample, error_html, log, ok_html, sample_fields, sample_paths
-from .display import frame_html
+from ..display import frame_html
 
 __all__ = ["MappingEditor"]
 

@@ -24,7 +24,7 @@ from ..errors import BrokerError, FlownbError
 from ..flow import Flow, load
 from ..runtime.amqp import names
 from ._common import error_html, log, ok_html
-from .display import records_html
+from ..display import records_html
 
 __all__ = ["Monitor", "Snapshot", "management_snapshot"]
 

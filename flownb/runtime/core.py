@@ -414,7 +414,7 @@ class DeadLetter:
     error: ErrorInfo
 
     def _repr_html_(self) -> str:  # a table in notebooks (lazy import: workers never load it)
-        from ..notebook.display import dead_letters_html
+        from ..display import dead_letters_html
         return dead_letters_html([self])
 
     def to_dict(self) -> dict:

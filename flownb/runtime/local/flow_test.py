@@ -55,7 +55,7 @@ class TestResult:
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         try:
-            from ...notebook.display import test_result_mimebundle
+            from ...display import test_result_mimebundle
         except ImportError:
             return {"text/plain": self.summary()}
         return test_result_mimebundle(self)

@@ -15,11 +15,11 @@ import json
 import uuid
 from typing import Any, Iterable
 
-from .._duration import format_duration
+from ._duration import format_duration
 
 __all__ = ["FLOW_MIME", "flow_mimebundle", "flow_svg", "flow_text", "records_html", "frame_html",
            "messages_html", "dead_letters_html", "test_result_html", "test_result_mimebundle", "tabs_html",
-           "retry_label", "Table"]
+           "retry_label", "timings_html", "Table"]
 
 FLOW_MIME = "application/vnd.flownb.flow+json"
 
@@ -231,7 +231,7 @@ def _fmt_seconds(v: Any) -> str:
     return str(v)
 
 
-def _timings_html(result) -> str:
+def timings_html(result) -> str:
     timings = getattr(result, "timings", None) or {}
     counts = getattr(result, "counts", None) or {}
     names = list(dict.fromkeys([*counts, *timings]))
@@ -256,7 +256,7 @@ def test_result_tabs(result) -> list[tuple[str, str]]:
         tabs.append((f"{name} ({len(rows)})", records_html(list(rows))))
     dead = list(getattr(result, "dead_letters", None) or [])
     tabs.append((f"dead letters ({len(dead)})", dead_letters_html(dead)))
-    tabs.append(("timings", _timings_html(result)))
+    tabs.append(("timings", timings_html(result)))
     return tabs
 
 

@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 
 import flownb
 from flownb.message import Message
-from flownb.notebook.display import (FLOW_MIME, Table, dead_letters_html, flow_mimebundle, records_html,
+from flownb.display import (FLOW_MIME, Table, dead_letters_html, flow_mimebundle, records_html,
                                      tabs_html)
 from flownb.runtime.core import DeadLetter, ErrorInfo
 
@@ -106,3 +106,14 @@ def test_a_real_test_result_renders_as_tabs():
     assert '<td style="' in html and ">6<" in html  # double of 3 in the check tab
     timings = html.split('data-title="timings">')[1]
     assert ">retried<" in timings and " ms<" in timings
+
+
+def test_the_model_and_export_reach_no_widget_or_frame_library():
+    """flownb.display is widget-free: the flow model, export and the runtimes import it, never the
+    notebook package (whose widgets need ipywidgets and pandas)."""
+    import subprocess
+    import sys
+    code = ("import sys, flownb, flownb.display, flownb.deploy.export, flownb.runtime.local;"
+            "print(sorted(m for m in ('ipywidgets', 'pandas', 'flownb.notebook') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
