@@ -19,9 +19,10 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generic, Iterable, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypeVar
 
 from .._duration import Duration
 from ..errors import ConfigError, StepError
@@ -34,6 +35,9 @@ __all__ = ["Component", "Action", "PollingTrigger", "WebhookTrigger", "Context",
            "PollConfig", "action", "polling_trigger", "classify", "Result"]
 
 Result = dict | list | Iterator[dict] | None
+
+#: the config model of a component: ``class SqlPoll(PollingTrigger[SqlPollConfig])`` types ``self.config``
+ConfigT = TypeVar("ConfigT", bound=BaseModel, default=BaseModel)
 
 
 class NoConfig(BaseModel):
@@ -67,8 +71,9 @@ class Context:
         return value
 
 
-class Component:
-    """Base of triggers and actions. Subclasses set ``kind`` and ``Config``."""
+class Component(Generic[ConfigT]):
+    """Base of triggers and actions. Subclasses set ``kind`` and ``Config``, and name the config
+    model as the type parameter (``class Push(Action[PushConfig])``) so ``self.config`` is typed."""
 
     key: ClassVar[str] = ""
     kind: ClassVar[str] = "action"  # "action" | "poll" | "webhook"
@@ -76,12 +81,12 @@ class Component:
     #: exception types that mean "try again later" for this component
     retryable_exceptions: ClassVar[tuple[type[BaseException], ...]] = ()
 
-    def __init__(self, config: BaseModel, ctx: Context):
+    def __init__(self, config: ConfigT, ctx: Context):
         self.config = config
         self.ctx = ctx
 
     @classmethod
-    def check_config(cls, config: BaseModel, step: "Step") -> None:
+    def check_config(cls, config: Any, step: "Step") -> None:
         """Extra validation beyond the model (e.g. compile expressions); raise SpecError subclasses."""
 
     def setup(self) -> None:
@@ -91,7 +96,7 @@ class Component:
         """Release what ``setup`` opened."""
 
 
-class Action(Component):
+class Action(Component[ConfigT]):
     kind: ClassVar[str] = "action"
 
     def process(self, message: "Message", ctx: Context) -> Result:  # pragma: no cover - abstract
@@ -110,7 +115,7 @@ class Action(Component):
         return out
 
 
-class PollingTrigger(Component):
+class PollingTrigger(Component[ConfigT]):
     kind: ClassVar[str] = "poll"
     Config: ClassVar[type[BaseModel]] = PollConfig
 
@@ -126,7 +131,7 @@ class PollingTrigger(Component):
         raise NotImplementedError
 
 
-class WebhookTrigger(Component):
+class WebhookTrigger(Component[ConfigT]):
     """Requests become messages; served by flownb.webhook."""
 
     kind: ClassVar[str] = "webhook"

@@ -81,7 +81,7 @@ class CsvPollConfig(PollConfig, _CsvFormat):
                                                      "this field")
 
 
-class CsvPoll(PollingTrigger):
+class CsvPoll(PollingTrigger[CsvPollConfig]):
     """Emit new rows of CSV files, by a cursor column."""
 
     Config = CsvPollConfig
@@ -197,7 +197,7 @@ class CsvWriteConfig(_CsvFormat):
     fsync: bool = Field(True, description="fsync after each batch, so a written row survives a crash")
 
 
-class CsvWrite(Action):
+class CsvWrite(Action[CsvWriteConfig]):
     """Append rows to a CSV file; the header is written once. A batch is one write."""
 
     Config = CsvWriteConfig

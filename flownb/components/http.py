@@ -189,7 +189,7 @@ class HttpRequestConfig(_HttpBase):
                                         description="response headers kept in the output (lower case)")
 
 
-class HttpRequest(Action):
+class HttpRequest(Action[HttpRequestConfig]):
     """Call an HTTP endpoint for each message."""
 
     Config = HttpRequestConfig
@@ -279,7 +279,7 @@ class HttpPollConfig(PollConfig, _HttpBase):
     max_pages: int = Field(100, ge=1, description="pages fetched per poll at most; the rest come next poll")
 
 
-class HttpPoll(PollingTrigger):
+class HttpPoll(PollingTrigger[HttpPollConfig]):
     """GET an API on an interval and emit new items, following pagination."""
 
     Config = HttpPollConfig

@@ -18,7 +18,7 @@ class LogConfig(BaseModel):
     passthrough: bool = Field(True, description="emit the message on to the next step")
 
 
-class Log(Action):
+class Log(Action[LogConfig]):
     """Log each message body, then pass it on."""
 
     Config = LogConfig

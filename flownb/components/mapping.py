@@ -85,7 +85,7 @@ def _guarded(action: Any, fn: Any, body: Any) -> Any:
         raise action._timed_out() from None
 
 
-class MappingAction(Action):
+class MappingAction(Action[MappingConfig]):
     """Build a new body from JSONata expressions (one per output field, or one object)."""
 
     Config = MappingConfig
@@ -116,7 +116,7 @@ class MappingAction(Action):
         return _deadline.each(self.config.timeout, lambda m: fn(m.body), messages, self._timed_out)
 
 
-class FilterAction(Action):
+class FilterAction(Action[FilterConfig]):
     """Pass a message on only when ``condition`` is truthy."""
 
     Config = FilterConfig
@@ -148,7 +148,7 @@ class FilterAction(Action):
                                  expression=self.config.condition)
 
 
-class SplitAction(Action):
+class SplitAction(Action[SplitConfig]):
     """One message per item of the array that ``path`` gives."""
 
     Config = SplitConfig

@@ -94,7 +94,7 @@ def _arity(func: Callable) -> int:
     return sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
-class PythonAction(Action):
+class PythonAction(Action[PythonConfig]):
     """Call a Python function (source in the spec) on each message body: f(body, ctx)."""
 
     Config = PythonConfig
@@ -111,7 +111,7 @@ class PythonAction(Action):
         return self.func(message.body, ctx) if self._two else self.func(message.body)
 
 
-class PythonPoll(PollingTrigger):
+class PythonPoll(PollingTrigger[PythonPollConfig]):
     """Call a Python function (source in the spec) every interval: f(state, ctx) yields bodies."""
 
     Config = PythonPollConfig

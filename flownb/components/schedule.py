@@ -55,7 +55,7 @@ def _check_cron(expr: str, step: str | None) -> None:
                           step=step, field="config.cron")
 
 
-class Schedule(PollingTrigger):
+class Schedule(PollingTrigger[ScheduleConfig]):
     """Emit {"scheduled_for": …} at each time the cron expression names."""
 
     Config = ScheduleConfig

@@ -231,7 +231,7 @@ class SqlPollConfig(PollConfig, _UrlConfig):
         return self
 
 
-class SqlPoll(PollingTrigger):
+class SqlPoll(PollingTrigger[SqlPollConfig]):
     """Poll a table or query for rows whose cursor column passed the saved cursor."""
 
     Config = SqlPollConfig
@@ -342,7 +342,7 @@ class SqlUpsertConfig(_UrlConfig):
                                                  "columns of the table: dead-letter the message, or drop them")
 
 
-class SqlUpsert(Action):
+class SqlUpsert(Action[SqlUpsertConfig]):
     """Insert or update rows by key: INSERT … ON CONFLICT DO UPDATE (SQLite, PostgreSQL) or
     ON DUPLICATE KEY UPDATE (MySQL, MariaDB). A batch is written in one transaction."""
 

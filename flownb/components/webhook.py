@@ -60,7 +60,7 @@ class WebhookConfig(BaseModel):
         return self
 
 
-class Webhook(WebhookTrigger):
+class Webhook(WebhookTrigger[WebhookConfig]):
     """Receive HTTP POSTs at /hooks/<flow>/<token> (JSON, form or text); optional HMAC signature."""
 
     Config: ClassVar[type[BaseModel]] = WebhookConfig

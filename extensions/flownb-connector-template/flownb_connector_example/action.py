@@ -25,7 +25,7 @@ class FormatConfig(BaseModel):
     upper: bool = Field(False, description="upper-case the result")
 
 
-class Format(Action):
+class Format(Action[FormatConfig]):
     """Set a field from a text template filled with the message's fields."""
 
     Config = FormatConfig

@@ -34,7 +34,7 @@ class JsonLinesPollConfig(PollConfig):
         return v
 
 
-class JsonLinesPoll(PollingTrigger):
+class JsonLinesPoll(PollingTrigger[JsonLinesPollConfig]):
     """Emit each new line of a JSON Lines file, resuming where the last poll stopped."""
 
     Config = JsonLinesPollConfig
