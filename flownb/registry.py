@@ -7,6 +7,7 @@ worker imports only the components its step uses. ``register`` adds a class at r
 
 from __future__ import annotations
 
+import re
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
@@ -122,3 +123,40 @@ def validate_flow(flow: "Flow") -> dict[str, BaseModel]:
     for s in resolved.steps:
         out[s.name] = validate_step(s, trigger=False)
     return out
+
+
+# -- the field tables of docs/components.md ------------------------------------------------------
+
+_FIELDS_BLOCK = re.compile(r"(<!-- fields: ([\w.]+) -->\n).*?(<!-- /fields -->)", re.S)
+
+
+def fields_table(key: str) -> str:
+    """A Markdown table of a component's config fields (name, type, default, help), rendered from
+    its config model; docs/components.md holds one per component (tested: they must not drift)."""
+    import json
+
+    from ._duration import format_duration, parse_duration
+    model = get(key).Config.model_fields
+    rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
+    for f in describe(key)["fields"]:
+        duration = any(getattr(m, "func", None) is parse_duration for m in model[f["name"]].metadata)
+        kind = "duration" if duration else f["type"]
+        if f["required"]:
+            default = "required"
+        elif f["default"] is None:
+            default = "none"
+        elif duration:
+            default = f"`{format_duration(f['default'])}`"
+        else:
+            default = f"`{json.dumps(f['default'], default=str)}`"
+        cell = f["help"].replace("|", "\\|") or "–"
+        kind = kind.replace("|", "\\|")
+        rows.append(f"| `{f['name']}` | `{kind}` | {default} | {cell} |")
+    return "\n".join(rows) + "\n"
+
+
+def render_field_tables(text: str) -> str:
+    """``text`` with every ``<!-- fields: KEY -->…<!-- /fields -->`` block rendered afresh."""
+    return _FIELDS_BLOCK.sub(lambda m: m.group(1) + fields_table(m.group(2)) + m.group(3), text)
+
+

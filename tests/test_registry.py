@@ -105,3 +105,19 @@ def test_check_config_hook_runs():
     registry.register(key, Checked)
     with pytest.raises(ConfigError, match="step 'c', field 'config': always wrong"):
         registry.validate_step(step("c", key), trigger=False)
+
+
+def test_the_field_tables_of_docs_components_md_are_those_of_the_config_models():
+    """Every built-in component has a table in docs/components.md, rendered from its config model;
+    after changing a model run scripts/docs-tables (this test fails until the docs match)."""
+    import re
+    from pathlib import Path
+
+    from flownb.registry import available, get, render_field_tables
+    doc = Path(__file__).resolve().parents[1] / "docs" / "components.md"
+    text = doc.read_text(encoding="utf-8")
+    assert render_field_tables(text) == text, "docs/components.md is stale: run scripts/docs-tables"
+    tabled = set(re.findall(r"<!-- fields: ([\w.]+) -->", text))
+    builtin = {k for k in available() if get(k).__module__.startswith("flownb.components.")}
+    assert {"csv.poll", "sql.upsert", "http.request", "mapping", "webhook", "log"} <= builtin
+    assert builtin - tabled == set(), "add a '<!-- fields: KEY --><!-- /fields -->' block for these"
