@@ -20,7 +20,7 @@ from ...message import Message
 from ...secrets import Redactor, redact_dead_letter
 from ..core import DeadLetter, DeadLetterStore, ErrorInfo, undecodable
 from . import names
-from .step_worker import PERSISTENT
+from .publish import PERSISTENT
 from .topology import ERROR_HEADER, connect, declare_flow
 
 __all__ = ["AmqpDeadLetters"]

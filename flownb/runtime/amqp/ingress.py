@@ -27,7 +27,7 @@ from ...flow import Flow
 from ...message import Message
 from ..ingress import Accepted, Backpressure, ReplyBook, Unavailable
 from . import names
-from .publish import FastPublisher, supported
+from .publish import FastPublisher, aiormq_props, supported
 
 __all__ = ["AmqpIngest", "declare_topology"]
 
@@ -216,9 +216,8 @@ class AmqpIngest:
         headers = {names.REPLY_TO_HEADER: reply_to} if reply_to else None
         publisher = self._publisher
         if publisher is None or publisher.channel is not channel:
-            props = aiormq.spec.Basic.Properties(
-                content_type="application/json", delivery_mode=2, message_id=message.id,
-                correlation_id=message.trace, reply_to=reply_to, headers=headers)
+            props = aiormq_props(message_id=message.id, correlation_id=message.trace, reply_to=reply_to,
+                                 headers=headers)
             return await channel.basic_publish(
                 payload, exchange=self.exchange, routing_key=self.routing_key, properties=props,
                 mandatory=True, timeout=self.publish_timeout, wait=False)

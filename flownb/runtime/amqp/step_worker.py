@@ -34,20 +34,17 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-import orjson
 import pika
-from pika.adapters.select_connection import SelectConnection
 
 from ...errors import RuntimeFailure
 from ...flow import Flow
-from ..core import ErrorInfo, Outcome, Route, StepRunner
+from ..core import Outcome, Route, StepRunner
 from ..health import HEALTH, start_thread
 from . import names
 from .metrics import StepMetrics
+from .publish import PERSISTENT, TRANSIENT, CoalescingConnection, error_props, redelivered_props
 from .topology import (
     DELIVERIES_HEADER,
-    ERROR_HEADER,
-    STEP_HEADER,
     TopologyError,
     connect,
     declare_flow,
@@ -63,8 +60,6 @@ __all__ = ["StepWorker", "DEFAULT_PREFETCH", "PERSISTENT"]
 
 log = logging.getLogger(__name__)
 DEFAULT_PREFETCH = 200
-PERSISTENT = pika.BasicProperties(delivery_mode=2, content_type="application/json")
-TRANSIENT = pika.BasicProperties(delivery_mode=1, content_type="application/json")
 _MAX_BACKOFF = 15.0
 _COUNT_HEADER = "x-delivery-count"  # set by quorum queues: earlier deliveries of this message
 
@@ -84,43 +79,6 @@ class _Pub:
     key: str
     body: bytes
     props: pika.BasicProperties
-
-
-class _CoalescingConnection(SelectConnection):
-    """A SelectConnection that can hold outgoing frames and write them with one ``send``.
-
-    pika writes every frame (3 per published message) with its own ``socket.send``; holding the
-    frames of a whole batch and writing them joined cuts the system calls ~100-fold. Uses pika's
-    ``_output_marshaled_frames`` / ``_adapter_emit_data`` (present since pika 1.0); when a pika
-    version lacks them, frames are written as usual."""
-
-    _hold: list[bytes] | None = None
-    _can_hold = hasattr(SelectConnection, "_output_marshaled_frames") and \
-        hasattr(SelectConnection, "_adapter_emit_data")
-
-    def _output_marshaled_frames(self, marshaled_frames) -> None:
-        if self._hold is None:
-            super()._output_marshaled_frames(marshaled_frames)
-            return
-        for f in marshaled_frames:
-            self.bytes_sent += len(f)
-            self.frames_sent += 1
-        self._hold.extend(marshaled_frames)
-
-    def hold(self) -> None:
-        if self._can_hold:
-            self._hold = []
-
-    def release(self) -> None:
-        frames, self._hold = self._hold, None
-        if frames and not (self.is_closing or self.is_closed):
-            self._adapter_emit_data(b"".join(frames))
-
-
-def error_props(info: ErrorInfo, step: str) -> pika.BasicProperties:
-    return pika.BasicProperties(delivery_mode=2, content_type="application/json",
-                                headers={ERROR_HEADER: orjson.dumps(info.to_dict()).decode(),
-                                         STEP_HEADER: step})
 
 
 class StepWorker:
@@ -149,7 +107,7 @@ class StepWorker:
         self._ready = threading.Event()      # the component's setup() succeeded
         self._halt = threading.Event()       # set by stop()/abort: ends setup retries
         self._wake = threading.Event()
-        self._conn: SelectConnection | None = None
+        self._conn: CoalescingConnection | None = None
         self._work: queue.SimpleQueue = queue.SimpleQueue()
         self._gen = 0
         self._reset()
@@ -169,7 +127,7 @@ class StepWorker:
                 started = time.monotonic()
                 try:
                     self._declare()
-                    self._conn = _CoalescingConnection(
+                    self._conn = CoalescingConnection(
                         parameters(self.url, heartbeat=self.heartbeat, name=f"flownb {self.step.name}"),
                         on_open_callback=self._on_open, on_open_error_callback=self._on_open_error,
                         on_close_callback=self._on_closed)
@@ -318,8 +276,7 @@ class StepWorker:
         # one death, however often it was redelivered: the window it sat in died (maybe before reaching
         # it), as a batch claimed by the embedded runtime counts once; from here on it runs alone
         headers[DELIVERIES_HEADER] = 1
-        moved = pika.BasicProperties(delivery_mode=2, content_type=props.content_type or "application/json",
-                                     headers=headers)
+        moved = redelivered_props(props, headers)
         rec = _Input(tag, done=True, kind="moved")
         self._inputs.append(rec)
         log.info("step '%s': a message redelivered %d time(s) goes to '%s' to be processed alone",

@@ -35,20 +35,14 @@ from ...errors import BrokerError, FlownbError
 from ...flow import Flow
 from ..core import TriggerRunner
 from . import names
-from .step_worker import PERSISTENT, error_props
 from .metrics import StepMetrics
+from .publish import PERSISTENT, POLLED_HEADER, error_props, state_props
 from .topology import VERSION_HEADER, TopologyError, connect, declare_flow, max_length
 
 __all__ = ["TriggerWorker", "read_state"]
 
 log = logging.getLogger(__name__)
-POLLED_HEADER = "x-flownb-polled"
 _AMQP_ERRORS = (pika.exceptions.AMQPError, BrokerError, OSError)
-
-
-def _state_props(polled: float, version: int) -> pika.BasicProperties:
-    return pika.BasicProperties(delivery_mode=2, content_type="application/json",
-                                headers={POLLED_HEADER: repr(polled), VERSION_HEADER: version})
 
 
 class TriggerWorker:
@@ -154,7 +148,7 @@ class TriggerWorker:
                 ok = ch.queue_declare(self.state_q, passive=True).method
                 if ok.message_count == 0 and ok.consumer_count == 0:
                     ch.confirm_delivery()
-                    ch.basic_publish("", self.state_q, b"{}", _state_props(0.0, 0))
+                    ch.basic_publish("", self.state_q, b"{}", state_props(0.0, 0))
                     log.info("trigger '%s': seeded an empty cursor", self.name)
                 ch.queue_delete(lock)
             finally:
@@ -186,7 +180,7 @@ class TriggerWorker:
         for _m, info, p in self.runner.last_dead:  # records over max_message_bytes: dead, cursor moves on
             ch.basic_publish("", dlq, p, error_props(info, self.name))
             log.warning("trigger '%s': a record was dead-lettered: %s", self.name, info.message)
-        ch.basic_publish("", self.state_q, orjson.dumps(new_state), _state_props(now, version + 1))
+        ch.basic_publish("", self.state_q, orjson.dumps(new_state), state_props(now, version + 1))
         ch.basic_ack(tag)
         ch.tx_commit()
         self._held = None

@@ -22,9 +22,9 @@ from ...flow import Flow
 from ...secrets import check_env
 from ..core import build_component
 from ..health import EXIT_CRASHED, HEALTH, exit_on_failure, start_thread, stop_deadline
-from .step_worker import StepWorker
 from .metrics import add_readiness, serve
 from .names import broker_url
+from .step_worker import StepWorker
 from .trigger import TriggerWorker
 
 __all__ = ["worker_cli", "make_worker", "run_workers"]
