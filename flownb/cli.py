@@ -30,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also check that every environment variable the flow reads is set")
     p.set_defaults(handler=_validate)
 
-    sub.add_parser("components", help="list installed components and their config fields"
-                   ).set_defaults(handler=_components)
+    p = sub.add_parser("components", help="list installed components, or one component's config fields")
+    p.add_argument("name", nargs="?", default=None, help="a component key (e.g. sql.upsert): show its fields")
+    p.set_defaults(handler=_components)
 
     for add in (run_parser, dlq_parser, worker_parser, deploy_parsers, schedule_parser):
         add(sub)
@@ -58,21 +59,31 @@ def _validate(args) -> int:
 def _components(args) -> int:
     from rich.table import Table
 
-    from .registry import available, describe
+    from .registry import available, describe, field_rows, get
+    con = console()
+    if args.name:
+        get(args.name)  # an unknown key: UnknownComponentError with the nearest installed one
+        d = describe(args.name)
+        con.print(f"{d['key']} ({d['kind']}): {d['description']}")
+        t = Table(show_lines=False)
+        for col in ("field", "type", "default", "description"):
+            t.add_column(col, overflow="fold")
+        for row in field_rows(args.name):
+            t.add_row(*row)
+        con.print(t)
+        return 0
     table = Table(title="installed flownb components")
-    for col in ("key", "kind", "config fields", "description"):
-        table.add_column(col)
+    for col in ("key", "kind", "description"):
+        table.add_column(col, overflow="fold")
     for key in available():
         try:
             d = describe(key)
         except FlownbError as exc:
-            table.add_row(key, "?", f"[red]{exc}[/red]", "")
+            table.add_row(key, "?", f"[red]{exc}[/red]")
             continue
-        fields = ", ".join(f"{f['name']}{'*' if f['required'] else ''}: {f['type']}" for f in d["fields"])
-        table.add_row(key, d["kind"], fields, d["description"])
-    con = console()
+        table.add_row(key, d["kind"], d["description"])
     con.print(table)
-    con.print("* required")
+    con.print("'flownb components NAME' shows a component's config fields")
     return 0
 
 

@@ -75,8 +75,21 @@ def describe(key: str) -> dict:
             "default": None if f.is_required() else f.get_default(call_default_factory=True),
             "help": f.description or "",
         })
-    doc = (cls.__doc__ or "").strip().splitlines()
-    return {"key": key, "kind": cls.kind, "description": doc[0] if doc else "", "fields": fields}
+    return {"key": key, "kind": cls.kind, "description": plain_text(cls.__doc__ or ""), "fields": fields}
+
+
+_RST_ROLE = re.compile(r":[\w:]+:`~?([^`]+)`")
+
+
+def plain_text(doc: str) -> str:
+    """The first paragraph of a docstring as one line of plain text (no reStructuredText markup)."""
+    para = []
+    for line in doc.strip().splitlines():
+        if not line.strip():
+            break
+        para.append(line.strip())
+    text = _RST_ROLE.sub(r"\1", " ".join(para))
+    return text.replace("``", "")
 
 
 def _type_name(ann: Any) -> str:
@@ -130,28 +143,43 @@ def validate_flow(flow: "Flow") -> dict[str, BaseModel]:
 _FIELDS_BLOCK = re.compile(r"(<!-- fields: ([\w.]+) -->\n).*?(<!-- /fields -->)", re.S)
 
 
-def fields_table(key: str) -> str:
-    """A Markdown table of a component's config fields (name, type, default, help), rendered from
-    its config model; docs/components.md holds one per component (tested: they must not drift)."""
+def field_rows(key: str) -> list[tuple[str, str, str, str]]:
+    """(field, type as written in YAML, default, help) of a component's config, required fields
+    first: durations are ``duration`` with defaults such as ``30s``, a required field's default is
+    ``required``."""
     import json
 
     from ._duration import format_duration, parse_duration
     model = get(key).Config.model_fields
-    rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
+    rows = []
     for f in describe(key)["fields"]:
         duration = any(getattr(m, "func", None) is parse_duration for m in model[f["name"]].metadata)
-        kind = "duration" if duration else f["type"]
         if f["required"]:
             default = "required"
         elif f["default"] is None:
             default = "none"
         elif duration:
-            default = f"`{format_duration(f['default'])}`"
+            default = format_duration(f["default"])
         else:
-            default = f"`{json.dumps(f['default'], default=str)}`"
-        cell = f["help"].replace("|", "\\|") or "–"
+            default = json.dumps(f["default"], default=str)
+        kind = "duration" if duration else f["type"]
+        if kind.startswith("Literal["):  # the choices, as written in YAML
+            kind = " | ".join(c.strip().strip("'\"") for c in kind[len("Literal["):-1].split(","))
+        rows.append((f["name"], kind, default, f["help"]))
+    rows.sort(key=lambda r: r[2] != "required")  # stable: the model's order within each group
+    return rows
+
+
+def fields_table(key: str) -> str:
+    """A Markdown table of a component's config fields (name, type, default, help), rendered from
+    its config model; docs/components.md holds one per component (tested: they must not drift)."""
+    rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
+    for name, kind, default, help_ in field_rows(key):
+        if default not in ("required", "none"):
+            default = f"`{default}`"
+        cell = help_.replace("|", "\\|") or "–"
         kind = kind.replace("|", "\\|")
-        rows.append(f"| `{f['name']}` | `{kind}` | {default} | {cell} |")
+        rows.append(f"| `{name}` | `{kind}` | {default} | {cell} |")
     return "\n".join(rows) + "\n"
 
 

@@ -139,6 +139,25 @@ def test_components_lists_installed(tmp_path):
         assert key in r.stdout
 
 
+def test_components_name_shows_every_field_as_written_in_yaml_required_first():
+    r = cli("components", "http.request")
+    assert r.returncode == 0, r.stderr
+    out = " ".join(r.stdout.split())  # the table wraps long cells
+    assert "http.request (action): Call an HTTP endpoint for each message." in out
+    rows = [line for line in r.stdout.splitlines() if line.startswith("│ ") and not line.startswith("│  ")]
+    timeout = next(line for line in rows if line.split("│")[1].strip() == "timeout")
+    assert "duration" in timeout and "30s" in timeout and "float" not in timeout
+    up = cli("components", "sql.upsert")
+    flat = " ".join(up.stdout.split())
+    assert "A batch is written in one transaction." in flat and "``" not in flat  # whole, plain text
+    up_names = [line.split("│")[1].strip() for line in up.stdout.splitlines()
+                if line.startswith("│ ") and line.split("│")[1].strip()]
+    assert up_names[:2] == ["table", "key"]  # the required fields first
+    assert "error | ignore" in up.stdout
+    bad = cli("components", "sql.upser")
+    assert bad.returncode == 2 and "did you mean 'sql.upsert'" in bad.stderr
+
+
 def test_dlq_without_state_is_a_clear_error(tmp_path):
     r = cli("dlq", "list", str(spec(tmp_path)), "--state-dir", str(tmp_path / "none"))
     assert r.returncode == 1 and "run the flow first" in r.stderr
