@@ -162,6 +162,9 @@ def _compile_check(text: str | None, step, field: str) -> None:
     if text:
         try:
             Expr(text, step=step.name, field=f"config.{field}")
+            if not _SIMPLE_PATH.match(text.strip()):
+                from ..rules.functions_check import check_functions
+                check_functions(text, step=step.name, field=f"config.{field}")
         except ImportError as exc:  # pragma: no cover - rules ship with flownb
             raise ConfigError(f"JSONata support is missing ({exc})", step=step.name) from None
 

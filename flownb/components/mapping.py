@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .._duration import Duration
 from ..errors import EvaluationTimeout, ExpressionError
+from ..rules.functions_check import check_functions
 from ..rules import _deadline
 from ..rules._runtime import U, boolean
 from ..rules.expression import compile
@@ -66,6 +67,7 @@ class SplitConfig(BaseModel):
 
 def _check(src: str, step: Any, field: str):
     try:
+        check_functions(src)
         return compile(src)
     except ExpressionError as exc:
         exc.expression = exc.expression or src

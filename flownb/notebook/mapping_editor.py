@@ -170,12 +170,14 @@ class MappingEditor:
     def mapping(self):
         """The :class:`flownb.rules.Mapping` of the fields; ExpressionError when one is invalid."""
         from ..rules import Mapping, compile as compile_expr
+        from ..rules.functions_check import check_functions
 
         fields = self.fields
         if not fields:
             raise ExpressionError("the mapping has no fields; add one with a name and an expression")
         for name, expr in fields.items():
             try:
+                check_functions(expr)
                 compile_expr(expr)
             except ExpressionError as exc:
                 raise exc.at(field=name)
@@ -221,6 +223,7 @@ class MappingEditor:
     def _check_rows(self) -> dict[str, str]:
         """Validate names and compile expressions; set each row's error label; return good fields."""
         from ..rules import compile as compile_expr
+        from ..rules.functions_check import check_functions
 
         good: dict[str, str] = {}
         self.errors = {}
@@ -236,6 +239,7 @@ class MappingEditor:
                 msg = error_html("write an expression, e.g. a column name from the list below")
             else:
                 try:
+                    check_functions(expr)
                     compile_expr(expr)
                 except ExpressionError as exc:
                     msg = error_html(str(exc), expression=expr, position=exc.position)

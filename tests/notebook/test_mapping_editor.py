@@ -48,6 +48,18 @@ def test_broken_expression_shows_position_and_keeps_other_fields(sample):
     assert info.value.position is not None and info.value.field == "email"
 
 
+def test_an_unknown_function_is_named_once_at_its_field_not_on_every_row(sample):
+    ed = MappingEditor(sample, mapping=FIELDS, debounce=0)
+    ed.set_field("email", "$lowercas(customer.email)")
+    assert "unknown function '$lowercas'; did you mean '$lowercase'?" in ed._rows[0].error.value
+    assert list(ed.preview.columns) == ["total", "_error"]  # its column is left out, the rows do not repeat it
+    assert not ed.preview["_error"].fillna("").astype(str).str.contains("lowercas").any()
+    assert "1 field with errors" in ed.summary.value
+    with pytest.raises(flownb.ExpressionError, match=r"unknown function '\$lowercas'") as info:
+        ed.mapping
+    assert (info.value.field, info.value.position) == ("email", 0)
+
+
 def test_add_remove_duplicate_and_empty_fields(sample):
     ed = MappingEditor(sample, mapping=FIELDS, debounce=0)
     ed.add_button.click()
