@@ -256,7 +256,18 @@ def test_result_tabs(result) -> list[tuple[str, str]]:
         tabs.append((f"{name} ({len(rows)})", records_html(list(rows))))
     dead = list(getattr(result, "dead_letters", None) or [])
     tabs.append((f"dead letters ({len(dead)})", dead_letters_html(dead)))
+    tabs.extend(effects_tabs(result))
     tabs.append(("timings", timings_html(result)))
+    return tabs
+
+
+def effects_tabs(result) -> list[tuple[str, str]]:
+    """One tab per action run dry: what it would have sent (the request, the row, the line)."""
+    tabs = []
+    for name, effects in (getattr(result, "effects", None) or {}).items():
+        note = (f'<div style="color:#8a5a00">dry run: nothing was sent by step {_e(name)}; '
+                f'<code>flow.test(sample, live=True)</code> sends it</div>')
+        tabs.append((f"{name}: would send ({len(effects)})", note + records_html(list(effects))))
     return tabs
 
 
@@ -264,7 +275,11 @@ def _summary(result) -> str:
     outputs = getattr(result, "outputs", None) or {}
     dead = list(getattr(result, "dead_letters", None) or [])
     parts = [f"{name}: {len(rows)}" for name, rows in outputs.items()]
-    return f"test run — {', '.join(parts) or 'no outputs'}; {len(dead)} dead letter{'s' if len(dead) != 1 else ''}"
+    text = f"test run — {', '.join(parts) or 'no outputs'}; {len(dead)} dead letter{'s' if len(dead) != 1 else ''}"
+    dry = getattr(result, "effects", None) or {}
+    if dry:
+        text += f"; dry run: {', '.join(dry)} sent nothing (live=True sends)"
+    return text
 
 
 def test_result_html(result) -> str:

@@ -9,7 +9,7 @@ one on 127.0.0.1 that records what it receives and can play an outage::
     with HttpTarget(fail_first=3, status=503, retry_after=0) as crm:
         flow = flownb.Flow(name="push", trigger=..., steps=[
             flownb.step("push", "http.request", method="POST", url=f"{crm.url}/contacts")])
-        result = flow.test(sample)
+        result = flow.test(sample, live=True)   # live: really send (flow.test is dry by default)
     assert [r.json for r in crm.received] == result.outputs["push"] ...
     assert crm.refused == 3
 

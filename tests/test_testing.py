@@ -19,7 +19,7 @@ def test_a_flow_pushes_through_the_first_failures_to_the_target():
         flow = flownb.Flow(name="push", trigger=flownb.step("src", "schedule", cron="* * * * *"), steps=[
             flownb.step("push", "http.request", method="POST", url=f"{crm.url}/contacts", output="input",
                         retry={"max_attempts": 5, "initial": "10ms"})])
-        result = flow.test(sample)
+        result = flow.test(sample, live=True)
     assert result.dead_letters == []
     assert crm.refused == 3
     assert sorted(r.json["n"] for r in crm.received) == list(range(5))

@@ -80,6 +80,9 @@ class Component(Generic[ConfigT]):
     Config: ClassVar[type[BaseModel]] = NoConfig
     #: exception types that mean "try again later" for this component
     retryable_exceptions: ClassVar[tuple[type[BaseException], ...]] = ()
+    #: the component changes something outside the flow (sends a request, writes a table or a
+    #: file): ``flow.test`` runs it dry unless ``live=True`` (:meth:`Action.dry_run`)
+    effects: ClassVar[bool] = False
 
     def __init__(self, config: ConfigT, ctx: Context):
         self.config = config
@@ -101,6 +104,17 @@ class Action(Component[ConfigT]):
 
     def process(self, message: "Message", ctx: Context) -> Result:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def dry_run(self, message: "Message", ctx: Context) -> dict:
+        """What processing ``message`` would send outside the flow, without sending it or opening a
+        connection (``setup()`` has not run): ``flow.test`` records this for actions with
+        ``effects`` and passes the message on unchanged, unless ``live=True``. Override it to show
+        the request, statement or line your component would write."""
+        return {"body": message.body}
+
+    def dry_output(self, message: "Message") -> Result:
+        """What a dry run passes on (default: the message unchanged)."""
+        return message.body
 
     def process_batch(self, messages: list["Message"], ctx: Context) -> list[Result | BaseException]:
         """Process several messages; the default calls ``process`` per message and returns, per

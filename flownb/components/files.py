@@ -201,9 +201,30 @@ class CsvWrite(Action[CsvWriteConfig]):
     """Append rows to a CSV file; the header is written once. A batch is one write."""
 
     Config = CsvWriteConfig
+    effects = True
 
     def setup(self) -> None:
         self._columns: list[str] | None = None
+
+    def dry_run(self, message, ctx) -> dict:
+        """The line it would append (after the header, for a file that does not exist yet)."""
+        path = Path(self.config.path)
+        existing = None
+        if path.is_file():  # reading the header changes nothing
+            with open(path, newline="", encoding=self.config.encoding) as fh:
+                first = fh.readline()
+            existing = next(csv.reader([first], delimiter=self.config.delimiter)) if first.strip() else None
+        columns = self.config.columns or existing or list(message.body)
+        result, lines = self._lines([message], columns)
+        if isinstance(result[0], FatalError):
+            raise result[0]
+        out = {"path": str(path), "line": lines[0].rstrip("\n")}
+        if existing is None:
+            out["header"] = self._format(columns).rstrip("\n")
+        return out
+
+    def dry_output(self, message):
+        return message.body if self.config.passthrough else None
 
     def process(self, message, ctx):
         result = self.process_batch([message], ctx)[0]

@@ -207,11 +207,33 @@ class HttpRequest(Action[HttpRequestConfig]):
         _compile_check(config.url_expr, step, "url_expr")
         _compile_check(config.body, step, "body")
 
+    effects = True
+
     def setup(self) -> None:
         self.client = _client(self.config, self.ctx)
+        self._compile()
+
+    def _compile(self) -> None:
         self._url_expr = Expr(self.config.url_expr, step=self.ctx.step) if self.config.url_expr else None
         self._body_expr = Expr(self.config.body, step=self.ctx.step) if self.config.body else None
         self._keep = {h.lower() for h in self.config.response_headers}
+
+    def dry_run(self, message, ctx) -> dict:
+        """The request it would send: method, URL, headers (the token masked), query and body."""
+        if not hasattr(self, "_keep"):
+            self._compile()
+        kw = self._request_kwargs(message)
+        headers = dict(kw["headers"])
+        if self.config.token_env:
+            headers["Authorization"] = f"Bearer *** (${self.config.token_env})"
+        out = {"method": self.config.method, "url": self._url(message.body), "headers": headers}
+        if kw.get("params"):
+            out["query"] = kw["params"]
+        if "json" in kw:
+            out["json"] = kw["json"]
+        if "data" in kw:
+            out["form"] = kw["data"]
+        return out
 
     def close(self) -> None:
         self.client.close()

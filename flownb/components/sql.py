@@ -348,6 +348,16 @@ class SqlUpsert(Action[SqlUpsertConfig]):
 
     Config = SqlUpsertConfig
     DIALECTS: ClassVar[tuple[str, ...]] = ("sqlite", "postgresql", "mysql", "mariadb")
+    effects = True
+
+    def dry_run(self, message, ctx) -> dict:
+        """The row it would insert or update, by key (no connection is opened: the table's
+        columns are not checked)."""
+        err = self._key_error(message.body)
+        if err is not None:
+            raise err
+        return {"upsert": self.config.table, "key": {k: message.body[k] for k in self.config.key},
+                "row": message.body}
 
     @classmethod
     def check_config(cls, config, step) -> None:

@@ -18,7 +18,7 @@ from .. import registry
 from ..errors import FlownbError, SpecError
 from ..flow import Flow, RetryPolicy, Step, fill_templates
 from ._common import Debouncer, as_sample, error_html, log, ok_html
-from ..display import dead_letters_html, flow_svg, records_html, timings_html
+from ..display import dead_letters_html, effects_tabs, flow_svg, records_html, timings_html
 from .forms import ConfigForm
 
 __all__ = ["FlowBuilder"]
@@ -139,6 +139,9 @@ class FlowBuilder:
         self.run_button = w.Button(description="run on sample", icon="play", button_style="primary")
         self.run_button.add_class("flownb-run")
         self.run_button.on_click(lambda _b: self.run())
+        self.live = w.Checkbox(value=False, description="live: really send requests and write tables/files",
+                               indent=False)
+        self.live.add_class("flownb-live")
         self.path = w.Text(value=str(path), description="save to", continuous_update=False)
         self.save_button = w.Button(description="save", icon="save")
         self.save_button.add_class("flownb-save")
@@ -149,7 +152,7 @@ class FlowBuilder:
         self.widget = w.VBox([
             self.name, w.HTML("<b>palette</b> — click a component to add it"), self.palette,
             self.steps_box, self.status, self.diagram,
-            w.HBox([self.run_button, self.path, self.save_button]), self.run_output, self.results,
+            w.HBox([self.run_button, self.live, self.path, self.save_button]), self.run_output, self.results,
         ])
         self.widget.add_class("flownb-flow-builder")
 
@@ -290,7 +293,8 @@ class FlowBuilder:
 
     # -- run and save -----------------------------------------------------------------------------
     def run(self):
-        """Run ``flow.test(sample)``; show each step's output in a tab, then the dead letters."""
+        """Run ``flow.test(sample)`` — dry unless the "live" box is ticked: actions with outside
+        effects show what they would send; show each step's output in a tab, then the dead letters."""
         self.run_output.clear_output()
         if self.sample is None:
             self.status.value = error_html(self.sample_error or "no sample: pass FlowBuilder(sample=df) "
@@ -299,7 +303,7 @@ class FlowBuilder:
         try:
             flow = self.flow
             with self.run_output:
-                self.result = flow.test(self.sample)
+                self.result = flow.test(self.sample, live=self.live.value)
         except FlownbError as exc:
             self.status.value = error_html(f"the test run failed: {exc}")
             return None
@@ -314,6 +318,7 @@ class FlowBuilder:
         tabs = [(f"{name} ({len(rows)})", records_html(list(rows))) for name, rows in result.outputs.items()]
         dead = list(result.dead_letters)
         tabs.append((f"dead letters ({len(dead)})", dead_letters_html(dead)))
+        tabs.extend(effects_tabs(result))
         tabs.append(("timings", timings_html(result)))
         children = []
         for _title, body in tabs:

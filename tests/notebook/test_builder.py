@@ -147,6 +147,23 @@ def test_run_on_sample_shows_outputs_and_dead_letters_in_tabs():
     assert b.result.frame("divide")["x"].tolist() == [5, 2]
 
 
+def test_run_on_sample_is_dry_until_the_live_box_is_ticked(tmp_path):
+    out = tmp_path / "big-orders.csv"
+    flow = flownb.Flow(name="w", trigger=flownb.step("in", "webhook", token_env="T"),
+                       steps=[flownb.step("write", "csv.write", path=str(out))])
+    b = FlowBuilder(sample=[{"id": 1}, {"id": 2}], flow=flow)
+    assert b.live.value is False
+    b.run_button.click()
+    titles = [b.results.get_title(i) for i in range(len(b.results.children))]
+    assert titles == ["in (2)", "write (2)", "dead letters (0)", "write: would send (2)", "timings"]
+    assert not out.exists() and "dry run" in b.results.children[3].value
+    b.live.value = True
+    b.run_button.click()
+    assert out.read_text() == "id\n1\n2\n"
+    assert [b.results.get_title(i) for i in range(len(b.results.children))] == \
+        ["in (2)", "write (2)", "dead letters (0)", "timings"]
+
+
 def test_run_on_a_dataframe_sample_feeds_the_records_of_flownb_records():
     import pandas as pd
 

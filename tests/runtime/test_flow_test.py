@@ -114,3 +114,64 @@ def test_progress_bar_for_long_runs(flow_factory, capsys):
     assert len(r.last) == 1500
     err = capsys.readouterr().err
     assert "flow.test" in err and "6000/6000" in err
+
+
+# -- dry by default: actions with outside effects record what they would send ------------------------
+
+def _effects_flow(tmp_path, url: str):
+    import flownb
+    return flownb.Flow(name="dry", trigger=flownb.step("src", "webhook", token_env="DRY_HOOK_TOKEN"), steps=[
+        flownb.step("shape", "mapping", fields={"id": "id", "email": "$lowercase(email)"}),
+        flownb.step("push", "http.request", method="POST", url=url + "/contacts/{id}", token_env="DRY_CRM_TOKEN",
+                    output="input"),
+        flownb.step("store", "sql.upsert", url=f"sqlite:///{tmp_path / 'shop.db'}", table="contacts",
+                    key=["id"], create=True),
+        flownb.step("archive", "csv.write", path=str(tmp_path / "out" / "contacts.csv"), columns=["id", "email"]),
+    ])
+
+
+def test_a_dry_test_sends_nothing_and_shows_what_each_action_would_send(tmp_path, monkeypatch):
+    from flownb.testing import HttpTarget
+    monkeypatch.delenv("DRY_CRM_TOKEN", raising=False)  # a dry run needs no secret
+    with HttpTarget() as crm:
+        url = crm.url
+        r = _effects_flow(tmp_path, url).test([{"id": 1, "email": "A@X.IO"}, {"id": 2, "email": "b@y.io"}])
+        assert crm.received == []
+    assert not (tmp_path / "shop.db").exists() and not (tmp_path / "out").exists()
+    assert r.live is False and r.dead_letters == []
+    assert r.last == [{"id": 1, "email": "a@x.io"}, {"id": 2, "email": "b@y.io"}]  # passed on unchanged
+    push = r.effects["push"]
+    assert [(e["method"], e["url"], e["json"]) for e in push] == [
+        ("POST", f"{url}/contacts/1", {"id": 1, "email": "a@x.io"}),
+        ("POST", f"{url}/contacts/2", {"id": 2, "email": "b@y.io"})]
+    assert push[0]["headers"]["Authorization"] == "Bearer *** ($DRY_CRM_TOKEN)"
+    assert r.effects["store"][1] == {"upsert": "contacts", "key": {"id": 2}, "row": {"id": 2, "email": "b@y.io"}}
+    assert r.effects["archive"] == [
+        {"path": str(tmp_path / "out" / "contacts.csv"), "line": "1,a@x.io", "header": "id,email"},
+        {"path": str(tmp_path / "out" / "contacts.csv"), "line": "2,b@y.io", "header": "id,email"}]
+    assert "dry run: not sent (push 2, store 2, archive 2)" in r.summary()
+    html = r._repr_mimebundle_()["text/html"]
+    assert "push: would send (2)" in html and "live=True" in html
+
+
+def test_a_dry_test_dead_letters_what_the_live_run_would(tmp_path):
+    from flownb.testing import HttpTarget
+    with HttpTarget() as crm:
+        flow = _effects_flow(tmp_path, crm.url)
+        r = flow.test([{"email": "no-id@x.io"}])  # no id: the URL placeholder and the key are missing
+    (dead,) = r.dead_letters
+    assert dead.step == "push" and "id" in dead.error.message
+
+
+def test_live_sends_for_real(tmp_path, monkeypatch):
+    import sqlite3
+
+    from flownb.testing import HttpTarget
+    monkeypatch.setenv("DRY_CRM_TOKEN", "s3cr3t-token-value")
+    with HttpTarget() as crm:
+        r = _effects_flow(tmp_path, crm.url).test([{"id": 1, "email": "A@X.IO"}], live=True)
+        assert [x.json for x in crm.received] == [{"id": 1, "email": "a@x.io"}]
+    assert r.live is True and r.effects == {}
+    with sqlite3.connect(tmp_path / "shop.db") as db:
+        assert db.execute("select id, email from contacts").fetchall() == [(1, "a@x.io")]
+    assert (tmp_path / "out" / "contacts.csv").read_text() == "id,email\n1,a@x.io\n"

@@ -1,4 +1,10 @@
-"""``flow.test(sample)``: the local engine on an in-memory database with a virtual clock."""
+"""``flow.test(sample)``: the local engine on an in-memory database with a virtual clock.
+
+Dry by default: an action with outside effects (``effects = True``: ``http.request``,
+``sql.upsert``, ``csv.write``, any connector that declares it) is not run; its
+:meth:`~flownb.components.base.Action.dry_run` records what it would send (the request, the row,
+the line) in ``result.effects[step]`` and the message goes on unchanged. ``live=True`` runs them
+for real (a test server, a scratch database)."""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from typing import Any
 
 from ...errors import SpecError, did_you_mean
 from ...flow import Flow
+from ...components.base import Action, Context
 from ...records import to_records
 from ..core import DeadLetter
 from .runtime import LocalRuntime, VirtualClock
@@ -28,6 +35,9 @@ class TestResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     counts: dict[str, dict] = field(default_factory=dict)
+    #: dry runs: what each action with outside effects would have sent, per step, in order
+    effects: dict[str, list[dict]] = field(default_factory=dict)
+    live: bool = False
 
     def frame(self, step: str):
         """The outputs of ``step`` as a pandas DataFrame (one row per message)."""
@@ -48,6 +58,9 @@ class TestResult:
             lines.append(f"  {name}: in {c['in']}, out {c['out']}, retried {c['retried']}, dead {c['dead']}, "
                          f"{self.timings.get(name, 0.0) * 1000:.1f} ms")
         lines.append(f"  dead letters: {len(self.dead_letters)}")
+        if self.effects:
+            would = ", ".join(f"{step} {len(e)}" for step, e in self.effects.items())
+            lines.append(f"  dry run: not sent ({would}); see .effects, or flow.test(..., live=True)")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -65,6 +78,30 @@ def _rows(sample: Any) -> list[dict]:
     """The sample as message bodies: :func:`flownb.records.to_records`, the conversion that
     ``Mapping.preview`` and the notebook widgets use too (docs/records.md)."""
     return to_records(sample)
+
+
+class _DryRun(Action):
+    """An action with outside effects, run dry: records what it would send, passes its input on."""
+
+    def __init__(self, real: Action, record: list[dict]):
+        self.real, self.record = real, record
+        self.config, self.ctx = real.config, real.ctx
+
+    def setup(self) -> None:  # no connection to anything real
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def process_batch(self, messages, ctx: Context) -> list:
+        out: list = []
+        for m in messages:
+            try:
+                self.record.append(self.real.dry_run(m, ctx))
+                out.append(self.real.dry_output(m))
+            except Exception as exc:  # the same error the live run would dead-letter with
+                out.append(exc)
+        return out
 
 
 def _in_notebook() -> bool:
@@ -87,11 +124,17 @@ def _progress_bar(total: int, progress: bool | None):
 
 
 def test_flow(flow: Flow, sample: Any = None, progress: bool | None = None, *,
-              batch_size: int = 500) -> TestResult:
+              batch_size: int = 500, live: bool = False) -> TestResult:
     """Run ``flow`` on ``sample`` (DataFrame, list of dicts or one dict, made records by
     :func:`flownb.records.to_records` and fed as the trigger's output; None: poll the trigger
-    once) in memory. Retries happen on a virtual clock, without waiting."""
+    once) in memory. Retries happen on a virtual clock, without waiting. Actions with outside
+    effects run dry unless ``live`` (the module's docstring)."""
     rt = LocalRuntime(flow, None, memory=True, clock=VirtualClock(), record=True, batch_size=batch_size)
+    effects: dict[str, list[dict]] = {}
+    if not live:
+        for name, runner in rt.runners.items():
+            if getattr(runner.component, "effects", False):
+                runner.component = _DryRun(runner.component, effects.setdefault(name, []))
     try:
         if sample is None:
             if rt.trigger.kind != "poll":
@@ -107,6 +150,7 @@ def test_flow(flow: Flow, sample: Any = None, progress: bool | None = None, *,
             bar.close()
         return TestResult(flow=flow.name, outputs=rt.recorded or {}, dead_letters=rt.dead_letters(),
                           timings={k: v.seconds for k, v in rt.stats.items()},
-                          counts={k: v.to_dict() for k, v in rt.stats.items()})
+                          counts={k: v.to_dict() for k, v in rt.stats.items()},
+                          effects=effects, live=live)
     finally:
         rt.close()
