@@ -11,6 +11,10 @@ fi
 spec="."
 [[ -n "$extras" ]] && spec=".[${extras}]"
 stamp=".venv/.installed-${extras:-core}"
+# the core is part of every extra: a dev install up to date with pyproject.toml serves scripts/example too
+if [[ -z "$extras" && -f .venv/.installed-dev && ! pyproject.toml -nt .venv/.installed-dev ]]; then
+  stamp=.venv/.installed-dev
+fi
 if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
   .venv/bin/pip install -q -e "$spec"
   touch "$stamp"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -267,12 +268,31 @@ def test_example_flow_runs_and_is_idempotent(tmp_path):
     assert r.returncode == 0, r.stderr
     assert con.execute("select count(*) from orders").fetchone()[0] == len(expected)
     con.close()
-    assert "0 messages processed" in r.stdout
+    assert "'new-orders': no new records since cursor '2024-03-10T14:11:00Z'" in r.stdout
 
 
-def test_scripts_example_runs_the_example():
-    text = (REPO / "scripts/example").read_text()
-    assert "flownb run examples/orders/flow.yaml" in text and "--until-idle" in text
+def test_scripts_example_says_what_it_read_kept_and_where_the_result_is(tmp_path):
+    """The README's first command, run for real (twice) in a copy of the repository's example."""
+    import shutil
+    root = tmp_path / "repo"
+    (root / "scripts").mkdir(parents=True)
+    for name in ("example", "venv.sh"):
+        shutil.copy2(REPO / "scripts" / name, root / "scripts" / name)
+    shutil.copytree(REPO / "examples", root / "examples")
+    shutil.copy2(REPO / "pyproject.toml", root / "pyproject.toml")  # mtime kept: no reinstall
+    (root / ".venv").symlink_to(REPO / ".venv")
+    run = lambda: subprocess.run(["bash", str(root / "scripts" / "example")], capture_output=True, text=True,
+                                 timeout=300, env={**os.environ, "COLUMNS": "200"})
+    first = run()
+    assert first.returncode == 0, first.stderr
+    n = len(_expected_orders())
+    assert f"300 record(s) in from 'new-orders'; {n} came out of the last step 'save'" in first.stdout
+    assert f"result: {n} orders (total " in first.stdout and "in .flownb/example/shop.db (table orders)" in first.stdout
+    assert (root / ".flownb" / "example" / "orders.db").exists()  # the runtime's state, apart from the result
+    second = run()
+    assert second.returncode == 0, second.stderr
+    assert "'new-orders': no new records since cursor '2024-03-10T14:11:00Z'" in second.stdout
+    assert f"result: {n} orders" in second.stdout
 
 
 def test_jsonata_syntax_error_names_step_field_and_position(tmp_path):

@@ -65,7 +65,11 @@ def _console():
     return Console(highlight=False)
 
 
-def print_summary(summary: RunSummary, console=None, dlq_command: str | None = None) -> None:
+def print_summary(summary: RunSummary, console=None, dlq_command: str | None = None,
+                  cursor: dict | None = None) -> None:
+    """The per-step table, then what a reader counts: records in from the trigger and how many
+    reached the last step; ``cursor`` (the trigger's saved state) says where a poll that found
+    nothing new stands."""
     from rich.table import Table
     con = console or _console()
     t = Table(title=f"flow '{summary.flow}'")
@@ -76,8 +80,16 @@ def print_summary(summary: RunSummary, console=None, dlq_command: str | None = N
         t.add_row(name, f"{s.inputs:,}" if s.inputs else "-", f"{s.outputs:,}", f"{s.retried:,}",
                   f"{s.dead:,}", f"{s.seconds:.3f}", rate)
     con.print(t)
-    con.print(f"{summary.messages:,} messages processed in {summary.elapsed:.2f}s "
-              f"({summary.msg_per_s:,.0f} msg/s)")
+    names = list(summary.steps)
+    if names:
+        trigger, first = names[0], summary.steps[names[0]]
+        if first.outputs == 0 and cursor and "cursor" in cursor and not summary.messages:
+            con.print(f"'{trigger}': no new records since cursor {cursor['cursor']!r}")
+        elif len(names) > 1:
+            last = names[-1]
+            con.print(f"{first.outputs:,} record(s) in from '{trigger}'; {summary.steps[last].outputs:,} "
+                      f"came out of the last step '{last}' ({summary.messages:,} step inputs in "
+                      f"{summary.elapsed:.2f}s, {summary.msg_per_s:,.0f}/s)")
     kinds = [(name, kind, n, example) for name, st in summary.steps.items()
              for kind, (n, example) in st.dead_kinds.items()]
     for name, kind, n, example in kinds:  # one line per step and error kind, not one per message
@@ -170,7 +182,8 @@ def run_cli(flow: Flow, args: Any) -> int:
                     console.print("[yellow]webhook trigger without --port: only queued messages are "
                                   "processed; pass --port to receive requests[/yellow]")
                 summary = runtime.run(stop_event=stop)
-        print_summary(summary, console, _dlq_command(args))
+        cursor = runtime.store.get_state(flow.trigger.name)[0] if runtime.trigger.kind == "poll" else None
+        print_summary(summary, console, _dlq_command(args), cursor=cursor)
         if HEALTH.failed.is_set():
             return EXIT_CRASHED
         new_dead = sum(s.dead for s in summary.steps.values())  # dead-lettered by this run
