@@ -11,17 +11,19 @@ times out) never stalls the I/O loop: heartbeats and confirms keep flowing. A lo
 drops all in-flight state; the broker redelivers the unacked inputs to the new connection
 (duplicates are possible only within that window).
 
-Poison messages (quorum queues, ``FLOWNB_QUEUE_TYPE=quorum``; classic queues, the default, have no
-delivery count and no poison detection): the broker counts a message's deliveries
-(``x-delivery-count``). A message redelivered from the step or retry-ready queue was held by a
-worker that died (or lost its connection) - but so was the rest of that worker's prefetch window,
-so the count alone does not say which message killed it. Such a message is therefore not run in a
+Poison messages, on both queue types: a message redelivered from the step or retry-ready queue
+(quorum queues count it in ``x-delivery-count``; classic queues set the ``redelivered`` flag) was
+held by a worker that died (or lost its connection) - but so was the rest of that worker's prefetch
+window, so the redelivery alone does not say which message killed it. Such a message is therefore not run in a
 batch: it is moved (published, confirmed, then acked) to the step's suspect queue, carrying the
 death in ``x-flownb-deliveries`` (one, however often it was redelivered: it may never have been
 reached, as in a batch of the embedded runtime). The suspect queue is consumed with prefetch 1 and
 each suspect runs alone, so a death while it runs counts against it only. Its deliveries (carried +
 the suspect queue's own count) go to ``StepRunner.run_payloads(deliveries=...)``, which dead-letters it as
-``PoisonMessage`` at ``FLOWNB_MAX_DELIVERIES`` (default 3).
+``PoisonMessage`` at ``FLOWNB_MAX_DELIVERIES`` (default 3). A classic queue counts nothing, so a
+suspect delivered again (``redelivered``: the worker died while holding it) is first published back
+to the suspect queue with its deaths + 1 (confirmed, then acked) and runs from that copy: the count
+is written before it runs again, as the embedded runtime's claim counts it.
 """
 
 from __future__ import annotations
@@ -97,8 +99,8 @@ class StepWorker:
         self.levels = retry_levels(self.step.retry_policy)
         self.metrics = StepMetrics(flow.name, step_name)
         self.heartbeat = heartbeat
-        # quorum queues count deliveries: poison detection (classic queues: none, as before)
-        self.counting = queue_type() == "quorum"
+        # poison detection: quorum queues count deliveries; on classic queues the worker counts them
+        self.quorum = queue_type() == "quorum"
         self.max_deliveries = max_deliveries or env_max_deliveries()
         self.suspect_q = suspect_queue(flow.name, step_name)
         self.consuming = threading.Event()   # set while consumers are registered (tests, start-up timing)
@@ -214,12 +216,11 @@ class StepWorker:
         self._ch = ch
         ch.add_on_close_callback(self._on_channel_closed)
         ch.confirm_delivery(ack_nack_callback=self._on_confirm)
-        if self.counting:
-            # per-consumer prefetch (basic.qos applies to the consumers created after it): one suspect
-            # at a time, so a death while it runs is its own
-            ch.basic_qos(prefetch_count=1)
-            self._suspect_tag = ch.basic_consume(self.suspect_q, self._on_message, auto_ack=False)
-            self._consumers.add(self._suspect_tag)
+        # per-consumer prefetch (basic.qos applies to the consumers created after it): one suspect
+        # at a time, so a death while it runs is its own
+        ch.basic_qos(prefetch_count=1)
+        self._suspect_tag = ch.basic_consume(self.suspect_q, self._on_message, auto_ack=False)
+        self._consumers.add(self._suspect_tag)
         ch.basic_qos(prefetch_count=self.prefetch)
         for q in (names.step_queue(self.flow.name, self.step.name),
                   names.retry_ready_queue(self.flow.name, self.step.name)):
@@ -233,19 +234,23 @@ class StepWorker:
 
     # -- consuming ------------------------------------------------------------------------
     def _on_message(self, ch, method, props, body) -> None:
-        if self.counting:
-            headers = props.headers or {}
-            count = int(headers.get(_COUNT_HEADER) or 0)
-            if method.consumer_tag == self._suspect_tag:
-                # a suspect runs alone: deliveries = those counted in the step queue + in this one
-                self._flush()  # keep delivery order (acks are cumulative)
-                deaths = int(headers.get(DELIVERIES_HEADER) or 0) + count
-                self._submit([(method.delivery_tag, props, body)], [deaths])
+        headers = props.headers or {}
+        count = int(headers.get(_COUNT_HEADER) or 0)  # a quorum queue's count of earlier deliveries
+        if method.consumer_tag == self._suspect_tag:
+            # a suspect runs alone: deliveries = those carried from the step queue + in this one
+            self._flush()  # keep delivery order (acks are cumulative)
+            carried = int(headers.get(DELIVERIES_HEADER) or 0)
+            if not self.quorum and method.redelivered:
+                # a classic queue counts nothing: write this death down before it runs again
+                self._move(method.delivery_tag, props, body, carried + 1)
                 return
-            if count > 0:  # redelivered: its worker died holding it, maybe because of it
-                self._flush()
-                self._move(method.delivery_tag, props, body, count)
-                return
+            deaths = carried + (count if self.quorum else 0)
+            self._submit([(method.delivery_tag, props, body)], [deaths])
+            return
+        if count > 0 or method.redelivered:  # its worker died holding it, maybe because of it
+            self._flush()
+            self._move(method.delivery_tag, props, body, 1)
+            return
         self._buffer.append((method.delivery_tag, props, body))
         if len(self._buffer) >= self.prefetch:
             self._flush()
@@ -267,20 +272,20 @@ class StepWorker:
         self._in_process += 1
         self._work.put((self._gen, self._conn, recs, batch, deaths))
 
-    def _move(self, tag: int, props, body: bytes, count: int) -> None:
-        """Publish a redelivered input to the suspect queue (with its delivery count), ack it once
-        confirmed; it is run from there, alone."""
+    def _move(self, tag: int, props, body: bytes, deaths: int) -> None:
+        """Publish a redelivered input to the suspect queue with the deaths it counts, ack it once
+        confirmed; it is run from there, alone. From a step queue that is one death, however often
+        it was redelivered: the window it sat in died (maybe before reaching it), as a batch claimed
+        by the embedded runtime counts once."""
         if self._ch is None or not self._ch.is_open:
             return
         headers = {k: v for k, v in (props.headers or {}).items() if k != _COUNT_HEADER}
-        # one death, however often it was redelivered: the window it sat in died (maybe before reaching
-        # it), as a batch claimed by the embedded runtime counts once; from here on it runs alone
-        headers[DELIVERIES_HEADER] = 1
+        headers[DELIVERIES_HEADER] = deaths
         moved = redelivered_props(props, headers)
         rec = _Input(tag, done=True, kind="moved")
         self._inputs.append(rec)
-        log.info("step '%s': a message redelivered %d time(s) goes to '%s' to be processed alone",
-                 self.step.name, count, self.suspect_q)
+        log.info("step '%s': a redelivered message (deaths so far: %d) goes to '%s' to be processed alone",
+                 self.step.name, deaths, self.suspect_q)
         self._publish(rec, "", self.suspect_q, body, moved)
 
     def _abort(self) -> None:

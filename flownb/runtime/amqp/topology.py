@@ -190,8 +190,7 @@ def declare_step(ch, flow: Flow, step_name: str) -> None:
         if kind == "quorum":  # the expired message leaves only once the ready queue has confirmed it
             delay.update({"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"})
         _declare(ch, names.retry_queue(f, step.name, level), delay, kind)
-    if kind == "quorum":
-        _declare(ch, suspect_queue(f, step.name), None, kind)
+    _declare(ch, suspect_queue(f, step.name), None, kind)
     _declare(ch, names.dead_letter_queue(f, step.name), None, kind)
 
 
