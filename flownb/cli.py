@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .runtime.amqp.cli import add_parser as worker_parser
     from .runtime.cli import add_parser as dlq_parser
     from .runtime.local.cli import add_parser as run_parser
+    from .runtime.upgrade import add_parser as upgrade_parsers
     from .schedule.cli import add_parser as schedule_parser
 
     ap = argparse.ArgumentParser(prog="flownb", description="Integration flows built in Jupyter, run anywhere.")
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", default=None, help="a component key (e.g. sql.upsert): show its fields")
     p.set_defaults(handler=_components)
 
-    for add in (run_parser, dlq_parser, worker_parser, deploy_parsers, schedule_parser):
+    for add in (run_parser, dlq_parser, worker_parser, upgrade_parsers, deploy_parsers, schedule_parser):
         add(sub)
     return ap
 

@@ -9,7 +9,8 @@ Every error flownb raises derives from :class:`FlownbError`::
     │   ├── ConfigError            a step's config does not match its component's model
     │   ├── ParameterError         an unknown or mistyped flow or notebook parameter
     │   ├── ExpressionError        a JSONata expression does not compile (carries the position)
-    │   └── ScheduleInputError     bad input for a schedule (name, cron, time zone, unknown schedule)
+    │   ├── ScheduleInputError     bad input for a schedule (name, cron, time zone, unknown schedule)
+    │   └── UpgradeError           a spec change would strand queued messages (flownb plan/upgrade)
     ├── MessageError               a body is not a JSON object / not JSON-serialisable
     │   └── MessageTooLarge        a message over the flow's max_message_bytes
     ├── StepError                  raised by a component while processing a message
@@ -46,7 +47,7 @@ __all__ = [
     "ParameterError", "ExpressionError", "MessageError", "MessageTooLarge", "StepError", "Retry", "RetryableError",
     "FatalError", "PoisonMessage", "EvaluationError", "EvaluationTimeout", "RuntimeFailure", "QueueFull",
     "Backpressure", "StateError", "StorageFull", "BrokerError", "TopologyError", "Unavailable", "DeployError",
-    "ScheduleError", "ScheduleInputError",
+    "ScheduleError", "ScheduleInputError", "UpgradeError",
     "did_you_mean",
 ]
 
@@ -282,3 +283,8 @@ class ScheduleError(FlownbError):
 
 class ScheduleInputError(SpecError):
     """Bad input for a schedule (name, cron, time zone, parameters, unknown schedule); CLI exit 2."""
+
+
+class UpgradeError(SpecError):
+    """A spec change would strand queued messages (a step removed or renamed while its queues hold
+    some), or an upgrade's renames are unconfirmed: nothing was moved; the message says what to do."""

@@ -13,7 +13,7 @@ from flownb.components.base import Action, classify
 TREE = {
     "SpecError": "FlownbError", "SpecSyntaxError": "SpecError", "UnknownComponentError": "SpecError",
     "ConfigError": "SpecError", "ParameterError": "SpecError", "ExpressionError": "SpecError",
-    "ScheduleInputError": "SpecError",
+    "ScheduleInputError": "SpecError", "UpgradeError": "SpecError",
     "MessageError": "FlownbError", "MessageTooLarge": "MessageError", "StepError": "FlownbError", "RetryableError": "StepError",
     "Retry": "RetryableError", "FatalError": "StepError", "PoisonMessage": "FatalError",
     "EvaluationError": "FatalError", "EvaluationTimeout": "FatalError",

@@ -169,6 +169,8 @@ def run_cli(flow: Flow, args: Any) -> int:
     restore = exit_on_failure()
     stop = threading.Event()
     try:
+        from ..upgrade import check_no_orphans
+        check_no_orphans(flow, runtime.store, str(args.spec))  # exit 2: a renamed step's messages wait
         with _signals(runtime, stop):
             webhook = runtime.trigger.kind == "webhook"
             if args.until_idle:

@@ -1,0 +1,333 @@
+"""Changing a running flow without stranding its messages: ``flownb plan`` and ``flownb upgrade``.
+
+A step's queue is named after the step, so renaming or removing a step leaves the messages queued
+for the old name where no worker looks: silently, for ever. :func:`make_plan` compares two specs of
+one flow — steps added, removed and renamed (given with ``--rename old=new``, or guessed when a
+removed and an added step have the same position and component), retry policies changed (their
+delay queues change), whether the trigger's saved cursor still applies — and, given the state
+directory or the broker, how many messages each old step holds. :func:`upgrade` moves the messages
+of renamed steps to their new names (embedded runtime: one transaction; RabbitMQ: consumed from
+the old queues and published to the new ones with confirms, each acked only after its confirm)
+and removes the old queues once empty. ``flownb run`` refuses to start (exit 2) while its state
+holds messages for a step the spec does not have (:func:`check_no_orphans`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UpgradeError
+from ..flow import Flow
+
+__all__ = ["Plan", "make_plan", "upgrade", "check_no_orphans", "local_depths"]
+
+
+@dataclass
+class Plan:
+    """What changing ``old`` into ``new`` does to the flow's queues and state."""
+
+    old: Flow
+    new: Flow
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)    # old name → new name
+    guessed: dict[str, str] = field(default_factory=dict)    # renames guessed, not confirmed
+    retry_changed: list[str] = field(default_factory=list)   # kept steps whose delay queues change
+    cursor: str = "kept"
+    #: messages per old step (``queued`` includes retries; ``dead`` the dead letters), when known
+    depths: dict[str, dict[str, int]] | None = None
+
+    def held(self, step: str) -> int:
+        d = (self.depths or {}).get(step) or {}
+        return d.get("queued", 0) + d.get("dead", 0)
+
+    @property
+    def orphaned(self) -> dict[str, int]:
+        """Removed steps (not renamed) that hold messages: what the change would strand."""
+        return {s: self.held(s) for s in self.removed if s not in self.renamed and self.held(s)}
+
+    def lines(self) -> list[str]:
+        out = [f"plan for flow '{self.new.name}':"]
+        for s in self.added:
+            if s not in self.renamed.values():
+                out.append(f"  + step '{s}' (new, empty queues)")
+        for old, new in self.renamed.items():
+            out.append(f"  ~ step '{old}' → '{new}': {self.held(old):,} message(s) move" if self.depths is not None
+                       else f"  ~ step '{old}' → '{new}'")
+        for old, new in self.guessed.items():
+            out.append(f"  ? step '{old}' looks renamed to '{new}' (same position and component): confirm "
+                       f"with --rename {old}={new}")
+        for s in self.removed:
+            if s in self.renamed:
+                continue
+            held = f": {self.held(s):,} message(s) would be stranded" if self.held(s) else ""
+            out.append(f"  - step '{s}' removed{held}")
+        for s in self.retry_changed:
+            out.append(f"  * step '{s}': retry policy changed (its delay queues are declared anew; "
+                       f"waiting retries keep their old delay)")
+        out.append(f"  trigger '{self.new.trigger.name}': cursor {self.cursor}")
+        if len(out) == 2 and self.cursor == "kept":
+            out.insert(1, "  no change to steps or queues")
+        return out
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+
+def _parse_renames(renames: dict[str, str] | None, old: Flow, new: Flow) -> dict[str, str]:
+    renames = dict(renames or {})
+    old_names = {s.name for s in old.all_steps}
+    new_names = {s.name for s in new.all_steps}
+    for a, b in renames.items():
+        if a not in old_names:
+            raise UpgradeError(f"--rename {a}={b}: the old spec has no step '{a}' (its steps: "
+                               f"{', '.join(sorted(old_names))})")
+        if b not in new_names:
+            raise UpgradeError(f"--rename {a}={b}: the new spec has no step '{b}' (its steps: "
+                               f"{', '.join(sorted(new_names))})")
+        if b in old_names and b != a:
+            raise UpgradeError(f"--rename {a}={b}: '{b}' is a step of the old spec too; rename into a new name")
+    return renames
+
+
+def make_plan(old: Flow, new: Flow, renames: dict[str, str] | None = None, *,
+              depths: dict[str, dict[str, int]] | None = None) -> Plan:
+    if old.name != new.name:
+        raise UpgradeError(f"the specs are of two flows ('{old.name}', '{new.name}'): a flow's queues are "
+                           f"named after it, so renaming a flow is a new flow; run both side by side")
+    old, new = old.resolved(), new.resolved()
+    confirmed = _parse_renames(renames, old, new)
+    plan = Plan(old, new, depths=depths)
+    old_steps = {s.name: s for s in old.steps}
+    new_steps = {s.name: s for s in new.steps}
+    plan.removed = [s for s in old_steps if s not in new_steps]
+    plan.added = [s for s in new_steps if s not in old_steps]
+    plan.renamed = {a: b for a, b in confirmed.items() if a in old_steps}
+    old_order, new_order = list(old_steps), list(new_steps)
+    for a in plan.removed:
+        if a in plan.renamed:
+            continue
+        i = old_order.index(a)
+        b = new_order[i] if i < len(new_order) else None
+        if b in plan.added and b not in plan.renamed.values() and \
+                old_steps[a].component == new_steps[b].component:
+            plan.guessed[a] = b
+    plan.retry_changed = [s for s in old_steps if s in new_steps
+                          and old_steps[s].retry_policy != new_steps[s].retry_policy]
+    ot, nt = old.trigger, new.trigger
+    trigger_renamed = confirmed.get(ot.name) == nt.name
+    if ot.name != nt.name and not trigger_renamed:
+        plan.cursor = (f"lost: the trigger is renamed '{ot.name}' → '{nt.name}' and its state is kept under "
+                       f"its name; pass --rename {ot.name}={nt.name} to keep it, or the source is read again "
+                       f"from the beginning")
+    elif ot.component != nt.component:
+        plan.cursor = f"reset: the trigger changes from {ot.component} to {nt.component}"
+    else:
+        changed = sorted(k for k in ("cursor", "key", "table", "query", "path", "url", "items")
+                         if ot.config.get(k) != nt.config.get(k))
+        if changed:
+            plan.cursor = (f"kept, but check it: {', '.join(changed)} changed, so the saved cursor may not "
+                           f"fit the new source")
+        elif trigger_renamed:
+            plan.cursor = f"kept (moved from '{ot.name}' to '{nt.name}')"
+    return plan
+
+
+# -- the embedded runtime -------------------------------------------------------------------------
+
+def local_depths(state_dir: Path, flow: str) -> dict[str, dict[str, int]] | None:
+    """Messages per step in a state directory (None when it holds no database for the flow)."""
+    if not (Path(state_dir) / f"{flow}.db").exists():
+        return None
+    from .local.store import open_state
+    store = open_state(Path(state_dir), flow, create=False)
+    try:
+        return _store_depths(store)
+    finally:
+        store.close()
+
+
+def _store_depths(store) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    with store.lock:
+        for step, n in store.conn.execute("SELECT step, count(*) FROM queue GROUP BY step"):
+            out.setdefault(step, {"queued": 0, "dead": 0})["queued"] = n
+        for step, n in store.conn.execute("SELECT step, count(*) FROM dead GROUP BY step"):
+            out.setdefault(step, {"queued": 0, "dead": 0})["dead"] = n
+    return out
+
+
+def check_no_orphans(flow: Flow, store, command: str) -> None:
+    """Refuse to run ``flow`` while ``store`` holds queued messages for steps it does not have."""
+    steps = {s.name for s in flow.steps}
+    held = {s: d["queued"] for s, d in _store_depths(store).items() if s not in steps and d["queued"]}
+    if held:
+        listing = ", ".join(f"'{s}': {n:,}" for s, n in sorted(held.items()))
+        raise UpgradeError(
+            f"the state of flow '{flow.name}' holds messages for step(s) this spec does not have ({listing}); "
+            f"running would strand them. If a step was renamed, move them with: flownb upgrade OLD.yaml "
+            f"{command} --rename OLD_NAME=NEW_NAME (see 'flownb plan OLD.yaml NEW.yaml'); or run the old "
+            f"spec until those queues are empty")
+
+
+def _upgrade_local(plan: Plan, state_dir: Path) -> dict[str, int]:
+    from .local.store import open_state
+    store = open_state(Path(state_dir), plan.new.name, create=False)
+    moved: dict[str, int] = {}
+    try:
+        with store.transaction() as c:
+            for a, b in plan.renamed.items():
+                q = c.execute("UPDATE queue SET step=? WHERE step=?", (b, a)).rowcount
+                d = c.execute("UPDATE dead SET step=? WHERE step=?", (b, a)).rowcount
+                moved[a] = q + d
+            ot, nt = plan.old.trigger.name, plan.new.trigger.name
+            if plan.renamed.get(ot) == nt:
+                c.execute("UPDATE trigger_state SET trigger=? WHERE trigger=?", (nt, ot))
+    finally:
+        store.close()
+    return moved
+
+
+# -- RabbitMQ -------------------------------------------------------------------------------------
+
+def amqp_depths(flow: Flow, broker: str) -> dict[str, dict[str, int]]:
+    from .amqp.topology import queue_depths
+    return {s: {"queued": d["ready"] + d["retry"], "dead": d["dead"]}
+            for s, d in queue_depths(flow.resolved(), broker).items()}
+
+
+def _upgrade_amqp(plan: Plan, broker: str) -> dict[str, int]:
+    from .amqp import names
+    from .amqp.topology import connect, declare_flow, retry_levels, suspect_queue
+    conn = connect(broker, name="flownb-upgrade")
+    moved: dict[str, int] = {}
+    try:
+        declare_flow(conn.channel(), plan.new)  # the new topology first: moved messages land in declared queues
+        f = plan.new.name
+        old_steps = {s.name: s for s in plan.old.steps}
+        for a, b in plan.renamed.items():
+            if a not in old_steps:
+                continue
+            sources = [names.step_queue(f, a), suspect_queue(f, a), names.retry_ready_queue(f, a),
+                       *(names.retry_queue(f, a, lvl) for lvl in retry_levels(old_steps[a].retry_policy))]
+            n = sum(_move_queue(conn, q, names.exchange(f), b) for q in sources)
+            n += _move_queue(conn, names.dead_letter_queue(f, a), "", names.dead_letter_queue(f, b))
+            moved[a] = n
+    finally:
+        if conn.is_open:
+            conn.close()
+    return moved
+
+
+def _move_queue(conn, queue: str, exchange: str, routing_key: str) -> int:
+    """Move every message of ``queue``: publish it (confirmed) to ``exchange``/``routing_key``, ack it
+    after the confirm; then delete the queue if it is empty. A queue that does not exist moves 0."""
+    import pika
+    ch = conn.channel()
+    try:
+        ch.queue_declare(queue, passive=True)
+    except pika.exceptions.ChannelClosedByBroker:  # no such queue: nothing to move
+        return 0
+    ch.confirm_delivery()
+    n = 0
+    while True:
+        method, props, body = ch.basic_get(queue, auto_ack=False)
+        if method is None:
+            break
+        headers = {k: v for k, v in (props.headers or {}).items() if k != "x-delivery-count"}
+        # confirm mode: basic_publish returns once the broker confirmed it (raises on a nack)
+        ch.basic_publish(exchange, routing_key, body,
+                         pika.BasicProperties(delivery_mode=2, content_type=props.content_type,
+                                              headers=headers or None))
+        ch.basic_ack(method.delivery_tag)
+        n += 1
+    try:
+        ch.queue_delete(queue, if_empty=True)
+    except pika.exceptions.ChannelClosedByBroker:  # published to meanwhile: left in place
+        pass
+    if ch.is_open:
+        ch.close()
+    return n
+
+
+def upgrade(old: Flow, new: Flow, renames: dict[str, str] | None = None, *,
+            state_dir: Path | str | None = None, broker: str | None = None) -> tuple[Plan, dict[str, int]]:
+    """Apply the plan: move the renamed steps' messages; refuse when the change would strand
+    messages of removed steps or leaves guessed renames unconfirmed."""
+    if (state_dir is None) == (broker is None):
+        raise UpgradeError("give exactly one of --state-dir (embedded runtime) or --broker (RabbitMQ)")
+    depths = local_depths(Path(state_dir), new.name) if state_dir is not None else amqp_depths(old, broker)
+    plan = make_plan(old, new, renames, depths=depths)
+    if plan.guessed:
+        raise UpgradeError("unconfirmed renames:\n" + "\n".join(plan.lines()[1:]))
+    if plan.orphaned:
+        listing = ", ".join(f"'{s}': {n:,}" for s, n in plan.orphaned.items())
+        raise UpgradeError(f"removing step(s) {listing} would strand their messages: run the old spec until "
+                           f"they are processed, or rename them into a step of the new spec with --rename")
+    if state_dir is not None and depths is None:
+        return plan, {}
+    moved = _upgrade_local(plan, Path(state_dir)) if state_dir is not None else _upgrade_amqp(plan, broker)
+    return plan, moved
+
+
+def _cli_renames(values: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values or []:
+        a, sep, b = v.partition("=")
+        if not sep or not a or not b:
+            raise UpgradeError(f"--rename {v!r}: write OLD=NEW (step names)")
+        out[a.strip()] = b.strip()
+    return out
+
+
+def add_parser(sub: Any) -> None:
+    for name, helptext in (("plan", "what changing a flow's spec does to its queues and state"),
+                           ("upgrade", "move the messages of renamed steps, then remove the old queues")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("old", help="the spec that runs now")
+        p.add_argument("new", help="the spec that replaces it")
+        p.add_argument("--rename", action="append", metavar="OLD=NEW", help="a renamed step (repeatable)")
+        g = p.add_mutually_exclusive_group(required=name == "upgrade")
+        g.add_argument("--state-dir", default=None, help="the embedded runtime's state directory")
+        g.add_argument("--broker", default=None, help="the RabbitMQ URL of a deployment")
+        p.set_defaults(handler=_plan_cli if name == "plan" else _upgrade_cli)
+
+
+def _load(path: str) -> Flow:
+    from ..flow import load
+    flow = load(Path(path))
+    flow.validate_components()
+    return flow
+
+
+def _plan_cli(args) -> int:
+    from .._cli import console
+    old, new = _load(args.old), _load(args.new)
+    depths = None
+    if args.state_dir:
+        depths = local_depths(Path(args.state_dir), new.name) or {}
+    elif args.broker:
+        depths = amqp_depths(old, args.broker)
+    plan = make_plan(old, new, _cli_renames(args.rename), depths=depths)
+    con = console()
+    for line in plan.lines():
+        con.print(line, soft_wrap=True, markup=False)
+    if plan.orphaned or plan.guessed:
+        con.print("upgrade would refuse: confirm the renames or empty the removed steps' queues first",
+                  markup=False)
+        return 1
+    return 0
+
+
+def _upgrade_cli(args) -> int:
+    from .._cli import console
+    plan, moved = upgrade(_load(args.old), _load(args.new), _cli_renames(args.rename),
+                          state_dir=args.state_dir, broker=args.broker)
+    con = console()
+    for line in plan.lines():
+        con.print(line, soft_wrap=True, markup=False)
+    for a, n in moved.items():
+        con.print(f"moved {n:,} message(s) from '{a}' to '{plan.renamed[a]}'", markup=False)
+    return 0
