@@ -37,6 +37,8 @@ def export_cli(args, con) -> int:
     con.print(f"[green]exported[/green] flow '{res.flow.name}' to {res.out_dir}")
     for f in res.files:
         con.print(f"  {f.relative_to(res.out_dir)}")
+    for w in res.warnings:
+        con.print(f"[yellow]warning[/yellow]: {w}", soft_wrap=True, highlight=False)
     return 0
 
 

@@ -139,7 +139,7 @@ def deploy(out: str | Path, *, broker_url: str | None = None, network: str = "ho
     if broker_url is None:
         broker_url = _start_broker(client, flow, network, say)
     _remove(client, flow.name, workers_only=True, say=say)
-    env = {BROKER_ENV: broker_url, **env_secrets}
+    env = {BROKER_ENV: broker_url}
     binds = {host: {"bind": target, "mode": "rw"} for host, target in (volumes or {}).items()}
     result = DeployResult(flow=flow.name, image=tag, broker_url=broker_url)
     for p in step_plans(flow):
@@ -152,7 +152,8 @@ def deploy(out: str | Path, *, broker_url: str | None = None, network: str = "ho
             name = f"flownb-{flow.name}-{p.name}-{i}"
             labels = {"flownb.flow": flow.name, "flownb.step": p.name, "flownb.replica": str(i),
                       "flownb.role": "worker"}
-            c = _run_worker(client, tag, p.command(), name, network, env, labels, binds)
+            own = {**env, **{k: env_secrets[k] for k in p.secrets if k in env_secrets}}  # its secrets only
+            c = _run_worker(client, tag, p.command(), name, network, own, labels, binds)
             result.containers.append(c.name)
             say(f"started {c.name}")
     return result

@@ -39,6 +39,26 @@ class ExportResult:
     out_dir: Path
     files: list[Path] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
+    #: what the deployment will not do as the notebook did (e.g. local files a container cannot see)
+    warnings: list[str] = field(default_factory=list)
+
+
+_LOCAL_PATH_KEYS = ("path",)
+
+
+def local_files(flow: Flow) -> list[tuple[str, str, str]]:
+    """(step, field, path) of every local file or SQLite database the flow reads or writes: a
+    container sees none of them unless a volume brings them in."""
+    out = []
+    for s in flow.all_steps:
+        for key, value in s.config.items():
+            if not isinstance(value, str) or "{{" in value:
+                continue
+            if key in _LOCAL_PATH_KEYS:
+                out.append((s.name, key, value))
+            elif key == "url" and value.startswith("sqlite:///") and value != "sqlite:///:memory:":
+                out.append((s.name, key, value[len("sqlite:///"):]))
+    return out
 
 
 # -- parameters ----------------------------------------------------------------------------------
@@ -220,6 +240,14 @@ def _write(flow: Flow, out: Path, executed: dict | None, src: Path, params: dict
         raise DeployError(f"the flow spec contains the value of a secret environment variable "
                           f"({', '.join(envs)}); reference it with a '*_env' config field instead")
     res = ExportResult(flow=flow, out_dir=out, parameters=params)
+    for step_name, key, path in local_files(flow):
+        res.warnings.append(
+            f"step '{step_name}' {key} '{path}' is a local file: each container has its own filesystem, so "
+            f"it reads nothing / writes where no one looks unless a volume brings it in (flownb deploy "
+            f"--volume HOST:CONTAINER, a compose volume, a Kubernetes PersistentVolumeClaim); use a "
+            f"database server or an absolute path on a mounted volume")
+    for w in res.warnings:
+        log.warning("%s", w)
     res.files.append(flow.save(out / "flow.yaml"))
     res.files.append(_write_text(out / "params.json", json.dumps(
         {"source": src.name, "parameters": params, "flow_parameters": flow.parameters},

@@ -50,7 +50,8 @@ def _configmap(flow: Flow) -> dict:
             "data": {"flow.yaml": flow.to_yaml()}}
 
 
-def _env(flow: Flow, broker_url: str | None) -> list[dict]:
+def _env(flow: Flow, p: StepPlan, broker_url: str | None) -> list[dict]:
+    """The broker URL and the secrets of step ``p`` only (least privilege)."""
     secret = secrets_name(flow)
     env: list[dict] = []
     if broker_url is None:
@@ -59,7 +60,7 @@ def _env(flow: Flow, broker_url: str | None) -> list[dict]:
         env.append({"name": BROKER_ENV, "valueFrom": {"secretKeyRef": {"name": secret, "key": BROKER_SECRET_KEY}}})
     else:
         env.append({"name": BROKER_ENV, "value": broker_url})
-    for name in secret_envs(flow):
+    for name in p.secrets:
         env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": name}}})
     return env
 
@@ -75,7 +76,7 @@ def _deployment(flow: Flow, p: StepPlan, image: str, broker_url: str | None) -> 
     ready = {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5, "failureThreshold": 2}
     container = {
         "name": "worker", "image": image, "imagePullPolicy": "IfNotPresent",
-        "command": p.command(metrics=True), "env": _env(flow, broker_url), "ports": ports,
+        "command": p.command(metrics=True), "env": _env(flow, p, broker_url), "ports": ports,
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
         "readinessProbe": {**ready, "initialDelaySeconds": 2},
         "livenessProbe": {**live, "initialDelaySeconds": 15},

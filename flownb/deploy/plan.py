@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import DeployError
-from ..runtime.amqp.names import BROKER_ENV
+from ..runtime.amqp.names import BROKER_ENV  # noqa: F401  (re-exported: every target names it)
 from ..flow import Flow, Step
 from ..secrets import required_env, walk_config
 
@@ -73,6 +73,13 @@ class StepPlan:
     def replicas(self) -> int:
         # a polling trigger must not poll twice: one replica, whatever the spec says
         return 1 if self.kind == "poll" else self.step.replicas
+
+    @property
+    def secrets(self) -> list[str]:
+        """The environment variables this step reads (its ``*_env`` fields): all its container
+        gets of the flow's secrets (``flownb worker --step`` checks only these)."""
+        return list(dict.fromkeys(v for _, k, v in walk_config(self.step.config)
+                                  if k.endswith("_env") and isinstance(v, str) and v))
 
     @property
     def port(self) -> int | None:

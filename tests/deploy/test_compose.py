@@ -39,7 +39,10 @@ def test_exported_compose_is_valid_and_complete(hooks_export):
         s = svc[name]
         assert s["command"][:5] == ["flownb", "worker", "/app/flow.yaml", "--step", name]
         assert s["environment"]["FLOWNB_BROKER_URL"] == "amqp://guest:guest@rabbitmq:5672/"
-        assert s["restart"] == "unless-stopped" and s["env_file"] == ["secrets.env"]
+        assert s["restart"] == "unless-stopped" and "env_file" not in s
+        own = {"hook": ["HOOK_TOKEN_E2E"], "show": [], "store": ["DB_URL_E2E"]}[name]  # its own secrets only
+        assert {k: v for k, v in s["environment"].items() if k != "FLOWNB_BROKER_URL"} == {
+            k: f"${{{k}:?set {k} in secrets.env and run docker compose --env-file secrets.env}}" for k in own}
         assert s["depends_on"] == {"rabbitmq": {"condition": "service_healthy"}}
         assert s["labels"] == {"flownb.flow": "hooks", "flownb.step": name}
     assert svc["show"]["deploy"]["replicas"] == 3

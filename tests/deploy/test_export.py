@@ -176,3 +176,18 @@ def test_cli_export_exit_codes(tmp_path, capsys, monkeypatch):
     assert "pw0rd123" not in compose and "rabbitmq:3-management" not in compose
     assert "FLOWNB_BROKER_URL=" in (tmp_path / "y" / "secrets.env.example").read_text()
     assert "exported flow 'hooks'" in capsys.readouterr().out
+
+
+def test_local_files_are_named_in_warnings_because_a_container_cannot_see_them(tmp_path, capsys):
+    flow = Flow(name="files", trigger=step("src", "csv.poll", path="data/orders-*.csv", cursor="id"),
+                steps=[step("save", "sql.upsert", url="sqlite:///shop.db", table="t", key=["id"]),
+                       step("pg", "sql.upsert", url_env="PG_URL_X", table="t", key=["id"])])
+    src = flow.save(tmp_path / "flow.yaml")
+    assert main(["export", str(src), "-o", str(tmp_path / "out"), "--target", "compose"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "warning: step 'src' path 'data/orders-*.csv' is a local file" in out
+    assert "warning: step 'save' url 'shop.db' is a local file" in out
+    assert "'pg'" not in out and "--volume HOST:CONTAINER" in out
+    res = export(src, tmp_path / "out2", target="compose")
+    assert [w.split(" is a local file")[0] for w in res.warnings] == [
+        "step 'src' path 'data/orders-*.csv'", "step 'save' url 'shop.db'"]

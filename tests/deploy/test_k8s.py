@@ -45,8 +45,8 @@ def test_exported_manifests_validate(hooks_export):
         assert c["readinessProbe"] and c["livenessProbe"] and c["resources"]["limits"]["memory"]
         assert c["securityContext"]["runAsNonRoot"] is True
         refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"] if "valueFrom" in e}
-        assert refs == {"HOOK_TOKEN_E2E": {"name": "flownb-hooks-secrets", "key": "HOOK_TOKEN_E2E"},
-                        "DB_URL_E2E": {"name": "flownb-hooks-secrets", "key": "DB_URL_E2E"}}
+        own = {"hook": ["HOOK_TOKEN_E2E"], "show": [], "store": ["DB_URL_E2E"]}[d["metadata"]["labels"]["flownb.step"]]
+        assert refs == {k: {"name": "flownb-hooks-secrets", "key": k} for k in own}  # its own secrets only
         broker = next(e for e in c["env"] if e["name"] == "FLOWNB_BROKER_URL")
         assert broker["value"] == "amqp://guest:guest@flownb-hooks-rabbitmq:5672/"
     svc = next(o for o in objs if o["kind"] == "Service" and o["metadata"]["labels"]["flownb.step"] == "hook")
