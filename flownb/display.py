@@ -110,8 +110,10 @@ def flow_mimebundle(flow) -> dict:
 
 _TABLE_CSS = ("border-collapse:collapse;font-size:12px;font-family:var(--jp-code-font-family,monospace);"
               "margin:4px 0")
+# words never break inside: a header stays on one line, a long value wraps at its spaces (a long
+# token without any, e.g. an id, breaks only when it alone is wider than the cell)
 _CELL = "border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top;max-width:40em;" \
-        "overflow-wrap:anywhere"
+        "word-break:normal;overflow-wrap:break-word"
 
 
 def _cell(value: Any) -> str:
@@ -135,7 +137,7 @@ def records_html(records: list[dict], *, columns: list[str] | None = None, limit
         columns = []
         for r in records[:limit]:
             columns.extend(k for k in r if k not in columns)
-    head = "".join(f'<th style="{_CELL};background:#eef">{_e(c)}</th>' for c in columns)
+    head = "".join(f'<th style="{_CELL};background:#eef;white-space:nowrap">{_e(c)}</th>' for c in columns)
     body = []
     for r in records[:limit]:
         bad = bool(r.get(error_column))
@@ -145,8 +147,10 @@ def records_html(records: list[dict], *, columns: list[str] | None = None, limit
     more = ""
     if len(records) > limit:
         more = f'<div style="color:#777">… {len(records) - limit} more rows</div>'
-    return (f'<table class="{css_class}" style="{_TABLE_CSS}"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table>{more}')
+    # a table wider than the output area scrolls sideways instead of squeezing its columns
+    return (f'<div class="flownb-scroll" style="overflow-x:auto;max-width:100%">'
+            f'<table class="{css_class}" style="{_TABLE_CSS}"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>{more}')
 
 
 def frame_html(df, *, limit: int = 50, css_class: str = "flownb-table") -> str:
@@ -240,8 +244,10 @@ def timings_html(result) -> str:
         t = timings.get(name) if isinstance(timings, dict) else None
         c = counts.get(name) if isinstance(counts, dict) else None
         row: dict[str, Any] = {"step": name}
-        if isinstance(c, dict):  # {"in", "out", "retried", "dead"}
-            row.update(c)
+        if isinstance(c, dict):  # {"in", "out", "retried", "dead", "seconds", …}: one time column, formatted
+            row.update({k: v for k, v in c.items() if k != "seconds"})
+            if t is None:
+                t = c.get("seconds")
         elif c is not None:
             row["count"] = c
         row["time"] = _fmt_seconds(t) if t is not None else ""

@@ -117,3 +117,19 @@ def test_the_model_and_export_reach_no_widget_or_frame_library():
             "print(sorted(m for m in ('ipywidgets', 'pandas', 'flownb.notebook') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_headers_never_break_inside_a_word_and_wide_tables_scroll():
+    html = records_html([{"order_id": 1, "attempt": 2, "note": "a long text " * 20}])
+    assert "overflow-wrap:anywhere" not in html and "word-break:normal" in html
+    assert html.count("white-space:nowrap") == 3  # every header cell
+    assert html.startswith('<div class="flownb-scroll" style="overflow-x:auto')
+
+
+def test_timings_have_one_time_column_in_plain_numbers():
+    import flownb
+    from flownb.display import timings_html
+    f = flownb.Flow(name="t", trigger=flownb.step("h", "webhook", token_env="T"),
+                    steps=[flownb.step("m", "mapping", fields={"a": "a"})])
+    html = timings_html(f.test([{"a": 1}]))
+    assert ">time<" in html and ">seconds<" not in html and "e-0" not in html and " ms<" in html

@@ -79,7 +79,9 @@ class _Field:
             self.widget = w.FloatText(value=float(current), description=label, style=style, layout=layout)
         elif self.kind == "yaml":
             text = "" if current in (None, {}, []) and value is _UNSET else _yaml(current)
-            self.widget = w.Textarea(value=text, description=label, placeholder="YAML, e.g. key: value",
+            example = "YAML, e.g. [a, b]" if typing.get_origin(ann) in (list, tuple, set) or ann in (list, tuple, set) \
+                else "YAML, e.g. key: value"
+            self.widget = w.Textarea(value=text, description=label, placeholder=example,
                                      style=style, layout=w.Layout(width="34em", height="5em"))
         else:
             text = "" if current is None else str(current)
@@ -157,10 +159,12 @@ class ConfigForm:
         self.fields = [_Field(n, info, config.get(n, _UNSET)) for n, info in model.model_fields.items()]
         known = set(model.model_fields)
         self.extra = {k: v for k, v in config.items() if k not in known}  # kept: validation names them
-        required = [f.widget for f in self.fields if f.required]
-        optional = [f.widget for f in self.fields if not f.required]
+        # shown open: required fields and those the config sets (a mapping's fields are its point);
+        # the untouched optional ones are folded away, so the form stays short
+        required = [f.widget for f in self.fields if f.required or f.name in config]
+        optional = [f.widget for f in self.fields if not (f.required or f.name in config)]
         children = list(required)
-        if optional:  # optional fields folded away: the form stays short
+        if optional:
             more = w.Accordion(children=[w.VBox(optional)], selected_index=None)
             more.set_title(0, f"options ({len(optional)})")
             more.add_class("flownb-config-options")

@@ -116,7 +116,7 @@ def throughput_svg(history: list[Snapshot], *, width: int = 420, height: int = 1
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" class="flownb-throughput" '
             f'font-family="sans-serif" font-size="11">'
             f'<rect x="0" y="0" width="{width}" height="{height}" fill="#fafafa" stroke="#ddd"/>'
-            f'<text x="{pad}" y="14">{label} (max {top:.3g}) over {span:.0f}s</text>'
+            f'<text x="{pad}" y="14">{label} (max {max(ys):,.{1 if use_rate else 0}f}) over {span:.0f}s</text>'
             f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#999"/>'
             f'<polyline points="{pts}" fill="none" stroke="#1f5fa8" stroke-width="1.5"/></svg>')
 
@@ -147,7 +147,8 @@ class Monitor:
         self.plot = w.HTML()
         self.status = w.HTML()
         self.status.add_class("flownb-status")
-        self.replay_button = w.Button(description="replay dead letters", icon="redo")
+        self.replay_button = w.Button(description="replay dead letters", icon="redo",
+                                      layout=w.Layout(width="auto"))  # never cut to "replay dead le…"
         self.replay_button.add_class("flownb-replay")
         self.replay_button.on_click(lambda _b: self._replay_clicked())
         self.refresh_button = w.Button(description="refresh", icon="refresh")

@@ -185,3 +185,11 @@ def test_sample_with_colliding_columns_is_a_message():
     b = FlowBuilder(sample=pd.DataFrame({"a": [1], "a.b": [2]}), flow=_flow())
     assert any("columns 'a' and 'a.b' collide" in p for p in b.validate())
     assert b.run() is None and "collide" in b.status.value
+
+
+def test_a_config_form_shows_what_the_config_sets_open_and_lists_as_lists():
+    m = ConfigForm(registry.get("mapping").Config, {"fields": {"email": "$lowercase(email)"}})
+    assert [getattr(c, "description", None) for c in m.widget.children][0] == "fields"  # not folded away
+    c = ConfigForm(registry.get("csv.write").Config, {"path": "out.csv"})
+    columns = next(f for f in c.fields if f.name == "columns").widget
+    assert columns.placeholder == "YAML, e.g. [a, b]"

@@ -175,3 +175,10 @@ def test_live_sends_for_real(tmp_path, monkeypatch):
     with sqlite3.connect(tmp_path / "shop.db") as db:
         assert db.execute("select id, email from contacts").fetchall() == [(1, "a@x.io")]
     assert (tmp_path / "out" / "contacts.csv").read_text() == "id,email\n1,a@x.io\n"
+
+
+def test_a_test_run_narrates_nothing_per_message_its_result_shows_it(flow_factory, caplog):
+    with caplog.at_level("INFO"):  # as a notebook with logging on: every record would be a stderr box
+        r = flow_factory(("fatal", "lt.fatal", {})).test([{"n": i, "poison": True} for i in range(20)])
+    assert len(r.dead_letters) == 20
+    assert [rec.getMessage() for rec in caplog.records if rec.levelno >= 20 and rec.name.startswith("flownb")] == []

@@ -8,6 +8,7 @@ for real (a test server, a scratch database)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,10 @@ __all__ = ["TestResult", "test_flow"]
 
 #: above this many rows, a notebook shows a progress bar by default
 PROGRESS_THRESHOLD = 1000
+#: the runtime's per-message narration during a test (a line per dead letter, per retry) would fill
+#: a notebook cell with stderr boxes: the result shows the same in its tabs, so only errors are logged
+_LOG = logging.getLogger("flownb.flow_test")
+_LOG.setLevel(logging.ERROR)
 
 
 @dataclass
@@ -129,7 +134,8 @@ def test_flow(flow: Flow, sample: Any = None, progress: bool | None = None, *,
     :func:`flownb.records.to_records` and fed as the trigger's output; None: poll the trigger
     once) in memory. Retries happen on a virtual clock, without waiting. Actions with outside
     effects run dry unless ``live`` (the module's docstring)."""
-    rt = LocalRuntime(flow, None, memory=True, clock=VirtualClock(), record=True, batch_size=batch_size)
+    rt = LocalRuntime(flow, None, memory=True, clock=VirtualClock(), record=True, batch_size=batch_size,
+                      logger=_LOG)
     effects: dict[str, list[dict]] = {}
     if not live:
         for name, runner in rt.runners.items():
