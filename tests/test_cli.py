@@ -116,7 +116,8 @@ def test_run_until_idle_prints_summary(tmp_path):
     assert r.returncode == 0, r.stderr
     for word in ("numbers", "work", "out", "retried", "dead", "msg/s"):
         assert word in r.stdout
-    assert "24 messages processed" in r.stdout    # 12 through work, 12 through out
+    flat = " ".join(r.stdout.split())
+    assert "12 record(s) in from 'numbers'; 12 came out of the last step 'out' (24 step inputs in" in flat
     assert (state / "cli-test.db").exists()
 
 
@@ -195,7 +196,7 @@ def test_dlq_list_show_replay_after_fix(tmp_path, capsys, monkeypatch):
     assert "replayed 2 dead letter(s)" in capsys.readouterr().out
     assert main(["run", p, "--state-dir", state, "--until-idle"]) == 0
     out = capsys.readouterr().out
-    assert "dead letter(s) stored" not in out and "4 messages processed" in out
+    assert "dead letter(s) stored" not in out and "(4 step inputs in" in " ".join(out.split())
     assert main(["dlq", "list", p, "--state-dir", state]) == 0
     assert "0 dead letter(s)" in capsys.readouterr().out
 
@@ -231,7 +232,7 @@ def test_run_stops_on_sigterm(tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    assert "20 messages processed" in out
+    assert "(20 step inputs in" in " ".join(out.split())
 
 
 # -- the example flow (README's first command) ---------------------------------------------------------
@@ -336,7 +337,7 @@ def test_until_idle_reports_retries_scheduled_later_and_delivers_them_next_run(t
     (tmp_path / "fixed").touch()
     r = subprocess.run([FLOWNB, "run", str(p), "--state-dir", state, "--until-idle"], capture_output=True,
                        text=True, timeout=120, env=env)
-    assert r.returncode == 0 and "pending" not in r.stdout and "6 messages processed" in r.stdout
+    assert r.returncode == 0 and "pending" not in r.stdout and "(6 step inputs in" in " ".join(r.stdout.split())
 
 
 @pytest.mark.integration
