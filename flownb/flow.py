@@ -160,6 +160,13 @@ class Flow(BaseModel):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.spec(), sort_keys=False, allow_unicode=True, width=100)
 
+    def spec_hash(self) -> str:
+        """A short hash of the spec (its canonical JSON): equal for equal flows, whatever the YAML's
+        layout; deployments carry it so a changed spec rolls the workers."""
+        import hashlib
+        import json
+        return hashlib.sha256(json.dumps(self.spec(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.write_text(self.to_yaml(), encoding="utf-8")

@@ -94,7 +94,9 @@ def _deployment(flow: Flow, p: StepPlan, image: str, broker_url: str | None) -> 
             "strategy": {"type": "Recreate"} if p.kind == "poll" else {"type": "RollingUpdate"},
             "selector": {"matchLabels": {"flownb.flow": flow.name, "flownb.step": p.name}},
             "template": {
-                "metadata": {"labels": meta["labels"]},
+                # a changed spec changes the pod template, so Kubernetes rolls the workers (the spec
+                # itself is in a ConfigMap, which a Deployment does not watch)
+                "metadata": {"labels": meta["labels"], "annotations": {"flownb.io/spec-hash": flow.spec_hash()}},
                 "spec": {
                     # SIGTERM drains in-flight messages; give the worker time before SIGKILL
                     "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,

@@ -84,3 +84,16 @@ def test_long_names_stay_valid_dns_labels():
         for o in objs:
             assert len(o["metadata"]["name"]) <= 63
             _check(o)
+
+
+def test_a_changed_spec_changes_every_pod_template_so_the_workers_roll():
+    def hashes(flow):
+        objs = [d for docs in render_manifests(flow).values() for d in (docs if isinstance(docs, list) else [docs])]
+        return {o["metadata"]["name"]: o["spec"]["template"]["metadata"]["annotations"]["flownb.io/spec-hash"]
+                for o in objs if o.get("kind") == "Deployment"}
+    a = Flow(name="roll", trigger=step("hook", "webhook", token_env="TOK"), steps=[step("work", "log")])
+    b = Flow(name="roll", trigger=step("hook", "webhook", token_env="TOK"), steps=[step("work", "log", prefix="> ")])
+    ha, hb = hashes(a), hashes(b)
+    assert set(ha) == set(hb) == {"flownb-roll-hook", "flownb-roll-work"}
+    assert len(set(ha.values())) == 1 and ha != hb and set(ha.values()) == {a.spec_hash()}
+    assert hashes(Flow.model_validate(a.model_dump())) == ha  # the same flow: the same hash
