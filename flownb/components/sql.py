@@ -19,6 +19,7 @@ import datetime as dt
 import logging
 import re
 import uuid
+from pathlib import Path
 from decimal import Decimal
 from typing import Any, ClassVar, Iterator, Literal
 
@@ -115,10 +116,17 @@ def _check_ident(name: str | None, step, field: str) -> None:
                           f"schema.name); use 'query' for anything else", step=step.name, field=f"config.{field}")
 
 
-def _engine(config: _UrlConfig, ctx: Context):
+def _engine(config: _UrlConfig, ctx: Context, *, must_exist: bool = False):
+    """The engine of the step's URL. ``must_exist``: a SQLite file that is not there is a
+    ConfigError naming it (a reader must not create an empty database and then find no table)."""
     import sqlalchemy as sa
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
     url = config.url or ctx.secret(config.url_env)
+    if must_exist and url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        path = Path(url[len("sqlite:///"):].split("?", 1)[0])
+        if not path.exists():
+            raise ConfigError(f"the SQLite database '{path}' does not exist (looked for {path.resolve()}); "
+                              f"create it, or fix the URL", step=ctx.step, field="config.url")
     try:
         return sa.create_engine(url, pool_pre_ping=True)
     except NoSuchModuleError as exc:
@@ -244,7 +252,7 @@ class SqlPoll(PollingTrigger[SqlPollConfig]):
         _check_ident(config.key, step, "key")
 
     def setup(self) -> None:
-        self.engine = _engine(self.config, self.ctx)
+        self.engine = _engine(self.config, self.ctx, must_exist=True)
         self._source = None
         self._backlog = False
 
@@ -262,7 +270,9 @@ class SqlPoll(PollingTrigger[SqlPollConfig]):
                 try:
                     self._source = sa.Table(name, sa.MetaData(), schema=schema or None, autoload_with=self.engine)
                 except sa.exc.NoSuchTableError:
-                    raise FatalError(f"table '{self.config.table}' does not exist; create it or fix 'table'") from None
+                    where = self.engine.url.render_as_string(hide_password=True)
+                    raise FatalError(f"sql.poll '{self.ctx.step}': table '{self.config.table}' does not exist in "
+                                     f"{where}; create it or fix 'table'") from None
             else:
                 self._source = sa.text(self.config.query).columns().subquery("flownb_q")
         src = self._source
