@@ -158,9 +158,14 @@ def test_poll_query_mode_and_start(db, trigger_runner):
 
 
 def test_poll_missing_table_is_fatal_and_outage_is_retryable(trigger_runner, tmp_path):
+    import sqlite3
+    with pytest.raises(ConfigError, match=r"the SQLite database '.*x.db' does not exist"):  # at setup()
+        trigger_runner("sql.poll", {"url": f"sqlite:///{tmp_path / 'x.db'}", "table": "nope", "cursor": "id"})
+    assert not (tmp_path / "x.db").exists()  # a reader creates no empty database
+    sqlite3.connect(tmp_path / "x.db").close()
     runner = trigger_runner("sql.poll", {"url": f"sqlite:///{tmp_path / 'x.db'}", "table": "nope",
                                          "cursor": "id"})
-    with pytest.raises(FatalError, match="does not exist"):
+    with pytest.raises(FatalError, match=r"sql.poll 'src': table 'nope' does not exist in sqlite:///.*x.db"):
         runner.poll({})
     down = trigger_runner("sql.poll", {"url": "postgresql+psycopg://postgres@127.0.0.1:1/test",
                                        "table": "t", "cursor": "id"})
