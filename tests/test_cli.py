@@ -232,7 +232,11 @@ def test_run_stops_on_sigterm(tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    assert "(20 step inputs in" in " ".join(out.split())
+    flat = " ".join(out.split())
+    assert "(20 step inputs in" in flat
+    # it said at once what it runs, where its state is and how to stop it
+    assert flat.startswith(f"flow 'cli-test' on the embedded runtime: polling 'numbers' (python.poll) every 1m; "
+                           f"2 step(s); state in {tmp_path / 's'}; stop with Ctrl-C or SIGTERM")
 
 
 # -- the example flow (README's first command) ---------------------------------------------------------

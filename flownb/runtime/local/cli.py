@@ -152,6 +152,12 @@ def _serve(runtime: LocalRuntime, args: Any) -> RunSummary:
     return runtime.summary()
 
 
+def _banner(flow: Flow, args: Any, what: str) -> str:
+    """What a long-running ``flownb run`` does, where its state is, and how to stop it."""
+    return (f"flow '{flow.name}' on the embedded runtime: {what}; {len(flow.steps)} step(s); state in "
+            f"{args.state_dir}; stop with Ctrl-C or SIGTERM (the current batch finishes, then a summary)")
+
+
 def _dlq_command(args: Any) -> str:
     import shlex
     spec = getattr(args, "spec", None) or "SPEC"
@@ -178,11 +184,21 @@ def run_cli(flow: Flow, args: Any) -> int:
                 with _progress(runtime, console) as progress:
                     summary = runtime.drain(progress)
             elif webhook and getattr(args, "port", None):
+                console.print(_banner(flow, args, f"serving POST http://{args.host}:{args.port}/hooks/"
+                                                  f"{flow.name}/<token>"), soft_wrap=True, highlight=False)
                 summary = _serve(runtime, args)
             else:
                 if webhook:
                     console.print("[yellow]webhook trigger without --port: only queued messages are "
                                   "processed; pass --port to receive requests[/yellow]")
+                else:
+                    from ..._duration import format_duration
+                    cron = flow.trigger.config.get("cron")
+                    what = (f"'{flow.trigger.name}' ({flow.trigger.component}) on cron '{cron}'" if cron else
+                            f"polling '{flow.trigger.name}' ({flow.trigger.component}) every "
+                            f"{format_duration(runtime.trigger.component.interval)}")
+                    console.print(_banner(flow, args, what), soft_wrap=True, highlight=False)
+                    console.file.flush()  # a pipe (| tee, a log collector) sees it now, not at exit
                 summary = runtime.run(stop_event=stop)
         cursor = runtime.store.get_state(flow.trigger.name)[0] if runtime.trigger.kind == "poll" else None
         print_summary(summary, console, _dlq_command(args), cursor=cursor)
