@@ -9,11 +9,14 @@ directory or the broker, how many messages each old step holds. :func:`upgrade` 
 of renamed steps to their new names (embedded runtime: one transaction; RabbitMQ: consumed from
 the old queues and published to the new ones with confirms, each acked only after its confirm)
 and removes the old queues once empty. ``flownb run`` refuses to start (exit 2) while its state
-holds messages for a step the spec does not have (:func:`check_no_orphans`).
+holds messages for a step the spec does not have (:func:`check_no_orphans`); so does ``flownb
+worker``: the broker keeps a manifest of the step names of the spec that last started a worker
+(:func:`check_broker_manifest`), which is how a worker of a new spec knows the old names.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,9 @@ from typing import Any
 from ..errors import UpgradeError
 from ..flow import Flow
 
-__all__ = ["Plan", "make_plan", "upgrade", "check_no_orphans", "local_depths"]
+__all__ = ["Plan", "make_plan", "upgrade", "check_no_orphans", "check_broker_manifest", "local_depths"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -198,6 +203,72 @@ def amqp_depths(flow: Flow, broker: str) -> dict[str, dict[str, int]]:
             for s, d in queue_depths(flow.resolved(), broker).items()}
 
 
+def _manifest(ch, flow: str) -> dict | None:
+    import orjson
+
+    from .amqp import names
+    q = names.manifest_queue(flow)
+    # a register: the newest manifest pushes the old one out (drop-head)
+    ch.queue_declare(q, durable=True, arguments={"x-max-length": 1})
+    method, _, body = ch.basic_get(q, auto_ack=False)
+    if method is None:
+        return None
+    ch.basic_nack(method.delivery_tag, requeue=True)
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _record_manifest(ch, flow: Flow) -> None:
+    import orjson
+    import pika
+
+    from .amqp import names
+    ch.basic_publish("", names.manifest_queue(flow.name),
+                     orjson.dumps({"steps": [s.name for s in flow.steps], "spec_hash": flow.spec_hash()}),
+                     pika.BasicProperties(delivery_mode=2, content_type="application/json"))
+
+
+def check_broker_manifest(flow: Flow, broker: str, command: str) -> None:
+    """Refuse to start a worker of ``flow`` while a step that the last started spec had, and this
+    one lacks, still holds messages on the broker; otherwise record this spec's steps."""
+    from ..errors import BrokerError
+    from .amqp import names
+    from .amqp.topology import _count, connect, suspect_queue
+    try:
+        conn = connect(broker, name="flownb manifest")
+    except BrokerError as exc:  # the worker itself waits for the broker with back-off, as before
+        log.warning("flow '%s': the step manifest was not checked (%s); a renamed step's messages are "
+                    "not looked for", flow.name, exc)
+        return
+    try:
+        ch = conn.channel()
+        known = _manifest(ch, flow.name) or {}
+        steps = {s.name for s in flow.steps}
+        held = {}
+        for s in known.get("steps") or []:
+            if s in steps or not isinstance(s, str):
+                continue
+            n = sum(_count(conn, q) for q in (names.step_queue(flow.name, s), suspect_queue(flow.name, s),
+                                              names.retry_ready_queue(flow.name, s)))
+            if n:
+                held[s] = n
+        if held:
+            listing = ", ".join(f"'{s}': {n:,}" for s, n in sorted(held.items()))
+            raise UpgradeError(
+                f"RabbitMQ holds messages of flow '{flow.name}' for step(s) this spec does not have ({listing}); "
+                f"starting would strand them. If a step was renamed, move them with: flownb upgrade OLD.yaml "
+                f"{command} --broker URL --rename OLD_NAME=NEW_NAME (see 'flownb plan'); or run the old spec "
+                f"until those queues are empty")
+        if known.get("spec_hash") != flow.spec_hash():
+            _record_manifest(ch, flow)
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
 def _upgrade_amqp(plan: Plan, broker: str) -> dict[str, int]:
     from .amqp import names
     from .amqp.topology import connect, declare_flow, retry_levels, suspect_queue
@@ -215,6 +286,9 @@ def _upgrade_amqp(plan: Plan, broker: str) -> dict[str, int]:
             n = sum(_move_queue(conn, q, names.exchange(f), b) for q in sources)
             n += _move_queue(conn, names.dead_letter_queue(f, a), "", names.dead_letter_queue(f, b))
             moved[a] = n
+        ch = conn.channel()
+        _manifest(ch, f)  # declares the register
+        _record_manifest(ch, plan.new)
     finally:
         if conn.is_open:
             conn.close()

@@ -45,5 +45,10 @@ def dead_letter_queue(flow: str, step: str) -> str:
     return f"flownb.{flow}.{step}.dlq"
 
 
+def manifest_queue(flow: str) -> str:
+    """One message: the step names of the spec that last started a worker (flownb.runtime.upgrade)."""
+    return f"flownb.{flow}.manifest"
+
+
 def state_queue(flow: str, trigger: str) -> str:
     return f"flownb.{flow}.{trigger}.state"

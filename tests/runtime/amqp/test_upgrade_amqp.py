@@ -51,3 +51,49 @@ def test_upgrade_moves_a_renamed_steps_messages_and_dead_letters(broker):
         assert bodies == list(range(N))  # every one, once, in order
     finally:
         conn.close()
+
+
+def test_a_worker_of_a_spec_that_renamed_a_step_refuses_while_the_old_queue_holds_messages(broker, tmp_path):
+    """The broker keeps the step names of the spec that last started a worker: a worker of a spec
+    without one of them exits 2 while that step's queue holds messages; after the upgrade it starts."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from flownb.runtime.amqp.topology import _count
+    from amqp_components import wait_for
+    old, new = _flow("slow"), _flow("enrich")
+    old_spec, new_spec = old.save(tmp_path / "old.yaml"), new.save(tmp_path / "new.yaml")
+    exe = str(Path(sys.executable).with_name("flownb"))
+    env = {"FLOWNB_BROKER_URL": broker, "PATH": "/usr/bin:/bin", "UPG_TOKEN": "t" * 20}
+
+    def start(spec, log):
+        return subprocess.Popen([exe, "worker", str(spec), "--step", "out"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+
+    log = tmp_path / "old.log"
+    proc = start(old_spec, log)  # a worker of the old spec records its steps, then consumes
+    wait_for(lambda: b"consuming" in log.read_bytes(), timeout=60, what="the old spec's worker consuming")
+    conn = connect(broker)
+    assert _count(conn, names.manifest_queue("upg")) == 1
+    ch = conn.channel()
+    ch.confirm_delivery()
+    for i in range(5):
+        ch.basic_publish(names.exchange("upg"), "slow", Message(body={"id": i}, flow="upg", step="hook").to_json(),
+                         pika.BasicProperties(delivery_mode=2))
+    conn.close()
+    proc.terminate()
+    assert proc.wait(60) == 0, log.read_text()
+
+    r = subprocess.run([exe, "worker", str(new_spec), "--step", "out"], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "RabbitMQ holds messages of flow 'upg' for step(s) this spec does not have ('slow': 5)" in r.stderr
+    upgrade(old, new, {"slow": "enrich"}, broker=broker)
+    log = tmp_path / "new.log"
+    proc = start(new_spec, log)
+    wait_for(lambda: b"consuming" in log.read_bytes() or proc.poll() is not None, timeout=60,
+             what="the new spec's worker consuming")
+    assert proc.poll() is None, log.read_text()
+    proc.terminate()
+    assert proc.wait(60) == 0
