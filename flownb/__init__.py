@@ -30,6 +30,8 @@ _LAZY = {
     "Monitor": "flownb.notebook",
     "TestResult": "flownb.runtime.local",
     "LocalRuntime": "flownb.runtime.local",
+    "dead_letters": "flownb.workbench",
+    "replay": "flownb.workbench",
 }
 
 __all__ = [

@@ -184,6 +184,12 @@ class Flow(BaseModel):
         from .runtime.local import test_flow
         return test_flow(self, sample, **kw)
 
+    def retest(self, dead_df: Any, from_step: str | None = None, until: str | None = None):
+        """Run this (fixed) flow in memory on dead letters (``flownb.dead_letters``), each from the
+        step where it died; a before/after DataFrame (see flownb.workbench.retest)."""
+        from .workbench import retest
+        return retest(self, dead_df, from_step=from_step, until=until)
+
     def _repr_mimebundle_(self, include=None, exclude=None):
         from .display import flow_mimebundle
         return flow_mimebundle(self)
