@@ -23,6 +23,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--broker", default=None,
                    help="RabbitMQ URL: use the broker's dead-letter queues (default: FLOWNB_BROKER_URL "
                         "when it is set and --state-dir is not given)")
+    p.add_argument("--edit", default=None, metavar="FILE.jsonl",
+                   help="replay: the dead letters named in FILE (one JSON object per line: \"_id\" and the "
+                        "body's fields, nested or dotted), with their bodies edited so (docs/debugging.md)")
     p.set_defaults(handler=dlq_cli)
 
 
@@ -39,6 +42,8 @@ def _dlq_store(args, flow):
 
 def dlq_cli(args) -> int:
     flow = load_flow(args)
+    if args.edit and args.action != "replay":
+        raise SpecError(f"--edit goes with 'dlq replay', not 'dlq {args.action}'")
     store = _dlq_store(args, flow)  # list/show return copies with the flow's secrets masked
     con = console()
     if args.action == "list":
@@ -57,6 +62,18 @@ def dlq_cli(args) -> int:
             raise SpecError("dlq show needs --id ID (see 'flownb dlq list')")
         for i in args.id:
             con.print_json(json.dumps(store.show(i).to_dict(), default=str))
+    elif args.edit:
+        from ..workbench import read_edits, replay_rows
+        if args.id:
+            raise SpecError("dlq replay takes --edit FILE or --id, not both: the file names the dead letters")
+        rows = read_edits(args.edit)
+        broker = getattr(store, "url", None)
+        if broker is None:
+            store.close()
+        done = replay_rows(flow, rows, state_dir=None if broker else Path(args.state_dir or ".flownb"),
+                           broker=broker, step=args.step)
+        edited = sum(1 for d in done if d["edited"])
+        con.print(f"replayed {len(done)} dead letter(s), {edited} with an edited body")
     else:
         n = store.replay(args.step, args.id)
         con.print(f"replayed {n} dead letter(s)")
