@@ -190,6 +190,12 @@ class Flow(BaseModel):
         from .workbench import retest
         return retest(self, dead_df, from_step=from_step, until=until)
 
+    def preview_poll(self, state: dict | None = None, **where: Any):
+        """What the next poll would emit, as a DataFrame, committing nothing (``state_dir=`` or
+        ``broker=``: from the saved cursor); see flownb.cursor.preview_poll."""
+        from .cursor import preview_poll
+        return preview_poll(self, state, **where)
+
     def _repr_mimebundle_(self, include=None, exclude=None):
         from .display import flow_mimebundle
         return flow_mimebundle(self)

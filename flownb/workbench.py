@@ -313,8 +313,8 @@ def retest(flow: Flow, dead_df: Any, from_step: str | None = None, until: str | 
         elif r["_step"] == flow.trigger.name:  # a record over max_message_bytes: from the first action
             start = names[0]
         else:
-            refused[i] = ("SpecError", f"step '{r['_step']}' is not in the flow as retested "
-                                       f"(steps: {', '.join(names)}); pass from_step=")
+            refused[i] = ("SpecError", (f"step '{r['_step']}' is not in the flow as retested "
+                                        f"(steps: {', '.join(names)}); pass from_step="))
             starts.append(None)
             msgs.append(None)
             continue

@@ -1,4 +1,5 @@
-"""``flownb dlq list|show|replay``: the dead letters of either runtime (a state directory or a broker)."""
+"""``flownb dlq list|show|replay``: the dead letters of either runtime (a state directory or a broker);
+``flownb state show|set|rewind``: a polling trigger's cursor on either runtime (flownb/cursor.py)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,17 @@ def add_parser(sub: Any) -> None:
                    help="replay: the dead letters named in FILE (one JSON object per line: \"_id\" and the "
                         "body's fields, nested or dotted), with their bodies edited so (docs/debugging.md)")
     p.set_defaults(handler=dlq_cli)
+
+    p = sub.add_parser("state", help="show, set or rewind a polling trigger's cursor (the flow must be stopped)")
+    p.add_argument("action", choices=["show", "set", "rewind"])
+    add_spec(p)
+    p.add_argument("--to", default=None, metavar="VALUE",
+                   help="set: the whole state as JSON ({\"cursor\": 5}); rewind: the cursor's new value "
+                        "(JSON or text; without --to the cursor is emptied: read from the beginning)")
+    p.add_argument("--key", default=None, help="rewind: the state field to set (default: 'cursor' or the only one)")
+    p.add_argument("--state-dir", default=None, help="the embedded runtime's state directory (default .flownb)")
+    p.add_argument("--broker", default=None, help="RabbitMQ URL: the cursor in the broker's state queue")
+    p.set_defaults(handler=state_cli)
 
 
 def _dlq_store(args, flow):
@@ -77,4 +89,29 @@ def dlq_cli(args) -> int:
     else:
         n = store.replay(args.step, args.id)
         con.print(f"replayed {n} dead letter(s)")
+    return 0
+
+
+def state_cli(args) -> int:
+    from ..cursor import parse_value, read_cursor, rewound, write_cursor
+    flow = load_flow(args)
+    where = {"state_dir": args.state_dir, "broker": args.broker}
+    con = console()
+    if args.action == "show":
+        if args.to is not None:
+            raise SpecError("'state show' takes no --to; use 'state set' or 'state rewind'")
+        con.print(json.dumps(read_cursor(flow, **where), default=str))
+        return 0
+    if args.action == "set":
+        if args.to is None:
+            raise SpecError("'state set' needs --to JSON, the whole state (see 'flownb state show')")
+        state = parse_value(args.to)
+        if not isinstance(state, dict):
+            raise SpecError(f"--to {args.to!r} is not a JSON object; write the whole state, e.g. '{{\"cursor\": 0}}'")
+        old, new = write_cursor(flow, state, **where)
+    else:
+        to = parse_value(args.to) if args.to is not None else None
+        old, new = write_cursor(flow, change=lambda s: rewound(s, to, args.key), **where)
+    con.print(f"old: {json.dumps(old, default=str)}")
+    con.print(f"new: {json.dumps(new, default=str)}")
     return 0

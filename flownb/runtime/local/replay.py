@@ -44,7 +44,7 @@ def replay_edited(flow: Flow, state_dir: Path, wanted: Mapping[str, Any], rebuil
                             f"such action step (steps: {', '.join(sorted(known))})", field="step")
         items, done = [], []
         for i in wanted:
-            rid, dstep, attempt, payload, _error = rows[i]
+            rid, dstep, _attempt, payload, _error = rows[i]
             try:
                 stored = Message.from_json(payload)
             except MessageError:
