@@ -22,7 +22,7 @@ DOCUMENTED = {
     # notebook and runtime (lazy)
     "Mapping", "MappingEditor", "FlowBuilder", "Monitor", "TestResult", "LocalRuntime",
     # the notebook as production's debugger (lazy; docs/debugging.md)
-    "dead_letters", "replay",
+    "dead_letters", "replay", "DeadLetterWorkbench",
 }
 
 

@@ -157,3 +157,23 @@ def test_replay_killed_between_confirm_and_ack_leaves_a_duplicate_not_a_loss(bro
     running(fixed(flow), ["price", "sink"], broker)
     wait_for(lambda: sink_counts(tmp_path / "sink.db")[0] == N, what="every record at the sink")
     assert sink_counts(tmp_path / "sink.db")[1] == N + 1  # exactly one duplicate delivery
+
+
+def test_workbench_from_the_monitor_edits_retests_and_replays(broker, running, tmp_path):
+    from flownb.notebook.monitor import Monitor
+    flow = _failed_run(broker, running, tmp_path)
+    mon = Monitor(flow, broker, management_url=None, autostart=False)
+    wb = mon.workbench(rules=fixed(flow))
+    assert wb.groups.options == (f"(all errors) ({N // 3})", f"EvaluationError ({N // 3})")
+    wb.rows.value = tuple(i for _label, i in wb.rows.options[:2])
+    wb.field.value, wb.value.value = "note", ""  # remove a field in two rows
+    wb.set_button.click()
+    assert "'note' removed in 2 row(s)" in wb.status.value
+    wb.retest_button.click()
+    assert "delivered 2" in wb.status.value
+    wb.replay_button.click()
+    assert "replayed 2 dead letter(s), 2 edited" in wb.status.value
+    assert len(wb.frame) == N // 3 - 2 and queue_depths(flow, broker)["price"]["dead"] == N // 3 - 2
+    queued = [m for m, _p in _drain(flow, broker, names.step_queue(flow.name, "price"))]
+    assert len(queued) == 2 and all("note" not in m["body"] for m in queued)
+    mon.stop()
