@@ -13,6 +13,12 @@ component's ``start``). ``rewind --to VALUE`` sets the position field — ``curs
 http.poll, files.poll) or the state's only field — and drops the fields that say how far past that
 value the trigger had read (``key``/``key_type``, ``seen``): the next poll emits what comes after
 VALUE again.
+
+``backfill`` (``flownb backfill SPEC --from A --to B``) reads a past range again into the flow's
+queues: with the flow stopped, it saves the cursor, rewinds it to A, polls until the cursor reaches
+B (or a poll emits nothing), and puts the saved cursor back. The range must lie behind the saved
+cursor: a crash half-way leaves the cursor inside the range, so the flow reads again from there —
+duplicates, never a gap. The last poll may emit records a little past B (a poll reads a page).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import orjson
 from .errors import BrokerError, FlownbError, SpecError
 from .flow import Flow
 
-__all__ = ["read_cursor", "write_cursor", "rewound", "preview_poll", "parse_value"]
+__all__ = ["backfill", "parse_value", "preview_poll", "read_cursor", "rewound", "write_cursor"]
 
 #: fields of a state that locate the position *within* equal cursor values (dropped by a rewind)
 _TIE_BREAKERS = ("key", "key_type", "seen")
@@ -228,3 +234,126 @@ def preview_poll(flow: Flow, state: dict | None = None, *, state_dir: str | Path
     frame.attrs["state"] = state or {}
     frame.attrs["next_state"] = new
     return frame
+
+
+def _key(state: dict, key: str | None) -> str:
+    if key is not None:
+        return key
+    if "cursor" in state:
+        return "cursor"
+    if len(state) == 1:
+        return next(iter(state))
+    raise SpecError(f"the cursor has {'no' if not state else 'several'} fields ({', '.join(state) or 'none'}); "
+                    f"say which one is the position with --key")
+
+
+def _less(a: Any, b: Any, what: str) -> bool:
+    try:
+        return a < b
+    except TypeError:
+        raise SpecError(f"{what}: cannot compare {a!r} with {b!r}; give values of the cursor's type "
+                        f"(see 'flownb state show')") from None
+
+
+def backfill(flow: Flow, start: Any, end: Any, *, state_dir: str | Path | None = None,
+             broker: str | None = None, key: str | None = None, max_polls: int = 100_000,
+             poll_timeout: float = 120.0) -> dict:
+    """Read the range (``start``, ``end``] of a polling trigger again into the flow's queues and
+    restore the cursor (see the module docstring); the flow must be stopped. Returns ``{"polls",
+    "messages", "cursor"}`` (the restored cursor)."""
+    _polling(flow)
+    if not _less(start, end, "--from must be before --to"):
+        raise SpecError(f"--from {start!r} is not before --to {end!r}; nothing to read")
+    path, url = _where(state_dir, broker)
+    saved = read_cursor(flow, state_dir=path, broker=url) if url else None
+    if url:
+        return _amqp_backfill(flow, url, saved, start, end, key, max_polls, poll_timeout)
+    return _local_backfill(flow, path, start, end, key, max_polls)
+
+
+def _check_range(saved: dict, end: Any, key: str | None) -> str:
+    if not saved:
+        raise SpecError("the trigger has not polled yet (its cursor is empty): there is no past to read again")
+    k = _key(saved, key)
+    if k not in saved:
+        raise SpecError(f"the cursor has no field '{k}' (fields: {', '.join(saved)})")
+    if _less(saved[k], end, "--to and the cursor"):
+        raise SpecError(f"--to {end!r} is past the cursor ({k} = {saved[k]!r}): the flow has not read that far "
+                        f"yet and will; backfill a range behind the cursor")
+    return k
+
+
+def _local_backfill(flow: Flow, state_dir: Path, start, end, key, max_polls) -> dict:
+    from .runtime.local.runtime import LocalRuntime
+    if not (state_dir / f"{flow.name}.db").exists():
+        raise FlownbError(f"no local state for flow '{flow.name}' in '{state_dir}'; run the flow first or "
+                          f"pass the --state-dir it used")
+    try:
+        rt = LocalRuntime(flow, state_dir)
+    except FlownbError as exc:
+        raise FlownbError(f"refusing to backfill while the flow runs: {exc}") from None
+    name = flow.trigger.name
+    try:
+        saved = rt.store.get_state(name)[0]
+        k = _check_range(saved, end, key)
+
+        def put(state: dict) -> None:
+            with rt.store.transaction("the cursor did not change") as c:
+                c.execute("UPDATE trigger_state SET state=?, next_at=? WHERE trigger=?",
+                          (orjson.dumps(state).decode(), time.time(), name))
+
+        put(rewound(saved, start, k))
+        polls = messages = 0
+        try:
+            while polls < max_polls:
+                try:
+                    n = rt.poll_once(raise_errors=True)
+                except Exception as exc:
+                    raise FlownbError(f"a backfill poll failed ({type(exc).__name__}: {exc}); the cursor is put "
+                                      f"back, {messages} message(s) were queued; fix the source and run the "
+                                      f"backfill again") from exc
+                polls += 1
+                messages += n
+                if not n or not _less(rt.store.get_state(name)[0].get(k), end, "the cursor and --to"):
+                    break
+        finally:
+            put(saved)
+        return {"polls": polls, "messages": messages, "cursor": saved}
+    finally:
+        rt.close()
+
+
+def _amqp_backfill(flow: Flow, broker: str, saved: dict, start, end, key, max_polls, poll_timeout) -> dict:
+    import threading
+
+    from .runtime.amqp.trigger import TriggerWorker
+    k = _check_range(saved, end, key)
+    write_cursor(flow, broker=broker, change=lambda old: rewound(old, start, k))
+    resolved = flow.resolved()
+    from prometheus_client import REGISTRY
+
+    def emitted() -> float:  # the trigger's messages committed in this process (its worker's counter)
+        return REGISTRY.get_sample_value("flownb_messages_processed_total",
+                                         {"flow": flow.name, "step": flow.trigger.name}) or 0.0
+    polls = messages = 0
+    try:
+        while polls < max_polls:
+            before = emitted()
+            worker = TriggerWorker(resolved, broker, max_polls=1, ignore_interval=True)
+            t = threading.Thread(target=worker.run, name="flownb-backfill", daemon=True)
+            t.start()
+            t.join(poll_timeout)
+            if t.is_alive():
+                worker.stop()
+                t.join(30)
+                raise FlownbError(f"a backfill poll did not commit within {poll_timeout:.0f} s (is the source "
+                                  f"up? the log says why); the cursor is put back, {messages} message(s) "
+                                  f"were queued")
+            n = int(emitted() - before)
+            polls += 1
+            messages += n
+            if not n or not _less(_amqp_read(flow, broker).get(k), end, "the cursor and --to"):
+                break
+    finally:
+        write_cursor(flow, saved, broker=broker)
+    return {"polls": polls, "messages": messages, "cursor": saved}

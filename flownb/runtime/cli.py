@@ -40,6 +40,17 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--broker", default=None, help="RabbitMQ URL: the cursor in the broker's state queue")
     p.set_defaults(handler=state_cli)
 
+    p = sub.add_parser("backfill", help="read a past range of a polling trigger again into the flow, then "
+                                        "restore its cursor (the flow must be stopped)")
+    add_spec(p)
+    p.add_argument("--from", dest="start", required=True, metavar="A",
+                   help="read what comes after A (JSON or text, of the cursor's type)")
+    p.add_argument("--to", dest="end", required=True, metavar="B", help="until the cursor reaches B")
+    p.add_argument("--key", default=None, help="the state field that is the position (default: 'cursor' or the only one)")
+    p.add_argument("--state-dir", default=None, help="the embedded runtime's state directory (default .flownb)")
+    p.add_argument("--broker", default=None, help="RabbitMQ URL")
+    p.set_defaults(handler=backfill_cli)
+
 
 def _dlq_store(args, flow):
     # the broker's dead letters with --broker, or with FLOWNB_BROKER_URL set (as for `flownb worker`)
@@ -114,4 +125,14 @@ def state_cli(args) -> int:
         old, new = write_cursor(flow, change=lambda s: rewound(s, to, args.key), **where)
     con.print(f"old: {json.dumps(old, default=str)}")
     con.print(f"new: {json.dumps(new, default=str)}")
+    return 0
+
+
+def backfill_cli(args) -> int:
+    from ..cursor import backfill, parse_value
+    flow = load_flow(args)
+    done = backfill(flow, parse_value(args.start), parse_value(args.end), state_dir=args.state_dir,
+                    broker=args.broker, key=args.key)
+    console().print(f"backfill: {done['messages']} message(s) queued in {done['polls']} poll(s); cursor "
+                    f"restored to {json.dumps(done['cursor'], default=str)}")
     return 0

@@ -93,3 +93,54 @@ def test_preview_poll_shows_the_next_poll_and_commits_nothing(tmp_path):
     assert list(flow.preview_poll()["n"]) == [0, 1, 2, 3]  # no state: from the beginning
     with LocalRuntime(flow, state) as rt:
         assert rt.store.get_state("src")[0] == {"next": 8} and _queued(state, flow) == depth
+
+
+def test_backfill_reads_a_past_range_again_and_restores_the_cursor(tmp_path, capsys):
+    flow = flownb.Flow(name="backfill-local", trigger=flownb.step("src", "lt.count", total=30, batch=4),
+                       steps=[flownb.step("double", "lt.double")])
+    state = tmp_path / "state"
+    spec = str(flow.save(tmp_path / "flow.yaml"))
+    with LocalRuntime(flow, state) as rt:
+        for _ in range(5):
+            rt.poll_once()
+        rt.drain()
+        assert rt.store.get_state("src")[0] == {"next": 20}
+    assert main(["backfill", spec, "--state-dir", str(state), "--from", "5", "--to", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "8 message(s) queued in 2 poll(s)" in out and 'cursor restored to {"next": 20}' in out
+    with LocalRuntime(flow, state, record=True) as rt:
+        assert rt.store.get_state("src")[0] == {"next": 20}
+        rt.drain()
+        assert sorted(b["n"] for b in rt.recorded["double"]) == list(range(5, 13))  # 5 to 12: two pages of 4
+    # refused: past the cursor, reversed, while running; nothing changes
+    assert main(["backfill", spec, "--state-dir", str(state), "--from", "15", "--to", "25"]) == 2
+    assert "past the cursor" in capsys.readouterr().err
+    assert main(["backfill", spec, "--state-dir", str(state), "--from", "9", "--to", "3"]) == 2
+    with LocalRuntime(flow, state) as rt:
+        assert main(["backfill", spec, "--state-dir", str(state), "--from", "1", "--to", "3"]) == 1
+        assert "refusing to backfill while the flow runs" in capsys.readouterr().err
+        assert rt.store.get_state("src")[0] == {"next": 20} and rt.store.depths() == {}
+
+
+def test_backfill_that_fails_half_way_puts_the_cursor_back(tmp_path):
+    from flownb import polling_trigger
+    from flownb.cursor import backfill
+
+    @polling_trigger("ltlocal.breaks-at-8")
+    def breaks(state, ctx):
+        n = int(state.get("next", 0))
+        if n >= 8 and ctx.params.get("broken"):
+            raise ConnectionError("source went away")
+        state["next"] = n + 4
+        return [{"n": i} for i in range(n, n + 4)]
+
+    flow = flownb.Flow(name="backfill-fails", parameters={"broken": False},
+                       trigger=flownb.step("src", "ltlocal.breaks-at-8"), steps=[flownb.step("double", "lt.double")])
+    with LocalRuntime(flow, tmp_path) as rt:
+        for _ in range(5):
+            rt.poll_once()
+    with pytest.raises(FlownbError, match="backfill poll failed .ConnectionError: source went away.*put back, "
+                                          "8 message"):
+        backfill(flow.with_parameters(broken=True), 0, 16, state_dir=tmp_path)
+    with LocalRuntime(flow, tmp_path) as rt:
+        assert rt.store.get_state("src")[0] == {"next": 20}

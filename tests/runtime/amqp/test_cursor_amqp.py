@@ -88,3 +88,53 @@ def test_state_is_refused_while_the_trigger_worker_runs(broker, tmp_path, capsys
         t.join(30)
     assert not t.is_alive()
     assert read_cursor(flow, broker=broker) == {"next": 4}  # unchanged
+
+
+def test_backfill_on_the_broker_reads_a_range_again_and_restores_the_cursor(broker, tmp_path, capsys):
+    flow = flownb.Flow(name="backfill-amqp", trigger=flownb.step("src", "amqptest.count", total=30, batch=4,
+                                                                 interval="1h"),
+                       steps=[flownb.step("work", "amqptest.work")])
+    spec = str(flow.save(tmp_path / "flow.yaml"))
+    _poll(flow, broker, 5)
+    assert _bodies(flow, broker) == list(range(20))
+    assert main(["backfill", spec, "--broker", broker, "--from", "5", "--to", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "8 message(s) queued in 2 poll(s)" in out and 'cursor restored to {"next": 20}' in out
+    assert _bodies(flow, broker) == list(range(5, 13)) and read_state(flow, broker) == {"next": 20}
+    assert main(["backfill", spec, "--broker", broker, "--from", "15", "--to", "25"]) == 2
+    assert "past the cursor" in capsys.readouterr().err
+    worker = TriggerWorker(flow, broker)  # running: refused, nothing queued
+    t = threading.Thread(target=worker.run, daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: worker._held is not None, what="the cursor held")
+        assert main(["backfill", spec, "--broker", broker, "--from", "1", "--to", "3"]) == 1
+        assert "while the flow runs" in capsys.readouterr().err
+    finally:
+        worker.stop()
+        t.join(30)
+    # the worker polled on (20 on: the restored cursor is due at once); the refused backfill queued nothing
+    assert all(n >= 20 for n in _bodies(flow, broker)) and read_state(flow, broker)["next"] >= 20
+
+
+def test_backfill_whose_poll_fails_stops_and_puts_the_cursor_back(broker):
+    from flownb import polling_trigger
+    from flownb.cursor import backfill
+
+    @polling_trigger("amqptest.breaks-at-8")
+    def breaks(state, ctx):
+        n = int(state.get("next", 0))
+        if n >= 8 and ctx.params.get("broken"):
+            raise ConnectionError("source went away")
+        state["next"] = n + 4
+        return [{"n": i} for i in range(n, n + 4)]
+
+    flow = flownb.Flow(name="backfill-fails", parameters={"broken": False},
+                       trigger=flownb.step("src", "amqptest.breaks-at-8", interval="1h"),
+                       steps=[flownb.step("work", "amqptest.work")])
+    _poll(flow, broker, 5)
+    assert read_state(flow, broker) == {"next": 20}
+    _bodies(flow, broker)
+    with pytest.raises(FlownbError, match="did not commit within 2 s.*put back, 8 message"):
+        backfill(flow.with_parameters(broken=True), 0, 16, broker=broker, poll_timeout=2)
+    assert read_state(flow, broker) == {"next": 20} and _bodies(flow, broker) == list(range(8))
