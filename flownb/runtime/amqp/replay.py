@@ -19,7 +19,7 @@ from ...errors import BrokerError, SpecError
 from ...flow import Flow
 from ...message import Message
 from . import names
-from .step_worker import PERSISTENT
+from .publish import PERSISTENT
 from .dlq import AmqpDeadLetters
 from .topology import connect, declare_flow
 

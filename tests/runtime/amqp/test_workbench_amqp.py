@@ -23,7 +23,7 @@ from flownb.cli import main
 from flownb.errors import SpecError
 from flownb.message import Message
 from flownb.runtime.amqp import names
-from flownb.runtime.amqp.step_worker import PERSISTENT
+from flownb.runtime.amqp.publish import PERSISTENT
 from flownb.runtime.amqp.topology import connect, declare_flow, queue_depths
 from flownb.workbench import REPLAY_EDITED, REPLAY_SPEC, REPLAYED_FROM, spec_hash
 
