@@ -275,12 +275,15 @@ def _retest_frame(frame: "pd.DataFrame") -> "pd.DataFrame":
     return globals()["RetestFrame"](frame)
 
 
-def retest(flow: Flow, dead_df: Any, from_step: str | None = None, until: str | None = None) -> "pd.DataFrame":
+def retest(flow: Flow, dead_df: Any, from_step: str | None = None, until: str | None = None, *,
+           live: bool = False) -> "pd.DataFrame":
     """Run the *current* ``flow`` in memory (virtual clock: retries do not wait) on the records of
     ``dead_df`` (rows of :func:`dead_letters`, edited or not), each starting at the step where it
     died (``from_step``: at this step instead; a record that died at the trigger starts at the first
-    action). ``until``: stop after this step (e.g. before a sink). As ``flow.test``, the steps run
-    for real (an HTTP call is made). Returns one row per record, same index: ``_id, _step,
+    action). ``until``: stop after this step. Dry like ``flow.test``: an action with outside effects
+    (``http.request``, ``sql.upsert``, ``csv.write`` …) is not run, what it would send is in
+    ``frame.attrs["effects"]`` and the record goes on; ``live=True`` runs them for real. Returns
+    one row per record, same index: ``_id, _step,
     from_step, old_error_type, old_error, outcome`` (delivered / filtered / dead), ``new_error_type,
     new_error, output`` (the last step's bodies) and ``changed``."""
     import pandas as pd
@@ -331,7 +334,13 @@ def retest(flow: Flow, dead_df: Any, from_step: str | None = None, until: str | 
         msgs.append(m)
 
     finals: dict[str, list] = {}
+    effects: dict[str, list[dict]] = {}
     rt = LocalRuntime(flow, None, memory=True, clock=VirtualClock())
+    if not live:  # as flow.test: record what an action with outside effects would send
+        from .runtime.local.flow_test import _DryRun
+        for name, runner in rt.runners.items():
+            if getattr(runner.component, "effects", False):
+                runner.component = _DryRun(runner.component, effects.setdefault(name, []))
     try:
         rt.add_final_listener(lambda trace, bodies: finals.__setitem__(trace, bodies))
         for step_name in names:
@@ -374,7 +383,10 @@ def retest(flow: Flow, dead_df: Any, from_step: str | None = None, until: str | 
         out.append(rec)
     columns = ["_id", "_step", "from_step", "old_error_type", "old_error", "outcome", "new_error_type",
                "new_error", "output", "changed"]
-    return _retest_frame(pd.DataFrame(out, index=index, columns=columns))
+    frame = _retest_frame(pd.DataFrame(out, index=index, columns=columns))
+    frame.attrs["effects"] = effects
+    frame.attrs["live"] = live
+    return frame
 
 
 # -- replay ----------------------------------------------------------------------------------------

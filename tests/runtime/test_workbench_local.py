@@ -223,3 +223,29 @@ def test_cli_dlq_replay_edit_jsonl(tmp_path, capsys):
     assert '"_id"' in capsys.readouterr().err
     assert main(["dlq", "list", spec, "--state-dir", str(state), "--edit", str(edits)]) == 2
     assert _dead_table(state, flow) == before
+
+
+def test_retest_is_dry_like_flow_test_unless_live(tmp_path):
+    # a sink with outside effects (sql.upsert) records what it would write; live=True writes it
+    db = tmp_path / "crm.db"
+    flow = flownb.Flow(name="wb-dry", trigger=flownb.step("src", "lt.count"),
+                       steps=[flownb.step("price", "mapping", fields={"n": "n", "total": "$number(amount) * 2"}),
+                              flownb.step("crm", "sql.upsert", url=f"sqlite:///{db}", table="contacts",
+                                          key=["n"], create=True)])
+    with LocalRuntime(flow, tmp_path / "state") as rt:
+        for body in records(6):
+            rt.submit(body)
+        rt.drain()
+    df = flownb.dead_letters(flow, state_dir=tmp_path / "state")
+    assert list(df["n"]) == [0, 3]
+    db.unlink()  # the live run's table: the retest must not write it again
+    fixed_flow = flow.model_copy(update={"steps": [
+        flownb.step("price", "mapping", fields={"n": "n", "total": '$number($replace(amount, "n/a", "0")) * 2'}),
+        flow.steps[1]]})
+    dry = fixed_flow.retest(df)
+    assert list(dry["outcome"]) == ["delivered", "delivered"] and not db.exists()
+    assert dry.attrs["effects"]["crm"] == [{"upsert": "contacts", "key": {"n": 0}, "row": {"n": 0, "total": 0}},
+                                           {"upsert": "contacts", "key": {"n": 3}, "row": {"n": 3, "total": 0}}]
+    live = fixed_flow.retest(df, live=True)
+    assert list(live["outcome"]) == ["delivered", "delivered"] and live.attrs["effects"] == {}
+    assert sqlite3.connect(db).execute("SELECT n, total FROM contacts ORDER BY n").fetchall() == [(0, 0), (3, 0)]
