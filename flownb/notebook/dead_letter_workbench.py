@@ -60,13 +60,20 @@ class DeadLetterWorkbench:
         self.field = w.Combobox(description="field", placeholder="amount or customer.email",
                                 ensure_option=False)
         self.value = w.Text(description="value", placeholder='JSON or text; empty removes the field')
-        self.set_button = w.Button(description="set in selected rows", icon="pencil")
+        self.field.add_class("flownb-edit-field")
+        self.value.add_class("flownb-edit-value")
+        self.rows.add_class("flownb-rows")
+        self.groups.add_class("flownb-groups")
+        self.set_button = w.Button(description="set in selected rows", icon="pencil",
+                                   layout=w.Layout(width="auto"))
+        self.set_button.add_class("flownb-set")
         self.set_button.on_click(lambda _b: self._guard(self.set_cell))
         self.retest_button = w.Button(description="retest with current rules", icon="flask",
-                                      button_style="info")
-        self.retest_button.add_class("flownb-retest")
+                                      button_style="info", layout=w.Layout(width="auto"))
+        self.retest_button.add_class("flownb-retest-button")
         self.retest_button.on_click(lambda _b: self._guard(self.retest))
-        self.replay_button = w.Button(description="replay selected", icon="redo", button_style="warning")
+        self.replay_button = w.Button(description="replay selected", icon="redo", button_style="warning",
+                                      layout=w.Layout(width="auto"))
         self.replay_button.add_class("flownb-replay-selected")
         self.replay_button.on_click(lambda _b: self._guard(self.replay))
         self.reload_button = w.Button(description="reload", icon="refresh")
