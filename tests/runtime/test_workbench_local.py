@@ -249,3 +249,23 @@ def test_retest_is_dry_like_flow_test_unless_live(tmp_path):
     live = fixed_flow.retest(df, live=True)
     assert list(live["outcome"]) == ["delivered", "delivered"] and live.attrs["effects"] == {}
     assert sqlite3.connect(db).execute("SELECT n, total FROM contacts ORDER BY n").fetchall() == [(0, 0), (3, 0)]
+
+
+def test_a_secret_in_a_body_is_masked_in_the_frame_and_replayed_as_stored(tmp_path, monkeypatch):
+    secret = "s3cr3t-Value-9f8e7d"
+    monkeypatch.setenv("WB_CRM_TOKEN", secret)
+    flow = flownb.Flow(name="wb-secret", trigger=flownb.step("src", "lt.count"),
+                       steps=[flownb.step("price", "mapping", fields={"n": "n", "total": "$number(amount)"}),
+                              flownb.step("push", "http.request", method="POST", url="http://127.0.0.1:9/x",
+                                          token_env="WB_CRM_TOKEN")])
+    with LocalRuntime(flow, tmp_path / "state") as rt:
+        rt.submit({"n": 1, "amount": "n/a", "note": f"token {secret}"})
+        rt.submit({"n": 2, "amount": "n/a", "note": f"token {secret}"})
+        rt.drain()
+    df = flownb.dead_letters(flow, state_dir=tmp_path / "state")
+    assert secret not in df.to_string() and df["note"].str.contains("REDACTED").all()
+    df.loc[1, "amount"] = "5"  # edit another field of the second one
+    flownb.replay(df, flow, state_dir=tmp_path / "state")
+    queued = {m["body"]["n"]: m["body"] for m in _queued(tmp_path / "state", flow)}
+    assert queued[1] == {"n": 1, "amount": "n/a", "note": f"token {secret}"}   # as stored, not as shown
+    assert queued[2] == {"n": 2, "amount": "5", "note": f"token {secret}"}
