@@ -37,7 +37,8 @@ def add_parser(sub: Any) -> None:
                         "(JSON or text; without --to the cursor is emptied: read from the beginning)")
     p.add_argument("--key", default=None, help="rewind: the state field to set (default: 'cursor' or the only one)")
     p.add_argument("--state-dir", default=None, help="the embedded runtime's state directory (default .flownb)")
-    p.add_argument("--broker", default=None, help="RabbitMQ URL: the cursor in the broker's state queue")
+    p.add_argument("--broker", default=None, help="RabbitMQ URL: the cursor in the broker's state queue "
+                                                  "(default: FLOWNB_BROKER_URL when set and --state-dir is not)")
     p.set_defaults(handler=state_cli)
 
     p = sub.add_parser("backfill", help="read a past range of a polling trigger again into the flow, then "
@@ -48,7 +49,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--to", dest="end", required=True, metavar="B", help="until the cursor reaches B")
     p.add_argument("--key", default=None, help="the state field that is the position (default: 'cursor' or the only one)")
     p.add_argument("--state-dir", default=None, help="the embedded runtime's state directory (default .flownb)")
-    p.add_argument("--broker", default=None, help="RabbitMQ URL")
+    p.add_argument("--broker", default=None,
+                   help="RabbitMQ URL (default: FLOWNB_BROKER_URL when set and --state-dir is not)")
     p.set_defaults(handler=backfill_cli)
 
 
@@ -103,10 +105,16 @@ def dlq_cli(args) -> int:
     return 0
 
 
+def _where(args) -> dict:
+    """The runtime to act on, as for ``flownb dlq``: --broker, or FLOWNB_BROKER_URL unless --state-dir."""
+    broker = args.broker or (os.environ.get(BROKER_ENV) if args.state_dir is None else None)
+    return {"state_dir": None if broker else args.state_dir, "broker": broker}
+
+
 def state_cli(args) -> int:
     from ..cursor import parse_value, read_cursor, rewound, write_cursor
     flow = load_flow(args)
-    where = {"state_dir": args.state_dir, "broker": args.broker}
+    where = _where(args)
     con = console()
     if args.action == "show":
         if args.to is not None:
@@ -131,8 +139,7 @@ def state_cli(args) -> int:
 def backfill_cli(args) -> int:
     from ..cursor import backfill, parse_value
     flow = load_flow(args)
-    done = backfill(flow, parse_value(args.start), parse_value(args.end), state_dir=args.state_dir,
-                    broker=args.broker, key=args.key)
+    done = backfill(flow, parse_value(args.start), parse_value(args.end), key=args.key, **_where(args))
     console().print(f"backfill: {done['messages']} message(s) queued in {done['polls']} poll(s); cursor "
                     f"restored to {json.dumps(done['cursor'], default=str)}")
     return 0

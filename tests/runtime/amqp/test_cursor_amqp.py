@@ -47,13 +47,15 @@ def _bodies(flow, broker):
         conn.close()
 
 
-def test_state_show_rewind_set_on_the_broker(broker, tmp_path, capsys):
+def test_state_show_rewind_set_on_the_broker(broker, tmp_path, capsys, monkeypatch):
     flow = _flow()
     spec = str(flow.save(tmp_path / "flow.yaml"))
     _poll(flow, broker, 2)
     assert _bodies(flow, broker) == list(range(8))
-    assert main(["state", "show", spec, "--broker", broker]) == 0
+    monkeypatch.setenv("FLOWNB_BROKER_URL", broker)  # as for flownb dlq: the broker from the environment
+    assert main(["state", "show", spec]) == 0
     assert capsys.readouterr().out.strip() == '{"next": 8}'
+    monkeypatch.delenv("FLOWNB_BROKER_URL")
     assert main(["state", "rewind", spec, "--broker", broker, "--to", "2"]) == 0
     assert capsys.readouterr().out.splitlines() == ['old: {"next": 8}', 'new: {"next": 2}']
     assert read_state(flow, broker) == {"next": 2}
