@@ -22,7 +22,7 @@ import hashlib
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import orjson
 
@@ -243,7 +243,6 @@ _OUTCOME_COLOURS = {"delivered": "#e3f4e1", "filtered": "#fff4d6", "dead": "#fbe
 
 def _retest_frame(frame: "pd.DataFrame") -> "pd.DataFrame":
     """``frame`` as a :class:`RetestFrame` (defined on first use: pandas is imported lazily)."""
-    global RetestFrame
     if "RetestFrame" not in globals():
         import pandas as pd
 
@@ -496,8 +495,3 @@ def replay(dead_df: Any, spec: Flow | str | Path, state_dir: str | Path | None =
     done = replay_rows(flow, rows, state_dir=state_dir, broker=broker, listed=listed)
     return pd.DataFrame(done, columns=["_id", "_step", "edited", "message_id"])
 
-
-def missing_ids(wanted: Iterable[str], found: Iterable[str]) -> list[str]:
-    """The ids of ``wanted`` not in ``found`` (for the runtimes' replay errors)."""
-    seen = set(found)
-    return [w for w in wanted if w not in seen]

@@ -140,7 +140,7 @@ def test_replay_sends_edited_bodies_with_provenance_and_removes_only_those(tmp_p
                                  "note": "row 0"}
     assert "note" not in queued[3]["body"] and queued[3]["body"]["amount"] == "1"
     assert queued[6]["body"]["amount"] == "n/a"
-    for _id, n in zip(pick["_id"], [0, 3, 6]):
+    for _id, n in zip(pick["_id"], [0, 3, 6], strict=True):
         h = queued[n]["headers"]
         assert h[REPLAYED_FROM] == f"price/{_id}" and h[REPLAY_SPEC] == spec_hash(flow)
         assert (h.get(REPLAY_EDITED) == "true") == (n != 6)

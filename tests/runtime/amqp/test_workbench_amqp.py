@@ -107,7 +107,7 @@ def test_retest_and_edited_replay_on_the_broker(broker, running, tmp_path):
     assert queued[n0][0]["body"]["amount"] == "15" and queued[n1][0]["body"]["customer"]["tier"] == "gold"
     assert queued[n2][0]["body"] == {"n": n2, "amount": "n/a", "customer": {"email": f"c{n2}@example.com",
                                                                              "tier": None}, "note": f"row {n2}"}
-    for _id, n in zip(pick["_id"], pick["n"]):
+    for _id, n in zip(pick["_id"], pick["n"], strict=True):
         m, props = queued[n]
         assert m["headers"][REPLAYED_FROM] == f"price/{_id}" and m["headers"][REPLAY_SPEC] == spec_hash(flow)
         assert (m["headers"].get(REPLAY_EDITED) == "true") == (n != n2)
