@@ -18,7 +18,6 @@ changes nothing. pandas is imported only by the functions that return a DataFram
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from pathlib import Path
@@ -61,9 +60,9 @@ def _as_flow(spec: Flow | str | Path) -> Flow:
 
 
 def spec_hash(flow: Flow) -> str:
-    """16 hex digits of the SHA-256 of the flow's canonical spec (keys sorted): which rules a replay
-    ran under."""
-    return hashlib.sha256(orjson.dumps(flow.spec(), option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    """Which rules a replay ran under: :meth:`Flow.spec_hash`, the hash deployments carry too
+    (``flownb.io/spec-hash`` on Kubernetes), so a replayed message can be matched to a deployment."""
+    return flow.spec_hash()
 
 
 def _missing(v: Any) -> bool:
