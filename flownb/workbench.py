@@ -445,6 +445,8 @@ def replay_rows(flow: Flow, rows: Sequence[Mapping[str, Any]], *, state_dir: str
                 raise SpecError(f"dead letter {rid}: the flow has no action step '{rstep}' any more"
                                 f"{did_you_mean(rstep, actions)} steps: {', '.join(sorted(actions))}")
         wanted[rid] = r
+    if not wanted:
+        return []  # nothing selected: no store is opened
     stamp = {REPLAY_SPEC: spec_hash(flow),
              REPLAYED_AT: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 

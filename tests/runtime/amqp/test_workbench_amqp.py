@@ -114,6 +114,7 @@ def test_retest_and_edited_replay_on_the_broker(broker, running, tmp_path):
         assert props.delivery_mode == 2 and m["meta"]["attempt"] == 1
     with pytest.raises(SpecError, match="not in the dead-letter queue.*nothing was replayed"):
         flownb.replay(pick, flow, broker=broker)  # replayed already
+    assert flownb.replay(pick.iloc[:0], flow, broker=broker).empty  # an empty selection replays nothing
     assert queue_depths(flow, broker)["price"]["dead"] == len(df) - 3
 
 
