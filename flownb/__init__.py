@@ -28,8 +28,11 @@ _LAZY = {
     "MappingEditor": "flownb.notebook",
     "FlowBuilder": "flownb.notebook",
     "Monitor": "flownb.notebook",
+    "DeadLetterWorkbench": "flownb.notebook",
     "TestResult": "flownb.runtime.local",
     "LocalRuntime": "flownb.runtime.local",
+    "dead_letters": "flownb.workbench",
+    "replay": "flownb.workbench",
 }
 
 __all__ = [

@@ -184,6 +184,20 @@ class Flow(BaseModel):
         from .runtime.local import test_flow
         return test_flow(self, sample, **kw)
 
+    def retest(self, dead_df: Any, from_step: str | None = None, until: str | None = None, *,
+               live: bool = False):
+        """Run this (fixed) flow in memory on dead letters (``flownb.dead_letters``), each from the
+        step where it died, dry like ``flow.test`` unless ``live``; a before/after DataFrame (see
+        flownb.workbench.retest)."""
+        from .workbench import retest
+        return retest(self, dead_df, from_step=from_step, until=until, live=live)
+
+    def preview_poll(self, state: dict | None = None, **where: Any):
+        """What the next poll would emit, as a DataFrame, committing nothing (``state_dir=`` or
+        ``broker=``: from the saved cursor); see flownb.cursor.preview_poll."""
+        from .cursor import preview_poll
+        return preview_poll(self, state, **where)
+
     def _repr_mimebundle_(self, include=None, exclude=None):
         from .display import flow_mimebundle
         return flow_mimebundle(self)

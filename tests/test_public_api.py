@@ -21,6 +21,8 @@ DOCUMENTED = {
     "MessageError", "StepError", "Retry", "RetryableError", "FatalError", "BrokerError", "DeployError",
     # notebook and runtime (lazy)
     "Mapping", "MappingEditor", "FlowBuilder", "Monitor", "TestResult", "LocalRuntime",
+    # the notebook as production's debugger (lazy; docs/debugging.md)
+    "dead_letters", "replay", "DeadLetterWorkbench",
 }
 
 

@@ -11,9 +11,10 @@ from typing import Any
 
 from ..display import FLOW_MIME, Table, flow_mimebundle, flow_svg, test_result_mimebundle
 
-_LAZY = {"MappingEditor": ".mapping_editor", "FlowBuilder": ".builder", "Monitor": ".monitor"}
+_LAZY = {"MappingEditor": ".mapping_editor", "FlowBuilder": ".builder", "Monitor": ".monitor",
+         "DeadLetterWorkbench": ".dead_letter_workbench"}
 
-__all__ = ["MappingEditor", "FlowBuilder", "Monitor", "Table", "FLOW_MIME", "flow_mimebundle", "flow_svg",
+__all__ = ["MappingEditor", "FlowBuilder", "Monitor", "DeadLetterWorkbench", "Table", "FLOW_MIME", "flow_mimebundle", "flow_svg",
            "test_result_mimebundle"]
 
 

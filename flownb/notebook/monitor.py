@@ -226,6 +226,12 @@ class Monitor:
         from ..runtime.amqp.dlq import AmqpDeadLetters
         return AmqpDeadLetters(self.flow, self.broker).list(step)
 
+    def workbench(self, rules: Flow | None = None):
+        """A :class:`~flownb.notebook.dead_letter_workbench.DeadLetterWorkbench` on this flow's dead
+        letters: grouped by error, edit, retest with ``rules`` (the fixed flow), replay selected."""
+        from .dead_letter_workbench import DeadLetterWorkbench
+        return DeadLetterWorkbench(self.flow, broker=self.broker, rules=rules)
+
     def replay(self, step: str | None = None) -> int:
         """Send the dead letters (of ``step`` or all steps) back to their step queue; return the count."""
         from ..runtime.amqp.dlq import AmqpDeadLetters

@@ -1,4 +1,5 @@
-"""``flownb dlq list|show|replay``: the dead letters of either runtime (a state directory or a broker)."""
+"""``flownb dlq list|show|replay``: the dead letters of either runtime (a state directory or a broker);
+``flownb state show|set|rewind``: a polling trigger's cursor on either runtime (flownb/cursor.py)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,34 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--broker", default=None,
                    help="RabbitMQ URL: use the broker's dead-letter queues (default: FLOWNB_BROKER_URL "
                         "when it is set and --state-dir is not given)")
+    p.add_argument("--edit", default=None, metavar="FILE.jsonl",
+                   help="replay: the dead letters named in FILE (one JSON object per line: \"_id\" and the "
+                        "body's fields, nested or dotted), with their bodies edited so (docs/debugging.md)")
     p.set_defaults(handler=dlq_cli)
+
+    p = sub.add_parser("state", help="show, set or rewind a polling trigger's cursor (the flow must be stopped)")
+    p.add_argument("action", choices=["show", "set", "rewind"])
+    add_spec(p)
+    p.add_argument("--to", default=None, metavar="VALUE",
+                   help="set: the whole state as JSON ({\"cursor\": 5}); rewind: the cursor's new value "
+                        "(JSON or text; without --to the cursor is emptied: read from the beginning)")
+    p.add_argument("--key", default=None, help="rewind: the state field to set (default: 'cursor' or the only one)")
+    p.add_argument("--state-dir", default=None, help="the embedded runtime's state directory (default .flownb)")
+    p.add_argument("--broker", default=None, help="RabbitMQ URL: the cursor in the broker's state queue "
+                                                  "(default: FLOWNB_BROKER_URL when set and --state-dir is not)")
+    p.set_defaults(handler=state_cli)
+
+    p = sub.add_parser("backfill", help="read a past range of a polling trigger again into the flow, then "
+                                        "restore its cursor (the flow must be stopped)")
+    add_spec(p)
+    p.add_argument("--from", dest="start", required=True, metavar="A",
+                   help="read what comes after A (JSON or text, of the cursor's type)")
+    p.add_argument("--to", dest="end", required=True, metavar="B", help="until the cursor reaches B")
+    p.add_argument("--key", default=None, help="the state field that is the position (default: 'cursor' or the only one)")
+    p.add_argument("--state-dir", default=None, help="the embedded runtime's state directory (default .flownb)")
+    p.add_argument("--broker", default=None,
+                   help="RabbitMQ URL (default: FLOWNB_BROKER_URL when set and --state-dir is not)")
+    p.set_defaults(handler=backfill_cli)
 
 
 def _dlq_store(args, flow):
@@ -39,6 +67,8 @@ def _dlq_store(args, flow):
 
 def dlq_cli(args) -> int:
     flow = load_flow(args)
+    if args.edit and args.action != "replay":
+        raise SpecError(f"--edit goes with 'dlq replay', not 'dlq {args.action}'")
     store = _dlq_store(args, flow)  # list/show return copies with the flow's secrets masked
     con = console()
     if args.action == "list":
@@ -57,7 +87,59 @@ def dlq_cli(args) -> int:
             raise SpecError("dlq show needs --id ID (see 'flownb dlq list')")
         for i in args.id:
             con.print_json(json.dumps(store.show(i).to_dict(), default=str))
+    elif args.edit:
+        from ..workbench import read_edits, replay_rows
+        if args.id:
+            raise SpecError("dlq replay takes --edit FILE or --id, not both: the file names the dead letters")
+        rows = read_edits(args.edit)
+        broker = getattr(store, "url", None)
+        if broker is None:
+            store.close()
+        done = replay_rows(flow, rows, state_dir=None if broker else Path(args.state_dir or ".flownb"),
+                           broker=broker, step=args.step)
+        edited = sum(1 for d in done if d["edited"])
+        con.print(f"replayed {len(done)} dead letter(s), {edited} with an edited body")
     else:
         n = store.replay(args.step, args.id)
         con.print(f"replayed {n} dead letter(s)")
+    return 0
+
+
+def _where(args) -> dict:
+    """The runtime to act on, as for ``flownb dlq``: --broker, or FLOWNB_BROKER_URL unless --state-dir."""
+    broker = args.broker or (os.environ.get(BROKER_ENV) if args.state_dir is None else None)
+    return {"state_dir": None if broker else args.state_dir, "broker": broker}
+
+
+def state_cli(args) -> int:
+    from ..cursor import parse_value, read_cursor, rewound, write_cursor
+    flow = load_flow(args)
+    where = _where(args)
+    con = console()
+    if args.action == "show":
+        if args.to is not None:
+            raise SpecError("'state show' takes no --to; use 'state set' or 'state rewind'")
+        con.print(json.dumps(read_cursor(flow, **where), default=str))
+        return 0
+    if args.action == "set":
+        if args.to is None:
+            raise SpecError("'state set' needs --to JSON, the whole state (see 'flownb state show')")
+        state = parse_value(args.to)
+        if not isinstance(state, dict):
+            raise SpecError(f"--to {args.to!r} is not a JSON object; write the whole state, e.g. '{{\"cursor\": 0}}'")
+        old, new = write_cursor(flow, state, **where)
+    else:
+        to = parse_value(args.to) if args.to is not None else None
+        old, new = write_cursor(flow, change=lambda s: rewound(s, to, args.key), **where)
+    con.print(f"old: {json.dumps(old, default=str)}")
+    con.print(f"new: {json.dumps(new, default=str)}")
+    return 0
+
+
+def backfill_cli(args) -> int:
+    from ..cursor import backfill, parse_value
+    flow = load_flow(args)
+    done = backfill(flow, parse_value(args.start), parse_value(args.end), key=args.key, **_where(args))
+    console().print(f"backfill: {done['messages']} message(s) queued in {done['polls']} poll(s); cursor "
+                    f"restored to {json.dumps(done['cursor'], default=str)}")
     return 0

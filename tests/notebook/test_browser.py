@@ -231,3 +231,43 @@ def test_export_notebook_runs_and_shows_the_flow(page, lab):
 def _artifact(name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS / name
+
+
+def test_fix_and_replay_notebook_workbench_by_clicking(page, lab):
+    _open_and_run(page, lab, "04-fix-and-replay.ipynb")
+    outputs = page.locator(".jp-OutputArea-output").all_inner_texts()
+    assert any("dead letters left: 0" in o for o in outputs), outputs  # the API part of the loop
+    assert any("buyer5@example.com    110" in o for o in outputs)
+    retest = page.locator("div.flownb-retest").first  # the retest frame's header, coloured rows below
+    assert "delivered 2" in retest.inner_text()
+    wb = page.locator(".flownb-dead-letter-workbench").first
+    wb.scroll_into_view_if_needed()
+    wb.wait_for(state="visible", timeout=T)
+    status = wb.locator(".flownb-status")
+    assert "2 dead letter(s)" in status.inner_text()
+    assert wb.locator(".flownb-rows select option").count() == 2
+    page.screenshot(path=str(_artifact("workbench-loaded.png")), full_page=True)
+    # edit one row: select it, set amount, then retest the selection with the fixed rules
+    wb.locator(".flownb-rows select").select_option(index=1)
+    wb.locator(".flownb-edit-field input").fill("amount")
+    wb.locator(".flownb-edit-value input").fill("12.50")
+    wb.locator(".flownb-set").click()
+    page.wait_for_function("el => el.textContent.includes(\"'amount' set to\")", arg=status.element_handle(),
+                           timeout=T)
+    wb.locator(".flownb-retest-button").click()
+    page.wait_for_function("el => el.textContent.includes('retest: delivered 1')", arg=status.element_handle(),
+                           timeout=T)
+    assert "#e3f4e1" in wb.locator(".flownb-retest-result").inner_html()  # the delivered row is green
+    page.screenshot(path=str(_artifact("workbench-retest.png")), full_page=True)
+    wb.locator(".flownb-replay-selected").click()
+    page.wait_for_function("el => el.textContent.includes('replayed 1 dead letter(s), 1 edited')",
+                           arg=status.element_handle(), timeout=T)
+    assert wb.locator(".flownb-rows select option").count() == 1  # reloaded: one left
+    # nothing selected: a message in the widget, never a traceback
+    wb.locator(".flownb-rows select").evaluate("s => { for (const o of s.options) o.selected = false; "
+                                                "s.dispatchEvent(new Event('change', {bubbles: true})); }")
+    wb.locator(".flownb-replay-selected").click()
+    page.wait_for_function("el => el.textContent.includes('no rows selected')", arg=status.element_handle(),
+                           timeout=T)
+    assert page.evaluate(_ERRORS) == []
+    page.screenshot(path=str(_artifact("workbench-replayed.png")), full_page=True)

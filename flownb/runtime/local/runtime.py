@@ -207,6 +207,8 @@ class LocalRuntime:
         self.poll_errors: list[str] = []
         self._listeners: list[FinalListener] = []
         self._traces: dict[str, list] = {}      # trace -> [outstanding messages, final bodies]
+        #: trace -> messages of it that left the last step without error (set by :meth:`inject`)
+        self.delivered: dict[str, int] | None = None
         self._trace_lock = threading.Lock()
         self._submit_lock = threading.Lock()
         self._depth_cache: tuple[float, int] = (0.0, 0)
@@ -297,6 +299,23 @@ class LocalRuntime:
             self.store.enqueue(self._first, [p for _, p in msgs], self.clock())
         self._count_trigger([m for m, _ in msgs])
         return len(msgs)
+
+    def inject(self, step: str, messages: Sequence[Message]) -> None:
+        """Queue ``messages`` for action step ``step`` as if the step before had emitted them (one
+        transaction), each followed to its end by the final listeners and counted in
+        :attr:`delivered` when it leaves the last step (``flow.retest`` of dead letters, which start
+        where they died)."""
+        if step not in self._next:
+            raise FlownbError(f"flow '{self.flow.name}' has no action step '{step}'; steps: "
+                              f"{', '.join(self.steps)}")
+        payloads = [m.to_json() for m in messages]
+        if self.delivered is None:
+            self.delivered = {}
+        if self._listeners:
+            with self._trace_lock:
+                for m in messages:
+                    self._traces[m.trace] = [1, []]
+        self.store.enqueue(step, payloads, self.clock())
 
     def _count_trigger(self, msgs: list[Message]) -> None:
         name = self.flow.trigger.name
@@ -425,6 +444,8 @@ class LocalRuntime:
                 if o.error is None and last:
                     t[1].extend(c.body for c in o.outputs)
                     t[0] -= 1
+                    if self.delivered is not None:
+                        self.delivered[o.message.trace] = self.delivered.get(o.message.trace, 0) + 1
                 elif o.error is None:
                     t[0] += len(o.outputs) - 1
                 else:

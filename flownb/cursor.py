@@ -1,0 +1,359 @@
+"""Cursor time-travel: read, set or rewind a polling trigger's saved cursor on either runtime, and
+preview what the next poll would emit (``flownb state show|set|rewind``, ``flow.preview_poll``;
+docs/debugging.md).
+
+A cursor is only changed while the flow is **not** running: on the embedded runtime the flow's lock
+file (``<state-dir>/<flow>.lock``, held by ``flownb run``) must be free; on RabbitMQ the trigger's
+state queue must have no consumer (a trigger worker holds the cursor while it runs). The change is
+one transaction (SQLite; an AMQP transaction that publishes the new cursor and acks the old one), so
+the cursor is never lost nor doubled. The poll after a change is due at once.
+
+``rewind`` without ``--to`` empties the cursor (the next poll starts from the beginning, or from a
+component's ``start``). ``rewind --to VALUE`` sets the position field — ``cursor`` (sql.poll,
+http.poll, files.poll) or the state's only field — and drops the fields that say how far past that
+value the trigger had read (``key``/``key_type``, ``seen``): the next poll emits what comes after
+VALUE again.
+
+``backfill`` (``flownb backfill SPEC --from A --to B``) reads a past range again into the flow's
+queues: with the flow stopped, it saves the cursor, rewinds it to A, polls until the cursor reaches
+B (or a poll emits nothing), and puts the saved cursor back. The range must lie behind the saved
+cursor: a crash half-way leaves the cursor inside the range, so the flow reads again from there —
+duplicates, never a gap. The last poll may emit records a little past B (a poll reads a page).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .errors import BrokerError, FlownbError, SpecError
+from .flow import Flow
+
+__all__ = ["backfill", "parse_value", "preview_poll", "read_cursor", "rewound", "write_cursor"]
+
+#: fields of a state that locate the position *within* equal cursor values (dropped by a rewind)
+_TIE_BREAKERS = ("key", "key_type", "seen")
+
+
+def _polling(flow: Flow) -> None:
+    from .registry import get
+    from .components.base import PollingTrigger
+    cls = get(flow.trigger.component, step=flow.trigger.name)
+    if not (isinstance(cls, type) and issubclass(cls, PollingTrigger)):
+        raise SpecError(f"trigger '{flow.trigger.name}' ({flow.trigger.component}) does not poll: it has no "
+                        f"cursor to show or set")
+
+
+def parse_value(text: str) -> Any:
+    """A ``--to`` value: JSON when it parses (``0``, ``"a"``, ``{"next": 3}``), else the text."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+
+
+def rewound(state: dict, to: Any = None, key: str | None = None) -> dict:
+    """The state after ``rewind`` (see the module docstring)."""
+    if to is None:
+        return {}
+    if key is None:
+        if "cursor" in state:
+            key = "cursor"
+        elif len(state) == 1:
+            key = next(iter(state))
+        elif not state:
+            raise SpecError("the cursor is empty (the trigger has not polled yet): use 'flownb state set "
+                            "SPEC --to JSON' to write a whole state")
+        else:
+            raise SpecError(f"the state has several fields ({', '.join(state)}); say which one with --key "
+                            f"or write it whole with 'flownb state set'")
+    if key not in state:
+        raise SpecError(f"the state has no field '{key}' (fields: {', '.join(state) or 'none'})")
+    new = {k: v for k, v in state.items() if k not in _TIE_BREAKERS}
+    new[key] = to
+    return new
+
+
+# -- the embedded runtime --------------------------------------------------------------------------
+
+def _local_read(flow: Flow, state_dir: Path) -> dict:
+    from .runtime.local.store import open_state
+    if not (state_dir / f"{flow.name}.db").exists():
+        raise FlownbError(f"no local state for flow '{flow.name}' in '{state_dir}'; run the flow first or "
+                          f"pass the --state-dir it used")
+    store = open_state(state_dir, flow.name, create=False)
+    try:
+        return store.get_state(flow.trigger.name)[0]
+    finally:
+        store.close()
+
+
+def _local_write(flow: Flow, state_dir: Path, new: dict | None, change) -> tuple[dict, dict]:
+    from .runtime.local.runtime import _lock
+    from .runtime.local.store import open_state
+    if not (state_dir / f"{flow.name}.db").exists():
+        raise FlownbError(f"no local state for flow '{flow.name}' in '{state_dir}'; run the flow first or "
+                          f"pass the --state-dir it used")
+    try:
+        lock = _lock(state_dir, flow.name)
+    except FlownbError as exc:
+        raise FlownbError(f"refusing to change the cursor while the flow runs: {exc}") from None
+    try:
+        store = open_state(state_dir, flow.name, create=False)
+        try:
+            with store.transaction("the cursor did not change") as c:
+                row = c.execute("SELECT state FROM trigger_state WHERE trigger=?", (flow.trigger.name,)).fetchone()
+                old = orjson.loads(row[0]) if row else {}
+                new = change(old) if new is None else new
+                c.execute("INSERT INTO trigger_state (trigger, state, next_at) VALUES (?, ?, ?) "
+                          "ON CONFLICT(trigger) DO UPDATE SET state=excluded.state, next_at=excluded.next_at",
+                          (flow.trigger.name, orjson.dumps(new).decode(), time.time()))
+            return old, new
+        finally:
+            store.close()
+    finally:
+        lock.close()
+
+
+# -- RabbitMQ --------------------------------------------------------------------------------------
+
+def _state_queue(flow: Flow) -> str:
+    from .runtime.amqp import names
+    return names.state_queue(flow.name, flow.trigger.name)
+
+
+def _amqp_check(ch, flow: Flow, what: str) -> int:
+    import pika.exceptions
+    try:
+        ok = ch.queue_declare(_state_queue(flow), passive=True).method
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 404:
+            raise FlownbError(f"flow '{flow.name}' has no cursor on this broker (queue '{_state_queue(flow)}' "
+                              f"does not exist): has its trigger worker ever run here?") from None
+        raise BrokerError(f"cannot inspect '{_state_queue(flow)}': {exc.reply_text}") from exc
+    if ok.consumer_count:
+        raise FlownbError(f"refusing to {what} the cursor while the flow runs: the trigger worker of "
+                          f"'{flow.name}' holds it ({ok.consumer_count} consumer(s) on '{_state_queue(flow)}'); "
+                          f"stop the trigger worker first (the step workers may keep running)")
+    return ok.message_count
+
+
+def _amqp_read(flow: Flow, broker: str) -> dict:
+    from .runtime.amqp.topology import connect
+    conn = connect(broker, name="flownb state")
+    try:
+        ch = conn.channel()
+        _amqp_check(ch, flow, "read")
+        method, _props, body = ch.basic_get(_state_queue(flow), auto_ack=False)
+        if method is None:
+            return {}
+        ch.basic_nack(method.delivery_tag, requeue=True)
+        return orjson.loads(body)
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+def _amqp_write(flow: Flow, broker: str, new: dict | None, change) -> tuple[dict, dict]:
+    from .runtime.amqp.topology import VERSION_HEADER, connect
+    from .runtime.amqp.publish import state_props
+    conn = connect(broker, name="flownb state")
+    try:
+        ch = conn.channel()
+        _amqp_check(ch, flow, "change")
+        ch.tx_select()
+        method, props, body = ch.basic_get(_state_queue(flow), auto_ack=False)
+        old = orjson.loads(body) if method is not None else {}
+        version = int(((props.headers or {}) if method is not None else {}).get(VERSION_HEADER, 0) or 0)
+        if ch.basic_get(_state_queue(flow), auto_ack=False)[0] is not None:
+            raise FlownbError(f"'{_state_queue(flow)}' holds more than one cursor; nothing was changed — "
+                              f"inspect it in the management UI")
+        new = change(old) if new is None else new
+        ch.basic_publish("", _state_queue(flow), orjson.dumps(new), state_props(0.0, version + 1))
+        if method is not None:
+            ch.basic_ack(method.delivery_tag)
+        ch.tx_commit()
+        return old, new
+    finally:
+        if conn.is_open:
+            conn.close()  # on any error before tx_commit: nothing changed
+
+
+# -- the API ---------------------------------------------------------------------------------------
+
+def _where(state_dir, broker) -> tuple[Path | None, str | None]:
+    if state_dir is not None and broker is not None:
+        raise SpecError("pass state_dir (the embedded runtime) or broker (RabbitMQ), not both")
+    return (Path(state_dir if state_dir is not None else ".flownb") if broker is None else None), broker
+
+
+def read_cursor(flow: Flow, state_dir: str | Path | None = None, broker: str | None = None) -> dict:
+    """The trigger's saved cursor (``{}`` before its first poll)."""
+    _polling(flow)
+    path, url = _where(state_dir, broker)
+    return _amqp_read(flow, url) if url else _local_read(flow, path)
+
+
+def write_cursor(flow: Flow, state: dict | None = None, *, state_dir: str | Path | None = None,
+                 broker: str | None = None, change=None) -> tuple[dict, dict]:
+    """Replace the cursor with ``state`` (or ``change(old)``); the flow must not be running. Returns
+    (old, new)."""
+    _polling(flow)
+    if state is not None and not isinstance(state, dict):
+        raise SpecError(f"a cursor is a JSON object such as {{\"cursor\": 0}}, got {type(state).__name__}")
+    path, url = _where(state_dir, broker)
+    return _amqp_write(flow, url, state, change) if url else _local_write(flow, path, state, change)
+
+
+def preview_poll(flow: Flow, state: dict | None = None, *, state_dir: str | Path | None = None,
+                 broker: str | None = None):
+    """What the next poll would emit, as a DataFrame (body fields as columns, nested ones dotted), and
+    nothing committed: no cursor moves, no message is queued. ``state``: poll from this cursor;
+    else from the saved one when ``state_dir`` or ``broker`` is given, else from the beginning.
+    ``frame.attrs["state"]``: the cursor the poll started from; ``attrs["next_state"]``: where it
+    would move."""
+    import copy
+
+    import pandas as pd
+    from .runtime.core import TriggerRunner
+    from .workbench import flatten
+    _polling(flow)
+    if state is None and (state_dir is not None or broker is not None):
+        state = read_cursor(flow, state_dir=state_dir, broker=broker)
+    start = copy.deepcopy(state or {})
+    runner = TriggerRunner(flow.resolved())
+    try:
+        msgs, _payloads, new = runner.poll(start)
+    finally:
+        runner.close()
+    rows = [{c: v for c, (_p, v) in flatten(m.body).items()} for m in msgs]
+    frame = pd.DataFrame(rows)
+    frame.attrs["state"] = state or {}
+    frame.attrs["next_state"] = new
+    return frame
+
+
+def _key(state: dict, key: str | None) -> str:
+    if key is not None:
+        return key
+    if "cursor" in state:
+        return "cursor"
+    if len(state) == 1:
+        return next(iter(state))
+    raise SpecError(f"the cursor has {'no' if not state else 'several'} fields ({', '.join(state) or 'none'}); "
+                    f"say which one is the position with --key")
+
+
+def _less(a: Any, b: Any, what: str) -> bool:
+    try:
+        return a < b
+    except TypeError:
+        raise SpecError(f"{what}: cannot compare {a!r} with {b!r}; give values of the cursor's type "
+                        f"(see 'flownb state show')") from None
+
+
+def backfill(flow: Flow, start: Any, end: Any, *, state_dir: str | Path | None = None,
+             broker: str | None = None, key: str | None = None, max_polls: int = 100_000,
+             poll_timeout: float = 120.0) -> dict:
+    """Read the range (``start``, ``end``] of a polling trigger again into the flow's queues and
+    restore the cursor (see the module docstring); the flow must be stopped. Returns ``{"polls",
+    "messages", "cursor"}`` (the restored cursor)."""
+    _polling(flow)
+    if not _less(start, end, "--from must be before --to"):
+        raise SpecError(f"--from {start!r} is not before --to {end!r}; nothing to read")
+    path, url = _where(state_dir, broker)
+    saved = read_cursor(flow, state_dir=path, broker=url) if url else None
+    if url:
+        return _amqp_backfill(flow, url, saved, start, end, key, max_polls, poll_timeout)
+    return _local_backfill(flow, path, start, end, key, max_polls)
+
+
+def _check_range(saved: dict, end: Any, key: str | None) -> str:
+    if not saved:
+        raise SpecError("the trigger has not polled yet (its cursor is empty): there is no past to read again")
+    k = _key(saved, key)
+    if k not in saved:
+        raise SpecError(f"the cursor has no field '{k}' (fields: {', '.join(saved)})")
+    if _less(saved[k], end, "--to and the cursor"):
+        raise SpecError(f"--to {end!r} is past the cursor ({k} = {saved[k]!r}): the flow has not read that far "
+                        f"yet and will; backfill a range behind the cursor")
+    return k
+
+
+def _local_backfill(flow: Flow, state_dir: Path, start, end, key, max_polls) -> dict:
+    from .runtime.local.runtime import LocalRuntime
+    if not (state_dir / f"{flow.name}.db").exists():
+        raise FlownbError(f"no local state for flow '{flow.name}' in '{state_dir}'; run the flow first or "
+                          f"pass the --state-dir it used")
+    try:
+        rt = LocalRuntime(flow, state_dir)
+    except FlownbError as exc:
+        raise FlownbError(f"refusing to backfill while the flow runs: {exc}") from None
+    name = flow.trigger.name
+    try:
+        saved = rt.store.get_state(name)[0]
+        k = _check_range(saved, end, key)
+
+        def put(state: dict) -> None:
+            with rt.store.transaction("the cursor did not change") as c:
+                c.execute("UPDATE trigger_state SET state=?, next_at=? WHERE trigger=?",
+                          (orjson.dumps(state).decode(), time.time(), name))
+
+        put(rewound(saved, start, k))
+        polls = messages = 0
+        try:
+            while polls < max_polls:
+                try:
+                    n = rt.poll_once(raise_errors=True)
+                except Exception as exc:
+                    raise FlownbError(f"a backfill poll failed ({type(exc).__name__}: {exc}); the cursor is put "
+                                      f"back, {messages} message(s) were queued; fix the source and run the "
+                                      f"backfill again") from exc
+                polls += 1
+                messages += n
+                if not n or not _less(rt.store.get_state(name)[0].get(k), end, "the cursor and --to"):
+                    break
+        finally:
+            put(saved)
+        return {"polls": polls, "messages": messages, "cursor": saved}
+    finally:
+        rt.close()
+
+
+def _amqp_backfill(flow: Flow, broker: str, saved: dict, start, end, key, max_polls, poll_timeout) -> dict:
+    import threading
+
+    from .runtime.amqp.trigger import TriggerWorker
+    k = _check_range(saved, end, key)
+    write_cursor(flow, broker=broker, change=lambda old: rewound(old, start, k))
+    resolved = flow.resolved()
+    from prometheus_client import REGISTRY
+
+    def emitted() -> float:  # the trigger's messages committed in this process (its worker's counter)
+        return REGISTRY.get_sample_value("flownb_messages_processed_total",
+                                         {"flow": flow.name, "step": flow.trigger.name}) or 0.0
+    polls = messages = 0
+    try:
+        while polls < max_polls:
+            before = emitted()
+            worker = TriggerWorker(resolved, broker, max_polls=1, ignore_interval=True)
+            t = threading.Thread(target=worker.run, name="flownb-backfill", daemon=True)
+            t.start()
+            t.join(poll_timeout)
+            if t.is_alive():
+                worker.stop()
+                t.join(30)
+                raise FlownbError(f"a backfill poll did not commit within {poll_timeout:.0f} s (is the source "
+                                  f"up? the log says why); the cursor is put back, {messages} message(s) "
+                                  f"were queued")
+            n = int(emitted() - before)
+            polls += 1
+            messages += n
+            if not n or not _less(_amqp_read(flow, broker).get(k), end, "the cursor and --to"):
+                break
+    finally:
+        write_cursor(flow, saved, broker=broker)
+    return {"polls": polls, "messages": messages, "cursor": saved}

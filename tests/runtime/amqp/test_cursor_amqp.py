@@ -1,0 +1,142 @@
+"""Cursor time-travel on RabbitMQ: ``flownb state show|set|rewind --broker`` on the trigger's state
+queue (refused while a trigger worker holds the cursor) and ``flow.preview_poll(broker=…)``. The
+embedded runtime: tests/runtime/test_cursor_local.py."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from amqp_components import wait_for
+
+import flownb
+from flownb.cli import main
+from flownb.cursor import read_cursor, write_cursor
+from flownb.errors import FlownbError
+from flownb.message import Message
+from flownb.runtime.amqp import names
+from flownb.runtime.amqp.topology import connect, declare_flow
+from flownb.runtime.amqp.trigger import TriggerWorker, read_state
+
+pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
+
+
+def _flow():
+    return flownb.Flow(name="cursor-amqp", trigger=flownb.step("src", "amqptest.count", total=10, batch=4,
+                                                               interval="1h"),
+                       steps=[flownb.step("work", "amqptest.work")])
+
+
+def _poll(flow, broker, n):
+    conn = connect(broker)
+    declare_flow(conn.channel(), flow)
+    conn.close()
+    TriggerWorker(flow, broker, max_polls=n, ignore_interval=True).run()
+
+
+def _bodies(flow, broker):
+    conn = connect(broker)
+    try:
+        ch, out = conn.channel(), []
+        while True:
+            method, _p, body = ch.basic_get(names.step_queue(flow.name, "work"), auto_ack=True)
+            if method is None:
+                return out
+            out.append(Message.from_json(body).body["n"])
+    finally:
+        conn.close()
+
+
+def test_state_show_rewind_set_on_the_broker(broker, tmp_path, capsys, monkeypatch):
+    flow = _flow()
+    spec = str(flow.save(tmp_path / "flow.yaml"))
+    _poll(flow, broker, 2)
+    assert _bodies(flow, broker) == list(range(8))
+    monkeypatch.setenv("FLOWNB_BROKER_URL", broker)  # as for flownb dlq: the broker from the environment
+    assert main(["state", "show", spec]) == 0
+    assert capsys.readouterr().out.strip() == '{"next": 8}'
+    monkeypatch.delenv("FLOWNB_BROKER_URL")
+    assert main(["state", "rewind", spec, "--broker", broker, "--to", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == ['old: {"next": 8}', 'new: {"next": 2}']
+    assert read_state(flow, broker) == {"next": 2}
+    _poll(flow, broker, 1)  # the trigger worker polls from the rewound cursor, at once
+    assert _bodies(flow, broker) == [2, 3, 4, 5]
+    assert write_cursor(flow, {"next": 9}, broker=broker) == ({"next": 6}, {"next": 9})
+    _poll(flow, broker, 1)
+    assert _bodies(flow, broker) == [9] and read_cursor(flow, broker=broker) == {"next": 10}
+    df = flow.preview_poll(broker=broker)  # nothing left after 10
+    assert df.empty and df.attrs["state"] == {"next": 10}
+    assert list(flow.preview_poll({"next": 7})["n"]) == [7, 8, 9]
+    assert read_state(flow, broker) == {"next": 10} and _bodies(flow, broker) == []  # nothing committed
+
+
+def test_state_is_refused_while_the_trigger_worker_runs(broker, tmp_path, capsys):
+    flow = _flow()
+    spec = str(flow.save(tmp_path / "flow.yaml"))
+    _poll(flow, broker, 1)
+    worker = TriggerWorker(flow, broker)  # interval 1h: it holds the cursor and waits
+    t = threading.Thread(target=worker.run, daemon=True)
+    t.start()
+    try:
+        wait_for(worker.consuming.is_set, what="the trigger worker")
+        wait_for(lambda: worker._held is not None, what="the cursor held")
+        assert main(["state", "rewind", spec, "--broker", broker, "--to", "0"]) == 1
+        err = capsys.readouterr().err
+        assert "refusing to change the cursor while the flow runs" in err and "stop the trigger worker" in err
+        with pytest.raises(FlownbError, match="refusing to read"):
+            read_cursor(flow, broker=broker)
+    finally:
+        worker.stop()
+        t.join(30)
+    assert not t.is_alive()
+    assert read_cursor(flow, broker=broker) == {"next": 4}  # unchanged
+
+
+def test_backfill_on_the_broker_reads_a_range_again_and_restores_the_cursor(broker, tmp_path, capsys):
+    flow = flownb.Flow(name="backfill-amqp", trigger=flownb.step("src", "amqptest.count", total=30, batch=4,
+                                                                 interval="1h"),
+                       steps=[flownb.step("work", "amqptest.work")])
+    spec = str(flow.save(tmp_path / "flow.yaml"))
+    _poll(flow, broker, 5)
+    assert _bodies(flow, broker) == list(range(20))
+    assert main(["backfill", spec, "--broker", broker, "--from", "5", "--to", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "8 message(s) queued in 2 poll(s)" in out and 'cursor restored to {"next": 20}' in out
+    assert _bodies(flow, broker) == list(range(5, 13)) and read_state(flow, broker) == {"next": 20}
+    assert main(["backfill", spec, "--broker", broker, "--from", "15", "--to", "25"]) == 2
+    assert "past the cursor" in capsys.readouterr().err
+    worker = TriggerWorker(flow, broker)  # running: refused, nothing queued
+    t = threading.Thread(target=worker.run, daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: worker._held is not None, what="the cursor held")
+        assert main(["backfill", spec, "--broker", broker, "--from", "1", "--to", "3"]) == 1
+        assert "while the flow runs" in capsys.readouterr().err
+    finally:
+        worker.stop()
+        t.join(30)
+    # the worker polled on (20 on: the restored cursor is due at once); the refused backfill queued nothing
+    assert all(n >= 20 for n in _bodies(flow, broker)) and read_state(flow, broker)["next"] >= 20
+
+
+def test_backfill_whose_poll_fails_stops_and_puts_the_cursor_back(broker):
+    from flownb import polling_trigger
+    from flownb.cursor import backfill
+
+    @polling_trigger("amqptest.breaks-at-8")
+    def breaks(state, ctx):
+        n = int(state.get("next", 0))
+        if n >= 8 and ctx.params.get("broken"):
+            raise ConnectionError("source went away")
+        state["next"] = n + 4
+        return [{"n": i} for i in range(n, n + 4)]
+
+    flow = flownb.Flow(name="backfill-fails", parameters={"broken": False},
+                       trigger=flownb.step("src", "amqptest.breaks-at-8", interval="1h"),
+                       steps=[flownb.step("work", "amqptest.work")])
+    _poll(flow, broker, 5)
+    assert read_state(flow, broker) == {"next": 20}
+    _bodies(flow, broker)
+    with pytest.raises(FlownbError, match="did not commit within 2 s.*put back, 8 message"):
+        backfill(flow.with_parameters(broken=True), 0, 16, broker=broker, poll_timeout=2)
+    assert read_state(flow, broker) == {"next": 20} and _bodies(flow, broker) == list(range(8))
