@@ -132,7 +132,16 @@ class AmqpIngest:
             await asyncio.gather(conn.close(), return_exceptions=True)
 
     async def _connect(self) -> asyncio.Future:
-        conn = await asyncio.wait_for(aiormq.connect(self.url), self.connect_timeout)
+        from . import topology
+        conn = None
+        for one in topology.broker_urls(self.url):  # the nodes of a cluster, in order
+            try:
+                conn = await asyncio.wait_for(aiormq.connect(one), self.connect_timeout)
+                break
+            except _FAILURES:
+                if one == topology.broker_urls(self.url)[-1]:
+                    raise
+        assert conn is not None
         try:
             channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
             await declare_topology(channel, self._spec, self.url)

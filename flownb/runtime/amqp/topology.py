@@ -129,18 +129,55 @@ def parameters(url: str, **kw: Any) -> pika.URLParameters:
 
 
 def _safe_url(url: str) -> str:
-    p = urllib.parse.urlsplit(url)
-    host = p.hostname or "?"
-    return f"{p.scheme}://{host}:{p.port or 5672}{p.path or '/'}"
+    out = []
+    for one in broker_urls(url):
+        p = urllib.parse.urlsplit(one)
+        out.append(f"{p.scheme}://{p.hostname or '?'}:{p.port or 5672}{p.path or '/'}")
+    return ",".join(out)
+
+
+def broker_urls(url: str) -> list[str]:
+    """The nodes of ``url``: one AMQP URL, or several separated by commas (the nodes of a cluster,
+    e.g. ``amqp://u:p@mq-0:5672/,amqp://u:p@mq-1:5672/``)."""
+    urls = [u.strip() for u in url.split(",") if u.strip()]
+    if not urls:
+        raise BrokerError("empty broker URL; write amqp://user:pass@host:5672/vhost (several: comma-separated)")
+    return urls
+
+
+#: per broker URL list, the node that connected last: the next connection starts there
+_LAST_GOOD: dict[str, int] = {}
+_NEXT: dict[str, int] = {}
+
+
+def _rotation(url: str, start: int) -> list[tuple[int, str]]:
+    urls = broker_urls(url)
+    return [((start + i) % len(urls), urls[(start + i) % len(urls)]) for i in range(len(urls))]
 
 
 def connect(url: str, **kw: Any) -> pika.BlockingConnection:
-    """A blocking connection; an unreachable broker is a BrokerError naming the (password-free) URL."""
-    try:
-        return pika.BlockingConnection(parameters(url, **kw))
-    except (pika.exceptions.AMQPError, AMQPConnectorException, OSError) as exc:  # incl. a handshake timeout
-        raise BrokerError(f"cannot connect to RabbitMQ at {_safe_url(url)} ({exc!r}); start the broker "
-                          f"or pass --broker / FLOWNB_BROKER_URL") from exc
+    """A blocking connection to the first node of ``url`` that answers, starting with the one that
+    answered last; none answering is a BrokerError naming the (password-free) URLs."""
+    errors = []
+    for i, one in _rotation(url, _LAST_GOOD.get(url, 0)):
+        try:
+            conn = pika.BlockingConnection(parameters(one, **kw))
+        except (pika.exceptions.AMQPError, AMQPConnectorException, OSError) as exc:  # incl. a handshake timeout
+            errors.append(f"{_safe_url(one)}: {exc!r}")
+            continue
+        _LAST_GOOD[url] = i
+        return conn
+    raise BrokerError(f"cannot connect to RabbitMQ at {'; '.join(errors)}; start the broker "
+                      f"or pass --broker / FLOWNB_BROKER_URL")
+
+
+def next_parameters(url: str, **kw: Any) -> pika.URLParameters:
+    """Parameters for the next connection attempt of a long-lived consumer: the node that connected
+    last first, then, after each failed attempt, the next node of the list."""
+    urls = broker_urls(url)
+    i = _NEXT.get(url, _LAST_GOOD.get(url, 0)) % len(urls)
+    _NEXT[url] = i + 1
+    return parameters(urls[i], **kw)
 
 
 def _step_queue_args() -> dict:

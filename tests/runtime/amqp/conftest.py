@@ -64,8 +64,9 @@ class PrivateBroker:
     """A RabbitMQ node of this pytest process alone (``scripts/rabbit-node``): its own name, ports,
     data and Erlang cookie; stopping or restarting it disturbs nobody. ``url`` is its default vhost."""
 
-    def __init__(self, name: str, config: list[str]):
+    def __init__(self, name: str, config: list[str], *, cookie: str | None = None):
         self.name, self.config, self.port = name, config, 0
+        self.cookie = cookie  # nodes meant to form a cluster share one (scripts/rabbit-node join)
 
     @property
     def url(self) -> str:
@@ -73,6 +74,8 @@ class PrivateBroker:
 
     def _script(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
         env = {**os.environ, "RABBIT_NODE_OWNER": str(os.getpid())}  # a killed pytest leaves no node
+        if self.cookie:
+            env["RABBIT_NODE_COOKIE"] = self.cookie
         return subprocess.run([str(RABBIT_NODE), *args], check=False, capture_output=True, text=True,
                               timeout=timeout, env=env)
 
@@ -92,6 +95,11 @@ class PrivateBroker:
 
     def stop(self) -> None:
         self._script("stop", self.name)
+
+    def join(self, other: "PrivateBroker") -> None:
+        p = self._script("join", self.name, other.name)
+        if p.returncode != 0:
+            raise RuntimeError(f"scripts/rabbit-node join {self.name} {other.name}: {p.returncode}\n{p.stdout}{p.stderr}")
 
     def ctl(self, *args: str, timeout: float = 120) -> str:
         """``rabbitmqctl -n NAME@localhost -q ARGS`` for this node; its output."""
@@ -164,6 +172,24 @@ def private_broker_with(_private_nodes):
     """A private node with extra rabbitmq.conf settings, one node per distinct configuration:
     ``private_broker_with(max_message_size=65536)`` or ``private_broker_with("log.file.level = debug")``."""
     return _private_nodes
+
+
+@pytest.fixture
+def new_private_node():
+    """``new_private_node(name, config=(), cookie=None)`` → a PrivateBroker (not started) that is
+    stopped and deleted after the test; nodes with one ``cookie`` can form a cluster."""
+    made: list[PrivateBroker] = []
+
+    def make(name: str, config=(), *, cookie: str | None = None) -> PrivateBroker:
+        node = PrivateBroker(name, list(config), cookie=cookie)
+        made.append(node)
+        return node
+    yield make
+    stopping = [threading.Thread(target=node.stop) for node in made]
+    for t in stopping:
+        t.start()
+    for t in stopping:
+        t.join()
 
 
 class Running:
