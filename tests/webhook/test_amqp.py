@@ -12,9 +12,11 @@ import httpx
 import pika
 import pytest
 
-from flownb.message import Message
+from flownb.flow import Flow, step
 from flownb.runtime.amqp import names
+from flownb.runtime.amqp.consumer import StepWorker
 from flownb.runtime.amqp.ingress import AmqpIngest
+from flownb.runtime.amqp.worker import run_workers
 
 from .conftest import BROKER, TcpProxy, amqp_delete, amqp_drain, make_flow, serve_hook
 
@@ -167,36 +169,20 @@ def test_broker_lost_mid_load_gives_503_never_a_lost_202(flow_env):
         proxy.stop()
 
 
-def _last_step_worker(flow, stop: threading.Event, delay: float = 0.0) -> None:
-    """What the AMQP worker of the last step does for a sync request: publish its output to the queue
-    named in the reply-to header (default exchange), with the run's trace."""
-    conn = pika.BlockingConnection(pika.URLParameters(BROKER))
-    ch = conn.channel()
-    queue = names.step_queue(flow.name, "sink")
-    while not stop.is_set():
-        method, props, body = ch.basic_get(queue)
-        if method is None:
-            time.sleep(0.01)
-            continue
-        msg = Message.from_json(body)
-        reply_to = msg.headers.get(names.REPLY_TO_HEADER)
-        assert reply_to and props.headers[names.REPLY_TO_HEADER] == reply_to
-        out = msg.child({"echo": msg.body["q"], "seen": True}, "sink")
-        time.sleep(delay)
-        ch.basic_publish("", reply_to, out.to_json(), pika.BasicProperties(delivery_mode=2))
-        ch.basic_ack(method.delivery_tag)
-    conn.close()
-
-
 def test_sync_reply_comes_back_from_the_last_step(flow_env):
-    flow, token = flow_env(reply="sync", timeout="10s")
+    """The real step worker (StepWorker) of the last step answers on the reply queue: the reply is that
+    step's output, the mapping's result, not the request echoed back."""
+    flow, token = flow_env(reply="sync", timeout="20s")
+    flow = Flow(name=flow.name, trigger=flow.trigger,
+                steps=[step("sink", "mapping", fields={"echo": "q", "seen": "true"})])
     with serve_hook(flow, AmqpIngest(flow, BROKER)) as server:
         stop = threading.Event()
-        worker = threading.Thread(target=_last_step_worker, args=(flow, stop))
+        worker = threading.Thread(target=run_workers, args=([StepWorker(flow.resolved(), "sink", BROKER)], stop),
+                                  daemon=True)
         worker.start()
         try:
             url = f"{server.url}/hooks/{flow.name}/{token}"
-            with httpx.Client(timeout=20) as client:
+            with httpx.Client(timeout=30) as client:
                 for q in ("a", "b"):
                     r = client.post(url, json={"q": q})
                     assert r.status_code == 200, r.text
@@ -204,7 +190,9 @@ def test_sync_reply_comes_back_from_the_last_step(flow_env):
                     assert len(r.headers["flownb-id"]) == 32
         finally:
             stop.set()
-            worker.join(10)
+            worker.join(60)
+        assert not worker.is_alive()
+    assert amqp_drain(flow) == []  # both requests were consumed (acked) by the step worker
 
 
 def test_sync_timeout_is_504_and_the_message_stays_queued(flow_env):

@@ -187,7 +187,12 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module", params=list(BACKENDS))
+# the amqp backend queues into the real broker: its parameter carries the marker
+BACKEND_MARKS = {"amqp": [pytest.mark.rabbitmq]}
+
+
+@pytest.fixture(scope="module",
+                params=[pytest.param(name, marks=BACKEND_MARKS.get(name, [])) for name in BACKENDS])
 def served(request, tmp_path_factory):
     backend: Backend = BACKENDS[request.param](tmp_path_factory.mktemp("hostile"))
     tag = uuid.uuid4().hex[:8].upper()
