@@ -40,7 +40,7 @@ def test_exported_manifests_validate(hooks_export):
     assert deps["show"]["spec"]["replicas"] == 3
     for d in deps.values():
         pod = d["spec"]["template"]["spec"]
-        assert pod["terminationGracePeriodSeconds"] >= 30
+        assert pod["terminationGracePeriodSeconds"] == 60  # as compose's stop_grace_period (docs/deploy.md)
         c = pod["containers"][0]
         assert c["readinessProbe"] and c["livenessProbe"] and c["resources"]["limits"]["memory"]
         assert c["securityContext"]["runAsNonRoot"] is True

@@ -50,6 +50,7 @@ class Case:
     send: Callable[[httpx.Client, Env], httpx.Response]
     status: int
     check: Callable[[dict], None] | None = None   # on the queued body, for 202
+    position: int | None = None  # a 400 for malformed JSON says where (orjson's offset); others say nothing
     queued: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -115,18 +116,19 @@ def _headers_check(body: dict) -> None:
 
 CASES = [
     Case("valid json object", post(content=b'{"order": 1, "items": [1, 2]}'), 202, eq({"order": 1, "items": [1, 2]})),
-    Case("truncated json", post(content=b'{"order": 1, "items": [1,'), 400),
-    Case("invalid json (unquoted key)", post(content=b"{order: 1}"), 400),
-    Case("trailing garbage after json", post(content=b'{"a": 1} {"b": 2}'), 400),
-    Case("invalid utf-8 in json", post(content=b'{"a": "\xff\xfe"}'), 400),
-    Case("lone surrogate escape", post(content=b'{"a": "\\ud800"}'), 400),
-    Case("NaN is not json", post(content=b'{"a": NaN}'), 400),
-    Case("number overflowing a double", post(content=b'{"a": 1e999}'), 400),
+    Case("truncated json", post(content=b'{"order": 1, "items": [1,'), 400, position=25),
+    Case("invalid json (unquoted key)", post(content=b"{order: 1}"), 400, position=1),
+    Case("trailing garbage after json", post(content=b'{"a": 1} {"b": 2}'), 400, position=9),
+    # orjson reports offset 0 for invalid UTF-8 (the bad byte is at 7): what the server says today
+    Case("invalid utf-8 in json", post(content=b'{"a": "\xff\xfe"}'), 400, position=0),
+    Case("lone surrogate escape", post(content=b'{"a": "\\ud800"}'), 400, position=7),
+    Case("NaN is not json", post(content=b'{"a": NaN}'), 400, position=6),
+    Case("number overflowing a double", post(content=b'{"a": 1e999}'), 400, position=6),
     Case("odd but valid unicode", post(content='{"e": "😀\u200b\u202eabc\u0301", "n": "\\u0000"}'.encode()),
          202, eq({"e": "😀\u200b\u202eabc\u0301", "n": "\x00"})),
     Case("duplicate keys keep the last", post(content=b'{"a": 1, "a": 2}'), 202, eq({"a": 2})),
     Case("deeply nested json", post(content=nested(600)), 400),
-    Case("nesting past the parser's own limit", post(content=b"[" * 2000 + b"]" * 2000), 400),
+    Case("nesting past the parser's own limit", post(content=b"[" * 2000 + b"]" * 2000), 400, position=1025),
     Case("nesting just over max_depth", post(content=nested(65)), 400),
     Case("nesting at max_depth", post(content=nested(64)), 202),
     Case("json array kept under 'json'", post(content=b"[1, 2, 3]"), 202, eq({"json": [1, 2, 3]})),
@@ -239,13 +241,9 @@ def test_hostile_case(served, case: Case):
             assert payload["status"] == case.status and payload["error"]
         if case.status == 405:
             assert resp.headers["allow"] == "POST"
-        if case.status == 400 and "json" in case.name and "position" in payload:
-            assert isinstance(payload["position"], int)
+        if case.status == 400:  # a JSON syntax error says exactly where; no other 400 has a position
+            assert payload.get("position") == case.position, payload
         assert client.get(env.health).status_code == 200
-
-
-def test_suite_is_big_enough():
-    assert len(CASES) >= 25
 
 
 def test_malformed_json_reports_position(served):
