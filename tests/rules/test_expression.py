@@ -139,3 +139,26 @@ def test_parse_error_type():
     with pytest.raises(ParseError) as info:
         parse("a +")
     assert info.value.position == 3
+
+
+BIG = 2**53 + 1  # the first integer a double cannot hold: JSONata-js would give 9007199254740992
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("a", BIG), ("a + 1", BIG + 1), ("a - 1", BIG - 1), ("a * 2", 2 * BIG), ("$sum([a, a])", 2 * BIG),
+    ("[a, a + 2]", [BIG, BIG + 2]), ('{"x": a}', {"x": BIG}), ("a > 9007199254740992", True),
+])
+def test_integers_beyond_2_pow_53_stay_exact(text, expected):
+    """docs/rules.md: integers beyond 2^53 stay exact Python ints (the compiled engine)."""
+    e = compile(text)
+    assert e.engine == "compiled"
+    got = e.evaluate({"a": BIG})
+    assert got == expected and type(got) is type(expected)
+
+
+def test_integers_beyond_2_pow_53_stay_exact_through_a_flow():
+    """…and through a flow: the message codec keeps 64-bit integers exact between steps."""
+    flow = flownb.Flow(name="big", trigger=flownb.step("in", "webhook", token_env="UNUSED"),
+                       steps=[flownb.step("m", "mapping", fields={"id": "id", "next": "id + 1"})])
+    result = flow.test([{"id": BIG}, {"id": 2**63 - 2}])
+    assert list(result.outputs["m"]) == [{"id": BIG, "next": BIG + 1}, {"id": 2**63 - 2, "next": 2**63 - 1}]
