@@ -34,7 +34,8 @@ def wait(body, ctx):
 def _flow(tmp: Path, token_env: str, **hook) -> Flow:
     return Flow(name=f"wl-{uuid.uuid4().hex[:10]}",
                 trigger=step("hook", "webhook", token_env=token_env, **hook),
-                steps=[step("gate", "python", source=f"GATE = {str(tmp / 'gate')!r}\n" + GATE, function="wait"),
+                steps=[step("gate", "python", source=f"GATE = {str(tmp / 'gate')!r}\n" + GATE,
+                            function="wait"),
                        step("sink", "csv.write", path=str(tmp / "out.csv"), columns=["n"], fsync=False)])
 
 

@@ -15,9 +15,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from amqp_components import sink_counts, wait_for
 
 import flownb
-from amqp_components import sink_counts, wait_for
 from flownb.runtime.amqp.topology import queue_depths
 from flownb.runtime.amqp.trigger import TriggerWorker, read_state
 
@@ -68,13 +68,14 @@ def test_a_poll_larger_than_the_queue_limit_is_never_committed(broker, tmp_path,
     monkeypatch.setenv("FLOWNB_MAX_QUEUE_LENGTH", "5")
     flow = flownb.Flow(name=f"bigpoll-{uuid.uuid4().hex[:8]}",
                        trigger=flownb.step("src", "amqptest.count", total=20, batch=8, interval="50ms"),
-                       steps=[flownb.step("sink", "amqptest.sink", path=str(tmp_path / "sink.db"))]).resolved()
+                       steps=[flownb.step("sink", "amqptest.sink", path=str(tmp_path / "sink.db"))],
+                       ).resolved()
     worker = TriggerWorker(flow, broker)
     t = threading.Thread(target=worker.run, daemon=True)
     with caplog.at_level(logging.ERROR, logger="flownb"):
         t.start()
         try:
-            wait_for(lambda: len([r for r in caplog.records if "more than the queue limit" in r.getMessage()]) >= 3,
+            wait_for(lambda: sum("more than the queue limit" in r.getMessage() for r in caplog.records) >= 3,
                      60, what="the oversized poll to be tried three times")
         finally:
             worker.stop()
