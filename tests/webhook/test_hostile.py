@@ -175,7 +175,7 @@ CASES = [
     Case("headers over the total size limit", post(content=b"{}", headers={"x-big": "b" * 40_000}), 431),
     Case("few headers, together over the size limit",
          post(content=b"{}", headers={f"x-h{i}": "b" * 4000 for i in range(10)}), 431),
-    Case("credentials dropped, query kept",
+    Case("credentials dropped and query kept",
          post(content=b'{"_query": "spoof"}', query="?source=shop&tag=a&tag=b",
               headers={**DROPPED_HEADERS, "X-Request-Id": "abc-123", "X-Keep": "kept"}), 202, _headers_check),
     # -- signed flow --------------------------------------------------------------------------------
