@@ -52,7 +52,8 @@ def client(docker_engine):
 def _ticks(name: str) -> Flow:
     """A schedule firing every second into a CSV under /data: end to end through the broker."""
     return Flow(name=name, trigger=step("src", "schedule", cron="* * * * * *", catchup=False),
-                steps=[step("sink", "csv.write", path="/data/out.csv", columns=["scheduled_for"], fsync=False)])
+                steps=[step("sink", "csv.write", path="/data/out.csv", columns=["scheduled_for"],
+                            fsync=False)])
 
 
 def test_build_with_base_image_and_tag_and_the_default_base_is_named_when_missing(client, tmp_path, capsys):
