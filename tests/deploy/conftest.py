@@ -88,7 +88,7 @@ def debian_broker_image(docker_engine):
     import docker
 
     from flownb.deploy import DEBIAN_BASE_IMAGE, ensure_base_image
-    from flownb.deploy._common import RABBITMQ_IMAGE
+    from flownb.deploy.plan import RABBITMQ_IMAGE
     client = docker.from_env()
     base = ensure_base_image(DEBIAN_BASE_IMAGE)
     try:

@@ -14,7 +14,7 @@ import pytest
 
 from flownb.flow import Flow, step
 from flownb.runtime.amqp import names
-from flownb.runtime.amqp.consumer import StepWorker
+from flownb.runtime.amqp.step_worker import StepWorker
 from flownb.runtime.amqp.ingress import AmqpIngest
 from flownb.runtime.amqp.worker import run_workers
 
