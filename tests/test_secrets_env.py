@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 import flownb
 from flownb.cli import main
@@ -56,8 +55,6 @@ def test_run_exits_2_before_polling_when_a_secret_is_unset(tmp_path):
     assert not (tmp_path / "state" / "needs-secrets.db").exists()  # nothing polled, nothing queued
 
 
-@pytest.mark.integration
-@pytest.mark.rabbitmq
 def test_worker_exits_2_before_consuming_when_its_secret_is_unset(tmp_path):
     spec = _flow(tmp_path).save(tmp_path / "flow.yaml")
     env = {k: v for k, v in os.environ.items() if k != "FLOWNB_TEST_CRM_TOKEN"}

@@ -13,6 +13,7 @@ the response body in the message). Secrets only as environment-variable names (`
 from __future__ import annotations
 
 import email.utils
+import json
 import re
 import time
 from typing import Any, Literal
@@ -171,6 +172,14 @@ def _compile_check(text: str | None, step, field: str) -> None:
 
 # -- http.request -------------------------------------------------------------------------------
 
+def _form_value(v: Any) -> str:
+    """One form field's text: a string as is, other values as JSON (true, 3.5, null → ''), never a
+    Python repr (a list field is sent repeated, one value each)."""
+    if isinstance(v, str):
+        return v
+    return "" if v is None else json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+
+
 class HttpRequestConfig(_HttpBase):
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"] = Field(
         "POST", description="HTTP method")
@@ -180,7 +189,9 @@ class HttpRequestConfig(_HttpBase):
     body: str | None = Field(None, description="JSONata expression for the request body; default: the "
                                                "message body (not sent with GET/HEAD/DELETE)")
     body_format: Literal["json", "form"] = Field("json", description="send the body as JSON or as an "
-                                                                     "HTML form")
+                                                                     "HTML form (URL-encoded; a list is the "
+                                                                     "field repeated, other non-string values "
+                                                                     "JSON text, null empty)")
     idempotency_key: bool = Field(True, description="send 'Idempotency-Key: <message id>' so a retried "
                                                     "request can be recognised by the server")
     output: Literal["body", "response", "merge", "input"] = Field(
@@ -259,7 +270,8 @@ class HttpRequest(Action[HttpRequestConfig]):
         if self.config.body_format == "form":
             if not isinstance(payload, dict):
                 raise FatalError(f"body_format 'form' needs an object body, got {type(payload).__name__}")
-            kw["data"] = {k: v if isinstance(v, str) else str(v) for k, v in payload.items()}
+            kw["data"] = {k: [_form_value(x) for x in v] if isinstance(v, list) else _form_value(v)
+                          for k, v in payload.items()}
         else:
             kw["json"] = payload
         return kw

@@ -55,6 +55,8 @@ class Handler(BaseHTTPRequestHandler):
         if route[0] == "slow":
             time.sleep(float(q.get("delay", 2)))
             return self._send(200, {"ok": True})
+        if route[0] == "redirect":  # /redirect/<status>?to=<path>: a redirect with that status
+            return self._send(int(route[1]), b"", {"Location": q["to"]}, "text/plain")
         if route[0] == "text":
             return self._send(200, b"plain words", ctype="text/plain")
         if route[0] == "events":  # ?since=ts (inclusive), pages of 3 linked by rel=next
@@ -139,6 +141,37 @@ def test_output_modes(server, step_runner, mode):
     assert json.loads(resp["body"]["body"]) == {"x": 1}  # body expression sent only the payload
     if mode == "merge":
         assert body["keep"] is True
+
+
+def test_form_body_is_url_encoded(server, step_runner):
+    """docs/components.md: body_format form sends the body URL-encoded; a list is the field repeated (as
+    the webhook reads a repeated field back as a list)."""
+    runner = step_runner("http.request", {"method": "POST", "url": f"{server}/echo", "body_format": "form"})
+    got = runner.run(msg({"name": "Ann Lee", "q": "a&b=c", "tags": ["x", "y"], "n": 3, "ok": True,
+                          "none": None, "obj": {"k": 1}})).outputs[0].body
+    assert got["headers"]["content-type"] == "application/x-www-form-urlencoded"
+    # values as JSON text, never Python's repr (it sent "['x', 'y']", "True", "None")
+    assert parse_qs(got["body"], keep_blank_values=True) == {
+        "name": ["Ann Lee"], "q": ["a&b=c"], "tags": ["x", "y"], "n": ["3"], "ok": ["true"], "none": [""],
+        "obj": ['{"k":1}']}
+
+
+@pytest.mark.parametrize(("status", "method"), [(301, "GET"), (302, "GET"), (303, "GET"), (307, "POST"),
+                                                (308, "POST")])
+def test_redirects_are_followed(server, step_runner, status, method):
+    """docs/components.md: redirects are followed; 307/308 keep the method and body (303 turns a POST
+    into a GET, as 301/302 do in every HTTP client)."""
+    runner = step_runner("http.request", {"method": "POST", "url": f"{server}/redirect/{status}?to=/echo/moved",
+                                          "output": "response"})
+    out = runner.run(msg({"a": 1}))
+    assert out.ok, out.error
+    resp = out.outputs[0].body
+    assert resp["status"] == 201 and resp["body"]["path"] == "/echo/moved"
+    assert resp["body"]["method"] == method
+    assert (json.loads(resp["body"]["body"]) if method == "POST" else resp["body"]["body"]) == \
+        ({"a": 1} if method == "POST" else "")
+    calls = [c["path"] for c in Handler.calls[-2:]]
+    assert calls == [f"/redirect/{status}", "/echo/moved"]
 
 
 def test_text_response_and_get_without_body(server, step_runner):

@@ -74,3 +74,37 @@ def docker_engine():
     if reason:
         print(f"SKIPPED docker tests: {reason}")
         pytest.skip(reason)
+
+
+DEBIAN_RABBITMQ = "flownb-test-rabbitmq:bookworm"
+
+
+@pytest.fixture(scope="session")
+def debian_broker_image(docker_engine):
+    """The image `flownb deploy` starts its own broker from (``RABBITMQ_IMAGE``), built here from Debian
+    packages on the Debian-built base image (data/rabbitmq/Dockerfile): no registry is reachable, so
+    the official image cannot be pulled. The tag is added for the session and removed afterwards
+    when it was not there before."""
+    import docker
+
+    from flownb.deploy import DEBIAN_BASE_IMAGE, ensure_base_image
+    from flownb.deploy.plan import RABBITMQ_IMAGE
+    client = docker.from_env()
+    base = ensure_base_image(DEBIAN_BASE_IMAGE)
+    try:
+        image = client.images.get(DEBIAN_RABBITMQ)
+    except docker.errors.ImageNotFound:  # apt needs the Debian mirror: the build runs on the host network
+        image, _logs = client.images.build(path=str(DATA / "rabbitmq"), tag=DEBIAN_RABBITMQ,
+                                           buildargs={"BASE_IMAGE": base}, network_mode="host", rm=True)
+    try:
+        existing = client.images.get(RABBITMQ_IMAGE)
+    except docker.errors.ImageNotFound:
+        existing = None
+    if existing is not None and existing.id != image.id:
+        pytest.fail(f"{RABBITMQ_IMAGE} exists and is not {DEBIAN_RABBITMQ}: the deploy would not start "
+                    f"the broker this test built")
+    repo, tag = RABBITMQ_IMAGE.split(":")
+    image.tag(repo, tag)
+    yield image
+    if existing is None:
+        client.images.remove(RABBITMQ_IMAGE)  # the tag only: the Debian-built image stays cached

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import nbformat
@@ -53,7 +54,10 @@ def test_export_writes_every_file_with_parameters_resolved(hooks_export):
 def test_secrets_never_reach_an_exported_file(hooks_export):
     secrets = json.loads((hooks_export / "_secrets.json").read_text())
     files = [p for p in hooks_export.rglob("*") if p.is_file() and p.name != "_secrets.json"]
-    assert len(files) >= 12
+    assert sorted(str(p.relative_to(hooks_export)) for p in files) == [  # every file export writes
+        ".dockerignore", "Dockerfile", "docker-compose.yml", "flow.yaml", "hooks.executed.ipynb",
+        "k8s/configmap.yaml", "k8s/rabbitmq.yaml", "k8s/step-hook.yaml", "k8s/step-show.yaml",
+        "k8s/step-store.yaml", "params.json", "secrets.env.example"]
     for p in files:
         text = p.read_text()
         for value in secrets.values():
@@ -191,3 +195,37 @@ def test_local_files_are_named_in_warnings_because_a_container_cannot_see_them(t
     res = export(src, tmp_path / "out2", target="compose")
     assert [w.split(" is a local file")[0] for w in res.warnings] == [
         "step 'src' path 'data/orders-*.csv'", "step 'save' url 'shop.db'"]
+
+
+def _kernel_notebook(path: Path) -> None:
+    """A notebook whose flow is named after the kernel it ran in (the kernelspec's env says which)."""
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("import os\nfrom flownb import Flow, step\n"
+                                  "flow = Flow(name=os.environ.get('FLOWNB_PROBE_KERNEL', 'notebook-kernel'),\n"
+                                  "            trigger=step('hook', 'webhook', token_env='UNUSED_TOKEN'),\n"
+                                  "            steps=[step('show', 'log')])\nflow"),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def test_export_kernel_runs_the_notebook_in_the_named_kernel(tmp_path, monkeypatch, capsys):
+    """`flownb export --kernel NAME`: papermill runs the notebook in that Jupyter kernel instead of the
+    one its metadata names; an unknown kernel is an error naming it."""
+    kernels = tmp_path / "jupyter" / "kernels" / "flownb-probe"
+    kernels.mkdir(parents=True)
+    (kernels / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "flownb probe", "language": "python", "env": {"FLOWNB_PROBE_KERNEL": "probe-kernel"}}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("UNUSED_TOKEN", "x")
+    nb = tmp_path / "k.ipynb"
+    _kernel_notebook(nb)
+    assert main(["export", str(nb), "--kernel", "flownb-probe", "--target", "compose",
+                 "-o", str(tmp_path / "probe")]) == 0
+    assert yaml.safe_load((tmp_path / "probe" / "flow.yaml").read_text())["name"] == "probe-kernel"
+    assert main(["export", str(nb), "--target", "compose", "-o", str(tmp_path / "default")]) == 0
+    assert yaml.safe_load((tmp_path / "default" / "flow.yaml").read_text())["name"] == "notebook-kernel"
+    assert main(["export", str(nb), "--kernel", "no-such-kernel", "--target", "compose",
+                 "-o", str(tmp_path / "bad")]) == 1
+    assert "no-such-kernel" in capsys.readouterr().err

@@ -40,7 +40,7 @@ def test_exported_manifests_validate(hooks_export):
     assert deps["show"]["spec"]["replicas"] == 3
     for d in deps.values():
         pod = d["spec"]["template"]["spec"]
-        assert pod["terminationGracePeriodSeconds"] >= 30
+        assert pod["terminationGracePeriodSeconds"] == 60  # as compose's stop_grace_period (docs/deploy.md)
         c = pod["containers"][0]
         assert c["readinessProbe"] and c["livenessProbe"] and c["resources"]["limits"]["memory"]
         assert c["securityContext"]["runAsNonRoot"] is True
@@ -97,3 +97,19 @@ def test_a_changed_spec_changes_every_pod_template_so_the_workers_roll():
     assert set(ha) == set(hb) == {"flownb-roll-hook", "flownb-roll-work"}
     assert len(set(ha.values())) == 1 and ha != hb and set(ha.values()) == {a.spec_hash()}
     assert hashes(Flow.model_validate(a.model_dump())) == ha  # the same flow: the same hash
+
+
+def test_a_polling_trigger_is_recreated_never_rolled():
+    """docs/deploy.md: `Recreate` for a polling trigger, so two pollers never overlap during an update;
+    it runs one replica. Action steps roll."""
+    flow = Flow(name="pq", trigger=step("src", "schedule", cron="*/5 * * * *"),
+                steps=[step("work", "log", replicas=2)])
+    objs = [o for v in render_manifests(flow).values() for o in v]
+    for o in objs:
+        _check(o)
+    deps = {o["metadata"]["labels"]["flownb.step"]: o for o in objs if o["kind"] == "Deployment"}
+    assert sorted(deps) == ["src", "work"]
+    assert deps["src"]["spec"]["strategy"] == {"type": "Recreate"}
+    assert deps["src"]["spec"]["replicas"] == 1
+    assert deps["work"]["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert deps["work"]["spec"]["replicas"] == 2

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -157,7 +158,9 @@ def test_schedules_api(jupyter):
     assert r.status_code == 202 and r.json()["run"]["status"] == "running"
     run = _wait_run(c, r.json()["run"]["id"])
     assert (run["status"], run["error_name"], run["error_value"]) == ("failed", "ValueError", "bad n=4")
-    assert run["output_exists"] and run["duration"] > 0 and run["error_cell"] is not None
+    assert run["output_exists"] and run["duration"] > 0 and run["error_cell"] == 5
+    # 5: the raising cell of the saved output notebook (papermill's banner and injected cells come first)
+    assert "raise ValueError" in "".join(json.loads(Path(run["output"]).read_text())["cells"][5]["source"])
     [h] = c.get(f"/flownb/api/schedules/{name}/history").json()["runs"]
     assert h["id"] == run["id"]
     assert c.get(f"/flownb/api/schedules/{name}").json()["last_run"]["status"] == "failed"

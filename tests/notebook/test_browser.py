@@ -207,7 +207,14 @@ def test_flow_builder_add_step_by_click_and_run(page, lab):
     new_card.locator(".flownb-step-message .flownb-ok").wait_for(state="visible", timeout=T)
     builder.locator(".flownb-run").click()
     builder.locator(".flownb-results .lm-TabBar-tab", has_text="dead letters (1)").wait_for(timeout=T)
-    builder.locator(".flownb-results .lm-TabBar-tab", has_text="log (").click()
+    builder.locator(".flownb-results .lm-TabBar-tab", has_text="log (3)").click()
+    # the new log step's tab shows what reached it: the three orders over min_total (cell 6 prints them)
+    panel = builder.locator(".flownb-results .flownb-result-panel:visible")
+    panel.wait_for(state="visible", timeout=T)
+    text = panel.inner_text()
+    assert all(s in text for s in ("1001", "ada@example.com", "1003", "alan@turing.org", "1005",
+                                   "barbara@mit.edu")), text
+    assert "1004" not in text and "1002" not in text  # dead-lettered / filtered out
     page.screenshot(path=str(_artifact("flow-builder.png")), full_page=True)
 
 

@@ -116,17 +116,41 @@ def test_a_mapping_object_round_trips(sample):
     assert ed.mapping.config == m.config
 
 
+class VirtualClockLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock moves only when the test says: timers (call_later) fire when the
+    virtual time reaches them, however slow the machine is."""
+
+    def __init__(self):
+        super().__init__()
+        self.now = 0.0
+
+    def time(self) -> float:
+        return self.now
+
+    async def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for _ in range(3):  # the timers now due run before the caller resumes
+            await asyncio.sleep(0)
+
+
 def test_typing_is_debounced_on_a_running_loop(sample):
+    loop = VirtualClockLoop()
+
     async def scenario():
         ed = MappingEditor(sample, mapping={"v": "status"}, debounce=0.2)
-        for expr in ("$up", "$upper", "$uppercase(status)"):
+        for expr in ("$up", "$upper", "$uppercase(status)"):  # keystrokes 0.15 s apart: < the debounce
             ed._rows[0].expr.value = expr
-            await asyncio.sleep(0.02)
-        assert ed.preview["v"].tolist()[0] == "paid"  # not recomputed while typing
-        await asyncio.sleep(0.5)
+            await loop.advance(0.15)
+            assert ed.preview["v"].tolist()[0] == "paid"  # not recomputed while typing
+        await loop.advance(0.0499)  # 0.1999 s after the last keystroke: still not
+        assert ed.preview["v"].tolist()[0] == "paid"
+        await loop.advance(0.0002)  # 0.2001 s: once
         return ed.preview["v"].tolist()[0]
 
-    assert asyncio.run(scenario()) == "PAID"
+    try:
+        assert loop.run_until_complete(scenario()) == "PAID"
+    finally:
+        loop.close()
 
 
 def test_dotted_columns_are_paths_in_fields_and_helper():

@@ -16,7 +16,6 @@ from flownb.runtime.amqp import names
 from flownb.runtime.amqp.topology import ERROR_HEADER, declare_flow
 from flownb.runtime.core import ErrorInfo
 
-pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
 
 BROKER = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -61,6 +60,8 @@ def _wait(fn, timeout: float = 30.0):
         time.sleep(0.5)
 
 
+@pytest.mark.integration
+@pytest.mark.rabbitmq
 def test_depths_and_replay_with_passive_declares(deployed):
     flow, ch = deployed
     _fill(flow, ch, ready=3, dead=2)
@@ -77,6 +78,8 @@ def test_depths_and_replay_with_passive_declares(deployed):
     assert mon.snapshot.steps["second"] == {**mon.snapshot.steps["second"], "dead": 0, "ready": 2}
 
 
+@pytest.mark.integration
+@pytest.mark.rabbitmq
 def test_management_figures_rates_and_plot(deployed):
     flow, ch = deployed
     _fill(flow, ch, ready=5, dead=1)
@@ -95,6 +98,8 @@ def test_management_figures_rates_and_plot(deployed):
     assert "from management" in mon.status.value
 
 
+@pytest.mark.integration
+@pytest.mark.rabbitmq
 def test_unreachable_broker_is_a_message_not_a_traceback(deployed):
     flow, _ = deployed
     mon = Monitor(flow, "amqp://guest:guest@127.0.0.1:1/", management_url="http://127.0.0.1:1",

@@ -9,7 +9,11 @@ from runtimes import ENGINES
 FAST_RETRY = {"retry": {"max_attempts": 3, "initial": "20ms", "max": "50ms"}}
 
 
-@pytest.fixture(params=sorted(ENGINES))
+# the RabbitMQ engine needs the broker: its parameter carries the markers (-m "not rabbitmq" leaves it out)
+ENGINE_MARKS = {"amqp": [pytest.mark.integration, pytest.mark.rabbitmq]}
+
+
+@pytest.fixture(params=[pytest.param(name, marks=ENGINE_MARKS.get(name, [])) for name in sorted(ENGINES)])
 def engine(request):
     return ENGINES[request.param]()
 

@@ -116,3 +116,19 @@ def test_a_missing_or_damaged_database_with_a_marker_is_refused(tmp_path, damage
     with pytest.raises(StateError, match="--reset-state"):
         LocalRuntime(f, tmp_path)
     assert not db.exists() if damage == "missing" else db.read_bytes().startswith(b"this is not")
+
+
+@pytest.mark.parametrize(("env", "level"), [(None, 1), ("NORMAL", 1), ("FULL", 2), ("full", 2), ("EXTRA", 3)])
+def test_flownb_sqlite_sync_sets_the_durability_of_every_commit(flow_factory, tmp_path, monkeypatch, env, level):
+    """docs/local.md: synchronous=NORMAL by default; FLOWNB_SQLITE_SYNC=FULL makes every commit survive
+    a power loss too (SQLite's PRAGMA synchronous: 1 NORMAL, 2 FULL, 3 EXTRA), in WAL mode."""
+    if env is None:
+        monkeypatch.delenv("FLOWNB_SQLITE_SYNC", raising=False)
+    else:
+        monkeypatch.setenv("FLOWNB_SQLITE_SYNC", env)
+    flow = flow_factory(("double", "lt.double", {}))
+    with LocalRuntime(flow, tmp_path / "state") as rt:
+        assert rt.store.conn.execute("PRAGMA synchronous").fetchone()[0] == level
+        assert rt.store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        rt.submit({"n": 1})
+        assert rt.store.depth("double") == 1

@@ -74,3 +74,22 @@ def test_validator_catches_a_broken_manifest():
 def test_seconds_schedules_cannot_be_exported():
     with pytest.raises(DeployError, match="seconds field"):
         cronjob_manifests([sched(cron="* * * * * */5")], "img:1")
+
+
+def test_catchup_all_exports_as_last_with_a_warning(caplog):
+    """docs/schedule.md: `all` cannot be expressed as a CronJob and exports as `last`, with a warning."""
+    import logging
+    with caplog.at_level(logging.WARNING, logger="flownb"):
+        [as_all] = cronjob_manifests([sched(catchup="all")], "img:1")
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "catchup=all cannot be expressed as a CronJob" in caplog.records[0].getMessage()
+    assert "'nightly'" in caplog.records[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="flownb"):
+        [as_last] = cronjob_manifests([sched(catchup="last")], "img:1")
+    assert caplog.records == []  # only `all` warns
+    validate(as_all)
+    assert "startingDeadlineSeconds" not in as_all["spec"]  # as last: Kubernetes starts the newest missed run
+    assert as_all["metadata"]["annotations"].pop("flownb/catchup") == "all"  # what was asked, recorded
+    assert as_last["metadata"]["annotations"].pop("flownb/catchup") == "last"
+    assert as_all == as_last

@@ -98,9 +98,9 @@ def test_run_of_a_dead_owner_becomes_lost(store, params_nb):
     with store.transaction() as con:
         store.insert_run(con, "orphan", "running", started_at=time.time(), pid=2**22 + 12345)
     run_id = claim(store, s, trigger="cron", planned_for=1.0)
-    assert run_id is not None
     statuses = {r.id: r.status for r in store.history("orphan")}
     assert sorted(statuses.values()) == ["lost", "running"]
+    assert statuses[run_id] == "running"  # the claim is the new run; the dead owner's became lost
 
 
 def test_only_the_newest_outputs_are_kept(store, params_nb):

@@ -29,20 +29,75 @@ def test_loop_runs_a_seconds_schedule_on_its_fire_times(store, params_nb):
     assert len(done) >= 2
     for r in done:
         assert r.trigger == "cron" and r.planned_for % 3 == 0
-        assert 0 <= r.started_at - r.planned_for < 2.0  # started on time
-        assert r.output_exists
+        assert r.planned_for <= r.started_at  # never early (how late depends on the machine's load:
+        assert r.output_exists                # that it starts exactly when due is the next test's)
+    assert len({r.planned_for for r in done}) == len(done)  # each fire time runs once
 
 
-def test_loop_skips_fire_times_while_a_run_is_in_progress(store, slow_nb):
-    add_schedule(store, slow_nb, cron="* * * * * *", name="busy", parameters={"seconds": 3})
-    sched = Scheduler(store, interval=0.1)
-    _serve(sched, lambda: any(r.status == "ok" for r in store.history("busy")))
-    runs = store.history("busy", limit=100)
-    ok = [r for r in runs if r.status == "ok"]
-    skipped = [r for r in runs if r.status == "skipped"]
-    assert len(ok) == 1 and len(skipped) >= 2
-    assert all(ok[0].started_at <= s.planned_for <= ok[0].finished_at + 1 for s in skipped)
-    assert all("still running" in s.error_value for s in skipped)
+def test_a_fire_time_starts_its_run_at_the_first_tick_at_or_after_it(store, params_nb):
+    """On time, judged on an injected clock: nothing before the fire time, the run at the first tick at
+    or after it, for that fire time."""
+    add_schedule(store, params_nb, cron="* * * * * */3", name="tick", parameters={"n": 2})
+    t0 = float((int(time.time()) // 3 + 10) * 3)
+    store.add(store.get("tick").model_copy(update={"created_at": t0 - 2.5}), replace=True)
+    clock = Clock(t0 - 0.001)
+    sched = Scheduler(store, clock=clock, grace=10)
+    assert sched.tick() == []  # a millisecond early: nothing
+    clock.now = t0
+    [run_id] = sched.tick()
+    assert sched.wait_idle(120)
+    r = store.run(run_id)
+    assert (r.status, r.trigger, r.planned_for) == ("ok", "cron", t0)
+    clock.now = t0 + 2.999
+    assert sched.tick() == []  # the next fire time is t0 + 3
+    assert [x.planned_for for x in store.history("tick")] == [t0]
+
+
+def _gate_notebook(path) -> None:
+    """A notebook that runs until the file ``gate`` exists: "in progress" for exactly as long as the
+    test wants, whatever the machine's load."""
+    import nbformat
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("gate = ''", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("import os, time\nwhile not os.path.exists(gate):\n    time.sleep(0.05)"),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def test_loop_skips_fire_times_while_a_run_is_in_progress(store, tmp_path):
+    """Every fire time that comes due while a run is in progress is recorded as skipped (with the
+    running run's id), none is run late, and the first fire after the run finished runs. The clock is
+    injected and the run ends when the test opens its gate, so no step depends on the machine's speed
+    (the wall-clock version flaked on a busy 2-core machine)."""
+    nb, gate = tmp_path / "gate.ipynb", tmp_path / "gate"
+    _gate_notebook(nb)
+    add_schedule(store, nb, cron="* * * * * *", name="busy", parameters={"gate": str(gate)})
+    t0 = float(int(time.time()) + 10)
+    store.add(store.get("busy").model_copy(update={"created_at": t0 - 0.5}), replace=True)
+    clock = Clock(t0)
+    sched = Scheduler(store, clock=clock, grace=10)
+    try:
+        [first] = sched.tick()  # the fire at t0 starts a run
+        for k in range(1, 6):  # five more fire times come due while it runs
+            clock.now = t0 + k
+            assert sched.tick() == []
+            assert sched.active == [first]
+    finally:
+        gate.touch()  # also when an assertion failed: no run is left waiting
+        assert sched.wait_idle(120)
+    runs = {r.planned_for: r for r in store.history("busy", limit=100)}
+    assert sorted(runs) == [t0 + k for k in range(6)]
+    assert (runs[t0].id, runs[t0].status, runs[t0].trigger) == (first, "ok", "cron")
+    for k in range(1, 6):
+        assert (runs[t0 + k].status, runs[t0 + k].error_value) == \
+            ("skipped", f"run {first} of this schedule was still running")
+    clock.now = t0 + 6  # the run is over: the next fire time runs
+    [second] = sched.tick()
+    assert sched.wait_idle(120)
+    after = store.run(second)
+    assert (after.status, after.planned_for, after.trigger) == ("ok", t0 + 6, "cron")
+    assert len(store.history("busy", limit=100)) == 7
 
 
 class Clock:

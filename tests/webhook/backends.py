@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 from flownb.flow import Flow
 from flownb.message import Message
@@ -52,10 +51,7 @@ class LocalBackend(Backend):
         self.runtimes: dict[str, Any] = {}
 
     def ingest(self, flow: Flow) -> Any:
-        try:
-            from flownb.runtime.local import LocalRuntime
-        except ImportError:
-            pytest.skip("the embedded runtime (flownb.runtime.local.LocalRuntime) is not available yet")
+        from flownb.runtime.local import LocalRuntime
         from flownb.runtime.local.ingress import LocalIngest
         runtime = LocalRuntime(flow, self.tmp / flow.name)
         self.runtimes[flow.name] = runtime

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import secrets
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -14,6 +15,8 @@ import httpx
 import pytest
 
 from flownb.flow import Flow, step
+from flownb.runtime.amqp.topology import queue_depths
+from flownb.runtime.local.store import open_state
 
 from .conftest import BROKER, amqp_delete, free_port, start_cli, stop_cli
 
@@ -63,11 +66,19 @@ def test_worker_cli_serves_sync_and_async_on_rabbitmq(tmp_path):
         assert len(set(ids)) == 20
         rows = _rows(tmp_path / "async" / "out.csv", 20)
         assert sorted(r["q"] for r in rows) == sorted(f"m{i}" for i in range(20))
-        time.sleep(0.5)
-        assert len(_rows(tmp_path / "async" / "out.csv", 21, timeout=0.2)) == 20  # exactly once
+        # exactly once, judged when nothing can come any more: the worker drained and exited, and no
+        # message is left in any of the flow's queues (an unacked one is back in "ready" by now)
+        async_proc.send_signal(signal.SIGTERM)  # as docker stop and Kubernetes do
+        async_proc.communicate(timeout=60)
+        assert async_proc.returncode == 0  # drained and exited (SIGTERM killed it at once: -15)
+        assert queue_depths(flows["async"], BROKER) == {s: {"ready": 0, "dead": 0, "retry": 0}
+                                                         for s in ("keep", "sink")}
+        assert sorted(r["q"] for r in _rows(tmp_path / "async" / "out.csv", 20)) == \
+            sorted(f"m{i}" for i in range(20))
     finally:
         for proc, _ in procs:
-            stop_cli(proc)
+            if proc.poll() is None:
+                stop_cli(proc)
         for flow in flows.values():
             amqp_delete(flow)
 
@@ -94,8 +105,19 @@ def test_run_cli_serves_sync_and_async_on_the_embedded_runtime(tmp_path):
         assert len(set(ids)) == 20
         rows = _rows(tmp_path / "async" / "out.csv", 20)
         assert sorted(r["q"] for r in rows) == sorted(f"m{i}" for i in range(20))
-        time.sleep(0.5)
-        assert len(_rows(tmp_path / "async" / "out.csv", 21, timeout=0.2)) == 20  # exactly once
+        # exactly once, judged when nothing can come any more: the runtime drained and exited, and its
+        # SQLite queue holds nothing for any step
+        async_proc = procs[1][0]
+        stop_cli(async_proc)
+        assert async_proc.returncode == 0
+        store = open_state(tmp_path / "async" / "state", flows["async"].name, create=False)
+        try:
+            assert store.depths() == {} and store.dead_count() == 0
+        finally:
+            store.close()
+        assert sorted(r["q"] for r in _rows(tmp_path / "async" / "out.csv", 20)) == \
+            sorted(f"m{i}" for i in range(20))
     finally:
         for proc, _ in procs:
-            stop_cli(proc)
+            if proc.poll() is None:
+                stop_cli(proc)

@@ -50,6 +50,7 @@ class Case:
     send: Callable[[httpx.Client, Env], httpx.Response]
     status: int
     check: Callable[[dict], None] | None = None   # on the queued body, for 202
+    position: int | None = None  # a 400 for malformed JSON says where (orjson's offset); others say nothing
     queued: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -105,28 +106,39 @@ def _chunks(total: int):
         yield b"x" * 1024
 
 
+#: every header docs/webhook.md says is dropped from ``_headers``: the named ones, and a name containing
+#: token, secret, signature, password, api-key or apikey (any case)
+DROPPED_HEADERS = {"Authorization": "Bearer s3cret", "Proxy-Authorization": "Basic cHg6cHc=",
+                   "Cookie": "sid=1", "Set-Cookie": "sid=2", "X-Api-Key": "k1", "X-Api-Token": "t",
+                   "X-Flownb-Signature": "t=1,v1=00", "X-Vendor-Token-Id": "t2", "X-Client-SECRET": "s",
+                   "X-Hub-Signature-256": "sha256=00", "X-Db-Password": "pw", "X-Partner-Api-Key": "k2",
+                   "X-Apikey": "k3"}
+
+
 def _headers_check(body: dict) -> None:
     h = body["_headers"]
-    for secret in ("authorization", "cookie", "x-api-token", "x-flownb-signature"):
-        assert secret not in h
-    assert h["x-request-id"] == "abc-123"
+    # exactly what the client sent minus the dropped ones (httpx's own headers included)
+    assert set(h) == {"host", "accept", "accept-encoding", "connection", "user-agent", "content-type",
+                      "content-length", "x-request-id", "x-keep"}, h
+    assert (h["x-request-id"], h["x-keep"]) == ("abc-123", "kept")
     assert body["_query"] == {"source": "shop", "tag": ["a", "b"]}
 
 
 CASES = [
     Case("valid json object", post(content=b'{"order": 1, "items": [1, 2]}'), 202, eq({"order": 1, "items": [1, 2]})),
-    Case("truncated json", post(content=b'{"order": 1, "items": [1,'), 400),
-    Case("invalid json (unquoted key)", post(content=b"{order: 1}"), 400),
-    Case("trailing garbage after json", post(content=b'{"a": 1} {"b": 2}'), 400),
-    Case("invalid utf-8 in json", post(content=b'{"a": "\xff\xfe"}'), 400),
-    Case("lone surrogate escape", post(content=b'{"a": "\\ud800"}'), 400),
-    Case("NaN is not json", post(content=b'{"a": NaN}'), 400),
-    Case("number overflowing a double", post(content=b'{"a": 1e999}'), 400),
+    Case("truncated json", post(content=b'{"order": 1, "items": [1,'), 400, position=25),
+    Case("invalid json (unquoted key)", post(content=b"{order: 1}"), 400, position=1),
+    Case("trailing garbage after json", post(content=b'{"a": 1} {"b": 2}'), 400, position=9),
+    # orjson reports offset 0 for invalid UTF-8 (the bad byte is at 7): what the server says today
+    Case("invalid utf-8 in json", post(content=b'{"a": "\xff\xfe"}'), 400, position=0),
+    Case("lone surrogate escape", post(content=b'{"a": "\\ud800"}'), 400, position=7),
+    Case("NaN is not json", post(content=b'{"a": NaN}'), 400, position=6),
+    Case("number overflowing a double", post(content=b'{"a": 1e999}'), 400, position=6),
     Case("odd but valid unicode", post(content='{"e": "😀\u200b\u202eabc\u0301", "n": "\\u0000"}'.encode()),
          202, eq({"e": "😀\u200b\u202eabc\u0301", "n": "\x00"})),
     Case("duplicate keys keep the last", post(content=b'{"a": 1, "a": 2}'), 202, eq({"a": 2})),
     Case("deeply nested json", post(content=nested(600)), 400),
-    Case("nesting past the parser's own limit", post(content=b"[" * 2000 + b"]" * 2000), 400),
+    Case("nesting past the parser's own limit", post(content=b"[" * 2000 + b"]" * 2000), 400, position=1025),
     Case("nesting just over max_depth", post(content=nested(65)), 400),
     Case("nesting at max_depth", post(content=nested(64)), 202),
     Case("json array kept under 'json'", post(content=b"[1, 2, 3]"), 202, eq({"json": [1, 2, 3]})),
@@ -163,10 +175,9 @@ CASES = [
     Case("headers over the total size limit", post(content=b"{}", headers={"x-big": "b" * 40_000}), 431),
     Case("few headers, together over the size limit",
          post(content=b"{}", headers={f"x-h{i}": "b" * 4000 for i in range(10)}), 431),
-    Case("credentials dropped, query kept",
+    Case("credentials dropped and query kept",
          post(content=b'{"_query": "spoof"}', query="?source=shop&tag=a&tag=b",
-              headers={"Authorization": "Bearer s3cret", "Cookie": "sid=1", "X-Api-Token": "t",
-                       "X-Request-Id": "abc-123"}), 202, _headers_check),
+              headers={**DROPPED_HEADERS, "X-Request-Id": "abc-123", "X-Keep": "kept"}), 202, _headers_check),
     # -- signed flow --------------------------------------------------------------------------------
     Case("valid signature", post("signed", content=b'{"a": 1}', sig=lambda e, b: sign(e.secret, b)), 202,
          eq({"a": 1})),
@@ -187,7 +198,12 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module", params=list(BACKENDS))
+# the amqp backend queues into the real broker: its parameter carries the marker
+BACKEND_MARKS = {"amqp": [pytest.mark.rabbitmq]}
+
+
+@pytest.fixture(scope="module",
+                params=[pytest.param(name, marks=BACKEND_MARKS.get(name, [])) for name in BACKENDS])
 def served(request, tmp_path_factory):
     backend: Backend = BACKENDS[request.param](tmp_path_factory.mktemp("hostile"))
     tag = uuid.uuid4().hex[:8].upper()
@@ -234,13 +250,9 @@ def test_hostile_case(served, case: Case):
             assert payload["status"] == case.status and payload["error"]
         if case.status == 405:
             assert resp.headers["allow"] == "POST"
-        if case.status == 400 and "json" in case.name and "position" in payload:
-            assert isinstance(payload["position"], int)
+        if case.status == 400:  # a JSON syntax error says exactly where; no other 400 has a position
+            assert payload.get("position") == case.position, payload
         assert client.get(env.health).status_code == 200
-
-
-def test_suite_is_big_enough():
-    assert len(CASES) >= 25
 
 
 def test_malformed_json_reports_position(served):

@@ -31,7 +31,7 @@ from flownb.webhook.parse import sign
 
 from .conftest import BROKER, amqp_delete, amqp_drain, free_port, start_cli, stop_cli
 
-pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # the rabbitmq parameter carries rabbitmq
 
 MAX_BODY, MAX_DEPTH = 2048, 8
 CUSTOM_HEADER = "X-Shop-Hmac"
@@ -152,7 +152,7 @@ def _strip(body: dict) -> dict:
     return {k: v for k, v in body.items() if not k.startswith("_")}
 
 
-@pytest.fixture(scope="module", params=["embedded", "rabbitmq", "jupyter"])
+@pytest.fixture(scope="module", params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq), "jupyter"])
 def served(request, tmp_path_factory) -> Iterator[Served]:
     kind = request.param
     tmp = tmp_path_factory.mktemp(f"three-{kind}")
@@ -274,6 +274,7 @@ def test_the_same_requests_get_the_same_answers_and_only_good_ones_are_queued(se
     assert len(set(ids.values())) == len(ids) and all(len(i) >= 32 for i in ids.values())
 
 
+@pytest.mark.rabbitmq  # the table needs all three servers
 def test_answers_agree_across_servers():
     """Runs after the three parametrized servers (same module): one table, printed for the record."""
     if len(RESULTS) < 3:

@@ -115,6 +115,9 @@ def _worker_cli(flow: Flow, args) -> None:
         _metrics(args, workers)
         stop = threading.Event()
         if webhook:
+            # uvicorn restores the handlers it found and re-raises the signal it stopped on: ours
+            # (without them SIGTERM killed the process before the step workers drained, SIGINT exit 130)
+            _install_signals(stop.set)
             steps = start_thread(run_workers, "step workers", args=(workers, stop))
             try:
                 _serve_webhook(flow, broker, args)  # returns on SIGTERM/SIGINT
@@ -128,6 +131,7 @@ def _worker_cli(flow: Flow, args) -> None:
     name = flow.step(args.step).name
     if name == flow.trigger.name and webhook:
         _metrics(args, [])
+        _install_signals(lambda: None)  # uvicorn re-raises the signal it stopped on: exit 0, not -15/130
         _serve_webhook(flow, broker, args)
         return
     worker = make_worker(flow, name, broker, prefetch=args.prefetch)

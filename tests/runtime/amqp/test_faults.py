@@ -162,18 +162,25 @@ def test_a_step_slower_than_the_heartbeat_keeps_its_connection(broker, running, 
     from flownb.runtime.amqp.worker import run_workers
     db = tmp_path / "sink.db"
     flow = flownb.Flow(name="hb", trigger=flownb.step("src", "amqptest.count", total=2, batch=2),
-                       steps=[flownb.step("work", "amqptest.work", sleep_ms=4000),
+                       steps=[flownb.step("work", "amqptest.work", sleep_ms=8000),
                               flownb.step("sink", "amqptest.sink", path=str(db))]).resolved()
-    running(flow, ["src", "sink"], broker)
-    slow = StepWorker(flow, "work", broker, heartbeat=1)  # the broker drops a silent peer after ~2-3 s
+    r = running(flow, ["src", "sink"], broker)
+    # a heartbeat of 2 s: the broker drops a silent peer after ~4-6 s, well inside each 8 s step (a
+    # 1 s heartbeat against a 4 s step left a busy machine ~2 s of scheduling slack)
+    slow = StepWorker(flow, "work", broker, heartbeat=2)
     stop = threading.Event()
     t = threading.Thread(target=run_workers, args=([slow], stop), daemon=True)
     t.start()
     try:
-        wait_for(lambda: sink_counts(db)[0] == 2, timeout=40, what="both messages")
+        wait_for(lambda: sink_counts(db)[0] == 2, timeout=120, what="both messages")
     finally:
         stop.set()
-        t.join(30)
+        t.join(60)
+    r.stop()
+    # judged at rest: every worker stopped (drained) and nothing left in any queue of the flow, so no
+    # redelivery can still come
+    assert not t.is_alive()
+    assert queue_depths(flow, broker) == {s: {"ready": 0, "dead": 0, "retry": 0} for s in ("work", "sink")}
     assert sink_counts(db) == (2, 2)  # no redelivery: the connection stayed up while the step slept
     assert "connection lost" not in caplog.text
 

@@ -15,7 +15,7 @@ import flownb
 from amqp_components import sink_counts, wait_for
 from flownb.errors import BrokerError
 from flownb.runtime.amqp import names
-from flownb.runtime.amqp.topology import connect, declare_flow, pick_level, queue_depths, retry_levels
+from flownb.runtime.amqp.topology import connect, declare_flow, queue_depths
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
 RUN_WORKER = Path(__file__).parent / "run_worker.py"
@@ -49,14 +49,6 @@ def test_worker_all_runs_the_flow_serves_metrics_and_exits_0_on_sigterm(broker, 
         assert proc.wait(60) == 0, proc.stderr.read()[-2000:]
 
 
-def test_a_worker_imports_neither_pandas_nor_notebook_libraries():
-    code = ("import sys, flownb.cli, flownb.runtime.amqp.worker, flownb.runtime.amqp.dlq;"
-            "bad = [m for m in ('pandas', 'ipywidgets', 'papermill', 'numpy') if m in sys.modules];"
-            "print(bad); sys.exit(1 if bad else 0)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout + out.stderr
-
-
 def test_unknown_step_is_a_clear_error(broker, tmp_path, capsys):
     from flownb.cli import main
     flow = flownb.Flow(name="bad", trigger=flownb.step("src", "amqptest.count"),
@@ -64,19 +56,6 @@ def test_unknown_step_is_a_clear_error(broker, tmp_path, capsys):
     spec = flow.save(tmp_path / "flow.yaml")
     assert main(["worker", str(spec), "--step", "wrok", "--broker", broker]) == 2
     assert "did you mean 'work'?" in capsys.readouterr().err
-
-
-def test_unreachable_broker_is_a_clear_error():
-    with pytest.raises(BrokerError, match="cannot connect to RabbitMQ at amqp://127.0.0.1:1/"):
-        connect("amqp://guest:secret@127.0.0.1:1/")
-
-
-def test_retry_levels_follow_the_policy():
-    policy = flownb.RetryPolicy(max_attempts=6, initial="1s", max="5s")
-    assert retry_levels(policy) == [1000, 2000, 4000, 5000]
-    assert retry_levels(flownb.RetryPolicy(max_attempts=1)) == []
-    assert pick_level([1000, 2000, 4000], 1.5) == 2000
-    assert pick_level([1000, 2000, 4000], 60) == 4000
 
 
 def test_topology_is_idempotent_and_a_changed_limit_says_what_to_do(broker, monkeypatch):
