@@ -109,7 +109,7 @@ def run_notebook(src: Path, out: Path, params: dict[str, Any], *, kernel_name: s
 def flows_in_notebook(nb: dict) -> list[dict]:
     """The flow specs the notebook displays (MIME ``application/vnd.flownb.flow+json``), one per flow
     name; a flow displayed several times counts once (its last display wins)."""
-    found: dict[str, dict] = {}
+    found: dict[str | None, dict] = {}  # by name (None: a spec without one, which from_spec rejects)
     for cell in nb.get("cells", []):
         for output in cell.get("outputs", []) or []:
             spec = (output.get("data") or {}).get(FLOW_MIME)
