@@ -269,10 +269,10 @@ def _write(flow: Flow, out: Path, executed: dict | None, src: Path, params: dict
         log.warning("%d schedule(s) are exported as Kubernetes CronJobs only (--target k8s or all); "
                     "with compose, run 'flownb schedule serve' beside the workers", len(schedules))
     if executed is not None:
-        path = out / f"{src.stem}.executed.ipynb"
-        path.write_text(json.dumps(redact_notebook(executed, values), indent=1, ensure_ascii=False) + "\n",
-                        encoding="utf-8")
-        res.files.append(path)
+        nb_path = out / f"{src.stem}.executed.ipynb"
+        nb_path.write_text(json.dumps(redact_notebook(executed, values), indent=1, ensure_ascii=False) + "\n",
+                           encoding="utf-8")
+        res.files.append(nb_path)
     return res
 
 
