@@ -194,7 +194,10 @@ def read_cursor(flow: Flow, state_dir: str | Path | None = None, broker: str | N
     """The trigger's saved cursor (``{}`` before its first poll)."""
     _polling(flow)
     path, url = _where(state_dir, broker)
-    return _amqp_read(flow, url) if url else _local_read(flow, path)
+    if url:
+        return _amqp_read(flow, url)
+    assert path is not None  # _where gives a state dir when no broker is given
+    return _local_read(flow, path)
 
 
 def write_cursor(flow: Flow, state: dict | None = None, *, state_dir: str | Path | None = None,
@@ -205,7 +208,10 @@ def write_cursor(flow: Flow, state: dict | None = None, *, state_dir: str | Path
     if state is not None and not isinstance(state, dict):
         raise SpecError(f"a cursor is a JSON object such as {{\"cursor\": 0}}, got {type(state).__name__}")
     path, url = _where(state_dir, broker)
-    return _amqp_write(flow, url, state, change) if url else _local_write(flow, path, state, change)
+    if url:
+        return _amqp_write(flow, url, state, change)
+    assert path is not None  # _where gives a state dir when no broker is given
+    return _local_write(flow, path, state, change)
 
 
 def preview_poll(flow: Flow, state: dict | None = None, *, state_dir: str | Path | None = None,
@@ -265,9 +271,10 @@ def backfill(flow: Flow, start: Any, end: Any, *, state_dir: str | Path | None =
     if not _less(start, end, "--from must be before --to"):
         raise SpecError(f"--from {start!r} is not before --to {end!r}; nothing to read")
     path, url = _where(state_dir, broker)
-    saved = read_cursor(flow, state_dir=path, broker=url) if url else None
     if url:
+        saved = read_cursor(flow, state_dir=path, broker=url)
         return _amqp_backfill(flow, url, saved, start, end, key, max_polls, poll_timeout)
+    assert path is not None  # _where gives a state dir when no broker is given
     return _local_backfill(flow, path, start, end, key, max_polls)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 import json
 import uuid
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar, cast
 
 from ._duration import format_duration
 
@@ -255,6 +255,16 @@ def timings_html(result) -> str:
     return records_html(rows) if rows else '<div style="color:#777">(no timings)</div>'
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _not_a_test(fn: _F) -> _F:
+    """``fn`` marked as no pytest test despite its name (``__test__ = False``)."""
+    cast(Any, fn).__test__ = False
+    return fn
+
+
+@_not_a_test
 def test_result_tabs(result) -> list[tuple[str, str]]:
     """(title, html) per step output, then dead letters and timings."""
     tabs = []
@@ -288,18 +298,16 @@ def _summary(result) -> str:
     return text
 
 
+@_not_a_test
 def test_result_html(result) -> str:
     colour = "#b00020" if getattr(result, "dead_letters", None) else "#2a7a2a"
     return (f'<div class="flownb-test-result"><div style="color:{colour};font-weight:bold">'
             f'{_e(_summary(result))}</div>{tabs_html(test_result_tabs(result))}</div>')
 
 
+@_not_a_test
 def test_result_mimebundle(result) -> dict:
     """Display bundle of ``flownb.runtime.local.TestResult``: tabs per step output, dead letters,
     timings (HTML), and a one-line text summary."""
     return {"text/html": test_result_html(result), "text/plain": _summary(result)}
 
-
-test_result_mimebundle.__test__ = False  # not a pytest test despite the name
-test_result_html.__test__ = False
-test_result_tabs.__test__ = False

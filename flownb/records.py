@@ -335,8 +335,8 @@ def _parts(name: Any) -> tuple[str, ...]:
                 return tuple(parts)
         return (str(name),)
     if isinstance(name, tuple):  # a MultiIndex column; '' pads the shorter ones
-        parts = tuple(str(p) for p in name if not (p is None or p == "" or p != p))
-        return parts or ("",)
+        levels = tuple(str(p) for p in name if not (p is None or p == "" or p != p))
+        return levels or ("",)
     return (str(name),)
 
 

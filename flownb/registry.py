@@ -97,7 +97,7 @@ def _type_name(ann: Any) -> str:
     return name if name and not str(ann).startswith("typing.") else str(ann).replace("typing.", "")
 
 
-def _config_error(exc: ValidationError, step: "Step", cls: type) -> ConfigError:
+def _config_error(exc: ValidationError, step: "Step", cls: type[Component]) -> ConfigError:
     err = next((e for e in exc.errors() if e["type"] == "extra_forbidden"), exc.errors()[0])  # a typo first
     field = ".".join(str(p) for p in err["loc"]) or None
     allowed = list(cls.Config.model_fields)

@@ -18,7 +18,7 @@ import re
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar, overload
 from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 from .errors import ConfigError
@@ -246,8 +246,16 @@ def active_redactor() -> Redactor:
     return out
 
 
-def redact(text: str, redactor: Redactor | None = None) -> str:
-    """``text`` with the secrets of ``redactor`` and of the process's active redactors masked."""
+_T = TypeVar("_T")
+
+
+@overload
+def redact(text: str, redactor: Redactor | None = None) -> str: ...
+@overload
+def redact(text: _T, redactor: Redactor | None = None) -> _T: ...
+def redact(text: Any, redactor: Redactor | None = None) -> Any:
+    """``text`` with the secrets of ``redactor`` and of the process's active redactors masked (a
+    value that is not a string, such as None, is returned as it is)."""
     if not isinstance(text, str):
         return text
     if redactor is not None:

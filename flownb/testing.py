@@ -70,6 +70,7 @@ class HttpTarget:
         if self._server is None:
             raise RuntimeError("the target is not running: use it as `with HttpTarget() as target:`")
         host, port = self._server.server_address[:2]
+        assert isinstance(host, str)  # an AF_INET server's address is (host, port)
         return f"http://{host}:{port}"
 
     def start(self) -> Self:

@@ -125,9 +125,10 @@ def _set_path(body: dict, path: tuple, value: Any) -> None:
 def _del_path(body: dict, path: tuple) -> None:
     d = body
     for k in path[:-1]:
-        d = d.get(k)
-        if not isinstance(d, dict):
+        nxt = d.get(k)
+        if not isinstance(nxt, dict):
             return
+        d = nxt
     d.pop(path[-1], None)
 
 
@@ -245,7 +246,7 @@ def _retest_frame(frame: "pd.DataFrame") -> "pd.DataFrame":
     if "RetestFrame" not in globals():
         import pandas as pd
 
-        class RetestFrame(pd.DataFrame):  # type: ignore[no-redef]
+        class RetestFrame(pd.DataFrame):
             """The before/after of :func:`retest`: a DataFrame whose notebook display colours each
             row by its new outcome (green delivered, amber filtered, red dead) and marks the
             records whose outcome changed."""
@@ -305,7 +306,9 @@ def retest(flow: Flow, dead_df: Any, from_step: str | None = None, until: str | 
             raise SpecError(f"from_step='{from_step}' is not an action step of the flow as retested; "
                             f"steps: {', '.join(names)}")
 
-    starts, msgs, refused = [], [], {}
+    starts: list[str | None] = []
+    msgs: list[Message | None] = []
+    refused: dict[int, tuple[str, str]] = {}
     for i, r in enumerate(rows):
         if from_step is not None:
             start = from_step
@@ -368,14 +371,15 @@ def retest(flow: Flow, dead_df: Any, from_step: str | None = None, until: str | 
         if i in refused:
             rec.update(outcome="dead", new_error_type=refused[i][0], new_error=refused[i][1], output=[])
         else:
-            m = msgs[i]
-            d = dead.get(m.trace)
-            bodies = finals.get(m.trace, [])
-            if d is not None:
-                rec.update(outcome="dead", new_error_type=d.error.type,
-                           new_error=f"{d.step}: {d.error.message}", output=bodies)
+            sent = msgs[i]
+            assert sent is not None  # None only for a refused row
+            letter = dead.get(sent.trace)
+            bodies = finals.get(sent.trace, [])
+            if letter is not None:
+                rec.update(outcome="dead", new_error_type=letter.error.type,
+                           new_error=f"{letter.step}: {letter.error.message}", output=bodies)
             else:
-                rec.update(outcome="delivered" if delivered.get(m.trace) else "filtered", new_error_type=None,
+                rec.update(outcome="delivered" if delivered.get(sent.trace) else "filtered", new_error_type=None,
                            new_error=None, output=bodies)
         rec["changed"] = rec["outcome"] != "dead" or rec["new_error_type"] != old[0]
         out.append(rec)

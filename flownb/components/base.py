@@ -19,7 +19,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generic, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generic, Iterable, Iterator, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 from typing_extensions import TypeVar
@@ -169,15 +169,14 @@ def classify(exc: BaseException, component: Component | None = None) -> bool:
 def action(key: str, *, config: type[BaseModel] = NoConfig, register: bool = True):
     """Turn ``def f(body, ctx) -> dict | list | None`` into a registered Action."""
     def deco(func: Callable[[dict, Context], Result]) -> type[Action]:
-        cls = type(func.__name__, (Action,), {
+        cls = cast("type[Action]", type(func.__name__, (Action,), {  # a subclass of Action
             "Config": config, "__doc__": func.__doc__, "__module__": func.__module__,
-            "process": lambda self, message, ctx: func(message.body, ctx),
-        })
+            "process": lambda self, message, ctx: func(message.body, ctx), "func": staticmethod(func),
+        }))
         if register:
             from ..registry import register as reg
             reg(key, cls)
         cls.key = key
-        cls.func = staticmethod(func)
         return cls
     return deco
 
@@ -185,14 +184,13 @@ def action(key: str, *, config: type[BaseModel] = NoConfig, register: bool = Tru
 def polling_trigger(key: str, *, config: type[BaseModel] = PollConfig, register: bool = True):
     """Turn ``def f(state, ctx) -> Iterable[dict]`` (updating ``state``) into a PollingTrigger."""
     def deco(func: Callable[[dict, Context], Iterable[dict]]) -> type[PollingTrigger]:
-        cls = type(func.__name__, (PollingTrigger,), {
+        cls = cast("type[PollingTrigger]", type(func.__name__, (PollingTrigger,), {  # a subclass
             "Config": config, "__doc__": func.__doc__, "__module__": func.__module__,
-            "poll": lambda self, state, ctx: func(state, ctx),
-        })
+            "poll": lambda self, state, ctx: func(state, ctx), "func": staticmethod(func),
+        }))
         if register:
             from ..registry import register as reg
             reg(key, cls)
         cls.key = key
-        cls.func = staticmethod(func)
         return cls
     return deco

@@ -14,7 +14,6 @@ every second of every tenth minute).
 from __future__ import annotations
 
 import datetime as dt
-from typing import Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -82,7 +81,7 @@ class Schedule(PollingTrigger[ScheduleConfig]):
         nxt = self._iter(dt.datetime.fromisoformat(state["until"])).get_next(dt.datetime)
         return max(0.0, (nxt - self.now()).total_seconds())
 
-    def poll(self, state: dict, ctx: Context) -> Iterator[dict]:
+    def poll(self, state: dict, ctx: Context) -> list[dict]:
         now = self.now()
         if "until" not in state:
             state["until"] = now.isoformat()

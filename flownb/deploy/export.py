@@ -109,7 +109,7 @@ def run_notebook(src: Path, out: Path, params: dict[str, Any], *, kernel_name: s
 def flows_in_notebook(nb: dict) -> list[dict]:
     """The flow specs the notebook displays (MIME ``application/vnd.flownb.flow+json``), one per flow
     name; a flow displayed several times counts once (its last display wins)."""
-    found: dict[str, dict] = {}
+    found: dict[str | None, dict] = {}  # by name (None: a spec without one, which from_spec rejects)
     for cell in nb.get("cells", []):
         for output in cell.get("outputs", []) or []:
             spec = (output.get("data") or {}).get(FLOW_MIME)
@@ -269,10 +269,10 @@ def _write(flow: Flow, out: Path, executed: dict | None, src: Path, params: dict
         log.warning("%d schedule(s) are exported as Kubernetes CronJobs only (--target k8s or all); "
                     "with compose, run 'flownb schedule serve' beside the workers", len(schedules))
     if executed is not None:
-        path = out / f"{src.stem}.executed.ipynb"
-        path.write_text(json.dumps(redact_notebook(executed, values), indent=1, ensure_ascii=False) + "\n",
-                        encoding="utf-8")
-        res.files.append(path)
+        nb_path = out / f"{src.stem}.executed.ipynb"
+        nb_path.write_text(json.dumps(redact_notebook(executed, values), indent=1, ensure_ascii=False) + "\n",
+                           encoding="utf-8")
+        res.files.append(nb_path)
     return res
 
 

@@ -329,6 +329,7 @@ class FlowBuilder:
         for i, (title, _body) in enumerate(tabs):
             self.results.set_title(i, title)
         self.results.selected_index = 0
+        assert self.sample is not None  # run() shows a result only after running on the sample
         self.status.value = ok_html(f"ran on {len(self.sample)} sample rows; {len(dead)} dead letters") \
             if not dead else error_html(f"ran on {len(self.sample)} sample rows; {len(dead)} dead letters")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import ipywidgets as w
 
@@ -33,6 +33,13 @@ def _label(row: Any, body: list[str]) -> str:
     return f"{row['_step']}/{row['_id']}: {fields}"[:120]
 
 
+class _Where(TypedDict):
+    """Where the dead letters are stored: the embedded runtime's state dir or a broker."""
+
+    state_dir: str | Path | None
+    broker: str | None
+
+
 class DeadLetterWorkbench:
     """The dead letters of one flow, to retest and replay from a notebook."""
 
@@ -40,10 +47,10 @@ class DeadLetterWorkbench:
                  broker: str | None = None, step: str | None = None, rules: Flow | None = None):
         self.flow = spec if isinstance(spec, Flow) else load(spec if isinstance(spec, Path) else str(spec))
         self.rules = rules or self.flow
-        self.where = {"state_dir": state_dir, "broker": broker}
+        self.where: _Where = {"state_dir": state_dir, "broker": broker}
         self.step = step
-        self.frame = None
-        self.last_retest = None
+        self.frame: Any = None  # the dead letters' DataFrame, read by reload() below (pandas is untyped)
+        self.last_retest: Any = None  # the DataFrame of the last retest
         self._build()
         self.reload()
 

@@ -59,9 +59,11 @@ class _Field:
         label = name + (" *" if self.required else "")
         style = {"description_width": "11em"}
         layout = w.Layout(width="34em")
-        current = self.default if value is _UNSET else value
+        current: Any = self.default if value is _UNSET else value
         if self.kind in ("int", "float") and isinstance(current, str):
             self.kind = "text"  # a template such as '{{ batch }}' or a duration string
+        elif self.kind in ("int", "float") and not isinstance(current, (int, float)):
+            self.kind = "yaml"  # not a number (null, a list): kept as written, validation names it
         if self.kind == "choice":
             opts = _choices(ann) or []
             options = ([("(default)", None)] if optional else []) + [(str(o), o) for o in opts]

@@ -120,7 +120,7 @@ def _in_signal_handler() -> bool:
         code = getattr(getattr(h, "__func__", h), "__code__", None)
         if code is not None:
             codes.add(code)
-    frame = sys._current_frames().get(_MAIN)
+    frame = sys._current_frames().get(_MAIN) if _MAIN is not None else None
     while frame is not None and codes:
         if frame.f_code in codes:
             return True
@@ -128,7 +128,7 @@ def _in_signal_handler() -> bool:
     return False
 
 
-_MAIN = threading.main_thread().ident
+_MAIN: int | None = threading.main_thread().ident  # None only before the main thread starts
 _SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1",
                                               "SIGUSR2") if hasattr(signal, n))
 

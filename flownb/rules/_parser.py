@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["Node", "ParseError", "parse"]
 
@@ -48,6 +48,14 @@ class Node:
 
     def get(self, name: str, default: Any = None) -> Any:
         return self.__dict__.get(name, default)
+
+    if TYPE_CHECKING:
+        # The type-specific attributes (lhs, rhs, steps, stages, expressions, procedure, ...) are set
+        # from **kw and depend on ``type``: to a type checker any attribute exists and is Any. Only
+        # for the checker: at run time a missing attribute still raises AttributeError.
+        def __getattr__(self, name: str) -> Any: ...
+
+        def __setattr__(self, name: str, value: Any) -> None: ...
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         extra = {k: v for k, v in self.__dict__.items() if k not in ("type", "value", "position")}

@@ -487,6 +487,7 @@ def num_str(x: Any) -> str:
     if x == 0:
         return "0"
     sign, digits, exp = Decimal(repr(x)).normalize().as_tuple()
+    assert isinstance(exp, int)  # 'n', 'N' or 'F' only for nan and inf, excluded above
     ds = "".join(map(str, digits))
     k, n = len(ds), exp + len(ds)  # k digits, decimal point after n digits
     s = "-" if sign else ""

@@ -89,6 +89,7 @@ class Mapping:
 
     def _timed_out(self, timeout: float, step: str | None) -> EvaluationTimeout:
         """The error of an evaluation stopped at ``timeout``, naming the field it was in."""
+        field: str | None
         if self.fields is None:
             field, source = "expression", self.expression or ""
         else:

@@ -197,7 +197,7 @@ def exit_on_failure(within: float = 3.0, code: int = EXIT_CRASHED) -> Callable[[
     HEALTH._exit_within = within
 
     def hook(args: threading.ExceptHookArgs) -> None:
-        if args.exc_type is SystemExit and args.exc_value is not None and not args.exc_value.code:
+        if args.exc_type is SystemExit and isinstance(args.exc_value, SystemExit) and not args.exc_value.code:
             return  # a thread that ended itself normally
         name = args.thread.name if args.thread is not None else "a thread"
         HEALTH.fail(name, args.exc_value if args.exc_value is not None else args.exc_type())

@@ -62,7 +62,7 @@ class ReplyBook:
             fut.set_result(self._early.pop(trace))
         else:
             self._waiting[trace] = fut
-            fut.add_done_callback(lambda _f, t=trace: self._waiting.pop(t, None))
+            fut.add_done_callback(lambda _f: self._waiting.pop(trace, None))
         return fut
 
     def resolve(self, trace: str, body: dict) -> None:

@@ -332,7 +332,11 @@ def upgrade(old: Flow, new: Flow, renames: dict[str, str] | None = None, *,
     messages of removed steps or leaves guessed renames unconfirmed."""
     if (state_dir is None) == (broker is None):
         raise UpgradeError("give exactly one of --state-dir (embedded runtime) or --broker (RabbitMQ)")
-    depths = local_depths(Path(state_dir), new.name) if state_dir is not None else amqp_depths(old, broker)
+    if state_dir is not None:
+        depths = local_depths(Path(state_dir), new.name)
+    else:
+        assert broker is not None  # exactly one of the two, checked above
+        depths = amqp_depths(old, broker)
     plan = make_plan(old, new, renames, depths=depths)
     if plan.guessed:
         raise UpgradeError("unconfirmed renames:\n" + "\n".join(plan.lines()[1:]))
@@ -342,8 +346,10 @@ def upgrade(old: Flow, new: Flow, renames: dict[str, str] | None = None, *,
                            f"they are processed, or rename them into a step of the new spec with --rename")
     if state_dir is not None and depths is None:
         return plan, {}
-    moved = _upgrade_local(plan, Path(state_dir)) if state_dir is not None else _upgrade_amqp(plan, broker)
-    return plan, moved
+    if state_dir is not None:
+        return plan, _upgrade_local(plan, Path(state_dir))
+    assert broker is not None
+    return plan, _upgrade_amqp(plan, broker)
 
 
 def _cli_renames(values: list[str] | None) -> dict[str, str]:

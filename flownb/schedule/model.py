@@ -166,7 +166,7 @@ class RunRecord(BaseModel):
 
     @property
     def output_exists(self) -> bool:
-        return bool(self.output) and Path(self.output).exists()
+        return bool(self.output and Path(self.output).exists())
 
     def to_dict(self) -> dict:
         d = self.model_dump(mode="json")

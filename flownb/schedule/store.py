@@ -7,6 +7,7 @@ check-and-write (is a run of this schedule in progress? then record ``skipped``)
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import sqlite3
@@ -178,7 +179,9 @@ class ScheduleStore:
             f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
             (schedule, status, *fields.values()),
         )
-        return int(cur.lastrowid)
+        run_id = cur.lastrowid
+        assert run_id is not None  # set by every INSERT
+        return run_id
 
     def update_run(self, run_id: int, **fields: Any) -> None:
         sets = ", ".join(f"{k}=?" for k in fields)
@@ -192,7 +195,7 @@ class ScheduleStore:
             raise ScheduleInputError(f"no run with id {run_id}; see 'flownb schedule history NAME'")
         return self._run(row)
 
-    def history(self, name: str | None = None, limit: int = 50) -> list[RunRecord]:
+    def history(self, name: str | None = None, limit: int = 50) -> builtins.list[RunRecord]:
         """Newest first."""
         where, args = ("WHERE schedule=?", (name,)) if name else ("", ())
         with self._connect() as con:
@@ -201,7 +204,7 @@ class ScheduleStore:
             ).fetchall()
         return [self._run(r) for r in rows]
 
-    def running(self, con: sqlite3.Connection, name: str) -> list[int]:
+    def running(self, con: sqlite3.Connection, name: str) -> builtins.list[int]:
         """Ids of runs of ``name`` in progress; runs whose owner process died become ``lost``."""
         alive = []
         for run_id, pid in con.execute(
@@ -216,7 +219,7 @@ class ScheduleStore:
                 )
         return alive
 
-    def queued(self, name: str) -> list[RunRecord]:
+    def queued(self, name: str) -> builtins.list[RunRecord]:
         with self._connect() as con:
             rows = con.execute(
                 f"SELECT {', '.join(_RUN_COLS)} FROM runs WHERE schedule=? AND status='queued' "

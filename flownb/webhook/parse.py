@@ -21,7 +21,7 @@ import functools
 import hashlib
 import hmac
 import time
-from typing import Any
+from typing import Any, Iterable, Sequence
 from urllib.parse import parse_qsl
 
 import orjson
@@ -61,6 +61,7 @@ def _depth_ok(value: Any, limit: int) -> bool:
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
+        children: Iterable[Any]
         if isinstance(item, dict):
             children = item.values()
         elif isinstance(item, list):
@@ -140,7 +141,7 @@ def _is_secret(name: str, signature_header: str) -> bool:
             or any(word in name for word in _SECRET_WORDS))
 
 
-def public_headers(raw_headers: list[tuple[bytes, bytes]], signature_header: str) -> dict[str, str]:
+def public_headers(raw_headers: Sequence[tuple[bytes, bytes]], signature_header: str) -> dict[str, str]:
     """Request headers without credentials (lower-case names; repeated headers joined with ', ')."""
     sig = signature_header.lower()
     out: dict[str, str] = {}

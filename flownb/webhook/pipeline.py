@@ -249,8 +249,10 @@ async def _accept(hook: Hook, head: RequestHead, raw: bytes) -> Reply:
 
 
 async def _wait_reply(accepted: Accepted, timeout: float) -> Reply:
+    reply = accepted.reply
+    assert reply is not None  # waited for only when the submission was sync (_accept)
     try:
-        output = await asyncio.wait_for(accepted.reply, timeout)
+        output = await asyncio.wait_for(reply, timeout)
     except TimeoutError:
         raise HttpError(504, f"no output from the flow's last step within {timeout:g}s; the message "
                              f"is queued and will still be processed", extra={"id": accepted.id},

@@ -31,6 +31,17 @@ def test_round_trip_of_an_existing_flow():
     assert "<svg" in b.diagram.value
 
 
+def test_a_number_field_holding_no_number_opens_and_is_named_by_validation():
+    # found by mypy: int(None) raised TypeError, so FlowBuilder could not open a flow whose spec
+    # (loadable: configs are validated later) wrote `max_depth: null`
+    flow = flownb.Flow(name="demo", trigger=flownb.step("incoming", "webhook", max_depth=None),
+                       steps=[flownb.step("first", "log")])
+    b = FlowBuilder(flow=flow)
+    assert b.flow == flow  # the value is kept as written, not replaced by the default
+    assert "max_depth" in b.card("incoming").message.value
+    assert any("max_depth" in m for m in b.validate())
+
+
 def test_palette_click_adds_reorders_and_removes(tmp_path):
     b = FlowBuilder(flow=_flow())
     palette = {btn.description: btn for row in b.palette.children for btn in row.children[1].children}

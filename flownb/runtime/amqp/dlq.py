@@ -62,7 +62,7 @@ class AmqpDeadLetters(DeadLetterStore):
         return [found.name]
 
     def _read(self, ch, step: str) -> list[tuple[int, DeadLetter]]:
-        out = []
+        out: list[tuple[int, DeadLetter]] = []
         q = names.dead_letter_queue(self.flow.name, step)
         try:
             while True:

@@ -146,11 +146,13 @@ class AmqpIngest:
             channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
             await declare_topology(channel, self._spec, self.url)
             declared = await channel.queue_declare("", exclusive=True, auto_delete=True)
-            await channel.basic_consume(declared.queue, self._on_reply, no_ack=True)
+            reply_queue = declared.queue
+            assert reply_queue is not None  # Queue.DeclareOk always names the queue (here server-named)
+            await channel.basic_consume(reply_queue, self._on_reply, no_ack=True)
         except BaseException:
             await asyncio.gather(conn.close(), return_exceptions=True)
             raise
-        self._conn, self._channel, self._reply_queue = conn, channel, declared.queue
+        self._conn, self._channel, self._reply_queue = conn, channel, reply_queue
         if supported(channel):
             self._publisher = FastPublisher(channel, self.exchange, self.routing_key, mandatory=True)
         return channel.closing
@@ -182,7 +184,9 @@ class AmqpIngest:
             await self._drop()
 
     # -- publishing -------------------------------------------------------------------------
-    def _on_reply(self, delivered: DeliveredMessage) -> None:
+    async def _on_reply(self, delivered: DeliveredMessage) -> None:
+        # async, as aiormq's consumer callbacks are typed (a plain function, which it also accepts,
+        # runs in the same task wrapped by aiormq.tools.awaitable)
         try:
             msg = Message.from_json(delivered.body)
         except MessageError as exc:
@@ -195,6 +199,7 @@ class AmqpIngest:
         channel, reply_queue = self._channel, self._reply_queue
         if channel is None or channel.is_closed:
             raise Unavailable(f"RabbitMQ is unreachable ({self.last_error})")
+        assert reply_queue is not None  # set and cleared together with the channel
         msg_headers = dict(headers)
         if reply:
             msg_headers[names.REPLY_TO_HEADER] = reply_queue

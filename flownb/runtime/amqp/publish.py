@@ -40,6 +40,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import struct
+from importlib import metadata
+from typing import Any, Protocol, TypeGuard
 
 import orjson
 import pika
@@ -53,8 +55,8 @@ try:  # the webhook extra: workers publish with pika only
     from pamqp import commands
     from pamqp import frame as pamqp_frame
     from pamqp.header import ContentHeader
-except ImportError:  # pragma: no cover - without the webhook extra there is no ingress
-    aiormq = None
+except ImportError:  # pragma: no cover - without the webhook extra there is no ingress (and no use
+    pass             # of these names)
 
 __all__ = ["PERSISTENT", "TRANSIENT", "CONTENT_TYPE", "POLLED_HEADER", "error_props", "state_props",
            "redelivered_props", "aiormq_props", "CoalescingConnection", "FastPublisher", "marshal_header",
@@ -130,7 +132,7 @@ def private_api_problems(channel=None) -> list[str]:
         problems.append(f"pika {pika.__version__}: SelectConnection lacks _output_marshaled_frames/"
                         f"_adapter_emit_data (step workers fall back to one send per frame)")
     if channel is not None and not supported(channel):
-        problems.append(f"aiormq {aiormq.__version__}: the channel lacks the internals FastPublisher needs "
+        problems.append(f"aiormq {metadata.version('aiormq')}: the channel lacks the internals FastPublisher needs "
                         f"(the ingress falls back to basic_publish)")
     return problems
 
@@ -177,7 +179,25 @@ def marshal_header(channel: int, body_size: int, *, message_id: str, correlation
     return _frame(_HEADER, channel, payload)
 
 
-def supported(channel: aiormq.abc.AbstractChannel) -> bool:
+class PublisherChannel(Protocol):
+    """What :class:`FastPublisher` uses of an aiormq channel: its public face and the private state
+    of aiormq's ``Channel`` (:func:`supported` checks that it is there)."""
+
+    number: int
+    publisher_confirms: bool
+    delivery_tag: int
+    confirmations: dict[int, Any]
+    message_id_delivery_tag: dict[str, int]
+    write_queue: asyncio.Queue
+    max_content_size: int
+
+    @property
+    def is_closed(self) -> bool: ...
+
+    def create_future(self) -> asyncio.Future: ...
+
+
+def supported(channel: aiormq.abc.AbstractChannel) -> TypeGuard[PublisherChannel]:
     """Whether this aiormq channel has the internals the publisher relies on (else use basic_publish)."""
     frame_fields = {f.name for f in dataclasses.fields(ChannelFrame)} if dataclasses.is_dataclass(ChannelFrame) else set()
     return {"payload", "should_close"} <= frame_fields and all(
@@ -190,7 +210,7 @@ class FastPublisher:
     which it owns; :meth:`close` stops its writer task (aiormq rejects the pending confirms when the
     channel closes)."""
 
-    def __init__(self, channel: aiormq.abc.AbstractChannel, exchange: str, routing_key: str, *,
+    def __init__(self, channel: PublisherChannel, exchange: str, routing_key: str, *,
                  mandatory: bool = True):
         if not getattr(channel, "publisher_confirms", False):
             raise ValueError("the channel must be in confirm mode")

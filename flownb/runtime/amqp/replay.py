@@ -39,7 +39,8 @@ def replay_edited(flow: Flow, broker_url: str, wanted: Mapping[str, Any], rebuil
     conn = connect(broker_url, name="flownb replay")
     try:
         declare_flow(conn.channel(), flow)
-        channels, found = {}, {}
+        channels: dict[str, Any] = {}  # pika channels by step
+        found: dict[str, list[tuple]] = {}  # (step, channel, delivery tag, DeadLetter) by dead letter id
         for s in steps:
             ch = conn.channel()
             ch.confirm_delivery()
@@ -53,7 +54,7 @@ def replay_edited(flow: Flow, broker_url: str, wanted: Mapping[str, Any], rebuil
                             f"queue(s) of {', '.join(steps)} (replayed meanwhile?); nothing was replayed — "
                             f"list them again (flownb.dead_letters / 'flownb dlq list')", field="id")
         plans = [(s, ch, tag, d, *rebuild(s, d.id, d.message)) for i in wanted for s, ch, tag, d in found[i]]
-        done = []
+        done: list[dict] = []
         for s, ch, tag, d, payload, edited in plans:
             try:
                 ch.basic_publish(names.exchange(flow.name), s, payload, PERSISTENT, mandatory=True)

@@ -86,6 +86,8 @@ class _Pub:
 class StepWorker:
     """Runs one action step against RabbitMQ until :meth:`stop` (thread-safe) is called."""
 
+    _drain_deadline: float  # set when a draining stop begins
+
     def __init__(self, flow: Flow, step_name: str, broker_url: str, *, prefetch: int | None = None,
                  heartbeat: int = 120, max_deliveries: int | None = None):
         self.flow = flow
@@ -168,6 +170,13 @@ class StepWorker:
                 log.debug("stop: ioloop already closed")
 
     @property
+    def _loop_conn(self) -> CoalescingConnection:
+        """The connection whose I/O loop runs the callbacks that use this (set before the loop
+        starts, never unset)."""
+        assert self._conn is not None
+        return self._conn
+
+    @property
     def idle(self) -> bool:
         """Nothing delivered and unfinished right now (read from another thread: a snapshot)."""
         return not (self._buffer or self._inputs or self._pending or self._nacked or self._in_process)
@@ -182,7 +191,7 @@ class StepWorker:
     def _reset(self) -> None:
         self._gen += 1  # outcomes still being computed for the old connection are dropped
         self._in_process = 0
-        self._ch = None
+        self._ch: pika.channel.Channel | None = None
         self._buffer: list[tuple[int, pika.BasicProperties, bytes]] = []
         self._inputs: deque[_Input] = deque()
         self._pending: OrderedDict[int, _Pub] = OrderedDict()
@@ -256,7 +265,7 @@ class StepWorker:
             self._flush()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
-            self._conn.ioloop.call_later(0, self._flush)
+            self._loop_conn.ioloop.call_later(0, self._flush)
 
     def _flush(self) -> None:
         """Hand what has arrived to the processing thread (the I/O loop never runs a step)."""
@@ -295,16 +304,17 @@ class StepWorker:
         self._wake.set()
         self._halt.set()
         conn = self._conn
+        if conn is None:
+            return
 
         def close() -> None:
             self.consuming.clear()
             if not (conn.is_closing or conn.is_closed):
                 conn.close()
-        if conn is not None:
-            try:
-                conn.ioloop.add_callback_threadsafe(close)
-            except Exception:  # the loop is already gone: run() returns by itself
-                log.debug("abort: ioloop already closed")
+        try:
+            conn.ioloop.add_callback_threadsafe(close)
+        except Exception:  # the loop is already gone: run() returns by itself
+            log.debug("abort: ioloop already closed")
 
     # -- the processing thread --------------------------------------------------------------
     def _processor_main(self) -> None:
@@ -360,7 +370,7 @@ class StepWorker:
             return  # from before a reconnect: those inputs are redelivered, never acked here
         self._in_process -= 1
         dlq = names.dead_letter_queue(self.flow.name, self.step.name)
-        self._conn.hold()
+        self._loop_conn.hold()
         try:
             for rec, (_tag, props, _body), res in zip(recs, batch, results, strict=True):
                 rec.done = True
@@ -379,7 +389,7 @@ class StepWorker:
                                   res.retry_payload(), error_props(res.error, self.step.name))
             self._settle()
         finally:
-            self._conn.release()
+            self._loop_conn.release()
 
     def _deliver(self, rec: _Input, props, out) -> None:
         if self.next_key is not None:
@@ -400,6 +410,7 @@ class StepWorker:
     def _send(self, pub: _Pub) -> None:
         self._seq += 1
         self._pending[self._seq] = pub
+        assert self._ch is not None  # the callers checked that the channel is open
         self._ch.basic_publish(pub.exchange, pub.key, pub.body, pub.props)
 
     def _on_confirm(self, frame) -> None:
@@ -424,7 +435,7 @@ class StepWorker:
             self.metrics.nacked.inc(len(done))
             log.warning("step '%s': broker refused %d publish(es) (queue '%s' full?); retrying in %.1fs",
                         self.step.name, len(done), done[0].key, self._nack_backoff)
-            self._conn.ioloop.call_later(self._nack_backoff, self._republish)
+            self._loop_conn.ioloop.call_later(self._nack_backoff, self._republish)
             self._nack_backoff = min(self._nack_backoff * 2, 5.0)
         elif ack:
             self._nack_backoff = 0.2
@@ -471,10 +482,11 @@ class StepWorker:
         busy = (self._consumers or self._buffer or self._inputs or self._pending or self._nacked
                 or self._in_process)
         if busy and time.monotonic() < self._drain_deadline:
-            self._conn.ioloop.call_later(0.02, self._check_drained)
+            self._loop_conn.ioloop.call_later(0.02, self._check_drained)
             return
         if busy:
             log.warning("step '%s': drain timed out; unacked messages return to the queue", self.step.name)
         self.consuming.clear()
-        if not (self._conn.is_closing or self._conn.is_closed):
-            self._conn.close()
+        conn = self._loop_conn
+        if not (conn.is_closing or conn.is_closed):
+            conn.close()

@@ -66,7 +66,7 @@ class TriggerWorker:
         self.consuming = threading.Event()
         self._stopping = False
         self._wake = threading.Event()
-        self._held = None  # (delivery tag, state, version, due time)
+        self._held: tuple[int, dict, int, float] | None = None  # (delivery tag, state, version, due time)
 
     def stop(self) -> None:
         self._stopping = True
@@ -158,6 +158,7 @@ class TriggerWorker:
 
     # -- one poll, one transaction ------------------------------------------------------------
     def _poll(self, conn, ch) -> None:
+        assert self._held is not None  # run() polls only while it holds the cursor
         tag, state, version, _ = self._held
         now = time.time()
         try:
@@ -193,10 +194,12 @@ class TriggerWorker:
 
     def _retry_later(self, state: dict) -> None:
         self.metrics.failed.inc()
+        assert self._held is not None  # from _poll, which holds the cursor
         tag, _, version, _ = self._held
         self._held = (tag, state, version, time.time() + self.runner.next_delay(state))
 
     def _fits(self, conn, n: int) -> bool:
+        assert self.first is not None  # asked only when the flow has a first action step
         limit = max_length()
         if n > limit:
             log.error("trigger '%s': one poll emitted %d messages, more than the queue limit %d; emit "

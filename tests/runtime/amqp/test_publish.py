@@ -84,3 +84,13 @@ def test_the_private_api_flownb_uses_is_there_in_the_installed_pika_and_aiormq(b
         finally:
             await conn.close()
     assert asyncio.run(check()) == []
+
+
+def test_a_channel_without_the_internals_is_reported_with_the_aiormq_version():
+    # found by mypy: aiormq has no __version__, so this report raised AttributeError instead
+    from importlib import metadata
+
+    problems = private_api_problems(object())
+    assert [p for p in problems if p.startswith("aiormq ")] == [
+        (f"aiormq {metadata.version('aiormq')}: the channel lacks the internals FastPublisher needs "
+         f"(the ingress falls back to basic_publish)")]
