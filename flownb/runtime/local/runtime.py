@@ -558,9 +558,10 @@ class LocalRuntime:
     def run(self, until_idle: bool = False, stop_event: threading.Event | None = None,
             progress: Progress | None = None) -> RunSummary:
         """Poll when due and process queues until ``stop_event`` (or :meth:`stop`); with
-        ``until_idle``: poll once, :meth:`drain`, return."""
+        ``until_idle``: poll the source until it is read (:meth:`poll_backlog`, processing as it goes),
+        :meth:`drain`, return."""
         if until_idle:
-            self.poll_backlog()
+            self.poll_backlog(progress=progress)
             return self.drain(progress)
 
         def stopped() -> bool:
