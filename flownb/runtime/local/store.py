@@ -199,7 +199,8 @@ class QueueStore:
             if free < min_free_pages:
                 return 0
             try:
-                self.conn.execute("PRAGMA incremental_vacuum").fetchall()
+                # executescript steps the pragma to its end (execute() frees one page per step)
+                self.conn.executescript("PRAGMA incremental_vacuum;")
                 self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             except sqlite3.Error as exc:  # space is given back next time; nothing is lost
                 if _is_full(exc):
