@@ -109,6 +109,25 @@ def test_first_queue_stays_within_max_queue_plus_one_poll(tmp_path):
         assert rt.store.conn.execute("PRAGMA freelist_count").fetchone()[0] < 256  # given back
 
 
+def test_sql_poll_is_held_back_the_same_way(tmp_path):
+    """sql.poll's full batch asks to poll again at once, like csv.poll mid-pass: the same bound."""
+    con = sqlite3.connect(tmp_path / "src.db")
+    con.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, email TEXT, qty INTEGER, price REAL)")
+    con.executemany("INSERT INTO orders VALUES (?, ?, ?, ?)",
+                    [(i, f"User{i}@X.COM", 1 + i % 5, 2.5) for i in range(1, 20_001)])
+    con.commit()
+    con.close()
+    flow = file_flow(tmp_path / "unused.csv", tmp_path)
+    flow = Flow(name="scale", trigger=step("src", "sql.poll", url=f"sqlite:///{tmp_path / 'src.db'}",
+                                           table="orders", cursor="id", key="id", interval="1h"),
+                steps=flow.steps)
+    depths: list[int] = []
+    with LocalRuntime(flow, tmp_path / "state", max_queue=3_000) as rt:
+        summary = rt.run(until_idle=True, progress=lambda _step, _n: depths.append(rt.store.depth("shape")))
+        assert summary.steps["out"].outputs == 20_000
+        assert 2_000 <= max(depths) <= 3_000 + 1_000, max(depths)
+
+
 def test_a_state_db_of_an_older_release_is_switched_to_incremental_vacuum_once(tmp_path):
     src = make_csv(tmp_path / "src.csv", 3_000)
     flow = file_flow(src, tmp_path)
