@@ -109,6 +109,28 @@ def test_first_queue_stays_within_max_queue_plus_one_poll(tmp_path):
         assert rt.store.conn.execute("PRAGMA freelist_count").fetchone()[0] < 256  # given back
 
 
+def test_a_long_running_flownb_run_is_held_back_the_same_way(tmp_path):
+    """Without --until-idle (run until stopped), a source with a backlog is polled batch by batch,
+    and again only while the first queue has room."""
+    import threading
+    src = make_csv(tmp_path / "src.csv", 20_000)
+    depths: list[int] = []
+    stop = threading.Event()
+    with LocalRuntime(file_flow(src, tmp_path), tmp_path / "state", max_queue=3_000) as rt:
+        def progress(_step, _n):
+            depths.append(rt.store.depth("shape"))
+            if rt.stats["out"].outputs >= 20_000:
+                stop.set()
+        worker = threading.Thread(target=rt.run, kwargs={"stop_event": stop, "progress": progress})
+        worker.start()
+        worker.join(120)
+        stop.set()
+        assert not worker.is_alive()
+        assert rt.stats["out"].outputs == 20_000
+        # each batch is processed before the next poll here (before streaming: all 20,000 at once)
+        assert max(depths) <= 3_000 + 1_000, max(depths)
+
+
 def test_sql_poll_is_held_back_the_same_way(tmp_path):
     """sql.poll's full batch asks to poll again at once, like csv.poll mid-pass: the same bound."""
     con = sqlite3.connect(tmp_path / "src.db")
