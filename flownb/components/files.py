@@ -79,10 +79,12 @@ class CsvPollConfig(PollConfig, _CsvFormat):
     columns: list[str] | None = Field(None, description="column names for files without a header row")
     file_field: str | None = Field(None, description="add the source file's path to each row under "
                                                      "this field")
+    batch_size: int = Field(1000, ge=1, description="new rows per poll at most; a poll that stops at a "
+                                                    "full batch polls again at once")
 
 
 class CsvPoll(PollingTrigger[CsvPollConfig]):
-    """Emit new rows of CSV files, by a cursor column."""
+    """Emit new rows of CSV files, by a cursor column, at most ``batch_size`` per poll."""
 
     Config = CsvPollConfig
 
@@ -92,14 +94,17 @@ class CsvPoll(PollingTrigger[CsvPollConfig]):
             raise ConfigError(f"cursor column '{config.cursor}' is not among columns {config.columns}",
                               step=step.name, field="config.cursor")
 
+    def next_delay(self, state: dict) -> float:
+        return 0.0 if state.get("pass") else self.interval
+
     def _files(self) -> list[str]:
         if glob.has_magic(self.config.path):
             return sorted(p for p in glob.glob(self.config.path, recursive=True) if os.path.isfile(p))
         return [self.config.path] if os.path.isfile(self.config.path) else []
 
-    def poll(self, state: dict, ctx: Context) -> list[dict]:
+    def _start_pass(self, state: dict, ctx: Context) -> dict | None:
+        """A new pass over the files that changed since the last one (None: nothing changed)."""
         known: dict = state.get("files", {})
-        files, rows = {}, []
         matched = self._files()
         if not matched and not getattr(self, "_warned_empty", False):
             # once per process (not every interval): a wrong path or a run from another folder
@@ -109,80 +114,163 @@ class CsvPoll(PollingTrigger[CsvPollConfig]):
                                self.config.path, os.getcwd())
         elif matched:
             self._warned_empty = False
+        files = {}
         for path in matched:
             try:
                 st = os.stat(path)
             except FileNotFoundError:  # removed between glob and stat
                 continue
             files[path] = [st.st_mtime_ns, st.st_size]
-            if known.get(path) != files[path]:
-                got, complete = self._read(path, st.st_mtime_ns)
-                rows += got
-                if not complete:  # read it again next poll, when its last line is finished
-                    files[path] = None
-        new = self._new_rows(rows, state)
-        state["files"] = files
-        return new
+        todo = [p for p in files if known.get(p) != files[p]]
+        if not todo:
+            state["files"] = files
+            return None
+        base = {k: state[k] for k in ("cursor", "seen") if k in state}
+        return {"base": base, "files": files, "todo": todo, "offset": 0, "header": None, "partial": [],
+                "top": None, "top_ids": []}
 
-    def _read(self, path: str, mtime_ns: int) -> tuple[list[dict], bool]:
-        """The rows of ``path``, and False when its last line may still be being written."""
+    def poll(self, state: dict, ctx: Context) -> list[dict]:
+        """Up to ``batch_size`` new rows. A pass reads the files that changed, one after another from
+        a byte offset kept in ``state["pass"]`` (committed with each batch, so a restart resumes
+        there); rows are compared with the cursor as it was when the pass began, and the cursor
+        moves when the pass ends."""
+        p = state.get("pass") or self._start_pass(state, ctx)
+        if p is None:
+            return []
+        base = p["base"]
+        saved = _order(base["cursor"]) if "cursor" in base else None
+        seen = set(base.get("seen", []))
+        limit = self.config.batch_size
+        batch: list[tuple] = []
+        ids: set = set()
+        while p["todo"] and len(batch) < limit:
+            path = p["todo"][0]
+            done = self._read(path, p, saved, seen, batch, ids, limit)
+            if done:
+                p["todo"].pop(0)
+                p["offset"], p["header"] = 0, None
+        # by (cursor, key) within the batch; without a key, rows with equal cursors keep their order
+        batch.sort(key=(lambda t: (t[0], t[1])) if self.config.key else (lambda t: t[0]))
+        if batch:
+            top = _order(p["top"]) if p["top"] is not None else None
+            last = batch[-1][0]
+            at_last = [ident for o, _, ident, _ in batch if o == last]
+            if top is None or last > top:
+                p["top"], p["top_ids"] = batch[-1][3][self.config.cursor], at_last
+            elif last == top:
+                p["top_ids"] = [*p["top_ids"], *at_last]
+        if p["todo"]:
+            state["pass"] = p
+        else:
+            self._end_pass(state, p, saved)
+        return [r for _, _, _, r in batch]
+
+    def _end_pass(self, state: dict, p: dict, saved: tuple | None) -> None:
+        state.pop("pass", None)
+        if p["top"] is not None:
+            top_ids = p["top_ids"]
+            if saved == _order(p["top"]):
+                top_ids = [*p["base"].get("seen", []), *top_ids]
+            state["cursor"], state["seen"] = p["top"], top_ids
+        files = p["files"]
+        for path in p["partial"]:  # read it again next pass, when its last line is finished
+            files[path] = None
+        state["files"] = files
+
+    def _read(self, path: str, p: dict, saved: tuple | None, seen: set, batch: list, ids: set,
+              limit: int) -> bool:
+        """Append the new rows of ``path`` from ``p["offset"]`` to ``batch`` until it holds ``limit``;
+        True when the file is read to its end."""
         c = self.config
+        enc = c.encoding
+        if "\n".encode(enc) != b"\n":
+            raise FatalError(f"csv.poll reads ASCII-compatible encodings (utf-8, latin-1, cp1252 …), not "
+                             f"'{enc}'; convert the file to UTF-8")
         try:
-            with open(path, newline="", encoding=c.encoding) as fh:
-                text = fh.read()
+            fh = open(path, "rb")
         except FileNotFoundError:
-            return [], True
+            return True
         except PermissionError as exc:
             raise FatalError(f"cannot read '{path}': {exc}; fix the file's permissions") from exc
-        except UnicodeDecodeError as exc:
-            raise FatalError(f"'{path}' is not {c.encoding} text ({exc}); set 'encoding'") from exc
         except OSError as exc:
             raise RetryableError(f"cannot read '{path}': {exc}") from exc
-        complete = True
-        recent = time.time_ns() - mtime_ns < SETTLE_NS
-        if text and not text.endswith(("\n", "\r")) and recent:  # a writer may be mid-line
-            text, complete = text[:max(text.rfind("\n"), 0)], False
-        reader = csv.DictReader(io.StringIO(text), fieldnames=c.columns, delimiter=c.delimiter)
-        out = []
-        for rec in reader:
-            row = {k: parse_cell(v or "", c.parse_numbers) for k, v in rec.items() if k is not None}
-            if c.cursor not in row:
+        with fh:
+            try:
+                st = os.fstat(fh.fileno())
+                if st.st_size < p["offset"]:  # truncated or replaced mid-pass: read it from the start
+                    p["offset"], p["header"] = 0, None
+                fh.seek(p["offset"])
+                recent = time.time_ns() - st.st_mtime_ns < SETTLE_NS
+                return self._rows(path, fh, p, saved, seen, batch, ids, limit, recent)
+            except UnicodeDecodeError as exc:
+                raise FatalError(f"'{path}' is not {enc} text ({exc}); set 'encoding'") from exc
+            except csv.Error as exc:
+                raise FatalError(f"'{path}' is not valid CSV near byte {p['offset']:,} ({exc}); fix the "
+                                 f"file") from exc
+            except OSError as exc:
+                raise RetryableError(f"cannot read '{path}': {exc}") from exc
+
+    def _rows(self, path, fh, p, saved, seen, batch, ids, limit, recent) -> bool:
+        c = self.config
+        enc = c.encoding
+        pos = p["offset"]
+        unfinished = False
+
+        def lines():
+            nonlocal pos, unfinished
+            for raw in fh:
+                if not raw.endswith((b"\n", b"\r")) and recent:  # a writer may be mid-line
+                    unfinished = True
+                    return
+                pos += len(raw)
+                yield raw.decode(enc)
+
+        reader = csv.reader(lines(), delimiter=c.delimiter)
+        header = c.columns or p["header"]
+        if header is None:
+            first = next(reader, None)
+            if first is None:
+                if unfinished:
+                    p["partial"].append(path)
+                return True
+            if c.encoding.lower().replace("_", "-") in ("utf-8", "utf8") and first and first[0].startswith("\ufeff"):
+                first[0] = first[0][1:]
+            header = p["header"] = first
+            if c.cursor not in header:
                 raise FatalError(f"'{path}' has no column '{c.cursor}' (the cursor); columns: "
-                                 f"{', '.join(reader.fieldnames or [])}")
-            if c.file_field:
-                row[c.file_field] = path
-            out.append(row)
-        return out, complete
+                                 f"{', '.join(header)}")
+        cur, numbers, file_field, n = c.cursor, c.parse_numbers, c.file_field, len(header)
+        for rec in reader:
+            if not rec:
+                p["offset"] = pos
+                continue
+            if len(rec) < n:
+                rec = rec + [""] * (n - len(rec))
+            row = {k: parse_cell(v, numbers) for k, v in zip(header, rec)}
+            if file_field:
+                row[file_field] = path
+            p["offset"] = pos
+            value = row[cur]
+            if value is None:
+                continue
+            o, ident = _order(value), self._identity(row)
+            if saved is not None and (o < saved or (o == saved and ident in seen)):
+                continue
+            if (o, ident) in ids:  # the same row twice in this batch (in two files, or one)
+                continue
+            ids.add((o, ident))
+            batch.append((o, _order(ident), ident, row))
+            if len(batch) >= limit:
+                return False
+        p["offset"] = pos
+        if unfinished:
+            p["partial"].append(path)
+        return True
 
     def _identity(self, row: dict) -> Any:
         if self.config.key:
             return row.get(self.config.key)
         return hashlib.sha1(orjson.dumps(row, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
-
-    def _new_rows(self, rows: list[dict], state: dict) -> list[dict]:
-        cur = self.config.cursor
-        saved = _order(state["cursor"]) if "cursor" in state else None
-        seen = set(state.get("seen", []))
-        new, ids = [], set()
-        for row in rows:
-            if row.get(cur) is None:
-                continue
-            o, ident = _order(row[cur]), self._identity(row)
-            if saved is not None and (o < saved or (o == saved and ident in seen)):
-                continue
-            if (o, ident) in ids:  # the same row in two files, or twice in one
-                continue
-            ids.add((o, ident))
-            new.append((o, _order(ident), row))
-        # by (cursor, key); without a key, rows with equal cursors keep their file order (stable sort)
-        new.sort(key=(lambda t: (t[0], t[1])) if self.config.key else (lambda t: t[0]))
-        if new:
-            last = new[-1][0]
-            at_last = [self._identity(r) for o, _, r in new if o == last]
-            if saved == last:
-                at_last = [*state.get("seen", []), *at_last]
-            state["cursor"], state["seen"] = new[-1][2][cur], at_last
-        return [r for _, _, r in new]
 
 
 # -- csv.write ------------------------------------------------------------------------------------

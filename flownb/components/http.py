@@ -314,6 +314,9 @@ class HttpPollConfig(PollConfig, _HttpBase):
                                                "response (null/empty: last page)")
     follow_link: bool = Field(True, description="follow 'Link: <…>; rel=\"next\"' response headers")
     max_pages: int = Field(100, ge=1, description="pages fetched per poll at most; the rest come next poll")
+    batch_size: int = Field(1000, ge=1, description="a poll stops after the page that brings its items to "
+                                                    "this many; the next poll (at once) goes on from the "
+                                                    "next page, kept in the cursor state")
 
 
 class HttpPoll(PollingTrigger[HttpPollConfig]):
@@ -346,23 +349,34 @@ class HttpPoll(PollingTrigger[HttpPollConfig]):
         self.client.close()
 
     def next_delay(self, state: dict) -> float:
-        return 0.0 if self._backlog else self.interval
+        return 0.0 if self._backlog or state.get("next_url") else self.interval
 
     def poll(self, state: dict, ctx: Context):
+        """The items of up to ``max_pages`` pages, stopping after the page that brings them to
+        ``batch_size``: then the next page's URL is kept in ``state["next_url"]`` (committed with the
+        batch) and the next poll starts there, so a listing of any length is held one batch at a
+        time."""
         what = f"http.poll '{ctx.step}'"
-        params = dict(self.config.query)
-        cursor = state.get("cursor", self.config.start)
-        if self.config.cursor_param and cursor is not None:
-            params[self.config.cursor_param] = cursor if isinstance(cursor, str) else str(cursor)
-        url, kw = self.config.url, {"params": params, "headers": self.config.headers}
+        if state.get("next_url"):
+            url, kw = state["next_url"], {"headers": self.config.headers}
+        else:
+            params = dict(self.config.query)
+            cursor = state.get("cursor", self.config.start)
+            if self.config.cursor_param and cursor is not None:
+                params[self.config.cursor_param] = cursor if isinstance(cursor, str) else str(cursor)
+            url, kw = self.config.url, {"params": params, "headers": self.config.headers}
         emitted: list[dict] = []
         self._backlog = False
+        state.pop("next_url", None)
         for page in range(self.config.max_pages):
             response = send(self.client, what, "GET", url, **kw)
             data = response_body(response)
             emitted += self._page_items(data, what)
             url, kw = self._next_url(response, data), {"headers": self.config.headers}
             if not url:
+                break
+            if len(emitted) >= self.config.batch_size:
+                state["next_url"] = url
                 break
         else:
             self._backlog = True

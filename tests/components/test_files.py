@@ -110,6 +110,79 @@ def test_poll_headerless_files_and_errors(tmp_path, trigger_runner, flow_factory
         flow_factory(("csv.poll", {"path": "x", "cursor": "id", "columns": ["a"]})).validate_components()
 
 
+def _rows_csv(path, ids, *, age: float = 10.0):
+    write(path, "id,v\n" + "".join(f"{i},v{i}\n" for i in ids), age=age)
+
+
+def _poll_all(runner_factory, state, limit=100):
+    """Poll with a fresh runner each time (a restart between batches) until the pass ends."""
+    got, sizes = [], []
+    for _ in range(limit):
+        msgs, _, state = runner_factory().poll(state)
+        got += ids(msgs)
+        sizes.append(len(msgs))
+        if "pass" not in state:
+            return got, sizes, state
+    raise AssertionError("the pass did not end")
+
+
+def test_poll_emits_batches_from_a_committed_offset_and_resumes_after_a_restart(tmp_path, trigger_runner):
+    f = tmp_path / "big.csv"
+    _rows_csv(f, range(1, 2501))
+    cfg = {"path": str(f), "cursor": "id", "key": "id", "batch_size": 1000, "interval": "5m"}
+    runner = trigger_runner("csv.poll", cfg)
+    msgs, _, state = runner.poll({})
+    assert ids(msgs) == list(range(1, 1001))
+    # mid-pass: the byte offset of row 1001 is in the state; the cursor moves when the pass ends
+    assert state["pass"]["offset"] == len("id,v\n" + "".join(f"{i},v{i}\n" for i in range(1, 1001)))
+    assert "cursor" not in state and runner.next_delay(state) == 0.0
+    got, sizes, state = _poll_all(lambda: trigger_runner("csv.poll", cfg), state)
+    assert got == list(range(1001, 2501)) and sizes == [1000, 500]
+    assert state["cursor"] == 2500 and state["seen"] == [2500] and runner.next_delay(state) == 300.0
+    assert trigger_runner("csv.poll", cfg).poll(state)[0] == []
+    # an append: a new pass reads the changed file again, the cursor skips what was emitted
+    append(f, "".join(f"{i},v{i}\n" for i in range(2501, 2601)))
+    got, sizes, state = _poll_all(lambda: trigger_runner("csv.poll", cfg), state)
+    assert got == list(range(2501, 2601)) and state["cursor"] == 2600
+
+
+def test_poll_batches_span_files_and_a_pass_compares_with_the_cursor_it_began_with(tmp_path, trigger_runner):
+    """Files of one pass are read one after another; rows are compared with the cursor saved when
+    the pass began: a later file with lower cursors than an earlier one loses nothing."""
+    _rows_csv(tmp_path / "a.csv", range(250, 550))
+    _rows_csv(tmp_path / "b.csv", range(1, 250))
+    cfg = {"path": str(tmp_path / "*.csv"), "cursor": "id", "key": "id", "batch_size": 200}
+    got, sizes, state = _poll_all(lambda: trigger_runner("csv.poll", cfg), {})
+    assert sorted(got) == list(range(1, 550)) and len(got) == len(set(got))
+    assert sizes == [200, 200, 149] and state["cursor"] == 549
+    # within a batch, rows are in (cursor, key) order
+    msgs, _, _ = trigger_runner("csv.poll", {**cfg, "batch_size": 1000}).poll({})
+    assert ids(msgs) == list(range(1, 550))
+
+
+def test_poll_file_replaced_mid_pass_is_read_again_from_its_start(tmp_path, trigger_runner):
+    f = tmp_path / "x.csv"
+    _rows_csv(f, range(1, 301))
+    cfg = {"path": str(f), "cursor": "id", "key": "id", "batch_size": 100}
+    msgs, _, state = trigger_runner("csv.poll", cfg).poll({})
+    assert ids(msgs) == list(range(1, 101))
+    _rows_csv(f, range(1, 51))  # shorter than the saved offset: replaced
+    got, _, state = _poll_all(lambda: trigger_runner("csv.poll", cfg), state)
+    assert got == list(range(1, 51)) and state["cursor"] == 100  # at least once, never lost
+
+
+def test_poll_reads_only_ascii_compatible_encodings(tmp_path, trigger_runner):
+    f = tmp_path / "u16.csv"
+    f.write_text("id\n1\n", encoding="utf-16")
+    with pytest.raises(FatalError, match="convert the file to UTF-8"):
+        trigger_runner("csv.poll", {"path": str(f), "cursor": "id", "encoding": "utf-16"}).poll({})
+    g = tmp_path / "latin.csv"
+    write(g, "id,name\n1,x\n")
+    g.write_bytes("\ufeffid,name\n1,Zoë\n".encode("utf-8"))
+    msgs, _, _ = trigger_runner("csv.poll", {"path": str(g), "cursor": "id"}).poll({})
+    assert [m.body for m in msgs] == [{"id": 1, "name": "Zoë"}]  # a UTF-8 byte-order mark is not a column
+
+
 # -- csv.write ------------------------------------------------------------------------------------
 
 def _msgs(*bodies):

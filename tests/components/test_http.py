@@ -314,3 +314,24 @@ def test_jsonata_compile_error_at_validation(flow_factory):
     with pytest.raises(ExpressionError) as err:
         flow_factory(steps=[("http.request", {"url": "http://x", "body": "{ 'a': }"})]).validate_components()
     assert err.value.field == "config.body" and err.value.step == "s0"
+
+
+def test_poll_batch_size_goes_on_from_the_next_page_across_polls_and_a_restart(server, trigger_runner):
+    """A listing longer than batch_size is read one batch per poll: the next page's URL is in the
+    committed state, so a fresh runner (a restart) goes on there; each item comes once, in order."""
+    cfg = {"url": f"{server}/events", "items": "data.items", "cursor_param": "since", "cursor_field": "ts",
+           "key_field": "id", "batch_size": 4, "interval": "5m"}
+    runner = trigger_runner("http.poll", cfg)
+    Handler.calls.clear()
+    msgs, _, state = runner.poll({})
+    assert [m.body["id"] for m in msgs] == [1, 2, 3, 4, 5, 6]  # pages of 3: stops after the page reaching 4
+    assert len(Handler.calls) == 2 and state["next_url"] and runner.next_delay(state) == 0.0
+    got = [m.body["id"] for m in msgs]
+    for _ in range(5):  # a restart: a fresh runner with the committed state
+        runner = trigger_runner("http.poll", cfg)
+        msgs, _, state = runner.poll(state)
+        got += [m.body["id"] for m in msgs]
+        if "next_url" not in state:
+            break
+    assert got == list(range(1, 12))
+    assert state == {"cursor": 105, "seen": [10, 11]} and runner.next_delay(state) == 300.0

@@ -172,7 +172,8 @@ class TriggerWorker:
             self._retry_later(state)
             return
         if payloads and self.first and not self._fits(conn, len(payloads)):
-            self._held = (tag, state, version, time.time() + min(1.0, self.runner.next_delay(state)))
+            # a source with a backlog says "poll again now": still wait a little for the queue
+            self._held = (tag, state, version, time.time() + max(0.2, min(1.0, self.runner.next_delay(state))))
             return
         if self.first:
             for p in payloads:

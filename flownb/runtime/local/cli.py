@@ -143,7 +143,9 @@ def _poll(runtime: LocalRuntime) -> None:
         raise
     except Exception as exc:
         raise RuntimeFailure(f"trigger '{runtime.flow.trigger.name}' ({runtime.flow.trigger.component}) "
-                             f"failed to poll: {type(exc).__name__}: {exc}; nothing was queued") from exc
+                             f"failed to poll: {type(exc).__name__}: {exc}; nothing of that poll was queued (batches "
+                             f"polled before it stay queued with their cursor: run again once the source "
+                             f"is fixed)") from exc
 
 
 def _serve(runtime: LocalRuntime, args: Any) -> RunSummary:

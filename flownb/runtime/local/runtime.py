@@ -201,6 +201,14 @@ class LocalRuntime:
         except BaseException:
             self._unlock()
             raise
+        try:
+            if self.store.ensure_incremental_vacuum():
+                self.log.info("flow '%s': the state database now gives space back as its queues drain "
+                              "(a one-time VACUUM)", self.flow.name)
+        except BaseException:
+            self.store.close()
+            self._unlock()
+            raise
         names = [self.flow.trigger.name, *self.steps]
         self.stats = {n: StepStats() for n in names}
         self.recorded: dict[str, list[dict]] | None = {n: [] for n in names} if record else None
@@ -352,17 +360,40 @@ class LocalRuntime:
         self._count_trigger(msgs)
         return len(msgs)
 
-    def poll_backlog(self, *, raise_errors: bool = False, limit: int = 10_000) -> int:
+    def poll_backlog(self, *, raise_errors: bool = False, limit: int | None = None,
+                     progress: Progress | None = None) -> int:
         """Poll once, then again while the trigger says more is ready now (``next_delay`` 0 after a
-        poll that emitted messages, e.g. a full page); at most ``limit`` polls."""
-        total = 0
-        for _ in range(limit):
+        poll that emitted messages: a full batch of ``csv.poll``/``sql.poll``/``http.poll``), at most
+        ``limit`` polls (default: until the source is read). Back-pressure, not buffering: before
+        each further poll the queued messages are processed while the first step's queue holds
+        ``max_queue`` or more, so a source of any size holds at most ``max_queue`` plus one poll
+        in the first queue; when nothing can be processed (a step not ready, only retries waiting)
+        polling stops here and :meth:`drain` reports why."""
+        total = polls = 0
+        while not self._stop.is_set():
             n = self.poll_once(raise_errors=raise_errors)
             total += n
+            polls += 1
             due = self.next_poll_at()
-            if not n or due is None or due > self.clock():
+            if not n or due is None or due > self.clock() or (limit is not None and polls >= limit):
+                break
+            if not self._make_room(progress):
                 break
         return total
+
+    def _has_room(self) -> bool:
+        return self._first is None or self.store.depth(self._first) < self.max_queue
+
+    def _make_room(self, progress: Progress | None = None) -> bool:
+        """Process queued messages until the first queue holds fewer than ``max_queue``; False when
+        that cannot happen now (nothing processable, or a stop was asked for)."""
+        while not self._has_room():
+            if self._stop.is_set():
+                return False
+            self._undo_claims()
+            if not self.drain_pass(progress):
+                return False
+        return True
 
     def next_poll_at(self) -> float | None:
         """When the polling trigger is due (None: not polled yet, so now)."""
@@ -514,27 +545,39 @@ class LocalRuntime:
                 break
             budget -= wait
             self._stop.wait(wait)
+        self._reclaim()
         return self.summary()
+
+    def _reclaim(self) -> None:
+        """Give the space of drained queues back to the disk (a full disk: next time)."""
+        try:
+            self.store.reclaim()
+        except StorageFull:
+            pass
 
     def run(self, until_idle: bool = False, stop_event: threading.Event | None = None,
             progress: Progress | None = None) -> RunSummary:
         """Poll when due and process queues until ``stop_event`` (or :meth:`stop`); with
-        ``until_idle``: poll once, :meth:`drain`, return."""
+        ``until_idle``: poll the source until it is read (:meth:`poll_backlog`, processing as it goes),
+        :meth:`drain`, return."""
         if until_idle:
-            self.poll_backlog()
+            self.poll_backlog(progress=progress)
             return self.drain(progress)
 
         def stopped() -> bool:
             return self._stop.is_set() or (stop_event is not None and stop_event.is_set())
 
         backoff = 0.0
+        idle_reclaimed = False
         while not stopped():
             self._wake.clear()
             try:
                 self._undo_claims()
                 if self.trigger.kind == "poll":
                     due = self.next_poll_at()
-                    if due is None or self.clock() >= due:
+                    # back-pressure: a source with a backlog is polled again only once its first
+                    # queue holds fewer than max_queue messages
+                    if (due is None or self.clock() >= due) and self._has_room():
                         self.poll_once()
                 busy = self.drain_pass(progress)
             except StorageFull as exc:
@@ -554,7 +597,11 @@ class LocalRuntime:
                 self.log.warning("flow '%s': the queue database is writable again; processing resumed",
                                  self.flow.name)
             if busy:
+                idle_reclaimed = False
                 continue
+            if not idle_reclaimed:  # once each time the queues go idle
+                self._reclaim()
+                idle_reclaimed = True
             self._wake.wait(self._idle_wait())
         return self.summary()
 
@@ -572,8 +619,9 @@ class LocalRuntime:
         now = self.clock()
         blocked = self._blocked()
         ready = [n for n in self.steps if n not in blocked]
-        times = [t for t in (self.store.next_due(ready),
-                             self.next_poll_at() if self.trigger.kind == "poll" else None) if t is not None]
+        poll = self.trigger.kind == "poll" and self._has_room()  # a full first queue: no poll is due
+        times = [t for t in (self.store.next_due(ready), self.next_poll_at() if poll else None)
+                 if t is not None]
         times += [self.runners[n].setup_retry_at for n in blocked]
         return min([0.2, *(max(t - now, 0.001) for t in times)])
 

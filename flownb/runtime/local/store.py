@@ -23,6 +23,12 @@ Every change that must be atomic is ONE transaction (``BEGIN IMMEDIATE`` … ``C
 messages with its new cursor; a step batch's deleted inputs with its outputs, retries and dead
 letters. A crash at any point therefore loses nothing and repeats at most a batch (at-least-once).
 
+Space: the database is ``auto_vacuum=INCREMENTAL``: when the queues drain, the runtime gives the
+freed pages back (:meth:`QueueStore.reclaim`) and the write-ahead log is cut back to
+``WAL_LIMIT``, so a state database that carried millions of messages does not stay large. A
+database made by an older release is switched once, with a ``VACUUM``, when a runtime opens it
+(:meth:`QueueStore.ensure_incremental_vacuum`).
+
 Durability: ``journal_mode=WAL, synchronous=NORMAL``. A committed transaction survives a crash of
 the process (``kill -9``); after a power loss / OS crash the last transactions before the crash may
 be rolled back (never corrupted). Set ``FLOWNB_SQLITE_SYNC=FULL`` to trade speed for that too.
@@ -49,6 +55,8 @@ __all__ = ["QueueStore", "Row", "open_state", "StateError", "StorageFull", "SCHE
 Row = tuple[int, int, bytes, int]
 #: the layout of the database (``PRAGMA user_version``) and of the marker
 SCHEMA_VERSION = 2
+#: bytes the write-ahead log is cut back to at a checkpoint (``PRAGMA journal_size_limit``)
+WAL_LIMIT = 16 * 1024 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue (
@@ -91,9 +99,14 @@ class QueueStore:
             sync = os.environ.get("FLOWNB_SQLITE_SYNC", "NORMAL").upper()
             if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
                 sync = "NORMAL"
+            # a new database frees pages as the queues drain (:meth:`reclaim`); set before any table
+            # exists, else it needs a VACUUM (:meth:`ensure_incremental_vacuum`)
+            self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute(f"PRAGMA synchronous={sync}")
             self.conn.execute("PRAGMA busy_timeout=30000")
+            # the write-ahead log is cut back to this size at each checkpoint (it never shrinks else)
+            self.conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
             self.conn.executescript(_SCHEMA)
             cols = {r[1] for r in self.conn.execute("PRAGMA table_info(queue)")}
             if "deliveries" not in cols:  # a database of schema 1
@@ -154,6 +167,53 @@ class QueueStore:
         where = self.path.parent if self.path is not None else "memory"
         return StorageFull(f"disk full: {what} (the queue database '{self.path}' cannot grow: {exc}); "
                            f"free space on the disk holding '{where}' and it goes on")
+
+    def ensure_incremental_vacuum(self) -> bool:
+        """Switch a database made before auto-vacuum (schema 2 of older releases) to
+        ``auto_vacuum=INCREMENTAL`` with a one-time ``VACUUM`` (rewrites the file: needs as much
+        free disk as the database's size, and the flow's lock). True when it was switched now."""
+        if self.path is None:
+            return False
+        with self.lock:
+            if self.conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+                return False
+            try:
+                self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                self.conn.execute("VACUUM")
+            except sqlite3.Error as exc:
+                if _is_full(exc):
+                    raise self._full(exc, "the one-time VACUUM that lets the database give space back "
+                                          "did not run; nothing else changed") from exc
+                raise RuntimeFailure(f"the one-time VACUUM of the queue database '{self.path}' failed: "
+                                     f"{exc}; check the state directory is writable") from exc
+            return self.conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+
+    def reclaim(self, min_free_pages: int = 256) -> int:
+        """Give the pages the drained queues freed back to the file system (``PRAGMA
+        incremental_vacuum``) and cut the write-ahead log, when at least ``min_free_pages`` are
+        free; return the number of pages given back. Cheap when there is nothing to do."""
+        if self.path is None:
+            return 0
+        with self.lock:
+            free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+            if free < min_free_pages:
+                return 0
+            try:
+                # executescript steps the pragma to its end (execute() frees one page per step)
+                self.conn.executescript("PRAGMA incremental_vacuum;")
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.Error as exc:  # space is given back next time; nothing is lost
+                if _is_full(exc):
+                    return 0
+                raise RuntimeFailure(f"queue database '{self.path}' is unavailable: {exc}") from exc
+            return free - self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+
+    def size(self) -> int:
+        """Bytes on disk of the database and its write-ahead log."""
+        if self.path is None:
+            return 0
+        return sum(p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + "-wal"))
+                   if p.exists())
 
     def probe_write(self) -> None:
         """A small committed write that changes nothing (inserted and deleted): StorageFull while the

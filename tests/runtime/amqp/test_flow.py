@@ -70,3 +70,29 @@ def test_last_step_answers_the_reply_to_queue(broker, running, tmp_path):
     got = wait_for(lambda: ch.basic_get(reply, auto_ack=True)[2], timeout=15, what="reply")
     assert flownb.Message.from_json(got).body == {"n": 21, "w": 42}
     conn.close()
+
+
+def test_a_csv_larger_than_a_batch_is_polled_batch_by_batch_with_the_offset_in_the_cursor(
+        broker, running, tmp_path):
+    """csv.poll on RabbitMQ: each batch and the pass's byte offset are one AMQP transaction, the next
+    batch is polled at once (not after the 1 h interval), and every row arrives once."""
+    import csv
+    import os
+    import time
+    src = tmp_path / "rows.csv"
+    with open(src, "w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["n", "v"])  # the test sink keys rows by "n"
+        w.writerows([i, f"v{i}"] for i in range(1, 2_501))
+    t = time.time() - 60
+    os.utime(src, (t, t))
+    db = tmp_path / "sink.db"
+    flow = flownb.Flow(name="csvbatches", trigger=flownb.step("src", "csv.poll", path=str(src), cursor="n",
+                                                              key="n", batch_size=1000, interval="1h"),
+                       steps=[flownb.step("sink", "amqptest.sink", path=str(db))])
+    r = running(flow, ["src", "sink"], broker)
+    wait_for(lambda: sink_counts(db)[0] == 2_500, what="2,500 rows at the sink")
+    r.stop()
+    assert sink_counts(db) == (2_500, 2_500)
+    state = read_state(flow, broker)
+    assert state["cursor"] == 2_500 and "pass" not in state
