@@ -45,7 +45,7 @@ from ..errors import ConfigError, FatalError, RetryableError
 from .base import Action, Context, PollConfig, PollingTrigger
 from .http import Expr, _compile_check, fill
 
-__all__ = ["MqttSubscribe", "MqttPublish", "MqttSubscribeConfig", "MqttPublishConfig"]
+__all__ = ["MqttPublish", "MqttPublishConfig", "MqttSubscribe", "MqttSubscribeConfig"]
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class _Connection:
             return
         if getattr(flags, "session_present", False):
             log.info("%s: resumed the persistent session", self.where)
-        rc, mid = client.subscribe(self.topics)
+        _rc, mid = client.subscribe(self.topics)
         with self._lock:
             self._pending_subs = {mid}
 

@@ -31,7 +31,7 @@ from ..errors import ConfigError, FatalError, RetryableError
 from .base import Action, Context, PollConfig, PollingTrigger
 from .http import fill
 
-__all__ = ["RedisStream", "RedisXadd", "RedisStreamConfig", "RedisXaddConfig"]
+__all__ = ["RedisStream", "RedisStreamConfig", "RedisXadd", "RedisXaddConfig"]
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def _connect(config: _RedisConfig, ctx: Context, *, read_timeout: float | None =
                          client_name=f"flownb-{ctx.flow}-{ctx.step}")
     try:
         client.ping()
-    except Exception as exc:
+    except (redis.exceptions.RedisError, OSError) as exc:
         client.close()
         raise map_redis_error(exc, f"Redis {config.host}:{config.port}") from None
     return client
@@ -107,9 +107,9 @@ class RedisStreamConfig(PollConfig, _RedisConfig):
     batch_size: int = Field(500, ge=1, le=10000, description="entries handed out per poll at most")
     wait: Duration = Field(0.5, description="how long a poll blocks for new entries when none are "
                                             "waiting, e.g. 500ms")
-    claim_idle: Duration | None = Field(60.0, description="take over entries another consumer of the group "
-                                                          "read but did not acknowledge for this long "
-                                                          "(XAUTOCLAIM), e.g. 1m; empty: never")
+    claim_idle: Duration = Field(60.0, description="take over entries another consumer of the group read "
+                                                   "but did not acknowledge for this long (XAUTOCLAIM), "
+                                                   "e.g. 1m; 0: never")
     interval: Duration = Field(1.0, description="time between polls when idle, e.g. 1s")
 
 
@@ -143,7 +143,7 @@ class RedisStream(PollingTrigger[RedisStreamConfig]):
         except redis.exceptions.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise map_redis_error(exc, self.where) from None
-        except Exception as exc:
+        except (redis.exceptions.RedisError, OSError) as exc:
             raise map_redis_error(exc, self.where) from None
 
     def poll(self, state: dict, ctx: Context) -> list[dict]:
@@ -171,7 +171,7 @@ class RedisStream(PollingTrigger[RedisStreamConfig]):
         if entries:
             log.warning("%s: handing out again %d entr(ies) read but not committed", self.where, len(entries))
         # 2. left by a consumer that stopped acknowledging (a dead replica)
-        if not entries and cfg.claim_idle is not None:
+        if not entries and cfg.claim_idle > 0:
             claimed = self.r.xautoclaim(stream, self.group, self.consumer, int(cfg.claim_idle * 1000),
                                         "0-0", count=cfg.batch_size)
             entries = [(i, f) for i, f in claimed[1] if f is not None]

@@ -110,7 +110,7 @@ class PrivateMosquitto:
         self.conf.write_text(f"listener {self.port} {HOST}\nallow_anonymous true\npersistence false\n")
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "PrivateMosquitto":
+    def start(self) -> PrivateMosquitto:
         self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10

@@ -4,7 +4,6 @@ handed out again, SIGKILL between receive and commit loses nothing, a broker out
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import sqlite3
@@ -15,19 +14,16 @@ from pathlib import Path
 
 import orjson
 import pytest
-import yaml
 
 from flownb.components.base import classify
 from flownb.errors import ConfigError, RetryableError
 from flownb.flow import load as load_flow
 
 sys.path.insert(0, str(Path(__file__).parent))
-from mqtt_kit import (Collector, PrivateMosquitto, drop_session, free_port, publish,  # noqa: E402
-                      require_mosquitto, unique)
+from flow_kit import FLOWNB, csv_ids, run, write_flow
+from mqtt_kit import Collector, PrivateMosquitto, drop_session, free_port, publish, require_mosquitto, unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.mqtt]
-
-FLOWNB = str(Path(sys.executable).parent / "flownb")
 
 
 @pytest.fixture(autouse=True)
@@ -42,26 +38,6 @@ def sessions():
     yield ids
     for cid in ids:
         drop_session(cid)
-
-
-def write_flow(tmp: Path, name: str, trigger: dict, steps: list[dict]) -> Path:
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"name": name, "trigger": {"name": "src", **trigger}, "steps": steps}))
-    return path
-
-
-def run(spec: Path, state: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    p = subprocess.run([FLOWNB, "run", str(spec), "--state-dir", str(state), "--until-idle", *args],
-                       capture_output=True, text=True, timeout=timeout, cwd=spec.parent)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return p
-
-
-def csv_ids(path: Path) -> list[int]:
-    if not path.exists():
-        return []
-    with path.open() as f:
-        return [int(r["id"]) for r in csv.DictReader(f)]
 
 
 # -- configuration ------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""mqtt.subscribe → mqtt.publish on RabbitMQ workers (one per step), against the real Mosquitto: the
-trigger's batch token travels in the cursor message of the state queue, so its messages are
-acknowledged to Mosquitto only after the AMQP transaction that queued them committed."""
+"""The MQTT and Redis connectors on RabbitMQ workers (one per step), against the real Mosquitto and
+Redis: the trigger's batch token (MQTT) or entry ids (Redis) travel in the cursor message of the state
+queue, so what it read is acknowledged upstream only after the AMQP transaction that queued it
+committed."""
 
 from __future__ import annotations
 
@@ -9,17 +10,19 @@ import sys
 from pathlib import Path
 
 import pytest
+from amqp_components import wait_for
 
 import flownb
-from amqp_components import wait_for
 from flownb.runtime.amqp.topology import queue_depths
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "components"))
-from mqtt_kit import Collector, drop_session, publish, require_mosquitto, unique  # noqa: E402
+from mqtt_kit import Collector, drop_session, publish, require_mosquitto, unique
+from redis_kit import client, require_redis
 
-pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq, pytest.mark.mqtt]
+pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
 
 
+@pytest.mark.mqtt
 def test_mqtt_round_trip_on_rabbitmq_workers(broker, running, tmp_path):
     require_mosquitto()
     topic, cid = unique("flownb-test/amqp"), unique("flownb-amqp")
@@ -51,6 +54,33 @@ def test_mqtt_round_trip_on_rabbitmq_workers(broker, running, tmp_path):
     finally:
         out.close()
         drop_session(cid)
+
+
+@pytest.mark.redis
+def test_redis_round_trip_on_rabbitmq_workers(broker, running, tmp_path):
+    require_redis()
+    src, dst = unique("flownb-test"), unique("flownb-test")
+    out_csv = tmp_path / "out.csv"
+    flow = flownb.Flow(name="redis-amqp", trigger=flownb.step("src", "redis.stream", stream=src, start="all",
+                                                              batch_size=50, interval="200ms"),
+                       steps=[flownb.step("out", "redis.xadd", stream=dst),
+                              flownb.step("save", "csv.write", path=str(out_csv))])
+    r = client()
+    try:
+        pipe = r.pipeline()
+        for i in range(300):
+            pipe.xadd(src, {"id": str(i)})
+        pipe.execute()
+        run = running(flow, ["src", "out", "save"], broker)
+        wait_for(lambda: len(_ids(out_csv)) >= 300, what="300 rows in the csv")
+        wait_for(lambda: r.xpending(src, "flownb-redis-amqp-src")["pending"] == 0, what="every entry acked")
+        run.stop()
+        assert sorted(_ids(out_csv)) == list(range(300))
+        assert sorted(int(f["id"]) for _, f in r.xrange(dst)) == list(range(300))
+        depths = queue_depths(flow, broker)
+        assert all(d["ready"] == 0 and d["dead"] == 0 for d in depths.values()), depths
+    finally:
+        r.delete(src, dst)
 
 
 def _ids(path: Path) -> list[int]:
