@@ -22,7 +22,8 @@ it is durable in the flow's own queue:
 Limits: the broker queues messages for the session only after the subscription exists (the first
 start subscribes; messages published earlier are not kept), and only as long as the broker keeps
 the session (Mosquitto: ``persistence true`` to survive its restart, ``persistent_client_expiration``
-to drop abandoned sessions). A broker sends at most ``max_inflight_messages`` (Mosquitto: 20)
+to drop abandoned sessions), and only up to its queue limit (Mosquitto drops what exceeds
+``max_queued_messages``, default 1000). A broker sends at most ``max_inflight_messages`` (Mosquitto: 20)
 unacknowledged messages per client, so one poll hands out at most that many; a poll that emitted
 messages is followed at once by the next, which acknowledges them and frees the window.
 """
