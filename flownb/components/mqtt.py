@@ -50,6 +50,9 @@ __all__ = ["MqttPublish", "MqttPublishConfig", "MqttSubscribe", "MqttSubscribeCo
 
 log = logging.getLogger(__name__)
 
+#: a poll stops collecting when no further message arrives within this many seconds
+_GAP = 0.02
+
 
 class _MqttConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -237,9 +240,9 @@ class MqttSubscribe(PollingTrigger[MqttSubscribeConfig]):
         taken = list(carry)
         deadline = time.monotonic() + (0 if carry else self.config.wait)
         while len(taken) < self.config.batch_size:
-            try:
-                gen, msg = self._inbox.get(timeout=max(0.0, deadline - time.monotonic())) if not taken \
-                    else self._inbox.get_nowait()
+            try:  # the first message: up to `wait`; then while more keep coming (a gap of 20 ms ends it)
+                timeout = max(0.0, deadline - time.monotonic()) if not taken else _GAP
+                gen, msg = self._inbox.get(timeout=timeout)
             except queue.Empty:
                 break
             if gen == generation:  # older: received on a lost connection; the broker resends it

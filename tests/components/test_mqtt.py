@@ -58,6 +58,16 @@ def test_config_is_checked_before_anything_connects(tmp_path):
         load_flow(no_user).validate_components()
 
 
+def poll_until(runner, n: int, timeout: float = 20):
+    """Poll without committing (the state stays {}) until a poll hands out ``n`` messages: each
+    uncommitted poll hands out again what the last one did, plus what arrived since."""
+    deadline = time.monotonic() + timeout
+    while True:
+        msgs, _, state = runner.poll({})
+        if len(msgs) >= n or time.monotonic() > deadline:
+            return msgs, state
+
+
 # -- the trigger's acknowledgement protocol, on the TriggerRunner -----------------------------------------
 
 def test_a_batch_is_acked_only_when_the_committed_state_shows_it(trigger_runner, sessions):
@@ -68,9 +78,10 @@ def test_a_batch_is_acked_only_when_the_committed_state_shows_it(trigger_runner,
     assert runner.poll({})[0] == []  # subscribed: the session keeps what comes from now on
     publish(topic, [{"id": i} for i in range(3)])
 
-    msgs, _, state1 = runner.poll({})
+    # the runtime does not commit (the state it hands back stays {}): each poll hands out again what
+    # the last one did, plus what arrived since
+    msgs, state1 = poll_until(runner, 3)
     assert [m.body for m in msgs] == [{"id": 0}, {"id": 1}, {"id": 2}]
-    # the runtime did not commit (the state it hands back is the old one): the same messages again
     msgs, _, state2 = runner.poll({})
     assert [m.body for m in msgs] == [{"id": 0}, {"id": 1}, {"id": 2}]
     assert state2["batch"] != state1["batch"]
@@ -97,14 +108,13 @@ def test_payload_formats_and_envelope(trigger_runner, sessions):
     for r in (json_r, text_r, b64_r):
         r.poll({})
     publish(topic + "/a", [{"x": 1}, b"[1, 2]", b"not json"])
-    time.sleep(0.3)
-    assert [m.body for m in json_r.poll({})[0]] == [
-        {"x": 1}, {"payload": [1, 2]},
-        {"_raw": "not json", "_topic": topic + "/a",
-         "_error": json_r.poll({})[0][2].body["_error"]}]
-    env = [m.body for m in text_r.poll({})[0]]
+    bodies = [m.body for m in poll_until(json_r, 3)[0]]
+    assert bodies[:2] == [{"x": 1}, {"payload": [1, 2]}]
+    assert bodies[2]["_raw"] == "not json" and bodies[2]["_topic"] == topic + "/a"
+    assert "not JSON" in bodies[2]["_error"] and "format: text" in bodies[2]["_error"]
+    env = [m.body for m in poll_until(text_r, 3)[0]]
     assert env[0] == {"topic": topic + "/a", "payload": '{"x":1}', "qos": 1, "retain": False, "dup": False}
-    assert [m.body["payload"] for m in b64_r.poll({})[0]] == ["eyJ4IjoxfQ==", "WzEsIDJd", "bm90IGpzb24="]
+    assert [m.body["payload"] for m in poll_until(b64_r, 3)[0]] == ["eyJ4IjoxfQ==", "WzEsIDJd", "bm90IGpzb24="]
 
 
 def test_broker_down_is_retryable_for_both_components(trigger_runner, tmp_path):

@@ -85,9 +85,9 @@ def test_a_dead_consumers_entries_are_claimed_after_claim_idle(keys, trigger_run
     xadd(stream, 4)
     r.xreadgroup("g", "ghost", {stream: ">"}, count=4)  # read by a consumer that then died
     runner = trigger_runner("redis.stream", {"stream": stream, "group": "g", "wait": "100ms",
-                                             "claim_idle": "1s"})
+                                             "claim_idle": "2s"})
     assert runner.poll({})[0] == []  # not idle long enough yet
-    time.sleep(1.1)
+    time.sleep(2.1)
     msgs, _, state = runner.poll({})
     assert sorted(m.body["id"] for m in msgs) == ["0", "1", "2", "3"]
     runner.poll(state)
