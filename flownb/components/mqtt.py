@@ -121,10 +121,14 @@ class _Connection:
             raise
 
     def wait_ready(self, timeout: float) -> None:
-        if self._ready.wait(timeout):
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
+            if self._failure:  # refused (login, subscription): waiting longer will not change that
+                raise FatalError(f"the {self.where} refused the connection: {self._failure}")
+            if time.monotonic() >= deadline:
+                break
+        else:
             return
-        if self._failure:
-            raise RetryableError(f"the {self.where} refused the connection: {self._failure}")
         raise RetryableError(f"the {self.where} did not accept the connection within {timeout:g}s; will "
                              f"retry — is it overloaded, or is this port not MQTT?")
 
@@ -134,7 +138,7 @@ class _Connection:
 
     def _on_connect(self, client, _userdata, flags, reason_code, _properties) -> None:
         if reason_code.is_failure:
-            hint = " (check 'username' and 'password_env')" if reason_code.value in (4, 5, 134, 135) else ""
+            hint = "; check 'username' and 'password_env'" if reason_code.value in (4, 5, 134, 135) else ""
             self._failure = f"{reason_code}{hint}"
             log.error("%s refused the connection: %s", self.where, self._failure)
             return
@@ -370,7 +374,7 @@ class MqttPublish(Action[MqttPublishConfig]):
         if not self.conn.connected:
             try:
                 self.conn.wait_ready(min(self.config.connect_timeout, 2.0))
-            except RetryableError as exc:
+            except (RetryableError, FatalError) as exc:  # not the messages' fault: retried, even a refusal
                 return [RetryableError(f"not connected to the {self.conn.where}: {exc}; will retry")
                         for _ in messages]
         mqtt = _paho()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -45,9 +46,11 @@ def _client(client_id: str = "", clean: bool = True) -> mqtt.Client:
                        clean_session=clean, protocol=mqtt.MQTTv311)
 
 
-def publish(topic: str, bodies, port: int = PORT, qos: int = 1) -> None:
+def publish(topic: str, bodies, port: int = PORT, qos: int = 1, auth: tuple[str, str] | None = None) -> None:
     """Publish each body (dict → JSON, bytes as they are) with QoS 1, waiting for every PUBACK."""
     c = _client()
+    if auth:
+        c.username_pw_set(*auth)
     c.connect(HOST, port)
     c.loop_start()
     try:
@@ -125,3 +128,17 @@ class PrivateMosquitto:
             self.proc.terminate()
             self.proc.wait(10)
         self.proc = None
+
+
+class PrivateMosquittoWithLogin(PrivateMosquitto):
+    """A private Mosquitto that refuses anonymous clients: user ``flownb`` with ``password``."""
+
+    def __init__(self, tmp: Path, password: str):
+        super().__init__(tmp)
+        passwd = tmp / "passwd"
+        subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "flownb", password], check=True,
+                       capture_output=True, timeout=30)
+        passwd.chmod(0o600)
+        # started as root, mosquitto would switch to user 'mosquitto', who cannot read the test's files
+        self.conf.write_text(f"listener {self.port} {HOST}\nallow_anonymous false\npassword_file {passwd}\n"
+                             f"persistence false\nuser {getpass.getuser()}\n")

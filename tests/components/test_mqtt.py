@@ -16,12 +16,21 @@ import orjson
 import pytest
 
 from flownb.components.base import classify
-from flownb.errors import ConfigError, RetryableError
+from flownb.errors import ConfigError, FatalError, RetryableError
 from flownb.flow import load as load_flow
 
 sys.path.insert(0, str(Path(__file__).parent))
 from flow_kit import FLOWNB, csv_ids, run, write_flow
-from mqtt_kit import Collector, PrivateMosquitto, drop_session, free_port, publish, require_mosquitto, unique
+from mqtt_kit import (
+    Collector,
+    PrivateMosquitto,
+    PrivateMosquittoWithLogin,
+    drop_session,
+    free_port,
+    publish,
+    require_mosquitto,
+    unique,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.mqtt]
 
@@ -265,6 +274,31 @@ def test_publish_retries_while_its_broker_is_down_then_delivers(tmp_path, sessio
         broker.stop()
     log = (tmp_path / "run.log").read_text()
     assert "will retry" in log or "retry" in log.lower()
+
+
+def test_login_by_password_env_and_a_refused_login_says_what_to_check(tmp_path, monkeypatch, trigger_runner):
+    broker = PrivateMosquittoWithLogin(tmp_path, "s3cret-pw").start()
+    try:
+        topic = unique("flownb-test/login")
+        cfg = {"topics": [topic], "port": broker.port, "username": "flownb", "password_env": "FLOWNB_T_MQTT_PW",
+               "client_id": unique("flownb-login")}
+        monkeypatch.setenv("FLOWNB_T_MQTT_PW", "wrong")
+        from flownb.runtime.core import TriggerRunner
+        spec = write_flow(tmp_path, "login", {"component": "mqtt.subscribe", "config": cfg},
+                          [{"name": "log", "component": "log"}])
+        t0 = time.monotonic()
+        with pytest.raises(FatalError, match="refused the connection: Not authorized; check 'username' and "
+                                             "'password_env'") as e:
+            TriggerRunner(load_flow(spec).resolved()).poll({})
+        assert time.monotonic() - t0 < 5 and not classify(e.value)  # refused at once, not after a timeout
+        assert "s3cret" not in str(e.value) and "wrong" not in str(e.value)
+        monkeypatch.setenv("FLOWNB_T_MQTT_PW", "s3cret-pw")
+        runner = trigger_runner("mqtt.subscribe", cfg)
+        runner.poll({})
+        publish(topic, [{"id": 1}], port=broker.port, auth=("flownb", "s3cret-pw"))
+        assert [m.body for m in poll_until(runner, 1)[0]] == [{"id": 1}]
+    finally:
+        broker.stop()
 
 
 def test_dry_run_shows_what_would_be_published(tmp_path):
