@@ -19,15 +19,16 @@ def require_redis() -> None:
         pytest.skip("Redis is not running on 127.0.0.1:6379 (scripts/services starts it)")
 
 
-def client(port: int = PORT) -> redis.Redis:
-    return redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
+def client(port: int = PORT, password: str | None = None) -> redis.Redis:
+    return redis.Redis(host="127.0.0.1", port=port, password=password, decode_responses=True)
 
 
 class PrivateRedis:
     """A redis-server of this test alone on a free port (nothing on disk), to stop and start at will;
     the machine's Redis on 6379 is never touched."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, *args: str):
+        self.args = list(args)
         self.exe = shutil.which("redis-server") or "/usr/bin/redis-server"
         if not Path(self.exe).exists():
             pytest.skip("redis-server is not installed")
@@ -35,7 +36,7 @@ class PrivateRedis:
 
     def start(self) -> PrivateRedis:
         self.proc = subprocess.Popen([self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", str(self.dir)],
+                                      "--appendonly", "no", "--dir", str(self.dir), *self.args],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while not listening(self.port):

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from flownb.components.base import classify
-from flownb.errors import RetryableError
+from flownb.errors import FatalError, RetryableError
 from flownb.flow import load as load_flow
 from flownb.runtime.core import StepRunner, TriggerRunner
 
@@ -228,6 +228,26 @@ def test_xadd_retries_while_its_redis_is_down_then_delivers(keys, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         target.stop()
     assert "will retry" in log.read_text()
+
+
+def test_password_env_and_a_refused_login_says_what_to_check(tmp_path, monkeypatch, trigger_runner):
+    server = PrivateRedis(tmp_path, "--requirepass", "s3cret-pw").start()
+    try:
+        cfg = {"stream": "s", "port": server.port, "password_env": "FLOWNB_T_REDIS_PW", "start": "all",
+               "wait": "100ms"}
+        spec = write_flow(tmp_path, "login", {"component": "redis.stream", "config": cfg},
+                          [{"name": "out", "component": "redis.xadd",
+                            "config": {"stream": "o", "port": server.port, "password_env": "FLOWNB_T_REDIS_PW"}}])
+        monkeypatch.setenv("FLOWNB_T_REDIS_PW", "wrong")
+        flow = load_flow(spec).resolved()
+        with pytest.raises(FatalError, match="refused the login.*check 'username' and 'password_env'") as e:
+            TriggerRunner(flow).poll({})
+        assert not classify(e.value) and "wrong" not in str(e.value) and "s3cret" not in str(e.value)
+        monkeypatch.setenv("FLOWNB_T_REDIS_PW", "s3cret-pw")
+        client(server.port, "s3cret-pw").xadd("s", {"id": "1"})
+        assert [m.body for m in trigger_runner("redis.stream", cfg).poll({})[0]] == [{"id": "1"}]
+    finally:
+        server.stop()
 
 
 def test_dry_run_shows_the_entry_without_connecting():
