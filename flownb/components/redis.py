@@ -87,7 +87,10 @@ def map_redis_error(exc: BaseException, where: str) -> Exception:
         return FatalError(f"{where}: not permitted ({exc}); grant the user the stream commands it needs")
     if isinstance(exc, e.ResponseError) and str(exc).startswith(("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN")):
         return RetryableError(f"{where} is busy ({exc}); will retry")
-    return FatalError(f"{where}: {type(exc).__name__}: {exc}")
+    if "WRONGTYPE" in str(exc):
+        return FatalError(f"{where}: {exc} — the key exists and is not a stream; choose another 'stream' key "
+                          f"or remove that key")
+    return FatalError(f"{where}: {type(exc).__name__}: {exc}; fix the step's config or the message")
 
 
 # -- redis.stream -----------------------------------------------------------------------------------

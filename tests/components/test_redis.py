@@ -171,6 +171,21 @@ def test_sigkill_between_receive_and_commit_loses_nothing(keys, tmp_path):
     assert "0 record(s) in from 'src'" in records_in(run(spec, state))
 
 
+def test_xadd_a_key_that_is_not_a_stream_dead_letters_that_message_alone(keys, step_runner):
+    good, taken = keys(), keys()
+    client().set(taken, "a plain string")
+    runner = step_runner("redis.xadd", {"stream": "{key}", "id_field": "entry"})
+    from flownb.message import Message
+    outcomes = runner.run_batch([Message(body={"key": good, "n": 1}), Message(body={"key": taken, "n": 2}),
+                                 Message(body={"key": good, "n": 3})])
+    assert [o.ok for o in outcomes] == [True, False, True]
+    assert outcomes[1].error.type == "FatalError" and not outcomes[1].error.retryable
+    assert "is not a stream; choose another 'stream' key" in outcomes[1].error.message
+    entries = client().xrange(good)
+    assert [f["n"] for _, f in entries] == ["1", "3"]
+    assert [o.outputs[0].body["entry"] for o in outcomes if o.ok] == [i for i, _ in entries]
+
+
 def test_redis_down_is_retryable_for_both_components(tmp_path):
     port = free_port()  # nothing listens there
     spec = write_flow(tmp_path, "down", {"component": "redis.stream", "config": {"stream": "s", "port": port}},
