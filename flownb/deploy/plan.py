@@ -113,11 +113,16 @@ def step_plans(flow: Flow) -> list[StepPlan]:
 
 
 def extras_for(flow: Flow) -> list[str]:
-    """flownb extras the flow's workers need (webhook server, PostgreSQL driver)."""
+    """flownb extras the flow's workers need (webhook server, PostgreSQL driver, MQTT and Redis
+    clients)."""
     extras = []
     if any(p.kind == "webhook" for p in step_plans(flow)):
         extras.append("webhook")
     text = flow.to_yaml()
     if "postgresql" in text or "postgres://" in text:
         extras.append("postgres")
+    components = [flow.trigger.component, *(s.component for s in flow.steps)]
+    for extra in ("mqtt", "redis"):  # mqtt.subscribe/publish need paho-mqtt, redis.* redis-py
+        if any(c.startswith(extra + ".") for c in components):
+            extras.append(extra)
     return extras

@@ -7,7 +7,8 @@ A case is a directory ``flows/<name>/`` holding
   when the flow declares them: ``out_dir`` (a fresh directory for ``csv.write``), ``db_url`` and
   ``table`` (a SQLite file in the run's directory, or PostgreSQL at 127.0.0.1:5432 db ``test``; the
   table name is unique per run), ``source`` (the case's ``sample.csv``, for a ``csv.poll`` trigger)
-  and one URL per HTTP target named in ``case.yaml``;
+  and one URL per HTTP target named in ``case.yaml``; ``stream`` (a Redis stream key on
+  127.0.0.1:6379, unique per run and deleted after it, for ``redis.xadd``);
 - ``sample.json`` (bodies fed as the trigger's output), ``sample.csv`` (read by a ``csv.poll``
   trigger; ``pandas.read_csv`` of it for the preview) or ``sample.sql`` (a script making the SQLite
   database ``source_url`` that a ``sql.poll`` trigger reads; ``pandas.read_sql_table`` of the
@@ -109,6 +110,10 @@ class Case:
     def uses_http(self) -> bool:
         return any(s.component == "http.request" for s in self.flow.steps)
 
+    @property
+    def uses_redis(self) -> bool:
+        return any(s.component.startswith("redis.") for s in self.flow.steps)
+
 
 def load_case(name: str) -> Case:
     d = FLOWS / name
@@ -198,6 +203,11 @@ def open_env(case: Case, path: str, tmp: Path, stack: ExitStack) -> Env:
             conn.executescript((case.dir / "sample.sql").read_text())
         conn.close()
         env.params["source_url"] = f"sqlite:///{db}"
+    if "stream" in declared:  # a Redis stream of this run alone (redis.xadd's sink)
+        key = f"flownb-parity-{env.run_id}-{uuid.uuid4().hex[:6]}"
+        env.params["stream"] = key
+        env.replacements.append((key, "<stream>"))
+        stack.callback(_delete_stream, key)
     for param, kw in case.targets.items():
         target = stack.enter_context(HttpTarget(**(kw or {})))
         env.targets[param] = target
@@ -205,6 +215,24 @@ def open_env(case: Case, path: str, tmp: Path, stack: ExitStack) -> Env:
         env.replacements.append((target.url, f"<{param}>"))
     env.replacements.append((str(tmp), "<tmp>"))
     return env
+
+
+def _delete_stream(key: str) -> None:
+    import redis
+    r = redis.Redis(host="127.0.0.1", port=6379)
+    try:
+        r.delete(key)
+    finally:
+        r.close()
+
+
+def redis_up() -> bool:
+    import redis
+    try:
+        redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=2).ping()
+        return True
+    except (redis.exceptions.RedisError, OSError):
+        return False
 
 
 def _drop_table(url: str, table: str) -> None:
@@ -305,6 +333,13 @@ def read_sinks(flow: Flow, env: Env) -> dict:
             out[key] = {"header": header, "rows": sorted(body)}
         elif s.component == "sql.upsert":
             out[f"sql:{s.name}"] = _read_table(c["url"], c["table"], c["key"])
+        elif s.component == "redis.xadd":  # the entries' fields (ids are times: left out), sorted
+            import redis
+            r = redis.Redis(host=c.get("host", "127.0.0.1"), port=c.get("port", 6379), decode_responses=True)
+            try:
+                out[f"redis:{s.name}"] = sorted((f for _id, f in r.xrange(c["stream"])), key=_key)
+            finally:
+                r.close()
     for param, target in env.targets.items():
         out[f"http:{param}"] = {
             "received": sorted(({"method": r.method, "path": r.path, "query": r.query,
@@ -674,5 +709,5 @@ def dumps(result: dict) -> str:
     return json.dumps(_shown(result), indent=1, sort_keys=True, ensure_ascii=False)
 
 
-__all__ = ["Case", "PATHS", "ParityTable", "case_names", "load_case", "run_path", "broker_up",
+__all__ = ["Case", "PATHS", "ParityTable", "case_names", "load_case", "run_path", "broker_up", "redis_up",
            "normalize", "expressions", "dumps"]

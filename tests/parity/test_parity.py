@@ -15,7 +15,7 @@ import difflib
 import os
 
 import pytest
-from parity_runner import PATHS, broker_up, case_names, dumps, expressions, load_case, run_path
+from parity_runner import PATHS, broker_up, case_names, dumps, expressions, load_case, redis_up, run_path
 
 from flownb.rules import compile
 
@@ -31,6 +31,8 @@ def _params():
             marks = list(PATH_MARKS.get(path, []))
             if case.db == "postgres":
                 marks += [pytest.mark.integration, pytest.mark.postgres]
+            if case.uses_redis:
+                marks += [pytest.mark.integration, pytest.mark.redis]  # Redis on 127.0.0.1:6379
             if case.uses_http or case.targets:
                 marks.append(pytest.mark.integration)  # a real HTTP server (flownb.testing.HttpTarget)
             if path in case.xfail:
@@ -60,6 +62,8 @@ def test_parity(name, path, tmp_path):
         pytest.skip("RabbitMQ is not running on 127.0.0.1:5672")
     if case.db == "postgres" and not _pg_up():
         pytest.skip("PostgreSQL is not running on 127.0.0.1:5432 (db test, trust auth)")
+    if case.uses_redis and not redis_up():
+        pytest.skip("Redis is not running on 127.0.0.1:6379 (scripts/services starts it)")
     result = run_path(case, path, tmp_path)
     if case.expected is None:
         if os.environ.get("FLOWNB_PARITY_WRITE") == path:

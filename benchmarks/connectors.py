@@ -1,0 +1,134 @@
+"""mqtt.subscribe and redis.stream into the embedded runtime; mqtt.publish and redis.xadd out of it.
+
+Triggers: ``--messages`` messages wait at the broker (MQTT: QoS 1 in the flow's persistent session;
+Redis: entries of a fresh stream), then ``LocalRuntime.poll_backlog()`` takes them into the SQLite
+queue (each poll committed with its state, acknowledged by the next poll) — timed until every one is
+committed. Actions: the shared StepRunner's ``run_batch`` of ``--batch`` messages at a time (MQTT: a
+PUBACK for each; Redis: one pipelined round trip per batch). Needs Mosquitto on 127.0.0.1:1883 and
+Redis on 127.0.0.1:6379.
+
+    .venv/bin/python benchmarks/connectors.py [--messages 5000] [--batch 200]
+
+Last line: one JSON object with messages/s per component.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+import uuid
+
+import orjson
+import paho.mqtt.client as mqtt
+import redis
+
+from flownb import Flow, step
+from flownb.components.base import polling_trigger
+from flownb.message import Message
+from flownb.runtime.core import StepRunner
+from flownb.runtime.local.runtime import LocalRuntime
+
+
+@polling_trigger("bench.noop")
+def _noop(state, ctx):
+    return []
+
+
+def _into_runtime(flow: Flow, n: int, fill) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        rt = LocalRuntime(flow, tmp)
+        try:
+            rt.poll_backlog()  # connect, create the session / group; nothing waits yet
+            fill()
+            t0 = time.perf_counter()
+            got = 0
+            while got < n:
+                got += rt.poll_backlog()
+                if time.perf_counter() - t0 > 120:
+                    raise SystemExit(f"{flow.trigger.component}: only {got} of {n} messages arrived in 120 s")
+            elapsed = time.perf_counter() - t0
+            rt.poll_backlog()  # acknowledges the last batch
+        finally:
+            rt.close()
+    return n / elapsed
+
+
+def mqtt_subscribe(n: int) -> float:
+    topic, cid = f"flownb-bench/{uuid.uuid4().hex[:8]}", f"flownb-bench-{uuid.uuid4().hex[:8]}"
+    flow = Flow(name="bench-mqtt", trigger=step("src", "mqtt.subscribe", topics=[topic], client_id=cid,
+                                                 wait="200ms"),
+                steps=[step("sink", "log", level="debug")])
+
+    def fill():
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        c.connect("127.0.0.1", 1883)
+        c.loop_start()
+        infos = [c.publish(topic, orjson.dumps({"id": i, "v": "x" * 50}), qos=1) for i in range(n)]
+        for info in infos:
+            info.wait_for_publish(30)
+        c.disconnect()
+        c.loop_stop()
+    try:
+        return _into_runtime(flow, n, fill)
+    finally:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, clean_session=True)
+        c.connect("127.0.0.1", 1883)
+        c.disconnect()
+
+
+def redis_stream(n: int) -> float:
+    key = f"flownb-bench-{uuid.uuid4().hex[:8]}"
+    flow = Flow(name="bench-redis", trigger=step("src", "redis.stream", stream=key, wait="200ms"),
+                steps=[step("sink", "log", level="debug")])
+    r = redis.Redis()
+
+    def fill():
+        pipe = r.pipeline(transaction=False)
+        for i in range(n):
+            pipe.xadd(key, {"id": str(i), "v": "x" * 50})
+        pipe.execute()
+    try:
+        return _into_runtime(flow, n, fill)
+    finally:
+        r.delete(key)
+
+
+def _action(component: str, config: dict, n: int, batch: int) -> float:
+    flow = Flow(name="bench-out", trigger=step("src", "bench.noop"), steps=[step("out", component, **config)])
+    runner = StepRunner(flow, "out").open()
+    msgs = [Message(body={"id": i, "v": "x" * 50}) for i in range(n)]
+    try:
+        t0 = time.perf_counter()
+        for i in range(0, n, batch):
+            assert all(o.ok for o in runner.run_batch(msgs[i:i + batch]))
+        return n / (time.perf_counter() - t0)
+    finally:
+        runner.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=5000)
+    ap.add_argument("--batch", type=int, default=200)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    key = f"flownb-bench-out-{uuid.uuid4().hex[:8]}"
+    result = {
+        # Mosquitto keeps at most max_queued_messages (default 1000) for a client beyond its in-flight
+        # window and drops the rest: the backlog of this run stays below that
+        "mqtt.subscribe": mqtt_subscribe(min(args.messages, 1000)),
+        "redis.stream": redis_stream(args.messages),
+        "mqtt.publish": _action("mqtt.publish", {"topic": "flownb-bench/out"}, args.messages, args.batch),
+        "redis.xadd": _action("redis.xadd", {"stream": key}, args.messages, args.batch),
+    }
+    redis.Redis().delete(key)
+    for name, rate in result.items():
+        print(f"{name:16} {rate:10,.0f} messages/s")
+    print(json.dumps({k: round(v) for k, v in result.items()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+"""The extras an image installs for a flow: its workers must be able to import every component."""
+
+from __future__ import annotations
+
+import flownb
+from flownb.deploy.plan import extras_for
+
+
+def test_mqtt_and_redis_components_bring_their_client_libraries():
+    flow = flownb.Flow(name="x", trigger=flownb.step("src", "mqtt.subscribe", topics=["a/#"]),
+                       steps=[flownb.step("out", "redis.xadd", stream="s")])
+    assert extras_for(flow) == ["mqtt", "redis"]
+    plain = flownb.Flow(name="y", trigger=flownb.step("src", "schedule", cron="* * * * *"),
+                        steps=[flownb.step("log", "log")])
+    assert extras_for(plain) == []

@@ -1,0 +1,31 @@
+"""scripts/services names each service it cannot start and exits 1 (CI must not turn a dead service
+into skipped tests). Mosquitto and Redis are looked for on free ports with their programs off PATH,
+so nothing of the machine's own services is touched."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "services"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_services_exits_1_naming_mosquitto_and_redis_when_it_cannot_start_them(tmp_path):
+    bin_dir = tmp_path / "bin"  # a PATH without mosquitto and redis-server (nor the other servers' tools)
+    bin_dir.mkdir()
+    for tool in ("seq", "sleep", "mktemp", "printf"):
+        if shutil.which(tool):
+            (bin_dir / tool).symlink_to(shutil.which(tool))
+    p = subprocess.run([shutil.which("bash"), str(SCRIPT)], check=False, capture_output=True, text=True, timeout=120,
+                       env={"PATH": str(bin_dir), "MQTT_PORT": str(_free_port()), "REDIS_PORT": str(_free_port())})
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "Mosquitto (MQTT) on 127.0.0.1:" in p.stderr and "mosquitto is not installed" in p.stderr
+    assert "Redis on 127.0.0.1:" in p.stderr and "redis-server is not installed" in p.stderr
