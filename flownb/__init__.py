@@ -12,9 +12,21 @@ from typing import Any
 
 from ._duration import Duration, format_duration, parse_duration
 from .components.base import Action, Context, PollingTrigger, WebhookTrigger, action, polling_trigger
-from .errors import (BrokerError, ConfigError, DeployError, ExpressionError, FatalError, FlownbError,
-                     MessageError, ParameterError, Retry, RetryableError, SpecError, StepError,
-                     UnknownComponentError)
+from .errors import (
+    BrokerError,
+    ConfigError,
+    DeployError,
+    ExpressionError,
+    FatalError,
+    FlownbError,
+    MessageError,
+    ParameterError,
+    Retry,
+    RetryableError,
+    SpecError,
+    StepError,
+    UnknownComponentError,
+)
 from .flow import Flow, RetryPolicy, Step, load, save, step
 from .message import Message
 from .registry import register

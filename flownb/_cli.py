@@ -9,8 +9,9 @@ holding ``add_parser`` import nothing heavy (no pika, pandas or Docker SDK): the
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import FlownbError
 

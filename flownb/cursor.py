@@ -39,8 +39,8 @@ _TIE_BREAKERS = ("key", "key_type", "seen")
 
 
 def _polling(flow: Flow) -> None:
-    from .registry import get
     from .components.base import PollingTrigger
+    from .registry import get
     cls = get(flow.trigger.component, step=flow.trigger.name)
     if not (isinstance(cls, type) and issubclass(cls, PollingTrigger)):
         raise SpecError(f"trigger '{flow.trigger.name}' ({flow.trigger.component}) does not poll: it has no "
@@ -158,8 +158,8 @@ def _amqp_read(flow: Flow, broker: str) -> dict:
 
 
 def _amqp_write(flow: Flow, broker: str, new: dict | None, change) -> tuple[dict, dict]:
-    from .runtime.amqp.topology import VERSION_HEADER, connect
     from .runtime.amqp.publish import state_props
+    from .runtime.amqp.topology import VERSION_HEADER, connect
     conn = connect(broker, name="flownb state")
     try:
         ch = conn.channel()
@@ -224,6 +224,7 @@ def preview_poll(flow: Flow, state: dict | None = None, *, state_dir: str | Path
     import copy
 
     import pandas as pd
+
     from .runtime.core import TriggerRunner
     from .workbench import flatten
     _polling(flow)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import html
 import json
 import uuid
-from typing import Any, Callable, Iterable, TypeVar, cast
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, cast
 
 from ._duration import format_duration
 

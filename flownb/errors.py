@@ -40,7 +40,8 @@ the location later adds it with ``raise exc.at(step=…, field=…)`` (a locatio
 from __future__ import annotations
 
 import difflib
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 __all__ = [
     "FlownbError", "SpecError", "SpecSyntaxError", "UnknownComponentError", "ConfigError",
@@ -64,7 +65,7 @@ class FlownbError(Exception):
     step: str | None = None
     field: str | None = None
 
-    def at(self, *, step: str | None = None, field: str | None = None) -> "FlownbError":
+    def at(self, *, step: str | None = None, field: str | None = None) -> FlownbError:
         """Add where the error happened, keeping a location already known; returns the error."""
         if step and not self.step:
             self.step = step

@@ -95,7 +95,7 @@ class Flow(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _unique_names(self) -> "Flow":
+    def _unique_names(self) -> Flow:
         seen: set[str] = set()
         for s in self.all_steps:
             if s.name in seen:
@@ -123,13 +123,13 @@ class Flow(BaseModel):
         return self.all_steps[i + 1] if i + 1 < len(names) else None
 
     # -- value-object edits (copies) ----------------------------------------------------------
-    def then(self, *steps: Step) -> "Flow":
+    def then(self, *steps: Step) -> Flow:
         return self.model_copy(update={"steps": [*self.steps, *steps]}).revalidated()
 
-    def revalidated(self) -> "Flow":
+    def revalidated(self) -> Flow:
         return Flow.model_validate(self.model_dump(mode="python"))
 
-    def with_parameters(self, overrides: dict[str, Any] | None = None, **kw: Any) -> "Flow":
+    def with_parameters(self, overrides: dict[str, Any] | None = None, **kw: Any) -> Flow:
         """A copy with parameter values overridden; unknown names are a ParameterError."""
         merged = dict(self.parameters)
         for name, value in {**(overrides or {}), **kw}.items():
@@ -140,7 +140,7 @@ class Flow(BaseModel):
             merged[name] = coerce(value, Param.of(name, self.parameters[name]))
         return self.model_copy(update={"parameters": merged})
 
-    def resolved(self) -> "Flow":
+    def resolved(self) -> Flow:
         """A copy whose config strings have their ``{{ name }}`` templates filled from parameters."""
         data = self.model_dump(mode="python")
         for key in ("trigger",):
@@ -226,7 +226,7 @@ def _param(name: str, params: dict[str, Any], step_name: str) -> Any:
 
 # -- module-level spec functions -------------------------------------------------------------
 
-def _loc(err: dict) -> str:
+def _loc(err: Any) -> str:  # a pydantic ErrorDetails
     return ".".join(str(p) for p in err["loc"])
 
 

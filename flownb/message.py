@@ -99,7 +99,7 @@ class Message:
         return {"flow": self.flow, "step": self.step, "parent": self.parent, "trace": self.trace,
                 "attempt": self.attempt, "created": self.created}
 
-    def child(self, body: dict, step: str) -> "Message":
+    def child(self, body: dict, step: str) -> Message:
         """A message produced by ``step`` from this one: same trace and headers, new id."""
         m = _new_message(Message)  # the fields set directly: no __init__/__post_init__ on the hot path
         m.body, m.id, m.headers, m.flow, m.step = body, new_id(), dict(self.headers), self.flow, step
@@ -124,7 +124,7 @@ class Message:
             raise MessageError(f"message is not JSON-serialisable ({exc})", step=self.step) from exc
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Message":
+    def from_dict(cls, d: dict) -> Message:
         meta = d.get("meta") or {}
         body = d.get("body")
         if not isinstance(body, dict):
@@ -140,7 +140,7 @@ class Message:
         return m
 
     @classmethod
-    def from_json(cls, data: bytes | str) -> "Message":
+    def from_json(cls, data: bytes | str) -> Message:
         try:
             d = orjson.loads(data)
         except orjson.JSONDecodeError as exc:

@@ -12,9 +12,10 @@ papermill is imported only by :func:`inspect` (workers never import it).
 from __future__ import annotations
 
 import ast
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import FlownbError, ParameterError, SpecError, did_you_mean
 
@@ -36,7 +37,7 @@ class Param:
     declared: bool = False
 
     @classmethod
-    def of(cls, name: str, default: Any, annotation: str | None = None, help: str = "") -> "Param":
+    def of(cls, name: str, default: Any, annotation: str | None = None, help: str = "") -> Param:
         if annotation in TYPES:
             return cls(name, default, annotation, help, declared=True)
         tname = type(default).__name__ if default is not None else None

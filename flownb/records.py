@@ -62,8 +62,9 @@ import math
 import os
 import sys
 import uuid
+from collections.abc import Iterator
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -103,7 +104,7 @@ def to_records(sample: Any, limit: int | None = None) -> list[dict]:
         return [_record(r, i) for i, r in enumerate(_rows(sample, limit))]
 
 
-def column_paths(frame: "pd.DataFrame") -> list[tuple[str, ...]]:
+def column_paths(frame: pd.DataFrame) -> list[tuple[str, ...]]:
     """The record path of each column (``customer.email`` → ``("customer", "email")``), in order;
     :class:`SpecError` when two columns collide."""
     return _tree(list(frame.columns))[1]
@@ -321,7 +322,7 @@ def _numpy_scalar(v: Any) -> Any:
 def _iso(v: _dt.datetime) -> str:
     """``2024-01-02T03:04:05.000Z`` (aware, in UTC) or ``2024-01-02T03:04:05.000`` (naive)."""
     if v.tzinfo is not None and v.utcoffset() is not None:
-        return v.astimezone(_dt.timezone.utc).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+        return v.astimezone(_dt.UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
     return v.isoformat(timespec="milliseconds")
 
 
@@ -372,7 +373,7 @@ def _collide(leaf: Any, deeper: Any, path: tuple) -> None:
         f"{str(leaf).replace('.', '_') + '_value'!r}}})) or drop it")
 
 
-def _frame_records(frame: "pd.DataFrame") -> list[dict]:
+def _frame_records(frame: pd.DataFrame) -> list[dict]:
     """All rows at once: one generated function builds a row, nested groups included, from the
     converted columns (``map`` over them); then the missing cells of the rows that have some are
     dropped."""
@@ -434,7 +435,7 @@ def _row_maker(display: str, n: int) -> Any:
     return eval(f"lambda {', '.join(f'_{i}' for i in range(n))}: {display}", {})  # noqa: S307
 
 
-def _column(col: "pd.Series") -> tuple[list, Any]:
+def _column(col: pd.Series) -> tuple[list, Any]:
     """A column as a list of JSON-like values (``_MISSING`` where empty) and its empty-cell mask
     (None when no cell is empty). Vectorised by dtype; object columns go through orjson."""
     import numpy as np
@@ -474,7 +475,7 @@ def _column(col: "pd.Series") -> tuple[list, Any]:
         return _holes(vals, col.isna().to_numpy())
     elif isinstance(dtype, (pd.PeriodDtype, pd.IntervalDtype)):
         mask = col.isna().to_numpy()
-        return _holes([None if m else str(v) for v, m in zip(col.tolist(), mask)], mask)
+        return _holes([None if m else str(v) for v, m in zip(col.tolist(), mask, strict=True)], mask)
     return _objects(col.tolist(), col.isna().to_numpy())
 
 
@@ -513,7 +514,7 @@ def _timedeltas(arr: Any) -> tuple[list, Any]:
     return _holes((arr / np.timedelta64(1, "s")).tolist(), mask)
 
 
-def _categorical(col: "pd.Series") -> tuple[list, Any]:
+def _categorical(col: pd.Series) -> tuple[list, Any]:
     import numpy as np
     import pandas as pd
 
@@ -547,7 +548,7 @@ def _objects(vals: list, mask: Any) -> tuple[list, Any]:
                 elif t is int and not _INT_MIN <= v <= _INT_MAX:
                     _too_big(v, i)
         return _holes(vals, mask)
-    cells = [None if m else v for v, m in zip(vals, mask)]
+    cells = [None if m else v for v, m in zip(vals, mask, strict=True)]
     try:
         out = orjson.loads(orjson.dumps(cells, default=_default, option=_OPTS))
     except (TypeError, orjson.JSONEncodeError):

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["GROUP", "register", "get", "available", "describe", "validate_step", "validate_flow"]
 
 GROUP = "flownb.components"
-_registered: dict[str, type["Component"]] = {}
+_registered: dict[str, type[Component]] = {}
 _eps: dict[str, Any] | None = None
 
 
@@ -33,9 +33,9 @@ def _entry_points() -> dict[str, Any]:
     return _eps
 
 
-def register(key: str, cls: type["Component"] | None = None):
+def register(key: str, cls: type[Component] | None = None):
     """Register ``cls`` under ``key``; usable as a class decorator: ``@register("my.action")``."""
-    def deco(c: type["Component"]) -> type["Component"]:
+    def deco(c: type[Component]) -> type[Component]:
         c.key = key
         _registered[key] = c
         return c
@@ -46,7 +46,7 @@ def available() -> list[str]:
     return sorted(set(_registered) | set(_entry_points()))
 
 
-def get(key: str, *, step: str | None = None) -> type["Component"]:
+def get(key: str, *, step: str | None = None) -> type[Component]:
     """The component class for ``key``; UnknownComponentError suggests the nearest installed key."""
     if key in _registered:
         return _registered[key]
@@ -97,7 +97,7 @@ def _type_name(ann: Any) -> str:
     return name if name and not str(ann).startswith("typing.") else str(ann).replace("typing.", "")
 
 
-def _config_error(exc: ValidationError, step: "Step", cls: type[Component]) -> ConfigError:
+def _config_error(exc: ValidationError, step: Step, cls: type[Component]) -> ConfigError:
     err = next((e for e in exc.errors() if e["type"] == "extra_forbidden"), exc.errors()[0])  # a typo first
     field = ".".join(str(p) for p in err["loc"]) or None
     allowed = list(cls.Config.model_fields)
@@ -111,7 +111,7 @@ def _config_error(exc: ValidationError, step: "Step", cls: type[Component]) -> C
     return ConfigError(msg, step=step.name, field=f"config.{field}" if field else "config")
 
 
-def validate_step(step: "Step", *, trigger: bool) -> BaseModel:
+def validate_step(step: Step, *, trigger: bool) -> BaseModel:
     """Validate one (parameter-resolved) step against its component; return the config model."""
     cls = get(step.component, step=step.name)
     is_trigger = cls.kind != "action"
@@ -129,7 +129,7 @@ def validate_step(step: "Step", *, trigger: bool) -> BaseModel:
     return config
 
 
-def validate_flow(flow: "Flow") -> dict[str, BaseModel]:
+def validate_flow(flow: Flow) -> dict[str, BaseModel]:
     """Resolve parameters and validate every step; nothing runs if anything is wrong."""
     resolved = flow.resolved()
     out = {resolved.trigger.name: validate_step(resolved.trigger, trigger=True)}

@@ -17,8 +17,9 @@ import os
 import re
 import sys
 import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar, overload
+from typing import Any, TypeVar, overload
 from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 from .errors import ConfigError
@@ -155,13 +156,13 @@ class Redactor:
         self._re = re.compile(_MASKED + "|" + "|".join(map(re.escape, forms))) if forms else None
 
     @classmethod
-    def from_env(cls, names: Iterable[str], environ: Mapping[str, str] | None = None) -> "Redactor":
+    def from_env(cls, names: Iterable[str], environ: Mapping[str, str] | None = None) -> Redactor:
         """The values of the environment variables ``names`` (unset ones are skipped)."""
         env = os.environ if environ is None else environ
         return cls([(n, env[n]) for n in dict.fromkeys(names) if env.get(n)])
 
     @classmethod
-    def from_flow(cls, flow: Any, environ: Mapping[str, str] | None = None) -> "Redactor":
+    def from_flow(cls, flow: Any, environ: Mapping[str, str] | None = None) -> Redactor:
         """The values of every variable :func:`required_env` names for ``flow``, read now."""
         names = [v.name for v in required_env(flow)]
         try:
@@ -171,14 +172,14 @@ class Redactor:
         return cls.from_env(names, environ)
 
     @classmethod
-    def from_values(cls, values: Iterable[str]) -> "Redactor":
+    def from_values(cls, values: Iterable[str]) -> Redactor:
         """Values whose variable is unknown: masked as ``***``."""
         return cls([(None, v) for v in values])
 
     def __bool__(self) -> bool:
         return self._re is not None
 
-    def __or__(self, other: "Redactor") -> "Redactor":
+    def __or__(self, other: Redactor) -> Redactor:
         merged = Redactor()
         merged._mask = {**other._mask, **self._mask}
         merged._compile()
@@ -371,14 +372,14 @@ def redact_shapes(text: str) -> str:
     return _LONG.sub(lambda m: MASK if _looks_random(m.group(0)) else m.group(0), text)
 
 
-def as_redactor(secrets: "Redactor | Iterable[str] | None") -> Redactor:
+def as_redactor(secrets: Redactor | Iterable[str] | None) -> Redactor:
     """A Redactor from a Redactor (as is) or plain values (masked as ``***``)."""
     if isinstance(secrets, Redactor):
         return secrets
     return Redactor.from_values(secrets or ())
 
 
-def redact_text(text: str, secrets: "Redactor | Iterable[str] | None" = ()) -> str:
+def redact_text(text: str, secrets: Redactor | Iterable[str] | None = ()) -> str:
     """Known secrets (a Redactor, or plain values), then token shapes (:func:`redact_shapes`)."""
     return redact_shapes(as_redactor(secrets).redact(text))
 
@@ -399,7 +400,7 @@ def _deep(obj: Any, fn: Callable[[str], str]) -> Any:
     return obj
 
 
-def redact_notebook(nb: dict, secrets: "Redactor | Iterable[str] | None", *, shapes: bool = True) -> dict:
+def redact_notebook(nb: dict, secrets: Redactor | Iterable[str] | None, *, shapes: bool = True) -> dict:
     """A redacted copy of a notebook (nbformat dict). Known secrets (a Redactor, or plain values)
     everywhere: cell sources, outputs of every mime type (text/plain, text/html, nested keys *and*
     values of application/json …; binary images are left as they are), cell and notebook metadata

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -49,7 +50,7 @@ class _Originals(dict):
     """``_id`` → (step, message as listed) of a :func:`dead_letters` frame, kept in ``df.attrs``; pandas
     deep-copies attrs on every operation, this is shared instead (never changed after listing)."""
 
-    def __deepcopy__(self, memo: dict) -> "_Originals":
+    def __deepcopy__(self, memo: dict) -> _Originals:
         return self
 
 
@@ -192,7 +193,7 @@ def _list(flow: Flow, state_dir, broker, step: str | None) -> list:
 
 
 def dead_letters(spec: Flow | str | Path, state_dir: str | Path | None = None, broker: str | None = None,
-                 step: str | None = None) -> "pd.DataFrame":
+                 step: str | None = None) -> pd.DataFrame:
     """The dead letters of a flow as a DataFrame, one row each: ``_id, _step, _error_type, _error,
     _attempt, _failed_at, _trace``, then the body's fields (nested objects as dotted columns, the
     convention of ``Mapping.preview`` and ``flow.test``). Secrets are masked as in ``flownb dlq
@@ -241,7 +242,7 @@ def _frame_rows(dead_df: Any) -> list[dict]:
 _OUTCOME_COLOURS = {"delivered": "#e3f4e1", "filtered": "#fff4d6", "dead": "#fbe3e1"}
 
 
-def _retest_frame(frame: "pd.DataFrame") -> "pd.DataFrame":
+def _retest_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` as a :class:`RetestFrame` (defined on first use: pandas is imported lazily)."""
     if "RetestFrame" not in globals():
         import pandas as pd
@@ -275,7 +276,7 @@ def _retest_frame(frame: "pd.DataFrame") -> "pd.DataFrame":
 
 
 def retest(flow: Flow, dead_df: Any, from_step: str | None = None, until: str | None = None, *,
-           live: bool = False) -> "pd.DataFrame":
+           live: bool = False) -> pd.DataFrame:
     """Run the *current* ``flow`` in memory (virtual clock: retries do not wait) on the records of
     ``dead_df`` (rows of :func:`dead_letters`, edited or not), each starting at the step where it
     died (``from_step``: at this step instead; a record that died at the trigger starts at the first
@@ -286,6 +287,7 @@ def retest(flow: Flow, dead_df: Any, from_step: str | None = None, until: str | 
     from_step, old_error_type, old_error, outcome`` (delivered / filtered / dead), ``new_error_type,
     new_error, output`` (the last step's bodies) and ``changed``."""
     import pandas as pd
+
     from .runtime.local.runtime import LocalRuntime, VirtualClock
 
     rows = _frame_rows(dead_df)
@@ -483,7 +485,7 @@ def _masked(flow: Flow, body: dict) -> dict:
 
 
 def replay(dead_df: Any, spec: Flow | str | Path, state_dir: str | Path | None = None,
-           broker: str | None = None) -> "pd.DataFrame":
+           broker: str | None = None) -> pd.DataFrame:
     """Replay the rows of ``dead_df`` (rows of :func:`dead_letters`: select with pandas, edit cells)
     to the steps they died at, with attempt 1, on the runtime they are stored in (``state_dir`` or
     ``broker``). Each replayed message carries ``x-flownb-replayed-from`` (``<step>/<id>``),

@@ -3,8 +3,10 @@
 Run: .venv/bin/python notebooks/refresh_outputs.py (after changing a notebook or the rules engine).
 """
 from pathlib import Path
+
 import nbformat
 from nbclient import NotebookClient
+
 for p in sorted(Path(__file__).resolve().parent.glob("*.ipynb")):
     nb = nbformat.read(p, as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(p.parent)}}).execute()

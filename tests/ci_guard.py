@@ -1,4 +1,5 @@
-"""A pytest plugin (loaded by the root conftest.py): under CI (``FLOWNB_CI=1``, set by ``.ci/run``) a skipped test is a failure.
+"""A pytest plugin (loaded by the root conftest.py): under CI (``FLOWNB_CI=1``, set by ``.ci/run``) a
+skipped test is a failure.
 
 CI's machine runs every service the suite needs (``scripts/services`` fails fast when one cannot
 start), so a skip there means a part went untested while CI stayed green: a broker that did not

@@ -286,8 +286,9 @@ def test_scripts_example_says_what_it_read_kept_and_where_the_result_is(tmp_path
     shutil.copytree(REPO / "examples", root / "examples")
     shutil.copy2(REPO / "pyproject.toml", root / "pyproject.toml")  # mtime kept: no reinstall
     (root / ".venv").symlink_to(sys.prefix)  # the virtual environment running these tests
-    run = lambda: subprocess.run(["bash", str(root / "scripts" / "example")], capture_output=True, text=True,
-                                 timeout=300, env={**os.environ, "COLUMNS": "200"})
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(root / "scripts" / "example")], capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "COLUMNS": "200"})
     first = run()
     assert first.returncode == 0, first.stderr
     n = len(_expected_orders())

@@ -5,9 +5,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 import flownb
+from flownb.display import FLOW_MIME, Table, dead_letters_html, flow_mimebundle, records_html, tabs_html
 from flownb.message import Message
-from flownb.display import (FLOW_MIME, Table, dead_letters_html, flow_mimebundle, records_html,
-                                     tabs_html)
 from flownb.runtime.core import DeadLetter, ErrorInfo
 
 
@@ -99,7 +98,7 @@ def test_a_real_test_result_renders_as_tabs():
     bundle = result._repr_mimebundle_()
     html = bundle["text/html"]
     assert "1 dead letter" in bundle["text/plain"]
-    titles = [t for t in html.split('data-title="')[1:]]
+    titles = list(html.split('data-title="')[1:])
     assert [t.split('"')[0] for t in titles] == ["in (3)", "check (2)", "audit (2)", "dead letters (1)",
                                                      "timings"]
     assert "ValueError: two is not allowed" in html and "flownb-dead-letters" in html

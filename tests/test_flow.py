@@ -5,7 +5,8 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from flownb import Flow, RetryPolicy, Step, load, save, step
 from flownb.errors import ParameterError, SpecError, SpecSyntaxError

@@ -16,7 +16,7 @@ import pytest
 from flownb.errors import SpecError
 from flownb.records import column_paths, to_records
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 PARIS = dt.timezone(dt.timedelta(hours=1))
 
 
@@ -112,7 +112,7 @@ CASES = [
        "i": np.int64(1), "ts": pd.Timestamp("2024-01-02T03:04:05+01:00"), "l": [np.nan, None]}, {}],
      [{"customer.email": "a", "n": None, "i": 1, "ts": "2024-01-02T02:04:05.000Z", "l": [None, None]}, {}]),
     ("one dict is one record", {"a": 1}, [{"a": 1}]),
-    ("a generator of dicts", (dict(i=i) for i in range(3)), [{"i": 0}, {"i": 1}, {"i": 2}]),
+    ("a generator of dicts", ({"i": i} for i in range(3)), [{"i": 0}, {"i": 1}, {"i": 2}]),
 ]
 
 

@@ -129,10 +129,10 @@ def test_four_paths_agree(sample_name, rules_name):
     ok, bad = _preview_side(preview)
     out = tested.outputs["map"]
     assert len(out) == len(ok) and len(tested.dead_letters) == len(bad)
-    for (pos, row), body in zip(ok, out):
+    for (pos, row), body in zip(ok, out, strict=True):
         assert body == mapping.apply(records[pos])
         assert {k: v for k, v in body.items() if v is not None} == row, (pos, body, row)
-    for (pos, err), (step, kind, message, body) in zip(bad, _dead(tested)):
+    for (pos, err), (step, kind, message, body) in zip(bad, _dead(tested), strict=True):
         assert (step, kind, body) == ("map", "EvaluationError", records[pos])
         assert message.startswith(f"{err} (expression: "), (message, err)
     assert [e["row"] for e in mapping.errors] == [df.index[pos] for pos, _ in bad]

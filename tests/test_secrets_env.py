@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 
-
 import flownb
 from flownb.cli import main
 from flownb.secrets import missing_env, required_env

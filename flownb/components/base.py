@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generic, Iterable, Iterator, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 from typing_extensions import TypeVar
@@ -89,7 +90,7 @@ class Component(Generic[ConfigT]):
         self.ctx = ctx
 
     @classmethod
-    def check_config(cls, config: Any, step: "Step") -> None:
+    def check_config(cls, config: Any, step: Step) -> None:
         """Extra validation beyond the model (e.g. compile expressions); raise SpecError subclasses."""
 
     def setup(self) -> None:
@@ -102,21 +103,21 @@ class Component(Generic[ConfigT]):
 class Action(Component[ConfigT]):
     kind: ClassVar[str] = "action"
 
-    def process(self, message: "Message", ctx: Context) -> Result:  # pragma: no cover - abstract
+    def process(self, message: Message, ctx: Context) -> Result:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def dry_run(self, message: "Message", ctx: Context) -> dict:
+    def dry_run(self, message: Message, ctx: Context) -> dict:
         """What processing ``message`` would send outside the flow, without sending it or opening a
         connection (``setup()`` has not run): ``flow.test`` records this for actions with
         ``effects`` and passes the message on unchanged, unless ``live=True``. Override it to show
         the request, statement or line your component would write."""
         return {"body": message.body}
 
-    def dry_output(self, message: "Message") -> Result:
+    def dry_output(self, message: Message) -> Result:
         """What a dry run passes on (default: the message unchanged)."""
         return message.body
 
-    def process_batch(self, messages: list["Message"], ctx: Context) -> list[Result | BaseException]:
+    def process_batch(self, messages: list[Message], ctx: Context) -> list[Result | BaseException]:
         """Process several messages; the default calls ``process`` per message and returns, per
         message, either its result or the exception it raised. Override for bulk work (a database
         write of the whole batch), keeping one entry per input message."""

@@ -246,7 +246,8 @@ class CsvPoll(PollingTrigger[CsvPollConfig]):
                 continue
             if len(rec) < n:
                 rec = rec + [""] * (n - len(rec))
-            row = {k: parse_cell(v, numbers) for k, v in zip(header, rec)}
+            # cells past the header are dropped
+            row = {k: parse_cell(v, numbers) for k, v in zip(header, rec, strict=False)}
             if file_field:
                 row[file_field] = path
             p["offset"] = pos
@@ -363,7 +364,8 @@ class CsvWrite(Action[CsvWriteConfig]):
         return size > 0 and os.pread(fh.fileno(), 1, size - 1) not in (b"\n", b"\r")
 
     def _lines(self, messages, columns: list[str]) -> tuple[list, list[str]]:
-        results, lines = [], []
+        results: list = []
+        lines: list[str] = []
         for m in messages:
             extra = [k for k in m.body if k not in columns]
             if extra and self.config.on_extra == "error":

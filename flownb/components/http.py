@@ -43,13 +43,14 @@ class Expr:
         self._path = self.text.split(".") if _SIMPLE_PATH.match(self.text) else None
         if self.text == "$":
             self._path = []
-        self._evaluate = None
+        self._evaluate: Any = None
         if self._path is None:
             from ..rules import compile as compile_expr
             try:
                 compiled = compile_expr(self.text)
             except ExpressionError as exc:
-                raise exc.at(step=step, field=field)
+                exc.at(step=step, field=field)
+                raise
             self._evaluate = getattr(compiled, "evaluate", compiled)
 
     def __call__(self, data: Any) -> Any:
@@ -251,7 +252,7 @@ class HttpRequest(Action[HttpRequestConfig]):
 
     def _url(self, body: dict) -> str:
         if self._url_expr is None:
-            return fill(self.config.url, body, url=True)
+            return fill(self.config.url or "", body, url=True)  # check_config: url or url_expr
         url = self._url_expr(body)
         if not isinstance(url, str) or not url:
             raise FatalError(f"url_expr {self.config.url_expr!r} gave {url!r}, not a URL string")
@@ -368,7 +369,7 @@ class HttpPoll(PollingTrigger[HttpPollConfig]):
         emitted: list[dict] = []
         self._backlog = False
         state.pop("next_url", None)
-        for page in range(self.config.max_pages):
+        for _page in range(self.config.max_pages):
             response = send(self.client, what, "GET", url, **kw)
             data = response_body(response)
             emitted += self._page_items(data, what)
@@ -410,7 +411,8 @@ class HttpPoll(PollingTrigger[HttpPollConfig]):
         if not self._key_path or "cursor" not in state:
             return items
         seen = set(state.get("seen", []))
-        return [i for i in items if not (lookup(i, self._cursor_path) == state["cursor"]
+        cursor_path = self._cursor_path or []
+        return [i for i in items if not (lookup(i, cursor_path) == state["cursor"]
                                          and lookup(i, self._key_path) in seen)]
 
     def _advance(self, items: list[dict], state: dict) -> None:

@@ -24,10 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .._duration import Duration
 from ..errors import EvaluationTimeout, ExpressionError
-from ..rules.functions_check import check_functions
 from ..rules import _deadline
 from ..rules._runtime import U, boolean
 from ..rules.expression import compile
+from ..rules.functions_check import check_functions
 from ..rules.mapping import DEFAULT_TIMEOUT, Mapping
 from .base import Action
 
@@ -42,7 +42,7 @@ class MappingConfig(BaseModel):
                               "(e.g. 10s, 500ms); past it the message is dead-lettered")
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "MappingConfig":
+    def _exactly_one(self) -> MappingConfig:
         if (self.fields is None) == (self.expression is None):
             raise ValueError("set exactly one of 'fields' (output field → expression) or 'expression'")
         if self.fields is not None and not self.fields:

@@ -36,6 +36,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import orjson
@@ -87,7 +88,7 @@ class _Connection:
     SUBACKs of ``topics``), reconnects by itself after a lost connection."""
 
     def __init__(self, config: _MqttConfig, ctx: Context, *, client_id: str, persistent: bool,
-                 topics: list[tuple[str, int]] = (), on_message=None):
+                 topics: Sequence[tuple[str, int]] = (), on_message=None):
         mqtt = _paho()
         self.config, self.topics, self.where = config, list(topics), f"MQTT broker {config.host}:{config.port}"
         self.generation = 0  # +1 per accepted connection: message ids of older ones are stale

@@ -21,7 +21,8 @@ import linecache
 import re
 import textwrap
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 

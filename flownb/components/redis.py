@@ -301,7 +301,7 @@ class RedisXadd(Action[RedisXaddConfig]):
             for n in queued:
                 results[n] = err
             return results
-        for n, reply in zip(queued, replies):
+        for n, reply in zip(queued, replies, strict=True):
             if isinstance(reply, BaseException):
                 results[n] = map_redis_error(reply, self.where)
             else:

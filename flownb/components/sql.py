@@ -19,9 +19,10 @@ import datetime as dt
 import logging
 import re
 import uuid
-from pathlib import Path
+from collections.abc import Iterator
 from decimal import Decimal
-from typing import Any, ClassVar, Iterator, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -77,8 +78,9 @@ def _encode_state(value: Any) -> tuple[Any, str]:
 def _decode_state(value: Any, tag: str | None) -> Any:
     if value is None:
         return None
-    return {"datetime": dt.datetime.fromisoformat, "date": dt.date.fromisoformat, "decimal": Decimal,
-            "uuid": uuid.UUID}.get(tag or "json", lambda v: v)(value)
+    decoders: dict[str, Any] = {"datetime": dt.datetime.fromisoformat, "date": dt.date.fromisoformat,
+                                "decimal": Decimal, "uuid": uuid.UUID}
+    return decoders.get(tag or "json", lambda v: v)(value)
 
 
 # -- shared config and engine handling --------------------------------------------------------------
@@ -121,7 +123,7 @@ def _engine(config: _UrlConfig, ctx: Context, *, must_exist: bool = False):
     ConfigError naming it (a reader must not create an empty database and then find no table)."""
     import sqlalchemy as sa
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-    url = config.url or ctx.secret(config.url_env)
+    url = config.url or ctx.secret(config.url_env or "")  # the model checks one of them is given
     if must_exist and url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         path = Path(url[len("sqlite:///"):].split("?", 1)[0])
         if not path.exists():
@@ -137,7 +139,7 @@ def _engine(config: _UrlConfig, ctx: Context, *, must_exist: bool = False):
                           step=ctx.step) from None
 
 
-def map_db_error(exc: Exception, what: str) -> Exception:
+def map_db_error(exc: Exception, what: str) -> RetryableError | FatalError:
     """SQLAlchemy error → RetryableError (outage, lock, timeout) or FatalError (bad SQL or data).
 
     The driver's own code decides first (:func:`db_error_is_transient`): an ``OperationalError``
@@ -384,7 +386,7 @@ class SqlUpsert(Action[SqlUpsertConfig]):
 
     def setup(self) -> None:
         self.engine = _engine(self.config, self.ctx)
-        self._table = None
+        self._table: Any = None  # the sqlalchemy Table, reflected (or created) on first use
 
     def close(self) -> None:
         self.engine.dispose()
@@ -408,7 +410,7 @@ class SqlUpsert(Action[SqlUpsertConfig]):
         if table is None:  # no table yet and no message of the batch has its key: none can be written
             return [self._key_error(m.body) for m in messages]
         results: list = []
-        rows: list[dict] = []
+        rows: list[dict | None] = []
         for m in messages:
             try:
                 rows.append(self._row(table, m.body))
@@ -422,7 +424,7 @@ class SqlUpsert(Action[SqlUpsertConfig]):
         except SQLAlchemyError as exc:
             err = map_db_error(exc, what)
             if err.retryable or len(good) == 1:
-                return [err if r is not None else res for r, res in zip(rows, results)]
+                return [err if r is not None else res for r, res in zip(rows, results, strict=True)]
             return self._one_by_one(table, rows, results, what)
         return results
 
@@ -508,17 +510,19 @@ class SqlUpsert(Action[SqlUpsertConfig]):
     def _statement(self, table, cols: tuple[str, ...]):
         name = self.engine.dialect.name
         update = [c for c in cols if c not in self.config.key]
+        stmt: Any  # the dialect's own Insert, with its upsert clause
         if name in ("mysql", "mariadb"):
-            from sqlalchemy.dialects.mysql import insert
-            stmt = insert(table)
+            from sqlalchemy.dialects.mysql import insert as mysql_insert
+            stmt = mysql_insert(table)
             # no non-key column: a no-op update keeps the statement idempotent
             sets = {c: stmt.inserted[c] for c in update} or {self.config.key[0]: table.c[self.config.key[0]]}
             return stmt.on_duplicate_key_update(sets)
         if name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+            stmt = pg_insert(table)
         else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(table)
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+            stmt = sqlite_insert(table)
         if not update:
             return stmt.on_conflict_do_nothing(index_elements=self.config.key)
         return stmt.on_conflict_do_update(index_elements=self.config.key,

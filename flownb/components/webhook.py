@@ -47,7 +47,7 @@ class WebhookConfig(BaseModel):
     retry_after: Duration = Field(1.0, description="Retry-After sent with 429 and 503")
 
     @model_validator(mode="after")
-    def _check(self) -> "WebhookConfig":
+    def _check(self) -> WebhookConfig:
         for name in ("token_env", "hmac_secret_env"):
             value = getattr(self, name)
             if value is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
@@ -66,5 +66,5 @@ class Webhook(WebhookTrigger[WebhookConfig]):
     Config: ClassVar[type[BaseModel]] = WebhookConfig
 
     @classmethod
-    def check_config(cls, config: BaseModel, step: "Step") -> None:
+    def check_config(cls, config: BaseModel, step: Step) -> None:
         """Nothing beyond the model: the token and secret are read from the environment at serve time."""

@@ -129,14 +129,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("-o", "--output", required=True, help="the deployment directory to write")
     p.set_defaults(handler=_with_console(export_cli))
 
-    
+
     p = sub.add_parser("build", help="build the worker image of an exported directory (wheelhouse + docker)")
     p.add_argument("dir", help="a directory written by 'flownb export'")
     p.add_argument("--base-image", default=None, help="default python:3.11-slim")
     p.add_argument("--tag", default=None)
     p.set_defaults(handler=_with_console(build_cli))
 
-    
+
     p = sub.add_parser("deploy", help="build and start an exported flow's containers (Docker)")
     p.add_argument("dir", help="a directory written by 'flownb export'")
     p.add_argument("--broker-url", default=None, help="use this RabbitMQ instead of starting one")
@@ -147,14 +147,14 @@ def add_parser(sub: Any) -> None:
                    help="bind-mount a host path into every worker (repeatable)")
     p.set_defaults(handler=_with_console(deploy_cli))
 
-    
+
     p = sub.add_parser("status", help="containers and queue depths of a deployed flow")
     p.add_argument("dir")
     p.add_argument("--broker-url", default=None)
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(handler=_with_console(status_cli))
 
-    
+
     p = sub.add_parser("down", help="stop and remove a deployed flow's containers")
     p.add_argument("dir")
     p.add_argument("--keep-broker", action="store_true")

@@ -21,8 +21,8 @@ from ..errors import BrokerError, DeployError, FlownbError
 from ..flow import Flow, load
 from ..runtime.amqp import names
 from ..runtime.amqp.names import DEFAULT_BROKER_URL
-from .plan import BROKER_ENV, RABBITMQ_IMAGE, image_name, secret_envs, step_plans
 from .image import build_image, docker_client, image_exists
+from .plan import BROKER_ENV, RABBITMQ_IMAGE, image_name, secret_envs, step_plans
 
 __all__ = ["RESTART_POLICY", "DeployResult", "deploy", "down", "read_env_file", "status"]
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..display import FLOW_MIME
 from ..errors import DeployError, ParameterError, did_you_mean
 from ..flow import Flow, from_spec, load
 from ..params import coerce_all, inspect
-from ..display import FLOW_MIME
 from .plan import BROKER_ENV, check_no_literal_secrets, secret_envs, url_has_password
 from .redact import redact_notebook, redact_values
 

@@ -53,10 +53,13 @@ USER {uid}:{uid}
 CMD ["flownb", "worker", "/app/flow.yaml", "--all"]
 """
 
-DOCKERIGNORE = "# only the wheelhouse and the spec go into the image (never secrets.env or notebooks)\n*\n!wheels\n!flow.yaml\n"
+DOCKERIGNORE = ("# only the wheelhouse and the spec go into the image (never secrets.env or notebooks)\n"
+                "*\n!wheels\n!flow.yaml\n")
 # scheduled notebooks (k8s CronJobs run them with papermill): copied into the image, kernel installed
-NOTEBOOKS_COPY = "# scheduled notebooks, run by the CronJobs in k8s/schedules.yaml\nCOPY --chown={uid}:{uid} notebooks /app/notebooks\n"
-DOCKERIGNORE_NOTEBOOKS = "# the wheelhouse, the spec and the scheduled notebooks go into the image (never secrets.env)\n*\n!wheels\n!flow.yaml\n!notebooks\n"
+NOTEBOOKS_COPY = ("# scheduled notebooks, run by the CronJobs in k8s/schedules.yaml\n"
+                  "COPY --chown={uid}:{uid} notebooks /app/notebooks\n")
+DOCKERIGNORE_NOTEBOOKS = ("# the wheelhouse, the spec and the scheduled notebooks go into the image "
+                          "(never secrets.env)\n*\n!wheels\n!flow.yaml\n!notebooks\n")
 #: what a scheduled notebook needs on top of the lean core: papermill and a Python kernel
 SCHEDULE_REQUIREMENTS = ["papermill>=2.5", "ipykernel>=6.0"]
 

@@ -16,9 +16,9 @@ from .plan import (
     RABBITMQ_IMAGE,
     StepPlan,
     image_name,
-    step_plans,
     secret_envs,
     secrets_name,
+    step_plans,
     url_has_password,
 )
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import DeployError
-from ..runtime.amqp.names import BROKER_ENV  # noqa: F401  (re-exported: every target names it)
 from ..flow import Flow, Step
+from ..runtime.amqp.names import BROKER_ENV  # noqa: F401  (re-exported: every target names it)
 from ..secrets import required_env, walk_config
 
 DEFAULT_WEBHOOK_PORT = 8080

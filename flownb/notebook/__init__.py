@@ -14,7 +14,8 @@ from ..display import FLOW_MIME, Table, flow_mimebundle, flow_svg, test_result_m
 _LAZY = {"MappingEditor": ".mapping_editor", "FlowBuilder": ".builder", "Monitor": ".monitor",
          "DeadLetterWorkbench": ".dead_letter_workbench"}
 
-__all__ = ["MappingEditor", "FlowBuilder", "Monitor", "DeadLetterWorkbench", "Table", "FLOW_MIME", "flow_mimebundle", "flow_svg",
+__all__ = ["MappingEditor", "FlowBuilder", "Monitor", "DeadLetterWorkbench", "Table", "FLOW_MIME", "flow_mimebundle",
+           "flow_svg",
            "test_result_mimebundle"]
 
 

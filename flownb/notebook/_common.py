@@ -6,7 +6,8 @@ import asyncio
 import html
 import logging
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("flownb.notebook")
 

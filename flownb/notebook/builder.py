@@ -15,10 +15,10 @@ from typing import Any
 import ipywidgets as w
 
 from .. import registry
+from ..display import dead_letters_html, effects_tabs, flow_svg, records_html, timings_html
 from ..errors import FlownbError, SpecError
 from ..flow import Flow, RetryPolicy, Step, fill_templates
 from ._common import Debouncer, as_sample, error_html, log, ok_html
-from ..display import dead_letters_html, effects_tabs, flow_svg, records_html, timings_html
 from .forms import ConfigForm
 
 __all__ = ["FlowBuilder"]
@@ -33,7 +33,7 @@ def _css(key: str) -> str:
 class _StepCard:
     """One step of the builder: name, component form, replicas/retry, validation message."""
 
-    def __init__(self, builder: "FlowBuilder", step: Step, trigger: bool):
+    def __init__(self, builder: FlowBuilder, step: Step, trigger: bool):
         self.builder = builder
         self.trigger = trigger
         self.component = step.component
@@ -194,11 +194,11 @@ class FlowBuilder:
             self._cards.append(card)
         self._render()
 
-    def remove(self, which: "_StepCard | str | int") -> None:
+    def remove(self, which: _StepCard | str | int) -> None:
         self._cards.remove(self._card(which))
         self._render()
 
-    def move(self, which: "_StepCard | str | int", delta: int) -> None:
+    def move(self, which: _StepCard | str | int, delta: int) -> None:
         card = self._card(which)
         i = self._cards.index(card)
         j = max(0, min(len(self._cards) - 1, i + delta))
@@ -213,7 +213,7 @@ class FlowBuilder:
     def step_names(self) -> list[str]:
         return [c.name.value for c in [self._trigger, *self._cards]]
 
-    def _card(self, which: "_StepCard | str | int") -> _StepCard:
+    def _card(self, which: _StepCard | str | int) -> _StepCard:
         if isinstance(which, _StepCard):
             return which
         if isinstance(which, int):

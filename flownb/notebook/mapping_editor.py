@@ -13,9 +13,9 @@ from typing import Any
 
 import ipywidgets as w
 
+from ..display import frame_html
 from ..errors import ExpressionError, FlownbError
 from ._common import Debouncer, as_sample, error_html, log, ok_html, sample_fields, sample_paths
-from ..display import frame_html
 
 __all__ = ["MappingEditor"]
 
@@ -26,7 +26,7 @@ PATH_ROWS = 50  # rows of the sample the list of paths comes from
 class _FieldRow:
     """One output field: name, expression, remove button, error label."""
 
-    def __init__(self, editor: "MappingEditor", name: str, expression: str):
+    def __init__(self, editor: MappingEditor, name: str, expression: str):
         self.editor = editor
         self.name = w.Text(value=name, placeholder="field name", continuous_update=True,
                            layout=w.Layout(width="14em"))
@@ -132,7 +132,7 @@ class MappingEditor:
         self._append_row(name, expression)
         self._schedule()
 
-    def remove_field(self, which: "_FieldRow | str | int") -> None:
+    def remove_field(self, which: _FieldRow | str | int) -> None:
         """Remove a field by row, name or index."""
         row = self._row(which)
         self._rows.remove(row)
@@ -169,7 +169,8 @@ class MappingEditor:
     @property
     def mapping(self):
         """The :class:`flownb.rules.Mapping` of the fields; ExpressionError when one is invalid."""
-        from ..rules import Mapping, compile as compile_expr
+        from ..rules import Mapping
+        from ..rules import compile as compile_expr
         from ..rules.functions_check import check_functions
 
         fields = self.fields
@@ -180,7 +181,8 @@ class MappingEditor:
                 check_functions(expr)
                 compile_expr(expr)
             except ExpressionError as exc:
-                raise exc.at(field=name)
+                exc.at(field=name)
+                raise
         return Mapping(fields=fields)
 
     @property
@@ -197,7 +199,7 @@ class MappingEditor:
         display(self.widget)
 
     # -- internals --------------------------------------------------------------------------------
-    def _row(self, which: "_FieldRow | str | int") -> _FieldRow:
+    def _row(self, which: _FieldRow | str | int) -> _FieldRow:
         if isinstance(which, _FieldRow):
             return which
         if isinstance(which, int):

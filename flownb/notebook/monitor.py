@@ -20,11 +20,11 @@ from typing import Any
 
 import ipywidgets as w
 
+from ..display import records_html
 from ..errors import BrokerError, FlownbError
 from ..flow import Flow, load
 from ..runtime.amqp import names
 from ._common import error_html, log, ok_html
-from ..display import records_html
 
 __all__ = ["Monitor", "Snapshot", "management_snapshot"]
 
@@ -111,7 +111,7 @@ def throughput_svg(history: list[Snapshot], *, width: int = 420, height: int = 1
     span = max(t1 - t0, 1e-9)
     pad = 24
     pts = " ".join(f"{pad + (h.at - t0) / span * (width - 2 * pad):.1f},"
-                   f"{height - pad - (y / top) * (height - 2 * pad):.1f}" for h, y in zip(history, ys))
+                   f"{height - pad - (y / top) * (height - 2 * pad):.1f}" for h, y in zip(history, ys, strict=True))
     label = "processed msg/s" if use_rate else "messages waiting"
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" class="flownb-throughput" '
             f'font-family="sans-serif" font-size="11">'
@@ -190,7 +190,8 @@ class Monitor:
     def _draw(self, snap: Snapshot) -> None:
         rows = []
         for step, v in snap.steps.items():
-            rate = (lambda x: "—" if x is None else f"{x:.2f}")
+            def rate(x):
+                return "—" if x is None else f"{x:.2f}"
             rows.append({"step": step, "ready": v["ready"], "retrying": v["retry"], "dead": v["dead"],
                          "consumers": "—" if v["consumers"] is None else v["consumers"],
                          "in msg/s": rate(v["in_rate"]), "out msg/s": rate(v["out_rate"]),

@@ -7,7 +7,8 @@ subset raise :class:`Unsupported`, and the caller uses the fallback engine inste
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import _functions, _runtime
 from ._parser import Node
@@ -185,7 +186,7 @@ class _Gen:
         lines = [f"def {name}(c, r):", "    if isinstance(c, list):",
                  f"        return R.group(c, r, {name}.pairs)", "    o = {}"]
         pair_fns = []
-        for key, (k, v) in zip(keys, pairs):
+        for key, (_k, v) in zip(keys, pairs, strict=True):
             code = self.expr(v)
             lines.append(f"    v = {code}")
             lines.append(f"    if v is not U: o[{key!r}] = v")

@@ -23,7 +23,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["run", "each", "remaining", "pause", "resume", "Expired", "MAX_TIMEOUT"]
 
@@ -56,7 +57,7 @@ _RUNNING, _FIRED, _DONE, _PAUSED = 0, 1, 2, 3
 class _Region:
     __slots__ = ("tid", "deadline", "state", "outer")
 
-    def __init__(self, tid: int, deadline: float, outer: "_Region | None"):
+    def __init__(self, tid: int, deadline: float, outer: _Region | None):
         self.tid = tid
         self.deadline = deadline
         self.state = _RUNNING
@@ -182,7 +183,7 @@ def _after_fork() -> None:  # the child has no watchdog thread, and a lock may b
 os.register_at_fork(after_in_child=_after_fork)
 
 
-def pause() -> "_Region | None":
+def pause() -> _Region | None:
     """Before a call that holds the GIL and keeps its own time (jsonatapy with ``timeout=``): the
     watchdog leaves this thread's region alone until :func:`resume`. Otherwise its interrupt,
     due at the same moment as jsonatapy's own timeout, would be delivered as the call returns —
@@ -195,7 +196,7 @@ def pause() -> "_Region | None":
     return region
 
 
-def resume(region: "_Region | None") -> bool:
+def resume(region: _Region | None) -> bool:
     """After :func:`pause`: the region runs on. True if its deadline has passed meanwhile (the
     caller raises :class:`Expired`: the watchdog no longer watches a region past its deadline)."""
     if region is None:

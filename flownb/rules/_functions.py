@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from ._runtime import U, EvalError, Fallback, Seq, boolean, collapse, is_num, lookup, norm, string
+from ._runtime import EvalError, Fallback, Seq, U, boolean, collapse, is_num, lookup, norm, string
 
 _NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?([Ee][-+]?[0-9]+)?")  # jsonata-js $number: leading zeros
 _RADIX = re.compile(r"0[xXoObB]")
@@ -297,7 +297,7 @@ def f_encodeUrlComponent(v: Any) -> Any:
 def f_now(picture: Any = U, tz: Any = U) -> str:
     if picture is not U or tz is not U:
         raise Fallback
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 

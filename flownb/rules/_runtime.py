@@ -261,7 +261,7 @@ def keep_array(v: Any) -> Any:
 
 def array(values: tuple, nested: tuple, cons: bool) -> list:
     out = Cons() if cons else []
-    for v, is_arr in zip(values, nested):
+    for v, is_arr in zip(values, nested, strict=True):
         if v is U:
             continue
         if is_arr or not isinstance(v, list):
@@ -410,7 +410,7 @@ def deep_eq(a: Any, b: Any) -> bool:
     if ta is bool or tb is bool or a is None or b is None:
         return ta is tb and a == b
     if isinstance(a, list):
-        return isinstance(b, list) and len(a) == len(b) and all(deep_eq(x, y) for x, y in zip(a, b))
+        return isinstance(b, list) and len(a) == len(b) and all(deep_eq(x, y) for x, y in zip(a, b, strict=True))
     if ta is dict:
         return tb is dict and a.keys() == b.keys() and all(deep_eq(a[k], b[k]) for k in a)
     if (ta is str) != (tb is str):

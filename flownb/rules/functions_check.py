@@ -11,7 +11,8 @@ supply a function.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from ..errors import ExpressionError, did_you_mean
 

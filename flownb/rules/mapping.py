@@ -59,7 +59,7 @@ class Mapping:
         """The config of the ``mapping`` component."""
         return {"fields": dict(self.fields)} if self.fields is not None else {"expression": self.expression}
 
-    def step(self, name: str) -> "Step":
+    def step(self, name: str) -> Step:
         """A flow step (component ``mapping``) with this mapping as config."""
         from ..flow import Step
         return Step(name=name, component="mapping", config=self.config)
@@ -133,7 +133,7 @@ class Mapping:
     __call__ = apply
 
     def preview(self, sample: Any, limit: int | None = None,
-                timeout: float | None = DEFAULT_TIMEOUT) -> "pd.DataFrame":
+                timeout: float | None = DEFAULT_TIMEOUT) -> pd.DataFrame:
         """One row per input row, one column per output field, plus ``_error`` (None when fine).
 
         ``timeout``: seconds one row's field may take (default 10, as a step's ``timeout``; None:

@@ -47,7 +47,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--from", dest="start", required=True, metavar="A",
                    help="read what comes after A (JSON or text, of the cursor's type)")
     p.add_argument("--to", dest="end", required=True, metavar="B", help="until the cursor reaches B")
-    p.add_argument("--key", default=None, help="the state field that is the position (default: 'cursor' or the only one)")
+    p.add_argument("--key", default=None,
+                   help="the state field that is the position (default: 'cursor' or the only one)")
     p.add_argument("--state-dir", default=None, help="the embedded runtime's state directory (default .flownb)")
     p.add_argument("--broker", default=None,
                    help="RabbitMQ URL (default: FLOWNB_BROKER_URL when set and --state-dir is not)")

@@ -22,11 +22,12 @@ import copy
 import logging
 import time
 import traceback
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 from types import GeneratorType
-from typing import Any, Iterable
+from typing import Any
 
 import orjson
 
@@ -65,7 +66,7 @@ class ErrorInfo:
 
     @classmethod
     def from_exception(cls, exc: BaseException, step: str, attempt: int, retryable: bool,
-                       redactor: Any = None) -> "ErrorInfo":
+                       redactor: Any = None) -> ErrorInfo:
         """Message and traceback have the flow's secret values masked (``flownb.secrets.redact``:
         ``redactor`` and the process's active redactors, which ``flownb run``/``worker`` set up)."""
         from ..secrets import redact  # here, not at the top: keeps this module's imports as they are
@@ -77,7 +78,7 @@ class ErrorInfo:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ErrorInfo":
+    def from_dict(cls, d: dict) -> ErrorInfo:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
@@ -178,7 +179,7 @@ class StepRunner:
         self._setup_retry_at = 0.0
         self._where = f"flow '{flow.name}' step '{step_name}'"
 
-    def open(self) -> "StepRunner":
+    def open(self) -> StepRunner:
         if not self._open:
             self.component.setup()
             self._open = True
@@ -243,10 +244,10 @@ class StepRunner:
         except Exception as exc:
             return [self.failure(m, exc) for m in messages]
         if len(results) != len(messages):
-            exc = FatalError(f"step '{self.step.name}' ({self.step.component}): process_batch returned "
-                             f"{len(results)} results for {len(messages)} messages; return exactly one "
-                             f"result (or exception) per input message")
-            return [self.failure(m, exc, retryable=False) for m in messages]
+            wrong = FatalError(f"step '{self.step.name}' ({self.step.component}): process_batch returned "
+                               f"{len(results)} results for {len(messages)} messages; return exactly one "
+                               f"result (or exception) per input message")
+            return [self.failure(m, wrong, retryable=False) for m in messages]
         return [self._outcome(m, r) for m, r in zip(messages, results, strict=True)]
 
     def run_payloads(self, payloads: list[bytes], attempts: list[int] | None = None, *,
@@ -272,9 +273,9 @@ class StepRunner:
                 m.attempt = attempts[i]
             died = deliveries[i] if deliveries is not None else 0
             if died >= max_deliveries:
-                exc = PoisonMessage(f"poison: the worker died {died} times while processing it (step "
-                                    f"'{name}'); fix the cause, then replay it from the dead letters")
-                outcomes[i] = Outcome(m, error=ErrorInfo.from_exception(exc, name, m.attempt, False),
+                poison = PoisonMessage(f"poison: the worker died {died} times while processing it (step "
+                                       f"'{name}'); fix the cause, then replay it from the dead letters")
+                outcomes[i] = Outcome(m, error=ErrorInfo.from_exception(poison, name, m.attempt, False),
                                       payload=payload)
                 continue
             msgs.append(m)
@@ -338,7 +339,7 @@ class TriggerRunner:
     def kind(self) -> str:
         return self.component.kind
 
-    def open(self) -> "TriggerRunner":
+    def open(self) -> TriggerRunner:
         if not self._open:
             self.component.setup()
             self._open = True

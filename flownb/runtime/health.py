@@ -25,8 +25,9 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["HEALTH", "Health", "Failure", "guarded", "start_thread", "exit_on_failure", "stop_deadline",
            "EXIT_CRASHED", "EXIT_STOP_TIMEOUT"]

@@ -28,7 +28,7 @@ class Accepted:
     the ingest cannot deliver replies)."""
 
     id: str
-    reply: "asyncio.Future[dict] | None" = None
+    reply: asyncio.Future[dict] | None = None
 
 
 @runtime_checkable

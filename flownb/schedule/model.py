@@ -7,7 +7,7 @@ being seconds (croniter's convention: ``* * * * * */10`` fires every ten seconds
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -136,7 +136,7 @@ def next_fire_times(schedule: Schedule, after: float, until: float, limit: int =
 
 
 def iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat()
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
 
 class RunRecord(BaseModel):

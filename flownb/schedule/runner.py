@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..secrets import Redactor, redact, redact_notebook, secret_like_env
@@ -138,7 +138,7 @@ def partial_path(output: Path) -> Path:
 
 
 def _stamp(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y%m%dT%H%M%S-%fZ")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y%m%dT%H%M%S-%fZ")
 
 
 def execute(store: ScheduleStore, schedule: Schedule, run_id: int) -> RunRecord:

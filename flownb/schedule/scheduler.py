@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .model import RunRecord, Schedule, next_fire_times
 from .runner import claim, execute, record_failure

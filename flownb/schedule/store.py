@@ -12,9 +12,10 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import did_you_mean
 from .model import RunRecord, Schedule, ScheduleError, ScheduleInputError, parse_schedule
@@ -171,7 +172,7 @@ class ScheduleStore:
 
     # -- runs -------------------------------------------------------------------------------------
     def _run(self, row: tuple) -> RunRecord:
-        return RunRecord(**dict(zip(_RUN_COLS, row)))
+        return RunRecord(**dict(zip(_RUN_COLS, row, strict=True)))
 
     def insert_run(self, con: sqlite3.Connection, schedule: str, status: str, **fields: Any) -> int:
         cols = ["schedule", "status", *fields]

@@ -22,8 +22,7 @@ from starlette.routing import Route
 
 from ..runtime.health import HEALTH
 from .parse import HttpError
-from .pipeline import (MAX_HEADERS, MAX_URL, MIN_TOKEN, BodyLimit, Hook, Reply, RequestHead, accept, admit,
-                       error_reply)
+from .pipeline import MAX_HEADERS, MAX_URL, MIN_TOKEN, BodyLimit, Hook, Reply, RequestHead, accept, admit, error_reply
 
 __all__ = ["MAX_HEADERS", "MAX_URL", "MIN_TOKEN", "Hook", "create_app"]
 

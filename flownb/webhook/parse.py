@@ -21,7 +21,8 @@ import functools
 import hashlib
 import hmac
 import time
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson

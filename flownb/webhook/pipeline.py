@@ -40,7 +40,8 @@ from ..flow import Flow
 from ..runtime.ingress import Accepted, Backpressure, Ingest, Unavailable
 from .parse import HttpError, parse_body, public_headers, query_dict, verify_signature
 
-__all__ = ["MAX_HEADERS", "MAX_HEADER_BYTES", "MAX_HEAD_BYTES", "MAX_URL", "MIN_TOKEN", "BodyLimit", "Hook", "Reply", "RequestHead", "accept",
+__all__ = ["MAX_HEADERS", "MAX_HEADER_BYTES", "MAX_HEAD_BYTES", "MAX_URL", "MIN_TOKEN", "BodyLimit", "Hook", "Reply",
+           "RequestHead", "accept",
            "admit", "error_reply", "read_secrets", "webhook_config"]
 
 MAX_URL = 8192      # path + query, bytes (414 above)

@@ -54,7 +54,7 @@ def test_catchup_emits_each_missed_time_across_dst(trigger_runner):
 
 
 def test_no_catchup_and_max_catchup(trigger_runner):
-    start = dt.datetime(2024, 1, 1, 0, 0, tzinfo=dt.timezone.utc)
+    start = dt.datetime(2024, 1, 1, 0, 0, tzinfo=dt.UTC)
     latest, clock = runner_at(trigger_runner, start, cron="*/10 * * * *", catchup=False)
     capped, clock2 = runner_at(trigger_runner, start, cron="*/10 * * * *", max_catchup=2)
     s1, s2 = latest.poll({})[2], capped.poll({})[2]
@@ -73,7 +73,7 @@ def test_real_clock_every_second(trigger_runner):
     msgs, _, state = runner.poll(state)
     assert len(msgs) == 1
     fired = dt.datetime.fromisoformat(msgs[0].body["scheduled_for"])
-    assert fired.microsecond == 0 and abs((dt.datetime.now(dt.timezone.utc) - fired).total_seconds()) < 1.5
+    assert fired.microsecond == 0 and abs((dt.datetime.now(dt.UTC) - fired).total_seconds()) < 1.5
 
 
 @pytest.mark.parametrize("config, match", [

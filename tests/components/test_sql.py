@@ -472,7 +472,7 @@ def test_poll_converts_uuid_bytes_timedelta_and_time_zones_on_postgres(trigger_r
         [body] = [m.body for m in msgs]
         assert body == {"id": 1, "u": "12345678-1234-5678-1234-567812345678", "b": "AP9iaW4=",
                         "d": 93600.5, "ts": body["ts"], "day": "2024-05-01", "amount": 2.5, "whole": 7}
-        assert dt.datetime.fromisoformat(body["ts"]) == dt.datetime(2024, 5, 1, 8, tzinfo=dt.timezone.utc)
+        assert dt.datetime.fromisoformat(body["ts"]) == dt.datetime(2024, 5, 1, 8, tzinfo=dt.UTC)
         assert dt.datetime.fromisoformat(body["ts"]).utcoffset() is not None  # the offset is kept
         assert (state["cursor"], state["cursor_type"]) == ("12345678-1234-5678-1234-567812345678", "uuid")
         assert runner.poll(state)[0] == []  # the uuid cursor compares like with like

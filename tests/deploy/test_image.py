@@ -37,7 +37,8 @@ def test_image_builds_offline_and_runs_as_non_root_without_compilers(base_image,
         assert client.images.get(tag).attrs["Config"]["User"] == "10001:10001"
         report = _run(tag, "id -u; for c in gcc cc g++ clang make; do command -v $c || true; done; "
                            "python -c 'import flownb.runtime.amqp.worker, flownb.webhook, sys; "
-                           "print(sorted(m for m in (\"pandas\", \"papermill\", \"ipywidgets\") if m in sys.modules))'; "
+                           "print(sorted(m for m in (\"pandas\", \"papermill\", \"ipywidgets\") "
+                           "if m in sys.modules))'; "
                            "pip list 2>/dev/null | grep -ciE '^(pandas|papermill|ipywidgets|jupyterlab) ' || true; "
                            "head -3 /app/flow.yaml; flownb worker --help >/dev/null && echo worker-ok")
         lines = report.split()

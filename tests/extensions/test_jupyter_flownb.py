@@ -59,7 +59,7 @@ def _play_kernel(jupyter, monkeypatch) -> str:
 
 
 def test_a_real_http_call_reaches_the_flow_the_kernel_is_testing(jupyter, tmp_path, monkeypatch):
-    from jupyter_flownb import served_flows, serve_in_jupyter, stop_serving
+    from jupyter_flownb import serve_in_jupyter, served_flows, stop_serving
 
     token = _play_kernel(jupyter, monkeypatch)
     flow = _flow(tmp_path)
@@ -243,12 +243,13 @@ def test_scheduler_inside_the_server(tmp_path, jupyter_flownb_installed):
 def test_a_flow_with_hmac_secret_refuses_unsigned_requests(jupyter, tmp_path, monkeypatch):
     """The bug: the extension queued unsigned requests (202) for a flow whose trigger requires an HMAC
     signature, where ``flownb run --port`` answers 401. The hook must apply the flow's own checks."""
+    from jupyter_flownb import serve_in_jupyter, stop_serving
+
     from flownb.message import Message
     from flownb.runtime.local import QueueStore
     from flownb.webhook import sign
-    from jupyter_flownb import serve_in_jupyter, stop_serving
 
-    token, secret = _play_kernel(jupyter, monkeypatch), uuid.uuid4().hex
+    _token, secret = _play_kernel(jupyter, monkeypatch), uuid.uuid4().hex
     # the server was started before these were set: only the kernel (this process) has them
     monkeypatch.setenv("NB_HOOK_SECRET", secret)
     name = f"signed-{uuid.uuid4().hex[:8]}"
@@ -305,8 +306,9 @@ def _signed_flow(name: str) -> flownb.Flow:
 def test_a_kernel_without_the_secret_cannot_register_a_signed_flow(
     tmp_path, monkeypatch, jupyter_flownb_installed
 ):
-    from flownb.errors import ConfigError
     from jupyter_flownb import serve_in_jupyter, served_flows
+
+    from flownb.errors import ConfigError
 
     monkeypatch.setenv("NB_HOOK_TOKEN", uuid.uuid4().hex)
     monkeypatch.delenv("NB_HOOK_SECRET_UNSET", raising=False)

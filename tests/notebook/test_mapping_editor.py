@@ -44,7 +44,7 @@ def test_broken_expression_shows_position_and_keeps_other_fields(sample):
     assert list(ed.preview.columns) == ["total", "_error"]
     assert "1 field with errors" in ed.summary.value
     with pytest.raises(flownb.ExpressionError) as info:
-        ed.mapping
+        _ = ed.mapping
     assert info.value.position is not None and info.value.field == "email"
 
 
@@ -56,7 +56,7 @@ def test_an_unknown_function_is_named_once_at_its_field_not_on_every_row(sample)
     assert not ed.preview["_error"].fillna("").astype(str).str.contains("lowercas").any()
     assert "1 field with errors" in ed.summary.value
     with pytest.raises(flownb.ExpressionError, match=r"unknown function '\$lowercas'") as info:
-        ed.mapping
+        _ = ed.mapping
     assert (info.value.field, info.value.position) == ("email", 0)
 
 

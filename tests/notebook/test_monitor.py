@@ -16,7 +16,6 @@ from flownb.runtime.amqp import names
 from flownb.runtime.amqp.topology import ERROR_HEADER, declare_flow
 from flownb.runtime.core import ErrorInfo
 
-
 BROKER = "amqp://guest:guest@127.0.0.1:5672/"
 
 

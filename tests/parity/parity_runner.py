@@ -538,8 +538,8 @@ def _metric(port: int, name: str, step: str) -> float:
 def run_amqp(env: Env) -> Raw:
     from flownb.message import Message
     from flownb.runtime.amqp import names
-    from flownb.runtime.amqp.step_worker import PERSISTENT
     from flownb.runtime.amqp.dlq import AmqpDeadLetters
+    from flownb.runtime.amqp.step_worker import PERSISTENT
     from flownb.runtime.amqp.topology import connect, declare_flow
 
     flow = (env.flow().model_copy(update={"name": env.flow_name})
@@ -603,7 +603,7 @@ def _delete_topology(conn, flow: Flow, queues: dict) -> None:
         ch.exchange_delete(names.exchange(flow.name))
     except (pika.exceptions.AMQPError, OSError) as exc:
         import warnings
-        warnings.warn(f"parity: could not delete the RabbitMQ queues of flow '{flow.name}': {exc!r}")
+        warnings.warn(f"parity: could not delete the RabbitMQ queues of flow '{flow.name}': {exc!r}", stacklevel=2)
     finally:
         try:
             conn.close()

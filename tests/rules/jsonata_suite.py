@@ -115,7 +115,7 @@ def same(x: Any, y: Any) -> bool:
     if tx in (int, float) and ty in (int, float):
         return x == y
     if tx is list and ty is list:
-        return len(x) == len(y) and all(same(a, b) for a, b in zip(x, y))
+        return len(x) == len(y) and all(same(a, b) for a, b in zip(x, y, strict=True))
     if tx is dict and ty is dict:
         return x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
     return tx is ty and x == y
@@ -228,7 +228,7 @@ def cross_check(cases: list[Case] | None = None) -> list[tuple]:
             continue
         if expr.engine != "compiled":
             continue
-        for i, (data, payload) in enumerate(zip(inputs, payloads)):
+        for i, (data, payload) in enumerate(zip(inputs, payloads, strict=True)):
             try:
                 r = ref.evaluate_json_or_none(payload)
                 theirs = ("ok", UNDEFINED if r is None else orjson.loads(r))
@@ -257,7 +257,7 @@ class Report:
     guarded: set  # ids of the timelimit/depth cases
 
     def ids(self, outcomes: list[Outcome], status: str = "pass") -> set[str]:
-        return {c.id for c, o in zip(self.cases, outcomes) if o.status == status}
+        return {c.id for c, o in zip(self.cases, outcomes, strict=True) if o.status == status}
 
     def counts(self) -> dict:
         compiled = [o for o in self.flownb if o.engine == "compiled"]
@@ -307,7 +307,7 @@ def known(report: Report) -> dict:
     import jsonatapy
 
     def fails(outcomes):
-        return {c.id: o.detail for c, o in zip(report.cases, outcomes) if o.status == "fail"}
+        return {c.id: o.detail for c, o in zip(report.cases, outcomes, strict=True) if o.status == "fail"}
 
     return {"jsonatapy_version": jsonatapy.__version__, "jsonatapy_failures": fails(report.jsonatapy),
             "flownb_failures": fails(report.flownb)}
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run_all()
     if args.failures:
         for name, outcomes in (("jsonatapy", report.jsonatapy), ("flownb", report.flownb)):
-            for c, o in zip(report.cases, outcomes):
+            for c, o in zip(report.cases, outcomes, strict=True):
                 if o.status == "fail":
                     print(f"{name:9} {o.engine:9} {c.id}: {c.expr[:80]!r}: {o.detail}")
         print()

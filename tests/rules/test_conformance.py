@@ -88,7 +88,7 @@ def same(x, y) -> bool:
     if isinstance(x, (int, float)) and isinstance(y, (int, float)):
         return math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
     if isinstance(x, list) and isinstance(y, list):
-        return len(x) == len(y) and all(same(a, b) for a, b in zip(x, y))
+        return len(x) == len(y) and all(same(a, b) for a, b in zip(x, y, strict=True))
     if isinstance(x, dict) and isinstance(y, dict):
         return list(x) == list(y) and all(same(x[k], y[k]) for k in x)
     return type(x) is type(y) and x == y

@@ -18,8 +18,7 @@ import yaml
 
 from flownb import Flow
 from flownb.errors import EvaluationTimeout, FatalError
-from flownb.rules import EvaluationError, Mapping, compile
-from flownb.rules import _deadline
+from flownb.rules import EvaluationError, Mapping, _deadline, compile
 
 FLOWNB = str(Path(sys.executable).parent / "flownb")
 
@@ -245,7 +244,7 @@ def test_each_gives_one_result_per_item_in_order():
     items = list(range(300))
     out = _deadline.each(0.05, fn, items, lambda: "late")
     assert len(out) == 300
-    for x, v in zip(items, out):
+    for x, v in zip(items, out, strict=True):
         if x % 50 == 7:
             assert v == "late"
         elif x % 50 == 9:

@@ -32,7 +32,8 @@ def report() -> suite.Report:
 
 
 def _fails(report, outcomes):
-    return {c.id: (c.expr, o.engine, o.detail) for c, o in zip(report.cases, outcomes) if o.status == "fail"}
+    return {c.id: (c.expr, o.engine, o.detail) for c, o in zip(report.cases, outcomes, strict=True)
+            if o.status == "fail"}
 
 
 def test_the_vendored_suite_is_complete(report):
@@ -52,7 +53,7 @@ def test_every_case_jsonatapy_passes_flownb_passes(report):
 
 
 def test_the_compiled_engine_never_differs_where_jsonatapy_is_right(report):
-    wrong = {c.id: (c.expr, o.detail) for c, o, ref in zip(report.cases, report.flownb, report.jsonatapy)
+    wrong = {c.id: (c.expr, o.detail) for c, o, ref in zip(report.cases, report.flownb, report.jsonatapy, strict=True)
              if o.engine == "compiled" and not o.passed and ref.passed}
     assert not wrong, wrong
     compiled = [o for o in report.flownb if o.engine == "compiled"]
@@ -91,9 +92,9 @@ def test_guarded_cases_pass_on_flownb_with_its_deadline(report):
     U1001), and they all pass. jsonatapy's own timeout and max_stack_depth (D1012/D1011) play that
     part for jsonatapy alone (informational)."""
     assert len(report.guarded) == 11
-    flownb = {c.id: o for c, o in zip(report.cases, report.flownb) if c.id in report.guarded}
+    flownb = {c.id: o for c, o in zip(report.cases, report.flownb, strict=True) if c.id in report.guarded}
     assert all(o.passed for o in flownb.values()), {k: o.detail for k, o in flownb.items() if not o.passed}
-    ja = [o for c, o in zip(report.cases, report.jsonatapy) if c.id in report.guarded]
+    ja = [o for c, o in zip(report.cases, report.jsonatapy, strict=True) if c.id in report.guarded]
     assert all(o.status in ("pass", "fail") for o in ja)
 
 

@@ -178,7 +178,7 @@ def test_preview_matches_row_by_row_evaluation():
     assert "field 'total': T2002" in errors[5] and "field 'num': D3030" in errors[5]  # errors add up
     assert out.loc["a", "num"] == 31 and out.loc["b", "num"] == 12
     assert out.loc["f", "kept"] == [3, 1.5, 4] and out.loc["c", "tags"] == ["x", ["y"]]
-    assert m.errors == [{"row": r, "error": e} for r, e in zip("abcdef", errors) if e is not None]
+    assert m.errors == [{"row": r, "error": e} for r, e in zip("abcdef", errors, strict=True) if e is not None]
 
 
 def test_preview_errors_on_first_last_and_consecutive_rows():

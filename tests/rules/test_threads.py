@@ -101,7 +101,7 @@ def test_expressions_compiled_on_one_thread_evaluated_concurrently_from_four(no_
             start.wait()
             rows = datasets[seed]
             for _ in range(iterations):
-                for d, want in zip(rows, expected[seed]):
+                for d, want in zip(rows, expected[seed], strict=True):
                     got = [_outcome(e, d) for e in exprs]
                     if got != want:
                         failures.append((seed, d, got, want))

@@ -53,7 +53,8 @@ BEFORE_KILL = 6       # chunks added while the first process runs
 DURING_DOWNTIME = 1   # chunks added while nothing runs
 FEED_EVERY = 0.2      # seconds between chunks
 KILL_AT = 600         # kill once this many rows are in the upsert sink (and fewer than TOTAL)
-SLOW_MS = 4.0         # the python step sleeps this long per message (1,500 rows: 6 s, so the kill lands mid-flow on a loaded CI machine)
+# the python step sleeps this long per message (1,500 rows: 6 s, so the kill lands mid-flow on a loaded CI machine)
+SLOW_MS = 4.0
 DEADLINE = 120.0      # seconds for every row to arrive after the restart
 
 #: a mapping rule per engine; ``{f}`` is the source field carrying the row's identity

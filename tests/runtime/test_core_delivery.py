@@ -3,9 +3,9 @@ same on the embedded runtime as on RabbitMQ (tests/runtime/amqp/test_core_delive
 
 from __future__ import annotations
 
+import delivery_components  # noqa: F401  (registers deliverytest.*)
 import pytest
 
-import delivery_components  # noqa: F401  (registers deliverytest.*)
 import flownb
 from flownb.message import Message
 from flownb.runtime.core import Route, StepRunner

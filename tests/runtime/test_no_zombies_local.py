@@ -10,7 +10,6 @@ import sqlite3
 import time
 
 import pytest
-
 from zombie_flows import Proc, assert_crashed_with_70, flow
 
 pytestmark = [pytest.mark.integration]
@@ -71,8 +70,9 @@ def test_webhook_server_answers_503_then_exits_70_when_its_runtime_thread_dies(t
     import urllib.error
     import urllib.request
 
-    import flownb
     from zombie_flows import CRASH_SOURCE
+
+    import flownb
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

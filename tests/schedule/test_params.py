@@ -1,8 +1,8 @@
 import pytest
 
 from flownb.errors import ParameterError
-from flownb.schedule import add_schedule
 from flownb.params import coerce_all, inspect
+from flownb.schedule import add_schedule
 
 
 def test_parameters_cell_is_read_with_types(params_nb):
@@ -19,7 +19,8 @@ def test_parameters_cell_is_read_with_types(params_nb):
 
 
 def test_strings_from_the_command_line_get_the_parameter_types(params_nb):
-    assert coerce_all(inspect(params_nb), {"n": "7", "rate": "2", "fail": "yes", "label": "x"}, source="the notebook") == {
+    given = {"n": "7", "rate": "2", "fail": "yes", "label": "x"}
+    assert coerce_all(inspect(params_nb), given, source="the notebook") == {
         "n": 7,
         "rate": 2.0,
         "fail": True,

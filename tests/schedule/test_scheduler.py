@@ -156,7 +156,7 @@ def test_catchup_all_runs_every_missed_one_in_order_without_overlap(store, param
     runs = sorted(store.history(name), key=lambda r: r.started_at)
     assert [r.planned_for for r in runs] == [base + 60, base + 120, base + 180]
     assert {r.status for r in runs} == {"ok"} and {r.trigger for r in runs} == {"catchup"}
-    for a, b in zip(runs, runs[1:]):
+    for a, b in zip(runs, runs[1:], strict=False):
         assert a.finished_at <= b.started_at
 
 

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 from flownb.flow import Flow
 from flownb.message import Message
 from flownb.runtime.amqp.ingress import AmqpIngest

@@ -11,7 +11,8 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pika
@@ -71,7 +72,7 @@ class ServerThread:
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> ServerThread:
         self.thread.start()
         deadline = time.monotonic() + 20
         while not self.server.started:
@@ -192,7 +193,7 @@ class TcpProxy:
         self.writers.clear()
         await self.server.wait_closed()
 
-    def start(self) -> "TcpProxy":
+    def start(self) -> TcpProxy:
         if not self.thread.is_alive():
             self.thread.start()
         self._call(self._start())

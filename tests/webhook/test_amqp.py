@@ -14,8 +14,8 @@ import pytest
 
 from flownb.flow import Flow, step
 from flownb.runtime.amqp import names
-from flownb.runtime.amqp.step_worker import StepWorker
 from flownb.runtime.amqp.ingress import AmqpIngest
+from flownb.runtime.amqp.step_worker import StepWorker
 from flownb.runtime.amqp.worker import run_workers
 
 from .conftest import BROKER, TcpProxy, amqp_delete, amqp_drain, make_flow, serve_hook
@@ -99,7 +99,7 @@ def test_bodies_across_frames_and_unicode_arrive_whole(flow_env):
         assert [r.status_code for r in responses] == [202] * 6
         got = {m.id: m for m in amqp_drain(flow)}
         assert sorted(got) == sorted(r.json()["id"] for r in responses)
-        for r, b in zip(responses, bodies):
+        for r, b in zip(responses, bodies, strict=True):
             m = got[r.json()["id"]]
             assert m.body["text"] == b["text"] and m.body["tail"] == b["tail"]
 

@@ -94,7 +94,8 @@ def test_run_cli_serves_sync_and_async_on_the_embedded_runtime(tmp_path):
             (tmp_path / mode).mkdir()
             spec = flow.save(tmp_path / f"{mode}.yaml")
             port = free_port()
-            procs.append((start_cli(["run", str(spec), "--state-dir", str(tmp_path / mode / "state")], env, port, within=30), port))
+            args = ["run", str(spec), "--state-dir", str(tmp_path / mode / "state")]
+            procs.append((start_cli(args, env, port, within=30), port))
         (_, sync_port), (_, async_port) = procs
         with httpx.Client(timeout=30) as client:
             r = client.post(f"http://127.0.0.1:{sync_port}/hooks/{flows['sync'].name}/{token}?x=1", json={"q": "hi"})

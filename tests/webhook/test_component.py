@@ -7,7 +7,8 @@ import hmac
 import time
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from flownb.components.webhook import Webhook, WebhookConfig, parse_size
 from flownb.errors import ConfigError, SpecError

@@ -295,7 +295,7 @@ class HookNotFound(_NoTokenInLogs, tornado.web.RequestHandler):
 
 
 class _Api(APIHandler):
-    def initialize(self, ext: "Extension") -> None:
+    def initialize(self, ext: Extension) -> None:
         self.ext = ext
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:

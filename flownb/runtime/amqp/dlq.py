@@ -9,7 +9,7 @@ its message id. Listing reads every message with ``basic.get`` and returns them 
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import orjson
 import pika.exceptions

@@ -108,7 +108,7 @@ class AmqpIngest:
         self._task = asyncio.create_task(self._keep_connected(), name=f"flownb-webhook-amqp-{self.flow}")
         try:
             await asyncio.wait_for(self._connected.wait(), self.connect_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("webhook %s: RabbitMQ not reachable yet (%s); answering 503 until it is",
                         self.flow, self.last_error)
 

@@ -199,7 +199,8 @@ class PublisherChannel(Protocol):
 
 def supported(channel: aiormq.abc.AbstractChannel) -> TypeGuard[PublisherChannel]:
     """Whether this aiormq channel has the internals the publisher relies on (else use basic_publish)."""
-    frame_fields = {f.name for f in dataclasses.fields(ChannelFrame)} if dataclasses.is_dataclass(ChannelFrame) else set()
+    frame_fields = ({f.name for f in dataclasses.fields(ChannelFrame)} if dataclasses.is_dataclass(ChannelFrame)
+                    else set())
     return {"payload", "should_close"} <= frame_fields and all(
         hasattr(channel, a) for a in ("confirmations", "message_id_delivery_tag", "delivery_tag", "write_queue",
                                       "create_future", "max_content_size", "number"))

@@ -11,7 +11,8 @@ The dead letters not chosen return to their queue when the connection closes.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import pika.exceptions
 
@@ -19,8 +20,8 @@ from ...errors import BrokerError, SpecError
 from ...flow import Flow
 from ...message import Message
 from . import names
-from .publish import PERSISTENT
 from .dlq import AmqpDeadLetters
+from .publish import PERSISTENT
 from .topology import connect, declare_flow
 
 __all__ = ["replay_edited"]

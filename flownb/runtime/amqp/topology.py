@@ -18,7 +18,8 @@ Per flow: a durable direct exchange ``flownb.<flow>``. Per action step:
 These queues are **classic** queues by default (``FLOWNB_QUEUE_TYPE``, default ``classic``: one
 local broker for development and tests, exact length limits, light to create and delete) and
 **quorum** queues in exported deployments (compose, Kubernetes and ``flownb deploy`` set
-``FLOWNB_QUEUE_TYPE=quorum``): replicated, and poison messages are detected — the broker counts the deliveries of each message
+``FLOWNB_QUEUE_TYPE=quorum``): replicated, and poison messages are detected — the broker counts the deliveries of
+each message
 (``x-delivery-count``), which the worker hands to ``StepRunner.run_payloads(deliveries=...)``; the
 delay queues dead-letter ``at-least-once`` (the expired retry stays in its delay queue until the
 ready queue has confirmed it).

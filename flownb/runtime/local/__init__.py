@@ -10,9 +10,9 @@ from __future__ import annotations
 from ...errors import QueueFull
 from .cli import print_summary, run_cli
 from .dlq import LocalDeadLetters
+from .flow_test import TestResult, test_flow
 from .runtime import LocalRuntime, RunSummary, StepStats, VirtualClock
 from .store import QueueStore
-from .flow_test import TestResult, test_flow
 
 __all__ = ["LocalRuntime", "LocalDeadLetters", "TestResult", "test_flow", "run_cli", "print_summary",
            "RunSummary", "StepStats", "VirtualClock", "QueueStore", "QueueFull"]

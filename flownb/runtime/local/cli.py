@@ -24,9 +24,10 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ...errors import FlownbError, RuntimeFailure
 from ...flow import Flow
@@ -107,7 +108,8 @@ def print_summary(summary: RunSummary, console=None, dlq_command: str | None = N
 
 @contextmanager
 def _progress(runtime: LocalRuntime, console) -> Iterator[Progress]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bar
     bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
               console=console, transient=True)
     total = runtime.stats[runtime.flow.trigger.name].outputs or None
@@ -198,7 +200,7 @@ def run_cli(flow: Flow, args: Any) -> int:
                     cron = flow.trigger.config.get("cron")
                     what = (f"'{flow.trigger.name}' ({flow.trigger.component}) on cron '{cron}'" if cron else
                             f"polling '{flow.trigger.name}' ({flow.trigger.component}) every "
-                            f"{format_duration(runtime.trigger.component.interval)}")
+                            f"{format_duration(float(getattr(runtime.trigger.component, 'interval', 60.0)))}")
                     console.print(_banner(flow, args, what), soft_wrap=True, highlight=False)
                     console.file.flush()  # a pipe (| tee, a log collector) sees it now, not at exit
                 summary = runtime.run(stop_event=stop)

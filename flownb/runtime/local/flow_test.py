@@ -12,9 +12,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...components.base import Action, Context
 from ...errors import SpecError, did_you_mean
 from ...flow import Flow
-from ...components.base import Action, Context
 from ...records import to_records
 from ..core import DeadLetter
 from .runtime import LocalRuntime, VirtualClock

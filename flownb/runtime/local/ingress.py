@@ -20,8 +20,9 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ...errors import ConfigError, FlownbError, MessageError, QueueFull, RuntimeFailure, StorageFull
 from ...flow import Flow
@@ -169,7 +170,7 @@ class LocalIngest:
             log.exception("webhook: queueing %d request(s) failed", len(batch))
             results = [Unavailable(f"the local queue cannot be written: {type(exc).__name__}: {exc}")] * len(batch)
         settled = [(fut, _translate(r) if isinstance(r, BaseException) else r)
-                   for (_b, _h, fut), r in zip(batch, results)]
+                   for (_b, _h, fut), r in zip(batch, results, strict=True)]
         if settled:  # one wake-up of the event loop for the whole batch
             settled[0][0].get_loop().call_soon_threadsafe(_settle, settled)
 

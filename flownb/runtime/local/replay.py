@@ -6,8 +6,9 @@ duplicate either."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ...errors import MessageError, SpecError
 from ...flow import Flow

@@ -18,13 +18,14 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import orjson
 
-from ...errors import FlownbError, MessageError, QueueFull, RuntimeFailure, StorageFull
+from ...errors import FlownbError, MessageError, QueueFull, RuntimeFailure, StateError, StorageFull
 from ...flow import Flow
 from ...message import Message
 from ..core import DeadLetter, ErrorInfo, Outcome, Route, StepRunner, TriggerRunner, undecodable
@@ -189,14 +190,16 @@ class LocalRuntime:
         self.log = logger or log
         self.steps = [s.name for s in self.flow.steps]
         self._first = self.steps[0] if self.steps else None
-        self._next = dict(zip(self.steps, [*self.steps[1:], None]))
+        self._next = dict(zip(self.steps, [*self.steps[1:], None], strict=True))
         self.trigger = TriggerRunner(self.flow, state_dir=self.state_dir)
         self.runners: dict[str, StepRunner] = {}
         for name in self.steps:
             self.runners[name] = StepRunner(self.flow, name, state_dir=self.state_dir)
-        self._lock_file = None if memory else _lock(self.state_dir, self.flow.name)
+        if not memory and self.state_dir is None:
+            raise StateError("a state directory is needed (or memory=True for an in-memory run)")
+        self._lock_file = None if self.state_dir is None or memory else _lock(self.state_dir, self.flow.name)
         try:
-            self.store = QueueStore(None) if memory else \
+            self.store = QueueStore(None) if memory or self.state_dir is None else \
                 open_state(self.state_dir, self.flow.name, reset=reset_state)
         except BaseException:
             self._unlock()
@@ -227,7 +230,7 @@ class LocalRuntime:
         self._unclaim: list[int] = []
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def __enter__(self) -> "LocalRuntime":
+    def __enter__(self) -> LocalRuntime:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -440,21 +443,27 @@ class LocalRuntime:
             if route is Route.FORWARD or route is Route.FILTERED:
                 done.append(rid)
                 outputs.extend(o.payloads)
-            elif route is Route.RETRY:
-                retries.append((now + o.retry_after, attempt + 1, rid))
+                continue
+            err = o.error
+            assert err is not None  # a retry or a dead letter always carries its error (Outcome.route)
+            if route is Route.RETRY:
+                after = o.retry_after or 0.0
+                retries.append((now + after, attempt + 1, rid))
                 self.log.info("step '%s': attempt %d failed (%s: %s); retry in %.2fs", name,
-                              attempt, o.error.type, o.error.message, o.retry_after)
+                              attempt, err.type, err.message, after)
             else:
                 done.append(rid)
-                dead.append((name, attempt, payload, orjson.dumps(o.error.to_dict())))
+                dead.append((name, attempt, payload, orjson.dumps(err.to_dict())))
                 died.append((o, attempt))
         self.store.commit_batch(next_step=self._next[name], now=now, done=done, outputs=outputs,
                                 retries=retries, dead=dead)
         st = self.stats[name]
         for o, attempt in died:  # the first of each kind per step is a WARNING; the summary counts the rest
-            (self.log.warning if st.count_dead(o.error) else self.log.debug)(
+            err = o.error
+            assert err is not None
+            (self.log.warning if st.count_dead(err) else self.log.debug)(
                 "step '%s': message %s dead-lettered after attempt %d: %s: %s", name,
-                o.message.id, attempt, o.error.type, o.error.message)
+                o.message.id, attempt, err.type, err.message)
         st.inputs += len(rows)
         st.outputs += len(outputs)
         st.retried += len(retries)

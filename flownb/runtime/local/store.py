@@ -41,9 +41,9 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import orjson
 
@@ -303,7 +303,7 @@ class QueueStore:
 
     def commit_poll(self, trigger: str, first_step: str | None, payloads: Sequence[bytes],
                     state: dict, next_at: float, now: float,
-                    dead: Sequence[tuple[str, int, bytes, str]] = ()) -> None:
+                    dead: Sequence[tuple[str, int, bytes, bytes | str]] = ()) -> None:
         """One transaction: the poll's messages, its dead letters (step, attempt, payload, error:
         records that cannot become messages) and the trigger's new state."""
         with self.transaction("nothing was queued, the cursor did not move") as c:
@@ -326,7 +326,8 @@ class QueueStore:
     def dead_rows(self, step: str | None = None, ids: Sequence[int] | None = None) -> list[tuple]:
         """(id, step, attempt, payload, error) rows, oldest first."""
         sql = "SELECT id, step, attempt, payload, error FROM dead"
-        where, args = [], []
+        where: list[str] = []
+        args: list[str | int] = []
         if step is not None:
             where.append("step=?")
             args.append(step)
@@ -395,7 +396,7 @@ def _valid_db(path: Path) -> str | None:
 
 def reset_state(state_dir: Path, flow: str) -> Path | None:
     """Move ``<flow>.db*`` and the marker aside into ``<flow>.reset-<time>/``; return that folder."""
-    files = [p for p in state_dir.glob(f"{flow}.db*")] + [p for p in [_marker(state_dir, flow)] if p.exists()]
+    files = list(state_dir.glob(f"{flow}.db*")) + [p for p in [_marker(state_dir, flow)] if p.exists()]
     if not files:
         return None
     aside = state_dir / f"{flow}.reset-{time.strftime('%Y%m%dT%H%M%S')}"

@@ -20,8 +20,8 @@ import pytest
 import flownb
 from flownb.message import Message
 from flownb.runtime.amqp import names
-from flownb.runtime.amqp.step_worker import PERSISTENT, StepWorker
 from flownb.runtime.amqp.dlq import AmqpDeadLetters
+from flownb.runtime.amqp.step_worker import PERSISTENT, StepWorker
 from flownb.runtime.amqp.topology import connect, declare_flow, queue_depths
 from flownb.runtime.amqp.trigger import TriggerWorker, read_state
 from flownb.runtime.amqp.worker import run_workers

@@ -96,10 +96,11 @@ class PrivateBroker:
     def stop(self) -> None:
         self._script("stop", self.name)
 
-    def join(self, other: "PrivateBroker") -> None:
+    def join(self, other: PrivateBroker) -> None:
         p = self._script("join", self.name, other.name)
         if p.returncode != 0:
-            raise RuntimeError(f"scripts/rabbit-node join {self.name} {other.name}: {p.returncode}\n{p.stdout}{p.stderr}")
+            raise RuntimeError(f"scripts/rabbit-node join {self.name} {other.name}: {p.returncode}\n"
+                               f"{p.stdout}{p.stderr}")
 
     def ctl(self, *args: str, timeout: float = 120) -> str:
         """``rabbitmqctl -n NAME@localhost -q ARGS`` for this node; its output."""

@@ -11,13 +11,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 import delivery_components  # noqa: E402,F401  (registers deliverytest.*)
+from amqp_components import wait_for  # noqa: E402
 
 import flownb  # noqa: E402
-from amqp_components import wait_for  # noqa: E402
 from flownb.message import Message  # noqa: E402
 from flownb.runtime.amqp import names  # noqa: E402
-from flownb.runtime.amqp.step_worker import PERSISTENT  # noqa: E402
 from flownb.runtime.amqp.dlq import AmqpDeadLetters  # noqa: E402
+from flownb.runtime.amqp.step_worker import PERSISTENT  # noqa: E402
 from flownb.runtime.amqp.topology import connect, declare_flow, queue_depths  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]

@@ -77,7 +77,7 @@ def test_sigkilled_worker_loses_nothing(broker, running, tmp_path):
     proc = spawn(spec, "work", broker)
     try:
         for k in range(kills):
-            wait_for(lambda: sink_counts(db)[0] >= (k + 1) * total // (kills + 2), timeout=120,
+            wait_for(lambda k=k: sink_counts(db)[0] >= (k + 1) * total // (kills + 2), timeout=120,
                      what=f"progress before kill {k + 1}")
             assert proc.signal(signal.SIGKILL) == -signal.SIGKILL
             proc = spawn(spec, "work", broker)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from amqp_components import sink_counts, wait_for
 
 import flownb
-from amqp_components import sink_counts, wait_for
 from flownb.runtime.amqp import names
 from flownb.runtime.amqp.topology import connect, queue_depths
 from flownb.runtime.amqp.trigger import read_state

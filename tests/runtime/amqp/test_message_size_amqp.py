@@ -5,13 +5,13 @@ lose its channel and redeliver for ever — and smaller outputs flow on."""
 from __future__ import annotations
 
 import pytest
+from amqp_components import wait_for
 
 import flownb
-from amqp_components import wait_for
 from flownb.message import Message
 from flownb.runtime.amqp import names
-from flownb.runtime.amqp.step_worker import PERSISTENT
 from flownb.runtime.amqp.dlq import AmqpDeadLetters
+from flownb.runtime.amqp.step_worker import PERSISTENT
 from flownb.runtime.amqp.topology import connect, declare_flow, queue_depths
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq, pytest.mark.slow]

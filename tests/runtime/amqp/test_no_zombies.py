@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
+from amqp_components import wait_for  # noqa: E402
 from zombie_flows import Proc, assert_crashed_with_70, flow  # noqa: E402
 
-from amqp_components import wait_for  # noqa: E402
 from flownb.message import Message  # noqa: E402
 from flownb.runtime.amqp import names  # noqa: E402
-from flownb.runtime.amqp.step_worker import PERSISTENT, StepWorker  # noqa: E402
 from flownb.runtime.amqp.metrics import serve  # noqa: E402
+from flownb.runtime.amqp.step_worker import PERSISTENT, StepWorker  # noqa: E402
 from flownb.runtime.amqp.topology import connect, declare_flow, queue_depths  # noqa: E402
 from flownb.runtime.health import HEALTH  # noqa: E402
 

@@ -4,16 +4,15 @@ relies on being there for the installed versions."""
 
 from __future__ import annotations
 
+import asyncio
+
+import aiormq
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pamqp import commands, frame
 from pamqp.header import ContentHeader
-
-import asyncio
-
-import aiormq
-import orjson
 
 from flownb.runtime.amqp.publish import (
     PERSISTENT,

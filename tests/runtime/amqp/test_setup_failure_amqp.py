@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
+from amqp_components import wait_for  # noqa: E402
 from setup_flows import Listener, flow, free_port, trigger_flow  # noqa: E402
 
-from amqp_components import wait_for  # noqa: E402
 from flownb.message import Message  # noqa: E402
 from flownb.runtime.amqp import names  # noqa: E402
-from flownb.runtime.amqp.step_worker import PERSISTENT, StepWorker  # noqa: E402
 from flownb.runtime.amqp.metrics import add_readiness, serve  # noqa: E402
+from flownb.runtime.amqp.step_worker import PERSISTENT, StepWorker  # noqa: E402
 from flownb.runtime.amqp.topology import connect, declare_flow, queue_depths  # noqa: E402
 from flownb.runtime.health import HEALTH  # noqa: E402
 

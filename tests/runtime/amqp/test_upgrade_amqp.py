@@ -60,8 +60,9 @@ def test_a_worker_of_a_spec_that_renamed_a_step_refuses_while_the_old_queue_hold
     import sys
     from pathlib import Path
 
-    from flownb.runtime.amqp.topology import _count
     from amqp_components import wait_for
+
+    from flownb.runtime.amqp.topology import _count
     old, new = _flow("slow"), _flow("enrich")
     old_spec, new_spec = old.save(tmp_path / "old.yaml"), new.save(tmp_path / "new.yaml")
     exe = str(Path(sys.executable).with_name("flownb"))

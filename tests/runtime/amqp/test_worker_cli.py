@@ -10,9 +10,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from amqp_components import sink_counts, wait_for
 
 import flownb
-from amqp_components import sink_counts, wait_for
 from flownb.errors import BrokerError
 from flownb.runtime.amqp import names
 from flownb.runtime.amqp.topology import connect, declare_flow, queue_depths
