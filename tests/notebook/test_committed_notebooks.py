@@ -12,7 +12,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.i
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_no_kernel_warnings_or_errors_are_stored(path):
-    assert len(NOTEBOOKS) == 3
+    assert len(NOTEBOOKS) == 4
     nb = json.loads(path.read_text())
     bad = []
     for i, cell in enumerate(nb["cells"]):

@@ -190,7 +190,7 @@ class LocalRuntime:
         self.log = logger or log
         self.steps = [s.name for s in self.flow.steps]
         self._first = self.steps[0] if self.steps else None
-        self._next = dict(zip(self.steps, [*self.steps[1:], None], strict=True))
+        self._next = {s: (self.steps[i + 1] if i + 1 < len(self.steps) else None) for i, s in enumerate(self.steps)}
         self.trigger = TriggerRunner(self.flow, state_dir=self.state_dir)
         self.runners: dict[str, StepRunner] = {}
         for name in self.steps:
@@ -503,17 +503,21 @@ class LocalRuntime:
                     self.log.exception("final listener %r failed", cb)
 
     def drain_pass(self, progress: Progress | None = None, max_batches: int = 20) -> int:
-        """Process every step in order, each until its due messages are gone or ``max_batches``
-        batches are done (so a backlog does not starve later steps); return messages processed."""
+        """Process the steps round-robin, one batch of each per round, until a round moves nothing
+        or ``max_batches`` rounds are done: a backlog flows through the whole flow batch by batch,
+        so later steps are not starved and the queues between steps stay at about one batch (a
+        step drained to the end first would hold the whole backlog for the next one). Returns
+        the messages processed."""
         total = 0
-        for name in self.steps:
-            for _ in range(max_batches):
+        for _ in range(max_batches):
+            moved = 0
+            for name in self.steps:
                 if self._stop.is_set():
-                    return total
-                n = self.process_step(name, progress)
-                total += n
-                if n < self.batch_size:
-                    break
+                    return total + moved
+                moved += self.process_step(name, progress)
+            total += moved
+            if moved == 0:
+                break
         return total
 
     def drain(self, progress: Progress | None = None, retry_wait: float | None = None) -> RunSummary:

@@ -82,6 +82,10 @@ def test_sigkilled_worker_loses_nothing(broker, running, tmp_path):
             assert proc.signal(signal.SIGKILL) == -signal.SIGKILL
             proc = spawn(spec, "work", broker)
         wait_for(lambda: sink_counts(db)[0] == total, timeout=180, every=0.25, what="all 20,000 at the sink")
+        # the windows each kill returned run one at a time from the suspect queue (poison detection):
+        # the flow is at rest once they are done (they are repeats: the sink already has them)
+        wait_for(lambda: queue_depths(flow, broker)["work"] == {"ready": 0, "dead": 0, "retry": 0}, timeout=180,
+                 every=0.5, what="the step's queues empty (suspects processed)")
     finally:
         assert proc.signal(signal.SIGTERM) == 0, proc.log
     seen, deliveries = sink_counts(db)
