@@ -26,9 +26,9 @@ LAUNCH = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import runtimes; "
 pytestmark = pytest.mark.slow
 
 
-def _start(spec: Path, state: Path) -> subprocess.Popen:
+def _start(spec: Path, state: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", LAUNCH, str(HERE), "run", str(spec), "--state-dir",
-                             str(state), "--until-idle"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             str(state), "--until-idle", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def _kill_when(proc: subprocess.Popen, sink: Path, at_least: int, timeout: float = 60) -> int:
@@ -64,14 +64,19 @@ def test_kill_9_mid_run_then_rerun_delivers_every_row_once(flow_factory, tmp_pat
             dlq.close()
 
     seen = 0
+    dead_before: list[int] = []
     for kill in range(3):
         seen_now = _kill_when(_start(spec, state), sink, seen + 1000)
         assert seen_now < TOTAL - len(POISON)
         seen = seen_now
-        if kill >= 1:   # the retried poison rows died during the second run: they must survive kills
-            assert dead_ns() == POISON
+        dead_now = dead_ns()
+        # a poison row dead-lettered (after its retry) before a kill survives that kill and every later one
+        assert set(dead_before) <= set(dead_now) <= set(POISON), (dead_before, dead_now)
+        dead_before = dead_now
+    assert dead_before, "no poison row had died before the last kill: the survival check saw nothing"
 
-    proc = _start(spec, state)
+    # a poison row the killed runs had not reached yet dies in this run: accepted here, counted below
+    proc = _start(spec, state, "--allow-dead-letters")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()
     assert "dead letter(s) stored" in out.decode()
@@ -151,7 +156,8 @@ steps:
         seen = _count(db)
     expected = {f"A{i:06d}": float(1 + i % 4) * 2.5 for i in range(rows) if i % 10 and i not in poison}
     assert seen < len(expected)                      # the kills really were mid-way
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    # the poison rows the killed runs had not reached die in this one: accepted, counted below
+    r = subprocess.run([*cmd, "--allow-dead-letters"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     con = sqlite3.connect(db)
     got = dict(con.execute("select order_id, total from orders"))
