@@ -65,7 +65,7 @@ def test_kill_9_mid_run_then_rerun_delivers_every_row_once(flow_factory, tmp_pat
 
     seen = 0
     dead_before: list[int] = []
-    for kill in range(3):
+    for _ in range(3):
         seen_now = _kill_when(_start(spec, state), sink, seen + 1000)
         assert seen_now < TOTAL - len(POISON)
         seen = seen_now
