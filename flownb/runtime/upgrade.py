@@ -155,26 +155,30 @@ def local_depths(state_dir: Path, flow: str) -> dict[str, dict[str, int]] | None
 
 
 def _store_depths(store) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
+    out = {step: {"queued": n, "dead": 0} for step, n in store.depths().items()}
     with store.lock:
-        for step, n in store.conn.execute("SELECT step, count(*) FROM queue GROUP BY step"):
-            out.setdefault(step, {"queued": 0, "dead": 0})["queued"] = n
         for step, n in store.conn.execute("SELECT step, count(*) FROM dead GROUP BY step"):
             out.setdefault(step, {"queued": 0, "dead": 0})["dead"] = n
     return out
 
 
+def _stranding(held: dict[str, int], who: str, command: str) -> UpgradeError:
+    """The refusal of ``run``/``worker`` while ``held`` (step → messages) waits for steps the spec lacks;
+    ``who`` starts the sentence ("RabbitMQ holds messages of flow 'f'")."""
+    listing = ", ".join(f"'{s}': {n:,}" for s, n in sorted(held.items()))
+    return UpgradeError(
+        f"{who} for step(s) this spec does not have ({listing}); "
+        f"starting would strand them. If a step was renamed, move them with: flownb upgrade OLD.yaml "
+        f"{command} --rename OLD_NAME=NEW_NAME (see 'flownb plan OLD.yaml NEW.yaml'); or run the old spec "
+        f"until those queues are empty")
+
+
 def check_no_orphans(flow: Flow, store, command: str) -> None:
     """Refuse to run ``flow`` while ``store`` holds queued messages for steps it does not have."""
     steps = {s.name for s in flow.steps}
-    held = {s: d["queued"] for s, d in _store_depths(store).items() if s not in steps and d["queued"]}
+    held = {s: n for s, n in store.depths().items() if s not in steps and n}
     if held:
-        listing = ", ".join(f"'{s}': {n:,}" for s, n in sorted(held.items()))
-        raise UpgradeError(
-            f"the state of flow '{flow.name}' holds messages for step(s) this spec does not have ({listing}); "
-            f"running would strand them. If a step was renamed, move them with: flownb upgrade OLD.yaml "
-            f"{command} --rename OLD_NAME=NEW_NAME (see 'flownb plan OLD.yaml NEW.yaml'); or run the old "
-            f"spec until those queues are empty")
+        raise _stranding(held, f"the state of flow '{flow.name}' holds messages", command)
 
 
 def _upgrade_local(plan: Plan, state_dir: Path) -> dict[str, int]:
@@ -256,12 +260,7 @@ def check_broker_manifest(flow: Flow, broker: str, command: str) -> None:
             if n:
                 held[s] = n
         if held:
-            listing = ", ".join(f"'{s}': {n:,}" for s, n in sorted(held.items()))
-            raise UpgradeError(
-                f"RabbitMQ holds messages of flow '{flow.name}' for step(s) this spec does not have ({listing}); "
-                f"starting would strand them. If a step was renamed, move them with: flownb upgrade OLD.yaml "
-                f"{command} --broker URL --rename OLD_NAME=NEW_NAME (see 'flownb plan'); or run the old spec "
-                f"until those queues are empty")
+            raise _stranding(held, f"RabbitMQ holds messages of flow '{flow.name}'", f"{command} --broker URL")
         if known.get("spec_hash") != flow.spec_hash():
             _record_manifest(ch, flow)
     finally:
