@@ -50,7 +50,7 @@ from .topology import (
     TopologyError,
     connect,
     declare_flow,
-    next_parameters,
+    last_good_parameters,
     pick_level,
     queue_type,
     retry_levels,
@@ -132,7 +132,7 @@ class StepWorker:
                 try:
                     self._declare()
                     self._conn = CoalescingConnection(
-                        next_parameters(self.url, heartbeat=self.heartbeat, name=f"flownb {self.step.name}"),
+                        last_good_parameters(self.url, heartbeat=self.heartbeat, name=f"flownb {self.step.name}"),
                         on_open_callback=self._on_open, on_open_error_callback=self._on_open_error,
                         on_close_callback=self._on_closed)
                     self._conn.ioloop.start()

@@ -148,7 +148,6 @@ def broker_urls(url: str) -> list[str]:
 
 #: per broker URL list, the node that connected last: the next connection starts there
 _LAST_GOOD: dict[str, int] = {}
-_NEXT: dict[str, int] = {}
 
 
 def _rotation(url: str, start: int) -> list[tuple[int, str]]:
@@ -172,13 +171,12 @@ def connect(url: str, **kw: Any) -> pika.BlockingConnection:
                       f"or pass --broker / FLOWNB_BROKER_URL")
 
 
-def next_parameters(url: str, **kw: Any) -> pika.URLParameters:
-    """Parameters for the next connection attempt of a long-lived consumer: the node that connected
-    last first, then, after each failed attempt, the next node of the list."""
+def last_good_parameters(url: str, **kw: Any) -> pika.URLParameters:
+    """Parameters of the node of ``url`` that :func:`connect` reached last: a long-lived consumer
+    declares the flow with :func:`connect` (which moves past nodes that do not answer) just before
+    it opens its own connection, so it follows to the node that is up."""
     urls = broker_urls(url)
-    i = _NEXT.get(url, _LAST_GOOD.get(url, 0)) % len(urls)
-    _NEXT[url] = i + 1
-    return parameters(urls[i], **kw)
+    return parameters(urls[_LAST_GOOD.get(url, 0) % len(urls)], **kw)
 
 
 def _step_queue_args() -> dict:
