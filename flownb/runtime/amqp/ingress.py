@@ -133,15 +133,15 @@ class AmqpIngest:
 
     async def _connect(self) -> asyncio.Future:
         from . import topology
-        conn = None
-        for one in topology.broker_urls(self.url):  # the nodes of a cluster, in order
+        *others, last = topology.broker_urls(self.url)  # the nodes of a cluster, in order
+        for one in others:
             try:
                 conn = await asyncio.wait_for(aiormq.connect(one), self.connect_timeout)
                 break
             except _FAILURES:
-                if one == topology.broker_urls(self.url)[-1]:
-                    raise
-        assert conn is not None
+                continue
+        else:  # the last node's failure is the one reported
+            conn = await asyncio.wait_for(aiormq.connect(last), self.connect_timeout)
         try:
             channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
             await declare_topology(channel, self._spec, self.url)
