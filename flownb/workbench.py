@@ -288,7 +288,6 @@ def retest(flow: Flow, dead_df: Any, from_step: str | None = None, until: str | 
     new_error, output`` (the last step's bodies) and ``changed``."""
     import pandas as pd
 
-    from .runtime.local.runtime import LocalRuntime, VirtualClock
 
     rows = _frame_rows(dead_df)
     index = list(dead_df.index) if hasattr(dead_df, "index") else list(range(len(rows)))
@@ -337,13 +336,8 @@ def retest(flow: Flow, dead_df: Any, from_step: str | None = None, until: str | 
         msgs.append(m)
 
     finals: dict[str, list] = {}
-    effects: dict[str, list[dict]] = {}
-    rt = LocalRuntime(flow, None, memory=True, clock=VirtualClock())
-    if not live:  # as flow.test: record what an action with outside effects would send
-        from .runtime.local.flow_test import _DryRun
-        for name, runner in rt.runners.items():
-            if getattr(runner.component, "effects", False):
-                runner.component = _DryRun(runner.component, effects.setdefault(name, []))
+    from .runtime.local.flow_test import in_memory
+    rt, effects = in_memory(flow, live=live)  # as flow.test: quiet, dry unless live
     try:
         rt.add_final_listener(lambda trace, bodies: finals.__setitem__(trace, bodies))
         for step_name in names:

@@ -128,19 +128,26 @@ def _progress_bar(total: int, progress: bool | None):
     return tqdm(total=total, desc="flow.test", unit="msg")
 
 
+def in_memory(flow: Flow, *, live: bool, **kw: Any) -> tuple[LocalRuntime, dict[str, list[dict]]]:
+    """The runtime of a test run (``flow.test``, ``flow.retest``): in memory, on a virtual clock,
+    quiet per message, and dry unless ``live`` — the second value collects, per step, what its
+    actions with outside effects would have sent."""
+    rt = LocalRuntime(flow, None, memory=True, clock=VirtualClock(), logger=_LOG, **kw)
+    effects: dict[str, list[dict]] = {}
+    if not live:
+        for name, runner in rt.runners.items():
+            if getattr(runner.component, "effects", False):
+                runner.component = _DryRun(runner.component, effects.setdefault(name, []))
+    return rt, effects
+
+
 def test_flow(flow: Flow, sample: Any = None, progress: bool | None = None, *,
               batch_size: int = 500, live: bool = False) -> TestResult:
     """Run ``flow`` on ``sample`` (DataFrame, list of dicts or one dict, made records by
     :func:`flownb.records.to_records` and fed as the trigger's output; None: poll the trigger
     once) in memory. Retries happen on a virtual clock, without waiting. Actions with outside
     effects run dry unless ``live`` (the module's docstring)."""
-    rt = LocalRuntime(flow, None, memory=True, clock=VirtualClock(), record=True, batch_size=batch_size,
-                      logger=_LOG)
-    effects: dict[str, list[dict]] = {}
-    if not live:
-        for name, runner in rt.runners.items():
-            if getattr(runner.component, "effects", False):
-                runner.component = _DryRun(runner.component, effects.setdefault(name, []))
+    rt, effects = in_memory(flow, live=live, record=True, batch_size=batch_size)
     try:
         if sample is None:
             if rt.trigger.kind != "poll":
