@@ -138,9 +138,15 @@ def _signals(runtime: LocalRuntime, stop: threading.Event) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _poll(runtime: LocalRuntime) -> None:
+def _more_now(runtime: LocalRuntime) -> bool:
+    """The trigger said more of its source is ready now (a full batch) and was not polled for it."""
+    due = runtime.next_poll_at()
+    return runtime.trigger.kind == "poll" and due is not None and due <= runtime.clock()
+
+
+def _poll(runtime: LocalRuntime) -> int:
     try:
-        runtime.poll_backlog(raise_errors=True)
+        return runtime.poll_backlog(raise_errors=True)
     except FlownbError:
         raise
     except Exception as exc:
@@ -184,9 +190,15 @@ def run_cli(flow: Flow, args: Any) -> int:
         with _signals(runtime, stop):
             webhook = runtime.trigger.kind == "webhook"
             if args.until_idle:
-                _poll(runtime)
+                emitted = _poll(runtime)
                 with _progress(runtime, console) as progress:
                     summary = runtime.drain(progress)
+                    # polling stops when the first queue cannot be made room for (only retries
+                    # waiting): once they are drained the rest of the source is read, not left for
+                    # a later run with exit 0
+                    while emitted and not stop.is_set() and _more_now(runtime):
+                        emitted = _poll(runtime)
+                        summary = runtime.drain(progress)
             elif webhook and getattr(args, "port", None):
                 console.print(_banner(flow, args, f"serving POST http://{args.host}:{args.port}/hooks/"
                                                   f"{flow.name}/<token>"), soft_wrap=True, highlight=False)
