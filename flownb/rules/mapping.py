@@ -18,6 +18,7 @@ from ..records import _no_gc, is_frame, to_records
 from . import _deadline
 from ._runtime import _CONTAINERS, EvalError, Fallback, U, clean
 from .expression import EvaluationError, Expression, compile
+from .functions_check import check_functions
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -248,6 +249,7 @@ def _compile_field(src: Any, field: str) -> Expression:
         raise ConfigError(f"an expression must be a string of JSONata, got {type(src).__name__}",
                           field=field)
     try:
+        check_functions(src)  # as flow.test's config check: an unknown function is named once, here
         return compile(src)
     except ExpressionError as exc:
         exc.expression = exc.expression or src
