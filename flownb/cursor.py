@@ -348,7 +348,14 @@ def _amqp_backfill(flow: Flow, broker: str, saved: dict, start, end, key, max_po
         while polls < max_polls:
             before = emitted()
             worker = TriggerWorker(resolved, broker, max_polls=1, ignore_interval=True)
-            t = threading.Thread(target=worker.run, name="flownb-backfill", daemon=True)
+            died: list[BaseException] = []
+
+            def run(w: TriggerWorker = worker, died: list[BaseException] = died) -> None:
+                try:
+                    w.run()
+                except BaseException as exc:  # noqa: BLE001 - re-raised below, on the command's thread
+                    died.append(exc)
+            t = threading.Thread(target=run, name="flownb-backfill", daemon=True)
             t.start()
             t.join(poll_timeout)
             if t.is_alive():
@@ -357,6 +364,8 @@ def _amqp_backfill(flow: Flow, broker: str, saved: dict, start, end, key, max_po
                 raise FlownbError(f"a backfill poll did not commit within {poll_timeout:.0f} s (is the source "
                                   f"up? the log says why); the cursor is put back, {messages} message(s) "
                                   f"were queued")
+            if died:  # a trigger that failed (a topology clash, a poll error) is not an empty poll
+                raise died[0]
             n = int(emitted() - before)
             polls += 1
             messages += n
