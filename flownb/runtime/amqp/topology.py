@@ -16,10 +16,10 @@ Per flow: a durable direct exchange ``flownb.<flow>``. Per action step:
 - ``flownb.<flow>.<step>.dlq``: dead letters, each with its error in the ``x-flownb-error`` header.
 
 These queues are **classic** queues by default (``FLOWNB_QUEUE_TYPE``, default ``classic``: one
-local broker for development and tests, exact length limits, light to create and delete) and
-**quorum** queues in exported deployments (compose, Kubernetes and ``flownb deploy`` set
-``FLOWNB_QUEUE_TYPE=quorum``): replicated, and poison messages are detected — the broker counts the deliveries of
-each message
+local broker for development and tests, exact length limits, light to create and delete; exports
+do not change it) and **quorum** queues with ``FLOWNB_QUEUE_TYPE=quorum`` on every worker of the
+flow: replicated. Poison messages are detected on both (step_worker.py): a quorum queue counts the
+deliveries of each message
 (``x-delivery-count``), which the worker hands to ``StepRunner.run_payloads(deliveries=...)``; the
 delay queues dead-letter ``at-least-once`` (the expired retry stays in its delay queue until the
 ready queue has confirmed it).
@@ -70,8 +70,8 @@ def max_length() -> int:
 
 
 def queue_type() -> str:
-    """Type of the step queues (env ``FLOWNB_QUEUE_TYPE``: ``classic``, the default, or ``quorum``, which
-    exported deployments set)."""
+    """Type of the step queues (env ``FLOWNB_QUEUE_TYPE``: ``classic``, the default, or ``quorum``,
+    replicated across a cluster's nodes)."""
     raw = os.environ.get("FLOWNB_QUEUE_TYPE", "").strip().lower() or "classic"
     if raw not in QUEUE_TYPES:
         raise BrokerError(f"FLOWNB_QUEUE_TYPE={raw!r} is not a queue type; set it to 'quorum' (replicated; "
@@ -198,7 +198,7 @@ def _declare(ch, queue: str, args: dict | None, kind: str = "classic") -> None:
             raise TopologyError(
                 f"queue '{queue}' exists as a {other} queue but this worker declares {kind} queues "
                 f"(FLOWNB_QUEUE_TYPE={kind}); a queue's type cannot change. Either set FLOWNB_QUEUE_TYPE="
-                f"{other} on every worker of the flow (classic queues: no poison-message detection), or "
+                f"{other} on every worker of the flow (classic queues are not replicated), or "
                 f"move to {kind} queues: stop the flow's trigger, let its workers drain every step queue "
                 f"to 0, stop them, save the dead letters (flownb dlq list), delete the flow's queues "
                 f"(rabbitmqctl delete_queue -p <vhost> <name>, for every queue named "
