@@ -227,12 +227,14 @@ def _manifest(ch, flow: str) -> dict | None:
 
 def _record_manifest(ch, flow: Flow) -> None:
     import orjson
-    import pika
 
     from .amqp import names
-    ch.basic_publish("", names.manifest_queue(flow.name),
-                     orjson.dumps({"steps": [s.name for s in flow.steps], "spec_hash": flow.spec_hash()}),
-                     pika.BasicProperties(delivery_mode=2, content_type="application/json"))
+    from .amqp.publish import PERSISTENT
+    from .amqp.topology import retry_levels
+    # the retry levels name each step's delay queues, which a later spec cannot derive
+    manifest = {"steps": [s.name for s in flow.steps], "spec_hash": flow.spec_hash(),
+                "retry": {s.name: retry_levels(s.retry_policy) for s in flow.steps}}
+    ch.basic_publish("", names.manifest_queue(flow.name), orjson.dumps(manifest), PERSISTENT)
 
 
 def check_broker_manifest(flow: Flow, broker: str, command: str) -> None:
@@ -255,8 +257,9 @@ def check_broker_manifest(flow: Flow, broker: str, command: str) -> None:
         for s in known.get("steps") or []:
             if s in steps or not isinstance(s, str):
                 continue
+            delays = [names.retry_queue(flow.name, s, lvl) for lvl in (known.get("retry") or {}).get(s, [])]
             n = sum(_count(conn, q) for q in (names.step_queue(flow.name, s), suspect_queue(flow.name, s),
-                                              names.retry_ready_queue(flow.name, s)))
+                                              names.retry_ready_queue(flow.name, s), *delays))
             if n:
                 held[s] = n
         if held:
@@ -298,6 +301,8 @@ def _move_queue(conn, queue: str, exchange: str, routing_key: str) -> int:
     """Move every message of ``queue``: publish it (confirmed) to ``exchange``/``routing_key``, ack it
     after the confirm; then delete the queue if it is empty. A queue that does not exist moves 0."""
     import pika
+
+    from .amqp.publish import redelivered_props
     ch = conn.channel()
     try:
         ch.queue_declare(queue, passive=True)
@@ -311,9 +316,7 @@ def _move_queue(conn, queue: str, exchange: str, routing_key: str) -> int:
             break
         headers = {k: v for k, v in (props.headers or {}).items() if k != "x-delivery-count"}
         # confirm mode: basic_publish returns once the broker confirmed it (raises on a nack)
-        ch.basic_publish(exchange, routing_key, body,
-                         pika.BasicProperties(delivery_mode=2, content_type=props.content_type,
-                                              headers=headers or None))
+        ch.basic_publish(exchange, routing_key, body, redelivered_props(props, headers))
         ch.basic_ack(method.delivery_tag)
         n += 1
     try:
