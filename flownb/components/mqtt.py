@@ -334,8 +334,7 @@ class MqttPublish(Action[MqttPublishConfig]):
         _compile_check(config.payload, step, "payload")
 
     def setup(self) -> None:
-        self._payload = Expr(self.config.payload, step=self.ctx.step, field="config.payload") \
-            if self.config.payload else None
+        self._compile()
         cid = self.config.client_id or f"flownb-{self.ctx.flow}-{self.ctx.step}-{uuid.uuid4().hex[:8]}"
         self.conn = _Connection(self.config, self.ctx, client_id=cid, persistent=False)
 
@@ -343,6 +342,10 @@ class MqttPublish(Action[MqttPublishConfig]):
         conn = getattr(self, "conn", None)
         if conn is not None:
             conn.close()
+
+    def _compile(self) -> None:
+        self._payload = Expr(self.config.payload, step=self.ctx.step, field="config.payload") \
+            if self.config.payload else None
 
     def _render(self, body: dict) -> tuple[str, bytes]:
         topic = fill(self.config.topic, body)
@@ -358,10 +361,11 @@ class MqttPublish(Action[MqttPublishConfig]):
             raise FatalError(f"the payload cannot be written as JSON: {exc}") from None
 
     def dry_run(self, message, ctx: Context) -> dict:
-        topic = fill(self.config.topic, message.body)
-        value = message.body
-        if self.config.payload:
-            value = Expr(self.config.payload, step=ctx.step, field="config.payload")(message.body)
+        """What it would publish, rendered and checked as a live publish is (no connection)."""
+        if not hasattr(self, "_payload"):
+            self._compile()
+        topic, payload = self._render(message.body)
+        value = payload.decode("utf-8") if self.config.format == "text" else orjson.loads(payload)
         return {"host": self.config.host, "port": self.config.port, "topic": topic, "payload": value,
                 "qos": self.config.qos, "retain": self.config.retain}
 
