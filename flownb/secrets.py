@@ -53,14 +53,13 @@ def required_env(flow: Any, steps: Iterable[str] | None = None) -> list[EnvVar]:
     """Every variable named by a ``*_env`` field of ``flow`` (of ``steps`` only, when given), in step
     order. A field left empty (``None``/``""``) names nothing."""
     only = set(steps) if steps is not None else None
-    out: list[EnvVar] = []
-    for s in flow.all_steps:
-        if only is not None and s.name not in only:
-            continue
-        for where, key, value in walk_config(s.config):
-            if key.endswith("_env") and isinstance(value, str) and value:
-                out.append(EnvVar(s.name, where, value))
-    return out
+    return [v for s in flow.all_steps if only is None or s.name in only for v in step_env(s)]
+
+
+def step_env(step: Any) -> list[EnvVar]:
+    """The variables named by the ``*_env`` fields of one step's config."""
+    return [EnvVar(step.name, where, value) for where, key, value in walk_config(step.config)
+            if key.endswith("_env") and isinstance(value, str) and value]
 
 
 def missing_env(flow: Any, steps: Iterable[str] | None = None,

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 from ..errors import DeployError
 from ..flow import Flow, Step
 from ..runtime.amqp.names import BROKER_ENV  # noqa: F401  (re-exported: every target names it)
-from ..secrets import required_env, walk_config
+from ..secrets import required_env, step_env, walk_config
 
 DEFAULT_WEBHOOK_PORT = 8080
 METRICS_PORT = 9100
@@ -78,8 +78,7 @@ class StepPlan:
     def secrets(self) -> list[str]:
         """The environment variables this step reads (its ``*_env`` fields): all its container
         gets of the flow's secrets (``flownb worker --step`` checks only these)."""
-        return list(dict.fromkeys(v for _, k, v in walk_config(self.step.config)
-                                  if k.endswith("_env") and isinstance(v, str) and v))
+        return list(dict.fromkeys(v.name for v in step_env(self.step)))
 
     @property
     def port(self) -> int | None:
