@@ -56,9 +56,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _dlq_store(args, flow):
-    # the broker's dead letters with --broker, or with FLOWNB_BROKER_URL set (as for `flownb worker`)
-    # unless --state-dir names a local state directory
-    broker = args.broker or (os.environ.get(BROKER_ENV) if args.state_dir is None else None)
+    broker = _where(args)["broker"]
     if broker:
         from .amqp.dlq import AmqpDeadLetters
         return AmqpDeadLetters(flow, broker)
@@ -107,7 +105,8 @@ def dlq_cli(args) -> int:
 
 
 def _where(args) -> dict:
-    """The runtime to act on, as for ``flownb dlq``: --broker, or FLOWNB_BROKER_URL unless --state-dir."""
+    """The runtime to act on: the broker with --broker, or with FLOWNB_BROKER_URL set (as for
+    ``flownb worker``) unless --state-dir names a local state directory."""
     broker = args.broker or (os.environ.get(BROKER_ENV) if args.state_dir is None else None)
     return {"state_dir": None if broker else args.state_dir, "broker": broker}
 
