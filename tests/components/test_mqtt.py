@@ -20,7 +20,7 @@ from flownb.errors import ConfigError, FatalError, RetryableError
 from flownb.flow import load as load_flow
 
 sys.path.insert(0, str(Path(__file__).parent))
-from flow_kit import FLOWNB, csv_ids, run, write_flow
+from flow_kit import FLOWNB, csv_ids, run, start, wait_first_poll, write_flow
 from mqtt_kit import (
     Collector,
     PrivateMosquitto,
@@ -239,12 +239,11 @@ def test_publish_retries_while_its_broker_is_down_then_delivers(tmp_path, sessio
                         "config": {"topic": "out/{id}", "port": broker.port, "timeout": "2s"},
                         "retry": {"max_attempts": 50, "initial": "200ms", "max": "1s"}}])
     state = tmp_path / "state"
-    proc = subprocess.Popen([FLOWNB, "run", str(spec), "--state-dir", str(state)], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=(tmp_path / "run.log").open("w"),
-                            start_new_session=True)
+    log = tmp_path / "run.log"
+    proc = start(spec, state, log)
     try:
         out = Collector("out/#", port=broker.port)
-        time.sleep(1.5)  # subscribed
+        wait_first_poll(proc, state / "mqtt-down.db", log)  # set up (subscribed, SUBACK awaited) and polling
         publish(topic, [{"id": i} for i in range(5)])
         assert sorted(b["id"] for _, b in out.wait_for(5)) == list(range(5))
         out.close()

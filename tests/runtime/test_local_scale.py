@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from restart_kit import sink_count
 
 from flownb import Flow, step
 from flownb.runtime.local import LocalRuntime
@@ -206,17 +207,6 @@ def test_kill_9_mid_poll_resumes_from_the_committed_offset(tmp_path):
     assert len(delivered) - n <= 2 * 500, len(delivered) - n
     final = trigger_state(state)
     assert "pass" not in final and final["cursor"] == n
-
-
-def sink_count(tmp: Path) -> int:
-    try:
-        con = sqlite3.connect(tmp / "sink.db", timeout=2)
-        try:
-            return con.execute("select count(*) from rows").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.OperationalError:  # not created yet
-        return 0
 
 
 def trigger_state(state: Path) -> dict:
