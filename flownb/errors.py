@@ -25,6 +25,7 @@ Every error flownb raises derives from :class:`FlownbError`::
     │   ├── Backpressure           an ingress's first queue is full: retry after ``retry_after``
     │   ├── StateError             a state directory's database is missing/empty/damaged (--reset-state)
     │   ├── StorageFull            the disk holding the queue database is full: nothing was written
+    │   ├── ErrorFlowFailed        a delivery to the flow's on_error actions failed (sent again later)
     │   └── BrokerError            RabbitMQ unreachable or refused an operation
     │       ├── TopologyError      a queue/exchange exists with other arguments (configuration)
     │       └── Unavailable        an ingress cannot reach its queue: nothing was accepted
@@ -48,7 +49,7 @@ __all__ = [
     "ParameterError", "ExpressionError", "MessageError", "MessageTooLarge", "StepError", "Retry", "RetryableError",
     "FatalError", "PoisonMessage", "EvaluationError", "EvaluationTimeout", "RuntimeFailure", "QueueFull",
     "Backpressure", "StateError", "StorageFull", "BrokerError", "TopologyError", "Unavailable", "DeployError",
-    "ScheduleError", "ScheduleInputError", "UpgradeError",
+    "ScheduleError", "ScheduleInputError", "UpgradeError", "ErrorFlowFailed",
     "did_you_mean",
 ]
 
@@ -251,6 +252,11 @@ class StateError(RuntimeFailure):
 class StorageFull(RuntimeFailure):
     """The disk (or quota) holding a queue database is full: the transaction was rolled back and
     nothing of it was written (SQLITE_FULL / ENOSPC). Transient: free space and it goes on."""
+
+
+class ErrorFlowFailed(RuntimeFailure):
+    """A delivery to the flow's ``on_error`` actions failed; its events stay pending and are sent
+    again in the next window (flownb.runtime.on_error)."""
 
 
 class QueueFull(RuntimeFailure):

@@ -19,7 +19,7 @@ from ._size import Size
 from .errors import ParameterError, SpecError, did_you_mean
 from .params import Param, coerce
 
-__all__ = ["Flow", "Step", "RetryPolicy", "load", "save", "step", "SPEC_VERSION"]
+__all__ = ["Flow", "Step", "RetryPolicy", "OnError", "load", "save", "step", "SPEC_VERSION"]
 
 SPEC_VERSION = 1
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -71,6 +71,27 @@ def step(name: str, component: str, *, retry: RetryPolicy | dict | None = None, 
                 prefetch=prefetch)
 
 
+class OnError(BaseModel):
+    """The flow's error flow: actions that receive its failures (dead letters, ``setup()`` failures,
+    failed polls), batched: at most one delivery per ``every``, listing at most ``batch`` events (the
+    rest are counted). In YAML, ``on_error:`` is this mapping or just the list of steps."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    steps: list[Step] = Field(min_length=1)
+    batch: int = Field(50, ge=1, le=10_000)
+    every: Duration = 60.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"steps": data} if isinstance(data, list) else data
+
+    def spec(self) -> dict:
+        d = self.model_dump(mode="json", exclude_defaults=True)
+        d["steps"] = [s.spec() for s in self.steps]
+        return d
+
+
 class Flow(BaseModel):
     """A flow: one trigger, then ordered actions. Validate with :meth:`validate_components`."""
 
@@ -85,6 +106,8 @@ class Flow(BaseModel):
     #: the largest message a step or the trigger may emit (both runtimes, checked before publishing;
     #: keep it under the broker's own limit — RabbitMQ's max_message_size, 128 MiB by default)
     max_message_bytes: Size = DEFAULT_MAX_MESSAGE_BYTES
+    #: actions that receive the flow's failures (docs/errors.md)
+    on_error: OnError | None = None
 
     @field_validator("parameters")
     @classmethod
@@ -97,7 +120,7 @@ class Flow(BaseModel):
     @model_validator(mode="after")
     def _unique_names(self) -> Flow:
         seen: set[str] = set()
-        for s in self.all_steps:
+        for s in [*self.all_steps, *self.error_steps]:
             if s.name in seen:
                 raise ValueError(f"step name '{s.name}' is used twice; step names must be unique")
             seen.add(s.name)
@@ -107,6 +130,11 @@ class Flow(BaseModel):
     @property
     def all_steps(self) -> list[Step]:
         return [self.trigger, *self.steps]
+
+    @property
+    def error_steps(self) -> list[Step]:
+        """The ``on_error`` actions (not part of the flow's line of steps)."""
+        return list(self.on_error.steps) if self.on_error is not None else []
 
     def step(self, name: str) -> Step:
         for s in self.all_steps:
@@ -145,7 +173,7 @@ class Flow(BaseModel):
         data = self.model_dump(mode="python")
         for key in ("trigger",):
             data[key]["config"] = fill_templates(data[key]["config"], self.parameters, data[key]["name"])
-        for s in data["steps"]:
+        for s in [*data["steps"], *((data.get("on_error") or {}).get("steps") or [])]:
             s["config"] = fill_templates(s["config"], self.parameters, s["name"])
         return Flow.model_validate(data)
 
@@ -155,6 +183,8 @@ class Flow(BaseModel):
         d = {"flownb": SPEC_VERSION, **d}
         d["trigger"] = self.trigger.spec()
         d["steps"] = [s.spec() for s in self.steps]
+        if self.on_error is not None:
+            d["on_error"] = self.on_error.spec()
         return d
 
     def to_yaml(self) -> str:

@@ -133,7 +133,7 @@ def validate_flow(flow: Flow) -> dict[str, BaseModel]:
     """Resolve parameters and validate every step; nothing runs if anything is wrong."""
     resolved = flow.resolved()
     out = {resolved.trigger.name: validate_step(resolved.trigger, trigger=True)}
-    for s in resolved.steps:
+    for s in [*resolved.steps, *resolved.error_steps]:
         out[s.name] = validate_step(s, trigger=False)
     return out
 

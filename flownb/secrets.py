@@ -53,7 +53,7 @@ def required_env(flow: Any, steps: Iterable[str] | None = None) -> list[EnvVar]:
     """Every variable named by a ``*_env`` field of ``flow`` (of ``steps`` only, when given), in step
     order. A field left empty (``None``/``""``) names nothing."""
     only = set(steps) if steps is not None else None
-    return [v for s in flow.all_steps if only is None or s.name in only for v in step_env(s)]
+    return [v for s in [*flow.all_steps, *flow.error_steps] if only is None or s.name in only for v in step_env(s)]
 
 
 def step_env(step: Any) -> list[EnvVar]:

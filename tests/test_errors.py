@@ -17,7 +17,8 @@ TREE = {
     "Retry": "RetryableError", "FatalError": "StepError", "PoisonMessage": "FatalError",
     "EvaluationError": "FatalError", "EvaluationTimeout": "FatalError",
     "RuntimeFailure": "FlownbError", "QueueFull": "RuntimeFailure", "Backpressure": "RuntimeFailure",
-    "StateError": "RuntimeFailure", "StorageFull": "RuntimeFailure", "BrokerError": "RuntimeFailure",
+    "StateError": "RuntimeFailure", "StorageFull": "RuntimeFailure", "ErrorFlowFailed": "RuntimeFailure",
+    "BrokerError": "RuntimeFailure",
     "TopologyError": "BrokerError", "Unavailable": "BrokerError", "DeployError": "FlownbError",
     "ScheduleError": "FlownbError",
 }

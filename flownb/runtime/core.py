@@ -22,7 +22,7 @@ import copy
 import logging
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -178,6 +178,8 @@ class StepRunner:
         self.setup_failures = 0
         self._setup_retry_at = 0.0
         self._where = f"flow '{flow.name}' step '{step_name}'"
+        #: called with each setup() failure (the runtimes report it to the flow's on_error actions)
+        self.on_setup_failure: Callable[[Exception], None] | None = None
 
     def open(self) -> StepRunner:
         if not self._open:
@@ -209,6 +211,8 @@ class StepRunner:
             HEALTH.set_unready(self._where, redact(f"setup() failed: {type(exc).__name__}: {exc}"))
             log.warning("step '%s' (%s): setup() failed (%s: %s); its messages stay queued; next try "
                         "in %.0fs", self.step.name, self.step.component, type(exc).__name__, exc, delay)
+            if self.on_setup_failure is not None:
+                self.on_setup_failure(exc)
             return False
         if self.setup_failures:
             log.info("step '%s': setup() succeeded after %d failure(s)", self.step.name, self.setup_failures)

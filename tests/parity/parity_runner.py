@@ -104,11 +104,11 @@ class Case:
 
     @property
     def previewable(self) -> bool:
-        return all(s.component in ("mapping", "filter") for s in self.flow.steps)
+        return self.flow.on_error is None and all(s.component in ("mapping", "filter") for s in self.flow.steps)
 
     @property
     def uses_http(self) -> bool:
-        return any(s.component == "http.request" for s in self.flow.steps)
+        return any(s.component == "http.request" for s in [*self.flow.steps, *self.flow.error_steps])
 
     @property
     def uses_redis(self) -> bool:
@@ -319,7 +319,8 @@ def dead_from_letters(letters) -> list[dict]:
 def read_sinks(flow: Flow, env: Env) -> dict:
     """Final contents of every sink of the (resolved) flow: CSV files, SQL tables, HTTP targets."""
     out: dict[str, Any] = {}
-    for s in flow.resolved().steps:
+    resolved = flow.resolved()
+    for s in [*resolved.steps, *resolved.error_steps]:  # the on_error actions' sinks too
         c = s.config
         if s.component == "csv.write":
             p = Path(c["path"])
@@ -523,6 +524,8 @@ def _amqp_queues(flow: Flow) -> dict[str, list[str]]:
             continue
         work += retries
         dlq.append(names.dead_letter_queue(flow.name, s.name))
+    if flow.on_error is not None:
+        other.append(names.errors_queue(flow.name))
     return {"work": work, "dlq": dlq, "other": other}
 
 
@@ -562,6 +565,8 @@ def run_amqp(env: Env) -> Raw:
         steps = [s.name for s in flow.steps if s.name != CAPTURE]
         if polling:
             steps.insert(0, flow.trigger.name)
+        if flow.on_error is not None:
+            steps.append(names.ON_ERROR_WORKER)
         metrics = {s: _free_port() for s in steps}
         workers = Workers(spec, steps, env.tmp, metrics)
         try:
@@ -569,6 +574,10 @@ def run_amqp(env: Env) -> Raw:
                 _wait(lambda: _metric(metrics[flow.trigger.name], "flownb_messages_processed_total",
                                       flow.trigger.name) > 0, workers, "the trigger's first poll")
             _wait_idle(ch, queues, workers, flow, metrics)
+            if flow.on_error is not None:  # every failure event handed to the on_error worker, which
+                errors_q = names.errors_queue(flow.name)  # delivers what it holds when stopped
+                _wait(lambda: ch.queue_declare(errors_q, passive=True).method.message_count == 0, workers,
+                      "the on_error worker to take every failure event")
         finally:
             codes = workers.stop()
         bad = {s: c for s, c in codes.items() if c != 0}

@@ -199,6 +199,7 @@ class LocalEngine:
                 for body in inputs:
                     rt.submit(body)
             summary = rt.drain()
+            rt.notify_errors(force=True)  # as `flownb run --until-idle` ends
             assert not summary.pending, f"still queued after {timeout}s of retries: {summary.pending}"
             last = (rt.steps or [flow.trigger.name])[-1]
             return Result(outputs=list(rt.recorded[last]), dead_letters=rt.dead_letters(),

@@ -13,7 +13,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("worker", help="run one step (or --all) against RabbitMQ")
     add_spec(p)
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--step", help="the step this worker runs")
+    g.add_argument("--step", help="the step this worker runs (on_error: the flow's on_error actions)")
     g.add_argument("--all", action="store_true", help="every step in one process (development)")
     p.add_argument("--broker", default=None, help="RabbitMQ URL (default: $FLOWNB_BROKER_URL, else the local broker)")
     p.add_argument("--prefetch", type=int, default=None)

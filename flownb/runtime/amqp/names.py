@@ -45,6 +45,16 @@ def dead_letter_queue(flow: str, step: str) -> str:
     return f"flownb.{flow}.{step}.dlq"
 
 
+def errors_queue(flow: str) -> str:
+    """The flow's failures waiting for its ``on_error`` actions (flownb.runtime.on_error)."""
+    return f"flownb.{flow}.errors"
+
+
+#: ``flownb worker SPEC --step on_error``: the worker of the flow's on_error actions (not a slug, so
+#: never a step's name)
+ON_ERROR_WORKER = "on_error"
+
+
 def manifest_queue(flow: str) -> str:
     """One message: the step names of the spec that last started a worker (flownb.runtime.upgrade)."""
     return f"flownb.{flow}.manifest"

@@ -42,6 +42,7 @@ from ...errors import RuntimeFailure
 from ...flow import Flow
 from ..core import Outcome, Route, StepRunner
 from ..health import HEALTH, start_thread
+from ..on_error import event_from_dead, event_payload
 from . import names
 from .metrics import StepMetrics
 from .publish import PERSISTENT, TRANSIENT, CoalescingConnection, error_props, redelivered_props
@@ -105,6 +106,10 @@ class StepWorker:
         self.quorum = queue_type() == "quorum"
         self.max_deliveries = max_deliveries or env_max_deliveries()
         self.suspect_q = suspect_queue(flow.name, step_name)
+        self.errors_q = names.errors_queue(flow.name) if flow.on_error is not None else None
+        if self.errors_q is not None:
+            from .on_error import report_setup_failure
+            self.runner.on_setup_failure = functools.partial(report_setup_failure, flow, broker_url, step_name)
         self.consuming = threading.Event()   # set while consumers are registered (tests, start-up timing)
         self._stopping = False
         self._fatal: BaseException | None = None
@@ -381,6 +386,10 @@ class StepWorker:
                     rec.kind = "dead"
                     self.metrics.failed.inc()
                     self._publish(rec, "", dlq, res.dead_payload(), error_props(res.error, self.step.name))
+                    if self.errors_q is not None:  # the flow's on_error actions hear of it
+                        assert res.error is not None
+                        ev = event_from_dead(self.flow.name, res.message, res.error)
+                        self._publish(rec, "", self.errors_q, event_payload(self.flow.name, ev), PERSISTENT)
                 else:
                     rec.kind = "retried"
                     self.metrics.failed.inc()

@@ -242,6 +242,20 @@ def declare_flow(ch, flow: Flow) -> None:
     _declare(ch, names.state_queue(flow.name, flow.trigger.name), {"x-single-active-consumer": True})
     # the trigger's dead letters: records over max_message_bytes, committed with the cursor
     _declare(ch, names.dead_letter_queue(flow.name, flow.trigger.name), None)
+    if flow.on_error is not None:
+        declare_errors(ch, flow)
+
+
+#: failures waiting for the on_error worker beyond this many drop the oldest (FLOWNB_MAX_ERRORS)
+def max_errors() -> int:
+    return int(os.environ.get("FLOWNB_MAX_ERRORS", "100000"))
+
+
+def declare_errors(ch, flow: Flow) -> None:
+    """The queue of failure events for the flow's on_error worker: bounded (the oldest drop first:
+    a flow failing for days while nobody runs the on_error worker must not fill the broker)."""
+    _declare(ch, names.errors_queue(flow.name), {"x-max-length": max_errors(), "x-overflow": "drop-head"},
+             queue_type())
 
 
 def _count(conn, queue: str) -> int:

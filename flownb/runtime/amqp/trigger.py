@@ -34,6 +34,7 @@ import pika.exceptions
 from ...errors import BrokerError, FlownbError
 from ...flow import Flow
 from ..core import TriggerRunner
+from ..on_error import event_from_dead, event_from_exception, event_payload
 from . import names
 from .metrics import StepMetrics
 from .publish import PERSISTENT, POLLED_HEADER, error_props, state_props
@@ -165,10 +166,12 @@ class TriggerWorker:
             msgs, payloads, new_state = self.runner.poll(state)
         except FlownbError as exc:
             log.error("trigger '%s': poll failed: %s; next try after the interval", self.name, exc)
+            self._report(ch, exc)
             self._retry_later(state)
             return
-        except Exception:  # a source error must not kill the poller; it tries again next interval
+        except Exception as exc:  # a source error must not kill the poller; it tries again next interval
             log.exception("trigger '%s': poll failed; next try after the interval", self.name)
+            self._report(ch, exc)
             self._retry_later(state)
             return
         if payloads and self.first and not self._fits(conn, len(payloads)):
@@ -181,6 +184,9 @@ class TriggerWorker:
         dlq = names.dead_letter_queue(self.flow.name, self.name)
         for _m, info, p in self.runner.last_dead:  # records over max_message_bytes: dead, cursor moves on
             ch.basic_publish("", dlq, p, error_props(info, self.name))
+            if self.flow.on_error is not None:  # in the same transaction: the on_error actions hear of it
+                ev = event_payload(self.flow.name, event_from_dead(self.flow.name, _m, info))
+                ch.basic_publish("", names.errors_queue(self.flow.name), ev, PERSISTENT)
             log.warning("trigger '%s': a record was dead-lettered: %s", self.name, info.message)
         ch.basic_publish("", self.state_q, orjson.dumps(new_state), state_props(now, version + 1))
         ch.basic_ack(tag)
@@ -192,6 +198,14 @@ class TriggerWorker:
         self.metrics.processed.inc(len(payloads))
         if payloads:
             log.info("trigger '%s': emitted %d message(s)", self.name, len(payloads))
+
+    def _report(self, ch, exc: BaseException) -> None:
+        """A failed poll, to the flow's on_error actions (its own transaction: nothing else is in it)."""
+        if self.flow.on_error is None:
+            return
+        ev = event_from_exception("poll_failed", self.flow.name, self.name, exc)
+        ch.basic_publish("", names.errors_queue(self.flow.name), event_payload(self.flow.name, ev), PERSISTENT)
+        ch.tx_commit()
 
     def _retry_later(self, state: dict) -> None:
         self.metrics.failed.inc()

@@ -17,11 +17,12 @@ import signal
 import threading
 from typing import Protocol
 
-from ...errors import FlownbError
+from ...errors import FlownbError, SpecError
 from ...flow import Flow
 from ...secrets import check_env
 from ..core import build_component
 from ..health import EXIT_CRASHED, HEALTH, exit_on_failure, start_thread, stop_deadline
+from . import names
 from .metrics import add_readiness, serve
 from .names import broker_url
 from .step_worker import StepWorker
@@ -47,12 +48,17 @@ def make_worker(flow: Flow, step: str, broker_url: str, *, prefetch: int | None 
     """The worker for ``step`` of a resolved flow: a TriggerWorker for a polling trigger."""
     if step == flow.trigger.name:
         return TriggerWorker(flow, broker_url)
+    if step == names.ON_ERROR_WORKER and flow.on_error is not None:
+        from .on_error import ErrorWorker
+        return ErrorWorker(flow, broker_url)
     return StepWorker(flow, step, broker_url, prefetch=prefetch)
 
 
 def _where(w: Worker) -> str:
     step = getattr(w, "step", None)
     name = getattr(step, "name", None) or getattr(w, "name", "?")
+    if name == names.ON_ERROR_WORKER:
+        return "the on_error worker"
     return f"{'trigger' if isinstance(w, TriggerWorker) else 'step'} '{name}'"
 
 
@@ -104,12 +110,21 @@ def _worker_cli(flow: Flow, args) -> None:
     flow = flow.resolved()
     broker = broker_url(args.broker)
     # an unset secret stops the worker before it consumes anything (exit 2 naming step and variable)
-    check_env(flow, None if args.all else [flow.step(args.step).name])
+    on_error = not args.all and args.step == names.ON_ERROR_WORKER
+    if on_error and flow.on_error is None:
+        raise SpecError(f"flow '{flow.name}' has no on_error actions: nothing for --step {names.ON_ERROR_WORKER} "
+                        f"to run; add 'on_error:' to the spec (docs/errors.md)", field="on_error")
+    if args.all:
+        check_env(flow)
+    else:
+        check_env(flow, [s.name for s in flow.error_steps] if on_error else [flow.step(args.step).name])
     from ..upgrade import check_broker_manifest
     check_broker_manifest(flow, broker, str(args.spec))  # exit 2: a renamed step's messages still wait
     webhook = trigger_kind(flow) == "webhook"
     if args.all:
         workers = [make_worker(flow, s.name, broker, prefetch=args.prefetch) for s in flow.steps]
+        if flow.on_error is not None:
+            workers.append(make_worker(flow, names.ON_ERROR_WORKER, broker))
         if not webhook:
             workers.insert(0, make_worker(flow, flow.trigger.name, broker))
         _metrics(args, workers)
@@ -128,7 +143,7 @@ def _worker_cli(flow: Flow, args) -> None:
         _install_signals(stop.set)
         run_workers(workers, stop)
         return
-    name = flow.step(args.step).name
+    name = names.ON_ERROR_WORKER if on_error else flow.step(args.step).name
     if name == flow.trigger.name and webhook:
         _metrics(args, [])
         _install_signals(lambda: None)  # uvicorn re-raises the signal it stopped on: exit 0, not -15/130

@@ -174,6 +174,18 @@ def _dlq_command(args: Any) -> str:
     return f"flownb dlq list {shlex.quote(str(spec))} --state-dir {shlex.quote(str(args.state_dir))}"
 
 
+def _print_on_error(runtime: LocalRuntime, console: Any) -> None:
+    errors = runtime.errors
+    assert errors is not None
+    steps = ", ".join(f"'{s.name}'" for s in runtime.flow.error_steps)
+    if errors.delivered:
+        console.print(f"on_error: {errors.delivered:,} failure(s) delivered to {steps}", soft_wrap=True,
+                      highlight=False)
+    if errors.failed_deliveries:
+        console.print(f"[red]on_error: {errors.failed_deliveries} delivery(ies) to {steps} failed (see the "
+                      f"log); {errors.pending():,} failure(s) stay pending for the next run[/red]", soft_wrap=True)
+
+
 def run_cli(flow: Flow, args: Any) -> int:
     """``flownb run`` (args: state_dir, until_idle, port, host). Returns the exit code."""
     console = _console()
@@ -190,15 +202,18 @@ def run_cli(flow: Flow, args: Any) -> int:
         with _signals(runtime, stop):
             webhook = runtime.trigger.kind == "webhook"
             if args.until_idle:
-                emitted = _poll(runtime)
-                with _progress(runtime, console) as progress:
-                    summary = runtime.drain(progress)
-                    # polling stops when the first queue cannot be made room for (only retries
-                    # waiting): once they are drained the rest of the source is read, not left for
-                    # a later run with exit 0
-                    while emitted and not stop.is_set() and _more_now(runtime):
-                        emitted = _poll(runtime)
+                try:
+                    emitted = _poll(runtime)
+                    with _progress(runtime, console) as progress:
                         summary = runtime.drain(progress)
+                        # polling stops when the first queue cannot be made room for (only retries
+                        # waiting): once they are drained the rest of the source is read, not left for
+                        # a later run with exit 0
+                        while emitted and not stop.is_set() and _more_now(runtime):
+                            emitted = _poll(runtime)
+                            summary = runtime.drain(progress)
+                finally:  # the run's failures reach the on_error actions before it exits
+                    runtime.notify_errors(force=True)
             elif webhook and getattr(args, "port", None):
                 console.print(_banner(flow, args, f"serving POST http://{args.host}:{args.port}/hooks/"
                                                   f"{flow.name}/<token>"), soft_wrap=True, highlight=False)
@@ -218,6 +233,8 @@ def run_cli(flow: Flow, args: Any) -> int:
                 summary = runtime.run(stop_event=stop)
         cursor = runtime.store.get_state(flow.trigger.name)[0] if runtime.trigger.kind == "poll" else None
         print_summary(summary, console, _dlq_command(args), cursor=cursor)
+        if runtime.errors is not None:
+            _print_on_error(runtime, console)
         if HEALTH.failed.is_set():
             return EXIT_CRASHED
         new_dead = sum(s.dead for s in summary.steps.values())  # dead-lettered by this run

@@ -135,9 +135,10 @@ def in_memory(flow: Flow, *, live: bool, **kw: Any) -> tuple[LocalRuntime, dict[
     rt = LocalRuntime(flow, None, memory=True, clock=VirtualClock(), logger=_LOG, **kw)
     effects: dict[str, list[dict]] = {}
     if not live:
-        for name, runner in rt.runners.items():
+        error_runners = rt.errors.flow.runners if rt.errors is not None else []
+        for runner in [*rt.runners.values(), *error_runners]:
             if getattr(runner.component, "effects", False):
-                runner.component = _DryRun(runner.component, effects.setdefault(name, []))
+                runner.component = _DryRun(runner.component, effects.setdefault(runner.step.name, []))
     return rt, effects
 
 
@@ -159,6 +160,7 @@ def test_flow(flow: Flow, sample: Any = None, progress: bool | None = None, *,
         n = rt.stats[flow.trigger.name].outputs
         bar = _progress_bar(n * max(len(rt.steps), 1), progress)
         rt.drain(progress=(lambda _step, k: bar.update(k)) if bar is not None else None)
+        rt.notify_errors(force=True)  # what the on_error actions receive (dry unless live)
         if bar is not None:
             bar.close()
         return TestResult(flow=flow.name, outputs=rt.recorded or {}, dead_letters=rt.dead_letters(),

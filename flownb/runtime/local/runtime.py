@@ -14,6 +14,7 @@ thread (the webhook server). Final listeners are called from the runtime's threa
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -30,6 +31,8 @@ from ...flow import Flow
 from ...message import Message
 from ..core import DeadLetter, ErrorInfo, Outcome, Route, StepRunner, TriggerRunner, undecodable
 from ..health import HEALTH
+from ..on_error import event_from_exception
+from .on_error import LocalErrorNotifier
 from .store import QueueStore, open_state
 
 __all__ = ["LocalRuntime", "RunSummary", "StepStats", "VirtualClock", "Progress", "FinalListener",
@@ -174,7 +177,7 @@ class LocalRuntime:
                  batch_size: int = 500, max_queue: int = 10_000, retry_wait: float = 60.0,
                  clock: Callable[[], float] | None = None, record: bool = False,
                  logger: logging.Logger | None = None, reset_state: bool = False,
-                 max_deliveries: int | None = None):
+                 max_deliveries: int | None = None, on_error: bool = True):
         """``reset_state``: move the state directory's files for this flow aside and start over.
         ``max_deliveries``: a message whose processing the process did not survive this many times
         is dead-lettered as poison (default ``FLOWNB_MAX_DELIVERIES`` or 3)."""
@@ -228,6 +231,12 @@ class LocalRuntime:
         self._started = time.perf_counter()
         #: rows whose batch ran but whose commit failed on a full disk: their claim is undone first
         self._unclaim: list[int] = []
+        #: the flow's on_error actions (flownb.runtime.on_error); off for test runs unless asked
+        self.errors: LocalErrorNotifier | None = None
+        if self.flow.on_error is not None and on_error:
+            self.errors = LocalErrorNotifier(self)
+            for runner in self.runners.values():
+                runner.on_setup_failure = functools.partial(self._setup_failed, runner.step.name)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> LocalRuntime:
@@ -239,6 +248,8 @@ class LocalRuntime:
     def close(self) -> None:
         for r in self.runners.values():
             r.close()
+        if self.errors is not None:
+            self.errors.close()
         self.trigger.close()
         self.store.close()
         self._unlock()
@@ -348,6 +359,8 @@ class LocalRuntime:
             self.poll_errors.append(f"{type(exc).__name__}: {exc}")
             delay = max(self.trigger.next_delay(state), 1.0)  # never a tight loop of failing polls
             self.store.set_next_poll(name, self.clock() + delay)
+            if self.errors is not None:
+                self.errors.add(event_from_exception("poll_failed", self.flow.name, name, exc))
             if raise_errors:
                 raise
             self.log.exception("trigger '%s' failed to poll; next try in %.1fs", name, delay)
@@ -574,8 +587,11 @@ class LocalRuntime:
         ``until_idle``: poll the source until it is read (:meth:`poll_backlog`, processing as it goes),
         :meth:`drain`, return."""
         if until_idle:
-            self.poll_backlog(progress=progress)
-            return self.drain(progress)
+            try:
+                self.poll_backlog(progress=progress)
+                return self.drain(progress)
+            finally:
+                self.notify_errors(force=True)
 
         def stopped() -> bool:
             return self._stop.is_set() or (stop_event is not None and stop_event.is_set())
@@ -609,6 +625,7 @@ class LocalRuntime:
                 HEALTH.set_ready(self._storage_where)
                 self.log.warning("flow '%s': the queue database is writable again; processing resumed",
                                  self.flow.name)
+            self.notify_errors()
             if busy:
                 idle_reclaimed = False
                 continue
@@ -616,7 +633,22 @@ class LocalRuntime:
                 self._reclaim()
                 idle_reclaimed = True
             self._wake.wait(self._idle_wait())
+        self.notify_errors(force=True)
         return self.summary()
+
+    def notify_errors(self, *, force: bool = False) -> None:
+        """Deliver pending failures to the flow's on_error actions when their window allows
+        (``force``: now). A delivery that fails is logged and tried again next window."""
+        if self.errors is None:
+            return
+        try:
+            self.errors.tick(self.clock(), force=force)
+        except StorageFull:  # the cursor could not move: delivered again next window
+            self.log.error("flow '%s': the on_error cursor could not be saved (disk full)", self.flow.name)
+
+    def _setup_failed(self, step: str, exc: Exception) -> None:
+        if self.errors is not None:
+            self.errors.add(event_from_exception("setup_failed", self.flow.name, step, exc))
 
     @property
     def _storage_where(self) -> str:
