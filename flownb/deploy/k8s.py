@@ -155,6 +155,36 @@ def _rabbitmq(flow: Flow) -> list[dict]:
     return [sts, svc]
 
 
+def _monitoring(flow: Flow) -> list[dict]:
+    """For the Prometheus operator: a PodMonitor scraping every worker's ``/metrics`` and a
+    PrometheusRule alerting when dead letters grow and when a worker stays unready (its setup()
+    fails, it cannot reach the broker, a thread died)."""
+    sel = {"matchLabels": {"flownb.flow": flow.name}}
+    f = flow.name
+    pod_monitor = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
+                   "metadata": _meta(flow, f"flownb-{f}"),
+                   "spec": {"selector": sel, "podMetricsEndpoints": [{"port": "metrics", "interval": "30s"}]}}
+    rules = [
+        {"alert": "FlownbDeadLettersGrowing",
+         "expr": f'sum by (flow, step) (increase(flownb_messages_dead_lettered_total{{flow="{f}"}}[10m])) > 0',
+         "labels": {"severity": "warning"},
+         "annotations": {"summary": f"flow '{f}': step {{{{ $labels.step }}}} dead-lettered "
+                                    f"{{{{ $value | humanize }}}} message(s) in 10 minutes",
+                         "description": "list them with 'flownb dlq list' (or flownb.dead_letters in a "
+                                        "notebook), fix the cause, then replay them"}},
+        {"alert": "FlownbWorkerUnready",
+         "expr": f'sum by (pod) (kube_pod_status_ready{{condition="false", pod=~"flownb-{f}-.*"}}) > 0',
+         "for": "5m", "labels": {"severity": "critical"},
+         "annotations": {"summary": f"flow '{f}': worker {{{{ $labels.pod }}}} has not been ready for 5 minutes",
+                         "description": "its /readyz says why: a step whose setup() fails, the broker "
+                                        "unreachable, or a thread that died"}},
+    ]
+    rule = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+            "metadata": _meta(flow, f"flownb-{f}"),
+            "spec": {"groups": [{"name": f"flownb-{f}", "rules": rules}]}}
+    return [pod_monitor, rule]
+
+
 def _scaled_object(flow: Flow, p: StepPlan) -> dict:
     return {
         "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
@@ -184,9 +214,10 @@ def render_manifests(flow: Flow, *, broker_url: str | None = None, image: str | 
             objs.append(_webhook_service(flow, p))
             if ingress_host:
                 objs.append(_ingress(flow, p, ingress_host))
-        if keda and not p.is_trigger:
+        if keda and p.kind == "action":
             objs.append(_scaled_object(flow, p))
         files[f"step-{p.name}.yaml"] = objs
+    files["monitoring.yaml"] = _monitoring(flow)
     if schedules:
         from ..schedule.k8s import cronjob_manifests
         files["schedules.yaml"] = cronjob_manifests(

@@ -8,13 +8,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import DeployError
 from ..flow import Flow, Step
-from ..runtime.amqp.names import BROKER_ENV  # noqa: F401  (re-exported: every target names it)
+from ..runtime.amqp.names import (
+    BROKER_ENV,  # noqa: F401  (re-exported: every target names it)
+    ON_ERROR_WORKER,
+)
 from ..secrets import required_env, step_env, walk_config
 
 DEFAULT_WEBHOOK_PORT = 8080
 METRICS_PORT = 9100
 INTERNAL_BROKER_URL = "amqp://guest:guest@rabbitmq:5672/"
 RABBITMQ_IMAGE = "rabbitmq:3-management"
+#: the service / Deployment of the flow's on_error worker (``flownb worker --step on_error``)
+ON_ERROR_SERVICE = "on-error"
 #: config keys whose literal value would be a secret: name an environment variable instead
 _SECRET_KEYS = re.compile(r"^(password|passwd|secret|token|api_?key|access_?key|authorization|"
                           r"client_secret|private_key)$", re.IGNORECASE)
@@ -36,7 +41,7 @@ def secret_envs(flow: Flow) -> list[str]:
 
 def check_no_literal_secrets(flow: Flow) -> None:
     """A config key such as ``password``/``token`` holding a literal string is refused."""
-    for s in flow.all_steps:
+    for s in [*flow.all_steps, *flow.error_steps]:
         for where, key, value in walk_config(s.config):
             if _SECRET_KEYS.match(key) and isinstance(value, str) and value and "{{" not in value:
                 raise DeployError(
@@ -63,7 +68,9 @@ class StepPlan:
 
     step: Step
     is_trigger: bool
-    kind: str  # "action" | "poll" | "webhook"
+    kind: str  # "action" | "poll" | "webhook" | "on_error"
+    #: the flow's on_error actions, run by the on_error worker (kind "on_error")
+    error_steps: tuple[Step, ...] = ()
 
     @property
     def name(self) -> str:
@@ -72,13 +79,14 @@ class StepPlan:
     @property
     def replicas(self) -> int:
         # a polling trigger must not poll twice: one replica, whatever the spec says
-        return 1 if self.kind == "poll" else self.step.replicas
+        return 1 if self.kind in ("poll", "on_error") else self.step.replicas
 
     @property
     def secrets(self) -> list[str]:
         """The environment variables this step reads (its ``*_env`` fields): all its container
         gets of the flow's secrets (``flownb worker --step`` checks only these)."""
-        return list(dict.fromkeys(v.name for v in step_env(self.step)))
+        steps = self.error_steps or (self.step,)
+        return list(dict.fromkeys(v.name for s in steps for v in step_env(s)))
 
     @property
     def port(self) -> int | None:
@@ -87,7 +95,7 @@ class StepPlan:
         return int(self.step.config.get("port") or DEFAULT_WEBHOOK_PORT)
 
     def command(self, spec_path: str = "/app/flow.yaml", *, metrics: bool = False) -> list[str]:
-        cmd = ["flownb", "worker", spec_path, "--step", self.name]
+        cmd = ["flownb", "worker", spec_path, "--step", ON_ERROR_WORKER if self.kind == "on_error" else self.name]
         if self.port is not None:
             cmd += ["--port", str(self.port), "--host", "0.0.0.0"]
         if metrics:
@@ -108,6 +116,12 @@ def component_kind(component: str) -> str:
 def step_plans(flow: Flow) -> list[StepPlan]:
     out = [StepPlan(flow.trigger, True, component_kind(flow.trigger.component))]
     out += [StepPlan(s, False, "action") for s in flow.steps]
+    if flow.on_error is not None:  # one worker (a service, a Deployment) for the on_error actions
+        if any(p.name == ON_ERROR_SERVICE for p in out):
+            raise DeployError(f"step '{ON_ERROR_SERVICE}' has the name the on_error worker's service gets; "
+                              f"rename the step")
+        out.append(StepPlan(Step(name=ON_ERROR_SERVICE, component="on_error"), False, "on_error",
+                            tuple(flow.error_steps)))
     return out
 
 
@@ -120,7 +134,7 @@ def extras_for(flow: Flow) -> list[str]:
     text = flow.to_yaml()
     if "postgresql" in text or "postgres://" in text:
         extras.append("postgres")
-    components = [flow.trigger.component, *(s.component for s in flow.steps)]
+    components = [flow.trigger.component, *(s.component for s in [*flow.steps, *flow.error_steps])]
     for extra in ("mqtt", "redis"):  # mqtt.subscribe/publish need paho-mqtt, redis.* redis-py
         if any(c.startswith(extra + ".") for c in components):
             extras.append(extra)

@@ -56,7 +56,7 @@ def test_secrets_never_reach_an_exported_file(hooks_export):
     files = [p for p in hooks_export.rglob("*") if p.is_file() and p.name != "_secrets.json"]
     assert sorted(str(p.relative_to(hooks_export)) for p in files) == [  # every file export writes
         ".dockerignore", "Dockerfile", "docker-compose.yml", "flow.yaml", "hooks.executed.ipynb",
-        "k8s/configmap.yaml", "k8s/rabbitmq.yaml", "k8s/step-hook.yaml", "k8s/step-show.yaml",
+        "k8s/configmap.yaml", "k8s/monitoring.yaml", "k8s/rabbitmq.yaml", "k8s/step-hook.yaml", "k8s/step-show.yaml",
         "k8s/step-store.yaml", "params.json", "secrets.env.example"]
     for p in files:
         text = p.read_text()

@@ -16,7 +16,7 @@ K8S_VERSION = "1.30"
 
 
 def _check(obj: dict) -> None:
-    if obj["apiVersion"].startswith("keda.sh/"):
+    if obj["apiVersion"].startswith(("keda.sh/", "monitoring.coreos.com/")):
         return  # a CRD: checked by hand below
     kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
@@ -31,7 +31,8 @@ def test_validator_rejects_a_broken_deployment():
 def test_exported_manifests_validate(hooks_export):
     objs = [o for p in sorted((hooks_export / "k8s").glob("*.yaml")) for o in load_yaml_all(p)]
     kinds = sorted(o["kind"] for o in objs)
-    assert kinds == ["ConfigMap", "Deployment", "Deployment", "Deployment", "Service", "Service", "StatefulSet"]
+    assert kinds == ["ConfigMap", "Deployment", "Deployment", "Deployment", "PodMonitor", "PrometheusRule", "Service",
+                     "Service", "StatefulSet"]
     for o in objs:
         _check(o)
     cm = next(o for o in objs if o["kind"] == "ConfigMap")
@@ -113,3 +114,38 @@ def test_a_polling_trigger_is_recreated_never_rolled():
     assert deps["src"]["spec"]["replicas"] == 1
     assert deps["work"]["spec"]["strategy"]["type"] == "RollingUpdate"
     assert deps["work"]["spec"]["replicas"] == 2
+
+
+def test_monitoring_scrapes_the_workers_and_alerts_on_dead_letters_and_unready_workers():
+    flow = Flow(name="mon", trigger=step("hook", "webhook", token_env="TOK"), steps=[step("work", "log")])
+    pod_monitor, rule = render_manifests(flow)["monitoring.yaml"]
+    assert pod_monitor["kind"] == "PodMonitor" and pod_monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert pod_monitor["spec"]["selector"] == {"matchLabels": {"flownb.flow": "mon"}}
+    assert pod_monitor["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "interval": "30s"}]
+    deployment = render_manifests(flow)["step-work.yaml"][0]
+    ports = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert {"name": "metrics", "containerPort": 9100} in ports  # the port the PodMonitor names
+    assert deployment["metadata"]["labels"]["flownb.flow"] == "mon"
+    (group,) = rule["spec"]["groups"]
+    alerts = {r["alert"]: r for r in group["rules"]}
+    dead = alerts["FlownbDeadLettersGrowing"]
+    # the counter the workers export (flownb/runtime/amqp/metrics.py), with its _total suffix
+    assert 'increase(flownb_messages_dead_lettered_total{flow="mon"}[10m])' in dead["expr"]
+    unready = alerts["FlownbWorkerUnready"]
+    assert 'pod=~"flownb-mon-.*"' in unready["expr"] and unready["for"] == "5m"
+    assert unready["labels"]["severity"] == "critical"
+
+
+def test_an_on_error_flow_gets_one_on_error_worker_with_only_its_secrets():
+    flow = Flow(name="oe", trigger=step("hook", "webhook", token_env="TOK"), steps=[step("work", "log")],
+                on_error=[step("alert", "http.request", url="https://chat.example.org/hook", token_env="CHAT_TOKEN")])
+    files = render_manifests(flow, keda=True)
+    dep = files["step-on-error.yaml"][0]
+    _check(dep)
+    assert dep["spec"]["replicas"] == 1 and len(files["step-on-error.yaml"]) == 1  # no KEDA: one consumer
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"][:5] == ["flownb", "worker", "/app/flow.yaml", "--step", "on_error"]
+    secrets = {e["name"] for e in c["env"] if "valueFrom" in e}
+    assert secrets == {"CHAT_TOKEN"}
+    work = files["step-work.yaml"][0]["spec"]["template"]["spec"]["containers"][0]
+    assert "CHAT_TOKEN" not in {e["name"] for e in work["env"]}

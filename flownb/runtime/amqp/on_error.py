@@ -108,7 +108,10 @@ class ErrorWorker:
             for method, _props, body in ch.consume(self.queue, inactivity_timeout=0.2):
                 if method is not None:
                     pending.append((method.delivery_tag, _event(body)))
-                if pending and (self._stopping or self.errors.window.due(self.clock())):
+                # a due window waits for a quiet moment (nothing more ready at once) or a full batch,
+                # so a burst is one delivery, not its first event alone
+                settled = method is None or len(pending) >= self.errors.batch
+                if pending and (self._stopping or (settled and self.errors.window.due(self.clock()))):
                     if self._deliver(ch, pending):
                         pending = []
                 if self._stopping and (not pending or method is None):
