@@ -26,6 +26,7 @@ FLOW_MIME = "application/vnd.flownb.flow+json"
 
 _BOX_W, _BOX_H, _GAP, _PAD, _PER_ROW = 190, 74, 44, 16, 4
 _TRIGGER_FILL, _STEP_FILL, _STROKE = "#e8f1fb", "#f6f6f6", "#5b6b7b"
+_ERROR_STROKE = "#c0392b"
 
 
 def _e(value: Any) -> str:
@@ -40,16 +41,19 @@ def retry_label(step) -> str:
 
 def flow_text(flow) -> str:
     steps = " → ".join(f"{s.name} ({s.component})" for s in flow.all_steps)
-    return f"Flow '{flow.name}': {steps}"
+    text = f"Flow '{flow.name}': {steps}"
+    if getattr(flow, "on_error", None) is not None:
+        text += "\non_error: " + " → ".join(f"{s.name} ({s.component})" for s in flow.error_steps)
+    return text
 
 
 def _clip(text: str, n: int = 26) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def _box(x: int, y: int, step, is_trigger: bool) -> str:
+def _box(x: int, y: int, step, is_trigger: bool, note: str | None = None) -> str:
     fill = _TRIGGER_FILL if is_trigger else _STEP_FILL
-    kind = "trigger" if is_trigger else f"×{step.replicas} replica{'s' if step.replicas != 1 else ''}"
+    kind = note or ("trigger" if is_trigger else f"×{step.replicas} replica{'s' if step.replicas != 1 else ''}")
     lines = [
         f'<rect x="{x}" y="{y}" width="{_BOX_W}" height="{_BOX_H}" rx="8" fill="{fill}" '
         f'stroke="{_STROKE}" stroke-width="1.2"/>',
@@ -57,7 +61,7 @@ def _box(x: int, y: int, step, is_trigger: bool) -> str:
         f'<text x="{x + 10}" y="{y + 38}" fill="#1f5fa8">{_e(_clip(step.component))}</text>',
         f'<text x="{x + 10}" y="{y + 55}" fill="#555" font-size="11">{_e(kind)}</text>',
     ]
-    if not is_trigger:
+    if not is_trigger and note is None:
         lines.append(f'<text x="{x + 10}" y="{y + 68}" fill="#555" font-size="11">{_e(retry_label(step))}</text>')
     return "\n".join(lines)
 
@@ -99,6 +103,30 @@ def flow_svg(flow) -> str:
         parts.append(_box(x, y, s, i == 0))
         if i + 1 < n:
             parts.append(_arrow(i))
+    errors = flow.error_steps if getattr(flow, "on_error", None) is not None else []
+    if errors:  # the error flow: its own row(s) under the flow, dashed, fed by every step's failures
+        from ._duration import format_duration
+        top = height - _PAD + _GAP // 2
+        label = (f"on_error — failures of every step, at most one delivery per "
+                 f"{format_duration(float(flow.on_error.every))}, {flow.on_error.batch} listed")
+        parts.append(f'<text x="{_PAD}" y="{top + 4}" fill="{_ERROR_STROKE}" font-size="12">{_e(label)}</text>')
+        for i, s in enumerate(errors):
+            x, y = _position(i)
+            y += top - _PAD
+            box = _box(x, y, s, False, note="on_error action (no retries)")
+            parts.append(box.replace(f'stroke="{_STROKE}"', f'stroke="{_ERROR_STROKE}" stroke-dasharray="5,3"'))
+            if i + 1 < len(errors):
+                (ax, ay), (bx, by) = _position(i), _position(i + 1)
+                if ay == by:
+                    parts.append(f'<path d="M{ax + _BOX_W},{y + _BOX_H // 2} L{bx - 2},{y + _BOX_H // 2}" '
+                                 f'fill="none" stroke="{_ERROR_STROKE}" stroke-width="1.5" '
+                                 f'marker-end="url(#flownb-arrow)"/>')
+        erows = (len(errors) + _PER_ROW - 1) // _PER_ROW
+        extra = _GAP // 2 + 8 + erows * _BOX_H + (erows - 1) * _GAP + _PAD
+        height += extra
+        width = max(width, _PAD * 2 + min(len(errors), _PER_ROW) * (_BOX_W + _GAP) - _GAP, 560)
+        parts[0] = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+                    f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="13" class="flownb-flow">')
     parts.append("</svg>")
     return "\n".join(parts)
 

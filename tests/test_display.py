@@ -132,3 +132,18 @@ def test_timings_have_one_time_column_in_plain_numbers():
                     steps=[flownb.step("m", "mapping", fields={"a": "a"})])
     html = timings_html(f.test([{"a": 1}]))
     assert ">time<" in html and ">seconds<" not in html and "e-0" not in html and " ms<" in html
+
+
+def test_the_diagram_draws_the_on_error_actions_under_the_flow():
+    from flownb import Flow, step
+    flow = Flow(name="oe", trigger=step("in", "webhook", token_env="T"), steps=[step("check", "log")],
+                on_error={"every": "5m", "batch": 20, "steps": [step("chat", "http.request", url="http://x"),
+                                                                step("note", "log")]})
+    bundle = flow._repr_mimebundle_()
+    svg = bundle["image/svg+xml"]
+    assert "on_error — failures of every step, at most one delivery per 5m, 20 listed" in svg
+    assert svg.count('stroke-dasharray="5,3"') == 2 and svg.count("on_error action (no retries)") == 2
+    assert ">chat<" in svg and ">note<" in svg
+    assert bundle["text/plain"].endswith("on_error: chat (http.request) → note (log)")
+    plain = Flow(name="p", trigger=step("in", "webhook", token_env="T"), steps=[step("check", "log")])
+    assert "on_error" not in plain._repr_mimebundle_()["image/svg+xml"]
