@@ -60,3 +60,26 @@ def test_external_broker_and_no_secrets():
     assert out["environment"]["FLOWNB_BROKER_URL"] == "amqp://guest@mq.example:5672/"
     assert "env_file" not in out and "depends_on" not in out and out["deploy"]["replicas"] == 4
     assert doc["services"]["tick"]["deploy"]["replicas"] == 1  # a trigger that polls never runs twice
+
+
+def test_on_error_gets_one_service_with_only_its_secrets():
+    flow = Flow(name="oe", trigger=step("tick", "schedule", cron="* * * * *"),
+                steps=[step("out", "log", replicas=2)],
+                on_error=[step("chat", "http.request", url="https://chat.example.org/hook", token_env="CHAT_TOKEN")])
+    doc = render_compose(flow)
+    _validate(doc)
+    svc = doc["services"]
+    assert list(svc) == ["rabbitmq", "tick", "out", "on-error"]
+    oe = svc["on-error"]
+    assert oe["command"] == ["flownb", "worker", "/app/flow.yaml", "--step", "on_error"]
+    assert oe["deploy"]["replicas"] == 1
+    assert set(oe["environment"]) == {"FLOWNB_BROKER_URL", "CHAT_TOKEN"}
+    assert "CHAT_TOKEN" not in svc["out"]["environment"]
+
+
+def test_a_step_named_like_the_on_error_service_is_refused():
+    from flownb.errors import DeployError
+    flow = Flow(name="oe", trigger=step("tick", "schedule", cron="* * * * *"), steps=[step("on-error", "log")],
+                on_error=[step("say", "log")])
+    with pytest.raises(DeployError, match="rename the step"):
+        render_compose(flow)
