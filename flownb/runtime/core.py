@@ -375,6 +375,8 @@ class StageRunner:
     def __init__(self, runners: list[StepRunner]):
         self.runners = runners
         self.names = [r.step.name for r in runners]
+        #: the member running now (a BaseException names it: the step whose thread died)
+        self.current = self.names[0]
 
     def run_payloads(self, start: int, stop: int, payloads: list[bytes], attempts: list[int] | None = None, *,
                      deliveries: list[int] | None = None, max_deliveries: int = 3,
@@ -384,6 +386,7 @@ class StageRunner:
         step): they are checked as in-stage outputs are, not encoded."""
         t0 = time.perf_counter()
         first = self.runners[start]
+        self.current = first.step.name
         outs = first.run_payloads(payloads, attempts, deliveries=deliveries, max_deliveries=max_deliveries,
                                   encode=encode_last and start + 1 >= stop)
         t1 = time.perf_counter()
@@ -407,6 +410,7 @@ class StageRunner:
                         p = c.to_json()
                         msgs.append(Message.from_json(p))
                         snaps.append(p)
+            self.current = runner.step.name
             outs = runner.run_batch(msgs, encode=encode_last and k + 1 >= stop) if msgs else []
             for o, snap in zip(outs, snaps, strict=True):
                 o.payload = snap

@@ -436,7 +436,7 @@ class LocalRuntime:
                                      encode_last=self._next[stage.names[stop - 1]] is not None)
         except BaseException as exc:  # not an Exception (those are outcomes): the process must end
             if not isinstance(exc, KeyboardInterrupt):
-                HEALTH.fail(f"step '{name}'", exc)  # the batch stays claimed: redelivered after restart
+                HEALTH.fail(f"step '{stage.current}'", exc)  # the batch stays claimed: redone after restart
             raise
         try:
             self._commit(rows, run)
@@ -490,8 +490,12 @@ class LocalRuntime:
                     dead.append((name, attempt, o.dead_payload(), orjson.dumps(err.to_dict())))
                     died.append((name, o, attempt))
         outputs = run.outputs()
+        # a poison suspect ran through its step alone: its outputs carry the deaths so far on, so
+        # the later member that kills the process dead-letters it after max_deliveries in all
+        stage, start = self._stage[run.steps[0][0]]
+        deaths = rows[0][3] if start + 1 < len(stage.runners) else 0  # 0 unless a suspect
         self.store.commit_batch(next_step=self._next[run.last], now=now, done=done, outputs=outputs,
-                                retries=retries, dead=dead, queued=queued)
+                                retries=retries, dead=dead, queued=queued, deaths=deaths)
         for name, o, attempt in died:  # the first of each kind per step is a WARNING; the summary counts the rest
             err = o.error
             assert err is not None
