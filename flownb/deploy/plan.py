@@ -64,6 +64,13 @@ class StepPlan:
     step: Step
     is_trigger: bool
     kind: str  # "action" | "poll" | "webhook"
+    #: the steps this service runs: the step itself, or its ``fuse`` group (first step first), whose
+    #: worker (``flownb worker --step <first>``) runs them all as one stage
+    members: tuple[Step, ...] = ()
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        return self.members or (self.step,)
 
     @property
     def name(self) -> str:
@@ -78,7 +85,7 @@ class StepPlan:
     def secrets(self) -> list[str]:
         """The environment variables this step reads (its ``*_env`` fields): all its container
         gets of the flow's secrets (``flownb worker --step`` checks only these)."""
-        return list(dict.fromkeys(v.name for v in step_env(self.step)))
+        return list(dict.fromkeys(v.name for s in self.steps for v in step_env(s)))
 
     @property
     def port(self) -> int | None:
@@ -106,8 +113,15 @@ def component_kind(component: str) -> str:
 
 
 def step_plans(flow: Flow) -> list[StepPlan]:
+    """One plan per container: the trigger, then each action step — a ``fuse`` group is one plan
+    (named after its first step) whose worker runs the group's steps as one stage."""
     out = [StepPlan(flow.trigger, True, component_kind(flow.trigger.component))]
-    out += [StepPlan(s, False, "action") for s in flow.steps]
+    for s in flow.steps:
+        group = flow.fused_group(s.name)
+        if s.name != group[0]:
+            continue  # runs in the worker of its group's first step
+        members = tuple(flow.step(n) for n in group) if len(group) > 1 else ()
+        out.append(StepPlan(s, False, "action", members))
     return out
 
 

@@ -353,6 +353,8 @@ class StageRun:
     earlier members' forwarded outputs went on in memory and are accounted for by the next member."""
 
     steps: list[tuple[str, list[Outcome], float]]
+    #: per member that ran, for each of its outcomes, the index of the input payload it came from
+    origins: list[list[int]] = field(default_factory=list)
 
     @property
     def last(self) -> str:
@@ -391,11 +393,14 @@ class StageRunner:
                                   encode=encode_last and start + 1 >= stop)
         t1 = time.perf_counter()
         steps = [(first.step.name, outs, t1 - t0)]
+        origin = list(range(len(outs)))
+        origins = [origin]
         for k in range(start + 1, stop):
             runner = self.runners[k]
             msgs: list[Message] = []
             snaps: list[bytes | None] = []
-            for o in outs:
+            came: list[int] = []
+            for o, i in zip(outs, origin, strict=True):
                 if o.error is not None:
                     continue
                 if o.payloads:  # encoded by its producer: the next member sees the wire form
@@ -410,13 +415,16 @@ class StageRunner:
                         p = c.to_json()
                         msgs.append(Message.from_json(p))
                         snaps.append(p)
+                came.extend([i] * (len(msgs) - len(came)))
+            origin = came
+            origins.append(origin)
             self.current = runner.step.name
             outs = runner.run_batch(msgs, encode=encode_last and k + 1 >= stop) if msgs else []
             for o, snap in zip(outs, snaps, strict=True):
                 o.payload = snap
             t0, t1 = t1, time.perf_counter()
             steps.append((runner.step.name, outs, t1 - t0))
-        return StageRun(steps)
+        return StageRun(steps, origins)
 
 
 class TriggerRunner:

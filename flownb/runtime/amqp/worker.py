@@ -104,12 +104,14 @@ def _worker_cli(flow: Flow, args) -> None:
     flow = flow.resolved()
     broker = broker_url(args.broker)
     # an unset secret stops the worker before it consumes anything (exit 2 naming step and variable)
-    check_env(flow, None if args.all else [flow.step(args.step).name])
+    check_env(flow, None if args.all else flow.fused_group(flow.step(args.step).name))
     from ..upgrade import check_broker_manifest
     check_broker_manifest(flow, broker, str(args.spec))  # exit 2: a renamed step's messages still wait
     webhook = trigger_kind(flow) == "webhook"
     if args.all:
-        workers = [make_worker(flow, s.name, broker, prefetch=args.prefetch) for s in flow.steps]
+        # one worker per step, or per ``fuse`` group (named after its first step)
+        workers = [make_worker(flow, s.name, broker, prefetch=args.prefetch) for s in flow.steps
+                   if flow.fused_group(s.name)[0] == s.name]
         if not webhook:
             workers.insert(0, make_worker(flow, flow.trigger.name, broker))
         _metrics(args, workers)
