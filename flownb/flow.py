@@ -108,6 +108,17 @@ class Flow(BaseModel):
     max_message_bytes: Size = DEFAULT_MAX_MESSAGE_BYTES
     #: actions that receive the flow's failures (docs/errors.md)
     on_error: OnError | None = None
+    #: groups of consecutive action steps that run in ONE worker (container) on RabbitMQ, as one
+    #: fused stage: ``fuse: [a, b]`` (one group) or ``fuse: [[a, b], [d, e]]``. The embedded runtime
+    #: fuses by itself (docs/local.md); on RabbitMQ the default stays one worker per step
+    fuse: list[list[str]] = Field(default_factory=list)
+
+    @field_validator("fuse", mode="before")
+    @classmethod
+    def _fuse_groups(cls, v: Any) -> Any:
+        if isinstance(v, list) and v and all(isinstance(x, str) for x in v):
+            return [v]  # fuse: [a, b] is one group
+        return v
 
     @field_validator("parameters")
     @classmethod
@@ -124,7 +135,34 @@ class Flow(BaseModel):
             if s.name in seen:
                 raise ValueError(f"step name '{s.name}' is used twice; step names must be unique")
             seen.add(s.name)
+        self._check_fuse()
         return self
+
+    def _check_fuse(self) -> None:
+        names = [s.name for s in self.steps]
+        used: set[str] = set()
+        for group in self.fuse:
+            if len(group) < 2:
+                raise ValueError(f"fuse: {group} names {len(group)} step; a fused group runs two or more "
+                                 f"consecutive action steps in one worker, e.g. fuse: [shape, keep]")
+            for n in group:
+                if n == self.trigger.name:
+                    raise ValueError(f"fuse: '{n}' is the trigger; only action steps can be fused")
+                if n not in names:
+                    raise ValueError(f"fuse: no action step '{n}'{did_you_mean(n, names)} steps: "
+                                     f"{', '.join(names)}")
+                if n in used:
+                    raise ValueError(f"fuse: step '{n}' is in two groups; each step runs in one worker")
+                used.add(n)
+            at = [names.index(n) for n in group]
+            if at != list(range(at[0], at[0] + len(group))):
+                order = ", ".join(names[min(at):max(at) + 1])
+                raise ValueError(f"fuse: {group} are not consecutive steps in flow order; list them as "
+                                 f"they follow each other (steps here: {order})")
+
+    def fused_group(self, name: str) -> list[str]:
+        """The ``fuse`` group step ``name`` belongs to (``[name]`` when it is not fused)."""
+        return next((list(g) for g in self.fuse if name in g), [name])
 
     # -- navigation ---------------------------------------------------------------------------
     @property

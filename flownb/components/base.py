@@ -84,6 +84,10 @@ class Component(Generic[ConfigT]):
     #: the component changes something outside the flow (sends a request, writes a table or a
     #: file): ``flow.test`` runs it dry unless ``live=True`` (:meth:`Action.dry_run`)
     effects: ClassVar[bool] = False
+    #: the component's outputs are plain JSON values (dict/list/str/int/float/bool/None) and it never
+    #: changes its input message in place: inside a fused stage (docs/local.md) messages reach it
+    #: and leave it without being encoded. Leave it False when unsure: nothing changes but speed
+    json_native: ClassVar[bool] = False
 
     def __init__(self, config: ConfigT, ctx: Context):
         self.config = config

@@ -43,11 +43,17 @@ _INT = re.compile(r"^[-+]?(0|[1-9][0-9]*)$")
 _FLOAT = re.compile(r"^[-+]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+)$")
 
 
+#: the characters a number's cell can start with (after spaces): any other cell stays a string
+_NUMBER_START = frozenset("+-.0123456789")
+
+
 def parse_cell(text: str, numbers: bool = True) -> Any:
     """A CSV cell → int, float, None (empty) or the string itself (see the module docstring)."""
     if text == "":
         return None
     if numbers:
+        if text[0] not in _NUMBER_START and not text[0].isspace():
+            return text
         s = text.strip()
         if _INT.match(s):
             return int(s)
@@ -291,6 +297,7 @@ class CsvWrite(Action[CsvWriteConfig]):
 
     Config = CsvWriteConfig
     effects = True
+    json_native = True  # it passes its input body on, unchanged
 
     def setup(self) -> None:
         self._columns: list[str] | None = None
@@ -366,14 +373,24 @@ class CsvWrite(Action[CsvWriteConfig]):
     def _lines(self, messages, columns: list[str]) -> tuple[list, list[str]]:
         results: list = []
         lines: list[str] = []
+        buf = io.StringIO()  # one writer for the batch; each line cut from the buffer
+        writer = csv.writer(buf, delimiter=self.config.delimiter, lineterminator="\n")
+        cols = set(columns)
+        check = self.config.on_extra == "error"
+        passthrough = self.config.passthrough
         for m in messages:
-            extra = [k for k in m.body if k not in columns]
-            if extra and self.config.on_extra == "error":
-                results.append(FatalError(f"field(s) {extra} are not columns {columns}; add them to "
-                                          f"'columns' or set on_extra: ignore"))
-                continue
-            lines.append(self._format([_cell(m.body.get(c)) for c in columns]))
-            results.append(m.body if self.config.passthrough else None)
+            body = m.body
+            if check:
+                extra = [k for k in body if k not in cols]
+                if extra:
+                    results.append(FatalError(f"field(s) {extra} are not columns {columns}; add them to "
+                                              f"'columns' or set on_extra: ignore"))
+                    continue
+            writer.writerow([_cell(body.get(c)) for c in columns])
+            lines.append(buf.getvalue())
+            buf.seek(0)
+            buf.truncate()
+            results.append(body if passthrough else None)
         return results, lines
 
     def _format(self, values: list[str]) -> str:

@@ -91,6 +91,7 @@ class MappingAction(Action[MappingConfig]):
     """Build a new body from JSONata expressions (one per output field, or one object)."""
 
     Config = MappingConfig
+    json_native = True
 
     @classmethod
     def check_config(cls, config: MappingConfig, step) -> None:
@@ -122,6 +123,7 @@ class FilterAction(Action[FilterConfig]):
     """Pass a message on only when ``condition`` is truthy."""
 
     Config = FilterConfig
+    json_native = True
 
     @classmethod
     def check_config(cls, config: FilterConfig, step) -> None:
@@ -154,6 +156,7 @@ class SplitAction(Action[SplitConfig]):
     """One message per item of the array that ``path`` gives."""
 
     Config = SplitConfig
+    json_native = True
 
     @classmethod
     def check_config(cls, config: SplitConfig, step) -> None:

@@ -69,8 +69,14 @@ class StepPlan:
     step: Step
     is_trigger: bool
     kind: str  # "action" | "poll" | "webhook" | "on_error"
-    #: the flow's on_error actions, run by the on_error worker (kind "on_error")
-    error_steps: tuple[Step, ...] = ()
+    #: the steps this service runs: the step itself, its ``fuse`` group (first step first), whose
+    #: worker (``flownb worker --step <first>``) runs them all as one stage, or (kind "on_error") the
+    #: flow's on_error actions, run by the on_error worker
+    members: tuple[Step, ...] = ()
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        return self.members or (self.step,)
 
     @property
     def name(self) -> str:
@@ -85,8 +91,7 @@ class StepPlan:
     def secrets(self) -> list[str]:
         """The environment variables this step reads (its ``*_env`` fields): all its container
         gets of the flow's secrets (``flownb worker --step`` checks only these)."""
-        steps = self.error_steps or (self.step,)
-        return list(dict.fromkeys(v.name for s in steps for v in step_env(s)))
+        return list(dict.fromkeys(v.name for s in self.steps for v in step_env(s)))
 
     @property
     def port(self) -> int | None:
@@ -114,8 +119,15 @@ def component_kind(component: str) -> str:
 
 
 def step_plans(flow: Flow) -> list[StepPlan]:
+    """One plan per container: the trigger, then each action step — a ``fuse`` group is one plan
+    (named after its first step) whose worker runs the group's steps as one stage."""
     out = [StepPlan(flow.trigger, True, component_kind(flow.trigger.component))]
-    out += [StepPlan(s, False, "action") for s in flow.steps]
+    for s in flow.steps:
+        group = flow.fused_group(s.name)
+        if s.name != group[0]:
+            continue  # runs in the worker of its group's first step
+        members = tuple(flow.step(n) for n in group) if len(group) > 1 else ()
+        out.append(StepPlan(s, False, "action", members))
     if flow.on_error is not None:  # one worker (a service, a Deployment) for the on_error actions
         if any(p.name == ON_ERROR_SERVICE for p in out):
             raise DeployError(f"step '{ON_ERROR_SERVICE}' has the name the on_error worker's service gets; "

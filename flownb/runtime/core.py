@@ -34,13 +34,14 @@ import orjson
 from ..components.base import Action, Component, Context, PollingTrigger, classify
 from ..errors import FatalError, MessageError, MessageTooLarge, PoisonMessage
 from ..flow import Flow, RetryPolicy, Step
-from ..message import Message
+from ..message import Message, encode_body
 from ..registry import get, validate_step
 from .health import HEALTH
 
 log = logging.getLogger("flownb.runtime")
 
-__all__ = ["ErrorInfo", "Outcome", "Route", "StepRunner", "TriggerRunner", "build_component", "undecodable"]
+__all__ = ["ErrorInfo", "Outcome", "Route", "StageRun", "StageRunner", "StepRunner", "TriggerRunner",
+           "build_component", "undecodable"]
 
 
 class Route(str, Enum):
@@ -104,8 +105,8 @@ class Outcome:
 
     @property
     def route(self) -> Route:
-        if self.error is None:
-            return Route.FORWARD if self.payloads else Route.FILTERED
+        if self.error is None:  # inside a fused stage the outputs go on unencoded (no payloads)
+            return Route.FORWARD if self.payloads or self.outputs else Route.FILTERED
         return Route.DEAD if self.retry_after is None else Route.RETRY
 
     def dead_payload(self) -> bytes:
@@ -128,6 +129,10 @@ def undecodable(payload: bytes, step: str, attempt: int = 1) -> Message:
     m = Message(body={"_raw": bytes(payload).decode("utf-8", "replace")}, step=step)
     m.attempt = attempt
     return m
+
+
+#: more than the envelope (id, meta, no headers) adds to a body's size on the wire
+_ENVELOPE = 512
 
 
 def _too_large(step: str, size: int, limit: int, what: str) -> MessageTooLarge:
@@ -180,6 +185,10 @@ class StepRunner:
         self._where = f"flow '{flow.name}' step '{step_name}'"
         #: called with each setup() failure (the runtimes report it to the flow's on_error actions)
         self.on_setup_failure: Callable[[Exception], None] | None = None
+        #: the component's outputs are JSON values already and it never changes its input in place
+        #: (``json_native`` on the class: mapping, filter, split): inside a fused stage its outputs go
+        #: on in memory, and its inputs need no copy as received
+        self.native = bool(getattr(type(self.component), "json_native", False))
 
     def open(self) -> StepRunner:
         if not self._open:
@@ -233,7 +242,7 @@ class StepRunner:
     def run(self, message: Message) -> Outcome:
         return self.run_batch([message])[0]
 
-    def run_batch(self, messages: list[Message]) -> list[Outcome]:
+    def run_batch(self, messages: list[Message], *, encode: bool = True) -> list[Outcome]:
         """One outcome per message, in order. A component error for the whole batch
         (``process_batch`` raised) fails every message (retryable per the error); a wrong number of
         results dead-letters every message. ``BaseException`` propagates (see the module doc), and so
@@ -252,15 +261,18 @@ class StepRunner:
                                f"{len(results)} results for {len(messages)} messages; return exactly one "
                                f"result (or exception) per input message")
             return [self.failure(m, wrong, retryable=False) for m in messages]
-        return [self._outcome(m, r) for m, r in zip(messages, results, strict=True)]
+        return [self._outcome(m, r, encode) for m, r in zip(messages, results, strict=True)]
 
     def run_payloads(self, payloads: list[bytes], attempts: list[int] | None = None, *,
-                     deliveries: list[int] | None = None, max_deliveries: int = 3) -> list[Outcome]:
+                     deliveries: list[int] | None = None, max_deliveries: int = 3,
+                     encode: bool = True) -> list[Outcome]:
         """Decode wire payloads and run them: one outcome per payload, in order. A payload that is
         not a message is dead-lettered as received (``Outcome.payload``), without running the step.
         ``attempts``: the delivery attempt of each payload when the runtime stores it apart.
         ``deliveries``: how many earlier deliveries of each payload ended with the process dying
-        while processing it; at ``max_deliveries`` it is dead-lettered as poison without running."""
+        while processing it; at ``max_deliveries`` it is dead-lettered as poison without running.
+        ``encode=False``: the outputs go on in memory to the next member of a fused stage
+        (:class:`StageRunner`)."""
         name = self.step.name
         outcomes: list[Outcome | None] = [None] * len(payloads)
         msgs, where = [], []
@@ -284,15 +296,21 @@ class StepRunner:
                 continue
             msgs.append(m)
             where.append(i)
-        for i, out in zip(where, self.run_batch(msgs), strict=True):
+        for i, out in zip(where, self.run_batch(msgs, encode=encode), strict=True):
             out.payload = payloads[i]
             outcomes[i] = out
         return outcomes  # type: ignore[return-value]
 
-    def _outcome(self, message: Message, result: Any) -> Outcome:
+    def _outcome(self, message: Message, result: Any, encode: bool = True) -> Outcome:
+        """``encode=False`` (inside a fused stage, the next member runs on the outputs in memory): a
+        ``json_native`` component's outputs are not wire-encoded, only checked (JSON, and
+        ``max_message_bytes`` when they could be near it); a body passed on unchanged (a filter) is
+        not looked at again. Other components' outputs are encoded as always (their wire form is
+        what the next step must see: a date becomes a string, a tuple a list)."""
         name = self.step.name
         if isinstance(result, BaseException):
             return self.failure(message, result)
+        encode = encode or not self.native
         try:
             children = []
             payloads = []
@@ -301,10 +319,17 @@ class StepRunner:
                     raise MessageError(f"an output must be a JSON object (dict), got {type(body).__name__}",
                                        step=name)
                 child = message.child(body, name)
-                payload = child.to_json()
-                if len(payload) > self.max_bytes:
-                    raise _too_large(name, len(payload), self.max_bytes, "an output of this step")
-                payloads.append(payload)
+                if encode:
+                    payload = child.to_json()
+                    if len(payload) > self.max_bytes:
+                        raise _too_large(name, len(payload), self.max_bytes, "an output of this step")
+                    payloads.append(payload)
+                elif body is not message.body:
+                    size = len(encode_body(body, step=name))
+                    if size + _ENVELOPE > self.max_bytes or message.headers:  # near the limit: exactly
+                        payload = child.to_json()
+                        if len(payload) > self.max_bytes:
+                            raise _too_large(name, len(payload), self.max_bytes, "an output of this step")
                 children.append(child)
         except MessageError as exc:
             return self.failure(message, exc.at(step=name), retryable=False)
@@ -322,6 +347,88 @@ class StepRunner:
             delay = float(after) if after is not None else self.policy.delay(message.attempt)
             return Outcome(message, retry_after=delay, error=info)
         return Outcome(message, error=info)
+
+
+@dataclass
+class StageRun:
+    """What one batch did in a fused stage: per member that ran, in order, its step name, the
+    outcomes of the messages it processed (the first member's: one per input payload) and its
+    time. The last member's forwarded outputs (``payloads``, encoded) go to the step after it;
+    earlier members' forwarded outputs went on in memory and are accounted for by the next member."""
+
+    steps: list[tuple[str, list[Outcome], float]]
+    #: per member that ran, for each of its outcomes, the index of the input payload it came from
+    origins: list[list[int]] = field(default_factory=list)
+
+    @property
+    def last(self) -> str:
+        return self.steps[-1][0]
+
+    def outputs(self) -> list[bytes]:
+        return [p for o in self.steps[-1][1] if o.error is None for p in o.payloads]
+
+
+class StageRunner:
+    """Consecutive steps that run in one process, as one stage (fusion): a batch goes through all of
+    them in memory; each member keeps its own outcomes (retries and dead letters name the member
+    where the message failed, and its input as that member received it).
+
+    A message goes from member k to member k+1 without its envelope being encoded and decoded
+    when member k's component is ``json_native`` and member k+1's never changes its input in place
+    (``json_native`` too); otherwise it goes through its wire form, exactly as between two
+    separate steps. Only the last member's outputs are encoded for the queue."""
+
+    def __init__(self, runners: list[StepRunner]):
+        self.runners = runners
+        self.names = [r.step.name for r in runners]
+        #: the member running now (a BaseException names it: the step whose thread died)
+        self.current = self.names[0]
+
+    def run_payloads(self, start: int, stop: int, payloads: list[bytes], attempts: list[int] | None = None, *,
+                     deliveries: list[int] | None = None, max_deliveries: int = 3,
+                     encode_last: bool = True) -> StageRun:
+        """Run ``payloads`` (queued for member ``start``) through members ``start`` … ``stop - 1``.
+        ``encode_last=False``: the last member's outputs go nowhere on the wire (the flow's last
+        step): they are checked as in-stage outputs are, not encoded."""
+        t0 = time.perf_counter()
+        first = self.runners[start]
+        self.current = first.step.name
+        outs = first.run_payloads(payloads, attempts, deliveries=deliveries, max_deliveries=max_deliveries,
+                                  encode=encode_last and start + 1 >= stop)
+        t1 = time.perf_counter()
+        steps = [(first.step.name, outs, t1 - t0)]
+        origin = list(range(len(outs)))
+        origins = [origin]
+        for k in range(start + 1, stop):
+            runner = self.runners[k]
+            msgs: list[Message] = []
+            snaps: list[bytes | None] = []
+            came: list[int] = []
+            for o, i in zip(outs, origin, strict=True):
+                if o.error is not None:
+                    continue
+                if o.payloads:  # encoded by its producer: the next member sees the wire form
+                    for p in o.payloads:
+                        msgs.append(Message.from_json(p))
+                        snaps.append(p)
+                elif runner.native:
+                    msgs.extend(o.outputs)
+                    snaps.extend([None] * len(o.outputs))
+                else:  # a member that may change its input in place gets a copy as received
+                    for c in o.outputs:
+                        p = c.to_json()
+                        msgs.append(Message.from_json(p))
+                        snaps.append(p)
+                came.extend([i] * (len(msgs) - len(came)))
+            origin = came
+            origins.append(origin)
+            self.current = runner.step.name
+            outs = runner.run_batch(msgs, encode=encode_last and k + 1 >= stop) if msgs else []
+            for o, snap in zip(outs, snaps, strict=True):
+                o.payload = snap
+            t0, t1 = t1, time.perf_counter()
+            steps.append((runner.step.name, outs, t1 - t0))
+        return StageRun(steps, origins)
 
 
 class TriggerRunner:

@@ -562,7 +562,8 @@ def run_amqp(env: Env) -> Raw:
             for body in env.case.sample:
                 m = Message(body=body, flow=flow.name, step=flow.trigger.name)
                 ch.basic_publish(names.exchange(flow.name), first, m.to_json(), PERSISTENT)
-        steps = [s.name for s in flow.steps if s.name != CAPTURE]
+        # one worker per step, or per ``fuse`` group (started as its first step)
+        steps = [s.name for s in flow.steps if s.name != CAPTURE and flow.fused_group(s.name)[0] == s.name]
         if polling:
             steps.insert(0, flow.trigger.name)
         if flow.on_error is not None:
@@ -654,14 +655,15 @@ def _wait_idle(ch, queues: dict, workers: Workers, flow: Flow, metrics: dict[str
     the step busy. The counters are read before the arrivals: equal values mean nothing was
     in flight at the first read and nothing arrived since — exact, with no view of unacked messages."""
     work = [q for q in queues["work"] if q != f"flownb.{flow.name}.{CAPTURE}"]
-    steps = [s.name for s in flow.steps if s.name != CAPTURE]
+    # a fused group's worker counts (under its first step's name) what arrived at any of its steps
+    steps = [s.name for s in flow.steps if s.name != CAPTURE and flow.fused_group(s.name)[0] == s.name]
     seen: dict = {}
 
     def idle() -> bool:
         done = {s: _metric(metrics[s], "flownb_messages_processed_total", s)
                 + _metric(metrics[s], "flownb_messages_dead_lettered_total", s) for s in steps}
-        arrived = {s: ch.queue_declare(_arrivals_queue(flow, s), passive=True).method.message_count
-                   for s in steps}
+        arrived = {s: sum(ch.queue_declare(_arrivals_queue(flow, m), passive=True).method.message_count
+                          for m in flow.fused_group(s)) for s in steps}
         ready = sum(ch.queue_declare(q, passive=True).method.message_count for q in work)
         seen.update(done=done, arrived=arrived, ready=ready)
         return ready == 0 and all(done[s] == arrived[s] for s in steps)

@@ -169,3 +169,84 @@ steps:
     for i in poison:                                  # dead-lettered at the mapping, kept across kills
         assert f"A{i:06d}" in dead.stdout
     assert dead.stdout.count("shape") >= 3
+
+
+def test_kill_9_mid_run_of_a_fused_stage_loses_nothing_and_dead_letters_name_their_step(tmp_path):
+    """csv.poll → mapping → filter → python (fails some rows) → sql.upsert runs as ONE fused stage
+    (the default): killed three times mid-run, then run to the end, the idempotent target holds
+    every kept row exactly once, and the rows the python step refused are dead-lettered at *that*
+    step (not at the stage's first), with the body it received."""
+    rows, refused = 30_000, {101, 15_001, 29_998}
+    csv_path = tmp_path / "orders.csv"
+    with open(csv_path, "w") as fh:
+        fh.write("order_id,qty,price,status\n")
+        for i in range(rows):
+            fh.write(f"{i},{1 + i % 4},2.5,{'cancelled' if i % 10 == 0 else 'paid'}\n")
+    db = tmp_path / "target.db"
+    spec = tmp_path / "flow.yaml"
+    spec.write_text(f"""
+name: crash-fused
+trigger:
+  name: orders
+  component: csv.poll
+  config: {{path: "{csv_path}", cursor: order_id, key: order_id}}
+steps:
+  - name: shape
+    component: mapping
+    config:
+      fields: {{order_id: order_id, total: qty * price, status: status}}
+  - name: keep
+    component: filter
+    config: {{condition: status = "paid"}}
+  - name: check
+    component: python
+    config:
+      function: check
+      source: |
+        def check(body, ctx):
+            if body["order_id"] in {sorted(refused)}:
+                raise ValueError("refused " + str(body["order_id"]))
+            return body
+  - name: save
+    component: sql.upsert
+    config: {{url: "sqlite:///{db}", table: orders, key: [order_id], create: true}}
+""")
+    from flownb import load
+    from flownb.runtime.core import StepRunner
+    from flownb.runtime.local.runtime import stages
+    flow = load(spec)
+    groups = stages([StepRunner(flow, s.name) for s in flow.steps])
+    assert [[r.step.name for r in g] for g in groups] == [["shape", "keep", "check", "save"]]
+
+    state = tmp_path / "state"
+    flownb = str(Path(sys.executable).parent / "flownb")
+    cmd = [flownb, "run", str(spec), "--state-dir", str(state), "--until-idle"]
+    seen = 0
+    for _ in range(3):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while _count(db) < seen + 2000:
+            assert proc.poll() is None, "the run finished before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        seen = _count(db)
+    expected = {i: float(1 + i % 4) * 2.5 for i in range(rows) if i % 10 and i not in refused}
+    assert seen < len(expected)                      # the kills really were mid-way
+    r = subprocess.run([*cmd, "--allow-dead-letters"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    con = sqlite3.connect(db)
+    got = dict(con.execute("select order_id, total from orders"))
+    n = con.execute("select count(*) from orders").fetchone()[0]
+    con.close()
+    assert got == expected and n == len(expected)   # nothing lost, each row once
+
+    from flownb.runtime.local import LocalDeadLetters
+    dlq = LocalDeadLetters(flow, state)
+    dead = dlq.list()
+    dlq.close()
+    assert sorted(d.message.body["order_id"] for d in dead) == sorted(refused)
+    assert all(d.step == "check" and d.error.type == "ValueError" for d in dead)
+    assert all(d.message.body == {"order_id": d.message.body["order_id"], "total": d.message.body["total"],
+                                  "status": "paid"} for d in dead)

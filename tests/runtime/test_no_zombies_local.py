@@ -31,8 +31,17 @@ def test_a_step_dying_of_a_base_exception_ends_run_with_70_within_5s(tmp_path, m
     proc = Proc(["run", str(spec), "--state-dir", str(state), *mode], _env())
     assert_crashed_with_70(proc)
     assert "processed again on the next run" in proc.out
-    # nothing lost: the crashed batch is still queued for 'boom'
-    assert _queued(state, "zombie-local") == {"boom": 5}
+    # nothing lost: the crashed batch is still queued, for 'shape': shape and boom are one fused stage
+    # and the batch was claimed at its first step (--no-fuse: for 'boom', as the unfused test below)
+    assert _queued(state, "zombie-local") == {"shape": 5}
+
+
+def test_without_fusion_the_crashed_batch_stays_queued_for_the_step_that_died(tmp_path):
+    spec = flow("zombie-nofuse", "crash").save(tmp_path / "flow.yaml")
+    state = tmp_path / "state"
+    proc = Proc(["run", str(spec), "--state-dir", str(state), "--until-idle", "--no-fuse"], _env())
+    assert_crashed_with_70(proc)
+    assert _queued(state, "zombie-nofuse") == {"boom": 5}
 
 
 def test_sigterm_ends_a_run_whose_step_never_returns_within_the_grace_period(tmp_path):
@@ -51,7 +60,7 @@ def test_sigterm_ends_a_run_whose_step_never_returns_within_the_grace_period(tmp
     assert code == 124, proc.stderr()
     assert exited - sent < 3.0 + 2.0
     assert "did not finish within 3s" in proc.stderr()
-    assert _queued(tmp_path / "state", "hang-local") == {"boom": 5}
+    assert _queued(tmp_path / "state", "hang-local") == {"shape": 5}  # one fused stage: claimed at 'shape'
 
 
 def _has_queue(db) -> bool:
@@ -59,7 +68,7 @@ def _has_queue(db) -> bool:
         return False
     try:
         with sqlite3.connect(db) as c:
-            return bool(c.execute("SELECT count(*) FROM queue WHERE step='boom'").fetchone()[0])
+            return bool(c.execute("SELECT count(*) FROM queue").fetchone()[0])
     except sqlite3.Error:
         return False
 

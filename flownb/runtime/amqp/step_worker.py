@@ -40,7 +40,7 @@ import pika
 
 from ...errors import RuntimeFailure
 from ...flow import Flow
-from ..core import Outcome, Route, StepRunner
+from ..core import Route, StageRun, StageRunner, StepRunner
 from ..health import HEALTH, start_thread
 from ..on_error import event_from_dead, event_payload
 from . import names
@@ -93,23 +93,31 @@ class StepWorker:
                  heartbeat: int = 120, max_deliveries: int | None = None):
         self.flow = flow
         self.url = broker_url
-        self.runner = StepRunner(flow, step_name)
+        group = flow.fused_group(step_name)
+        if group[0] != step_name:
+            raise RuntimeFailure(f"step '{step_name}' runs in the worker of step '{group[0]}' (fuse: "
+                                 f"{group}); start that one: flownb worker SPEC --step {group[0]}")
+        #: the steps this worker runs: one, or a ``fuse`` group run as one stage (StageRunner)
+        self.runners = [StepRunner(flow, n) for n in group]
+        self.stage = StageRunner(self.runners)
+        self.runner = self.runners[0]
         self.step = self.runner.step
-        nxt = flow.next_step(step_name)
+        nxt = flow.next_step(group[-1])
         self.next_key = nxt.name if nxt else None
         self.exchange = names.exchange(flow.name)
         self.prefetch = prefetch or self.step.prefetch or DEFAULT_PREFETCH
-        self.levels = retry_levels(self.step.retry_policy)
+        self.levels = [retry_levels(r.step.retry_policy) for r in self.runners]
         self.metrics = StepMetrics(flow.name, step_name)
         self.heartbeat = heartbeat
         # poison detection: quorum queues count deliveries; on classic queues the worker counts them
         self.quorum = queue_type() == "quorum"
         self.max_deliveries = max_deliveries or env_max_deliveries()
-        self.suspect_q = suspect_queue(flow.name, step_name)
+        self.suspect_qs = [suspect_queue(flow.name, r.step.name) for r in self.runners]
         self.errors_q = names.errors_queue(flow.name) if flow.on_error is not None else None
-        if self.errors_q is not None:
+        if self.errors_q is not None:  # a setup() failure of a member reaches the on_error actions
             from .on_error import report_setup_failure
-            self.runner.on_setup_failure = functools.partial(report_setup_failure, flow, broker_url, step_name)
+            for r in self.runners:
+                r.on_setup_failure = functools.partial(report_setup_failure, flow, broker_url, r.step.name)
         self.consuming = threading.Event()   # set while consumers are registered (tests, start-up timing)
         self._stopping = False
         self._fatal: BaseException | None = None
@@ -198,13 +206,15 @@ class StepWorker:
         self._in_process = 0
         self._ch: pika.channel.Channel | None = None
         self._buffer: list[tuple[int, pika.BasicProperties, bytes]] = []
+        self._buffer_member = 0   # the member whose queue the buffered deliveries came from
         self._inputs: deque[_Input] = deque()
         self._pending: OrderedDict[int, _Pub] = OrderedDict()
         self._nacked: list[_Pub] = []
         self._seq = 0
         self._flush_scheduled = False
         self._consumers: set[str] = set()
-        self._suspect_tag: str | None = None
+        #: consumer tag -> (index of the member whose queue it consumes, a suspect queue?)
+        self._member: dict[str, tuple[int, bool]] = {}
         self._nack_backoff = 0.2
 
     # -- connection callbacks ---------------------------------------------------------------
@@ -233,13 +243,19 @@ class StepWorker:
         # per-consumer prefetch (basic.qos applies to the consumers created after it): one suspect
         # at a time, so a death while it runs is its own
         ch.basic_qos(prefetch_count=1)
-        self._suspect_tag = ch.basic_consume(self.suspect_q, self._on_message, auto_ack=False)
-        self._consumers.add(self._suspect_tag)
-        ch.basic_qos(prefetch_count=self.prefetch)
-        for q in (names.step_queue(self.flow.name, self.step.name),
-                  names.retry_ready_queue(self.flow.name, self.step.name)):
-            tag = ch.basic_consume(q, self._on_message, auto_ack=False)
+        for j, sq in enumerate(self.suspect_qs):
+            tag = ch.basic_consume(sq, self._on_message, auto_ack=False)
             self._consumers.add(tag)
+            self._member[tag] = (j, True)
+        ch.basic_qos(prefetch_count=self.prefetch)
+        # a fused worker also consumes its later members' queues: their retries and replayed dead
+        # letters resume at that member
+        for j, r in enumerate(self.runners):
+            for q in (names.step_queue(self.flow.name, r.step.name),
+                      names.retry_ready_queue(self.flow.name, r.step.name)):
+                tag = ch.basic_consume(q, self._on_message, auto_ack=False)
+                self._consumers.add(tag)
+                self._member[tag] = (j, False)
         if self._stopping:
             self._begin_stop()
         else:
@@ -250,21 +266,26 @@ class StepWorker:
     def _on_message(self, ch, method, props, body) -> None:
         headers = props.headers or {}
         count = int(headers.get(_COUNT_HEADER) or 0)  # a quorum queue's count of earlier deliveries
-        if method.consumer_tag == self._suspect_tag:
-            # a suspect runs alone: deliveries = those carried from the step queue + in this one
+        member, suspect = self._member.get(method.consumer_tag, (0, False))
+        if suspect:
+            # a suspect runs alone (through its own step only): deliveries = those carried from the
+            # step queue + in this one
             self._flush()  # keep delivery order (acks are cumulative)
             carried = int(headers.get(DELIVERIES_HEADER) or 0)
             if not self.quorum and method.redelivered:
                 # a classic queue counts nothing: write this death down before it runs again
-                self._move(method.delivery_tag, props, body, carried + 1)
+                self._move(method.delivery_tag, props, body, carried + 1, member)
                 return
             deaths = carried + (count if self.quorum else 0)
-            self._submit([(method.delivery_tag, props, body)], [deaths])
+            self._submit([(method.delivery_tag, props, body)], [deaths], member, member + 1)
             return
         if count > 0 or method.redelivered:  # its worker died holding it, maybe because of it
             self._flush()
-            self._move(method.delivery_tag, props, body, 1)
+            self._move(method.delivery_tag, props, body, 1, member)
             return
+        if self._buffer and member != self._buffer_member:
+            self._flush()  # a batch starts at one member; delivery order is kept (cumulative acks)
+        self._buffer_member = member
         self._buffer.append((method.delivery_tag, props, body))
         if len(self._buffer) >= self.prefetch:
             self._flush()
@@ -276,17 +297,17 @@ class StepWorker:
         """Hand what has arrived to the processing thread (the I/O loop never runs a step)."""
         self._flush_scheduled = False
         batch, self._buffer = self._buffer, []
-        self._submit(batch, None)
+        self._submit(batch, None, self._buffer_member, len(self.runners))
 
-    def _submit(self, batch, deaths: list[int] | None) -> None:
+    def _submit(self, batch, deaths: list[int] | None, start: int = 0, stop: int = 1) -> None:
         if not batch or self._ch is None or not self._ch.is_open:
             return
         recs = [_Input(tag) for tag, _, _ in batch]
         self._inputs.extend(recs)
         self._in_process += 1
-        self._work.put((self._gen, self._conn, recs, batch, deaths))
+        self._work.put((self._gen, self._conn, recs, batch, deaths, start, stop))
 
-    def _move(self, tag: int, props, body: bytes, deaths: int) -> None:
+    def _move(self, tag: int, props, body: bytes, deaths: int, member: int = 0) -> None:
         """Publish a redelivered input to the suspect queue with the deaths it counts, ack it once
         confirmed; it is run from there, alone. From a step queue that is one death, however often
         it was redelivered: the window it sat in died (maybe before reaching it), as a batch claimed
@@ -298,9 +319,10 @@ class StepWorker:
         moved = redelivered_props(props, headers)
         rec = _Input(tag, done=True, kind="moved")
         self._inputs.append(rec)
+        suspect_q = self.suspect_qs[member]
         log.info("step '%s': a redelivered message (deaths so far: %d) goes to '%s' to be processed alone",
-                 self.step.name, deaths, self.suspect_q)
-        self._publish(rec, "", self.suspect_q, body, moved)
+                 self.runners[member].step.name, deaths, suspect_q)
+        self._publish(rec, "", suspect_q, body, moved)
 
     def _abort(self) -> None:
         """Stop at once without draining (the processing thread is gone): close the connection, so
@@ -336,10 +358,13 @@ class StepWorker:
         """Set the component up in this thread (components may hold thread-bound resources), retrying
         with the StepRunner's back-off until it works or the worker stops."""
         while not self._halt.is_set():
-            if self.runner.ensure_open(time.time()):
+            now = time.time()
+            opened = [r.ensure_open(now) for r in self.runners]  # every member tried each round
+            if all(opened):
                 self._ready.set()
                 return True
-            self._halt.wait(max(self.runner.setup_retry_at - time.time(), 0.05))
+            self._halt.wait(max(min(r.setup_retry_at for r in self.runners if not r.is_open) - time.time(),
+                                0.05))
         return False
 
     def _processor(self) -> None:
@@ -349,53 +374,69 @@ class StepWorker:
                 item = self._work.get()
                 if item is None:
                     return
-                gen, conn, recs, batch, deaths = item
-                results = self._compute(batch, deaths)
+                gen, conn, recs, batch, deaths, start, stop = item
+                results = self._compute(batch, deaths, start, stop)
                 try:
                     apply = functools.partial(self._apply, gen, recs, batch, results)
                     conn.ioloop.add_callback_threadsafe(apply)
                 except Exception:  # that connection is gone: its inputs are redelivered
                     log.debug("step '%s': outcome of an old connection dropped", self.step.name)
         finally:
-            self.runner.close()  # in this thread: components may hold thread-bound resources
+            for r in self.runners:
+                r.close()  # in this thread: components may hold thread-bound resources
 
-    def _compute(self, batch, deaths: list[int] | None = None) -> list[Outcome]:
-        """One Outcome per delivery, decoded, run and routed by the StepRunner (``deaths``: the
-        deliveries of each, counted by the broker, for poison detection)."""
+    def _compute(self, batch, deaths: list[int] | None = None, start: int = 0, stop: int = 1) -> StageRun:
+        """The outcomes of members ``start`` … ``stop - 1`` (one Outcome per delivery at ``start``),
+        decoded, run and routed by the StageRunner (``deaths``: the deliveries of each, counted by the
+        broker, for poison detection)."""
         t0 = time.perf_counter()
-        outcomes = self.runner.run_payloads([body for _tag, _props, body in batch], deliveries=deaths,
-                                            max_deliveries=self.max_deliveries)
+        run = self.stage.run_payloads(start, stop, [body for _tag, _props, body in batch], deliveries=deaths,
+                                      max_deliveries=self.max_deliveries)
         self.metrics.latency.observe((time.perf_counter() - t0) / len(batch))  # one sample per batch
-        return outcomes
+        return run
 
     # -- back on the I/O loop -----------------------------------------------------------------
-    def _apply(self, gen: int, recs: list[_Input], batch, results: list[Outcome]) -> None:
-        """Map each outcome's route to publishes (confirmed before the input is acked)."""
+    def _apply(self, gen: int, recs: list[_Input], batch, run: StageRun) -> None:
+        """Map each outcome's route to publishes (confirmed before the input is acked). A later
+        member's retry or dead letter goes to that member's queues, held by the input it came from."""
         if gen != self._gen or self._ch is None or not self._ch.is_open:
             return  # from before a reconnect: those inputs are redelivered, never acked here
         self._in_process -= 1
-        dlq = names.dead_letter_queue(self.flow.name, self.step.name)
         self._loop_conn.hold()
         try:
-            for rec, (_tag, props, _body), res in zip(recs, batch, results, strict=True):
+            for rec in recs:
                 rec.done = True
-                route = res.route
-                if route is Route.FORWARD or route is Route.FILTERED:
-                    self._deliver(rec, props, res)
-                elif route is Route.DEAD:
-                    rec.kind = "dead"
-                    self.metrics.failed.inc()
-                    self._publish(rec, "", dlq, res.dead_payload(), error_props(res.error, self.step.name))
-                    if self.errors_q is not None:  # the flow's on_error actions hear of it
-                        assert res.error is not None
-                        ev = event_from_dead(self.flow.name, res.message, res.error)
-                        self._publish(rec, "", self.errors_q, event_payload(self.flow.name, ev), PERSISTENT)
-                else:
-                    rec.kind = "retried"
-                    self.metrics.failed.inc()
-                    level = pick_level(self.levels, res.retry_after or 0.0)
-                    self._publish(rec, "", names.retry_queue(self.flow.name, self.step.name, level),
-                                  res.retry_payload(), error_props(res.error, self.step.name))
+            first = self.stage.names.index(run.steps[0][0])
+            last = len(run.steps) - 1
+            for k, ((name, outcomes, _t), origin) in enumerate(zip(run.steps, run.origins, strict=True)):
+                member = first + k
+                for res, i in zip(outcomes, origin, strict=True):
+                    rec, props = recs[i], batch[i][1]
+                    route = res.route
+                    if route is Route.FORWARD or route is Route.FILTERED:
+                        if k == last and member + 1 < len(self.runners):  # a suspect ran alone
+                            for payload in res.payloads:
+                                self._publish(rec, self.exchange, self.stage.names[member + 1], payload,
+                                              PERSISTENT)
+                        elif k == last:
+                            self._deliver(rec, props, res)
+                    elif route is Route.DEAD:
+                        if k == 0:
+                            rec.kind = "dead"
+                        self.metrics.failed.inc()
+                        self._publish(rec, "", names.dead_letter_queue(self.flow.name, name), res.dead_payload(),
+                                      error_props(res.error, name))
+                        if self.errors_q is not None:  # the flow's on_error actions hear of it
+                            assert res.error is not None
+                            ev = event_from_dead(self.flow.name, res.message, res.error)
+                            self._publish(rec, "", self.errors_q, event_payload(self.flow.name, ev), PERSISTENT)
+                    else:
+                        if k == 0:
+                            rec.kind = "retried"
+                        self.metrics.failed.inc()
+                        level = pick_level(self.levels[member], res.retry_after or 0.0)
+                        self._publish(rec, "", names.retry_queue(self.flow.name, name, level),
+                                      res.retry_payload(), error_props(res.error, name))
             self._settle()
         finally:
             self._loop_conn.release()

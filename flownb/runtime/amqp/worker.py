@@ -117,12 +117,14 @@ def _worker_cli(flow: Flow, args) -> None:
     if args.all:
         check_env(flow)
     else:
-        check_env(flow, [s.name for s in flow.error_steps] if on_error else [flow.step(args.step).name])
+        check_env(flow, [s.name for s in flow.error_steps] if on_error else flow.fused_group(flow.step(args.step).name))
     from ..upgrade import check_broker_manifest
     check_broker_manifest(flow, broker, str(args.spec))  # exit 2: a renamed step's messages still wait
     webhook = trigger_kind(flow) == "webhook"
     if args.all:
-        workers = [make_worker(flow, s.name, broker, prefetch=args.prefetch) for s in flow.steps]
+        # one worker per step, or per ``fuse`` group (named after its first step)
+        workers = [make_worker(flow, s.name, broker, prefetch=args.prefetch) for s in flow.steps
+                   if flow.fused_group(s.name)[0] == s.name]
         if flow.on_error is not None:
             workers.append(make_worker(flow, names.ON_ERROR_WORKER, broker))
         if not webhook:

@@ -53,6 +53,9 @@ def add_parser(sub: Any) -> None:
                    help="start over: move this flow's state (cursor, queues, dead letters) aside first")
     p.add_argument("--allow-dead-letters", action="store_true",
                    help="with --until-idle: exit 0 even when the run dead-lettered messages (default: 1)")
+    p.add_argument("--no-fuse", action="store_true",
+                   help="commit every step's outputs to the next step's queue (default: consecutive steps "
+                        "without outside effects run as one fused stage; docs/local.md)")
     p.set_defaults(handler=_run)
 
 
@@ -193,7 +196,8 @@ def run_cli(flow: Flow, args: Any) -> int:
     retry_wait = float(os.environ.get("FLOWNB_RETRY_WAIT", "60"))
     max_queue = int(os.environ.get("FLOWNB_MAX_QUEUE", "10000"))
     runtime = LocalRuntime(flow, Path(args.state_dir), retry_wait=retry_wait, max_queue=max_queue,
-                           reset_state=bool(getattr(args, "reset_state", False)))
+                           reset_state=bool(getattr(args, "reset_state", False)),
+                           fuse=not getattr(args, "no_fuse", False))
     restore = exit_on_failure()
     stop = threading.Event()
     try:

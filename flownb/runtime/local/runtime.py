@@ -29,13 +29,13 @@ import orjson
 from ...errors import FlownbError, MessageError, QueueFull, RuntimeFailure, StateError, StorageFull
 from ...flow import Flow
 from ...message import Message
-from ..core import DeadLetter, ErrorInfo, Outcome, Route, StepRunner, TriggerRunner, undecodable
+from ..core import DeadLetter, ErrorInfo, Outcome, Route, StageRun, StageRunner, StepRunner, TriggerRunner, undecodable
 from ..health import HEALTH
 from ..on_error import event_from_exception
 from .on_error import LocalErrorNotifier
 from .store import QueueStore, open_state
 
-__all__ = ["LocalRuntime", "RunSummary", "StepStats", "VirtualClock", "Progress", "FinalListener",
+__all__ = ["LocalRuntime", "RunSummary", "stages", "StepStats", "VirtualClock", "Progress", "FinalListener",
            "dead_letter_from_row", "wrap_pushed", "within_limit", "cached_depth"]
 
 log = logging.getLogger("flownb.runtime.local")
@@ -177,10 +177,12 @@ class LocalRuntime:
                  batch_size: int = 500, max_queue: int = 10_000, retry_wait: float = 60.0,
                  clock: Callable[[], float] | None = None, record: bool = False,
                  logger: logging.Logger | None = None, reset_state: bool = False,
-                 max_deliveries: int | None = None, on_error: bool = True):
+                 max_deliveries: int | None = None, fuse: bool = True, on_error: bool = True):
         """``reset_state``: move the state directory's files for this flow aside and start over.
         ``max_deliveries``: a message whose processing the process did not survive this many times
-        is dead-lettered as poison (default ``FLOWNB_MAX_DELIVERIES`` or 3)."""
+        is dead-lettered as poison (default ``FLOWNB_MAX_DELIVERIES`` or 3).
+        ``fuse``: run consecutive steps as fused stages (:func:`stages`; ``flownb run --no-fuse``
+        turns it off): a batch goes through a stage in memory, committed in one transaction."""
         self.flow = flow.resolved()
         self.state_dir = Path(state_dir) if state_dir is not None else None
         if not memory and self.state_dir is None:
@@ -198,6 +200,14 @@ class LocalRuntime:
         self.runners: dict[str, StepRunner] = {}
         for name in self.steps:
             self.runners[name] = StepRunner(self.flow, name, state_dir=self.state_dir)
+        self.fuse = fuse
+        #: step -> (its stage, its index in it); a step's queue is claimed by its own name, and what
+        #: it emits goes on through the rest of its stage in memory
+        self._stage: dict[str, tuple[StageRunner, int]] = {}
+        for group in stages([self.runners[n] for n in self.steps], fuse=fuse):
+            stage = StageRunner(group)
+            for i, r in enumerate(group):
+                self._stage[r.step.name] = (stage, i)
         if not memory and self.state_dir is None:
             raise StateError("a state directory is needed (or memory=True for an in-memory run)")
         self._lock_file = None if self.state_dir is None or memory else _lock(self.state_dir, self.flow.name)
@@ -417,74 +427,113 @@ class LocalRuntime:
 
     # -- steps -----------------------------------------------------------------------------------
     def process_step(self, name: str, progress: Progress | None = None) -> int:
-        """Claim one batch for step ``name``, run it, commit its outcomes; return the batch size.
-        A step whose component cannot be set up claims nothing (see :meth:`StepRunner.ensure_open`)."""
-        if not self.runners[name].ensure_open(self.clock()):
+        """Claim one batch for step ``name``, run it through the rest of its fused stage (the
+        members whose component is set up), commit all outcomes in one transaction; return the
+        batch size. A step whose component cannot be set up claims nothing (see
+        :meth:`StepRunner.ensure_open`); a suspect (a message the process died on) runs through
+        ``name`` alone, so that poison is counted at the step that kills the process."""
+        now = self.clock()
+        if not self.runners[name].ensure_open(now):
             return 0
-        rows = self.store.claim(name, self.clock(), self.batch_size)
+        rows = self.store.claim(name, now, self.batch_size)
         if not rows:
             return 0
-        t0 = time.perf_counter()
+        stage, start = self._stage[name]
+        stop = start + 1
+        if rows[0][3] == 0:  # not a suspect: on through the members that are ready
+            while stop < len(stage.runners) and stage.runners[stop].ensure_open(now):
+                stop += 1
         try:
-            outcomes = self.runners[name].run_payloads([r[2] for r in rows], [r[1] for r in rows],
-                                                       deliveries=[r[3] for r in rows],
-                                                       max_deliveries=self.max_deliveries)
+            run = stage.run_payloads(start, stop, [r[2] for r in rows], [r[1] for r in rows],
+                                     deliveries=[r[3] for r in rows], max_deliveries=self.max_deliveries,
+                                     encode_last=self._next[stage.names[stop - 1]] is not None)
         except BaseException as exc:  # not an Exception (those are outcomes): the process must end
             if not isinstance(exc, KeyboardInterrupt):
-                HEALTH.fail(f"step '{name}'", exc)  # the batch stays claimed: redelivered after restart
+                HEALTH.fail(f"step '{stage.current}'", exc)  # the batch stays claimed: redone after restart
             raise
-        self.stats[name].seconds += time.perf_counter() - t0
         try:
-            self._commit(name, rows, outcomes)
+            self._commit(rows, run)
         except StorageFull:  # the batch stays queued and is redone; its claim must not count as a death
             self._unclaim.extend(r[0] for r in rows)
             raise
         if progress is not None:
-            progress(name, len(rows))
+            for step, outcomes, _t in run.steps:
+                progress(step, len(rows) if step == name else len(outcomes))
         return len(rows)
 
-    def _commit(self, name: str, rows: list, outcomes: list[Outcome]) -> None:
-        """Map each outcome's route to storage, all in one transaction."""
+    def _commit(self, rows: list, run: StageRun) -> None:
+        """Map each outcome's route to storage, all in one transaction: the claimed rows (the first
+        member's inputs) are deleted, retried in place or dead-lettered; a later member's message
+        that fails is queued for that member (retry) or dead-lettered there; the last member's
+        outputs are queued for the step after it."""
         done: list[int] = []
-        outputs: list[bytes] = []
         retries: list[tuple[float, int, int]] = []
+        queued: list[tuple[str, float, int, bytes]] = []
         dead: list[tuple] = []
-        died: list[tuple[Outcome, int]] = []
+        died: list[tuple[str, Outcome, int]] = []
         now = self.clock()
+        first, outcomes, _t = run.steps[0]
         for (rid, attempt, payload, _deliveries), o in zip(rows, outcomes, strict=True):
             route = o.route
             if route is Route.FORWARD or route is Route.FILTERED:
                 done.append(rid)
-                outputs.extend(o.payloads)
                 continue
             err = o.error
             assert err is not None  # a retry or a dead letter always carries its error (Outcome.route)
             if route is Route.RETRY:
                 after = o.retry_after or 0.0
                 retries.append((now + after, attempt + 1, rid))
-                self.log.info("step '%s': attempt %d failed (%s: %s); retry in %.2fs", name,
+                self.log.info("step '%s': attempt %d failed (%s: %s); retry in %.2fs", first,
                               attempt, err.type, err.message, after)
             else:
                 done.append(rid)
-                dead.append((name, attempt, payload, orjson.dumps(err.to_dict())))
-                died.append((o, attempt))
-        self.store.commit_batch(next_step=self._next[name], now=now, done=done, outputs=outputs,
-                                retries=retries, dead=dead)
-        st = self.stats[name]
-        for o, attempt in died:  # the first of each kind per step is a WARNING; the summary counts the rest
+                dead.append((first, attempt, payload, orjson.dumps(err.to_dict())))
+                died.append((first, o, attempt))
+        for name, outs, _t in run.steps[1:]:
+            for o in outs:
+                err = o.error
+                if err is None:
+                    continue
+                attempt = o.message.attempt
+                if o.retry_after is not None:
+                    queued.append((name, now + o.retry_after, attempt + 1, o.retry_payload()))
+                    self.log.info("step '%s': attempt %d failed (%s: %s); retry in %.2fs", name,
+                                  attempt, err.type, err.message, o.retry_after)
+                else:
+                    dead.append((name, attempt, o.dead_payload(), orjson.dumps(err.to_dict())))
+                    died.append((name, o, attempt))
+        outputs = run.outputs()
+        # a poison suspect ran through its step alone: its outputs carry the deaths so far on, so
+        # the later member that kills the process dead-letters it after max_deliveries in all
+        stage, start = self._stage[run.steps[0][0]]
+        deaths = rows[0][3] if start + 1 < len(stage.runners) else 0  # 0 unless a suspect
+        self.store.commit_batch(next_step=self._next[run.last], now=now, done=done, outputs=outputs,
+                                retries=retries, dead=dead, queued=queued, deaths=deaths)
+        for name, o, attempt in died:  # the first of each kind per step is a WARNING; the summary counts the rest
             err = o.error
             assert err is not None
-            (self.log.warning if st.count_dead(err) else self.log.debug)(
+            (self.log.warning if self.stats[name].count_dead(err) else self.log.debug)(
                 "step '%s': message %s dead-lettered after attempt %d: %s: %s", name,
                 o.message.id, attempt, err.type, err.message)
-        st.inputs += len(rows)
-        st.outputs += len(outputs)
-        st.retried += len(retries)
-        if self.recorded is not None:  # what went on the wire (a date is a string there, a tuple a list)
-            self.recorded[name].extend(orjson.loads(p)["body"] for o in outcomes if o.error is None
-                                       for p in o.payloads)
-        if self._traces:
-            self._settle(name, [o for o in outcomes if not o.undecodable])
+        for name, outs, seconds in run.steps:
+            st = self.stats[name]
+            st.seconds += seconds
+            st.inputs += len(outs)
+            for o in outs:
+                if o.error is None:
+                    st.outputs += len(o.outputs)
+                elif o.retry_after is not None:
+                    st.retried += 1
+            if self.recorded is not None:  # what went on the wire (a date is a string there, a tuple a list)
+                rec = self.recorded[name]
+                for o in outs:
+                    if o.error is None:
+                        if o.payloads:
+                            rec.extend(orjson.loads(p)["body"] for p in o.payloads)
+                        else:
+                            rec.extend(c.body for c in o.outputs)
+            if self._traces:
+                self._settle(name, [o for o in outs if not o.undecodable])
 
     def _settle(self, name: str, outcomes: list[Outcome]) -> None:
         last = self._next[name] is None
@@ -717,3 +766,19 @@ def _lock(state_dir: Path, flow: str):
                              f"another --state-dir") from None
     return fh
 
+
+
+def stages(runners: list[StepRunner], *, fuse: bool = True) -> list[list[StepRunner]]:
+    """The fused stages of the embedded runtime: runs of consecutive steps in which every step but
+    the last has no outside effects (its component's ``effects`` is False: mapping, filter, split,
+    python, …). A step with effects (``csv.write``, ``http.request``, ``sql.upsert``) ends its stage:
+    it runs on the stage's outputs in the same batch, and the stage goes on from a new one after
+    it, so an outside effect is never repeated because a later step's batch was redone.
+    ``fuse=False``: one stage per step (every step's outputs committed to the next one's queue)."""
+    groups: list[list[StepRunner]] = []
+    for r in runners:
+        if fuse and groups and not getattr(type(groups[-1][-1].component), "effects", False):
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    return groups

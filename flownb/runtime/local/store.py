@@ -41,7 +41,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -256,18 +256,26 @@ class QueueStore:
             c.executemany("INSERT INTO queue (step, available_at, attempt, payload) VALUES (?, ?, 1, ?)",
                           [(step, now, p) for p in payloads])
 
-    def commit_batch(self, *, next_step: str | None, now: float, done: Iterable[int],
+    def commit_batch(self, *, next_step: str | None, now: float, done: Sequence[int],
                      outputs: Sequence[bytes], retries: Sequence[tuple[float, int, int]],
-                     dead: Sequence[tuple[str, int, bytes, str]]) -> None:
+                     dead: Sequence[tuple[str, int, bytes, str | bytes]],
+                     queued: Sequence[tuple[str, float, int, bytes]] = (), deaths: int = 0) -> None:
         """One transaction: delete finished inputs, queue outputs for ``next_step``, reschedule
-        ``retries`` (available_at, attempt, id) and store ``dead`` (step, attempt, payload, error)."""
+        ``retries`` (available_at, attempt, id), store ``dead`` (step, attempt, payload, error) and
+        queue ``queued`` (step, available_at, attempt, payload: a fused stage's later member retries
+        a message it received in memory). ``deaths``: the outputs of a poison suspect carry the
+        deaths of the process while it was in flight, so that the step that kills the process
+        counts them on (a fused stage ran it through one step only)."""
         with self.transaction("the batch was not committed and stays queued") as c:
-            c.executemany("DELETE FROM queue WHERE id=?", [(i,) for i in done])
+            for i in range(0, len(done), 500):  # ids are ints from the claim: one statement per 500
+                c.execute(f"DELETE FROM queue WHERE id IN ({','.join(str(int(x)) for x in done[i:i + 500])})")
             if outputs and next_step is not None:
-                c.executemany("INSERT INTO queue (step, available_at, attempt, payload) VALUES (?, ?, 1, ?)",
-                              [(next_step, now, p) for p in outputs])
+                c.executemany("INSERT INTO queue (step, available_at, attempt, payload, deliveries) "
+                              "VALUES (?, ?, 1, ?, ?)", [(next_step, now, p, deaths) for p in outputs])
             if retries:  # the attempt finished: it is no longer a delivery that died
                 c.executemany("UPDATE queue SET available_at=?, attempt=?, deliveries=0 WHERE id=?", retries)
+            if queued:
+                c.executemany("INSERT INTO queue (step, available_at, attempt, payload) VALUES (?, ?, ?, ?)", queued)
             if dead:
                 c.executemany("INSERT INTO dead (step, attempt, payload, error, at) VALUES (?, ?, ?, ?, ?)",
                               [(s, a, p, e, now) for s, a, p, e in dead])
