@@ -7,12 +7,14 @@ publish the outputs and ack the inputs in one commit). ``N`` messages are preloa
 queue; the clock runs from "the first step is consuming" to "the last step has handled all N".
 
 Also measured: a step that waits 20 ms per message with 1 vs 4 replicas, a worker's RSS after the
-run, and a worker's start-up time (process start → consuming).
+run, and a worker's start-up time (process start → consuming), with the first queue type.
 
-    .venv/bin/python benchmarks/amqp_throughput.py [--messages 20000]
-    FLOWNB_QUEUE_TYPE=classic .venv/bin/python benchmarks/amqp_throughput.py   # classic queues
+Quorum against classic queues in the same run: the rounds are interleaved over the queue types
+(``--queue-types``, default ``classic,quorum``: each round runs pika and flownb on classic queues, then
+on quorum queues; both pipelines use the queue type flownb declares, ``FLOWNB_QUEUE_TYPE``, set per
+run), and the summary gives each type's best and the ratio quorum / classic.
 
-Both pipelines use the queue type flownb declares (``FLOWNB_QUEUE_TYPE``, default quorum).
+    .venv/bin/python benchmarks/amqp_throughput.py [--messages 20000] [--queue-types classic,quorum]
 
 Last line: one JSON object with every figure.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import re
 import signal
 import socket
@@ -237,47 +240,66 @@ def bench_replicas(replicas: int, n: int, tmp: Path) -> float:
         ctl("delete_vhost", vhost)
 
 
+def best(runs: list[dict]) -> dict:
+    return max(runs, key=lambda x: x["rate"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=20_000)
     ap.add_argument("--slow-messages", type=int, default=400)
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best of each is kept "
                     "(the machine is shared: this damps noise equally for both)")
+    ap.add_argument("--queue-types", default="classic,quorum",
+                    help="comma-separated queue types measured in the same run (interleaved)")
     args = ap.parse_args()
-    print(f"queue type: {queue_type()}")
+    types = [t.strip() for t in args.queue_types.split(",") if t.strip()]
+    pks: dict[str, list[dict]] = {t: [] for t in types}
+    fbs: dict[str, list[dict]] = {t: [] for t in types}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        pks, fbs = [], []
         for r in range(args.rounds):
-            pks.append(bench_pika(args.messages))
-            print(f"[{r + 1}] pika, batched tx, 3 steps:  {pks[-1]['rate']:8.0f} msg/s ({pks[-1]['seconds']:.2f}s)")
-            fbs.append(bench_flownb(args.messages, tmp))
-            print(f"[{r + 1}] flownb workers, 3 steps:    {fbs[-1]['rate']:8.0f} msg/s ({fbs[-1]['seconds']:.2f}s)")
-        pk = max(pks, key=lambda x: x["rate"])
-        fb = max(fbs, key=lambda x: x["rate"])
-        fb["startup_s"] = min(x["startup_s"] for x in fbs)
-        fb["startup_max_s"] = max(x["startup_max_s"] for x in fbs)
-        fb["rss_mb"] = max(x["rss_mb"] for x in fbs)
-        fb["exit_codes"] = [c for x in fbs for c in x["exit_codes"]]
-        print(f"best: pika {pk['rate']:.0f} msg/s, flownb {fb['rate']:.0f} msg/s")
-        ratio = fb["rate"] / pk["rate"]
-        print(f"flownb / pika:                  {ratio:8.2f}x  (target >= 0.9x and >= 3500 msg/s)")
+            for t in types:
+                os.environ["FLOWNB_QUEUE_TYPE"] = t  # the workers (subprocesses) and pika's queues follow it
+                assert queue_type() == t
+                pks[t].append(bench_pika(args.messages))
+                print(f"[{r + 1}] {t:7} pika, batched tx, 3 steps:  {pks[t][-1]['rate']:8.0f} msg/s "
+                      f"({pks[t][-1]['seconds']:.2f}s)")
+                fbs[t].append(bench_flownb(args.messages, tmp))
+                print(f"[{r + 1}] {t:7} flownb workers, 3 steps:    {fbs[t][-1]['rate']:8.0f} msg/s "
+                      f"({fbs[t][-1]['seconds']:.2f}s)")
+        figures: dict = {"messages": args.messages, "rounds": args.rounds, "queue_types": types}
+        for t in types:
+            pk, fb = best(pks[t]), best(fbs[t])
+            ratio = fb["rate"] / pk["rate"]
+            print(f"{t}: best pika {pk['rate']:.0f} msg/s, flownb {fb['rate']:.0f} msg/s, flownb / pika "
+                  f"{ratio:.2f}x  (target >= 0.9x and >= 3500 msg/s)")
+            figures[t] = {"pika_rounds_msg_s": [round(x["rate"], 1) for x in pks[t]],
+                          "flownb_rounds_msg_s": [round(x["rate"], 1) for x in fbs[t]],
+                          "pika_batched_tx_msg_s": round(pk["rate"], 1), "flownb_msg_s": round(fb["rate"], 1),
+                          "ratio_flownb_over_pika": round(ratio, 3),
+                          "worker_exit_codes": [c for x in fbs[t] for c in x["exit_codes"]]}
+        if "classic" in figures and "quorum" in figures:
+            q_over_c = figures["quorum"]["flownb_msg_s"] / figures["classic"]["flownb_msg_s"]
+            p_over_c = figures["quorum"]["pika_batched_tx_msg_s"] / figures["classic"]["pika_batched_tx_msg_s"]
+            print(f"quorum / classic:               flownb {q_over_c:.2f}x, pika {p_over_c:.2f}x")
+            figures["quorum_over_classic_flownb"] = round(q_over_c, 3)
+            figures["quorum_over_classic_pika"] = round(p_over_c, 3)
+        first = types[0]
+        os.environ["FLOWNB_QUEUE_TYPE"] = first
+        fb_all = fbs[first]
+        startup, startup_max = min(x["startup_s"] for x in fb_all), max(x["startup_max_s"] for x in fb_all)
+        rss = max(x["rss_mb"] for x in fb_all)
         one = bench_replicas(1, args.slow_messages, tmp)
         four = bench_replicas(4, args.slow_messages, tmp)
-        print(f"20 ms step, 1 replica:          {one:8.1f} msg/s")
-        print(f"20 ms step, 4 replicas:         {four:8.1f} msg/s  speed-up {four / one:.2f}x (target >= 3.5x)")
-        print(f"worker RSS after the run:       {fb['rss_mb']:8.1f} MB (target <= 80 MB)")
-        print(f"worker start-up to consuming:   {fb['startup_s']:8.2f} s (max of 3: {fb['startup_max_s']:.2f} s; "
-              f"target <= 1 s)")
-        print(json.dumps({
-            "queue_type": queue_type(), "messages": args.messages, "rounds": args.rounds,
-            "pika_rounds_msg_s": [round(x["rate"], 1) for x in pks],
-            "flownb_rounds_msg_s": [round(x["rate"], 1) for x in fbs], "pika_batched_tx_msg_s": round(pk["rate"], 1),
-            "flownb_msg_s": round(fb["rate"], 1), "ratio_flownb_over_pika": round(ratio, 3),
-            "replicas_1_msg_s": round(one, 2), "replicas_4_msg_s": round(four, 2),
-            "replica_speedup": round(four / one, 2), "worker_rss_mb": round(fb["rss_mb"], 1),
-            "worker_startup_s": round(fb["startup_s"], 3), "worker_startup_max_s": round(fb["startup_max_s"], 3),
-            "worker_exit_codes": fb["exit_codes"]}))
+        print(f"20 ms step, 1 replica ({first}):    {one:8.1f} msg/s")
+        print(f"20 ms step, 4 replicas ({first}):   {four:8.1f} msg/s  speed-up {four / one:.2f}x (target >= 3.5x)")
+        print(f"worker RSS after the run:       {rss:8.1f} MB (target <= 80 MB)")
+        print(f"worker start-up to consuming:   {startup:8.2f} s (max of 3: {startup_max:.2f} s; target <= 1 s)")
+        figures.update({"replicas_1_msg_s": round(one, 2), "replicas_4_msg_s": round(four, 2),
+                        "replica_speedup": round(four / one, 2), "worker_rss_mb": round(rss, 1),
+                        "worker_startup_s": round(startup, 3), "worker_startup_max_s": round(startup_max, 3)})
+        print(json.dumps(figures))
 
 
 if __name__ == "__main__":

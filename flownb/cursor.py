@@ -120,25 +120,48 @@ def _local_write(flow: Flow, state_dir: Path, new: dict | None, change) -> tuple
 
 # -- RabbitMQ --------------------------------------------------------------------------------------
 
-def _state_queue(flow: Flow) -> str:
-    from .runtime.amqp import names
-    return names.state_queue(flow.name, flow.trigger.name)
-
-
-def _amqp_check(ch, flow: Flow, what: str) -> int:
+def _passive(conn, queue: str):
+    """``queue.declare-ok`` of ``queue`` (None when it does not exist), on a channel of its own."""
     import pika.exceptions
+    ch = conn.channel()
     try:
-        ok = ch.queue_declare(_state_queue(flow), passive=True).method
+        return ch.queue_declare(queue, passive=True).method
     except pika.exceptions.ChannelClosedByBroker as exc:
         if exc.reply_code == 404:
-            raise FlownbError(f"flow '{flow.name}' has no cursor on this broker (queue '{_state_queue(flow)}' "
-                              f"does not exist): has its trigger worker ever run here?") from None
-        raise BrokerError(f"cannot inspect '{_state_queue(flow)}': {exc.reply_text}") from exc
-    if ok.consumer_count:
-        raise FlownbError(f"refusing to {what} the cursor while the flow runs: the trigger worker of "
-                          f"'{flow.name}' holds it ({ok.consumer_count} consumer(s) on '{_state_queue(flow)}'); "
-                          f"stop the trigger worker first (the step workers may keep running)")
-    return ok.message_count
+            return None
+        raise BrokerError(f"cannot inspect '{queue}': {exc.reply_text}") from exc
+    finally:
+        if ch.is_open:
+            ch.close()
+
+
+def _amqp_check(ch, flow: Flow, what: str) -> str:
+    """The queue that holds the cursor — the quorum topology's ``.cursor``, or the classic ``.state``
+    (the classic topology's, or an older flownb's not yet moved by a trigger worker) — refusing while a
+    trigger worker runs (a consumer of it, or of the quorum topology's ``.poller``)."""
+    from .runtime.amqp import names
+    from .runtime.amqp.topology import trigger_queues
+    cursor, poller = trigger_queues(flow)
+    queue, ok = cursor, _passive(ch.connection, cursor)
+    if poller is not None and ok is None:
+        old = names.state_queue(flow.name, flow.trigger.name)
+        queue, ok = old, _passive(ch.connection, old)
+    if ok is None:
+        raise FlownbError(f"flow '{flow.name}' has no cursor on this broker (queue '{cursor}' does not "
+                          f"exist): has its trigger worker ever run here?")
+    lock = _passive(ch.connection, poller) if poller is not None else None
+    # a quorum queue drops the consumers of a closed connection a moment later: look again for 3 s
+    deadline = time.monotonic() + 3.0
+    while (ok.consumer_count or (lock is not None and lock.consumer_count)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        ok = _passive(ch.connection, queue) or ok
+        lock = _passive(ch.connection, poller) if poller is not None else None
+    for q, held in ((queue, ok), (poller, lock)):
+        if held is not None and held.consumer_count:
+            raise FlownbError(f"refusing to {what} the cursor while the flow runs: the trigger worker of "
+                              f"'{flow.name}' holds it ({held.consumer_count} consumer(s) on '{q}'); "
+                              f"stop the trigger worker first (the step workers may keep running)")
+    return queue
 
 
 def _amqp_read(flow: Flow, broker: str) -> dict:
@@ -146,8 +169,8 @@ def _amqp_read(flow: Flow, broker: str) -> dict:
     conn = connect(broker, name="flownb state")
     try:
         ch = conn.channel()
-        _amqp_check(ch, flow, "read")
-        method, _props, body = ch.basic_get(_state_queue(flow), auto_ack=False)
+        queue = _amqp_check(ch, flow, "read")
+        method, _props, body = ch.basic_get(queue, auto_ack=False)
         if method is None:
             return {}
         ch.basic_nack(method.delivery_tag, requeue=True)
@@ -163,16 +186,16 @@ def _amqp_write(flow: Flow, broker: str, new: dict | None, change) -> tuple[dict
     conn = connect(broker, name="flownb state")
     try:
         ch = conn.channel()
-        _amqp_check(ch, flow, "change")
+        queue = _amqp_check(ch, flow, "change")
         ch.tx_select()
-        method, props, body = ch.basic_get(_state_queue(flow), auto_ack=False)
+        method, props, body = ch.basic_get(queue, auto_ack=False)
         old = orjson.loads(body) if method is not None else {}
         version = int(((props.headers or {}) if method is not None else {}).get(VERSION_HEADER, 0) or 0)
-        if ch.basic_get(_state_queue(flow), auto_ack=False)[0] is not None:
-            raise FlownbError(f"'{_state_queue(flow)}' holds more than one cursor; nothing was changed — "
+        if ch.basic_get(queue, auto_ack=False)[0] is not None:
+            raise FlownbError(f"'{queue}' holds more than one cursor; nothing was changed — "
                               f"inspect it in the management UI")
         new = change(old) if new is None else new
-        ch.basic_publish("", _state_queue(flow), orjson.dumps(new), state_props(0.0, version + 1))
+        ch.basic_publish("", queue, orjson.dumps(new), state_props(0.0, version + 1))
         if method is not None:
             ch.basic_ack(method.delivery_tag)
         ch.tx_commit()

@@ -229,11 +229,17 @@ class Flow(BaseModel):
         return yaml.safe_dump(self.spec(), sort_keys=False, allow_unicode=True, width=100)
 
     def spec_hash(self) -> str:
-        """A short hash of the spec (its canonical JSON): equal for equal flows, whatever the YAML's
-        layout; deployments carry it so a changed spec rolls the workers."""
+        """A short hash of the spec (its canonical JSON, ``{{ parameter }}`` templates filled): equal
+        for equal flows, whatever the YAML's layout, and the same for a flow and its :meth:`resolved`
+        copy (what the runtimes run); deployments carry it so a changed spec rolls the workers, and
+        every message carries the hash of the spec that produced it (``meta.spec``)."""
         import hashlib
         import json
-        return hashlib.sha256(json.dumps(self.spec(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        try:
+            spec = self.resolved().spec()
+        except ParameterError:  # a template naming no parameter: validation reports it; hash as written
+            spec = self.spec()
+        return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

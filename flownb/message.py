@@ -1,10 +1,15 @@
 """Message: what travels between steps, and its JSON wire codec.
 
 A message has an ``id`` (uuid4 hex), a ``body`` (a JSON object), ``headers`` (str → str) and
-``meta`` (flow, step, parent id, trace id, attempt, created-at). On the wire it is one JSON object::
+``meta`` (flow, step, parent id, trace id, attempt, created-at, spec). On the wire it is one JSON object::
 
     {"id": …, "body": {…}, "headers": {…}, "meta": {"flow": …, "step": …, "parent": …,
-     "trace": …, "attempt": 1, "created": 1732640000.123}}
+     "trace": …, "attempt": 1, "created": 1732640000.123, "spec": "3f2a…"}}
+
+``meta.step`` is the step that produced the message and ``meta.spec`` the
+:meth:`~flownb.flow.Flow.spec_hash` of the spec it ran under (a replay: the spec it was replayed
+under). ``spec`` is left out when empty, and a message without it (written by an older flownb)
+decodes with ``spec == ""``.
 
 ``encode_body`` refuses anything that is not JSON: a body that cannot be serialised is a
 :class:`~flownb.errors.MessageError` naming the step that produced it, never a silent ``str()``.
@@ -102,6 +107,7 @@ class Message:
     trace: str = ""
     attempt: int = 1
     created: float = field(default_factory=time.time)
+    spec: str = ""  # Flow.spec_hash() of the spec that produced it ("" when unknown: an older message)
 
     def __post_init__(self) -> None:
         if not self.trace:
@@ -109,14 +115,19 @@ class Message:
 
     @property
     def meta(self) -> dict:
-        return {"flow": self.flow, "step": self.step, "parent": self.parent, "trace": self.trace,
+        meta = {"flow": self.flow, "step": self.step, "parent": self.parent, "trace": self.trace,
                 "attempt": self.attempt, "created": self.created}
+        if self.spec:
+            meta["spec"] = self.spec
+        return meta
 
-    def child(self, body: dict, step: str) -> Message:
-        """A message produced by ``step`` from this one: same trace and headers, new id."""
+    def child(self, body: dict, step: str, spec: str | None = None) -> Message:
+        """A message produced by ``step`` (running spec ``spec``; default: this message's) from this
+        one: same trace and headers, new id."""
         m = _new_message(Message)  # the fields set directly: no __init__/__post_init__ on the hot path
         m.body, m.id, m.headers, m.flow, m.step = body, new_id(), dict(self.headers), self.flow, step
         m.parent, m.trace, m.attempt, m.created = self.id, self.trace, 1, time.time()
+        m.spec = self.spec if spec is None else spec
         return m
 
     def to_dict(self) -> dict:
@@ -150,6 +161,7 @@ class Message:
         m.trace = meta.get("trace") or m.id
         m.attempt = int(meta.get("attempt", 1))
         m.created = float(meta.get("created") or time.time())
+        m.spec = str(meta.get("spec") or "")
         return m
 
     @classmethod

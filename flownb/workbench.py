@@ -37,7 +37,7 @@ __all__ = ["dead_letters", "retest", "replay", "replay_rows", "read_edits", "spe
            "edited_body", "META_COLUMNS", "REPLAYED_FROM", "REPLAY_SPEC", "REPLAYED_AT"]
 
 #: the columns :func:`dead_letters` adds to the body's fields
-META_COLUMNS = ("_id", "_step", "_error_type", "_error", "_attempt", "_failed_at", "_trace")
+META_COLUMNS = ("_id", "_step", "_error_type", "_error", "_attempt", "_failed_at", "_trace", "_spec")
 #: headers of a replayed message (they travel with it and its children to the last step)
 REPLAYED_FROM = "x-flownb-replayed-from"   # "<step>/<dead letter id>"
 REPLAY_SPEC = "x-flownb-replay-spec"       # spec_hash() of the flow it was replayed under
@@ -195,8 +195,9 @@ def _list(flow: Flow, state_dir, broker, step: str | None) -> list:
 def dead_letters(spec: Flow | str | Path, state_dir: str | Path | None = None, broker: str | None = None,
                  step: str | None = None) -> pd.DataFrame:
     """The dead letters of a flow as a DataFrame, one row each: ``_id, _step, _error_type, _error,
-    _attempt, _failed_at, _trace``, then the body's fields (nested objects as dotted columns, the
-    convention of ``Mapping.preview`` and ``flow.test``). Secrets are masked as in ``flownb dlq
+    _attempt, _failed_at, _trace, _spec`` (``DeadLetter.spec``: the spec it died under), then the
+    body's fields (nested objects as dotted columns, the convention of ``Mapping.preview`` and
+    ``flow.test``). Secrets are masked as in ``flownb dlq
     list``. Nothing is consumed or reordered: on the embedded runtime (``state_dir``, default
     ``.flownb``) the rows are read; on RabbitMQ (``broker``) each dead-letter queue is read without
     acknowledging and returned whole. ``step``: one step's dead letters only."""
@@ -208,7 +209,7 @@ def dead_letters(spec: Flow | str | Path, state_dir: str | Path | None = None, b
         row: dict[str, Any] = {"_id": d.id, "_step": d.step, "_error_type": d.error.type,
                                "_error": d.error.message, "_attempt": d.error.attempt,
                                "_failed_at": pd.Timestamp(d.error.at, unit="s", tz="UTC"),
-                               "_trace": d.message.trace}
+                               "_trace": d.message.trace, "_spec": d.spec}
         for col, (_path, value) in flatten(d.message.body).items():
             row.setdefault(col, value)
         rows.append(row)
@@ -457,6 +458,7 @@ def replay_rows(flow: Flow, rows: Sequence[Mapping[str, Any]], *, state_dir: str
         m = Message.from_dict(stored.to_dict())
         m.body = body
         m.attempt = 1
+        m.spec = stamp[REPLAY_SPEC]  # meta.spec and the header agree: the spec it was replayed under
         m.headers = {**m.headers, **stamp, REPLAYED_FROM: f"{dead_step}/{dead_id}"}
         if changed:
             m.headers[REPLAY_EDITED] = "true"

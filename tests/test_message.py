@@ -32,6 +32,17 @@ def test_child_keeps_trace_and_headers_with_a_new_id():
     assert root.headers == {"k": "v"}
 
 
+def test_the_spec_hash_travels_in_meta_and_a_message_without_it_still_decodes():
+    m = Message(body={"a": 1}, flow="f", step="t", spec="0123456789abcdef")
+    wire = orjson.loads(m.to_json())
+    assert wire["meta"]["spec"] == "0123456789abcdef" and Message.from_json(m.to_json()) == m
+    assert m.child({"b": 2}, "s1").spec == "0123456789abcdef"  # default: the parent's
+    assert m.child({"b": 2}, "s1", "fedcba9876543210").spec == "fedcba9876543210"  # the producing step's
+    del wire["meta"]["spec"]  # a message of an older flownb
+    old = Message.from_json(orjson.dumps(wire))
+    assert old.spec == "" and old.body == {"a": 1} and b'"spec"' not in old.to_json()
+
+
 @pytest.mark.parametrize("body", [{"x": float("nan")}, {"x": [1, float("inf")]}, {"x": {"y": -float("inf")}}])
 def test_nan_and_infinity_are_refused(body):
     with pytest.raises(MessageError, match="step 'calc'.*not JSON-serialisable"):

@@ -74,10 +74,10 @@ def dlq_cli(args) -> int:
         from rich.table import Table
         items = store.list(args.step)
         t = Table(title=f"dead letters of '{flow.name}'" + (f" step '{args.step}'" if args.step else ""))
-        for c in ("id", "step", "attempts", "error", "body"):
+        for c in ("id", "step", "attempts", "spec", "error", "body"):
             t.add_column(c, overflow="fold")
         for d in items:
-            t.add_row(d.id, d.step, str(d.error.attempt), f"{d.error.type}: {d.error.message}",
+            t.add_row(d.id, d.step, str(d.error.attempt), d.spec or "-", f"{d.error.type}: {d.error.message}",
                       json.dumps(d.message.body)[:80])
         con.print(t)
         con.print(f"{len(items)} dead letter(s)")
@@ -85,7 +85,8 @@ def dlq_cli(args) -> int:
         if not args.id:
             raise SpecError("dlq show needs --id ID (see 'flownb dlq list')")
         for i in args.id:
-            con.print_json(json.dumps(store.show(i).to_dict(), default=str))
+            d = store.show(i)
+            con.print_json(json.dumps({**d.to_dict(), "spec": d.spec}, default=str))
     elif args.edit:
         from ..workbench import read_edits, replay_rows
         if args.id:

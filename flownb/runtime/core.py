@@ -64,16 +64,17 @@ class ErrorInfo:
     retryable: bool
     traceback: str = ""
     at: float = field(default_factory=time.time)
+    spec: str = ""  # Flow.spec_hash() of the spec the step ran under when it failed ("": an older record)
 
     @classmethod
     def from_exception(cls, exc: BaseException, step: str, attempt: int, retryable: bool,
-                       redactor: Any = None) -> ErrorInfo:
+                       redactor: Any = None, spec: str = "") -> ErrorInfo:
         """Message and traceback have the flow's secret values masked (``flownb.secrets.redact``:
         ``redactor`` and the process's active redactors, which ``flownb run``/``worker`` set up)."""
         from ..secrets import redact  # here, not at the top: keeps this module's imports as they are
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         return cls(type=type(exc).__name__, message=redact(str(exc), redactor), step=step, attempt=attempt,
-                   retryable=retryable, traceback=redact(tb, redactor))
+                   retryable=retryable, traceback=redact(tb, redactor), spec=spec)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -178,6 +179,7 @@ class StepRunner:
                                                  state_dir=state_dir)  # type: ignore[assignment]
         self.ctx = self.component.ctx
         self.max_bytes = flow.max_message_bytes
+        self.spec = flow.spec_hash()  # stamped on every output (meta.spec) and failure (ErrorInfo.spec)
         self._open = False
         self.setup_error: Exception | None = None   # the last setup() failure, while not open
         self.setup_failures = 0
@@ -281,7 +283,7 @@ class StepRunner:
                 m = Message.from_json(payload)
             except MessageError as exc:
                 attempt = attempts[i] if attempts is not None else 1
-                info = ErrorInfo.from_exception(exc, name, attempt, False)
+                info = ErrorInfo.from_exception(exc, name, attempt, False, spec=self.spec)
                 outcomes[i] = Outcome(undecodable(payload, name, attempt), error=info, payload=bytes(payload),
                                       undecodable=True)
                 continue
@@ -291,7 +293,7 @@ class StepRunner:
             if died >= max_deliveries:
                 poison = PoisonMessage(f"poison: the worker died {died} times while processing it (step "
                                        f"'{name}'); fix the cause, then replay it from the dead letters")
-                outcomes[i] = Outcome(m, error=ErrorInfo.from_exception(poison, name, m.attempt, False),
+                outcomes[i] = Outcome(m, error=ErrorInfo.from_exception(poison, name, m.attempt, False, spec=self.spec),
                                       payload=payload)
                 continue
             msgs.append(m)
@@ -318,7 +320,7 @@ class StepRunner:
                 if not isinstance(body, dict):
                     raise MessageError(f"an output must be a JSON object (dict), got {type(body).__name__}",
                                        step=name)
-                child = message.child(body, name)
+                child = message.child(body, name, self.spec)
                 if encode:
                     payload = child.to_json()
                     if len(payload) > self.max_bytes:
@@ -341,7 +343,7 @@ class StepRunner:
         """Retry with back-off while attempts remain and the error is retryable; else dead-letter."""
         if retryable is None:
             retryable = classify(exc, self.component)
-        info = ErrorInfo.from_exception(exc, self.step.name, message.attempt, retryable)
+        info = ErrorInfo.from_exception(exc, self.step.name, message.attempt, retryable, spec=self.spec)
         if retryable and message.attempt < self.policy.max_attempts:
             after = getattr(exc, "after", None)
             delay = float(after) if after is not None else self.policy.delay(message.attempt)
@@ -441,6 +443,7 @@ class TriggerRunner:
                                                     state_dir=state_dir)
         self.ctx = self.component.ctx
         self.max_bytes = flow.max_message_bytes
+        self.spec = flow.spec_hash()  # meta.spec of every message the trigger emits
         #: records of the last poll that could not become messages (too large): (message, error,
         #: payload) — the runtime stores them as the trigger's dead letters with the new cursor
         self.last_dead: list[tuple[Message, ErrorInfo, bytes]] = []
@@ -485,11 +488,11 @@ class TriggerRunner:
         for body in self.component.poll(new_state, self.ctx):
             if not isinstance(body, dict):
                 raise MessageError(f"poll() yielded {type(body).__name__}; yield dicts", step=self.step.name)
-            m = Message(body=body, flow=self.flow.name, step=self.step.name)
+            m = Message(body=body, flow=self.flow.name, step=self.step.name, spec=self.spec)
             payload = m.to_json()
             if len(payload) > self.max_bytes:  # never published; the cursor moves past it
                 exc = _too_large(self.step.name, len(payload), self.max_bytes, "a record of this trigger")
-                info = ErrorInfo.from_exception(exc, self.step.name, 1, False)
+                info = ErrorInfo.from_exception(exc, self.step.name, 1, False, spec=self.spec)
                 self.last_dead.append((m, info, _truncated(m)))
                 continue
             payloads.append(payload)
@@ -498,7 +501,7 @@ class TriggerRunner:
 
     def emit(self, body: dict, headers: dict[str, str] | None = None) -> tuple[Message, bytes]:
         """Wrap a body received by a push trigger (webhook) as the first message of a run."""
-        m = Message(body=body, headers=headers or {}, flow=self.flow.name, step=self.step.name)
+        m = Message(body=body, headers=headers or {}, flow=self.flow.name, step=self.step.name, spec=self.spec)
         payload = m.to_json()
         if len(payload) > self.max_bytes:
             raise _too_large(self.step.name, len(payload), self.max_bytes, "the message")
@@ -512,7 +515,7 @@ def _truncated(m: Message) -> bytes:
     for k, v in m.body.items():
         text = orjson.dumps(v, default=str)
         body[k] = v if len(text) <= 256 else f"<{len(text):,} bytes, cut: the record is over max_message_bytes>"
-    stand_in = Message(body={"_truncated": True, **body}, flow=m.flow, step=m.step)
+    stand_in = Message(body={"_truncated": True, **body}, flow=m.flow, step=m.step, spec=m.spec)
     return stand_in.to_json()
 
 
@@ -524,6 +527,12 @@ class DeadLetter:
     step: str
     message: Message
     error: ErrorInfo
+
+    @property
+    def spec(self) -> str:
+        """The spec hash it died under: its error's ``spec`` (the step's spec when it gave up), else
+        its message's ``meta.spec`` (the spec that produced it), else ``""`` (an older flownb's)."""
+        return self.error.spec or self.message.spec
 
     def _repr_html_(self) -> str:  # a table in notebooks (lazy import: workers never load it)
         from ..display import dead_letters_html

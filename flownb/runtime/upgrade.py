@@ -24,7 +24,8 @@ from typing import Any
 from ..errors import UpgradeError
 from ..flow import Flow
 
-__all__ = ["Plan", "make_plan", "upgrade", "check_no_orphans", "check_broker_manifest", "local_depths"]
+__all__ = ["Plan", "make_plan", "upgrade", "check_no_orphans", "check_broker_manifest", "local_depths",
+           "local_specs"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,10 @@ class Plan:
     cursor: str = "kept"
     #: messages per old step (``queued`` includes retries; ``dead`` the dead letters), when known
     depths: dict[str, dict[str, int]] | None = None
+    #: queued messages per ``meta.spec`` of the spec that produced them ("" for messages of a flownb
+    #: that did not stamp it); None when not counted (RabbitMQ: counting would take every message
+    #: off its queue and back)
+    specs: dict[str, int] | None = None
 
     def held(self, step: str) -> int:
         d = (self.depths or {}).get(step) or {}
@@ -75,6 +80,18 @@ class Plan:
         out.append(f"  trigger '{self.new.trigger.name}': cursor {self.cursor}")
         if len(out) == 2 and self.cursor == "kept":
             out.insert(1, "  no change to steps or queues")
+        old_hash, new_hash = self.old.spec_hash(), self.new.spec_hash()
+        out.append(f"  spec {old_hash} → {new_hash}" if old_hash != new_hash
+                   else f"  spec {new_hash} (unchanged)")
+        if self.specs is not None:
+            other = {h: n for h, n in self.specs.items() if h != new_hash}
+            if other:
+                most = sorted(other.items(), key=lambda x: (-x[1], x[0]))
+                listing = ", ".join(f"{h or 'unstamped'}: {n:,}" for h, n in most)
+                out.append(f"  {sum(other.values()):,} of {sum(self.specs.values()):,} queued message(s) were "
+                           f"produced by another spec version ({listing}); the new spec's steps will process them")
+            else:
+                out.append(f"  {sum(self.specs.values()):,} queued message(s), all produced by the new spec")
         return out
 
     def __str__(self) -> str:
@@ -150,6 +167,23 @@ def local_depths(state_dir: Path, flow: str) -> dict[str, dict[str, int]] | None
     store = open_state(Path(state_dir), flow, create=False)
     try:
         return _store_depths(store)
+    finally:
+        store.close()
+
+
+def local_specs(state_dir: Path, flow: str) -> dict[str, int] | None:
+    """Queued messages (retries included) per ``meta.spec`` in a state directory (None without a
+    database): one scan of the queue table, SQLite's JSON functions reading the payloads."""
+    if not (Path(state_dir) / f"{flow}.db").exists():
+        return None
+    from .local.store import open_state
+    store = open_state(Path(state_dir), flow, create=False)
+    try:
+        with store.lock:
+            rows = store.conn.execute(
+                "SELECT CASE WHEN json_valid(CAST(payload AS TEXT)) "
+                "THEN json_extract(CAST(payload AS TEXT), '$.meta.spec') END, count(*) FROM queue GROUP BY 1")
+            return {str(h or ""): n for h, n in rows}
     finally:
         store.close()
 
@@ -387,12 +421,14 @@ def _load(path: str) -> Flow:
 def _plan_cli(args) -> int:
     from .._cli import console
     old, new = _load(args.old), _load(args.new)
-    depths = None
+    depths = specs = None
     if args.state_dir:
         depths = local_depths(Path(args.state_dir), new.name) or {}
+        specs = local_specs(Path(args.state_dir), new.name)
     elif args.broker:
         depths = amqp_depths(old, args.broker)
     plan = make_plan(old, new, _cli_renames(args.rename), depths=depths)
+    plan.specs = specs
     con = console()
     for line in plan.lines():
         con.print(line, soft_wrap=True, markup=False)

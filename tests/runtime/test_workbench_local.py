@@ -57,7 +57,7 @@ def test_dead_letters_is_a_frame_of_bodies_and_errors_and_reads_without_consumin
     flow, state = _failed_run(tmp_path)
     before = _dead_table(state, flow)
     df = flownb.dead_letters(flow, state_dir=state)
-    assert list(df.columns[:7]) == list(META_COLUMNS)
+    assert list(df.columns[:8]) == list(META_COLUMNS)
     assert list(df["n"]) == POISON and list(df["amount"]) == ["n/a"] * 4
     assert list(df["customer.email"]) == [f"c{i}@example.com" for i in POISON]  # nested: dotted columns
     assert df["customer.tier"].isna().all()

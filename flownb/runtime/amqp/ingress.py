@@ -86,6 +86,7 @@ class AmqpIngest:
             raise MessageError(f"flow '{flow.name}' has no action after its webhook trigger; add a step")
         self.flow = flow.name
         self._spec = flow
+        self._spec_hash = flow.spec_hash()  # meta.spec of every message it publishes
         self.url = url
         self.routing_key = flow.steps[0].name
         self.exchange = names.exchange(flow.name)
@@ -203,7 +204,8 @@ class AmqpIngest:
         msg_headers = dict(headers)
         if reply:
             msg_headers[names.REPLY_TO_HEADER] = reply_queue
-        message = Message(body=body, headers=msg_headers, flow=self.flow, step=self._spec.trigger.name)
+        message = Message(body=body, headers=msg_headers, flow=self.flow, step=self._spec.trigger.name,
+                          spec=self._spec_hash)
         payload = message.to_json()
         future = self._book.register(message.trace) if reply else None
         try:

@@ -5,7 +5,9 @@
 - queue ``flownb.<flow>.<step>.retry.<n>``: delay queues (``<n>`` = delay in ms) that dead-letter
   back to the step, into ``flownb.<flow>.<step>.retry.ready``, which the step's worker also consumes
 - queue ``flownb.<flow>.<step>.dlq``: dead letters, each carrying its error
-- queue ``flownb.<flow>.<trigger>.state``: the polling trigger's cursor (one message, the latest)
+- queue ``flownb.<flow>.<trigger>.state``: the polling trigger's cursor (one message, the latest) in
+  a classic topology; with quorum queues (``FLOWNB_QUEUE_TYPE=quorum``) the cursor is in
+  ``flownb.<flow>.<trigger>.cursor`` and the poller's lock in ``flownb.<flow>.<trigger>.poller``
 A sync webhook request sets the message header :data:`REPLY_TO_HEADER` to a queue name; the worker
 of the last step publishes its output there (default exchange), as well as passing it on.
 """
@@ -62,3 +64,14 @@ def manifest_queue(flow: str) -> str:
 
 def state_queue(flow: str, trigger: str) -> str:
     return f"flownb.{flow}.{trigger}.state"
+
+
+def cursor_queue(flow: str, trigger: str) -> str:
+    """The cursor of a polling trigger under quorum topology (a quorum queue, no single active consumer)."""
+    return f"flownb.{flow}.{trigger}.cursor"
+
+
+def poller_queue(flow: str, trigger: str) -> str:
+    """The lock of a polling trigger's active poller under quorum topology (a quorum queue with a single
+    active consumer holding one token message)."""
+    return f"flownb.{flow}.{trigger}.poller"

@@ -24,9 +24,15 @@ deliveries of each message
 delay queues dead-letter ``at-least-once`` (the expired retry stays in its delay queue until the
 ready queue has confirmed it).
 
-Per polling trigger: ``flownb.<flow>.<trigger>.state`` (``x-single-active-consumer``) holds one
-message, the cursor. It stays a classic queue: RabbitMQ 3.10 refuses ``basic.get`` on a quorum queue
-with a single active consumer (:func:`~flownb.runtime.amqp.trigger.read_state` needs it).
+Per polling trigger (:func:`trigger_queues`): in the classic topology ``flownb.<flow>.<trigger>.state``
+(classic, ``x-single-active-consumer``) holds one message, the cursor, and its single active consumer
+is the one poller. With quorum queues the two jobs are split, because RabbitMQ 3.10 refuses
+``basic.get`` on a quorum queue with a single active consumer (reading the cursor needs it):
+``flownb.<flow>.<trigger>.cursor`` (quorum, no single active consumer) holds the cursor and
+``flownb.<flow>.<trigger>.poller`` (quorum, ``x-single-active-consumer``) one token: the replica that
+receives the token is the poller (:mod:`~flownb.runtime.amqp.trigger`). Both are replicated; so is
+the trigger's dead-letter queue (unless an older flownb declared it classic: it is kept, with a
+warning).
 Re-declaring with other arguments (a changed ``FLOWNB_MAX_QUEUE_LENGTH``, classic queues of an older
 flownb) is a :class:`TopologyError` that says how to fix it.
 """
@@ -46,8 +52,8 @@ from ...flow import Flow, RetryPolicy
 from . import names
 
 __all__ = ["TopologyError", "DEFAULT_MAX_LENGTH", "ERROR_HEADER", "STEP_HEADER", "DELIVERIES_HEADER", "max_length",
-           "queue_type", "max_deliveries", "suspect_queue", "retry_levels", "pick_level", "declare_flow",
-           "declare_step", "queue_depths", "connect", "parameters"]
+           "queue_type", "trigger_queues", "max_deliveries", "suspect_queue", "retry_levels", "pick_level",
+           "declare_flow", "declare_step", "queue_depths", "connect", "parameters"]
 
 DEFAULT_MAX_LENGTH = 100_000
 ERROR_HEADER = "x-flownb-error"
@@ -91,6 +97,16 @@ def max_deliveries() -> int:
         raise BrokerError(f"FLOWNB_MAX_DELIVERIES={raw!r} is not a positive integer; set it to the number "
                           f"of worker deaths after which a message is dead-lettered, such as 3")
     return value
+
+
+def trigger_queues(flow: Flow) -> tuple[str, str | None]:
+    """A polling trigger's (cursor queue, poller-lock queue): ``(.state, None)`` in the classic
+    topology (the cursor queue's single active consumer is the poller), ``(.cursor, .poller)`` with
+    quorum queues (see the module docstring)."""
+    f, t = flow.name, flow.trigger.name
+    if queue_type() == "quorum":
+        return names.cursor_queue(f, t), names.poller_queue(f, t)
+    return names.state_queue(f, t), None
 
 
 def suspect_queue(flow: str, step: str) -> str:
@@ -202,7 +218,8 @@ def _declare(ch, queue: str, args: dict | None, kind: str = "classic") -> None:
                 f"move to {kind} queues: stop the flow's trigger, let its workers drain every step queue "
                 f"to 0, stop them, save the dead letters (flownb dlq list), delete the flow's queues "
                 f"(rabbitmqctl delete_queue -p <vhost> <name>, for every queue named "
-                f"'flownb.<flow>.<step>*' except the trigger's '.state'), then start the workers"
+                f"'flownb.<flow>.<step>*' except the trigger's '.state', '.cursor' and '.poller'), then start the "
+                f"workers"
             ) from exc
         if exc.reply_code == 406:
             raise TopologyError(f"queue '{queue}' exists with other arguments ({exc.reply_text}); "
@@ -238,12 +255,92 @@ def declare_flow(ch, flow: Flow) -> None:
         raise BrokerError(f"declaring exchange '{names.exchange(flow.name)}' failed: {exc.reply_text}") from exc
     for s in flow.steps:
         declare_step(ch, flow, s.name)
-    # classic on purpose (see the module doc): basic.get of read_state works, and the cursor is tiny
-    _declare(ch, names.state_queue(flow.name, flow.trigger.name), {"x-single-active-consumer": True})
-    # the trigger's dead letters: records over max_message_bytes, committed with the cursor
-    _declare(ch, names.dead_letter_queue(flow.name, flow.trigger.name), None)
     if flow.on_error is not None:
         declare_errors(ch, flow)
+    cursor, poller = trigger_queues(flow)
+    dlq = names.dead_letter_queue(flow.name, flow.trigger.name)  # records over max_message_bytes
+    if poller is None:  # classic: one queue is the cursor and, by its single active consumer, the lock
+        _declare(ch, cursor, {"x-single-active-consumer": True})
+        _declare(ch, dlq, None)
+        return
+    _create_cursor(ch, flow, cursor)  # no single active consumer: basic.get reads the cursor
+    _declare(ch, poller, {"x-single-active-consumer": True}, "quorum")
+    _declare_kept(ch, dlq)
+
+
+def _exists(conn, queue: str) -> bool:
+    """Whether ``queue`` exists (a passive declare on a channel of its own: the queue's record, which
+    every node has, not its leader's message counts, which a quorum queue reports as 0 while it has no
+    leader)."""
+    probe = conn.channel()
+    try:
+        probe.queue_declare(queue, passive=True)
+        return True
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 404:
+            return False
+        raise BrokerError(f"cannot inspect queue '{queue}': {exc.reply_text}") from exc
+    finally:
+        if probe.is_open:
+            probe.close()
+
+
+def _create_cursor(ch, flow: Flow, cursor: str) -> None:
+    """Declare the quorum topology's cursor queue; the declaration that creates it also seeds the
+    cursor ``{}`` (confirmed), under a lock (an exclusive queue), so there is never a second cursor —
+    seeding by message counts is not safe on a quorum queue, which reports 0 while it elects a leader.
+    An older flownb's classic ``.state`` queue holds the cursor instead: nothing is seeded, the trigger
+    worker moves it (:mod:`~flownb.runtime.amqp.trigger`)."""
+    import time
+
+    from .publish import state_props
+    conn = ch.connection
+    if _exists(conn, cursor):
+        _declare(ch, cursor, None, "quorum")  # arguments checked; it is there with its cursor
+        return
+    lock_name = cursor + ".lock"
+    while True:
+        lock = conn.channel()
+        try:
+            lock.queue_declare(lock_name, exclusive=True, auto_delete=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 405:  # 405: another worker holds the lock
+                raise BrokerError(f"declaring '{lock_name}' failed: {exc.reply_text}") from exc
+            time.sleep(0.3)
+            continue
+        try:
+            created = not _exists(conn, cursor)
+            _declare(ch, cursor, None, "quorum")
+            if created and not _exists(conn, names.state_queue(flow.name, flow.trigger.name)):
+                lock.confirm_delivery()
+                lock.basic_publish("", cursor, b"{}", state_props(0.0, 0))
+            lock.queue_delete(lock_name)
+        finally:
+            if lock.is_open:
+                lock.close()
+        return
+
+
+_WARNED: set[str] = set()
+
+
+def _declare_kept(ch, queue: str) -> None:
+    """Declare ``queue`` as a quorum queue, or keep it as the classic queue an older flownb declared
+    (a queue's type cannot change; its messages stay readable), warning once that it is not replicated.
+    Declared on a channel of its own: a refused declare closes its channel."""
+    import logging
+    probe = ch.connection.channel()
+    try:
+        _declare(probe, queue, None, "quorum")
+    except TopologyError:
+        if queue not in _WARNED:
+            _WARNED.add(queue)
+            logging.getLogger(__name__).warning(
+                "queue '%s' is a classic queue (declared by an older flownb): it is not replicated; once it is "
+                "empty (flownb dlq list), delete it and the next worker declares a quorum queue", queue)
+    finally:
+        if probe.is_open:
+            probe.close()
 
 
 #: failures waiting for the on_error worker beyond this many drop the oldest (FLOWNB_MAX_ERRORS)

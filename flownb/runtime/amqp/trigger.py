@@ -1,24 +1,41 @@
 """The worker of a polling trigger: its cursor lives in the broker.
 
-The state queue ``flownb.<flow>.<trigger>.state`` (``x-single-active-consumer``) holds exactly one
-message: the cursor (JSON), with the time of the last poll in a header. Only the active consumer
-receives it, so only one replica polls at a time; the others wait and take over when it dies (its
-unacked cursor is requeued). Each poll runs on the cursor, then in ONE AMQP transaction publishes
-the emitted messages (persistent) and the new cursor and acks the old one: a crash before
-``tx.commit`` changes nothing, so a poll is never lost nor emitted twice.
+The cursor queue holds exactly one message: the cursor (JSON), with the time of the last poll in a
+header. Exactly one replica — the active poller — consumes it (prefetch 1), so only one polls at a
+time; the others wait and take over when it dies (its unacked cursor is requeued). Each poll runs on
+the cursor, then in ONE AMQP transaction publishes the emitted messages (persistent) and the new
+cursor and acks the old one: a crash before ``tx.commit`` changes nothing, so a poll is never lost
+nor emitted twice.
+
+Who is the active poller (:func:`~flownb.runtime.amqp.topology.trigger_queues`):
+
+- classic topology: the cursor queue ``flownb.<flow>.<trigger>.state`` has
+  ``x-single-active-consumer``; every replica consumes it and the broker delivers the cursor to one;
+- quorum topology (replicated): the cursor is in ``.cursor`` (a quorum queue without single active
+  consumer, so ``basic.get`` can read it) and the election is in ``.poller``, a quorum queue with
+  ``x-single-active-consumer`` holding one token message. Every replica consumes ``.poller``; the one
+  that receives the token holds it unacked for as long as it lives and only then consumes ``.cursor``.
+  The token and the cursor are consumed on one connection, so when it goes both return to their
+  queues and the next replica's consumer of ``.poller`` becomes active. A worker that takes over on a
+  broker where an older flownb kept the cursor in the classic ``.state`` queue moves it across first
+  (one transaction: publish into ``.cursor``, ack from ``.state``; then ``.state`` is deleted), after
+  waiting for any consumer of ``.state`` — an older trigger worker still polling — to go.
 
 Back-pressure: before committing, the first step's queue depth plus the poll's size must fit its
 length limit; otherwise the poll is not committed and is repeated (from the same cursor) later. The
 check is what enforces the limit: a transaction has no publisher confirms, so a full queue does not
 refuse a transactional publish (a quorum queue accepts it beyond its limit; RabbitMQ 3.10.8).
 
-Queue types: the step queues are quorum queues (``FLOWNB_QUEUE_TYPE``), the state queue is classic;
-the transaction spans both (tested: commit applies all of it, a connection closed before
-``tx.commit`` nothing). The state queue stays classic because RabbitMQ refuses ``basic.get`` on a
-quorum queue with a single active consumer, which :func:`read_state` uses.
+The transaction spans queue types (tested on 3.10.8: a commit applies all of it, a connection closed
+before ``tx.commit`` nothing).
 
-The cursor is seeded (``{}``) once, under a lock (an exclusive queue), when the state queue has
-neither a message nor a consumer.
+Seeding: in the classic topology the cursor (``{}``) is seeded under a lock (an exclusive queue) when
+the state queue has neither a message nor a consumer. In the quorum topology the token is seeded the
+same way (``.poller`` without message or consumer: a quorum queue reports 0 of both while it elects a
+leader, so a second token is possible — and harmless, since only the single active consumer of
+``.poller`` receives tokens). A second *cursor* would not be harmless, so the cursor is seeded only
+by the declaration that creates ``.cursor`` (:func:`~flownb.runtime.amqp.topology.declare_flow`,
+under a lock), never from message counts.
 """
 
 from __future__ import annotations
@@ -38,7 +55,7 @@ from ..on_error import event_from_dead, event_from_exception, event_payload
 from . import names
 from .metrics import StepMetrics
 from .publish import PERSISTENT, POLLED_HEADER, error_props, state_props
-from .topology import VERSION_HEADER, TopologyError, connect, declare_flow, max_length
+from .topology import VERSION_HEADER, TopologyError, connect, declare_flow, max_length, trigger_queues
 
 __all__ = ["TriggerWorker", "read_state"]
 
@@ -60,7 +77,7 @@ class TriggerWorker:
         self.url = broker_url
         self.runner = TriggerRunner(flow)
         self.name = flow.trigger.name
-        self.state_q = names.state_queue(flow.name, self.name)
+        self.state_q, self.lock_q = trigger_queues(flow)  # the cursor; the poller's lock (quorum only)
         self.first = flow.steps[0].name if flow.steps else None
         self.exchange = names.exchange(flow.name)
         self.metrics = StepMetrics(flow.name, self.name)
@@ -68,6 +85,9 @@ class TriggerWorker:
         self._stopping = False
         self._wake = threading.Event()
         self._held: tuple[int, dict, int, float] | None = None  # (delivery tag, state, version, due time)
+        self._token = False       # quorum topology: this replica received the poller token
+        self._reading = False     # consuming the cursor queue (quorum: once the token is held)
+        self._took_at = 0.0       # quorum: when this replica took over (no cursor for long: an error)
 
     def stop(self) -> None:
         self._stopping = True
@@ -103,11 +123,26 @@ class TriggerWorker:
             self._seed(conn)
             ch.basic_qos(prefetch_count=1)
             ch.tx_select()
-            ch.basic_consume(self.state_q, self._on_state, auto_ack=False)
+            self._token = self._reading = False
+            self._took_at = 0.0
+            if self.lock_q is None:
+                ch.basic_consume(self.state_q, self._on_state, auto_ack=False)
+                self._reading = True
+            else:
+                lock = conn.channel()
+                lock.basic_qos(prefetch_count=1)
+                lock.basic_consume(self.lock_q, self._on_token, auto_ack=False)  # held unacked while alive
             self.consuming.set()
             log.info("trigger '%s': waiting to be the active poller", self.name)
             while not self._stopping:
                 conn.process_data_events(time_limit=self._wait_time())
+                if self._token and not self._reading:
+                    self._take_over(conn, ch)
+                if self._took_at and self._held is None and time.monotonic() - self._took_at > 60:
+                    self._took_at = 0.0  # said once per session
+                    log.error("trigger '%s': no cursor in '%s' for 60 s (a worker died while creating the "
+                              "queue?): set one with 'flownb state set SPEC --broker URL --to …'",
+                              self.name, self.state_q)
                 if self._held and time.time() >= self._held[3]:
                     self._poll(conn, ch)
         finally:
@@ -122,7 +157,73 @@ class TriggerWorker:
             return 0.2
         return max(0.0, min(0.2, self._held[3] - time.time()))
 
+    def _on_token(self, ch, method, props, body) -> None:
+        self._token = True  # never acked: the connection's end returns it to the next replica
+
+    def _take_over(self, conn, ch) -> None:
+        """Holding the poller token (quorum topology): move an older flownb's cursor across, then
+        consume the cursor queue (its cursor was seeded when the queue was created: declare_flow)."""
+        assert self.lock_q is not None  # only the quorum topology has a token
+        self._migrate(conn)
+        ch.basic_consume(self.state_q, self._on_state, auto_ack=False)
+        self._took_at = time.monotonic()
+        self._reading = True
+        log.info("trigger '%s': took over as the active poller (holds the token of '%s')", self.name, self.lock_q)
+
+    def _migrate(self, conn) -> None:
+        """Move the cursor of the classic ``.state`` queue an older flownb kept into the quorum cursor
+        queue: one transaction (publish, ack), then delete ``.state``. Waits while ``.state`` has a
+        consumer: an older trigger worker still polls from it, and two pollers would emit twice."""
+        old = names.state_queue(self.flow.name, self.name)
+        warned = False
+        while not self._stopping:
+            probe = conn.channel()
+            try:
+                ok = probe.queue_declare(old, passive=True).method
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code == 404:
+                    return  # nothing to move
+                raise
+            if ok.consumer_count == 0:
+                break
+            probe.close()
+            if not warned:
+                log.warning("trigger '%s': an older trigger worker still polls from the classic queue '%s'; "
+                            "waiting for it to stop before moving its cursor to '%s'", self.name, old, self.state_q)
+                warned = True
+            conn.sleep(1.0)
+        else:
+            return
+        try:
+            probe.tx_select()
+            method, props, body = probe.basic_get(old, auto_ack=False)
+            if method is not None:
+                here = conn.channel()
+                try:
+                    held = here.queue_declare(self.state_q, passive=True).method
+                finally:
+                    if here.is_open:
+                        here.close()
+                if held.message_count or held.consumer_count:
+                    raise TopologyError(
+                        f"trigger '{self.name}': both '{old}' (an older flownb's classic cursor queue) and "
+                        f"'{self.state_q}' hold a cursor; keep the right one (flownb state show with "
+                        f"FLOWNB_QUEUE_TYPE=classic and =quorum), delete the other queue, then start the trigger")
+                probe.basic_publish("", self.state_q, body, pika.BasicProperties(
+                    delivery_mode=2, content_type=props.content_type, headers=props.headers))
+                probe.basic_ack(method.delivery_tag)
+                probe.tx_commit()
+                log.info("trigger '%s': moved the cursor from the classic queue '%s' to '%s'",
+                         self.name, old, self.state_q)
+            probe.queue_delete(old, if_empty=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:  # published to meanwhile: left in place
+            log.warning("trigger '%s': could not delete '%s' (%s)", self.name, old, exc.reply_text)
+        finally:
+            if probe.is_open:
+                probe.close()
+
     def _on_state(self, ch, method, props, body) -> None:
+        self._took_at = 0.0  # a cursor arrived
         headers = props.headers or {}
         try:
             state = orjson.loads(body)
@@ -135,7 +236,11 @@ class TriggerWorker:
         self._held = (method.delivery_tag, state, version, due)
 
     def _seed(self, conn) -> None:
-        lock = self.state_q + ".lock"
+        """Seed the first message of the queue every replica consumes — the cursor (classic topology)
+        or the poller token (quorum) — once, under a lock (an exclusive queue)."""
+        queue = self.lock_q or self.state_q
+        body, props = (b"{}", state_props(0.0, 0)) if self.lock_q is None else (b"token", PERSISTENT)
+        lock = queue + ".lock"
         while not self._stopping:
             ch = conn.channel()
             try:
@@ -146,11 +251,12 @@ class TriggerWorker:
                 self._wake.wait(0.3)
                 continue
             try:
-                ok = ch.queue_declare(self.state_q, passive=True).method
+                ok = ch.queue_declare(queue, passive=True).method
                 if ok.message_count == 0 and ok.consumer_count == 0:
                     ch.confirm_delivery()
-                    ch.basic_publish("", self.state_q, b"{}", state_props(0.0, 0))
-                    log.info("trigger '%s': seeded an empty cursor", self.name)
+                    ch.basic_publish("", queue, body, props)
+                    log.info("trigger '%s': seeded %s", self.name,
+                             "an empty cursor" if self.lock_q is None else "the poller token")
                 ch.queue_delete(lock)
             finally:
                 if ch.is_open:
@@ -238,7 +344,7 @@ def read_state(flow: Flow, broker_url: str) -> dict | None:
     conn = connect(broker_url, name="flownb read-state")
     try:
         ch = conn.channel()
-        method, _props, body = ch.basic_get(names.state_queue(flow.name, flow.trigger.name), auto_ack=False)
+        method, _props, body = ch.basic_get(trigger_queues(flow)[0], auto_ack=False)
         if method is None:
             return None
         ch.basic_nack(method.delivery_tag, requeue=True)

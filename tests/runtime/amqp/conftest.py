@@ -5,6 +5,7 @@ the broker on 5672 is shared with other people's test runs and is never stopped 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -95,6 +96,17 @@ class PrivateBroker:
 
     def stop(self) -> None:
         self._script("stop", self.name)
+
+    def kill(self) -> None:
+        """SIGKILL the node's whole process group (a crash: no graceful leader hand-over); its data
+        stays until :meth:`stop`, which the fixture calls at the end."""
+        base = Path(os.environ.get("RABBIT_NODE_BASE") or RABBIT_NODE.parents[1] / ".rabbit")
+        pid = int((base / self.name / "server.pid").read_text().strip())
+        os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while _listening(self.port):
+            assert time.monotonic() < deadline, f"{self.name} still accepts connections after SIGKILL"
+            time.sleep(0.1)
 
     def join(self, other: PrivateBroker) -> None:
         p = self._script("join", self.name, other.name)

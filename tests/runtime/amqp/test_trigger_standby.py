@@ -85,3 +85,54 @@ def test_a_poll_larger_than_the_queue_limit_is_never_committed(broker, tmp_path,
                        "smaller batches or raise FLOWNB_MAX_QUEUE_LENGTH")  # the same poll each time
     assert queue_depths(flow, broker)["sink"]["ready"] == 0  # nothing of it was published
     assert read_state(flow, broker) == {}  # the cursor did not move: the poll is repeated from it
+
+
+def test_a_quorum_trigger_moves_the_cursor_of_an_older_classic_state_queue(broker, tmp_path, monkeypatch, caplog):
+    """A quorum deployment of an older flownb kept the cursor in the classic ``.state`` queue (and the
+    trigger's dead letters in a classic ``.dlq``). A trigger worker of this version waits while an
+    older worker still consumes ``.state``, then moves the cursor into ``.cursor`` in one transaction,
+    deletes ``.state`` and polls on from that cursor; the classic dead-letter queue is kept, with a
+    warning. docs/rabbitmq.md."""
+    import orjson
+    import pika
+
+    from flownb.runtime.amqp import names
+    from flownb.runtime.amqp.publish import state_props
+    from flownb.runtime.amqp.topology import connect
+    monkeypatch.setenv("FLOWNB_QUEUE_TYPE", "quorum")
+    flow = flownb.Flow(name=f"moved-{uuid.uuid4().hex[:8]}",
+                       trigger=flownb.step("src", "amqptest.count", total=12, batch=4, interval="50ms"),
+                       steps=[flownb.step("sink", "amqptest.sink", path=str(tmp_path / "sink.db"))]).resolved()
+    old_q, dlq = names.state_queue(flow.name, "src"), names.dead_letter_queue(flow.name, "src")
+    conn = connect(broker)
+    ch = conn.channel()
+    ch.queue_declare(old_q, durable=True, arguments={"x-single-active-consumer": True})  # as the older flownb did
+    ch.queue_declare(dlq, durable=True)
+    ch.confirm_delivery()
+    ch.basic_publish("", old_q, orjson.dumps({"next": 4}), state_props(0.0, 3))
+    older = connect(broker)  # an older trigger worker, still running: it holds the cursor
+    older.channel().basic_consume(old_q, lambda *a: None, auto_ack=False)
+
+    worker = TriggerWorker(flow, broker, max_polls=2, ignore_interval=True)
+    t = threading.Thread(target=worker.run, daemon=True)
+    with caplog.at_level(logging.INFO, logger="flownb"):
+        t.start()
+        try:
+            wait_for(lambda: any("still polls from the classic queue" in r.getMessage() for r in caplog.records),
+                     60, what="the new worker to wait for the older one")
+            older.process_data_events(time_limit=1.0)
+            assert worker.polls == 0 and queue_depths(flow, broker)["sink"]["ready"] == 0  # it did not poll beside it
+            older.close()  # the older worker stops: its unacked cursor returns to '.state'
+            t.join(60)
+            assert not t.is_alive()
+        finally:
+            worker.stop()
+            t.join(10)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"moved the cursor from the classic queue '{old_q}'" in m for m in messages), messages
+    assert any(f"queue '{dlq}' is a classic queue" in m for m in messages), messages
+    assert queue_depths(flow, broker)["sink"]["ready"] == 8  # n = 4 … 11: on from the moved cursor
+    assert read_state(flow, broker) == {"next": 12}
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker):  # moved, then deleted
+        conn.channel().queue_declare(old_q, passive=True)
+    conn.close()
