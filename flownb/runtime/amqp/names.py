@@ -6,6 +6,8 @@
   back to the step, into ``flownb.<flow>.<step>.retry.ready``, which the step's worker also consumes
 - queue ``flownb.<flow>.<step>.dlq``: dead letters, each carrying its error
 - queue ``flownb.<flow>.<trigger>.state``: the polling trigger's cursor (one message, the latest)
+- exchange ``flownb.<flow>.recorder`` (fanout) and its queue ``flownb.<flow>.recorder.tap``: the
+  flight recorder's events (flows with ``record:``; flownb/runtime/amqp/recorder.py)
 A sync webhook request sets the message header :data:`REPLY_TO_HEADER` to a queue name; the worker
 of the last step publishes its output there (default exchange), as well as passing it on.
 """
@@ -52,3 +54,14 @@ def manifest_queue(flow: str) -> str:
 
 def state_queue(flow: str, trigger: str) -> str:
     return f"flownb.{flow}.{trigger}.state"
+
+
+def recorder_exchange(flow: str) -> str:
+    """The flight recorder's tap (fanout): step workers publish their sampled events here."""
+    return f"flownb.{flow}.recorder"
+
+
+def recorder_queue(flow: str) -> str:
+    """Where the tap's events wait for ``flownb recorder`` (bounded: flownb/runtime/amqp/recorder.py).
+    Not ``flownb.<flow>.recorder``: that is the input queue of a step named ``recorder``."""
+    return f"flownb.{flow}.recorder.tap"

@@ -45,6 +45,7 @@ from ..health import HEALTH, start_thread
 from . import names
 from .metrics import StepMetrics
 from .publish import PERSISTENT, TRANSIENT, CoalescingConnection, error_props, redelivered_props
+from .recorder import Tap
 from .topology import (
     DELIVERIES_HEADER,
     TopologyError,
@@ -105,6 +106,7 @@ class StepWorker:
         self.quorum = queue_type() == "quorum"
         self.max_deliveries = max_deliveries or env_max_deliveries()
         self.suspect_q = suspect_queue(flow.name, step_name)
+        self.tap = Tap.of(flow, step_name)   # the flight recorder (the spec's record:), or None
         self.consuming = threading.Event()   # set while consumers are registered (tests, start-up timing)
         self._stopping = False
         self._fatal: BaseException | None = None
@@ -225,6 +227,8 @@ class StepWorker:
         self._ch = ch
         ch.add_on_close_callback(self._on_channel_closed)
         ch.confirm_delivery(ack_nack_callback=self._on_confirm)
+        if self.tap is not None:
+            self.tap.open(self._loop_conn)
         # per-consumer prefetch (basic.qos applies to the consumers created after it): one suspect
         # at a time, so a death while it runs is its own
         ch.basic_qos(prefetch_count=1)
@@ -361,6 +365,8 @@ class StepWorker:
         outcomes = self.runner.run_payloads([body for _tag, _props, body in batch], deliveries=deaths,
                                             max_deliveries=self.max_deliveries)
         self.metrics.latency.observe((time.perf_counter() - t0) / len(batch))  # one sample per batch
+        if self.tap is not None:
+            self.tap.stage(outcomes)  # sampled rows, computed here; published by _apply (I/O loop)
         return outcomes
 
     # -- back on the I/O loop -----------------------------------------------------------------
@@ -388,6 +394,8 @@ class StepWorker:
                     self._publish(rec, "", names.retry_queue(self.flow.name, self.step.name, level),
                                   res.retry_payload(), error_props(res.error, self.step.name))
             self._settle()
+            if self.tap is not None:
+                self.tap.flush()
         finally:
             self._loop_conn.release()
 

@@ -242,6 +242,9 @@ def declare_flow(ch, flow: Flow) -> None:
     _declare(ch, names.state_queue(flow.name, flow.trigger.name), {"x-single-active-consumer": True})
     # the trigger's dead letters: records over max_message_bytes, committed with the cursor
     _declare(ch, names.dead_letter_queue(flow.name, flow.trigger.name), None)
+    if flow.record is not None:  # the flight recorder's tap (flownb/runtime/amqp/recorder.py)
+        from .recorder import declare_recorder
+        declare_recorder(ch, flow.name)
 
 
 def _count(conn, queue: str) -> int:

@@ -28,6 +28,7 @@ import orjson
 from ...errors import FlownbError, MessageError, QueueFull, RuntimeFailure, StateError, StorageFull
 from ...flow import Flow
 from ...message import Message
+from ...recorder import Recorder
 from ..core import DeadLetter, ErrorInfo, Outcome, Route, StepRunner, TriggerRunner, undecodable
 from ..health import HEALTH
 from .store import QueueStore, open_state
@@ -215,6 +216,8 @@ class LocalRuntime:
         names = [self.flow.trigger.name, *self.steps]
         self.stats = {n: StepStats() for n in names}
         self.recorded: dict[str, list[dict]] | None = {n: [] for n in names} if record else None
+        #: the flight recorder (the spec's ``record:``; not for in-memory runs): flownb/recorder.py
+        self.recorder = Recorder.of(self.flow) if not memory and self.state_dir is not None else None
         self.poll_errors: list[str] = []
         self._listeners: list[FinalListener] = []
         self._traces: dict[str, list] = {}      # trace -> [outstanding messages, final bodies]
@@ -456,7 +459,8 @@ class LocalRuntime:
                 dead.append((name, attempt, payload, orjson.dumps(err.to_dict())))
                 died.append((o, attempt))
         self.store.commit_batch(next_step=self._next[name], now=now, done=done, outputs=outputs,
-                                retries=retries, dead=dead)
+                                retries=retries, dead=dead,
+                                record=self.recorder.batch(name, outcomes, now) if self.recorder else None)
         st = self.stats[name]
         for o, attempt in died:  # the first of each kind per step is a WARNING; the summary counts the rest
             err = o.error
