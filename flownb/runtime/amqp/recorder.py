@@ -138,6 +138,8 @@ class Tap:
     def _on_closed(self, ch: Any, reason: Any) -> None:
         if self._ch is ch:
             self._ch = None
+        if getattr(reason, "reply_code", None) == 200:  # the worker closed its connection
+            return
         log.warning("step '%s': the flight recorder's channel closed (%s); events are dropped until the "
                     "worker reconnects", self.step, reason)
 
