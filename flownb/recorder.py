@@ -23,7 +23,6 @@ Where the rows go:
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import sqlite3
 import time
@@ -86,28 +85,32 @@ def sampled(trace: str, rate: float) -> bool:
     return int.from_bytes(h, "big") / _SCALE < rate
 
 
-def _redact_in(value: Any, parts: Sequence[str]) -> None:
+def _redacted(value: Any, parts: Sequence[str]) -> Any:
+    """``value`` with the path ``parts`` replaced, copied only along that path (the rest is shared);
+    ``value`` itself when the path is not in it."""
     if isinstance(value, list):  # a path through an array applies to each of its objects
-        for item in value:
-            _redact_in(item, parts)
-        return
+        items = [_redacted(item, parts) for item in value]
+        return items if any(a is not b for a, b in zip(items, value, strict=True)) else value
     if not isinstance(value, dict) or parts[0] not in value:
-        return
+        return value
     if len(parts) == 1:
-        value[parts[0]] = REDACTED
+        child: Any = REDACTED
     else:
-        _redact_in(value[parts[0]], parts[1:])
+        child = _redacted(value[parts[0]], parts[1:])
+        if child is value[parts[0]]:
+            return value
+    out = dict(value)
+    out[parts[0]] = child
+    return out
 
 
 def redact_paths(body: Any, paths: Sequence[str]) -> Any:
-    """A copy of ``body`` with each dotted path (``customer.email``; through arrays: each element)
-    replaced by :data:`REDACTED`; ``body`` itself is not changed. A path that is not there is skipped."""
-    if not paths:
-        return body
-    out = copy.deepcopy(body)
+    """``body`` with each dotted path (``customer.email``; through arrays: each element) replaced by
+    :data:`REDACTED`: a copy along the paths that are there, ``body`` itself is never changed. A path
+    that is not there is skipped."""
     for path in paths:
-        _redact_in(out, path.split("."))
-    return out
+        body = _redacted(body, path.split("."))
+    return body
 
 
 @dataclass
@@ -134,6 +137,7 @@ class Recorder:
         self.policy = policy
         self.rate = policy.sample
         self.paths = list(policy.redact)
+        self._parts = [p.split(".") for p in self.paths]
         self.pos = {s.name: i for i, s in enumerate(flow.all_steps)}
         from .secrets import Redactor, active_redactor
         self._secrets = Redactor.from_flow(flow) | active_redactor()
@@ -147,7 +151,8 @@ class Recorder:
         return cls(flow)
 
     def _json(self, value: Any) -> str:
-        value = redact_paths(value, self.paths)
+        for parts in self._parts:
+            value = _redacted(value, parts)
         if self._secrets:
             value = self._secrets.redact_obj(value)
         return orjson.dumps(value, default=str).decode()
