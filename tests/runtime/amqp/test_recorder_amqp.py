@@ -21,6 +21,7 @@ from amqp_components import sink_counts, wait_for
 from workbench_kit import make, records
 
 import flownb
+from flownb.cli import main
 from flownb.flow import RecordPolicy
 from flownb.message import Message
 from flownb.recorder import REDACTED, sampled
@@ -91,7 +92,7 @@ def _run(flow, broker, running, sink, messages, dead):
 
 
 def test_the_recorder_drains_the_tap_into_the_table_and_a_dead_letter_leads_to_its_path(broker, running,
-                                                                                       tmp_path):
+                                                                                       tmp_path, capsys):
     flow = recorded(make(tmp_path / "sink.db"), redact=["customer.email"])
     msgs = _messages(flow, records(12))
     _run(flow, broker, running, tmp_path / "sink.db", msgs, dead=4)
@@ -122,6 +123,11 @@ def test_the_recorder_drains_the_tap_into_the_table_and_a_dead_letter_leads_to_i
     # drained again (nothing new): the same rows, none twice
     assert _recorder(spec, broker, db, "--until-idle").returncode == 0
     assert len(flownb.trace(msgs[1].trace, flow, db=db)) == 2
+    # flownb trace --db prints the same path
+    assert main(["trace", str(spec), msgs[1].trace, "--db", str(db)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split("\t")[:2] + ln.split("\t")[4:5] for ln in lines[1:]] == [["price", "0", "delivered"],
+                                                                             ["sink", "1", "filtered"]]
 
 
 def test_the_same_traces_are_sampled_at_every_step_on_both_runtimes(broker, running, tmp_path):
