@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["SCHEMA", "COLUMNS", "REDACTED", "Recorder", "RecordBatch", "sampled", "redact_paths", "open_db",
-           "insert", "prune", "trace", "trace_rows", "PRUNE_EVERY"]
+           "insert", "prune", "trace", "trace_rows", "not_recorded", "TRACE_COLUMNS", "PRUNE_EVERY"]
 
 #: what a redacted field holds in a recorded body
 REDACTED = "[REDACTED]"
@@ -195,13 +195,13 @@ class Recorder:
 
 # -- storage ---------------------------------------------------------------------------------------
 
-def insert(conn: sqlite3.Connection, batch: RecordBatch) -> None:
-    """Write ``batch`` inside the caller's open transaction. An event already stored (same message,
-    step, attempt and time: a RabbitMQ event drained again after a crash) is not stored twice."""
+def insert(conn: sqlite3.Connection, batch: RecordBatch) -> int:
+    """Write ``batch`` inside the caller's open transaction; the number of rows pruned. An event
+    already stored (same message, step, attempt and time: a RabbitMQ event drained again after a
+    crash) is not stored twice."""
     if batch.rows:
         conn.executemany(_INSERT, batch.rows)
-    if batch.prune_before is not None:
-        prune(conn, batch.prune_before)
+    return prune(conn, batch.prune_before) if batch.prune_before is not None else 0
 
 
 def prune(conn: sqlite3.Connection, before: float) -> int:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -38,7 +39,7 @@ import pika
 import pika.exceptions
 
 from ... import recorder as rec
-from ...errors import BrokerError, SpecError
+from ...errors import BrokerError, SpecError, StateError
 from ...flow import Flow
 from . import names
 from .publish import CONTENT_TYPE
@@ -230,10 +231,7 @@ def drain(flow: Flow, broker: str, db: str | Path, *, until_idle: bool = False,
             if last_tag is not None or prune_before is not None:
                 sql.execute("BEGIN IMMEDIATE")
                 try:
-                    if rows:
-                        sql.executemany(rec._INSERT, rows)
-                    if prune_before is not None:
-                        counts["pruned"] += rec.prune(sql, prune_before)
+                    counts["pruned"] += rec.insert(sql, rec.RecordBatch(rows, prune_before))
                     sql.execute("COMMIT")
                 except BaseException:
                     sql.execute("ROLLBACK")
@@ -252,6 +250,9 @@ def drain(flow: Flow, broker: str, db: str | Path, *, until_idle: bool = False,
     except pika.exceptions.AMQPError as exc:
         raise BrokerError(f"flownb recorder: the broker connection failed ({type(exc).__name__}: {exc}); "
                           f"events not yet written stay in '{queue}'; start it again") from exc
+    except sqlite3.Error as exc:
+        raise StateError(f"flownb recorder: cannot write '{db}' ({exc}); events not yet written stay in "
+                         f"'{queue}': free space or pass another --db, then start it again") from exc
     finally:
         try:
             if conn.is_open:

@@ -213,3 +213,20 @@ def test_the_recorder_refuses_a_flow_without_record_and_a_broker_it_cannot_reach
     r = _recorder(flow.save(tmp_path / "flow.yaml"), "amqp://guest:guest@127.0.0.1:1/", tmp_path / "r.db",
                   "--until-idle")
     assert r.returncode == 1 and "flownb: error:" in r.stderr
+
+
+def test_the_recorder_prunes_rows_older_than_keep(broker, tmp_path):
+    from flownb.recorder import RecordBatch, insert, open_db
+    flow = recorded(make(tmp_path / "sink.db"), keep="1d")
+    db = tmp_path / "recorder.db"
+    con = open_db(db)
+    now = time.time()
+    row = ("t" * 32, "price", 1, "m" * 32, 1, "{}", "[]", "filtered", None, None)
+    insert(con, RecordBatch([(*row, now - 2 * 86400), (*row[:3], "n" * 32, *row[4:], now - 3600)]))
+    con.close()
+    r = _recorder(flow.save(tmp_path / "flow.yaml"), broker, db, "--until-idle")
+    assert r.returncode == 0, r.stderr
+    assert "1 row(s) older than keep pruned" in r.stdout
+    con = sqlite3.connect(db)
+    assert [m for (m,) in con.execute("SELECT message FROM recorder")] == ["n" * 32]
+    con.close()
