@@ -10,7 +10,8 @@ StepWorkers in threads of this process; N messages are preloaded into the first 
 runs from "consuming" to "the sink has seen all N"; at 1 % and 100 % the workers publish their events
 to the tap queue (no recorder drains it during the run; it is bounded, see docs/rabbitmq.md).
 
-Each setting runs ``--repeat`` times, interleaved, after one warm-up run, and the best time counts.
+Each setting runs ``--repeat`` times, interleaved (each round starting with another setting), after one
+warm-up run, and the best time counts.
 ``recorded_*``: rows in the recorder table (embedded) / tap events published, one per step batch
 (RabbitMQ).
 
@@ -163,8 +164,10 @@ def bench(run, n: int, repeat: int, label: str) -> dict:
     best = {k: float("inf") for k in SETTINGS}
     recorded = {}
     run(n, None)  # warm-up (imports, the broker's first vhost, SQLite's page cache): not counted
+    keys = list(SETTINGS)
     for r in range(repeat):
-        for key, sample in SETTINGS.items():
+        for key in keys[r % len(keys):] + keys[:r % len(keys)]:  # each round starts elsewhere
+            sample = SETTINGS[key]
             t, rec = run(n, sample)
             best[key] = min(best[key], t)
             recorded[key] = rec

@@ -85,3 +85,15 @@ def _state_with_table(tmp_path, name):
     from flownb.recorder import open_db
     open_db(tmp_path / f"{name}.db").close()
     return tmp_path
+
+
+def test_an_event_stored_twice_is_shown_once(tmp_path):
+    from flownb.recorder import RecordBatch, insert, open_db, trace_rows
+    con = open_db(tmp_path / "r.db")
+    rows = [("t" * 32, "a", 1, "m1", 1, "{}", "[{}]", "delivered", None, None, 10.0),
+            ("t" * 32, "b", 2, "m2", 1, "{}", "[]", "filtered", None, None, 11.0)]
+    insert(con, RecordBatch(rows))
+    insert(con, RecordBatch(rows[:1]))  # drained again after a recorder died before its ack
+    con.close()
+    path = trace_rows("t" * 32, db=tmp_path / "r.db")
+    assert [(r["seq"], r["step"], r["outcome"]) for r in path] == [(0, "a", "delivered"), (1, "b", "filtered")]

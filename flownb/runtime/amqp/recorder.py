@@ -19,8 +19,8 @@ open; :attr:`Tap.dropped` counts what was not published, :attr:`Tap.nacked` what
 
 ``flownb recorder SPEC --broker URL --db FILE`` (:func:`drain`) consumes the queue into a SQLite file
 with the embedded runtime's ``recorder`` table: a batch of events is written in one transaction,
-then acknowledged (``multiple``); a recorder killed in between drains those events again, and the
-table's unique event key stores them once. Rows older than the spec's ``keep`` are pruned as it runs.
+then acknowledged (``multiple``); a recorder killed in between drains those events again (stored
+twice; :func:`flownb.recorder.trace_rows` shows each once). Rows older than the spec's ``keep`` are pruned as it runs.
 """
 
 from __future__ import annotations
