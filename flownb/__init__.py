@@ -45,6 +45,7 @@ _LAZY = {
     "LocalRuntime": "flownb.runtime.local",
     "dead_letters": "flownb.workbench",
     "replay": "flownb.workbench",
+    "trace": "flownb.recorder",
 }
 
 __all__ = [

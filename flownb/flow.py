@@ -19,7 +19,7 @@ from ._size import Size
 from .errors import ParameterError, SpecError, did_you_mean
 from .params import Param, coerce
 
-__all__ = ["Flow", "Step", "RetryPolicy", "OnError", "load", "save", "step", "SPEC_VERSION"]
+__all__ = ["Flow", "Step", "RetryPolicy", "OnError", "RecordPolicy", "load", "save", "step", "SPEC_VERSION"]
 
 SPEC_VERSION = 1
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -42,6 +42,35 @@ class RetryPolicy(BaseModel):
 
 
 DEFAULT_RETRY = RetryPolicy()
+_FIELD_PATH = re.compile(r"^[^.\s]+(\.[^.\s]+)*$")
+
+
+class RecordPolicy(BaseModel):
+    """The flight recorder (``record:`` in the spec; docs/debugging.md): the share of trace ids
+    recorded (``sample``, decided per trace id, the same on every step and runtime), how long a
+    recorded path is kept (``keep``) and the body fields replaced before anything is stored
+    (``redact``: dotted paths such as ``customer.email``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    sample: float = Field(ge=0.0, le=1.0)
+    keep: Duration = 7 * 86400.0
+    redact: list[str] = Field(default_factory=list)
+
+    @field_validator("keep")
+    @classmethod
+    def _keep_positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("keep must be longer than 0 (e.g. '7d', '12h')")
+        return v
+
+    @field_validator("redact")
+    @classmethod
+    def _paths(cls, v: list[str]) -> list[str]:
+        for path in v:
+            if not isinstance(path, str) or not _FIELD_PATH.match(path):
+                raise ValueError(f"redact entry {path!r} is not a field path; write a field name or a dotted "
+                                 f"path such as 'customer.email' (no spaces, no empty parts)")
+        return v
 
 
 class Step(BaseModel):
@@ -119,6 +148,8 @@ class Flow(BaseModel):
         if isinstance(v, list) and v and all(isinstance(x, str) for x in v):
             return [v]  # fuse: [a, b] is one group
         return v
+    #: the flight recorder (opt-in): see :class:`RecordPolicy`
+    record: RecordPolicy | None = None
 
     @field_validator("parameters")
     @classmethod
@@ -341,6 +372,8 @@ def _allowed_fields(loc: list) -> list[str]:
         model = Step
     if len(loc) >= 2 and loc[-2] == "retry":
         model = RetryPolicy
+    if len(loc) == 2 and loc[0] == "record":
+        model = RecordPolicy
     return list(model.model_fields)
 
 

@@ -23,6 +23,8 @@ DOCUMENTED = {
     "Mapping", "MappingEditor", "FlowBuilder", "Monitor", "TestResult", "LocalRuntime",
     # the notebook as production's debugger (lazy; docs/debugging.md)
     "dead_letters", "replay", "DeadLetterWorkbench",
+    # the flight recorder (lazy; docs/debugging.md)
+    "trace",
 }
 
 

@@ -1,5 +1,6 @@
 """``flownb dlq list|show|replay``: the dead letters of either runtime (a state directory or a broker);
-``flownb state show|set|rewind``: a polling trigger's cursor on either runtime (flownb/cursor.py)."""
+``flownb state show|set|rewind``: a polling trigger's cursor on either runtime (flownb/cursor.py);
+``flownb trace`` and ``flownb recorder``: the flight recorder (flownb/recorder.py)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,24 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--broker", default=None,
                    help="RabbitMQ URL (default: FLOWNB_BROKER_URL when set and --state-dir is not)")
     p.set_defaults(handler=backfill_cli)
+
+    p = sub.add_parser("trace", help="print the recorded path of one record through the steps (the flight "
+                                     "recorder: the spec's record:)")
+    add_spec(p)
+    p.add_argument("trace_id", metavar="ID", help="the trace id (the _trace of a dead letter), or a unique "
+                                                  "prefix of it (8 characters or more)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--state-dir", default=None, help="the embedded runtime's state directory (default .flownb)")
+    g.add_argument("--db", default=None, help="the SQLite file 'flownb recorder' writes (RabbitMQ)")
+    p.set_defaults(handler=trace_cli)
+
+    p = sub.add_parser("recorder", help="drain the flight recorder's events of a flow on RabbitMQ into a "
+                                        "SQLite file (for 'flownb trace --db')")
+    add_spec(p)
+    p.add_argument("--broker", default=None, help="RabbitMQ URL (default: $FLOWNB_BROKER_URL, else the local broker)")
+    p.add_argument("--db", required=True, help="the SQLite file to write (created when missing)")
+    p.add_argument("--until-idle", action="store_true", help="exit 0 once the tap queue is empty")
+    p.set_defaults(handler=recorder_cli)
 
 
 def _dlq_store(args, flow):
@@ -144,3 +163,49 @@ def backfill_cli(args) -> int:
     console().print(f"backfill: {done['messages']} message(s) queued in {done['polls']} poll(s); cursor "
                     f"restored to {json.dumps(done['cursor'], default=str)}")
     return 0
+
+
+def trace_cli(args) -> int:
+    import sys
+
+    from ..recorder import TRACE_COLUMNS, not_recorded, trace_rows
+    flow = load_flow(args)
+    rows = trace_rows(args.trace_id, spec=flow, state_dir=None if args.db else (args.state_dir or ".flownb"),
+                      db=args.db)
+    if not rows:
+        print(f"flownb: {not_recorded(args.trace_id, flow)}", file=sys.stderr)
+        return 1
+    import datetime as dt
+
+    def cell(r: dict, c: str) -> str:
+        v = r[c]
+        if c == "at":
+            return dt.datetime.fromtimestamp(v, dt.UTC).isoformat(timespec="milliseconds")
+        if c in ("input", "output"):
+            return json.dumps(v, ensure_ascii=False, default=str)
+        if c == "error":
+            return f"{r['error_type']}: {v}" if v is not None else ""
+        return "" if v is None else str(v)
+    cols = [c for c in TRACE_COLUMNS if c not in ("error_type", "message")]
+    if sys.stdout.isatty():
+        from rich.table import Table
+        from rich.text import Text
+        t = Table(title=f"trace {rows[0]['trace']} of '{flow.name}'")
+        for c in cols:
+            t.add_column(c, overflow="fold")
+        colour = {"delivered": "green", "filtered": "yellow", "retry": "magenta", "dead": "red"}
+        for r in rows:  # Text: a body's brackets are not rich markup
+            t.add_row(*[Text(cell(r, c), style=colour.get(r["outcome"], "") if c == "outcome" else "")
+                        for c in cols])
+        console().print(t)
+        return 0
+    print("\t".join(cols))
+    for r in rows:
+        print("\t".join(cell(r, c).replace("\t", " ").replace("\n", " ") for c in cols))
+    return 0
+
+
+def recorder_cli(args) -> int:
+    from .._cli import redacted
+    from .amqp.recorder import recorder_cli as run
+    return redacted(run, args)

@@ -8,6 +8,8 @@
 - queue ``flownb.<flow>.<trigger>.state``: the polling trigger's cursor (one message, the latest) in
   a classic topology; with quorum queues (``FLOWNB_QUEUE_TYPE=quorum``) the cursor is in
   ``flownb.<flow>.<trigger>.cursor`` and the poller's lock in ``flownb.<flow>.<trigger>.poller``
+- exchange ``flownb.<flow>.recorder`` (fanout) and its queue ``flownb.<flow>.recorder.tap``: the
+  flight recorder's events (flows with ``record:``; flownb/runtime/amqp/recorder.py)
 A sync webhook request sets the message header :data:`REPLY_TO_HEADER` to a queue name; the worker
 of the last step publishes its output there (default exchange), as well as passing it on.
 """
@@ -75,3 +77,14 @@ def poller_queue(flow: str, trigger: str) -> str:
     """The lock of a polling trigger's active poller under quorum topology (a quorum queue with a single
     active consumer holding one token message)."""
     return f"flownb.{flow}.{trigger}.poller"
+
+
+def recorder_exchange(flow: str) -> str:
+    """The flight recorder's tap (fanout): step workers publish their sampled events here."""
+    return f"flownb.{flow}.recorder"
+
+
+def recorder_queue(flow: str) -> str:
+    """Where the tap's events wait for ``flownb recorder`` (bounded: flownb/runtime/amqp/recorder.py).
+    Not ``flownb.<flow>.recorder``: that is the input queue of a step named ``recorder``."""
+    return f"flownb.{flow}.recorder.tap"

@@ -46,6 +46,7 @@ from ..on_error import event_from_dead, event_payload
 from . import names
 from .metrics import StepMetrics
 from .publish import PERSISTENT, TRANSIENT, CoalescingConnection, error_props, redelivered_props
+from .recorder import Tap
 from .topology import (
     DELIVERIES_HEADER,
     TopologyError,
@@ -118,6 +119,7 @@ class StepWorker:
             from .on_error import report_setup_failure
             for r in self.runners:
                 r.on_setup_failure = functools.partial(report_setup_failure, flow, broker_url, r.step.name)
+        self.tap = Tap.of(flow, step_name)   # the flight recorder (the spec's record:), or None
         self.consuming = threading.Event()   # set while consumers are registered (tests, start-up timing)
         self._stopping = False
         self._fatal: BaseException | None = None
@@ -240,6 +242,8 @@ class StepWorker:
         self._ch = ch
         ch.add_on_close_callback(self._on_channel_closed)
         ch.confirm_delivery(ack_nack_callback=self._on_confirm)
+        if self.tap is not None:
+            self.tap.open(self._loop_conn)
         # per-consumer prefetch (basic.qos applies to the consumers created after it): one suspect
         # at a time, so a death while it runs is its own
         ch.basic_qos(prefetch_count=1)
@@ -393,6 +397,9 @@ class StepWorker:
         run = self.stage.run_payloads(start, stop, [body for _tag, _props, body in batch], deliveries=deaths,
                                       max_deliveries=self.max_deliveries)
         self.metrics.latency.observe((time.perf_counter() - t0) / len(batch))  # one sample per batch
+        if self.tap is not None:  # sampled rows of each member, computed here; published by _apply
+            for name, outcomes, _t in run.steps:
+                self.tap.stage(outcomes, name)
         return run
 
     # -- back on the I/O loop -----------------------------------------------------------------
@@ -438,6 +445,8 @@ class StepWorker:
                         self._publish(rec, "", names.retry_queue(self.flow.name, name, level),
                                       res.retry_payload(), error_props(res.error, name))
             self._settle()
+            if self.tap is not None:
+                self.tap.flush()
         finally:
             self._loop_conn.release()
 

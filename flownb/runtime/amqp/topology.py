@@ -257,6 +257,9 @@ def declare_flow(ch, flow: Flow) -> None:
         declare_step(ch, flow, s.name)
     if flow.on_error is not None:
         declare_errors(ch, flow)
+    if flow.record is not None:  # the flight recorder's tap (flownb/runtime/amqp/recorder.py)
+        from .recorder import declare_recorder
+        declare_recorder(ch, flow.name)
     cursor, poller = trigger_queues(flow)
     dlq = names.dead_letter_queue(flow.name, flow.trigger.name)  # records over max_message_bytes
     if poller is None:  # classic: one queue is the cursor and, by its single active consumer, the lock

@@ -29,6 +29,7 @@ import orjson
 from ...errors import FlownbError, MessageError, QueueFull, RuntimeFailure, StateError, StorageFull
 from ...flow import Flow
 from ...message import Message
+from ...recorder import Recorder
 from ..core import DeadLetter, ErrorInfo, Outcome, Route, StageRun, StageRunner, StepRunner, TriggerRunner, undecodable
 from ..health import HEALTH
 from ..on_error import event_from_exception
@@ -228,6 +229,8 @@ class LocalRuntime:
         names = [self.flow.trigger.name, *self.steps]
         self.stats = {n: StepStats() for n in names}
         self.recorded: dict[str, list[dict]] | None = {n: [] for n in names} if record else None
+        #: the flight recorder (the spec's ``record:``; not for in-memory runs): flownb/recorder.py
+        self.recorder = Recorder.of(self.flow) if not memory and self.state_dir is not None else None
         self.poll_errors: list[str] = []
         self._listeners: list[FinalListener] = []
         self._traces: dict[str, list] = {}      # trace -> [outstanding messages, final bodies]
@@ -507,8 +510,13 @@ class LocalRuntime:
         # the later member that kills the process dead-letters it after max_deliveries in all
         stage, start = self._stage[run.steps[0][0]]
         deaths = rows[0][3] if start + 1 < len(stage.runners) else 0  # 0 unless a suspect
+        record = None
+        if self.recorder:  # the flight recorder's rows of every member, in the same transaction
+            record = self.recorder.batch(run.steps[0][0], run.steps[0][1], now)
+            for name, outs, _t in run.steps[1:]:
+                record.rows.extend(self.recorder.rows(name, outs, now))
         self.store.commit_batch(next_step=self._next[run.last], now=now, done=done, outputs=outputs,
-                                retries=retries, dead=dead, queued=queued, deaths=deaths)
+                                retries=retries, dead=dead, queued=queued, deaths=deaths, record=record)
         for name, o, attempt in died:  # the first of each kind per step is a WARNING; the summary counts the rest
             err = o.error
             assert err is not None

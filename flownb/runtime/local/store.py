@@ -6,6 +6,7 @@ Tables:
   ``available_at`` (a retry waits here), ``attempt`` and the wire ``payload`` (bytes).
 - ``dead``: dead letters, with the error (``ErrorInfo`` as JSON, traceback included).
 - ``trigger_state``: the polling trigger's cursor and the time of its next poll.
+- ``recorder``: the flight recorder's rows (:mod:`flownb.recorder`), written in a batch's transaction.
 
 ``queue.deliveries`` counts the claims of a message that never reached a commit: :meth:`claim`
 increments it in its own transaction *before* the step runs, so a message that kills the process
@@ -47,6 +48,7 @@ from pathlib import Path
 
 import orjson
 
+from ... import recorder
 from ...errors import RuntimeFailure, StateError, StorageFull
 
 __all__ = ["QueueStore", "Row", "open_state", "StateError", "StorageFull", "SCHEMA_VERSION"]
@@ -108,6 +110,7 @@ class QueueStore:
             # the write-ahead log is cut back to this size at each checkpoint (it never shrinks else)
             self.conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
             self.conn.executescript(_SCHEMA)
+            self.conn.executescript(recorder.SCHEMA)
             cols = {r[1] for r in self.conn.execute("PRAGMA table_info(queue)")}
             if "deliveries" not in cols:  # a database of schema 1
                 self.conn.execute("ALTER TABLE queue ADD COLUMN deliveries INTEGER NOT NULL DEFAULT 0")
@@ -259,13 +262,15 @@ class QueueStore:
     def commit_batch(self, *, next_step: str | None, now: float, done: Sequence[int],
                      outputs: Sequence[bytes], retries: Sequence[tuple[float, int, int]],
                      dead: Sequence[tuple[str, int, bytes, str | bytes]],
-                     queued: Sequence[tuple[str, float, int, bytes]] = (), deaths: int = 0) -> None:
+                     queued: Sequence[tuple[str, float, int, bytes]] = (), deaths: int = 0,
+                     record: recorder.RecordBatch | None = None) -> None:
         """One transaction: delete finished inputs, queue outputs for ``next_step``, reschedule
-        ``retries`` (available_at, attempt, id), store ``dead`` (step, attempt, payload, error) and
+        ``retries`` (available_at, attempt, id), store ``dead`` (step, attempt, payload, error),
         queue ``queued`` (step, available_at, attempt, payload: a fused stage's later member retries
-        a message it received in memory). ``deaths``: the outputs of a poison suspect carry the
-        deaths of the process while it was in flight, so that the step that kills the process
-        counts them on (a fused stage ran it through one step only)."""
+        a message it received in memory) and the flight recorder's rows (``record``: no extra
+        commit). ``deaths``: the outputs of a poison suspect carry the deaths of the process while it
+        was in flight, so that the step that kills the process counts them on (a fused stage ran it
+        through one step only)."""
         with self.transaction("the batch was not committed and stays queued") as c:
             for i in range(0, len(done), 500):  # ids are ints from the claim: one statement per 500
                 c.execute(f"DELETE FROM queue WHERE id IN ({','.join(str(int(x)) for x in done[i:i + 500])})")
@@ -279,6 +284,8 @@ class QueueStore:
             if dead:
                 c.executemany("INSERT INTO dead (step, attempt, payload, error, at) VALUES (?, ?, ?, ?, ?)",
                               [(s, a, p, e, now) for s, a, p, e in dead])
+            if record:
+                recorder.insert(c, record)
 
     def depth(self, step: str | None = None) -> int:
         with self.lock:
