@@ -1,4 +1,5 @@
-"""mqtt.subscribe and redis.stream into the embedded runtime; mqtt.publish and redis.xadd out of it.
+"""mqtt.subscribe and redis.stream into the embedded runtime; mqtt.publish, redis.xadd and redis.set out
+of it.
 
 Triggers: ``--messages`` messages wait at the broker (MQTT: QoS 1 in the flow's persistent session;
 Redis: entries of a fresh stream), then ``LocalRuntime.poll_backlog()`` takes them into the SQLite
@@ -123,6 +124,8 @@ def main() -> None:
         "redis.stream": redis_stream(args.messages),
         "mqtt.publish": _action("mqtt.publish", {"topic": "flownb-bench/out"}, args.messages, args.batch),
         "redis.xadd": _action("redis.xadd", {"stream": key}, args.messages, args.batch),
+        # keys of this run expire after 5 minutes
+        "redis.set": _action("redis.set", {"key": key + ":{id}", "ttl": "5m"}, args.messages, args.batch),
     }
     redis.Redis().delete(key)
     for name, rate in result.items():
