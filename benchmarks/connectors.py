@@ -1,12 +1,13 @@
-"""mqtt.subscribe and redis.stream into the embedded runtime; mqtt.publish, redis.xadd and redis.set out
-of it.
+"""mqtt.subscribe, redis.stream and nats.subscribe into the embedded runtime; mqtt.publish, redis.xadd,
+redis.set and nats.publish out of it.
 
 Triggers: ``--messages`` messages wait at the broker (MQTT: QoS 1 in the flow's persistent session;
-Redis: entries of a fresh stream), then ``LocalRuntime.poll_backlog()`` takes them into the SQLite
-queue (each poll committed with its state, acknowledged by the next poll) — timed until every one is
-committed. Actions: the shared StepRunner's ``run_batch`` of ``--batch`` messages at a time (MQTT: a
-PUBACK for each; Redis: one pipelined round trip per batch). Needs Mosquitto on 127.0.0.1:1883 and
-Redis on 127.0.0.1:6379.
+Redis: entries of a fresh stream; NATS: messages of a fresh JetStream stream), then
+``LocalRuntime.poll_backlog()`` takes them into the SQLite queue (each poll committed with its state,
+acknowledged by the next poll) — timed until every one is committed. Actions: the shared
+StepRunner's ``run_batch`` of ``--batch`` messages at a time (MQTT: a PUBACK for each; Redis: one
+pipelined round trip per batch; NATS: JetStream's acknowledgement of each, awaited together). Needs
+Mosquitto on 127.0.0.1:1883, Redis on 127.0.0.1:6379 and NATS with JetStream on 127.0.0.1:4222.
 
     .venv/bin/python benchmarks/connectors.py [--messages 5000] [--batch 200]
 
@@ -97,6 +98,52 @@ def redis_stream(n: int) -> float:
         r.delete(key)
 
 
+def nats_subscribe(n: int) -> float:
+    import asyncio
+
+    import nats
+    name = f"flownb_bench_{uuid.uuid4().hex[:8]}"
+    subject = name + ".in"
+
+    async def js_run(fn):
+        nc = await nats.connect("nats://127.0.0.1:4222")
+        try:
+            return await fn(nc.jetstream())
+        finally:
+            await nc.close()
+
+    async def pub(js):
+        for i in range(0, n, 500):
+            await asyncio.gather(*(js.publish(subject, orjson.dumps({"id": j, "v": "x" * 50}))
+                                   for j in range(i, min(n, i + 500))))
+    asyncio.run(js_run(lambda js: js.add_stream(name=name, subjects=[name + ".>"])))
+    flow = Flow(name="bench-nats", trigger=step("src", "nats.subscribe", subject=subject, wait="200ms"),
+                steps=[step("sink", "log", level="debug")])
+    try:
+        return _into_runtime(flow, n, lambda: asyncio.run(js_run(pub)))
+    finally:
+        asyncio.run(js_run(lambda js: js.delete_stream(name)))
+
+
+def nats_publish(n: int, batch: int) -> float:
+    import asyncio
+
+    import nats
+    name = f"flownb_bench_{uuid.uuid4().hex[:8]}"
+
+    async def js_run(fn):
+        nc = await nats.connect("nats://127.0.0.1:4222")
+        try:
+            return await fn(nc.jetstream())
+        finally:
+            await nc.close()
+    asyncio.run(js_run(lambda js: js.add_stream(name=name, subjects=[name + ".>"])))
+    try:
+        return _action("nats.publish", {"subject": name + ".out"}, n, batch)
+    finally:
+        asyncio.run(js_run(lambda js: js.delete_stream(name)))
+
+
 def _action(component: str, config: dict, n: int, batch: int) -> float:
     flow = Flow(name="bench-out", trigger=step("src", "bench.noop"), steps=[step("out", component, **config)])
     runner = StepRunner(flow, "out").open()
@@ -122,10 +169,12 @@ def main() -> None:
         # window and drops the rest: the backlog of this run stays below that
         "mqtt.subscribe": mqtt_subscribe(min(args.messages, 1000)),
         "redis.stream": redis_stream(args.messages),
+        "nats.subscribe": nats_subscribe(args.messages),
         "mqtt.publish": _action("mqtt.publish", {"topic": "flownb-bench/out"}, args.messages, args.batch),
         "redis.xadd": _action("redis.xadd", {"stream": key}, args.messages, args.batch),
         # keys of this run expire after 5 minutes
         "redis.set": _action("redis.set", {"key": key + ":{id}", "ttl": "5m"}, args.messages, args.batch),
+        "nats.publish": nats_publish(args.messages, args.batch),
     }
     redis.Redis().delete(key)
     for name, rate in result.items():
