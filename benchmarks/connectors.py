@@ -1,13 +1,15 @@
-"""mqtt.subscribe, redis.stream and nats.subscribe into the embedded runtime; mqtt.publish, redis.xadd,
-redis.set and nats.publish out of it.
+"""mqtt.subscribe, redis.stream, nats.subscribe and amqp.consume into the embedded runtime;
+mqtt.publish, redis.xadd, redis.set, nats.publish and amqp.publish out of it.
 
 Triggers: ``--messages`` messages wait at the broker (MQTT: QoS 1 in the flow's persistent session;
-Redis: entries of a fresh stream; NATS: messages of a fresh JetStream stream), then
+Redis: entries of a fresh stream; NATS: messages of a fresh JetStream stream; AMQP: persistent
+messages of a fresh RabbitMQ queue), then
 ``LocalRuntime.poll_backlog()`` takes them into the SQLite queue (each poll committed with its state,
 acknowledged by the next poll) — timed until every one is committed. Actions: the shared
 StepRunner's ``run_batch`` of ``--batch`` messages at a time (MQTT: a PUBACK for each; Redis: one
-pipelined round trip per batch; NATS: JetStream's acknowledgement of each, awaited together). Needs
-Mosquitto on 127.0.0.1:1883, Redis on 127.0.0.1:6379 and NATS with JetStream on 127.0.0.1:4222.
+pipelined round trip per batch; NATS: JetStream's acknowledgement of each, awaited together; AMQP: a
+publisher confirm for each). Needs Mosquitto on 127.0.0.1:1883, Redis on 127.0.0.1:6379, NATS with
+JetStream on 127.0.0.1:4222 and RabbitMQ on 127.0.0.1:5672.
 
     .venv/bin/python benchmarks/connectors.py [--messages 5000] [--batch 200]
 
@@ -144,6 +146,39 @@ def nats_publish(n: int, batch: int) -> float:
         asyncio.run(js_run(lambda js: js.delete_stream(name)))
 
 
+def amqp_consume(n: int) -> float:
+    import pika
+    queue = f"flownb-bench-{uuid.uuid4().hex[:8]}"
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
+    ch = conn.channel()
+    ch.queue_declare(queue, durable=True)
+    flow = Flow(name="bench-amqp", trigger=step("src", "amqp.consume", queue=queue, wait="200ms"),
+                steps=[step("sink", "log", level="debug")])
+
+    def fill():
+        for i in range(n):
+            ch.basic_publish("", queue, orjson.dumps({"id": i, "v": "x" * 50}), pika.BasicProperties(delivery_mode=2))
+        conn.process_data_events(0)
+    try:
+        return _into_runtime(flow, n, fill)
+    finally:
+        ch.queue_delete(queue)
+        conn.close()
+
+
+def amqp_publish(n: int, batch: int) -> float:
+    import pika
+    queue = f"flownb-bench-{uuid.uuid4().hex[:8]}"
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
+    ch = conn.channel()
+    ch.queue_declare(queue, durable=True)
+    try:
+        return _action("amqp.publish", {"routing_key": queue}, n, batch)
+    finally:
+        ch.queue_delete(queue)
+        conn.close()
+
+
 def _action(component: str, config: dict, n: int, batch: int) -> float:
     flow = Flow(name="bench-out", trigger=step("src", "bench.noop"), steps=[step("out", component, **config)])
     runner = StepRunner(flow, "out").open()
@@ -170,11 +205,13 @@ def main() -> None:
         "mqtt.subscribe": mqtt_subscribe(min(args.messages, 1000)),
         "redis.stream": redis_stream(args.messages),
         "nats.subscribe": nats_subscribe(args.messages),
+        "amqp.consume": amqp_consume(args.messages),
         "mqtt.publish": _action("mqtt.publish", {"topic": "flownb-bench/out"}, args.messages, args.batch),
         "redis.xadd": _action("redis.xadd", {"stream": key}, args.messages, args.batch),
         # keys of this run expire after 5 minutes
         "redis.set": _action("redis.set", {"key": key + ":{id}", "ttl": "5m"}, args.messages, args.batch),
         "nats.publish": nats_publish(args.messages, args.batch),
+        "amqp.publish": amqp_publish(args.messages, args.batch),
     }
     redis.Redis().delete(key)
     for name, rate in result.items():
