@@ -300,7 +300,8 @@ def test_publish_retries_while_the_broker_is_unreachable_then_delivers(queues, t
             threading.Thread(target=pipe, args=(u, c), daemon=True).start()
     t = threading.Thread(target=serve, daemon=True)
     t.start()
-    spec = write_flow(tmp_path, "amqp-down", {"component": "amqp.consume", "config": {"queue": src, "interval": "200ms"}},
+    spec = write_flow(tmp_path, "amqp-down",
+                      {"component": "amqp.consume", "config": {"queue": src, "interval": "200ms"}},
                       [{"name": "out", "component": "amqp.publish",
                         "config": {"routing_key": dst, "port": relay_port, "timeout": "2s", "heartbeat": 5},
                         "retry": {"max_attempts": 50, "initial": "200ms", "max": "1s"}}])
