@@ -1,14 +1,14 @@
 """mqtt.subscribe, redis.stream, nats.subscribe and amqp.consume into the embedded runtime;
-mqtt.publish, redis.xadd, redis.set, nats.publish and amqp.publish out of it.
+mqtt.publish, redis.xadd, redis.set, nats.publish, amqp.publish and smtp.send out of it.
 
 Triggers: ``--messages`` messages wait at the broker (MQTT: QoS 1 in the flow's persistent session;
 Redis: entries of a fresh stream; NATS: messages of a fresh JetStream stream; AMQP: persistent
-messages of a fresh RabbitMQ queue), then
-``LocalRuntime.poll_backlog()`` takes them into the SQLite queue (each poll committed with its state,
-acknowledged by the next poll) — timed until every one is committed. Actions: the shared
-StepRunner's ``run_batch`` of ``--batch`` messages at a time (MQTT: a PUBACK for each; Redis: one
-pipelined round trip per batch; NATS: JetStream's acknowledgement of each, awaited together; AMQP: a
-publisher confirm for each). Needs Mosquitto on 127.0.0.1:1883, Redis on 127.0.0.1:6379, NATS with
+messages of a fresh RabbitMQ queue), then ``LocalRuntime.poll_backlog()`` takes them into the SQLite
+queue (each poll committed with its state, acknowledged by the next poll) — timed until every one is
+committed. Actions: the shared StepRunner's ``run_batch`` of ``--batch`` messages at a time (MQTT: a
+PUBACK for each; Redis: one pipelined round trip per batch; NATS: JetStream's acknowledgement of
+each, awaited together; AMQP: a publisher confirm for each; SMTP: one mail each, at most 1,000, to an
+aiosmtpd server of the run). Needs Mosquitto on 127.0.0.1:1883, Redis on 127.0.0.1:6379, NATS with
 JetStream on 127.0.0.1:4222 and RabbitMQ on 127.0.0.1:5672.
 
     .venv/bin/python benchmarks/connectors.py [--messages 5000] [--batch 200]
@@ -179,6 +179,32 @@ def amqp_publish(n: int, batch: int) -> float:
         conn.close()
 
 
+def smtp_send(n: int, batch: int) -> float:
+    """Into an aiosmtpd server of this run on loopback that keeps a count (no TLS, no login)."""
+    import socket
+
+    from aiosmtpd.controller import Controller
+
+    class Count:
+        received = 0
+
+        async def handle_DATA(self, server, session, envelope):
+            Count.received += 1
+            return "250 OK"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = Controller(Count(), hostname="127.0.0.1", port=port)
+    server.start()
+    try:
+        rate = _action("smtp.send", {"port": port, "security": "none", "sender": "bench@example.com",
+                                     "to": "u{id}@example.com", "subject": "message {id}"}, n, batch)
+        assert Count.received == n, Count.received
+        return rate
+    finally:
+        server.stop()
+
+
 def _action(component: str, config: dict, n: int, batch: int) -> float:
     flow = Flow(name="bench-out", trigger=step("src", "bench.noop"), steps=[step("out", component, **config)])
     runner = StepRunner(flow, "out").open()
@@ -212,6 +238,7 @@ def main() -> None:
         "redis.set": _action("redis.set", {"key": key + ":{id}", "ttl": "5m"}, args.messages, args.batch),
         "nats.publish": nats_publish(args.messages, args.batch),
         "amqp.publish": amqp_publish(args.messages, args.batch),
+        "smtp.send": smtp_send(min(args.messages, 1000), args.batch),
     }
     redis.Redis().delete(key)
     for name, rate in result.items():
