@@ -1,11 +1,15 @@
-"""mqtt.subscribe and redis.stream into the embedded runtime; mqtt.publish and redis.xadd out of it.
+"""mqtt.subscribe, redis.stream, nats.subscribe and amqp.consume into the embedded runtime;
+mqtt.publish, redis.xadd, redis.set, nats.publish, amqp.publish and smtp.send out of it.
 
 Triggers: ``--messages`` messages wait at the broker (MQTT: QoS 1 in the flow's persistent session;
-Redis: entries of a fresh stream), then ``LocalRuntime.poll_backlog()`` takes them into the SQLite
+Redis: entries of a fresh stream; NATS: messages of a fresh JetStream stream; AMQP: persistent
+messages of a fresh RabbitMQ queue), then ``LocalRuntime.poll_backlog()`` takes them into the SQLite
 queue (each poll committed with its state, acknowledged by the next poll) — timed until every one is
 committed. Actions: the shared StepRunner's ``run_batch`` of ``--batch`` messages at a time (MQTT: a
-PUBACK for each; Redis: one pipelined round trip per batch). Needs Mosquitto on 127.0.0.1:1883 and
-Redis on 127.0.0.1:6379.
+PUBACK for each; Redis: one pipelined round trip per batch; NATS: JetStream's acknowledgement of
+each, awaited together; AMQP: a publisher confirm for each; SMTP: one mail each, at most 1,000, to an
+aiosmtpd server of the run). Needs Mosquitto on 127.0.0.1:1883, Redis on 127.0.0.1:6379, NATS with
+JetStream on 127.0.0.1:4222 and RabbitMQ on 127.0.0.1:5672.
 
     .venv/bin/python benchmarks/connectors.py [--messages 5000] [--batch 200]
 
@@ -96,6 +100,111 @@ def redis_stream(n: int) -> float:
         r.delete(key)
 
 
+def nats_subscribe(n: int) -> float:
+    import asyncio
+
+    import nats
+    name = f"flownb_bench_{uuid.uuid4().hex[:8]}"
+    subject = name + ".in"
+
+    async def js_run(fn):
+        nc = await nats.connect("nats://127.0.0.1:4222")
+        try:
+            return await fn(nc.jetstream())
+        finally:
+            await nc.close()
+
+    async def pub(js):
+        for i in range(0, n, 500):
+            await asyncio.gather(*(js.publish(subject, orjson.dumps({"id": j, "v": "x" * 50}))
+                                   for j in range(i, min(n, i + 500))))
+    asyncio.run(js_run(lambda js: js.add_stream(name=name, subjects=[name + ".>"])))
+    flow = Flow(name="bench-nats", trigger=step("src", "nats.subscribe", subject=subject, wait="200ms"),
+                steps=[step("sink", "log", level="debug")])
+    try:
+        return _into_runtime(flow, n, lambda: asyncio.run(js_run(pub)))
+    finally:
+        asyncio.run(js_run(lambda js: js.delete_stream(name)))
+
+
+def nats_publish(n: int, batch: int) -> float:
+    import asyncio
+
+    import nats
+    name = f"flownb_bench_{uuid.uuid4().hex[:8]}"
+
+    async def js_run(fn):
+        nc = await nats.connect("nats://127.0.0.1:4222")
+        try:
+            return await fn(nc.jetstream())
+        finally:
+            await nc.close()
+    asyncio.run(js_run(lambda js: js.add_stream(name=name, subjects=[name + ".>"])))
+    try:
+        return _action("nats.publish", {"subject": name + ".out"}, n, batch)
+    finally:
+        asyncio.run(js_run(lambda js: js.delete_stream(name)))
+
+
+def amqp_consume(n: int) -> float:
+    import pika
+    queue = f"flownb-bench-{uuid.uuid4().hex[:8]}"
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
+    ch = conn.channel()
+    ch.queue_declare(queue, durable=True)
+    flow = Flow(name="bench-amqp", trigger=step("src", "amqp.consume", queue=queue, wait="200ms"),
+                steps=[step("sink", "log", level="debug")])
+
+    def fill():
+        for i in range(n):
+            ch.basic_publish("", queue, orjson.dumps({"id": i, "v": "x" * 50}), pika.BasicProperties(delivery_mode=2))
+        conn.process_data_events(0)
+    try:
+        return _into_runtime(flow, n, fill)
+    finally:
+        ch.queue_delete(queue)
+        conn.close()
+
+
+def amqp_publish(n: int, batch: int) -> float:
+    import pika
+    queue = f"flownb-bench-{uuid.uuid4().hex[:8]}"
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
+    ch = conn.channel()
+    ch.queue_declare(queue, durable=True)
+    try:
+        return _action("amqp.publish", {"routing_key": queue}, n, batch)
+    finally:
+        ch.queue_delete(queue)
+        conn.close()
+
+
+def smtp_send(n: int, batch: int) -> float:
+    """Into an aiosmtpd server of this run on loopback that keeps a count (no TLS, no login)."""
+    import socket
+
+    from aiosmtpd.controller import Controller
+
+    class Count:
+        received = 0
+
+        async def handle_DATA(self, server, session, envelope):
+            Count.received += 1
+            return "250 OK"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = Controller(Count(), hostname="127.0.0.1", port=port)
+    server.start()
+    try:
+        rate = _action("smtp.send", {"port": port, "security": "none", "sender": "bench@example.com",
+                                     "to": "u{id}@example.com", "subject": "message {id}"}, n, batch)
+        assert Count.received == n, Count.received
+        return rate
+    finally:
+        server.stop()
+
+
 def _action(component: str, config: dict, n: int, batch: int) -> float:
     flow = Flow(name="bench-out", trigger=step("src", "bench.noop"), steps=[step("out", component, **config)])
     runner = StepRunner(flow, "out").open()
@@ -121,8 +230,15 @@ def main() -> None:
         # window and drops the rest: the backlog of this run stays below that
         "mqtt.subscribe": mqtt_subscribe(min(args.messages, 1000)),
         "redis.stream": redis_stream(args.messages),
+        "nats.subscribe": nats_subscribe(args.messages),
+        "amqp.consume": amqp_consume(args.messages),
         "mqtt.publish": _action("mqtt.publish", {"topic": "flownb-bench/out"}, args.messages, args.batch),
         "redis.xadd": _action("redis.xadd", {"stream": key}, args.messages, args.batch),
+        # keys of this run expire after 5 minutes
+        "redis.set": _action("redis.set", {"key": key + ":{id}", "ttl": "5m"}, args.messages, args.batch),
+        "nats.publish": nats_publish(args.messages, args.batch),
+        "amqp.publish": amqp_publish(args.messages, args.batch),
+        "smtp.send": smtp_send(min(args.messages, 1000), args.batch),
     }
     redis.Redis().delete(key)
     for name, rate in result.items():

@@ -1,5 +1,5 @@
-"""``redis.stream`` (a polling trigger: a consumer group on a Redis stream) and ``redis.xadd`` (an
-action), on redis-py ≥ 5 (``pip install 'flownb[redis]'``).
+"""``redis.stream`` (a polling trigger: a consumer group on a Redis stream), ``redis.xadd`` and
+``redis.set`` (actions), on redis-py ≥ 5 (``pip install 'flownb[redis]'``).
 
 Delivery of ``redis.stream`` is **at-least-once**, and an entry is acknowledged (``XACK``) only after
 it is durable in the flow's own queue:
@@ -29,9 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from .._duration import Duration
 from ..errors import ConfigError, FatalError, RetryableError
 from .base import Action, Context, PollConfig, PollingTrigger
-from .http import fill
+from .http import Expr, _compile_check, fill
 
-__all__ = ["RedisStream", "RedisStreamConfig", "RedisXadd", "RedisXaddConfig"]
+__all__ = ["RedisSet", "RedisSetConfig", "RedisStream", "RedisStreamConfig", "RedisXadd", "RedisXaddConfig"]
 
 log = logging.getLogger(__name__)
 
@@ -309,3 +309,115 @@ class RedisXadd(Action[RedisXaddConfig]):
                 results[n] = {**body, self.config.id_field: reply} if self.config.id_field else body
         return results
 
+
+# -- redis.set --------------------------------------------------------------------------------------
+
+class RedisSetConfig(_RedisConfig):
+    key: str = Field(description="key to set; '{field}' placeholders are filled from the message body, "
+                                 "e.g. customer:{id}")
+    value: str | None = Field(None, description="JSONata expression for the value; default: the message body")
+    format: Literal["json", "text"] = Field("json", description="json: the value as JSON; text: a string "
+                                                                "value as it is (other values as JSON)")
+    ttl: Duration = Field(0.0, description="expire the key after this long (SET PX), e.g. 1h; 0: never")
+    only: Literal["always", "absent", "present"] = Field(
+        "always", description="always; absent: only when the key does not exist (NX); present: only "
+        "when it exists (XX)")
+    result_field: str | None = Field(None, description="add true/false to the output body under this "
+                                                       "field: whether the key was set (false only with "
+                                                       "'only')")
+
+
+class RedisSet(Action[RedisSetConfig]):
+    """Set a Redis key per message (SET, optionally with a TTL), a batch in one round trip."""
+
+    Config = RedisSetConfig
+    effects: ClassVar[bool] = True
+
+    @classmethod
+    def check_config(cls, config, step) -> None:
+        if not config.key.strip():
+            raise ConfigError("'key' is empty; give a key, e.g. customer:{id}", step=step.name, field="config.key")
+        _compile_check(config.value, step, "value")
+
+    def setup(self) -> None:
+        self._compile()
+        self.where = f"Redis {self.config.host}:{self.config.port}"
+        self.r = _connect(self.config, self.ctx)
+
+    def close(self) -> None:
+        r = getattr(self, "r", None)
+        if r is not None:
+            r.close()
+
+    def _compile(self) -> None:
+        self._value = Expr(self.config.value, step=self.ctx.step, field="config.value") \
+            if self.config.value else None
+
+    def _render(self, body: dict) -> tuple[str, str]:
+        key = fill(self.config.key, body)
+        if not key:
+            raise FatalError(f"key {self.config.key!r} is empty for this message; fix the field it is "
+                             f"filled from")
+        value = self._value(body) if self._value is not None else body
+        if value is None:
+            raise FatalError(f"the value expression {self.config.value!r} gave nothing for this message; "
+                             f"Redis cannot store 'no value' — filter such messages out first, or give "
+                             f"a default in the expression")
+        if self.config.format == "text" and isinstance(value, str):
+            return key, value
+        try:
+            return key, orjson.dumps(value).decode()
+        except TypeError as exc:
+            raise FatalError(f"the value cannot be written as JSON: {exc}") from None
+
+    def _args(self) -> dict[str, Any]:
+        ttl = self.config.ttl
+        return {"px": max(1, round(ttl * 1000)) if ttl else None, "nx": self.config.only == "absent",
+                "xx": self.config.only == "present"}
+
+    def dry_run(self, message, ctx: Context) -> dict:
+        """The key and value it would set, rendered and checked as a live SET is (no connection)."""
+        if not hasattr(self, "_value"):
+            self._compile()
+        key, value = self._render(message.body)
+        return {"host": self.config.host, "port": self.config.port, "key": key, "value": value,
+                "ttl": self.config.ttl, "only": self.config.only}
+
+    def process(self, message, ctx: Context):
+        out = self.process_batch([message], ctx)[0]
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    def process_batch(self, messages, ctx: Context) -> list:
+        redis = _redis()
+        results: list = []
+        pipe = self.r.pipeline(transaction=False)
+        queued: list[int] = []
+        args = self._args()
+        for n, m in enumerate(messages):
+            try:
+                key, value = self._render(m.body)
+            except Exception as exc:  # FatalError, or the expression's EvaluationError: this message only
+                results.append(exc)
+                continue
+            pipe.set(key, value, **args)
+            queued.append(n)
+            results.append(None)
+        if not queued:
+            return results
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            err = map_redis_error(exc, self.where)
+            for n in queued:
+                results[n] = err
+            return results
+        for n, reply in zip(queued, replies, strict=True):
+            if isinstance(reply, BaseException):
+                results[n] = map_redis_error(reply, self.where)
+            else:
+                body = messages[n].body
+                rf = self.config.result_field
+                results[n] = {**body, rf: bool(reply)} if rf else body
+        return results

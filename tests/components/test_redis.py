@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from flownb.components.base import classify
-from flownb.errors import FatalError, RetryableError
+from flownb.errors import ConfigError, FatalError, RetryableError
 from flownb.flow import load as load_flow
 from flownb.runtime.core import StepRunner, TriggerRunner
 
@@ -274,3 +274,82 @@ def test_dry_run_shows_the_entry_without_connecting():
     assert r.dead_letters == [] and r.last == [{"tenant": "acme", "n": 2, "tags": ["a"]}]
     assert r.effects["out"] == [{"host": "127.0.0.1", "port": port, "stream": "events:acme",
                                  "fields": {"tenant": "acme", "n": "2", "tags": '["a"]'}, "maxlen": 1000}]
+
+
+# -- redis.set --------------------------------------------------------------------------------------
+
+def test_set_through_the_embedded_runtime_with_key_template_value_expression_and_ttl(keys, tmp_path):
+    src, prefix = keys(), unique("flownb-test-set")
+    spec = write_flow(tmp_path, "redis-set",
+                      {"component": "redis.stream", "config": {"stream": src, "start": "all"}},
+                      [{"name": "put", "component": "redis.set",
+                        "config": {"key": prefix + ":{id}", "value": "{'id': $number(id), 'name': name}",
+                                   "ttl": "1h"}},
+                       {"name": "last", "component": "redis.set",
+                        "config": {"key": prefix + ":last", "value": "name", "format": "text"}}])
+    r = client()
+    pipe = r.pipeline()
+    for i in range(30):
+        pipe.xadd(src, {"id": str(i), "name": f"n{i}"})
+    pipe.execute()
+    try:
+        assert "30 record(s) in from 'src'" in records_in(run(spec, tmp_path / "state"))
+        for i in range(30):
+            assert orjson.loads(r.get(f"{prefix}:{i}")) == {"id": i, "name": f"n{i}"}
+            assert 3590 < r.ttl(f"{prefix}:{i}") <= 3600
+        assert r.get(f"{prefix}:last") == "n29" and r.ttl(f"{prefix}:last") == -1  # text, no expiry
+    finally:
+        r.delete(*[f"{prefix}:{i}" for i in range(30)], f"{prefix}:last")
+
+
+def test_set_only_absent_reports_whether_it_set_and_a_bad_message_dead_letters_alone(keys, step_runner):
+    from flownb.message import Message
+    k = keys()
+    client().set(k + "-taken", "old")
+    keys_made = [k + "-taken", k + "-new"]
+    try:
+        runner = step_runner("redis.set", {"key": "{key}", "only": "absent", "result_field": "set",
+                                           "value": "v"})
+        outcomes = runner.run_batch([Message(body={"key": k + "-taken", "v": 1}),
+                                     Message(body={"nokey": True, "v": 2}),
+                                     Message(body={"key": k + "-new", "v": 3}),
+                                     Message(body={"key": k + "-none"})])
+        assert [o.ok for o in outcomes] == [True, False, True, False]
+        assert [o.outputs[0].body["set"] for o in outcomes if o.ok] == [False, True]
+        assert outcomes[1].error.type == "FatalError" and "has no field 'key'" in outcomes[1].error.message
+        assert "gave nothing for this message" in outcomes[3].error.message
+        assert not outcomes[3].error.retryable
+        assert client().get(k + "-taken") == "old" and client().get(k + "-new") == "3"
+        assert client().exists(k + "-none") == 0
+    finally:
+        client().delete(*keys_made)
+
+
+def test_set_redis_down_is_retryable_and_config_is_checked(tmp_path):
+    import flownb
+    port = free_port()
+    flow = load_flow(write_flow(tmp_path, "down-set", {"component": "redis.stream", "config": {"stream": "s"}},
+                                [{"name": "out", "component": "redis.set",
+                                  "config": {"key": "k:{id}", "port": port}}])).resolved()
+    runner = StepRunner(flow, "out")
+    assert not runner.ensure_open(time.time())
+    assert classify(runner.setup_error) and f"Redis 127.0.0.1:{port}" in str(runner.setup_error)
+    with pytest.raises(ConfigError, match="cannot be negative"):
+        flownb.Flow(name="x", trigger=flownb.step("src", "redis.stream", stream="s"),
+                    steps=[flownb.step("out", "redis.set", key="k", ttl=-5)]).validate_components()
+    with pytest.raises(ConfigError, match="'key' is empty"):
+        flownb.Flow(name="x", trigger=flownb.step("src", "redis.stream", stream="s"),
+                    steps=[flownb.step("out", "redis.set", key=" ")]).validate_components()
+
+
+def test_set_dry_run_shows_key_and_value_without_connecting():
+    import flownb
+    port = free_port()
+    flow = flownb.Flow(name="dry", trigger=flownb.step("src", "redis.stream", stream="in"),
+                       steps=[flownb.step("out", "redis.set", key="customer:{id}", value="{'n': name}",
+                                          ttl="10m", port=port)])
+    r = flow.test([{"id": 7, "name": "Ada"}, {"name": "no id"}])
+    assert r.last == [{"id": 7, "name": "Ada"}]
+    assert [d.error.type for d in r.dead_letters] == ["FatalError"]
+    assert r.effects["out"] == [{"host": "127.0.0.1", "port": port, "key": "customer:7", "value": '{"n":"Ada"}',
+                                 "ttl": 600.0, "only": "always"}]

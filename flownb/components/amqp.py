@@ -1,0 +1,409 @@
+"""``amqp.consume`` (a polling trigger) and ``amqp.publish`` (an action) for your own RabbitMQ (AMQP
+0-9-1) queues and exchanges, on pika (a core dependency). flownb's own topology (``flownb.*``) is
+off limits to them: the runtimes own it.
+
+Delivery of ``amqp.consume`` is **at-least-once**, and nothing is acknowledged before it is durable
+in the flow's own queue:
+
+* the trigger consumes the queue with manual acknowledgements and a prefetch of ``batch_size``: a
+  message the broker delivered stays unacknowledged (and counted against the prefetch) until the
+  trigger acknowledges it, and the broker requeues every unacknowledged message when the
+  connection closes — however it closes, a killed process included;
+* a poll hands out the messages delivered so far and writes a batch token into the trigger's
+  state; the runtime commits the messages with that state in one transaction. The next poll
+  receives the *committed* state: when it carries the token, the batch is durable and acknowledged
+  (one ``basic.ack`` with ``multiple``); when it does not (the commit failed), the same messages are
+  handed out again under a new token;
+* delivery tags belong to one channel, so a lost connection forgets them: the broker requeues that
+  batch and delivers it again (``redelivered``) — duplicates, never losses.
+
+``amqp.publish`` publishes with publisher confirms, ``mandatory`` by default: the step passes a
+message on only once the broker confirmed it, and a message no queue is bound for is returned and
+dead-lettered instead of silently dropped.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+import uuid
+from typing import Any, ClassVar, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from .._duration import Duration
+from ..errors import ConfigError, FatalError, RetryableError
+from .base import Action, Context, PollConfig, PollingTrigger
+from .http import Expr, _compile_check, fill
+
+__all__ = ["AmqpConsume", "AmqpConsumeConfig", "AmqpPublish", "AmqpPublishConfig"]
+
+log = logging.getLogger(__name__)
+
+#: a poll stops collecting when no further message arrives within this many seconds
+_GAP = 0.02
+_RESERVED = "flownb."
+
+
+class _AmqpConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url_env: str | None = Field(None, description="name of an environment variable holding the broker URL, "
+                                                  "amqp[s]://user:password@host:port/vhost (instead of the "
+                                                  "fields below)")
+    host: str = Field("127.0.0.1", description="broker host name or address")
+    port: int = Field(5672, ge=1, le=65535, description="broker port (5672; usually 5671 with tls)")
+    vhost: str = Field("/", description="virtual host")
+    username: str = Field("guest", description="user name")
+    password_env: str | None = Field(None, description="name of an environment variable holding the "
+                                                       "password (none: 'guest', RabbitMQ's default user, "
+                                                       "which it accepts only on loopback)")
+    tls: bool = Field(False, description="connect with TLS, checking the broker's certificate")
+    heartbeat: int = Field(30, ge=0, le=3600, description="seconds between heartbeats (0: none)")
+    timeout: Duration = Field(10.0, description="timeout of connecting and of each confirm, e.g. 10s")
+
+
+def _pika():
+    import pika
+    import pika.exceptions
+    return pika
+
+
+def _params(config: _AmqpConfig, ctx: Context):
+    pika = _pika()
+    if config.url_env:
+        params = pika.URLParameters(ctx.secret(config.url_env))
+        params.socket_timeout = params.blocked_connection_timeout = config.timeout
+        return params, f"AMQP broker {params.host}:{params.port}{params.virtual_host}"
+    password = ctx.secret(config.password_env) if config.password_env else "guest"
+    ssl_options = None
+    if config.tls:
+        import ssl
+        ssl_options = pika.SSLOptions(ssl.create_default_context(), config.host)
+    params = pika.ConnectionParameters(
+        host=config.host, port=config.port, virtual_host=config.vhost,
+        credentials=pika.PlainCredentials(config.username, password), heartbeat=config.heartbeat,
+        socket_timeout=config.timeout, blocked_connection_timeout=config.timeout, ssl_options=ssl_options,
+        client_properties={"connection_name": f"flownb-{ctx.flow}-{ctx.step}"}, connection_attempts=1)
+    return params, f"AMQP broker {config.host}:{config.port}{config.vhost if config.vhost != '/' else ''}"
+
+
+def map_amqp_error(exc: BaseException, where: str) -> Exception:
+    """pika error → RetryableError (down, connection lost, timeout) or FatalError (refused login or
+    vhost, a queue or exchange that does not exist or is not allowed)."""
+    pika = _pika()
+    e = pika.exceptions
+    if isinstance(exc, (e.ProbableAuthenticationError, e.AuthenticationError, e.ProbableAccessDeniedError)):
+        return FatalError(f"{where} refused the login or the virtual host ({type(exc).__name__}: {exc}); check "
+                          f"'username', 'password_env', 'vhost' (or the URL in 'url_env')")
+    if isinstance(exc, e.ChannelClosedByBroker):
+        if exc.reply_code == 404:
+            return FatalError(f"{where}: {exc.reply_text}; create it first, or check the name")
+        if exc.reply_code == 403:
+            return FatalError(f"{where}: access refused ({exc.reply_text}); grant the user the permission")
+        if exc.reply_code == 406:
+            return FatalError(f"{where}: {exc.reply_text}; the existing queue or exchange was declared "
+                              f"differently")
+        return RetryableError(f"{where}: the broker closed the channel ({exc.reply_code} {exc.reply_text}); "
+                              f"will retry")
+    if isinstance(exc, (e.AMQPConnectionError, e.ConnectionClosed, e.StreamLostError, e.ChannelWrongStateError,
+                        e.ChannelClosed, OSError, TimeoutError)):
+        return RetryableError(f"{where} is unavailable ({type(exc).__name__}: {exc}); will retry — is the "
+                              f"broker running and the host/port right?")
+    return FatalError(f"{where}: {type(exc).__name__}: {exc}; fix the step's config or the message")
+
+
+def _check_name(name: str, what: str, step, field: str) -> None:
+    if name.startswith(_RESERVED) or name.startswith("amq."):
+        raise ConfigError(f"{what} {name!r} belongs to {'flownb' if name.startswith(_RESERVED) else 'RabbitMQ'}'s "
+                          f"own topology; use a {what} of your own (names starting 'flownb.' or 'amq.' are "
+                          f"reserved)", step=step.name, field=field)
+
+
+def _body(data: bytes, props, routing_key: str, redelivered: bool, fmt: str, envelope: bool) -> dict:
+    if fmt == "base64":
+        payload: Any = base64.b64encode(data).decode("ascii")
+    elif fmt == "text":
+        payload = data.decode("utf-8", errors="replace")
+    else:
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            return {"_raw": data.decode("utf-8", errors="replace"), "_routing_key": routing_key,
+                    "_error": f"the payload is not JSON ({exc}); use format: text or base64 for non-JSON "
+                              f"messages"}
+    if envelope:
+        return {"routing_key": routing_key, "payload": payload, "headers": dict(props.headers or {}),
+                "message_id": props.message_id, "redelivered": redelivered}
+    if fmt == "json" and isinstance(payload, dict):
+        return payload
+    return {"payload": payload}
+
+
+# -- amqp.consume ---------------------------------------------------------------------------------
+
+class AmqpConsumeConfig(PollConfig, _AmqpConfig):
+    queue: str = Field(description="your queue to consume (not one of flownb's own)")
+    declare: bool = Field(False, description="declare the queue (durable) when it does not exist; default: "
+                                             "it must exist")
+    format: Literal["json", "text", "base64"] = Field(
+        "json", description="json: a JSON object payload is the body (other JSON as {'payload': …}); "
+        "text: {'payload': '<text>'}; base64: {'payload': '<base64 of the bytes>'}")
+    envelope: bool = Field(False, description="emit {routing_key, payload, headers, message_id, redelivered} "
+                                              "instead of the payload alone")
+    batch_size: int = Field(500, ge=1, le=10000, description="messages handed out per poll at most (also "
+                                                             "the consumer's prefetch)")
+    wait: Duration = Field(0.5, description="how long a poll waits for a first message when none is "
+                                            "waiting, e.g. 500ms")
+    interval: Duration = Field(1.0, description="time between polls when idle, e.g. 1s")
+
+
+class AmqpConsume(PollingTrigger[AmqpConsumeConfig]):
+    """Messages of your own RabbitMQ queue, acknowledged once they are durable in the flow."""
+
+    Config = AmqpConsumeConfig
+
+    @classmethod
+    def check_config(cls, config, step) -> None:
+        if not config.queue.strip():
+            raise ConfigError("'queue' is empty; name your queue", step=step.name, field="config.queue")
+        _check_name(config.queue, "queue", step, "config.queue")
+
+    def setup(self) -> None:
+        self.params, where = _params(self.config, self.ctx)
+        self.where = f"{where} queue '{self.config.queue}'"
+        self._session = uuid.uuid4().hex[:12]
+        self._seq = 0
+        self._more = False
+        self._inbox: list = []
+        #: the batch handed out by the last poll and not yet known durable: (token, channel, deliveries)
+        self._pending: tuple[str, Any, list] | None = None
+        self.conn: Any = None
+        self.channel: Any = None
+        self._open()
+
+    def _open(self) -> None:
+        pika = _pika()
+        self._inbox = []
+        try:
+            self.conn = pika.BlockingConnection(self.params)
+            ch = self.conn.channel()
+            if self.config.declare:
+                ch.queue_declare(self.config.queue, durable=True)
+            else:
+                ch.queue_declare(self.config.queue, passive=True)
+            ch.basic_qos(prefetch_count=self.config.batch_size)
+            ch.basic_consume(self.config.queue, self._on_message, auto_ack=False)
+            self.channel = ch
+        except Exception as exc:
+            self._drop()
+            raise map_amqp_error(exc, self.where) from None
+
+    def _on_message(self, ch, method, props, body: bytes) -> None:
+        self._inbox.append((method, props, body))
+
+    def _drop(self) -> None:
+        conn, self.conn, self.channel = self.conn, None, None
+        if conn is not None and conn.is_open:
+            try:
+                conn.close()  # unacknowledged messages return to the queue
+            except Exception as exc:
+                log.debug("%s: close: %s", self.where, exc)
+
+    def close(self) -> None:
+        if getattr(self, "conn", None) is not None:
+            self._drop()
+
+    def next_delay(self, state: dict) -> float:
+        return 0.0 if getattr(self, "_more", False) else self.interval
+
+    def poll(self, state: dict, ctx: Context) -> list[dict]:
+        try:
+            return self._poll(state)
+        except (RetryableError, FatalError):
+            raise
+        except Exception as exc:
+            self._pending = None
+            self._drop()  # the broker requeues what this connection had not acknowledged
+            raise map_amqp_error(exc, self.where) from None
+
+    def _poll(self, state: dict) -> list[dict]:
+        if self.channel is None or not self.channel.is_open:
+            self._pending = None  # its delivery tags died with the channel: the broker requeued them
+            self._drop()
+            self._open()
+        ch, conn, cfg = self.channel, self.conn, self.config
+        assert ch is not None and conn is not None
+        carry: list = []
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[1] is ch:
+            token, _ch, deliveries = pending
+            if state.get("batch") == token:  # durable in the flow: acknowledge the whole batch at once
+                ch.basic_ack(deliveries[-1][0].delivery_tag, multiple=True)
+            else:
+                log.warning("amqp.consume '%s': the last %d message(s) were not committed; handing them out "
+                            "again", self.ctx.step, len(deliveries))
+                carry = deliveries
+        deadline = time.monotonic() + cfg.wait
+        taken = list(carry)
+        while len(taken) < cfg.batch_size:
+            if self._inbox:
+                room = cfg.batch_size - len(taken)
+                taken += self._inbox[:room]
+                del self._inbox[:room]
+            elif taken:  # more while they keep coming (a gap of 20 ms ends the batch)
+                conn.process_data_events(time_limit=_GAP)
+                if not self._inbox:
+                    break
+            else:  # the first message: up to `wait`
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                conn.process_data_events(time_limit=remaining)
+        self._more = bool(taken)
+        if not taken:
+            return []
+        self._seq += 1
+        token = f"{self._session}:{self._seq}"
+        state["batch"] = token
+        self._pending = (token, ch, taken)
+        return [_body(body, props, method.routing_key, method.redelivered, cfg.format, cfg.envelope)
+                for method, props, body in taken]
+
+
+# -- amqp.publish ---------------------------------------------------------------------------------
+
+class AmqpPublishConfig(_AmqpConfig):
+    exchange: str = Field("", description="your exchange to publish to (default: the default exchange, "
+                                          "which routes to the queue named by the routing key)")
+    routing_key: str = Field(description="routing key; '{field}' placeholders are filled from the message "
+                                         "body, e.g. orders.{region}")
+    payload: str | None = Field(None, description="JSONata expression for the payload; default: the "
+                                                  "message body")
+    format: Literal["json", "text"] = Field("json", description="json: the payload as JSON (content type "
+                                                                "application/json); text: a string payload as "
+                                                                "it is (text/plain)")
+    persistent: bool = Field(True, description="delivery mode 2: the broker writes the message to disk in a "
+                                               "durable queue")
+    mandatory: bool = Field(True, description="a message no queue is bound for is returned by the broker and "
+                                              "dead-lettered (false: the broker drops it)")
+
+
+class AmqpPublish(Action[AmqpPublishConfig]):
+    """Publish each message to your own RabbitMQ exchange or queue, confirmed by the broker."""
+
+    Config = AmqpPublishConfig
+    effects: ClassVar[bool] = True
+
+    @classmethod
+    def check_config(cls, config, step) -> None:
+        if config.exchange:
+            _check_name(config.exchange, "exchange", step, "config.exchange")
+        elif "{" not in config.routing_key:  # the default exchange: the routing key is a queue name
+            _check_name(config.routing_key, "queue", step, "config.routing_key")
+        _compile_check(config.payload, step, "payload")
+
+    def setup(self) -> None:
+        self._compile()
+        self.params, self.where = _params(self.config, self.ctx)
+        self.conn: Any = None
+        self.channel: Any = None
+        self._open()
+
+    def _open(self) -> None:
+        pika = _pika()
+        try:
+            self.conn = pika.BlockingConnection(self.params)
+            ch = self.conn.channel()
+            ch.confirm_delivery()
+            if self.config.exchange:
+                ch.exchange_declare(self.config.exchange, passive=True)
+            self.channel = ch
+        except Exception as exc:
+            self._drop()
+            raise map_amqp_error(exc, f"{self.where} exchange '{self.config.exchange}'"
+                                 if self.config.exchange else self.where) from None
+
+    def _drop(self) -> None:
+        conn, self.conn, self.channel = self.conn, None, None
+        if conn is not None and conn.is_open:
+            try:
+                conn.close()
+            except Exception as exc:
+                log.debug("%s: close: %s", self.where, exc)
+
+    def close(self) -> None:
+        if getattr(self, "conn", None) is not None:
+            self._drop()
+
+    def _compile(self) -> None:
+        self._payload = Expr(self.config.payload, step=self.ctx.step, field="config.payload") \
+            if self.config.payload else None
+
+    def _render(self, body: dict) -> tuple[str, bytes, str]:
+        key = fill(self.config.routing_key, body)
+        if not self.config.exchange and key.startswith((_RESERVED, "amq.")):
+            raise FatalError(f"routing key {key!r} names a reserved queue (flownb.* or amq.*); fix the field "
+                             f"it was filled from")
+        if len(key.encode()) > 255:
+            raise FatalError(f"routing key {key[:60]!r}… is longer than 255 bytes")
+        value = self._payload(body) if self._payload is not None else body
+        if self.config.format == "text" and isinstance(value, str):
+            return key, value.encode("utf-8"), "text/plain"
+        try:
+            return key, orjson.dumps(value), "application/json"
+        except TypeError as exc:
+            raise FatalError(f"the payload cannot be written as JSON: {exc}") from None
+
+    def dry_run(self, message, ctx: Context) -> dict:
+        """What it would publish, rendered and checked as a live publish is (no connection)."""
+        if not hasattr(self, "_payload"):
+            self._compile()
+        key, payload, _ctype = self._render(message.body)
+        value = payload.decode("utf-8") if self.config.format == "text" else orjson.loads(payload)
+        return {"exchange": self.config.exchange, "routing_key": key, "payload": value,
+                "persistent": self.config.persistent}
+
+    def process(self, message, ctx: Context):
+        out = self.process_batch([message], ctx)[0]
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    def process_batch(self, messages, ctx: Context) -> list:
+        pika = _pika()
+        results: list = []
+        down: Exception | None = None  # the connection failed: the rest of the batch is retried too
+        for m in messages:
+            try:
+                key, payload, ctype = self._render(m.body)
+            except Exception as exc:  # FatalError, or the expression's EvaluationError: this message only
+                results.append(exc)
+                continue
+            if down is not None:
+                results.append(down)
+                continue
+            try:
+                if self.channel is None or not self.channel.is_open:
+                    self._drop()
+                    self._open()
+                assert self.channel is not None
+                props = pika.BasicProperties(content_type=ctype, message_id=m.id,
+                                             delivery_mode=2 if self.config.persistent else 1)
+                self.channel.basic_publish(self.config.exchange, key, payload, props, mandatory=self.config.mandatory)
+                results.append(m.body)
+            except pika.exceptions.UnroutableError:
+                results.append(FatalError(f"{self.where}: no queue is bound for routing key {key!r} on exchange "
+                                          f"{self.config.exchange or '(default)'!r}; the broker returned the "
+                                          f"message — bind a queue, or set mandatory: false to let it drop"))
+            except pika.exceptions.NackError:
+                results.append(RetryableError(f"{self.where} refused the message (basic.nack); will retry"))
+            except (RetryableError, FatalError) as exc:
+                results.append(exc)
+                down = exc
+            except Exception as exc:
+                self._drop()
+                down = map_amqp_error(exc, self.where)
+                results.append(down)
+        return results
