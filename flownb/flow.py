@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from . import _yaml
 from ._duration import Duration
@@ -150,6 +150,29 @@ class Flow(BaseModel):
         return v
     #: the flight recorder (opt-in): see :class:`RecordPolicy`
     record: RecordPolicy | None = None
+    #: the folder of the spec file this flow was loaded from (not part of the spec): relative file
+    #: paths in its steps' configs are read from there (:meth:`resolved`, docs/local.md)
+    _spec_dir: Path | None = PrivateAttr(None)
+    #: set on a :meth:`resolved` copy: the hash of the flow it was resolved from
+    _hash: str | None = PrivateAttr(None)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal specs are equal flows, wherever their files lie (the spec folder is not compared)."""
+        if not isinstance(other, Flow):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    @property
+    def spec_dir(self) -> Path | None:
+        """The folder of the spec file this flow was loaded from; None for a flow built in code or
+        loaded from YAML text (relative paths are then read from the current directory)."""
+        return self._spec_dir
+
+    def located(self, folder: str | Path | None) -> Flow:
+        """A copy whose relative file paths are read from ``folder`` (as if its spec were saved there)."""
+        copy = self.model_copy()
+        copy._spec_dir = None if folder is None else Path(folder).resolve()
+        return copy
 
     @field_validator("parameters")
     @classmethod
@@ -224,7 +247,7 @@ class Flow(BaseModel):
         return self.model_copy(update={"steps": [*self.steps, *steps]}).revalidated()
 
     def revalidated(self) -> Flow:
-        return Flow.model_validate(self.model_dump(mode="python"))
+        return Flow.model_validate(self.model_dump(mode="python")).located(self._spec_dir)
 
     def with_parameters(self, overrides: dict[str, Any] | None = None, **kw: Any) -> Flow:
         """A copy with parameter values overridden; unknown names are a ParameterError."""
@@ -237,14 +260,23 @@ class Flow(BaseModel):
             merged[name] = coerce(value, Param.of(name, self.parameters[name]))
         return self.model_copy(update={"parameters": merged})
 
-    def resolved(self) -> Flow:
-        """A copy whose config strings have their ``{{ name }}`` templates filled from parameters."""
+    def resolved(self, *, paths: bool = True) -> Flow:
+        """A copy whose config strings have their ``{{ name }}`` templates filled from parameters and,
+        for a flow loaded from a spec file (``paths=True``), whose relative file paths (the config
+        fields a component names in ``local_paths``: csv.poll/csv.write ``path``, a ``sqlite:///``
+        ``url``) are made absolute against the spec's folder — what every runtime runs.
+        ``paths=False`` keeps them as written (an export, whose spec lands elsewhere)."""
+        out = self._filled(paths)
+        out._hash = self.spec_hash()  # the hash of the spec as written: the same wherever its file lies
+        return out
+
+    def _filled(self, paths: bool) -> Flow:
         data = self.model_dump(mode="python")
-        for key in ("trigger",):
-            data[key]["config"] = fill_templates(data[key]["config"], self.parameters, data[key]["name"])
-        for s in [*data["steps"], *((data.get("on_error") or {}).get("steps") or [])]:
+        for s in (data["trigger"], *data["steps"], *((data.get("on_error") or {}).get("steps") or [])):
             s["config"] = fill_templates(s["config"], self.parameters, s["name"])
-        return Flow.model_validate(data)
+            if paths and self._spec_dir is not None:
+                s["config"] = anchor_paths(s["component"], s["config"], self._spec_dir)
+        return Flow.model_validate(data).located(self._spec_dir)
 
     # -- spec ---------------------------------------------------------------------------------
     def spec(self) -> dict:
@@ -266,8 +298,10 @@ class Flow(BaseModel):
         every message carries the hash of the spec that produced it (``meta.spec``)."""
         import hashlib
         import json
+        if self._hash is not None:
+            return self._hash
         try:
-            spec = self.resolved().spec()
+            spec = self._filled(paths=False).spec()  # relative paths as written: not where the file lies
         except ParameterError:  # a template naming no parameter: validation reports it; hash as written
             spec = self.spec()
         return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -319,6 +353,39 @@ def fill_templates(value: Any, params: dict[str, Any], step_name: str) -> Any:
     if isinstance(value, list):
         return [fill_templates(v, params, step_name) for v in value]
     return value
+
+
+def anchor_path(value: str, folder: Path) -> str:
+    """``value`` made absolute against ``folder`` when it is a relative file path or glob, or a
+    ``sqlite:///relative.db`` URL; anything else (absolute, ``~``, ``:memory:``, another URL, a
+    ``{{ template }}``) is returned unchanged."""
+    if not value or "{{" in value or value.startswith("~"):
+        return value
+    if value.startswith("sqlite:///"):
+        rest = value[len("sqlite:///"):]
+        if not rest or rest.startswith(("/", ":memory:")) or rest.split("?", 1)[0] == "":
+            return value
+        return "sqlite:///" + str(folder / rest)
+    if "://" in value or Path(value).is_absolute():
+        return value
+    return str(folder / value)
+
+
+def anchor_paths(component: str, config: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``config`` with the fields its component lists in ``local_paths`` anchored (:func:`anchor_path`);
+    an unknown component is left alone (validation names it)."""
+    from .errors import FlownbError
+    from .registry import get
+
+    try:
+        fields = getattr(get(component), "local_paths", ())
+    except FlownbError:
+        return config
+    out = dict(config)
+    for name in fields:
+        if isinstance(out.get(name), str):
+            out[name] = anchor_path(out[name], folder)
+    return out
 
 
 def _param(name: str, params: dict[str, Any], step_name: str) -> Any:
@@ -380,7 +447,10 @@ def _allowed_fields(loc: list) -> list[str]:
 def load(source: str | Path) -> Flow:
     """Load a flow from a path to flow.yaml or from YAML text (bounded: see :mod:`flownb._yaml`)."""
     text, name = _read(source)
-    return from_spec(_yaml.load(text, source=name), source=name)
+    flow = from_spec(_yaml.load(text, source=name), source=name)
+    if name != "spec":  # read from a file: its relative paths are read from the file's folder
+        flow = flow.located(Path(name).parent)
+    return flow
 
 
 def _read(source: str | Path) -> tuple[str, str]:

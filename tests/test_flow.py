@@ -193,3 +193,92 @@ def test_retry_policy_delays():
 def test_flow_mimebundle_carries_the_spec():
     bundle = load(SPEC)._repr_mimebundle_()
     assert bundle["application/vnd.flownb.flow+json"] == load(SPEC).spec()
+
+
+# -- relative paths are read from the spec file's folder ---------------------------------------------
+
+FILES_SPEC = textwrap.dedent("""\
+    flownb: 1
+    name: files
+    parameters:
+      db: sqlite:///out/orders.db
+    trigger:
+      name: src
+      component: csv.poll
+      config: {path: "in/orders-*.csv", cursor: n, interval: 1s}
+    steps:
+      - name: copy
+        component: csv.write
+        config: {path: out/copy.csv}
+      - name: save
+        component: sql.upsert
+        config: {url: "{{ db }}", table: orders, key: [n], create: true}
+""")
+
+
+def test_a_spec_file_anchors_its_relative_paths_to_its_folder_when_resolved(tmp_path):
+    (tmp_path / "flow.yaml").write_text(FILES_SPEC)
+    flow = load(tmp_path / "flow.yaml")
+    assert flow.spec_dir == tmp_path.resolve() and load(FILES_SPEC).spec_dir is None
+    assert flow == load(FILES_SPEC)  # where the file lies is not part of the spec
+    assert flow.step("src").config["path"] == "in/orders-*.csv"  # the model keeps what was written
+    r = flow.resolved()
+    assert r.spec_dir == flow.spec_dir and r.resolved() == r  # kept by the copy, and idempotent
+    assert r.step("src").config["path"] == str(tmp_path.resolve() / "in/orders-*.csv")
+    assert r.step("copy").config["path"] == str(tmp_path.resolve() / "out/copy.csv")
+    assert r.step("save").config["url"] == f"sqlite:///{tmp_path.resolve()}/out/orders.db"  # after the template
+    assert flow.resolved(paths=False).step("src").config["path"] == "in/orders-*.csv"  # what export writes
+    assert load(FILES_SPEC).resolved().step("copy").config["path"] == "out/copy.csv"  # no file: the cwd
+    assert flow.with_parameters(db="sqlite:///x.db").spec_dir == flow.spec_dir
+    assert flow.then(step("show", "log")).resolved().step("copy").config["path"].startswith(str(tmp_path))
+
+
+@pytest.mark.parametrize(("value", "anchored"), [
+    ("orders.csv", "/spec/orders.csv"),
+    ("data/*.csv", "/spec/data/*.csv"),
+    ("/abs/orders.csv", "/abs/orders.csv"),
+    ("~/orders.csv", "~/orders.csv"),
+    ("sqlite:///shop.db", "sqlite:////spec/shop.db"),
+    ("sqlite:///shop.db?mode=ro", "sqlite:////spec/shop.db?mode=ro"),
+    ("sqlite:////var/shop.db", "sqlite:////var/shop.db"),
+    ("sqlite:///:memory:", "sqlite:///:memory:"),
+    ("sqlite://", "sqlite://"),
+    ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
+    ("{{ path }}", "{{ path }}"),
+])
+def test_anchor_path_touches_only_relative_files(value, anchored):
+    from pathlib import Path
+
+    from flownb.flow import anchor_path
+    assert anchor_path(value, Path("/spec")) == anchored
+
+
+def test_flownb_run_from_another_directory_reads_and_writes_beside_the_spec(tmp_path):
+    """`flownb run project/flow.yaml` from elsewhere: the csv source, the csv it writes and the SQLite
+    database named relatively in the spec are all in project/ — nothing lands in the current directory."""
+    import sqlite3
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    (project / "in").mkdir(parents=True)
+    elsewhere.mkdir()
+    (project / "flow.yaml").write_text(FILES_SPEC)
+    (project / "in" / "orders-1.csv").write_text("n,v\n1,a\n2,b\n")
+    (project / "in" / "orders-2.csv").write_text("n,v\n3,c\n")
+    flownb = str(Path(sys.executable).with_name("flownb"))
+    r = subprocess.run([flownb, "run", "../project/flow.yaml", "--state-dir", "state", "--until-idle"],
+                       cwd=elsewhere, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (project / "out" / "copy.csv").read_text().splitlines() == ["n,v", "1,a", "2,b", "3,c"]
+    with sqlite3.connect(project / "out" / "orders.db") as db:
+        assert db.execute("select n, v from orders order by n").fetchall() == [(1, "a"), (2, "b"), (3, "c")]
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["state"]  # only the state dir the command named
+
+    # a source that matches nothing warns, naming the folder it looked in
+    (project / "flow.yaml").write_text(FILES_SPEC.replace("in/orders-*.csv", "missing/*.csv"))
+    r = subprocess.run([flownb, "run", "../project/flow.yaml", "--state-dir", "state2", "--until-idle"],
+                       cwd=elsewhere, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"csv.poll 'src': no file matches '{project.resolve()}/missing/*.csv'; nothing to read" in r.stderr

@@ -27,7 +27,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -77,7 +77,8 @@ class _CsvFormat(BaseModel):
 # -- csv.poll -------------------------------------------------------------------------------------
 
 class CsvPollConfig(PollConfig, _CsvFormat):
-    path: str = Field(description="a CSV file, or a glob such as data/orders-*.csv")
+    path: str = Field(description="a CSV file, or a glob such as data/orders-*.csv (relative: from the "
+                                  "spec file's folder)")
     cursor: str = Field(description="column that grows for new rows (an id, an ISO timestamp)")
     key: str | None = Field(None, description="unique column telling apart rows with equal cursor "
                                               "values (default: the whole row's content)")
@@ -93,6 +94,9 @@ class CsvPoll(PollingTrigger[CsvPollConfig]):
     """Emit new rows of CSV files, by a cursor column, at most ``batch_size`` per poll."""
 
     Config = CsvPollConfig
+    #: config fields holding a file path: relative ones are read from the spec file's folder
+    #: (:meth:`flownb.Flow.resolved`)
+    local_paths: ClassVar[tuple[str, ...]] = ("path",)
 
     @classmethod
     def check_config(cls, config, step) -> None:
@@ -115,9 +119,12 @@ class CsvPoll(PollingTrigger[CsvPollConfig]):
         if not matched and not getattr(self, "_warned_empty", False):
             # once per process (not every interval): a wrong path or a run from another folder
             self._warned_empty = True
-            ctx.logger.warning("csv.poll '%s': no file matches '%s' (relative paths are read from the "
-                               "current directory, %s); nothing to read until one appears", ctx.step,
-                               self.config.path, os.getcwd())
+            # a flow loaded from a spec file has its relative paths made absolute against the spec's
+            # folder (Flow.resolved); one built in code reads them from the current directory
+            where = (f" (relative paths are read from the current directory, {os.getcwd()})"
+                     if not os.path.isabs(self.config.path) else "")
+            ctx.logger.warning("csv.poll '%s': no file matches '%s'%s; nothing to read until one appears",
+                               ctx.step, self.config.path, where)
         elif matched:
             self._warned_empty = False
         files = {}
@@ -283,7 +290,8 @@ class CsvPoll(PollingTrigger[CsvPollConfig]):
 # -- csv.write ------------------------------------------------------------------------------------
 
 class CsvWriteConfig(_CsvFormat):
-    path: str = Field(description="CSV file to append to (created with a header row when missing)")
+    path: str = Field(description="CSV file to append to (created with a header row when missing; "
+                                  "relative: from the spec file's folder)")
     columns: list[str] | None = Field(None, description="columns, in order (default: the existing "
                                                         "header, else the first row's fields)")
     on_extra: Literal["error", "ignore"] = Field("ignore", description="fields not among the columns: "
@@ -298,6 +306,7 @@ class CsvWrite(Action[CsvWriteConfig]):
     Config = CsvWriteConfig
     effects = True
     json_native = True  # it passes its input body on, unchanged
+    local_paths: ClassVar[tuple[str, ...]] = ("path",)  # relative: from the spec file's folder
 
     def setup(self) -> None:
         self._columns: list[str] | None = None

@@ -127,7 +127,11 @@ def _engine(config: _UrlConfig, ctx: Context, *, must_exist: bool = False):
     if must_exist and url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         path = Path(url[len("sqlite:///"):].split("?", 1)[0])
         if not path.exists():
-            raise ConfigError(f"the SQLite database '{path}' does not exist (looked for {path.resolve()}); "
+            # a spec's relative URL arrives anchored to the spec's folder (Flow.resolved): shown from the
+            # current directory when it lies below it, as a reader who ran from there wrote it
+            full = path.resolve()
+            shown = full.relative_to(Path.cwd()) if full.is_relative_to(Path.cwd()) else path
+            raise ConfigError(f"the SQLite database '{shown}' does not exist (looked for {full}); "
                               f"create it, or fix the URL", step=ctx.step, field="config.url")
     try:
         return sa.create_engine(url, pool_pre_ping=True)
@@ -245,6 +249,8 @@ class SqlPoll(PollingTrigger[SqlPollConfig]):
     """Poll a table or query for rows whose cursor column passed the saved cursor."""
 
     Config = SqlPollConfig
+    #: a relative sqlite:///file.db URL is read from the spec file's folder (Flow.resolved)
+    local_paths: ClassVar[tuple[str, ...]] = ("url",)
 
     @classmethod
     def check_config(cls, config, step) -> None:
@@ -359,6 +365,7 @@ class SqlUpsert(Action[SqlUpsertConfig]):
     ON DUPLICATE KEY UPDATE (MySQL, MariaDB). A batch is written in one transaction."""
 
     Config = SqlUpsertConfig
+    local_paths: ClassVar[tuple[str, ...]] = ("url",)  # a relative sqlite:/// URL: the spec's folder
     DIALECTS: ClassVar[tuple[str, ...]] = ("sqlite", "postgresql", "mysql", "mariadb")
     effects = True
 

@@ -230,7 +230,7 @@ def _write(flow: Flow, out: Path, executed: dict | None, src: Path, params: dict
            keda: bool, schedules: list | None = None) -> ExportResult:
     from . import compose, k8s
     from . import image as image_mod
-    flow = flow.resolved()
+    flow = flow.resolved(paths=False)  # the spec lands in the image: its relative paths stay relative
     flow.validate_components()
     check_no_literal_secrets(flow)
     envs = secret_envs(flow)
