@@ -258,7 +258,9 @@ class Flow(BaseModel):
                 raise ParameterError(f"unknown parameter '{name}'{did_you_mean(name, self.parameters)} "
                                      f"known parameters: {known}", field=name)
             merged[name] = coerce(value, Param.of(name, self.parameters[name]))
-        return self.model_copy(update={"parameters": merged})
+        out = self.model_copy(update={"parameters": merged})
+        out._hash = None  # other values: another spec
+        return out
 
     def resolved(self, *, paths: bool = True) -> Flow:
         """A copy whose config strings have their ``{{ name }}`` templates filled from parameters and,
