@@ -94,9 +94,10 @@ def dlq_cli(args) -> int:
         items = store.list(args.step)
         t = Table(title=f"dead letters of '{flow.name}'" + (f" step '{args.step}'" if args.step else ""))
         for c in ("id", "step", "attempts", "spec", "error", "body"):
-            t.add_column(c, overflow="fold")
-        for d in items:
-            t.add_row(d.id, d.step, str(d.error.attempt), d.spec or "-", f"{d.error.type}: {d.error.message}",
+            # the error's words whole (its type first); ids and bodies may fold anywhere
+            t.add_column(c, overflow="fold", min_width=24 if c == "error" else None)
+        for d in items:  # the spec's first 8 hex digits, as git shows a commit (dlq show: all 16)
+            t.add_row(d.id, d.step, str(d.error.attempt), (d.spec or "-")[:8], f"{d.error.type}: {d.error.message}",
                       json.dumps(d.message.body)[:80])
         con.print(t)
         con.print(f"{len(items)} dead letter(s)")
