@@ -138,8 +138,8 @@ def step_plans(flow: Flow) -> list[StepPlan]:
 
 
 def extras_for(flow: Flow) -> list[str]:
-    """flownb extras the flow's workers need (webhook server, PostgreSQL driver, MQTT and Redis
-    clients)."""
+    """flownb extras the flow's workers need (webhook server, PostgreSQL driver, MQTT, Redis and NATS
+    clients, Parquet/Excel libraries)."""
     extras = []
     if any(p.kind == "webhook" for p in step_plans(flow)):
         extras.append("webhook")
@@ -147,7 +147,8 @@ def extras_for(flow: Flow) -> list[str]:
     if "postgresql" in text or "postgres://" in text:
         extras.append("postgres")
     components = [flow.trigger.component, *(s.component for s in [*flow.steps, *flow.error_steps])]
-    for extra in ("mqtt", "redis"):  # mqtt.subscribe/publish need paho-mqtt, redis.* redis-py
-        if any(c.startswith(extra + ".") for c in components):
+    # mqtt.* need paho-mqtt, redis.* redis-py, nats.* nats-py, file.read/write pandas + pyarrow + openpyxl
+    for extra, prefix in (("mqtt", "mqtt."), ("redis", "redis."), ("nats", "nats."), ("files", "file.")):
+        if any(c.startswith(prefix) for c in components):
             extras.append(extra)
     return extras

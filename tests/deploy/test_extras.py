@@ -13,3 +13,10 @@ def test_mqtt_and_redis_components_bring_their_client_libraries():
     plain = flownb.Flow(name="y", trigger=flownb.step("src", "schedule", cron="* * * * *"),
                         steps=[flownb.step("log", "log")])
     assert extras_for(plain) == []
+
+
+def test_nats_and_file_components_bring_their_libraries():
+    flow = flownb.Flow(name="z", trigger=flownb.step("src", "nats.subscribe", subject="orders"),
+                       steps=[flownb.step("out", "file.write", path="/data/out.parquet")],
+                       on_error=[flownb.step("alert", "mqtt.publish", topic="alerts")])
+    assert extras_for(flow) == ["mqtt", "nats", "files"]
