@@ -170,7 +170,9 @@ class Recorder:
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 body = m.body
             if o.error is None:
-                outputs = [orjson.loads(p)["body"] for p in o.payloads]
+                # a fused stage passes outputs on in memory (no wire form): their bodies as they are
+                outputs = [orjson.loads(p)["body"] for p in o.payloads] if o.payloads else \
+                    [c.body for c in o.outputs]
                 outcome = "delivered" if outputs else "filtered"
                 etype = error = None
             else:
