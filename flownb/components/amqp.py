@@ -24,17 +24,16 @@ dead-lettered instead of silently dropped.
 
 from __future__ import annotations
 
-import base64
 import logging
 import time
 import uuid
 from typing import Any, ClassVar, Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from .._duration import Duration
 from ..errors import ConfigError, FatalError, RetryableError
+from ._payload import as_body, encoded, shown
 from .base import Action, Context, PollConfig, PollingTrigger
 from .http import Expr, _compile_check, fill
 
@@ -122,23 +121,10 @@ def _check_name(name: str, what: str, step, field: str) -> None:
 
 
 def _body(data: bytes, props, routing_key: str, redelivered: bool, fmt: str, envelope: bool) -> dict:
-    if fmt == "base64":
-        payload: Any = base64.b64encode(data).decode("ascii")
-    elif fmt == "text":
-        payload = data.decode("utf-8", errors="replace")
-    else:
-        try:
-            payload = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            return {"_raw": data.decode("utf-8", errors="replace"), "_routing_key": routing_key,
-                    "_error": f"the payload is not JSON ({exc}); use format: text or base64 for non-JSON "
-                              f"messages"}
-    if envelope:
+    def wrap(payload: Any) -> dict:
         return {"routing_key": routing_key, "payload": payload, "headers": dict(props.headers or {}),
                 "message_id": props.message_id, "redelivered": redelivered}
-    if fmt == "json" and isinstance(payload, dict):
-        return payload
-    return {"payload": payload}
+    return as_body(data, fmt, ("_routing_key", routing_key), "messages", wrap if envelope else None)
 
 
 # -- amqp.consume ---------------------------------------------------------------------------------
@@ -349,19 +335,15 @@ class AmqpPublish(Action[AmqpPublishConfig]):
         if len(key.encode()) > 255:
             raise FatalError(f"routing key {key[:60]!r}… is longer than 255 bytes")
         value = self._payload(body) if self._payload is not None else body
-        if self.config.format == "text" and isinstance(value, str):
-            return key, value.encode("utf-8"), "text/plain"
-        try:
-            return key, orjson.dumps(value), "application/json"
-        except TypeError as exc:
-            raise FatalError(f"the payload cannot be written as JSON: {exc}") from None
+        text = self.config.format == "text" and isinstance(value, str)
+        return key, encoded(value, self.config.format), "text/plain" if text else "application/json"
 
     def dry_run(self, message, ctx: Context) -> dict:
         """What it would publish, rendered and checked as a live publish is (no connection)."""
         if not hasattr(self, "_payload"):
             self._compile()
         key, payload, _ctype = self._render(message.body)
-        value = payload.decode("utf-8") if self.config.format == "text" else orjson.loads(payload)
+        value = shown(payload, self.config.format)
         return {"exchange": self.config.exchange, "routing_key": key, "payload": value,
                 "persistent": self.config.persistent}
 

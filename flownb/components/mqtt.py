@@ -30,7 +30,6 @@ messages is followed at once by the next, which acknowledges them and frees the 
 
 from __future__ import annotations
 
-import base64
 import logging
 import queue
 import threading
@@ -39,11 +38,11 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .._duration import Duration
 from ..errors import ConfigError, FatalError, RetryableError
+from ._payload import as_body, encoded, shown
 from .base import Action, Context, PollConfig, PollingTrigger
 from .http import Expr, _compile_check, fill
 
@@ -282,25 +281,11 @@ class MqttSubscribe(PollingTrigger[MqttSubscribeConfig]):
         return []
 
     def _body(self, msg) -> dict:
-        fmt = self.config.format
-        raw: bytes = msg.payload
-        if fmt == "base64":
-            payload: Any = base64.b64encode(raw).decode("ascii")
-        elif fmt == "text":
-            payload = raw.decode("utf-8", errors="replace")
-        else:
-            try:
-                payload = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                return {"_raw": raw.decode("utf-8", errors="replace"), "_topic": msg.topic,
-                        "_error": f"the payload is not JSON ({exc}); use format: text or base64 for "
-                                  f"non-JSON topics"}
-        if self.config.envelope:
+        def wrap(payload: Any) -> dict:
             return {"topic": msg.topic, "payload": payload, "qos": msg.qos, "retain": bool(msg.retain),
                     "dup": bool(msg.dup)}
-        if fmt == "json" and isinstance(payload, dict):
-            return payload
-        return {"payload": payload}
+        return as_body(msg.payload, self.config.format, ("_topic", msg.topic), "topics",
+                       wrap if self.config.envelope else None)
 
 
 # -- mqtt.publish ---------------------------------------------------------------------------------
@@ -353,19 +338,14 @@ class MqttPublish(Action[MqttPublishConfig]):
             raise FatalError(f"topic {topic!r} (from {self.config.topic!r}) contains a wildcard; fix the "
                              f"field it was filled from")
         value = self._payload(body) if self._payload is not None else body
-        if self.config.format == "text" and isinstance(value, str):
-            return topic, value.encode("utf-8")
-        try:
-            return topic, orjson.dumps(value)
-        except TypeError as exc:
-            raise FatalError(f"the payload cannot be written as JSON: {exc}") from None
+        return topic, encoded(value, self.config.format)
 
     def dry_run(self, message, ctx: Context) -> dict:
         """What it would publish, rendered and checked as a live publish is (no connection)."""
         if not hasattr(self, "_payload"):
             self._compile()
         topic, payload = self._render(message.body)
-        value = payload.decode("utf-8") if self.config.format == "text" else orjson.loads(payload)
+        value = shown(payload, self.config.format)
         return {"host": self.config.host, "port": self.config.port, "topic": topic, "payload": value,
                 "qos": self.config.qos, "retain": self.config.retain}
 

@@ -22,7 +22,6 @@ Two modes, chosen with ``mode``:
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import queue
 import ssl
@@ -32,11 +31,11 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any, ClassVar, Literal, TypeVar
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .._duration import Duration
 from ..errors import ConfigError, FatalError, RetryableError
+from ._payload import as_body, encoded, shown
 from .base import Action, Context, PollConfig, PollingTrigger
 from .http import Expr, _compile_check, fill
 
@@ -201,22 +200,9 @@ class _Client:
 
 
 def _body(data: bytes, subject: str, headers: dict | None, fmt: str, envelope: bool) -> dict:
-    if fmt == "base64":
-        payload: Any = base64.b64encode(data).decode("ascii")
-    elif fmt == "text":
-        payload = data.decode("utf-8", errors="replace")
-    else:
-        try:
-            payload = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            return {"_raw": data.decode("utf-8", errors="replace"), "_subject": subject,
-                    "_error": f"the payload is not JSON ({exc}); use format: text or base64 for non-JSON "
-                              f"subjects"}
-    if envelope:
+    def wrap(payload: Any) -> dict:
         return {"subject": subject, "payload": payload, "headers": dict(headers or {})}
-    if fmt == "json" and isinstance(payload, dict):
-        return payload
-    return {"payload": payload}
+    return as_body(data, fmt, ("_subject", subject), "subjects", wrap if envelope else None)
 
 
 def _check_subject(subject: str, step, field: str, *, wildcards: bool) -> None:
@@ -417,19 +403,14 @@ class NatsPublish(Action[NatsPublishConfig]):
             raise FatalError(f"subject {subject!r} (from {self.config.subject!r}) is not a NATS subject "
                              f"(empty token, wildcard or space); fix the field it was filled from")
         value = self._payload(body) if self._payload is not None else body
-        if self.config.format == "text" and isinstance(value, str):
-            return subject, value.encode("utf-8")
-        try:
-            return subject, orjson.dumps(value)
-        except TypeError as exc:
-            raise FatalError(f"the payload cannot be written as JSON: {exc}") from None
+        return subject, encoded(value, self.config.format)
 
     def dry_run(self, message, ctx: Context) -> dict:
         """What it would publish, rendered and checked as a live publish is (no connection)."""
         if not hasattr(self, "_payload"):
             self._compile()
         subject, payload = self._render(message.body)
-        value = payload.decode("utf-8") if self.config.format == "text" else orjson.loads(payload)
+        value = shown(payload, self.config.format)
         return {"host": self.config.host, "port": self.config.port, "mode": self.config.mode,
                 "subject": subject, "payload": value}
 

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .._duration import Duration
 from ..errors import ConfigError, FatalError, RetryableError
+from ._payload import encoded
 from .base import Action, Context, PollConfig, PollingTrigger
 from .http import Expr, _compile_check, fill
 
@@ -363,12 +364,7 @@ class RedisSet(Action[RedisSetConfig]):
             raise FatalError(f"the value expression {self.config.value!r} gave nothing for this message; "
                              f"Redis cannot store 'no value' — filter such messages out first, or give "
                              f"a default in the expression")
-        if self.config.format == "text" and isinstance(value, str):
-            return key, value
-        try:
-            return key, orjson.dumps(value).decode()
-        except TypeError as exc:
-            raise FatalError(f"the value cannot be written as JSON: {exc}") from None
+        return key, encoded(value, self.config.format, "value").decode("utf-8")
 
     def _args(self) -> dict[str, Any]:
         ttl = self.config.ttl
