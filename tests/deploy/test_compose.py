@@ -60,3 +60,13 @@ def test_external_broker_and_no_secrets():
     assert out["environment"]["FLOWNB_BROKER_URL"] == "amqp://guest@mq.example:5672/"
     assert "env_file" not in out and "depends_on" not in out and out["deploy"]["replicas"] == 4
     assert doc["services"]["tick"]["deploy"]["replicas"] == 1  # a trigger that polls never runs twice
+
+
+def test_a_fused_group_is_one_service_running_its_first_step():
+    flow = Flow(name="fused", trigger=step("tick", "schedule", cron="* * * * *"),
+                steps=[step("shape", "mapping", fields={"a": "a"}), step("keep", "filter", condition="a"),
+                       step("out", "log")], fuse=[["shape", "keep"]])
+    doc = render_compose(flow, broker_url="amqp://guest@mq.example:5672/")
+    _validate(doc)
+    assert list(doc["services"]) == ["tick", "shape", "out"]     # no service of its own for 'keep'
+    assert doc["services"]["shape"]["command"][:5] == ["flownb", "worker", "/app/flow.yaml", "--step", "shape"]
