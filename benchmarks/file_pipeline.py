@@ -12,7 +12,7 @@ the throughput over N as a PNG, and prints the figures as its last line, one JSO
 ratio is flownb's rows/s over the loop's, at the largest N).
 
     .venv/bin/python benchmarks/file_pipeline.py [--rows 10000 100000 1000000] [--with-1e7]
-        [--png docs/img/file_pipeline.png] [--batch-size 1000]
+        [--png docs/img/file_pipeline.png] [--batch-size 1000] [--no-fuse-too]
 """
 
 from __future__ import annotations
@@ -85,17 +85,18 @@ def count_rows(path: Path) -> int:
         return sum(1 for _ in fh) - 1  # minus the header
 
 
-def run_flownb(src: Path, work: Path, batch: int | None) -> dict:
-    out = work / "flownb-out.csv"
-    state = work / "state"
-    spec = work / "flow.yaml"
+def run_flownb(src: Path, work: Path, batch: int | None, *extra: str) -> dict:
+    tag = "-".join(x.strip("-") for x in extra)
+    out = work / f"flownb-out{tag}.csv"
+    state = work / f"state{tag}"
+    spec = work / f"flow{tag}.yaml"
     spec.write_text(SPEC.format(src=src, out=out, threshold=THRESHOLD,
                              batch=f", batch_size: {batch}" if batch else ""))
     env = {**os.environ, "FLOWNB_NO_COLOR": "1"}
     t0 = time.perf_counter()
     hwm = work / "peak-rss"
     proc = subprocess.Popen([sys.executable, "-c", LAUNCH, str(hwm), "run", str(spec), "--until-idle",
-                             "--state-dir", str(state)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             "--state-dir", str(state), *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env=env)
     output = proc.communicate()[0]
     elapsed = time.perf_counter() - t0
@@ -168,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--png", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "img"
                     / "file_pipeline.png")
     ap.add_argument("--tmp", type=Path, default=None, help="folder for the generated files")
+    ap.add_argument("--no-fuse-too", action="store_true", help="also run `flownb run --no-fuse` (every step "
+                    "on its own, as before fused stages) and report fused/unfused")
     a = ap.parse_args(argv)
     sizes = sorted(set(a.rows + ([10_000_000] if a.with_1e7 else [])))
     results = []
@@ -177,17 +180,25 @@ def main(argv: list[str] | None = None) -> int:
             src = work / "orders.csv"
             make_csv(src, n)
             f = run_flownb(src, work, a.batch_size)
+            unfused = run_flownb(src, work, a.batch_size, "--no-fuse") if a.no_fuse_too else None
             loop = run_loop(src, work)
             pds = run_pandas(src, work)
         if not f["rows_out"] == loop["rows_out"] == pds["rows_out"]:
             raise SystemExit(f"outputs differ at {n:,} rows: flownb {f['rows_out']:,}, loop "
                              f"{loop['rows_out']:,}, pandas {pds['rows_out']:,}")
+        if unfused is not None and unfused["rows_out"] != f["rows_out"]:
+            raise SystemExit(f"--no-fuse wrote {unfused['rows_out']:,} rows, fused {f['rows_out']:,}")
         r = {"rows": n, "kept": f["rows_out"], "flownb": f, "loop": loop, "pandas": pds,
              "ratio": loop["seconds"] / f["seconds"]}
+        if unfused is not None:
+            r["unfused"] = unfused
+            r["fused_over_unfused"] = unfused["seconds"] / f["seconds"]
         results.append(r)
         print(f"{n:>11,} rows: flownb {n / f['seconds']:>9,.0f} rows/s, peak RSS {f['peak_rss_mb']:6.1f} MB, "
               f"state db {f['state_db_mb']:6.2f} MB | loop {n / loop['seconds']:>9,.0f} rows/s | pandas "
-              f"{n / pds['seconds']:>9,.0f} rows/s | flownb/loop {r['ratio']:.3f}", file=sys.stderr, flush=True)
+              f"{n / pds['seconds']:>9,.0f} rows/s | flownb/loop {r['ratio']:.3f}"
+              + (f" | --no-fuse {n / unfused['seconds']:,.0f} rows/s (fused {r['fused_over_unfused']:.2f}x)"
+                 if unfused is not None else ""), file=sys.stderr, flush=True)
     draw(results, a.png)
     last = results[-1]
     summary = {
@@ -202,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         "rss_growth": round(last["flownb"]["peak_rss_mb"] / results[0]["flownb"]["peak_rss_mb"], 3),
         "png": str(a.png), "batch_size": a.batch_size, "durable": "sqlite wal, synchronous=NORMAL",
     }
+    if a.no_fuse_too:
+        summary["unfused_rows_s"] = [round(r["rows"] / r["unfused"]["seconds"]) for r in results]
+        summary["fused_over_unfused"] = [round(r["fused_over_unfused"], 3) for r in results]
     print(json.dumps(summary))
     return 0
 
