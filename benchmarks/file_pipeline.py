@@ -7,12 +7,13 @@ Runs, for each N, in the same process and on the same generated file:
 - a hand-written loop with the ``csv`` module (no durability): the baseline;
 - a pandas script (read_csv, vectorised mapping and filter, to_csv).
 
-It checks the three outputs hold the same rows, prints one line per N, draws the memory curve and
+It checks the three outputs hold the same rows, prints one line per N (rows/s, and the ratio also on
+CPU seconds, which other load on the machine changes least), draws the memory curve and
 the throughput over N as a PNG, and prints the figures as its last line, one JSON object (the
 ratio is flownb's rows/s over the loop's, at the largest N).
 
     .venv/bin/python benchmarks/file_pipeline.py [--rows 10000 100000 1000000] [--with-1e7]
-        [--png docs/img/file_pipeline.png] [--batch-size 1000]
+        [--png docs/img/file_pipeline.png] [--batch-size 1000] [--no-fuse-too]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import csv
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -85,29 +87,34 @@ def count_rows(path: Path) -> int:
         return sum(1 for _ in fh) - 1  # minus the header
 
 
-def run_flownb(src: Path, work: Path, batch: int | None) -> dict:
-    out = work / "flownb-out.csv"
-    state = work / "state"
-    spec = work / "flow.yaml"
+def run_flownb(src: Path, work: Path, batch: int | None, *extra: str) -> dict:
+    tag = "-".join(x.strip("-") for x in extra)
+    out = work / f"flownb-out{tag}.csv"
+    state = work / f"state{tag}"
+    spec = work / f"flow{tag}.yaml"
     spec.write_text(SPEC.format(src=src, out=out, threshold=THRESHOLD,
                              batch=f", batch_size: {batch}" if batch else ""))
     env = {**os.environ, "FLOWNB_NO_COLOR": "1"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     hwm = work / "peak-rss"
     proc = subprocess.Popen([sys.executable, "-c", LAUNCH, str(hwm), "run", str(spec), "--until-idle",
-                             "--state-dir", str(state)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             "--state-dir", str(state), *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env=env)
     output = proc.communicate()[0]
     elapsed = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the CPU time of `flownb run` (user + system)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"flownb run exited {proc.returncode}:\n{output.decode(errors='replace')[-3000:]}")
     db = sum(p.stat().st_size for p in state.glob("files.db*"))
-    return {"seconds": elapsed, "rows_out": count_rows(out), "peak_rss_mb": int(hwm.read_text()) / 1024,
-            "state_db_mb": db / 2**20}
+    return {"seconds": elapsed, "cpu_seconds": cpu, "rows_out": count_rows(out),
+            "peak_rss_mb": int(hwm.read_text()) / 1024, "state_db_mb": db / 2**20}
 
 
 def run_loop(src: Path, work: Path) -> dict:
     out = work / "loop-out.csv"
+    c0 = time.process_time()
     t0 = time.perf_counter()
     with open(src, newline="", encoding="utf-8") as fi, open(out, "w", newline="", encoding="utf-8") as fo:
         w = csv.writer(fo, lineterminator="\n")
@@ -117,7 +124,8 @@ def run_loop(src: Path, work: Path) -> dict:
                    "total": int(row["qty"]) * float(row["price"])}
             if rec["total"] >= THRESHOLD:
                 w.writerow([rec["id"], rec["email"], rec["total"]])
-    return {"seconds": time.perf_counter() - t0, "rows_out": count_rows(out)}
+    return {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
+            "rows_out": count_rows(out)}
 
 
 def run_pandas(src: Path, work: Path) -> dict:
@@ -148,11 +156,13 @@ def draw(results: list[dict], png: Path) -> None:
     for key, label in (("flownb", "flownb run --until-idle (durable)"), ("loop", "csv-module loop"),
                        ("pandas", "pandas script")):
         ax2.plot(ns, [r["rows"] / r[key]["seconds"] for r in results], "o-", label=label)
+    for key, label in (("flownb", "flownb run, per CPU second"), ("loop", "csv-module loop, per CPU second")):
+        ax2.plot(ns, [r["rows"] / r[key]["cpu_seconds"] for r in results], "x:", label=label)
     ax2.set_xscale("log")
     ax2.set_yscale("log")
     ax2.set_xlabel("source rows")
     ax2.set_ylabel("source rows / s")
-    ax2.set_title("throughput")
+    ax2.set_title("throughput (wall clock; dotted: CPU time)")
     ax2.legend()
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
@@ -168,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--png", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "img"
                     / "file_pipeline.png")
     ap.add_argument("--tmp", type=Path, default=None, help="folder for the generated files")
+    ap.add_argument("--no-fuse-too", action="store_true", help="also run `flownb run --no-fuse` (every step "
+                    "on its own, as before fused stages) and report fused/unfused")
     a = ap.parse_args(argv)
     sizes = sorted(set(a.rows + ([10_000_000] if a.with_1e7 else [])))
     results = []
@@ -177,17 +189,26 @@ def main(argv: list[str] | None = None) -> int:
             src = work / "orders.csv"
             make_csv(src, n)
             f = run_flownb(src, work, a.batch_size)
+            unfused = run_flownb(src, work, a.batch_size, "--no-fuse") if a.no_fuse_too else None
             loop = run_loop(src, work)
             pds = run_pandas(src, work)
         if not f["rows_out"] == loop["rows_out"] == pds["rows_out"]:
             raise SystemExit(f"outputs differ at {n:,} rows: flownb {f['rows_out']:,}, loop "
                              f"{loop['rows_out']:,}, pandas {pds['rows_out']:,}")
+        if unfused is not None and unfused["rows_out"] != f["rows_out"]:
+            raise SystemExit(f"--no-fuse wrote {unfused['rows_out']:,} rows, fused {f['rows_out']:,}")
         r = {"rows": n, "kept": f["rows_out"], "flownb": f, "loop": loop, "pandas": pds,
-             "ratio": loop["seconds"] / f["seconds"]}
+             "ratio": loop["seconds"] / f["seconds"], "cpu_ratio": loop["cpu_seconds"] / f["cpu_seconds"]}
+        if unfused is not None:
+            r["unfused"] = unfused
+            r["fused_over_unfused"] = unfused["seconds"] / f["seconds"]
         results.append(r)
         print(f"{n:>11,} rows: flownb {n / f['seconds']:>9,.0f} rows/s, peak RSS {f['peak_rss_mb']:6.1f} MB, "
               f"state db {f['state_db_mb']:6.2f} MB | loop {n / loop['seconds']:>9,.0f} rows/s | pandas "
-              f"{n / pds['seconds']:>9,.0f} rows/s | flownb/loop {r['ratio']:.3f}", file=sys.stderr, flush=True)
+              f"{n / pds['seconds']:>9,.0f} rows/s | flownb/loop {r['ratio']:.3f} (CPU time: "
+              f"{r['cpu_ratio']:.3f})"
+              + (f" | --no-fuse {n / unfused['seconds']:,.0f} rows/s (fused {r['fused_over_unfused']:.2f}x)"
+                 if unfused is not None else ""), file=sys.stderr, flush=True)
     draw(results, a.png)
     last = results[-1]
     summary = {
@@ -198,10 +219,19 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mb": [round(r["flownb"]["peak_rss_mb"], 1) for r in results],
         "state_db_mb": [round(r["flownb"]["state_db_mb"], 2) for r in results],
         "ratio_vs_loop": round(last["ratio"], 4),
+        # the same ratio on CPU seconds (flownb run's user + system time, the loop's process time):
+        # what a loaded machine (other processes on the cores) changes least
+        "cpu_ratio_vs_loop": round(last["cpu_ratio"], 4),
+        "flownb_cpu_rows_s": [round(r["rows"] / r["flownb"]["cpu_seconds"]) for r in results],
         "ratio_vs_pandas": round(last["pandas"]["seconds"] / last["flownb"]["seconds"], 4),
         "rss_growth": round(last["flownb"]["peak_rss_mb"] / results[0]["flownb"]["peak_rss_mb"], 3),
         "png": str(a.png), "batch_size": a.batch_size, "durable": "sqlite wal, synchronous=NORMAL",
     }
+    if a.no_fuse_too:
+        summary["unfused_rows_s"] = [round(r["rows"] / r["unfused"]["seconds"]) for r in results]
+        summary["fused_over_unfused"] = [round(r["fused_over_unfused"], 3) for r in results]
+        summary["fused_over_unfused_cpu"] = [round(r["unfused"]["cpu_seconds"] / r["flownb"]["cpu_seconds"], 3)
+                                             for r in results]
     print(json.dumps(summary))
     return 0
 

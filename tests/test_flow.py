@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import pytest
@@ -282,3 +283,29 @@ def test_flownb_run_from_another_directory_reads_and_writes_beside_the_spec(tmp_
                        cwd=elsewhere, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"csv.poll 'src': no file matches '{project.resolve()}/missing/*.csv'; nothing to read" in r.stderr
+
+
+def _fuse_flow(fuse: str) -> str:
+    return ("name: f\ntrigger: {name: t, component: webhook, config: {token_env: X}}\nsteps:\n"
+            "  - {name: a, component: mapping, config: {fields: {x: x}}}\n"
+            "  - {name: b, component: filter, config: {condition: x}}\n"
+            "  - {name: c, component: mapping, config: {fields: {x: x}}}\n" + fuse + "\n")
+
+
+def test_fuse_names_consecutive_action_steps_and_round_trips():
+    f = load(_fuse_flow("fuse: [a, b]"))
+    assert f.fuse == [["a", "b"]] and f.fused_group("b") == ["a", "b"] and f.fused_group("c") == ["c"]
+    assert load(f.to_yaml()) == f
+    assert load(_fuse_flow("fuse: [[a, b]]")) == f
+
+
+@pytest.mark.parametrize("fuse,says", [
+    ("fuse: [a, c]", "are not consecutive steps in flow order"),
+    ("fuse: [a, z]", "no action step 'z'"),
+    ("fuse: [a]", "a fused group runs two or more consecutive action steps"),
+    ("fuse: [t, a]", "'t' is the trigger"),
+    ("fuse: [[a, b], [b, c]]", "step 'b' is in two groups"),
+])
+def test_a_bad_fuse_is_a_clear_spec_error(fuse, says):
+    with pytest.raises(SpecError, match=re.escape(says)):
+        load(_fuse_flow(fuse))

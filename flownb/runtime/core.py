@@ -316,7 +316,7 @@ class StepRunner:
         try:
             children = []
             payloads = []
-            for body in _bodies(result):
+            for body in ((result,) if type(result) is dict else _bodies(result)):
                 if not isinstance(body, dict):
                     raise MessageError(f"an output must be a JSON object (dict), got {type(body).__name__}",
                                        step=name)

@@ -83,3 +83,13 @@ def test_a_step_named_like_the_on_error_service_is_refused():
                 on_error=[step("say", "log")])
     with pytest.raises(DeployError, match="rename the step"):
         render_compose(flow)
+
+
+def test_a_fused_group_is_one_service_running_its_first_step():
+    flow = Flow(name="fused", trigger=step("tick", "schedule", cron="* * * * *"),
+                steps=[step("shape", "mapping", fields={"a": "a"}), step("keep", "filter", condition="a"),
+                       step("out", "log")], fuse=[["shape", "keep"]])
+    doc = render_compose(flow, broker_url="amqp://guest@mq.example:5672/")
+    _validate(doc)
+    assert list(doc["services"]) == ["tick", "shape", "out"]     # no service of its own for 'keep'
+    assert doc["services"]["shape"]["command"][:5] == ["flownb", "worker", "/app/flow.yaml", "--step", "shape"]
