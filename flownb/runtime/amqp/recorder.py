@@ -120,7 +120,12 @@ class Tap:
     # processing thread
     def stage(self, outcomes: list) -> None:
         """Compute the rows of a batch's sampled outcomes (the processing thread: never the I/O loop)."""
-        rows = self.recorder.rows(self.step, outcomes)
+        try:
+            rows = self.recorder.rows(self.step, outcomes)
+        except Exception:  # noqa: BLE001 - the recorder never stops a step
+            self.dropped += len(outcomes)
+            log.exception("step '%s': flight recorder rows could not be made; dropped", self.step)
+            return
         if rows:
             self._staged.append(rows)
 
