@@ -121,7 +121,12 @@ class Tap:
     def stage(self, outcomes: list, step: str | None = None) -> None:
         """Compute the rows of a batch's sampled outcomes (the processing thread: never the I/O loop);
         ``step``: the member of a fused stage that produced them (default: the worker's step)."""
-        rows = self.recorder.rows(step or self.step, outcomes)
+        try:
+            rows = self.recorder.rows(step or self.step, outcomes)
+        except Exception:  # noqa: BLE001 - the recorder never stops a step
+            self.dropped += len(outcomes)
+            log.exception("step '%s': flight recorder rows could not be made; dropped", step or self.step)
+            return
         if rows:
             self._staged.append(rows)
 
