@@ -83,8 +83,8 @@ class Plan:
         old_hash, new_hash = self.old.spec_hash(), self.new.spec_hash()
         out.append(f"  spec {old_hash} → {new_hash}" if old_hash != new_hash
                    else f"  spec {new_hash} (unchanged)")
-        if self.specs is not None:
-            other = {h: n for h, n in self.specs.items() if h != new_hash}
+        if self.specs is not None:  # the messages carry the short form (meta.spec)
+            other = {h: n for h, n in self.specs.items() if h != self.new.spec_hash(short=True)}
             if other:
                 most = sorted(other.items(), key=lambda x: (-x[1], x[0]))
                 listing = ", ".join(f"{h or 'unstamped'}: {n:,}" for h, n in most)
@@ -445,6 +445,9 @@ def _plan_cli(args) -> int:
     con = console()
     for line in plan.lines():
         con.print(line, soft_wrap=True, markup=False)
+    if args.broker:
+        con.print("  queued messages per spec version: not counted on RabbitMQ (reading a message takes it off "
+                  "its queue and returns it; see docs/rabbitmq.md)", soft_wrap=True, markup=False)
     if plan.orphaned or plan.guessed:
         con.print("upgrade would refuse: confirm the renames or empty the removed steps' queues first",
                   markup=False)
