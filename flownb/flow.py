@@ -293,11 +293,12 @@ class Flow(BaseModel):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.spec(), sort_keys=False, allow_unicode=True, width=100)
 
-    def spec_hash(self) -> str:
-        """A short hash of the spec (its canonical JSON, ``{{ parameter }}`` templates filled): equal
-        for equal flows, whatever the YAML's layout, and the same for a flow and its :meth:`resolved`
-        copy (what the runtimes run); deployments carry it so a changed spec rolls the workers, and
-        every message carries the hash of the spec that produced it (``meta.spec``)."""
+    def spec_hash(self, short: bool = False) -> str:
+        """A short hash of the spec (its canonical JSON, ``{{ parameter }}`` templates filled; 16 hex
+        digits): equal for equal flows, whatever the YAML's layout, and the same for a flow and its
+        :meth:`resolved` copy (what the runtimes run); deployments carry it so a changed spec rolls the
+        workers. ``short``: its first 8 digits, which every message carries (``meta.spec``: the spec
+        that produced it) — as a short git hash names a commit, at 18 bytes a message."""
         import hashlib
         import json
         if self._hash is not None:
@@ -306,7 +307,7 @@ class Flow(BaseModel):
             spec = self._filled(paths=False).spec()  # relative paths as written: not where the file lies
         except ParameterError:  # a template naming no parameter: validation reports it; hash as written
             spec = self.spec()
-        return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:8 if short else 16]
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

@@ -4,12 +4,12 @@ A message has an ``id`` (uuid4 hex), a ``body`` (a JSON object), ``headers`` (st
 ``meta`` (flow, step, parent id, trace id, attempt, created-at, spec). On the wire it is one JSON object::
 
     {"id": …, "body": {…}, "headers": {…}, "meta": {"flow": …, "step": …, "parent": …,
-     "trace": …, "attempt": 1, "created": 1732640000.123, "spec": "3f2a…"}}
+     "trace": …, "attempt": 1, "created": 1732640000.123, "spec": "3f2a9c01"}}
 
 ``meta.step`` is the step that produced the message and ``meta.spec`` the
-:meth:`~flownb.flow.Flow.spec_hash` of the spec it ran under (a replay: the spec it was replayed
-under). ``spec`` is left out when empty, and a message without it (written by an older flownb)
-decodes with ``spec == ""``.
+:meth:`~flownb.flow.Flow.spec_hash` (short form: 8 hex digits) of the spec it ran under (a replay:
+the spec it was replayed under). ``spec`` is left out when empty, and a message without it (written
+by an older flownb) decodes with ``spec == ""``.
 
 ``encode_body`` refuses anything that is not JSON: a body that cannot be serialised is a
 :class:`~flownb.errors.MessageError` naming the step that produced it, never a silent ``str()``.
@@ -107,7 +107,7 @@ class Message:
     trace: str = ""
     attempt: int = 1
     created: float = field(default_factory=time.time)
-    spec: str = ""  # Flow.spec_hash() of the spec that produced it ("" when unknown: an older message)
+    spec: str = ""  # Flow.spec_hash(short=True) of the spec that produced it ("": an older message)
 
     def __post_init__(self) -> None:
         if not self.trace:

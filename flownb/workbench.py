@@ -458,7 +458,7 @@ def replay_rows(flow: Flow, rows: Sequence[Mapping[str, Any]], *, state_dir: str
         m = Message.from_dict(stored.to_dict())
         m.body = body
         m.attempt = 1
-        m.spec = stamp[REPLAY_SPEC]  # meta.spec and the header agree: the spec it was replayed under
+        m.spec = flow.spec_hash(short=True)  # the short form of the header's hash: the spec it was replayed under
         m.headers = {**m.headers, **stamp, REPLAYED_FROM: f"{dead_step}/{dead_id}"}
         if changed:
             m.headers[REPLAY_EDITED] = "true"

@@ -64,7 +64,7 @@ class ErrorInfo:
     retryable: bool
     traceback: str = ""
     at: float = field(default_factory=time.time)
-    spec: str = ""  # Flow.spec_hash() of the spec the step ran under when it failed ("": an older record)
+    spec: str = ""  # Flow.spec_hash(short=True) of the spec the step ran under when it failed ("": older)
 
     @classmethod
     def from_exception(cls, exc: BaseException, step: str, attempt: int, retryable: bool,
@@ -137,9 +137,10 @@ _ENVELOPE = 512
 
 
 def _too_large(step: str, size: int, limit: int, what: str) -> MessageTooLarge:
-    # the size in KiB with one decimal: the envelope (flow name, ids) changes the exact byte count
-    return MessageTooLarge(f"{what} is {size / 1024:,.1f} KiB, over the flow's max_message_bytes ({limit:,} "
-                           f"bytes); "
+    # the size in KiB with one decimal, cut (not rounded): the envelope (flow name, ids, meta.spec) changes
+    # the exact byte count by tens of bytes, and a cut figure moves only every 102.4 bytes
+    kib = (size * 10 // 1024) / 10
+    return MessageTooLarge(f"{what} is {kib:,.1f} KiB, over the flow's max_message_bytes ({limit:,} bytes); "
                            f"emit smaller messages (split the record, drop large fields) or raise "
                            f"max_message_bytes in the spec (keep it under the broker's limit)",
                            step=step, size=size, limit=limit)
@@ -179,7 +180,7 @@ class StepRunner:
                                                  state_dir=state_dir)  # type: ignore[assignment]
         self.ctx = self.component.ctx
         self.max_bytes = flow.max_message_bytes
-        self.spec = flow.spec_hash()  # stamped on every output (meta.spec) and failure (ErrorInfo.spec)
+        self.spec = flow.spec_hash(short=True)  # stamped on every output (meta.spec) and failure (ErrorInfo.spec)
         self._open = False
         self.setup_error: Exception | None = None   # the last setup() failure, while not open
         self.setup_failures = 0
@@ -443,7 +444,7 @@ class TriggerRunner:
                                                     state_dir=state_dir)
         self.ctx = self.component.ctx
         self.max_bytes = flow.max_message_bytes
-        self.spec = flow.spec_hash()  # meta.spec of every message the trigger emits
+        self.spec = flow.spec_hash(short=True)  # meta.spec of every message the trigger emits
         #: records of the last poll that could not become messages (too large): (message, error,
         #: payload) — the runtime stores them as the trigger's dead letters with the new cursor
         self.last_dead: list[tuple[Message, ErrorInfo, bytes]] = []

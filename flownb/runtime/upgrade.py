@@ -83,8 +83,8 @@ class Plan:
         old_hash, new_hash = self.old.spec_hash(), self.new.spec_hash()
         out.append(f"  spec {old_hash} → {new_hash}" if old_hash != new_hash
                    else f"  spec {new_hash} (unchanged)")
-        if self.specs is not None:
-            other = {h: n for h, n in self.specs.items() if h != new_hash}
+        if self.specs is not None:  # the messages carry the short form (meta.spec)
+            other = {h: n for h, n in self.specs.items() if h != self.new.spec_hash(short=True)}
             if other:
                 most = sorted(other.items(), key=lambda x: (-x[1], x[0]))
                 listing = ", ".join(f"{h or 'unstamped'}: {n:,}" for h, n in most)
@@ -245,9 +245,14 @@ def _manifest(ch, flow: str) -> dict | None:
     import orjson
 
     from .amqp import names
+    from .amqp.topology import _declare_kept, queue_type
     q = names.manifest_queue(flow)
-    # a register: the newest manifest pushes the old one out (drop-head)
-    ch.queue_declare(q, durable=True, arguments={"x-max-length": 1})
+    # a register: the newest manifest pushes the old one out (drop-head); replicated with quorum queues
+    # (one an older flownb declared classic is kept), so a worker starts while any one node is down
+    if queue_type() == "quorum":
+        _declare_kept(ch, q, {"x-max-length": 1})
+    else:
+        ch.queue_declare(q, durable=True, arguments={"x-max-length": 1})
     method, _, body = ch.basic_get(q, auto_ack=False)
     if method is None:
         return None
@@ -353,8 +358,16 @@ def _move_queue(conn, queue: str, exchange: str, routing_key: str) -> int:
         ch.basic_publish(exchange, routing_key, body, redelivered_props(props, headers))
         ch.basic_ack(method.delivery_tag)
         n += 1
+    from .amqp.topology import queue_type
     try:
-        ch.queue_delete(queue, if_empty=True)
+        if queue_type() == "quorum":
+            # RabbitMQ refuses queue.delete if-empty on a quorum queue (540, closing the connection):
+            # delete it only when a passive declare shows it empty and unconsumed
+            ok = ch.queue_declare(queue, passive=True).method
+            if ok.message_count == 0 and ok.consumer_count == 0:
+                ch.queue_delete(queue)
+        else:
+            ch.queue_delete(queue, if_empty=True)
     except pika.exceptions.ChannelClosedByBroker:  # published to meanwhile: left in place
         pass
     if ch.is_open:
@@ -432,6 +445,9 @@ def _plan_cli(args) -> int:
     con = console()
     for line in plan.lines():
         con.print(line, soft_wrap=True, markup=False)
+    if args.broker:
+        con.print("  queued messages per spec version: not counted on RabbitMQ (reading a message takes it off "
+                  "its queue and returns it; see docs/rabbitmq.md)", soft_wrap=True, markup=False)
     if plan.orphaned or plan.guessed:
         con.print("upgrade would refuse: confirm the renames or empty the removed steps' queues first",
                   markup=False)

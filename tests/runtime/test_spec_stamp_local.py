@@ -51,8 +51,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_every_message_carries_the_spec_that_produced_it_and_dead_letters_the_spec_they_died_under(tmp_path):
     flow = _flow()
-    h = flow.spec_hash()
-    assert flow.resolved().spec_hash() == h  # what the runtime runs hashes like the spec as written
+    h = flow.spec_hash(short=True)  # what messages carry: the first 8 of the 16 hex digits
+    assert flow.resolved().spec_hash() == flow.spec_hash() and flow.spec_hash().startswith(h) and len(h) == 8
     state = tmp_path / "state"
     clock = VirtualClock()
     with LocalRuntime(flow, state, clock=clock) as rt:
@@ -85,13 +85,13 @@ def test_every_message_carries_the_spec_that_produced_it_and_dead_letters_the_sp
     assert shown.returncode == 0 and orjson.loads(shown.stdout)["spec"] == h
 
     fixed = _flow(fixed=True)
-    h2 = fixed.spec_hash()
+    h2 = fixed.spec_hash(short=True)
     assert h2 != h
     flownb.replay(df, fixed, state_dir=state)  # replayed under the fixed spec: meta.spec and the header agree
     with LocalRuntime(fixed, state) as rt:
         replayed = _queued(rt, "check")
         assert len(replayed) == len(dead)
-        assert {(m["meta"]["spec"], m["headers"][REPLAY_SPEC]) for m in replayed} == {(h2, h2)}
+        assert {(m["meta"]["spec"], m["headers"][REPLAY_SPEC]) for m in replayed} == {(h2, fixed.spec_hash())}
 
 
 def test_plan_counts_the_queued_messages_of_another_spec_version_and_old_messages_still_run(tmp_path):
@@ -110,7 +110,7 @@ def test_plan_counts_the_queued_messages_of_another_spec_version_and_old_message
     assert plan.returncode == 0, plan.stderr
     assert f"spec {old.spec_hash()} → {new.spec_hash()}" in plan.stdout
     assert (f"{N + 1:,} of {N + 1:,} queued message(s) were produced by another spec version "
-            f"({old.spec_hash()}: {N:,}, unstamped: 1)") in plan.stdout
+            f"({old.spec_hash(short=True)}: {N:,}, unstamped: 1)") in plan.stdout
     same = _cli("plan", str(new_spec), str(new_spec), "--state-dir", str(state))
     assert f"spec {new.spec_hash()} (unchanged)" in same.stdout
 
@@ -122,6 +122,6 @@ def test_plan_counts_the_queued_messages_of_another_spec_version_and_old_message
         assert not _queued(rt, "flaky")
         outputs = _queued(rt, "check")
         assert sorted(m["body"]["n"] for m in outputs) == [*range(N), 100]
-        assert {m["meta"]["spec"] for m in outputs} == {new.spec_hash()}
+        assert {m["meta"]["spec"] for m in outputs} == {new.spec_hash(short=True)}
     after = _cli("plan", str(new_spec), str(new_spec), "--state-dir", str(state))
     assert f"{N + 1:,} queued message(s), all produced by the new spec" in after.stdout

@@ -86,7 +86,7 @@ class AmqpIngest:
             raise MessageError(f"flow '{flow.name}' has no action after its webhook trigger; add a step")
         self.flow = flow.name
         self._spec = flow
-        self._spec_hash = flow.spec_hash()  # meta.spec of every message it publishes
+        self._spec_hash = flow.spec_hash(short=True)  # meta.spec of every message it publishes
         self.url = url
         self.routing_key = flow.steps[0].name
         self.exchange = names.exchange(flow.name)

@@ -327,20 +327,20 @@ def _create_cursor(ch, flow: Flow, cursor: str) -> None:
 _WARNED: set[str] = set()
 
 
-def _declare_kept(ch, queue: str) -> None:
+def _declare_kept(ch, queue: str, args: dict | None = None) -> None:
     """Declare ``queue`` as a quorum queue, or keep it as the classic queue an older flownb declared
     (a queue's type cannot change; its messages stay readable), warning once that it is not replicated.
     Declared on a channel of its own: a refused declare closes its channel."""
     import logging
     probe = ch.connection.channel()
     try:
-        _declare(probe, queue, None, "quorum")
+        _declare(probe, queue, args, "quorum")
     except TopologyError:
         if queue not in _WARNED:
             _WARNED.add(queue)
             logging.getLogger(__name__).warning(
                 "queue '%s' is a classic queue (declared by an older flownb): it is not replicated; once it is "
-                "empty (flownb dlq list), delete it and the next worker declares a quorum queue", queue)
+                "empty, delete it and the next worker declares a quorum queue", queue)
     finally:
         if probe.is_open:
             probe.close()

@@ -104,8 +104,8 @@ def test_the_node_leading_the_trigger_state_dies_and_a_standby_trigger_goes_on_f
     import threading
     import time
 
-    from flownb.cursor import read_cursor
     from flownb.runtime.amqp import names
+    from flownb.runtime.amqp.trigger import read_state
     monkeypatch.setenv("FLOWNB_QUEUE_TYPE", "quorum")  # as the workers (_worker): read_cursor below
     a, b, c = cluster
     total, per_tick = 3000, 20
@@ -153,6 +153,11 @@ def test_the_node_leading_the_trigger_state_dies_and_a_standby_trigger_goes_on_f
         wait_for(lambda: sink_counts(db)[0] == total, timeout=300,
                  what=f"all {total} rows at the sink after the node died (had {at_kill})")
         assert _leader(a, cursor_q) in (f"{a.name}@localhost", f"{c.name}@localhost")
+        # a worker that starts while the node is down starts (manifest, topology: all replicated)
+        logs["late"] = tmp_path / "late.log"
+        procs.append(_worker(spec, "work", steps_url, logs["late"]))
+        wait_for(lambda: "consuming" in logs["late"].read_text() or procs[-1].poll() is not None, timeout=120,
+                 what="a worker started after the node died to consume")
         for p in procs:
             assert p.poll() is None, f"a worker died: {p.args}"
     finally:
@@ -165,9 +170,11 @@ def test_the_node_leading_the_trigger_state_dies_and_a_standby_trigger_goes_on_f
     dup = con.execute("SELECT count(*) FROM rows").fetchone()[0]
     con.close()
     print(f"\ntrigger-state failover: rows written {dup}, distinct rows at the sink {seen}, arrivals {arrivals} "
-          f"(duplicates {arrivals - seen}, all from step redeliveries), rows at the sink when the node died {at_kill}")
+          f"(duplicates {arrivals - seen}), rows at the sink when the node died {at_kill}")
     assert dup == total and seen == total and at_kill < total  # the kill happened mid-run
-    assert codes == [0, 0, 0, 0], {s: p.read_text()[-3000:] for s, p in logs.items()}
+    assert codes == [0] * 5, {s: p.read_text()[-3000:] for s, p in logs.items()}
     b_log = logs["src-b"].read_text()
     assert "took over as the active poller" in b_log and "emitted" in b_log, b_log[-3000:]  # B took over and polled
-    assert read_cursor(flow, broker=",".join([a.url, c.url]))["cursor"] == total  # on the surviving nodes
+    # on the surviving nodes (read_state: basic.get; 'flownb state' refuses while the queue still counts the
+    # consumer that trigger A had through the dead node, until that node rejoins or is forgotten)
+    assert read_state(flow, ",".join([a.url, c.url]))["cursor"] == total

@@ -61,7 +61,7 @@ def test_messages_retries_and_dead_letters_on_the_broker_carry_the_spec_hash(bro
                                                                             queue_type):
     monkeypatch.setenv("FLOWNB_QUEUE_TYPE", queue_type)
     flow = _flow(tmp_path / "sink.db")
-    h = flow.spec_hash()
+    h = flow.spec_hash(short=True)
     spec = flow.save(tmp_path / "flow.yaml")
     procs = [_worker(spec, s, broker, tmp_path / f"{s}.log") for s in ("work", "check", "src")]  # no sink worker
     try:
@@ -92,10 +92,14 @@ def test_messages_retries_and_dead_letters_on_the_broker_carry_the_spec_hash(bro
     assert retried["meta"]["attempt"] == 2 and orjson.loads(headers[ERROR_HEADER])["spec"] == h
 
     fixed = _flow(tmp_path / "sink.db", fixed=True)
-    h2 = fixed.spec_hash()
+    h2 = fixed.spec_hash(short=True)
     assert h2 != h
     done = flownb.replay(df, fixed, broker=broker)
     assert len(done) == 4
     replayed = _drain(broker, names.step_queue(flow.name, "check"))
     assert sorted(m["body"]["n"] for m, _ in replayed) == [0, 5, 10, 15]
-    assert {(m["meta"]["spec"], m["headers"][REPLAY_SPEC]) for m, _ in replayed} == {(h2, h2)}
+    assert {(m["meta"]["spec"], m["headers"][REPLAY_SPEC]) for m, _ in replayed} == {(h2, fixed.spec_hash())}
+    plan = _cli("plan", str(spec), str(fixed.save(tmp_path / "fixed.yaml")), "--broker", broker)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert f"spec {flow.spec_hash()} → {fixed.spec_hash()}" in plan.stdout
+    assert "queued messages per spec version: not counted on RabbitMQ" in plan.stdout

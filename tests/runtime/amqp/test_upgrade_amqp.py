@@ -21,7 +21,9 @@ def _flow(middle: str) -> flownb.Flow:
                        steps=[flownb.step(middle, "mapping", fields={"id": "id"}), flownb.step("out", "log")])
 
 
-def test_upgrade_moves_a_renamed_steps_messages_and_dead_letters(broker):
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])  # quorum: no queue.delete if-empty
+def test_upgrade_moves_a_renamed_steps_messages_and_dead_letters(broker, monkeypatch, queue_type):
+    monkeypatch.setenv("FLOWNB_QUEUE_TYPE", queue_type)
     old, new = _flow("slow"), _flow("enrich")
     conn = connect(broker)
     ch = conn.channel()
