@@ -125,7 +125,11 @@ class FileRead(PollingTrigger[FileReadConfig]):
         at = state.get("at")
         out: list[dict] = []
         limit = self.config.batch_size
-        for path in self._files():
+        files = self._files()
+        if at and at.get("path") in files:  # the file under way first: its offset is the one kept
+            files.remove(at["path"])
+            files.insert(0, at["path"])
+        for path in files:
             if len(out) >= limit:
                 break
             try:
