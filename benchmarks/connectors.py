@@ -1,9 +1,10 @@
-"""mqtt.subscribe, redis.stream, nats.subscribe and amqp.consume into the embedded runtime;
-mqtt.publish, redis.xadd, redis.set, nats.publish, amqp.publish and smtp.send out of it.
+"""mqtt.subscribe, redis.stream, nats.subscribe, amqp.consume and file.read into the embedded runtime;
+mqtt.publish, redis.xadd, redis.set, nats.publish, amqp.publish, smtp.send and file.write out of it.
 
 Triggers: ``--messages`` messages wait at the broker (MQTT: QoS 1 in the flow's persistent session;
 Redis: entries of a fresh stream; NATS: messages of a fresh JetStream stream; AMQP: persistent
-messages of a fresh RabbitMQ queue), then ``LocalRuntime.poll_backlog()`` takes them into the SQLite
+messages of a fresh RabbitMQ queue; files: 4 × ``--messages`` rows of one Parquet file, ``--messages``
+rows of one Excel sheet), then ``LocalRuntime.poll_backlog()`` takes them into the SQLite
 queue (each poll committed with its state, acknowledged by the next poll) — timed until every one is
 committed. Actions: the shared StepRunner's ``run_batch`` of ``--batch`` messages at a time (MQTT: a
 PUBACK for each; Redis: one pipelined round trip per batch; NATS: JetStream's acknowledgement of
@@ -205,6 +206,35 @@ def smtp_send(n: int, batch: int) -> float:
         server.stop()
 
 
+def file_read(n: int, fmt: str) -> float:
+    """Rows of one Parquet file (row groups of 10,000) or Excel sheet into the embedded runtime."""
+    import openpyxl
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/in.{'parquet' if fmt == 'parquet' else 'xlsx'}"
+        flow = Flow(name=f"bench-{fmt}", trigger=step("src", "file.read", path=path, batch_size=1000),
+                    steps=[step("sink", "log", level="debug")])
+
+        def fill():
+            if fmt == "parquet":
+                pq.write_table(pa.table({"id": list(range(n)), "v": ["x" * 50] * n}), path, row_group_size=10000)
+            else:
+                wb = openpyxl.Workbook(write_only=True)
+                ws = wb.create_sheet("s")
+                ws.append(["id", "v"])
+                for i in range(n):
+                    ws.append([i, "x" * 50])
+                wb.save(path)
+        return _into_runtime(flow, n, fill)
+
+
+def file_write(n: int, batch: int, fmt: str) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/out" + ("" if fmt == "parquet" else ".xlsx")
+        return _action("file.write", {"path": path, "format": fmt}, n, batch)
+
+
 def _action(component: str, config: dict, n: int, batch: int) -> float:
     flow = Flow(name="bench-out", trigger=step("src", "bench.noop"), steps=[step("out", component, **config)])
     runner = StepRunner(flow, "out").open()
@@ -232,6 +262,8 @@ def main() -> None:
         "redis.stream": redis_stream(args.messages),
         "nats.subscribe": nats_subscribe(args.messages),
         "amqp.consume": amqp_consume(args.messages),
+        "file.read parquet": file_read(args.messages * 4, "parquet"),
+        "file.read excel": file_read(args.messages, "excel"),
         "mqtt.publish": _action("mqtt.publish", {"topic": "flownb-bench/out"}, args.messages, args.batch),
         "redis.xadd": _action("redis.xadd", {"stream": key}, args.messages, args.batch),
         # keys of this run expire after 5 minutes
@@ -239,10 +271,13 @@ def main() -> None:
         "nats.publish": nats_publish(args.messages, args.batch),
         "amqp.publish": amqp_publish(args.messages, args.batch),
         "smtp.send": smtp_send(min(args.messages, 1000), args.batch),
+        "file.write parquet": file_write(args.messages, args.batch, "parquet"),
+        # the workbook is rewritten per batch: cost grows with the file (2,000 rows here)
+        "file.write excel": file_write(min(args.messages, 2000), args.batch, "excel"),
     }
     redis.Redis().delete(key)
     for name, rate in result.items():
-        print(f"{name:16} {rate:10,.0f} messages/s")
+        print(f"{name:18} {rate:10,.0f} messages/s")
     print(json.dumps({k: round(v) for k, v in result.items()}))
 
 

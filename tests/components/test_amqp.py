@@ -356,3 +356,15 @@ def test_dry_run_shows_the_message_without_connecting():
     assert r.last == [{"region": "eu", "n": 2}] and [d.error.type for d in r.dead_letters] == ["FatalError"]
     assert r.effects["out"] == [{"exchange": "shop", "routing_key": "orders.eu", "payload": {"n": 2},
                                  "persistent": True}]
+
+
+def test_the_broker_from_url_env_and_a_wrong_vhost_says_what_to_check(queues, trigger_runner, monkeypatch):
+    q = queues()
+    send(q, [{"id": 1}])
+    monkeypatch.setenv("FLOWNB_T_AMQP_URL", URL)
+    runner = trigger_runner("amqp.consume", {"queue": q, "url_env": "FLOWNB_T_AMQP_URL", "wait": "300ms"})
+    assert [m.body for m in runner.poll({})[0]] == [{"id": 1}]
+    monkeypatch.setenv("FLOWNB_T_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/" + unique("no-such-vhost"))
+    with pytest.raises(FatalError, match="refused the login or the virtual host.*'vhost'") as e:
+        trigger_runner("amqp.consume", {"queue": q, "url_env": "FLOWNB_T_AMQP_URL"})
+    assert "guest:guest" not in str(e.value)  # the URL's password is not repeated
