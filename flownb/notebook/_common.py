@@ -1,4 +1,4 @@
-"""Small helpers shared by the notebook widgets: sample checking, paths, debouncing, error HTML."""
+"""Small helpers shared by the notebook widgets: sample checking, paths, debouncing, error HTML, CSS."""
 
 from __future__ import annotations
 
@@ -10,6 +10,25 @@ from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("flownb.notebook")
+
+#: CSS the widgets need beyond ipywidgets' own, scoped to flownb's classes: a checkbox centred on its
+#: label's line (ipywidgets lays the box on the text's baseline, a few pixels high) and never cut to
+#: "…" when its row has room
+_CSS = """
+.flownb-flow-builder .widget-checkbox .widget-label-basic { display: flex; align-items: center; }
+.flownb-flow-builder .widget-checkbox input[type="checkbox"] { margin-top: 0; margin-bottom: 0; }
+.flownb-flow-builder .flownb-live, .flownb-flow-builder .flownb-live .widget-label-basic { width: auto; }
+"""
+
+
+def style_widget():
+    """A hidden HTML widget holding flownb's CSS (a ``<style>`` applies to the whole page); put it
+    into a widget's root box."""
+    import ipywidgets as w
+
+    box = w.HTML(f"<style>{_CSS}</style>", layout=w.Layout(display="none"))
+    box.add_class("flownb-style")
+    return box
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

@@ -18,7 +18,7 @@ from .. import registry
 from ..display import dead_letters_html, effects_tabs, flow_svg, records_html, timings_html
 from ..errors import FlownbError, SpecError
 from ..flow import Flow, RetryPolicy, Step, fill_templates
-from ._common import Debouncer, as_sample, error_html, log, ok_html
+from ._common import Debouncer, as_sample, error_html, log, ok_html, style_widget
 from .forms import ConfigForm
 
 __all__ = ["FlowBuilder"]
@@ -140,17 +140,17 @@ class FlowBuilder:
         self.run_button.add_class("flownb-run")
         self.run_button.on_click(lambda _b: self.run())
         self.live = w.Checkbox(value=False, description="live: really send requests and write tables/files",
-                               indent=False)
+                               indent=False, layout=w.Layout(width="auto", flex="0 0 auto"))
         self.live.add_class("flownb-live")
         self.path = w.Text(value=str(path), description="save to", continuous_update=False)
         self.save_button = w.Button(description="save", icon="save")
         self.save_button.add_class("flownb-save")
         self.save_button.on_click(lambda _b: self._save_clicked())
         self.run_output = w.Output()
-        self.results = w.Tab()
+        self.results = w.Tab(layout=w.Layout(display="none"))  # shown by the first run: no empty box before
         self.results.add_class("flownb-results")
         self.widget = w.VBox([
-            self.name, w.HTML("<b>palette</b> — click a component to add it"), self.palette,
+            style_widget(), self.name, w.HTML("<b>palette</b> — click a component to add it"), self.palette,
             self.steps_box, self.status, self.diagram,
             w.HBox([self.run_button, self.live, self.path, self.save_button]), self.run_output, self.results,
         ])
@@ -326,6 +326,7 @@ class FlowBuilder:
             h.add_class("flownb-result-panel")
             children.append(h)
         self.results.children = children
+        self.results.layout.display = None
         for i, (title, _body) in enumerate(tabs):
             self.results.set_title(i, title)
         self.results.selected_index = 0

@@ -66,7 +66,8 @@ class DeadLetterWorkbench:
         self.table.add_class("flownb-dead-letter-table")
         self.field = w.Combobox(description="field", placeholder="amount or customer.email",
                                 ensure_option=False)
-        self.value = w.Text(description="value", placeholder='JSON or text; empty removes the field')
+        self.value = w.Text(description="value", placeholder="JSON or text; empty removes the field",
+                            layout=w.Layout(width="30em"))  # the placeholder is read whole
         self.field.add_class("flownb-edit-field")
         self.value.add_class("flownb-edit-value")
         self.rows.add_class("flownb-rows")
@@ -134,6 +135,7 @@ class DeadLetterWorkbench:
         g = self.group()
         body = self.body_columns
         self.rows.options = [(_label(r, body), i) for i, r in g.iterrows()]
+        self.rows.rows = max(2, min(len(self.rows.options), 8))  # as tall as its rows: no empty box below
         self.rows.value = tuple(i for _l, i in self.rows.options)  # the whole group, until narrowed
         shown = g[[*_SHOWN, "_error", *body]].head(50)
         self.table.value = shown.to_html(max_cols=20, na_rep="", escape=True, classes="flownb-table")

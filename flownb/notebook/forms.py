@@ -74,7 +74,9 @@ class _Field:
                                      (None if optional else (opts[0] if opts else None)),
                                      description=label, style=style, layout=layout)
         elif self.kind == "bool":
-            self.widget = w.Checkbox(value=bool(current), description=label, indent=False)
+            # indented by the label column, so the box lines up with the other fields' inputs
+            self.widget = w.Checkbox(value=bool(current), description=label, indent=True, style=style,
+                                     layout=w.Layout(width="auto"))
         elif self.kind == "int":
             self.widget = w.IntText(value=int(current), description=label, style=style, layout=layout)
         elif self.kind == "float":
@@ -83,8 +85,9 @@ class _Field:
             text = "" if current in (None, {}, []) and value is _UNSET else _yaml(current)
             example = "YAML, e.g. [a, b]" if typing.get_origin(ann) in (list, tuple, set) or ann in (list, tuple, set) \
                 else "YAML, e.g. key: value"
-            self.widget = w.Textarea(value=text, description=label, placeholder=example,
-                                     style=style, layout=w.Layout(width="34em", height="5em"))
+            # as tall as what it holds (a mapping's fields are read whole, not scrolled), up to 16 lines
+            self.widget = w.Textarea(value=text, description=label, placeholder=example, style=style,
+                                     rows=max(3, min(text.count("\n") + 2, 16)), layout=w.Layout(width="48em"))
         else:
             text = "" if current is None else str(current)
             if _has_parser(info) and isinstance(current, float) and not isinstance(current, bool):

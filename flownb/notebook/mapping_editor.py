@@ -1,9 +1,11 @@
 """MappingEditor: write JSONata field rules against a sample DataFrame and see the output as you type.
 
 ``editor = flownb.MappingEditor(sample_df)`` shows one row per output field (name + expression), a
-list of the sample's columns and nested paths (click to insert into the row last edited), and a
-preview of the first rows with an ``_error`` column and a count of failing rows. Expression errors
-are shown with their position; nothing the user types raises a traceback. ``editor.mapping`` is the
+list of the sample's columns and nested paths (click one to insert it at the caret of the expression
+last edited or clicked into: two clicks with `` * `` typed between them give ``items.qty * items.price``),
+and a preview of the first rows with an ``_error`` column and a count of failing rows. Expression
+errors are shown once, at their field, with their position (the field's preview column stays, marked);
+nothing the user types raises a traceback. ``editor.mapping`` is the
 :class:`flownb.rules.Mapping` that the spec uses (``editor.mapping.step("to-contact")``).
 """
 
@@ -15,6 +17,7 @@ import ipywidgets as w
 
 from ..display import frame_html
 from ..errors import ExpressionError, FlownbError
+from ._caret import CaretText, insert_at
 from ._common import Debouncer, as_sample, error_html, log, ok_html, sample_fields, sample_paths
 
 __all__ = ["MappingEditor"]
@@ -31,8 +34,9 @@ class _FieldRow:
         self.name = w.Text(value=name, placeholder="field name", continuous_update=True,
                            layout=w.Layout(width="14em"))
         self.name.add_class("flownb-name")
-        self.expr = w.Text(value=expression, placeholder="JSONata expression, e.g. $lowercase(email)",
-                           continuous_update=True, layout=w.Layout(flex="1 1 auto", width="auto"))
+        # the caret is synced (CaretText): a clicked sample path goes where the user's cursor is
+        self.expr = CaretText(value=expression, placeholder="JSONata expression, e.g. $lowercase(email)",
+                              layout=w.Layout(flex="1 1 auto", width="auto"))
         self.expr.add_class("flownb-expr")
         self.remove = w.Button(icon="trash", tooltip="remove this field", layout=w.Layout(width="3em"))
         self.remove.add_class("flownb-remove")
@@ -42,11 +46,15 @@ class _FieldRow:
         self.box.add_class("flownb-field")
         self.name.observe(self._changed, names="value")
         self.expr.observe(self._changed, names="value")
+        self.expr.observe(self._focused, names="selection")
         self.remove.on_click(lambda _b: editor.remove_field(self))
 
     def _changed(self, change: dict) -> None:
         self.editor._active = self
         self.editor._schedule()
+
+    def _focused(self, change: dict) -> None:  # clicked into or moved the caret: the next path goes here
+        self.editor._active = self
 
 
 class MappingEditor:
@@ -95,13 +103,13 @@ class MappingEditor:
         paths = self._paths()
         buttons = []
         for p in paths:
-            b = w.Button(description=p, tooltip=f"insert {p} into the field last edited",
+            b = w.Button(description=p, tooltip=f"insert {p} at the cursor of the expression last clicked into",
                          layout=w.Layout(width="auto"))
             b.add_class("flownb-path")
-            b.on_click(lambda _b, p=p: self.insert(p))
+            b.on_click(lambda _b, p=p: self.insert(p, focus=True))
             buttons.append(b)
         self.paths_box = w.Box(buttons, layout=w.Layout(flex_flow="row wrap"))
-        helper = w.VBox([w.HTML("<b>sample columns and paths</b> (click to insert)"), self.paths_box])
+        helper = w.VBox([w.HTML("<b>sample columns and paths</b> (click to insert at the cursor)"), self.paths_box])
         header = w.HTML("<b>output fields</b> — name and JSONata expression")
         self.widget = w.VBox([self.status, header, self.fields_box, self.add_button, helper,
                               self.summary, self.preview_html])
@@ -149,11 +157,18 @@ class MappingEditor:
                 return
         self.add_field(name, expression)
 
-    def insert(self, path: str) -> None:
-        """Insert ``path`` into the expression of the row last edited (a new row when none)."""
+    def insert(self, path: str, *, focus: bool = False) -> None:
+        """Insert ``path`` into the expression of the row last edited or clicked into (a new row when
+        none), at its caret — replacing a selection; at the end when the browser has not reported a
+        caret — and put the caret after it, so a second click goes on from there; ``focus`` (a click
+        on a path) gives the box the keyboard back, so typing goes on there too."""
         row = self._active or (self._rows[-1] if self._rows else self._append_row("", ""))
-        current = row.expr.value
-        row.expr.value = path if not current.strip() else f"{current.rstrip()} {path}"
+        text, caret = insert_at(row.expr.value, row.expr.selection, path)
+        with row.expr.hold_sync():  # one message: the value, then the caret after the insertion
+            row.expr.value = text
+            row.expr.selection = [caret, caret]
+        if focus:
+            row.expr.focus()
         if not row.name.value.strip():
             row.name.value = path.split(".")[-1].strip("`")
 
@@ -283,4 +298,23 @@ class MappingEditor:
         bad = f"; {len(self.errors)} field{'s' if len(self.errors) != 1 else ''} with errors" if self.errors else ""
         text = f"{self._failing} of {checked} rows fail{scope}{bad}"
         self.summary.value = (error_html(text) if self._failing or self.errors else ok_html(text))
-        self.preview_html.value = frame_html(self._preview, limit=self.rows)
+        self.preview_html.value = self._preview_table(good)
+
+    def _preview_table(self, good: dict[str, str]) -> str:
+        """The preview's HTML: the computed columns, and in its place each named field whose
+        expression does not compile, shown as '—' under a line naming it (its error is at its field,
+        once), so a column never vanishes without a word."""
+        assert self._preview is not None
+        names = list(dict.fromkeys(r.name.value.strip() for r in self._rows if r.name.value.strip()))
+        broken = [n for n in names if n not in good and n in self.errors]
+        if not broken:
+            return frame_html(self._preview, limit=self.rows)
+        shown = self._preview.copy()
+        for name in broken:
+            at = sum(1 for n in names[:names.index(name)] if n in shown.columns)
+            shown.insert(at, name, "—")
+        few = "s" if len(broken) != 1 else ""
+        note = error_html(f"not computed: {', '.join(broken)} — the expression{few} above ha{'ve' if few else 's'} "
+                          f"an error; the column{few} fill{'' if few else 's'} in once it compiles")
+        return note.replace('class="flownb-error"', 'class="flownb-error flownb-not-computed"', 1) + \
+            frame_html(shown, limit=self.rows)

@@ -2,8 +2,16 @@
 
 Starts JupyterLab on 127.0.0.1 (free port, token, isolated config/runtime/settings directories) on a
 copy of notebooks/, runs every cell of the example notebooks, types a new expression into the
-MappingEditor and waits for the preview to show the expected values, clicks a palette component in
-the FlowBuilder and waits for the new step. Screenshots go to test-artifacts/ (git-ignored).
+MappingEditor and waits for the preview to show the expected values, clicks sample paths into the
+expression at the caret, clicks a palette component in the FlowBuilder and waits for the new step.
+
+After running each notebook it checks what a reader sees (:func:`_check_looks_finished`): no table
+header breaks inside a word, no stderr output area inside a flownb widget, checkboxes level with
+their labels, no empty bordered box. Then it takes a picture of the whole notebook (sidebar closed,
+the window as tall as the notebook) into ``SHOTS``: test-artifacts/notebooks/ (git-ignored) unless
+``FLOWNB_NOTEBOOK_SHOTS`` names another directory — the committed pictures of docs/img/notebooks/after/
+are made with ``FLOWNB_NOTEBOOK_SHOTS=docs/img/notebooks/after``. Other screenshots go to
+test-artifacts/.
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("FLOWNB_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"
+SHOTS = Path(os.environ.get("FLOWNB_NOTEBOOK_SHOTS") or ARTIFACTS / "notebooks")
+if not SHOTS.is_absolute():
+    SHOTS = ROOT / SHOTS
 T = 180_000  # ms: a loaded 2-core CI machine starts kernels slowly
 
 
@@ -144,7 +155,109 @@ _COLUMN = """([root, column]) => {
 }"""
 
 
-def _open_and_run(page, lab, name: str) -> None:
+# Words of table headers split over two lines: a word (a run of non-spaces) whose characters lie on
+# more than one line box. Range.getClientRects gives one rectangle per line a range spans.
+_HEADER_WORD_BREAKS = """() => {
+  const out = [];
+  for (const th of document.querySelectorAll('.jp-OutputArea-output th')) {
+    const text = th.firstChild && th.firstChild.nodeType === Node.TEXT_NODE ? th.firstChild : null;
+    if (!text || th.childNodes.length !== 1 || !th.getClientRects().length) continue;
+    const re = /\\S+/g;
+    let m;
+    while ((m = re.exec(text.data))) {
+      const r = document.createRange();
+      r.setStart(text, m.index);
+      r.setEnd(text, m.index + m[0].length);
+      const tops = new Set([...r.getClientRects()].filter(x => x.width > 0).map(x => Math.round(x.top)));
+      if (tops.size > 1) out.push(m[0]);
+    }
+  }
+  return out;
+}"""
+
+# stderr output areas (the pink boxes) inside a flownb widget
+_WIDGET_STDERR = """() => [...document.querySelectorAll(
+    '[class*="flownb-"] [data-mime-type="application/vnd.jupyter.stderr"]')].map(e => e.textContent.slice(0, 200))"""
+
+# a checkbox and its label: vertical centres within 1 px, the label not cut off (ipywidgets' label
+# element clips its text with an ellipsis: cut when its content is wider than its box)
+_CHECKBOXES = """() => [...document.querySelectorAll('[class*="flownb-"] .widget-checkbox')]
+  .filter(c => c.getClientRects().length)
+  .map(c => {
+    const box = c.querySelector('input[type=checkbox]').getBoundingClientRect();
+    const holder = c.querySelector('.widget-label-basic');
+    const text = holder.querySelector('span') || holder;
+    const l = text.getBoundingClientRect();
+    return {text: text.textContent, offset: Math.abs((box.top + box.bottom) / 2 - (l.top + l.bottom) / 2),
+            cut: holder.scrollWidth > holder.clientWidth + 1};
+  })"""
+
+# visible bordered boxes of flownb widgets with nothing in them (e.g. a result area before any run)
+_EMPTY_BOXES = """() => [...document.querySelectorAll('[class*="flownb-"] *')]
+  .filter(e => e.getClientRects().length && e.offsetHeight > 4 && !e.textContent.trim()
+          && !e.matches('input, select, textarea, button') && !e.closest('table')
+          && !e.querySelector('input, select, textarea, button, svg, img, canvas')
+          && ['Top', 'Bottom'].every(s => parseFloat(getComputedStyle(e)['border' + s + 'Width']) > 0))
+  .map(e => e.className || e.tagName)"""
+
+
+def _check_looks_finished(page) -> None:
+    """What a reader sees in every notebook: the widgets look finished (issue 17)."""
+    assert page.evaluate(_HEADER_WORD_BREAKS) == []
+    assert page.evaluate(_WIDGET_STDERR) == []
+    boxes = page.evaluate(_CHECKBOXES)
+    assert [b for b in boxes if b["offset"] > 1 or b["cut"]] == [], boxes
+    assert page.evaluate(_EMPTY_BOXES) == []
+
+
+_FULL_HEIGHT = """() => {
+  const app = window.jupyterapp;
+  app.shell.collapseLeft();
+  app.shell.collapseRight();
+  const root = app.shell.currentWidget.content.node;
+  const scroller = root.querySelector('.jp-WindowedPanel-outer') || root;  // what scrolls in Lab 4
+  scroller.scrollTop = 0;
+  // the end of the last cell, not scrollHeight: Lab pads the notebook to scroll past its end
+  const cells = root.querySelectorAll('.jp-Cell');
+  const end = cells[cells.length - 1].getBoundingClientRect().bottom - scroller.getBoundingClientRect().top;
+  const chrome = window.innerHeight - scroller.clientHeight;
+  return Math.ceil(end + chrome + 24);
+}"""
+
+
+def _notebook_picture(page, name: str) -> Path:
+    """The whole notebook as a reader scrolls through it, in one PNG named after the notebook."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    width = page.viewport_size["width"] if page.viewport_size else 1400
+    scroller = ("(r => r.querySelector('.jp-WindowedPanel-outer') || r)"
+                "(window.jupyterapp.shell.currentWidget.content.node)")
+    was = page.evaluate(f"() => {scroller}.scrollTop")
+    for _ in range(4):  # the notebook re-lays out at the new height (lazy cells render): settle
+        height = min(page.evaluate(_FULL_HEIGHT), 16_000)
+        if page.viewport_size and page.viewport_size["height"] == height:
+            break
+        page.set_viewport_size({"width": width, "height": height})
+        page.wait_for_timeout(700)
+    page.evaluate(f"() => {{ {scroller}.scrollTop = 0; }}")
+    page.mouse.move(0, 0)  # no hover highlight
+    out = SHOTS / f"{Path(name).stem}.png"
+    page.screenshot(path=str(out))
+    page.set_viewport_size({"width": width, "height": 1000})
+    page.wait_for_timeout(300)
+    page.evaluate(f"() => {{ {scroller}.scrollTop = {was}; }}")  # where run-all left it, as before
+    page.wait_for_timeout(300)
+    return out
+
+
+# every stderr output area of the notebook (the pink boxes), whoever wrote it
+_PAGE_STDERR = """() => [...document.querySelectorAll(
+    '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')].map(e => e.textContent.slice(0, 200))"""
+
+
+def _open_and_run(page, lab, name: str, *, stderr: bool = False) -> None:
+    """Open ``name``, run every cell, take its picture and check it looks finished; ``stderr``: the
+    notebook may write to stderr outside the widgets (04 runs a LocalRuntime, which logs each dead
+    letter it makes as a warning); the others (the widgets, flow.test, the export) write none."""
     # a workspace of its own, so no tab of an earlier test is restored beside this notebook
     workspace = name.split(".")[0]
     page.goto(f"{lab['url']}/lab/workspaces/{workspace}/tree/{name}?reset&token={lab['token']}")
@@ -156,6 +269,10 @@ def _open_and_run(page, lab, name: str) -> None:
     page.evaluate(_RUN_ALL)
     page.wait_for_function(_ALL_DONE, timeout=T, polling=500)
     assert page.evaluate(_ERRORS) == []
+    _notebook_picture(page, name)
+    _check_looks_finished(page)
+    if not stderr:
+        assert page.evaluate(_PAGE_STDERR) == []
 
 
 def test_mapping_editor_preview_follows_typing(page, lab):
@@ -183,6 +300,43 @@ def test_mapping_editor_preview_follows_typing(page, lab):
     error.wait_for(state="visible", timeout=T)
     assert "position" in error.inner_text()
     page.screenshot(path=str(_artifact("mapping-editor-error.png")), full_page=True)
+
+    # the column of a broken field stays in the preview, marked, with one line saying why
+    page.wait_for_function("() => document.querySelector('.flownb-mapping-editor .flownb-not-computed')",
+                           timeout=T)
+    assert "not computed: country" in editor.locator(".flownb-not-computed").inner_text()
+    assert page.evaluate(_COLUMN, [".flownb-mapping-editor", "country"]) == ["—"] * 6
+
+    # sample paths go in at the caret: click into a new field, click a path, type, click another
+    editor.locator(".flownb-add-field").click()
+    rows.nth(4).wait_for(state="visible", timeout=T)
+    rows.nth(4).locator(".flownb-name input").fill("line")
+    line = rows.nth(4).locator(".flownb-expr input")
+    line.click()
+    editor.locator(".flownb-path", has_text="items.qty").first.click()
+    page.wait_for_function("el => el.value === 'items.qty'", arg=line.element_handle(), timeout=T)
+    page.keyboard.type(" * ", delay=20)  # the click gave the box its focus back, the caret after the path
+    editor.locator(".flownb-path", has_text="items.price").first.click()
+    page.wait_for_function("el => el.value === 'items.qty * items.price'", arg=line.element_handle(), timeout=T)
+    page.keyboard.press("Home")  # then in front of everything: the caret the browser reports is used
+    page.keyboard.type("$string(", delay=20)
+    page.keyboard.press("End")
+    page.keyboard.type(")", delay=20)
+    page.keyboard.press("ArrowLeft")
+    editor.locator(".flownb-path", has_text="order_id").first.click()  # inside the brackets, after a word
+    page.wait_for_function("el => el.value === '$string(items.qty * items.price order_id)'",
+                           arg=line.element_handle(), timeout=T)
+    line.fill("$sum(  )")
+    line.press("ArrowLeft")
+    line.press("ArrowLeft")
+    editor.locator(".flownb-path", has_text="items.qty").first.click()  # between the two spaces
+    page.wait_for_function("el => el.value === '$sum( items.qty )'", arg=line.element_handle(), timeout=T)
+    sums = ["3.0", "1.0", "5.0", "", "4.0", "4.0"]  # order 1004's qty is "two": its row fails
+    want = json.dumps(json.dumps(sums, separators=(",", ":")))  # a JS string of the JSON.stringify form
+    page.wait_for_function(f"args => JSON.stringify(({_COLUMN})(args)) === {want}",
+                           arg=[".flownb-mapping-editor", "line"], timeout=T, polling=250)
+    assert rows.nth(4).locator(".flownb-row-error").inner_text().strip() == ""
+    page.screenshot(path=str(_artifact("mapping-editor-insert.png")), full_page=True)
 
     # the second editor in the notebook was given a broken expression: its message, no traceback
     broken = page.locator(".flownb-mapping-editor").nth(1)
@@ -232,6 +386,8 @@ def test_export_notebook_runs_and_shows_the_flow(page, lab):
     status = monitor.locator(".flownb-status")
     page.wait_for_function("el => el.textContent.trim().length > 0", arg=status.element_handle(), timeout=T)
     assert "updated" in status.inner_text(), status.inner_text()
+    replay = monitor.locator("button", has_text="replay dead letters")  # its whole label, not "replay dead le…"
+    assert replay.evaluate("b => b.scrollWidth <= b.clientWidth + 1")
     page.screenshot(path=str(_artifact("export-notebook.png")), full_page=True)
 
 
@@ -241,7 +397,7 @@ def _artifact(name: str) -> Path:
 
 
 def test_fix_and_replay_notebook_workbench_by_clicking(page, lab):
-    _open_and_run(page, lab, "04-fix-and-replay.ipynb")
+    _open_and_run(page, lab, "04-fix-and-replay.ipynb", stderr=True)
     outputs = page.locator(".jp-OutputArea-output").all_inner_texts()
     assert any("dead letters left: 0" in o for o in outputs), outputs  # the API part of the loop
     assert any("buyer5@example.com    110" in o for o in outputs)

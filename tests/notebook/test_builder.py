@@ -149,7 +149,9 @@ def test_run_on_sample_shows_outputs_and_dead_letters_in_tabs():
     flow = flownb.Flow(name="run", trigger=flownb.step("in", "webhook", token_env="T"),
                        steps=[flownb.step("divide", "python", source=source, function="f")])
     b = FlowBuilder(sample=[{"d": 2}, {"d": 0}, {"d": 5}], flow=flow)
+    assert b.results.layout.display == "none"  # no empty tab box under run/save before a run
     b.run_button.click()
+    assert b.results.layout.display is None
     titles = [b.results.get_title(i) for i in range(len(b.results.children))]
     assert titles == ["in (3)", "divide (2)", "dead letters (1)", "timings"]
     assert ">5<" in b.results.children[1].value and ">2<" in b.results.children[1].value
@@ -204,3 +206,15 @@ def test_a_config_form_shows_what_the_config_sets_open_and_lists_as_lists():
     c = ConfigForm(registry.get("csv.write").Config, {"path": "out.csv"})
     columns = next(f for f in c.fields if f.name == "columns").widget
     assert columns.placeholder == "YAML, e.g. [a, b]"
+
+
+def test_a_yaml_field_is_as_tall_as_what_it_holds_and_a_checkbox_sits_in_the_input_column():
+    fields = {f"f{i}": f"$string(x{i})" for i in range(6)}
+    m = ConfigForm(registry.get("mapping").Config, {"fields": fields})
+    box = m.fields[0].widget
+    assert box.value.count("\n") == 5 and box.rows == 7  # six rules shown whole, no scrolling
+    empty = ConfigForm(registry.get("csv.write").Config, {"path": "o.csv"})
+    assert next(f for f in empty.fields if f.name == "columns").widget.rows == 3
+    poll = ConfigForm(registry.get("csv.poll").Config, {"path": "a.csv", "cursor": "n"})
+    check = next(f for f in poll.fields if f.name == "parse_numbers").widget
+    assert check.indent and check.style.description_width == "11em"  # lines up with the other inputs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -177,3 +178,49 @@ def test_a_list_of_dicts_is_not_made_a_dataframe():
     assert ed.fields == {"n": "n", "customer.email": "`customer.email`", "extra": "extra"}
     assert ed.preview["n"].tolist() == [1, 2]  # ints stay ints (no NaN-padded float column)
     assert ed.preview["customer.email"].tolist()[0] == "flat key"
+
+
+def test_a_broken_expression_keeps_its_preview_column_with_a_word(sample):
+    ed = MappingEditor(sample, mapping={"id": "order_id", **FIELDS}, debounce=0)
+    ed.set_field("email", "$lowercas(customer.email)")
+    assert list(ed.preview.columns) == ["id", "total", "_error"]  # computed: the broken field is not
+    html = ed.preview_html.value
+    assert "not computed: email — the expression above has an error" in html
+    heads = re.findall(r"<th(?:\s[^>]*)?>(.*?)</th>", html)
+    assert heads[:3] == ["id", "email", "total"]  # in its place, shown as —
+    assert html.count("—") == 6 + 1 and "lowercas" not in html  # the error itself is at the field, once
+    assert ed._rows[1].error.value.count("unknown function '$lowercas'") == 1
+    ed.set_field("email", "$lowercase(customer.email)")
+    assert "not computed" not in ed.preview_html.value and "ada@example.com" in ed.preview_html.value
+
+
+@pytest.mark.parametrize(("text", "selection", "snippet", "expected"), [
+    ("", None, "items.qty", ("items.qty", 9)),
+    ("items.qty * ", [12, 12], "items.price", ("items.qty * items.price", 23)),
+    ("$sum()", [5, 5], "items.qty", ("$sum(items.qty)", 14)),                 # inside the brackets
+    ("a + b", [4, 5], "items.qty", ("a + items.qty", 13)),                    # a selection is replaced
+    ("items.qty", None, "items.price", ("items.qty items.price", 21)),        # no caret known: the end
+    ("items.qty", [9, 9], "items.price", ("items.qty items.price", 21)),      # never run into a word
+    ("qty", [0, 0], "items.price", ("items.price qty", 11)),
+    ("x", [99, 99], "y", ("x y", 3)),                                         # clamped
+    ("'é😀' & ", [7, 7], "name", ("'é😀' & name", 11)),                     # code points, as Python counts
+])
+def test_insert_at_puts_the_snippet_at_the_caret(text, selection, snippet, expected):
+    from flownb.notebook._caret import insert_at
+    assert insert_at(text, selection, snippet) == expected
+
+
+def test_clicked_paths_go_to_the_caret_of_the_field_last_clicked_into(sample):
+    ed = MappingEditor(sample, mapping={"a": "order_id", "value": ""}, debounce=0)
+    buttons = {b.description: b for b in ed.paths_box.children}
+    value = ed._rows[1].expr
+    value.selection = [0, 0]                      # the browser reports: the user clicked into 'value'
+    buttons["items.qty"].click()
+    assert (value.value, value.selection) == ("items.qty", [9, 9])  # the caret moved after the insertion
+    value.value, value.selection = "items.qty * ", [12, 12]        # the user typed ' * '
+    buttons["items.price"].click()
+    assert value.value == "items.qty * items.price" and ed._rows[0].expr.value == "order_id"
+    assert not ed.errors and ed.preview["value"].tolist()[1] == 19.99  # order 1002: one item, 1 × 19.99
+    ed._rows[0].expr.selection = [0, 8]           # now the first field, its whole text selected
+    buttons["status"].click()
+    assert ed.fields == {"a": "status", "value": "items.qty * items.price"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 
@@ -111,3 +112,14 @@ def test_unreachable_broker_is_a_message_not_a_traceback(deployed):
 
 def test_plot_needs_two_points():
     assert "after two refreshes" in throughput_svg([])
+
+
+def test_plot_label_is_a_plain_number_even_when_nothing_waits():
+    from flownb.notebook.monitor import Snapshot
+    idle = [Snapshot(at=100.0 + i, source="amqp", steps={"a": {"ready": 0}}) for i in range(3)]
+    svg = throughput_svg(idle)
+    assert "messages waiting (max 0) over 2s" in svg  # not "max 1e-09"
+    assert not re.search(r"\de[-+]\d", svg)  # no scientific notation anywhere
+    busy = [Snapshot(at=100.0 + i, source="management", steps={"a": {"out_rate": r}}) for i, r in
+            enumerate((0.0, 1234.56))]
+    assert "processed msg/s (max 1,234.6) over 1s" in throughput_svg(busy)

@@ -43,6 +43,7 @@ def test_group_edit_retest_replay_by_clicking(failed):
     wb.replay_button.click()
     assert "replayed 1 dead letter(s), 1 edited" in wb.status.value
     assert len(wb.frame) == 3 and len(wb.rows.options) == 3  # reloaded
+    assert wb.rows.rows == 3  # the list is as tall as its rows
     with LocalRuntime(flow, state) as rt:
         rt.drain()
     body = sqlite3.connect(sink).execute("SELECT body FROM seen WHERE n=3").fetchone()[0]
