@@ -301,13 +301,14 @@ class Flow(BaseModel):
         that produced it) — as a short git hash names a commit, at 18 bytes a message."""
         import hashlib
         import json
-        if self._hash is not None:
-            return self._hash
-        try:
-            spec = self._filled(paths=False).spec()  # relative paths as written: not where the file lies
-        except ParameterError:  # a template naming no parameter: validation reports it; hash as written
-            spec = self.spec()
-        return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:8 if short else 16]
+        full = self._hash
+        if full is None:
+            try:
+                spec = self._filled(paths=False).spec()  # relative paths as written: not where the file lies
+            except ParameterError:  # a template naming no parameter: validation reports it; hash as written
+                spec = self.spec()
+            full = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return full[:8] if short else full
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

@@ -55,7 +55,8 @@ def test_every_message_carries_the_spec_that_produced_it_and_dead_letters_the_sp
     assert flow.resolved().spec_hash() == flow.spec_hash() and flow.spec_hash().startswith(h) and len(h) == 8
     state = tmp_path / "state"
     clock = VirtualClock()
-    with LocalRuntime(flow, state, clock=clock) as rt:
+    # unfused: the test reads what each step queued for the next (a fused stage keeps it in memory)
+    with LocalRuntime(flow, state, clock=clock, fuse=False) as rt:
         rt.poll_once()
         emitted = _queued(rt, "flaky")
         assert len(emitted) == N and {(m["meta"]["step"], m["meta"]["spec"]) for m in emitted} == {("src", h)}
@@ -115,7 +116,8 @@ def test_plan_counts_the_queued_messages_of_another_spec_version_and_old_message
     assert f"spec {new.spec_hash()} (unchanged)" in same.stdout
 
     clock = VirtualClock()
-    with LocalRuntime(new, state, clock=clock) as rt:  # the old and the unstamped messages run under the new spec
+    # the old and the unstamped messages run under the new spec (unfused: read at the next step's queue)
+    with LocalRuntime(new, state, clock=clock, fuse=False) as rt:
         rt.process_step("flaky")
         clock.advance(60)
         rt.process_step("flaky")
