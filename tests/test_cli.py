@@ -201,6 +201,28 @@ def test_dlq_list_show_replay_after_fix(tmp_path, capsys, monkeypatch):
     assert "0 dead letter(s)" in capsys.readouterr().out
 
 
+def test_dlq_list_groups_by_step_and_error_then_shows_a_limited_list(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    p = str(spec(tmp_path, total=40, poison=list(range(1, 31))))
+    state = str(tmp_path / "state")
+    assert main(["run", p, "--state-dir", state, "--until-idle"]) == 1
+    capsys.readouterr()
+    assert main(["dlq", "list", p, "--state-dir", state]) == 0
+    out = capsys.readouterr().out
+    summary = out.split("by step and error", 1)[1].split("dead letters of", 1)[0]
+    row = next(line for line in summary.splitlines() if "ValueError" in line)
+    assert "work" in row and " 30 " in row and "cannot handle 1" in row  # one group: its count, its first
+    letters = out.split("by step and error", 1)[1].split("dead letters of", 1)[1]
+    assert letters.count("ValueError: cannot handle") == 20  # the default limit
+    assert "showing 20 of 30; --limit N or --all for more" in out and out.rstrip().endswith("30 dead letter(s)")
+    assert main(["dlq", "list", p, "--state-dir", state, "--limit", "5"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("ValueError: cannot handle") == 5 and "showing 5 of 30" in out  # letters (summary: apart)
+    assert main(["dlq", "list", p, "--state-dir", state, "--all"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("ValueError: cannot handle") == 30 and "showing" not in out
+
+
 def _idle(db: Path) -> bool:
     import sqlite3
     if not db.exists():

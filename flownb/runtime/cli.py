@@ -28,6 +28,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--edit", default=None, metavar="FILE.jsonl",
                    help="replay: the dead letters named in FILE (one JSON object per line: \"_id\" and the "
                         "body's fields, nested or dotted), with their bodies edited so (docs/debugging.md)")
+    p.add_argument("--limit", type=int, default=20, metavar="N",
+                   help="list: show at most N dead letters after the summary by step and error (default 20)")
+    p.add_argument("--all", dest="list_all", action="store_true", help="list: show every dead letter")
     p.set_defaults(handler=dlq_cli)
 
     p = sub.add_parser("state", help="show, set or rewind a polling trigger's cursor (the flow must be stopped)")
@@ -92,14 +95,31 @@ def dlq_cli(args) -> int:
     if args.action == "list":
         from rich.table import Table
         items = store.list(args.step)
+        if len(items) > 1:  # what failed how often, before the letters themselves
+            groups: dict[tuple[str, str], list] = {}
+            for d in items:
+                groups.setdefault((d.step, d.error.type), []).append(d)
+            g = Table(title=f"dead letters of '{flow.name}' by step and error")
+            for c in ("step", "error", "count", "first message"):
+                g.add_column(c, overflow="fold", justify="right" if c == "count" else "left")
+            for (step, etype), ds in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+                first = (ds[0].error.message.strip().splitlines() or [""])[0]
+                g.add_row(step, etype, f"{len(ds):,}", first[:160])
+            con.print(g)
+        limit = len(items) if args.list_all else max(args.limit, 0)
+        shown_items = items[:limit]
         t = Table(title=f"dead letters of '{flow.name}'" + (f" step '{args.step}'" if args.step else ""))
         for c in ("id", "step", "attempts", "spec", "error", "body"):
             # the error's words whole (its type first); ids and bodies may fold anywhere
             t.add_column(c, overflow="fold", min_width=24 if c == "error" else None)
-        for d in items:  # the spec's first 8 hex digits, as git shows a commit (dlq show: all 16)
+        for d in shown_items:  # the spec's first 8 hex digits, as git shows a commit (dlq show: all 16)
             t.add_row(d.id, d.step, str(d.error.attempt), (d.spec or "-")[:8], f"{d.error.type}: {d.error.message}",
                       json.dumps(d.message.body)[:80])
-        con.print(t)
+        if shown_items:
+            con.print(t)
+        if len(shown_items) < len(items):
+            con.print(f"showing {len(shown_items):,} of {len(items):,}; --limit N or --all for more, "
+                      f"'flownb dlq show --id ID' for one in full", soft_wrap=True)
         con.print(f"{len(items)} dead letter(s)")
     elif args.action == "show":
         if not args.id:
