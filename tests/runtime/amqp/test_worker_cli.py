@@ -1,4 +1,4 @@
-"""``flownb worker`` as a process: --all, metrics endpoint, lean imports; topology declarations."""
+"""``flownb worker`` as a process: --all, metrics endpoint, quiet logs, lean imports; topology declarations."""
 
 from __future__ import annotations
 
@@ -47,6 +47,9 @@ def test_worker_all_runs_the_flow_serves_metrics_and_exits_0_on_sigterm(broker, 
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, proc.stderr.read()[-2000:]
+    log = proc.stderr.read()
+    assert "step 'work': consuming" in log and "draining and stopping" in log  # flownb's own lines
+    assert "pika" not in log  # and none of the client library's (shown with -v only)
 
 
 def test_unknown_step_is_a_clear_error(broker, tmp_path, capsys):
