@@ -238,9 +238,23 @@ class StepWorker:
         if self._conn is not None and not (self._conn.is_closing or self._conn.is_closed):
             self._conn.close()
 
+    def _on_broker_cancel(self, frame) -> None:
+        """The broker cancelled one of our consumers (its queue was deleted, or the node holding it
+        went down): nothing more would arrive from that queue, silently. Start over on a new
+        connection: the topology is declared again, the unacked inputs are redelivered and the
+        consumers register with the queues as they are now."""
+        if self._stopping:
+            return
+        tag = getattr(frame.method, "consumer_tag", "?")
+        log.warning("step '%s': the broker cancelled consumer %s (its queue was deleted or its node went "
+                    "down); reconnecting", self.step.name, tag)
+        if self._conn is not None and not (self._conn.is_closing or self._conn.is_closed):
+            self._conn.close()
+
     def _on_channel(self, ch) -> None:
         self._ch = ch
         ch.add_on_close_callback(self._on_channel_closed)
+        ch.add_on_cancel_callback(self._on_broker_cancel)
         ch.confirm_delivery(ack_nack_callback=self._on_confirm)
         if self.tap is not None:
             self.tap.open(self._loop_conn)

@@ -132,10 +132,16 @@ class TriggerWorker:
                 lock = conn.channel()
                 lock.basic_qos(prefetch_count=1)
                 lock.basic_consume(self.lock_q, self._on_token, auto_ack=False)  # held unacked while alive
+            cancelled: list[str] = []  # a consumer the broker cancelled (queue deleted, its node gone)
+            for c in (ch, lock) if self.lock_q is not None else (ch,):
+                c.add_on_cancel_callback(lambda frame: cancelled.append(frame.method.consumer_tag))
             self.consuming.set()
             log.info("trigger '%s': waiting to be the active poller", self.name)
             while not self._stopping:
                 conn.process_data_events(time_limit=self._wait_time())
+                if cancelled:  # nothing more would arrive, silently: start over on a new connection
+                    raise BrokerError(f"the broker cancelled trigger '{self.name}''s consumer {cancelled[0]} "
+                                      f"(its queue was deleted or its node went down)")
                 if self._token and not self._reading:
                     self._take_over(conn, ch)
                 if self._took_at and self._held is None and time.monotonic() - self._took_at > 60:
