@@ -47,6 +47,8 @@ class LocalErrorNotifier:
             c.execute(_TABLE)
             c.execute("INSERT OR IGNORE INTO on_error (id, dead_cursor) "
                       "SELECT 1, coalesce(max(id), 0) FROM dead")
+            # only this notifier moves it, and one process holds a state directory (its lock file)
+            self._dead_cursor: int = c.execute("SELECT dead_cursor FROM on_error WHERE id=1").fetchone()[0]
 
     def add(self, ev: dict) -> None:
         """A failure that is not a dead letter (``setup_failed``, ``poll_failed``)."""
@@ -54,15 +56,11 @@ class LocalErrorNotifier:
         if len(self.extra) < self.flow.batch:
             self.extra.append(ev)
 
-    def _cursor(self) -> int:
-        with self.rt.store.lock:
-            return self.rt.store.conn.execute("SELECT dead_cursor FROM on_error WHERE id=1").fetchone()[0]
-
     def pending(self) -> int:
         """Failures not delivered yet."""
         with self.rt.store.lock:
-            n = self.rt.store.conn.execute("SELECT count(*) FROM dead WHERE id > "
-                                           "(SELECT dead_cursor FROM on_error WHERE id=1)").fetchone()[0]
+            n = self.rt.store.conn.execute("SELECT count(*) FROM dead WHERE id > ?",
+                                           (self._dead_cursor,)).fetchone()[0]
         return n + sum(self.extra_counts.values())
 
     def tick(self, now: float, *, force: bool = False) -> bool:
@@ -71,8 +69,11 @@ class LocalErrorNotifier:
         if not force and not self.flow.window.due(now):
             return False
         store = self.rt.store
-        cursor = self._cursor()
-        with store.lock:
+        cursor = self._dead_cursor
+        with store.lock:  # called on every round of the run loop: one indexed look when nothing is new
+            if not self.extra_counts and store.conn.execute("SELECT 1 FROM dead WHERE id > ? LIMIT 1",
+                                                            (cursor,)).fetchone() is None:
+                return False
             rows = store.conn.execute("SELECT id, step, attempt, payload, error FROM dead WHERE id > ? "
                                       "ORDER BY id LIMIT ?", (cursor, self.flow.batch)).fetchall()
             grouped = store.conn.execute("SELECT step, count(*), max(id) FROM dead WHERE id > ? GROUP BY step",
@@ -98,6 +99,7 @@ class LocalErrorNotifier:
         new_cursor = max((top for _s, _n, top in grouped), default=cursor)
         with store.transaction("the on_error cursor did not move: those failures are delivered again") as c:
             c.execute("UPDATE on_error SET dead_cursor=? WHERE id=1", (new_cursor,))
+        self._dead_cursor = new_cursor
         self.delivered += body["count"]
         self.extra, self.extra_counts = [], Counter()
         return True
