@@ -2,10 +2,22 @@
 
 ipywidgets' ``Text`` syncs its value but not the caret, so a click on a sample path could only be
 appended at the end. ``CaretText`` is an anywidget: a tiny ES module renders an ``<input>`` and
-writes its selection into the synced ``selection`` trait (``[start, end]``, in Python characters —
-code points, not the browser's UTF-16 units) on every key, click, selection and input; Python sets
-``selection`` to move the caret (e.g. after an insertion). It works wherever anywidget does
-(JupyterLab, Notebook 7, VS Code, Colab), with no extension of our own to install.
+tells Python its ``value`` and ``selection`` (``[start, end]``, in Python characters — code points,
+not the browser's UTF-16 units) on every key, click, selection and input; Python sets ``selection``
+to move the caret (e.g. after an insertion). It works wherever anywidget does (JupyterLab, Notebook
+7, VS Code, Colab), with no extension of our own to install.
+
+The browser's changes travel as custom messages, not as state syncs: ipywidgets throttles a model's
+syncs (one in flight until the kernel is idle, the rest buffered), while a button's click goes at
+once — so a caret moved just before a click on a sample path could reach Python after the click
+and the path would go in at the old caret (seen in CI on a loaded machine). Custom messages keep
+the browser's order. Python applies them under the property lock ipywidgets uses for its own syncs
+(``Widget._lock_property``, the one private API used here), so they are not sent back to the
+browser, where a late echo would undo newer typing.
+
+``refocus_from``: a CSS selector; when the box loses the focus to an element it matches (the
+mapping editor's sample paths), it takes the focus back at once, its caret where it was, so the
+user can type on right after a click without waiting for the kernel.
 """
 
 from __future__ import annotations
@@ -39,15 +51,24 @@ function render({ model, el }) {
     const old = model.get("selection") || [];
     if (old[0] !== start || old[1] !== end) model.set("selection", [start, end]);
   };
+  // the model is changed here and Python told by a custom message (never throttled: see the docstring)
   const write = (fn) => {
+    const before = JSON.stringify([model.get("value"), model.get("selection")]);
     writing = true;
     try { fn(); } finally { writing = false; }
-    model.save_changes();
+    const state = { value: model.get("value"), selection: model.get("selection") };
+    if (JSON.stringify([state.value, state.selection]) !== before) model.send({ flownb_caret: state });
   };
   const onInput = () => write(() => { model.set("value", input.value); report(); });
   const onCaret = () => write(report);
   input.addEventListener("input", onInput);
   for (const ev of ["keyup", "mouseup", "select", "focus"]) input.addEventListener(ev, onCaret);
+  // a click on an element refocus_from names (a sample path) gives the focus straight back
+  input.addEventListener("blur", (e) => {
+    const sel = model.get("refocus_from");
+    const to = e.relatedTarget;
+    if (sel && to instanceof Element && to.closest(sel)) setTimeout(() => input.focus({ preventScroll: true }), 0);
+  });
 
   // Python changed the value and/or the caret (one message may carry both: apply the value first)
   const apply = () => {
@@ -102,6 +123,28 @@ class CaretText(anywidget.AnyWidget):
     #: reports one (a box never focused), which insert_at reads as "at the end"
     selection = traitlets.List(traitlets.Int(), default_value=None, allow_none=True,
                                minlen=2, maxlen=2).tag(sync=True)
+    #: a CSS selector: losing the focus to an element it matches, the box takes it back at once
+    refocus_from = traitlets.Unicode("").tag(sync=True)
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.on_msg(self._from_browser)
+
+    def _from_browser(self, _widget: object, content: object, _buffers: object) -> None:
+        """The browser's value and caret, in the order the user made them (see the docstring)."""
+        state = content.get("flownb_caret") if isinstance(content, dict) else None
+        if not isinstance(state, dict):
+            return
+        new: dict[str, object] = {}
+        if isinstance(state.get("value"), str):
+            new["value"] = state["value"]
+        sel = state.get("selection")
+        if isinstance(sel, list) and len(sel) == 2 and all(type(i) is int for i in sel):
+            new["selection"] = sel
+        # locked: applied here and observed, but not sent back to the browser that made them
+        with self._lock_property(**new), self.hold_trait_notifications():
+            for name, value in new.items():
+                self.set_trait(name, value)
 
     def focus(self) -> None:
         """Give the box the keyboard focus in every view, its caret where ``selection`` says."""

@@ -11,6 +11,7 @@ nothing the user types raises a traceback. ``editor.mapping`` is the
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import ipywidgets as w
@@ -36,6 +37,7 @@ class _FieldRow:
         self.name.add_class("flownb-name")
         # the caret is synced (CaretText): a clicked sample path goes where the user's cursor is
         self.expr = CaretText(value=expression, placeholder="JSONata expression, e.g. $lowercase(email)",
+                              refocus_from=f".{editor._paths_class} .flownb-path",
                               layout=w.Layout(flex="1 1 auto", width="auto"))
         self.expr.add_class("flownb-expr")
         self.remove = w.Button(icon="trash", tooltip="remove this field", layout=w.Layout(width="3em"))
@@ -68,6 +70,7 @@ class MappingEditor:
         self._preview = None
         self._failing = 0
         self.errors: dict[str, str] = {}
+        self._paths_class = f"flownb-paths-{uuid.uuid4().hex[:12]}"  # this editor's sample paths (CSS)
         self._debouncer = Debouncer(self._refresh_safely, debounce)
         self._build_widgets()
         for name, expr in self._initial_fields(mapping).items():
@@ -109,6 +112,7 @@ class MappingEditor:
             b.on_click(lambda _b, p=p: self.insert(p, focus=True))
             buttons.append(b)
         self.paths_box = w.Box(buttons, layout=w.Layout(flex_flow="row wrap"))
+        self.paths_box.add_class(self._paths_class)
         helper = w.VBox([w.HTML("<b>sample columns and paths</b> (click to insert at the cursor)"), self.paths_box])
         header = w.HTML("<b>output fields</b> — name and JSONata expression")
         self.widget = w.VBox([self.status, header, self.fields_box, self.add_button, helper,

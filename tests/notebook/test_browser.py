@@ -314,23 +314,22 @@ def test_mapping_editor_preview_follows_typing(page, lab):
     line = rows.nth(4).locator(".flownb-expr input")
     line.click()
     editor.locator(".flownb-path", has_text="items.qty").first.click()
-    page.wait_for_function("el => el.value === 'items.qty'", arg=line.element_handle(), timeout=T)
-    page.keyboard.type(" * ", delay=20)  # the click gave the box its focus back, the caret after the path
+    _wait_value(page, line, "items.qty", focused=True)  # the click gave the box its focus back
+    page.keyboard.type(" * ", delay=20)  # the caret after the path
     editor.locator(".flownb-path", has_text="items.price").first.click()
-    page.wait_for_function("el => el.value === 'items.qty * items.price'", arg=line.element_handle(), timeout=T)
+    _wait_value(page, line, "items.qty * items.price", focused=True)
     page.keyboard.press("Home")  # then in front of everything: the caret the browser reports is used
     page.keyboard.type("$string(", delay=20)
     page.keyboard.press("End")
     page.keyboard.type(")", delay=20)
-    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")  # and at once (no wait for the kernel) a click: the caret moved first
     editor.locator(".flownb-path", has_text="order_id").first.click()  # inside the brackets, after a word
-    page.wait_for_function("el => el.value === '$string(items.qty * items.price order_id)'",
-                           arg=line.element_handle(), timeout=T)
+    _wait_value(page, line, "$string(items.qty * items.price order_id)", focused=True)
     line.fill("$sum(  )")
     line.press("ArrowLeft")
     line.press("ArrowLeft")
     editor.locator(".flownb-path", has_text="items.qty").first.click()  # between the two spaces
-    page.wait_for_function("el => el.value === '$sum( items.qty )'", arg=line.element_handle(), timeout=T)
+    _wait_value(page, line, "$sum( items.qty )", focused=True)
     sums = ["3.0", "1.0", "5.0", "", "4.0", "4.0"]  # order 1004's qty is "two": its row fails
     want = json.dumps(json.dumps(sums, separators=(",", ":")))  # a JS string of the JSON.stringify form
     page.wait_for_function(f"args => JSON.stringify(({_COLUMN})(args)) === {want}",
@@ -389,6 +388,20 @@ def test_export_notebook_runs_and_shows_the_flow(page, lab):
     replay = monitor.locator("button", has_text="replay dead letters")  # its whole label, not "replay dead le…"
     assert replay.evaluate("b => b.scrollWidth <= b.clientWidth + 1")
     page.screenshot(path=str(_artifact("export-notebook.png")), full_page=True)
+
+
+def _wait_value(page, box, want: str, *, focused: bool = False) -> None:
+    """Wait until the text box ``box`` holds ``want`` (and, with ``focused``, has the keyboard focus:
+    a click on a sample path gives it back at once, so the user can type on); a timeout says what
+    the box held and where the focus was."""
+    check = "([el, want, focused]) => el.value === want && (!focused || document.activeElement === el)"
+    try:
+        page.wait_for_function(check, arg=[box.element_handle(), want, focused], timeout=T, polling=100)
+    except Exception as e:
+        got = page.evaluate("el => [el.value, document.activeElement === el, "
+                            "(document.activeElement || {}).className]", box.element_handle())
+        raise AssertionError(f"the box holds {got[0]!r} (focused: {got[1]}, focus on {got[2]!r}), "
+                             f"not {want!r}{' with the focus' if focused else ''}") from e
 
 
 def _artifact(name: str) -> Path:

@@ -224,3 +224,32 @@ def test_clicked_paths_go_to_the_caret_of_the_field_last_clicked_into(sample):
     ed._rows[0].expr.selection = [0, 8]           # now the first field, its whole text selected
     buttons["status"].click()
     assert ed.fields == {"a": "status", "value": "items.qty * items.price"}
+
+
+def test_the_browser_reports_value_and_caret_by_message_and_they_are_not_sent_back(sample):
+    """The box's changes come as custom messages (ipywidgets throttles state syncs, a button's click
+    is not throttled: the order must be the user's). They are applied and observed — the field
+    becomes the one a clicked path goes to — and nothing is sent back to the browser, where a late
+    echo would undo newer typing."""
+    ed = MappingEditor(sample, mapping={"a": "order_id", "value": ""}, debounce=0)
+    buttons = {b.description: b for b in ed.paths_box.children}
+    value = ed._rows[1].expr
+    sent: list[dict] = []
+    send = value.comm.send
+    value.comm.send = lambda data=None, *a, **kw: (sent.append(data), send(data, *a, **kw))[1]
+    value._handle_custom_msg({"flownb_caret": {"value": "$sum()", "selection": [5, 5]}}, [])
+    assert (value.value, value.selection) == ("$sum()", [5, 5]) and sent == []
+    buttons["items.qty"].click()   # the click that followed goes where the message put the caret
+    assert value.value == "$sum(items.qty)" and value.selection == [14, 14]
+    assert [m["state"] for m in sent if m.get("method") == "update"] == [{"value": "$sum(items.qty)",
+                                                                          "selection": [14, 14]}]
+    for bad in ({"flownb_caret": {"value": 3, "selection": ["x", 1]}}, {"other": 1}, "text"):
+        value._handle_custom_msg(bad, [])  # not ours or malformed: ignored
+    assert value.value == "$sum(items.qty)"
+
+
+def test_a_box_takes_the_focus_back_from_its_own_editors_paths_only(sample):
+    one, two = MappingEditor(sample, debounce=0), MappingEditor(sample, debounce=0)
+    sel = one._rows[0].expr.refocus_from
+    assert sel.endswith(" .flownb-path") and sel.split()[0][1:] in one.paths_box._dom_classes
+    assert sel != two._rows[0].expr.refocus_from
