@@ -11,13 +11,40 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import orjson
+from pydantic import Field
 
 from ..errors import FatalError
 
-__all__ = ["as_body", "decoded", "encoded", "shown"]
+__all__ = ["PayloadFormat", "as_body", "decoded", "encoded", "format_field", "idle_interval_field",
+           "payload_expr", "shown", "wait_field"]
+
+PayloadFormat = Literal["json", "text", "base64"]
+
+
+def format_field() -> Any:
+    """The ``format`` field of a trigger reading a broker's payloads."""
+    return Field("json", description="json: a JSON object payload is the body (other JSON as {'payload': …}); "
+                                     "text: {'payload': '<text>'}; base64: {'payload': '<base64 of the bytes>'}")
+
+
+def wait_field() -> Any:
+    """The ``wait`` field of a trigger reading a broker: how long one poll waits."""
+    return Field(0.5, description="how long a poll waits for a first message when none is waiting, e.g. 500ms")
+
+
+def idle_interval_field() -> Any:
+    """The ``interval`` field of a trigger reading a broker (it polls again at once while busy)."""
+    return Field(1.0, description="time between polls when idle, e.g. 1s")
+
+
+def payload_expr(text: str | None, step: str, field: str = "config.payload") -> Any:
+    """A publishing action's JSONata expression for what it sends (None: the body as it is)."""
+    from .http import Expr
+
+    return Expr(text, step=step, field=field) if text else None
 
 
 def decoded(data: bytes, fmt: str) -> tuple[Any, str | None]:

@@ -33,9 +33,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .._duration import Duration
 from ..errors import ConfigError, FatalError, RetryableError
-from ._payload import as_body, encoded, shown
+from ._payload import (
+    PayloadFormat,
+    as_body,
+    encoded,
+    format_field,
+    idle_interval_field,
+    payload_expr,
+    shown,
+    wait_field,
+)
 from .base import Action, Context, PollConfig, PollingTrigger
-from .http import Expr, _compile_check, fill
+from .http import _compile_check, fill
 
 __all__ = ["AmqpConsume", "AmqpConsumeConfig", "AmqpPublish", "AmqpPublishConfig"]
 
@@ -133,16 +142,13 @@ class AmqpConsumeConfig(PollConfig, _AmqpConfig):
     queue: str = Field(description="your queue to consume (not one of flownb's own)")
     declare: bool = Field(False, description="declare the queue (durable) when it does not exist; default: "
                                              "it must exist")
-    format: Literal["json", "text", "base64"] = Field(
-        "json", description="json: a JSON object payload is the body (other JSON as {'payload': …}); "
-        "text: {'payload': '<text>'}; base64: {'payload': '<base64 of the bytes>'}")
+    format: PayloadFormat = format_field()
     envelope: bool = Field(False, description="emit {routing_key, payload, headers, message_id, redelivered} "
                                               "instead of the payload alone")
     batch_size: int = Field(500, ge=1, le=10000, description="messages handed out per poll at most (also "
                                                              "the consumer's prefetch)")
-    wait: Duration = Field(0.5, description="how long a poll waits for a first message when none is "
-                                            "waiting, e.g. 500ms")
-    interval: Duration = Field(1.0, description="time between polls when idle, e.g. 1s")
+    wait: Duration = wait_field()
+    interval: Duration = idle_interval_field()
 
 
 class AmqpConsume(PollingTrigger[AmqpConsumeConfig]):
@@ -324,8 +330,7 @@ class AmqpPublish(Action[AmqpPublishConfig]):
             self._drop()
 
     def _compile(self) -> None:
-        self._payload = Expr(self.config.payload, step=self.ctx.step, field="config.payload") \
-            if self.config.payload else None
+        self._payload = payload_expr(self.config.payload, self.ctx.step, "config.payload")
 
     def _render(self, body: dict) -> tuple[str, bytes, str]:
         key = fill(self.config.routing_key, body)

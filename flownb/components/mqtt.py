@@ -42,9 +42,18 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .._duration import Duration
 from ..errors import ConfigError, FatalError, RetryableError
-from ._payload import as_body, encoded, shown
+from ._payload import (
+    PayloadFormat,
+    as_body,
+    encoded,
+    format_field,
+    idle_interval_field,
+    payload_expr,
+    shown,
+    wait_field,
+)
 from .base import Action, Context, PollConfig, PollingTrigger
-from .http import Expr, _compile_check, fill
+from .http import _compile_check, fill
 
 __all__ = ["MqttPublish", "MqttPublishConfig", "MqttSubscribe", "MqttSubscribeConfig"]
 
@@ -189,16 +198,13 @@ class MqttSubscribeConfig(PollConfig, _MqttConfig):
                                                     "it while the flow is down")
     qos: Literal[0, 1] = Field(1, description="1: at-least-once, acknowledged after the hand-off is "
                                               "durable; 0: at-most-once, nothing kept while the flow is down")
-    format: Literal["json", "text", "base64"] = Field(
-        "json", description="json: a JSON object payload is the body (other JSON as {'payload': …}); "
-        "text: {'payload': '<text>'}; base64: {'payload': '<base64 of the bytes>'}")
+    format: PayloadFormat = format_field()
     envelope: bool = Field(False, description="emit {topic, payload, qos, retain, dup} instead of the "
                                               "payload alone")
     batch_size: int = Field(1000, ge=1, description="messages handed out per poll at most (the broker's "
                                                     "in-flight window may allow fewer)")
-    wait: Duration = Field(0.5, description="how long a poll waits for a first message when none is "
-                                            "waiting, e.g. 500ms")
-    interval: Duration = Field(1.0, description="time between polls when idle, e.g. 1s")
+    wait: Duration = wait_field()
+    interval: Duration = idle_interval_field()
 
 
 class MqttSubscribe(PollingTrigger[MqttSubscribeConfig]):
@@ -329,8 +335,7 @@ class MqttPublish(Action[MqttPublishConfig]):
             conn.close()
 
     def _compile(self) -> None:
-        self._payload = Expr(self.config.payload, step=self.ctx.step, field="config.payload") \
-            if self.config.payload else None
+        self._payload = payload_expr(self.config.payload, self.ctx.step, "config.payload")
 
     def _render(self, body: dict) -> tuple[str, bytes]:
         topic = fill(self.config.topic, body)

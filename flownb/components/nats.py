@@ -35,9 +35,18 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .._duration import Duration
 from ..errors import ConfigError, FatalError, RetryableError
-from ._payload import as_body, encoded, shown
+from ._payload import (
+    PayloadFormat,
+    as_body,
+    encoded,
+    format_field,
+    idle_interval_field,
+    payload_expr,
+    shown,
+    wait_field,
+)
 from .base import Action, Context, PollConfig, PollingTrigger
-from .http import Expr, _compile_check, fill
+from .http import _compile_check, fill
 
 __all__ = ["NatsPublish", "NatsPublishConfig", "NatsSubscribe", "NatsSubscribeConfig"]
 
@@ -234,14 +243,11 @@ class NatsSubscribeConfig(PollConfig, _NatsConfig):
                                                  "batch), e.g. 30s; keep it above a poll and its commit")
     queue_group: str | None = Field(None, description="core: a queue group, so replicas share the subject's "
                                                       "messages instead of each getting all")
-    format: Literal["json", "text", "base64"] = Field(
-        "json", description="json: a JSON object payload is the body (other JSON as {'payload': …}); "
-        "text: {'payload': '<text>'}; base64: {'payload': '<base64 of the bytes>'}")
+    format: PayloadFormat = format_field()
     envelope: bool = Field(False, description="emit {subject, payload, headers} instead of the payload alone")
     batch_size: int = Field(256, ge=1, le=10000, description="messages handed out per poll at most")
-    wait: Duration = Field(0.5, description="how long a poll waits for a first message when none is "
-                                            "waiting, e.g. 500ms")
-    interval: Duration = Field(1.0, description="time between polls when idle, e.g. 1s")
+    wait: Duration = wait_field()
+    interval: Duration = idle_interval_field()
 
 
 class NatsSubscribe(PollingTrigger[NatsSubscribeConfig]):
@@ -393,8 +399,7 @@ class NatsPublish(Action[NatsPublishConfig]):
             client.close()
 
     def _compile(self) -> None:
-        self._payload = Expr(self.config.payload, step=self.ctx.step, field="config.payload") \
-            if self.config.payload else None
+        self._payload = payload_expr(self.config.payload, self.ctx.step, "config.payload")
 
     def _render(self, body: dict) -> tuple[str, bytes]:
         subject = fill(self.config.subject, body)

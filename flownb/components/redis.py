@@ -21,16 +21,16 @@ it is durable in the flow's own queue:
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from .._duration import Duration
 from ..errors import ConfigError, FatalError, RetryableError
-from ._payload import encoded
+from ._payload import encoded, idle_interval_field, payload_expr
 from .base import Action, Context, PollConfig, PollingTrigger
-from .http import Expr, _compile_check, fill
+from .http import _compile_check, fill
 
 __all__ = ["RedisSet", "RedisSetConfig", "RedisStream", "RedisStreamConfig", "RedisXadd", "RedisXaddConfig"]
 
@@ -114,7 +114,7 @@ class RedisStreamConfig(PollConfig, _RedisConfig):
     claim_idle: Duration = Field(60.0, description="take over entries another consumer of the group read "
                                                    "but did not acknowledge for this long (XAUTOCLAIM), "
                                                    "e.g. 1m; 0: never")
-    interval: Duration = Field(1.0, description="time between polls when idle, e.g. 1s")
+    interval: Duration = idle_interval_field()
 
 
 class RedisStream(PollingTrigger[RedisStreamConfig]):
@@ -225,7 +225,68 @@ class RedisStream(PollingTrigger[RedisStreamConfig]):
         return body
 
 
-# -- redis.xadd -------------------------------------------------------------------------------------
+# -- redis.xadd and redis.set ----------------------------------------------------------------------
+
+
+_RedisActionConfigT = TypeVar("_RedisActionConfigT", bound="_RedisConfig")
+
+
+class _RedisAction(Action[_RedisActionConfigT]):
+    """What ``redis.xadd`` and ``redis.set`` share: one connection, a batch queued on one pipeline
+    (a message the subclass cannot render fails alone) and sent in one round trip, each reply
+    mapped to the message's result or its error."""
+
+    effects: ClassVar[bool] = True
+
+    def setup(self) -> None:
+        self.where = f"Redis {self.config.host}:{self.config.port}"
+        self.r = _connect(self.config, self.ctx)
+
+    def close(self) -> None:
+        r = getattr(self, "r", None)
+        if r is not None:
+            r.close()
+
+    def _queue(self, pipe: Any, body: dict) -> None:
+        """Put this message's command on ``pipe``; raise for a message that cannot be sent."""
+        raise NotImplementedError
+
+    def _output(self, body: dict, reply: Any) -> dict:
+        """The output body for a message whose command replied ``reply``."""
+        raise NotImplementedError
+
+    def process(self, message, ctx: Context):
+        out = self.process_batch([message], ctx)[0]
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    def process_batch(self, messages, ctx: Context) -> list:
+        redis = _redis()
+        results: list = []
+        pipe = self.r.pipeline(transaction=False)
+        queued: list[int] = []
+        for n, m in enumerate(messages):
+            try:
+                self._queue(pipe, m.body)
+            except Exception as exc:  # FatalError, or an expression's EvaluationError: this message only
+                results.append(exc)
+                continue
+            queued.append(n)
+            results.append(None)
+        if not queued:
+            return results
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            err = map_redis_error(exc, self.where)
+            for n in queued:
+                results[n] = err
+            return results
+        for n, reply in zip(queued, replies, strict=True):
+            results[n] = map_redis_error(reply, self.where) if isinstance(reply, BaseException) \
+                else self._output(messages[n].body, reply)
+        return results
 
 class RedisXaddConfig(_RedisConfig):
     stream: str = Field(description="key of the stream to append to; '{field}' placeholders are filled "
@@ -238,26 +299,16 @@ class RedisXaddConfig(_RedisConfig):
     id_field: str | None = Field(None, description="add the new entry's id to the output body under this field")
 
 
-class RedisXadd(Action[RedisXaddConfig]):
+class RedisXadd(_RedisAction[RedisXaddConfig]):
     """Append each message to a Redis stream (XADD), a batch in one round trip."""
 
     Config = RedisXaddConfig
-    effects: ClassVar[bool] = True
 
     @classmethod
     def check_config(cls, config, step) -> None:
         if not config.stream.strip():
             raise ConfigError("'stream' is empty; give the key of a stream, e.g. events",
                               step=step.name, field="config.stream")
-
-    def setup(self) -> None:
-        self.where = f"Redis {self.config.host}:{self.config.port}"
-        self.r = _connect(self.config, self.ctx)
-
-    def close(self) -> None:
-        r = getattr(self, "r", None)
-        if r is not None:
-            r.close()
 
     def _entry(self, body: dict) -> tuple[str, dict[str, str]]:
         stream = fill(self.config.stream, body)
@@ -273,45 +324,13 @@ class RedisXadd(Action[RedisXaddConfig]):
         return {"host": self.config.host, "port": self.config.port, "stream": stream, "fields": fields,
                 "maxlen": self.config.maxlen}
 
-    def process(self, message, ctx: Context):
-        out = self.process_batch([message], ctx)[0]
-        if isinstance(out, BaseException):
-            raise out
-        return out
+    def _queue(self, pipe: Any, body: dict) -> None:
+        stream, fields = self._entry(body)
+        pipe.xadd(stream, fields, maxlen=self.config.maxlen, approximate=True)
 
-    def process_batch(self, messages, ctx: Context) -> list:
-        redis = _redis()
-        results: list = []
-        pipe = self.r.pipeline(transaction=False)
-        queued: list[int] = []
-        for n, m in enumerate(messages):
-            try:
-                stream, fields = self._entry(m.body)
-            except FatalError as exc:
-                results.append(exc)
-                continue
-            pipe.xadd(stream, fields, maxlen=self.config.maxlen, approximate=True)
-            queued.append(n)
-            results.append(None)
-        if not queued:
-            return results
-        try:
-            replies = pipe.execute(raise_on_error=False)
-        except (redis.exceptions.RedisError, OSError) as exc:
-            err = map_redis_error(exc, self.where)
-            for n in queued:
-                results[n] = err
-            return results
-        for n, reply in zip(queued, replies, strict=True):
-            if isinstance(reply, BaseException):
-                results[n] = map_redis_error(reply, self.where)
-            else:
-                body = messages[n].body
-                results[n] = {**body, self.config.id_field: reply} if self.config.id_field else body
-        return results
+    def _output(self, body: dict, reply: Any) -> dict:
+        return {**body, self.config.id_field: reply} if self.config.id_field else body
 
-
-# -- redis.set --------------------------------------------------------------------------------------
 
 class RedisSetConfig(_RedisConfig):
     key: str = Field(description="key to set; '{field}' placeholders are filled from the message body, "
@@ -328,11 +347,10 @@ class RedisSetConfig(_RedisConfig):
                                                        "'only')")
 
 
-class RedisSet(Action[RedisSetConfig]):
+class RedisSet(_RedisAction[RedisSetConfig]):
     """Set a Redis key per message (SET, optionally with a TTL), a batch in one round trip."""
 
     Config = RedisSetConfig
-    effects: ClassVar[bool] = True
 
     @classmethod
     def check_config(cls, config, step) -> None:
@@ -342,17 +360,11 @@ class RedisSet(Action[RedisSetConfig]):
 
     def setup(self) -> None:
         self._compile()
-        self.where = f"Redis {self.config.host}:{self.config.port}"
-        self.r = _connect(self.config, self.ctx)
-
-    def close(self) -> None:
-        r = getattr(self, "r", None)
-        if r is not None:
-            r.close()
+        self._set_args = self._args()
+        super().setup()
 
     def _compile(self) -> None:
-        self._value = Expr(self.config.value, step=self.ctx.step, field="config.value") \
-            if self.config.value else None
+        self._value = payload_expr(self.config.value, self.ctx.step, "config.value")
 
     def _render(self, body: dict) -> tuple[str, str]:
         key = fill(self.config.key, body)
@@ -379,41 +391,10 @@ class RedisSet(Action[RedisSetConfig]):
         return {"host": self.config.host, "port": self.config.port, "key": key, "value": value,
                 "ttl": self.config.ttl, "only": self.config.only}
 
-    def process(self, message, ctx: Context):
-        out = self.process_batch([message], ctx)[0]
-        if isinstance(out, BaseException):
-            raise out
-        return out
+    def _queue(self, pipe: Any, body: dict) -> None:
+        key, value = self._render(body)
+        pipe.set(key, value, **self._set_args)
 
-    def process_batch(self, messages, ctx: Context) -> list:
-        redis = _redis()
-        results: list = []
-        pipe = self.r.pipeline(transaction=False)
-        queued: list[int] = []
-        args = self._args()
-        for n, m in enumerate(messages):
-            try:
-                key, value = self._render(m.body)
-            except Exception as exc:  # FatalError, or the expression's EvaluationError: this message only
-                results.append(exc)
-                continue
-            pipe.set(key, value, **args)
-            queued.append(n)
-            results.append(None)
-        if not queued:
-            return results
-        try:
-            replies = pipe.execute(raise_on_error=False)
-        except (redis.exceptions.RedisError, OSError) as exc:
-            err = map_redis_error(exc, self.where)
-            for n in queued:
-                results[n] = err
-            return results
-        for n, reply in zip(queued, replies, strict=True):
-            if isinstance(reply, BaseException):
-                results[n] = map_redis_error(reply, self.where)
-            else:
-                body = messages[n].body
-                rf = self.config.result_field
-                results[n] = {**body, rf: bool(reply)} if rf else body
-        return results
+    def _output(self, body: dict, reply: Any) -> dict:
+        rf = self.config.result_field
+        return {**body, rf: bool(reply)} if rf else body
