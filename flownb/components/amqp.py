@@ -33,16 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .._duration import Duration
 from ..errors import ConfigError, FatalError, RetryableError
-from ._payload import (
-    PayloadFormat,
-    as_body,
-    encoded,
-    format_field,
-    idle_interval_field,
-    payload_expr,
-    shown,
-    wait_field,
-)
+from . import _payload
+from ._payload import as_body, encoded, shown
 from .base import Action, Context, PollConfig, PollingTrigger
 from .http import _compile_check, fill
 
@@ -142,13 +134,13 @@ class AmqpConsumeConfig(PollConfig, _AmqpConfig):
     queue: str = Field(description="your queue to consume (not one of flownb's own)")
     declare: bool = Field(False, description="declare the queue (durable) when it does not exist; default: "
                                              "it must exist")
-    format: PayloadFormat = format_field()
+    format: _payload.PayloadFormat = _payload.format_field()
     envelope: bool = Field(False, description="emit {routing_key, payload, headers, message_id, redelivered} "
                                               "instead of the payload alone")
     batch_size: int = Field(500, ge=1, le=10000, description="messages handed out per poll at most (also "
                                                              "the consumer's prefetch)")
-    wait: Duration = wait_field()
-    interval: Duration = idle_interval_field()
+    wait: Duration = _payload.wait_field()
+    interval: Duration = _payload.idle_interval_field()
 
 
 class AmqpConsume(PollingTrigger[AmqpConsumeConfig]):
@@ -330,7 +322,7 @@ class AmqpPublish(Action[AmqpPublishConfig]):
             self._drop()
 
     def _compile(self) -> None:
-        self._payload = payload_expr(self.config.payload, self.ctx.step, "config.payload")
+        self._payload = _payload.payload_expr(self.config.payload, self.ctx.step, "config.payload")
 
     def _render(self, body: dict) -> tuple[str, bytes, str]:
         key = fill(self.config.routing_key, body)

@@ -42,16 +42,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .._duration import Duration
 from ..errors import ConfigError, FatalError, RetryableError
-from ._payload import (
-    PayloadFormat,
-    as_body,
-    encoded,
-    format_field,
-    idle_interval_field,
-    payload_expr,
-    shown,
-    wait_field,
-)
+from . import _payload
+from ._payload import as_body, encoded, shown
 from .base import Action, Context, PollConfig, PollingTrigger
 from .http import _compile_check, fill
 
@@ -198,13 +190,13 @@ class MqttSubscribeConfig(PollConfig, _MqttConfig):
                                                     "it while the flow is down")
     qos: Literal[0, 1] = Field(1, description="1: at-least-once, acknowledged after the hand-off is "
                                               "durable; 0: at-most-once, nothing kept while the flow is down")
-    format: PayloadFormat = format_field()
+    format: _payload.PayloadFormat = _payload.format_field()
     envelope: bool = Field(False, description="emit {topic, payload, qos, retain, dup} instead of the "
                                               "payload alone")
     batch_size: int = Field(1000, ge=1, description="messages handed out per poll at most (the broker's "
                                                     "in-flight window may allow fewer)")
-    wait: Duration = wait_field()
-    interval: Duration = idle_interval_field()
+    wait: Duration = _payload.wait_field()
+    interval: Duration = _payload.idle_interval_field()
 
 
 class MqttSubscribe(PollingTrigger[MqttSubscribeConfig]):
@@ -335,7 +327,7 @@ class MqttPublish(Action[MqttPublishConfig]):
             conn.close()
 
     def _compile(self) -> None:
-        self._payload = payload_expr(self.config.payload, self.ctx.step, "config.payload")
+        self._payload = _payload.payload_expr(self.config.payload, self.ctx.step, "config.payload")
 
     def _render(self, body: dict) -> tuple[str, bytes]:
         topic = fill(self.config.topic, body)

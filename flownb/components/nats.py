@@ -35,16 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .._duration import Duration
 from ..errors import ConfigError, FatalError, RetryableError
-from ._payload import (
-    PayloadFormat,
-    as_body,
-    encoded,
-    format_field,
-    idle_interval_field,
-    payload_expr,
-    shown,
-    wait_field,
-)
+from . import _payload
+from ._payload import as_body, encoded, shown
 from .base import Action, Context, PollConfig, PollingTrigger
 from .http import _compile_check, fill
 
@@ -243,11 +235,11 @@ class NatsSubscribeConfig(PollConfig, _NatsConfig):
                                                  "batch), e.g. 30s; keep it above a poll and its commit")
     queue_group: str | None = Field(None, description="core: a queue group, so replicas share the subject's "
                                                       "messages instead of each getting all")
-    format: PayloadFormat = format_field()
+    format: _payload.PayloadFormat = _payload.format_field()
     envelope: bool = Field(False, description="emit {subject, payload, headers} instead of the payload alone")
     batch_size: int = Field(256, ge=1, le=10000, description="messages handed out per poll at most")
-    wait: Duration = wait_field()
-    interval: Duration = idle_interval_field()
+    wait: Duration = _payload.wait_field()
+    interval: Duration = _payload.idle_interval_field()
 
 
 class NatsSubscribe(PollingTrigger[NatsSubscribeConfig]):
@@ -399,7 +391,7 @@ class NatsPublish(Action[NatsPublishConfig]):
             client.close()
 
     def _compile(self) -> None:
-        self._payload = payload_expr(self.config.payload, self.ctx.step, "config.payload")
+        self._payload = _payload.payload_expr(self.config.payload, self.ctx.step, "config.payload")
 
     def _render(self, body: dict) -> tuple[str, bytes]:
         subject = fill(self.config.subject, body)

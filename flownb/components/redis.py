@@ -28,7 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .._duration import Duration
 from ..errors import ConfigError, FatalError, RetryableError
-from ._payload import encoded, idle_interval_field, payload_expr
+from . import _payload
+from ._payload import encoded
 from .base import Action, Context, PollConfig, PollingTrigger
 from .http import _compile_check, fill
 
@@ -114,7 +115,7 @@ class RedisStreamConfig(PollConfig, _RedisConfig):
     claim_idle: Duration = Field(60.0, description="take over entries another consumer of the group read "
                                                    "but did not acknowledge for this long (XAUTOCLAIM), "
                                                    "e.g. 1m; 0: never")
-    interval: Duration = idle_interval_field()
+    interval: Duration = _payload.idle_interval_field()
 
 
 class RedisStream(PollingTrigger[RedisStreamConfig]):
@@ -364,7 +365,7 @@ class RedisSet(_RedisAction[RedisSetConfig]):
         super().setup()
 
     def _compile(self) -> None:
-        self._value = payload_expr(self.config.value, self.ctx.step, "config.value")
+        self._value = _payload.payload_expr(self.config.value, self.ctx.step, "config.value")
 
     def _render(self, body: dict) -> tuple[str, str]:
         key = fill(self.config.key, body)
