@@ -24,7 +24,7 @@ from flownb.message import Message
 from flownb.runtime.core import StepRunner, TriggerRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
-from flow_kit import csv_ids, records_in, run, start, wait_first_poll, write_flow
+from flow_kit import csv_ids, kill_while_committing, records_in, run, start, wait_first_poll, write_flow
 from mqtt_kit import free_port, listening, unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
@@ -149,31 +149,11 @@ def test_sigkill_between_receive_and_commit_loses_nothing(queues, tmp_path):
     src = queues()
     spec = write_flow(tmp_path, "amqp-kill", {"component": "amqp.consume", "config": {"queue": src, "interval": "3s"}},
                       [{"name": "save", "component": "csv.write", "config": {"path": "out.csv"}}])
-    state, log = tmp_path / "state", tmp_path / "first.log"
-    db = state / "amqp-kill.db"
-    proc = start(spec, state, log)
-    lock = None
-    try:
-        wait_first_poll(proc, db, log)  # consuming; the next poll is 3 s away
-        lock = sqlite3.connect(db, isolation_level=None, timeout=30)
-        lock.execute("BEGIN IMMEDIATE")
-        send(src, [{"id": i} for i in range(40)])
-        deadline = time.monotonic() + 20
-        while ready(src) > 0:  # all delivered to the trigger (unacknowledged): its commit now waits
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        time.sleep(3.5)  # the next poll has taken them and waits for the lock
-        assert proc.poll() is None
-        assert lock.execute("SELECT count(*) FROM queue").fetchone()[0] == 0
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        if lock is not None:
-            lock.execute("ROLLBACK")
-            lock.close()
-    assert proc.returncode == -signal.SIGKILL and csv_ids(tmp_path / "out.csv") == []
+    state = tmp_path / "state"
+    kill_while_committing(spec, state, send=lambda: send(src, [{"id": i} for i in range(40)]),
+                          received=lambda: ready(src) == 0,  # all delivered to the trigger, unacknowledged
+                          settle=3.5)  # the next poll has taken them and waits for the lock
+    assert csv_ids(tmp_path / "out.csv") == []
     deadline = time.monotonic() + 20
     while ready(src) < 40:  # the broker saw the connection die and requeued everything
         assert time.monotonic() < deadline, ready(src)

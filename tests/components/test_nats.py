@@ -26,7 +26,7 @@ from flownb.message import Message
 from flownb.runtime.core import StepRunner, TriggerRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
-from flow_kit import csv_ids, records_in, run, start, wait_first_poll, write_flow
+from flow_kit import csv_ids, kill_while_committing, records_in, run, start, state_is, wait_first_poll, write_flow
 from nats_kit import (
     PrivateNats,
     ack_pending,
@@ -127,32 +127,11 @@ def test_sigkill_between_receive_and_commit_loses_nothing(streams, tmp_path):
                       {"component": "nats.subscribe", "config": {"subject": p + ".>", "interval": "3s",
                                                                  "ack_wait": "2s"}},
                       [{"name": "save", "component": "csv.write", "config": {"path": "out.csv"}}])
-    state, log = tmp_path / "state", tmp_path / "first.log"
-    db = state / "nats-kill.db"
-    proc = start(spec, state, log)
-    lock = None
-    try:
-        wait_first_poll(proc, db, log)  # the consumer exists; the next poll is 3 s away
-        js_publish(p + ".a", [{"id": i} for i in range(40)])
-        lock = sqlite3.connect(db, isolation_level=None, timeout=30)
-        lock.execute("BEGIN IMMEDIATE")
-        deadline = time.monotonic() + 20
-        while ack_pending(src, "flownb-nats-kill-src") < 40:  # fetched by the trigger: its commit now waits
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        time.sleep(0.3)
-        assert proc.poll() is None
-        assert lock.execute("SELECT count(*) FROM queue").fetchone()[0] == 0
-        assert orjson.loads(lock.execute("SELECT state FROM trigger_state").fetchone()[0]) == {"acks": []}
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        if lock is not None:
-            lock.execute("ROLLBACK")
-            lock.close()
-    assert proc.returncode == -signal.SIGKILL and csv_ids(tmp_path / "out.csv") == []
+    state = tmp_path / "state"
+    kill_while_committing(spec, state, send=lambda: js_publish(p + ".a", [{"id": i} for i in range(40)]),
+                          received=lambda: ack_pending(src, "flownb-nats-kill-src") == 40,  # fetched
+                          settle=0.3, check_state=state_is({"acks": []}))
+    assert csv_ids(tmp_path / "out.csv") == []
     assert ack_pending(src, "flownb-nats-kill-src") == 40  # nothing was acknowledged
     time.sleep(2.2)  # ack_wait: the server makes them deliverable again
     assert "40 record(s) in from 'src'" in records_in(run(spec, state))

@@ -21,7 +21,7 @@ from flownb.flow import load as load_flow
 from flownb.runtime.core import StepRunner, TriggerRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
-from flow_kit import csv_ids, records_in, run, start, wait_first_poll, write_flow
+from flow_kit import csv_ids, kill_while_committing, records_in, run, start, state_is, wait_first_poll, write_flow
 from mqtt_kit import free_port, unique
 from redis_kit import PrivateRedis, client, require_redis
 
@@ -137,32 +137,11 @@ def test_sigkill_between_receive_and_commit_loses_nothing(keys, tmp_path):
     spec = write_flow(tmp_path, "redis-kill",
                       {"component": "redis.stream", "config": {"stream": src, "interval": "3s"}},
                       [{"name": "save", "component": "csv.write", "config": {"path": "out.csv"}}])
-    state, log = tmp_path / "state", tmp_path / "first.log"
-    db = state / "redis-kill.db"
-    proc = start(spec, state, log)
-    lock = None
-    try:
-        wait_first_poll(proc, db, log)  # the group exists; the next poll is 3 s away
-        xadd(src, 40)
-        lock = sqlite3.connect(db, isolation_level=None, timeout=30)
-        lock.execute("BEGIN IMMEDIATE")
-        deadline = time.monotonic() + 20
-        while pending(src, "flownb-redis-kill-src") < 40:  # read by the trigger: its commit now waits
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        time.sleep(0.3)
-        assert proc.poll() is None
-        assert lock.execute("SELECT count(*) FROM queue").fetchone()[0] == 0
-        assert orjson.loads(lock.execute("SELECT state FROM trigger_state").fetchone()[0]) == {"ids": []}
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        if lock is not None:
-            lock.execute("ROLLBACK")
-            lock.close()
-    assert proc.returncode == -signal.SIGKILL and csv_ids(tmp_path / "out.csv") == []
+    state = tmp_path / "state"
+    kill_while_committing(spec, state, send=lambda: xadd(src, 40),
+                          received=lambda: pending(src, "flownb-redis-kill-src") == 40,  # read, unacknowledged
+                          settle=0.3, check_state=state_is({"ids": []}))
+    assert csv_ids(tmp_path / "out.csv") == []
     assert pending(src, "flownb-redis-kill-src") == 40  # nothing was acknowledged
 
     assert "40 record(s) in from 'src'" in records_in(run(spec, state))
