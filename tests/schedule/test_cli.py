@@ -19,28 +19,8 @@ def run(capsys, *argv):
 
 def test_add_list_history_remove(tmp_path, capsys, params_nb):
     state = str(tmp_path / "st")
-    rc, out = run(
-        capsys,
-        "--state-dir",
-        state,
-        "add",
-        str(params_nb),
-        "--cron",
-        "0 3 * * *",
-        "--name",
-        "rep",
-        "-p",
-        "n",
-        "6",
-        "--tz",
-        "Europe/Berlin",
-        "--keep",
-        "3",
-        "--catchup",
-        "last",
-        "--timeout",
-        "60",
-    )
+    rc, out = run(capsys, "--state-dir", state, "add", str(params_nb), "--cron", "0 3 * * *", "--name", "rep",
+                  "-p", "n", "6", "--tz", "Europe/Berlin", "--keep", "3", "--catchup", "last", "--timeout", "60")
     assert rc == 0 and "added" in out
     s = ScheduleStore(state).get("rep")
     assert (s.parameters, s.tz, s.keep, s.catchup, s.timeout) == ({"n": 6}, "Europe/Berlin", 3, "last", 60)
@@ -54,20 +34,8 @@ def test_add_list_history_remove(tmp_path, capsys, params_nb):
 
 def test_bad_input_exits_2_with_a_hint(tmp_path, capsys, params_nb):
     state = str(tmp_path / "st")
-    rc, out = run(
-        capsys,
-        "--state-dir",
-        state,
-        "add",
-        str(params_nb),
-        "--cron",
-        "0 3 * * *",
-        "--name",
-        "x",
-        "-p",
-        "nn",
-        "1",
-    )
+    rc, out = run(capsys, "--state-dir", state, "add", str(params_nb), "--cron", "0 3 * * *", "--name", "x",
+                  "-p", "nn", "1")
     assert rc == 2 and "did you mean 'n'" in out and "rate (float)" in out
     rc, out = run(capsys, "--state-dir", state, "add", str(params_nb), "--cron", "3am", "--name", "x")
     assert rc == 2 and "5 fields" in out
