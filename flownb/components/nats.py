@@ -25,7 +25,6 @@ import asyncio
 import logging
 import queue
 import ssl
-import threading
 import time
 import uuid
 from collections.abc import Coroutine
@@ -36,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from .._duration import Duration
 from ..errors import ConfigError, FatalError, RetryableError
 from . import _payload
+from ._aio import LoopThread
 from ._payload import as_body, encoded, shown
 from .base import Action, Context, PollConfig, PollingTrigger
 from .http import _compile_check, fill
@@ -125,9 +125,7 @@ class _Client:
         self.config = config
         self.where = f"NATS {config.host}:{config.port}"
         self._closing = False
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name=f"flownb-nats-{ctx.step}", daemon=True)
-        self.thread.start()
+        self._io = LoopThread(f"flownb-nats-{ctx.step}")
         kw: dict[str, Any] = {"servers": [f"{'tls' if config.tls else 'nats'}://{config.host}:{config.port}"],
                               "name": f"flownb-{ctx.flow}-{ctx.step}", "connect_timeout": config.timeout,
                               "allow_reconnect": True, "max_reconnect_attempts": -1, "reconnect_time_wait": 1,
@@ -140,7 +138,7 @@ class _Client:
         if config.tls:
             kw["tls"] = ssl.create_default_context()
         self._refused: Exception | None = None
-        fut = asyncio.run_coroutine_threadsafe(nats.connect(**kw), self.loop)
+        fut = self._io.submit(nats.connect(**kw))
         try:
             deadline = time.monotonic() + config.timeout + 5
             while True:
@@ -172,12 +170,7 @@ class _Client:
             log.warning("%s: disconnected; reconnecting", self.where)
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return fut.result(timeout if timeout is not None else self.config.timeout + 5)
-        except TimeoutError:
-            fut.cancel()
-            raise
+        return self._io.call(coro, timeout if timeout is not None else self.config.timeout + 5)
 
     @property
     def connected(self) -> bool:
@@ -194,10 +187,7 @@ class _Client:
             self._stop_loop()
 
     def _stop_loop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        if not self.thread.is_alive():
-            self.loop.close()
+        self._io.stop()
 
 
 def _body(data: bytes, subject: str, headers: dict | None, fmt: str, envelope: bool) -> dict:
