@@ -252,29 +252,35 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=5000)
     ap.add_argument("--batch", type=int, default=200)
+    ap.add_argument("--only", action="append", metavar="NAME", help="run only this one (repeatable), e.g. "
+                    "--only amqp.publish")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     key = f"flownb-bench-out-{uuid.uuid4().hex[:8]}"
-    result = {
+    runs = {
         # Mosquitto keeps at most max_queued_messages (default 1000) for a client beyond its in-flight
         # window and drops the rest: the backlog of this run stays below that
-        "mqtt.subscribe": mqtt_subscribe(min(args.messages, 1000)),
-        "redis.stream": redis_stream(args.messages),
-        "nats.subscribe": nats_subscribe(args.messages),
-        "amqp.consume": amqp_consume(args.messages),
-        "file.read parquet": file_read(args.messages * 4, "parquet"),
-        "file.read excel": file_read(args.messages, "excel"),
-        "mqtt.publish": _action("mqtt.publish", {"topic": "flownb-bench/out"}, args.messages, args.batch),
-        "redis.xadd": _action("redis.xadd", {"stream": key}, args.messages, args.batch),
+        "mqtt.subscribe": lambda: mqtt_subscribe(min(args.messages, 1000)),
+        "redis.stream": lambda: redis_stream(args.messages),
+        "nats.subscribe": lambda: nats_subscribe(args.messages),
+        "amqp.consume": lambda: amqp_consume(args.messages),
+        "file.read parquet": lambda: file_read(args.messages * 4, "parquet"),
+        "file.read excel": lambda: file_read(args.messages, "excel"),
+        "mqtt.publish": lambda: _action("mqtt.publish", {"topic": "flownb-bench/out"}, args.messages, args.batch),
+        "redis.xadd": lambda: _action("redis.xadd", {"stream": key}, args.messages, args.batch),
         # keys of this run expire after 5 minutes
-        "redis.set": _action("redis.set", {"key": key + ":{id}", "ttl": "5m"}, args.messages, args.batch),
-        "nats.publish": nats_publish(args.messages, args.batch),
-        "amqp.publish": amqp_publish(args.messages, args.batch),
-        "smtp.send": smtp_send(min(args.messages, 1000), args.batch),
-        "file.write parquet": file_write(args.messages, args.batch, "parquet"),
+        "redis.set": lambda: _action("redis.set", {"key": key + ":{id}", "ttl": "5m"}, args.messages, args.batch),
+        "nats.publish": lambda: nats_publish(args.messages, args.batch),
+        "amqp.publish": lambda: amqp_publish(args.messages, args.batch),
+        "smtp.send": lambda: smtp_send(min(args.messages, 1000), args.batch),
+        "file.write parquet": lambda: file_write(args.messages, args.batch, "parquet"),
         # the workbook is rewritten per batch: cost grows with the file (2,000 rows here)
-        "file.write excel": file_write(min(args.messages, 2000), args.batch, "excel"),
+        "file.write excel": lambda: file_write(min(args.messages, 2000), args.batch, "excel"),
     }
+    unknown = set(args.only or ()) - set(runs)
+    if unknown:
+        ap.error(f"no benchmark named {', '.join(sorted(unknown))}; choose from {', '.join(runs)}")
+    result = {name: run() for name, run in runs.items() if not args.only or name in args.only}
     redis.Redis().delete(key)
     for name, rate in result.items():
         print(f"{name:18} {rate:10,.0f} messages/s")

@@ -1,5 +1,5 @@
 """``amqp.consume`` (a polling trigger) and ``amqp.publish`` (an action) for your own RabbitMQ (AMQP
-0-9-1) queues and exchanges, on pika (a core dependency). flownb's own topology (``flownb.*``) is
+0-9-1) queues and exchanges, on pika and aiormq (core dependencies). flownb's own topology (``flownb.*``) is
 off limits to them: the runtimes own it.
 
 Delivery of ``amqp.consume`` is **at-least-once**, and nothing is acknowledged before it is durable
@@ -19,11 +19,14 @@ in the flow's own queue:
 
 ``amqp.publish`` publishes with publisher confirms, ``mandatory`` by default: the step passes a
 message on only once the broker confirmed it, and a message no queue is bound for is returned and
-dead-lettered instead of silently dropped.
+dead-lettered instead of silently dropped. It publishes a whole batch before waiting for the
+confirms (aiormq on an event loop of the step's own, as the webhook ingress), so a batch costs one
+round trip, not one per message.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -34,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .._duration import Duration
 from ..errors import ConfigError, FatalError, RetryableError
 from . import _payload
+from ._aio import LoopThread
 from ._payload import as_body, encoded, shown
 from .base import Action, Context, PollConfig, PollingTrigger
 from .http import _compile_check, fill
@@ -61,7 +65,7 @@ class _AmqpConfig(BaseModel):
                                                        "which it accepts only on loopback)")
     tls: bool = Field(False, description="connect with TLS, checking the broker's certificate")
     heartbeat: int = Field(30, ge=0, le=3600, description="seconds between heartbeats (0: none)")
-    timeout: Duration = Field(10.0, description="timeout of connecting and of each confirm, e.g. 10s")
+    timeout: Duration = Field(10.0, description="timeout of connecting and of the confirms of a batch, e.g. 10s")
 
 
 def _pika():
@@ -111,6 +115,37 @@ def map_amqp_error(exc: BaseException, where: str) -> Exception:
                         e.ChannelClosed, OSError, TimeoutError)):
         return RetryableError(f"{where} is unavailable ({type(exc).__name__}: {exc}); will retry — is the "
                               f"broker running and the host/port right?")
+    return FatalError(f"{where}: {type(exc).__name__}: {exc}; fix the step's config or the message")
+
+
+def _aiormq_url(config: _AmqpConfig, ctx: Context) -> str:
+    """The broker URL for aiormq (amqp.publish): ``url_env``'s, or one built from the fields."""
+    if config.url_env:
+        return ctx.secret(config.url_env)
+    from yarl import URL
+    password = ctx.secret(config.password_env) if config.password_env else "guest"
+    vhost = "" if config.vhost == "/" else config.vhost.replace("/", "%2F")
+    return str(URL.build(scheme="amqps" if config.tls else "amqp", user=config.username, password=password,
+                         host=config.host, port=config.port, path="/" + vhost, encoded=False,
+                         query={"heartbeat": str(config.heartbeat)}))
+
+
+def map_aiormq_error(exc: BaseException, where: str) -> Exception:
+    """aiormq error (amqp.publish) → the same RetryableError / FatalError as map_amqp_error."""
+    from aiormq import exceptions as e
+    if isinstance(exc, (e.AuthenticationError, e.ProbableAuthenticationError, e.ConnectionNotAllowed)):
+        return FatalError(f"{where} refused the login or the virtual host ({type(exc).__name__}: {exc}); check "
+                          f"'username', 'password_env', 'vhost' (or the URL in 'url_env')")
+    if isinstance(exc, e.ChannelNotFoundEntity):
+        return FatalError(f"{where}: {exc}; create it first, or check the name")
+    if isinstance(exc, e.ChannelAccessRefused):
+        return FatalError(f"{where}: access refused ({exc}); grant the user the permission")
+    if isinstance(exc, e.ChannelPreconditionFailed):
+        return FatalError(f"{where}: {exc}; the existing queue or exchange was declared differently")
+    if isinstance(exc, (e.AMQPConnectionError, e.AMQPChannelError, e.ChannelInvalidStateError, OSError,
+                        TimeoutError, asyncio.TimeoutError, asyncio.CancelledError)):
+        return RetryableError(f"{where} is unavailable or did not confirm in time ({type(exc).__name__}: {exc}); "
+                              f"will retry — is the broker running and the host/port right?")
     return FatalError(f"{where}: {type(exc).__name__}: {exc}; fix the step's config or the message")
 
 
@@ -290,36 +325,55 @@ class AmqpPublish(Action[AmqpPublishConfig]):
 
     def setup(self) -> None:
         self._compile()
-        self.params, self.where = _params(self.config, self.ctx)
+        self.where = _params(self.config, self.ctx)[1]
+        self._url = _aiormq_url(self.config, self.ctx)
         self.conn: Any = None
         self.channel: Any = None
-        self._open()
-
-    def _open(self) -> None:
-        pika = _pika()
+        self._io = LoopThread(f"flownb-amqp-{self.ctx.step}")
         try:
-            self.conn = pika.BlockingConnection(self.params)
-            ch = self.conn.channel()
-            ch.confirm_delivery()
-            if self.config.exchange:
-                ch.exchange_declare(self.config.exchange, passive=True)
-            self.channel = ch
-        except Exception as exc:
-            self._drop()
-            raise map_amqp_error(exc, f"{self.where} exchange '{self.config.exchange}'"
-                                 if self.config.exchange else self.where) from None
+            self._io.call(self._open(), self.config.timeout + 5)
+        except BaseException as exc:
+            self._io.stop()
+            if isinstance(exc, Exception):
+                raise self._error(exc) from None
+            raise
 
-    def _drop(self) -> None:
+    async def _open(self) -> None:
+        """A connection and a channel in confirm mode (returned messages raise); the exchange must
+        exist."""
+        import aiormq
+        await self._drop()
+        conn = await asyncio.wait_for(
+            aiormq.connect(self._url, client_properties={"connection_name": f"flownb-{self.ctx.flow}-{self.ctx.step}"}),
+            self.config.timeout)
+        try:
+            ch = await conn.channel(publisher_confirms=True, on_return_raises=True)
+            if self.config.exchange:
+                await ch.exchange_declare(self.config.exchange, passive=True)
+        except BaseException:
+            await asyncio.gather(conn.close(), return_exceptions=True)
+            raise
+        self.conn, self.channel = conn, ch
+
+    async def _drop(self) -> None:
         conn, self.conn, self.channel = self.conn, None, None
-        if conn is not None and conn.is_open:
-            try:
-                conn.close()
-            except Exception as exc:
-                log.debug("%s: close: %s", self.where, exc)
+        if conn is not None and not conn.is_closed:
+            await asyncio.gather(conn.close(), return_exceptions=True)
 
     def close(self) -> None:
-        if getattr(self, "conn", None) is not None:
-            self._drop()
+        io = getattr(self, "_io", None)
+        if io is None:
+            return
+        try:
+            io.call(self._drop(), 10)
+        except Exception as exc:  # closing a broken connection: nothing left to release but the loop
+            log.debug("%s: close: %s", self.where, exc)
+        finally:
+            io.stop()
+
+    def _error(self, exc: BaseException) -> Exception:
+        what = f"{self.where} exchange '{self.config.exchange}'" if self.config.exchange else self.where
+        return map_aiormq_error(exc, what)
 
     def _compile(self) -> None:
         self._payload = _payload.payload_expr(self.config.payload, self.ctx.step, "config.payload")
@@ -351,38 +405,57 @@ class AmqpPublish(Action[AmqpPublishConfig]):
         return out
 
     def process_batch(self, messages, ctx: Context) -> list:
-        pika = _pika()
-        results: list = []
-        down: Exception | None = None  # the connection failed: the rest of the batch is retried too
-        for m in messages:
+        """Render every message, publish the batch at once and wait for the broker's confirms of
+        all of it (one round trip, not one per message): a confirmed message passes on, a returned
+        one (no queue bound) is dead-lettered alone, a refused one (``basic.nack``) is retried; a
+        lost connection or no confirm within ``timeout`` retries the rest of the batch."""
+        results: list = [None] * len(messages)
+        items: list[tuple[int, str, bytes, str]] = []
+        for n, m in enumerate(messages):
             try:
                 key, payload, ctype = self._render(m.body)
             except Exception as exc:  # FatalError, or the expression's EvaluationError: this message only
-                results.append(exc)
+                results[n] = exc
                 continue
-            if down is not None:
-                results.append(down)
-                continue
-            try:
-                if self.channel is None or not self.channel.is_open:
-                    self._drop()
-                    self._open()
-                assert self.channel is not None
-                props = pika.BasicProperties(content_type=ctype, message_id=m.id,
-                                             delivery_mode=2 if self.config.persistent else 1)
-                self.channel.basic_publish(self.config.exchange, key, payload, props, mandatory=self.config.mandatory)
-                results.append(m.body)
-            except pika.exceptions.UnroutableError:
-                results.append(FatalError(f"{self.where}: no queue is bound for routing key {key!r} on exchange "
-                                          f"{self.config.exchange or '(default)'!r}; the broker returned the "
-                                          f"message — bind a queue, or set mandatory: false to let it drop"))
-            except pika.exceptions.NackError:
-                results.append(RetryableError(f"{self.where} refused the message (basic.nack); will retry"))
-            except (RetryableError, FatalError) as exc:
-                results.append(exc)
-                down = exc
-            except Exception as exc:
-                self._drop()
-                down = map_amqp_error(exc, self.where)
-                results.append(down)
+            items.append((n, key, payload, ctype))
+        if not items:
+            return results
+        try:
+            outs = self._io.call(self._publish(messages, items), self.config.timeout + 5)
+        except Exception as exc:  # no connection, or no confirm in time: the batch again later
+            err = self._error(exc)
+            self._io.call(self._drop(), 10)
+            outs = [err] * len(items)
+        for (n, *_sent), out in zip(items, outs, strict=True):
+            results[n] = messages[n].body if out is None else out
         return results
+
+    async def _publish(self, messages: list, items: list[tuple[int, str, bytes, str]]) -> list:
+        """Each item's error (None: confirmed)."""
+        from aiormq import spec
+        from aiormq.exceptions import DeliveryError, PublishError
+        if self.channel is None or self.channel.is_closed:
+            await self._open()
+        ch, cfg = self.channel, self.config
+        mode = 2 if cfg.persistent else 1
+        sends = [ch.basic_publish(payload, exchange=cfg.exchange, routing_key=key, mandatory=cfg.mandatory,
+                                  properties=spec.Basic.Properties(content_type=ctype, delivery_mode=mode,
+                                                                   message_id=messages[n].id))
+                 for n, key, payload, ctype in items]
+        done = await asyncio.wait_for(asyncio.gather(*sends, return_exceptions=True), cfg.timeout)
+        out: list = []
+        for (_n, key, *_sent), r in zip(items, done, strict=True):
+            if isinstance(r, PublishError):
+                out.append(FatalError(f"{self.where}: no queue is bound for routing key {key!r} on exchange "
+                                      f"{cfg.exchange or '(default)'!r}; the broker returned the message — "
+                                      f"bind a queue, or set mandatory: false to let it drop"))
+            elif isinstance(r, DeliveryError):
+                out.append(RetryableError(f"{self.where} refused the message (basic.nack); will retry"))
+            elif isinstance(r, BaseException):
+                out.append(self._error(r))
+            else:
+                out.append(None)
+        if any(isinstance(e, RetryableError) and not isinstance(r, DeliveryError)
+               for e, r in zip(out, done, strict=True)):
+            await self._drop()  # the channel or connection broke: a new one for the next batch
+        return out

@@ -182,6 +182,28 @@ def test_publish_unroutable_dead_letters_alone_and_a_missing_exchange_says_creat
     assert not classify(step.setup_error) and "create it first" in str(step.setup_error)
 
 
+def test_publish_confirms_a_batch_at_once_and_a_refused_message_is_retried_alone(queues, step_runner):
+    """A queue that holds one message and refuses more (``x-overflow: reject-publish``): of a batch
+    published at once, the broker confirms the first and nacks the rest — each nack is a retry of
+    that message only, never a silent drop, and the confirmed one passes on."""
+    full = unique("t-amqp-full")
+    conn, ch = channel()
+    ch.queue_declare(full, durable=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    conn.close()
+    try:
+        runner = step_runner("amqp.publish", {"routing_key": full})
+        outcomes = runner.run_batch([Message(body={"n": i}) for i in range(3)])
+        assert [o.ok for o in outcomes] == [True, False, False]
+        assert all(o.error.retryable and "refused the message (basic.nack)" in o.error.message
+                   for o in outcomes[1:])
+        assert drain(full) == [{"n": 0}]
+        again = runner.run_batch([Message(body={"n": 1})])  # room again: the retry goes through
+        assert [o.ok for o in again] == [True] and drain(full) == [{"n": 1}]
+    finally:
+        conn, ch = channel()
+        ch.queue_delete(full)
+        conn.close()
+
 def load_flow_from(config: dict):
     import flownb
     return flownb.Flow(name="x", trigger=flownb.step("src", "amqp.consume", queue="q"),
