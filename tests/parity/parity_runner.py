@@ -5,15 +5,16 @@ A case is a directory ``flows/<name>/`` holding
 
 - ``flow.yaml``: a plain flownb spec (``flownb validate`` reads it). Parameters the runner fills
   when the flow declares them: ``out_dir`` (a fresh directory for ``csv.write``), ``db_url`` and
-  ``table`` (a SQLite file in the run's directory, or PostgreSQL at 127.0.0.1:5432 db ``test``; the
-  table name is unique per run), ``source`` (the case's ``sample.csv``, for a ``csv.poll`` trigger)
-  and one URL per HTTP target named in ``case.yaml``; ``stream`` (a Redis stream key on
-  127.0.0.1:6379, unique per run and deleted after it, for ``redis.xadd``);
+  ``table`` (a SQLite file in the run's directory, PostgreSQL at 127.0.0.1:5432 db ``test`` or
+  MariaDB at 127.0.0.1:3306 db ``test``; the table name is unique per run), ``source`` (the case's
+  ``sample.csv``, for a ``csv.poll`` trigger) and one URL per HTTP target named in ``case.yaml``;
+  ``stream`` (a Redis stream key on 127.0.0.1:6379, unique per run and deleted after it, for
+  ``redis.xadd``);
 - ``sample.json`` (bodies fed as the trigger's output), ``sample.csv`` (read by a ``csv.poll``
   trigger; ``pandas.read_csv`` of it for the preview) or ``sample.sql`` (a script making the SQLite
   database ``source_url`` that a ``sql.poll`` trigger reads; ``pandas.read_sql_table`` of the
   trigger's table for the preview);
-- ``case.yaml``: ``description``, ``db`` (``sqlite`` | ``postgres``), ``targets`` (parameter name →
+- ``case.yaml``: ``description``, ``db`` (``sqlite`` | ``postgres`` | ``mysql``), ``targets`` (parameter name →
   :class:`flownb.testing.HttpTarget` keyword arguments), ``engines`` (expected
   ``flownb.rules.compile(expr).engine`` of the JSONata expressions), ``xfail`` (path → reason);
 - ``expected.json``: the normalized result every path must give (:func:`normalize`).
@@ -63,6 +64,7 @@ HERE = Path(__file__).parent
 FLOWS = HERE / "flows"
 PATHS = ("preview", "test", "local", "amqp")
 PG_URL = os.environ.get("FLOWNB_PARITY_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+MY_URL = os.environ.get("FLOWNB_PARITY_MY_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 BROKER = os.environ.get("FLOWNB_PARITY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
 CAPTURE = "parity-capture"
 RUN_TIMEOUT = float(os.environ.get("FLOWNB_PARITY_TIMEOUT", "60"))  # seconds a path may take to settle
@@ -171,7 +173,7 @@ class Env:
 
     @property
     def db_url(self) -> str:
-        return PG_URL if self.case.db == "postgres" else f"sqlite:///{self.tmp / 'sink.db'}"
+        return {"postgres": PG_URL, "mysql": MY_URL}.get(self.case.db) or f"sqlite:///{self.tmp / 'sink.db'}"
 
     def flow(self) -> Flow:
         """The case's flow with this run's parameters (and, for amqp, a unique name)."""
@@ -191,7 +193,7 @@ def open_env(case: Case, path: str, tmp: Path, stack: ExitStack) -> Env:
     if "table" in declared:
         env.params["table"] = env.table
         env.replacements.append((env.table, env.base_table))
-        if case.db == "postgres":
+        if case.db in ("postgres", "mysql"):
             stack.callback(_drop_table, env.db_url, env.table)
     if "source" in declared:
         env.params["source"] = str(case.sample_csv)
@@ -240,7 +242,7 @@ def _drop_table(url: str, table: str) -> None:
     engine = sa.create_engine(url)
     try:
         with engine.begin() as conn:
-            conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table}"'))
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {engine.dialect.identifier_preparer.quote(table)}"))
     finally:
         engine.dispose()
 

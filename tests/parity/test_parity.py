@@ -15,7 +15,18 @@ import difflib
 import os
 
 import pytest
-from parity_runner import PATHS, broker_up, case_names, dumps, expressions, load_case, redis_up, run_path
+from parity_runner import (
+    MY_URL,
+    PATHS,
+    PG_URL,
+    broker_up,
+    case_names,
+    dumps,
+    expressions,
+    load_case,
+    redis_up,
+    run_path,
+)
 
 from flownb.rules import compile
 
@@ -31,6 +42,8 @@ def _params():
             marks = list(PATH_MARKS.get(path, []))
             if case.db == "postgres":
                 marks += [pytest.mark.integration, pytest.mark.postgres]
+            if case.db == "mysql":
+                marks += [pytest.mark.integration, pytest.mark.mysql]  # MariaDB on 127.0.0.1:3306
             if case.uses_redis:
                 marks += [pytest.mark.integration, pytest.mark.redis]  # Redis on 127.0.0.1:6379
             if case.uses_http or case.targets:
@@ -41,11 +54,10 @@ def _params():
             yield pytest.param(name, path, marks=unique, id=f"{name}-{path}")
 
 
-def _pg_up() -> bool:
+def _db_up(url: str) -> bool:
     import sqlalchemy as sa
-    from parity_runner import PG_URL
     try:
-        engine = sa.create_engine(PG_URL)
+        engine = sa.create_engine(url)
         with engine.connect():
             pass
         engine.dispose()
@@ -60,8 +72,10 @@ def test_parity(name, path, tmp_path):
     case = load_case(name)
     if path == "amqp" and not broker_up():
         pytest.skip("RabbitMQ is not running on 127.0.0.1:5672")
-    if case.db == "postgres" and not _pg_up():
+    if case.db == "postgres" and not _db_up(PG_URL):
         pytest.skip("PostgreSQL is not running on 127.0.0.1:5432 (db test, trust auth)")
+    if case.db == "mysql" and not _db_up(MY_URL):
+        pytest.skip("MariaDB is not running on 127.0.0.1:3306 (db test; scripts/services starts it)")
     if case.uses_redis and not redis_up():
         pytest.skip("Redis is not running on 127.0.0.1:6379 (scripts/services starts it)")
     result = run_path(case, path, tmp_path)
@@ -95,7 +109,8 @@ def test_the_suite_covers_every_built_in_action_both_engines_retries_and_dead_le
     assert len(cases) >= 15
     components = {s.component for c in cases for s in c.flow.steps}
     assert {"mapping", "filter", "split", "python", "log", "csv.write", "sql.upsert", "http.request"} <= components
-    assert {c.db for c in cases if any(s.component == "sql.upsert" for s in c.flow.steps)} >= {"sqlite", "postgres"}
+    dbs = {c.db for c in cases if any(s.component == "sql.upsert" for s in c.flow.steps)}
+    assert dbs >= {"sqlite", "postgres", "mysql"}
     engines = {compile(e).engine for c in cases for e in expressions(c.flow)}
     assert engines == {"compiled", "jsonatapy"}
     outcomes = [d for c in cases if c.expected for d in c.expected["dead_letters"]]
