@@ -9,7 +9,8 @@ A case is a directory ``flows/<name>/`` holding
   MariaDB at 127.0.0.1:3306 db ``test``; the table name is unique per run), ``source`` (the case's
   ``sample.csv``, for a ``csv.poll`` trigger) and one URL per HTTP target named in ``case.yaml``;
   ``stream`` (a Redis stream key on 127.0.0.1:6379, unique per run and deleted after it, for
-  ``redis.xadd``);
+  ``redis.xadd``); ``topic_prefix`` (MQTT topics on 127.0.0.1:1883 of this run alone: what an
+  ``mqtt.publish`` with ``retain`` sent is read back as the broker's retained messages, then cleared);
 - ``sample.json`` (bodies fed as the trigger's output), ``sample.csv`` (read by a ``csv.poll``
   trigger; ``pandas.read_csv`` of it for the preview) or ``sample.sql`` (a script making the SQLite
   database ``source_url`` that a ``sql.poll`` trigger reads; ``pandas.read_sql_table`` of the
@@ -116,6 +117,10 @@ class Case:
     def uses_redis(self) -> bool:
         return any(s.component.startswith("redis.") for s in self.flow.steps)
 
+    @property
+    def uses_mqtt(self) -> bool:
+        return any(s.component.startswith("mqtt.") for s in self.flow.steps)
+
 
 def load_case(name: str) -> Case:
     d = FLOWS / name
@@ -210,6 +215,11 @@ def open_env(case: Case, path: str, tmp: Path, stack: ExitStack) -> Env:
         env.params["stream"] = key
         env.replacements.append((key, "<stream>"))
         stack.callback(_delete_stream, key)
+    if "topic_prefix" in declared:  # MQTT topics of this run alone (mqtt.publish's sink: retained messages)
+        prefix = f"flownb-parity/{env.run_id}-{uuid.uuid4().hex[:6]}"
+        env.params["topic_prefix"] = prefix
+        env.replacements.append((prefix, "<prefix>"))
+        stack.callback(_clear_retained, prefix)
     for param, kw in case.targets.items():
         target = stack.enter_context(HttpTarget(**(kw or {})))
         env.targets[param] = target
@@ -226,6 +236,43 @@ def _delete_stream(key: str) -> None:
         r.delete(key)
     finally:
         r.close()
+
+
+def _retained(prefix: str, clear: bool = False) -> dict[str, bytes]:
+    """The retained messages of the MQTT topics under ``prefix`` (Mosquitto on 127.0.0.1:1883),
+    topic → payload; ``clear``: then remove them (an empty retained message per topic)."""
+    import paho.mqtt.client as mqtt
+    got: dict[str, bytes] = {}
+    subscribed = __import__("threading").Event()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"flownb-parity-{uuid.uuid4().hex[:8]}")
+    c.on_message = lambda _c, _u, m: got.__setitem__(m.topic, m.payload) if m.retain and m.payload else None
+    c.on_subscribe = lambda *_a: subscribed.set()
+    c.connect("127.0.0.1", 1883)
+    c.loop_start()
+    try:
+        c.subscribe(prefix + "/#", qos=1)
+        assert subscribed.wait(10), "Mosquitto did not answer the subscription"
+        time.sleep(0.5)  # the broker sends the retained messages right after the SUBACK
+        if clear:
+            for topic in got:
+                c.publish(topic, b"", qos=1, retain=True).wait_for_publish(10)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    return got
+
+
+def _clear_retained(prefix: str) -> None:
+    _retained(prefix, clear=True)
+
+
+def mqtt_up() -> bool:
+    import socket
+    try:
+        socket.create_connection(("127.0.0.1", 1883), 2).close()
+        return True
+    except OSError:
+        return False
 
 
 def redis_up() -> bool:
@@ -336,6 +383,10 @@ def read_sinks(flow: Flow, env: Env) -> dict:
             out[key] = {"header": header, "rows": sorted(body)}
         elif s.component == "sql.upsert":
             out[f"sql:{s.name}"] = _read_table(c["url"], c["table"], c["key"])
+        elif s.component == "mqtt.publish" and c.get("retain"):  # topic → payload of the retained messages
+            prefix = env.params["topic_prefix"]
+            out[f"mqtt:{s.name}"] = {t.replace(prefix, "<prefix>"): orjson.loads(p)
+                                     for t, p in sorted(_retained(prefix).items())}
         elif s.component == "redis.xadd":  # the entries' fields (ids are times: left out), sorted
             import redis
             r = redis.Redis(host=c.get("host", "127.0.0.1"), port=c.get("port", 6379), decode_responses=True)
@@ -723,4 +774,4 @@ def dumps(result: dict) -> str:
 
 
 __all__ = ["Case", "PATHS", "ParityTable", "case_names", "load_case", "run_path", "broker_up", "redis_up",
-           "normalize", "expressions", "dumps"]
+           "mqtt_up", "normalize", "expressions", "dumps"]

@@ -24,6 +24,7 @@ from parity_runner import (
     dumps,
     expressions,
     load_case,
+    mqtt_up,
     redis_up,
     run_path,
 )
@@ -46,6 +47,8 @@ def _params():
                 marks += [pytest.mark.integration, pytest.mark.mysql]  # MariaDB on 127.0.0.1:3306
             if case.uses_redis:
                 marks += [pytest.mark.integration, pytest.mark.redis]  # Redis on 127.0.0.1:6379
+            if case.uses_mqtt:
+                marks += [pytest.mark.integration, pytest.mark.mqtt]  # Mosquitto on 127.0.0.1:1883
             if case.uses_http or case.targets:
                 marks.append(pytest.mark.integration)  # a real HTTP server (flownb.testing.HttpTarget)
             if path in case.xfail:
@@ -78,6 +81,8 @@ def test_parity(name, path, tmp_path):
         pytest.skip("MariaDB is not running on 127.0.0.1:3306 (db test; scripts/services starts it)")
     if case.uses_redis and not redis_up():
         pytest.skip("Redis is not running on 127.0.0.1:6379 (scripts/services starts it)")
+    if case.uses_mqtt and not mqtt_up():
+        pytest.skip("Mosquitto is not running on 127.0.0.1:1883 (scripts/services starts it)")
     result = run_path(case, path, tmp_path)
     if case.expected is None:
         if os.environ.get("FLOWNB_PARITY_WRITE") == path:
