@@ -40,6 +40,7 @@ from .base import Action, Context, PollConfig, PollingTrigger
 __all__ = ["FileRead", "FileReadConfig", "FileWrite", "FileWriteConfig"]
 
 Format = Literal["parquet", "excel"]
+ColumnType = Literal["string", "int", "float", "bool", "json"]
 
 
 def _pyarrow():
@@ -103,10 +104,17 @@ class FileRead(PollingTrigger[FileReadConfig]):
     @classmethod
     def check_config(cls, config, step) -> None:
         try:
-            _format(config.format, config.path)
+            fmt = _format(config.format, config.path)
         except ConfigError as exc:
             exc.at(step=step.name)
             raise
+        if config.types and fmt != "parquet":
+            raise ConfigError("'types' applies to Parquet (an Excel cell keeps each value's own type); remove it",
+                              step=step.name, field="config.types")
+        unknown = sorted(set(config.types or ()) - set(config.columns or config.types or ()))
+        if unknown:
+            raise ConfigError(f"'types' names {unknown}, which are not in 'columns' {config.columns}; add them "
+                              f"to 'columns' or remove them", step=step.name, field="config.types")
 
     def setup(self) -> None:
         self.fmt = _format(self.config.format, self.config.path)
@@ -265,6 +273,11 @@ class FileWriteConfig(BaseModel):
                                                         "else the batch's fields in order of appearance)")
     on_extra: Literal["error", "ignore"] = Field("ignore", description="fields not among the columns: drop "
                                                  "them, or dead-letter the message")
+    types: dict[str, ColumnType] | None = Field(
+        None, description="parquet: a column's type in every part file whatever the batch holds (string, "
+        "int, float, bool, json: the value as JSON text); a value that does not fit dead-letters its "
+        "message. Without it a part file's column types follow its batch's values (a column mixing 1 and "
+        "'A-2' in one batch is written as text)")
     passthrough: bool = Field(True, description="emit each written message on to the next step")
 
 
@@ -277,10 +290,17 @@ class FileWrite(Action[FileWriteConfig]):
     @classmethod
     def check_config(cls, config, step) -> None:
         try:
-            _format(config.format, config.path)
+            fmt = _format(config.format, config.path)
         except ConfigError as exc:
             exc.at(step=step.name)
             raise
+        if config.types and fmt != "parquet":
+            raise ConfigError("'types' applies to Parquet (an Excel cell keeps each value's own type); remove it",
+                              step=step.name, field="config.types")
+        unknown = sorted(set(config.types or ()) - set(config.columns or config.types or ()))
+        if unknown:
+            raise ConfigError(f"'types' names {unknown}, which are not in 'columns' {config.columns}; add them "
+                              f"to 'columns' or remove them", step=step.name, field="config.types")
 
     def setup(self) -> None:
         self.fmt = _format(self.config.format, self.config.path)
@@ -344,11 +364,17 @@ class FileWrite(Action[FileWriteConfig]):
         path.mkdir(parents=True, exist_ok=True)
         columns = self._columns(messages, None)
         results, rows = self._rows(messages, columns)
+        types = self.config.types or {}
+        if types:
+            rows = self._typed(messages, columns, results, rows)
         if not rows:
             return results
         arrays = []
         for i, name in enumerate(columns):
             values = [r[i] for r in rows]
+            if name in types:
+                arrays.append(pa.array(values, type=_ARROW[types[name]](pa)))
+                continue
             try:
                 arrays.append(pa.array(values))
             except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
@@ -362,6 +388,26 @@ class FileWrite(Action[FileWriteConfig]):
         name = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.parquet"
         _atomic(path / name, lambda tmp: pq.write_table(table, tmp))
         return results
+
+    def _typed(self, messages, columns: list[str], results: list, rows: list[list]) -> list[list]:
+        """The rows with each ``types`` column's value converted; a message with a value that does
+        not fit gets a FatalError in ``results`` and its row is left out."""
+        types = self.config.types or {}
+        at = [(i, c, types[c]) for i, c in enumerate(columns) if c in types]
+        kept: list[list] = []
+        written = iter(rows)  # the rows of the messages _rows did not reject, in order
+        for n, m in enumerate(messages):
+            if isinstance(results[n], FatalError):
+                continue
+            row = next(written)
+            try:
+                for i, c, t in at:
+                    row[i] = _typed_value(m.body.get(c), t, c)
+            except FatalError as exc:
+                results[n] = exc
+                continue
+            kept.append(row)
+        return kept
 
     def _excel(self, path: Path, messages) -> list:
         openpyxl = _openpyxl()
@@ -388,6 +434,30 @@ class FileWrite(Action[FileWriteConfig]):
                 ws.append([_excel_cell(v) for v in r])
             _atomic(path, lambda tmp: wb.save(tmp))
         return results
+
+
+_ARROW = {"string": lambda pa: pa.string(), "json": lambda pa: pa.string(), "int": lambda pa: pa.int64(),
+          "float": lambda pa: pa.float64(), "bool": lambda pa: pa.bool_()}
+
+
+def _typed_value(value: Any, kind: str, column: str) -> Any:
+    """A body value as a cell of a ``types`` column (None stays null)."""
+    if value is None:
+        return None
+    if kind == "json":
+        return orjson.dumps(value).decode()
+    if kind == "string":
+        return value if isinstance(value, str) else orjson.dumps(value).decode()
+    if kind == "int" and type(value) is int:
+        return value
+    if kind == "int" and type(value) is float and value.is_integer():
+        return int(value)
+    if kind == "float" and type(value) in (int, float):
+        return float(value)
+    if kind == "bool" and type(value) is bool:
+        return value
+    raise FatalError(f"column '{column}' is typed {kind} but the message has {orjson.dumps(value).decode()[:60]}; "
+                     f"fix the value, or type the column string or json")
 
 
 def _cell(value: Any) -> Any:

@@ -197,6 +197,34 @@ def test_write_parquet_part_files_read_back_whole_and_mixed_types_become_text(tm
     assert table.column("v").type == pa.string() and table.column("v").to_pylist() == ["1", "x", "[1]"]
 
 
+
+def test_write_parquet_typed_columns_give_every_batching_one_schema(tmp_path, step_runner):
+    """With ``types``, a column has its type in every part file whatever its batch holds — one row
+    per batch (a RabbitMQ worker with prefetch 1) writes what one batch of all rows writes — and a
+    value that does not fit dead-letters its message alone."""
+    cfg = {"format": "parquet", "columns": ["id", "n", "ok", "tags"],
+           "types": {"id": "string", "n": "float", "ok": "bool", "tags": "json"}}
+    bodies = [{"id": 1, "n": 2, "ok": True, "tags": ["a"]}, {"id": "A-2", "n": 0.5, "tags": "x"},
+              {"id": 3, "n": "many", "ok": False}, {"id": 4, "n": None, "ok": "yes"}]
+    whole = step_runner("file.write", {**cfg, "path": str(tmp_path / "whole")})
+    outcomes = whole.run_batch([Message(body=b) for b in bodies])
+    assert [o.ok for o in outcomes] == [True, True, False, False]
+    assert "column 'n' is typed float but the message has \"many\"" in outcomes[2].error.message
+    assert "column 'ok' is typed bool" in outcomes[3].error.message and not outcomes[3].error.retryable
+    single = step_runner("file.write", {**cfg, "path": str(tmp_path / "single")})
+    assert [o.ok for b in bodies for o in single.run_batch([Message(body=b)])] == [True, True, False, False]
+    for ds in ("whole", "single"):
+        tables = [pq.read_table(f) for f in (tmp_path / ds).glob("part-*.parquet")]
+        assert {str(t.schema) for t in tables} == {"id: string\nn: double\nok: bool\ntags: string"}
+        rows = sorted((r for t in tables for r in t.to_pylist()), key=lambda r: r["id"])
+        assert rows == [{"id": "1", "n": 2.0, "ok": True, "tags": '["a"]'},
+                        {"id": "A-2", "n": 0.5, "ok": None, "tags": '"x"'}]
+    for bad, match in [({"types": {"id": "string"}, "path": "b.xlsx"}, "applies to Parquet"),
+                       ({"types": {"other": "int"}, "columns": ["id"], "path": "ds", "format": "parquet"},
+                        "not in 'columns'")]:
+        with pytest.raises(ConfigError, match=match):
+            step_runner("file.write", bad)
+
 def test_config_and_dry_run(tmp_path):
     import flownb
     spec = write_flow(tmp_path, "bad", {"component": "file.read", "config": {"path": "x.csv"}},

@@ -383,6 +383,8 @@ def read_sinks(flow: Flow, env: Env) -> dict:
             out[key] = {"header": header, "rows": sorted(body)}
         elif s.component == "sql.upsert":
             out[f"sql:{s.name}"] = _read_table(c["url"], c["table"], c["key"])
+        elif s.component == "file.write":  # the rows written, in every part file / the sheet, sorted
+            out[f"file:{s.name}"] = _written_rows(Path(c["path"]), c.get("sheet", "Sheet1"))
         elif s.component == "mqtt.publish" and c.get("retain"):  # topic → payload of the retained messages
             prefix = env.params["topic_prefix"]
             out[f"mqtt:{s.name}"] = {t.replace(prefix, "<prefix>"): orjson.loads(p)
@@ -401,6 +403,27 @@ def read_sinks(flow: Flow, env: Env) -> dict:
                                 for r in target.received), key=_key),
             "refused": target.refused}
     return out
+
+
+def _written_rows(path: Path, sheet: str) -> Any:
+    """What ``file.write`` wrote: a Parquet directory's part files or an Excel sheet, as {header,
+    rows} with the rows sorted (batching decides the order and the part files, not the content)."""
+    if not path.exists():
+        return None
+    if path.is_dir():
+        import pyarrow.parquet as pq
+        tables = [pq.read_table(f) for f in sorted(path.glob("*.parquet"))]
+        header = sorted({tuple(t.column_names) for t in tables})
+        rows = [list(r.values()) for t in tables for r in t.to_pylist()]
+        types = sorted({f"{f.name}: {f.type}" for t in tables for f in t.schema})
+        return {"header": [list(h) for h in header], "types": types, "rows": sorted(rows, key=_key)}
+    import openpyxl
+    wb = openpyxl.load_workbook(path, read_only=True)
+    try:
+        values = [list(r) for r in wb[sheet].iter_rows(values_only=True)]
+    finally:
+        wb.close()
+    return {"header": values[0] if values else [], "rows": sorted(values[1:], key=_key)}
 
 
 def _read_table(url: str, table: str, key: list[str]) -> Any:
