@@ -52,6 +52,15 @@ def _pyarrow():
     return pa, pq
 
 
+def _checked_format(config: Any, step: Any) -> str:
+    """The config's file format (given, or from the extension); a ConfigError naming the step."""
+    try:
+        return _format(config.format, config.path)
+    except ConfigError as exc:
+        exc.at(step=step.name)
+        raise
+
+
 def _openpyxl():
     try:
         import openpyxl
@@ -103,18 +112,7 @@ class FileRead(PollingTrigger[FileReadConfig]):
 
     @classmethod
     def check_config(cls, config, step) -> None:
-        try:
-            fmt = _format(config.format, config.path)
-        except ConfigError as exc:
-            exc.at(step=step.name)
-            raise
-        if config.types and fmt != "parquet":
-            raise ConfigError("'types' applies to Parquet (an Excel cell keeps each value's own type); remove it",
-                              step=step.name, field="config.types")
-        unknown = sorted(set(config.types or ()) - set(config.columns or config.types or ()))
-        if unknown:
-            raise ConfigError(f"'types' names {unknown}, which are not in 'columns' {config.columns}; add them "
-                              f"to 'columns' or remove them", step=step.name, field="config.types")
+        _checked_format(config, step)
 
     def setup(self) -> None:
         self.fmt = _format(self.config.format, self.config.path)
@@ -289,11 +287,7 @@ class FileWrite(Action[FileWriteConfig]):
 
     @classmethod
     def check_config(cls, config, step) -> None:
-        try:
-            fmt = _format(config.format, config.path)
-        except ConfigError as exc:
-            exc.at(step=step.name)
-            raise
+        fmt = _checked_format(config, step)
         if config.types and fmt != "parquet":
             raise ConfigError("'types' applies to Parquet (an Excel cell keeps each value's own type); remove it",
                               step=step.name, field="config.types")
