@@ -11,6 +11,8 @@ A case is a directory ``flows/<name>/`` holding
   ``stream`` (a Redis stream key on 127.0.0.1:6379, unique per run and deleted after it, for
   ``redis.xadd``); ``topic_prefix`` (MQTT topics on 127.0.0.1:1883 of this run alone: what an
   ``mqtt.publish`` with ``retain`` sent is read back as the broker's retained messages, then cleared);
+  ``smtp_port`` (an aiosmtpd server of the run on loopback, ``smtp.send``'s sink; ``case.yaml``'s
+  ``smtp_refuse`` maps recipients to the reply that refuses them);
 - ``sample.json`` (bodies fed as the trigger's output), ``sample.csv`` (read by a ``csv.poll``
   trigger; ``pandas.read_csv`` of it for the preview) or ``sample.sql`` (a script making the SQLite
   database ``source_url`` that a ``sql.poll`` trigger reads; ``pandas.read_sql_table`` of the
@@ -161,6 +163,7 @@ class Env:
     tmp: Path
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     targets: dict[str, Any] = field(default_factory=dict)   # param → HttpTarget
+    mails: list[dict] | None = None                         # what the SMTP server of the run received
     params: dict[str, Any] = field(default_factory=dict)
     replacements: list[tuple[str, str]] = field(default_factory=list)
 
@@ -220,6 +223,8 @@ def open_env(case: Case, path: str, tmp: Path, stack: ExitStack) -> Env:
         env.params["topic_prefix"] = prefix
         env.replacements.append((prefix, "<prefix>"))
         stack.callback(_clear_retained, prefix)
+    if "smtp_port" in declared:  # an SMTP server of this run (aiosmtpd on loopback): smtp.send's sink
+        env.params["smtp_port"] = _smtp_server(env, stack, case.meta.get("smtp_refuse") or {})
     for param, kw in case.targets.items():
         target = stack.enter_context(HttpTarget(**(kw or {})))
         env.targets[param] = target
@@ -260,6 +265,41 @@ def _retained(prefix: str, clear: bool = False) -> dict[str, bytes]:
         c.disconnect()
         c.loop_stop()
     return got
+
+
+def _smtp_server(env: Env, stack: ExitStack, refuse: dict[str, str]) -> int:
+    """Start an SMTP server on a free loopback port for this run; what it accepts goes to
+    ``env.mails`` ({from, to, subject, text}); a recipient in ``refuse`` gets that reply."""
+    import socket
+    from email import message_from_bytes
+
+    from aiosmtpd.controller import Controller
+
+    env.mails = []
+    mails = env.mails
+
+    class Handler:
+        async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+            if address in refuse:
+                return refuse[address]
+            envelope.rcpt_tos.append(address)
+            return "250 OK"
+
+        async def handle_DATA(self, server, session, envelope):
+            m = message_from_bytes(envelope.content)
+            body = m.get_payload(decode=True) if not m.is_multipart() else m.get_payload(0).get_payload(decode=True)
+            mails.append({"from": m["From"], "to": sorted(envelope.rcpt_tos), "subject": m["Subject"],
+                          "text": body.decode().strip()})
+            return "250 Message accepted for delivery"
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    stack.callback(controller.stop)
+    env.replacements.append((str(port), "<smtp_port>"))
+    return port
 
 
 def _clear_retained(prefix: str) -> None:
@@ -396,6 +436,8 @@ def read_sinks(flow: Flow, env: Env) -> dict:
                 out[f"redis:{s.name}"] = sorted((f for _id, f in r.xrange(c["stream"])), key=_key)
             finally:
                 r.close()
+    if env.mails is not None:
+        out["smtp"] = sorted(env.mails, key=_key)
     for param, target in env.targets.items():
         out[f"http:{param}"] = {
             "received": sorted(({"method": r.method, "path": r.path, "query": r.query,

@@ -114,6 +114,11 @@ def test_the_suite_covers_every_built_in_action_both_engines_retries_and_dead_le
     assert len(cases) >= 15
     components = {s.component for c in cases for s in c.flow.steps}
     assert {"mapping", "filter", "split", "python", "log", "csv.write", "sql.upsert", "http.request"} <= components
+    from flownb.components.base import Action
+    from flownb.registry import available, get
+    built_in = {k for k in available() if get(k).__module__.startswith("flownb.components.")
+                and issubclass(get(k), Action)}
+    assert built_in - components == set(), "every built-in action runs the four ways: add a case for these"
     dbs = {c.db for c in cases if any(s.component == "sql.upsert" for s in c.flow.steps)}
     assert dbs >= {"sqlite", "postgres", "mysql"}
     engines = {compile(e).engine for c in cases for e in expressions(c.flow)}
