@@ -306,8 +306,14 @@ def test_scripts_example_says_what_it_read_kept_and_where_the_result_is(tmp_path
     for name in ("example", "venv.sh"):
         shutil.copy2(REPO / "scripts" / name, root / "scripts" / name)
     shutil.copytree(REPO / "examples", root / "examples")
-    shutil.copy2(REPO / "pyproject.toml", root / "pyproject.toml")  # mtime kept: no reinstall
-    (root / ".venv").symlink_to(sys.prefix)  # the virtual environment running these tests
+    shutil.copy2(REPO / "pyproject.toml", root / "pyproject.toml")
+    # the virtual environment running these tests; its install stamp must stay newer than the copied
+    # pyproject.toml, or scripts/venv.sh would reinstall flownb from this copy (which has no package)
+    # into the running environment
+    stamps = list(Path(sys.prefix).glob(".installed-*"))
+    assert stamps, f"{sys.prefix} was not made by scripts/venv.sh (no .installed-* stamp)"
+    os.utime(root / "pyproject.toml", (0, 0))
+    (root / ".venv").symlink_to(sys.prefix)
     def run() -> subprocess.CompletedProcess:
         return subprocess.run(["bash", str(root / "scripts" / "example")], capture_output=True, text=True,
                               timeout=300, env={**os.environ, "COLUMNS": "200"})
