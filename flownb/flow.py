@@ -19,7 +19,8 @@ from ._size import Size
 from .errors import ParameterError, SpecError, did_you_mean
 from .params import Param, coerce
 
-__all__ = ["Flow", "Step", "RetryPolicy", "OnError", "RecordPolicy", "load", "save", "step", "SPEC_VERSION"]
+__all__ = ["Flow", "Step", "RetryPolicy", "OnError", "RecordPolicy", "RouteSpec", "Branch", "load", "save", "step",
+           "SPEC_VERSION"]
 
 SPEC_VERSION = 1
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -73,8 +74,15 @@ class RecordPolicy(BaseModel):
         return v
 
 
+#: the component key of a route step (``route:`` instead of ``component:``/``config:`` in the spec)
+ROUTE = "route"
+#: the branch name of a route step's ``default`` steps (in counts, flow.test and the diagram)
+DEFAULT_BRANCH = "default"
+
+
 class Step(BaseModel):
-    """One step: a trigger or an action, its component key and its config."""
+    """One step: a trigger or an action, its component key and its config; or a route step
+    (``route:``, :class:`RouteSpec`): named branches of steps, each taken when its condition holds."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str = Field(pattern=SLUG, max_length=63)
@@ -83,6 +91,29 @@ class Step(BaseModel):
     retry: RetryPolicy | None = None
     replicas: int = Field(1, ge=1)
     prefetch: int | None = Field(None, ge=1)
+    #: a route step: its branches (the component is then ``route`` and the config empty)
+    route: RouteSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _route_component(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("route") is not None and "component" not in data:
+            return {**data, "component": ROUTE}
+        return data
+
+    @model_validator(mode="after")
+    def _route_shape(self) -> Step:
+        if self.route is not None:
+            if self.component != ROUTE:
+                raise ValueError(f"step '{self.name}' has 'route:' and component '{self.component}'; a route "
+                                 f"step has no component: remove 'component:' (or the 'route:')")
+            if self.config:
+                raise ValueError(f"route step '{self.name}' has a 'config:'; a route step is configured by its "
+                                 f"'route:' (mode, branches, default) only: remove 'config:'")
+        elif self.component == ROUTE:
+            raise ValueError(f"step '{self.name}' is a route step without 'route:'; write route: {{mode: first, "
+                             f"branches: [{{name: ..., when: ..., steps: [...]}}], default: [...]}}")
+        return self
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -90,7 +121,86 @@ class Step(BaseModel):
 
     def spec(self) -> dict:
         """The step as it appears in flow.yaml (defaults left out)."""
-        return self.model_dump(mode="json", exclude_defaults=True)
+        d = self.model_dump(mode="json", exclude_defaults=True)
+        if self.route is not None:
+            d.pop("component", None)
+            d["route"] = self.route.spec()
+        return d
+
+
+class Branch(BaseModel):
+    """One branch of a route step: taken when ``when`` (JSONata, truthy as in ``filter``) holds for
+    the message; its ``steps`` run on it (none: it goes straight on to the step after the route)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str = Field(pattern=SLUG, max_length=63)
+    when: str = Field(min_length=1)
+    steps: list[Step] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _flat(self) -> Branch:
+        if self.name == DEFAULT_BRANCH:
+            raise ValueError("a branch cannot be named 'default'; put the steps for unmatched messages under "
+                             "the route's 'default:' instead")
+        _no_nested(self.steps, f"branch '{self.name}'")
+        return self
+
+
+def _no_nested(steps: list[Step], where: str) -> None:
+    for s in steps:
+        if s.route is not None:
+            raise ValueError(f"step '{s.name}' in {where} is a route step; routes cannot be nested yet: move the "
+                             f"inner route after the outer one (its branches rejoin there) or merge the conditions")
+
+
+class RouteSpec(BaseModel):
+    """A route step's branches: ``mode: first`` sends a message down the first branch whose ``when``
+    holds, ``mode: all`` down every such branch (one copy each, with its own id); ``default`` (steps,
+    possibly none) takes the messages no branch matched, which are otherwise filtered (and counted).
+    The outputs of every branch go on to the step after the route step (they rejoin)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    mode: Literal["first", "all"] = "first"
+    branches: list[Branch] = Field(min_length=1)
+    default: list[Step] | None = None
+    timeout: Duration = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _names(self) -> RouteSpec:
+        seen: set[str] = set()
+        for b in self.branches:
+            if b.name in seen:
+                raise ValueError(f"branch name '{b.name}' is used twice in this route; name each branch once")
+            seen.add(b.name)
+        _no_nested(self.default or [], "the default branch")
+        return self
+
+    def chains(self) -> list[tuple[str, list[Step]]]:
+        """(branch name, its steps) in order, the default last when set."""
+        out = [(b.name, list(b.steps)) for b in self.branches]
+        if self.default is not None:
+            out.append((DEFAULT_BRANCH, list(self.default)))
+        return out
+
+    def component_config(self) -> dict[str, Any]:
+        """The config of the ``route`` component that evaluates the conditions."""
+        return {"mode": self.mode, "branches": [{"name": b.name, "when": b.when} for b in self.branches],
+                "default": self.default is not None, "timeout": self.timeout}
+
+    def spec(self) -> dict:
+        d = self.model_dump(mode="json", exclude_defaults=True)
+        d["branches"] = []
+        for b in self.branches:
+            bd: dict[str, Any] = {"name": b.name, "when": b.when}
+            if b.steps:
+                bd["steps"] = [s.spec() for s in b.steps]
+            d["branches"].append(bd)
+        if self.default is not None:
+            d["default"] = [s.spec() for s in self.default]
+        return d
+
+
+Step.model_rebuild()
 
 
 def step(name: str, component: str, *, retry: RetryPolicy | dict | None = None, replicas: int = 1,
@@ -187,13 +297,19 @@ class Flow(BaseModel):
         seen: set[str] = set()
         for s in [*self.all_steps, *self.error_steps]:
             if s.name in seen:
-                raise ValueError(f"step name '{s.name}' is used twice; step names must be unique")
+                raise ValueError(f"step name '{s.name}' is used twice; step names must be unique across the "
+                                 f"flow (the steps of route branches included: each runs as its own step)")
             seen.add(s.name)
+        if self.trigger.route is not None:
+            raise ValueError(f"the trigger '{self.trigger.name}' is a route step; a flow starts with a trigger: "
+                             f"put the route step among the steps")
+        _no_nested(self.error_steps, "on_error")
         self._check_fuse()
         return self
 
     def _check_fuse(self) -> None:
-        names = [s.name for s in self.steps]
+        names = [s.name for s in self.actions]
+        links = self.links()
         used: set[str] = set()
         for group in self.fuse:
             if len(group) < 2:
@@ -213,6 +329,11 @@ class Flow(BaseModel):
                 order = ", ".join(names[min(at):max(at) + 1])
                 raise ValueError(f"fuse: {group} are not consecutive steps in flow order; list them as "
                                  f"they follow each other (steps here: {order})")
+            for a, b in zip(group, group[1:], strict=False):
+                if self.step(a).route is not None or links[a] != b:
+                    raise ValueError(f"fuse: '{a}' does not pass its messages to '{b}' alone (a route step, or "
+                                     f"the end of a branch); a fused group follows one line of steps: a route "
+                                     f"step can only end a group, and a group stays within one branch")
 
     def fused_group(self, name: str) -> list[str]:
         """The ``fuse`` group step ``name`` belongs to (``[name]`` when it is not fused)."""
@@ -221,7 +342,53 @@ class Flow(BaseModel):
     # -- navigation ---------------------------------------------------------------------------
     @property
     def all_steps(self) -> list[Step]:
-        return [self.trigger, *self.steps]
+        """The trigger and every action step (:attr:`actions`)."""
+        return [self.trigger, *self.actions]
+
+    @property
+    def actions(self) -> list[Step]:
+        """Every action step that runs, each with its own queue: the steps in order, a route step
+        followed by the steps of its branches (branch by branch, the default last)."""
+        out: list[Step] = []
+        for s in self.steps:
+            out.append(s)
+            if s.route is not None:
+                for _b, chain in s.route.chains():
+                    out.extend(chain)
+        return out
+
+    def links(self) -> dict[str, str | None]:
+        """Where each step's outputs go: the next step of its line (a branch's last step: the step
+        after its route step, where the branches rejoin; None at the end of the flow). A route
+        step's entry is that rejoin step too; its outputs go where :meth:`branch_targets` says."""
+        top = self.steps
+        out: dict[str, str | None] = {self.trigger.name: top[0].name if top else None}
+        for i, s in enumerate(top):
+            after = top[i + 1].name if i + 1 < len(top) else None
+            out[s.name] = after
+            if s.route is not None:
+                for _b, chain in s.route.chains():
+                    for j, b in enumerate(chain):
+                        out[b.name] = chain[j + 1].name if j + 1 < len(chain) else after
+        return out
+
+    def branch_targets(self, name: str) -> dict[str, str | None]:
+        """Route step ``name``: branch name → the step a message taking it goes to (the branch's
+        first step; an empty branch: the step after the route; None: the end of the flow)."""
+        s = self.step(name)
+        if s.route is None:
+            raise SpecError(f"step '{name}' is not a route step", step=name)
+        after = self.links()[name]
+        return {b: (chain[0].name if chain else after) for b, chain in s.route.chains()}
+
+    def branch_of(self, name: str) -> tuple[str, str] | None:
+        """(route step, branch name) of a step inside a route branch; None for a step on the main line."""
+        for s in self.steps:
+            if s.route is not None:
+                for b, chain in s.route.chains():
+                    if any(c.name == name for c in chain):
+                        return s.name, b
+        return None
 
     @property
     def error_steps(self) -> list[Step]:
@@ -237,10 +404,10 @@ class Flow(BaseModel):
                         f"steps: {', '.join(names)}")
 
     def next_step(self, name: str) -> Step | None:
-        """The step after ``name`` (None after the last)."""
-        names = [s.name for s in self.all_steps]
-        i = names.index(self.step(name).name)
-        return self.all_steps[i + 1] if i + 1 < len(names) else None
+        """The step that receives the outputs of ``name`` (None after the last; :meth:`links`: a
+        branch's last step is followed by the step after its route step)."""
+        nxt = self.links()[self.step(name).name]
+        return self.step(nxt) if nxt is not None else None
 
     # -- value-object edits (copies) ----------------------------------------------------------
     def then(self, *steps: Step) -> Flow:
@@ -274,7 +441,9 @@ class Flow(BaseModel):
 
     def _filled(self, paths: bool) -> Flow:
         data = self.model_dump(mode="python")
-        for s in (data["trigger"], *data["steps"], *((data.get("on_error") or {}).get("steps") or [])):
+        branch_steps = [b for s in data["steps"] if s.get("route") for b in _route_steps(s["route"])]
+        for s in (data["trigger"], *data["steps"], *branch_steps,
+                  *((data.get("on_error") or {}).get("steps") or [])):
             s["config"] = fill_templates(s["config"], self.parameters, s["name"])
             if paths and self._spec_dir is not None:
                 s["config"] = anchor_paths(s["component"], s["config"], self._spec_dir)
@@ -344,6 +513,11 @@ class Flow(BaseModel):
     def _repr_mimebundle_(self, include=None, exclude=None):
         from .display import flow_mimebundle
         return flow_mimebundle(self)
+
+
+def _route_steps(route: dict) -> list[dict]:
+    """The step dicts of a dumped route's branches and default."""
+    return [*(s for b in route["branches"] for s in b["steps"]), *(route.get("default") or [])]
 
 
 def fill_templates(value: Any, params: dict[str, Any], step_name: str) -> Any:

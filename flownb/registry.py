@@ -121,8 +121,9 @@ def validate_step(step: Step, *, trigger: bool) -> BaseModel:
     if not trigger and is_trigger:
         raise ConfigError(f"'{step.component}' is a trigger; a flow has exactly one trigger, first",
                           step=step.name, field="component")
+    raw = step.route.component_config() if step.route is not None else step.config
     try:
-        config = cls.Config.model_validate(step.config)
+        config = cls.Config.model_validate(raw)
     except ValidationError as exc:
         raise _config_error(exc, step, cls) from None
     cls.check_config(config, step)
@@ -133,7 +134,7 @@ def validate_flow(flow: Flow) -> dict[str, BaseModel]:
     """Resolve parameters and validate every step; nothing runs if anything is wrong."""
     resolved = flow.resolved()
     out = {resolved.trigger.name: validate_step(resolved.trigger, trigger=True)}
-    for s in [*resolved.steps, *resolved.error_steps]:
+    for s in [*resolved.actions, *resolved.error_steps]:
         out[s.name] = validate_step(s, trigger=False)
     return out
 

@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 
 from ..components.base import Action, Component, Context, PollingTrigger, classify
+from ..components.route import Routed
 from ..errors import FatalError, MessageError, MessageTooLarge, PoisonMessage
 from ..flow import Flow, RetryPolicy, Step
 from ..message import Message, encode_body
@@ -95,6 +96,11 @@ class Outcome:
     error: ErrorInfo | None = None                        # set with retry_after None: dead letter
     payload: bytes | None = None                          # the input's wire form (run_payloads)
     undecodable: bool = False                             # the payload was not a message: dead as received
+    #: a route step's outcome: the branch each output took (``[]``: no branch matched, filtered) and
+    #: the step each output goes to (None: the end of the flow); None for any other step, whose
+    #: outputs all go to the step after it
+    branches: list[str] | None = None
+    targets: list[str | None] | None = None
 
     @property
     def ok(self) -> bool:
@@ -192,6 +198,9 @@ class StepRunner:
         #: (``json_native`` on the class: mapping, filter, split): inside a fused stage its outputs go
         #: on in memory, and its inputs need no copy as received
         self.native = bool(getattr(type(self.component), "json_native", False))
+        #: a route step: branch name → the step a message taking it goes to (None: the end of the flow)
+        self.targets: dict[str, str | None] | None = \
+            flow.branch_targets(step_name) if self.step.route is not None else None
 
     def open(self) -> StepRunner:
         if not self._open:
@@ -313,6 +322,8 @@ class StepRunner:
         name = self.step.name
         if isinstance(result, BaseException):
             return self.failure(message, result)
+        if self.targets is not None:
+            return self._routed(message, result)
         encode = encode or not self.native
         try:
             children = []
@@ -339,6 +350,31 @@ class StepRunner:
         except Exception as exc:  # an iterator that raised while being consumed
             return self.failure(message, exc)
         return Outcome(message, children, payloads)
+
+    def _routed(self, message: Message, result: Any) -> Outcome:
+        """A route step's outcome: one output per branch taken (the input's body, a new id each),
+        always encoded (a route step ends its stage: its outputs go to other steps' queues)."""
+        name = self.step.name
+        targets = self.targets
+        assert targets is not None
+        if not isinstance(result, Routed):
+            wrong = FatalError(f"step '{name}' is a route step, but its component returned "
+                               f"{type(result).__name__}; a route step's component answers with the branches "
+                               f"it takes (flownb.components.route.Routed)")
+            return self.failure(message, wrong, retryable=False)
+        children, payloads = [], []
+        try:
+            for _branch in result.branches:
+                child = message.child(message.body, name, self.spec)
+                payload = child.to_json()
+                if len(payload) > self.max_bytes:
+                    raise _too_large(name, len(payload), self.max_bytes, "an output of this step")
+                children.append(child)
+                payloads.append(payload)
+        except MessageError as exc:
+            return self.failure(message, exc.at(step=name), retryable=False)
+        return Outcome(message, children, payloads, branches=list(result.branches),
+                       targets=[targets[b] for b in result.branches])
 
     def failure(self, message: Message, exc: BaseException, retryable: bool | None = None) -> Outcome:
         """Retry with back-off while attempts remain and the error is retryable; else dead-letter."""
@@ -369,6 +405,18 @@ class StageRun:
 
     def outputs(self) -> list[bytes]:
         return [p for o in self.steps[-1][1] if o.error is None for p in o.payloads]
+
+    def destinations(self, after: str | None) -> list[tuple[str | None, bytes]]:
+        """The last member's outputs with the step each goes to: ``after`` (the step after it), or
+        for a route step the first step of the branch each took (None: the end of the flow)."""
+        out: list[tuple[str | None, bytes]] = []
+        for o in self.steps[-1][1]:
+            if o.error is None:
+                if o.targets is None:
+                    out.extend((after, p) for p in o.payloads)
+                else:
+                    out.extend(zip(o.targets, o.payloads, strict=True))
+        return out
 
 
 class StageRunner:

@@ -70,6 +70,9 @@ class StepStats:
     errors: int = 0  # trigger: failed polls
     #: error type -> [dead letters of that type in this run, the first one's message]
     dead_kinds: dict[str, list] = field(default_factory=dict)
+    #: a route step: messages per branch taken, and the unmatched ones (filtered)
+    branches: dict[str, int] | None = None
+    unmatched: int = 0
 
     def count_dead(self, error: ErrorInfo) -> bool:
         """Count one dead letter (``dead`` and its kind); True for the first of its kind."""
@@ -78,9 +81,22 @@ class StepStats:
         kind[0] += 1
         return kind[0] == 1
 
+    def count_route(self, branches: list[str]) -> None:
+        """A route step's message: the branches it took (none: unmatched, filtered)."""
+        if self.branches is None:
+            self.branches = {}
+        if not branches:
+            self.unmatched += 1
+        for b in branches:
+            self.branches[b] = self.branches.get(b, 0) + 1
+
     def to_dict(self) -> dict:
-        return {"in": self.inputs, "out": self.outputs, "retried": self.retried, "dead": self.dead,
-                "seconds": round(self.seconds, 6), "errors": self.errors}
+        d = {"in": self.inputs, "out": self.outputs, "retried": self.retried, "dead": self.dead,
+             "seconds": round(self.seconds, 6), "errors": self.errors}
+        if self.branches is not None:  # a route step that routed something
+            d["branches"] = dict(self.branches)
+            d["unmatched"] = self.unmatched
+        return d
 
 
 @dataclass
@@ -194,9 +210,10 @@ class LocalRuntime:
         self.retry_wait = retry_wait
         self.clock = clock or time.time
         self.log = logger or log
-        self.steps = [s.name for s in self.flow.steps]
-        self._first = self.steps[0] if self.steps else None
-        self._next = {s: (self.steps[i + 1] if i + 1 < len(self.steps) else None) for i, s in enumerate(self.steps)}
+        self.steps = [s.name for s in self.flow.actions]  # route branches' steps included, each its own queue
+        self._first = self.flow.steps[0].name if self.flow.steps else None
+        links = self.flow.links()
+        self._next = {s: links[s] for s in self.steps}
         self.trigger = TriggerRunner(self.flow, state_dir=self.state_dir)
         self.runners: dict[str, StepRunner] = {}
         for name in self.steps:
@@ -449,7 +466,8 @@ class LocalRuntime:
         try:
             run = stage.run_payloads(start, stop, [r[2] for r in rows], [r[1] for r in rows],
                                      deliveries=[r[3] for r in rows], max_deliveries=self.max_deliveries,
-                                     encode_last=self._next[stage.names[stop - 1]] is not None)
+                                     encode_last=self._next[stage.names[stop - 1]] is not None
+                                     or stage.runners[stop - 1].targets is not None)
         except BaseException as exc:  # not an Exception (those are outcomes): the process must end
             if not isinstance(exc, KeyboardInterrupt):
                 HEALTH.fail(f"step '{stage.current}'", exc)  # the batch stays claimed: redone after restart
@@ -505,7 +523,11 @@ class LocalRuntime:
                 else:
                     dead.append((name, attempt, o.dead_payload(), orjson.dumps(err.to_dict())))
                     died.append((name, o, attempt))
+        routed: list[tuple[str, bytes]] = []  # a route step's outputs: each to its branch's step
         outputs = run.outputs()
+        if self.runners[run.last].targets is not None:
+            routed = [(t, p) for t, p in run.destinations(None) if t is not None]
+            outputs = []
         # a poison suspect ran through its step alone: its outputs carry the deaths so far on, so
         # the later member that kills the process dead-letters it after max_deliveries in all
         stage, start = self._stage[run.steps[0][0]]
@@ -516,7 +538,8 @@ class LocalRuntime:
             for name, outs, _t in run.steps[1:]:
                 record.rows.extend(self.recorder.rows(name, outs, now))
         self.store.commit_batch(next_step=self._next[run.last], now=now, done=done, outputs=outputs,
-                                retries=retries, dead=dead, queued=queued, deaths=deaths, record=record)
+                                retries=retries, dead=dead, queued=queued, deaths=deaths, record=record,
+                                routed=routed)
         for name, o, attempt in died:  # the first of each kind per step is a WARNING; the summary counts the rest
             err = o.error
             assert err is not None
@@ -530,6 +553,8 @@ class LocalRuntime:
             for o in outs:
                 if o.error is None:
                     st.outputs += len(o.outputs)
+                    if o.branches is not None:
+                        st.count_route(o.branches)
                 elif o.retry_after is not None:
                     st.retried += 1
             if self.recorded is not None:  # what went on the wire (a date is a string there, a tuple a list)
@@ -551,7 +576,13 @@ class LocalRuntime:
                 t = self._traces.get(o.message.trace)
                 if t is None or (o.error is not None and o.retry_after is not None):
                     continue
-                if o.error is None and last:
+                if o.error is None and o.targets is not None and None in o.targets:  # a route: some end here
+                    ends = [c.body for c, to in zip(o.outputs, o.targets, strict=True) if to is None]
+                    t[1].extend(ends)
+                    t[0] += len(o.outputs) - len(ends) - 1
+                    if self.delivered is not None:
+                        self.delivered[o.message.trace] = self.delivered.get(o.message.trace, 0) + len(ends)
+                elif o.error is None and last and o.targets is None:
                     t[1].extend(c.body for c in o.outputs)
                     t[0] -= 1
                     if self.delivered is not None:
@@ -784,8 +815,12 @@ def stages(runners: list[StepRunner], *, fuse: bool = True) -> list[list[StepRun
     it, so an outside effect is never repeated because a later step's batch was redone.
     ``fuse=False``: one stage per step (every step's outputs committed to the next one's queue)."""
     groups: list[list[StepRunner]] = []
+    links = runners[0].flow.links() if runners else {}
     for r in runners:
-        if fuse and groups and not getattr(type(groups[-1][-1].component), "effects", False):
+        prev = groups[-1][-1] if groups else None
+        # a route step ends its stage; a step joins the stage of the step whose outputs it alone receives
+        if fuse and prev is not None and not getattr(type(prev.component), "effects", False) \
+                and prev.targets is None and links.get(prev.step.name) == r.step.name:
             groups[-1].append(r)
         else:
             groups.append([r])

@@ -263,20 +263,25 @@ class QueueStore:
                      outputs: Sequence[bytes], retries: Sequence[tuple[float, int, int]],
                      dead: Sequence[tuple[str, int, bytes, str | bytes]],
                      queued: Sequence[tuple[str, float, int, bytes]] = (), deaths: int = 0,
-                     record: recorder.RecordBatch | None = None) -> None:
+                     record: recorder.RecordBatch | None = None,
+                     routed: Sequence[tuple[str, bytes]] = ()) -> None:
         """One transaction: delete finished inputs, queue outputs for ``next_step``, reschedule
         ``retries`` (available_at, attempt, id), store ``dead`` (step, attempt, payload, error),
         queue ``queued`` (step, available_at, attempt, payload: a fused stage's later member retries
         a message it received in memory) and the flight recorder's rows (``record``: no extra
         commit). ``deaths``: the outputs of a poison suspect carry the deaths of the process while it
         was in flight, so that the step that kills the process counts them on (a fused stage ran it
-        through one step only)."""
+        through one step only). ``routed``: a route step's outputs, each queued for its own step
+        (step, payload)."""
         with self.transaction("the batch was not committed and stays queued") as c:
             for i in range(0, len(done), 500):  # ids are ints from the claim: one statement per 500
                 c.execute(f"DELETE FROM queue WHERE id IN ({','.join(str(int(x)) for x in done[i:i + 500])})")
             if outputs and next_step is not None:
                 c.executemany("INSERT INTO queue (step, available_at, attempt, payload, deliveries) "
                               "VALUES (?, ?, 1, ?, ?)", [(next_step, now, p, deaths) for p in outputs])
+            if routed:
+                c.executemany("INSERT INTO queue (step, available_at, attempt, payload, deliveries) "
+                              "VALUES (?, ?, 1, ?, ?)", [(step, now, p, deaths) for step, p in routed])
             if retries:  # the attempt finished: it is no longer a delivery that died
                 c.executemany("UPDATE queue SET available_at=?, attempt=?, deliveries=0 WHERE id=?", retries)
             if queued:
