@@ -48,7 +48,7 @@ def _validate(args) -> int:
     if args.env:
         check_env(flow)
     con.print(f"[green]ok[/green] flow '{flow.name}': trigger '{flow.trigger.name}' "
-              f"({flow.trigger.component}) + {len(flow.steps)} step(s)")
+              f"({flow.trigger.component}) + {len(flow.actions)} step(s)")
     if env:
         state = " (all set)" if args.env else " (check they are set with --env)"
         con.print(f"environment variables it reads{state}:")

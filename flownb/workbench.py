@@ -293,15 +293,17 @@ def retest(flow: Flow, dead_df: Any, from_step: str | None = None, until: str | 
     rows = _frame_rows(dead_df)
     index = list(dead_df.index) if hasattr(dead_df, "index") else list(range(len(rows)))
     originals = getattr(dead_df, "attrs", {}).get(_ORIGINALS) or {}
-    names = [s.name for s in flow.steps]
+    names = [s.name for s in flow.actions]
     if not names:
         raise SpecError(f"flow '{flow.name}' has no action steps to retest")
     if until is not None:
         flow.step(until)  # SpecError with a suggestion
-        if until not in names:
-            raise SpecError(f"until='{until}' is the trigger; pass an action step: {', '.join(names)}")
-        flow = flow.model_copy(update={"steps": flow.steps[:names.index(until) + 1]})
-        names = names[:names.index(until) + 1]
+        top = [s.name for s in flow.steps]
+        if until not in top:
+            what = "the trigger" if until == flow.trigger.name else "a step inside a route branch"
+            raise SpecError(f"until='{until}' is {what}; pass a step of the flow's main line: {', '.join(top)}")
+        flow = flow.model_copy(update={"steps": flow.steps[:top.index(until) + 1]})
+        names = [s.name for s in flow.actions]
     if from_step is not None:
         flow.step(from_step)
         if from_step not in names:
@@ -431,7 +433,7 @@ def replay_rows(flow: Flow, rows: Sequence[Mapping[str, Any]], *, state_dir: str
     Returns per replayed dead letter ``{"_id", "_step", "edited", "message_id"}``."""
     if state_dir is not None and broker is not None:
         raise SpecError("pass state_dir (the embedded runtime) or broker (RabbitMQ), not both")
-    actions = {s.name for s in flow.steps}
+    actions = {s.name for s in flow.actions}
     wanted: dict[str, Mapping[str, Any]] = {}
     for r in rows:
         rid, rstep = str(r["_id"]), r.get("_step")

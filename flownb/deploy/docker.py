@@ -209,7 +209,7 @@ def _passive_depths(flow: Flow, broker_url: str) -> dict[str, dict[str, int]]:
         raise BrokerError(f"cannot reach RabbitMQ for queue depths: {exc}") from exc
     out = {}
     try:
-        for s in flow.steps:
+        for s in flow.actions:
             row = {}
             for key, q in (("ready", names.step_queue(flow.name, s.name)),
                            ("dead", names.dead_letter_queue(flow.name, s.name))):

@@ -122,7 +122,7 @@ def step_plans(flow: Flow) -> list[StepPlan]:
     """One plan per container: the trigger, then each action step — a ``fuse`` group is one plan
     (named after its first step) whose worker runs the group's steps as one stage."""
     out = [StepPlan(flow.trigger, True, component_kind(flow.trigger.component))]
-    for s in flow.steps:
+    for s in flow.actions:
         group = flow.fused_group(s.name)
         if s.name != group[0]:
             continue  # runs in the worker of its group's first step
@@ -146,7 +146,7 @@ def extras_for(flow: Flow) -> list[str]:
     text = flow.to_yaml()
     if "postgresql" in text or "postgres://" in text:
         extras.append("postgres")
-    components = [flow.trigger.component, *(s.component for s in [*flow.steps, *flow.error_steps])]
+    components = [flow.trigger.component, *(s.component for s in [*flow.actions, *flow.error_steps])]
     # mqtt.* need paho-mqtt, redis.* redis-py, nats.* nats-py, file.read/write pandas + pyarrow + openpyxl
     for extra, prefix in (("mqtt", "mqtt."), ("redis", "redis."), ("nats", "nats."), ("files", "file.")):
         if any(c.startswith(prefix) for c in components):

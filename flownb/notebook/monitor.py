@@ -74,7 +74,7 @@ def management_snapshot(flow: Flow, broker: str, management_url: str = DEFAULT_M
         raise BrokerError(f"RabbitMQ management API at {management_url} did not answer ({exc}); enable "
                           f"it with 'rabbitmq-plugins enable rabbitmq_management'") from exc
     snap = Snapshot(at=time.time(), source="management")
-    for s in flow.steps:
+    for s in flow.actions:
         q = queues.get(names.step_queue(flow.name, s.name), {})
         prefix = names.step_queue(flow.name, s.name) + ".retry."
         retry = sum(v.get("messages_ready", 0) or 0 for k, v in queues.items() if k.startswith(prefix))

@@ -122,8 +122,8 @@ def make_plan(old: Flow, new: Flow, renames: dict[str, str] | None = None, *,
     old, new = old.resolved(), new.resolved()
     confirmed = _parse_renames(renames, old, new)
     plan = Plan(old, new, depths=depths)
-    old_steps = {s.name: s for s in old.steps}
-    new_steps = {s.name: s for s in new.steps}
+    old_steps = {s.name: s for s in old.actions}
+    new_steps = {s.name: s for s in new.actions}
     plan.removed = [s for s in old_steps if s not in new_steps]
     plan.added = [s for s in new_steps if s not in old_steps]
     plan.renamed = {a: b for a, b in confirmed.items() if a in old_steps}
@@ -209,7 +209,7 @@ def _stranding(held: dict[str, int], who: str, command: str) -> UpgradeError:
 
 def check_no_orphans(flow: Flow, store, command: str) -> None:
     """Refuse to run ``flow`` while ``store`` holds queued messages for steps it does not have."""
-    steps = {s.name for s in flow.steps}
+    steps = {s.name for s in flow.actions}
     held = {s: n for s, n in store.depths().items() if s not in steps and n}
     if held:
         raise _stranding(held, f"the state of flow '{flow.name}' holds messages", command)
@@ -271,8 +271,8 @@ def _record_manifest(ch, flow: Flow) -> None:
     from .amqp.publish import PERSISTENT
     from .amqp.topology import retry_levels
     # the retry levels name each step's delay queues, which a later spec cannot derive
-    manifest = {"steps": [s.name for s in flow.steps], "spec_hash": flow.spec_hash(),
-                "retry": {s.name: retry_levels(s.retry_policy) for s in flow.steps}}
+    manifest = {"steps": [s.name for s in flow.actions], "spec_hash": flow.spec_hash(),
+                "retry": {s.name: retry_levels(s.retry_policy) for s in flow.actions}}
     ch.basic_publish("", names.manifest_queue(flow.name), orjson.dumps(manifest), PERSISTENT)
 
 
@@ -291,7 +291,7 @@ def check_broker_manifest(flow: Flow, broker: str, command: str) -> None:
     try:
         ch = conn.channel()
         known = _manifest(ch, flow.name) or {}
-        steps = {s.name for s in flow.steps}
+        steps = {s.name for s in flow.actions}
         held = {}
         for s in known.get("steps") or []:
             if s in steps or not isinstance(s, str):
@@ -318,7 +318,7 @@ def _upgrade_amqp(plan: Plan, broker: str) -> dict[str, int]:
     try:
         declare_flow(conn.channel(), plan.new)  # the new topology first: moved messages land in declared queues
         f = plan.new.name
-        old_steps = {s.name: s for s in plan.old.steps}
+        old_steps = {s.name: s for s in plan.old.actions}
         for a, b in plan.renamed.items():
             if a not in old_steps:
                 continue

@@ -113,11 +113,11 @@ class Case:
 
     @property
     def uses_http(self) -> bool:
-        return any(s.component == "http.request" for s in [*self.flow.steps, *self.flow.error_steps])
+        return any(s.component == "http.request" for s in [*self.flow.actions, *self.flow.error_steps])
 
     @property
     def uses_redis(self) -> bool:
-        return any(s.component.startswith("redis.") for s in self.flow.steps)
+        return any(s.component.startswith("redis.") for s in self.flow.actions)
 
     @property
     def uses_mqtt(self) -> bool:
@@ -139,10 +139,12 @@ def case_names() -> list[str]:
 
 
 def expressions(flow: Flow) -> list[str]:
-    """The JSONata expressions of the flow's mapping/filter/split steps."""
+    """The JSONata expressions of the flow's mapping/filter/split steps and route conditions."""
     out = []
-    for s in flow.steps:
+    for s in flow.actions:
         c = s.config
+        if s.route is not None:
+            out += [b.when for b in s.route.branches]
         if s.component == "mapping":
             out += list((c.get("fields") or {}).values()) + ([c["expression"]] if c.get("expression") else [])
         elif s.component == "filter":
@@ -633,7 +635,7 @@ def _amqp_queues(flow: Flow) -> dict[str, list[str]]:
     from flownb.runtime.amqp import names
     from flownb.runtime.amqp.topology import retry_levels
     work, dlq, other = [], [], [names.state_queue(flow.name, flow.trigger.name)]
-    for s in flow.steps:
+    for s in flow.actions:  # route branches' steps included
         retries = [names.retry_queue(flow.name, s.name, lv) for lv in retry_levels(s.retry_policy)]
         retries.append(names.retry_ready_queue(flow.name, s.name))
         work.append(names.step_queue(flow.name, s.name))
@@ -672,7 +674,7 @@ def run_amqp(env: Env) -> Raw:
     try:
         ch = conn.channel()
         declare_flow(ch, flow)
-        _bind_arrivals(ch, flow, [s.name for s in flow.steps if s.name != CAPTURE])
+        _bind_arrivals(ch, flow, [s.name for s in flow.actions if s.name != CAPTURE])
         polling = env.case.sample is None
         if not polling:
             ch.confirm_delivery()
@@ -681,7 +683,7 @@ def run_amqp(env: Env) -> Raw:
                 m = Message(body=body, flow=flow.name, step=flow.trigger.name)
                 ch.basic_publish(names.exchange(flow.name), first, m.to_json(), PERSISTENT)
         # one worker per step, or per ``fuse`` group (started as its first step)
-        steps = [s.name for s in flow.steps if s.name != CAPTURE and flow.fused_group(s.name)[0] == s.name]
+        steps = [s.name for s in flow.actions if s.name != CAPTURE and flow.fused_group(s.name)[0] == s.name]
         if polling:
             steps.insert(0, flow.trigger.name)
         if flow.on_error is not None:
@@ -774,7 +776,7 @@ def _wait_idle(ch, queues: dict, workers: Workers, flow: Flow, metrics: dict[str
     in flight at the first read and nothing arrived since — exact, with no view of unacked messages."""
     work = [q for q in queues["work"] if q != f"flownb.{flow.name}.{CAPTURE}"]
     # a fused group's worker counts (under its first step's name) what arrived at any of its steps
-    steps = [s.name for s in flow.steps if s.name != CAPTURE and flow.fused_group(s.name)[0] == s.name]
+    steps = [s.name for s in flow.actions if s.name != CAPTURE and flow.fused_group(s.name)[0] == s.name]
     seen: dict = {}
 
     def idle() -> bool:

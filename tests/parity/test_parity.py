@@ -112,13 +112,18 @@ def test_case_is_well_formed(name):
 def test_the_suite_covers_every_built_in_action_both_engines_retries_and_dead_letters():
     cases = [load_case(n) for n in case_names()]
     assert len(cases) >= 15
-    components = {s.component for c in cases for s in c.flow.steps}
-    assert {"mapping", "filter", "split", "python", "log", "csv.write", "sql.upsert", "http.request"} <= components
+    components = {s.component for c in cases for s in c.flow.actions}
+    assert {"mapping", "filter", "split", "python", "log", "csv.write", "sql.upsert", "http.request",
+            "route"} <= components
     from flownb.components.base import Action
     from flownb.registry import available, get
     built_in = {k for k in available() if get(k).__module__.startswith("flownb.components.")
                 and issubclass(get(k), Action)}
     assert built_in - components == set(), "every built-in action runs the four ways: add a case for these"
+    routes = [s.route for c in cases for s in c.flow.actions if s.route is not None]
+    assert {r.mode for r in routes} == {"first", "all"}, "route steps of both modes"
+    assert any(r.default is not None for r in routes) and any(r.default is None for r in routes), \
+        "a route with a default branch and one whose unmatched messages are filtered"
     dbs = {c.db for c in cases if any(s.component == "sql.upsert" for s in c.flow.steps)}
     assert dbs >= {"sqlite", "postgres", "mysql"}
     engines = {compile(e).engine for c in cases for e in expressions(c.flow)}

@@ -53,12 +53,12 @@ class AmqpDeadLetters(DeadLetterStore):
         """Steps whose dead letters to read. The trigger has dead letters too (records over
         max_message_bytes), listed but never replayed: they would be refused again."""
         if step is None:
-            return ([self.flow.trigger.name] if trigger else []) + [s.name for s in self.flow.steps]
+            return ([self.flow.trigger.name] if trigger else []) + [s.name for s in self.flow.actions]
         found = self.flow.step(step)  # SpecError with a suggestion when unknown
         if found.name == self.flow.trigger.name and not trigger:
             raise FlownbError(f"'{step}' is the trigger: its dead letters are records over the flow's "
                               f"max_message_bytes and cannot be replayed; action steps: "
-                              f"{', '.join(s.name for s in self.flow.steps)}")
+                              f"{', '.join(s.name for s in self.flow.actions)}")
         return [found.name]
 
     def _read(self, ch, step: str) -> list[tuple[int, DeadLetter]]:

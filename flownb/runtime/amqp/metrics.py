@@ -15,6 +15,8 @@ together with the worker's health:
 - ``flownb_messages_failed_total``: processing attempts that raised (retried or dead-lettered)
 - ``flownb_publish_nacked_total``: publishes the broker refused (a full queue); retried later
 - ``flownb_step_latency_seconds``: processing time per message (one sample per batch: its mean)
+- ``flownb_messages_routed_total`` (labels ``flow``, ``step``, ``branch``): a route step's messages
+  per branch taken; ``branch="unmatched"`` counts those no branch matched (filtered)
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ RETRIED = Counter("flownb_messages_retried", "inputs sent back for a later attem
 DEAD = Counter("flownb_messages_dead_lettered", "inputs sent to the dead-letter queue", _LABELS)
 FAILED = Counter("flownb_messages_failed", "processing attempts that raised an error", _LABELS)
 NACKED = Counter("flownb_publish_nacked", "publishes refused by the broker (queue full), retried", _LABELS)
+ROUTED = Counter("flownb_messages_routed", "a route step's messages per branch taken (unmatched: none)",
+                 (*_LABELS, "branch"))
 LATENCY = Histogram("flownb_step_latency_seconds", "processing time per message", _LABELS,
                     buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
 
@@ -55,6 +59,12 @@ class StepMetrics:
         self.failed = FAILED.labels(flow, step)
         self.nacked = NACKED.labels(flow, step)
         self.latency = LATENCY.labels(flow, step)
+        self._flow = flow
+
+    def routed(self, step: str, branches: list[str]) -> None:
+        """Count a route step's message: the branches it took (none: ``unmatched``)."""
+        for b in branches or ["unmatched"]:
+            ROUTED.labels(self._flow, step, b).inc()
 
 
 _ready: list[Callable[[], bool]] = []

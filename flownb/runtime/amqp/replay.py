@@ -34,7 +34,7 @@ def replay_edited(flow: Flow, broker_url: str, wanted: Mapping[str, Any], rebuil
     dlq = AmqpDeadLetters(flow, broker_url)
     asked = {wanted[i].get("_step") for i in wanted}
     steps = [step] if step is not None else (
-        sorted(asked) if None not in asked else [s.name for s in flow.steps])
+        sorted(asked) if None not in asked else [s.name for s in flow.actions])
     for s in steps:
         dlq._steps(s, trigger=False)  # SpecError / FlownbError for an unknown step or the trigger
     conn = connect(broker_url, name="flownb replay")

@@ -435,6 +435,8 @@ class StepWorker:
                     rec, props = recs[i], batch[i][1]
                     route = res.route
                     if route is Route.FORWARD or route is Route.FILTERED:
+                        if res.branches is not None:  # a route step: counted per branch
+                            self.metrics.routed(name, res.branches)
                         if k == last and member + 1 < len(self.runners):  # a suspect ran alone
                             for payload in res.payloads:
                                 self._publish(rec, self.exchange, self.stage.names[member + 1], payload,
@@ -465,14 +467,30 @@ class StepWorker:
             self._loop_conn.release()
 
     def _deliver(self, rec: _Input, props, out) -> None:
+        """The outputs to the next step's queue; a route step's each to the first step of its branch
+        (:attr:`Outcome.targets`); at the end of the flow to the reply queue, when there is one."""
+        if out.targets is not None:
+            ends = []
+            for to, payload in zip(out.targets, out.payloads, strict=True):
+                if to is None:
+                    ends.append(payload)
+                else:
+                    self._publish(rec, self.exchange, to, payload, PERSISTENT)
+            self._reply(rec, props, out, ends)
+            return
         if self.next_key is not None:
             for payload in out.payloads:
                 self._publish(rec, self.exchange, self.next_key, payload, PERSISTENT)
             return
+        self._reply(rec, props, out, out.payloads)
+
+    def _reply(self, rec: _Input, props, out, payloads: list[bytes]) -> None:
+        if not payloads:
+            return
         reply_to = out.message.headers.get(names.REPLY_TO_HEADER) or \
             (props.headers or {}).get(names.REPLY_TO_HEADER)
         if reply_to:
-            for payload in out.payloads:
+            for payload in payloads:
                 self._publish(rec, "", str(reply_to), payload, TRANSIENT)
 
     # -- publishing with confirms -----------------------------------------------------------

@@ -253,7 +253,7 @@ def declare_flow(ch, flow: Flow) -> None:
         ch.exchange_declare(names.exchange(flow.name), exchange_type="direct", durable=True)
     except pika.exceptions.ChannelClosedByBroker as exc:
         raise BrokerError(f"declaring exchange '{names.exchange(flow.name)}' failed: {exc.reply_text}") from exc
-    for s in flow.steps:
+    for s in flow.actions:
         declare_step(ch, flow, s.name)
     if flow.on_error is not None:
         declare_errors(ch, flow)
@@ -378,7 +378,7 @@ def queue_depths(flow: Flow, broker_url: str) -> dict[str, dict[str, int]]:
     conn = connect(broker_url, name="flownb-depths")
     try:
         out = {}
-        for s in flow.steps:
+        for s in flow.actions:
             retry = sum(_count(conn, names.retry_queue(flow.name, s.name, lvl))
                         for lvl in retry_levels(s.retry_policy))
             retry += _count(conn, names.retry_ready_queue(flow.name, s.name))

@@ -123,7 +123,7 @@ def _worker_cli(flow: Flow, args) -> None:
     webhook = trigger_kind(flow) == "webhook"
     if args.all:
         # one worker per step, or per ``fuse`` group (named after its first step)
-        workers = [make_worker(flow, s.name, broker, prefetch=args.prefetch) for s in flow.steps
+        workers = [make_worker(flow, s.name, broker, prefetch=args.prefetch) for s in flow.actions
                    if flow.fused_group(s.name)[0] == s.name]
         if flow.on_error is not None:
             workers.append(make_worker(flow, names.ON_ERROR_WORKER, broker))

@@ -167,7 +167,7 @@ def _serve(runtime: LocalRuntime, args: Any) -> RunSummary:
 
 def _banner(flow: Flow, args: Any, what: str) -> str:
     """What a long-running ``flownb run`` does, where its state is, and how to stop it."""
-    return (f"flow '{flow.name}' on the embedded runtime: {what}; {len(flow.steps)} step(s); state in "
+    return (f"flow '{flow.name}' on the embedded runtime: {what}; {len(flow.actions)} step(s); state in "
             f"{args.state_dir}; stop with Ctrl-C or SIGTERM (the current batch finishes, then a summary)")
 
 

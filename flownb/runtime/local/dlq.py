@@ -67,7 +67,7 @@ class LocalDeadLetters(DeadLetterStore):
             if missing:
                 raise SpecError(f"no dead letter with id(s) {', '.join(map(str, missing))}"
                                 f"{f' at step {step!r}' if step else ''}; see 'flownb dlq list'", field="id")
-        known = {s.name for s in self.flow.steps}
+        known = {s.name for s in self.flow.actions}
         gone = sorted({r[1] for r in rows} - known)
         if gone:
             raise SpecError(f"dead letters of step(s) {', '.join(gone)} cannot be replayed: the flow has no "

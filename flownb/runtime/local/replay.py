@@ -38,7 +38,7 @@ def replay_edited(flow: Flow, state_dir: Path, wanted: Mapping[str, Any], rebuil
             what += [f"{i} (at step '{rows[i][1]}', not '{wanted[i].get('_step')}')" for i in wrong]
             raise SpecError(f"cannot replay dead letter(s) {', '.join(what)}; nothing was replayed — list "
                             f"them again (flownb.dead_letters / 'flownb dlq list')", field="id")
-        known = {s.name for s in flow.steps}
+        known = {s.name for s in flow.actions}
         gone = sorted({rows[i][1] for i in wanted} - known)
         if gone:
             raise SpecError(f"dead letters of step(s) {', '.join(gone)} cannot be replayed: the flow has no "

@@ -91,7 +91,7 @@ class StepStats:
             self.branches[b] = self.branches.get(b, 0) + 1
 
     def to_dict(self) -> dict:
-        d = {"in": self.inputs, "out": self.outputs, "retried": self.retried, "dead": self.dead,
+        d: dict[str, Any] = {"in": self.inputs, "out": self.outputs, "retried": self.retried, "dead": self.dead,
              "seconds": round(self.seconds, 6), "errors": self.errors}
         if self.branches is not None:  # a route step that routed something
             d["branches"] = dict(self.branches)
