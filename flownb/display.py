@@ -299,11 +299,21 @@ def test_result_tabs(result) -> list[tuple[str, str]]:
     tabs = []
     for name, rows in (getattr(result, "outputs", None) or {}).items():
         tabs.append((f"{name} ({len(rows)})", records_html(list(rows))))
+    for name, rows in (getattr(result, "routes", None) or {}).items():  # the branch each row took
+        tabs.append((f"{name}: branches ({len(rows)})", records_html(list(rows), columns=_branch_first(rows))))
     dead = list(getattr(result, "dead_letters", None) or [])
     tabs.append((f"dead letters ({len(dead)})", dead_letters_html(dead)))
     tabs.extend(effects_tabs(result))
     tabs.append(("timings", timings_html(result)))
     return tabs
+
+
+def _branch_first(rows: list[dict], limit: int = 50) -> list[str]:
+    """The columns of a route step's rows, ``_branch`` first."""
+    columns = ["_branch"]
+    for r in rows[:limit]:
+        columns.extend(k for k in r if k not in columns)
+    return columns
 
 
 def effects_tabs(result) -> list[tuple[str, str]]:

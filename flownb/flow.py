@@ -182,6 +182,12 @@ class RouteSpec(BaseModel):
             out.append((DEFAULT_BRANCH, list(self.default)))
         return out
 
+    def preview(self, sample: Any, *, step: str = "route", limit: int | None = None):
+        """Which branch each row of ``sample`` takes, as ``Mapping.preview`` shows a mapping: a
+        DataFrame of the rows with ``_branch`` and ``_error`` (flownb.components.route.preview)."""
+        from .components.route import preview
+        return preview(self, sample, step, limit)
+
     def component_config(self) -> dict[str, Any]:
         """The config of the ``route`` component that evaluates the conditions."""
         return {"mode": self.mode, "branches": [{"name": b.name, "when": b.when} for b in self.branches],

@@ -11,7 +11,7 @@ to that branch's first step. An evaluation error or timeout dead-letters the mes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,10 +21,16 @@ from ..flow import DEFAULT_BRANCH
 from ..rules import _deadline
 from ..rules._runtime import boolean
 from ..rules.mapping import DEFAULT_TIMEOUT
-from .base import Action
+from .base import Action, Context
 from .mapping import _check, _guarded
 
-__all__ = ["RouteAction", "RouteConfig", "Routed"]
+if TYPE_CHECKING:
+    from ..flow import RouteSpec
+
+#: ``_branch`` of a row no branch matched (filtered), in flow.test and the preview
+UNMATCHED = "(unmatched)"
+
+__all__ = ["RouteAction", "RouteConfig", "Routed", "preview", "UNMATCHED"]
 
 
 class RouteBranchConfig(BaseModel):
@@ -90,3 +96,36 @@ class RouteAction(Action[RouteConfig]):
     def _timed_out(self) -> EvaluationTimeout:
         return EvaluationTimeout(self.config.timeout, step=self.ctx.step, field="route",
                                  expression="; ".join(b.when for b in self.config.branches))
+
+
+def preview(route: RouteSpec, sample: Any, step: str = "route", limit: int | None = None):
+    """``Mapping.preview`` for a route: one row per input row (a DataFrame keeps its index), the
+    row's fields, ``_branch`` (the branch or branches it takes, ``"(unmatched)"`` when none: filtered)
+    and ``_error`` (None when fine; else the error a run dead-letters it with). The very code a
+    route step runs (:meth:`RouteAction.choose`, under the route's ``timeout``)."""
+    import pandas as pd
+
+    from ..message import Message
+    from ..records import is_frame, to_records
+    index = None
+    if is_frame(sample):
+        sample = sample if limit is None else sample.iloc[:limit]
+        index = sample.index
+    records = to_records(sample, limit)
+    config = RouteConfig.model_validate(route.component_config())
+    action = RouteAction(config, Context(flow="preview", step=step, config=config))
+    action.setup()
+    branches: list[str | None] = []
+    errors: list[str | None] = []
+    for body in records:
+        try:
+            taken = action.process(Message(body=body), action.ctx).branches
+            branches.append(", ".join(taken) or UNMATCHED)
+            errors.append(None)
+        except Exception as exc:  # FlownbError: the message a run dead-letters the row with
+            branches.append(None)
+            errors.append(str(exc))
+    frame = pd.DataFrame.from_records(records, index=index) if records else pd.DataFrame(index=index)
+    frame["_branch"] = branches
+    frame["_error"] = errors
+    return frame

@@ -109,7 +109,8 @@ class Case:
 
     @property
     def previewable(self) -> bool:
-        return self.flow.on_error is None and all(s.component in ("mapping", "filter") for s in self.flow.steps)
+        return self.flow.on_error is None and all(s.component in ("mapping", "filter", "route")
+                                                  for s in self.flow.actions)
 
     @property
     def uses_http(self) -> bool:
@@ -495,11 +496,10 @@ def run_path(case: Case, path: str, tmp: Path) -> dict:
 
 
 def run_preview(env: Env) -> Raw:
-    """``Mapping.preview`` step after step; a filter is the preview of its condition."""
+    """``Mapping.preview`` step after step; a filter is the preview of its condition; a route step
+    is ``RouteSpec.preview`` (the branch each row takes), each branch previewed on its rows, the
+    branches' rows rejoined for the steps after it."""
     import pandas as pd
-
-    from flownb.rules import Mapping, to_records
-    from flownb.rules._runtime import boolean
 
     case = env.case
     if case.sample_csv is not None:
@@ -509,8 +509,34 @@ def run_preview(env: Env) -> Raw:
     else:
         frame = pd.DataFrame(case.sample)
     dead: list[dict] = []
-    for s in env.flow().resolved().steps:
+    frame = _preview_steps(env.flow().resolved().steps, frame, dead)
+    from flownb.rules import to_records
+    return Raw(outputs=to_records(frame), dead=dead)
+
+
+def _preview_steps(steps, frame, dead: list[dict]):
+    import pandas as pd
+
+    from flownb.rules import Mapping, to_records
+    from flownb.rules._runtime import boolean
+
+    for s in steps:
         inputs = to_records(frame)
+        if s.route is not None:
+            view = s.route.preview(frame, step=s.name)
+            err = view["_error"]
+            for i, e in enumerate(err):
+                if isinstance(e, str):
+                    dead.append({"step": s.name, "type": "EvaluationError", "message": e, "attempt": 1,
+                                 "retryable": False, "body": inputs[i]})
+            taken = [str(b).split(", ") if isinstance(b, str) else [] for b in view["_branch"]]
+            parts = []
+            for name, chain in s.route.chains():
+                rows = [i for i, t in enumerate(taken) if name in t]
+                if rows:
+                    parts.append(_preview_steps(chain, frame.iloc[rows].reset_index(drop=True), dead))
+            frame = pd.concat(parts, ignore_index=True) if parts else frame.iloc[0:0]
+            continue
         if s.component == "mapping":
             m = Mapping(fields=s.config.get("fields"), expression=s.config.get("expression"))
         elif s.component == "filter":
@@ -531,7 +557,7 @@ def run_preview(env: Env) -> Raw:
         else:
             frame = good
         frame = frame.reset_index(drop=True)
-    return Raw(outputs=to_records(frame), dead=dead)
+    return frame
 
 
 def run_flow_test(env: Env) -> Raw:

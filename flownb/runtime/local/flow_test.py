@@ -43,6 +43,24 @@ class TestResult:
     #: dry runs: what each action with outside effects would have sent, per step, in order
     effects: dict[str, list[dict]] = field(default_factory=dict)
     live: bool = False
+    #: per route step, each message it routed: the body and ``_branch``, the branch(es) it took
+    #: (``"a, b"`` in ``mode: all``; ``"(unmatched)"``: filtered), in the order they were routed
+    routes: dict[str, list[dict]] = field(default_factory=dict)
+
+    def branches(self, step: str | None = None):
+        """The rows a route step routed, with the branch each took (``_branch``), as a DataFrame;
+        ``step`` may be left out when the flow has one route step."""
+        import pandas as pd
+        if step is None:
+            if len(self.routes) != 1:
+                raise SpecError(f"flow '{self.flow}' has {len(self.routes)} route steps; name one: "
+                                f"result.branches('step') ({', '.join(self.routes) or 'none'})")
+            step = next(iter(self.routes))
+        if step not in self.routes:
+            names = list(self.routes)
+            raise SpecError(f"no route step '{step}'{did_you_mean(step, names)} route steps: "
+                            f"{', '.join(names) or 'none'}")
+        return pd.DataFrame.from_records(self.routes[step]) if self.routes[step] else pd.DataFrame()
 
     def frame(self, step: str):
         """The outputs of ``step`` as a pandas DataFrame (one row per message)."""
@@ -62,6 +80,9 @@ class TestResult:
         for name, c in self.counts.items():
             lines.append(f"  {name}: in {c['in']}, out {c['out']}, retried {c['retried']}, dead {c['dead']}, "
                          f"{self.timings.get(name, 0.0) * 1000:.1f} ms")
+            if "branches" in c:  # a route step: messages per branch, and the unmatched ones (filtered)
+                taken = ", ".join(f"{b} {n}" for b, n in c["branches"].items()) or "none"
+                lines.append(f"    branches: {taken}; unmatched {c['unmatched']}")
         lines.append(f"  dead letters: {len(self.dead_letters)}")
         if self.effects:
             would = ", ".join(f"{step} {len(e)}" for step, e in self.effects.items())
@@ -166,6 +187,6 @@ def test_flow(flow: Flow, sample: Any = None, progress: bool | None = None, *,
         return TestResult(flow=flow.name, outputs=rt.recorded or {}, dead_letters=rt.dead_letters(),
                           timings={k: v.seconds for k, v in rt.stats.items()},
                           counts={k: v.to_dict() for k, v in rt.stats.items()},
-                          effects=effects, live=live)
+                          effects=effects, live=live, routes=rt.routes or {})
     finally:
         rt.close()

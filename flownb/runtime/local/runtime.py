@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from ...components.route import UNMATCHED
 from ...errors import FlownbError, MessageError, QueueFull, RuntimeFailure, StateError, StorageFull
 from ...flow import Flow
 from ...message import Message
@@ -58,6 +59,10 @@ class VirtualClock:
 
     def advance(self, seconds: float) -> None:
         self.now += max(seconds, 0.0)
+
+
+#: the column that names the branch(es) a route step sent a row down (flow.test, the route preview)
+BRANCH_COLUMN = "_branch"
 
 
 @dataclass
@@ -246,6 +251,9 @@ class LocalRuntime:
         names = [self.flow.trigger.name, *self.steps]
         self.stats = {n: StepStats() for n in names}
         self.recorded: dict[str, list[dict]] | None = {n: [] for n in names} if record else None
+        #: (``record``) per route step, each message it routed: its body and the branches it took
+        self.routes: dict[str, list[dict]] | None = \
+            {s.name: [] for s in self.flow.actions if s.route is not None} if record else None
         #: the flight recorder (the spec's ``record:``; not for in-memory runs): flownb/recorder.py
         self.recorder = Recorder.of(self.flow) if not memory and self.state_dir is not None else None
         self.poll_errors: list[str] = []
@@ -557,6 +565,9 @@ class LocalRuntime:
                         st.count_route(o.branches)
                 elif o.retry_after is not None:
                     st.retried += 1
+            if self.routes is not None and name in self.routes:
+                self.routes[name].extend({**o.message.body, BRANCH_COLUMN: ", ".join(o.branches) or UNMATCHED}
+                                         for o in outs if o.error is None and o.branches is not None)
             if self.recorded is not None:  # what went on the wire (a date is a string there, a tuple a list)
                 rec = self.recorded[name]
                 for o in outs:
