@@ -27,6 +27,7 @@ FLOW_MIME = "application/vnd.flownb.flow+json"
 _BOX_W, _BOX_H, _GAP, _PAD, _PER_ROW = 190, 74, 44, 16, 4
 _TRIGGER_FILL, _STEP_FILL, _STROKE = "#e8f1fb", "#f6f6f6", "#5b6b7b"
 _ERROR_STROKE = "#c0392b"
+_ROUTE_FILL, _BRANCH_STROKE = "#fff6e0", "#b07d12"
 
 
 def _e(value: Any) -> str:
@@ -39,8 +40,16 @@ def retry_label(step) -> str:
     return f"retry {p.max_attempts}× {format_duration(p.initial)}…{format_duration(p.max)}"
 
 
+def _step_text(s) -> str:
+    if getattr(s, "route", None) is None:
+        return f"{s.name} ({s.component})"
+    branches = [f"{b}: " + (" → ".join(_step_text(c) for c in chain) or "(no steps)")
+                for b, chain in s.route.chains()]
+    return f"{s.name} (route, {s.route.mode}: " + " | ".join(branches) + ")"
+
+
 def flow_text(flow) -> str:
-    steps = " → ".join(f"{s.name} ({s.component})" for s in flow.all_steps)
+    steps = " → ".join(_step_text(s) for s in [flow.trigger, *flow.steps])
     text = f"Flow '{flow.name}': {steps}"
     if getattr(flow, "on_error", None) is not None:
         text += "\non_error: " + " → ".join(f"{s.name} ({s.component})" for s in flow.error_steps)
@@ -52,13 +61,17 @@ def _clip(text: str, n: int = 26) -> str:
 
 
 def _box(x: int, y: int, step, is_trigger: bool, note: str | None = None) -> str:
-    fill = _TRIGGER_FILL if is_trigger else _STEP_FILL
+    route = getattr(step, "route", None)
+    fill = _TRIGGER_FILL if is_trigger else (_ROUTE_FILL if route is not None else _STEP_FILL)
     kind = note or ("trigger" if is_trigger else f"×{step.replicas} replica{'s' if step.replicas != 1 else ''}")
+    what = step.component if route is None else \
+        f"route ({route.mode}): {len(route.branches)} branch{'es' if len(route.branches) != 1 else ''}" \
+        + (" + default" if route.default is not None else "")
     lines = [
         f'<rect x="{x}" y="{y}" width="{_BOX_W}" height="{_BOX_H}" rx="8" fill="{fill}" '
         f'stroke="{_STROKE}" stroke-width="1.2"/>',
         f'<text x="{x + 10}" y="{y + 20}" font-weight="bold">{_e(_clip(step.name))}</text>',
-        f'<text x="{x + 10}" y="{y + 38}" fill="#1f5fa8">{_e(_clip(step.component))}</text>',
+        f'<text x="{x + 10}" y="{y + 38}" fill="#1f5fa8">{_e(_clip(what))}</text>',
         f'<text x="{x + 10}" y="{y + 55}" fill="#555" font-size="11">{_e(kind)}</text>',
     ]
     if not is_trigger and note is None:
@@ -83,9 +96,61 @@ def _arrow(i: int) -> str:
     return f'<path d="{path}" fill="none" stroke="{_STROKE}" stroke-width="1.5" marker-end="url(#flownb-arrow)"/>'
 
 
+def _branch_rows(flow) -> list[tuple[str, str, list]]:
+    """(route step, label, steps) per branch of every route step, in flow order."""
+    rows = []
+    links = flow.links()
+    for s in flow.steps:
+        if getattr(s, "route", None) is None:
+            continue
+        conds = {b.name: b.when for b in s.route.branches}
+        for b, chain in s.route.chains():
+            label = f"{b}: {conds[b]}" if b in conds else f"{b}: no branch matched"
+            rows.append((s.name, label, chain))
+        if s.route.default is None:
+            rows.append((s.name, "no branch matched: filtered", []))
+        then = links[s.name]
+        rows.append((s.name, f"→ every branch rejoins at {then}" if then else "→ every branch ends the flow", []))
+    return rows
+
+
+def _branches_svg(flow, top: int) -> tuple[list[str], int, int]:
+    """The branches of the flow's route steps under its main line: per branch a label (its name and
+    condition) and its steps, one row each. Returns (SVG parts, height used, width needed)."""
+    parts: list[str] = []
+    y = top
+    width = 0
+    current = None
+    for route, label, chain in _branch_rows(flow):
+        if route != current:
+            current = route
+            parts.append(f'<text x="{_PAD}" y="{y + 4}" fill="{_BRANCH_STROKE}" font-size="12" '
+                         f'font-weight="bold">{_e(f"route {route} — branches")}</text>')
+            y += 12
+        if not chain:  # a note: filtered, rejoin, or a branch without steps
+            parts.append(f'<text x="{_PAD + 10}" y="{y + 12}" fill="#555" font-size="12">{_e(_clip(label, 90))}'
+                         f'{"" if label.startswith(("→", "no branch")) else " (no steps)"}</text>')
+            y += 22
+            continue
+        parts.append(f'<text x="{_PAD + 10}" y="{y + _BOX_H // 2 + 4}" fill="{_BRANCH_STROKE}" '
+                     f'font-size="12">{_e(_clip(label, 30))}</text>')
+        x0 = _PAD + _BOX_W + _GAP // 2
+        for i, st in enumerate(chain):
+            x = x0 + i * (_BOX_W + _GAP)
+            box = _box(x, y + 6, st, False)
+            parts.append(box.replace(f'stroke="{_STROKE}"', f'stroke="{_BRANCH_STROKE}"', 1))
+            left = x - _GAP if i else x0 - _GAP // 2 + 4
+            parts.append(f'<path d="M{left},{y + 6 + _BOX_H // 2} L{x - 2},{y + 6 + _BOX_H // 2}" fill="none" '
+                         f'stroke="{_BRANCH_STROKE}" stroke-width="1.5" marker-end="url(#flownb-arrow)"/>')
+            width = max(width, x + _BOX_W + _PAD)
+        y += _BOX_H + 12
+    return parts, y - top, width
+
+
 def flow_svg(flow) -> str:
-    """The flow as an SVG diagram: trigger → steps, each box with component, replicas and retry."""
-    steps = flow.all_steps
+    """The flow as an SVG diagram: trigger → steps, each box with component, replicas and retry;
+    the branches of route steps (name, condition, steps) in rows under the main line."""
+    steps = [flow.trigger, *flow.steps]  # a route's branch steps are drawn under the main line
     n = len(steps)
     cols = min(n, _PER_ROW)
     rows = (n + _PER_ROW - 1) // _PER_ROW
@@ -103,6 +168,13 @@ def flow_svg(flow) -> str:
         parts.append(_box(x, y, s, i == 0))
         if i + 1 < n:
             parts.append(_arrow(i))
+    if any(getattr(s, "route", None) is not None for s in flow.steps):
+        lanes, used, wide = _branches_svg(flow, height - _PAD + _GAP // 2)
+        parts.extend(lanes)
+        height += used + _GAP // 2
+        width = max(width, wide)
+        parts[0] = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+                    f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="13" class="flownb-flow">')
     errors = flow.error_steps if getattr(flow, "on_error", None) is not None else []
     if errors:  # the error flow: its own row(s) under the flow, dashed, fed by every step's failures
         from ._duration import format_duration

@@ -62,7 +62,9 @@ class Plan:
         out = [f"plan for flow '{self.new.name}':"]
         for s in self.added:
             if s not in self.renamed.values():
-                out.append(f"  + step '{s}' (new, empty queues)")
+                where = self.new.branch_of(s)
+                branch = f"; branch '{where[1]}' of route '{where[0]}'" if where else ""
+                out.append(f"  + step '{s}' (new, empty queues{branch})")
         for old, new in self.renamed.items():
             out.append(f"  ~ step '{old}' → '{new}': {self.held(old):,} message(s) move" if self.depths is not None
                        else f"  ~ step '{old}' → '{new}'")
@@ -80,6 +82,7 @@ class Plan:
         out.append(f"  trigger '{self.new.trigger.name}': cursor {self.cursor}")
         if len(out) == 2 and self.cursor == "kept":
             out.insert(1, "  no change to steps or queues")
+        out.extend(f"  {line}" for line in route_lines(self.new))
         old_hash, new_hash = self.old.spec_hash(), self.new.spec_hash()
         out.append(f"  spec {old_hash} → {new_hash}" if old_hash != new_hash
                    else f"  spec {new_hash} (unchanged)")
@@ -96,6 +99,27 @@ class Plan:
 
     def __str__(self) -> str:
         return "\n".join(self.lines())
+
+
+def route_lines(flow: Flow) -> list[str]:
+    """One line per route step: its mode, each branch with its condition and its steps (each with
+    its own queues), the default, and where the branches rejoin."""
+    out = []
+    links = flow.links()
+    for s in flow.steps:
+        if s.route is None:
+            continue
+        conds = {b.name: b.when for b in s.route.branches}
+        parts = []
+        for b, chain in s.route.chains():
+            steps = " → ".join(c.name for c in chain) or "(no steps)"
+            parts.append(f"{b} [{conds[b]}]: {steps}" if b in conds else f"{b}: {steps}")
+        if s.route.default is None:
+            parts.append("unmatched: filtered")
+        then = links[s.name]
+        out.append(f"route '{s.name}' (mode {s.route.mode}): " + "; ".join(parts)
+                   + f"; then {repr(then) if then else 'the end of the flow'}")
+    return out
 
 
 def _parse_renames(renames: dict[str, str] | None, old: Flow, new: Flow) -> dict[str, str]:
