@@ -448,6 +448,9 @@ class Flow(BaseModel):
     def _filled(self, paths: bool) -> Flow:
         data = self.model_dump(mode="python")
         branch_steps = [b for s in data["steps"] if s.get("route") for b in _route_steps(s["route"])]
+        for s in data["steps"]:  # a route's conditions take {{ parameter }} templates too
+            for b in (s.get("route") or {}).get("branches") or []:
+                b["when"] = fill_templates(b["when"], self.parameters, s["name"])
         for s in (data["trigger"], *data["steps"], *branch_steps,
                   *((data.get("on_error") or {}).get("steps") or [])):
             s["config"] = fill_templates(s["config"], self.parameters, s["name"])

@@ -126,6 +126,6 @@ def preview(route: RouteSpec, sample: Any, step: str = "route", limit: int | Non
             branches.append(None)
             errors.append(str(exc))
     frame = pd.DataFrame.from_records(records, index=index) if records else pd.DataFrame(index=index)
-    frame["_branch"] = branches
-    frame["_error"] = errors
+    frame["_branch"] = pd.Series(branches, index=frame.index, dtype=object)
+    frame["_error"] = pd.Series(errors, index=frame.index, dtype=object)
     return frame
