@@ -218,3 +218,48 @@ def test_a_yaml_field_is_as_tall_as_what_it_holds_and_a_checkbox_sits_in_the_inp
     poll = ConfigForm(registry.get("csv.poll").Config, {"path": "a.csv", "cursor": "n"})
     check = next(f for f in poll.fields if f.name == "parse_numbers").widget
     assert check.indent and check.style.description_width == "11em"  # lines up with the other inputs
+
+
+def test_a_route_step_is_built_edited_and_run_in_the_builder():
+    """A route step from the palette: branches added, named, given conditions and steps, a default
+    branch, a branch removed; the flow round-trips and runs, showing the branch each row took."""
+    import pandas as pd
+    b = FlowBuilder(flow=flownb.Flow(name="demo", trigger=flownb.step("incoming", "webhook", token_env="HOOK_TOKEN")),
+                    sample=pd.DataFrame([{"country": "GB"}, {"country": "US"}, {"country": "FR"}]))
+    palette = {btn.description: btn for row in b.palette.children for btn in row.children[1].children}
+    palette["route"].click()
+    card = b.route_card("route")
+    uk = card.branches[0]
+    uk.name.value, uk.when.value = "uk", "country = 'GB'"
+    b.add("mapping", "tag-uk", branch=("route", "uk"), expression="$merge([$, {'tag': 'uk'}])")
+    card.add_branch_button.click()
+    us = card.branches[1]
+    us.name.value, us.when.value = "us", "country = 'US'"
+    us.pick.value = "log"
+    us.add_button.click()  # a log step in branch us
+    card.add_branch("never", "false")
+    card.remove_branch("never")
+    card.default_check.value = True
+    b.add("mapping", "tag-other", branch=("route", "default"), expression="$merge([$, {'tag': 'other'}])")
+    b.add("log", "after")
+    assert b.validate() == []
+    flow = b.flow
+    route = flow.step("route").route
+    assert [(x.name, x.when, [s.name for s in x.steps]) for x in route.branches] == [
+        ("uk", "country = 'GB'", ["tag-uk"]), ("us", "country = 'US'", ["log"])]
+    assert [s.name for s in route.default] == ["tag-other"]
+    assert [s.name for s in flow.actions] == ["route", "tag-uk", "log", "tag-other", "after"]
+    assert FlowBuilder(flow=flow).flow == flow  # a route step opens as it was saved
+    assert "route route — branches" in b.diagram.value
+    result = b.run()
+    assert [r["_branch"] for r in result.routes["route"]] == ["uk", "us", "default"]
+    assert any(b.results.get_title(i) == "route: branches (3)" for i in range(len(b.results.children)))
+    b.move("log", -1)  # moves within its branch (alone there: stays)
+    b.remove("tag-uk")
+    assert b.flow.step("route").route.branches[0].steps == []
+    uk.when.value = "country ="  # a condition that does not compile: named on the route card
+    problems = b.validate()
+    assert problems and "route.branches.0.when" in problems[0] and "route.branches.0.when" in card.message.value
+    card.remove_branch("us")
+    with pytest.raises(flownb.FlownbError, match="needs at least one branch"):
+        card.remove_branch("uk")
