@@ -94,6 +94,10 @@ def print_summary(summary: RunSummary, console=None, dlq_command: str | None = N
             con.print(f"{first.outputs:,} record(s) in from '{trigger}'; {summary.steps[last].outputs:,} "
                       f"came out of the last step '{last}' ({summary.messages:,} step inputs in "
                       f"{summary.elapsed:.2f}s, {summary.msg_per_s:,.0f}/s)")
+    for name, st in summary.steps.items():  # a route step: messages per branch, and the unmatched ones
+        if st.branches is not None:
+            taken = ", ".join(f"{b} {n:,}" for b, n in st.branches.items()) or "none"
+            con.print(f"route '{name}': branches {taken}; unmatched (filtered) {st.unmatched:,}")
     kinds = [(name, kind, n, example) for name, st in summary.steps.items()
              for kind, (n, example) in st.dead_kinds.items()]
     for name, kind, n, example in kinds:  # one line per step and error kind, not one per message
