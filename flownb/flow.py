@@ -624,6 +624,13 @@ def _allowed_fields(loc: list) -> list[str]:
         model = Step
     elif loc and loc[0] == "steps":
         model = Step
+        for i, part in enumerate(loc[:-1]):  # inside a route step: the route, a branch, a branch's step
+            if part == "route":
+                model = RouteSpec
+            elif part == "branches" and model is RouteSpec:
+                model = Branch
+            elif part in ("steps", "default") and i > 0:
+                model = Step
     if len(loc) >= 2 and loc[-2] == "retry":
         model = RetryPolicy
     if len(loc) == 2 and loc[0] == "record":

@@ -87,6 +87,10 @@ def test_a_route_spec_round_trips_and_its_branch_steps_are_steps_of_the_flow():
     ("""
   - {name: r, route: {mode: any, branches: [{name: a, when: x}]}}""", "'first' or 'all'"),
     ("""
+  - {name: r, route: {branches: [{name: a, whn: x}]}}""", "did you mean 'when'? allowed: name, when, steps"),
+    ("""
+  - {name: r, route: {mod: all, branches: [{name: a, when: x}]}}""", "did you mean 'mode'? allowed: mode, branches,"),
+    ("""
   - name: r
     route:
       branches:
