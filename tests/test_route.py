@@ -180,6 +180,9 @@ steps:
         rt.drain()
     assert sorted(map(str, finals[m3.trace])) == sorted(map(str, [{"a": 3}, {"x": 3}]))
     assert finals[m2.trace] == [{"a": 2}] and finals[m0.trace] == []
+    result = flow.test([{"x": 3}, {"x": 2}, {"x": 0}])
+    assert sorted(map(str, result.last)) == sorted(map(str, [{"a": 3}, {"x": 3}, {"a": 2}]))
+    assert result.counts["last"]["unmatched"] == 1
 
 
 def test_route_preview_shows_the_branch_and_the_error_of_each_row():

@@ -565,7 +565,7 @@ def run_flow_test(env: Env) -> Raw:
     # live: the sinks (sql.upsert, csv.write, http.request) really write, as they do on the runtimes
     # (a dry flow.test records what they would send instead: tests/runtime/test_flow_test.py)
     result = flow.test(env.case.sample, live=True)  # None: poll the trigger once
-    return Raw(outputs=list(result.outputs[flow.steps[-1].name]), dead=dead_from_letters(result.dead_letters))
+    return Raw(outputs=list(result.last), dead=dead_from_letters(result.dead_letters))  # what left the flow
 
 
 def run_local(env: Env) -> Raw:

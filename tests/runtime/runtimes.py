@@ -201,8 +201,9 @@ class LocalEngine:
             summary = rt.drain()
             rt.notify_errors(force=True)  # as `flownb run --until-idle` ends
             assert not summary.pending, f"still queued after {timeout}s of retries: {summary.pending}"
-            last = ([s.name for s in rt.flow.steps] or [flow.trigger.name])[-1]  # a route's branches rejoin
-            return Result(outputs=list(rt.recorded[last]), dead_letters=rt.dead_letters(),
+            # the bodies that left the flow: the last step's (a flow ending with a route: each branch's)
+            outputs = rt.final if rt.flow.steps else rt.recorded[flow.trigger.name]
+            return Result(outputs=list(outputs), dead_letters=rt.dead_letters(),
                           trigger_state=rt.store.get_state(flow.trigger.name)[0])
         finally:
             rt.close()

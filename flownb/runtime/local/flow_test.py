@@ -46,6 +46,8 @@ class TestResult:
     #: per route step, each message it routed: the body and ``_branch``, the branch(es) it took
     #: (``"a, b"`` in ``mode: all``; ``"(unmatched)"``: filtered), in the order they were routed
     routes: dict[str, list[dict]] = field(default_factory=dict)
+    #: the bodies that left the flow, in order (None: not recorded)
+    final: list[dict] | None = None
 
     def branches(self, step: str | None = None):
         """The rows a route step routed, with the branch each took (``_branch``), as a DataFrame;
@@ -72,8 +74,9 @@ class TestResult:
 
     @property
     def last(self) -> list[dict]:
-        """The outputs of the last step."""
-        return list(self.outputs.values())[-1]
+        """The outputs of the last step: the bodies that left the flow (a flow that ends with a route
+        step: the outputs of each of its branches)."""
+        return list(self.final) if self.final is not None else list(self.outputs.values())[-1]
 
     def summary(self) -> str:
         lines = [f"TestResult of flow '{self.flow}'"]
@@ -187,6 +190,7 @@ def test_flow(flow: Flow, sample: Any = None, progress: bool | None = None, *,
         return TestResult(flow=flow.name, outputs=rt.recorded or {}, dead_letters=rt.dead_letters(),
                           timings={k: v.seconds for k, v in rt.stats.items()},
                           counts={k: v.to_dict() for k, v in rt.stats.items()},
-                          effects=effects, live=live, routes=rt.routes or {})
+                          effects=effects, live=live, routes=rt.routes or {},
+                          final=rt.final if rt.steps else None)  # a trigger-only flow: the trigger's
     finally:
         rt.close()

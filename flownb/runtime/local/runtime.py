@@ -251,6 +251,11 @@ class LocalRuntime:
         names = [self.flow.trigger.name, *self.steps]
         self.stats = {n: StepStats() for n in names}
         self.recorded: dict[str, list[dict]] | None = {n: [] for n in names} if record else None
+        #: (``record``) the bodies that left the flow: the last step's outputs, and when the flow ends
+        #: with a route step, the outputs of each branch's last step (and of a route's empty branch)
+        self.final: list[dict] = []
+        self.routes_end = {s for s in self.steps if self.flow.step(s).route is not None and None in
+                           self.flow.branch_targets(s).values()}
         #: (``record``) per route step, each message it routed: its body and the branches it took
         self.routes: dict[str, list[dict]] | None = \
             {s.name: [] for s in self.flow.actions if s.route is not None} if record else None
@@ -570,12 +575,17 @@ class LocalRuntime:
                                          for o in outs if o.error is None and o.branches is not None)
             if self.recorded is not None:  # what went on the wire (a date is a string there, a tuple a list)
                 rec = self.recorded[name]
+                ends = self.final if self._next[name] is None or name in self.routes_end else None
                 for o in outs:
                     if o.error is None:
                         if o.payloads:
-                            rec.extend(orjson.loads(p)["body"] for p in o.payloads)
+                            bodies = [orjson.loads(p)["body"] for p in o.payloads]
                         else:
-                            rec.extend(c.body for c in o.outputs)
+                            bodies = [c.body for c in o.outputs]
+                        rec.extend(bodies)
+                        if ends is not None:  # left the flow (a route's copies: those that took no step)
+                            ends.extend(bodies if o.targets is None else
+                                        [b for b, to in zip(bodies, o.targets, strict=True) if to is None])
             if self._traces:
                 self._settle(name, [o for o in outs if not o.undecodable])
 
