@@ -11,6 +11,7 @@ from .plan import (
     BROKER_ENV,
     INTERNAL_BROKER_URL,
     RABBITMQ_IMAGE,
+    RECORDER_DIR,
     image_name,
     step_plans,
     url_has_password,
@@ -72,10 +73,14 @@ def render_compose(flow: Flow, *, broker_url: str | None = None, image: str | No
             svc["depends_on"] = {"rabbitmq": {"condition": "service_healthy"}}
         if p.port is not None:
             svc["ports"] = [f"{p.port}:{p.port}"]
+        if p.kind == "recorder":  # its SQLite file outlives the container
+            svc["volumes"] = [f"recorder-data:{RECORDER_DIR}"]
         services[p.name] = svc
     doc: dict = {"services": services}
-    if broker_url is None:
-        doc["volumes"] = {"rabbitmq-data": {}}
+    volumes: dict[str, dict] = {**({"rabbitmq-data": {}} if broker_url is None else {}),
+               **({"recorder-data": {}} if "recorder" in {p.kind for p in step_plans(flow)} else {})}
+    if volumes:
+        doc["volumes"] = volumes
     return doc
 
 

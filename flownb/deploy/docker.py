@@ -22,7 +22,7 @@ from ..flow import Flow, load
 from ..runtime.amqp import names
 from ..runtime.amqp.names import DEFAULT_BROKER_URL
 from .image import build_image, docker_client, image_exists
-from .plan import BROKER_ENV, RABBITMQ_IMAGE, image_name, secret_envs, step_plans
+from .plan import BROKER_ENV, RABBITMQ_IMAGE, RECORDER_DIR, image_name, secret_envs, step_plans
 
 __all__ = ["RESTART_POLICY", "DeployResult", "deploy", "down", "read_env_file", "status"]
 
@@ -153,10 +153,17 @@ def deploy(out: str | Path, *, broker_url: str | None = None, network: str = "ho
             labels = {"flownb.flow": flow.name, "flownb.step": p.name, "flownb.replica": str(i),
                       "flownb.role": "worker"}
             own = {**env, **{k: env_secrets[k] for k in p.secrets if k in env_secrets}}  # its secrets only
-            c = _run_worker(client, tag, p.command(), name, network, own, labels, binds)
+            mounts = binds
+            if p.kind == "recorder":  # its SQLite file on a named volume that outlives the container
+                mounts = {**binds, _recorder_volume(flow.name): {"bind": RECORDER_DIR, "mode": "rw"}}
+            c = _run_worker(client, tag, p.command(), name, network, own, labels, mounts)
             result.containers.append(c.name)
             say(f"started {c.name}")
     return result
+
+
+def _recorder_volume(flow: str) -> str:
+    return f"flownb-{flow}-recorder"
 
 
 def _run_worker(client, image: str, command: list[str], name: str, network: str, env: dict, labels: dict,
@@ -266,15 +273,17 @@ def _remove(client, flow_name: str, *, workers_only: bool, say: Progress) -> lis
 def down(out: str | Path, *, keep_broker: bool = False, volumes: bool = False,
          progress: Progress | None = None) -> list[str]:
     """Stop (SIGTERM, drain) and remove the flow's containers; the broker too unless ``keep_broker``;
-    its data volume only with ``volumes=True``."""
+    its data volume (and the flight recorder's) only with ``volumes=True``."""
     say = progress or (lambda m: log.info("%s", m))
     flow = load(Path(out) / "flow.yaml")
     client = docker_client()
     removed = _remove(client, flow.name, workers_only=keep_broker, say=say)
-    if volumes and not keep_broker:
+    if volumes:
         import docker
-        try:
-            client.volumes.get(f"flownb-{flow.name}-rabbitmq").remove(force=True)
-        except docker.errors.NotFound as exc:
-            log.debug("volume: %s", exc)
+        names = [_recorder_volume(flow.name)] + ([] if keep_broker else [f"flownb-{flow.name}-rabbitmq"])
+        for volume in names:
+            try:
+                client.volumes.get(volume).remove(force=True)
+            except docker.errors.NotFound as exc:
+                log.debug("volume: %s", exc)
     return removed

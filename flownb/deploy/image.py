@@ -46,7 +46,7 @@ RUN python3 -m venv /opt/flownb \\
  && rm -rf /tmp/wheels \\
  && groupadd --system --gid {uid} flownb \\
  && useradd --system --uid {uid} --gid {uid} --home-dir /app --no-create-home --shell /usr/sbin/nologin flownb \\
- && mkdir -p /app && chown {uid}:{uid} /app
+ && mkdir -p /app /data && chown {uid}:{uid} /app /data
 COPY flow.yaml /app/flow.yaml
 {notebooks}WORKDIR /app
 USER {uid}:{uid}

@@ -10,10 +10,12 @@ import yaml
 
 from ..flow import Flow
 from ..runtime.amqp import names
+from .image import UID
 from .plan import (
     BROKER_ENV,
     METRICS_PORT,
     RABBITMQ_IMAGE,
+    RECORDER_DIR,
     StepPlan,
     image_name,
     secret_envs,
@@ -199,6 +201,27 @@ def _scaled_object(flow: Flow, p: StepPlan) -> dict:
     }
 
 
+def _recorder(flow: Flow, p: StepPlan, image: str, broker_url: str | None) -> list[dict]:
+    """The flight recorder's Deployment (one replica, replaced, never overlapping: its SQLite file has
+    one writer) on a PersistentVolumeClaim of its own. ``flownb recorder`` serves no probes: it exits
+    non-zero when it fails, and the pod restarts."""
+    dep = _deployment(flow, p, image, broker_url)
+    claim = _dns(f"flownb-{flow.name}-recorder")
+    dep["spec"]["strategy"] = {"type": "Recreate"}
+    pod = dep["spec"]["template"]["spec"]
+    pod["securityContext"] = {"fsGroup": UID}  # the volume writable by the image's user
+    pod["volumes"].append({"name": "recorder", "persistentVolumeClaim": {"claimName": claim}})
+    container = pod["containers"][0]
+    container["name"] = "recorder"
+    for probe in ("readinessProbe", "livenessProbe"):
+        container.pop(probe)
+    container.pop("ports")
+    container["volumeMounts"].append({"name": "recorder", "mountPath": RECORDER_DIR})
+    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(flow, claim, p.name),
+           "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
+    return [pvc, dep]
+
+
 def render_manifests(flow: Flow, *, broker_url: str | None = None, image: str | None = None,
                      ingress_host: str | None = None, keda: bool = False,
                      schedules: list | None = None) -> dict[str, list[dict]]:
@@ -209,6 +232,9 @@ def render_manifests(flow: Flow, *, broker_url: str | None = None, image: str | 
     if broker_url is None:
         files["rabbitmq.yaml"] = _rabbitmq(flow)
     for p in step_plans(flow):
+        if p.kind == "recorder":
+            files[f"step-{p.name}.yaml"] = _recorder(flow, p, img, broker_url)
+            continue
         objs = [_deployment(flow, p, img, broker_url)]
         if p.port is not None:
             objs.append(_webhook_service(flow, p))

@@ -20,6 +20,12 @@ INTERNAL_BROKER_URL = "amqp://guest:guest@rabbitmq:5672/"
 RABBITMQ_IMAGE = "rabbitmq:3-management"
 #: the service / Deployment of the flow's on_error worker (``flownb worker --step on_error``)
 ON_ERROR_SERVICE = "on-error"
+#: the service / Deployment that drains the flight recorder's tap (``flownb recorder``) into a SQLite
+#: file on a volume, for a flow that records (``record:`` with a sample above 0)
+RECORDER_SERVICE = "recorder"
+#: where the recorder's SQLite file lives in its container (a volume)
+RECORDER_DIR = "/data"
+RECORDER_DB = f"{RECORDER_DIR}/recorder.db"
 #: config keys whose literal value would be a secret: name an environment variable instead
 _SECRET_KEYS = re.compile(r"^(password|passwd|secret|token|api_?key|access_?key|authorization|"
                           r"client_secret|private_key)$", re.IGNORECASE)
@@ -68,7 +74,7 @@ class StepPlan:
 
     step: Step
     is_trigger: bool
-    kind: str  # "action" | "poll" | "webhook" | "on_error"
+    kind: str  # "action" | "poll" | "webhook" | "on_error" | "recorder"
     #: the steps this service runs: the step itself, its ``fuse`` group (first step first), whose
     #: worker (``flownb worker --step <first>``) runs them all as one stage, or (kind "on_error") the
     #: flow's on_error actions, run by the on_error worker
@@ -84,8 +90,8 @@ class StepPlan:
 
     @property
     def replicas(self) -> int:
-        # a polling trigger must not poll twice: one replica, whatever the spec says
-        return 1 if self.kind in ("poll", "on_error") else self.step.replicas
+        # a polling trigger must not poll twice, the recorder's SQLite file has one writer: one replica
+        return 1 if self.kind in ("poll", "on_error", "recorder") else self.step.replicas
 
     @property
     def secrets(self) -> list[str]:
@@ -100,6 +106,8 @@ class StepPlan:
         return int(self.step.config.get("port") or DEFAULT_WEBHOOK_PORT)
 
     def command(self, spec_path: str = "/app/flow.yaml", *, metrics: bool = False) -> list[str]:
+        if self.kind == "recorder":
+            return ["flownb", "recorder", spec_path, "--db", RECORDER_DB]
         cmd = ["flownb", "worker", spec_path, "--step", ON_ERROR_WORKER if self.kind == "on_error" else self.name]
         if self.port is not None:
             cmd += ["--port", str(self.port), "--host", "0.0.0.0"]
@@ -134,6 +142,11 @@ def step_plans(flow: Flow) -> list[StepPlan]:
                               f"rename the step")
         out.append(StepPlan(Step(name=ON_ERROR_SERVICE, component="on_error"), False, "on_error",
                             tuple(flow.error_steps)))
+    if flow.record is not None and flow.record.sample > 0:  # the tap is drained into a file on a volume
+        if any(p.name == RECORDER_SERVICE for p in out):
+            raise DeployError(f"step '{RECORDER_SERVICE}' has the name the flight recorder's service gets; "
+                              f"rename the step")
+        out.append(StepPlan(Step(name=RECORDER_SERVICE, component="recorder"), False, "recorder"))
     return out
 
 

@@ -93,3 +93,29 @@ def test_a_fused_group_is_one_service_running_its_first_step():
     _validate(doc)
     assert list(doc["services"]) == ["tick", "shape", "out"]     # no service of its own for 'keep'
     assert doc["services"]["shape"]["command"][:5] == ["flownb", "worker", "/app/flow.yaml", "--step", "shape"]
+
+
+def test_a_recording_flow_gets_one_recorder_service_writing_to_its_own_volume():
+    flow = Flow(name="rec", trigger=step("hook", "webhook", token_env="TOK"), steps=[step("out", "log")],
+                record={"sample": 0.05, "keep": "7d"})
+    doc = render_compose(flow)
+    _validate(doc)
+    rec = doc["services"]["recorder"]
+    assert rec["command"] == ["flownb", "recorder", "/app/flow.yaml", "--db", "/data/recorder.db"]
+    assert rec["volumes"] == ["recorder-data:/data"] and rec["deploy"]["replicas"] == 1
+    assert set(rec["environment"]) == {"FLOWNB_BROKER_URL"}  # no secrets of the steps
+    assert doc["volumes"] == {"rabbitmq-data": {}, "recorder-data": {}}
+    external = render_compose(flow, broker_url="amqp://mq.example:5672/")
+    _validate(external)
+    assert external["volumes"] == {"recorder-data": {}}
+    off = Flow(name="rec", trigger=step("hook", "webhook", token_env="TOK"), steps=[step("out", "log")],
+               record={"sample": 0})
+    assert "recorder" not in render_compose(off)["services"]
+
+
+def test_a_step_named_like_the_recorder_service_is_refused():
+    from flownb.errors import DeployError
+    flow = Flow(name="rec", trigger=step("tick", "schedule", cron="* * * * *"), steps=[step("recorder", "log")],
+                record={"sample": 0.5})
+    with pytest.raises(DeployError, match="flight recorder's service.*rename the step"):
+        render_compose(flow)

@@ -189,3 +189,51 @@ def test_secrets_env_file_is_read(tmp_path):
     f.write_text("JUSTANAME\n")
     with pytest.raises(DeployError, match="secrets.env:1: expected NAME=value"):
         read_env_file(f)
+
+
+@pytest.mark.integration
+@pytest.mark.docker
+@pytest.mark.rabbitmq
+@pytest.mark.slow
+def test_a_recording_flow_deploys_its_recorder_which_fills_a_file_on_its_own_volume(docker_engine, vhost_url,
+                                                                                    tmp_path):
+    """A flow with ``record:`` deployed with the Docker SDK: the ``recorder`` container drains the tap
+    into /data/recorder.db on the named volume flownb-<flow>-recorder (the image's user can write
+    it); ``down --volumes`` removes that volume too."""
+    import docker
+
+    from flownb import Flow, step
+    from flownb.deploy import export
+    ensure_base_image(DEBIAN_BASE_IMAGE)
+    name = f"rec-{uuid.uuid4().hex[:8]}"
+    out = tmp_path / "deploy"
+    Flow(name=name, trigger=step("tick", "schedule", cron="* * * * * */2"), steps=[step("say", "log")],
+         record={"sample": 1.0}).save(tmp_path / "flow.yaml")
+    export(tmp_path / "flow.yaml", out, target="compose")
+    client = docker.from_env()
+    count = ("import sqlite3; print(sqlite3.connect('/data/recorder.db')"
+             ".execute('select count(*) from recorder').fetchone()[0])")
+
+    def recorded() -> int:
+        rc, output = client.containers.get(f"flownb-{name}-recorder-0").exec_run(["python3", "-c", count])
+        return int(output) if rc == 0 and output.strip().isdigit() else 0
+    try:
+        assert main(["deploy", str(out), "--broker-url", vhost_url, "--base-image", DEBIAN_BASE_IMAGE]) == 0
+        workers = client.containers.list(filters={"label": f"flownb.flow={name}"})
+        assert sorted(c.labels["flownb.step"] for c in workers) == ["recorder", "say", "tick"]
+        _wait(lambda: recorded() >= 2, 120, "the recorder to write the path of a record")
+        mounts = client.containers.get(f"flownb-{name}-recorder-0").attrs["Mounts"]
+        assert [(m["Type"], m["Name"], m["Destination"]) for m in mounts] == [
+            ("volume", f"flownb-{name}-recorder", "/data")]
+    finally:
+        logs = {c.name: c.logs(tail=30).decode(errors="replace")
+                for c in client.containers.list(all=True, filters={"label": f"flownb.flow={name}"})}
+        down(out, keep_broker=True, volumes=True)
+        for n, text in logs.items():
+            print(f"--- {n}\n{text}")
+        try:
+            client.images.remove(f"flownb-{name}:latest", force=True)
+        except docker.errors.ImageNotFound:
+            pass
+    with pytest.raises(docker.errors.NotFound):
+        client.volumes.get(f"flownb-{name}-recorder")

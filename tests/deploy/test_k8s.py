@@ -149,3 +149,20 @@ def test_an_on_error_flow_gets_one_on_error_worker_with_only_its_secrets():
     assert secrets == {"CHAT_TOKEN"}
     work = files["step-work.yaml"][0]["spec"]["template"]["spec"]["containers"][0]
     assert "CHAT_TOKEN" not in {e["name"] for e in work["env"]}
+
+
+def test_a_recording_flow_gets_a_recorder_on_a_volume_claim_of_its_own():
+    flow = Flow(name="rec", trigger=step("hook", "webhook", token_env="TOK"), steps=[step("work", "log")],
+                record={"sample": 1.0})
+    files = render_manifests(flow, keda=True)
+    pvc, dep = files["step-recorder.yaml"]  # no KEDA, no Service: one writer of one SQLite file
+    _check(pvc)
+    _check(dep)
+    assert pvc["kind"] == "PersistentVolumeClaim" and dep["spec"]["strategy"] == {"type": "Recreate"}
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["command"] == ["flownb", "recorder", "/app/flow.yaml", "--db", "/data/recorder.db"]
+    assert {"name": "recorder", "mountPath": "/data"} in c["volumeMounts"]
+    assert {"name": "recorder", "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]}} in pod["volumes"]
+    assert pod["securityContext"] == {"fsGroup": 10001} and dep["spec"]["replicas"] == 1
+    assert "readinessProbe" not in c and {e["name"] for e in c["env"]} == {"FLOWNB_BROKER_URL"}
