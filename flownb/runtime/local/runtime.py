@@ -175,7 +175,7 @@ class LocalRuntime:
     """Run ``flow`` on SQLite queues in ``state_dir`` (``<state_dir>/<flow>.db``), or in memory."""
 
     def __init__(self, flow: Flow, state_dir: Path | str | None = Path(".flownb"), *, memory: bool = False,
-                 batch_size: int = 500, max_queue: int = 10_000, retry_wait: float = 60.0,
+                 batch_size: int = 1000, max_queue: int = 10_000, retry_wait: float = 60.0,
                  clock: Callable[[], float] | None = None, record: bool = False,
                  logger: logging.Logger | None = None, reset_state: bool = False,
                  max_deliveries: int | None = None, fuse: bool = True, on_error: bool = True):

@@ -109,6 +109,11 @@ class QueueStore:
             self.conn.execute("PRAGMA busy_timeout=30000")
             # the write-ahead log is cut back to this size at each checkpoint (it never shrinks else)
             self.conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+            # a checkpoint (two fsyncs: the log, then the database) once the log holds about that
+            # much, not every 1,000 pages (4 MiB, SQLite's default): a fourth of the fsyncs for the
+            # same traffic. Durability is the same: with synchronous=NORMAL a commit is in the log
+            # (the OS holds it) when COMMIT returns, whatever the checkpoint interval
+            self.conn.execute(f"PRAGMA wal_autocheckpoint={WAL_LIMIT // self._page_size()}")
             self.conn.executescript(_SCHEMA)
             self.conn.executescript(recorder.SCHEMA)
             cols = {r[1] for r in self.conn.execute("PRAGMA table_info(queue)")}
@@ -122,6 +127,9 @@ class QueueStore:
             raise RuntimeFailure(f"cannot open the queue database '{target}': {exc}; check that the "
                                  f"state directory is writable (--state-dir)") from exc
         self.lock = threading.RLock()
+
+    def _page_size(self) -> int:
+        return int(self.conn.execute("PRAGMA page_size").fetchone()[0]) or 4096
 
     def close(self) -> None:
         with self.lock:
