@@ -182,7 +182,10 @@ class CsvPoll(PollingTrigger[CsvPollConfig]):
                 p["todo"].pop(0)
                 p["offset"], p["header"] = 0, None
         # by (cursor, key) within the batch; without a key, rows with equal cursors keep their order
-        batch.sort(key=operator.itemgetter(0, 1) if self.config.key else operator.itemgetter(0))
+        if self.config.key:
+            batch.sort(key=operator.itemgetter(0, 1))
+        else:
+            batch.sort(key=operator.itemgetter(0))
         if batch:
             top = _order(p["top"]) if p["top"] is not None else None
             last = batch[-1][0]
