@@ -284,7 +284,7 @@ class CsvPoll(PollingTrigger[CsvPollConfig]):
             if len(rec) < n:
                 rec = rec + [""] * (n - len(rec))
             # cells past the header are dropped
-            row = {k: cell(v) for k, v in zip(header, rec, strict=False)}
+            row = dict(zip(header, map(cell, rec), strict=False))
             if file_field:
                 row[file_field] = path
             p["offset"] = pos

@@ -30,6 +30,7 @@ from ...errors import FlownbError, MessageError, QueueFull, RuntimeFailure, Stat
 from ...flow import Flow
 from ...message import Message
 from ...recorder import Recorder
+from ...records import _no_gc
 from ..core import DeadLetter, ErrorInfo, Outcome, Route, StageRun, StageRunner, StepRunner, TriggerRunner, undecodable
 from ..health import HEALTH
 from ..on_error import event_from_exception
@@ -175,7 +176,7 @@ class LocalRuntime:
     """Run ``flow`` on SQLite queues in ``state_dir`` (``<state_dir>/<flow>.db``), or in memory."""
 
     def __init__(self, flow: Flow, state_dir: Path | str | None = Path(".flownb"), *, memory: bool = False,
-                 batch_size: int = 1000, max_queue: int = 10_000, retry_wait: float = 60.0,
+                 batch_size: int = 500, max_queue: int = 10_000, retry_wait: float = 60.0,
                  clock: Callable[[], float] | None = None, record: bool = False,
                  logger: logging.Logger | None = None, reset_state: bool = False,
                  max_deliveries: int | None = None, fuse: bool = True, on_error: bool = True):
@@ -400,7 +401,8 @@ class LocalRuntime:
         polling stops here and :meth:`drain` reports why."""
         total = polls = 0
         while not self._stop.is_set():
-            n = self.poll_once(raise_errors=raise_errors)
+            with _no_gc():  # as in drain_pass
+                n = self.poll_once(raise_errors=raise_errors)
             total += n
             polls += 1
             due = self.next_poll_at()
@@ -584,7 +586,8 @@ class LocalRuntime:
             for name in self.steps:
                 if self._stop.is_set():
                     return total + moved
-                moved += self.process_step(name, progress)
+                with _no_gc():  # collected after the batch is committed and gone, not while it lives
+                    moved += self.process_step(name, progress)
             total += moved
             if moved == 0:
                 break
