@@ -479,12 +479,11 @@ class LocalRuntime:
         now = self.clock()
         first, outcomes, _t = run.steps[0]
         for (rid, attempt, payload, _deliveries), o in zip(rows, outcomes, strict=True):
-            route = o.route
-            if route is Route.FORWARD or route is Route.FILTERED:
+            err = o.error
+            if err is None:  # forwarded or filtered (Outcome.route): the input is done
                 done.append(rid)
                 continue
-            err = o.error
-            assert err is not None  # a retry or a dead letter always carries its error (Outcome.route)
+            route = o.route  # a retry or a dead letter: it carries its error
             if route is Route.RETRY:
                 after = o.retry_after or 0.0
                 retries.append((now + after, attempt + 1, rid))
