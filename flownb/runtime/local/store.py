@@ -5,6 +5,7 @@ Tables:
 - ``queue``: messages waiting for a step (``step`` = the step that consumes them),
   ``available_at`` (a retry waits here), ``attempt`` and the wire ``payload`` (bytes).
 - ``dead``: dead letters, with the error (``ErrorInfo`` as JSON, traceback included).
+- ``claims``: the ids of the batch a step is processing (one row, deleted by the batch's commit).
 - ``trigger_state``: the polling trigger's cursor and the time of its next poll.
 - ``recorder``: the flight recorder's rows (:mod:`flownb.recorder`), written in a batch's transaction.
 
