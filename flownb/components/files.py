@@ -23,6 +23,7 @@ import csv
 import glob
 import hashlib
 import io
+import operator
 import os
 import re
 import time
@@ -60,6 +61,24 @@ def parse_cell(text: str, numbers: bool = True) -> Any:
         if _FLOAT.match(s):
             return float(s)
     return text
+
+
+def _cell_parser(numbers: bool):
+    """:func:`parse_cell` with ``numbers`` bound, a plain whole number (``42``; not ``007``, ``+1``,
+    `` 4``) turned into an int without the regular expressions: the same values, fewer steps per cell."""
+    if not numbers:
+        return lambda text: text if text else None
+
+    def cell(text: str) -> Any:
+        if not text:
+            return None
+        first = text[0]
+        if first not in _NUMBER_START and not first.isspace():
+            return text
+        if text.isdigit() and text.isascii() and (first != "0" or len(text) == 1):
+            return int(text)
+        return parse_cell(text)
+    return cell
 
 
 def _order(value: Any) -> tuple:
@@ -163,7 +182,10 @@ class CsvPoll(PollingTrigger[CsvPollConfig]):
                 p["todo"].pop(0)
                 p["offset"], p["header"] = 0, None
         # by (cursor, key) within the batch; without a key, rows with equal cursors keep their order
-        batch.sort(key=(lambda t: (t[0], t[1])) if self.config.key else (lambda t: t[0]))
+        if self.config.key:
+            batch.sort(key=operator.itemgetter(0, 1))
+        else:
+            batch.sort(key=operator.itemgetter(0))
         if batch:
             top = _order(p["top"]) if p["top"] is not None else None
             last = batch[-1][0]
@@ -253,6 +275,8 @@ class CsvPoll(PollingTrigger[CsvPollConfig]):
                 raise FatalError(f"'{path}' has no column '{c.cursor}' (the cursor); columns: "
                                  f"{', '.join(header)}")
         cur, numbers, file_field, n = c.cursor, c.parse_numbers, c.file_field, len(header)
+        key = c.key
+        cell = _cell_parser(numbers)
         for rec in reader:
             if not rec:
                 p["offset"] = pos
@@ -260,20 +284,23 @@ class CsvPoll(PollingTrigger[CsvPollConfig]):
             if len(rec) < n:
                 rec = rec + [""] * (n - len(rec))
             # cells past the header are dropped
-            row = {k: parse_cell(v, numbers) for k, v in zip(header, rec, strict=False)}
+            row = dict(zip(header, map(cell, rec), strict=False))
             if file_field:
                 row[file_field] = path
             p["offset"] = pos
             value = row[cur]
             if value is None:
                 continue
-            o, ident = _order(value), self._identity(row)
+            # _order(), inline for the usual cursor and key: an int or a float (a bool is not one)
+            o = (0, value) if type(value) is int or type(value) is float else _order(value)
+            ident = row.get(key) if key else self._identity(row)
             if saved is not None and (o < saved or (o == saved and ident in seen)):
                 continue
             if (o, ident) in ids:  # the same row twice in this batch (in two files, or one)
                 continue
             ids.add((o, ident))
-            batch.append((o, _order(ident), ident, row))
+            batch.append((o, (0, ident) if type(ident) is int or type(ident) is float else _order(ident),
+                          ident, row))
             if len(batch) >= limit:
                 return False
         p["offset"] = pos
@@ -380,13 +407,14 @@ class CsvWrite(Action[CsvWriteConfig]):
         return size > 0 and os.pread(fh.fileno(), 1, size - 1) not in (b"\n", b"\r")
 
     def _lines(self, messages, columns: list[str]) -> tuple[list, list[str]]:
+        """Per message its result, and the text of the rows to append: one string (empty list: no
+        row), written by one ``writerows`` for the batch."""
         results: list = []
-        lines: list[str] = []
-        buf = io.StringIO()  # one writer for the batch; each line cut from the buffer
-        writer = csv.writer(buf, delimiter=self.config.delimiter, lineterminator="\n")
+        rows: list[list] = []
         cols = set(columns)
         check = self.config.on_extra == "error"
         passthrough = self.config.passthrough
+        plain = _PLAIN_CELL
         for m in messages:
             body = m.body
             if check:
@@ -395,17 +423,25 @@ class CsvWrite(Action[CsvWriteConfig]):
                     results.append(FatalError(f"field(s) {extra} are not columns {columns}; add them to "
                                               f"'columns' or set on_extra: ignore"))
                     continue
-            writer.writerow([_cell(body.get(c)) for c in columns])
-            lines.append(buf.getvalue())
-            buf.seek(0)
-            buf.truncate()
+            get = body.get
+            # a str, an int or a float is written as _cell() would write it (the csv module writes
+            # str(value)); others (None, a bool, a list or an object) through _cell()
+            rows.append([v if type(v) in plain else _cell(v) for v in map(get, columns)])
             results.append(body if passthrough else None)
-        return results, lines
+        if not rows:
+            return results, []
+        buf = io.StringIO()
+        csv.writer(buf, delimiter=self.config.delimiter, lineterminator="\n").writerows(rows)
+        return results, [buf.getvalue()]
 
     def _format(self, values: list[str]) -> str:
         buf = io.StringIO()
         csv.writer(buf, delimiter=self.config.delimiter, lineterminator="\n").writerow(values)
         return buf.getvalue()
+
+
+#: cell types the csv module writes as ``_cell`` does (``str(value)``)
+_PLAIN_CELL = frozenset((str, int, float))
 
 
 def _cell(value: Any) -> str:

@@ -35,7 +35,9 @@ from ..components.base import Action, Component, Context, PollingTrigger, classi
 from ..components.route import Routed
 from ..errors import FatalError, MessageError, MessageTooLarge, PoisonMessage
 from ..flow import Flow, RetryPolicy, Step
+from ..message import _OPTS as _ENCODE_OPTS
 from ..message import Message, encode_body
+from ..records import _no_gc
 from ..registry import get, validate_step
 from .health import HEALTH
 
@@ -128,6 +130,11 @@ class Outcome:
         m = Message.from_json(self.payload) if self.payload is not None else self.message
         m.attempt = self.message.attempt + 1
         return m.to_json()
+
+
+#: an Outcome without running ``__init__``: the fields not set keep their class defaults (None,
+#: False), as for ``Outcome(message, outputs, payloads)``
+_new_outcome = object.__new__
 
 
 def undecodable(payload: bytes, step: str, attempt: int = 1) -> Message:
@@ -273,7 +280,44 @@ class StepRunner:
                                f"{len(results)} results for {len(messages)} messages; return exactly one "
                                f"result (or exception) per input message")
             return [self.failure(m, wrong, retryable=False) for m in messages]
-        return [self._outcome(m, r, encode) for m, r in zip(messages, results, strict=True)]
+        if encode or not self.native:
+            return [self._outcome(m, r, encode) for m, r in zip(messages, results, strict=True)]
+        return self._outcomes_in_stage(messages, results)
+
+    def _outcomes_in_stage(self, messages: list[Message], results: list) -> list[Outcome]:
+        """:meth:`_outcome` with ``encode=False`` for a ``json_native`` component, the common cases
+        in one loop (the same outcomes): ``None`` (filtered), the input body passed on unchanged,
+        and a new body well under ``max_message_bytes`` of a message without headers. Anything
+        else (a list, an error, a body the codec refuses or near the limit) goes through
+        :meth:`_outcome`."""
+        name, spec = self.step.name, self.spec
+        room = self.max_bytes - _ENVELOPE
+        dumps, opts = orjson.dumps, _ENCODE_OPTS
+        new = _new_outcome
+        out: list[Outcome] = []
+        append = out.append
+        for m, r in zip(messages, results, strict=True):
+            if r is None:
+                o = new(Outcome)
+                o.message, o.outputs, o.payloads = m, [], []
+                append(o)
+                continue
+            if type(r) is dict and (r is m.body or not m.headers):
+                if r is not m.body:
+                    try:
+                        data = dumps(r, option=opts)
+                    except (TypeError, orjson.JSONEncodeError):
+                        append(self._outcome(m, r, False))  # its error, as the codec words it
+                        continue
+                    if len(data) > room or b"null" in data:  # near the limit, or maybe a NaN: exactly
+                        append(self._outcome(m, r, False))
+                        continue
+                o = new(Outcome)
+                o.message, o.outputs, o.payloads = m, [m.child(r, name, spec)], []
+                append(o)
+                continue
+            append(self._outcome(m, r, False))
+        return out
 
     def run_payloads(self, payloads: list[bytes], attempts: list[int] | None = None, *,
                      deliveries: list[int] | None = None, max_deliveries: int = 3,
@@ -441,6 +485,11 @@ class StageRunner:
         """Run ``payloads`` (queued for member ``start``) through members ``start`` … ``stop - 1``.
         ``encode_last=False``: the last member's outputs go nowhere on the wire (the flow's last
         step): they are checked as in-stage outputs are, not encoded."""
+        with _no_gc():  # a batch's many small objects: no collection that walks every live object
+            return self._run_payloads(start, stop, payloads, attempts, deliveries, max_deliveries, encode_last)
+
+    def _run_payloads(self, start: int, stop: int, payloads: list[bytes], attempts: list[int] | None,
+                      deliveries: list[int] | None, max_deliveries: int, encode_last: bool) -> StageRun:
         t0 = time.perf_counter()
         first = self.runners[start]
         self.current = first.step.name
@@ -531,13 +580,18 @@ class TriggerRunner:
         Raises what the component raised (the caller logs it and polls again next interval)."""
         self.open()
         assert isinstance(self.component, PollingTrigger), "only polling triggers poll"
+        with _no_gc():  # a batch of records: as StageRunner.run_payloads
+            return self._poll(state)
+
+    def _poll(self, state: dict) -> tuple[list[Message], list[bytes], dict]:
+        assert isinstance(self.component, PollingTrigger)
         new_state = copy.deepcopy(state)
         msgs, payloads = [], []
         self.last_dead = []
         for body in self.component.poll(new_state, self.ctx):
             if not isinstance(body, dict):
                 raise MessageError(f"poll() yielded {type(body).__name__}; yield dicts", step=self.step.name)
-            m = Message(body=body, flow=self.flow.name, step=self.step.name, spec=self.spec)
+            m = Message.first(body, self.flow.name, self.step.name, self.spec)
             payload = m.to_json()
             if len(payload) > self.max_bytes:  # never published; the cursor moves past it
                 exc = _too_large(self.step.name, len(payload), self.max_bytes, "a record of this trigger")

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -202,6 +203,9 @@ def run_cli(flow: Flow, args: Any) -> int:
     runtime = LocalRuntime(flow, Path(args.state_dir), retry_wait=retry_wait, max_queue=max_queue,
                            reset_state=bool(getattr(args, "reset_state", False)),
                            fuse=not getattr(args, "no_fuse", False))
+    # what start-up made (modules, config models, compiled rules) lives as long as the process: out
+    # of the cyclic collector's sight, so that its full collections do not walk it again and again
+    gc.freeze()
     restore = exit_on_failure()
     stop = threading.Event()
     try:

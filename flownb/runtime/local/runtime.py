@@ -31,6 +31,7 @@ from ...errors import FlownbError, MessageError, QueueFull, RuntimeFailure, Stat
 from ...flow import Flow
 from ...message import Message
 from ...recorder import Recorder
+from ...records import _no_gc
 from ..core import DeadLetter, ErrorInfo, Outcome, Route, StageRun, StageRunner, StepRunner, TriggerRunner, undecodable
 from ..health import HEALTH
 from ..on_error import event_from_exception
@@ -430,7 +431,8 @@ class LocalRuntime:
         polling stops here and :meth:`drain` reports why."""
         total = polls = 0
         while not self._stop.is_set():
-            n = self.poll_once(raise_errors=raise_errors)
+            with _no_gc():  # as in drain_pass
+                n = self.poll_once(raise_errors=raise_errors)
             total += n
             polls += 1
             due = self.next_poll_at()
@@ -508,12 +510,11 @@ class LocalRuntime:
         now = self.clock()
         first, outcomes, _t = run.steps[0]
         for (rid, attempt, payload, _deliveries), o in zip(rows, outcomes, strict=True):
-            route = o.route
-            if route is Route.FORWARD or route is Route.FILTERED:
+            err = o.error
+            if err is None:  # forwarded or filtered (Outcome.route): the input is done
                 done.append(rid)
                 continue
-            err = o.error
-            assert err is not None  # a retry or a dead letter always carries its error (Outcome.route)
+            route = o.route  # a retry or a dead letter: it carries its error
             if route is Route.RETRY:
                 after = o.retry_after or 0.0
                 retries.append((now + after, attempt + 1, rid))
@@ -636,7 +637,8 @@ class LocalRuntime:
             for name in self.steps:
                 if self._stop.is_set():
                     return total + moved
-                moved += self.process_step(name, progress)
+                with _no_gc():  # collected after the batch is committed and gone, not while it lives
+                    moved += self.process_step(name, progress)
             total += moved
             if moved == 0:
                 break
