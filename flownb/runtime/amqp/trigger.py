@@ -54,8 +54,17 @@ from ..core import TriggerRunner
 from ..on_error import event_from_dead, event_from_exception, event_payload
 from . import names
 from .metrics import StepMetrics
-from .publish import PERSISTENT, POLLED_HEADER, error_props, state_props
-from .topology import VERSION_HEADER, TopologyError, connect, declare_flow, max_length, trigger_queues
+from .publish import PERSISTENT, POLLED_HEADER, deadline, error_props, state_props
+from .topology import (
+    VERSION_HEADER,
+    TopologyError,
+    broker_timeout,
+    connect,
+    declare_flow,
+    max_length,
+    queue_type,
+    trigger_queues,
+)
 
 __all__ = ["TriggerWorker", "read_state"]
 
@@ -81,6 +90,11 @@ class TriggerWorker:
         self.first = flow.steps[0].name if flow.steps else None
         self.exchange = names.exchange(flow.name)
         self.metrics = StepMetrics(flow.name, self.name)
+        #: quorum step queues: the emitted messages are published with confirms before the cursor's
+        #: transaction (a transaction into a quorum queue is not confirmed: see the module's docstring)
+        self.confirm = queue_type() == "quorum"
+        self.timeout = broker_timeout()  # the longest wait for the broker (a confirm, tx.commit)
+        self._pub: pika.adapters.blocking_connection.BlockingChannel | None = None
         self.consuming = threading.Event()
         self._stopping = False
         self._wake = threading.Event()
@@ -123,6 +137,10 @@ class TriggerWorker:
             self._seed(conn)
             ch.basic_qos(prefetch_count=1)
             ch.tx_select()
+            self._pub = None
+            if self.confirm and self.first:
+                self._pub = conn.channel()
+                self._pub.confirm_delivery()
             self._token = self._reading = False
             self._took_at = 0.0
             if self.lock_q is None:
@@ -290,7 +308,31 @@ class TriggerWorker:
             # a source with a backlog says "poll again now": still wait a little for the queue
             self._held = (tag, state, version, time.time() + max(0.2, min(1.0, self.runner.next_delay(state))))
             return
-        if self.first:
+        with deadline(conn, self.timeout, f"trigger '{self.name}' publishing a poll of {len(payloads)} message(s)"):
+            if self.first and payloads and self._pub is not None and not self._publish_confirmed(payloads):
+                self._held = (tag, state, version, time.time() + max(0.2, min(1.0, self.runner.next_delay(state))))
+                return
+            self._commit(ch, tag, new_state, version, now, payloads)
+
+    def _publish_confirmed(self, payloads: list[bytes]) -> bool:
+        """Publish a poll's messages into the (quorum) first step queue, each confirmed, before the
+        cursor moves. False: the queue refused one (full); the poll is repeated later from the same
+        cursor, and those already confirmed arrive twice (at-least-once)."""
+        assert self._pub is not None and self.first is not None
+        for i, p in enumerate(payloads):
+            try:
+                self._pub.basic_publish(self.exchange, self.first, p, PERSISTENT)
+            except pika.exceptions.NackError:
+                log.warning("trigger '%s': the queue of '%s' refused message %d of %d of this poll (full?); "
+                            "the poll is repeated later", self.name, self.first, i + 1, len(payloads))
+                return False
+        return True
+
+    def _commit(self, ch, tag: int, new_state: dict, version: int, now: float,
+                payloads: list[bytes]) -> None:
+        """The poll's transaction: its messages (unless already confirmed), dead letters, the new
+        cursor and the ack of the old one."""
+        if self.first and self._pub is None:
             for p in payloads:
                 ch.basic_publish(self.exchange, self.first, p, PERSISTENT)
         dlq = names.dead_letter_queue(self.flow.name, self.name)

@@ -93,11 +93,6 @@ def _leader(node, queue: str) -> str:
     raise AssertionError(f"no queue '{queue}' on {node.name}")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open defect, seen in 3 of 5 runs on a loaded machine (CI's three groups in parallel), never alone: the "
-    "standby trigger takes over and emits every row, but the step workers (connected to a surviving node) "
-    "stop receiving once the SIGKILLed node that led their quorum queues is gone — silently, with no "
-    "basic.cancel and no connection error; under investigation (closing note of 2026-12-01)"))
 def test_the_node_leading_the_trigger_state_dies_and_a_standby_trigger_goes_on_from_the_committed_cursor(
         cluster, tmp_path, monkeypatch):
     """Quorum topology: the cursor (``.cursor``) and the poller's lock (``.poller``) are replicated.
