@@ -21,6 +21,14 @@ Who is the active poller (:func:`~flownb.runtime.amqp.topology.trigger_queues`):
   (one transaction: publish into ``.cursor``, ack from ``.state``; then ``.state`` is deleted), after
   waiting for any consumer of ``.state`` — an older trigger worker still polling — to go.
 
+Quorum step queues: the emitted messages are published *with publisher confirms* before the
+transaction, which then holds only the new cursor and the ack. RabbitMQ 3.10.8 does not confirm a
+transactional publish into a quorum queue, and a poll committed right after the node leading the
+step queue died (its queue still electing a leader) lost every message while the cursor moved on.
+A confirm or a ``tx.commit`` not answered within ``FLOWNB_BROKER_TIMEOUT`` ends the connection
+(:func:`~flownb.runtime.amqp.publish.deadline`); the poll is repeated from the committed cursor, so
+in the quorum topology a poll is at-least-once.
+
 Back-pressure: before committing, the first step's queue depth plus the poll's size must fit its
 length limit; otherwise the poll is not committed and is repeated (from the same cursor) later. The
 check is what enforces the limit: a transaction has no publisher confirms, so a full queue does not
