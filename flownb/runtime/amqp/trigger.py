@@ -312,11 +312,11 @@ class TriggerWorker:
             self._report(ch, exc)
             self._retry_later(state)
             return
-        if payloads and self.first and not self._fits(conn, len(payloads)):
-            # a source with a backlog says "poll again now": still wait a little for the queue
-            self._held = (tag, state, version, time.time() + max(0.2, min(1.0, self.runner.next_delay(state))))
-            return
         with deadline(conn, self.timeout, f"trigger '{self.name}' publishing a poll of {len(payloads)} message(s)"):
+            if payloads and self.first and not self._fits(conn, len(payloads)):
+                # a source with a backlog says "poll again now": still wait a little for the queue
+                self._held = (tag, state, version, time.time() + max(0.2, min(1.0, self.runner.next_delay(state))))
+                return
             if self.first and payloads and self._pub is not None and not self._publish_confirmed(payloads):
                 self._held = (tag, state, version, time.time() + max(0.2, min(1.0, self.runner.next_delay(state))))
                 return

@@ -126,11 +126,18 @@ def _publish(broker: str, flow: flownb.Flow, step: str, ids: range) -> None:
 
 
 def _depth(broker: str, queue: str) -> int:
+    """Ready messages of ``queue`` (0 while it does not exist yet)."""
+    import pika.exceptions
     conn = connect(broker)
     try:
         return conn.channel().queue_declare(queue, passive=True).method.message_count
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 404:
+            return 0
+        raise
     finally:
-        conn.close()
+        if conn.is_open:
+            conn.close()
 
 
 def test_a_worker_the_broker_stops_delivering_to_says_so_and_reconnects(broker, relay, running, tmp_path, caplog,
@@ -196,3 +203,42 @@ def _unacked_gone(broker: str, flow: flownb.Flow) -> bool:
     they ran alone)."""
     from flownb.runtime.amqp.topology import suspect_queue
     return all(_depth(broker, q) == 0 for q in (names.step_queue(flow.name, "work"), suspect_queue(flow.name, "work")))
+
+
+def test_a_quorum_trigger_whose_poll_the_broker_never_answers_drops_the_connection_and_polls_again(
+        broker, relay, tmp_path, caplog, monkeypatch):
+    """Every wait of a poll (the room check, the confirms of its messages into quorum step queues —
+    a transactional publish into a quorum queue is not confirmed —, tx.commit) is bounded: an answer
+    that does not come within the timeout ends the connection and the poll is repeated from the
+    committed cursor on a new one: nothing lost (at-least-once)."""
+    from flownb.runtime.amqp.trigger import TriggerWorker, read_state
+    monkeypatch.setenv("FLOWNB_BROKER_TIMEOUT", f"{TIMEOUT}s")
+    monkeypatch.setenv("FLOWNB_QUEUE_TYPE", "quorum")
+    total = 60
+    flow = flownb.Flow(name="unconfirmedpoll", trigger=flownb.step("src", "amqptest.count", total=total, batch=5,
+                                                                   interval="300ms"),
+                       steps=[flownb.step("sink", "amqptest.sink", path=str(tmp_path / "unused.db"))]).resolved()
+    out_q = names.step_queue(flow.name, "sink")  # no sink worker: what the trigger emitted stays here
+    worker = TriggerWorker(flow, _through(broker, relay))
+    t = threading.Thread(target=worker.run, daemon=True)
+    with caplog.at_level(logging.WARNING, logger="flownb.runtime.amqp.trigger"):
+        t.start()
+        try:
+            wait_for(lambda: _depth(broker, out_q) >= 10, timeout=60, what="the first polls")
+            relay.mute()  # the next poll's frames reach the broker; no answer comes back
+            t0 = time.monotonic()
+            wait_for(lambda: "no answer from the broker" in caplog.text, timeout=TIMEOUT * 5,
+                     what=f"the trigger to give up on the broker within {TIMEOUT * 5:.0f} s")
+            noticed = time.monotonic() - t0
+            relay.unmute()
+            wait_for(lambda: _depth(broker, out_q) >= total, timeout=90,
+                     what="every record in the step queue after the reconnect")
+        finally:
+            worker.stop()
+            t.join(30)
+    assert not t.is_alive()
+    assert read_state(flow, broker) == {"next": total}  # the cursor at the end (released by the stopped poller)
+    assert relay.accepted >= 2
+    got = _depth(broker, out_q)
+    print(f"\nunanswered poll noticed after {noticed:.1f} s (timeout {TIMEOUT} s); {got} messages for {total} "
+          f"records (duplicates {got - total})")
