@@ -156,6 +156,8 @@ class StepWorker:
                         last_good_parameters(self.url, heartbeat=self.heartbeat, name=f"flownb {self.step.name}"),
                         on_open_callback=self._on_open, on_open_error_callback=self._on_open_error,
                         on_close_callback=self._on_closed)
+                    self._conn.add_on_connection_blocked_callback(self._on_blocked)
+                    self._conn.add_on_connection_unblocked_callback(self._on_unblocked)
                     self._conn.ioloop.start()
                     self._conn.ioloop.close()
                 except TopologyError:
@@ -231,6 +233,7 @@ class StepWorker:
         self._probe_ready: dict[str, int] = {}  # that round's answers with ready messages
         self._stall_since: float | None = None  # ready messages seen while idle, none delivered since
         self._last_delivery = time.monotonic()
+        self._blocked = False  # connection.blocked (a resource alarm): pika's blocked_connection_timeout rules
 
     # -- connection callbacks ---------------------------------------------------------------
     def _on_open(self, conn) -> None:
@@ -585,6 +588,18 @@ class StepWorker:
                     self.step.name, reason)
         self._restart()
 
+    def _on_blocked(self, conn, frame) -> None:
+        self._blocked = True
+        log.warning("step '%s': the broker blocks this connection's publishes (%s: a memory or disk alarm)",
+                    self.step.name, getattr(frame.method, "reason", "?"))
+
+    def _on_unblocked(self, conn, frame) -> None:
+        self._blocked = False
+        now = time.monotonic()
+        for pub in self._pending.values():  # the wait for their confirms starts now
+            pub.sent = max(pub.sent, now)
+        log.info("step '%s': the broker unblocked this connection", self.step.name)
+
     def _restart(self) -> None:
         conn = self._conn
         if conn is not None and not (conn.is_closing or conn.is_closed):
@@ -602,7 +617,7 @@ class StepWorker:
 
     def _stalled(self, now: float) -> str | None:
         """What the broker has kept this worker waiting for longer than ``timeout``, or None."""
-        if self._pending:
+        if self._pending and not self._blocked:
             oldest = next(iter(self._pending.values()))
             if now - oldest.sent > self.timeout:
                 return (f"no confirm from the broker for {now - oldest.sent:.0f} s ({len(self._pending)} publish(es) "
