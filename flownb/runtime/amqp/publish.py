@@ -1,6 +1,7 @@
-"""Publishing to RabbitMQ, in one place: the message properties every publisher uses, and the two
+"""Publishing to RabbitMQ, in one place: the message properties every publisher uses, and the three
 places where flownb relies on a client library's private API, each guarded by a version check
-(:func:`private_api_problems`, tested) and falling back to the public API when it is missing.
+(:func:`private_api_problems`, tested) and falling back to the public API (or, for :func:`deadline`,
+to an unbounded wait) when it is missing.
 
 Message properties: every message is ``application/json``; persistent (``delivery_mode=2``) except
 a sync reply; dead letters and retries carry the error (``x-flownb-error``) and the step; the trigger's
