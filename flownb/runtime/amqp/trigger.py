@@ -147,8 +147,7 @@ class TriggerWorker:
             ch.tx_select()
             self._pub = None
             if self.confirm and self.first:
-                self._pub = conn.channel()
-                self._pub.confirm_delivery()
+                self._open_pub(conn)
             self._token = self._reading = False
             self._took_at = 0.0
             if self.lock_q is None:
@@ -317,23 +316,76 @@ class TriggerWorker:
                 # a source with a backlog says "poll again now": still wait a little for the queue
                 self._held = (tag, state, version, time.time() + max(0.2, min(1.0, self.runner.next_delay(state))))
                 return
-            if self.first and payloads and self._pub is not None and not self._publish_confirmed(payloads):
+            if self.first and payloads and self._pub is not None and not self._publish_confirmed(conn, payloads):
                 self._held = (tag, state, version, time.time() + max(0.2, min(1.0, self.runner.next_delay(state))))
                 return
             self._commit(ch, tag, new_state, version, now, payloads)
 
-    def _publish_confirmed(self, payloads: list[bytes]) -> bool:
-        """Publish a poll's messages into the (quorum) first step queue, each confirmed, before the
-        cursor moves. False: the queue refused one (full); the poll is repeated later from the same
-        cursor, and those already confirmed arrive twice (at-least-once)."""
+    def _open_pub(self, conn) -> None:
+        """The channel a poll's messages are published on, in confirm mode. Its confirms are counted
+        here (pika's BlockingChannel would wait for each publish's confirm in turn, without a bound):
+        the poll publishes them all, then runs the connection's I/O until each is confirmed or the
+        timeout passes."""
+        self._pub = conn.channel()
+        self._unconfirmed: set[int] = set()
+        self._refused = 0
+        self._pub_seq = 0
+        impl = getattr(self._pub, "_impl", None)  # pika's channel under the BlockingChannel (private)
+        if impl is None:  # pragma: no cover - a pika without it: confirm each publish in turn
+            self._pub.confirm_delivery()
+            return
+        impl.confirm_delivery(ack_nack_callback=self._on_pub_confirm)
+        conn.process_data_events(time_limit=0)
+        while not self._confirming(impl):  # Confirm.SelectOk
+            conn.process_data_events(time_limit=0.05)
+
+    @staticmethod
+    def _confirming(impl) -> bool:
+        return bool(getattr(impl, "_delivery_confirmation", True))
+
+    def _on_pub_confirm(self, frame) -> None:
+        method = frame.method
+        done = {t for t in self._unconfirmed if t <= method.delivery_tag} if method.multiple else \
+            {method.delivery_tag} & self._unconfirmed
+        self._unconfirmed -= done
+        if isinstance(method, pika.spec.Basic.Nack):
+            self._refused += len(done)
+
+    def _publish_confirmed(self, conn, payloads: list[bytes]) -> bool:
+        """Publish a poll's messages into the (quorum) first step queue and wait for their confirms,
+        before the cursor moves. False: the poll is repeated later from the same cursor (the held
+        cursor and the poller token stay with this replica), and those already confirmed arrive twice
+        (at-least-once) — when the queue refused one (full), or when a confirm did not come within the
+        timeout (a quorum queue whose leader died may never confirm what its old leader got: the
+        channel is replaced, as the broker tracks each channel's publishes in sequence)."""
         assert self._pub is not None and self.first is not None
-        for i, p in enumerate(payloads):
-            try:
-                self._pub.basic_publish(self.exchange, self.first, p, PERSISTENT)
-            except pika.exceptions.NackError:
-                log.warning("trigger '%s': the queue of '%s' refused message %d of %d of this poll (full?); "
-                            "the poll is repeated later", self.name, self.first, i + 1, len(payloads))
-                return False
+        impl = getattr(self._pub, "_impl", None)
+        if impl is None or not self._confirming(impl):  # pragma: no cover - see _open_pub
+            for p in payloads:
+                try:
+                    self._pub.basic_publish(self.exchange, self.first, p, PERSISTENT)
+                except pika.exceptions.NackError:
+                    return False
+            return True
+        self._refused = 0
+        for p in payloads:
+            self._pub_seq += 1
+            self._unconfirmed.add(self._pub_seq)
+            impl.basic_publish(self.exchange, self.first, p, PERSISTENT)
+        until = time.monotonic() + self.timeout
+        while self._unconfirmed and time.monotonic() < until:
+            conn.process_data_events(time_limit=min(0.05, max(0.0, until - time.monotonic())))
+        if self._unconfirmed:
+            log.warning("trigger '%s': %d of the %d message(s) of this poll not confirmed within %g s (the queue "
+                        "of '%s' lost its leader?); the poll is repeated on a new channel", self.name,
+                        len(self._unconfirmed), len(payloads), self.timeout, self.first)
+            self._pub.close()
+            self._open_pub(conn)
+            return False
+        if self._refused:
+            log.warning("trigger '%s': the queue of '%s' refused %d of the %d message(s) of this poll (full?); the "
+                        "poll is repeated later", self.name, self.first, self._refused, len(payloads))
+            return False
         return True
 
     def _commit(self, ch, tag: int, new_state: dict, version: int, now: float,
