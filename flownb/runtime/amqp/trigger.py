@@ -25,9 +25,10 @@ Quorum step queues: the emitted messages are published *with publisher confirms*
 transaction, which then holds only the new cursor and the ack. RabbitMQ 3.10.8 does not confirm a
 transactional publish into a quorum queue, and a poll committed right after the node leading the
 step queue died (its queue still electing a leader) lost every message while the cursor moved on.
-A confirm or a ``tx.commit`` not answered within ``FLOWNB_BROKER_TIMEOUT`` ends the connection
-(:func:`~flownb.runtime.amqp.publish.deadline`); the poll is repeated from the committed cursor, so
-in the quorum topology a poll is at-least-once.
+A confirm not received within ``FLOWNB_BROKER_TIMEOUT`` replaces the publishing channel (the cursor
+and the poller token stay held); the room check or a ``tx.commit`` not answered as long ends the
+connection (:func:`~flownb.runtime.amqp.publish.deadline`). Either way the poll is repeated from the
+committed cursor, so in the quorum topology a poll is at-least-once.
 
 Back-pressure: before committing, the first step's queue depth plus the poll's size must fit its
 length limit; otherwise the poll is not committed and is repeated (from the same cursor) later. The
