@@ -1,6 +1,7 @@
-"""Publishing to RabbitMQ, in one place: the message properties every publisher uses, and the two
+"""Publishing to RabbitMQ, in one place: the message properties every publisher uses, and the three
 places where flownb relies on a client library's private API, each guarded by a version check
-(:func:`private_api_problems`, tested) and falling back to the public API when it is missing.
+(:func:`private_api_problems`, tested) and falling back to the public API (or, for :func:`deadline`,
+to an unbounded wait) when it is missing.
 
 Message properties: every message is ``application/json``; persistent (``delivery_mode=2``) except
 a sync reply; dead letters and retries carry the error (``x-flownb-error``) and the step; the trigger's
@@ -9,7 +10,10 @@ state message carries the poll time and the cursor version. Builders for pika
 :func:`redelivered_props`) and for aiormq (:func:`aiormq_props`).
 
 pika (step workers): :class:`CoalescingConnection` holds the frames of a batch and writes them with
-one ``send`` (``_output_marshaled_frames`` / ``_adapter_emit_data``, pika ≥ 1.0).
+one ``send`` (``_output_marshaled_frames`` / ``_adapter_emit_data``, pika ≥ 1.0). pika (the trigger):
+:func:`deadline` bounds a blocking wait on the broker by ending the connection as pika's own heartbeat
+timeout does (``BlockingConnection._impl``, ``Connection._terminate_stream``, pika ≥ 1.0); without
+them the wait is unbounded, as before, and :func:`private_api_problems` says so.
 
 aiormq (the webhook ingress; the ``webhook`` extra): :class:`FastPublisher`, below.
 
@@ -38,8 +42,10 @@ publishes on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import struct
+from collections.abc import Iterator
 from importlib import metadata
 from typing import Any, Protocol, TypeGuard
 
@@ -47,6 +53,7 @@ import orjson
 import pika
 from pika.adapters.select_connection import SelectConnection
 
+from ...errors import BrokerError
 from .topology import ERROR_HEADER, STEP_HEADER, VERSION_HEADER
 
 try:  # the webhook extra: workers publish with pika only
@@ -60,7 +67,7 @@ except ImportError:  # pragma: no cover - without the webhook extra there is no 
 
 __all__ = ["PERSISTENT", "TRANSIENT", "CONTENT_TYPE", "POLLED_HEADER", "error_props", "state_props",
            "redelivered_props", "aiormq_props", "CoalescingConnection", "FastPublisher", "marshal_header",
-           "supported", "private_api_problems"]
+           "supported", "private_api_problems", "deadline"]
 
 CONTENT_TYPE = "application/json"
 POLLED_HEADER = "x-flownb-polled"
@@ -124,6 +131,33 @@ class CoalescingConnection(SelectConnection):
             self._adapter_emit_data(b"".join(frames))
 
 
+_CAN_TERMINATE = hasattr(pika.connection.Connection, "_terminate_stream")
+
+
+@contextlib.contextmanager
+def deadline(conn: pika.BlockingConnection, seconds: float, what: str) -> Iterator[None]:
+    """Bound the blocking calls made inside (a publish waiting for its confirm, ``tx.commit``): if the
+    broker has not answered within ``seconds`` — a quorum queue that lost its leader may never confirm
+    while heartbeats still flow — the connection is ended and the waiting call raises
+    :class:`~flownb.errors.BrokerError` naming ``what``, so the caller starts over on a new connection.
+    pika's BlockingConnection runs its I/O loop's timers while it waits (that is how its heartbeat
+    timeout ends a dead connection); this timer ends the stream the same way."""
+    impl = getattr(conn, "_impl", None)
+    if impl is None or not _CAN_TERMINATE:
+        yield
+        return
+
+    def expire() -> None:
+        if impl.is_open:
+            impl._terminate_stream(BrokerError(f"no answer from the broker for {seconds:g} s ({what}); the "
+                                               f"connection is dropped and opened again"))
+    timer = impl.ioloop.call_later(seconds, expire)
+    try:
+        yield
+    finally:
+        impl.ioloop.remove_timeout(timer)
+
+
 def private_api_problems(channel=None) -> list[str]:
     """What the installed client libraries lack of the private API flownb uses (empty: all there).
     ``channel``: an open aiormq confirm channel, to check the ingress publisher's needs too."""
@@ -131,6 +165,9 @@ def private_api_problems(channel=None) -> list[str]:
     if not CoalescingConnection._can_hold:
         problems.append(f"pika {pika.__version__}: SelectConnection lacks _output_marshaled_frames/"
                         f"_adapter_emit_data (step workers fall back to one send per frame)")
+    if not _CAN_TERMINATE or not hasattr(pika.BlockingConnection, "_flush_output"):
+        problems.append(f"pika {pika.__version__}: Connection lacks _terminate_stream (a trigger's wait for the "
+                        f"broker is not bounded)")
     if channel is not None and not supported(channel):
         problems.append(f"aiormq {metadata.version('aiormq')}: the channel lacks the internals FastPublisher needs "
                         f"(the ingress falls back to basic_publish)")

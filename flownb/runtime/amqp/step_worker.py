@@ -50,6 +50,7 @@ from .recorder import Tap
 from .topology import (
     DELIVERIES_HEADER,
     TopologyError,
+    broker_timeout,
     connect,
     declare_flow,
     last_good_parameters,
@@ -66,6 +67,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PREFETCH = 200
 _MAX_BACKOFF = 15.0
 _COUNT_HEADER = "x-delivery-count"  # set by quorum queues: earlier deliveries of this message
+_WATCH_EVERY = 2.0  # seconds between two looks of the watchdog (confirms, a stalled consumer)
 
 
 @dataclass(slots=True)
@@ -83,6 +85,7 @@ class _Pub:
     key: str
     body: bytes
     props: pika.BasicProperties
+    sent: float = 0.0      # time.monotonic() of its basic.publish
 
 
 class StepWorker:
@@ -91,7 +94,7 @@ class StepWorker:
     _drain_deadline: float  # set when a draining stop begins
 
     def __init__(self, flow: Flow, step_name: str, broker_url: str, *, prefetch: int | None = None,
-                 heartbeat: int = 120, max_deliveries: int | None = None):
+                 heartbeat: int = 120, max_deliveries: int | None = None, timeout: float | None = None):
         self.flow = flow
         self.url = broker_url
         group = flow.fused_group(step_name)
@@ -110,6 +113,9 @@ class StepWorker:
         self.levels = [retry_levels(r.step.retry_policy) for r in self.runners]
         self.metrics = StepMetrics(flow.name, step_name)
         self.heartbeat = heartbeat
+        #: how long a confirm, a probe's answer or the delivery of a ready message may take before the
+        #: worker starts over on a new connection (FLOWNB_BROKER_TIMEOUT): never a silent wait
+        self.timeout = timeout or broker_timeout()
         # poison detection: quorum queues count deliveries; on classic queues the worker counts them
         self.quorum = queue_type() == "quorum"
         self.max_deliveries = max_deliveries or env_max_deliveries()
@@ -150,6 +156,8 @@ class StepWorker:
                         last_good_parameters(self.url, heartbeat=self.heartbeat, name=f"flownb {self.step.name}"),
                         on_open_callback=self._on_open, on_open_error_callback=self._on_open_error,
                         on_close_callback=self._on_closed)
+                    self._conn.add_on_connection_blocked_callback(self._on_blocked)
+                    self._conn.add_on_connection_unblocked_callback(self._on_unblocked)
                     self._conn.ioloop.start()
                     self._conn.ioloop.close()
                 except TopologyError:
@@ -218,6 +226,14 @@ class StepWorker:
         #: consumer tag -> (index of the member whose queue it consumes, a suspect queue?)
         self._member: dict[str, tuple[int, bool]] = {}
         self._nack_backoff = 0.2
+        self._probe_ch: pika.channel.Channel | None = None
+        self._probe_sent: float | None = None  # a probe round under way: when it started
+        self._probed_at = 0.0                  # when the last round started
+        self._probe_waiting: set[str] = set()  # the queues of that round not answered yet
+        self._probe_ready: dict[str, int] = {}  # that round's answers with ready messages
+        self._stall_since: float | None = None  # ready messages seen while idle, none delivered since
+        self._last_delivery = time.monotonic()
+        self._blocked = False  # connection.blocked (a resource alarm): pika's blocked_connection_timeout rules
 
     # -- connection callbacks ---------------------------------------------------------------
     def _on_open(self, conn) -> None:
@@ -277,11 +293,15 @@ class StepWorker:
         if self._stopping:
             self._begin_stop()
         else:
+            self._last_delivery = time.monotonic()
+            self._loop_conn.channel(on_open_callback=functools.partial(self._on_probe_channel, self._gen))
+            self._loop_conn.ioloop.call_later(_WATCH_EVERY, functools.partial(self._watch, self._gen))
             self.consuming.set()
             log.info("step '%s': consuming (prefetch %d)", self.step.name, self.prefetch)
 
     # -- consuming ------------------------------------------------------------------------
     def _on_message(self, ch, method, props, body) -> None:
+        self._last_delivery = time.monotonic()
         headers = props.headers or {}
         count = int(headers.get(_COUNT_HEADER) or 0)  # a quorum queue's count of earlier deliveries
         member, suspect = self._member.get(method.consumer_tag, (0, False))
@@ -499,6 +519,7 @@ class StepWorker:
         self._send(_Pub(rec, exchange, key, body, props))
 
     def _send(self, pub: _Pub) -> None:
+        pub.sent = time.monotonic()
         self._seq += 1
         self._pending[self._seq] = pub
         assert self._ch is not None  # the callers checked that the channel is open
@@ -555,6 +576,113 @@ class StepWorker:
         for kind, counter in (("processed", m.processed), ("retried", m.retried), ("dead", m.dead)):
             if counts[kind]:
                 counter.inc(counts[kind])
+
+    # -- the watchdog: no silent wait on the broker ------------------------------------------
+    # A broker can stop answering one channel while the connection stays healthy (heartbeats flow):
+    # a quorum queue whose leader died mid-publish may never confirm, and a consumer may be left
+    # registered where nothing is delivered to it. Either way the worker would wait forever with its
+    # inputs unacked (a full prefetch window: nothing more arrives) or with nothing at all. Every few
+    # seconds it looks; past ``timeout`` it says so (WARNING) and starts over on a new connection,
+    # so the broker requeues what it held and the consumers register again.
+    def _consumed_queues(self) -> list[str]:
+        qs = list(self.suspect_qs)
+        for r in self.runners:
+            qs += [names.step_queue(self.flow.name, r.step.name), names.retry_ready_queue(self.flow.name, r.step.name)]
+        return qs
+
+    def _on_probe_channel(self, gen: int, ch) -> None:
+        if gen != self._gen:
+            ch.close()
+            return
+        self._probe_ch = ch
+        ch.add_on_close_callback(functools.partial(self._on_probe_closed, gen))
+
+    def _on_probe_closed(self, gen: int, ch, reason) -> None:
+        self._probe_ch = None
+        conn = self._conn
+        if gen != self._gen or self._stopping or conn is None or conn.is_closing or conn.is_closed:
+            return  # closed with its connection
+        log.warning("step '%s': the broker closed the channel probing its queues (%s); reconnecting",
+                    self.step.name, reason)
+        self._restart()
+
+    def _on_blocked(self, conn, frame) -> None:
+        self._blocked = True
+        log.warning("step '%s': the broker blocks this connection's publishes (%s: a memory or disk alarm)",
+                    self.step.name, getattr(frame.method, "reason", "?"))
+
+    def _on_unblocked(self, conn, frame) -> None:
+        self._blocked = False
+        now = time.monotonic()
+        for pub in self._pending.values():  # the wait for their confirms starts now
+            pub.sent = max(pub.sent, now)
+        log.info("step '%s': the broker unblocked this connection", self.step.name)
+
+    def _restart(self) -> None:
+        conn = self._conn
+        if conn is not None and not (conn.is_closing or conn.is_closed):
+            conn.close()
+
+    def _watch(self, gen: int) -> None:
+        if gen != self._gen or self._stopping or self._ch is None or not self._ch.is_open:
+            return
+        problem = self._stalled(time.monotonic())
+        if problem:
+            log.warning("step '%s': %s; reconnecting", self.step.name, problem)
+            self._restart()
+            return
+        self._loop_conn.ioloop.call_later(_WATCH_EVERY, functools.partial(self._watch, gen))
+
+    def _stalled(self, now: float) -> str | None:
+        """What the broker has kept this worker waiting for longer than ``timeout``, or None."""
+        if self._pending and not self._blocked:
+            oldest = next(iter(self._pending.values()))
+            if now - oldest.sent > self.timeout:
+                return (f"no confirm from the broker for {now - oldest.sent:.0f} s ({len(self._pending)} publish(es) "
+                        f"unconfirmed, the oldest to '{oldest.key}')")
+        if self._probe_sent is not None:
+            if now - self._probe_sent > self.timeout:
+                return (f"the broker has not answered queue.declare for {now - self._probe_sent:.0f} s "
+                        f"({', '.join(sorted(self._probe_waiting))})")
+            return None
+        if not self.idle:
+            self._stall_since = None
+            return None
+        if self._stall_since is not None and self._last_delivery < self._stall_since:
+            if now - self._stall_since > self.timeout:
+                ready = ", ".join(f"'{q}' {n}" for q, n in sorted(self._probe_ready.items()))
+                return (f"nothing delivered for {now - self._stall_since:.0f} s while its queues hold ready "
+                        f"messages ({ready}) and it holds none")
+        else:
+            self._stall_since = None
+        self._probe(now)
+        return None
+
+    def _probe(self, now: float) -> None:
+        """Ask for the ready messages of the consumed queues (passive queue.declare)."""
+        ch = self._probe_ch
+        if ch is None or not ch.is_open or now - self._probed_at < max(_WATCH_EVERY, self.timeout / 6):
+            return
+        self._probe_sent = self._probed_at = now
+        self._probe_waiting = set(self._consumed_queues())
+        self._probe_ready = {}
+        for q in sorted(self._probe_waiting):
+            ch.queue_declare(q, passive=True, callback=functools.partial(self._on_probe, self._gen, q))
+
+    def _on_probe(self, gen: int, q: str, frame) -> None:
+        if gen != self._gen or self._probe_sent is None:
+            return
+        self._probe_waiting.discard(q)
+        if frame.method.message_count:
+            self._probe_ready[q] = frame.method.message_count
+        if self._probe_waiting:
+            return
+        sent, self._probe_sent = self._probe_sent, None
+        if self._probe_ready and self.idle and self._last_delivery < sent:
+            if self._stall_since is None:
+                self._stall_since = sent  # ready messages and a free window, yet nothing arrives
+        else:
+            self._stall_since = None
 
     # -- draining stop ----------------------------------------------------------------------
     def _begin_stop(self) -> None:

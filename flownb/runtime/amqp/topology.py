@@ -47,13 +47,14 @@ import pika
 import pika.exceptions
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
+from ..._duration import parse_duration
 from ...errors import BrokerError, TopologyError
 from ...flow import Flow, RetryPolicy
 from . import names
 
 __all__ = ["TopologyError", "DEFAULT_MAX_LENGTH", "ERROR_HEADER", "STEP_HEADER", "DELIVERIES_HEADER", "max_length",
            "queue_type", "trigger_queues", "max_deliveries", "suspect_queue", "retry_levels", "pick_level",
-           "declare_flow", "declare_step", "queue_depths", "connect", "parameters"]
+           "declare_flow", "declare_step", "queue_depths", "connect", "parameters", "broker_timeout"]
 
 DEFAULT_MAX_LENGTH = 100_000
 ERROR_HEADER = "x-flownb-error"
@@ -63,6 +64,7 @@ VERSION_HEADER = "x-flownb-version"
 DELIVERIES_HEADER = "x-flownb-deliveries"
 QUEUE_TYPES = ("quorum", "classic")
 DEFAULT_MAX_DELIVERIES = 3
+DEFAULT_BROKER_TIMEOUT = 30.0
 
 
 def max_length() -> int:
@@ -96,6 +98,21 @@ def max_deliveries() -> int:
     if value < 1:
         raise BrokerError(f"FLOWNB_MAX_DELIVERIES={raw!r} is not a positive integer; set it to the number "
                           f"of worker deaths after which a message is dead-lettered, such as 3")
+    return value
+
+
+def broker_timeout() -> float:
+    """Seconds a step worker waits for the broker before it starts over on a new connection: for the
+    confirm of a publish, the answer to its queue probe, or a ready message to be delivered while it
+    holds nothing (env ``FLOWNB_BROKER_TIMEOUT``, a duration such as ``30s``, the default)."""
+    raw = os.environ.get("FLOWNB_BROKER_TIMEOUT", "").strip()
+    try:
+        value = parse_duration(raw) if raw else DEFAULT_BROKER_TIMEOUT
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        raise BrokerError(f"FLOWNB_BROKER_TIMEOUT={raw!r} is not a positive duration; set it to how long a worker "
+                          f"waits for the broker before it reconnects, such as 30s")
     return value
 
 

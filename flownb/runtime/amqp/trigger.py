@@ -21,6 +21,15 @@ Who is the active poller (:func:`~flownb.runtime.amqp.topology.trigger_queues`):
   (one transaction: publish into ``.cursor``, ack from ``.state``; then ``.state`` is deleted), after
   waiting for any consumer of ``.state`` — an older trigger worker still polling — to go.
 
+Quorum step queues: the emitted messages are published *with publisher confirms* before the
+transaction, which then holds only the new cursor and the ack. RabbitMQ 3.10.8 does not confirm a
+transactional publish into a quorum queue, and a poll committed right after the node leading the
+step queue died (its queue still electing a leader) lost every message while the cursor moved on.
+A confirm not received within ``FLOWNB_BROKER_TIMEOUT`` replaces the publishing channel (the cursor
+and the poller token stay held); the room check or a ``tx.commit`` not answered as long ends the
+connection (:func:`~flownb.runtime.amqp.publish.deadline`). Either way the poll is repeated from the
+committed cursor, so in the quorum topology a poll is at-least-once.
+
 Back-pressure: before committing, the first step's queue depth plus the poll's size must fit its
 length limit; otherwise the poll is not committed and is repeated (from the same cursor) later. The
 check is what enforces the limit: a transaction has no publisher confirms, so a full queue does not
@@ -54,8 +63,17 @@ from ..core import TriggerRunner
 from ..on_error import event_from_dead, event_from_exception, event_payload
 from . import names
 from .metrics import StepMetrics
-from .publish import PERSISTENT, POLLED_HEADER, error_props, state_props
-from .topology import VERSION_HEADER, TopologyError, connect, declare_flow, max_length, trigger_queues
+from .publish import PERSISTENT, POLLED_HEADER, deadline, error_props, state_props
+from .topology import (
+    VERSION_HEADER,
+    TopologyError,
+    broker_timeout,
+    connect,
+    declare_flow,
+    max_length,
+    queue_type,
+    trigger_queues,
+)
 
 __all__ = ["TriggerWorker", "read_state"]
 
@@ -81,6 +99,11 @@ class TriggerWorker:
         self.first = flow.steps[0].name if flow.steps else None
         self.exchange = names.exchange(flow.name)
         self.metrics = StepMetrics(flow.name, self.name)
+        #: quorum step queues: the emitted messages are published with confirms before the cursor's
+        #: transaction (a transaction into a quorum queue is not confirmed: see the module's docstring)
+        self.confirm = queue_type() == "quorum"
+        self.timeout = broker_timeout()  # the longest wait for the broker (a confirm, tx.commit)
+        self._pub: pika.adapters.blocking_connection.BlockingChannel | None = None
         self.consuming = threading.Event()
         self._stopping = False
         self._wake = threading.Event()
@@ -123,6 +146,9 @@ class TriggerWorker:
             self._seed(conn)
             ch.basic_qos(prefetch_count=1)
             ch.tx_select()
+            self._pub = None
+            if self.confirm and self.first:
+                self._open_pub(conn)
             self._token = self._reading = False
             self._took_at = 0.0
             if self.lock_q is None:
@@ -286,11 +312,95 @@ class TriggerWorker:
             self._report(ch, exc)
             self._retry_later(state)
             return
-        if payloads and self.first and not self._fits(conn, len(payloads)):
-            # a source with a backlog says "poll again now": still wait a little for the queue
-            self._held = (tag, state, version, time.time() + max(0.2, min(1.0, self.runner.next_delay(state))))
+        with deadline(conn, self.timeout, f"trigger '{self.name}' publishing a poll of {len(payloads)} message(s)"):
+            if payloads and self.first and not self._fits(conn, len(payloads)):
+                # a source with a backlog says "poll again now": still wait a little for the queue
+                self._held = (tag, state, version, time.time() + max(0.2, min(1.0, self.runner.next_delay(state))))
+                return
+            if self.first and payloads and self._pub is not None and not self._publish_confirmed(conn, payloads):
+                self._held = (tag, state, version, time.time() + max(0.2, min(1.0, self.runner.next_delay(state))))
+                return
+            self._commit(ch, tag, new_state, version, now, payloads)
+
+    def _open_pub(self, conn) -> None:
+        """The channel a poll's messages are published on, in confirm mode. Its confirms are counted
+        here (pika's BlockingChannel would wait for each publish's confirm in turn, without a bound):
+        the poll publishes them all, then runs the connection's I/O until each is confirmed or the
+        timeout passes."""
+        self._pub = conn.channel()
+        self._unconfirmed: set[int] = set()
+        self._refused = 0
+        self._pub_seq = 0
+        impl = getattr(self._pub, "_impl", None)  # pika's channel under the BlockingChannel (private)
+        if impl is None:  # pragma: no cover - a pika without it: confirm each publish in turn
+            self._pub.confirm_delivery()
             return
-        if self.first:
+        impl.confirm_delivery(ack_nack_callback=self._on_pub_confirm)
+        conn.process_data_events(time_limit=0)
+        while not self._confirming(impl):  # Confirm.SelectOk
+            conn.process_data_events(time_limit=0.05)
+
+    @staticmethod
+    def _confirming(impl) -> bool:
+        return bool(getattr(impl, "_delivery_confirmation", True))
+
+    def _on_pub_confirm(self, frame) -> None:
+        method = frame.method
+        done = {t for t in self._unconfirmed if t <= method.delivery_tag} if method.multiple else \
+            {method.delivery_tag} & self._unconfirmed
+        self._unconfirmed -= done
+        if isinstance(method, pika.spec.Basic.Nack):
+            self._refused += len(done)
+
+    def _publish_confirmed(self, conn, payloads: list[bytes]) -> bool:
+        """Publish a poll's messages into the (quorum) first step queue and wait for their confirms,
+        before the cursor moves. False: the poll is repeated later from the same cursor (the held
+        cursor and the poller token stay with this replica), and those already confirmed arrive twice
+        (at-least-once) — when the queue refused one, or when a confirm did not come within the
+        timeout. Either way the channel is replaced: on RabbitMQ 3.10.8 a channel whose first publish
+        to a quorum queue met its leader's node down has every later publish to it refused (seen in the
+        failover test: 99 of 99, poll after poll, into an empty queue), and a queue whose leader died
+        may never confirm what the old leader got (the broker sequences each channel's publishes)."""
+        assert self._pub is not None and self.first is not None
+        impl = getattr(self._pub, "_impl", None)
+        if impl is None or not self._confirming(impl):  # pragma: no cover - see _open_pub
+            for p in payloads:
+                try:
+                    self._pub.basic_publish(self.exchange, self.first, p, PERSISTENT)
+                except pika.exceptions.NackError:
+                    return False
+            return True
+        self._refused = 0
+        for p in payloads:
+            self._pub_seq += 1
+            self._unconfirmed.add(self._pub_seq)
+            impl.basic_publish(self.exchange, self.first, p, PERSISTENT)
+        until = time.monotonic() + self.timeout
+        while self._unconfirmed and time.monotonic() < until:
+            conn.process_data_events(time_limit=min(0.05, max(0.0, until - time.monotonic())))
+        if self._unconfirmed:
+            log.warning("trigger '%s': %d of the %d message(s) of this poll not confirmed within %g s (the queue "
+                        "of '%s' lost its leader?); the poll is repeated on a new channel", self.name,
+                        len(self._unconfirmed), len(payloads), self.timeout, self.first)
+            self._pub.close()
+            self._open_pub(conn)
+            return False
+        if self._refused:
+            # full, or (RabbitMQ 3.10.8) a channel whose first publish met the queue's leader gone: that
+            # channel's publishes to the queue are refused from then on, so the poll goes on a new one
+            log.warning("trigger '%s': the queue of '%s' refused %d of the %d message(s) of this poll (full, or "
+                        "its leader was lost); the poll is repeated later on a new channel", self.name, self.first,
+                        self._refused, len(payloads))
+            self._pub.close()
+            self._open_pub(conn)
+            return False
+        return True
+
+    def _commit(self, ch, tag: int, new_state: dict, version: int, now: float,
+                payloads: list[bytes]) -> None:
+        """The poll's transaction: its messages (unless already confirmed), dead letters, the new
+        cursor and the ack of the old one."""
+        if self.first and self._pub is None:
             for p in payloads:
                 ch.basic_publish(self.exchange, self.first, p, PERSISTENT)
         dlq = names.dead_letter_queue(self.flow.name, self.name)
