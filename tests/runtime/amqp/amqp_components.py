@@ -26,12 +26,18 @@ class CountConfig(PollConfig):
     total: int = 100
     batch: int = 1000
     poison: list[int] = []
+    #: with ``gate``: the numbers from ``hold_from`` on are emitted only once the file ``gate`` exists
+    gate: str = ""
+    hold_from: int = 0
 
 
 @flownb.polling_trigger("amqptest.count", config=CountConfig)
 def count(state, ctx):
     start = int(state.get("next", 0))
-    end = min(start + ctx.config.batch, ctx.config.total)
+    total = ctx.config.total
+    if ctx.config.gate and not Path(ctx.config.gate).exists():
+        total = min(total, ctx.config.hold_from)
+    end = min(start + ctx.config.batch, total)
     state["next"] = end
     bad = set(ctx.config.poison)
     return [{"n": i, "poison": True} if i in bad else {"n": i} for i in range(start, end)]

@@ -34,9 +34,12 @@ def _trigger_process(spec: Path, broker: str, log: Path) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_a_standby_trigger_replica_takes_over_from_the_same_cursor(broker, running, tmp_path):
-    db = tmp_path / "sink.db"
+    db, gate = tmp_path / "sink.db", tmp_path / "gate"
+    # numbers 20-39 wait for the gate, opened once the active replica is killed: however slowly the
+    # standby starts on a loaded machine, the rest is left for it to emit
     flow = flownb.Flow(name=f"standby-{uuid.uuid4().hex[:8]}",
-                       trigger=flownb.step("src", "amqptest.count", total=40, batch=1, interval="100ms"),
+                       trigger=flownb.step("src", "amqptest.count", total=40, batch=1, interval="100ms",
+                                           gate=str(gate), hold_from=20),
                        steps=[flownb.step("sink", "amqptest.sink", path=str(db))])
     spec = flow.save(tmp_path / "flow.yaml")
     sink = running(flow, ["sink"], broker)
@@ -50,6 +53,7 @@ def test_a_standby_trigger_replica_takes_over_from_the_same_cursor(broker, runni
         assert "emitted" in logs[0].read_text() and "emitted" not in logs[1].read_text()  # b only waits
         procs[0].send_signal(signal.SIGKILL)  # the active poller dies: its unacked cursor is requeued
         procs[0].wait(30)
+        gate.touch()
         wait_for(lambda: sink_counts(db)[0] == 40, 120, what="the standby to emit the rest")
         assert "emitted" in logs[1].read_text()
     finally:
