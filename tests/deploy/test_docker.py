@@ -94,6 +94,22 @@ def _crash(container) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
+def _teardown(client, name: str, out, **down_kw) -> list[str]:
+    """``flownb down`` the deployment of flow ``name`` (printing its containers' last log lines, for
+    a failure's report) and remove its image; the names of the removed containers."""
+    import docker
+    logs = {c.name: c.logs(tail=30).decode(errors="replace")
+            for c in client.containers.list(all=True, filters={"label": f"flownb.flow={name}"})}
+    removed = down(out, **down_kw)
+    for n, text in logs.items():
+        print(f"--- {n}\n{text}")
+    try:
+        client.images.remove(f"flownb-{name}:latest", force=True)
+    except docker.errors.ImageNotFound:
+        pass
+    return removed
+
+
 def _restarts(container) -> int:
     container.reload()
     return container.attrs["RestartCount"] if container.status == "running" else 0
@@ -156,15 +172,7 @@ def test_deploy_survives_a_killed_worker_and_loses_nothing(docker_engine, vhost_
         table = capsys.readouterr().out
         assert f"flownb-{name}-to-row-0" in table and "running" in table
     finally:
-        logs = {c.name: c.logs(tail=30).decode(errors="replace")
-                for c in client.containers.list(all=True, filters={"label": f"flownb.flow={name}"})}
-        removed = down(out)
-        for n, text in logs.items():
-            print(f"--- {n}\n{text}")
-        try:
-            client.images.remove(f"flownb-{name}:latest", force=True)
-        except docker.errors.ImageNotFound:
-            pass
+        removed = _teardown(client, name, out)
     assert len(removed) == 3
     assert client.containers.list(all=True, filters={"label": f"flownb.flow={name}"}) == []
 
@@ -226,14 +234,6 @@ def test_a_recording_flow_deploys_its_recorder_which_fills_a_file_on_its_own_vol
         assert [(m["Type"], m["Name"], m["Destination"]) for m in mounts] == [
             ("volume", f"flownb-{name}-recorder", "/data")]
     finally:
-        logs = {c.name: c.logs(tail=30).decode(errors="replace")
-                for c in client.containers.list(all=True, filters={"label": f"flownb.flow={name}"})}
-        down(out, keep_broker=True, volumes=True)
-        for n, text in logs.items():
-            print(f"--- {n}\n{text}")
-        try:
-            client.images.remove(f"flownb-{name}:latest", force=True)
-        except docker.errors.ImageNotFound:
-            pass
+        _teardown(client, name, out, keep_broker=True, volumes=True)
     with pytest.raises(docker.errors.NotFound):
         client.volumes.get(f"flownb-{name}-recorder")
