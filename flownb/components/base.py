@@ -107,6 +107,19 @@ class Component(Generic[ConfigT]):
 class Action(Component[ConfigT]):
     kind: ClassVar[str] = "action"
 
+    def warn_dropped(self, fields: list[str], columns: list[str], target: str) -> None:
+        """Say once per field name (a WARNING) that a writer with ``on_extra: ignore`` drops
+        ``fields`` because they are not among ``columns`` of ``target``: data left out is never
+        silent, and the log does not repeat itself for every batch."""
+        seen: set[str] = self.__dict__.setdefault("_dropped_fields", set())
+        new = [f for f in fields if f not in seen]
+        if new:
+            seen.update(new)
+            self.ctx.logger.warning(
+                "step '%s': field(s) %s are not columns of %s (%s) and are left out (on_extra: ignore); "
+                "add them to 'columns' or write to a new file to keep them, or set on_extra: error to "
+                "dead-letter such messages", self.ctx.step, new, target, ", ".join(columns))
+
     def process(self, message: Message, ctx: Context) -> Result:  # pragma: no cover - abstract
         raise NotImplementedError
 

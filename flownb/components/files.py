@@ -417,12 +417,13 @@ class CsvWrite(Action[CsvWriteConfig]):
         plain = _PLAIN_CELL
         for m in messages:
             body = m.body
-            if check:
+            if not body.keys() <= cols:
                 extra = [k for k in body if k not in cols]
-                if extra:
+                if check:
                     results.append(FatalError(f"field(s) {extra} are not columns {columns}; add them to "
                                               f"'columns' or set on_extra: ignore"))
                     continue
+                self.warn_dropped(extra, columns, f"'{self.config.path}'")
             get = body.get
             # a str, an int or a float is written as _cell() would write it (the csv module writes
             # str(value)); others (None, a bool, a list or an object) through _cell()

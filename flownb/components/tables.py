@@ -326,6 +326,8 @@ class FileWrite(Action[FileWriteConfig]):
                 results.append(FatalError(f"field(s) {extra} are not columns {columns}; add them to 'columns' or "
                                           f"set on_extra: ignore"))
                 continue
+            if extra:
+                self.warn_dropped(extra, columns, f"'{self.config.path}'")
             rows.append([_cell(m.body.get(c)) for c in columns])
             results.append(m.body if self.config.passthrough else None)
         return results, rows

@@ -214,6 +214,22 @@ def test_write_columns_extra_and_header_mismatch(tmp_path, step_runner):
     assert res.dead and "has header ['id', 'v']" in res.error.message
 
 
+def test_write_says_once_per_field_which_fields_it_leaves_out(tmp_path, step_runner, caplog):
+    """on_extra: ignore (the default) drops fields that are not columns — never silently: one WARNING
+    per field name, not one per batch."""
+    import logging
+    out = tmp_path / "o.csv"
+    lax = step_runner("csv.write", {"path": str(out)})
+    with caplog.at_level(logging.WARNING, logger="flownb"):
+        assert all(r.ok for r in lax.run_batch(_msgs({"id": 1, "country": "XX"})))  # the header: id,country
+        assert all(r.ok for r in lax.run_batch(_msgs({"id": 2, "country": "GB", "vat": 0.2},
+                                                     {"id": 3, "country": "FR", "vat": 0.21})))
+        assert all(r.ok for r in lax.run_batch(_msgs({"id": 4, "country": "DE", "vat": 0.19, "note": "x"})))
+    said = [r.getMessage() for r in caplog.records if "are left out" in r.getMessage()]
+    assert len(said) == 2 and "['vat'] are not columns of" in said[0] and "(id, country)" in said[0]
+    assert "['note']" in said[1] and "on_extra: error" in said[1]
+    assert out.read_text() == "id,country\n1,XX\n2,GB\n3,FR\n4,DE\n"
+
 def test_write_then_poll_round_trip(tmp_path, step_runner, trigger_runner):
     out = tmp_path / "rt.csv"
     step_runner("csv.write", {"path": str(out)}).run_batch(
