@@ -20,20 +20,17 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-import pika.exceptions
-
-from ...errors import BrokerError, ErrorFlowFailed, TopologyError
+from ...errors import ErrorFlowFailed
 from ...flow import Flow
 from ...message import Message
 from ..on_error import ErrorFlow, delivery, event_from_exception, event_payload
 from . import names
 from .publish import PERSISTENT
-from .topology import connect, declare_errors
+from .topology import AMQP_ERRORS, connect, declare_errors, run_sessions
 
 __all__ = ["ErrorWorker", "report_setup_failure"]
 
 log = logging.getLogger("flownb.on_error")
-_AMQP_ERRORS = (pika.exceptions.AMQPError, BrokerError, OSError)
 #: the most events one window holds unacked (more wait in the queue for the next window)
 PREFETCH = 5000
 
@@ -52,7 +49,7 @@ def report_setup_failure(flow: Flow, broker_url: str, step: str, exc: Exception)
         finally:
             if conn.is_open:
                 conn.close()
-    except _AMQP_ERRORS as err:
+    except AMQP_ERRORS as err:
         log.error("step '%s': could not report its setup() failure to on_error: %s", step, err)
 
 
@@ -78,22 +75,9 @@ class ErrorWorker:
         self._wake.set()
 
     def run(self) -> None:
-        backoff = 0.5
         try:
-            while not self._stopping:
-                started = time.monotonic()
-                try:
-                    self._session()
-                except TopologyError:
-                    raise
-                except _AMQP_ERRORS as exc:
-                    log.warning("on_error worker of flow '%s': broker connection lost (%r); retrying in %.1fs",
-                                self.flow.name, exc, backoff)
-                self.consuming.clear()
-                if self._stopping:
-                    break
-                backoff = 0.5 if time.monotonic() - started > 10 else min(backoff * 2, 15.0)
-                self._wake.wait(backoff)
+            run_sessions(self._session, stopping=lambda: self._stopping, wake=self._wake,
+                         what=f"on_error worker of flow '{self.flow.name}'", after=self.consuming.clear)
         finally:
             self.errors.close()
 
@@ -123,7 +107,7 @@ class ErrorWorker:
             if conn.is_open:
                 try:
                     conn.close()  # unacked events go back to the queue
-                except _AMQP_ERRORS:
+                except AMQP_ERRORS:
                     pass
 
     def _deliver(self, ch, pending: list[tuple[int, dict]]) -> bool:

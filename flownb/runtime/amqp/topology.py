@@ -39,8 +39,12 @@ flownb) is a :class:`TopologyError` that says how to fix it.
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+import time
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import pika
@@ -54,7 +58,8 @@ from . import names
 
 __all__ = ["TopologyError", "DEFAULT_MAX_LENGTH", "ERROR_HEADER", "STEP_HEADER", "DELIVERIES_HEADER", "max_length",
            "queue_type", "trigger_queues", "max_deliveries", "suspect_queue", "retry_levels", "pick_level",
-           "declare_flow", "declare_step", "queue_depths", "connect", "parameters", "broker_timeout"]
+           "declare_flow", "declare_step", "queue_depths", "connect", "parameters", "broker_timeout",
+           "AMQP_ERRORS", "run_sessions"]
 
 DEFAULT_MAX_LENGTH = 100_000
 ERROR_HEADER = "x-flownb-error"
@@ -186,6 +191,34 @@ _LAST_GOOD: dict[str, int] = {}
 def _rotation(url: str, start: int) -> list[tuple[int, str]]:
     urls = broker_urls(url)
     return [((start + i) % len(urls), urls[(start + i) % len(urls)]) for i in range(len(urls))]
+
+
+#: what a lost or refused broker connection raises in a worker's session (retried, not fatal)
+AMQP_ERRORS = (pika.exceptions.AMQPError, BrokerError, OSError)
+
+
+def run_sessions(session: Callable[[], None], *, stopping: Callable[[], bool], wake: threading.Event,
+                 what: str, after: Callable[[], None] = lambda: None) -> None:
+    """Run ``session`` (one connection's life) again and again until ``stopping()``: a lost
+    connection (:data:`AMQP_ERRORS`) is a WARNING naming ``what`` and a new session after a
+    back-off (0.5 s doubling to 15 s, back to 0.5 s after a session that lasted 10 s; ``wake`` cuts
+    the wait short); a :class:`TopologyError` (a configuration problem: retrying cannot fix it)
+    ends the loop. ``after`` runs after every session (forget what the connection held)."""
+    log = logging.getLogger("flownb.amqp")
+    backoff = 0.5
+    while not stopping():
+        started = time.monotonic()
+        try:
+            session()
+        except TopologyError:
+            raise
+        except AMQP_ERRORS as exc:
+            log.warning("%s: broker connection lost (%r); retrying in %.1fs", what, exc, backoff)
+        after()
+        if stopping():
+            break
+        backoff = 0.5 if time.monotonic() - started > 10 else min(backoff * 2, 15.0)
+        wake.wait(backoff)
 
 
 def connect(url: str, **kw: Any) -> pika.BlockingConnection:

@@ -65,6 +65,7 @@ from . import names
 from .metrics import StepMetrics
 from .publish import PERSISTENT, POLLED_HEADER, deadline, error_props, state_props
 from .topology import (
+    AMQP_ERRORS,
     VERSION_HEADER,
     TopologyError,
     broker_timeout,
@@ -72,13 +73,13 @@ from .topology import (
     declare_flow,
     max_length,
     queue_type,
+    run_sessions,
     trigger_queues,
 )
 
 __all__ = ["TriggerWorker", "read_state"]
 
 log = logging.getLogger(__name__)
-_AMQP_ERRORS = (pika.exceptions.AMQPError, BrokerError, OSError)
 
 
 class TriggerWorker:
@@ -117,23 +118,12 @@ class TriggerWorker:
         self._wake.set()
 
     def run(self) -> None:
-        backoff = 0.5
+        def forget() -> None:
+            self.consuming.clear()
+            self._held = None
         try:
-            while not self._stopping:
-                started = time.monotonic()
-                try:
-                    self._session()
-                except TopologyError:
-                    raise  # a configuration problem: retrying cannot fix it
-                except _AMQP_ERRORS as exc:
-                    log.warning("trigger '%s': broker connection lost (%r); retrying in %.1fs",
-                                self.name, exc, backoff)
-                self.consuming.clear()
-                self._held = None
-                if self._stopping:
-                    break
-                backoff = 0.5 if time.monotonic() - started > 10 else min(backoff * 2, 15.0)
-                self._wake.wait(backoff)
+            run_sessions(self._session, stopping=lambda: self._stopping, wake=self._wake,
+                         what=f"trigger '{self.name}'", after=forget)
         finally:
             self.runner.close()
 
@@ -181,7 +171,7 @@ class TriggerWorker:
             if conn.is_open:
                 try:
                     conn.close()  # an unacked cursor goes back to the queue for the next poller
-                except _AMQP_ERRORS:
+                except AMQP_ERRORS:
                     pass
 
     def _wait_time(self) -> float:
