@@ -133,3 +133,20 @@ def wait_for(cond, timeout=60.0, every=0.1, what="condition"):
             return value
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def publish_to_step(broker: str, flow: flownb.Flow, step: str, ids: range) -> None:
+    """Publish ``{"n": i}`` for each of ``ids`` to ``step``'s queue of ``flow``, confirmed."""
+    from flownb.message import Message
+    from flownb.runtime.amqp import names
+    from flownb.runtime.amqp.publish import PERSISTENT
+    from flownb.runtime.amqp.topology import connect
+    conn = connect(broker)
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        for i in ids:
+            ch.basic_publish(names.exchange(flow.name), step,
+                             Message(body={"n": i}, flow=flow.name, step="src").to_json(), PERSISTENT)
+    finally:
+        conn.close()

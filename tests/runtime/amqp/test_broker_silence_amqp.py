@@ -16,12 +16,10 @@ import time
 import urllib.parse
 
 import pytest
-from amqp_components import sink_counts, wait_for
+from amqp_components import publish_to_step, sink_counts, wait_for
 
 import flownb
-from flownb.message import Message
 from flownb.runtime.amqp import names
-from flownb.runtime.amqp.step_worker import PERSISTENT
 from flownb.runtime.amqp.topology import connect
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
@@ -113,18 +111,6 @@ def _through(broker: str, relay: Relay) -> str:
     return u._replace(netloc=f"{u.username}:{u.password}@127.0.0.1:{relay.port}").geturl()
 
 
-def _publish(broker: str, flow: flownb.Flow, step: str, ids: range) -> None:
-    conn = connect(broker)
-    try:
-        ch = conn.channel()
-        ch.confirm_delivery()
-        for i in ids:
-            ch.basic_publish(names.exchange(flow.name), step,
-                             Message(body={"n": i}, flow=flow.name, step="src").to_json(), PERSISTENT)
-    finally:
-        conn.close()
-
-
 def _depth(broker: str, queue: str) -> int:
     """Ready messages of ``queue`` (0 while it does not exist yet)."""
     import pika.exceptions
@@ -151,11 +137,11 @@ def test_a_worker_the_broker_stops_delivering_to_says_so_and_reconnects(broker, 
                        steps=[flownb.step("sink", "amqptest.sink", path=str(db))])
     with caplog.at_level(logging.WARNING, logger="flownb.runtime.amqp.step_worker"):
         r = running(flow, ["sink"], _through(broker, relay))
-        _publish(broker, flow, "sink", range(10))
+        publish_to_step(broker, flow, "sink", range(10))
         wait_for(lambda: sink_counts(db)[0] == 10, what="the first 10 at the sink")
         relay.mute()
         t0 = time.monotonic()
-        _publish(broker, flow, "sink", range(10, 20))
+        publish_to_step(broker, flow, "sink", range(10, 20))
         wait_for(lambda: "reconnecting" in caplog.text, timeout=TIMEOUT * 5,
                  what=f"the worker to notice the silent broker within {TIMEOUT * 5:.0f} s")
         noticed = time.monotonic() - t0
@@ -181,7 +167,7 @@ def test_a_worker_whose_publishes_the_broker_never_confirms_says_so_and_reconnec
     with caplog.at_level(logging.WARNING, logger="flownb.runtime.amqp.step_worker"):
         r = running(flow, ["work"], _through(broker, relay))
         worker = r.workers[0]
-        _publish(broker, flow, "work", range(5))
+        publish_to_step(broker, flow, "work", range(5))
         wait_for(lambda: not worker.idle, timeout=30, what="the worker holding the inputs")
         relay.mute()  # while the step runs (1.5 s): its outputs go out, their confirms never come back
         t0 = time.monotonic()

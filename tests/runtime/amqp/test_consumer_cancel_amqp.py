@@ -6,27 +6,13 @@ from __future__ import annotations
 import logging
 
 import pytest
-from amqp_components import sink_counts, wait_for
+from amqp_components import publish_to_step, sink_counts, wait_for
 
 import flownb
-from flownb.message import Message
 from flownb.runtime.amqp import names
-from flownb.runtime.amqp.step_worker import PERSISTENT
 from flownb.runtime.amqp.topology import connect
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
-
-
-def _publish(broker: str, flow: flownb.Flow, step: str, ids: range) -> None:
-    conn = connect(broker)
-    try:
-        ch = conn.channel()
-        ch.confirm_delivery()
-        for i in ids:
-            ch.basic_publish(names.exchange(flow.name), step,
-                             Message(body={"n": i}, flow=flow.name, step="src").to_json(), PERSISTENT)
-    finally:
-        conn.close()
 
 
 def test_a_step_worker_whose_consumer_the_broker_cancels_reconnects_and_goes_on(broker, running, tmp_path,
@@ -35,7 +21,7 @@ def test_a_step_worker_whose_consumer_the_broker_cancels_reconnects_and_goes_on(
     flow = flownb.Flow(name="cancelled", trigger=flownb.step("src", "amqptest.count", total=0),
                        steps=[flownb.step("sink", "amqptest.sink", path=str(db))])
     r = running(flow, ["sink"], broker)
-    _publish(broker, flow, "sink", range(10))
+    publish_to_step(broker, flow, "sink", range(10))
     wait_for(lambda: sink_counts(db)[0] == 10, what="the first 10 at the sink")
     with caplog.at_level(logging.WARNING, logger="flownb.runtime.amqp.step_worker"):
         conn = connect(broker)
@@ -47,7 +33,7 @@ def test_a_step_worker_whose_consumer_the_broker_cancels_reconnects_and_goes_on(
         worker = r.workers[0]
         wait_for(lambda: worker.consuming.is_set() and _queue_exists(broker, flow), timeout=30,
                  what="the worker consuming its re-declared queue")
-    _publish(broker, flow, "sink", range(10, 20))
+    publish_to_step(broker, flow, "sink", range(10, 20))
     wait_for(lambda: sink_counts(db)[0] == 20, timeout=30, what="the next 10 at the sink after the cancel")
 
 
