@@ -37,7 +37,6 @@ from ..errors import FatalError, MessageError, MessageTooLarge, PoisonMessage
 from ..flow import Flow, RetryPolicy, Step
 from ..message import _OPTS as _ENCODE_OPTS
 from ..message import Message, encode_body
-from ..records import _no_gc
 from ..registry import get, validate_step
 from .health import HEALTH
 
@@ -485,11 +484,6 @@ class StageRunner:
         """Run ``payloads`` (queued for member ``start``) through members ``start`` … ``stop - 1``.
         ``encode_last=False``: the last member's outputs go nowhere on the wire (the flow's last
         step): they are checked as in-stage outputs are, not encoded."""
-        with _no_gc():  # a batch's many small objects: no collection that walks every live object
-            return self._run_payloads(start, stop, payloads, attempts, deliveries, max_deliveries, encode_last)
-
-    def _run_payloads(self, start: int, stop: int, payloads: list[bytes], attempts: list[int] | None,
-                      deliveries: list[int] | None, max_deliveries: int, encode_last: bool) -> StageRun:
         t0 = time.perf_counter()
         first = self.runners[start]
         self.current = first.step.name
@@ -580,11 +574,6 @@ class TriggerRunner:
         Raises what the component raised (the caller logs it and polls again next interval)."""
         self.open()
         assert isinstance(self.component, PollingTrigger), "only polling triggers poll"
-        with _no_gc():  # a batch of records: as StageRunner.run_payloads
-            return self._poll(state)
-
-    def _poll(self, state: dict) -> tuple[list[Message], list[bytes], dict]:
-        assert isinstance(self.component, PollingTrigger)
         new_state = copy.deepcopy(state)
         msgs, payloads = [], []
         self.last_dead = []
