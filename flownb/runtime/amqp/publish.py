@@ -1,4 +1,4 @@
-"""Publishing to RabbitMQ, in one place: the message properties every publisher uses, and the three
+"""Publishing to RabbitMQ, in one place: the message properties every publisher uses, and the four
 places where flownb relies on a client library's private API, each guarded by a version check
 (:func:`private_api_problems`, tested) and falling back to the public API (or, for :func:`deadline`,
 to an unbounded wait) when it is missing.
@@ -13,7 +13,9 @@ pika (step workers): :class:`CoalescingConnection` holds the frames of a batch a
 one ``send`` (``_output_marshaled_frames`` / ``_adapter_emit_data``, pika ≥ 1.0). pika (the trigger):
 :func:`deadline` bounds a blocking wait on the broker by ending the connection as pika's own heartbeat
 timeout does (``BlockingConnection._impl``, ``Connection._terminate_stream``, pika ≥ 1.0); without
-them the wait is unbounded, as before, and :func:`private_api_problems` says so.
+them the wait is unbounded, as before, and :func:`private_api_problems` says so. pika (a quorum
+trigger's poll, :func:`async_channel`): the channel under a ``BlockingChannel`` (``_impl``), to
+publish a poll at once and count its confirms; without it each publish waits for its confirm.
 
 aiormq (the webhook ingress; the ``webhook`` extra): :class:`FastPublisher`, below.
 
@@ -51,6 +53,8 @@ from typing import Any, Protocol, TypeGuard
 
 import orjson
 import pika
+import pika.adapters.blocking_connection
+import pika.channel
 from pika.adapters.select_connection import SelectConnection
 
 from ...errors import BrokerError
@@ -158,6 +162,15 @@ def deadline(conn: pika.BlockingConnection, seconds: float, what: str) -> Iterat
         impl.ioloop.remove_timeout(timer)
 
 
+def async_channel(channel: Any) -> Any:
+    """pika's own channel under a BlockingChannel (private ``_impl``), whose ``basic_publish`` does
+    not wait for the confirm and whose ``confirm_delivery`` takes an ack/nack callback: a quorum
+    trigger publishes a poll at once, then counts its confirms. None when this pika lacks it (the
+    caller then confirms each publish in turn)."""
+    impl = getattr(channel, "_impl", None)
+    return impl if isinstance(impl, pika.channel.Channel) else None
+
+
 def private_api_problems(channel=None) -> list[str]:
     """What the installed client libraries lack of the private API flownb uses (empty: all there).
     ``channel``: an open aiormq confirm channel, to check the ingress publisher's needs too."""
@@ -168,6 +181,9 @@ def private_api_problems(channel=None) -> list[str]:
     if not _CAN_TERMINATE or not hasattr(pika.BlockingConnection, "_flush_output"):
         problems.append(f"pika {pika.__version__}: Connection lacks _terminate_stream (a trigger's wait for the "
                         f"broker is not bounded)")
+    if "_impl" not in pika.adapters.blocking_connection.BlockingChannel.__init__.__code__.co_names:
+        problems.append(f"pika {pika.__version__}: BlockingChannel lacks _impl (a quorum trigger confirms each "
+                        f"message of a poll in turn)")
     if channel is not None and not supported(channel):
         problems.append(f"aiormq {metadata.version('aiormq')}: the channel lacks the internals FastPublisher needs "
                         f"(the ingress falls back to basic_publish)")

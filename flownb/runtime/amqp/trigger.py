@@ -63,7 +63,7 @@ from ..core import TriggerRunner
 from ..on_error import event_from_dead, event_from_exception, event_payload
 from . import names
 from .metrics import StepMetrics
-from .publish import PERSISTENT, POLLED_HEADER, deadline, error_props, state_props
+from .publish import PERSISTENT, POLLED_HEADER, async_channel, deadline, error_props, state_props
 from .topology import (
     AMQP_ERRORS,
     VERSION_HEADER,
@@ -321,18 +321,14 @@ class TriggerWorker:
         self._unconfirmed: set[int] = set()
         self._refused = 0
         self._pub_seq = 0
-        impl = getattr(self._pub, "_impl", None)  # pika's channel under the BlockingChannel (private)
+        impl = async_channel(self._pub)
         if impl is None:  # pragma: no cover - a pika without it: confirm each publish in turn
             self._pub.confirm_delivery()
             return
+        # the publishes that follow Confirm.Select on this channel are confirmed (the broker keeps
+        # the channel's order), so they need not wait for its SelectOk
         impl.confirm_delivery(ack_nack_callback=self._on_pub_confirm)
         conn.process_data_events(time_limit=0)
-        while not self._confirming(impl):  # Confirm.SelectOk
-            conn.process_data_events(time_limit=0.05)
-
-    @staticmethod
-    def _confirming(impl) -> bool:
-        return bool(getattr(impl, "_delivery_confirmation", True))
 
     def _on_pub_confirm(self, frame) -> None:
         method = frame.method
@@ -352,8 +348,8 @@ class TriggerWorker:
         failover test: 99 of 99, poll after poll, into an empty queue), and a queue whose leader died
         may never confirm what the old leader got (the broker sequences each channel's publishes)."""
         assert self._pub is not None and self.first is not None
-        impl = getattr(self._pub, "_impl", None)
-        if impl is None or not self._confirming(impl):  # pragma: no cover - see _open_pub
+        impl = async_channel(self._pub)
+        if impl is None:  # pragma: no cover - see _open_pub
             for p in payloads:
                 try:
                     self._pub.basic_publish(self.exchange, self.first, p, PERSISTENT)
