@@ -36,6 +36,19 @@ def _css(key: str) -> str:
     return key.replace(".", "-").replace("_", "-")
 
 
+
+def _move_buttons(builder: FlowBuilder, card: Any) -> list:
+    """A card's ↑, ↓ and trash buttons: move it within its list of steps, or remove it."""
+    buttons = []
+    for icon, tip, fn in (("arrow-up", "move up", lambda _b: builder.move(card, -1)),
+                          ("arrow-down", "move down", lambda _b: builder.move(card, 1)),
+                          ("trash", "remove this step", lambda _b: builder.remove(card))):
+        b = w.Button(icon=icon, tooltip=tip, layout=w.Layout(width="3em"))
+        b.add_class(f"flownb-step-{icon}")
+        b.on_click(fn)
+        buttons.append(b)
+    return buttons
+
 class _StepCard:
     """One step of the builder: name, component form, replicas/retry, validation message."""
 
@@ -48,15 +61,7 @@ class _StepCard:
                            style={"description_width": "3em"}, layout=w.Layout(width="18em"))
         self.name.add_class("flownb-step-name")
         title = w.HTML(f"<b>{'trigger' if trigger else 'action'}</b> <code>{step.component}</code>")
-        buttons = []
-        if not trigger:
-            for icon, tip, fn in (("arrow-up", "move up", lambda _b: builder.move(self, -1)),
-                                  ("arrow-down", "move down", lambda _b: builder.move(self, 1)),
-                                  ("trash", "remove this step", lambda _b: builder.remove(self))):
-                b = w.Button(icon=icon, tooltip=tip, layout=w.Layout(width="3em"))
-                b.add_class(f"flownb-step-{icon}")
-                b.on_click(fn)
-                buttons.append(b)
+        buttons = [] if trigger else _move_buttons(builder, self)
         self.message = w.HTML()
         self.message.add_class("flownb-step-message")
         self.form, form_widget = self._form(step)
@@ -182,14 +187,7 @@ class _RouteCard:
                                layout=w.Layout(width="12em"))
         for x in (self.name, self.mode):
             x.observe(lambda _c: builder._changed(), names="value")
-        buttons = []
-        for icon, tip, fn in (("arrow-up", "move up", lambda _b: builder.move(self, -1)),
-                              ("arrow-down", "move down", lambda _b: builder.move(self, 1)),
-                              ("trash", "remove this step", lambda _b: builder.remove(self))):
-            b = w.Button(icon=icon, tooltip=tip, layout=w.Layout(width="3em"))
-            b.add_class(f"flownb-step-{icon}")
-            b.on_click(fn)
-            buttons.append(b)
+        buttons = _move_buttons(builder, self)
         self.branches = [_BranchBox(self, b.name, b.when, list(b.steps)) for b in step.route.branches]
         self.default_box: _BranchBox | None = None
         if step.route.default is not None:
