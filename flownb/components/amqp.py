@@ -360,16 +360,21 @@ class AmqpPublish(Action[AmqpPublishConfig]):
         if conn is not None and not conn.is_closed:
             await asyncio.gather(conn.close(), return_exceptions=True)
 
+    def _forget(self) -> None:
+        """Drop the connection (the next batch opens a new one); closing a broken connection may
+        fail or not answer: nothing is left to release then, so that is not an error."""
+        try:
+            self._io.call(self._drop(), 10)
+        except Exception as exc:
+            log.debug("%s: close: %s", self.where, exc)
+
     def close(self) -> None:
-        io = getattr(self, "_io", None)
-        if io is None:
+        if getattr(self, "_io", None) is None:
             return
         try:
-            io.call(self._drop(), 10)
-        except Exception as exc:  # closing a broken connection: nothing left to release but the loop
-            log.debug("%s: close: %s", self.where, exc)
+            self._forget()
         finally:
-            io.stop()
+            self._io.stop()
 
     def _error(self, exc: BaseException) -> Exception:
         what = f"{self.where} exchange '{self.config.exchange}'" if self.config.exchange else self.where
@@ -424,7 +429,7 @@ class AmqpPublish(Action[AmqpPublishConfig]):
             outs = self._io.call(self._publish(messages, items), self.config.timeout + 5)
         except Exception as exc:  # no connection, or no confirm in time: the batch again later
             err = self._error(exc)
-            self._io.call(self._drop(), 10)
+            self._forget()
             outs = [err] * len(items)
         for (n, *_sent), out in zip(items, outs, strict=True):
             results[n] = messages[n].body if out is None else out
