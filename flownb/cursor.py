@@ -338,7 +338,7 @@ def _local_backfill(flow: Flow, state_dir: Path, start, end, key, max_polls) -> 
         try:
             while polls < max_polls:
                 try:
-                    n = rt.poll_once(raise_errors=True)
+                    n = rt.poll_once(raise_errors=True, queue=True)
                 except Exception as exc:
                     raise FlownbError(f"a backfill poll failed ({type(exc).__name__}: {exc}); the cursor is put "
                                       f"back, {messages} message(s) were queued; fix the source and run the "

@@ -489,6 +489,33 @@ class StageRunner:
         self.current = first.step.name
         outs = first.run_payloads(payloads, attempts, deliveries=deliveries, max_deliveries=max_deliveries,
                                   encode=encode_last and start + 1 >= stop)
+        return self._go_on(start, stop, outs, t0, encode_last)
+
+    def run_messages(self, start: int, stop: int, messages: list[Message], *,
+                     encode_last: bool = True) -> StageRun:
+        """Run ``messages`` (in memory: a poll's records, never queued) through members ``start`` …
+        ``stop - 1``, as :meth:`run_payloads` runs queued ones. The first member receives them as a
+        later member receives its predecessor's outputs: as they are when its component is
+        ``json_native`` (its outcomes carry no ``payload``: a retry or dead letter is encoded from
+        the message, which it never changed), else a copy through the wire form (kept as the
+        outcome's ``payload``: the input as received)."""
+        t0 = time.perf_counter()
+        first = self.runners[start]
+        self.current = first.step.name
+        if first.native:
+            msgs, snaps = messages, None
+        else:
+            snaps = [m.to_json() for m in messages]
+            msgs = [Message.from_json(p) for p in snaps]
+        outs = first.run_batch(msgs, encode=encode_last and start + 1 >= stop)
+        if snaps is not None:
+            for o, snap in zip(outs, snaps, strict=True):
+                o.payload = snap
+        return self._go_on(start, stop, outs, t0, encode_last)
+
+    def _go_on(self, start: int, stop: int, outs: list[Outcome], t0: float, encode_last: bool) -> StageRun:
+        """The first member's outcomes ``outs`` (it started at ``t0``) on through the members after it."""
+        first = self.runners[start]
         t1 = time.perf_counter()
         steps = [(first.step.name, outs, t1 - t0)]
         origin = list(range(len(outs)))
@@ -569,25 +596,41 @@ class TriggerRunner:
                 return self.component.interval
         return self.component.next_delay(state)
 
-    def poll(self, state: dict) -> tuple[list[Message], list[bytes], dict]:
+    def poll(self, state: dict, *, encode: bool = True) -> tuple[list[Message], list[bytes], dict]:
         """Poll once on a copy of ``state``; return messages, their wire form, and the new state.
-        Raises what the component raised (the caller logs it and polls again next interval)."""
+        Raises what the component raised (the caller logs it and polls again next interval).
+        ``encode=False`` (the records go on in memory: the embedded runtime runs a poll through its
+        first stage): no wire form is returned, and a record is only checked (JSON, and
+        ``max_message_bytes`` exactly when it could be near it), as a fused stage checks its
+        in-memory outputs."""
         self.open()
         assert isinstance(self.component, PollingTrigger), "only polling triggers poll"
         new_state = copy.deepcopy(state)
         msgs, payloads = [], []
         self.last_dead = []
+        flow, name, spec = self.flow.name, self.step.name, self.spec
+        room = self.max_bytes - _ENVELOPE
+        first, dumps, opts = Message.first, orjson.dumps, _ENCODE_OPTS
         for body in self.component.poll(new_state, self.ctx):
             if not isinstance(body, dict):
-                raise MessageError(f"poll() yielded {type(body).__name__}; yield dicts", step=self.step.name)
-            m = Message.first(body, self.flow.name, self.step.name, self.spec)
+                raise MessageError(f"poll() yielded {type(body).__name__}; yield dicts", step=name)
+            m = first(body, flow, name, spec)
+            if not encode:
+                try:
+                    data = dumps(body, option=opts)
+                except (TypeError, orjson.JSONEncodeError):
+                    data = None  # to_json() below raises it as the codec words it
+                if data is not None and len(data) <= room and b"null" not in data:
+                    msgs.append(m)
+                    continue
             payload = m.to_json()
             if len(payload) > self.max_bytes:  # never published; the cursor moves past it
                 exc = _too_large(self.step.name, len(payload), self.max_bytes, "a record of this trigger")
                 info = ErrorInfo.from_exception(exc, self.step.name, 1, False, spec=self.spec)
                 self.last_dead.append((m, info, _truncated(m)))
                 continue
-            payloads.append(payload)
+            if encode:
+                payloads.append(payload)
             msgs.append(m)
         return msgs, payloads, new_state
 

@@ -170,7 +170,29 @@ def test_webhook_on_a_full_disk_answers_503_and_resumes_by_itself(tmp_path, monk
             HEALTH.reset()
 
 
-def test_poll_on_a_full_disk_exits_1_and_the_cursor_does_not_move(tmp_path):
+#: the poll's records must be stored: queued for the first step (every step on its own), or run
+#: through the first stage in memory whose last member, a route step, queues its outputs for its branch
+POLL_PATHS = {
+    "queued": ("--no-fuse", """steps:
+  - name: out
+    component: log
+    config: {level: debug}
+"""),
+    "run-through": (None, """steps:
+  - name: pick
+    route:
+      branches:
+        - name: every
+          when: "true"
+          steps:
+            - {name: out, component: log, config: {level: debug}}
+"""),
+}
+
+
+@pytest.mark.parametrize("path", sorted(POLL_PATHS))
+def test_poll_on_a_full_disk_exits_1_and_the_cursor_does_not_move(tmp_path, path):
+    flag, steps = POLL_PATHS[path]
     src = tmp_path / "src.db"
     engine = sa.create_engine(f"sqlite:///{src}")
     with engine.begin() as c:
@@ -183,18 +205,14 @@ trigger:
   name: src
   component: sql.poll
   config: {{url: "sqlite:///{src}", table: items, cursor: id, interval: 1m}}
-steps:
-  - name: out
-    component: log
-    config: {{level: debug}}
-""")
+""" + steps)
     with tmpfs(tmp_path / "disk") as disk:
         state = disk / "state"
 
         def run() -> subprocess.CompletedProcess:
             return subprocess.run([sys.executable, "-m", "flownb.cli", "run", str(spec), "--until-idle",
-                                   "--state-dir", str(state)], capture_output=True, text=True, timeout=120,
-                                  check=False)
+                                   "--state-dir", str(state), *([flag] if flag else [])], capture_output=True,
+                                  text=True, timeout=120, check=False)
 
         first = run()
         assert first.returncode == 0, first.stdout + first.stderr

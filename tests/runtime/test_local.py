@@ -24,7 +24,7 @@ def _queue(rt, step):
 def test_poll_commits_messages_and_cursor_together(flow_factory, tmp_path):
     flow = flow_factory(("double", "lt.double", {}), trigger=("lt.count", {"total": 30, "batch": 10}))
     with LocalRuntime(flow, tmp_path) as rt:
-        assert rt.poll_once() == 10
+        assert rt.poll_once(queue=True) == 10
         assert _queue(rt, "double") == 10
         assert rt.store.get_state("src")[0] == {"next": 10}
     assert (tmp_path / f"{flow.name}.db").exists()
@@ -33,6 +33,27 @@ def test_poll_commits_messages_and_cursor_together(flow_factory, tmp_path):
         assert rt.store.get_state("src")[0] == {"next": 20}
         summary = rt.drain()
         assert summary.steps["double"].inputs == 20 and summary.pending == {}
+
+
+def test_a_poll_runs_through_the_first_stage_and_commits_its_outcomes_with_the_cursor(flow_factory, tmp_path):
+    """Never queued for the first step: the stage's outputs, retries and dead letters (the first
+    member's included, its input as received) and the new cursor are one transaction."""
+    sink = tmp_path / "sink.db"
+    flow = flow_factory(("fatal", "lt.fatal", {}), ("double", "lt.double", {}),
+                        ("flaky", "lt.flaky", {"fail_times": 1}, FAST), ("sink", "lt.sink", {"path": str(sink)}),
+                        trigger=("lt.count", {"total": 30, "batch": 10, "poison": [4]}))
+    with LocalRuntime(flow, tmp_path / "state") as rt:
+        assert rt.poll_once() == 10
+        assert rt.store.get_state("src")[0] == {"next": 10}
+        assert rt.store.depths() == {"flaky": 9}  # each retried once, at the member that failed
+        assert rt.store.conn.execute("SELECT count(*) FROM claims").fetchone()[0] == 0
+        assert rt.stats["fatal"].inputs == 10 and rt.stats["double"].inputs == 9 and rt.stats["flaky"].retried == 9
+        [dead] = rt.dead_letters()
+        assert dead.step == "fatal" and dead.message.body == {"n": 4, "poison": True} and dead.message.attempt == 1
+        assert dead.message.step == "src" and dead.error.type == "FatalError"
+        rt.drain()
+        assert sink_counts(sink) == (9, 9)
+        assert rt.stats["sink"].inputs == 9
 
 
 def test_failed_poll_changes_nothing(flow_factory, tmp_path):
@@ -73,13 +94,46 @@ def test_batch_interrupted_mid_way_is_redone(flow_factory, tmp_path):
     flow = flow_factory(("stop", "ltlocal.interrupt-once", {}), ("sink", "lt.sink", {"path": str(sink)}),
                         trigger=("lt.count", {"total": 6}))
     rt = LocalRuntime(flow, tmp_path / "state")
-    rt.poll_once()
+    rt.poll_once(queue=True)
     with pytest.raises(KeyboardInterrupt):
         rt.drain()
     assert _queue(rt, "stop") == 6 and _queue(rt, "sink") == 0
     rt.close()
     with LocalRuntime(flow, tmp_path / "state") as rt:
         rt.drain()
+    assert sink_counts(sink) == (6, 6)
+    assert seen == [0, 1, 2, 3, 0, 1, 2, 3, 4, 5]
+
+
+def test_poll_run_through_interrupted_mid_way_is_redone_queued_with_the_death_counted(flow_factory, tmp_path):
+    """A poll whose records run through the first stage and whose process is interrupted commits
+    nothing (the cursor stays); the next run reads the same records again and queues them, each
+    with the death counted, so that they are run one at a time (a record that kills the process
+    is isolated, as a queued batch's would be)."""
+    seen = []
+
+    @action("ltlocal.interrupt-poll-once")
+    def interrupt(body, ctx):
+        seen.append(body["n"])
+        if body["n"] == 3 and seen.count(3) == 1:
+            raise KeyboardInterrupt
+        return body
+
+    sink = tmp_path / "sink.db"
+    flow = flow_factory(("stop", "ltlocal.interrupt-poll-once", {}), ("sink", "lt.sink", {"path": str(sink)}),
+                        trigger=("lt.count", {"total": 6}))
+    rt = LocalRuntime(flow, tmp_path / "state")
+    with pytest.raises(KeyboardInterrupt):
+        rt.poll_once()
+    assert rt.store.get_state("src")[0] == {} and rt.store.depths() == {}
+    rt.close()
+    assert sink_counts(sink) == (0, 0)
+    with LocalRuntime(flow, tmp_path / "state") as rt:
+        assert rt.poll_once() == 6
+        rows = rt.store.conn.execute("SELECT step, deliveries FROM queue").fetchall()
+        assert rows == [("stop", 1)] * 6
+        rt.drain()
+        assert rt.store.get_state("src")[0] == {"next": 6}
     assert sink_counts(sink) == (6, 6)
     assert seen == [0, 1, 2, 3, 0, 1, 2, 3, 4, 5]
 

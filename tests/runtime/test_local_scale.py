@@ -97,12 +97,18 @@ def test_peak_memory_does_not_grow_with_the_source_and_the_state_db_gives_space_
     assert big_db < 8 * 2**20, big_db
 
 
-def test_first_queue_stays_within_max_queue_plus_one_poll(tmp_path):
+#: the queues a poll feeds, with fused stages (a poll runs through shape, big and log — csv.write,
+#: which has effects, ends the stage — in memory, and its outputs are queued for 'out') and without
+FED = {True: ["shape", "big", "log", "out"], False: ["shape"]}
+
+
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "no-fuse"])
+def test_the_queues_a_poll_feeds_stay_within_max_queue_plus_one_poll(tmp_path, fuse):
     src = make_csv(tmp_path / "src.csv", 30_000)
-    flow = file_flow(src, tmp_path)
+    flow = file_flow(src, tmp_path, log=True)
     depths: list[int] = []
-    with LocalRuntime(flow, tmp_path / "state", max_queue=3_000) as rt:
-        summary = rt.run(until_idle=True, progress=lambda _step, _n: depths.append(rt.store.depth("shape")))
+    with LocalRuntime(flow, tmp_path / "state", max_queue=3_000, fuse=fuse) as rt:
+        summary = rt.run(until_idle=True, progress=lambda _step, _n: depths.append(rt.store.depth_of(FED[fuse])))
         assert summary.steps["out"].outputs == 30_000 and not summary.pending
         assert max(depths) <= 3_000 + 1_000, max(depths)   # max_queue + one poll (batch_size 1,000)
         assert max(depths) >= 2_000  # the limit, not the source's size, is what held it back
@@ -117,9 +123,9 @@ def test_a_long_running_flownb_run_is_held_back_the_same_way(tmp_path):
     src = make_csv(tmp_path / "src.csv", 20_000)
     depths: list[int] = []
     stop = threading.Event()
-    with LocalRuntime(file_flow(src, tmp_path), tmp_path / "state", max_queue=3_000) as rt:
+    with LocalRuntime(file_flow(src, tmp_path, log=True), tmp_path / "state", max_queue=3_000) as rt:
         def progress(_step, _n):
-            depths.append(rt.store.depth("shape"))
+            depths.append(rt.store.depth_of(FED[True]))
             if rt.stats["out"].outputs >= 20_000:
                 stop.set()
         worker = threading.Thread(target=rt.run, kwargs={"stop_event": stop, "progress": progress})
@@ -140,13 +146,13 @@ def test_sql_poll_is_held_back_the_same_way(tmp_path):
                     [(i, f"User{i}@X.COM", 1 + i % 5, 2.5) for i in range(1, 20_001)])
     con.commit()
     con.close()
-    flow = file_flow(tmp_path / "unused.csv", tmp_path)
+    flow = file_flow(tmp_path / "unused.csv", tmp_path, log=True)
     flow = Flow(name="scale", trigger=step("src", "sql.poll", url=f"sqlite:///{tmp_path / 'src.db'}",
                                            table="orders", cursor="id", key="id", interval="1h"),
                 steps=flow.steps)
     depths: list[int] = []
     with LocalRuntime(flow, tmp_path / "state", max_queue=3_000) as rt:
-        summary = rt.run(until_idle=True, progress=lambda _step, _n: depths.append(rt.store.depth("shape")))
+        summary = rt.run(until_idle=True, progress=lambda _step, _n: depths.append(rt.store.depth_of(FED[True])))
         assert summary.steps["out"].outputs == 20_000
         assert 2_000 <= max(depths) <= 3_000 + 1_000, max(depths)
 

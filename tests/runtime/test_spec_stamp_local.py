@@ -99,7 +99,7 @@ def test_plan_counts_the_queued_messages_of_another_spec_version_and_old_message
     old, new = _flow(), _flow(fixed=True)
     state = tmp_path / "state"
     with LocalRuntime(old, state) as rt:
-        rt.poll_once()  # N messages of the old spec wait at 'flaky'
+        rt.poll_once(queue=True)  # N messages of the old spec wait at 'flaky'
         legacy = Message(body={"n": 100}, flow=old.name, step="src")  # as an older flownb wrote it
         wire = legacy.to_json()
         assert b'"spec"' not in wire

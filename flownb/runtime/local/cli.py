@@ -261,8 +261,13 @@ def run_cli(flow: Flow, args: Any) -> int:
         if not HEALTH.failed.is_set():
             HEALTH.fail("the embedded runtime", exc)
         failure = HEALTH.failures[0]
-        console.print(f"[red]flownb: {failure.where} crashed: {failure.error}[/red]; its batch stays "
-                      f"queued in {args.state_dir} and is processed again on the next run")
+        if runtime.running_poll:  # the records were never queued: the cursor did not move
+            console.print(f"[red]flownb: {failure.where} crashed: {failure.error}[/red]; the cursor did not "
+                          f"move (in {args.state_dir}): the poll's records are read again and processed "
+                          f"again on the next run")
+        else:
+            console.print(f"[red]flownb: {failure.where} crashed: {failure.error}[/red]; its batch stays "
+                          f"queued in {args.state_dir} and is processed again on the next run")
         return EXIT_CRASHED
     finally:
         runtime.close()

@@ -14,6 +14,7 @@ thread (the webhook server). Final listeners are called from the runtime's threa
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -197,7 +198,7 @@ class LocalRuntime:
     """Run ``flow`` on SQLite queues in ``state_dir`` (``<state_dir>/<flow>.db``), or in memory."""
 
     def __init__(self, flow: Flow, state_dir: Path | str | None = Path(".flownb"), *, memory: bool = False,
-                 batch_size: int = 500, max_queue: int = 10_000, retry_wait: float = 60.0,
+                 batch_size: int = 1000, max_queue: int = 10_000, retry_wait: float = 60.0,
                  clock: Callable[[], float] | None = None, record: bool = False,
                  logger: logging.Logger | None = None, reset_state: bool = False,
                  max_deliveries: int | None = None, fuse: bool = True, on_error: bool = True):
@@ -232,6 +233,15 @@ class LocalRuntime:
             stage = StageRunner(group)
             for i, r in enumerate(group):
                 self._stage[r.step.name] = (stage, i)
+        #: the queues a poll feeds (back-pressure, :meth:`_has_room`): the first step's, and with
+        #: fused stages those of the first stage's members and of the steps its outputs go to
+        self._fed: list[str] = []
+        if self._first is not None:
+            members = self._stage[self._first][0].names if fuse else [self._first]
+            last = self.runners[members[-1]]
+            after = [t for t in (last.targets or {}).values() if t is not None] if last.targets is not None \
+                else [n for n in [self._next[members[-1]]] if n is not None]
+            self._fed = list(dict.fromkeys([*members, *after])) if fuse else [self._first]
         if not memory and self.state_dir is None:
             raise StateError("a state directory is needed (or memory=True for an in-memory run)")
         self._lock_file = None if self.state_dir is None or memory else _lock(self.state_dir, self.flow.name)
@@ -275,6 +285,11 @@ class LocalRuntime:
         self._started = time.perf_counter()
         #: rows whose batch ran but whose commit failed on a full disk: their claim is undone first
         self._unclaim: list[int] = []
+        #: likewise a poll run through the first stage (its claim names no message)
+        self._unclaim_poll = False
+        #: a poll's records are running through the first stage (:meth:`poll_once`): a crash now
+        #: leaves them at their source (the cursor did not move), not in a queue
+        self.running_poll = False
         #: the flow's on_error actions (flownb.runtime.on_error); off for test runs unless asked
         self.errors: LocalErrorNotifier | None = None
         if self.flow.on_error is not None and on_error:
@@ -389,15 +404,27 @@ class LocalRuntime:
         if self.recorded is not None:
             self.recorded[name].extend(m.body for m in msgs)
 
-    def poll_once(self, *, raise_errors: bool = False) -> int:
-        """Poll the trigger once (polling triggers only); commit messages + cursor atomically."""
+    def poll_once(self, *, raise_errors: bool = False, progress: Progress | None = None,
+                  queue: bool = False) -> int:
+        """Poll the trigger once (polling triggers only); commit messages + cursor atomically.
+
+        With fused stages, a poll's records run through the first stage in memory and the new
+        cursor is committed with the stage's outcomes, in one transaction (never queued for the
+        first step: no encoding, no queue rows, no decoding), when the first step's queue holds
+        nothing due (what is queued goes first) and its component is set up. A crash before that
+        commit leaves the cursor where it was: the poll is redone (at-least-once, as a stage's
+        batch). The poll's claim (:meth:`QueueStore.claim_poll`) tells the next process that one
+        died with a poll in hand: that poll is then queued for the first step, so that the claims
+        of its batches find a record that kills the process (poison). ``queue``: queue the records
+        for the first step all the same (``flownb backfill``: the flow processes them when it runs)."""
         if self.trigger.kind != "poll":
             return 0
         name = self.flow.trigger.name
         state, _ = self.store.get_state(name)
         t0 = time.perf_counter()
+        through = None if queue else self._through()
         try:
-            msgs, payloads, new_state = self.trigger.poll(state)
+            msgs, payloads, new_state = self.trigger.poll(state, encode=through is None)
         except Exception as exc:  # logged; the trigger polls again next interval
             self.stats[name].errors += 1
             self.poll_errors.append(f"{type(exc).__name__}: {exc}")
@@ -411,8 +438,19 @@ class LocalRuntime:
             return 0
         now = self.clock()
         dead = [(name, 1, p, orjson.dumps(info.to_dict())) for _m, info, p in self.trigger.last_dead]
-        self.store.commit_poll(name, self._first, payloads, new_state,
-                               now + self.trigger.next_delay(new_state), now, dead=dead)
+        next_at = now + self.trigger.next_delay(new_state)
+        deliveries = 0  # the first records of the poll the process died with in hand
+        if through is not None and msgs and self.store.claim_poll():
+            t1 = time.perf_counter()
+            self._run_through(through, msgs[:self.batch_size], (name, new_state, next_at), dead, progress,
+                              rest=msgs[self.batch_size:])
+            t0 += time.perf_counter() - t1  # the stage's time is its members'
+        else:
+            if through is not None and msgs:  # the process died running this poll through: queued, the
+                payloads = [m.to_json() for m in msgs]  # death counted for the batch it had in hand
+                deliveries = self.batch_size
+            self.store.commit_poll(name, self._first, payloads, new_state, next_at, now, dead=dead,
+                                   died=deliveries)
         for _m, info, _p in self.trigger.last_dead:
             self.stats[name].count_dead(info)
             self.log.warning("trigger '%s': a record was dead-lettered: %s", name, info.message)
@@ -420,19 +458,63 @@ class LocalRuntime:
         self._count_trigger(msgs)
         return len(msgs)
 
+    def _through(self) -> int | None:
+        """How many members of the first stage a poll's records may run through in memory now (see
+        :meth:`poll_once`), or None: queue them for the first step."""
+        first = self._first
+        if not self.fuse or first is None:
+            return None
+        now = self.clock()
+        stage, _ = self._stage[first]
+        if not self.runners[first].ensure_open(now) or self.store.has_due(first, now):
+            return None
+        stop = 1
+        while stop < len(stage.runners) and stage.runners[stop].ensure_open(now):
+            stop += 1
+        return stop
+
+    def _run_through(self, stop: int, msgs: list[Message], cursor: tuple[str, dict, float], dead: list,
+                     progress: Progress | None, rest: list[Message]) -> None:
+        """Run a poll's records (``msgs``, claimed by :meth:`QueueStore.claim_poll`) through the
+        first ``stop`` members of the first stage; commit the outcomes and ``cursor`` together, and
+        queue the ``rest`` of a poll larger than a batch for the first step in the same transaction
+        (a crash repeats at most one batch's effects, as for queued messages)."""
+        assert self._first is not None
+        stage, _ = self._stage[self._first]
+        self.running_poll = True
+        try:
+            run = stage.run_messages(0, stop, msgs, encode_last=self._next[stage.names[stop - 1]] is not None
+                                     or stage.runners[stop - 1].targets is not None)
+        except BaseException as exc:  # as in process_step: the process must end; the poll is redone
+            if not isinstance(exc, KeyboardInterrupt):
+                HEALTH.fail(f"step '{stage.current}'", exc)
+            raise
+        try:
+            self._commit(None, run, cursor=cursor, poll_dead=dead, rest=[m.to_json() for m in rest])
+        except StorageFull:  # the cursor did not move: the poll is redone; its claim is no death
+            self._unclaim_poll = True
+            with contextlib.suppress(StorageFull):
+                self._undo_claims()
+            raise
+        self.running_poll = False
+        if progress is not None:
+            for step, outcomes, _t in run.steps:
+                progress(step, len(outcomes))
+
     def poll_backlog(self, *, raise_errors: bool = False, limit: int | None = None,
                      progress: Progress | None = None) -> int:
         """Poll once, then again while the trigger says more is ready now (``next_delay`` 0 after a
         poll that emitted messages: a full batch of ``csv.poll``/``sql.poll``/``http.poll``), at most
         ``limit`` polls (default: until the source is read). Back-pressure, not buffering: before
-        each further poll the queued messages are processed while the first step's queue holds
-        ``max_queue`` or more, so a source of any size holds at most ``max_queue`` plus one poll
-        in the first queue; when nothing can be processed (a step not ready, only retries waiting)
-        polling stops here and :meth:`drain` reports why."""
+        each further poll the queued messages are processed while the queues a poll feeds (the
+        first step's; with fused stages also those after the first stage) hold ``max_queue`` or
+        more, so a source of any size holds at most ``max_queue`` plus one poll's outputs there;
+        when nothing can be processed (a step not ready, only retries waiting) polling stops here
+        and :meth:`drain` reports why."""
         total = polls = 0
         while not self._stop.is_set():
             with _no_gc():  # as in drain_pass
-                n = self.poll_once(raise_errors=raise_errors)
+                n = self.poll_once(raise_errors=raise_errors, progress=progress)
             total += n
             polls += 1
             due = self.next_poll_at()
@@ -443,7 +525,10 @@ class LocalRuntime:
         return total
 
     def _has_room(self) -> bool:
-        return self._first is None or self.store.depth(self._first) < self.max_queue
+        """Whether the queues a poll feeds hold fewer than ``max_queue`` messages: the first step's,
+        and with fused stages those of the first stage's other members and of the steps after it
+        (a poll's records run through that stage in memory, :meth:`poll_once`)."""
+        return self._first is None or self.store.depth_of(self._fed) < self.max_queue
 
     def _make_room(self, progress: Progress | None = None) -> bool:
         """Process queued messages until the first queue holds fewer than ``max_queue``; False when
@@ -497,19 +582,25 @@ class LocalRuntime:
                 progress(step, len(rows) if step == name else len(outcomes))
         return len(rows)
 
-    def _commit(self, rows: list, run: StageRun) -> None:
+    def _commit(self, rows: list | None, run: StageRun, *, cursor: tuple[str, dict, float] | None = None,
+                poll_dead: list | None = None, rest: list[bytes] | None = None) -> None:
         """Map each outcome's route to storage, all in one transaction: the claimed rows (the first
         member's inputs) are deleted, retried in place or dead-lettered; a later member's message
         that fails is queued for that member (retry) or dead-lettered there; the last member's
-        outputs are queued for the step after it."""
+        outputs are queued for the step after it. ``rows`` None: the first member's inputs were a
+        poll's records in memory (:meth:`_run_through`), which fail as a later member's do, and the
+        trigger's ``cursor`` (and the poll's own dead letters, ``poll_dead``, and the ``rest`` of its
+        records, queued for the first step) are committed too."""
         done: list[int] = []
         retries: list[tuple[float, int, int]] = []
-        queued: list[tuple[str, float, int, bytes]] = []
-        dead: list[tuple] = []
-        died: list[tuple[str, Outcome, int]] = []
         now = self.clock()
+        first_step = self._first or ""  # rest: only when there is a first step
+        queued: list[tuple[str, float, int, bytes]] = [(first_step, now, 1, p) for p in rest or ()]
+        dead: list[tuple] = list(poll_dead or ())
+        died: list[tuple[str, Outcome, int]] = []
         first, outcomes, _t = run.steps[0]
-        for (rid, attempt, payload, _deliveries), o in zip(rows, outcomes, strict=True):
+        for (rid, attempt, payload, _deliveries), o in zip(rows or (), outcomes if rows is not None else (),
+                                                            strict=True):
             err = o.error
             if err is None:  # forwarded or filtered (Outcome.route): the input is done
                 done.append(rid)
@@ -524,7 +615,7 @@ class LocalRuntime:
                 done.append(rid)
                 dead.append((first, attempt, payload, orjson.dumps(err.to_dict())))
                 died.append((first, o, attempt))
-        for name, outs, _t in run.steps[1:]:
+        for name, outs, _t in (run.steps[1:] if rows is not None else run.steps):
             for o in outs:
                 err = o.error
                 if err is None:
@@ -545,7 +636,7 @@ class LocalRuntime:
         # a poison suspect ran through its step alone: its outputs carry the deaths so far on, so
         # the later member that kills the process dead-letters it after max_deliveries in all
         stage, start = self._stage[run.steps[0][0]]
-        deaths = rows[0][3] if start + 1 < len(stage.runners) else 0  # 0 unless a suspect
+        deaths = rows[0][3] if rows is not None and start + 1 < len(stage.runners) else 0  # 0 unless a suspect
         record = None
         if self.recorder:  # the flight recorder's rows of every member, in the same transaction
             record = self.recorder.batch(run.steps[0][0], run.steps[0][1], now)
@@ -553,7 +644,7 @@ class LocalRuntime:
                 record.rows.extend(self.recorder.rows(name, outs, now))
         self.store.commit_batch(next_step=self._next[run.last], now=now, done=done, outputs=outputs,
                                 retries=retries, dead=dead, queued=queued, deaths=deaths, record=record,
-                                routed=routed)
+                                routed=routed, cursor=cursor)
         for name, o, attempt in died:  # the first of each kind per step is a WARNING; the summary counts the rest
             err = o.error
             assert err is not None
@@ -767,9 +858,9 @@ class LocalRuntime:
 
     def _undo_claims(self) -> None:
         """Undo the claims of batches whose commit failed on a full disk (StorageFull while it is)."""
-        if self._unclaim:
+        if self._unclaim or self._unclaim_poll:
             self.store.unclaim(self._unclaim)
-            self._unclaim = []
+            self._unclaim, self._unclaim_poll = [], False
 
     def _idle_wait(self) -> float:
         now = self.clock()

@@ -5,7 +5,8 @@ Tables:
 - ``queue``: messages waiting for a step (``step`` = the step that consumes them),
   ``available_at`` (a retry waits here), ``attempt`` and the wire ``payload`` (bytes).
 - ``dead``: dead letters, with the error (``ErrorInfo`` as JSON, traceback included).
-- ``claims``: the ids of the batch a step is processing (one row, deleted by the batch's commit).
+- ``claims``: the ids of the batch a step is processing (one row, deleted by the batch's commit),
+  or ``poll``: a poll whose records run through the first stage in memory (:meth:`QueueStore.claim_poll`).
 - ``trigger_state``: the polling trigger's cursor and the time of its next poll.
 - ``recorder``: the flight recorder's rows (:mod:`flownb.recorder`), written in a batch's transaction.
 
@@ -60,6 +61,8 @@ __all__ = ["QueueStore", "Row", "open_state", "StateError", "StorageFull", "SCHE
 
 #: (row id, attempt, payload, deliveries before this claim) of a claimed message
 Row = tuple[int, int, bytes, int]
+#: the ``claims`` row of a poll whose records run through the first stage in memory
+POLL_CLAIM = "poll"
 #: the layout of the database (``PRAGMA user_version``) and of the marker
 SCHEMA_VERSION = 2
 #: bytes the write-ahead log is cut back to at a checkpoint (``PRAGMA journal_size_limit``)
@@ -138,6 +141,8 @@ class QueueStore:
         self.lock = threading.RLock()
         #: rows of ``claims`` may exist (None: not looked at yet; see :meth:`claim`)
         self._claims_left: bool | None = None
+        #: a process died while running a poll through the first stage (its claim was left)
+        self._poll_died = False
 
     def _page_size(self) -> int:
         return int(self.conn.execute("PRAGMA page_size").fetchone()[0]) or 4096
@@ -279,14 +284,38 @@ class QueueStore:
         self._claims_left = True
         return rows
 
+    def claim_poll(self) -> bool:
+        """Before a poll's records run through the first stage in memory (never queued): write and
+        commit the claim of that poll, which its commit (:meth:`commit_batch` with ``cursor``)
+        deletes. False, claiming nothing, when a process died with such a poll in hand (its claim
+        is left): this poll — the same records, read again from the same cursor — must then be
+        queued with that death counted (:meth:`commit_poll` with ``died``), so that the
+        claims of their batches, one message at a time, find a record that kills the process
+        (poison) after as many deaths as any queued message."""
+        with self.lock:
+            if self._claims_left is None or self._claims_left:
+                self._count_claims_left()
+            if self._poll_died:
+                self._poll_died = False
+                return False
+            with self.transaction() as c:
+                c.execute("INSERT INTO claims (ids) VALUES (?)", (POLL_CLAIM,))
+            self._claims_left = True
+            return True
+
     def _count_claims_left(self) -> None:
         """Count the claims no commit deleted (a process died with their batch in hand) as one more
         delivery of each of their messages; the claims of this store's own batches are deleted by
-        their commit (or :meth:`unclaim`) before the next claim, so what is left is a death."""
+        their commit (or :meth:`unclaim`) before the next claim, so what is left is a death. The
+        claim of a poll run through the first stage (:meth:`claim_poll`) names no message: it is
+        remembered for the next :meth:`claim_poll`."""
         left = self.conn.execute("SELECT ids FROM claims").fetchall()
         if left:
             with self.transaction("the claims of a process that died were not counted") as c:
                 for (text,) in left:
+                    if text == POLL_CLAIM:
+                        self._poll_died = True
+                        continue
                     ids = [int(x) for x in text.split(",") if x]
                     for i in range(0, len(ids), 500):
                         c.execute(f"UPDATE queue SET deliveries=deliveries+1 WHERE id IN "
@@ -304,7 +333,8 @@ class QueueStore:
                      dead: Sequence[tuple[str, int, bytes, str | bytes]],
                      queued: Sequence[tuple[str, float, int, bytes]] = (), deaths: int = 0,
                      record: recorder.RecordBatch | None = None,
-                     routed: Sequence[tuple[str, bytes]] = ()) -> None:
+                     routed: Sequence[tuple[str, bytes]] = (),
+                     cursor: tuple[str, dict, float] | None = None) -> None:
         """One transaction: delete finished inputs, queue outputs for ``next_step``, reschedule
         ``retries`` (available_at, attempt, id), store ``dead`` (step, attempt, payload, error),
         queue ``queued`` (step, available_at, attempt, payload: a fused stage's later member retries
@@ -312,8 +342,11 @@ class QueueStore:
         commit). ``deaths``: the outputs of a poison suspect carry the deaths of the process while it
         was in flight, so that the step that kills the process counts them on (a fused stage ran it
         through one step only). ``routed``: a route step's outputs, each queued for its own step
-        (step, payload)."""
-        with self.transaction("the batch was not committed and stays queued") as c:
+        (step, payload). ``cursor``: (trigger, new state, next poll at) of a poll whose records ran
+        through the first stage in memory (:meth:`claim_poll`): the trigger's cursor moves with
+        the stage's outcomes."""
+        with self.transaction("the batch was not committed and stays queued" if cursor is None else
+                              "nothing was queued, the cursor did not move") as c:
             if self._claims_left:  # the claim of this batch: it did not die
                 c.execute("DELETE FROM claims")
             for i in range(0, len(done), 500):  # ids are ints from the claim: one statement per 500
@@ -333,6 +366,8 @@ class QueueStore:
                               [(s, a, p, e, now) for s, a, p, e in dead])
             if record:
                 recorder.insert(c, record)
+            if cursor is not None:
+                self._set_state(c, *cursor)
         self._claims_left = False
 
     def depth(self, step: str | None = None) -> int:
@@ -340,6 +375,18 @@ class QueueStore:
             if step is None:
                 return self.conn.execute("SELECT count(*) FROM queue").fetchone()[0]
             return self.conn.execute("SELECT count(*) FROM queue WHERE step=?", (step,)).fetchone()[0]
+
+    def depth_of(self, steps: Sequence[str]) -> int:
+        """The messages queued for any of ``steps``."""
+        with self.lock:
+            return self.conn.execute(f"SELECT count(*) FROM queue WHERE step IN ({','.join('?' * len(steps))})",
+                                     list(steps)).fetchone()[0]
+
+    def has_due(self, step: str, now: float) -> bool:
+        """Whether a message for ``step`` is due (``available_at <= now``)."""
+        with self.lock:
+            return self.conn.execute("SELECT 1 FROM queue WHERE step=? AND available_at<=? LIMIT 1",
+                                     (step, now)).fetchone() is not None
 
     def depths(self) -> dict[str, int]:
         with self.lock:
@@ -366,19 +413,27 @@ class QueueStore:
 
     def commit_poll(self, trigger: str, first_step: str | None, payloads: Sequence[bytes],
                     state: dict, next_at: float, now: float,
-                    dead: Sequence[tuple[str, int, bytes, bytes | str]] = ()) -> None:
+                    dead: Sequence[tuple[str, int, bytes, bytes | str]] = (), died: int = 0) -> None:
         """One transaction: the poll's messages, its dead letters (step, attempt, payload, error:
-        records that cannot become messages) and the trigger's new state."""
+        records that cannot become messages) and the trigger's new state. ``died``: how many of the
+        first messages the process died with in hand (a poll redone after the process died running
+        its first batch through the first stage: :meth:`claim_poll`): each of those is queued with
+        that death counted (``deliveries`` 1)."""
         with self.transaction("nothing was queued, the cursor did not move") as c:
             if dead:
                 c.executemany("INSERT INTO dead (step, attempt, payload, error, at) VALUES (?, ?, ?, ?, ?)",
                               [(s, a, p, e, now) for s, a, p, e in dead])
             if payloads and first_step is not None:
-                c.executemany("INSERT INTO queue (step, available_at, attempt, payload) VALUES (?, ?, 1, ?)",
-                              [(first_step, now, p) for p in payloads])
-            c.execute("INSERT INTO trigger_state (trigger, state, next_at) VALUES (?, ?, ?) "
-                      "ON CONFLICT(trigger) DO UPDATE SET state=excluded.state, next_at=excluded.next_at",
-                      (trigger, orjson.dumps(state).decode(), next_at))
+                c.executemany("INSERT INTO queue (step, available_at, attempt, payload, deliveries) "
+                              "VALUES (?, ?, 1, ?, ?)", [(first_step, now, p, int(i < died))
+                                                          for i, p in enumerate(payloads)])
+            self._set_state(c, trigger, state, next_at)
+
+    @staticmethod
+    def _set_state(c: sqlite3.Connection, trigger: str, state: dict, next_at: float) -> None:
+        c.execute("INSERT INTO trigger_state (trigger, state, next_at) VALUES (?, ?, ?) "
+                  "ON CONFLICT(trigger) DO UPDATE SET state=excluded.state, next_at=excluded.next_at",
+                  (trigger, orjson.dumps(state).decode(), next_at))
 
     def set_next_poll(self, trigger: str, next_at: float) -> None:
         with self.transaction() as c:
