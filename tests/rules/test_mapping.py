@@ -221,7 +221,8 @@ def test_preview_shows_null_as_NULL_and_undefined_as_an_empty_cell_so_its_record
 
 
 def _too_large_flow() -> flownb.Flow:
-    return flownb.Flow(name="big", max_message_bytes="4KiB", trigger=flownb.step("hook", "webhook", token_env="BIG_TOKEN"),
+    return flownb.Flow(name="big", max_message_bytes="4KiB",
+                       trigger=flownb.step("hook", "webhook", token_env="BIG_TOKEN"),
                        steps=[flownb.step("pad", "mapping", fields={"id": "id", "pad": '$join([1..size].("x"))'}),
                               flownb.step("keep", "filter", condition="id > 0")])
 
