@@ -165,3 +165,13 @@ def test_what_cannot_be_sampled_says_what_to_do(tmp_path):
     with pytest.raises(SpecError, match=r"'customer.email'.*frame=False"):
         flow.sample()
     assert flow.sample(frame=False) == [{"id": 1, "customer.email": "a@x"}]
+
+
+def test_flow_test_of_a_raw_read_csv_sample_warns_and_of_flow_sample_does_not(tmp_path):
+    flow = _csv_flow(tmp_path)
+    with pytest.warns(UserWarning, match=r"did not come from flow.sample\(\)"):
+        flow.test(pd.read_csv(tmp_path / "orders.csv"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        flow.test(flow.sample())
+        flow.test(flow.sample(frame=False))  # records: what the trigger emits, nothing to warn about

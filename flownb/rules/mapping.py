@@ -310,22 +310,30 @@ def _check_sizes(flow: Flow, step: str, records: list, data: dict, errors: list,
             kinds[i] = "MessageTooLarge"
 
 
-def _warn_raw_sample(flow: Flow, sample: Any) -> None:
-    """Warn when a DataFrame previewed for a flow whose trigger gives samples did not come from
-    ``flow.sample()``: raw pandas readers differ from the trigger (docs/notebook.md)."""
+def raw_sample_note(flow: Flow, sample: Any) -> str | None:
+    """What a DataFrame ``sample`` of ``flow``'s records may get wrong when it did not come from
+    ``flow.sample()`` and the trigger gives samples whose raw pandas reader differs (``csv.poll``:
+    ``read_csv``; ``sql.poll``: ``read_sql_table``); None otherwise. ``Mapping.preview(flow=…)``
+    (for the first step), ``flow.test`` and the widgets show it (docs/notebook.md)."""
     if not is_frame(sample) or sample.attrs.get("flownb.sample"):
-        return
+        return None
     from ..errors import UnknownComponentError
     from ..registry import get
     try:
         cls = get(flow.trigger.component, step=flow.trigger.name)
     except UnknownComponentError:  # flow.validate_components() and flow.test say so
-        return
+        return None
     how = getattr(cls, "raw_sample_differences", "")
-    if getattr(cls, "samples", False) and how:
-        warnings.warn(f"this sample did not come from flow.sample(): {how}; flow.sample(n) reads the "
-                      f"source with {flow.trigger.component}'s own code, so the preview sees what the flow "
-                      f"will receive", UserWarning, stacklevel=3)
+    if not (getattr(cls, "samples", False) and how):
+        return None
+    return (f"this sample did not come from flow.sample(): {how}; flow.sample(n) reads the source with "
+            f"{flow.trigger.component}'s own code, so the preview sees what the flow will receive")
+
+
+def _warn_raw_sample(flow: Flow, sample: Any) -> None:
+    note = raw_sample_note(flow, sample)
+    if note is not None:
+        warnings.warn(note, UserWarning, stacklevel=3)
 
 
 def _kind(v: Any) -> str:
