@@ -305,9 +305,10 @@ def sample(flow: Flow, n: int = 100, state: dict | None = None, *, frame: bool =
                         f"requests it will receive) to Mapping.preview / flow.test")
     if not cls.samples:
         raise SpecError(f"trigger '{trig.name}' ({trig.component}) does more than read when it polls "
-                        f"(it takes or acknowledges messages at its source), so flow.sample() does not "
-                        f"run it; capture a sample some other way (flow.preview_poll, or records you "
-                        f"saved) and pass it to Mapping.preview / flow.test")
+                        f"(it takes or acknowledges messages at its source, or runs code of its own), so "
+                        f"flow.sample() does not run it; capture a sample some other way "
+                        f"(flow.preview_poll, or records you saved) and pass it to Mapping.preview / "
+                        f"flow.test")
     current = copy.deepcopy(state or {})
     bodies: list[dict] = []
     dropped: list[str] = []
