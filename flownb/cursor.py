@@ -282,7 +282,8 @@ def sample(flow: Flow, n: int = 100, state: dict | None = None, *, frame: bool =
     :data:`~flownb.records.NULL`, strings as strings, ints as ints) whose ``to_records`` is exactly
     these bodies, so ``Mapping.preview`` and ``flow.test`` of it see what production sees;
     ``frame.attrs["flownb.sample"]`` names the trigger, ``attrs["next_state"]`` is where the cursor
-    would be after these records. ``frame=False``: the bodies, a list of dicts.
+    would be after the polls that read them (a poll reads a whole page: past the ``n``-th record
+    when ``n`` ends inside a page). ``frame=False``: the bodies, a list of dicts.
 
     A record over ``max_message_bytes`` is not a message (the trigger dead-letters it): it is left
     out, with a warning saying how many."""
