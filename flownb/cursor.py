@@ -1,6 +1,7 @@
 """Cursor time-travel: read, set or rewind a polling trigger's saved cursor on either runtime, and
 preview what the next poll would emit (``flownb state show|set|rewind``, ``flow.preview_poll``;
-docs/debugging.md).
+docs/debugging.md), and read a sample of the source as the trigger reads it (``flow.sample``;
+docs/notebook.md).
 
 A cursor is only changed while the flow is **not** running: on the embedded runtime the flow's lock
 file (``<state-dir>/<flow>.lock``, held by ``flownb run``) must be free; on RabbitMQ the trigger's
@@ -32,7 +33,7 @@ import orjson
 from .errors import BrokerError, FlownbError, SpecError
 from .flow import Flow
 
-__all__ = ["backfill", "parse_value", "preview_poll", "read_cursor", "rewound", "write_cursor"]
+__all__ = ["backfill", "parse_value", "preview_poll", "read_cursor", "rewound", "sample", "write_cursor"]
 
 #: fields of a state that locate the position *within* equal cursor values (dropped by a rewind)
 _TIE_BREAKERS = ("key", "key_type", "seen")
@@ -264,6 +265,76 @@ def preview_poll(flow: Flow, state: dict | None = None, *, state_dir: str | Path
     frame.attrs["state"] = state or {}
     frame.attrs["next_state"] = new
     return frame
+
+
+#: polls ``sample`` runs at most (each reads a page of ``batch_size`` records)
+SAMPLE_MAX_POLLS = 100
+
+
+def sample(flow: Flow, n: int = 100, state: dict | None = None, *, frame: bool = True):
+    """Up to ``n`` records exactly as the flow's polling trigger emits them: its own ``poll`` runs
+    (pages of its ``batch_size``) on a scratch copy of ``state`` (default: from the beginning, as a
+    first run), and each record is taken from the message's wire form — the body the first step
+    receives. No cursor moves, nothing is queued; only triggers whose poll only reads
+    (``PollingTrigger.samples``: csv.poll, sql.poll, file.read, http.poll) are run.
+
+    ``frame=True``: a DataFrame (:func:`flownb.records.to_frame`: JSON null as
+    :data:`~flownb.records.NULL`, strings as strings, ints as ints) whose ``to_records`` is exactly
+    these bodies, so ``Mapping.preview`` and ``flow.test`` of it see what production sees;
+    ``frame.attrs["flownb.sample"]`` names the trigger, ``attrs["next_state"]`` is where the cursor
+    would be after the polls that read them (a poll reads a whole page: past the ``n``-th record
+    when ``n`` ends inside a page). ``frame=False``: the bodies, a list of dicts.
+
+    A record over ``max_message_bytes`` is not a message (the trigger dead-letters it): it is left
+    out, with a warning saying how many."""
+    import copy
+    import warnings
+
+    from .components.base import PollingTrigger
+    from .records import to_frame
+    from .registry import get
+    from .runtime.core import TriggerRunner
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise SpecError(f"n is how many records to read, a whole number ≥ 1; got {n!r}")
+    if state is not None and not isinstance(state, dict):
+        raise SpecError(f"a cursor is a JSON object such as {{\"cursor\": 0}}, got {type(state).__name__}")
+    trig = flow.trigger
+    cls = get(trig.component, step=trig.name)
+    if not (isinstance(cls, type) and issubclass(cls, PollingTrigger)):
+        raise SpecError(f"trigger '{trig.name}' ({trig.component}) does not poll, so it has no source to "
+                        f"sample: pass your own sample (a DataFrame or a list of dicts shaped like the "
+                        f"requests it will receive) to Mapping.preview / flow.test")
+    if not cls.samples:
+        raise SpecError(f"trigger '{trig.name}' ({trig.component}) does more than read when it polls "
+                        f"(it takes or acknowledges messages at its source, or runs code of its own), so "
+                        f"flow.sample() does not run it; capture a sample some other way "
+                        f"(flow.preview_poll, or records you saved) and pass it to Mapping.preview / "
+                        f"flow.test")
+    current = copy.deepcopy(state or {})
+    bodies: list[dict] = []
+    dropped: list[str] = []
+    runner = TriggerRunner(flow.resolved())
+    try:
+        for _ in range(SAMPLE_MAX_POLLS):
+            _msgs, payloads, new = runner.poll(current)
+            dropped += [info.message for _m, info, _p in runner.last_dead]
+            bodies += [orjson.loads(p)["body"] for p in payloads[:n - len(bodies)]]
+            moved = new != current
+            current = new
+            if len(bodies) >= n or not (payloads or moved):
+                break
+    finally:
+        runner.close()
+    if dropped:
+        warnings.warn(f"{len(dropped)} record(s) of the source are over the flow's max_message_bytes and "
+                      f"left out of the sample, as the trigger dead-letters them: {dropped[0]}",
+                      UserWarning, stacklevel=3)
+    if not frame:
+        return bodies
+    out = to_frame(bodies)
+    out.attrs["flownb.sample"] = trig.component
+    out.attrs["next_state"] = current
+    return out
 
 
 def _key(state: dict, key: str | None) -> str:

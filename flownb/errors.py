@@ -156,6 +156,18 @@ class MessageTooLarge(MessageError):
         self.size = size
         self.limit = limit
 
+    @classmethod
+    def over(cls, step: str, size: int, limit: int, what: str) -> MessageTooLarge:
+        """The error a runtime gives for ``what`` (``"an output of this step"``) of ``size`` bytes
+        over ``limit``, worded as the runtimes word it (``Mapping.preview(flow=…)`` uses it). The
+        size is in KiB with one decimal, cut (not rounded): the envelope (flow name, ids, meta.spec)
+        changes the exact byte count by tens of bytes, and a cut figure moves only every 102.4 bytes."""
+        kib = (size * 10 // 1024) / 10
+        return cls(f"{what} is {kib:,.1f} KiB, over the flow's max_message_bytes ({limit:,} bytes); "
+                   f"emit smaller messages (split the record, drop large fields) or raise "
+                   f"max_message_bytes in the spec (keep it under the broker's limit)",
+                   step=step, size=size, limit=limit)
+
 
 class StepError(FlownbError):
     """Raised while a component processes a message."""

@@ -519,6 +519,25 @@ class Flow(BaseModel):
         from .cursor import preview_poll
         return preview_poll(self, state, **where)
 
+    def sample(self, n: int = 100, state: dict | None = None, *, frame: bool = True):
+        """Up to ``n`` records as the trigger reads them in production (its own poll on a scratch
+        cursor: nothing moves), a DataFrame whose records are exactly those bodies (null as
+        ``flownb.records.NULL``); ``frame=False``: the list of bodies. See flownb.cursor.sample."""
+        from .cursor import sample
+        return sample(self, n, state, frame=frame)
+
+    def preview(self, step: str, sample: Any, limit: int | None = None, **kw: Any):
+        """``Mapping.preview`` of the mapping step ``step`` in this flow's context (its
+        ``max_message_bytes``; the warning about raw pandas samples): see flownb.rules.Mapping."""
+        from .rules.mapping import Mapping
+        s = self.resolved(paths=False).step(step)
+        if s.component != "mapping":
+            raise SpecError(f"step '{step}' is a '{s.component}' step; flow.preview shows a mapping step "
+                            f"(a route step: flow.step('{step}').route.preview(sample); the whole flow: "
+                            f"flow.test(sample))")
+        m = Mapping(fields=s.config.get("fields"), expression=s.config.get("expression"))
+        return m.preview(sample, limit, flow=self, step=step, **kw)
+
     def _repr_mimebundle_(self, include=None, exclude=None):
         from .display import flow_mimebundle
         return flow_mimebundle(self)

@@ -23,6 +23,11 @@ missing cells                  None, NaN, NaT, ``pd.NA`` (and ±inf, not JSON nu
                                DataFrame cell: the key is left out (JSONata *undefined*, so
                                ``$exists(x)`` is false and ``$lowercase(x)`` gives nothing, not an
                                error). A group whose columns are all missing is ``{}``.
+null cells                     :data:`NULL` in a cell is JSON ``null``: the key is kept with null
+                               (``$exists(x)`` is true, ``$lowercase(x)`` an error), as a source
+                               that sends null (``csv.poll``'s empty cell, ``sql.poll``'s NULL).
+                               ``flow.sample()`` (:func:`to_frame`) and ``Mapping.preview``'s
+                               output put it where a record holds null; anywhere, it is null.
 dict records                   taken as they are (no dotted-key unflattening); at the top level
                                NaN/NaT/``pd.NA``/±inf are left out like a DataFrame cell, but None
                                is kept as JSON ``null``.
@@ -73,10 +78,43 @@ from .errors import SpecError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["to_records", "column_paths", "is_frame"]
+__all__ = ["NULL", "to_records", "to_frame", "column_paths", "is_frame"]
 
 #: a cell with no value (its key is left out of the record)
 _MISSING = object()
+
+
+class _Null:
+    """The type of :data:`NULL` (one instance; it pickles and copies as itself)."""
+
+    __slots__ = ()
+    _it: _Null | None = None
+
+    def __new__(cls) -> _Null:
+        if cls._it is None:
+            cls._it = super().__new__(cls)
+        return cls._it
+
+    def __repr__(self) -> str:
+        return "null"
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __reduce__(self) -> str:
+        return "NULL"
+
+    def __copy__(self) -> _Null:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> _Null:
+        return self
+
+
+#: JSON ``null`` in a DataFrame cell. In a DataFrame None and NaN are *missing* (the key is left out,
+#: JSONata *undefined*); a cell holding ``NULL`` keeps its key with the value null, as a source that
+#: sends null does (``csv.poll``'s empty cell, ``sql.poll``'s NULL). Shown as ``null``.
+NULL = _Null()
 
 _PLAIN = frozenset({str, int, bool, type(None)})
 _PLAIN_F = _PLAIN | {float}
@@ -102,6 +140,47 @@ def to_records(sample: Any, limit: int | None = None) -> list[dict]:
         if is_frame(sample):
             return _frame_records(sample if limit is None else sample.iloc[:limit])
         return [_record(r, i) for i, r in enumerate(_rows(sample, limit))]
+
+
+def to_frame(records: list[dict]) -> pd.DataFrame:
+    """JSON records (message bodies) as a DataFrame that :func:`to_records` turns back into the same
+    records: one column per top-level key (in first-seen order), JSON ``null`` as :data:`NULL`, a
+    key a record lacks as None (missing), nested objects and arrays as dict/list cells. A column
+    keeps its values' own types: all ints → ``int64``, all floats → ``float64``, all booleans →
+    ``bool``; anything else (strings, ints mixed with floats, nulls) → ``object``, so ``1`` stays
+    an int and ``"01234"`` a string. :class:`SpecError` for a key that a column name cannot carry
+    (``a.b`` would become the path a → b): use the records themselves then."""
+    import pandas as pd
+
+    names: dict[str, None] = {}
+    for i, r in enumerate(records):
+        if type(r) is not dict:
+            raise SpecError(f"record {i} is a {type(r).__name__}, not a JSON object (dict)")
+        names.update(dict.fromkeys(r))
+    for name in names:
+        if _parts(name) != (name,):
+            raise SpecError(f"the records have a field named {name!r}: as a DataFrame column it would be "
+                            f"read as the path {' → '.join(_parts(name))}; use the records (a list of "
+                            f"dicts, e.g. flow.sample(frame=False)) where such a field must stay one key")
+    absent = object()
+    data = {}
+    for name in names:
+        vals = [r.get(name, absent) for r in records]
+        types = set(map(type, vals))
+        if types == {int} and _ints_fit_int64(vals):
+            data[name] = pd.Series(vals, dtype="int64")
+        elif types == {float}:
+            data[name] = pd.Series(vals, dtype="float64")
+        elif types == {bool}:
+            data[name] = pd.Series(vals, dtype="bool")
+        else:
+            col = [None if v is absent else NULL if v is None else v for v in vals]
+            data[name] = pd.Series(col, dtype=object)
+    return pd.DataFrame(data, index=pd.RangeIndex(len(records)))
+
+
+def _ints_fit_int64(values: list) -> bool:
+    return all(-(2 ** 63) <= v < 2 ** 63 for v in values)
 
 
 def column_paths(frame: pd.DataFrame) -> list[tuple[str, ...]]:
@@ -254,6 +333,8 @@ def _array(v: Any) -> list:
 
 def _scalar(v: Any) -> Any:
     """A scalar that is not a plain str/int/float/bool/None: its JSON value, or ``_MISSING``."""
+    if v is NULL:
+        return None
     if isinstance(v, bool):
         return v
     if isinstance(v, float):
@@ -538,6 +619,16 @@ def _objects(vals: list, mask: Any) -> tuple[list, Any]:
     import numpy as np
 
     types = set(map(type, vals))
+    if _Null in types:  # JSON null: kept (None in the record), never a hole
+        nulls = np.fromiter((v is NULL for v in vals), dtype=bool, count=len(vals))
+        vals = [None if v is NULL else v for v in vals]
+        out, holes = _objects(vals, mask & ~nulls)  # a None from NULL is not a hole of the column
+        if holes is None:
+            return out, None
+        holes = holes & ~nulls
+        for i in np.flatnonzero(nulls).tolist():
+            out[i] = None
+        return out, (holes if holes.any() else None)
     if types <= _PLAIN_F:
         if float in types or int in types:
             mask = mask.copy()

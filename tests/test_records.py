@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from flownb.errors import SpecError
-from flownb.records import column_paths, to_records
+from flownb.records import NULL, column_paths, to_frame, to_records
 
 UTC = dt.UTC
 PARIS = dt.timezone(dt.timedelta(hours=1))
@@ -185,3 +185,58 @@ def test_no_pandas_or_numpy_import_for_dicts():
     code = ("import sys, flownb.records as r; assert r.to_records([{'a': 1, 'b': float('nan')}]) == [{'a': 1}]; "
             "assert 'pandas' not in sys.modules and 'numpy' not in sys.modules, 'imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- NULL: JSON null in a DataFrame cell; to_frame: records → a DataFrame that converts back exactly
+
+def test_a_null_cell_is_json_null_while_none_and_nan_stay_missing():
+    df = pd.DataFrame({
+        "s": pd.Series(["a", NULL, None], dtype=object),
+        "n": pd.Series([1, NULL, np.nan], dtype=object),
+        "c.d": pd.Series([NULL, None, pd.Timestamp("2024-01-02")], dtype=object),
+        "items": pd.Series([[NULL, 1], None, {"k": NULL}], dtype=object),
+    })
+    assert to_records(df) == [
+        {"s": "a", "n": 1, "c": {"d": None}, "items": [None, 1]},
+        {"s": None, "n": None, "c": {}},
+        {"c": {"d": "2024-01-02T00:00:00.000"}, "items": {"k": None}},
+    ]
+    assert to_records([{"a": NULL, "b": [NULL], "c": float("nan")}]) == [{"a": None, "b": [None]}]
+
+
+def test_null_is_one_value_shown_as_null_that_pickles_and_copies_as_itself():
+    import copy
+    import pickle
+    assert repr(NULL) == str(NULL) == "null" and not NULL
+    assert pickle.loads(pickle.dumps(NULL)) is NULL and copy.deepcopy([NULL])[0] is NULL
+    assert type(NULL)() is NULL
+    assert "null" in pd.DataFrame({"a": [NULL]}).to_string()
+
+
+BODIES = [  # what csv.poll / sql.poll send: strings kept, ints as ints, null as null
+    {"id": 1, "zip": "01234", "price": 9.5, "coupon": None, "at": "2024-05-01T10:00:00", "ok": True,
+     "tags": ["a", None], "meta": {"n": None}},
+    {"id": 2, "zip": 10115, "price": 1, "coupon": "X", "at": "2024-05-01", "ok": False},
+    {"id": 3, "zip": None, "price": None, "coupon": None, "at": None, "ok": True, "extra": 2 ** 63},
+]
+
+
+def test_to_frame_converts_back_to_exactly_the_same_records():
+    df = to_frame(BODIES)
+    assert list(df.columns) == ["id", "zip", "price", "coupon", "at", "ok", "tags", "meta", "extra"]
+    assert str(df["id"].dtype) == "int64" and str(df["ok"].dtype) == "bool"
+    assert df["price"].dtype == object and df.loc[1, "price"] == 1 and type(df.loc[1, "price"]) is int
+    assert df.loc[0, "coupon"] is NULL and df.loc[0, "extra"] is None  # null vs. a key the record lacks
+    back = to_records(df)
+    assert back == BODIES
+    for got, want in zip(back, BODIES, strict=True):  # the types too: 1 stays an int, '01234' a string
+        assert {k: type(v) for k, v in got.items()} == {k: type(v) for k, v in want.items()}
+    assert to_records(to_frame([])) == [] and to_frame([{"a": 0.5}])["a"].dtype == np.float64
+
+
+def test_to_frame_refuses_a_key_that_a_column_name_would_turn_into_a_path():
+    with pytest.raises(SpecError, match=r"'customer.email'.*path customer → email.*frame=False"):
+        to_frame([{"customer.email": "a"}])
+    with pytest.raises(SpecError, match="record 1 is a list"):
+        to_frame([{"a": 1}, [1]])
+    assert to_records(to_frame([{"a..b": 1}])) == [{"a..b": 1}]  # an empty segment is one key anyway

@@ -150,6 +150,13 @@ class Action(Component[ConfigT]):
 class PollingTrigger(Component[ConfigT]):
     kind: ClassVar[str] = "poll"
     Config: ClassVar[type[BaseModel]] = PollConfig
+    #: its ``poll`` only reads (nothing acknowledged, taken off a queue or written; only the state
+    #: it is given changes), so ``flow.sample()`` may run it on a scratch cursor to give a notebook
+    #: the records production receives (flownb.cursor.sample)
+    samples: ClassVar[bool] = False
+    #: how the pandas reader a notebook would use instead reads the source differently (the warning
+    #: of ``Mapping.preview(flow=…)`` for a DataFrame that did not come from ``flow.sample()``)
+    raw_sample_differences: ClassVar[str] = ""
 
     @property
     def interval(self) -> float:

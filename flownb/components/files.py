@@ -116,6 +116,12 @@ class CsvPoll(PollingTrigger[CsvPollConfig]):
     #: config fields holding a file path: relative ones are read from the spec file's folder
     #: (:meth:`flownb.Flow.resolved`)
     local_paths: ClassVar[tuple[str, ...]] = ("path",)
+    samples: ClassVar[bool] = True  # it only reads the files
+    raw_sample_differences: ClassVar[str] = (
+        "pandas.read_csv reads an empty cell as NaN (missing in the preview: $exists gives false, "
+        "arithmetic gives nothing) where csv.poll sends null, a number with leading zeros ('01234') "
+        "as the int 1234 where csv.poll keeps the text, and an int of a column with empty cells as a "
+        "float (1.0)")
 
     @classmethod
     def check_config(cls, config, step) -> None:

@@ -16,7 +16,7 @@ import email.utils
 import json
 import re
 import time
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -324,6 +324,7 @@ class HttpPoll(PollingTrigger[HttpPollConfig]):
     """GET an API on an interval and emit new items, following pagination."""
 
     Config = HttpPollConfig
+    samples: ClassVar[bool] = True  # GET requests
 
     @classmethod
     def check_config(cls, config, step) -> None:

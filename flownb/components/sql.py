@@ -251,6 +251,12 @@ class SqlPoll(PollingTrigger[SqlPollConfig]):
     Config = SqlPollConfig
     #: a relative sqlite:///file.db URL is read from the spec file's folder (Flow.resolved)
     local_paths: ClassVar[tuple[str, ...]] = ("url",)
+    samples: ClassVar[bool] = True  # a SELECT
+    raw_sample_differences: ClassVar[str] = (
+        "pandas.read_sql_table/read_sql read a DATETIME as a Timestamp ('2024-05-01T10:00:00.000' in "
+        "the preview) where sql.poll sends '2024-05-01T10:00:00', a DATE as midnight "
+        "('2024-05-02T00:00:00.000') where sql.poll sends '2024-05-02', and a NULL as None/NaN "
+        "(missing in the preview: $exists gives false) where sql.poll sends null")
 
     @classmethod
     def check_config(cls, config, step) -> None:

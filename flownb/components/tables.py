@@ -109,6 +109,7 @@ class FileRead(PollingTrigger[FileReadConfig]):
     """Rows of new or changed Parquet / Excel files, streamed in batches."""
 
     Config = FileReadConfig
+    samples: ClassVar[bool] = True  # it only reads the files
 
     @classmethod
     def check_config(cls, config, step) -> None:

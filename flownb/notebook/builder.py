@@ -15,6 +15,7 @@ an optional default branch. Branches are added and removed with their buttons or
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -303,6 +304,7 @@ class FlowBuilder:
                  parameters: dict | None = None, path: str | Path = "flow.yaml", debounce: float = 0.2):
         self.sample_error = None
         self.sample = None
+        self.notes: list[str] = []
         if sample is not None:
             self.sample, self.sample_error = as_sample(sample)
         self.parameters = dict(parameters or (flow.parameters if flow else {}))
@@ -569,7 +571,8 @@ class FlowBuilder:
             return None
         try:
             flow = self.flow
-            with self.run_output:
+            with self.run_output, warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 self.result = flow.test(self.sample, live=self.live.value)
         except FlownbError as exc:
             self.status.value = error_html(f"the test run failed: {exc}")
@@ -578,7 +581,11 @@ class FlowBuilder:
             log.exception("test run failed")
             self.status.value = error_html(f"the test run failed: {type(exc).__name__}: {exc}")
             return None
+        # what the run warned about (a raw pandas sample of a csv.poll/sql.poll source): under the status
+        self.notes = [str(c.message) for c in caught if issubclass(c.category, UserWarning)]
         self._show_result(self.result)
+        if self.notes:
+            self.status.value += error_html(self.notes[0])
         return self.result
 
     def _show_result(self, result) -> None:

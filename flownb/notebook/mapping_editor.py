@@ -7,17 +7,23 @@ and a preview of the first rows with an ``_error`` column and a count of failing
 errors are shown once, at their field, with their position (the field's preview column stays, marked);
 nothing the user types raises a traceback. ``editor.mapping`` is the
 :class:`flownb.rules.Mapping` that the spec uses (``editor.mapping.step("to-contact")``).
+
+``MappingEditor(flow.sample(), flow=flow, step="shape")`` edits a mapping step of a flow (its
+fields to start with) and previews in the flow's context, as ``Mapping.preview(flow=, step=)``: a
+row over the flow's ``max_message_bytes`` fails as the runtimes fail it, and a sample that raw
+pandas read for a ``csv.poll``/``sql.poll`` flow is flagged under the preview.
 """
 
 from __future__ import annotations
 
 import uuid
+import warnings
 from typing import Any
 
 import ipywidgets as w
 
 from ..display import frame_html
-from ..errors import ExpressionError, FlownbError
+from ..errors import ConfigError, ExpressionError, FlownbError
 from ._caret import CaretText, insert_at
 from ._common import Debouncer, as_sample, error_html, log, ok_html, sample_fields, sample_paths
 
@@ -62,8 +68,19 @@ class _FieldRow:
 class MappingEditor:
     """Edit a mapping (output field → JSONata expression) against ``sample``; see ``.mapping``."""
 
-    def __init__(self, sample: Any, mapping: Any = None, *, rows: int = 10, debounce: float = 0.3):
+    def __init__(self, sample: Any, mapping: Any = None, *, rows: int = 10, debounce: float = 0.3,
+                 flow: Any = None, step: str | None = None):
         self.rows = rows
+        #: the flow and its mapping step the preview runs in the context of (None: no flow)
+        self.flow, self.step = flow, step
+        if flow is not None:
+            if step is None:
+                raise ConfigError("MappingEditor(sample, flow=flow, step='…'): name the mapping step of the "
+                                  "flow this editor previews")
+            config = flow.step(step).config  # SpecError naming the flow's steps when there is no such step
+            if mapping is None and isinstance(config.get("fields"), dict):
+                mapping = config["fields"]
+        self.notes: list[str] = []  # what the last preview warned about (a raw pandas sample)
         self.sample, self.sample_error = as_sample(sample)
         self._rows: list[_FieldRow] = []
         self._active: _FieldRow | None = None
@@ -289,12 +306,16 @@ class MappingEditor:
         from ..rules import Mapping
 
         checked = min(len(self.sample), CHECK_ROWS)
+        context: dict[str, Any] = {"flow": self.flow, "step": self.step} if self.flow is not None else {}
         try:
-            full = Mapping(fields=good).preview(self.sample, CHECK_ROWS)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                full = Mapping(fields=good).preview(self.sample, CHECK_ROWS, **context)
         except FlownbError as exc:
             self._set_status(error_html(str(exc)))
             return
-        self._set_status("")
+        self.notes = [str(c.message) for c in caught if issubclass(c.category, UserWarning)]
+        self._set_status(error_html(self.notes[0]) if self.notes else "")
         self._preview = full.head(self.rows)
         errs = full["_error"] if "_error" in full.columns else None
         self._failing = int(errs.fillna("").astype(str).str.len().gt(0).sum()) if errs is not None else 0

@@ -263,3 +263,17 @@ def test_a_route_step_is_built_edited_and_run_in_the_builder():
     card.remove_branch("us")
     with pytest.raises(flownb.FlownbError, match="needs at least one branch"):
         card.remove_branch("uk")
+
+
+def test_run_on_a_raw_read_csv_sample_of_a_csv_poll_flow_says_how_it_differs(tmp_path):
+    import pandas as pd
+    (tmp_path / "o.csv").write_text("id,zip,coupon\n1,01234,\n2,10115,X\n")
+    flow = flownb.Flow(name="o", trigger=flownb.step("src", "csv.poll", path=str(tmp_path / "o.csv"), cursor="id"),
+                       steps=[flownb.step("shape", "mapping", fields={"zip": "$string(zip)"})])
+    raw = FlowBuilder(sample=pd.read_csv(tmp_path / "o.csv"), flow=flow)
+    raw.run_button.click()
+    assert len(raw.notes) == 1 and "did not come from flow.sample()" in raw.status.value
+    assert raw.result.outputs["shape"] == [{"zip": "1234"}, {"zip": "10115"}]
+    b = FlowBuilder(sample=flow.sample(), flow=flow)
+    b.run_button.click()
+    assert b.notes == [] and b.result.outputs["shape"] == [{"zip": "01234"}, {"zip": "10115"}]

@@ -253,3 +253,30 @@ def test_a_box_takes_the_focus_back_from_its_own_editors_paths_only(sample):
     sel = one._rows[0].expr.refocus_from
     assert sel.endswith(" .flownb-path") and sel.split()[0][1:] in one.paths_box._dom_classes
     assert sel != two._rows[0].expr.refocus_from
+
+
+def test_in_a_flow_context_the_editor_starts_from_the_step_and_fails_rows_as_the_runtimes_do(tmp_path):
+    flow = flownb.Flow(name="big", max_message_bytes="4KiB", trigger=flownb.step("hook", "webhook", token_env="T"),
+                       steps=[flownb.step("pad", "mapping", fields={"id": "id", "pad": '$join([1..size].("x"))'})])
+    rows = [{"id": 1, "size": 10}, {"id": 2, "size": 5000}]
+    ed = MappingEditor(rows, flow=flow, step="pad", debounce=0)
+    assert ed.fields == {"id": "id", "pad": '$join([1..size].("x"))'}
+    dead = flow.test(rows).dead_letters
+    assert ed.failing == 1 and ed.preview.loc[1, "_error"] == dead[0].error.message
+    assert "1 of 2 rows fail" in ed.summary.value and ed.notes == []
+    assert MappingEditor(rows, debounce=0, mapping=ed.fields).failing == 0  # no flow: no limit known
+    with pytest.raises(flownb.SpecError, match="name the mapping step"):
+        MappingEditor(rows, flow=flow)
+
+
+def test_in_a_csv_poll_flow_a_raw_read_csv_sample_is_flagged_and_flow_sample_is_not(tmp_path):
+    (tmp_path / "o.csv").write_text("id,zip,coupon\n1,01234,\n2,10115,X\n")
+    flow = flownb.Flow(name="o", trigger=flownb.step("src", "csv.poll", path=str(tmp_path / "o.csv"), cursor="id"),
+                       steps=[flownb.step("shape", "mapping", fields={"zip": "$string(zip)",
+                                                                      "has": "$exists(coupon)"})])
+    raw = MappingEditor(pd.read_csv(tmp_path / "o.csv"), flow=flow, step="shape", debounce=0)
+    assert len(raw.notes) == 1 and "did not come from flow.sample()" in raw.status.value
+    assert raw.preview["zip"].tolist() == ["1234", "10115"] and raw.preview["has"].tolist() == [False, True]
+    ed = MappingEditor(flow.sample(), flow=flow, step="shape", debounce=0)
+    assert ed.notes == [] and ed.status.value == ""
+    assert ed.preview["zip"].tolist() == ["01234", "10115"] and ed.preview["has"].tolist() == [True, True]

@@ -14,9 +14,10 @@ A case is a directory ``flows/<name>/`` holding
   ``smtp_port`` (an aiosmtpd server of the run on loopback, ``smtp.send``'s sink; ``case.yaml``'s
   ``smtp_refuse`` maps recipients to the reply that refuses them);
 - ``sample.json`` (bodies fed as the trigger's output), ``sample.csv`` (read by a ``csv.poll``
-  trigger; ``pandas.read_csv`` of it for the preview) or ``sample.sql`` (a script making the SQLite
-  database ``source_url`` that a ``sql.poll`` trigger reads; ``pandas.read_sql_table`` of the
-  trigger's table for the preview);
+  trigger) or ``sample.sql`` (a script making the SQLite database ``source_url`` that a ``sql.poll``
+  trigger reads); the preview reads these two with ``flow.sample()``, the notebook's way to get
+  records as the trigger reads them (raw ``pandas.read_csv``/``read_sql_table`` differ:
+  docs/notebook.md, and ``tests/test_flow_sample.py`` keeps those differences visible);
 - ``case.yaml``: ``description``, ``db`` (``sqlite`` | ``postgres`` | ``mysql``), ``targets`` (parameter name →
   :class:`flownb.testing.HttpTarget` keyword arguments), ``engines`` (expected
   ``flownb.rules.compile(expr).engine`` of the JSONata expressions), ``xfail`` (path → reason);
@@ -25,9 +26,10 @@ A case is a directory ``flows/<name>/`` holding
 The four paths (``PATHS``), each independent of the others (own temp dir, own HTTP target, own
 table, own flow name on the broker), so they can run in parallel processes:
 
-- ``preview``: ``Mapping.preview`` chained over the steps, for flows made only of ``mapping`` and
-  ``filter`` steps (a filter is previewed as a one-field mapping of its condition, kept when
-  ``$boolean``); rows with ``_error`` are the step's dead letters;
+- ``preview``: ``Mapping.preview(…, flow=, step=)`` (in the flow's context: its
+  ``max_message_bytes``) chained over the steps, for flows made only of ``mapping`` and ``filter``
+  steps (a filter is previewed as a one-field mapping of its condition, kept when ``$boolean``);
+  rows with ``_error`` are the step's dead letters, of the type ``Mapping.errors`` gives;
 - ``test``: ``flow.test(sample)`` (in memory, virtual clock);
 - ``local``: ``LocalRuntime`` on a temp state dir, drained until idle
   (``tests/runtime/runtimes.py``'s ``LocalEngine``);
@@ -502,19 +504,18 @@ def run_preview(env: Env) -> Raw:
     import pandas as pd
 
     case = env.case
-    if case.sample_csv is not None:
-        frame = pd.read_csv(case.sample_csv)
-    elif case.sample_sql is not None:  # the trigger's table, as pandas reads it
-        frame = pd.read_sql_table(env.flow().resolved().trigger.config["table"], env.params["source_url"])
+    flow = env.flow()
+    if case.sample_csv is not None or case.sample_sql is not None:
+        frame = flow.sample(1000)  # the source as csv.poll / sql.poll read it (docs/notebook.md)
     else:
         frame = pd.DataFrame(case.sample)
     dead: list[dict] = []
-    frame = _preview_steps(env.flow().resolved().steps, frame, dead)
+    frame = _preview_steps(flow, flow.resolved().steps, frame, dead)
     from flownb.rules import to_records
     return Raw(outputs=to_records(frame), dead=dead)
 
 
-def _preview_steps(steps, frame, dead: list[dict]):
+def _preview_steps(flow, steps, frame, dead: list[dict]):
     import pandas as pd
 
     from flownb.rules import Mapping, to_records
@@ -534,7 +535,7 @@ def _preview_steps(steps, frame, dead: list[dict]):
             for name, chain in s.route.chains():
                 rows = [i for i, t in enumerate(taken) if name in t]
                 if rows:
-                    parts.append(_preview_steps(chain, frame.iloc[rows].reset_index(drop=True), dead))
+                    parts.append(_preview_steps(flow, chain, frame.iloc[rows].reset_index(drop=True), dead))
             frame = pd.concat(parts, ignore_index=True) if parts else frame.iloc[0:0]
             continue
         if s.component == "mapping":
@@ -543,11 +544,13 @@ def _preview_steps(steps, frame, dead: list[dict]):
             m = Mapping(fields={"__keep": s.config["condition"]})
         else:  # pragma: no cover - guarded by Case.previewable
             raise AssertionError(f"step {s.name} ({s.component}) cannot be previewed")
-        view = m.preview(frame)
+        view = m.preview(frame, flow=flow, step=s.name)
         err = view["_error"]
         failed = [i for i, e in enumerate(err) if isinstance(e, str)]
-        for i in failed:
-            dead.append({"step": s.name, "type": "EvaluationError", "message": err.iloc[i], "attempt": 1,
+        types = [e["type"] for e in m.errors]
+        assert len(types) == len(failed), (types, failed)
+        for i, kind in zip(failed, types, strict=True):
+            dead.append({"step": s.name, "type": kind, "message": err.iloc[i], "attempt": 1,
                          "retryable": False, "body": inputs[i]})
         good = view[[not isinstance(e, str) for e in err]].drop(columns="_error")
         if s.component == "filter":

@@ -178,7 +178,8 @@ def test_preview_matches_row_by_row_evaluation():
     assert "field 'total': T2002" in errors[5] and "field 'num': D3030" in errors[5]  # errors add up
     assert out.loc["a", "num"] == 31 and out.loc["b", "num"] == 12
     assert out.loc["f", "kept"] == [3, 1.5, 4] and out.loc["c", "tags"] == ["x", ["y"]]
-    assert m.errors == [{"row": r, "error": e} for r, e in zip("abcdef", errors, strict=True) if e is not None]
+    assert m.errors == [{"row": r, "error": e, "type": "EvaluationError"}
+                        for r, e in zip("abcdef", errors, strict=True) if e is not None]
 
 
 def test_preview_errors_on_first_last_and_consecutive_rows():
@@ -202,3 +203,66 @@ def test_preview_restores_the_garbage_collector():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+# -- null and undefined in the preview; the preview in a flow's context ----------------------------
+
+def test_preview_shows_null_as_NULL_and_undefined_as_an_empty_cell_so_its_records_are_the_outputs():
+    from flownb.records import NULL
+    rows = [{"x": None, "y": 1}, {"y": 2}]
+    m = Mapping(fields={"x": "x", "y": "y", "n": "nope"})
+    view = m.preview(rows)
+    assert view.loc[0, "x"] is NULL and view.loc[1, "x"] is None and view["n"].isna().all()
+    assert to_records(view.drop(columns="_error")) == [m.apply(r) for r in rows] == [{"x": None, "y": 1}, {"y": 2}]
+    e = Mapping(expression='{"x": x, "y": y}')
+    view = e.preview(rows)
+    assert view.loc[0, "x"] is NULL and view.loc[1, "x"] is None
+    assert to_records(view.drop(columns="_error")) == [e.apply(r) for r in rows]
+
+
+def _too_large_flow() -> flownb.Flow:
+    return flownb.Flow(name="big", max_message_bytes="4KiB",
+                       trigger=flownb.step("hook", "webhook", token_env="BIG_TOKEN"),
+                       steps=[flownb.step("pad", "mapping", fields={"id": "id", "pad": '$join([1..size].("x"))'}),
+                              flownb.step("keep", "filter", condition="id > 0")])
+
+
+def test_preview_in_the_flow_context_gives_the_runtimes_message_too_large_for_the_same_rows():
+    flow = _too_large_flow()
+    rows = [{"id": 1, "size": 10}, {"id": 2, "size": 5000}, {"id": 3, "size": 3600}, {"id": 4, "size": 4200}]
+    m = Mapping(fields=flow.step("pad").config["fields"])
+    assert m.preview(rows)["_error"].isna().all()  # without the flow: no limit to know
+    view = m.preview(rows, flow=flow, step="pad")
+    result = flow.test(rows)  # the embedded runtime in memory: what a run dead-letters
+    dead = {d.message.body["id"]: d for d in result.dead_letters}
+    assert sorted(dead) == [2, 4] and {d.error.type for d in dead.values()} == {"MessageTooLarge"}
+    for i, row in enumerate(rows):
+        if row["id"] in dead:
+            assert view.loc[i, "_error"] == dead[row["id"]].error.message
+        else:
+            assert pd.isna(view.loc[i, "_error"])
+    assert [(e["row"], e["type"]) for e in m.errors] == [(1, "MessageTooLarge"), (3, "MessageTooLarge")]
+    assert view.loc[1, "pad"] == "x" * 5000  # the row keeps what it computed, as a failing row does
+    # flow.preview: the same, from the step's own config
+    assert flow.preview("pad", rows)["_error"].equals(view["_error"])
+
+
+def test_the_preview_and_the_runtimes_word_message_too_large_alike():
+    from flownb.errors import MessageTooLarge
+    from flownb.runtime.core import _too_large
+    for size, limit in [(5222, 4096), (10 ** 7, 8 * 2 ** 20), (4097, 4096)]:
+        a, b = MessageTooLarge.over("s", size, limit, "an output of this step"), _too_large(
+            "s", size, limit, "an output of this step")
+        assert (str(a), a.size, a.limit, a.step) == (str(b), b.size, b.limit, b.step)
+
+
+def test_preview_in_a_flow_names_the_step_or_says_which():
+    flow = _too_large_flow()
+    m = Mapping(fields=flow.step("pad").config["fields"])
+    m.preview([{"id": 1, "size": 1}], flow=flow)  # found by its config
+    with pytest.raises(flownb.SpecError, match="no step 'pda'.*pad"):
+        m.preview([{"id": 1, "size": 1}], flow=flow, step="pda")
+    with pytest.raises(ConfigError, match=r"say which step.*step='…'.*no mapping step has this config"):
+        Mapping(fields={"id": "id"}).preview([{"id": 1}], flow=flow)
+    with pytest.raises(flownb.SpecError, match="'filter' step; flow.preview shows a mapping step"):
+        flow.preview("keep", [{"id": 1}])

@@ -9,6 +9,7 @@ for real (a test server, a scratch database)."""
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,6 +173,11 @@ def test_flow(flow: Flow, sample: Any = None, progress: bool | None = None, *,
     :func:`flownb.records.to_records` and fed as the trigger's output; None: poll the trigger
     once) in memory. Retries happen on a virtual clock, without waiting. Actions with outside
     effects run dry unless ``live`` (the module's docstring)."""
+    if sample is not None:  # a raw pandas read of a csv.poll/sql.poll source: say how it differs
+        from ...rules.mapping import raw_sample_note
+        note = raw_sample_note(flow, sample)
+        if note is not None:
+            warnings.warn(note, UserWarning, stacklevel=3)
     rt, effects = in_memory(flow, live=live, record=True, batch_size=batch_size)
     try:
         if sample is None:
