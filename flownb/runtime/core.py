@@ -149,13 +149,7 @@ _ENVELOPE = 512
 
 
 def _too_large(step: str, size: int, limit: int, what: str) -> MessageTooLarge:
-    # the size in KiB with one decimal, cut (not rounded): the envelope (flow name, ids, meta.spec) changes
-    # the exact byte count by tens of bytes, and a cut figure moves only every 102.4 bytes
-    kib = (size * 10 // 1024) / 10
-    return MessageTooLarge(f"{what} is {kib:,.1f} KiB, over the flow's max_message_bytes ({limit:,} bytes); "
-                           f"emit smaller messages (split the record, drop large fields) or raise "
-                           f"max_message_bytes in the spec (keep it under the broker's limit)",
-                           step=step, size=size, limit=limit)
+    return MessageTooLarge.over(step, size, limit, what)  # one wording, the preview's too
 
 
 def build_component(flow: Flow, step: Step, *, trigger: bool, logger: logging.Logger | None = None,

@@ -247,15 +247,6 @@ def test_preview_in_the_flow_context_gives_the_runtimes_message_too_large_for_th
     assert flow.preview("pad", rows)["_error"].equals(view["_error"])
 
 
-def test_the_preview_and_the_runtimes_word_message_too_large_alike():
-    from flownb.errors import MessageTooLarge
-    from flownb.runtime.core import _too_large
-    for size, limit in [(5222, 4096), (10 ** 7, 8 * 2 ** 20), (4097, 4096)]:
-        a, b = MessageTooLarge.over("s", size, limit, "an output of this step"), _too_large(
-            "s", size, limit, "an output of this step")
-        assert (str(a), a.size, a.limit, a.step) == (str(b), b.size, b.limit, b.step)
-
-
 def test_preview_in_a_flow_names_the_step_or_says_which():
     flow = _too_large_flow()
     m = Mapping(fields=flow.step("pad").config["fields"])
