@@ -75,8 +75,13 @@ def _cell_parser(numbers: bool):
         first = text[0]
         if first not in _NUMBER_START and not first.isspace():
             return text
-        if text.isdigit() and text.isascii() and (first != "0" or len(text) == 1):
-            return int(text)
+        if text.isdigit():
+            if text.isascii() and (first != "0" or len(text) == 1):
+                return int(text)
+        elif first != "." and text.isascii():  # a plain decimal (2.50, 007.5): _FLOAT's first form
+            whole, dot, frac = text.partition(".")
+            if dot and whole.isdigit() and (not frac or frac.isdigit()):
+                return float(text)
         return parse_cell(text)
     return cell
 
@@ -302,9 +307,10 @@ class CsvPoll(PollingTrigger[CsvPollConfig]):
             ident = row.get(key) if key else self._identity(row)
             if saved is not None and (o < saved or (o == saved and ident in seen)):
                 continue
-            if (o, ident) in ids:  # the same row twice in this batch (in two files, or one)
+            seen_key = (o, ident)
+            if seen_key in ids:  # the same row twice in this batch (in two files, or one)
                 continue
-            ids.add((o, ident))
+            ids.add(seen_key)
             batch.append((o, (0, ident) if type(ident) is int or type(ident) is float else _order(ident),
                           ident, row))
             if len(batch) >= limit:

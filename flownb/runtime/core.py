@@ -36,7 +36,7 @@ from ..components.route import Routed
 from ..errors import FatalError, MessageError, MessageTooLarge, PoisonMessage
 from ..flow import Flow, RetryPolicy, Step
 from ..message import _OPTS as _ENCODE_OPTS
-from ..message import Message, encode_body
+from ..message import Message, encode_body, new_id
 from ..registry import get, validate_step
 from .health import HEALTH
 
@@ -131,8 +131,8 @@ class Outcome:
         return m.to_json()
 
 
-#: an Outcome without running ``__init__``: the fields not set keep their class defaults (None,
-#: False), as for ``Outcome(message, outputs, payloads)``
+#: an Outcome (or a Message) without running ``__init__``: the fields not set keep their class
+#: defaults (None, False), as for ``Outcome(message, outputs, payloads)``
 _new_outcome = object.__new__
 
 
@@ -287,6 +287,8 @@ class StepRunner:
         room = self.max_bytes - _ENVELOPE
         dumps, opts = orjson.dumps, _ENCODE_OPTS
         new = _new_outcome
+        new_message, next_id = _new_outcome, new_id
+        created = time.time()  # the batch's outputs were made now (Message.child, inline)
         out: list[Outcome] = []
         append = out.append
         for m, r in zip(messages, results, strict=True):
@@ -305,8 +307,12 @@ class StepRunner:
                     if len(data) > room or b"null" in data:  # near the limit, or maybe a NaN: exactly
                         append(self._outcome(m, r, False))
                         continue
+                c = new_message(Message)  # m.child(r, name, spec)
+                h = m.headers
+                c.body, c.id, c.headers, c.flow, c.step = r, next_id(), h.copy() if h else {}, m.flow, name
+                c.parent, c.trace, c.attempt, c.created, c.spec = m.id, m.trace, 1, created, spec
                 o = new(Outcome)
-                o.message, o.outputs, o.payloads = m, [m.child(r, name, spec)], []
+                o.message, o.outputs, o.payloads = m, [c], []
                 append(o)
                 continue
             append(self._outcome(m, r, False))
@@ -604,11 +610,16 @@ class TriggerRunner:
         self.last_dead = []
         flow, name, spec = self.flow.name, self.step.name, self.spec
         room = self.max_bytes - _ENVELOPE
-        first, dumps, opts = Message.first, orjson.dumps, _ENCODE_OPTS
-        for body in self.component.poll(new_state, self.ctx):
+        dumps, opts = orjson.dumps, _ENCODE_OPTS
+        new_message, next_id = _new_outcome, new_id
+        records = self.component.poll(new_state, self.ctx)
+        created = time.time()  # the poll's messages were made now (Message.first, inline)
+        for body in records:
             if not isinstance(body, dict):
                 raise MessageError(f"poll() yielded {type(body).__name__}; yield dicts", step=name)
-            m = first(body, flow, name, spec)
+            m = new_message(Message)  # Message.first(body, flow, name, spec)
+            m.body, m.id, m.headers, m.flow, m.step, m.parent = body, next_id(), {}, flow, name, None
+            m.trace, m.attempt, m.created, m.spec = m.id, 1, created, spec
             if not encode:
                 try:
                     data = dumps(body, option=opts)

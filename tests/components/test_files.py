@@ -6,8 +6,10 @@ import os
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from flownb.components.files import parse_cell
+from flownb.components.files import _cell_parser, parse_cell
 from flownb.errors import ConfigError, FatalError
 from flownb.message import Message
 
@@ -36,6 +38,20 @@ def ids(msgs):
 def test_parse_cell(text, value):
     assert parse_cell(text) == value and type(parse_cell(text)) is type(value)
     assert parse_cell("42", numbers=False) == "42"
+
+
+CELL_EDGES = ["42", "007", "0", "00", "0.5", "00.0", "007.5", "1.", ".5", "1.2.3", "1.5 ", " 1.5", "+1.5", "-1.5",
+              "1_0.5", "1e5", "1.5e3", "٣.5", "3.٥", "²", "1²", "12abc", "1.x", "", " ", "-", ".", "+", "inf", "nan"]
+
+
+@given(st.one_of(st.sampled_from(CELL_EDGES),
+                 st.text(alphabet="0123456789.+-eE _x٣²\t", max_size=8),
+                 st.from_regex(r"\A[0-9]{1,6}\.[0-9]{0,4}\Z")))
+def test_csv_poll_cell_fast_paths_give_what_parse_cell_gives(text):
+    """csv.poll reads cells with _cell_parser's fast paths (plain ints, plain decimals): the same
+    value and type as the documented rules of parse_cell, for any text."""
+    fast = _cell_parser(True)(text)
+    assert fast == parse_cell(text) and type(fast) is type(parse_cell(text)), text
 
 
 def test_poll_glob_cursor_key_across_appends_new_files_and_restart(tmp_path, trigger_runner):
