@@ -523,20 +523,29 @@ class StageRunner:
         for k in range(start + 1, stop):
             runner = self.runners[k]
             msgs: list[Message] = []
-            snaps: list[bytes | None] = []
+            #: per message the wire form it was received as (None: in memory); only when one has one
+            snaps: list[bytes | None] | None = None
             came: list[int] = []
+            native = runner.native
             for o, i in zip(outs, origin, strict=True):
                 if o.error is not None:
                     continue
+                outputs = o.outputs
+                if native and not o.payloads and len(outputs) == 1:  # the usual case: one in memory
+                    msgs.append(outputs[0])
+                    came.append(i)
+                    continue
+                if snaps is None:
+                    snaps = [None] * len(msgs)
                 if o.payloads:  # encoded by its producer: the next member sees the wire form
                     for p in o.payloads:
                         msgs.append(Message.from_json(p))
                         snaps.append(p)
-                elif runner.native:
-                    msgs.extend(o.outputs)
-                    snaps.extend([None] * len(o.outputs))
+                elif native:
+                    msgs.extend(outputs)
+                    snaps.extend([None] * len(outputs))
                 else:  # a member that may change its input in place gets a copy as received
-                    for c in o.outputs:
+                    for c in outputs:
                         p = c.to_json()
                         msgs.append(Message.from_json(p))
                         snaps.append(p)
@@ -545,8 +554,10 @@ class StageRunner:
             origins.append(origin)
             self.current = runner.step.name
             outs = runner.run_batch(msgs, encode=encode_last and k + 1 >= stop) if msgs else []
-            for o, snap in zip(outs, snaps, strict=True):
-                o.payload = snap
+            if snaps is not None:
+                snaps.extend([None] * (len(msgs) - len(snaps)))
+                for o, snap in zip(outs, snaps, strict=True):
+                    o.payload = snap
             t0, t1 = t1, time.perf_counter()
             steps.append((runner.step.name, outs, t1 - t0))
         return StageRun(steps, origins)
