@@ -1,0 +1,100 @@
+"""The active-poller election of a polling trigger's replicas survives dropped connections
+(docs/rabbitmq.md, polling triggers): when the broker drops the connection of the replica that
+polls — an operator's ``DELETE /api/connections/NAME``, a load balancer — its cursor (classic
+topology) or poller token (quorum topology) returns to its queue and the next replica polls, within
+seconds. Also when the connection of the replica next in line is dropped at the same moment, so the
+broker may hand the token to a consumer whose connection is already closing: nobody is left waiting
+for a token nobody holds. Each round the numbers must move on at the sink; at the end each number
+emitted arrived (and, with the classic topology's transactions, arrived once)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from amqp_components import sink_counts, wait_for
+from broker_admin import active_connection, consumers, drop_connection
+
+import flownb
+from flownb.runtime.amqp.topology import queue_depths, trigger_queues
+from flownb.runtime.amqp.trigger import read_state
+
+pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
+
+RUN_WORKER = Path(__file__).parent / "run_worker.py"
+#: whose connections each round drops: the active poller's; "both": the active one's, then right after
+#: the next in line's (the token may be handed to a connection already closing); "next first": the
+#: next in line's, then the active one's
+ROUNDS = ["active", "both", "next first", "both"]
+RESUMES_WITHIN = 20.0  # seconds: a reconnect (back-off 0.5-4 s here) and a single-active-consumer switch
+
+
+def _replica(spec: Path, broker: str, log: Path, queue_type: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(RUN_WORKER), "worker", str(spec), "--step", "src"],
+                            env={**os.environ, "FLOWNB_BROKER_URL": broker, "FLOWNB_QUEUE_TYPE": queue_type},
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def _committed(logs: list[Path]) -> int:
+    """Polls the replicas have committed so far (each logs one line per poll that emitted)."""
+    return sum(log.read_text().count("emitted 1 message(s)") for log in logs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+def test_dropping_the_active_pollers_connection_hands_the_poll_to_a_replica(broker, running, tmp_path, monkeypatch,
+                                                                           queue_type):
+    monkeypatch.setenv("FLOWNB_QUEUE_TYPE", queue_type)
+    db = tmp_path / "sink.db"
+    flow = flownb.Flow(name=f"poller-{uuid.uuid4().hex[:8]}",
+                       trigger=flownb.step("src", "amqptest.count", total=100_000, batch=1, interval="50ms"),
+                       steps=[flownb.step("sink", "amqptest.sink", path=str(db))])
+    spec = flow.save(tmp_path / "flow.yaml")
+    election = trigger_queues(flow.resolved())[1] or trigger_queues(flow.resolved())[0]  # .poller, or .state
+    sink = running(flow, ["sink"], broker)
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    procs = []
+    try:
+        for log in logs:
+            procs.append(_replica(spec, broker, log, queue_type))
+            wait_for(lambda log=log: "waiting to be the active poller" in log.read_text(), 60, what=f"{log.stem} up")
+        wait_for(lambda: len(consumers(broker, election)) == 2, 30, what="both replicas consuming")
+        for rnd, how in enumerate(ROUNDS):
+            wait_for(lambda n=3 * (rnd + 1): _committed(logs) >= n, RESUMES_WITHIN, what="polls before the drop")
+            active = wait_for(lambda: active_connection(broker, election), 30, what="an active poller")
+            others = [c["channel_details"]["connection_name"] for c in consumers(broker, election)
+                      if c["channel_details"]["connection_name"] != active]
+            before = _committed(logs)
+            order = {"active": [active], "both": [active, *others], "next first": [*others, active]}[how]
+            for name in order:
+                drop_connection(name)
+            t0 = time.monotonic()
+            try:
+                wait_for(lambda n=before + 3: _committed(logs) >= n, RESUMES_WITHIN,
+                         what=f"round {rnd}: the polls to resume after dropping {how}")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n--- a:\n{logs[0].read_text()[-3000:]}\n--- b:\n"
+                                     f"{logs[1].read_text()[-3000:]}") from None
+            print(f"round {rnd} ({how} dropped): polls resumed in {time.monotonic() - t0:.1f} s")
+            assert [p.poll() for p in procs] == [None, None], "a replica exited"
+            wait_for(lambda: len(consumers(broker, election)) == 2, 30, what="both replicas consuming again")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        codes = [p.wait(60) for p in procs]
+    assert codes == [0, 0], (codes, logs[0].read_text()[-2000:], logs[1].read_text()[-2000:])
+    emitted = read_state(flow.resolved(), broker)["next"]
+    wait_for(lambda: sink_counts(db)[0] == emitted, 30, what=f"all {emitted} emitted numbers at the sink")
+    sink.stop()
+    assert queue_depths(flow.resolved(), broker)["sink"] == {"ready": 0, "dead": 0, "retry": 0}
+    seen, deliveries = sink_counts(db)
+    assert seen == emitted
+    if queue_type == "classic":  # one transaction per poll: never emitted twice
+        assert deliveries == seen
