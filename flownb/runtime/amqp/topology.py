@@ -107,9 +107,11 @@ def max_deliveries() -> int:
 
 
 def broker_timeout() -> float:
-    """Seconds a step worker waits for the broker before it starts over on a new connection: for the
+    """Seconds a worker waits for the broker before it starts over on a new connection: for the
     confirm of a publish, the answer to its queue probe, or a ready message to be delivered while it
-    holds nothing (env ``FLOWNB_BROKER_TIMEOUT``, a duration such as ``30s``, the default)."""
+    holds nothing (a step worker); for a poll's confirms, room check, ``tx.commit`` or the answer to its
+    cursor-queue probe, or a quorum cursor nobody reads (a trigger) (env ``FLOWNB_BROKER_TIMEOUT``, a
+    duration such as ``30s``, the default)."""
     raw = os.environ.get("FLOWNB_BROKER_TIMEOUT", "").strip()
     try:
         value = parse_duration(raw) if raw else DEFAULT_BROKER_TIMEOUT

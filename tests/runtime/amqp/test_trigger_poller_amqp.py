@@ -9,21 +9,25 @@ emitted arrived (and, with the classic topology's transactions, arrived once).""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 
 import pytest
 from amqp_components import sink_counts, wait_for
 from broker_admin import active_connection, consumers, drop_connection
+from relay import Relay
 
 import flownb
 from flownb.runtime.amqp.topology import queue_depths, trigger_queues
-from flownb.runtime.amqp.trigger import read_state
+from flownb.runtime.amqp.trigger import TriggerWorker, read_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
 
@@ -70,11 +74,15 @@ def test_dropping_the_active_pollers_connection_hands_the_poll_to_a_replica(brok
             active = wait_for(lambda: active_connection(broker, election), 30, what="an active poller")
             others = [c["channel_details"]["connection_name"] for c in consumers(broker, election)
                       if c["channel_details"]["connection_name"] != active]
-            before = _committed(logs)
             order = {"active": [active], "both": [active, *others], "next first": [*others, active]}[how]
             for name in order:
                 drop_connection(name)
             t0 = time.monotonic()
+            # the broker closes them a moment after it answered: count the polls from when they are gone
+            wait_for(lambda gone=set(order): not gone & {c["channel_details"]["connection_name"]
+                                                         for c in consumers(broker, election)},
+                     10, what="the dropped connections gone")
+            before = _committed(logs)
             try:
                 wait_for(lambda n=before + 3: _committed(logs) >= n, RESUMES_WITHIN,
                          what=f"round {rnd}: the polls to resume after dropping {how}")
@@ -98,3 +106,57 @@ def test_dropping_the_active_pollers_connection_hands_the_poll_to_a_replica(brok
     assert seen == emitted
     if queue_type == "classic":  # one transaction per poll: never emitted twice
         assert deliveries == seen
+
+
+# a swallowed delivery of the classic topology's cursor is not seen (see TriggerWorker._watch): the
+# broker counts it as held, exactly as the cursor an active poller holds between two polls
+@pytest.mark.parametrize(("queue_type", "how"), [("classic", "mute"), ("quorum", "mute"), ("quorum", "swallow")])
+def test_a_replica_whose_connection_went_quiet_cannot_keep_the_poll_from_the_others(broker, tmp_path, monkeypatch,
+                                                                                   caplog, queue_type, how):
+    """The replica next in line sits behind a relay that goes quiet — "mute": the broker's frames no
+    longer reach it; "swallow": only its deliveries are lost — while its connection stays open (the
+    broker still hears its heartbeats). The active poller's connection is then dropped: the broker
+    hands the cursor (classic) or the token (quorum) to the quiet replica, which never sees it. Within
+    FLOWNB_BROKER_TIMEOUT (and its probe interval) a replica must notice and reconnect, so the polls go on;
+    pika's heartbeat check alone would take 65-130 s, and a swallowed delivery would be held forever."""
+    timeout = 3.0
+    monkeypatch.setenv("FLOWNB_BROKER_TIMEOUT", f"{timeout:g}s")
+    monkeypatch.setenv("FLOWNB_QUEUE_TYPE", queue_type)
+    flow = flownb.Flow(name=f"quiet-{uuid.uuid4().hex[:8]}",
+                       trigger=flownb.step("src", "amqptest.count", total=100_000, batch=1, interval="50ms"),
+                       steps=[flownb.step("sink", "amqptest.sink", path=str(tmp_path / "unused.db"))]).resolved()
+    election = trigger_queues(flow)[1] or trigger_queues(flow)[0]
+    relay = Relay(urllib.parse.urlsplit(broker).port or 5672)
+    u = urllib.parse.urlsplit(broker)
+    quiet_url = u._replace(netloc=f"{u.username}:{u.password}@127.0.0.1:{relay.port}").geturl()
+    a, b = TriggerWorker(flow, broker), TriggerWorker(flow, quiet_url)
+    threads = [threading.Thread(target=w.run, daemon=True) for w in (a, b)]
+    with caplog.at_level(logging.WARNING, logger="flownb"):
+        try:
+            threads[0].start()
+            wait_for(lambda: a.polls >= 3, 30, what="a polling")
+            threads[1].start()
+            wait_for(lambda: len(consumers(broker, election)) == 2, 30, what="b waiting behind a")
+            if how == "mute":
+                relay.mute()
+            else:
+                relay.swallow_deliveries()
+            active = wait_for(lambda: active_connection(broker, election), 30, what="a as the active poller")
+            before = a.polls + b.polls
+            drop_connection(active)  # a reconnects at once, behind b: the broker picks b
+            t0 = time.monotonic()
+            wait_for(lambda: a.polls + b.polls >= before + 3, timeout * 5,
+                     what=f"the polls to go on within {timeout * 5:g} s (b, {how}: is the "
+                          f"{'token' if queue_type == 'quorum' else 'cursor'} stranded with it?)")
+            took = time.monotonic() - t0
+            relay.unmute()
+        finally:
+            for w in (a, b):
+                w.stop()
+            for t in threads:
+                t.join(30)
+            relay.close()
+    assert not any(t.is_alive() for t in threads)
+    words = {"mute": "no answer from the broker", "swallow": "with nobody reading it"}[how]
+    assert any(words in r.getMessage() for r in caplog.records), caplog.text  # said why it reconnected
+    print(f"\npolls resumed {took:.1f} s after the drop (timeout {timeout:g} s)")
