@@ -75,6 +75,8 @@ class Relay:
                 if cid is None:
                     b.sendall(data)
                     continue
+                while cid in self.muted and not self.stopping.is_set():
+                    time.sleep(0.05)  # read just as mute() was called: held too
                 pending += data
                 out, pending = self._frames(pending, dropping, cid in self.swallowing)
                 if out:
