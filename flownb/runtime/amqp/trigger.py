@@ -159,10 +159,22 @@ class TriggerWorker:
             cancelled: list[str] = []  # a consumer the broker cancelled (queue deleted, its node gone)
             for c in (ch, lock) if self.lock_q is not None else (ch,):
                 c.add_on_cancel_callback(lambda frame: cancelled.append(frame.method.consumer_tag))
+            # a channel the broker closed under a consumer (RabbitMQ's consumer_timeout closes the channel
+            # of a delivery unacked for 30 min by default: the poller token is never acked) is no error
+            # that pika raises while this loop only runs process_data_events: without a word the token
+            # would pass to the next replica while this one polls on, or a held cursor would return
+            closed: list[str] = []
+            for c in (ch, lock, probe) if self.lock_q is not None else (ch, probe):
+                impl = async_channel(c)
+                if impl is not None:
+                    impl.add_on_close_callback(lambda _c, reason: closed.append(str(reason)))
             self.consuming.set()
             log.info("trigger '%s': waiting to be the active poller", self.name)
             while not self._stopping:
                 conn.process_data_events(time_limit=self._wait_time())
+                if closed:
+                    raise BrokerError(f"the broker closed a channel of trigger '{self.name}' ({closed[0]}); "
+                                      f"starting over on a new connection")
                 if cancelled:  # nothing more would arrive, silently: start over on a new connection
                     raise BrokerError(f"the broker cancelled trigger '{self.name}''s consumer {cancelled[0]} "
                                       f"(its queue was deleted or its node went down)")

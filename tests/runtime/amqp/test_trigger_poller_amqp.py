@@ -160,3 +160,50 @@ def test_a_replica_whose_connection_went_quiet_cannot_keep_the_poll_from_the_oth
     words = {"mute": "no answer from the broker", "swallow": "with nobody reading it"}[how]
     assert any(words in r.getMessage() for r in caplog.records), caplog.text  # said why it reconnected
     print(f"\npolls resumed {took:.1f} s after the drop (timeout {timeout:g} s)")
+
+
+def test_the_brokers_consumer_timeout_on_the_poller_token_is_loud_and_keeps_one_poller(private_broker_with, tmp_path,
+                                                                                      monkeypatch, caplog):
+    """RabbitMQ closes the channel of a delivery left unacked longer than its ``consumer_timeout`` (30
+    min by default) — and the active poller never acks its token. Seen on 3.10.8 before: the token's
+    channel closed without a word to the worker, the token went to the next replica, and from then on
+    both consumed the cursor queue (two "active" pollers passing the cursor between them). Now the
+    replica whose channel was closed says so (WARNING) and starts over behind the others. A node of
+    this test's own with a consumer_timeout of 3 s, checked every 0.5 s."""
+    node = private_broker_with(consumer_timeout=3000)
+    node.ctl("eval", "application:set_env(rabbit, channel_tick_interval, 500).")  # channels opened from now on
+    broker = node.new_vhost()
+    monkeypatch.setenv("FLOWNB_QUEUE_TYPE", "quorum")
+    flow = flownb.Flow(name=f"ctimeout-{uuid.uuid4().hex[:8]}",
+                       trigger=flownb.step("src", "amqptest.count", total=100_000, batch=1, interval="100ms"),
+                       steps=[flownb.step("sink", "amqptest.sink", path=str(tmp_path / "unused.db"))]).resolved()
+    cursor_q = trigger_queues(flow)[0]
+    workers = [TriggerWorker(flow, broker), TriggerWorker(flow, broker)]
+    threads = [threading.Thread(target=w.run, daemon=True) for w in workers]
+    from flownb.runtime.amqp.topology import connect
+    conn = None
+    with caplog.at_level(logging.WARNING, logger="flownb"):
+        try:
+            threads[0].start()
+            wait_for(lambda: workers[0].polls >= 3, 30, what="the first replica polling")
+            threads[1].start()
+            wait_for(lambda: any("timed out" in r.getMessage() and "closed a channel of trigger 'src'" in r.getMessage()
+                                 for r in caplog.records), 30, what="the consumer timeout to be reported")
+            conn = connect(broker)
+            ch = conn.channel()
+            readers = []
+            for _ in range(12):  # consumers of the cursor queue, as the broker counts them
+                readers.append(ch.queue_declare(cursor_q, passive=True).method.consumer_count)
+                conn.sleep(0.25)
+            before = workers[0].polls + workers[1].polls
+            wait_for(lambda: workers[0].polls + workers[1].polls >= before + 5, 20, what="the polls to go on")
+        finally:
+            for w in workers:
+                w.stop()
+            for t in threads:
+                t.join(30)
+            if conn is not None and conn.is_open:
+                conn.close()
+    assert not any(t.is_alive() for t in threads)
+    # one reader at a time (a replica that starts over is gone from the broker before it comes back)
+    assert readers.count(2) <= 2, readers
