@@ -208,7 +208,8 @@ class TriggerWorker:
     #   timeout means the token went to a replica that did not get it (it consumes ``.cursor`` as soon
     #   as it does): every replica that sees it starts over on a new connection, the one holding the
     #   token unawares included. (In the classic topology the cursor itself is what the broker hands
-    #   over, and a lost delivery of it looks like a held cursor: only the first case is seen there.)
+    #   over, and a lost delivery of it looks like a held cursor: only the first case is seen there;
+    #   the broker's consumer_timeout closes the channel of that lost delivery in the end, see _session.)
     def _probe_every(self) -> float:
         return max(2.0, self.timeout / 6)
 

@@ -116,6 +116,34 @@ def test_a_worker_to_which_ready_messages_are_never_delivered_says_so_and_reconn
     assert noticed < TIMEOUT * 5
 
 
+def test_deliveries_lost_with_nothing_left_ready_end_at_the_brokers_consumer_timeout(private_broker_with, running,
+                                                                                      tmp_path, caplog):
+    """The watchdog's blind spot: every message was delivered (the queue reports none ready) and the
+    deliveries were lost on the way; the worker holds nothing and sees nothing to wait for. The
+    broker's consumer_timeout (30 min by default; 3 s on this test's own node, checked every 0.5 s)
+    closes the channel of those unacked deliveries: the worker says so and starts over, and the
+    messages arrive."""
+    node = private_broker_with(consumer_timeout=3000)
+    node.ctl("eval", "application:set_env(rabbit, channel_tick_interval, 500).")  # channels opened from now on
+    broker = node.new_vhost()
+    relay = Relay(urllib.parse.urlsplit(broker).port or 5672)
+    db = tmp_path / "sink.db"
+    flow = flownb.Flow(name="lostdeliveries", trigger=flownb.step("src", "amqptest.count", total=0),
+                       steps=[flownb.step("sink", "amqptest.sink", path=str(db))])
+    try:
+        with caplog.at_level(logging.WARNING, logger="flownb.runtime.amqp.step_worker"):
+            running(flow, ["sink"], _through(broker, relay), prefetch=5)
+            publish_to_step(broker, flow, "sink", range(3))
+            wait_for(lambda: sink_counts(db)[0] == 3, what="the first 3 at the sink")
+            relay.swallow_deliveries()
+            publish_to_step(broker, flow, "sink", range(3, 6))  # fewer than the prefetch: none stays ready
+            wait_for(lambda: sink_counts(db)[0] == 6, timeout=30, what="the lost 3 at the sink after the timeout")
+        assert relay.swallowed == 3
+        assert "channel closed by the broker" in caplog.text and "timed out" in caplog.text, caplog.text
+    finally:
+        relay.close()
+
+
 def test_a_worker_whose_publishes_the_broker_never_confirms_says_so_and_reconnects(broker, relay, running, tmp_path,
                                                                                    caplog, monkeypatch):
     """Holding inputs whose outputs the broker never confirms (its prefetch window would stay full
