@@ -9,6 +9,11 @@ waiting for each other (the frames are written in order, the broker confirms the
 - returned as unroutable, connection lost before the confirm, or no connection → 503.
 
 A lost connection is re-opened in the background with back-off; meanwhile requests get 503 at once.
+A confirm that does not come within ``publish_timeout`` (a 503) makes the ingress probe the
+connection (a passive ``queue.declare`` on a channel of its own); a probe not answered as long ends
+the connection, which is then re-opened: a connection gone quiet while it stays open (the broker's
+frames lost, the heartbeats it hears still sent) would otherwise answer every request 503, each
+after ``publish_timeout``, until aiormq's heartbeat grace of 3 × (heartbeat + 1) s (183 s) ran out.
 Sync replies come back on an exclusive, server-named queue whose name travels in the message
 header :data:`~flownb.runtime.amqp.names.REPLY_TO_HEADER`; they are matched by trace id.
 """
@@ -101,6 +106,7 @@ class AmqpIngest:
         self._task: asyncio.Task | None = None
         self._connected = asyncio.Event()
         self._stopping = False
+        self._probing: asyncio.Task | None = None  # checking a connection that let a confirm time out
         self.last_error: str = "not connected yet"
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -119,6 +125,9 @@ class AmqpIngest:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self._book.cancel_all()
+        if self._probing is not None:
+            self._probing.cancel()
+            await asyncio.gather(self._probing, return_exceptions=True)
         await self._drop()
 
     def healthy(self) -> bool:
@@ -220,6 +229,8 @@ class AmqpIngest:
                                f"message (full)") from exc
         except _FAILURES as exc:
             self._abandon(future)
+            if isinstance(exc, TimeoutError):
+                self._check(channel)
             raise Unavailable(f"RabbitMQ did not confirm the message ({type(exc).__name__}: {exc})") from exc
         if not isinstance(confirm, Basic.Ack):
             self._abandon(future)
@@ -252,6 +263,37 @@ class AmqpIngest:
             raise  # mapped by submit()
         except Exception as exc:  # whatever else a closing channel rejected the confirmation with
             raise ConnectionError(f"no confirm from the broker ({type(exc).__name__}: {exc})") from exc
+
+    def _check(self, channel) -> None:
+        """A confirm on ``channel`` timed out: probe its connection once (in the background)."""
+        conn = self._conn
+        if self._probing is not None or conn is None or channel is not self._channel or self._stopping:
+            return
+        self._probing = asyncio.get_running_loop().create_task(self._probe(conn),
+                                                               name=f"flownb-webhook-probe-{self.flow}")
+
+    async def _probe(self, conn: aiormq.abc.AbstractConnection) -> None:
+        """End ``conn`` unless it answers a passive declare of the first queue within ``publish_timeout``."""
+        try:
+            try:
+                async with asyncio.timeout(self.publish_timeout):
+                    probe = await conn.channel()
+                    try:
+                        await probe.queue_declare(names.step_queue(self.flow, self.routing_key), passive=True)
+                    finally:
+                        await probe.close()
+                return  # it answers: the broker is slow, not gone (the next confirms may come)
+            except TimeoutError:
+                pass
+            except _FAILURES:
+                return  # the connection failed by itself: _keep_connected sees it
+            if conn is self._conn and not conn.is_closed:
+                self.last_error = (f"no confirm and no answer to a probe from RabbitMQ within "
+                                   f"{self.publish_timeout:g} s (the connection went quiet)")
+                log.warning("webhook %s: %s; reconnecting", self.flow, self.last_error)
+                await asyncio.gather(conn.close(ConnectionError(self.last_error)), return_exceptions=True)
+        finally:
+            self._probing = None
 
     @staticmethod
     def _abandon(future: asyncio.Future | None) -> None:

@@ -57,6 +57,7 @@ from .topology import (
     pick_level,
     queue_type,
     retry_levels,
+    step_timeout,
     suspect_queue,
 )
 from .topology import max_deliveries as env_max_deliveries
@@ -116,6 +117,10 @@ class StepWorker:
         #: how long a confirm, a probe's answer or the delivery of a ready message may take before the
         #: worker starts over on a new connection (FLOWNB_BROKER_TIMEOUT): never a silent wait
         self.timeout = timeout or broker_timeout()
+        #: the longest the processing thread may spend on one batch (FLOWNB_STEP_TIMEOUT; None: no bound)
+        self.step_timeout = step_timeout()
+        self._busy_since: float | None = None  # when the processing thread took its current batch
+        self._busy_size = 0
         # poison detection: quorum queues count deliveries; on classic queues the worker counts them
         self.quorum = queue_type() == "quorum"
         self.max_deliveries = max_deliveries or env_max_deliveries()
@@ -129,6 +134,7 @@ class StepWorker:
         self.consuming = threading.Event()   # set while consumers are registered (tests, start-up timing)
         self._stopping = False
         self._fatal: BaseException | None = None
+        self._hung = False  # the processing thread outlived FLOWNB_STEP_TIMEOUT on one batch
         self._ready = threading.Event()      # the component's setup() succeeded
         self._halt = threading.Event()       # set by stop()/abort: ends setup retries
         self._wake = threading.Event()
@@ -175,6 +181,8 @@ class StepWorker:
             self._work.put(None)
             if self._fatal is None:
                 processor.join(60)
+        if self._hung and self._fatal is not None:
+            raise self._fatal  # the processing thread hangs (_stuck): recorded as this failure already
         if self._fatal is not None:
             raise RuntimeFailure(f"step '{self.step.name}': its processing thread died "
                                  f"({type(self._fatal).__name__}: {self._fatal}); unacknowledged messages "
@@ -413,7 +421,9 @@ class StepWorker:
                 if item is None:
                     return
                 gen, conn, recs, batch, deaths, start, stop = item
+                self._busy_size, self._busy_since = len(batch), time.monotonic()
                 results = self._compute(batch, deaths, start, stop)
+                self._busy_since = None
                 try:
                     apply = functools.partial(self._apply, gen, recs, batch, results)
                     conn.ioloop.add_callback_threadsafe(apply)
@@ -626,12 +636,32 @@ class StepWorker:
     def _watch(self, gen: int) -> None:
         if gen != self._gen or self._stopping or self._ch is None or not self._ch.is_open:
             return
+        if self._stuck(time.monotonic()):
+            return
         problem = self._stalled(time.monotonic())
         if problem:
             log.warning("step '%s': %s; reconnecting", self.step.name, problem)
             self._restart()
             return
         self._loop_conn.ioloop.call_later(_WATCH_EVERY, functools.partial(self._watch, gen))
+
+    def _stuck(self, now: float) -> bool:
+        """The processing thread has spent longer than ``step_timeout`` on one batch: a component that
+        hangs. No thread can be stopped from outside, so the worker fails as if that thread had died
+        (``/healthz`` 503, ``flownb worker`` exits 70 and its restart brings the messages back; the
+        one that hangs every time is dead-lettered as poison)."""
+        since = self._busy_since
+        if self.step_timeout is None or since is None or now - since <= self.step_timeout:
+            return False
+        exc = RuntimeFailure(
+            f"step '{self.step.name}': one batch of {self._busy_size} message(s) has run for {now - since:.0f} s, "
+            f"longer than FLOWNB_STEP_TIMEOUT ({self.step_timeout:g} s): the component hangs (a call without a "
+            f"timeout?); its messages return to the queue, and one that hangs the step every time is "
+            f"dead-lettered as poison after FLOWNB_MAX_DELIVERIES")
+        self._fatal, self._hung = exc, True  # run() raises it instead of waiting for the processing thread
+        HEALTH.fail(f"step '{self.step.name}' (processing thread)", exc)
+        self._abort()
+        return True
 
     def _stalled(self, now: float) -> str | None:
         """What the broker has kept this worker waiting for longer than ``timeout``, or None."""

@@ -107,9 +107,11 @@ def max_deliveries() -> int:
 
 
 def broker_timeout() -> float:
-    """Seconds a step worker waits for the broker before it starts over on a new connection: for the
+    """Seconds a worker waits for the broker before it starts over on a new connection: for the
     confirm of a publish, the answer to its queue probe, or a ready message to be delivered while it
-    holds nothing (env ``FLOWNB_BROKER_TIMEOUT``, a duration such as ``30s``, the default)."""
+    holds nothing (a step worker); for a poll's confirms, room check, ``tx.commit`` or the answer to its
+    cursor-queue probe, or a quorum cursor nobody reads (a trigger) (env ``FLOWNB_BROKER_TIMEOUT``, a
+    duration such as ``30s``, the default)."""
     raw = os.environ.get("FLOWNB_BROKER_TIMEOUT", "").strip()
     try:
         value = parse_duration(raw) if raw else DEFAULT_BROKER_TIMEOUT
@@ -118,6 +120,25 @@ def broker_timeout() -> float:
     if value <= 0:
         raise BrokerError(f"FLOWNB_BROKER_TIMEOUT={raw!r} is not a positive duration; set it to how long a worker "
                           f"waits for the broker before it reconnects, such as 30s")
+    return value
+
+
+def step_timeout() -> float | None:
+    """Seconds a step worker's processing thread may spend on one batch before the worker gives up on
+    it (env ``FLOWNB_STEP_TIMEOUT``, a duration such as ``15m``; unset: no bound). A thread stuck in a
+    component cannot be stopped, so the worker fails (``/healthz`` 503, ``flownb worker`` exits 70) and
+    the broker gives the batch back; a message that hangs its step every time is dead-lettered as
+    ``PoisonMessage`` after ``FLOWNB_MAX_DELIVERIES``."""
+    raw = os.environ.get("FLOWNB_STEP_TIMEOUT", "").strip()
+    if not raw:
+        return None
+    try:
+        value = parse_duration(raw)
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        raise BrokerError(f"FLOWNB_STEP_TIMEOUT={raw!r} is not a positive duration; set it to the longest a step "
+                          f"may take over one batch, such as 15m, or leave it unset for no bound")
     return value
 
 

@@ -30,6 +30,10 @@ and the poller token stay held); the room check or a ``tx.commit`` not answered 
 connection (:func:`~flownb.runtime.amqp.publish.deadline`). Either way the poll is repeated from the
 committed cursor, so in the quorum topology a poll is at-least-once.
 
+A replica whose connection went quiet while it stays open must not keep the poll from the others:
+every replica probes the cursor queue every few seconds (see ``_watch``), bounded by
+``FLOWNB_BROKER_TIMEOUT``.
+
 Back-pressure: before committing, the first step's queue depth plus the poll's size must fit its
 length limit; otherwise the poll is not committed and is repeated (from the same cursor) later. The
 check is what enforces the limit: a transaction has no publisher confirms, so a full queue does not
@@ -112,6 +116,8 @@ class TriggerWorker:
         self._token = False       # quorum topology: this replica received the poller token
         self._reading = False     # consuming the cursor queue (quorum: once the token is held)
         self._took_at = 0.0       # quorum: when this replica took over (no cursor for long: an error)
+        self._next_probe = 0.0    # when the watchdog next probes the cursor queue (time.monotonic())
+        self._unread_since: float | None = None  # quorum: a cursor seen ready with no consumer since
 
     def stop(self) -> None:
         self._stopping = True
@@ -141,6 +147,8 @@ class TriggerWorker:
                 self._open_pub(conn)
             self._token = self._reading = False
             self._took_at = 0.0
+            probe = conn.channel()  # the watchdog's: a passive declare that fails closes only this channel
+            self._next_probe, self._unread_since = time.monotonic() + self._probe_every(), None
             if self.lock_q is None:
                 ch.basic_consume(self.state_q, self._on_state, auto_ack=False)
                 self._reading = True
@@ -151,10 +159,22 @@ class TriggerWorker:
             cancelled: list[str] = []  # a consumer the broker cancelled (queue deleted, its node gone)
             for c in (ch, lock) if self.lock_q is not None else (ch,):
                 c.add_on_cancel_callback(lambda frame: cancelled.append(frame.method.consumer_tag))
+            # a channel the broker closed under a consumer (RabbitMQ's consumer_timeout closes the channel
+            # of a delivery unacked for 30 min by default: the poller token is never acked) is no error
+            # that pika raises while this loop only runs process_data_events: without a word the token
+            # would pass to the next replica while this one polls on, or a held cursor would return
+            closed: list[str] = []
+            for c in (ch, lock, probe) if self.lock_q is not None else (ch, probe):
+                impl = async_channel(c)
+                if impl is not None:
+                    impl.add_on_close_callback(lambda _c, reason: closed.append(str(reason)))
             self.consuming.set()
             log.info("trigger '%s': waiting to be the active poller", self.name)
             while not self._stopping:
                 conn.process_data_events(time_limit=self._wait_time())
+                if closed:
+                    raise BrokerError(f"the broker closed a channel of trigger '{self.name}' ({closed[0]}); "
+                                      f"starting over on a new connection")
                 if cancelled:  # nothing more would arrive, silently: start over on a new connection
                     raise BrokerError(f"the broker cancelled trigger '{self.name}''s consumer {cancelled[0]} "
                                       f"(its queue was deleted or its node went down)")
@@ -167,12 +187,47 @@ class TriggerWorker:
                               self.name, self.state_q)
                 if self._held and time.time() >= self._held[3]:
                     self._poll(conn, ch)
+                if time.monotonic() >= self._next_probe:
+                    self._watch(conn, probe)
         finally:
             if conn.is_open:
                 try:
                     conn.close()  # an unacked cursor goes back to the queue for the next poller
                 except AMQP_ERRORS:
                     pass
+
+    # -- the watchdog: a connection that went quiet must not keep the poll from the other replicas --
+    # A replica's connection can stop carrying the broker's frames, or its deliveries, while it stays
+    # open (the broker still hears this replica's heartbeats, so it keeps what it handed out). If the
+    # broker hands the cursor (classic) or the poller token (quorum) to such a replica, nobody polls:
+    # pika's heartbeat check would notice a silent connection only after 65-130 s, and a lost delivery
+    # never. So every replica, waiting or polling, probes the cursor queue every few seconds:
+    # - a probe not answered within the timeout ends the connection (:func:`deadline`): this replica
+    #   starts over, and whatever the broker handed it goes back to its queue;
+    # - quorum topology: a cursor that stays ready in ``.cursor`` with no consumer for longer than the
+    #   timeout means the token went to a replica that did not get it (it consumes ``.cursor`` as soon
+    #   as it does): every replica that sees it starts over on a new connection, the one holding the
+    #   token unawares included. (In the classic topology the cursor itself is what the broker hands
+    #   over, and a lost delivery of it looks like a held cursor: only the first case is seen there;
+    #   the broker's consumer_timeout closes the channel of that lost delivery in the end, see _session.)
+    def _probe_every(self) -> float:
+        return max(2.0, self.timeout / 6)
+
+    def _watch(self, conn, probe) -> None:
+        now = time.monotonic()
+        self._next_probe = now + self._probe_every()
+        with deadline(conn, self.timeout, f"trigger '{self.name}' probing its cursor queue '{self.state_q}'"):
+            cursor = probe.queue_declare(self.state_q, passive=True).method
+        if self.lock_q is None or self._reading or not cursor.message_count or cursor.consumer_count:
+            self._unread_since = None
+            return
+        if self._unread_since is None:
+            self._unread_since = now
+        elif now - self._unread_since > self.timeout:
+            raise BrokerError(f"trigger '{self.name}': the cursor has waited in '{self.state_q}' for "
+                              f"{now - self._unread_since:.0f} s with nobody reading it, so the poller token of "
+                              f"'{self.lock_q}' went to a replica that did not receive it (maybe this one); "
+                              f"starting over on a new connection")
 
     def _wait_time(self) -> float:
         if self._held is None:

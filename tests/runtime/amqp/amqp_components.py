@@ -3,6 +3,7 @@
 - ``amqptest.count`` (poll): emits ``{"n": i}`` for i in [0, total), ``batch`` per poll; cursor ``next``
 - ``amqptest.work``: adds ``"w": n * 2``; sleeps ``sleep_ms``; a body with ``"poison": true`` raises a
   retryable error until the file ``fix_file`` exists
+- ``amqptest.hang``: returns the body; the message with ``"n": on`` hangs (an hour)
 - ``amqptest.http``: POSTs the body to ``url``; 5xx → retryable; returns the body
 - ``amqptest.sink``: idempotent SQLite sink: ``seen(n primary key)`` plus ``deliveries(n)`` counting
   every arrival (duplicates visible), one transaction per batch
@@ -56,6 +57,18 @@ def work(body, ctx):
     if body.get("poison") and not (ctx.config.fix_file and Path(ctx.config.fix_file).exists()):
         raise RetryableError(f"poison message {body.get('n')}")
     return {**body, "w": body["n"] * 2}
+
+
+class HangConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    on: int = 1  # the n whose message hangs the step (an hour: a call without a timeout)
+
+
+@flownb.action("amqptest.hang", config=HangConfig)
+def hang(body, ctx):
+    if body.get("n") == ctx.config.on:
+        time.sleep(3600)
+    return body
 
 
 class HttpConfig(BaseModel):

@@ -10,13 +10,13 @@ messages."""
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 import urllib.parse
 
 import pytest
 from amqp_components import publish_to_step, sink_counts, wait_for
+from relay import Relay
 
 import flownb
 from flownb.runtime.amqp import names
@@ -24,79 +24,6 @@ from flownb.runtime.amqp.topology import connect
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
 TIMEOUT = 3.0  # FLOWNB_BROKER_TIMEOUT of these workers
-
-
-class Relay:
-    """127.0.0.1:port → the broker. ``mute()``: the connections open now stop passing the broker's
-    frames to the client (they stay open; the client's frames still reach the broker); connections
-    made later are not muted. ``unmute()`` lets the held frames through."""
-
-    def __init__(self, target_port: int):
-        self.target = target_port
-        self.srv = socket.socket()
-        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.srv.bind(("127.0.0.1", 0))
-        self.srv.listen(16)
-        self.srv.settimeout(0.2)
-        self.port = self.srv.getsockname()[1]
-        self.muted: set[int] = set()   # ids of muted connections
-        self.open: list[int] = []      # ids of the connections made so far
-        self.socks: list[socket.socket] = []
-        self.stopping = threading.Event()
-        self.accepted = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                c, _ = self.srv.accept()
-            except OSError:
-                continue
-            u = socket.create_connection(("127.0.0.1", self.target))
-            self.accepted += 1
-            cid = self.accepted
-            self.open.append(cid)
-            self.socks += [c, u]
-            threading.Thread(target=self._pipe, args=(c, u, None), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(u, c, cid), daemon=True).start()
-
-    def _pipe(self, a: socket.socket, b: socket.socket, cid: int | None) -> None:
-        a.settimeout(0.1)
-        try:
-            while not self.stopping.is_set():
-                if cid is not None and cid in self.muted:
-                    time.sleep(0.05)  # the broker's frames wait (in the kernel's buffers)
-                    continue
-                try:
-                    data = a.recv(65536)
-                except TimeoutError:
-                    continue
-                if not data:
-                    break
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def mute(self) -> None:
-        self.muted.update(self.open)
-
-    def unmute(self) -> None:
-        self.muted.clear()
-
-    def close(self) -> None:
-        self.stopping.set()
-        self.srv.close()
-        for s in self.socks:
-            try:
-                s.close()
-            except OSError:
-                pass
 
 
 @pytest.fixture
@@ -152,6 +79,69 @@ def test_a_worker_the_broker_stops_delivering_to_says_so_and_reconnects(broker, 
     assert r.workers[0].consuming.is_set()
     print(f"\nsilent broker noticed after {noticed:.1f} s (timeout {TIMEOUT} s)")
     assert noticed < TIMEOUT * 5
+
+
+def test_a_worker_to_which_ready_messages_are_never_delivered_says_so_and_reconnects(broker, relay, running, tmp_path,
+                                                                                      caplog, monkeypatch):
+    """The watchdog's third case: the broker answers the worker (heartbeats, its queue probe: 'ready
+    messages') and its consumer stays registered, but no delivery reaches it — here the relay drops
+    every basic.deliver, so the broker counts the first prefetch window as delivered and the rest
+    stays ready. Idle with ready messages for longer than the timeout: a WARNING saying so and a new
+    connection, which gets every message (the swallowed ones redelivered): nothing lost."""
+    from flownb.runtime.amqp.topology import queue_depths
+    monkeypatch.setenv("FLOWNB_BROKER_TIMEOUT", f"{TIMEOUT}s")
+    db = tmp_path / "sink.db"
+    flow = flownb.Flow(name="undelivered", trigger=flownb.step("src", "amqptest.count", total=0),
+                       steps=[flownb.step("sink", "amqptest.sink", path=str(db))])
+    with caplog.at_level(logging.WARNING, logger="flownb.runtime.amqp.step_worker"):
+        r = running(flow, ["sink"], _through(broker, relay), prefetch=5)
+        publish_to_step(broker, flow, "sink", range(10))
+        wait_for(lambda: sink_counts(db)[0] == 10, what="the first 10 at the sink")
+        relay.swallow_deliveries()
+        t0 = time.monotonic()
+        publish_to_step(broker, flow, "sink", range(10, 30))
+        wait_for(lambda: "reconnecting" in caplog.text, timeout=TIMEOUT * 5,
+                 what=f"the worker to notice that nothing is delivered within {TIMEOUT * 5:.0f} s")
+        noticed = time.monotonic() - t0
+        assert "nothing delivered for" in caplog.text and "hold ready messages" in caplog.text, caplog.text
+        assert "has not answered" not in caplog.text  # the probe was answered: only deliveries were missing
+        assert relay.swallowed == 5  # one prefetch window, unacked on the old connection
+        wait_for(lambda: sink_counts(db)[0] == 30, timeout=60, what="all 30 at the sink after the reconnect")
+    assert relay.accepted >= 2  # a new connection
+    assert r.workers[0].consuming.is_set()
+    r.stop()
+    assert queue_depths(flow.resolved(), broker)["sink"] == {"ready": 0, "dead": 0, "retry": 0}
+    assert sink_counts(db) == (30, 30)  # the swallowed 5 never ran before: each message once
+    print(f"\nundelivered ready messages noticed after {noticed:.1f} s (timeout {TIMEOUT} s)")
+    assert noticed < TIMEOUT * 5
+
+
+def test_deliveries_lost_with_nothing_left_ready_end_at_the_brokers_consumer_timeout(private_broker_with, running,
+                                                                                      tmp_path, caplog):
+    """The watchdog's blind spot: every message was delivered (the queue reports none ready) and the
+    deliveries were lost on the way; the worker holds nothing and sees nothing to wait for. The
+    broker's consumer_timeout (30 min by default; 3 s on this test's own node, checked every 0.5 s)
+    closes the channel of those unacked deliveries: the worker says so and starts over, and the
+    messages arrive."""
+    node = private_broker_with(consumer_timeout=3000)
+    node.ctl("eval", "application:set_env(rabbit, channel_tick_interval, 500).")  # channels opened from now on
+    broker = node.new_vhost()
+    relay = Relay(urllib.parse.urlsplit(broker).port or 5672)
+    db = tmp_path / "sink.db"
+    flow = flownb.Flow(name="lostdeliveries", trigger=flownb.step("src", "amqptest.count", total=0),
+                       steps=[flownb.step("sink", "amqptest.sink", path=str(db))])
+    try:
+        with caplog.at_level(logging.WARNING, logger="flownb.runtime.amqp.step_worker"):
+            running(flow, ["sink"], _through(broker, relay), prefetch=5)
+            publish_to_step(broker, flow, "sink", range(3))
+            wait_for(lambda: sink_counts(db)[0] == 3, what="the first 3 at the sink")
+            relay.swallow_deliveries()
+            publish_to_step(broker, flow, "sink", range(3, 6))  # fewer than the prefetch: none stays ready
+            wait_for(lambda: sink_counts(db)[0] == 6, timeout=30, what="the lost 3 at the sink after the timeout")
+        assert relay.swallowed == 3
+        assert "channel closed by the broker" in caplog.text and "timed out" in caplog.text, caplog.text
+    finally:
+        relay.close()
 
 
 def test_a_worker_whose_publishes_the_broker_never_confirms_says_so_and_reconnects(broker, relay, running, tmp_path,
