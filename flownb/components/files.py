@@ -86,6 +86,28 @@ def _cell_parser(numbers: bool):
     return cell
 
 
+#: distinct texts a column's cache keeps; a column with more (ids, emails) is parsed cell by cell
+CELL_CACHE = 1024
+
+
+class _CellCache(dict):
+    """A column's cell texts → values (None, int, float or the str: immutable, so shared), filled
+    as cells are read, up to :data:`CELL_CACHE` texts: a column that repeats its values (a country,
+    a quantity, a price) is then read by a dict lookup instead of a call of the parser per cell."""
+
+    __slots__ = ("parse",)
+
+    def __init__(self, parse):
+        super().__init__()
+        self.parse = parse
+
+    def __missing__(self, text: str) -> Any:
+        value = self.parse(text)
+        if len(self) < CELL_CACHE:
+            self[text] = value
+        return value
+
+
 def _order(value: Any) -> tuple:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return (1, str(value))
@@ -127,6 +149,11 @@ class CsvPoll(PollingTrigger[CsvPollConfig]):
         "arithmetic gives nothing) where csv.poll sends null, a number with leading zeros ('01234') "
         "as the int 1234 where csv.poll keeps the text, and an int of a column with empty cells as a "
         "float (1.0)")
+
+    def __init__(self, config: CsvPollConfig, ctx: Context):
+        super().__init__(config, ctx)
+        #: per header, per column: the texts read so far → their values (:class:`_CellCache`)
+        self._caches: dict[tuple[str, ...], list[_CellCache]] = {}
 
     @classmethod
     def check_config(cls, config, step) -> None:
@@ -288,6 +315,13 @@ class CsvPoll(PollingTrigger[CsvPollConfig]):
         cur, numbers, file_field, n = c.cursor, c.parse_numbers, c.file_field, len(header)
         key = c.key
         cell = _cell_parser(numbers)
+        caches = self._caches.get(tuple(header))
+        if caches is None:
+            caches = self._caches[tuple(header)] = [_CellCache(cell) for _ in header]
+        # per column: its cache, or the parser once the column has shown more distinct texts than
+        # a cache keeps (operator.call applies each column's own in one map)
+        parsers = [c.__getitem__ if len(c) < CELL_CACHE else cell for c in caches]
+        call = operator.call
         for rec in reader:
             if not rec:
                 p["offset"] = pos
@@ -295,7 +329,7 @@ class CsvPoll(PollingTrigger[CsvPollConfig]):
             if len(rec) < n:
                 rec = rec + [""] * (n - len(rec))
             # cells past the header are dropped
-            row = dict(zip(header, map(cell, rec), strict=False))
+            row = dict(zip(header, map(call, parsers, rec), strict=False))
             if file_field:
                 row[file_field] = path
             p["offset"] = pos

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import operator
 import os
 import threading
 import time
@@ -62,6 +63,9 @@ class VirtualClock:
     def advance(self, seconds: float) -> None:
         self.now += max(seconds, 0.0)
 
+
+_ERROR = operator.attrgetter("error")      # an Outcome's error: truthy when it failed
+_OUTPUTS = operator.attrgetter("outputs")  # an Outcome's outputs ([] when it failed or filtered)
 
 #: the column that names the branch(es) a route step sent a row down (flow.test, the route preview)
 BRANCH_COLUMN = "_branch"
@@ -598,6 +602,7 @@ class LocalRuntime:
         queued: list[tuple[str, float, int, bytes]] = [(first_step, now, 1, p) for p in rest or ()]
         dead: list[tuple] = list(poll_dead or ())
         died: list[tuple[str, Outcome, int]] = []
+        retried: dict[str, int] = {}  # step -> messages it retried in this batch
         first, outcomes, _t = run.steps[0]
         for (rid, attempt, payload, _deliveries), o in zip(rows or (), outcomes if rows is not None else (),
                                                             strict=True):
@@ -609,6 +614,7 @@ class LocalRuntime:
             if route is Route.RETRY:
                 after = o.retry_after or 0.0
                 retries.append((now + after, attempt + 1, rid))
+                retried[first] = retried.get(first, 0) + 1
                 self.log.info("step '%s': attempt %d failed (%s: %s); retry in %.2fs", first,
                               attempt, err.type, err.message, after)
             else:
@@ -616,13 +622,13 @@ class LocalRuntime:
                 dead.append((first, attempt, payload, orjson.dumps(err.to_dict())))
                 died.append((first, o, attempt))
         for name, outs, _t in (run.steps[1:] if rows is not None else run.steps):
-            for o in outs:
+            for o in filter(_ERROR, outs):  # those that failed
                 err = o.error
-                if err is None:
-                    continue
+                assert err is not None
                 attempt = o.message.attempt
                 if o.retry_after is not None:
                     queued.append((name, now + o.retry_after, attempt + 1, o.retry_payload()))
+                    retried[name] = retried.get(name, 0) + 1
                     self.log.info("step '%s': attempt %d failed (%s: %s); retry in %.2fs", name,
                                   attempt, err.type, err.message, o.retry_after)
                 else:
@@ -655,13 +661,12 @@ class LocalRuntime:
             st = self.stats[name]
             st.seconds += seconds
             st.inputs += len(outs)
-            for o in outs:
-                if o.error is None:
-                    st.outputs += len(o.outputs)
-                    if o.branches is not None:
+            st.outputs += sum(map(len, map(_OUTPUTS, outs)))  # a failed message has no outputs
+            st.retried += retried.get(name, 0)
+            if self.runners[name].targets is not None:  # a route step: the branches taken
+                for o in outs:
+                    if o.error is None and o.branches is not None:
                         st.count_route(o.branches)
-                elif o.retry_after is not None:
-                    st.retried += 1
             if self.routes is not None and name in self.routes:
                 self.routes[name].extend({**o.message.body, BRANCH_COLUMN: ", ".join(o.branches) or UNMATCHED}
                                          for o in outs if o.error is None and o.branches is not None)
