@@ -29,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import RuntimeFailure
+
 __all__ = ["HEALTH", "Health", "Failure", "guarded", "start_thread", "exit_on_failure", "stop_deadline",
            "EXIT_CRASHED", "EXIT_STOP_TIMEOUT"]
 
@@ -176,6 +178,49 @@ def _watchdog(code: int, within: float, why: str) -> None:
             _hard_exit(code, f"flownb: {why}; exiting with status {code} so that a restart policy brings "
                              f"the process back (unacknowledged messages return to their queue)")
     threading.Thread(target=die, name="flownb-watchdog", daemon=True).start()
+
+
+def step_timeout() -> float | None:
+    """Seconds a runtime's thread may spend on one batch of a step (or on one poll) before the
+    process gives up on it (env ``FLOWNB_STEP_TIMEOUT``, a duration such as ``15m``; unset: no
+    bound). A thread stuck in a component cannot be stopped, so the process fails (``/healthz``
+    503, ``flownb worker``/``flownb run`` exit 70): the broker gives a worker's batch back, the
+    embedded runtime's batch stays claimed; a message that hangs its step every time is
+    dead-lettered as ``PoisonMessage`` after ``FLOWNB_MAX_DELIVERIES``."""
+    from .._duration import parse_duration
+    raw = os.environ.get("FLOWNB_STEP_TIMEOUT", "").strip()
+    if not raw:
+        return None
+    try:
+        value = parse_duration(raw)
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        raise RuntimeFailure(f"FLOWNB_STEP_TIMEOUT={raw!r} is not a positive duration; set it to the longest a "
+                             f"step may take over one batch, such as 15m, or leave it unset for no bound")
+    return value
+
+
+def hang_watchdog(busy: Callable[[], tuple[float, str] | None], timeout: float,
+                  every: float = 1.0) -> threading.Thread:
+    """A daemon thread that fails the process (:data:`HEALTH`; with :func:`exit_on_failure` it exits
+    70) once ``busy()`` — (``time.monotonic()`` when the current batch or poll began, what it is),
+    None while idle — says one has run for longer than ``timeout`` seconds."""
+    def watch() -> None:
+        while not HEALTH.failed.is_set():
+            now = busy()
+            if now is not None and time.monotonic() - now[0] > timeout:
+                since, what = now
+                HEALTH.fail(what, RuntimeFailure(
+                    f"{what} has run for {time.monotonic() - since:.0f} s, longer than FLOWNB_STEP_TIMEOUT "
+                    f"({timeout:g} s): the component hangs (a call without a timeout?); nothing of it was "
+                    f"committed, and a message that hangs its step every time is dead-lettered as poison "
+                    f"after FLOWNB_MAX_DELIVERIES"))
+                return
+            time.sleep(every)
+    t = threading.Thread(target=watch, name="flownb-hang-watchdog", daemon=True)
+    t.start()
+    return t
 
 
 def _hard_exit(code: int, message: str) -> None:

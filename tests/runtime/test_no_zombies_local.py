@@ -10,7 +10,7 @@ import sqlite3
 import time
 
 import pytest
-from zombie_flows import Proc, assert_crashed_with_70, flow
+from zombie_flows import POLL_SOURCE, Proc, assert_crashed_with_70, flow
 
 pytestmark = [pytest.mark.integration]
 
@@ -128,3 +128,56 @@ def test_webhook_server_answers_503_then_exits_70_when_its_runtime_thread_dies(t
     finally:
         proc.kill()
     assert code == 70, proc.stderr()
+
+
+HANG_ON_2 = '''
+import time
+
+def step(body, ctx):
+    if body["id"] == 2:
+        time.sleep(3600)  # a call without a timeout
+    return body
+'''
+
+
+def test_flownb_step_timeout_ends_a_run_whose_step_hangs_with_70_and_the_hanging_message_becomes_poison(tmp_path):
+    """FLOWNB_STEP_TIMEOUT on the embedded runtime: a batch (or a poll run through the first stage)
+    that runs longer ends ``flownb run`` with 70, nothing of it committed; the restarts isolate the
+    message that hangs and dead-letter it as poison after FLOWNB_MAX_DELIVERIES, the others arrive."""
+    import csv
+
+    import flownb
+    from flownb.runtime.local import LocalDeadLetters
+    out = tmp_path / "out.csv"
+    spec = flownb.Flow(
+        name="hang-timeout",
+        trigger=flownb.step("src", "python.poll", source=POLL_SOURCE, function="poll", options={"rows": 5},
+                            interval="1h"),
+        steps=[flownb.step("wait", "python", source=HANG_ON_2, function="step"),
+               flownb.step("out", "csv.write", path=str(out))]).save(tmp_path / "flow.yaml")
+    state = tmp_path / "state"
+    env = _env(FLOWNB_STEP_TIMEOUT="2s", FLOWNB_MAX_DELIVERIES="2", FLOWNB_RETRY_WAIT="0")
+    runs = []
+    for _ in range(3):
+        proc = Proc(["run", str(spec), "--state-dir", str(state), "--until-idle"], env)
+        try:
+            code, _at = proc.wait(60)
+        finally:
+            proc.kill()
+        runs.append((code, time.monotonic() - proc.started, proc.stderr(tail=None), proc.out))
+    codes = [r[0] for r in runs]
+    assert codes == [70, 70, 1], [r[2][-2000:] for r in runs]
+    assert all(r[1] < 2 + 3 + 15 for r in runs[:2])  # the bound, the exit within 3 s, start-up
+    # 1st run: the poll's batch ran through 'wait' in memory; 2nd: queued, one suspect at a time
+    assert "step 'wait': a poll's batch of 5 record(s) has run for" in runs[0][2]
+    assert "step 'wait': a batch of 1 message(s) has run for" in runs[1][2]
+    assert "longer than FLOWNB_STEP_TIMEOUT (2 s)" in runs[1][2]
+    assert "dead-lettered step 'wait': 1 × PoisonMessage" in runs[2][3]
+    with out.open() as fh:
+        assert sorted(int(r["id"]) for r in csv.DictReader(fh)) == [0, 1, 3, 4]
+    store = LocalDeadLetters(flownb.load(spec), state)
+    try:
+        [dead] = store.list()
+    finally:
+        store.close()
+    assert dead.step == "wait" and dead.message.body["id"] == 2 and dead.error.type == "PoisonMessage"

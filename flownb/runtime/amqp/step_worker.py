@@ -41,7 +41,7 @@ import pika
 from ...errors import RuntimeFailure
 from ...flow import Flow
 from ..core import Route, StageRun, StageRunner, StepRunner
-from ..health import HEALTH, start_thread
+from ..health import HEALTH, start_thread, step_timeout
 from ..on_error import event_from_dead, event_payload
 from . import names
 from .metrics import StepMetrics
@@ -57,7 +57,6 @@ from .topology import (
     pick_level,
     queue_type,
     retry_levels,
-    step_timeout,
     suspect_queue,
 )
 from .topology import max_deliveries as env_max_deliveries

@@ -123,25 +123,6 @@ def broker_timeout() -> float:
     return value
 
 
-def step_timeout() -> float | None:
-    """Seconds a step worker's processing thread may spend on one batch before the worker gives up on
-    it (env ``FLOWNB_STEP_TIMEOUT``, a duration such as ``15m``; unset: no bound). A thread stuck in a
-    component cannot be stopped, so the worker fails (``/healthz`` 503, ``flownb worker`` exits 70) and
-    the broker gives the batch back; a message that hangs its step every time is dead-lettered as
-    ``PoisonMessage`` after ``FLOWNB_MAX_DELIVERIES``."""
-    raw = os.environ.get("FLOWNB_STEP_TIMEOUT", "").strip()
-    if not raw:
-        return None
-    try:
-        value = parse_duration(raw)
-    except ValueError:
-        value = 0.0
-    if value <= 0:
-        raise BrokerError(f"FLOWNB_STEP_TIMEOUT={raw!r} is not a positive duration; set it to the longest a step "
-                          f"may take over one batch, such as 15m, or leave it unset for no bound")
-    return value
-
-
 def trigger_queues(flow: Flow) -> tuple[str, str | None]:
     """A polling trigger's (cursor queue, poller-lock queue): ``(.state, None)`` in the classic
     topology (the cursor queue's single active consumer is the poller), ``(.cursor, .poller)`` with

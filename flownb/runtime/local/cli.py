@@ -33,7 +33,7 @@ from typing import Any
 from ...errors import FlownbError, RuntimeFailure
 from ...flow import Flow
 from ...secrets import check_env
-from ..health import EXIT_CRASHED, HEALTH, exit_on_failure, stop_deadline
+from ..health import EXIT_CRASHED, HEALTH, exit_on_failure, hang_watchdog, step_timeout, stop_deadline
 from .runtime import LocalRuntime, Progress, RunSummary
 
 __all__ = ["add_parser", "run_cli", "print_summary"]
@@ -200,6 +200,7 @@ def run_cli(flow: Flow, args: Any) -> int:
     check_env(flow)  # an unset secret stops the run before anything is polled or consumed
     retry_wait = float(os.environ.get("FLOWNB_RETRY_WAIT", "60"))
     max_queue = int(os.environ.get("FLOWNB_MAX_QUEUE", "10000"))
+    hang = step_timeout()  # a bad value stops the run before anything is polled
     runtime = LocalRuntime(flow, Path(args.state_dir), retry_wait=retry_wait, max_queue=max_queue,
                            reset_state=bool(getattr(args, "reset_state", False)),
                            fuse=not getattr(args, "no_fuse", False))
@@ -207,6 +208,8 @@ def run_cli(flow: Flow, args: Any) -> int:
     # of the cyclic collector's sight, so that its full collections do not walk it again and again
     gc.freeze()
     restore = exit_on_failure()
+    if hang is not None:  # a poll or batch that hangs ends the run with 70, nothing of it committed
+        hang_watchdog(lambda: runtime.busy, hang)
     stop = threading.Event()
     try:
         from ..upgrade import check_no_orphans

@@ -294,6 +294,9 @@ class LocalRuntime:
         #: a poll's records are running through the first stage (:meth:`poll_once`): a crash now
         #: leaves them at their source (the cursor did not move), not in a queue
         self.running_poll = False
+        #: (``time.monotonic()`` when it began, what) of the poll or batch the runtime's thread is
+        #: running now, None between them: ``flownb run``'s FLOWNB_STEP_TIMEOUT watchdog reads it
+        self.busy: tuple[float, str] | None = None
         #: the flow's on_error actions (flownb.runtime.on_error); off for test runs unless asked
         self.errors: LocalErrorNotifier | None = None
         if self.flow.on_error is not None and on_error:
@@ -427,6 +430,14 @@ class LocalRuntime:
         state, _ = self.store.get_state(name)
         t0 = time.perf_counter()
         through = None if queue else self._through()
+        self.busy = (time.monotonic(), f"trigger '{name}' ({self.flow.trigger.component}): a poll")
+        try:
+            return self._poll(name, state, through, t0, raise_errors, progress)
+        finally:
+            self.busy = None
+
+    def _poll(self, name: str, state: dict, through: int | None, t0: float, raise_errors: bool,
+              progress: Progress | None) -> int:
         try:
             msgs, payloads, new_state = self.trigger.poll(state, encode=through is None)
         except Exception as exc:  # logged; the trigger polls again next interval
@@ -486,6 +497,7 @@ class LocalRuntime:
         assert self._first is not None
         stage, _ = self._stage[self._first]
         self.running_poll = True
+        self.busy = (time.monotonic(), f"step '{self._first}': a poll's batch of {len(msgs)} record(s)")
         try:
             run = stage.run_messages(0, stop, msgs, encode_last=self._next[stage.names[stop - 1]] is not None
                                      or stage.runners[stop - 1].targets is not None)
@@ -567,6 +579,14 @@ class LocalRuntime:
         if rows[0][3] == 0:  # not a suspect: on through the members that are ready
             while stop < len(stage.runners) and stage.runners[stop].ensure_open(now):
                 stop += 1
+        self.busy = (time.monotonic(), f"step '{name}': a batch of {len(rows)} message(s)")
+        try:
+            return self._process(name, rows, stage, start, stop, progress)
+        finally:
+            self.busy = None
+
+    def _process(self, name: str, rows: list, stage: StageRunner, start: int, stop: int,
+                 progress: Progress | None) -> int:
         try:
             run = stage.run_payloads(start, stop, [r[2] for r in rows], [r[1] for r in rows],
                                      deliveries=[r[3] for r in rows], max_deliveries=self.max_deliveries,

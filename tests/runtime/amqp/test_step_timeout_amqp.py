@@ -68,13 +68,13 @@ def test_a_step_that_hangs_ends_its_worker_with_70_and_is_dead_lettered_as_poiso
 
 
 def test_the_step_timeout_is_a_positive_duration_or_unset(monkeypatch):
-    from flownb.errors import BrokerError
-    from flownb.runtime.amqp.topology import step_timeout
+    from flownb.errors import RuntimeFailure
+    from flownb.runtime.health import step_timeout
     monkeypatch.delenv("FLOWNB_STEP_TIMEOUT", raising=False)
     assert step_timeout() is None
     monkeypatch.setenv("FLOWNB_STEP_TIMEOUT", "15m")
     assert step_timeout() == 900.0
     for bad in ("0s", "soon", "-5s"):
         monkeypatch.setenv("FLOWNB_STEP_TIMEOUT", bad)
-        with pytest.raises(BrokerError, match="FLOWNB_STEP_TIMEOUT=.* is not a positive duration; set it to"):
+        with pytest.raises(RuntimeFailure, match="FLOWNB_STEP_TIMEOUT=.* is not a positive duration; set it to"):
             step_timeout()
