@@ -130,16 +130,19 @@ class Scheduler:
 
     def _execute(self, s: Schedule, run_id: int) -> None:
         try:
-            rec = execute(self.store, s, run_id)
-        except Exception as exc:
-            log.exception("schedule '%s': run %d could not be executed", s.name, run_id)
-            record_failure(self.store, s, run_id, exc)
-            rec = self.store.run(run_id)
+            try:
+                rec = execute(self.store, s, run_id)
+            except Exception as exc:
+                log.exception("schedule '%s': run %d could not be executed", s.name, run_id)
+                record_failure(self.store, s, run_id, exc)
+                rec = self.store.run(run_id)
+            # reported while still active: a stop waits for it (wait_idle), so the line of a run
+            # that finished as the scheduler was told to stop is printed before the process ends
+            self._report(rec)
         finally:
             with self._lock:
                 self._active.pop(run_id, None)
                 self._active_by_schedule.get(s.name, set()).discard(run_id)
-        self._report(rec)
 
     def _report(self, rec: RunRecord) -> None:
         if self.on_run is not None:

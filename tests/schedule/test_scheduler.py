@@ -34,6 +34,28 @@ def test_loop_runs_a_seconds_schedule_on_its_fire_times(store, params_nb):
     assert len({r.planned_for for r in done}) == len(done)  # each fire time runs once
 
 
+def test_a_stop_waits_for_the_report_of_a_run_that_has_just_finished(store, params_nb):
+    """The run's line (``flownb schedule serve`` prints it from ``on_run``) is part of the run: a
+    scheduler told to stop as the run's result is stored returns only after reporting it."""
+    add_schedule(store, params_nb, cron="* * * * * */2", name="last", parameters={"n": 2})
+    reported = []
+
+    def slow_report(rec):
+        time.sleep(1.0)  # a slow console: the stop below lands while the report is being written
+        reported.append(rec.status)
+
+    sched = Scheduler(store, interval=0.2, on_run=slow_report)
+    t = threading.Thread(target=sched.serve)
+    t.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(r.status == "ok" for r in store.history("last")):
+        time.sleep(0.02)
+    sched.stop()  # the run is stored as ok; its report is still being written
+    t.join(60)
+    assert not t.is_alive()
+    assert "ok" in reported  # (fire times skipped while it ran are reported too)
+
+
 def test_a_fire_time_starts_its_run_at_the_first_tick_at_or_after_it(store, params_nb):
     """On time, judged on an injected clock: nothing before the fire time, the run at the first tick at
     or after it, for that fire time."""
