@@ -18,11 +18,13 @@ from flownb import save
 from flownb.runtime.local import LocalRuntime
 
 HERE = Path(__file__).parent
-TOTAL = 5000
-POISON = [17, 2500, 4990]
 #: the messages of a batch of ``flownb run`` (a poll's records run through the first stage a batch
 #: at a time, the rest of the poll is queued: a kill repeats at most one batch's effects either way)
 BATCH = LocalRuntime.__init__.__kwdefaults__["batch_size"]
+#: ten batches: each of the three killed runs gets through two or more before its kill, so a poison
+#: row's retry (queued at 'work') has its turn before a kill
+TOTAL = 10 * BATCH
+POISON = [17, TOTAL // 2, TOTAL - 10]
 # the real CLI entry point, in a fresh interpreter that also registers the lt.* test components
 LAUNCH = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import runtimes; "
           "from flownb.cli import main; sys.exit(main(sys.argv[1:]))")
@@ -70,7 +72,7 @@ def test_kill_9_mid_run_then_rerun_delivers_every_row_once(flow_factory, tmp_pat
     seen = 0
     dead_before: list[int] = []
     for _ in range(3):
-        seen_now = _kill_when(_start(spec, state), sink, seen + BATCH // 2)  # mid-run: a batch at a time
+        seen_now = _kill_when(_start(spec, state), sink, seen + 2 * BATCH)  # mid-run: a batch at a time
         assert seen_now < TOTAL - len(POISON)
         seen = seen_now
         dead_now = dead_ns()

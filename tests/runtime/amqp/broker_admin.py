@@ -23,11 +23,25 @@ def consumers(broker: str, queue: str) -> list[dict]:
     return [c for c in r.json() if c["queue"]["name"] == queue]
 
 
+def connection_of(consumer: dict) -> str | None:
+    """The name of a consumer's connection; None while the management database has not filled in
+    its channel's details yet (the API then lists ``channel_details: []``)."""
+    details = consumer.get("channel_details")
+    return details.get("connection_name") if isinstance(details, dict) else None
+
+
+def connection_names(broker: str, queue: str) -> list[str] | None:
+    """The connection names of ``queue``'s consumers; None while one of them is not known yet."""
+    names = [connection_of(c) for c in consumers(broker, queue)]
+    return None if None in names else [n for n in names if n is not None]
+
+
 def active_connection(broker: str, queue: str) -> str | None:
-    """The name of the connection whose consumer is the single active consumer of ``queue``."""
+    """The name of the connection whose consumer is the single active consumer of ``queue`` (None:
+    none yet, or its details not filled in yet)."""
     for c in consumers(broker, queue):
         if c.get("activity_status") == "single_active":
-            return c["channel_details"]["connection_name"]
+            return connection_of(c)
     return None
 
 

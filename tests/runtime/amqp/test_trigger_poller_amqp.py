@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from amqp_components import sink_counts, wait_for
-from broker_admin import active_connection, consumers, drop_connection
+from broker_admin import active_connection, connection_names, consumers, drop_connection
 from relay import Relay
 
 import flownb
@@ -72,16 +72,16 @@ def test_dropping_the_active_pollers_connection_hands_the_poll_to_a_replica(brok
         for rnd, how in enumerate(ROUNDS):
             wait_for(lambda n=3 * (rnd + 1): _committed(logs) >= n, RESUMES_WITHIN, what="polls before the drop")
             active = wait_for(lambda: active_connection(broker, election), 30, what="an active poller")
-            others = [c["channel_details"]["connection_name"] for c in consumers(broker, election)
-                      if c["channel_details"]["connection_name"] != active]
+            names = wait_for(lambda: None if (known := connection_names(broker, election)) is None else (known,),
+                             30, what="the consumers' connections")[0]
+            others = [n for n in names if n != active]
             order = {"active": [active], "both": [active, *others], "next first": [*others, active]}[how]
             for name in order:
                 drop_connection(name)
             t0 = time.monotonic()
             # the broker closes them a moment after it answered: count the polls from when they are gone
-            wait_for(lambda gone=set(order): not gone & {c["channel_details"]["connection_name"]
-                                                         for c in consumers(broker, election)},
-                     10, what="the dropped connections gone")
+            wait_for(lambda gone=set(order): (names := connection_names(broker, election)) is not None
+                     and not gone & set(names), 10, what="the dropped connections gone")
             before = _committed(logs)
             try:
                 wait_for(lambda n=before + 3: _committed(logs) >= n, RESUMES_WITHIN,
