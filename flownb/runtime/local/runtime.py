@@ -508,6 +508,7 @@ class LocalRuntime:
         try:
             self._commit(None, run, cursor=cursor, poll_dead=dead, rest=[m.to_json() for m in rest])
         except StorageFull:  # the cursor did not move: the poll is redone; its claim is no death
+            self.running_poll = False  # the process goes on (no crash to explain)
             self._unclaim_poll = True
             with contextlib.suppress(StorageFull):
                 self._undo_claims()
