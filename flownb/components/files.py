@@ -144,6 +144,9 @@ class CsvPoll(PollingTrigger[CsvPollConfig]):
     #: (:meth:`flownb.Flow.resolved`)
     local_paths: ClassVar[tuple[str, ...]] = ("path",)
     samples: ClassVar[bool] = True  # it only reads the files
+    #: its records hold only str, int, float and None (plain JSON): on the embedded runtime they go
+    #: through the first stage as they are, without a wire round trip (TriggerRunner.poll)
+    json_native: ClassVar[bool] = True
     raw_sample_differences: ClassVar[str] = (
         "pandas.read_csv reads an empty cell as NaN (missing in the preview: $exists gives false, "
         "arithmetic gives nothing) where csv.poll sends null, a number with leading zeros ('01234') "

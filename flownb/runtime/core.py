@@ -623,6 +623,10 @@ class TriggerRunner:
         room = self.max_bytes - _ENVELOPE
         dumps, opts = orjson.dumps, _ENCODE_OPTS
         new_message, next_id = _new_outcome, new_id
+        # a trigger whose records are plain JSON values (json_native: csv.poll) hands them on as they
+        # are; any other's go on in their wire form (a datetime becomes a string, a tuple a list),
+        # exactly as the first step receives them from its queue
+        native = bool(getattr(type(self.component), "json_native", False))
         records = self.component.poll(new_state, self.ctx)
         created = time.time()  # the poll's messages were made now (Message.first, inline)
         for body in records:
@@ -631,7 +635,7 @@ class TriggerRunner:
             m = new_message(Message)  # Message.first(body, flow, name, spec)
             m.body, m.id, m.headers, m.flow, m.step, m.parent = body, next_id(), {}, flow, name, None
             m.trace, m.attempt, m.created, m.spec = m.id, 1, created, spec
-            if not encode:
+            if not encode and native:
                 try:
                     data = dumps(body, option=opts)
                 except (TypeError, orjson.JSONEncodeError):
@@ -647,6 +651,8 @@ class TriggerRunner:
                 continue
             if encode:
                 payloads.append(payload)
+            elif not native:
+                m = Message.from_json(payload)
             msgs.append(m)
         return msgs, payloads, new_state
 

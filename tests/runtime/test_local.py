@@ -56,6 +56,29 @@ def test_a_poll_runs_through_the_first_stage_and_commits_its_outcomes_with_the_c
         assert rt.stats["sink"].inputs == 9
 
 
+def test_a_poll_run_through_hands_the_first_step_the_wire_form_as_a_queued_poll_does():
+    """A trigger that is not json_native (python.poll yielding a datetime and a tuple): its records
+    reach the first step as a string and a list whether they ran through the first stage or were
+    queued (--no-fuse, RabbitMQ), never as the Python objects."""
+    from flownb import Flow, step
+    poll = (
+        "import datetime\n"
+        "def poll(state, ctx):\n"
+        "    if state.get('done'):\n"
+        "        return []\n"
+        "    state['done'] = True\n"
+        "    return [{'at': datetime.datetime(2024, 5, 1, 10, 0), 'pair': (1, 2)}]\n")
+    flow = Flow(name="wire-form", trigger=step("src", "python.poll", source=poll, function="poll"),
+                steps=[step("m", "mapping", fields={"at": "at", "pair": "pair"})])
+    seen = {}
+    for fuse in (True, False):
+        with LocalRuntime(flow, memory=True, record=True, fuse=fuse) as rt:
+            rt.poll_once()
+            rt.drain()
+            seen[fuse] = rt.recorded["m"]
+    assert seen[True] == seen[False] == [{"at": "2024-05-01T10:00:00", "pair": [1, 2]}]
+
+
 def test_failed_poll_changes_nothing(flow_factory, tmp_path):
     from flownb import polling_trigger
 
