@@ -163,3 +163,19 @@ def publish_to_step(broker: str, flow: flownb.Flow, step: str, ids: range) -> No
                              Message(body={"n": i}, flow=flow.name, step="src").to_json(), PERSISTENT)
     finally:
         conn.close()
+
+
+def drain_queue(broker: str, queue: str) -> list[tuple[dict, object]]:
+    """Every message of ``queue`` in its order, consumed: (the decoded wire message, its AMQP
+    properties) each — the ground truth at the end of a test."""
+    import orjson
+
+    from flownb.runtime.amqp.topology import connect
+    conn = connect(broker)
+    try:
+        ch, out = conn.channel(), []
+        while (got := ch.basic_get(queue, auto_ack=True))[0] is not None:
+            out.append((orjson.loads(got[2]), got[1]))
+        return out
+    finally:
+        conn.close()

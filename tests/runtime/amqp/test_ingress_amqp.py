@@ -13,6 +13,7 @@ import time
 import urllib.parse
 
 import pytest
+from amqp_components import drain_queue
 from relay import Relay
 
 from flownb.flow import Flow, step
@@ -24,21 +25,6 @@ from flownb.runtime.ingress import Unavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
 PUBLISH_TIMEOUT = 2.0
-
-
-def _drain(broker: str, queue: str) -> list[Message]:
-    conn = connect(broker)
-    try:
-        ch = conn.channel()
-        out = []
-        while True:
-            method, _props, body = ch.basic_get(queue)
-            if method is None:
-                return out
-            out.append(Message.from_json(body))
-            ch.basic_ack(method.delivery_tag)
-    finally:
-        conn.close()
 
 
 def test_an_ingress_whose_connection_went_quiet_reconnects_instead_of_answering_503_for_minutes(
@@ -82,6 +68,6 @@ def test_an_ingress_whose_connection_went_quiet_reconnects_instead_of_answering_
         relay.close()
     assert "the connection went quiet" in caplog.text, caplog.text
     assert relay.accepted >= 2  # a new connection
-    queued = [m.id for m in _drain(broker, names.step_queue(flow.name, "sink"))]
+    queued = [m["id"] for m, _props in drain_queue(broker, names.step_queue(flow.name, "sink"))]
     assert set(accepted) <= set(queued), "a 202 was answered for a message that is not queued"
     print(f"\naccepting again {took:.1f} s after the connection went quiet ({refused} requests answered 503)")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from amqp_components import wait_for
+from amqp_components import drain_queue, wait_for
 
 import flownb
 from flownb.runtime.amqp import names
@@ -41,14 +41,7 @@ def _worker(spec: Path, step: str, broker: str, log: Path) -> subprocess.Popen:
 
 
 def _drain(broker: str, queue: str) -> list[tuple[dict, dict]]:
-    conn = connect(broker)
-    try:
-        ch, out = conn.channel(), []
-        while (got := ch.basic_get(queue, auto_ack=True))[0] is not None:
-            out.append((orjson.loads(got[2]), got[1].headers or {}))
-        return out
-    finally:
-        conn.close()
+    return [(m, props.headers or {}) for m, props in drain_queue(broker, queue)]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

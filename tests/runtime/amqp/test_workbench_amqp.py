@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 import pandas as pd
 import pytest
-from amqp_components import sink_counts, wait_for
+from amqp_components import drain_queue, sink_counts, wait_for
 from workbench_kit import fixed, make, records
 
 import flownb
@@ -56,20 +56,6 @@ def _failed_run(broker, running, tmp_path):
     return flow
 
 
-def _drain(flow, broker, queue):
-    """Every message of ``queue`` in its order, consumed (the ground truth at the end of a test)."""
-    conn = connect(broker)
-    try:
-        ch, out = conn.channel(), []
-        while True:
-            method, props, body = ch.basic_get(queue, auto_ack=True)
-            if method is None:
-                return out
-            out.append((orjson.loads(body), props))
-    finally:
-        conn.close()
-
-
 @pytest.mark.parametrize("queue_type", ["classic", "quorum"])
 def test_dead_letters_read_the_dlq_without_consuming_or_reordering(broker, running, tmp_path, monkeypatch,
                                                                    queue_type):
@@ -83,7 +69,7 @@ def test_dead_letters_read_the_dlq_without_consuming_or_reordering(broker, runni
     for _ in range(3):  # listed again and again: same rows, same order, nothing consumed
         pd.testing.assert_frame_equal(flownb.dead_letters(flow, broker=broker), df)
     assert queue_depths(flow, broker)["price"]["dead"] == N // 3
-    left = _drain(flow, broker, names.dead_letter_queue(flow.name, "price"))
+    left = drain_queue(broker, names.dead_letter_queue(flow.name, "price"))
     assert len(left) == N // 3
     if queue_type == "classic":  # the queue's own order is kept too (a quorum queue re-queues returned
         assert [m["id"] for m, _ in left] == list(df["_id"])  # messages in its own order: docs/debugging.md
@@ -101,7 +87,7 @@ def test_retest_and_edited_replay_on_the_broker(broker, running, tmp_path):
     done = flownb.replay(pick, flow, broker=broker)
     assert list(done["_id"]) == list(pick["_id"]) and list(done["edited"]) == [True, True, False]
     assert queue_depths(flow, broker)["price"]["dead"] == len(df) - 3
-    queued = {m["body"]["n"]: (m, props) for m, props in _drain(flow, broker, names.step_queue(flow.name, "price"))}
+    queued = {m["body"]["n"]: (m, props) for m, props in drain_queue(broker, names.step_queue(flow.name, "price"))}
     assert sorted(queued) == sorted(pick["n"])
     n0, n1, n2 = pick["n"]
     assert queued[n0][0]["body"]["amount"] == "15" and queued[n1][0]["body"]["customer"]["tier"] == "gold"
@@ -175,6 +161,6 @@ def test_workbench_from_the_monitor_edits_retests_and_replays(broker, running, t
     wb.replay_button.click()
     assert "replayed 2 dead letter(s), 2 edited" in wb.status.value
     assert len(wb.frame) == N // 3 - 2 and queue_depths(flow, broker)["price"]["dead"] == N // 3 - 2
-    queued = [m for m, _p in _drain(flow, broker, names.step_queue(flow.name, "price"))]
+    queued = [m for m, _p in drain_queue(broker, names.step_queue(flow.name, "price"))]
     assert len(queued) == 2 and all("note" not in m["body"] for m in queued)
     mon.stop()
