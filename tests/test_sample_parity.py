@@ -161,3 +161,27 @@ def test_list_of_dicts_sample_agrees_too():
     assert tested.outputs["map"] == [{"lower": "a", "flat": "kept flat"}, {}]
     assert preview["_error"].notna().tolist() == [False, True, True, False]  # null is not a string
     assert [d.message.body for d in tested.dead_letters] == [{"x": 3}, {"x": None}]
+
+
+@pytest.mark.parametrize("sample_name", list(SAMPLES))
+def test_a_runtime_fed_the_dataframe_queues_the_records_the_preview_maps(sample_name, tmp_path):
+    """``LocalRuntime.feed`` (any runtime's sample) reads a DataFrame with the same conversion: the
+    trigger's messages are ``to_records(df)``, and the mapping step's outputs are the preview's rows."""
+    from flownb.runtime.local import LocalRuntime
+
+    df, fields = SAMPLES[sample_name], RULES["customer"] if sample_name == "dotted+missing" else {"all": "$"}
+    flow = _flow(fields)
+    with LocalRuntime(flow, state_dir=tmp_path, record=True) as rt:
+        assert rt.feed(df) == len(df)
+        rt.drain()
+        assert rt.recorded["in"] == to_records(df)
+        assert rt.recorded["map"] == [Mapping(fields=fields).apply(r) for r in to_records(df)
+                                      if not _fails(fields, r)]
+
+
+def _fails(fields: dict, record: dict) -> bool:
+    try:
+        Mapping(fields=fields).apply(record)
+    except Exception:
+        return True
+    return False

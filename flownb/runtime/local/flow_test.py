@@ -16,7 +16,6 @@ from typing import Any
 from ...components.base import Action, Context
 from ...errors import SpecError, did_you_mean
 from ...flow import Flow
-from ...records import to_records
 from ..core import DeadLetter
 from .runtime import LocalRuntime, VirtualClock
 
@@ -104,12 +103,6 @@ class TestResult:
         return test_result_mimebundle(self)
 
 
-def _rows(sample: Any) -> list[dict]:
-    """The sample as message bodies: :func:`flownb.records.to_records`, the conversion that
-    ``Mapping.preview`` and the notebook widgets use too (docs/records.md)."""
-    return to_records(sample)
-
-
 class _DryRun(Action):
     """An action with outside effects, run dry: records what it would send, passes its input on."""
 
@@ -186,7 +179,7 @@ def test_flow(flow: Flow, sample: Any = None, progress: bool | None = None, *,
                                 f"pass a sample: flow.test([{{...}}, ...]) or a DataFrame")
             rt.poll_once(raise_errors=True)
         else:
-            rt.feed(_rows(sample))
+            rt.feed(sample)  # flownb.records.to_records: the preview's conversion (docs/records.md)
         n = rt.stats[flow.trigger.name].outputs
         bar = _progress_bar(n * max(len(rt.steps), 1), progress)
         rt.drain(progress=(lambda _step, k: bar.update(k)) if bar is not None else None)

@@ -21,7 +21,7 @@ import operator
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from ...errors import FlownbError, MessageError, QueueFull, RuntimeFailure, Stat
 from ...flow import Flow
 from ...message import Message
 from ...recorder import Recorder
-from ...records import _no_gc
+from ...records import _no_gc, to_records
 from ..core import DeadLetter, ErrorInfo, Outcome, Route, StageRun, StageRunner, StepRunner, TriggerRunner, undecodable
 from ..health import HEALTH
 from ..on_error import event_from_exception
@@ -380,9 +380,12 @@ class LocalRuntime:
             self._wake.set()
         return results
 
-    def feed(self, bodies: Iterable[dict]) -> int:
-        """Queue ``bodies`` as if the trigger had emitted them (one transaction)."""
-        msgs = [self.trigger.emit(b) for b in bodies]
+    def feed(self, sample: Any) -> int:
+        """Queue the records of ``sample`` as if the trigger had emitted them (one transaction).
+        ``sample``: a DataFrame, an iterable of dicts or one dict, read by
+        :func:`flownb.records.to_records`, the conversion ``Mapping.preview`` and ``flow.test`` use
+        (so a fed DataFrame's dotted columns, NaN and timestamps become what the preview showed)."""
+        msgs = [self.trigger.emit(b) for b in to_records(sample)]
         if self._first is not None:
             self.store.enqueue(self._first, [p for _, p in msgs], self.clock())
         self._count_trigger([m for m, _ in msgs])
