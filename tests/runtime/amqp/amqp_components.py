@@ -3,6 +3,7 @@
 - ``amqptest.count`` (poll): emits ``{"n": i}`` for i in [0, total), ``batch`` per poll; cursor ``next``
 - ``amqptest.work``: adds ``"w": n * 2``; sleeps ``sleep_ms``; a body with ``"poison": true`` raises a
   retryable error until the file ``fix_file`` exists
+- ``amqptest.triple``: adds ``"v": n * 3``
 - ``amqptest.hang``: returns the body; the message with ``"n": on`` hangs (an hour)
 - ``amqptest.http``: POSTs the body to ``url``; 5xx → retryable; returns the body
 - ``amqptest.sink``: idempotent SQLite sink: ``seen(n primary key)`` plus ``deliveries(n)`` counting
@@ -57,6 +58,11 @@ def work(body, ctx):
     if body.get("poison") and not (ctx.config.fix_file and Path(ctx.config.fix_file).exists()):
         raise RetryableError(f"poison message {body.get('n')}")
     return {**body, "w": body["n"] * 2}
+
+
+@flownb.action("amqptest.triple")
+def triple(body, ctx):
+    return {**body, "v": body["n"] * 3}
 
 
 class HangConfig(BaseModel):
