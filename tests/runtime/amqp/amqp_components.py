@@ -31,6 +31,9 @@ class CountConfig(PollConfig):
     #: with ``gate``: the numbers from ``hold_from`` on are emitted only once the file ``gate`` exists
     gate: str = ""
     hold_from: int = 0
+    #: a second gate, further on: the numbers from ``hold_from2`` on only once the file ``gate2`` exists
+    gate2: str = ""
+    hold_from2: int = 0
 
 
 @flownb.polling_trigger("amqptest.count", config=CountConfig)
@@ -39,6 +42,8 @@ def count(state, ctx):
     total = ctx.config.total
     if ctx.config.gate and not Path(ctx.config.gate).exists():
         total = min(total, ctx.config.hold_from)
+    if ctx.config.gate2 and not Path(ctx.config.gate2).exists():
+        total = min(total, ctx.config.hold_from2)
     end = min(start + ctx.config.batch, total)
     state["next"] = end
     bad = set(ctx.config.poison)
