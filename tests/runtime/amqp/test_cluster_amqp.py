@@ -24,8 +24,11 @@ TOTAL = 20_000
 
 @pytest.fixture
 def cluster(rabbitmq_cluster):
+    from flownb.runtime.amqp.topology import broker_urls
     running = rabbitmq_cluster.running()
     assert len(running) == 3, f"the cluster runs {running}"
+    # 'scripts/rabbitmq-cluster urls' prints the short form: one URL naming the three nodes
+    assert broker_urls(rabbitmq_cluster.url) == [n.url for n in rabbitmq_cluster.nodes]
     return rabbitmq_cluster.nodes
 
 
