@@ -23,6 +23,22 @@ def add_spec(p: argparse.ArgumentParser, params: bool = True) -> None:
                        help="override a flow parameter (repeatable)")
 
 
+class _BrokerNodes(argparse.Action):
+    """``--broker URL``, repeatable: every URL given, joined with commas into the one broker URL the
+    runtime takes (``flownb.runtime.amqp.topology.broker_urls``: the nodes of a cluster, tried in order)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        before = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, f"{before},{values}" if before else values)
+
+
+def add_broker(p: Any, help: str) -> None:
+    """The ``--broker URL`` option of a command (``p``: a parser or an argument group): repeatable, one
+    URL per node of a cluster, or several hosts in one URL (``amqp://u:p@h1,h2,h3/vhost``)."""
+    p.add_argument("--broker", default=None, action=_BrokerNodes, metavar="URL",
+                   help=f"{help}; repeat it, or list hosts (amqp://u:p@h1,h2,h3/vhost), for the nodes of a cluster")
+
+
 def load_flow(args: argparse.Namespace):
     from .flow import load
     flow = load(Path(args.spec))

@@ -88,13 +88,22 @@ def _components(args) -> int:
     return 0
 
 
+def configure_logging(verbose: bool) -> None:
+    """flownb's own log lines (the ``flownb`` loggers, INFO and up); the libraries it uses (pika,
+    aiormq, paho, nats, httpx, sqlalchemy …) only from WARNING, since their INFO lines narrate every
+    connection and request. ``-v``: everything, DEBUG and up."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        logging.getLogger("flownb").setLevel(logging.INFO)
+        # pika also logs each reconnect at ERROR, which flownb reports itself (a WARNING naming the step)
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.verbose:  # pika narrates every connection at INFO (and each reconnect at ERROR)
-        logging.getLogger("pika").setLevel(logging.CRITICAL)
+    configure_logging(args.verbose)
     try:
         return args.handler(args)
     except (SpecError, MessageError) as exc:

@@ -386,3 +386,46 @@ def test_dlq_uses_flownb_broker_url_and_prints_no_pika_chatter(tmp_path):
     local = subprocess.run([FLOWNB, "dlq", "list", str(p), "--state-dir", str(tmp_path / "none")],
                            capture_output=True, text=True, timeout=120, env=env)
     assert local.returncode == 1 and "run the flow first" in local.stderr  # --state-dir means local
+
+
+def test_the_cli_logs_flownbs_own_lines_and_library_lines_only_with_v(tmp_path):
+    """``flownb run`` of a flow with an HTTP step: httpx logs every request at INFO ("HTTP Request:
+    POST …"), which the CLI shows only with -v; flownb's own INFO lines (the step's ``log`` output
+    at INFO) show either way."""
+    import http.server
+    import threading
+
+    import yaml
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):  # the server's own access log: not what is tested
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        flow = {"flownb": 1, "name": "cli-logs",
+                "trigger": {"name": "numbers", "component": "python.poll",
+                            "config": {"source": POLL, "function": "poll", "options": {"total": 3}}},
+                "steps": [{"name": "call", "component": "http.request",
+                           "config": {"url": f"http://127.0.0.1:{server.server_port}/hook"}},
+                          {"name": "out", "component": "log", "config": {"level": "info"}}]}
+        path = tmp_path / "flow.yaml"
+        path.write_text(yaml.safe_dump(flow, sort_keys=False))
+        quiet = cli("run", str(path), "--state-dir", str(tmp_path / "a"), "--until-idle", cwd=tmp_path)
+        loud = cli("-v", "run", str(path), "--state-dir", str(tmp_path / "b"), "--until-idle", cwd=tmp_path)
+    finally:
+        server.shutdown()
+    assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr + loud.stderr
+    for r in (quiet, loud):
+        assert "INFO flownb" in r.stderr, r.stderr  # flownb's own lines, with or without -v
+    assert "httpx" not in quiet.stderr and "HTTP Request" not in quiet.stderr, quiet.stderr
+    assert "INFO httpx: HTTP Request: POST" in loud.stderr, loud.stderr
+    assert not [line for line in quiet.stderr.splitlines() if " INFO " in line and " INFO flownb" not in line]

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .._cli import add_spec, console, load_flow
+from .._cli import add_broker, add_spec, console, load_flow
 from ..errors import SpecError
 from .amqp.names import BROKER_ENV
 
@@ -22,9 +22,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--id", action="append", default=None, help="dead letter id (show/replay)")
     p.add_argument("--state-dir", default=None,
                    help="the embedded runtime's state directory (default .flownb)")
-    p.add_argument("--broker", default=None,
-                   help="RabbitMQ URL: use the broker's dead-letter queues (default: FLOWNB_BROKER_URL "
-                        "when it is set and --state-dir is not given)")
+    add_broker(p, "RabbitMQ URL: use the broker's dead-letter queues (default: FLOWNB_BROKER_URL "
+                  "when it is set and --state-dir is not given)")
     p.add_argument("--edit", default=None, metavar="FILE.jsonl",
                    help="replay: the dead letters named in FILE (one JSON object per line: \"_id\" and the "
                         "body's fields, nested or dotted), with their bodies edited so (docs/debugging.md)")
@@ -41,8 +40,8 @@ def add_parser(sub: Any) -> None:
                         "(JSON or text; without --to the cursor is emptied: read from the beginning)")
     p.add_argument("--key", default=None, help="rewind: the state field to set (default: 'cursor' or the only one)")
     p.add_argument("--state-dir", default=None, help="the embedded runtime's state directory (default .flownb)")
-    p.add_argument("--broker", default=None, help="RabbitMQ URL: the cursor in the broker's state queue "
-                                                  "(default: FLOWNB_BROKER_URL when set and --state-dir is not)")
+    add_broker(p, "RabbitMQ URL: the cursor in the broker's state queue "
+                  "(default: FLOWNB_BROKER_URL when set and --state-dir is not)")
     p.set_defaults(handler=state_cli)
 
     p = sub.add_parser("backfill", help="read a past range of a polling trigger again into the flow, then "
@@ -54,8 +53,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--key", default=None,
                    help="the state field that is the position (default: 'cursor' or the only one)")
     p.add_argument("--state-dir", default=None, help="the embedded runtime's state directory (default .flownb)")
-    p.add_argument("--broker", default=None,
-                   help="RabbitMQ URL (default: FLOWNB_BROKER_URL when set and --state-dir is not)")
+    add_broker(p, "RabbitMQ URL (default: FLOWNB_BROKER_URL when set and --state-dir is not)")
     p.set_defaults(handler=backfill_cli)
 
     p = sub.add_parser("trace", help="print the recorded path of one record through the steps (the flight "
@@ -71,7 +69,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("recorder", help="drain the flight recorder's events of a flow on RabbitMQ into a "
                                         "SQLite file (for 'flownb trace --db')")
     add_spec(p)
-    p.add_argument("--broker", default=None, help="RabbitMQ URL (default: $FLOWNB_BROKER_URL, else the local broker)")
+    add_broker(p, "RabbitMQ URL (default: $FLOWNB_BROKER_URL, else the local broker)")
     p.add_argument("--db", required=True, help="the SQLite file to write (created when missing)")
     p.add_argument("--until-idle", action="store_true", help="exit 0 once the tap queue is empty")
     p.set_defaults(handler=recorder_cli)

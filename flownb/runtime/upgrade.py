@@ -48,6 +48,11 @@ class Plan:
     #: that did not stamp it); None when not counted (RabbitMQ: counting would take every message
     #: off its queue and back)
     specs: dict[str, int] | None = None
+    #: set when the old spec itself is not at hand and the plan was made from what the runtime kept of
+    #: it (:func:`kept_plan`): where that is ("the broker's manifest"); ``old`` is then the new spec
+    source: str | None = None
+    #: with ``source``: the hash of the spec that last ran, when recorded ("" when not)
+    old_hash: str = ""
 
     def held(self, step: str) -> int:
         d = (self.depths or {}).get(step) or {}
@@ -59,7 +64,7 @@ class Plan:
         return {s: self.held(s) for s in self.removed if s not in self.renamed and self.held(s)}
 
     def lines(self) -> list[str]:
-        out = [f"plan for flow '{self.new.name}':"]
+        out = [f"plan for flow '{self.new.name}'" + (f" (from {self.source}):" if self.source else ":")]
         for s in self.added:
             if s not in self.renamed.values():
                 where = self.new.branch_of(s)
@@ -83,9 +88,12 @@ class Plan:
         if len(out) == 2 and self.cursor == "kept":
             out.insert(1, "  no change to steps or queues")
         out.extend(f"  {line}" for line in route_lines(self.new))
-        old_hash, new_hash = self.old.spec_hash(), self.new.spec_hash()
-        out.append(f"  spec {old_hash} → {new_hash}" if old_hash != new_hash
-                   else f"  spec {new_hash} (unchanged)")
+        old_hash, new_hash = self.old_hash if self.source else self.old.spec_hash(), self.new.spec_hash()
+        if not old_hash:
+            out.append(f"  spec {new_hash} (the spec that ran before is not recorded)")
+        else:
+            out.append(f"  spec {old_hash} → {new_hash}" if old_hash != new_hash
+                       else f"  spec {new_hash} (unchanged)")
         if self.specs is not None:  # the messages carry the short form (meta.spec)
             other = {h: n for h, n in self.specs.items() if h != self.new.spec_hash(short=True)}
             if other:
@@ -220,15 +228,32 @@ def _store_depths(store) -> dict[str, dict[str, int]]:
     return out
 
 
-def _stranding(held: dict[str, int], who: str, command: str) -> UpgradeError:
+def kept_plan(flow: Flow, old_steps: list[str], held: dict[str, int], *, source: str, old_hash: str = "",
+              specs: dict[str, int] | None = None) -> Plan:
+    """The plan of changing what last ran into ``flow`` when the old spec itself is not at hand, only
+    what the runtime kept of it (``source``): the step names it had (``old_steps``; the steps that hold
+    messages when nothing more is kept) and the messages ``held`` per step. Renames cannot be guessed
+    (that takes the old spec's components): ``flownb plan OLD.yaml NEW.yaml`` shows them."""
+    new = flow.resolved()
+    plan = Plan(new, new, depths={s: {"queued": n, "dead": 0} for s, n in held.items()}, source=source,
+                old_hash=old_hash, specs=specs)
+    plan.cursor = "not compared (the old spec is not at hand; 'flownb plan OLD.yaml NEW.yaml' compares it)"
+    new_steps = [s.name for s in new.actions]
+    plan.removed = [s for s in old_steps if s not in new_steps]
+    if source != "the state directory":  # the state keeps no step list: only the steps holding messages
+        plan.added = [s for s in new_steps if s not in old_steps]
+    return plan
+
+
+def _stranding(held: dict[str, int], who: str, command: str, plan: Plan) -> UpgradeError:
     """The refusal of ``run``/``worker`` while ``held`` (step → messages) waits for steps the spec lacks;
-    ``who`` starts the sentence ("RabbitMQ holds messages of flow 'f'")."""
+    ``who`` starts the sentence ("RabbitMQ holds messages of flow 'f'"); the ``plan`` follows it."""
     listing = ", ".join(f"'{s}': {n:,}" for s, n in sorted(held.items()))
     return UpgradeError(
         f"{who} for step(s) this spec does not have ({listing}); "
         f"starting would strand them. If a step was renamed, move them with: flownb upgrade OLD.yaml "
         f"{command} --rename OLD_NAME=NEW_NAME (see 'flownb plan OLD.yaml NEW.yaml'); or run the old spec "
-        f"until those queues are empty")
+        f"until those queues are empty.\n" + "\n".join(plan.lines()))
 
 
 def check_no_orphans(flow: Flow, store, command: str) -> None:
@@ -236,7 +261,17 @@ def check_no_orphans(flow: Flow, store, command: str) -> None:
     steps = {s.name for s in flow.actions}
     held = {s: n for s, n in store.depths().items() if s not in steps and n}
     if held:
-        raise _stranding(held, f"the state of flow '{flow.name}' holds messages", command)
+        plan = kept_plan(flow, sorted(held), held, source="the state directory", specs=_queued_specs(store))
+        raise _stranding(held, f"the state of flow '{flow.name}' holds messages", command, plan)
+
+
+def _queued_specs(store) -> dict[str, int]:
+    """Queued messages per ``meta.spec`` in an open state store (as :func:`local_specs`)."""
+    with store.lock:
+        rows = store.conn.execute(
+            "SELECT CASE WHEN json_valid(CAST(payload AS TEXT)) "
+            "THEN json_extract(CAST(payload AS TEXT), '$.meta.spec') END, count(*) FROM queue GROUP BY 1")
+        return {str(h or ""): n for h, n in rows}
 
 
 def _upgrade_local(plan: Plan, state_dir: Path) -> dict[str, int]:
@@ -326,7 +361,11 @@ def check_broker_manifest(flow: Flow, broker: str, command: str) -> None:
             if n:
                 held[s] = n
         if held:
-            raise _stranding(held, f"RabbitMQ holds messages of flow '{flow.name}'", f"{command} --broker URL")
+            old_steps = [s for s in known.get("steps") or [] if isinstance(s, str)]
+            plan = kept_plan(flow, old_steps, held, source="the broker's manifest of the spec that last started "
+                             "a worker", old_hash=str(known.get("spec_hash") or ""))
+            raise _stranding(held, f"RabbitMQ holds messages of flow '{flow.name}'", f"{command} --broker URL",
+                             plan)
         if known.get("spec_hash") != flow.spec_hash():
             _record_manifest(ch, flow)
     finally:
@@ -351,6 +390,19 @@ def _upgrade_amqp(plan: Plan, broker: str) -> dict[str, int]:
             n = sum(_move_queue(conn, q, names.exchange(f), b) for q in sources)
             n += _move_queue(conn, names.dead_letter_queue(f, a), "", names.dead_letter_queue(f, b))
             moved[a] = n
+        for a in plan.removed:  # removed, not renamed: upgrade() refused while they held messages
+            if a in plan.renamed or a not in old_steps:
+                continue
+            queues = [names.step_queue(f, a), suspect_queue(f, a), names.retry_ready_queue(f, a),
+                      *(names.retry_queue(f, a, lvl) for lvl in retry_levels(old_steps[a].retry_policy)),
+                      names.dead_letter_queue(f, a)]
+            kept = [q for q in queues if not _delete_if_empty(conn, q)]
+            if kept:
+                log.warning("flow '%s': the queues of the removed step '%s' were kept (%s): they are consumed "
+                            "or hold messages again; stop the old spec's workers and run 'flownb upgrade' again",
+                            f, a, ", ".join(kept))
+            else:
+                log.info("flow '%s': removed the queues of step '%s'", f, a)
         ch = conn.channel()
         _manifest(ch, f)  # declares the register
         _record_manifest(ch, plan.new)
@@ -382,21 +434,35 @@ def _move_queue(conn, queue: str, exchange: str, routing_key: str) -> int:
         ch.basic_publish(exchange, routing_key, body, redelivered_props(props, headers))
         ch.basic_ack(method.delivery_tag)
         n += 1
+    if ch.is_open:
+        ch.close()
+    _delete_if_empty(conn, queue)
+    return n
+
+
+def _delete_if_empty(conn, queue: str) -> bool:
+    """Delete ``queue`` if it is empty and nobody consumes it; whether it is gone (a queue that does
+    not exist is)."""
+    import pika
+
     from .amqp.topology import queue_type
+    ch = conn.channel()
     try:
+        ok = ch.queue_declare(queue, passive=True).method
         if queue_type() == "quorum":
             # RabbitMQ refuses queue.delete if-empty on a quorum queue (540, closing the connection):
             # delete it only when a passive declare shows it empty and unconsumed
-            ok = ch.queue_declare(queue, passive=True).method
-            if ok.message_count == 0 and ok.consumer_count == 0:
-                ch.queue_delete(queue)
+            if ok.message_count or ok.consumer_count:
+                return False
+            ch.queue_delete(queue)
         else:
-            ch.queue_delete(queue, if_empty=True)
-    except pika.exceptions.ChannelClosedByBroker:  # published to meanwhile: left in place
-        pass
-    if ch.is_open:
-        ch.close()
-    return n
+            ch.queue_delete(queue, if_empty=True, if_unused=True)
+    except pika.exceptions.ChannelClosedByBroker as exc:  # no such queue (404), or published to meanwhile
+        return exc.reply_code == 404
+    finally:
+        if ch.is_open:
+            ch.close()
+    return True
 
 
 def upgrade(old: Flow, new: Flow, renames: dict[str, str] | None = None, *,
@@ -436,6 +502,7 @@ def _cli_renames(values: list[str] | None) -> dict[str, str]:
 
 
 def add_parser(sub: Any) -> None:
+    from .._cli import add_broker
     for name, helptext in (("plan", "what changing a flow's spec does to its queues and state"),
                            ("upgrade", "move the messages of renamed steps, then remove the old queues")):
         p = sub.add_parser(name, help=helptext)
@@ -444,7 +511,7 @@ def add_parser(sub: Any) -> None:
         p.add_argument("--rename", action="append", metavar="OLD=NEW", help="a renamed step (repeatable)")
         g = p.add_mutually_exclusive_group(required=name == "upgrade")
         g.add_argument("--state-dir", default=None, help="the embedded runtime's state directory")
-        g.add_argument("--broker", default=None, help="the RabbitMQ URL of a deployment")
+        add_broker(g, "the RabbitMQ URL of a deployment")
         p.set_defaults(handler=_plan_cli if name == "plan" else _upgrade_cli)
 
 

@@ -51,6 +51,11 @@ def test_renaming_a_step_with_queued_messages_is_refused_then_upgraded_without_l
     assert run.returncode == 2, run.stdout + run.stderr
     assert f"holds messages for step(s) this spec does not have ('slow': {N:,})" in run.stderr
     assert "flownb upgrade OLD.yaml" in run.stderr and not out.exists()
+    # the plan, as far as the state shows it: the step that holds messages, and their spec version
+    assert "plan for flow 'orders' (from the state directory):" in run.stderr
+    assert f"- step 'slow' removed: {N:,} message(s) would be stranded" in run.stderr
+    assert f"{N:,} of {N:,} queued message(s) were produced by another spec version ({old.spec_hash(short=True)}: " \
+           f"{N:,})" in run.stderr
 
     plan = _cli("plan", str(old_spec), str(new_spec), "--state-dir", str(state))
     assert plan.returncode == 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..._cli import add_spec, redacted
+from ..._cli import add_broker, add_spec, redacted
 
 
 def add_parser(sub: Any) -> None:
@@ -15,7 +15,7 @@ def add_parser(sub: Any) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--step", help="the step this worker runs (on_error: the flow's on_error actions)")
     g.add_argument("--all", action="store_true", help="every step in one process (development)")
-    p.add_argument("--broker", default=None, help="RabbitMQ URL (default: $FLOWNB_BROKER_URL, else the local broker)")
+    add_broker(p, "RabbitMQ URL (default: $FLOWNB_BROKER_URL, else the local broker)")
     p.add_argument("--prefetch", type=int, default=None)
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
     p.add_argument("--port", type=int, default=None, help="serve a webhook trigger on this port")

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 import urllib.parse
@@ -177,13 +178,57 @@ def _safe_url(url: str) -> str:
     return ",".join(out)
 
 
+_URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?:(?P<userinfo>[^@/?#]*)@)?(?P<host>[^/?#]*)"
+                  r"(?P<rest>[/?#].*)?$")
+
+
 def broker_urls(url: str) -> list[str]:
-    """The nodes of ``url``: one AMQP URL, or several separated by commas (the nodes of a cluster,
-    e.g. ``amqp://u:p@mq-0:5672/,amqp://u:p@mq-1:5672/``)."""
-    urls = [u.strip() for u in url.split(",") if u.strip()]
-    if not urls:
-        raise BrokerError("empty broker URL; write amqp://user:pass@host:5672/vhost (several: comma-separated)")
-    return urls
+    """The nodes of ``url``, one full AMQP URL each. ``url`` is one AMQP URL, several separated by
+    commas (``amqp://u:p@mq-0:5672/,amqp://u:p@mq-1:5672/``), or the short form with several hosts
+    in one URL (``amqp://u:p@mq-0,mq-1:5673,mq-2/vhost?heartbeat=10``): each host inherits the
+    scheme, the credentials, the vhost and the query, and a host without a port gets the default
+    one. The forms mix: a part with ``://`` starts a URL, a bare ``host[:port]`` after it is one
+    more host of that URL (the vhost and query follow the last host, as in the short form)."""
+    parts = [u.strip() for u in url.split(",")]
+    if not any(parts):
+        raise BrokerError("empty broker URL; write amqp://user:pass@host:5672/vhost (several nodes: "
+                          "amqp://user:pass@host1,host2:5673,host3/vhost, or full URLs comma-separated)")
+    groups: list[list[str]] = []
+    for part in parts:
+        if not part:
+            continue
+        if "://" in part:
+            groups.append([part])
+        elif groups:
+            groups[-1].append(part)
+        else:
+            raise BrokerError(f"broker URL {_redact_userinfo(url)!r} starts with a host without a scheme "
+                              f"({part!r}); write amqp://user:pass@{part}/vhost, or list it after a full URL")
+    out = []
+    for group in groups:
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        first = _URL.match(group[0])
+        if first is None or first["rest"]:
+            raise BrokerError(f"broker URL {_redact_userinfo(','.join(group))!r}: with several hosts in one URL "
+                              f"the vhost comes after the last host (amqp://user:pass@host1,host2:5673/vhost)")
+        *middle, last = group[1:]
+        tail = re.match(r"^(?P<host>[^/?#]*)(?P<rest>[/?#].*)?$", last)
+        assert tail is not None  # [^/?#]* matches the empty string
+        hosts = [first["host"], *middle, tail["host"]]
+        bad = [h for h in hosts if not h or any(c in h for c in "/?#@")]
+        if bad:
+            raise BrokerError(f"broker URL {_redact_userinfo(','.join(group))!r}: {bad[0]!r} is not a host[:port]; "
+                              f"write amqp://user:pass@host1,host2:5673,host3/vhost")
+        auth = f"{first['userinfo']}@" if first["userinfo"] is not None else ""
+        out.extend(f"{first['scheme']}://{auth}{h}{tail['rest'] or ''}" for h in hosts)
+    return out
+
+
+def _redact_userinfo(url: str) -> str:
+    """``url`` with the password of every ``user:password@`` replaced by ``***`` (for errors)."""
+    return re.sub(r"(://[^:@/,]*):[^@/]*@", r"\1:***@", url)
 
 
 #: per broker URL list, the node that connected last: the next connection starts there

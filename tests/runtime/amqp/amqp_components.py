@@ -3,6 +3,7 @@
 - ``amqptest.count`` (poll): emits ``{"n": i}`` for i in [0, total), ``batch`` per poll; cursor ``next``
 - ``amqptest.work``: adds ``"w": n * 2``; sleeps ``sleep_ms``; a body with ``"poison": true`` raises a
   retryable error until the file ``fix_file`` exists
+- ``amqptest.triple``: adds ``"v": n * 3``
 - ``amqptest.hang``: returns the body; the message with ``"n": on`` hangs (an hour)
 - ``amqptest.http``: POSTs the body to ``url``; 5xx → retryable; returns the body
 - ``amqptest.sink``: idempotent SQLite sink: ``seen(n primary key)`` plus ``deliveries(n)`` counting
@@ -30,6 +31,9 @@ class CountConfig(PollConfig):
     #: with ``gate``: the numbers from ``hold_from`` on are emitted only once the file ``gate`` exists
     gate: str = ""
     hold_from: int = 0
+    #: a second gate, further on: the numbers from ``hold_from2`` on only once the file ``gate2`` exists
+    gate2: str = ""
+    hold_from2: int = 0
 
 
 @flownb.polling_trigger("amqptest.count", config=CountConfig)
@@ -38,6 +42,8 @@ def count(state, ctx):
     total = ctx.config.total
     if ctx.config.gate and not Path(ctx.config.gate).exists():
         total = min(total, ctx.config.hold_from)
+    if ctx.config.gate2 and not Path(ctx.config.gate2).exists():
+        total = min(total, ctx.config.hold_from2)
     end = min(start + ctx.config.batch, total)
     state["next"] = end
     bad = set(ctx.config.poison)
@@ -57,6 +63,11 @@ def work(body, ctx):
     if body.get("poison") and not (ctx.config.fix_file and Path(ctx.config.fix_file).exists()):
         raise RetryableError(f"poison message {body.get('n')}")
     return {**body, "w": body["n"] * 2}
+
+
+@flownb.action("amqptest.triple")
+def triple(body, ctx):
+    return {**body, "v": body["n"] * 3}
 
 
 class HangConfig(BaseModel):

@@ -5,6 +5,7 @@ the broker on 5672 is shared with other people's test runs and is never stopped 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -203,6 +204,105 @@ def new_private_node():
         t.start()
     for t in stopping:
         t.join()
+
+
+RABBITMQ_CLUSTER = RABBIT_NODE.parent / "rabbitmq-cluster"
+
+
+class ClusterNode:
+    """Node ``n`` (1..3) of a cluster that ``scripts/rabbitmq-cluster`` runs."""
+
+    def __init__(self, cluster: Cluster, n: int):
+        self.cluster, self.n = cluster, n
+
+    @property
+    def name(self) -> str:
+        return f"{self.cluster.prefix}-{self.n}"
+
+    @property
+    def port(self) -> int:
+        return self.cluster.first_port + self.n - 1
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def ctl(self, *args: str, timeout: float = 120) -> str:
+        """``rabbitmqctl -n <this node> -q ARGS`` (as the rabbitmq user); its output."""
+        p = self.cluster.script("ctl", str(self.n), "-q", *args, timeout=timeout)
+        if p.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)} on {self.name}: {p.returncode}\n{p.stdout}{p.stderr}")
+        return p.stdout
+
+    def kill(self) -> None:
+        """SIGKILL the node (a crash: no graceful leader hand-over); its data stays."""
+        self.cluster.run("kill-node", str(self.n))
+        assert not _listening(self.port), f"{self.name} still accepts connections after SIGKILL"
+
+    def stop(self) -> None:
+        """Stop the node gracefully; its data stays (:meth:`start` brings it back into the cluster)."""
+        self.cluster.run("stop-node", str(self.n))
+        assert not _listening(self.port), f"{self.name} still accepts connections after it stopped"
+
+    def start(self) -> None:
+        self.cluster.run("start-node", str(self.n))
+
+
+class Cluster:
+    """Three clustered RabbitMQ nodes beside the machine's broker (``scripts/rabbitmq-cluster``): on
+    5673-5675 as ``flownb-cluster-N`` when those are free, else (another test run has them) on ports
+    and names of this pytest process."""
+
+    def __init__(self, prefix: str, first_port: int):
+        self.prefix, self.first_port = prefix, first_port
+        self.nodes = [ClusterNode(self, n) for n in (1, 2, 3)]
+
+    def script(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        env = {**os.environ, "RABBITMQ_CLUSTER_NAME": self.prefix, "RABBITMQ_CLUSTER_PORT": str(self.first_port),
+               "RABBITMQ_CLUSTER_OWNER": str(os.getpid())}  # a killed pytest leaves no cluster
+        return subprocess.run([str(RABBITMQ_CLUSTER), *args], check=False, capture_output=True, text=True,
+                              timeout=timeout, env=env)
+
+    def run(self, *args: str) -> str:
+        p = self.script(*args)
+        if p.returncode != 0:
+            raise RuntimeError(f"scripts/rabbitmq-cluster {' '.join(args)}: {p.returncode}\n{p.stdout}{p.stderr}")
+        return p.stdout
+
+    def running(self) -> list[str]:
+        """The running members of the cluster, as the first node that answers sees them."""
+        for node in self.nodes:
+            if _listening(node.port):
+                out = node.ctl("eval", "lists:sort(rabbit_nodes:all_running()).")
+                return re.findall(r"'([^']+)'", out)  # ['flownb-cluster-1@localhost', ...]
+        return []
+
+    @property
+    def url(self) -> str:
+        """The short form: one URL, the hosts of the three nodes (docs/rabbitmq.md, "A cluster")."""
+        return self.script("urls").stdout.strip()
+
+
+@pytest.fixture
+def rabbitmq_cluster():
+    """A three-node cluster (``scripts/rabbitmq-cluster start``), stopped and deleted after the test."""
+    if not RABBITMQ_SERVER.exists():
+        pytest.skip("RabbitMQ (the rabbitmq-server package) is not installed")
+    slot = os.getpid() % 1000
+    for prefix, first in (("flownb-cluster", 5673), (f"flownb-cluster{os.getpid()}", 26100 + slot * 3),
+                          (f"flownb-cluster{os.getpid()}b", 29100 + slot * 3)):
+        cluster = Cluster(prefix, first)
+        p = cluster.script("start")
+        if p.returncode == 0:
+            break
+        if p.returncode != 3:  # not a port or name in use: starting elsewhere will not help
+            raise RuntimeError(f"scripts/rabbitmq-cluster start: {p.returncode}\n{p.stdout}{p.stderr}")
+    else:
+        raise RuntimeError(f"scripts/rabbitmq-cluster start: ports in use\n{p.stdout}{p.stderr}")
+    try:
+        yield cluster
+    finally:
+        cluster.script("stop")
 
 
 class Running:

@@ -129,3 +129,48 @@ def test_full_queues_push_back_without_losing_messages(broker, running, tmp_path
     # the sink queue's depth, read back to back on one channel the whole time (was: every 0.2 s)
     assert len(peaks) > 100 and max(peaks) <= PEAK[queue_type], (len(peaks), max(peaks, default=None))
     assert NACKED.labels("pressure", "work")._value.get() > nacked_before  # the broker did refuse publishes
+
+
+def test_dlq_fails_over_past_a_dead_node_and_logs_library_lines_only_with_v(broker, running, tmp_path):
+    """``flownb dlq`` against a broker URL whose first node is down (nothing listens on port 1): from
+    FLOWNB_BROKER_URL (the short form, a second host in one URL) and from a repeated --broker, it
+    goes on to the live node. ``dlq show`` prints the dead letter and, without -v, none of pika's
+    lines; with -v pika's DEBUG lines too."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import urllib.parse
+    from pathlib import Path
+
+    db, fix = tmp_path / "sink.db", tmp_path / "fixed"
+    flow = poison_flow(db, fix, total=20, max_attempts=1)
+    spec = flow.save(tmp_path / "flow.yaml")
+    r = running(flow, ["src", "work", "sink"], broker)
+    dead = wait_for(lambda: AmqpDeadLetters(flow, broker).list(), what="the dead letter")
+    r.stop()
+    vhost = urllib.parse.urlsplit(broker).path  # /flownb-test-…
+    short = f"amqp://guest:guest@127.0.0.1:1,127.0.0.1:5672{vhost}"  # the dead node first
+    run_worker = Path(__file__).parent / "run_worker.py"  # flownb's CLI with the test components
+
+    def flownb_cli(*args: str, url: str | None = None) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k != "FLOWNB_BROKER_URL"}
+        if url:
+            env["FLOWNB_BROKER_URL"] = url
+        return subprocess.run([sys.executable, str(run_worker), *args], capture_output=True, text=True,
+                              timeout=120, env=env, cwd=tmp_path)
+
+    quiet = flownb_cli("dlq", "show", str(spec), "--id", dead[0].id, url=short)
+    assert quiet.returncode == 0, quiet.stderr
+    shown = json.loads(quiet.stdout)
+    assert shown["message"]["body"] == {"n": 7, "poison": True} and shown["error"]["type"] == "RetryableError"
+    assert "pika" not in quiet.stderr and "INFO" not in quiet.stderr, quiet.stderr
+    loud = flownb_cli("-v", "dlq", "show", str(spec), "--id", dead[0].id, url=short)
+    assert loud.returncode == 0 and json.loads(loud.stdout) == shown, loud.stderr
+    assert "DEBUG pika" in loud.stderr  # with -v the libraries' lines too
+    listed = flownb_cli("dlq", "list", str(spec), "--broker", f"amqp://guest:guest@127.0.0.1:1{vhost}",
+                        "--broker", broker)
+    assert listed.returncode == 0 and "1 dead letter(s)" in listed.stdout, listed.stderr
+    assert "pika" not in listed.stderr, listed.stderr
+    down = flownb_cli("dlq", "list", str(spec), "--broker", f"amqp://guest:guest@127.0.0.1:1{vhost}")
+    assert down.returncode == 1 and "cannot connect to RabbitMQ" in down.stderr, down.stderr

@@ -100,3 +100,76 @@ def test_a_worker_of_a_spec_that_renamed_a_step_refuses_while_the_old_queue_hold
     assert proc.poll() is None, log.read_text()
     proc.terminate()
     assert proc.wait(60) == 0
+
+
+def test_removing_a_step_that_holds_messages_is_refused(broker, tmp_path):
+    """A spec without the step 'slow', whose queue holds thousands of messages: a real worker of it
+    exits 2 and prints the plan (from the broker's manifest of the old spec); ``flownb upgrade``
+    refuses too. Once the old spec's worker has emptied 'slow', the upgrade removes the queues of
+    'slow' and the new spec's worker starts."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from amqp_components import wait_for
+
+    from flownb.runtime.amqp.topology import _count
+    from flownb.runtime.upgrade import check_broker_manifest
+    old = _flow("slow")
+    new = flownb.Flow(name="upg", trigger=old.trigger, steps=[old.steps[1]])  # 'slow' removed
+    old_spec, new_spec = old.save(tmp_path / "old.yaml"), new.save(tmp_path / "new.yaml")
+    exe = str(Path(sys.executable).with_name("flownb"))
+    env = {"FLOWNB_BROKER_URL": broker, "PATH": "/usr/bin:/bin", "UPG_TOKEN": "t" * 20, "COLUMNS": "200"}
+    check_broker_manifest(old, broker, str(old_spec))  # what a worker of the old spec records as it starts
+    conn = connect(broker)
+    ch = conn.channel()
+    declare_flow(ch, old.resolved())
+    ch.confirm_delivery()
+    for i in range(N):
+        ch.basic_publish(names.exchange("upg"), "slow", Message(body={"id": i}, flow="upg", step="hook").to_json(),
+                         pika.BasicProperties(delivery_mode=2))
+    conn.close()
+
+    r = subprocess.run([exe, "worker", str(new_spec), "--step", "out"], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert f"RabbitMQ holds messages of flow 'upg' for step(s) this spec does not have ('slow': {N:,})" in r.stderr
+    assert "plan for flow 'upg' (from the broker's manifest of the spec that last started a worker):" in r.stderr
+    assert f"  - step 'slow' removed: {N:,} message(s) would be stranded" in r.stderr
+    assert f"  spec {old.spec_hash()} → {new.spec_hash()}" in r.stderr
+    up = subprocess.run([exe, "upgrade", str(old_spec), str(new_spec), "--broker", broker], capture_output=True,
+                        text=True, env=env, timeout=60)
+    assert up.returncode == 2 and f"removing step(s) 'slow': {N:,} would strand their messages" in up.stderr
+
+    log = tmp_path / "old-slow.log"  # the old spec's worker of 'slow' empties its queue into 'out'
+    proc = subprocess.Popen([exe, "worker", str(old_spec), "--step", "slow"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    conn = connect(broker)
+    try:
+        wait_for(lambda: _count(conn, names.step_queue("upg", "slow")) == 0 and
+                 _count(conn, names.step_queue("upg", "out")) == N, timeout=120, what="'slow' emptied into 'out'")
+    finally:
+        conn.close()
+        proc.terminate()
+    assert proc.wait(60) == 0, log.read_text()
+    up = subprocess.run([exe, "upgrade", str(old_spec), str(new_spec), "--broker", broker], capture_output=True,
+                        text=True, env=env, timeout=60)
+    assert up.returncode == 0, up.stderr
+    assert "  - step 'slow' removed" in up.stdout and "removed the queues of step 'slow'" in up.stderr
+    conn = connect(broker)
+    try:
+        for q in (names.step_queue("upg", "slow"), names.retry_ready_queue("upg", "slow"),
+                  names.dead_letter_queue("upg", "slow"), f"{names.step_queue('upg', 'slow')}.suspect"):
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker):  # gone
+                conn.channel().queue_declare(q, passive=True)
+        assert queue_depths(new.resolved(), broker)["out"]["ready"] == N  # the rest of the flow is kept
+    finally:
+        conn.close()
+    log = tmp_path / "new.log"
+    proc = subprocess.Popen([exe, "worker", str(new_spec), "--step", "out"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    wait_for(lambda: b"consuming" in log.read_bytes() or proc.poll() is not None, timeout=60,
+             what="the new spec's worker consuming")
+    assert proc.poll() is None, log.read_text()
+    proc.terminate()
+    assert proc.wait(60) == 0
