@@ -34,7 +34,7 @@ from ..runtime.on_error import ErrorFlow, delivery, event
 from .model import RunRecord, Schedule
 from .store import ScheduleStore
 
-__all__ = ["ScheduleErrorNotifier", "error_flow_of", "event_from_run", "load_on_error"]
+__all__ = ["ScheduleErrorNotifier", "describe", "error_flow_of", "event_from_run", "load_on_error"]
 
 log = logging.getLogger("flownb.on_error")
 
