@@ -1,18 +1,22 @@
-"""mqtt.subscribe, redis.stream, nats.subscribe, amqp.consume and file.read into the embedded runtime;
-mqtt.publish, redis.xadd, redis.set, nats.publish, amqp.publish, smtp.send and file.write out of it.
+"""mqtt.subscribe, redis.stream, nats.subscribe, amqp.consume, file.read and sql.poll into the embedded
+runtime; mqtt.publish, redis.xadd, redis.set, nats.publish, amqp.publish, smtp.send, file.write and
+sql.upsert out of it.
 
 Triggers: ``--messages`` messages wait at the broker (MQTT: QoS 1 in the flow's persistent session;
 Redis: entries of a fresh stream; NATS: messages of a fresh JetStream stream; AMQP: persistent
 messages of a fresh RabbitMQ queue; files: 4 × ``--messages`` rows of one Parquet file, ``--messages``
-rows of one Excel sheet), then ``LocalRuntime.poll_backlog()`` takes them into the SQLite
+rows of one Excel sheet; SQL: rows of a fresh table on SQLite, PostgreSQL and MariaDB, read by their
+integer cursor in batches of 1,000), then ``LocalRuntime.poll_backlog()`` takes them into the SQLite
 queue (each poll committed with its state, acknowledged by the next poll) — timed until every one is
 committed. Actions: the shared StepRunner's ``run_batch`` of ``--batch`` messages at a time (MQTT: a
 PUBACK for each; Redis: one pipelined round trip per batch; NATS: JetStream's acknowledgement of
 each, awaited together; AMQP: a publisher confirm for each; SMTP: one mail each, at most 1,000, to an
-aiosmtpd server of the run). Needs Mosquitto on 127.0.0.1:1883, Redis on 127.0.0.1:6379, NATS with
-JetStream on 127.0.0.1:4222 and RabbitMQ on 127.0.0.1:5672.
+aiosmtpd server of the run; SQL: a batch is one transaction of ``INSERT … ON CONFLICT`` / ``ON
+DUPLICATE KEY UPDATE`` into a table the step creates). Needs Mosquitto on 127.0.0.1:1883, Redis on
+127.0.0.1:6379, NATS with JetStream on 127.0.0.1:4222, RabbitMQ on 127.0.0.1:5672, PostgreSQL on
+127.0.0.1:5432 (database test) and MariaDB on 127.0.0.1:3306 (database test), as the tests use them.
 
-    .venv/bin/python benchmarks/connectors.py [--messages 5000] [--batch 200]
+    .venv/bin/python benchmarks/connectors.py [--messages 5000] [--batch 200] [--only sql.poll mariadb …]
 
 Last line: one JSON object with messages/s per component.
 """
@@ -235,6 +239,55 @@ def file_write(n: int, batch: int, fmt: str) -> float:
         return _action("file.write", {"path": path, "format": fmt}, n, batch)
 
 
+#: the databases of the SQL cases: SQLite (a file in a temp dir, set per run) and the tests' servers
+SQL_URLS = {"postgres": "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+            "mariadb": "mysql+pymysql://root@127.0.0.1:3306/test"}
+
+
+def _sql_url(db: str, tmp: str) -> str:
+    return f"sqlite:///{tmp}/bench.db" if db == "sqlite" else SQL_URLS[db]
+
+
+def sql_poll(n: int, db: str) -> float:
+    """Rows of a fresh table (integer cursor) into the embedded runtime, 1,000 per poll."""
+    import sqlalchemy as sa
+    table = f"flownb_bench_{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = sa.create_engine(_sql_url(db, tmp))
+        meta = sa.MetaData()
+        t = sa.Table(table, meta, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+                     sa.Column("v", sa.String(100)))
+        meta.create_all(engine)
+        flow = Flow(name=f"bench-sql-{db}", trigger=step("src", "sql.poll", url=_sql_url(db, tmp), table=table,
+                                                         cursor="id", batch_size=1000),
+                    steps=[step("sink", "log", level="debug")])
+
+        def fill():
+            with engine.begin() as con:
+                for i in range(0, n, 5000):
+                    con.execute(t.insert(), [{"id": j, "v": "x" * 50} for j in range(i, min(n, i + 5000))])
+        try:
+            return _into_runtime(flow, n, fill)
+        finally:
+            meta.drop_all(engine)
+            engine.dispose()
+
+
+def sql_upsert(n: int, batch: int, db: str) -> float:
+    """Batches into a fresh table (created by the step), keyed on id; dropped afterwards."""
+    import sqlalchemy as sa
+    table = f"flownb_bench_{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory() as tmp:
+        url = _sql_url(db, tmp)
+        try:
+            return _action("sql.upsert", {"url": url, "table": table, "key": ["id"], "create": True}, n, batch)
+        finally:
+            engine = sa.create_engine(url)
+            with engine.begin() as con:
+                con.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+            engine.dispose()
+
+
 def _action(component: str, config: dict, n: int, batch: int) -> float:
     flow = Flow(name="bench-out", trigger=step("src", "bench.noop"), steps=[step("out", component, **config)])
     runner = StepRunner(flow, "out").open()
@@ -253,7 +306,7 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=5000)
     ap.add_argument("--batch", type=int, default=200)
     ap.add_argument("--only", action="append", metavar="NAME", help="run only this one (repeatable), e.g. "
-                    "--only amqp.publish")
+                    "--only amqp.publish, --only 'sql.poll mariadb'")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     key = f"flownb-bench-out-{uuid.uuid4().hex[:8]}"
@@ -276,6 +329,9 @@ def main() -> None:
         "file.write parquet": lambda: file_write(args.messages, args.batch, "parquet"),
         # the workbook is rewritten per batch: cost grows with the file (2,000 rows here)
         "file.write excel": lambda: file_write(min(args.messages, 2000), args.batch, "excel"),
+        **{f"sql.poll {db}": (lambda db=db: sql_poll(args.messages, db)) for db in ("sqlite", "postgres", "mariadb")},
+        **{f"sql.upsert {db}": (lambda db=db: sql_upsert(args.messages, args.batch, db))
+           for db in ("sqlite", "postgres", "mariadb")},
     }
     unknown = set(args.only or ()) - set(runs)
     if unknown:
@@ -283,7 +339,7 @@ def main() -> None:
     result = {name: run() for name, run in runs.items() if not args.only or name in args.only}
     redis.Redis().delete(key)
     for name, rate in result.items():
-        print(f"{name:18} {rate:10,.0f} messages/s")
+        print(f"{name:19} {rate:10,.0f} messages/s")
     print(json.dumps({k: round(v) for k, v in result.items()}))
 
 

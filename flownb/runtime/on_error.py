@@ -2,12 +2,14 @@
 
 An **event** is one failure, as a dict::
 
-    {"kind": "dead_letter" | "setup_failed" | "poll_failed", "flow", "step", "error_type", "error",
-     "attempt", "trace", "message_id", "body", "at"}
+    {"kind": "dead_letter" | "setup_failed" | "poll_failed" | "schedule_failed", "flow", "step",
+     "error_type", "error", "attempt", "trace", "message_id", "body", "at"}
 
 (``at``: ISO 8601 UTC; ``body``: the dead message's body, or ``{"_truncated": true, "bytes": n}``
 over 4 KiB, so a delivery stays small; ``trace``/``message_id``/``attempt``/``body`` are ``None`` for
-the kinds that have no message). The error
+the kinds that have no message). A failed scheduled notebook run (``schedule_failed``,
+:mod:`flownb.schedule.on_error`) adds its own fields: ``schedule``, ``run_id``, ``status``,
+``notebook``, ``output``, ``error_cell``. The error
 flow receives one **delivery** message per window (:func:`delivery`)::
 
     {"flow", "count", "omitted", "events": [the first ``batch`` events], "by_step": {step: n},
@@ -49,7 +51,7 @@ __all__ = ["EVENT_KINDS", "ErrorFlow", "ErrorFlowFailed", "Window", "delivery", 
            "event_from_exception", "event_payload"]
 
 log = logging.getLogger("flownb.on_error")
-EVENT_KINDS = ("dead_letter", "setup_failed", "poll_failed")
+EVENT_KINDS = ("dead_letter", "setup_failed", "poll_failed", "schedule_failed")
 #: the name the error flow's messages carry as their step (``meta.step`` of a delivery)
 SOURCE_STEP = "on_error"
 
@@ -95,9 +97,10 @@ def event_payload(flow: str, ev: dict) -> bytes:
 
 
 def delivery(flow: str, events: Sequence[dict], total: int | None = None,
-             counts: dict[tuple[str, str], int] | None = None) -> dict:
+             counts: dict[tuple[str, str], int] | None = None, *, source: str = "flow") -> dict:
     """The body the error flow receives for one window: the listed ``events`` (at most ``batch``)
-    of ``total`` failures; ``counts``: (kind, step) → n over all of them (default: the listed)."""
+    of ``total`` failures; ``counts``: (kind, step) → n over all of them (default: the listed).
+    ``source`` names what failed in ``text`` (a ``flow``, or a notebook ``schedule``)."""
     total = len(events) if total is None else total
     if counts is None:
         counts = dict(Counter((e["kind"], e["step"]) for e in events))
@@ -111,10 +114,10 @@ def delivery(flow: str, events: Sequence[dict], total: int | None = None,
     for (kind, step), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
         sample = next((e for e in events if e["kind"] == kind and e["step"] == step), None)
         what = {"dead_letter": "dead letter(s)", "setup_failed": "setup() failure(s)",
-                "poll_failed": "failed poll(s)"}[kind]
+                "poll_failed": "failed poll(s)", "schedule_failed": "failed scheduled run(s)"}[kind]
         err = f" ({sample['error_type']}: {_short(sample['error'])})" if sample else ""
         parts.append(f"{step}: {n} {what}{err}")
-    text = f"flow '{flow}': {total} failure(s) — " + "; ".join(parts)
+    text = f"{source} '{flow}': {total} failure(s) — " + "; ".join(parts)
     return {"flow": flow, "count": total, "omitted": max(total - len(events), 0), "events": list(events),
             "by_step": dict(by_step), "by_kind": dict(by_kind),
             "first_at": min(ats) if ats else None, "last_at": max(ats) if ats else None, "text": text}

@@ -63,14 +63,20 @@ def add_schedule(
     allow_overlap: bool = False,
     replace: bool = False,
     secret_env: list[str] | None = None,
+    on_error: Any = None,
 ) -> Schedule:
     """Validate (cron, time zone, parameters against the notebook's ``parameters`` cell) and store a
     schedule. String parameter values are converted to the notebook's parameter types.
-    ``secret_env``: variables whose values are redacted from the runs' outputs (docs/secrets.md)."""
+    ``secret_env``: variables whose values are redacted from the runs' outputs (docs/secrets.md).
+    ``on_error``: actions that hear of failed runs — a list of steps, an ``on_error`` mapping, or the
+    path of a YAML file holding one (or a flow spec whose ``on_error`` it shares); see
+    :func:`flownb.schedule.on_error.load_on_error` and docs/schedule.md."""
     from ..errors import ParameterError
     from ..params import coerce_all, inspect
+    from .on_error import load_on_error
 
     path = Path(notebook).resolve()
+    errors = None if on_error is None else load_on_error(on_error)
     schedule = parse_schedule(
         {
             "name": name,
@@ -90,4 +96,4 @@ def add_schedule(
         raise ParameterError(f"notebook '{path}' has no 'parameters' cell; tag a cell 'parameters' "
                              f"(cell toolbar → tags) that assigns the defaults, then add the schedule again")
     values = coerce_all(declared, dict(parameters or {}), source=f"notebook '{path.name}'")
-    return store.add(schedule.model_copy(update={"parameters": values}), replace=replace)
+    return store.add(schedule.model_copy(update={"parameters": values, "on_error": errors}), replace=replace)

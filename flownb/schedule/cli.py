@@ -58,6 +58,13 @@ def add_parser(sub: Any) -> None:
         help="an environment variable the notebook reads a secret from: its value is redacted from "
         "the runs' output notebooks, logs and errors (repeatable; *TOKEN*/*SECRET*/*PASSWORD*… always are)",
     )
+    a.add_argument(
+        "--on-error",
+        metavar="FILE.yaml",
+        help="actions that hear of failed and timed-out runs: a YAML file with an 'on_error:' list of "
+        "actions (a chat webhook, smtp.send, an errors table), or a flow spec whose on_error it shares; "
+        "batched and rate-limited as a flow's (docs/schedule.md)",
+    )
 
     ss.add_parser("list", parents=[state], help="schedules and their next run")
     r = ss.add_parser("remove", parents=[state], help="delete a schedule (its history stays)")
@@ -121,11 +128,17 @@ def _add(args, store, console) -> int:
         allow_overlap=args.allow_overlap,
         replace=args.replace,
         secret_env=args.secret_env,
+        on_error=args.on_error,
     )
     console.print(
         f"[green]added[/green] schedule '{s.name}': {s.notebook} at '{s.cron}' ({s.tz}), "
         f"parameters {s.parameters or '{}'}"
     )
+    if s.on_error is not None:
+        from .on_error import describe
+
+        console.print(f"failed runs go to on_error: {describe(s.on_error)}, at most one delivery every "
+                      f"{s.on_error.every:g}s")
     return 0
 
 
@@ -135,6 +148,7 @@ def _list(args, store, console) -> int:
     from rich.table import Table
 
     from .model import next_fire
+    from .on_error import describe
 
     t = Table(title=f"schedules in {store.state_dir}")
     for c in (
@@ -147,6 +161,7 @@ def _list(args, store, console) -> int:
         "catchup",
         "keep",
         "overlap",
+        "on error",
         "next run",
         "last run",
     ):
@@ -164,6 +179,7 @@ def _list(args, store, console) -> int:
             s.catchup,
             str(s.keep),
             "yes" if s.allow_overlap else "no",
+            describe(s.on_error),
             _when(nxt),
             f"{_status(last[0].status)} {_when(last[0].started_at or last[0].queued_at)}" if last else "-",
         )

@@ -98,6 +98,13 @@ def _cronjob(
             "most recent missed run (as catchup=last)",
             s.name,
         )
+    if s.on_error is not None:
+        log.warning(
+            "schedule '%s': its on_error is not part of the CronJob (Kubernetes runs the notebook, no "
+            "scheduler sees the run fail); alert on failed Jobs instead (kube-state-metrics "
+            "kube_job_status_failed)",
+            s.name,
+        )
     notebook = _in_image(s.notebook, workdir, root)
     out = f"{output_dir.rstrip('/')}/{s.name}.ipynb"
     command = [

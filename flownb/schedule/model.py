@@ -16,6 +16,7 @@ from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import ScheduleError, ScheduleInputError, did_you_mean
+from ..flow import OnError
 
 __all__ = [
     "Schedule",
@@ -53,6 +54,11 @@ class Schedule(BaseModel):
         description="environment variables the notebook reads secrets from: their values are "
         "redacted from the run's output notebook, log and error (besides variables named like "
         "secrets; docs/secrets.md)",
+    )
+    on_error: OnError | None = Field(
+        None,
+        description="actions that hear of the schedule's failed runs (failed, timed out, lost), batched "
+        "and rate-limited as a flow's on_error (docs/schedule.md, docs/errors.md)",
     )
     created_at: float = 0.0
 

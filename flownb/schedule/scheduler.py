@@ -11,6 +11,9 @@ processes (see :mod:`flownb.schedule.runner`); the loop itself never blocks on a
 
 Schedules are read from the store every tick, so ``flownb schedule add`` (or the Jupyter
 extension) takes effect without restarting the scheduler. The clock is injectable for tests.
+
+After each tick the scheduler delivers failed runs to their schedule's ``on_error`` actions when its
+window allows (:mod:`flownb.schedule.on_error`); as it stops, what is pending goes out at once.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import time
 from collections.abc import Callable
 
 from .model import RunRecord, Schedule, next_fire_times
+from .on_error import ScheduleErrorNotifier
 from .runner import claim, execute, record_failure
 from .store import ScheduleStore
 
@@ -50,6 +54,8 @@ class Scheduler:
         self._active_by_schedule: dict[str, set[int]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        #: delivers failed runs to their schedule's on_error (:meth:`notify_errors`)
+        self.errors = ScheduleErrorNotifier(store)
 
     # -- decisions --------------------------------------------------------------------------------
     def tick(self) -> list[int]:
@@ -115,6 +121,11 @@ class Scheduler:
                     started.append(self._launch(s, run_id))
         return started
 
+    def notify_errors(self, *, force: bool = False) -> int:
+        """Deliver failed runs to their schedule's on_error when its window allows (``force``: now);
+        returns how many were delivered. ``serve`` calls it after every tick."""
+        return self.errors.tick(self.clock(), force=force)
+
     def _busy(self, name: str) -> bool:
         with self._lock:
             return bool(self._active_by_schedule.get(name))
@@ -177,8 +188,11 @@ class Scheduler:
         log.info("scheduler started on %s (%d schedule(s))", self.store.state_dir, len(self.store.names()))
         while not self._stop.is_set() and not (until and until()):
             self.tick()
+            self.notify_errors()
             self._stop.wait(self.interval)
         self.wait_idle()
+        self.notify_errors(force=True)  # what failed last is not left for the next start
+        self.errors.close()
         log.info("scheduler stopped")
 
     def stop(self) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import did_you_mean
 from .model import RunRecord, Schedule, ScheduleError, ScheduleInputError, parse_schedule
 
-__all__ = ["ScheduleStore", "pid_alive"]
+__all__ = ["FAILED", "ScheduleStore", "pid_alive"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schedules (
@@ -40,6 +40,9 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_by_schedule ON runs (schedule, id);
 """
+#: statuses of a run that failed: what a schedule's on_error hears of (flownb.schedule.on_error)
+FAILED = ("failed", "timeout", "lost")
+_FAILED_SQL = "status IN ('failed', 'timeout', 'lost')"
 _RUN_COLS = (
     "id",
     "schedule",
@@ -86,6 +89,14 @@ class ScheduleStore:
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_SCHEMA)
+            # ``reported``: when the schedule's on_error delivered this failed run (0: never will —
+            # it failed before on_error was configured); a database of an older flownb gains it here
+            if "reported" not in {r[1] for r in con.execute("PRAGMA table_info(runs)")}:
+                try:
+                    con.execute("ALTER TABLE runs ADD COLUMN reported REAL")
+                except sqlite3.OperationalError as exc:  # another process added it meanwhile
+                    if "duplicate column" not in str(exc):
+                        raise
 
     @property
     def runs_dir(self) -> Path:
@@ -120,7 +131,7 @@ class ScheduleStore:
         created = schedule.created_at or time.time()
         schedule = schedule.model_copy(update={"created_at": created})
         with self.transaction() as con:
-            exists = con.execute("SELECT 1 FROM schedules WHERE name=?", (schedule.name,)).fetchone()
+            exists = con.execute("SELECT spec FROM schedules WHERE name=?", (schedule.name,)).fetchone()
             if exists and not replace:
                 raise ScheduleInputError(
                     f"a schedule named '{schedule.name}' exists; remove it first "
@@ -130,6 +141,10 @@ class ScheduleStore:
                 "INSERT OR REPLACE INTO schedules (name, spec, last_fire) VALUES (?, ?, ?)",
                 (schedule.name, json.dumps(schedule.to_dict()), created),
             )
+            if schedule.on_error is not None and not (exists and json.loads(exists[0]).get("on_error")):
+                # on_error hears of failures from now on, not of those from before it was configured
+                con.execute(f"UPDATE runs SET reported=0 WHERE schedule=? AND reported IS NULL AND {_FAILED_SQL}",
+                            (schedule.name,))
         return schedule
 
     def get(self, name: str) -> Schedule:
@@ -219,6 +234,24 @@ class ScheduleStore:
                     (time.time(), f"the process {pid} that ran it exited before recording a result", run_id),
                 )
         return alive
+
+    def unreported(self, name: str, limit: int) -> tuple[builtins.list[RunRecord], builtins.list[int]]:
+        """The failed runs of ``name`` its on_error has not delivered: the oldest ``limit`` of them,
+        and the ids of all of them. Manual runs (``run-now``) are not among them: whoever started
+        one sees its result."""
+        where = f"schedule=? AND {_FAILED_SQL} AND reported IS NULL AND trigger != 'manual'"
+        with self._connect() as con:
+            con.execute("BEGIN")  # one snapshot for both reads (WAL)
+            ids = [r[0] for r in con.execute(f"SELECT id FROM runs WHERE {where} ORDER BY id", (name,))]
+            rows = con.execute(f"SELECT {', '.join(_RUN_COLS)} FROM runs WHERE {where} ORDER BY id LIMIT ?",
+                               (name, limit)).fetchall()
+            con.execute("COMMIT")
+        return [self._run(r) for r in rows], ids
+
+    def mark_reported(self, ids: builtins.list[int], at: float) -> None:
+        """Record that on_error delivered the failed runs ``ids``."""
+        with self.transaction() as con:
+            con.executemany("UPDATE runs SET reported=? WHERE id=?", [(at, i) for i in ids])
 
     def queued(self, name: str) -> builtins.list[RunRecord]:
         with self._connect() as con:

@@ -17,6 +17,12 @@ from flownb.notebook import FlowBuilder  # noqa: E402
 
 #: key → (kind, required config that makes the step valid)
 CONNECTORS = {
+    "mqtt.subscribe": ("poll", {"topics": ["shop/orders/#"]}),
+    "mqtt.publish": ("action", {"topic": "shop/orders/{id}"}),
+    "redis.stream": ("poll", {"stream": "orders"}),
+    "redis.xadd": ("action", {"stream": "orders-out"}),
+    "sql.poll": ("poll", {"url": "sqlite:///shop.db", "table": "orders", "cursor": "updated_at"}),
+    "sql.upsert": ("action", {"url": "sqlite:///shop.db", "table": "contacts", "key": ["id"]}),
     "redis.set": ("action", {"key": "k:{id}"}),
     "nats.subscribe": ("poll", {"subject": "orders.>"}),
     "nats.publish": ("action", {"subject": "orders.created"}),

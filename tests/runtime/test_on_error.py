@@ -23,8 +23,10 @@ from flownb.runtime.on_error import Window, delivery, event
 from flownb.testing import HttpTarget
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "components"))
 from setup_flows import flow as setup_flow  # noqa: E402
 from setup_flows import free_port, trigger_flow  # noqa: E402
+from smtp_kit import SmtpServer  # noqa: E402
 
 CHECK = flownb.step("check", "mapping", fields={
     "id": "id", "v": "value < 0 ? $error('negative value ' & $string(value)) : value * 2"})
@@ -224,6 +226,63 @@ def test_setup_failures_and_failed_polls_are_events(tmp_path):
     (ev,) = poll["events"]
     assert (ev["kind"], ev["step"], ev["error_type"]) == ("poll_failed", "src", "ConfigError")
     assert "Connection refused" in ev["error"]
+
+
+def test_smtp_send_as_an_on_error_action_mails_one_delivery_per_window(tmp_path):
+    """An e-mail per delivery to a real SMTP server (aiosmtpd on loopback): the subject from the
+    delivery's fields, the text listing each failure; a storm within the window is one mail more."""
+    clock = VirtualClock(1_000_000.0)
+    with SmtpServer(tmp_path) as server:
+        f = _flow("oe-mail", {"every": "10m", "steps": [
+            {"name": "mail", "component": "smtp.send", "config": {
+                "port": server.port, "security": "none", "sender": "flownb <flownb@example.com>",
+                "to": "ops@example.com", "subject": "[{flow}] {count} failure(s)",
+                "text": "text & '\n' & $join(events.(step & ': ' & error), '\n')"}}]})
+        with LocalRuntime(f, tmp_path / "state", clock=clock) as rt:
+            rt.feed([{"id": 1, "value": -1}, {"id": 2, "value": 2}, {"id": 3, "value": -3}])
+            rt.drain()
+            rt.notify_errors()
+            assert len(server.received) == 1
+            rt.feed([{"id": 4, "value": -4}])
+            rt.drain()
+            rt.notify_errors()  # within the window: held
+            assert len(server.received) == 1 and rt.errors is not None and rt.errors.pending() == 1
+            rt.run(until_idle=True)  # the end of a run delivers what is pending without waiting
+            assert rt.errors.pending() == 0
+        (frm, rcpt, first), (_f, _r, second) = server.received
+    assert frm == "flownb@example.com" and rcpt == ["ops@example.com"]
+    assert first["Subject"] == "[oe-mail] 2 failure(s)" and second["Subject"] == "[oe-mail] 1 failure(s)"
+    text = first.get_payload(decode=True).decode()
+    assert text.startswith("flow 'oe-mail': 2 failure(s) — check: 2 dead letter(s) (EvaluationError")
+    assert "\ncheck: field 'v': D3137: negative value -1 (" in text
+    assert "\ncheck: field 'v': D3137: negative value -3 (" in text
+    assert "negative value -4" in second.get_payload(decode=True).decode()
+
+
+def test_log_as_an_on_error_action_writes_each_delivery_to_the_log(tmp_path, caplog):
+    """``log`` at level error: one log line per delivery with the whole delivery as JSON, for a log
+    shipper to alert on; a failed poll is an event like a dead letter."""
+    port = free_port()  # nothing listens: the trigger's poll is refused
+    on_error = {"every": "1m", "steps": [{"name": "say", "component": "log",
+                                          "config": {"level": "error", "prefix": "FLOW FAILED "}}]}
+    t = trigger_flow("oe-log", port, tmp_path / "out.csv").model_copy(
+        update={"on_error": OnError.model_validate(on_error)})
+    with caplog.at_level(logging.ERROR, logger="flownb"), LocalRuntime(t, None, memory=True) as rt:
+        rt.poll_once()
+        rt.notify_errors()
+        rt.poll_once()
+        rt.notify_errors()  # within the window: nothing logged yet
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("FLOW FAILED ")]
+        assert len(lines) == 1
+        rt.notify_errors(force=True)
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("FLOW FAILED ")]
+    assert len(lines) == 2
+    import json
+    first = json.loads(lines[0].removeprefix("FLOW FAILED "))
+    assert (first["flow"], first["count"], first["by_kind"]) == ("oe-log", 1, {"poll_failed": 1})
+    (ev,) = first["events"]
+    assert (ev["kind"], ev["step"]) == ("poll_failed", "src") and "Connection refused" in ev["error"]
+    assert [r.levelname for r in caplog.records if r.getMessage().startswith("FLOW FAILED ")] == ["ERROR"] * 2
 
 
 def test_flow_test_shows_what_the_error_flow_would_send_without_sending_it():
