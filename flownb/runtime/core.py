@@ -598,14 +598,23 @@ class TriggerRunner:
         """Seconds until the next poll. A component's ``next_delay`` may read what ``setup()``
         prepared (sql.poll's backlog), so it is set up first; while ``setup()`` fails (its source is
         down) the answer is the interval: ``poll`` raises that failure, the runtime logs it and polls
-        again then — the trigger never dies of it."""
+        again then — the trigger never dies of it. Likewise when ``next_delay`` itself fails (a saved
+        cursor it cannot read, e.g. a schedule's ``until`` set by hand to a non-date): the poll,
+        which reads the same cursor, then fails loudly every interval (logged, a ``poll_failed``
+        event, ``--until-idle`` exits 1) instead of the trigger's thread dying of it."""
         assert isinstance(self.component, PollingTrigger)
         if not self._open:
             try:
                 self.open()
             except Exception:
                 return self.component.interval
-        return self.component.next_delay(state)
+        try:
+            return self.component.next_delay(state)
+        except Exception as exc:
+            log.warning("trigger '%s': cannot tell when to poll next from its cursor (%s: %s); polling "
+                        "every %.0fs until the cursor is fixed ('flownb state show|set')", self.step.name,
+                        type(exc).__name__, exc, self.component.interval)
+            return self.component.interval
 
     def poll(self, state: dict, *, encode: bool = True) -> tuple[list[Message], list[bytes], dict]:
         """Poll once on a copy of ``state``; return messages, their wire form, and the new state.

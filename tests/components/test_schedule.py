@@ -85,3 +85,27 @@ def test_real_clock_every_second(trigger_runner):
 def test_config_errors(flow_factory, config, match):
     with pytest.raises(ConfigError, match=match):
         flow_factory(("schedule", config)).validate_components()
+
+
+def test_a_cursor_it_cannot_read_makes_the_poll_fail_loudly_every_interval_not_the_trigger_die(
+        trigger_runner, flow_factory, tmp_path, caplog):
+    """A schedule whose saved ``until`` is not a date (set by hand): ``next_delay`` answers the
+    interval with a WARNING naming the cursor (it raised before, and the embedded runtime's serving
+    loop died of it with exit 70), and each poll fails with the reason, counted and logged."""
+    from flownb.runtime.local import LocalRuntime
+
+    runner = trigger_runner("schedule", {"cron": "* * * * *"})
+    assert runner.next_delay({"until": "garbage"}) == runner.component.interval == 60.0
+    assert "cannot tell when to poll next from its cursor (ValueError" in caplog.text
+    with pytest.raises(ValueError, match="garbage"):
+        runner.poll({"until": "garbage"})
+
+    flow = flow_factory(trigger=("schedule", {"cron": "* * * * *"}), steps=[("log", {})])
+    with LocalRuntime(flow, state_dir=tmp_path) as rt:
+        with rt.store.transaction() as c:
+            rt.store._set_state(c, flow.trigger.name, {"until": "garbage"}, 0.0)
+        assert rt.poll_once() == 0
+        assert rt.poll_errors == ["ValueError: Invalid isoformat string: 'garbage'"]
+        state, next_at = rt.store.get_state(flow.trigger.name)
+        assert state == {"until": "garbage"}  # the cursor is left for the user to fix, as it was
+        assert next_at == pytest.approx(rt.clock() + 60.0, abs=5)
