@@ -83,9 +83,16 @@ def encode_body(body: Any, *, step: str | None = None) -> bytes:
             _check_finite(body)
         return data
     except (TypeError, orjson.JSONEncodeError) as exc:
-        raise MessageError(
-            f"body is not JSON-serialisable ({exc}); convert the value to str/int/float/bool/"
-            f"list/dict before returning it", step=step) from exc
+        raise MessageError(f"body is not JSON-serialisable ({exc}); {_fix_for(exc)}", step=step) from exc
+
+
+def _fix_for(exc: Exception) -> str:
+    """What to do about a body orjson refused: a lone UTF-16 surrogate is a str all the same."""
+    if "surrogates" in str(exc):
+        return ("a string holds a lone UTF-16 surrogate (such as \\ud800, from a JSONata \"\\ud800\" "
+                "literal or text decoded with errors='surrogateescape'), which JSON in UTF-8 cannot "
+                "carry: remove it, or pair it with its other half")
+    return "convert the value to str/int/float/bool/list/dict before returning it"
 
 
 def decode_body(data: bytes | str) -> dict:

@@ -1,4 +1,5 @@
-"""Under CI (FLOWNB_CI=1) a skipped test fails; outside CI it is reported as skipped."""
+"""Under CI (FLOWNB_CI=1) a skipped test fails, and so does a file whose collection was skipped;
+outside CI both are reported as skipped."""
 
 from __future__ import annotations
 
@@ -25,8 +26,20 @@ def test_fine():
 '''
 
 
-def _run(tmp_path, ci: bool) -> subprocess.CompletedProcess:
-    (tmp_path / "test_sample.py").write_text(SAMPLE)
+#: a whole file skipped at collection (a dev dependency missing): no test of it ever reaches runtest
+SKIPPED_MODULE = '''
+import pytest
+
+pytest.importorskip("flownb_no_such_module_anywhere")
+
+
+def test_never_collected():
+    assert True
+'''
+
+
+def _run(tmp_path, ci: bool, sample: str = SAMPLE) -> subprocess.CompletedProcess:
+    (tmp_path / "test_sample.py").write_text(sample)
     env = {k: v for k, v in os.environ.items() if k != "FLOWNB_CI"}
     if ci:
         env["FLOWNB_CI"] = "1"
@@ -48,3 +61,18 @@ def test_outside_ci_a_skip_stays_a_skip(tmp_path):
     out = _run(tmp_path, ci=False)
     assert out.returncode == 0, out.stdout
     assert "1 passed, 1 skipped, 1 xfailed" in out.stdout
+
+
+def test_a_skipped_collection_is_a_failure_under_ci(tmp_path):
+    out = _run(tmp_path, ci=True, sample=SKIPPED_MODULE)
+    assert out.returncode == 2, out.stdout  # pytest's "interrupted": errors during collection
+    assert "1 error" in out.stdout and "skipped" not in out.stdout.splitlines()[-1], out.stdout
+    assert "ERROR test_sample.py" in out.stdout
+    assert "test_sample.py skipped under CI (FLOWNB_CI=1)" in out.stdout
+    assert "could not import 'flownb_no_such_module_anywhere'" in out.stdout
+
+
+def test_outside_ci_a_skipped_collection_stays_a_skip(tmp_path):
+    out = _run(tmp_path, ci=False, sample=SKIPPED_MODULE)
+    assert out.returncode == 5, out.stdout  # no tests collected: the file was skipped
+    assert "1 skipped" in out.stdout

@@ -177,7 +177,14 @@ class Expression:
         if late:
             raise _deadline.Expired()
         if message is None:
-            return _U if out is None else orjson.loads(out)
+            if out is None:
+                return _U
+            try:
+                return orjson.loads(out)
+            except (orjson.JSONDecodeError, MemoryError) as exc:  # orjson: "Not enough memory …"
+                raise EvaluationError(f"the result ({len(out):,} characters of JSON) does not fit in "
+                                      f"memory ({exc}); make the expression return less, or give the "
+                                      f"process more memory", expression=self.source) from None
         m = _CODE.search(message)
         code = m.group(1) if m else None
         if code == "D1012" and left is not None:
@@ -261,8 +268,12 @@ def compile(source: str) -> Expression:  # noqa: A001 - the public name the API 
         try:
             _thread_jsonatapy(source)  # validates; this thread's copy is kept for evaluation
         except ValueError as fexc:
-            what = "invalid JSONata" if isinstance(exc, Unsupported) else "nested too deeply"
-            err = ExpressionError(f"{what}: {fexc}", expression=source)
+            if isinstance(exc, Unsupported):
+                err = ExpressionError(f"invalid JSONata: {fexc}", expression=source)
+            else:
+                err = ExpressionError(f"nested too deeply: {fexc}; flatten it: bind inner parts to "
+                                      f"variables (($a := …; …)) or split it over several fields",
+                                      expression=source)
             m = _CODE.search(str(fexc))
             err.code = m.group(1) if m else None  # type: ignore[attr-defined]
             raise err from None

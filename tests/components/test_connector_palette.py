@@ -11,9 +11,7 @@ from pathlib import Path
 import pytest
 
 import flownb
-
-pytest.importorskip("ipywidgets")
-from flownb.notebook import FlowBuilder  # noqa: E402
+from flownb.notebook import FlowBuilder
 
 #: key → (kind, required config that makes the step valid)
 CONNECTORS = {

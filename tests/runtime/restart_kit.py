@@ -38,6 +38,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -487,10 +489,22 @@ def chunks(start: int, stop: int) -> list[range]:
     return [range(i, min(i + CHUNK, stop)) for i in range(start, stop, CHUNK)]
 
 
+def local_pending(state: Path, flow: str) -> Callable[[], int]:
+    """For :func:`run_kill_restart` on the embedded runtime: the messages queued for any step plus
+    the claims of batches in hand (a claim's messages stay queued until its commit deletes both),
+    read from the state database without writing to it."""
+    def pending() -> int:
+        with closing(sqlite3.connect(f"file:{state / f'{flow}.db'}?mode=ro", uri=True, timeout=30)) as db:
+            return db.execute("SELECT (SELECT count(*) FROM queue) + (SELECT count(*) FROM claims)").fetchone()[0]
+    return pending
+
+
 def run_kill_restart(*, source: Source, flow: flownb.Flow, tmp: Path, command: list[str],
-                     env: dict | None = None, dup_bound: int) -> dict:
+                     env: dict | None = None, dup_bound: int, pending: Callable[[], int]) -> dict:
     """The whole row scenario (module docstring); returns figures for the report. ``command``: the
-    flownb arguments after the executable, with ``{spec}`` for the spec path."""
+    flownb arguments after the executable, with ``{spec}`` for the spec path. ``pending()``: the
+    messages the runtime still holds (queued, in hand or waiting for a retry), to judge repeats
+    only once nothing can land any more."""
     spec = flow.save(tmp / "flow.yaml")
     args = [a.replace("{spec}", str(spec)) for a in command]
     first_stop = BEFORE_KILL * CHUNK
@@ -515,13 +529,18 @@ def run_kill_restart(*, source: Source, flow: flownb.Flow, tmp: Path, command: l
         feeders.append(Feeder(source, chunks(down_stop, TOTAL)))
         wait_until(lambda: sink_count(tmp) >= TOTAL, DEADLINE, f"all {TOTAL} rows at the sink", [second])
         feeders[1].join()
-        time.sleep(0.5)  # anything still in flight (a duplicate) lands now
+        # repeats are counted once nothing can land any more: every queue drained with nothing in
+        # hand, then the process stopped (a graceful stop finishes or returns what it holds), then
+        # still nothing held — so a duplicate in flight has landed or is counted as held
+        wait_until(lambda: pending() == 0, 60, "every queue drained, nothing in hand", [second], every=0.2)
         second.assert_healthy()
-        got = sink_rows(tmp)
-        logged = deliveries(tmp)
         bad = second.bad_lines()
         code = second.terminate()
         assert code == 0, f"the restarted process exited {code} on SIGTERM\n{second.tail()}"
+        held = pending()
+        assert held == 0, f"{held} message(s) still held after the stop\n{second.tail()}"
+        got = sink_rows(tmp)
+        logged = deliveries(tmp)
         missing = sorted(set(range(TOTAL)) - set(got))
         assert not missing, f"{len(missing)} row(s) never arrived, e.g. {missing[:10]}"
         assert sorted(got) == list(range(TOTAL)), "unexpected ids at the sink"

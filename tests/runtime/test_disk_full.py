@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import os
 import secrets
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import httpx
@@ -36,6 +37,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 #: opened by the test: the gate step holds its batch until then (so that its commit meets a full disk)
 GATE = threading.Event()
+#: set by the gate step once it holds a batch (claimed: the claim is committed before it runs)
+HOLDING = threading.Event()
 
 
 @register("diskfulltest.gate")
@@ -43,6 +46,7 @@ class Gate(Action):
     """Passes its batch on once :data:`GATE` is open."""
 
     def process_batch(self, messages, ctx):
+        HOLDING.set()
         GATE.wait(60)
         return [m.body for m in messages]
 
@@ -87,6 +91,12 @@ def _wait(cond, timeout: float = 30.0, what: str = "") -> None:
         time.sleep(0.05)
 
 
+def _held(state_db: Path) -> int:
+    """Messages queued for any step plus claimed batches (read-only: the runtime writes the file)."""
+    with closing(sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=30)) as db:
+        return db.execute("SELECT (SELECT count(*) FROM queue) + (SELECT count(*) FROM claims)").fetchone()[0]
+
+
 def test_webhook_on_a_full_disk_answers_503_and_resumes_by_itself(tmp_path, monkeypatch):
     from flownb.runtime.local.ingress import LocalIngest
     from flownb.webhook.app import create_app
@@ -103,6 +113,7 @@ def test_webhook_on_a_full_disk_answers_503_and_resumes_by_itself(tmp_path, monk
                        step("sink", "sql.upsert", url=f"sqlite:///{sink_db}", table="got", key=["n"],
                             create=True)])
     GATE.clear()
+    HOLDING.clear()
     HEALTH.reset()
     with tmpfs(tmp_path / "disk") as disk:
         runtime = LocalRuntime(flow, disk / "state")
@@ -123,8 +134,8 @@ def test_webhook_on_a_full_disk_answers_503_and_resumes_by_itself(tmp_path, monk
                     return r
 
                 assert [send(n).status_code for n in range(5)] == [202] * 5
-                _wait(lambda: runtime.store.depth("gate") == 5 and GATE is not None, what="queued")
-                time.sleep(0.3)  # the gate step has claimed its batch and holds it
+                _wait(lambda: runtime.store.depth("gate") == 5 and HOLDING.is_set(),
+                      what="the gate step holding its claimed batch")
                 filler = fill(disk)
                 GATE.set()       # its commit now meets the full disk
                 _wait(lambda: httpx.get(srv.url + "/healthz").status_code == 503, what="/healthz 503")
@@ -153,7 +164,15 @@ def test_webhook_on_a_full_disk_answers_503_and_resumes_by_itself(tmp_path, monk
                     except sa.exc.OperationalError:
                         return []
                 _wait(lambda: len(sunk()) >= len(accepted), 30, "the sink")
-                time.sleep(0.5)
+                # judged once nothing can land any more: every queue drained and no batch in hand,
+                # then the runtime stopped (a graceful stop finishes or keeps what it holds)
+                state_db = disk / "state" / f"{flow.name}.db"
+                _wait(lambda: _held(state_db) == 0, 30, "every queue drained, no batch in hand")
+                stop.set()
+                runtime.stop()
+                worker.join(30)
+                assert not worker.is_alive(), "the runtime did not stop"
+                assert _held(state_db) == 0
                 got = sunk()
                 assert sorted(got) == sorted(accepted)            # every accepted one, exactly once
                 assert runtime.store.depths() == {} or not any(runtime.store.depths().values())

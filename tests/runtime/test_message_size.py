@@ -65,3 +65,24 @@ def test_flow_test_dead_letters_an_oversized_output_like_the_runtime(tmp_path):
 def test_a_sample_record_over_the_limit_is_refused_loudly(tmp_path):
     with pytest.raises(MessageTooLarge, match="max_message_bytes"):
         _flow(tmp_path / "out.csv").test([{"id": 0, "blob": "z" * 10_000}])
+
+
+#: grows a body to ``size`` bytes on the wire, give or take its envelope
+PAD = '''
+def pad(body, ctx):
+    return {"id": body["id"], "pad": "y" * body["size"]}
+'''
+
+
+def test_the_default_limit_is_8_mib_and_is_enforced(tmp_path):
+    """A flow that says nothing gets 8 MiB (docs/architecture.md), spelled as a number, not read back
+    from the constant: an output of 9 MiB is dead-lettered naming 8,388,608 bytes, one of 7 MiB passes."""
+    flow = flownb.Flow(name="default-size", trigger=flownb.step("h", "webhook", token_env="T"),
+                       steps=[flownb.step("pad", "python", source=PAD, function="pad")])
+    assert flow.max_message_bytes == 8 * 1024 * 1024
+    assert flownb.load(flow.to_yaml()).max_message_bytes == 8 * 1024 * 1024
+    result = flow.test([{"id": 1, "size": 7 * 1024 * 1024}, {"id": 2, "size": 9 * 1024 * 1024}])
+    assert [b["id"] for b in result.outputs["pad"]] == [1]
+    [dead] = result.dead_letters
+    assert dead.message.body["id"] == 2 and dead.error.type == "MessageTooLarge"
+    assert "over the flow's max_message_bytes (8,388,608 bytes)" in dead.error.message

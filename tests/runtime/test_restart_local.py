@@ -30,7 +30,8 @@ def test_kill_9_and_restart_delivers_every_row(kind, engine, tmp_path):
     try:
         flow = kit.build_flow(kit.unique_name(f"rs-{kind}-{engine}"), source.trigger(), engine, tmp_path)
         figures = kit.run_kill_restart(source=source, flow=flow, tmp=tmp_path, command=_command(tmp_path),
-                                       dup_bound=LOCAL_BATCH)
+                                       dup_bound=LOCAL_BATCH,
+                                       pending=kit.local_pending(tmp_path / "state", flow.name))
         print(kind, engine, figures)
     finally:
         source.close()

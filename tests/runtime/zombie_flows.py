@@ -3,6 +3,7 @@ no-zombie tests of both runtimes; and a helper that runs a CLI process and times
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 import threading
@@ -10,6 +11,11 @@ import time
 from pathlib import Path
 
 import flownb
+from flownb.runtime.health import exit_on_failure
+
+#: seconds between a failure and the exit that ends the process (the runtimes' entry points call
+#: exit_on_failure() with its default)
+EXIT_WITHIN: float = inspect.signature(exit_on_failure).parameters["within"].default
 
 CRASH_SOURCE = '''
 class SimulatedPanic(BaseException):
@@ -105,6 +111,9 @@ def assert_crashed_with_70(proc: Proc, step: str = "boom") -> None:
     finally:
         proc.kill()
     assert code == 70, proc.stderr()
-    assert exited - died < 5.0
+    # a contract, not a speed claim (issues 11/12): a failure ends the process at most
+    # exit_on_failure's `within` (3 s) after it; the rest is this test's own look at the log and
+    # waitpid on a loaded machine
+    assert exited - died < EXIT_WITHIN + 2.0
     err = proc.stderr(tail=None)
     assert f"step '{step}'" in err and "simulated panic in the processing thread" in err

@@ -1,7 +1,9 @@
-"""Issue 12 on RabbitMQ: a message that kills its worker process (SIGABRT: ``os.abort()`` stands in
-for an expression that exhausts memory) is dead-lettered as poison after ``FLOWNB_MAX_DELIVERIES``
-(3) deaths instead of crashing every restart; its innocent neighbours (the rest of the prefetch
-window, redelivered with it) reach the sink exactly once. Real ``flownb worker`` processes, one per
+"""Issue 12 on RabbitMQ: a message that kills its worker process (SIGABRT: ``os.abort()``, and for
+real a JSONata expression that exhausts the memory of a worker run under ``RLIMIT_AS``) is
+dead-lettered as poison after ``FLOWNB_MAX_DELIVERIES`` (3) deaths instead of crashing every
+restart; its innocent neighbours (the rest of the prefetch window, redelivered with it) reach the
+sink exactly once. A Python step that runs out of memory raises MemoryError, which is dead-lettered
+at once: the worker lives on. Real ``flownb worker`` processes, one per
 step, the crashing one restarted whenever it dies, as a restart policy would."""
 
 from __future__ import annotations
@@ -44,17 +46,37 @@ def f(body, ctx):
     return body
 """
 
+#: a JSONata expression that doubles a string until memory runs out (jsonatapy evaluates it: a user
+#: function); under the cap, jsonatapy's failed allocation aborts the process
+EXHAUST = f'(n = {POISON} ? ($grow := function($s) {{ $grow($s & $s) }}; $grow("poison")) : n)'
+#: a Python step that allocates until Python raises MemoryError
+GREEDY = f"""def f(body, ctx):
+    if body['n'] == {POISON}:
+        s = b'poison'
+        while True:
+            s = s + s  # doubles until the allocation fails under the cap
+    return body
+"""
+#: the address space of a capped worker (``ulimit -v``): above what an uncapped worker reserves
+#: (mostly thread stacks and malloc arenas never touched), far too little for what grows without end
+MEMORY_CAP = 2 << 30
+
 
 def _no_core() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def _worker(spec: Path, step: str, broker: str, log: Path, **env: str) -> subprocess.Popen:
+def _capped() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+    _no_core()
+
+
+def _worker(spec: Path, step: str, broker: str, log: Path, cap: bool = False, **env: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(RUN_WORKER), "worker", str(spec), "--step", step],
                             env={"FLOWNB_BROKER_URL": broker, "PATH": "/usr/bin",
                                  "FLOWNB_QUEUE_TYPE": os.environ.get("FLOWNB_QUEUE_TYPE", "classic"), **env},
                             stdout=subprocess.DEVNULL, stderr=log.open("ab"), cwd=log.parent,
-                            preexec_fn=_no_core)  # noqa: PLW1509 - no threads yet; an abort leaves no core
+                            preexec_fn=_capped if cap else _no_core)  # noqa: PLW1509 - no threads yet
 
 
 def _stop(proc: subprocess.Popen) -> int:
@@ -63,20 +85,26 @@ def _stop(proc: subprocess.Popen) -> int:
     return proc.wait(60)
 
 
-def _flow(db: Path) -> flownb.Flow:
+def _flow(db: Path, how: str = "abort") -> flownb.Flow:
+    boom = {"abort": flownb.step("boom", "python", source=BOOM, function="f"),
+            "memory": flownb.step("boom", "mapping", fields={"n": EXHAUST}, timeout="60s"),
+            "greedy": flownb.step("boom", "python", source=GREEDY, function="f")}[how]
     return flownb.Flow(name="poison", trigger=flownb.step("src", "amqptest.count", total=TOTAL, interval="50ms"),
-                       steps=[flownb.step("boom", "python", source=BOOM, function="f"),
-                              flownb.step("sink", "amqptest.sink", path=str(db))])
+                       steps=[boom, flownb.step("sink", "amqptest.sink", path=str(db))])
 
 
-def test_a_message_that_kills_the_worker_is_dead_lettered_after_3_deaths(broker, tmp_path, queue_kind):
+@pytest.mark.parametrize("how", ["abort", "memory"])
+def test_a_message_that_kills_the_worker_is_dead_lettered_after_3_deaths(broker, tmp_path, queue_kind, how):
+    """``abort``: os.abort() in a Python step. ``memory``: the worker runs under ``RLIMIT_AS`` and the
+    expression really exhausts it (jsonatapy aborts on a failed allocation), no stand-in."""
     db = tmp_path / "sink.db"
-    flow = _flow(db)
+    flow = _flow(db, how)
+    cap = how == "memory"
     spec = flow.save(tmp_path / "flow.yaml")
     logs = {s: tmp_path / f"{s}.log" for s in ("src", "boom", "sink")}
     others = [_worker(spec, "sink", broker, logs["sink"])]
     deaths: list[int] = []
-    boom = _worker(spec, "boom", broker, logs["boom"])
+    boom = _worker(spec, "boom", broker, logs["boom"], cap=cap)
     try:
         # the step's worker consumes before the trigger emits: the 20 records arrive in one window
         wait_for(lambda: b"consuming" in logs["boom"].read_bytes(), timeout=60, what="boom consuming")
@@ -88,7 +116,7 @@ def test_a_message_that_kills_the_worker_is_dead_lettered_after_3_deaths(broker,
             if code is not None:  # died: restart it, as a restart policy would (bounded)
                 deaths.append(code)
                 assert len(deaths) <= 5, f"the worker keeps dying: {deaths}"
-                boom = _worker(spec, "boom", broker, logs["boom"])
+                boom = _worker(spec, "boom", broker, logs["boom"], cap=cap)
                 continue
             if store.list() and sink_counts(db)[0] == TOTAL - 1:
                 break
@@ -105,6 +133,8 @@ def test_a_message_that_kills_the_worker_is_dead_lettered_after_3_deaths(broker,
         codes = [_stop(boom), *(_stop(p) for p in others)]
     assert deaths == [-signal.SIGABRT] * 3, deaths
     assert codes == [0, 0, 0], (codes, {s: p.read_text()[-2000:] for s, p in logs.items()})
+    if cap:  # the deaths were memory exhaustion, said so by the allocator on the way out
+        assert logs["boom"].read_text(errors="replace").count("memory allocation of") == 3
     [dead] = store.list()
     assert dead.step == "boom" and dead.message.body == {"n": POISON}
     assert dead.error.type == "PoisonMessage"
@@ -117,6 +147,35 @@ def test_a_message_that_kills_the_worker_is_dead_lettered_after_3_deaths(broker,
     assert seen == TOTAL - 1
     assert seen <= arrivals <= seen + 3 * TOTAL
     assert "PoisonMessage" not in logs["sink"].read_text()
+
+
+def test_a_python_step_out_of_memory_is_dead_lettered_at_once_and_the_worker_goes_on(broker, tmp_path):
+    """The same worker under the same cap, a Python step this time: Python turns the failed
+    allocation into MemoryError, which unwinds (freeing what the step built) and fails the message
+    like any other error: dead-lettered at its first attempt, no death, no restart."""
+    db = tmp_path / "sink.db"
+    flow = _flow(db, "greedy")
+    spec = flow.save(tmp_path / "flow.yaml")
+    logs = {s: tmp_path / f"{s}.log" for s in ("src", "boom", "sink")}
+    procs = [_worker(spec, "sink", broker, logs["sink"]), _worker(spec, "boom", broker, logs["boom"], cap=True)]
+    resolved = flow.resolved()
+    store = AmqpDeadLetters(resolved, broker)
+    try:
+        wait_for(lambda: b"consuming" in logs["boom"].read_bytes(), timeout=60, what="boom consuming")
+        procs.append(_worker(spec, "src", broker, logs["src"]))
+        wait_for(lambda: sink_counts(db)[0] == TOTAL - 1 and len(store.list()) == 1, timeout=120,
+                 what="19 at the sink and one dead letter")
+        wait_for(lambda: queue_depths(resolved, broker) == {"boom": {"ready": 0, "dead": 1, "retry": 0},
+                                                            "sink": {"ready": 0, "dead": 0, "retry": 0}},
+                 timeout=30, what="empty queues but the dead letter")
+        assert procs[1].poll() is None, "the capped worker died"
+    finally:
+        codes = [_stop(p) for p in procs]
+    assert codes == [0, 0, 0], (codes, {s: p.read_text()[-2000:] for s, p in logs.items()})
+    [dead] = store.list()
+    assert dead.step == "boom" and dead.message.body == {"n": POISON}
+    assert dead.error.type == "MemoryError" and dead.message.attempt == 1
+    assert sink_counts(db) == (TOTAL - 1, TOTAL - 1)  # no death: nothing redelivered, nothing repeated
 
 
 def _receive_and_die(broker: str, queue: str, n: int) -> None:

@@ -2,7 +2,9 @@
 for ever while the worker looks alive: its queue waits, nothing moves. With ``FLOWNB_STEP_TIMEOUT``
 the worker gives up on such a batch as on a dead thread: ``flownb worker`` says why and exits 70,
 the broker gives the batch back, and after ``FLOWNB_MAX_DELIVERIES`` such deaths the message that
-hangs is dead-lettered as poison, while the others go through (docs/rabbitmq.md)."""
+hangs is dead-lettered as poison, while the others go through (docs/rabbitmq.md). A JSONata
+expression that never ends needs no such help: the step's evaluation deadline dead-letters the
+message ("evaluation exceeded") and the worker goes on."""
 
 from __future__ import annotations
 
@@ -17,10 +19,15 @@ import pytest
 from amqp_components import publish_to_step, sink_counts, wait_for
 
 import flownb
+from flownb.runtime.amqp.dlq import AmqpDeadLetters
 from flownb.runtime.amqp.topology import queue_depths
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
 RUN_WORKER = Path(__file__).parent / "run_worker.py"
+
+
+#: never ends (jsonatapy: a recursive lambda that recurses for ever) for n = 1, else n * 10
+SPIN = "n = 1 ? ($f := function($n){ $n > -1 ? $f($n) : 0 }; $f(1)) : n * 10"
 
 
 def _worker(spec: Path, broker: str, log: Path, **env: str) -> subprocess.Popen:
@@ -65,6 +72,44 @@ def test_a_step_that_hangs_ends_its_worker_with_70_and_is_dead_lettered_as_poiso
     wait_for(lambda: sink_counts(db)[0] == 2, 30, what="the two other messages at the sink")
     sink.stop()
     assert queue_depths(flow.resolved(), broker)["work"] == {"ready": 0, "dead": 1, "retry": 0}
+
+
+def test_a_never_ending_expression_is_dead_lettered_and_the_worker_goes_on(broker, running, tmp_path):
+    """A real ``flownb worker`` for a mapping step whose expression never ends for one message: that
+    message is dead-lettered with EvaluationTimeout after the step's timeout (1 s), the others reach
+    the sink, the same worker process goes on with messages published afterwards and exits 0."""
+    db = tmp_path / "sink.db"
+    flow = flownb.Flow(name=f"spin-{uuid.uuid4().hex[:8]}",
+                       trigger=flownb.step("src", "amqptest.count", total=0),
+                       steps=[flownb.step("work", "mapping", fields={"n": "n", "y": SPIN}, timeout="1s"),
+                              flownb.step("sink", "amqptest.sink", path=str(db))])
+    assert flownb.rules.compile(SPIN).engine == "jsonatapy"
+    spec = flow.save(tmp_path / "flow.yaml")
+    resolved = flow.resolved()
+    sink = running(flow, ["sink"], broker)
+    log = tmp_path / "worker.log"
+    publish_to_step(broker, flow, "work", range(3))  # n = 1 never ends
+    p = _worker(spec, broker, log)
+    store = AmqpDeadLetters(resolved, broker)
+    try:
+        wait_for(lambda: sink_counts(db)[0] == 2 and len(store.list()) == 1, 60,
+                 what=f"two at the sink, one dead letter:\n{log.read_text()[-3000:]}")
+        publish_to_step(broker, flow, "work", range(10, 13))  # the same worker goes on
+        wait_for(lambda: sink_counts(db)[0] == 5, 60, what=f"the later three at the sink:\n{log.read_text()[-3000:]}")
+        assert p.poll() is None, log.read_text()[-3000:]
+    finally:
+        if p.poll() is None:
+            p.terminate()
+        code = p.wait(60)
+        sink.stop()
+    assert code == 0, log.read_text()[-3000:]
+    [dead] = store.list()
+    assert dead.step == "work" and dead.message.body == {"n": 1}
+    assert dead.error.type == "EvaluationTimeout" and not dead.error.retryable and dead.message.attempt == 1
+    assert dead.error.message == ("evaluation exceeded 1 s (step 'work', field 'y'); simplify the expression "
+                                  "or raise the step's timeout")
+    assert sink_counts(db) == (5, 5)
+    assert queue_depths(resolved, broker)["work"] == {"ready": 0, "dead": 1, "retry": 0}
 
 
 def test_the_step_timeout_is_a_positive_duration_or_unset(monkeypatch):
