@@ -423,7 +423,7 @@ class LocalRuntime:
         batch). The poll's claim (:meth:`QueueStore.claim_poll`) tells the next process that one
         died with a poll in hand: that poll is then queued for the first step, so that the claims
         of its batches find a record that kills the process (poison). ``queue``: queue the records
-        for the first step all the same (``flownb backfill``: the flow processes them when it runs)."""
+        for the first step all the same (tests that look at the queue)."""
         if self.trigger.kind != "poll":
             return 0
         name = self.flow.trigger.name
