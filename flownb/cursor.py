@@ -16,10 +16,15 @@ value the trigger had read (``key``/``key_type``, ``seen``): the next poll emits
 VALUE again.
 
 ``backfill`` (``flownb backfill SPEC --from A --to B``) reads a past range again into the flow's
-queues: with the flow stopped, it saves the cursor, rewinds it to A, polls until the cursor reaches
-B (or a poll emits nothing), and puts the saved cursor back. The range must lie behind the saved
-cursor: a crash half-way leaves the cursor inside the range, so the flow reads again from there —
-duplicates, never a gap. The last poll may emit records a little past B (a poll reads a page).
+first queue, whether the flow runs or not, and never touches its cursor: a bounded poll of its own
+runs the trigger from a scratch copy of the cursor rewound to A, page after page until that copy
+reaches B (or a poll emits nothing), and each page's messages (and the records too large to be
+messages, as the trigger's dead letters) are written for the first step as one commit — one SQLite
+transaction under the store's locking on the embedded runtime, publishes with confirms into the
+flow's exchange on RabbitMQ. The running flow processes them beside its live records, whose cursor
+moves on meanwhile. A failure half-way leaves the pages written so far queued (the error says how
+many): backfill again from where they end. The last poll may emit records a little past B (a poll
+reads a page).
 """
 
 from __future__ import annotations
@@ -359,16 +364,17 @@ def _less(a: Any, b: Any, what: str) -> bool:
 def backfill(flow: Flow, start: Any, end: Any, *, state_dir: str | Path | None = None,
              broker: str | None = None, key: str | None = None, max_polls: int = 100_000,
              poll_timeout: float = 120.0) -> dict:
-    """Read the range (``start``, ``end``] of a polling trigger again into the flow's queues and
-    restore the cursor (see the module docstring); the flow must be stopped. Returns ``{"polls",
-    "messages", "cursor"}`` (the restored cursor)."""
+    """Read the range (``start``, ``end``] of a polling trigger again into the flow's first queue,
+    with the flow running or stopped, without touching its cursor (see the module docstring).
+    ``poll_timeout``: how long the broker may take to confirm a page's messages. Returns ``{"polls",
+    "messages", "cursor"}`` (the flow's cursor as it was read, untouched; None on RabbitMQ while a
+    running trigger worker holds it)."""
     _polling(flow)
     if not _less(start, end, "--from must be before --to"):
         raise SpecError(f"--from {start!r} is not before --to {end!r}; nothing to read")
     path, url = _where(state_dir, broker)
     if url:
-        saved = read_cursor(flow, state_dir=path, broker=url)
-        return _amqp_backfill(flow, url, saved, start, end, key, max_polls, poll_timeout)
+        return _amqp_backfill(flow, url, start, end, key, max_polls, poll_timeout)
     assert path is not None  # _where gives a state dir when no broker is given
     return _local_backfill(flow, path, start, end, key, max_polls)
 
@@ -385,86 +391,158 @@ def _check_range(saved: dict, end: Any, key: str | None) -> str:
     return k
 
 
-def _local_backfill(flow: Flow, state_dir: Path, start, end, key, max_polls) -> dict:
-    from .runtime.local.runtime import LocalRuntime
-    if not (state_dir / f"{flow.name}.db").exists():
-        raise FlownbError(f"no local state for flow '{flow.name}' in '{state_dir}'; run the flow first or "
-                          f"pass the --state-dir it used")
-    try:
-        rt = LocalRuntime(flow, state_dir)
-    except FlownbError as exc:
-        raise FlownbError(f"refusing to backfill while the flow runs: {exc}") from None
-    name = flow.trigger.name
-    try:
-        saved = rt.store.get_state(name)[0]
-        k = _check_range(saved, end, key)
-
-        def put(state: dict) -> None:
-            with rt.store.transaction("the cursor did not change") as c:
-                c.execute("UPDATE trigger_state SET state=?, next_at=? WHERE trigger=?",
-                          (orjson.dumps(state).decode(), time.time(), name))
-
-        put(rewound(saved, start, k))
-        polls = messages = 0
-        try:
-            while polls < max_polls:
-                try:
-                    n = rt.poll_once(raise_errors=True, queue=True)
-                except Exception as exc:
-                    raise FlownbError(f"a backfill poll failed ({type(exc).__name__}: {exc}); the cursor is put "
-                                      f"back, {messages} message(s) were queued; fix the source and run the "
-                                      f"backfill again") from exc
-                polls += 1
-                messages += n
-                if not n or not _less(rt.store.get_state(name)[0].get(k), end, "the cursor and --to"):
-                    break
-        finally:
-            put(saved)
-        return {"polls": polls, "messages": messages, "cursor": saved}
-    finally:
-        rt.close()
-
-
-def _amqp_backfill(flow: Flow, broker: str, saved: dict, start, end, key, max_polls, poll_timeout) -> dict:
-    import threading
-
-    from .runtime.amqp.trigger import TriggerWorker
-    k = _check_range(saved, end, key)
-    write_cursor(flow, broker=broker, change=lambda old: rewound(old, start, k))
-    resolved = flow.resolved()
-    from prometheus_client import REGISTRY
-
-    def emitted() -> float:  # the trigger's messages committed in this process (its worker's counter)
-        return REGISTRY.get_sample_value("flownb_messages_processed_total",
-                                         {"flow": flow.name, "step": flow.trigger.name}) or 0.0
+def _bounded_poll(flow: Flow, state: dict, k: str, end: Any, max_polls: int, commit, *,
+                  state_dir: Path | None = None) -> tuple[int, int]:
+    """Poll the trigger from ``state`` (a scratch copy: the flow's cursor is never read nor written
+    here) until the position ``k`` reaches ``end``, a poll emits nothing or does not move, or
+    ``max_polls``; ``commit(payloads, dead)`` writes each poll's messages and dead letters. Returns
+    (polls, messages)."""
+    from .runtime.core import TriggerRunner
+    runner = TriggerRunner(flow.resolved(), state_dir=state_dir)
     polls = messages = 0
     try:
         while polls < max_polls:
-            before = emitted()
-            worker = TriggerWorker(resolved, broker, max_polls=1, ignore_interval=True)
-            died: list[BaseException] = []
-
-            def run(w: TriggerWorker = worker, died: list[BaseException] = died) -> None:
-                try:
-                    w.run()
-                except BaseException as exc:  # noqa: BLE001 - re-raised below, on the command's thread
-                    died.append(exc)
-            t = threading.Thread(target=run, name="flownb-backfill", daemon=True)
-            t.start()
-            t.join(poll_timeout)
-            if t.is_alive():
-                worker.stop()
-                t.join(30)
-                raise FlownbError(f"a backfill poll did not commit within {poll_timeout:.0f} s (is the source "
-                                  f"up? the log says why); the cursor is put back, {messages} message(s) "
-                                  f"were queued")
-            if died:  # a trigger that failed (a topology clash, a poll error) is not an empty poll
-                raise died[0]
-            n = int(emitted() - before)
+            try:
+                _msgs, payloads, new = runner.poll(state)
+            except Exception as exc:
+                raise FlownbError(f"a backfill poll failed ({type(exc).__name__}: {exc}); the flow's cursor was "
+                                  f"not touched, {messages} message(s) were queued; fix the source and run the "
+                                  f"backfill again (from where they end)") from exc
+            commit(payloads, runner.last_dead)
             polls += 1
-            messages += n
-            if not n or not _less(_amqp_read(flow, broker).get(k), end, "the cursor and --to"):
+            messages += len(payloads)
+            moved, state = new != state, new
+            if not payloads or not moved or not _less(state.get(k), end, "the cursor and --to"):
                 break
     finally:
-        write_cursor(flow, saved, broker=broker)
-    return {"polls": polls, "messages": messages, "cursor": saved}
+        runner.close()
+    return polls, messages
+
+
+def _local_backfill(flow: Flow, state_dir: Path, start, end, key, max_polls) -> dict:
+    """The embedded runtime: the flow's store opened beside a running ``flownb run`` (SQLite WAL, its
+    busy timeout), each page committed in one transaction into the first step's queue, where the
+    running flow's next look at its queues finds it (within its idle wait, 0.2 s)."""
+    from .runtime.local.store import open_state
+    if not (state_dir / f"{flow.name}.db").exists():
+        raise FlownbError(f"no local state for flow '{flow.name}' in '{state_dir}'; run the flow first or "
+                          f"pass the --state-dir it used")
+    store = open_state(state_dir, flow.name, create=False)
+    name = flow.trigger.name
+    first = flow.steps[0].name if flow.steps else None
+    try:
+        saved = store.get_state(name)[0]
+        k = _check_range(saved, end, key)
+
+        def commit(payloads: list[bytes], dead: list) -> None:
+            store.commit_backfill(name, first, payloads,
+                                  [(name, 1, p, orjson.dumps(info.to_dict())) for _m, info, p in dead], time.time())
+
+        polls, messages = _bounded_poll(flow, rewound(saved, start, k), k, end, max_polls, commit,
+                                        state_dir=state_dir)
+        return {"polls": polls, "messages": messages, "cursor": saved}
+    finally:
+        store.close()
+
+
+def _amqp_peek(conn, flow: Flow) -> dict | None:
+    """The saved cursor, read without taking it (got and put back), whether a trigger worker runs or
+    not; None when a running trigger worker holds it (it keeps the cursor unacked between polls)."""
+    from .runtime.amqp import names
+    from .runtime.amqp.topology import trigger_queues
+    cursor, poller = trigger_queues(flow)
+    queue, ok = cursor, _passive(conn, cursor)
+    if poller is not None and ok is None:
+        old = names.state_queue(flow.name, flow.trigger.name)
+        queue, ok = old, _passive(conn, old)
+    if ok is None:
+        raise FlownbError(f"flow '{flow.name}' has no cursor on this broker (queue '{cursor}' does not "
+                          f"exist): has its trigger worker ever run here?")
+    ch = conn.channel()
+    try:
+        method, _props, body = ch.basic_get(queue, auto_ack=False)
+        if method is not None:
+            ch.basic_nack(method.delivery_tag, requeue=True)
+            return orjson.loads(body)
+    finally:
+        if ch.is_open:
+            ch.close()
+    lock = _passive(conn, poller) if poller is not None else None
+    held = ok.consumer_count or (lock is not None and lock.consumer_count)
+    return None if held else {}
+
+
+def _amqp_start(flow: Flow, saved: dict | None, start, end, key: str | None) -> tuple[dict, str]:
+    """The scratch cursor a RabbitMQ backfill polls from, and its position field. A cursor held by
+    a running trigger worker cannot be read: its shape (sql.poll's ``cursor_type``…) is then learnt
+    from one poll from the beginning, committed nowhere — only for triggers whose poll only reads
+    (``PollingTrigger.samples``); others need ``--key`` and start from ``{KEY: A}``. The range is
+    then not checked against the cursor (a range past it is read twice: duplicates, never a gap)."""
+    if saved is not None:
+        k = _check_range(saved, end, key)
+        return rewound(saved, start, k), k
+    from .components.base import PollingTrigger
+    from .registry import get
+    from .runtime.core import TriggerRunner
+    cls = get(flow.trigger.component, step=flow.trigger.name)
+    if not (isinstance(cls, type) and issubclass(cls, PollingTrigger) and cls.samples):
+        if key is None:
+            raise SpecError(f"the trigger worker of '{flow.name}' runs and holds the cursor, so its fields cannot "
+                            f"be read: say which field is the position with --key (the backfill starts from "
+                            f"{{KEY: --from}}), or stop the trigger worker")
+        return {key: start}, key
+    runner = TriggerRunner(flow.resolved())
+    try:
+        shape = runner.poll({})[2]
+    finally:
+        runner.close()
+    if not shape:
+        raise SpecError(f"the trigger of '{flow.name}' reads nothing from its source: there is no past to read again")
+    k = _key(shape, key)
+    if k not in shape:
+        raise SpecError(f"the cursor has no field '{k}' (fields: {', '.join(shape)})")
+    return rewound(shape, start, k), k
+
+
+def _amqp_backfill(flow: Flow, broker: str, start, end, key, max_polls, poll_timeout) -> dict:
+    """RabbitMQ: each page published with confirms (mandatory: a message no queue takes is an error,
+    not a loss) into the flow's exchange for the first step — the routing the trigger worker's
+    publishes use — and its dead letters into the trigger's dead-letter queue; the cursor queue is
+    only peeked at."""
+    import pika.exceptions
+
+    from .runtime.amqp import names
+    from .runtime.amqp.publish import PERSISTENT, deadline, error_props
+    from .runtime.amqp.topology import connect
+    conn = connect(broker, name="flownb backfill")
+    try:
+        saved = _amqp_peek(conn, flow)
+        state, k = _amqp_start(flow, saved, start, end, key)
+        first = flow.steps[0].name if flow.steps else None
+        if first is not None and _passive(conn, names.step_queue(flow.name, first)) is None:
+            raise FlownbError(f"flow '{flow.name}' has no queue for its first step '{first}' on this broker; "
+                              f"start its workers once (they declare the topology), then backfill")
+        ch = conn.channel()
+        ch.confirm_delivery()
+        exchange, dlq = names.exchange(flow.name), names.dead_letter_queue(flow.name, flow.trigger.name)
+        sent = [0]
+
+        def commit(payloads: list[bytes], dead: list) -> None:
+            what = f"backfill publishing a page of {len(payloads)} message(s)"
+            try:
+                with deadline(conn, poll_timeout, what):
+                    for p in payloads if first is not None else ():
+                        ch.basic_publish(exchange, first, p, PERSISTENT, mandatory=True)
+                        sent[0] += 1
+                    for _m, info, p in dead:
+                        ch.basic_publish("", dlq, p, error_props(info, flow.trigger.name), mandatory=True)
+            except (pika.exceptions.AMQPError, BrokerError) as exc:
+                raise BrokerError(f"the broker did not take a backfill page ({type(exc).__name__}: {exc}); the "
+                                  f"flow's cursor was not touched, {sent[0]} message(s) were queued (the last "
+                                  f"page's may be among them twice); run the backfill again from where they "
+                                  f"end") from exc
+        polls, messages = _bounded_poll(flow, state, k, end, max_polls, commit)
+        return {"polls": polls, "messages": messages, "cursor": saved}
+    finally:
+        if conn.is_open:
+            conn.close()

@@ -11,7 +11,8 @@ for p in sorted(Path(__file__).resolve().parent.glob("*.ipynb")):
     nb = nbformat.read(p, as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(p.parent)}}).execute()
     nb.metadata.pop("widgets", None)  # widget state is volatile; the views render live in Lab
-    for cell in nb.cells:  # a kernel's transport warning (papermill's kernel) is noise, not a result
+    # a kernel's transport warning (papermill's kernel) is noise, not a result; only code cells have outputs
+    for cell in (c for c in nb.cells if c.cell_type == "code"):
         cell["outputs"] = [o for o in cell.get("outputs", []) if not (
             o.get("output_type") == "stream" and "[IPKernelApp] WARNING" in o.get("text", ""))]
     nbformat.write(nb, p)

@@ -429,3 +429,46 @@ def test_the_cli_logs_flownbs_own_lines_and_library_lines_only_with_v(tmp_path):
     assert "httpx" not in quiet.stderr and "HTTP Request" not in quiet.stderr, quiet.stderr
     assert "INFO httpx: HTTP Request: POST" in loud.stderr, loud.stderr
     assert not [line for line in quiet.stderr.splitlines() if " INFO " in line and " INFO flownb" not in line]
+
+
+TWO_KINDS = textwrap.dedent('''
+    def work(body, ctx):
+        if body["poison"]:
+            if body["n"] % 2:
+                raise KeyError(f"no field for {body['n']}")
+            raise ValueError(f"cannot handle {body['n']}")
+        return {"n": body["n"]}
+''')
+
+
+def test_until_idle_over_many_poison_rows_warns_once_per_step_and_kind(tmp_path):
+    """50 poison rows of two error kinds: stderr has one WARNING per step and kind (the rest are
+    DEBUG: all 50 with -v), the summary one line per step and kind with its count."""
+    import re
+
+    import yaml
+    flow = {"flownb": 1, "name": "poison-cli",
+            "trigger": {"name": "numbers", "component": "python.poll",
+                        "config": {"source": POLL, "function": "poll",
+                                   "options": {"total": 60, "poison": list(range(5, 55))}}},
+            "steps": [{"name": "work", "component": "python", "config": {"source": TWO_KINDS, "function": "work"}},
+                      {"name": "out", "component": "log", "config": {"level": "debug"}}]}
+    p = tmp_path / "flow.yaml"
+    p.write_text(yaml.safe_dump(flow, sort_keys=False))
+    env = {**os.environ, "COLUMNS": "250"}
+    r = subprocess.run([FLOWNB, "run", str(p), "--state-dir", str(tmp_path / "state"), "--until-idle"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 1, r.stderr
+    warned = re.findall(r"WARNING .*step '(\w+)': message \w+ dead-lettered after attempt \d+: (\w+):", r.stderr)
+    assert sorted(warned) == [("work", "KeyError"), ("work", "ValueError")], r.stderr
+    assert r.stderr.count("WARNING") == 2, r.stderr
+    summary = [line for line in r.stdout.splitlines() if line.startswith("dead-lettered step")]
+    assert sorted(summary) == ["dead-lettered step 'work': 25 × KeyError: 'no field for 5'",
+                               "dead-lettered step 'work': 25 × ValueError: cannot handle 6"], r.stdout
+    assert "50 dead letter(s) stored" in r.stdout
+    # the other 48 were logged at DEBUG: -v shows every one
+    r = subprocess.run([FLOWNB, "-v", "run", str(p), "--state-dir", str(tmp_path / "state2"), "--until-idle"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 1
+    levels = re.findall(r"(WARNING|DEBUG) \S+: step 'work': message \w+ dead-lettered after", r.stderr)
+    assert sorted(levels) == ["DEBUG"] * 48 + ["WARNING"] * 2

@@ -6,7 +6,8 @@ buttons, on either runtime (docs/debugging.md).
 monitored flow. ``wb.rules`` is the flow that "retest" runs (the notebook's fixed flow: assign it,
 or pass ``rules=``); ``wb.frame`` is the DataFrame, edits included. Every error — bad input, a
 broker that does not answer, a dead letter replayed meanwhile — is a message in the widget, never a
-traceback.
+traceback, a spec that does not load or a state directory without dead letters included (the
+message is in the status area).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, TypedDict
 
 import ipywidgets as w
 
+from ..errors import FlownbError
 from ..flow import Flow, load
 from ..workbench import META_COLUMNS, dead_letters, replay, retest
 from ._common import error_html, log, ok_html
@@ -45,19 +47,44 @@ class DeadLetterWorkbench:
 
     def __init__(self, spec: Flow | str | Path, *, state_dir: str | Path | None = None,
                  broker: str | None = None, step: str | None = None, rules: Flow | None = None):
-        self.flow = spec if isinstance(spec, Flow) else load(spec if isinstance(spec, Path) else str(spec))
-        self.rules = rules or self.flow
+        #: why the workbench cannot show dead letters (a spec that does not load, a state directory or
+        #: broker without them): shown in its status area instead of raised in the notebook
+        self.problem: str | None = None
+        flow: Flow | None = None
+        try:
+            flow = spec if isinstance(spec, Flow) else load(spec if isinstance(spec, Path) else str(spec))
+        except (FlownbError, OSError) as exc:
+            self.problem = f"cannot load the flow spec '{spec}': {exc}"
+        self._flow = flow
+        self.rules: Flow | None = rules or flow
         self.where: _Where = {"state_dir": state_dir, "broker": broker}
         self.step = step
         self.frame: Any = None  # the dead letters' DataFrame, read by reload() below (pandas is untyped)
         self.last_retest: Any = None  # the DataFrame of the last retest
-        self._build()
-        self.reload()
+        self._build(flow.name if flow is not None else str(spec))
+        if flow is not None:
+            try:
+                self.reload()
+            except Exception as exc:  # a missing state dir, a broker that does not answer: a message
+                log.debug("workbench could not read the dead letters", exc_info=True)
+                self.problem = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
+        if self.problem is not None:
+            self.status.value = error_html(self.problem)
+            for b in (self.set_button, self.retest_button, self.replay_button):
+                b.disabled = True  # nothing to act on; "reload" stays for a flow that has run since
+            self.reload_button.disabled = flow is None
+
+    @property
+    def flow(self) -> Flow:
+        """The flow whose dead letters are shown."""
+        if self._flow is None:
+            raise FlownbError(self.problem or "the workbench has no flow")
+        return self._flow
 
     # -- widgets ----------------------------------------------------------------------------------
-    def _build(self) -> None:
+    def _build(self, name: str) -> None:
         place = self.where["broker"] or f"state dir {self.where['state_dir'] or '.flownb'}"
-        self.title = w.HTML(f"<b>dead letters of {html.escape(self.flow.name)}</b> "
+        self.title = w.HTML(f"<b>dead letters of {html.escape(name)}</b> "
                             f"<code>{html.escape(_safe(str(place)))}</code>")
         self.groups = w.Dropdown(description="error", options=[_ALL])
         self.groups.observe(lambda _c: self._show_group(), names="value")
@@ -85,7 +112,7 @@ class DeadLetterWorkbench:
         self.replay_button.add_class("flownb-replay-selected")
         self.replay_button.on_click(lambda _b: self._guard(self.replay))
         self.reload_button = w.Button(description="reload", icon="refresh")
-        self.reload_button.on_click(lambda _b: self._guard(self.reload))
+        self.reload_button.on_click(lambda _b: self._guard(self._reload_clicked))
         self.result = w.HTML()
         self.result.add_class("flownb-retest-result")
         self.status = w.HTML()
@@ -110,6 +137,13 @@ class DeadLetterWorkbench:
     @property
     def body_columns(self) -> list[str]:
         return [c for c in self.frame.columns if c not in META_COLUMNS] if self.frame is not None else []
+
+    def _reload_clicked(self) -> None:
+        self.reload()
+        if self.problem is not None:  # the flow has dead letters to show now
+            self.problem = None
+            for b in (self.set_button, self.retest_button, self.replay_button):
+                b.disabled = False
 
     def reload(self) -> None:
         """Read the dead letters again (edits not replayed are dropped)."""
@@ -173,7 +207,7 @@ class DeadLetterWorkbench:
     def retest(self) -> None:
         """Run ``rules`` on the selected rows in memory; the coloured before/after below."""
         rows = self.selected()
-        self.last_retest = retest(self.rules, rows)
+        self.last_retest = retest(self.rules or self.flow, rows)
         self.result.value = self.last_retest._repr_html_()
         counts = self.last_retest["outcome"].value_counts().to_dict()
         self.status.value = ok_html("retest: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -181,7 +215,7 @@ class DeadLetterWorkbench:
     def replay(self) -> None:
         """Replay the selected rows (edited bodies) on the runtime they are stored in."""
         rows = self.selected()
-        done = replay(rows, self.rules, **self.where)
+        done = replay(rows, self.rules or self.flow, **self.where)
         edited = int(done["edited"].sum()) if len(done) else 0
         self.reload()
         self.status.value = ok_html(f"replayed {len(done)} dead letter(s), {edited} edited")

@@ -153,8 +153,17 @@ class Monitor:
         self.replay_button.on_click(lambda _b: self._replay_clicked())
         self.refresh_button = w.Button(description="refresh", icon="refresh")
         self.refresh_button.on_click(lambda _b: self.refresh())
+        # the dead letters to look at, edit, retest and replay selectively: the workbench, opened below
+        self.workbench_button = w.Button(description="dead letters…", icon="wrench", layout=w.Layout(width="auto"))
+        self.workbench_button.add_class("flownb-open-workbench")
+        self.workbench_button.on_click(lambda _b: self._workbench_clicked())
+        self.workbench_area = w.VBox([])
+        self.workbench_area.add_class("flownb-workbench-area")
+        #: the workbench the "dead letters…" button opened (set ``.rules`` to retest with a fixed flow)
+        self.opened = None
         self.widget = w.VBox([self.title, self.table, self.plot,
-                              w.HBox([self.refresh_button, self.replay_button]), self.status])
+                              w.HBox([self.refresh_button, self.replay_button, self.workbench_button]), self.status,
+                              self.workbench_area])
         self.widget.add_class("flownb-monitor")
 
     def _ipython_display_(self) -> None:
@@ -239,6 +248,18 @@ class Monitor:
         n = AmqpDeadLetters(self.flow, self.broker).replay(step)
         self.refresh()
         return n
+
+    def _workbench_clicked(self) -> None:
+        """Open (or open again, reading the dead letters afresh) the workbench below the figures; its
+        own status area says what went wrong, if anything."""
+        try:
+            wb = self.workbench(rules=self.opened.rules if self.opened is not None else None)
+        except Exception as exc:  # shown in the widget: a click never raises a traceback
+            log.exception("opening the dead-letter workbench failed")
+            self.status.value = error_html(f"cannot open the dead letters: {exc}")
+            return
+        self.opened = wb
+        self.workbench_area.children = (wb.widget,)
 
     def _replay_clicked(self) -> None:
         try:

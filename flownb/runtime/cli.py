@@ -44,8 +44,8 @@ def add_parser(sub: Any) -> None:
                   "(default: FLOWNB_BROKER_URL when set and --state-dir is not)")
     p.set_defaults(handler=state_cli)
 
-    p = sub.add_parser("backfill", help="read a past range of a polling trigger again into the flow, then "
-                                        "restore its cursor (the flow must be stopped)")
+    p = sub.add_parser("backfill", help="read a past range of a polling trigger again into the flow's first "
+                                        "queue, running or not; its cursor is not touched")
     add_spec(p)
     p.add_argument("--from", dest="start", required=True, metavar="A",
                    help="read what comes after A (JSON or text, of the cursor's type)")
@@ -179,8 +179,10 @@ def backfill_cli(args) -> int:
     from ..cursor import backfill, parse_value
     flow = load_flow(args)
     done = backfill(flow, parse_value(args.start), parse_value(args.end), key=args.key, **_where(args))
-    console().print(f"backfill: {done['messages']} message(s) queued in {done['polls']} poll(s); cursor "
-                    f"restored to {json.dumps(done['cursor'], default=str)}")
+    cursor = ("held by the running trigger worker" if done["cursor"] is None
+              else json.dumps(done["cursor"], default=str))
+    console().print(f"backfill: {done['messages']} message(s) queued in {done['polls']} poll(s); the flow's "
+                    f"cursor untouched: {cursor}", soft_wrap=True)
     return 0
 
 

@@ -256,8 +256,9 @@ _PAGE_STDERR = """() => [...document.querySelectorAll(
 
 def _open_and_run(page, lab, name: str, *, stderr: bool = False) -> None:
     """Open ``name``, run every cell, take its picture and check it looks finished; ``stderr``: the
-    notebook may write to stderr outside the widgets (04 runs a LocalRuntime, which logs each dead
-    letter it makes as a warning); the others (the widgets, flow.test, the export) write none."""
+    notebook may write to stderr outside the widgets. None of the four does: 04 runs a LocalRuntime
+    whose batches dead-letter records, and its warnings do not reach a notebook (flownb's notebook
+    log handler); the widgets, flow.test and the export write none."""
     # a workspace of its own, so no tab of an earlier test is restored beside this notebook
     workspace = name.split(".")[0]
     page.goto(f"{lab['url']}/lab/workspaces/{workspace}/tree/{name}?reset&token={lab['token']}")
@@ -410,7 +411,7 @@ def _artifact(name: str) -> Path:
 
 
 def test_fix_and_replay_notebook_workbench_by_clicking(page, lab):
-    _open_and_run(page, lab, "04-fix-and-replay.ipynb", stderr=True)
+    _open_and_run(page, lab, "04-fix-and-replay.ipynb")
     outputs = page.locator(".jp-OutputArea-output").all_inner_texts()
     assert any("dead letters left: 0" in o for o in outputs), outputs  # the API part of the loop
     assert any("buyer5@example.com    110" in o for o in outputs)

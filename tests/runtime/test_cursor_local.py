@@ -4,6 +4,7 @@ flow runs) and ``flow.preview_poll`` (commits nothing). RabbitMQ: tests/runtime/
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -95,7 +96,7 @@ def test_preview_poll_shows_the_next_poll_and_commits_nothing(tmp_path):
         assert rt.store.get_state("src")[0] == {"next": 8} and _queued(state, flow) == depth
 
 
-def test_backfill_reads_a_past_range_again_and_restores_the_cursor(tmp_path, capsys):
+def test_backfill_reads_a_past_range_again_and_leaves_the_cursor(tmp_path, capsys):
     flow = flownb.Flow(name="backfill-local", trigger=flownb.step("src", "lt.count", total=30, batch=4),
                        steps=[flownb.step("double", "lt.double")])
     state = tmp_path / "state"
@@ -107,22 +108,25 @@ def test_backfill_reads_a_past_range_again_and_restores_the_cursor(tmp_path, cap
         assert rt.store.get_state("src")[0] == {"next": 20}
     assert main(["backfill", spec, "--state-dir", str(state), "--from", "5", "--to", "12"]) == 0
     out = capsys.readouterr().out
-    assert "8 message(s) queued in 2 poll(s)" in out and 'cursor restored to {"next": 20}' in out
+    assert "8 message(s) queued in 2 poll(s)" in out and 'cursor untouched: {"next": 20}' in out
     with LocalRuntime(flow, state, record=True) as rt:
         assert rt.store.get_state("src")[0] == {"next": 20}
         rt.drain()
         assert sorted(b["n"] for b in rt.recorded["double"]) == list(range(5, 13))  # 5 to 12: two pages of 4
-    # refused: past the cursor, reversed, while running; nothing changes
+    # refused: past the cursor, reversed; nothing changes
     assert main(["backfill", spec, "--state-dir", str(state), "--from", "15", "--to", "25"]) == 2
     assert "past the cursor" in capsys.readouterr().err
     assert main(["backfill", spec, "--state-dir", str(state), "--from", "9", "--to", "3"]) == 2
-    with LocalRuntime(flow, state) as rt:
-        assert main(["backfill", spec, "--state-dir", str(state), "--from", "1", "--to", "3"]) == 1
-        assert "refusing to backfill while the flow runs" in capsys.readouterr().err
-        assert rt.store.get_state("src")[0] == {"next": 20} and rt.store.depths() == {}
+    # while a runtime holds the flow (its lock): queued for it, its cursor not touched
+    with LocalRuntime(flow, state, record=True) as rt:
+        assert main(["backfill", spec, "--state-dir", str(state), "--from", "1", "--to", "3"]) == 0
+        assert "4 message(s) queued in 1 poll(s)" in capsys.readouterr().out
+        assert rt.store.get_state("src")[0] == {"next": 20} and rt.store.depths() == {"double": 4}
+        rt.drain()
+        assert sorted(b["n"] for b in rt.recorded["double"]) == [1, 2, 3, 4]
 
 
-def test_backfill_that_fails_half_way_puts_the_cursor_back(tmp_path):
+def test_backfill_that_fails_half_way_leaves_the_cursor(tmp_path):
     from flownb import polling_trigger
     from flownb.cursor import backfill
 
@@ -139,8 +143,78 @@ def test_backfill_that_fails_half_way_puts_the_cursor_back(tmp_path):
     with LocalRuntime(flow, tmp_path) as rt:
         for _ in range(5):
             rt.poll_once()
-    with pytest.raises(FlownbError, match="backfill poll failed .ConnectionError: source went away.*put back, "
-                                          "8 message"):
+    with pytest.raises(FlownbError, match="backfill poll failed .ConnectionError: source went away.*cursor was "
+                                          "not touched, 8 message"):
         backfill(flow.with_parameters(broken=True), 0, 16, state_dir=tmp_path)
     with LocalRuntime(flow, tmp_path) as rt:
         assert rt.store.get_state("src")[0] == {"next": 20}
+
+
+def test_backfill_while_flownb_run_runs_reaches_the_sink_and_leaves_the_live_cursor(tmp_path, capsys):
+    """A real ``flownb run`` process polls a SQLite table into an HTTP sink; a backfill from this
+    process queues a past range for it while it runs: the range arrives a second time, live rows
+    keep arriving, and the cursor is the running flow's alone."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from collections import Counter
+
+    from flownb.cursor import read_cursor
+    from flownb.testing import HttpTarget
+
+    src = tmp_path / "src.db"
+    db = sqlite3.connect(src)
+    db.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, amount INTEGER)")
+    db.executemany("INSERT INTO orders VALUES (?, ?)", [(i, i * 10) for i in range(1, 21)])
+    db.commit()
+    state = tmp_path / "state"
+    with HttpTarget() as target:
+        flow = flownb.Flow(name="backfill-live", trigger=flownb.step(
+            "src", "sql.poll", url=f"sqlite:///{src}", table="orders", cursor="id", batch_size=4, interval="0.2s"),
+            steps=[flownb.step("to-crm", "mapping", fields={"id": "id", "amount": "amount"}),
+                   flownb.step("push", "http.request", method="POST", url=target.url)])
+        spec = str(flow.save(tmp_path / "flow.yaml"))
+
+        def arrived() -> Counter:
+            return Counter(r.json["id"] for r in list(target.received))
+
+        def wait(cond, what: str) -> None:
+            deadline = time.monotonic() + 60
+            while not cond():
+                assert proc.poll() is None, f"flownb run ended ({proc.returncode}) while waiting for {what}"
+                assert time.monotonic() < deadline, f"no {what} within 60 s: {sorted(arrived().items())}"
+                time.sleep(0.1)
+
+        log = tmp_path / "run.log"
+        with log.open("wb") as out:  # a file, not a pipe nobody reads while it runs
+            proc = subprocess.Popen([str(Path(sys.executable).with_name("flownb")), "run", spec, "--state-dir",
+                                     str(state)], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait(lambda: arrived() == Counter(range(1, 21)), "the first 20 rows at the sink")
+            # read beside the running flow (committed just after the sink got the last rows)
+            wait(lambda: read_cursor(flow, state_dir=state)["cursor"] == 20, "the live cursor at 20")
+            live = read_cursor(flow, state_dir=state)
+            assert main(["backfill", spec, "--state-dir", str(state), "--from", "5", "--to", "12"]) == 0
+            out = capsys.readouterr().out
+            # sql.poll without a key reads 3 rows of a page of 4 (the last cursor value waits for its
+            # ties): 6-8, 9-11, 12-14
+            assert "9 message(s) queued in 3 poll(s)" in out and "cursor untouched" in out and '"cursor": 20' in out
+            assert read_cursor(flow, state_dir=state) == live  # the backfill never wrote the cursor
+            db.executemany("INSERT INTO orders VALUES (?, ?)", [(i, i * 10) for i in range(21, 26)])
+            db.commit()
+            want = Counter({**dict.fromkeys(range(1, 26), 1), **dict.fromkeys(range(6, 15), 2)})
+            wait(lambda: arrived() == want, "the backfilled rows twice and the live rows 21-25 once")
+            wait(lambda: read_cursor(flow, state_dir=state)["cursor"] == 25, "the live cursor at 25")
+            assert proc.poll() is None  # still running
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        db.close()
+        assert proc.returncode == 0, log.read_text()[-2000:]
+        assert arrived() == want  # nothing more after the stop
+        assert {r.json["amount"] for r in target.received if r.json["id"] == 7} == {70}

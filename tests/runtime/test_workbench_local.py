@@ -284,9 +284,22 @@ def test_the_readme_loop_runs_as_written(tmp_path, monkeypatch):
         for body in records(12):
             rt.submit(body)
         rt.drain()
+    lines = [line.split("#")[0].strip() for line in block.strip().splitlines()]
+    # the cell is edited before the retest, so the retest runs the edit
+    assert lines.index('df.loc[df["n"] == 9, "amount"] = "90"') < lines.index("fixed.retest(df)")
+    retested: list = []
+    original = flownb.Flow.retest
+
+    def keep(self, df, *args, **kwargs):  # the records as the retest got them, and what it made of them
+        retested.append((df.copy(), original(self, df, *args, **kwargs)))
+        return retested[-1][1]
+    monkeypatch.setattr(flownb.Flow, "retest", keep)
     scope = {"flownb": flownb}
     exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 - the README's own lines
     assert len(scope["df"]) == 4 and flownb.dead_letters(flow, state_dir=".flownb").empty
+    ((given, frame),) = retested
+    assert dict(zip(given["n"], given["amount"], strict=True)) == {0: "n/a", 3: "n/a", 6: "n/a", 9: "90"}
+    assert frame["outcome"].tolist() == ["delivered"] * 4 and frame["changed"].all()
     queued = {m["body"]["n"]: m for m in _queued(Path(".flownb"), flow)}
     assert sorted(queued) == [0, 3, 6, 9] and queued[9]["body"]["amount"] == "90"
     assert queued[0]["headers"][REPLAY_SPEC] == fixed(flow).spec_hash()

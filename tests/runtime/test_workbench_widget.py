@@ -74,6 +74,24 @@ def test_bad_input_is_a_message_never_a_traceback(failed, tmp_path):
     wb.replay_button.click()
     assert "no such dead letter" in wb.status.value and "nothing was replayed" in wb.status.value
     assert len(flownb.dead_letters(flow, state_dir=state)) == 3
-    # a state directory that does not exist: an error at construction says where to look
-    with pytest.raises(flownb.FlownbError, match="no local state"):
-        DeadLetterWorkbench(flow, state_dir=tmp_path / "nowhere")
+    # a state directory that does not exist: the message at construction says where to look, in the
+    # widget's status area (never raised in the notebook); nothing to click but "reload"
+    nowhere = tmp_path / "nowhere"
+    wb = DeadLetterWorkbench(flow, state_dir=nowhere)
+    assert "flownb-error" in wb.status.value
+    assert (f"no local state for flow '{flow.name}' at '{nowhere / flow.name}.db'; run the "
+            f"flow first") in wb.status.value and "--state-dir it used" in wb.status.value
+    assert wb.retest_button.disabled and wb.replay_button.disabled and wb.set_button.disabled
+    assert not wb.reload_button.disabled and wb.frame is None
+    # reload once the flow has dead letters there: the workbench works
+    wb.where["state_dir"] = state
+    wb.reload_button.click()
+    assert "3 dead letter(s)" in wb.status.value and not wb.retest_button.disabled
+    # a spec that does not load: its message, the buttons off
+    wb = DeadLetterWorkbench(tmp_path / "missing.yaml", state_dir=state)
+    assert "flownb-error" in wb.status.value
+    assert (f"cannot load the flow spec '{tmp_path / 'missing.yaml'}': spec file "
+            f"'{tmp_path / 'missing.yaml'}' does not exist") in wb.status.value
+    assert wb.reload_button.disabled and wb.retest_button.disabled
+    with pytest.raises(flownb.FlownbError, match="does not exist"):  # the API, not a click: raised
+        wb.reload()

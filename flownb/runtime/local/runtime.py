@@ -19,6 +19,7 @@ import functools
 import logging
 import operator
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +45,30 @@ __all__ = ["LocalRuntime", "RunSummary", "stages", "StepStats", "VirtualClock", 
            "dead_letter_from_row", "wrap_pushed", "within_limit", "cached_depth"]
 
 log = logging.getLogger("flownb.runtime.local")
+
+
+class _NotebookLog(logging.StreamHandler):
+    """flownb's log in a Jupyter kernel whose logging nobody configured: errors only, on stderr.
+    Without it Python's last-resort handler prints every WARNING — the first dead letter of each
+    kind, one per run — as a raw stderr box in the notebook, where the run's summary and
+    :func:`flownb.dead_letters` already say what died. It steps aside (emits nothing) once the
+    notebook configures logging itself (``logging.basicConfig()``: flownb's records reach it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setLevel(logging.ERROR)
+        self.addFilter(lambda _record: not logging.getLogger().handlers)
+
+
+def _notebook_logging() -> None:
+    """Install :class:`_NotebookLog` on the ``flownb`` logger once, in a Jupyter kernel only."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None or not hasattr(shell, "kernel"):
+        return
+    logger = logging.getLogger("flownb")
+    if not any(isinstance(h, _NotebookLog) for h in logger.handlers):
+        logger.addHandler(_NotebookLog())
 
 #: progress(step_name, messages_just_processed)
 Progress = Callable[[str, int], None]
@@ -221,6 +246,7 @@ class LocalRuntime:
         self.retry_wait = retry_wait
         self.clock = clock or time.time
         self.log = logger or log
+        _notebook_logging()
         self.steps = [s.name for s in self.flow.actions]  # route branches' steps included, each its own queue
         self._first = self.flow.steps[0].name if self.flow.steps else None
         links = self.flow.links()
@@ -426,7 +452,7 @@ class LocalRuntime:
         batch). The poll's claim (:meth:`QueueStore.claim_poll`) tells the next process that one
         died with a poll in hand: that poll is then queued for the first step, so that the claims
         of its batches find a record that kills the process (poison). ``queue``: queue the records
-        for the first step all the same (``flownb backfill``: the flow processes them when it runs)."""
+        for the first step all the same (tests that look at the queue)."""
         if self.trigger.kind != "poll":
             return 0
         name = self.flow.trigger.name

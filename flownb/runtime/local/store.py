@@ -429,6 +429,19 @@ class QueueStore:
                                                           for i, p in enumerate(payloads)])
             self._set_state(c, trigger, state, next_at)
 
+    def commit_backfill(self, trigger: str, first_step: str | None, payloads: Sequence[bytes],
+                        dead: Sequence[tuple[str, int, bytes, bytes | str]], now: float) -> None:
+        """One transaction: a backfill poll's messages for the first step and its dead letters, the
+        trigger's state left as it is (``flownb backfill``: a running flow's cursor is its own). Safe
+        beside a running ``flownb run``: the write waits for its transaction (the busy timeout)."""
+        with self.transaction("nothing of this backfill poll was queued") as c:
+            if dead:
+                c.executemany("INSERT INTO dead (step, attempt, payload, error, at) VALUES (?, ?, ?, ?, ?)",
+                              [(s, a, p, e, now) for s, a, p, e in dead])
+            if payloads and first_step is not None:
+                c.executemany("INSERT INTO queue (step, available_at, attempt, payload) VALUES (?, ?, 1, ?)",
+                              [(first_step, now, p) for p in payloads])
+
     @staticmethod
     def _set_state(c: sqlite3.Connection, trigger: str, state: dict, next_at: float) -> None:
         c.execute("INSERT INTO trigger_state (trigger, state, next_at) VALUES (?, ?, ?) "

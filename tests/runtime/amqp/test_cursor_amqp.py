@@ -15,7 +15,7 @@ from flownb.cursor import read_cursor, write_cursor
 from flownb.errors import FlownbError
 from flownb.message import Message
 from flownb.runtime.amqp import names
-from flownb.runtime.amqp.topology import connect, declare_flow
+from flownb.runtime.amqp.topology import connect, declare_flow, trigger_queues
 from flownb.runtime.amqp.trigger import TriggerWorker, read_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
@@ -92,7 +92,7 @@ def test_state_is_refused_while_the_trigger_worker_runs(broker, tmp_path, capsys
     assert read_cursor(flow, broker=broker) == {"next": 4}  # unchanged
 
 
-def test_backfill_on_the_broker_reads_a_range_again_and_restores_the_cursor(broker, tmp_path, capsys):
+def test_backfill_on_the_broker_reads_a_range_again_and_leaves_the_cursor(broker, tmp_path, capsys):
     flow = flownb.Flow(name="backfill-amqp", trigger=flownb.step("src", "amqptest.count", total=30, batch=4,
                                                                  interval="1h"),
                        steps=[flownb.step("work", "amqptest.work")])
@@ -101,25 +101,29 @@ def test_backfill_on_the_broker_reads_a_range_again_and_restores_the_cursor(brok
     assert _bodies(flow, broker) == list(range(20))
     assert main(["backfill", spec, "--broker", broker, "--from", "5", "--to", "12"]) == 0
     out = capsys.readouterr().out
-    assert "8 message(s) queued in 2 poll(s)" in out and 'cursor restored to {"next": 20}' in out
+    assert "8 message(s) queued in 2 poll(s)" in out and 'cursor untouched: {"next": 20}' in out
     assert _bodies(flow, broker) == list(range(5, 13)) and read_state(flow, broker) == {"next": 20}
     assert main(["backfill", spec, "--broker", broker, "--from", "15", "--to", "25"]) == 2
     assert "past the cursor" in capsys.readouterr().err
-    worker = TriggerWorker(flow, broker)  # running: refused, nothing queued
+    worker = TriggerWorker(flow, broker)  # running, holding the cursor (interval 1h: no poll of its own)
     t = threading.Thread(target=worker.run, daemon=True)
     t.start()
     try:
         wait_for(lambda: worker._held is not None, what="the cursor held")
-        assert main(["backfill", spec, "--broker", broker, "--from", "1", "--to", "3"]) == 1
-        assert "while the flow runs" in capsys.readouterr().err
+        # the held cursor cannot be read, and this trigger's poll may do more than read: --key is needed
+        assert main(["backfill", spec, "--broker", broker, "--from", "1", "--to", "3"]) == 2
+        assert "holds the cursor" in capsys.readouterr().err and _bodies(flow, broker) == []
+        assert main(["backfill", spec, "--broker", broker, "--from", "1", "--to", "3", "--key", "next"]) == 0
+        assert "4 message(s) queued in 1 poll(s)" in capsys.readouterr().out
+        assert worker._held is not None and worker._held[1] == {"next": 20}  # still held, unchanged
     finally:
         worker.stop()
         t.join(30)
-    # the worker polled on (20 on: the restored cursor is due at once); the refused backfill queued nothing
-    assert all(n >= 20 for n in _bodies(flow, broker)) and read_state(flow, broker)["next"] >= 20
+    assert not t.is_alive()
+    assert _bodies(flow, broker) == [1, 2, 3, 4] and read_state(flow, broker) == {"next": 20}
 
 
-def test_backfill_whose_poll_fails_stops_and_puts_the_cursor_back(broker):
+def test_backfill_whose_poll_fails_stops_and_leaves_the_cursor(broker):
     from flownb import polling_trigger
     from flownb.cursor import backfill
 
@@ -137,6 +141,86 @@ def test_backfill_whose_poll_fails_stops_and_puts_the_cursor_back(broker):
     _poll(flow, broker, 5)
     assert read_state(flow, broker) == {"next": 20}
     _bodies(flow, broker)
-    with pytest.raises(FlownbError, match="did not commit within 2 s.*put back, 8 message"):
+    with pytest.raises(FlownbError, match="backfill poll failed .ConnectionError: source went away.*cursor was "
+                                          "not touched, 8 message"):
         backfill(flow.with_parameters(broken=True), 0, 16, broker=broker, poll_timeout=2)
     assert read_state(flow, broker) == {"next": 20} and _bodies(flow, broker) == list(range(8))
+
+
+def test_backfill_while_the_workers_run_reaches_the_sink_and_leaves_the_live_cursor(broker, tmp_path, capsys):
+    """Real worker processes (the trigger polling a SQLite table, a step posting to an HTTP sink); a
+    backfill from this process while they run: the range arrives a second time, live rows keep
+    arriving, and the saved cursor is the trigger worker's alone (never taken nor replaced)."""
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+    from collections import Counter
+    from pathlib import Path
+
+    from flownb.testing import HttpTarget
+
+    flownb_cli = str(Path(sys.executable).parent / "flownb")
+    src = tmp_path / "src.db"
+    db = sqlite3.connect(src)
+    db.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, amount INTEGER)")
+    db.executemany("INSERT INTO orders VALUES (?, ?)", [(i, i * 10) for i in range(1, 21)])
+    db.commit()
+    procs: list[subprocess.Popen] = []
+    with HttpTarget() as target:
+        flow = flownb.Flow(name="backfill-live", trigger=flownb.step(
+            "src", "sql.poll", url=f"sqlite:///{src}", table="orders", cursor="id", batch_size=4, interval="0.2s"),
+            steps=[flownb.step("push", "http.request", method="POST", url=target.url)])
+        spec = str(flow.save(tmp_path / "flow.yaml"))
+
+        def arrived() -> Counter:
+            return Counter(r.json["id"] for r in list(target.received))
+
+        def wait(cond, what: str) -> None:
+            deadline = time.monotonic() + 90
+            while not cond():
+                for p in procs:
+                    assert p.poll() is None, f"a worker ended ({p.returncode}) while waiting for {what}"
+                assert time.monotonic() < deadline, f"no {what} within 90 s: {sorted(arrived().items())}"
+                time.sleep(0.1)
+
+        def polled() -> int:  # the cursor's position in the trigger worker's commits (read_state: when not held)
+            got = read_state(flow, broker)
+            return -1 if got is None else got["cursor"]
+
+        log = (tmp_path / "workers.log").open("ab")
+        try:
+            for step in ("src", "push"):
+                procs.append(subprocess.Popen([flownb_cli, "worker", spec, "--step", step, "--broker", broker],
+                                              stdout=log, stderr=subprocess.STDOUT))
+            wait(lambda: arrived() == Counter(range(1, 21)), "the first 20 rows at the sink")
+            assert main(["backfill", spec, "--broker", broker, "--from", "5", "--to", "12"]) == 0
+            out = capsys.readouterr().out
+            # sql.poll without a key reads 3 rows of a page of 4 (the last cursor value waits for its ties)
+            assert "9 message(s) queued in 3 poll(s)" in out and "cursor untouched" in out
+            db.executemany("INSERT INTO orders VALUES (?, ?)", [(i, i * 10) for i in range(21, 26)])
+            db.commit()
+            want = Counter({**dict.fromkeys(range(1, 26), 1), **dict.fromkeys(range(6, 15), 2)})
+            wait(lambda: arrived() == want, "the backfilled rows twice and the live rows 21-25 once")
+            time.sleep(1.0)  # a few more polls of the live trigger: nothing is read again
+            assert arrived() == want
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                try:
+                    p.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+            log.close()
+        db.close()
+    # one cursor, the trigger worker's: where it read up to, with the version of its own commits only
+    conn = connect(broker)
+    try:
+        ch = conn.channel()
+        cursor_q = trigger_queues(flow)[0]
+        assert ch.queue_declare(cursor_q, passive=True).method.message_count == 1
+    finally:
+        conn.close()
+    assert polled() == 25 and read_cursor(flow, broker=broker)["cursor"] == 25

@@ -163,3 +163,33 @@ def test_workbench_from_the_monitor_edits_retests_and_replays(broker, running, t
     queued = [m for m, _p in drain_queue(broker, names.step_queue(flow.name, "price"))]
     assert len(queued) == 2 and all("note" not in m["body"] for m in queued)
     mon.stop()
+
+
+def test_the_monitors_dead_letters_button_opens_the_workbench_below_it(broker, running, tmp_path):
+    from flownb.notebook.monitor import Monitor
+    flow = _failed_run(broker, running, tmp_path)
+    mon = Monitor(flow, broker, management_url=None, autostart=False)
+    try:
+        buttons = mon.widget.children[3].children
+        assert mon.workbench_button.description == "dead letters…" and mon.workbench_button in buttons
+        assert mon.workbench_area in mon.widget.children and mon.workbench_area.children == ()
+        mon.workbench_button.click()
+        (shown,) = mon.workbench_area.children
+        wb = mon.opened
+        assert shown is wb.widget and wb.problem is None
+        assert wb.groups.options == (f"(all errors) ({N // 3})", f"EvaluationError ({N // 3})")
+        wb.rules = fixed(flow)
+        wb.retest_button.click()
+        assert f"delivered {N // 3}" in wb.status.value
+        wb.rows.value = (wb.rows.options[0][1],)
+        wb.replay_button.click()
+        assert "replayed 1 dead letter(s)" in wb.status.value
+        mon.workbench_button.click()  # opened again: read afresh, the fixed rules kept
+        assert mon.opened is not wb and mon.opened.rules == fixed(flow) and len(mon.opened.frame) == N // 3 - 1
+        assert mon.workbench_area.children == (mon.opened.widget,)
+        # a broker that does not answer: the message in the opened workbench, no traceback
+        mon.broker = "amqp://guest:guest@127.0.0.1:1/"
+        mon.workbench_button.click()
+        assert "flownb-error" in mon.opened.status.value and mon.opened.problem
+    finally:
+        mon.stop()
