@@ -22,7 +22,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, EvaluationTimeout, ExpressionError, MessageTooLarge
-from ..records import NULL, _no_gc, is_frame, to_records
+from ..records import NULL, is_frame, no_gc, to_records
 from . import _deadline
 from ._runtime import _CONTAINERS, EvalError, Fallback, U, clean
 from .expression import EvaluationError, Expression, compile
@@ -172,7 +172,7 @@ class Mapping:
         name = self._step_in(flow, step) if flow is not None else None
         if flow is not None and name is not None and flow.steps and flow.steps[0].name == name:
             _warn_raw_sample(flow, sample)  # the first step: its sample stands for the trigger's records
-        with _no_gc():  # many small dicts and lists: the cyclic GC would rescan them for nothing
+        with no_gc():  # many small dicts and lists: the cyclic GC would rescan them for nothing
             index = None
             if is_frame(sample):
                 sample = sample if limit is None else sample.iloc[:limit]

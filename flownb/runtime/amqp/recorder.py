@@ -80,13 +80,13 @@ def recorder_max_bytes() -> int:
 
 def declare_recorder(ch: Any, flow: str) -> None:
     """Declare the tap exchange and its bounded, durable queue (idempotent)."""
-    from .topology import _declare
+    from .topology import declare_queue
     ex, q = names.recorder_exchange(flow), names.recorder_queue(flow)
     try:
         ch.exchange_declare(ex, exchange_type="fanout", durable=True)
     except pika.exceptions.ChannelClosedByBroker as exc:
         raise BrokerError(f"declaring exchange '{ex}' failed: {exc.reply_text}") from exc
-    _declare(ch, q, {"x-max-length": recorder_max_length(), "x-max-length-bytes": recorder_max_bytes(),
+    declare_queue(ch, q, {"x-max-length": recorder_max_length(), "x-max-length-bytes": recorder_max_bytes(),
                      "x-overflow": "drop-head"})
     ch.queue_bind(q, ex, routing_key="")
 

@@ -57,9 +57,9 @@ def test_a_node_stops_mid_run_and_the_workers_go_on_through_another(cluster, tmp
     procs = [_worker(spec, "src", trigger_url, logs["src"])]
     try:
         from flownb.runtime.amqp import names
-        from flownb.runtime.amqp.topology import _count, connect
+        from flownb.runtime.amqp.topology import connect, message_count
         conn = connect(a.url)
-        wait_for(lambda: _count(conn, names.step_queue("ha", "work")) > 0, timeout=120, what="the first poll")
+        wait_for(lambda: message_count(conn, names.step_queue("ha", "work")) > 0, timeout=120, what="the first poll")
         conn.close()
         procs += [_worker(spec, "work", steps_url, logs["work"]), _worker(spec, "sink", steps_url, logs["sink"])]
         wait_for(lambda: sink_counts(db)[0] >= TOTAL // 4, timeout=180, what="a quarter of the rows at the sink")
