@@ -5,13 +5,14 @@ check (:func:`private_api_problems`, tested) and falling back to the public API 
 
 Three publishers, because three jobs need different guarantees from the broker:
 
-- :class:`ConfirmedPublisher` (pika; the step workers, and a quorum trigger's poll): publisher
-  confirms. Each publish is tracked by its delivery tag until the broker acks it (stored), nacks it
-  (refused: a full queue with ``reject-publish``, a quorum queue without a leader) or returns it
-  (``mandatory``: routed to no queue). A step worker acks its input only once everything the input
-  produced is confirmed; a refused publish is sent again, its input still held. On a
-  ``BlockingConnection`` :meth:`ConfirmedPublisher.publish_batch` publishes a whole batch at once and
-  waits for its confirms within a deadline (a quorum queue that lost its leader may never confirm).
+- :class:`ConfirmedPublisher` (pika; the step workers and their flight-recorder tap, a trigger's
+  seed and a quorum trigger's poll): publisher confirms. Each publish is tracked by its delivery tag
+  until the broker acks it (stored), nacks it (refused: a full queue with ``reject-publish``, a
+  quorum queue without a leader) or returns it (``mandatory``: routed to no queue). A step worker
+  acks its input only once everything the input produced is confirmed; a refused publish is sent
+  again, its input still held. On a ``BlockingConnection`` :meth:`ConfirmedPublisher.publish_batch`
+  publishes a whole batch at once and waits for its confirms within a deadline (a quorum queue that
+  lost its leader may never confirm).
 - :class:`TransactionalPublisher` (pika; the polling trigger): an AMQP transaction. A poll must move
   the cursor (publish the new one into the state queue, ack the old one) and emit its messages
   *together*: a crash in between must neither lose a poll nor emit it twice. Confirms cannot give
