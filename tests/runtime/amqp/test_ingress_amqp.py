@@ -17,10 +17,8 @@ from amqp_components import drain_queue
 from relay import Relay
 
 from flownb.flow import Flow, step
-from flownb.message import Message
 from flownb.runtime.amqp import names
 from flownb.runtime.amqp.ingress import AmqpIngest
-from flownb.runtime.amqp.topology import connect
 from flownb.runtime.ingress import Unavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]

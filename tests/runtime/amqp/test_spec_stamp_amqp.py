@@ -17,7 +17,7 @@ from amqp_components import drain_queue, wait_for
 
 import flownb
 from flownb.runtime.amqp import names
-from flownb.runtime.amqp.topology import ERROR_HEADER, connect, queue_depths, retry_levels
+from flownb.runtime.amqp.topology import ERROR_HEADER, queue_depths, retry_levels
 from flownb.workbench import REPLAY_SPEC
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]

@@ -12,7 +12,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import orjson
 import pandas as pd
 import pytest
 from amqp_components import drain_queue, sink_counts, wait_for
