@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError, EvaluationTimeout, ExpressionError
 from ..records import to_records
 from . import _deadline
-from ._runtime import _CONTAINERS, EvalError, Fallback, U, clean
+from ._runtime import CONTAINERS, EvalError, Fallback, U, clean
 from .expression import EvaluationError, Expression, compile
 from .functions_check import check_functions
 
@@ -121,7 +121,7 @@ class Mapping:
                 self._field = name
                 v = fn(body, body) if fn is not None else expr.raw(body)
                 if v is not U:
-                    out[name] = clean(v) if type(v) in _CONTAINERS else v
+                    out[name] = clean(v) if type(v) in CONTAINERS else v
         except (EvalError, Fallback, EvaluationError, RecursionError):
             return self._apply_slow(body)
         return out

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError, EvaluationTimeout, MessageTooLarge
 from ..records import NULL, is_frame, no_gc, to_records
 from . import _deadline
-from ._runtime import _CONTAINERS, EvalError, Fallback, U, clean
+from ._runtime import CONTAINERS, EvalError, Fallback, U, clean
 from .expression import EvaluationError
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ def _preview_fields(mapping: Mapping, records: list, timeout: float | None, kind
             col.extend(_checked(raw, records[i], name, errors, i, timeout, kinds)
                        for i in range(len(col), n))
         if not _SHOWN.issuperset(set(map(type, col))):  # undefined → None, null → NULL, plain lists
-            col = [None if v is U else NULL if v is None else (clean(v) if type(v) in _CONTAINERS else v)
+            col = [None if v is U else NULL if v is None else (clean(v) if type(v) in CONTAINERS else v)
                    for v in col]
         cols[name] = col
     return cols, errors
