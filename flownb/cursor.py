@@ -98,13 +98,13 @@ def _local_read(flow: Flow, state_dir: Path) -> dict:
 
 
 def _local_write(flow: Flow, state_dir: Path, new: dict | None, change) -> tuple[dict, dict]:
-    from .runtime.local.runtime import _lock
+    from .runtime.local.runtime import lock_state_dir
     from .runtime.local.store import open_state
     if not (state_dir / f"{flow.name}.db").exists():
         raise FlownbError(f"no local state for flow '{flow.name}' in '{state_dir}'; run the flow first or "
                           f"pass the --state-dir it used")
     try:
-        lock = _lock(state_dir, flow.name)
+        lock = lock_state_dir(state_dir, flow.name)
     except FlownbError as exc:
         raise FlownbError(f"refusing to change the cursor while the flow runs: {exc}") from None
     try:

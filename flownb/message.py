@@ -29,7 +29,8 @@ from .errors import MessageError
 
 __all__ = ["Message", "encode_body", "decode_body", "new_id"]
 
-_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+#: how a body is encoded (also by the runtimes' fused encode in runtime/core.py)
+ENCODE_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
 _ID_POOL: list[str] = []
@@ -78,7 +79,7 @@ def encode_body(body: Any, *, step: str | None = None) -> bytes:
             f"a message body must be a JSON object (dict), got {type(body).__name__}: "
             f"return a dict, a list of dicts, or None", step=step)
     try:
-        data = orjson.dumps(body, option=_OPTS)
+        data = orjson.dumps(body, option=ENCODE_OPTS)
         if b"null" in data:  # cheap pre-check: only then look for NaN/inf turned into null
             _check_finite(body)
         return data
@@ -166,7 +167,7 @@ class Message:
             if self.spec:
                 meta["spec"] = self.spec
             data = orjson.dumps({"id": self.id, "body": self.body, "headers": self.headers, "meta": meta},
-                                option=_OPTS)  # to_dict(), inline: once per message and stage
+                                option=ENCODE_OPTS)  # to_dict(), inline: once per message and stage
             # orjson turns NaN/inf into null silently: refuse them (meta.parent may be a real null)
             if data.count(b"null") > (self.parent is None):
                 _check_finite(self.body)

@@ -136,7 +136,7 @@ def to_records(sample: Any, limit: int | None = None) -> list[dict]:
 
     See the module docstring for how each kind of value converts; :class:`SpecError` says what to
     change when a sample cannot become records."""
-    with _no_gc():  # many small dicts: the cyclic GC would rescan them for nothing
+    with no_gc():  # many small dicts: the cyclic GC would rescan them for nothing
         if is_frame(sample):
             return _frame_records(sample if limit is None else sample.iloc[:limit])
         return [_record(r, i) for i, r in enumerate(_rows(sample, limit))]
@@ -190,7 +190,7 @@ def column_paths(frame: pd.DataFrame) -> list[tuple[str, ...]]:
 
 
 @contextlib.contextmanager
-def _no_gc() -> Iterator[None]:
+def no_gc() -> Iterator[None]:
     """The cyclic garbage collector paused (and restored as it was): building many containers
     otherwise triggers collections that walk every live object, again and again."""
     was = gc.isenabled()

@@ -40,7 +40,7 @@ from . import _payload
 from ._aio import LoopThread
 from ._payload import as_body, encoded, shown
 from .base import Action, Context, PollConfig, PollingTrigger
-from .http import _compile_check, fill
+from .http import compile_check, fill
 
 __all__ = ["AmqpConsume", "AmqpConsumeConfig", "AmqpPublish", "AmqpPublishConfig"]
 
@@ -321,7 +321,7 @@ class AmqpPublish(Action[AmqpPublishConfig]):
             _check_name(config.exchange, "exchange", step, "config.exchange")
         elif "{" not in config.routing_key:  # the default exchange: the routing key is a queue name
             _check_name(config.routing_key, "queue", step, "config.routing_key")
-        _compile_check(config.payload, step, "payload")
+        compile_check(config.payload, step, "payload")
 
     def setup(self) -> None:
         self._compile()

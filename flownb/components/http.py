@@ -160,7 +160,9 @@ def _client(config: _HttpBase, ctx: Context):
                         verify=config.verify_tls)
 
 
-def _compile_check(text: str | None, step, field: str) -> None:
+def compile_check(text: str | None, step, field: str) -> None:
+    """Compile a JSONata template field of ``step`` at validation time (shared by every component whose
+    config holds such a field), so a spec with a broken expression fails before anything runs."""
     if text:
         try:
             Expr(text, step=step.name, field=f"config.{field}")
@@ -216,8 +218,8 @@ class HttpRequest(Action[HttpRequestConfig]):
         if config.url and not re.match(r"^(https?://|\{)", config.url):
             raise ConfigError(f"url {config.url!r} must start with http:// or https://", step=step.name,
                               field="config.url")
-        _compile_check(config.url_expr, step, "url_expr")
-        _compile_check(config.body, step, "body")
+        compile_check(config.url_expr, step, "url_expr")
+        compile_check(config.body, step, "body")
 
     effects = True
 
@@ -336,8 +338,8 @@ class HttpPoll(PollingTrigger[HttpPollConfig]):
                               field="config.cursor_field")
         if config.key_field and not config.cursor_field:
             raise ConfigError("'key_field' needs 'cursor_field'", step=step.name, field="config.key_field")
-        _compile_check(config.items, step, "items")
-        _compile_check(config.next, step, "next")
+        compile_check(config.items, step, "items")
+        compile_check(config.next, step, "next")
 
     def setup(self) -> None:
         self.client = _client(self.config, self.ctx)

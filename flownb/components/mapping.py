@@ -65,7 +65,9 @@ class SplitConfig(BaseModel):
                               "(e.g. 10s, 500ms); past it the message is dead-lettered")
 
 
-def _check(src: str, step: Any, field: str):
+def compile_expression(src: str, step: Any, field: str):
+    """``src`` compiled, its functions checked; an error names the step and the field (the mapping
+    components and the route step's conditions share it)."""
     try:
         check_functions(src)
         return compile(src)
@@ -78,7 +80,7 @@ def _fields(config: MappingConfig) -> dict[str, str]:
     return config.fields if config.fields is not None else {}
 
 
-def _guarded(action: Any, fn: Any, body: Any) -> Any:
+def guarded(action: Any, fn: Any, body: Any) -> Any:
     """``fn(body)`` within the step's ``timeout``; past it ``action._timed_out()`` (an
     EvaluationTimeout naming the step and field) is raised."""
     try:
@@ -96,9 +98,9 @@ class MappingAction(Action[MappingConfig]):
     @classmethod
     def check_config(cls, config: MappingConfig, step) -> None:
         if config.expression is not None:
-            _check(config.expression, step, "config.expression")
+            compile_expression(config.expression, step, "config.expression")
         for name, src in _fields(config).items():
-            _check(src, step, f"config.fields.{name}")
+            compile_expression(src, step, f"config.fields.{name}")
 
     def setup(self) -> None:
         c = self.config
@@ -127,17 +129,17 @@ class FilterAction(Action[FilterConfig]):
 
     @classmethod
     def check_config(cls, config: FilterConfig, step) -> None:
-        _check(config.condition, step, "config.condition")
+        compile_expression(config.condition, step, "config.condition")
 
     def setup(self) -> None:
-        self._cond = _check(self.config.condition, None, "config.condition").raw
+        self._cond = compile_expression(self.config.condition, None, "config.condition").raw
 
     def _passes(self, body: dict) -> bool:
         return boolean(self._cond(body))
 
     def process(self, message, ctx):
         body = message.body
-        return body if _guarded(self, self._passes, body) else None
+        return body if guarded(self, self._passes, body) else None
 
     def process_batch(self, messages, ctx):
         cond = self._cond
@@ -160,14 +162,14 @@ class SplitAction(Action[SplitConfig]):
 
     @classmethod
     def check_config(cls, config: SplitConfig, step) -> None:
-        _check(config.path, step, "config.path")
+        compile_expression(config.path, step, "config.path")
 
     def setup(self) -> None:
-        self._path = _check(self.config.path, None, "config.path").raw
+        self._path = compile_expression(self.config.path, None, "config.path").raw
         self._into = self.config.into
 
     def process(self, message, ctx):
-        v = _guarded(self, self._path, message.body)
+        v = guarded(self, self._path, message.body)
         if v is U:
             return []
         items = v if isinstance(v, list) else [v]

@@ -45,7 +45,7 @@ from ..errors import ConfigError, FatalError, RetryableError
 from . import _payload
 from ._payload import as_body, encoded, shown
 from .base import Action, Context, PollConfig, PollingTrigger
-from .http import _compile_check, fill
+from .http import compile_check, fill
 
 __all__ = ["MqttPublish", "MqttPublishConfig", "MqttSubscribe", "MqttSubscribeConfig"]
 
@@ -314,7 +314,7 @@ class MqttPublish(Action[MqttPublishConfig]):
         if "+" in config.topic or "#" in config.topic or not config.topic.strip("/"):
             raise ConfigError(f"{config.topic!r} cannot be published to: a topic has no wildcards (+, #)",
                               step=step.name, field="config.topic")
-        _compile_check(config.payload, step, "payload")
+        compile_check(config.payload, step, "payload")
 
     def setup(self) -> None:
         self._compile()

@@ -38,7 +38,7 @@ from . import _payload
 from ._aio import LoopThread
 from ._payload import as_body, encoded, shown
 from .base import Action, Context, PollConfig, PollingTrigger
-from .http import _compile_check, fill
+from .http import compile_check, fill
 
 __all__ = ["NatsPublish", "NatsPublishConfig", "NatsSubscribe", "NatsSubscribeConfig"]
 
@@ -368,7 +368,7 @@ class NatsPublish(Action[NatsPublishConfig]):
     def check_config(cls, config, step) -> None:
         if "{" not in config.subject:
             _check_subject(config.subject, step, "subject", wildcards=False)
-        _compile_check(config.payload, step, "payload")
+        compile_check(config.payload, step, "payload")
 
     def setup(self) -> None:
         self._compile()

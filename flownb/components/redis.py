@@ -31,7 +31,7 @@ from ..errors import ConfigError, FatalError, RetryableError
 from . import _payload
 from ._payload import encoded
 from .base import Action, Context, PollConfig, PollingTrigger
-from .http import _compile_check, fill
+from .http import compile_check, fill
 
 __all__ = ["RedisSet", "RedisSetConfig", "RedisStream", "RedisStreamConfig", "RedisXadd", "RedisXaddConfig"]
 
@@ -357,7 +357,7 @@ class RedisSet(_RedisAction[RedisSetConfig]):
     def check_config(cls, config, step) -> None:
         if not config.key.strip():
             raise ConfigError("'key' is empty; give a key, e.g. customer:{id}", step=step.name, field="config.key")
-        _compile_check(config.value, step, "value")
+        compile_check(config.value, step, "value")
 
     def setup(self) -> None:
         self._compile()

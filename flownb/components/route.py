@@ -22,7 +22,7 @@ from ..rules import _deadline
 from ..rules._runtime import boolean
 from ..rules.mapping import DEFAULT_TIMEOUT
 from .base import Action, Context
-from .mapping import _check, _guarded
+from .mapping import compile_expression, guarded
 
 if TYPE_CHECKING:
     from ..flow import RouteSpec
@@ -69,10 +69,10 @@ class RouteAction(Action[RouteConfig]):
     @classmethod
     def check_config(cls, config: RouteConfig, step) -> None:
         for i, b in enumerate(config.branches):
-            _check(b.when, step, f"route.branches.{i}.when")
+            compile_expression(b.when, step, f"route.branches.{i}.when")
 
     def setup(self) -> None:
-        self._conds = [(b.name, _check(b.when, None, f"route.branches.{i}.when").raw)
+        self._conds = [(b.name, compile_expression(b.when, None, f"route.branches.{i}.when").raw)
                        for i, b in enumerate(self.config.branches)]
         self._first = self.config.mode == "first"
         self._default: tuple[str, ...] = (DEFAULT_BRANCH,) if self.config.default else ()
@@ -87,7 +87,7 @@ class RouteAction(Action[RouteConfig]):
         return Routed(tuple(taken) if taken else self._default)
 
     def process(self, message, ctx):
-        return _guarded(self, self.choose, message.body)
+        return guarded(self, self.choose, message.body)
 
     def process_batch(self, messages, ctx):
         choose = self.choose

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from .._duration import Duration
 from ..errors import ConfigError, FatalError, RetryableError
 from .base import Action, Context
-from .http import Expr, _compile_check, fill
+from .http import Expr, compile_check, fill
 
 __all__ = ["SmtpSend", "SmtpSendConfig"]
 
@@ -78,8 +78,8 @@ class SmtpSend(Action[SmtpSendConfig]):
         for f in ("sender", "to", "subject"):
             if not getattr(config, f).strip():
                 raise ConfigError(f"'{f}' is empty", step=step.name, field=f"config.{f}")
-        _compile_check(config.text, step, "text")
-        _compile_check(config.html, step, "html")
+        compile_check(config.text, step, "text")
+        compile_check(config.html, step, "html")
 
     # -- rendering (dry and live alike) ------------------------------------------------------------
     def _compile(self) -> None:

@@ -79,17 +79,18 @@ def clean(v: Any) -> Any:
     if t is Seq or t is Cons:
         return [clean(x) for x in v]
     if t is list:
-        if any(type(x) in _CONTAINERS for x in v):
+        if any(type(x) in CONTAINERS for x in v):
             return [clean(x) for x in v]
         return v
     if t is dict:
-        if any(type(x) in _CONTAINERS for x in v.values()):
+        if any(type(x) in CONTAINERS for x in v.values()):
             return {k: clean(x) for k, x in v.items()}
         return v
     return v
 
 
-_CONTAINERS = (Seq, Cons, list, dict)
+#: the container types an evaluation gives, which clean() turns into plain lists and dicts
+CONTAINERS = (Seq, Cons, list, dict)
 
 
 def is_num(v: Any) -> bool:

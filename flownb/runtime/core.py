@@ -35,8 +35,7 @@ from ..components.base import Action, Component, Context, PollingTrigger, classi
 from ..components.route import Routed
 from ..errors import FatalError, MessageError, MessageTooLarge, PoisonMessage
 from ..flow import Flow, RetryPolicy, Step
-from ..message import _OPTS as _ENCODE_OPTS
-from ..message import Message, encode_body, new_id
+from ..message import ENCODE_OPTS, Message, encode_body, new_id
 from ..registry import get, validate_step
 from .health import HEALTH
 
@@ -285,7 +284,7 @@ class StepRunner:
         :meth:`_outcome`."""
         name, spec = self.step.name, self.spec
         room = self.max_bytes - _ENVELOPE
-        dumps, opts = orjson.dumps, _ENCODE_OPTS
+        dumps, opts = orjson.dumps, ENCODE_OPTS
         new = _new_outcome
         new_message, next_id = _new_outcome, new_id
         created = time.time()  # the batch's outputs were made now (Message.child, inline)
@@ -630,7 +629,7 @@ class TriggerRunner:
         self.last_dead = []
         flow, name, spec = self.flow.name, self.step.name, self.spec
         room = self.max_bytes - _ENVELOPE
-        dumps, opts = orjson.dumps, _ENCODE_OPTS
+        dumps, opts = orjson.dumps, ENCODE_OPTS
         new_message, next_id = _new_outcome, new_id
         # a trigger whose records are plain JSON values (json_native: csv.poll) hands them on as they
         # are; any other's go on in their wire form (a datetime becomes a string, a tuple a list),

@@ -304,12 +304,12 @@ def _manifest(ch, flow: str) -> dict | None:
     import orjson
 
     from .amqp import names
-    from .amqp.topology import _declare_kept, queue_type
+    from .amqp.topology import declare_kept, queue_type
     q = names.manifest_queue(flow)
     # a register: the newest manifest pushes the old one out (drop-head); replicated with quorum queues
     # (one an older flownb declared classic is kept), so a worker starts while any one node is down
     if queue_type() == "quorum":
-        _declare_kept(ch, q, {"x-max-length": 1})
+        declare_kept(ch, q, {"x-max-length": 1})
     else:
         ch.queue_declare(q, durable=True, arguments={"x-max-length": 1})
     method, _, body = ch.basic_get(q, auto_ack=False)
@@ -340,7 +340,7 @@ def check_broker_manifest(flow: Flow, broker: str, command: str) -> None:
     one lacks, still holds messages on the broker; otherwise record this spec's steps."""
     from ..errors import BrokerError
     from .amqp import names
-    from .amqp.topology import _count, connect, suspect_queue
+    from .amqp.topology import connect, message_count, suspect_queue
     try:
         conn = connect(broker, name="flownb manifest")
     except BrokerError as exc:  # the worker itself waits for the broker with back-off, as before
@@ -356,8 +356,8 @@ def check_broker_manifest(flow: Flow, broker: str, command: str) -> None:
             if s in steps or not isinstance(s, str):
                 continue
             delays = [names.retry_queue(flow.name, s, lvl) for lvl in (known.get("retry") or {}).get(s, [])]
-            n = sum(_count(conn, q) for q in (names.step_queue(flow.name, s), suspect_queue(flow.name, s),
-                                              names.retry_ready_queue(flow.name, s), *delays))
+            n = sum(message_count(conn, q) for q in (names.step_queue(flow.name, s), suspect_queue(flow.name, s),
+                                                      names.retry_ready_queue(flow.name, s), *delays))
             if n:
                 held[s] = n
         if held:

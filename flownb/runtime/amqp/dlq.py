@@ -49,7 +49,7 @@ class AmqpDeadLetters(DeadLetterStore):
         self.url = broker_url
         self.redactor = Redactor.from_flow(flow)  # list/show mask secrets; replay sends what is stored
 
-    def _steps(self, step: str | None, *, trigger: bool = True) -> list[str]:
+    def dead_letter_steps(self, step: str | None, *, trigger: bool = True) -> list[str]:
         """Steps whose dead letters to read. The trigger has dead letters too (records over
         max_message_bytes), listed but never replayed: they would be refused again."""
         if step is None:
@@ -61,7 +61,9 @@ class AmqpDeadLetters(DeadLetterStore):
                               f"{', '.join(s.name for s in self.flow.actions)}")
         return [found.name]
 
-    def _read(self, ch, step: str) -> list[tuple[int, DeadLetter]]:
+    def read(self, ch, step: str) -> list[tuple[int, DeadLetter]]:
+        """The dead letters of ``step`` with their delivery tags on ``ch`` (held unacked: a replay acks
+        each once its copy is confirmed; the rest return to the queue with the channel)."""
         out: list[tuple[int, DeadLetter]] = []
         q = names.dead_letter_queue(self.flow.name, step)
         try:
@@ -76,13 +78,13 @@ class AmqpDeadLetters(DeadLetterStore):
             raise BrokerError(f"cannot read dead letters of '{step}': {exc.reply_text}") from exc
 
     def list(self, step: str | None = None) -> list[DeadLetter]:
-        steps = self._steps(step)
+        steps = self.dead_letter_steps(step)
         conn = connect(self.url, name="flownb dlq")
         try:
             items = []
             for s in steps:
                 ch = conn.channel()
-                items += [redact_dead_letter(d, self.redactor) for _, d in self._read(ch, s)]
+                items += [redact_dead_letter(d, self.redactor) for _, d in self.read(ch, s)]
                 if ch.is_open:
                     ch.close()  # unacked → back to the queue
             return items
@@ -98,7 +100,7 @@ class AmqpDeadLetters(DeadLetterStore):
 
     def replay(self, step: str | None = None, ids: Iterable[str] | None = None) -> int:
         wanted = set(ids) if ids else None
-        steps = self._steps(step, trigger=False)
+        steps = self.dead_letter_steps(step, trigger=False)
         conn = connect(self.url, name="flownb dlq replay")
         try:
             declare_flow(conn.channel(), self.flow)
@@ -112,7 +114,7 @@ class AmqpDeadLetters(DeadLetterStore):
     def _replay_step(self, conn, step: str, wanted: set[str] | None) -> int:
         ch = conn.channel()
         ch.confirm_delivery()
-        chosen = [(tag, d) for tag, d in self._read(ch, step) if wanted is None or d.id in wanted]
+        chosen = [(tag, d) for tag, d in self.read(ch, step) if wanted is None or d.id in wanted]
         for tag, d in chosen:
             m = d.message
             m.attempt = 1

@@ -1,21 +1,45 @@
-"""Publishing to RabbitMQ, in one place: the message properties every publisher uses, and the four
-places where flownb relies on a client library's private API, each guarded by a version check
-(:func:`private_api_problems`, tested) and falling back to the public API (or, for :func:`deadline`,
-to an unbounded wait) when it is missing.
+"""Publishing to RabbitMQ, in one place: the publishers, the message properties every publisher uses,
+and the four places where flownb relies on a client library's private API, each guarded by a version
+check (:func:`private_api_problems`, tested) and falling back to the public API (or, for
+:func:`deadline`, to an unbounded wait) when it is missing.
+
+Three publishers, because three jobs need different guarantees from the broker:
+
+- :class:`ConfirmedPublisher` (pika; the step workers and their flight-recorder tap, a trigger's
+  seed and a quorum trigger's poll): publisher confirms. Each publish is tracked by its delivery tag
+  until the broker acks it (stored), nacks it (refused: a full queue with ``reject-publish``, a
+  quorum queue without a leader) or returns it (``mandatory``: routed to no queue). A step worker
+  acks its input only once everything the input produced is confirmed; a refused publish is sent
+  again, its input still held. On a ``BlockingConnection`` :meth:`ConfirmedPublisher.publish_batch`
+  publishes a whole batch at once and waits for its confirms within a deadline (a quorum queue that
+  lost its leader may never confirm).
+- :class:`TransactionalPublisher` (pika; the polling trigger): an AMQP transaction. A poll must move
+  the cursor (publish the new one into the state queue, ack the old one) and emit its messages
+  *together*: a crash in between must neither lose a poll nor emit it twice. Confirms cannot give
+  that — a confirmed publish cannot be taken back when the ack that should go with it fails, and an
+  ack cannot wait for a confirm atomically — while ``tx.commit`` applies publishes and acks of one
+  channel at once or not at all (on RabbitMQ across queue types). A transaction has no per-message
+  answer, though: a full queue does not refuse a transactional publish (the trigger checks room
+  first), and RabbitMQ 3.10.8 does not confirm a transactional publish into a quorum queue. So with
+  quorum step queues the trigger publishes the poll's messages with a :class:`ConfirmedPublisher`
+  first and commits only the cursor in the transaction (at-least-once: a repeated poll emits again).
+- :class:`FastPublisher` (aiormq; the webhook ingress, the ``webhook`` extra): confirms on the ASGI
+  server's asyncio event loop, where pika's loops cannot run, with the frames written by hand.
 
 Message properties: every message is ``application/json``; persistent (``delivery_mode=2``) except
 a sync reply; dead letters and retries carry the error (``x-flownb-error``) and the step; the trigger's
 state message carries the poll time and the cursor version. Builders for pika
 (:data:`PERSISTENT`, :data:`TRANSIENT`, :func:`error_props`, :func:`state_props`,
-:func:`redelivered_props`) and for aiormq (:func:`aiormq_props`).
+:func:`redelivered_props`) and for aiormq (:func:`aiormq_props`); nothing else builds properties.
 
 pika (step workers): :class:`CoalescingConnection` holds the frames of a batch and writes them with
 one ``send`` (``_output_marshaled_frames`` / ``_adapter_emit_data``, pika ≥ 1.0). pika (the trigger):
 :func:`deadline` bounds a blocking wait on the broker by ending the connection as pika's own heartbeat
 timeout does (``BlockingConnection._impl``, ``Connection._terminate_stream``, pika ≥ 1.0); without
 them the wait is unbounded, as before, and :func:`private_api_problems` says so. pika (a quorum
-trigger's poll, :func:`async_channel`): the channel under a ``BlockingChannel`` (``_impl``), to
-publish a poll at once and count its confirms; without it each publish waits for its confirm.
+trigger's poll, :func:`async_channel`): the channel under a ``BlockingChannel`` (``_impl``), on which
+:class:`ConfirmedPublisher` publishes a batch at once and counts its confirms; without it each publish
+waits for its confirm.
 
 aiormq (the webhook ingress; the ``webhook`` extra): :class:`FastPublisher`, below.
 
@@ -47,7 +71,9 @@ import asyncio
 import contextlib
 import dataclasses
 import struct
-from collections.abc import Iterator
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from typing import Any, Protocol, TypeGuard
 
@@ -55,6 +81,8 @@ import orjson
 import pika
 import pika.adapters.blocking_connection
 import pika.channel
+import pika.exceptions
+import pika.spec
 from pika.adapters.select_connection import SelectConnection
 
 from ...errors import BrokerError
@@ -70,8 +98,9 @@ except ImportError:  # pragma: no cover - without the webhook extra there is no 
     pass             # of these names)
 
 __all__ = ["PERSISTENT", "TRANSIENT", "CONTENT_TYPE", "POLLED_HEADER", "error_props", "state_props",
-           "redelivered_props", "aiormq_props", "CoalescingConnection", "FastPublisher", "marshal_header",
-           "supported", "private_api_problems", "deadline"]
+           "redelivered_props", "aiormq_props", "Outgoing", "ConfirmedPublisher", "Confirms", "TransactionalPublisher",
+           "CoalescingConnection", "FastPublisher", "marshal_header", "supported", "private_api_problems",
+           "deadline"]
 
 CONTENT_TYPE = "application/json"
 POLLED_HEADER = "x-flownb-polled"
@@ -92,8 +121,9 @@ def state_props(polled: float, version: int) -> pika.BasicProperties:
                                 headers={POLLED_HEADER: repr(polled), VERSION_HEADER: version})
 
 
-def redelivered_props(props: pika.BasicProperties, headers: dict) -> pika.BasicProperties:
-    """A message moved to a step's suspect queue, with ``headers`` replacing its own."""
+def redelivered_props(props: pika.BasicProperties, headers: dict | None) -> pika.BasicProperties:
+    """A message moved to another queue (to a step's suspect queue; a cursor from an older flownb's
+    queue), persistent, with ``headers`` replacing its own."""
     return pika.BasicProperties(delivery_mode=2, content_type=props.content_type or CONTENT_TYPE, headers=headers)
 
 
@@ -169,6 +199,153 @@ def async_channel(channel: Any) -> Any:
     caller then confirms each publish in turn)."""
     impl = getattr(channel, "_impl", None)
     return impl if isinstance(impl, pika.channel.Channel) else None
+
+
+@dataclasses.dataclass(slots=True)
+class Outgoing:
+    """One publish, kept until the broker confirms it: what to send again after a nack, and ``ref``,
+    the caller's own (a step worker: the input it belongs to)."""
+
+    exchange: str
+    key: str
+    body: bytes
+    props: pika.BasicProperties
+    ref: Any = None
+    sent: float = 0.0  # time.monotonic() of its basic.publish: how long its confirm has been awaited
+
+
+@dataclasses.dataclass(slots=True)
+class Confirms:
+    """What the broker answered to a batch: publishes it did not confirm in time, nacked, returned."""
+
+    unconfirmed: int = 0
+    refused: int = 0
+    returned: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.unconfirmed or self.refused or self.returned)
+
+
+class ConfirmedPublisher:
+    """Publishes on one pika channel in confirm mode, each publish tracked by its delivery tag until
+    the broker confirms it (see the module's docstring).
+
+    ``channel``: pika's own ``Channel`` (a step worker's SelectConnection) or a ``BlockingChannel``
+    (:meth:`publish_batch`: publishes under it on its ``Channel``, :func:`async_channel`, or — a pika
+    without it — one confirmed publish at a time). ``on_confirm(done, ack)`` runs in the I/O loop with
+    the publishes one ack or nack settled (a ``multiple`` one settles every earlier tag). ``mandatory``:
+    a publish that reaches no queue is returned and counted as :attr:`returned` (the broker then acks
+    it: a return comes first on the channel, so it is counted by the time its confirm arrives). The
+    publisher owns the channel's confirms: nothing else publishes on it."""
+
+    def __init__(self, channel: Any, on_confirm: Callable[[list[Outgoing], bool], None] | None = None, *,
+                 mandatory: bool = False):
+        self.mandatory = mandatory
+        self.pending: OrderedDict[int, Outgoing] = OrderedDict()  # delivery tag -> publish, in tag order
+        self.refused = self.returned = 0  # nacks and returns received (reset by the caller as it likes)
+        self._on_confirm_cb = on_confirm
+        self._seq = 0
+        self._serial: pika.adapters.blocking_connection.BlockingChannel | None = None
+        impl = channel if isinstance(channel, pika.channel.Channel) else async_channel(channel)
+        if impl is None:  # pragma: no cover - a pika without BlockingChannel._impl: one publish at a time
+            self._serial = channel
+            channel.confirm_delivery()
+            self.channel = channel
+            return
+        self.channel = impl
+        # the publishes that follow Confirm.Select on this channel are confirmed (the broker keeps the
+        # channel's order), so they need not wait for its SelectOk
+        impl.confirm_delivery(ack_nack_callback=self._on_confirm)
+        if mandatory:
+            impl.add_on_return_callback(self._on_return)
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def oldest(self) -> Outgoing | None:
+        """The publish whose confirm has been awaited longest (None: nothing outstanding)."""
+        return next(iter(self.pending.values()), None)
+
+    def publish(self, exchange: str, key: str, body: bytes, props: pika.BasicProperties,
+                ref: Any = None) -> Outgoing:
+        pub = Outgoing(exchange, key, body, props, ref)
+        self.send(pub)
+        return pub
+
+    def send(self, pub: Outgoing) -> None:
+        """Publish ``pub`` (again, after a nack: it takes a new delivery tag)."""
+        pub.sent = time.monotonic()
+        if self._serial is not None:  # pragma: no cover - see __init__
+            try:
+                self._serial.basic_publish(pub.exchange, pub.key, pub.body, pub.props, mandatory=self.mandatory)
+            except pika.exceptions.UnroutableError:
+                self.returned += 1
+            except pika.exceptions.NackError:
+                self.refused += 1
+            return
+        # registered once sent: a publish that raised (its channel closed) took no delivery tag, and no
+        # confirm can arrive before this returns (they are read by this thread's I/O loop)
+        self.channel.basic_publish(pub.exchange, pub.key, pub.body, pub.props, mandatory=self.mandatory)
+        self._seq += 1
+        self.pending[self._seq] = pub
+
+    def _on_confirm(self, frame) -> None:
+        method = frame.method
+        ack = isinstance(method, pika.spec.Basic.Ack)
+        tag = method.delivery_tag
+        if method.multiple:
+            done = []
+            while self.pending:
+                seq = next(iter(self.pending))
+                if seq > tag:
+                    break
+                done.append(self.pending.pop(seq))
+        else:
+            done = [self.pending.pop(tag)] if tag in self.pending else []
+        if not ack:
+            self.refused += len(done)
+        if self._on_confirm_cb is not None:
+            self._on_confirm_cb(done, ack)
+
+    def _on_return(self, _channel, _method, _props, _body) -> None:
+        self.returned += 1
+
+    def publish_batch(self, conn: pika.BlockingConnection, exchange: str, key: str, bodies: Iterable[bytes],
+                      props: pika.BasicProperties, timeout: float) -> Confirms:
+        """On a BlockingConnection: publish ``bodies`` at once, then run the connection's I/O until each
+        is confirmed or ``timeout`` seconds pass (pika's BlockingChannel would wait for each confirm in
+        turn, without a bound). What was not confirmed stays in :attr:`pending`; after a result that is
+        not :attr:`Confirms.ok` the caller replaces the channel (its late confirms would be counted in
+        the next batch)."""
+        self.refused = self.returned = 0
+        n = 0
+        for body in bodies:
+            self.publish(exchange, key, body, props)
+            n += 1
+        until = time.monotonic() + timeout
+        while self.pending and time.monotonic() < until:
+            conn.process_data_events(time_limit=min(0.05, max(0.0, until - time.monotonic())))
+        return Confirms(len(self.pending), self.refused, self.returned)
+
+
+class TransactionalPublisher:
+    """A ``BlockingChannel`` in transaction mode (``tx.select``): its publishes and acks apply together at
+    :meth:`commit`, or not at all when the connection ends before (see the module's docstring for why
+    the trigger needs this and not confirms). Bound a commit with :func:`deadline`."""
+
+    def __init__(self, channel: pika.adapters.blocking_connection.BlockingChannel):
+        self.channel = channel
+        channel.tx_select()
+
+    def publish(self, exchange: str, key: str, body: bytes, props: pika.BasicProperties = PERSISTENT) -> None:
+        self.channel.basic_publish(exchange, key, body, props)
+
+    def ack(self, delivery_tag: int) -> None:
+        self.channel.basic_ack(delivery_tag)
+
+    def commit(self) -> None:
+        self.channel.tx_commit()
 
 
 def private_api_problems(channel=None) -> list[str]:

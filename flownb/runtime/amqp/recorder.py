@@ -42,7 +42,7 @@ from ... import recorder as rec
 from ...errors import BrokerError, SpecError, StateError
 from ...flow import Flow
 from . import names
-from .publish import CONTENT_TYPE
+from .publish import PERSISTENT, ConfirmedPublisher, Outgoing
 
 __all__ = ["Tap", "declare_recorder", "drain", "recorder_max_length", "recorder_max_bytes",
            "DEFAULT_MAX_LENGTH", "DEFAULT_MAX_BYTES"]
@@ -52,7 +52,6 @@ DEFAULT_MAX_LENGTH = 100_000
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 #: events published and not confirmed yet beyond which new events are dropped (a blocked broker)
 MAX_UNCONFIRMED = 10_000
-_PROPS = pika.BasicProperties(delivery_mode=2, content_type=CONTENT_TYPE)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -80,13 +79,13 @@ def recorder_max_bytes() -> int:
 
 def declare_recorder(ch: Any, flow: str) -> None:
     """Declare the tap exchange and its bounded, durable queue (idempotent)."""
-    from .topology import _declare
+    from .topology import declare_queue
     ex, q = names.recorder_exchange(flow), names.recorder_queue(flow)
     try:
         ch.exchange_declare(ex, exchange_type="fanout", durable=True)
     except pika.exceptions.ChannelClosedByBroker as exc:
         raise BrokerError(f"declaring exchange '{ex}' failed: {exc.reply_text}") from exc
-    _declare(ch, q, {"x-max-length": recorder_max_length(), "x-max-length-bytes": recorder_max_bytes(),
+    declare_queue(ch, q, {"x-max-length": recorder_max_length(), "x-max-length-bytes": recorder_max_bytes(),
                      "x-overflow": "drop-head"})
     ch.queue_bind(q, ex, routing_key="")
 
@@ -102,8 +101,7 @@ class Tap:
         self.exchange = names.recorder_exchange(flow.name)
         self._staged: deque[list[tuple]] = deque()
         self._ch: Any = None
-        self._seq = 0
-        self._confirmed = 0
+        self._out: ConfirmedPublisher | None = None  # on self._ch
         self.published = 0   # events (messages) published
         self.acked = 0
         self.nacked = 0
@@ -133,13 +131,12 @@ class Tap:
     # I/O loop
     def open(self, conn: Any) -> None:
         """Open the tap's own confirm channel on the worker's connection."""
-        self._ch = None
-        self._seq = self._confirmed = 0
+        self._ch = self._out = None
         conn.channel(on_open_callback=self._on_channel)
 
     def _on_channel(self, ch: Any) -> None:
         ch.add_on_close_callback(self._on_closed)
-        ch.confirm_delivery(ack_nack_callback=self._on_confirm)
+        self._out = ConfirmedPublisher(ch, self._on_confirm)
         self._ch = ch
 
     def _on_closed(self, ch: Any, reason: Any) -> None:
@@ -150,21 +147,18 @@ class Tap:
         log.warning("step '%s': the flight recorder's channel closed (%s); events are dropped until the "
                     "worker reconnects", self.step, reason)
 
-    def _on_confirm(self, frame: Any) -> None:
-        method = frame.method
-        n = method.delivery_tag - self._confirmed if method.multiple else 1
-        self._confirmed = max(self._confirmed, method.delivery_tag)
-        if isinstance(method, pika.spec.Basic.Ack):
-            self.acked += n
+    def _on_confirm(self, done: list[Outgoing], ack: bool) -> None:
+        if ack:
+            self.acked += len(done)
         else:
-            self.nacked += n
+            self.nacked += len(done)
 
     def flush(self) -> None:
         """Publish what :meth:`stage` computed, one message per batch (fire-and-forget)."""
         while self._staged:
             rows = self._staged.popleft()
-            ch = self._ch
-            if ch is None or not ch.is_open or self._seq - self._confirmed >= MAX_UNCONFIRMED:
+            ch, out = self._ch, self._out
+            if ch is None or out is None or not ch.is_open or len(out) >= MAX_UNCONFIRMED:
                 self.dropped += len(rows)
                 now = time.monotonic()
                 if now - self._warned > 60:
@@ -174,12 +168,11 @@ class Tap:
                 continue
             body = orjson.dumps({"v": 1, "rows": rows})
             try:
-                ch.basic_publish(self.exchange, "", body, _PROPS)
+                out.publish(self.exchange, "", body, PERSISTENT)
             except Exception as exc:  # noqa: BLE001 - the tap never stops a step
                 self.dropped += len(rows)
                 log.debug("step '%s': recorder publish failed: %s", self.step, exc)
                 continue
-            self._seq += 1
             self.published += 1
 
 

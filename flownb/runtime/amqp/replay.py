@@ -36,7 +36,7 @@ def replay_edited(flow: Flow, broker_url: str, wanted: Mapping[str, Any], rebuil
     steps = [step] if step is not None else (
         sorted(asked) if None not in asked else [s.name for s in flow.actions])
     for s in steps:
-        dlq._steps(s, trigger=False)  # SpecError / FlownbError for an unknown step or the trigger
+        dlq.dead_letter_steps(s, trigger=False)  # SpecError / FlownbError for an unknown step or the trigger
     conn = connect(broker_url, name="flownb replay")
     try:
         declare_flow(conn.channel(), flow)
@@ -46,7 +46,7 @@ def replay_edited(flow: Flow, broker_url: str, wanted: Mapping[str, Any], rebuil
             ch = conn.channel()
             ch.confirm_delivery()
             channels[s] = ch
-            for tag, d in dlq._read(ch, s):
+            for tag, d in dlq.read(ch, s):
                 if d.id in wanted and wanted[d.id].get("_step") in (None, s):
                     found.setdefault(d.id, []).append((s, ch, tag, d))
         missing = [i for i in wanted if i not in found]

@@ -1,15 +1,15 @@
 """The worker of one action step: consume, run :class:`~flownb.runtime.core.StepRunner`, hand off.
 
 Hand-off rule (at-least-once, nothing lost): every output, retry or dead letter is published
-persistent on a channel in confirm mode; an input is acked (``multiple=True``, in delivery order)
-only once everything it produced is confirmed. Messages are processed in batches: whatever one
-socket read delivered (at most ``prefetch``) goes to ``StepRunner.run_batch`` at once, and confirms
-are batched by the broker. A publish the broker nacks (the next queue is full: ``reject-publish``)
-is published again after a back-off, its input still unacked, so back-pressure travels upstream
-through the prefetch window. Steps run in a processing thread, so a slow step (an HTTP call that
-times out) never stalls the I/O loop: heartbeats and confirms keep flowing. A lost connection
-drops all in-flight state; the broker redelivers the unacked inputs to the new connection
-(duplicates are possible only within that window).
+persistent by a :class:`~flownb.runtime.amqp.publish.ConfirmedPublisher` (confirm mode); an input is
+acked (``multiple=True``, in delivery order) only once everything it produced is confirmed.
+Messages are processed in batches: whatever one socket read delivered (at most ``prefetch``) goes to
+``StepRunner.run_batch`` at once, and confirms are batched by the broker. A publish the broker nacks
+(the next queue is full: ``reject-publish``) is published again after a back-off, its input still
+unacked, so back-pressure travels upstream through the prefetch window. Steps run in a processing
+thread, so a slow step (an HTTP call that times out) never stalls the I/O loop: heartbeats and
+confirms keep flowing. A lost connection drops all in-flight state; the broker redelivers the
+unacked inputs to the new connection (duplicates are possible only within that window).
 
 Poison messages, on both queue types: a message redelivered from the step or retry-ready queue
 (quorum queues count it in ``x-delivery-count``; classic queues set the ``redelivered`` flag) was
@@ -33,7 +33,7 @@ import logging
 import queue
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass
 
 import pika
@@ -45,7 +45,15 @@ from ..health import HEALTH, start_thread, step_timeout
 from ..on_error import event_from_dead, event_payload
 from . import names
 from .metrics import StepMetrics
-from .publish import PERSISTENT, TRANSIENT, CoalescingConnection, error_props, redelivered_props
+from .publish import (
+    PERSISTENT,
+    TRANSIENT,
+    CoalescingConnection,
+    ConfirmedPublisher,
+    Outgoing,
+    error_props,
+    redelivered_props,
+)
 from .recorder import Tap
 from .topology import (
     DELIVERIES_HEADER,
@@ -76,16 +84,6 @@ class _Input:
     pending: int = 0       # publishes not yet confirmed
     done: bool = False     # its outcome has been published (processing finished)
     kind: str = "processed"  # processed | retried | dead | moved (to the suspect queue)
-
-
-@dataclass(slots=True)
-class _Pub:
-    rec: _Input
-    exchange: str
-    key: str
-    body: bytes
-    props: pika.BasicProperties
-    sent: float = 0.0      # time.monotonic() of its basic.publish
 
 
 class StepWorker:
@@ -209,7 +207,11 @@ class StepWorker:
     @property
     def idle(self) -> bool:
         """Nothing delivered and unfinished right now (read from another thread: a snapshot)."""
-        return not (self._buffer or self._inputs or self._pending or self._nacked or self._in_process)
+        return not (self._buffer or self._inputs or self._unconfirmed or self._nacked or self._in_process)
+
+    @property
+    def _unconfirmed(self) -> int:
+        return len(self._out) if self._out is not None else 0
 
     def _declare(self) -> None:
         conn = connect(self.url, name=f"flownb {self.step.name} declare")
@@ -225,9 +227,8 @@ class StepWorker:
         self._buffer: list[tuple[int, pika.BasicProperties, bytes]] = []
         self._buffer_member = 0   # the member whose queue the buffered deliveries came from
         self._inputs: deque[_Input] = deque()
-        self._pending: OrderedDict[int, _Pub] = OrderedDict()
-        self._nacked: list[_Pub] = []
-        self._seq = 0
+        self._out: ConfirmedPublisher | None = None  # on self._ch, once it is open
+        self._nacked: list[Outgoing] = []
         self._flush_scheduled = False
         self._consumers: set[str] = set()
         #: consumer tag -> (index of the member whose queue it consumes, a suspect queue?)
@@ -278,7 +279,7 @@ class StepWorker:
         self._ch = ch
         ch.add_on_close_callback(self._on_channel_closed)
         ch.add_on_cancel_callback(self._on_broker_cancel)
-        ch.confirm_delivery(ack_nack_callback=self._on_confirm)
+        self._out = ConfirmedPublisher(ch, self._on_confirm)
         if self.tap is not None:
             self.tap.open(self._loop_conn)
         # per-consumer prefetch (basic.qos applies to the consumers created after it): one suspect
@@ -523,33 +524,17 @@ class StepWorker:
                 self._publish(rec, "", str(reply_to), payload, TRANSIENT)
 
     # -- publishing with confirms -----------------------------------------------------------
+    # not mandatory: the step queues are declared before the worker consumes, and a sync reply whose
+    # requester has gone (its exclusive queue with it) is dropped by design
     def _publish(self, rec: _Input, exchange: str, key: str, body: bytes, props) -> None:
         rec.pending += 1
-        self._send(_Pub(rec, exchange, key, body, props))
+        assert self._out is not None  # the callers checked that the channel is open
+        self._out.publish(exchange, key, body, props, rec)
 
-    def _send(self, pub: _Pub) -> None:
-        pub.sent = time.monotonic()
-        self._seq += 1
-        self._pending[self._seq] = pub
-        assert self._ch is not None  # the callers checked that the channel is open
-        self._ch.basic_publish(pub.exchange, pub.key, pub.body, pub.props)
-
-    def _on_confirm(self, frame) -> None:
-        method = frame.method
-        ack = isinstance(method, pika.spec.Basic.Ack)
-        tag = method.delivery_tag
-        if method.multiple:
-            done = []
-            while self._pending:
-                seq = next(iter(self._pending))
-                if seq > tag:
-                    break
-                done.append(self._pending.pop(seq))
-        else:
-            done = [self._pending.pop(tag)] if tag in self._pending else []
+    def _on_confirm(self, done: list[Outgoing], ack: bool) -> None:
         for pub in done:
             if ack:
-                pub.rec.pending -= 1
+                pub.ref.pending -= 1
             else:
                 self._nacked.append(pub)
         if not ack and done:
@@ -564,10 +549,10 @@ class StepWorker:
 
     def _republish(self) -> None:
         pubs, self._nacked = self._nacked, []
-        if self._ch is None or not self._ch.is_open:
+        if self._ch is None or not self._ch.is_open or self._out is None:
             return
         for pub in pubs:
-            self._send(pub)
+            self._out.send(pub)
 
     def _settle(self) -> None:
         """Ack, in delivery order, every input whose outputs are all confirmed."""
@@ -623,7 +608,7 @@ class StepWorker:
     def _on_unblocked(self, conn, frame) -> None:
         self._blocked = False
         now = time.monotonic()
-        for pub in self._pending.values():  # the wait for their confirms starts now
+        for pub in (self._out.pending.values() if self._out is not None else ()):  # their wait starts now
             pub.sent = max(pub.sent, now)
         log.info("step '%s': the broker unblocked this connection", self.step.name)
 
@@ -664,11 +649,10 @@ class StepWorker:
 
     def _stalled(self, now: float) -> str | None:
         """What the broker has kept this worker waiting for longer than ``timeout``, or None."""
-        if self._pending and not self._blocked:
-            oldest = next(iter(self._pending.values()))
-            if now - oldest.sent > self.timeout:
-                return (f"no confirm from the broker for {now - oldest.sent:.0f} s ({len(self._pending)} publish(es) "
-                        f"unconfirmed, the oldest to '{oldest.key}')")
+        oldest = self._out.oldest() if self._out is not None else None
+        if oldest is not None and not self._blocked and now - oldest.sent > self.timeout:
+            return (f"no confirm from the broker for {now - oldest.sent:.0f} s ({self._unconfirmed} publish(es) "
+                    f"unconfirmed, the oldest to '{oldest.key}')")
         if self._probe_sent is not None:
             if now - self._probe_sent > self.timeout:
                 return (f"the broker has not answered queue.declare for {now - self._probe_sent:.0f} s "
@@ -727,7 +711,7 @@ class StepWorker:
         self._check_drained()
 
     def _check_drained(self) -> None:
-        busy = (self._consumers or self._buffer or self._inputs or self._pending or self._nacked
+        busy = (self._consumers or self._buffer or self._inputs or self._unconfirmed or self._nacked
                 or self._in_process)
         if busy and time.monotonic() < self._drain_deadline:
             self._loop_conn.ioloop.call_later(0.02, self._check_drained)

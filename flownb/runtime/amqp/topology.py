@@ -302,7 +302,8 @@ def _typed(args: dict | None, kind: str) -> dict | None:
     return {**(args or {}), "x-queue-type": "quorum"}
 
 
-def _declare(ch, queue: str, args: dict | None, kind: str = "classic") -> None:
+def declare_queue(ch, queue: str, args: dict | None, kind: str = "classic") -> None:
+    """Declare a durable ``queue`` of ``kind``; a clash with the queue as it exists is a TopologyError."""
     try:
         ch.queue_declare(queue, durable=True, arguments=_typed(args, kind))
     except pika.exceptions.ChannelClosedByBroker as exc:
@@ -332,16 +333,16 @@ def declare_step(ch, flow: Flow, step_name: str) -> None:
     q = names.step_queue(f, step.name)
     ready = names.retry_ready_queue(f, step.name)
     kind = queue_type()
-    _declare(ch, q, _step_queue_args(), kind)
+    declare_queue(ch, q, _step_queue_args(), kind)
     ch.queue_bind(q, ex, routing_key=step.name)
-    _declare(ch, ready, None, kind)
+    declare_queue(ch, ready, None, kind)
     for level in retry_levels(step.retry_policy):
         delay = {"x-message-ttl": level, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": ready}
         if kind == "quorum":  # the expired message leaves only once the ready queue has confirmed it
             delay.update({"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"})
-        _declare(ch, names.retry_queue(f, step.name, level), delay, kind)
-    _declare(ch, suspect_queue(f, step.name), None, kind)
-    _declare(ch, names.dead_letter_queue(f, step.name), None, kind)
+        declare_queue(ch, names.retry_queue(f, step.name, level), delay, kind)
+    declare_queue(ch, suspect_queue(f, step.name), None, kind)
+    declare_queue(ch, names.dead_letter_queue(f, step.name), None, kind)
 
 
 def declare_flow(ch, flow: Flow) -> None:
@@ -360,12 +361,12 @@ def declare_flow(ch, flow: Flow) -> None:
     cursor, poller = trigger_queues(flow)
     dlq = names.dead_letter_queue(flow.name, flow.trigger.name)  # records over max_message_bytes
     if poller is None:  # classic: one queue is the cursor and, by its single active consumer, the lock
-        _declare(ch, cursor, {"x-single-active-consumer": True})
-        _declare(ch, dlq, None)
+        declare_queue(ch, cursor, {"x-single-active-consumer": True})
+        declare_queue(ch, dlq, None)
         return
     _create_cursor(ch, flow, cursor)  # no single active consumer: basic.get reads the cursor
-    _declare(ch, poller, {"x-single-active-consumer": True}, "quorum")
-    _declare_kept(ch, dlq)
+    declare_queue(ch, poller, {"x-single-active-consumer": True}, "quorum")
+    declare_kept(ch, dlq)
 
 
 def _exists(conn, queue: str) -> bool:
@@ -396,7 +397,7 @@ def _create_cursor(ch, flow: Flow, cursor: str) -> None:
     from .publish import state_props
     conn = ch.connection
     if _exists(conn, cursor):
-        _declare(ch, cursor, None, "quorum")  # arguments checked; it is there with its cursor
+        declare_queue(ch, cursor, None, "quorum")  # arguments checked; it is there with its cursor
         return
     lock_name = cursor + ".lock"
     while True:
@@ -410,7 +411,7 @@ def _create_cursor(ch, flow: Flow, cursor: str) -> None:
             continue
         try:
             created = not _exists(conn, cursor)
-            _declare(ch, cursor, None, "quorum")
+            declare_queue(ch, cursor, None, "quorum")
             if created and not _exists(conn, names.state_queue(flow.name, flow.trigger.name)):
                 lock.confirm_delivery()
                 lock.basic_publish("", cursor, b"{}", state_props(0.0, 0))
@@ -424,14 +425,14 @@ def _create_cursor(ch, flow: Flow, cursor: str) -> None:
 _WARNED: set[str] = set()
 
 
-def _declare_kept(ch, queue: str, args: dict | None = None) -> None:
+def declare_kept(ch, queue: str, args: dict | None = None) -> None:
     """Declare ``queue`` as a quorum queue, or keep it as the classic queue an older flownb declared
     (a queue's type cannot change; its messages stay readable), warning once that it is not replicated.
     Declared on a channel of its own: a refused declare closes its channel."""
     import logging
     probe = ch.connection.channel()
     try:
-        _declare(probe, queue, args, "quorum")
+        declare_queue(probe, queue, args, "quorum")
     except TopologyError:
         if queue not in _WARNED:
             _WARNED.add(queue)
@@ -451,11 +452,12 @@ def max_errors() -> int:
 def declare_errors(ch, flow: Flow) -> None:
     """The queue of failure events for the flow's on_error worker: bounded (the oldest drop first:
     a flow failing for days while nobody runs the on_error worker must not fill the broker)."""
-    _declare(ch, names.errors_queue(flow.name), {"x-max-length": max_errors(), "x-overflow": "drop-head"},
+    declare_queue(ch, names.errors_queue(flow.name), {"x-max-length": max_errors(), "x-overflow": "drop-head"},
              queue_type())
 
 
-def _count(conn, queue: str) -> int:
+def message_count(conn, queue: str) -> int:
+    """The ready messages of ``queue`` (0 when it does not exist), asked on a channel of its own."""
     ch = conn.channel()
     try:
         return ch.queue_declare(queue, passive=True).method.message_count
@@ -476,12 +478,13 @@ def queue_depths(flow: Flow, broker_url: str) -> dict[str, dict[str, int]]:
     try:
         out = {}
         for s in flow.actions:
-            retry = sum(_count(conn, names.retry_queue(flow.name, s.name, lvl))
+            retry = sum(message_count(conn, names.retry_queue(flow.name, s.name, lvl))
                         for lvl in retry_levels(s.retry_policy))
-            retry += _count(conn, names.retry_ready_queue(flow.name, s.name))
-            ready = _count(conn, names.step_queue(flow.name, s.name)) + _count(conn, suspect_queue(flow.name, s.name))
+            retry += message_count(conn, names.retry_ready_queue(flow.name, s.name))
+            ready = (message_count(conn, names.step_queue(flow.name, s.name))
+                     + message_count(conn, suspect_queue(flow.name, s.name)))
             out[s.name] = {"ready": ready,
-                           "dead": _count(conn, names.dead_letter_queue(flow.name, s.name)),
+                           "dead": message_count(conn, names.dead_letter_queue(flow.name, s.name)),
                            "retry": retry}
         return out
     finally:

@@ -3,9 +3,9 @@
 The cursor queue holds exactly one message: the cursor (JSON), with the time of the last poll in a
 header. Exactly one replica — the active poller — consumes it (prefetch 1), so only one polls at a
 time; the others wait and take over when it dies (its unacked cursor is requeued). Each poll runs on
-the cursor, then in ONE AMQP transaction publishes the emitted messages (persistent) and the new
-cursor and acks the old one: a crash before ``tx.commit`` changes nothing, so a poll is never lost
-nor emitted twice.
+the cursor, then in ONE AMQP transaction (:class:`~flownb.runtime.amqp.publish.TransactionalPublisher`)
+publishes the emitted messages (persistent) and the new cursor and acks the old one: a crash before
+``tx.commit`` changes nothing, so a poll is never lost nor emitted twice.
 
 Who is the active poller (:func:`~flownb.runtime.amqp.topology.trigger_queues`):
 
@@ -21,10 +21,11 @@ Who is the active poller (:func:`~flownb.runtime.amqp.topology.trigger_queues`):
   (one transaction: publish into ``.cursor``, ack from ``.state``; then ``.state`` is deleted), after
   waiting for any consumer of ``.state`` — an older trigger worker still polling — to go.
 
-Quorum step queues: the emitted messages are published *with publisher confirms* before the
-transaction, which then holds only the new cursor and the ack. RabbitMQ 3.10.8 does not confirm a
-transactional publish into a quorum queue, and a poll committed right after the node leading the
-step queue died (its queue still electing a leader) lost every message while the cursor moved on.
+Quorum step queues: the emitted messages are published *with publisher confirms*
+(:class:`~flownb.runtime.amqp.publish.ConfirmedPublisher`, mandatory) before the transaction, which
+then holds only the new cursor and the ack. RabbitMQ 3.10.8 does not confirm a transactional publish
+into a quorum queue, and a poll committed right after the node leading the step queue died (its
+queue still electing a leader) lost every message while the cursor moved on.
 A confirm not received within ``FLOWNB_BROKER_TIMEOUT`` replaces the publishing channel (the cursor
 and the poller token stay held); the room check or a ``tx.commit`` not answered as long ends the
 connection (:func:`~flownb.runtime.amqp.publish.deadline`). Either way the poll is repeated from the
@@ -67,7 +68,17 @@ from ..core import TriggerRunner
 from ..on_error import event_from_dead, event_from_exception, event_payload
 from . import names
 from .metrics import StepMetrics
-from .publish import PERSISTENT, POLLED_HEADER, async_channel, deadline, error_props, state_props
+from .publish import (
+    PERSISTENT,
+    POLLED_HEADER,
+    ConfirmedPublisher,
+    TransactionalPublisher,
+    async_channel,
+    deadline,
+    error_props,
+    redelivered_props,
+    state_props,
+)
 from .topology import (
     AMQP_ERRORS,
     VERSION_HEADER,
@@ -108,7 +119,9 @@ class TriggerWorker:
         #: transaction (a transaction into a quorum queue is not confirmed: see the module's docstring)
         self.confirm = queue_type() == "quorum"
         self.timeout = broker_timeout()  # the longest wait for the broker (a confirm, tx.commit)
-        self._pub: pika.adapters.blocking_connection.BlockingChannel | None = None
+        self._pub: pika.adapters.blocking_connection.BlockingChannel | None = None  # the confirm channel
+        self._out: ConfirmedPublisher | None = None  # publishes on self._pub
+        self._tx: TransactionalPublisher  # the cursor's channel, set by each session
         self.consuming = threading.Event()
         self._stopping = False
         self._wake = threading.Event()
@@ -141,8 +154,8 @@ class TriggerWorker:
             declare_flow(ch, self.flow)
             self._seed(conn)
             ch.basic_qos(prefetch_count=1)
-            ch.tx_select()
-            self._pub = None
+            self._tx = TransactionalPublisher(ch)
+            self._pub = self._out = None
             if self.confirm and self.first:
                 self._open_pub(conn)
             self._token = self._reading = False
@@ -186,7 +199,7 @@ class TriggerWorker:
                               "queue?): set one with 'flownb state set SPEC --broker URL --to …'",
                               self.name, self.state_q)
                 if self._held and time.time() >= self._held[3]:
-                    self._poll(conn, ch)
+                    self._poll(conn)
                 if time.monotonic() >= self._next_probe:
                     self._watch(conn, probe)
         finally:
@@ -272,7 +285,7 @@ class TriggerWorker:
         else:
             return
         try:
-            probe.tx_select()
+            tx = TransactionalPublisher(probe)
             method, props, body = probe.basic_get(old, auto_ack=False)
             if method is not None:
                 here = conn.channel()
@@ -286,10 +299,9 @@ class TriggerWorker:
                         f"trigger '{self.name}': both '{old}' (an older flownb's classic cursor queue) and "
                         f"'{self.state_q}' hold a cursor; keep the right one (flownb state show with "
                         f"FLOWNB_QUEUE_TYPE=classic and =quorum), delete the other queue, then start the trigger")
-                probe.basic_publish("", self.state_q, body, pika.BasicProperties(
-                    delivery_mode=2, content_type=props.content_type, headers=props.headers))
-                probe.basic_ack(method.delivery_tag)
-                probe.tx_commit()
+                tx.publish("", self.state_q, body, redelivered_props(props, props.headers))
+                tx.ack(method.delivery_tag)
+                tx.commit()
                 log.info("trigger '%s': moved the cursor from the classic queue '%s' to '%s'",
                          self.name, old, self.state_q)
             probe.queue_delete(old, if_empty=True)
@@ -330,8 +342,11 @@ class TriggerWorker:
             try:
                 ok = ch.queue_declare(queue, passive=True).method
                 if ok.message_count == 0 and ok.consumer_count == 0:
-                    ch.confirm_delivery()
-                    ch.basic_publish("", queue, body, props)
+                    got = ConfirmedPublisher(ch, mandatory=True).publish_batch(conn, "", queue, [body], props,
+                                                                                self.timeout)
+                    if not got.ok:
+                        raise BrokerError(f"trigger '{self.name}' could not seed '{queue}' (the broker did not "
+                                          f"confirm it: {got}); starting over on a new connection")
                     log.info("trigger '%s': seeded %s", self.name,
                              "an empty cursor" if self.lock_q is None else "the poller token")
                 ch.queue_delete(lock)
@@ -341,7 +356,7 @@ class TriggerWorker:
             return
 
     # -- one poll, one transaction ------------------------------------------------------------
-    def _poll(self, conn, ch) -> None:
+    def _poll(self, conn) -> None:
         assert self._held is not None  # run() polls only while it holds the cursor
         tag, state, version, _ = self._held
         now = time.time()
@@ -349,12 +364,12 @@ class TriggerWorker:
             msgs, payloads, new_state = self.runner.poll(state)
         except FlownbError as exc:
             log.error("trigger '%s': poll failed: %s; next try after the interval", self.name, exc)
-            self._report(ch, exc)
+            self._report(exc)
             self._retry_later(state)
             return
         except Exception as exc:  # a source error must not kill the poller; it tries again next interval
             log.exception("trigger '%s': poll failed; next try after the interval", self.name)
-            self._report(ch, exc)
+            self._report(exc)
             self._retry_later(state)
             return
         with deadline(conn, self.timeout, f"trigger '{self.name}' publishing a poll of {len(payloads)} message(s)"):
@@ -365,95 +380,59 @@ class TriggerWorker:
             if self.first and payloads and self._pub is not None and not self._publish_confirmed(conn, payloads):
                 self._held = (tag, state, version, time.time() + max(0.2, min(1.0, self.runner.next_delay(state))))
                 return
-            self._commit(ch, tag, new_state, version, now, payloads)
+            self._commit(tag, new_state, version, now, payloads)
 
     def _open_pub(self, conn) -> None:
-        """The channel a poll's messages are published on, in confirm mode. Its confirms are counted
-        here (pika's BlockingChannel would wait for each publish's confirm in turn, without a bound):
-        the poll publishes them all, then runs the connection's I/O until each is confirmed or the
-        timeout passes."""
+        """The channel a poll's messages are published on, with confirms; mandatory: a message that
+        reaches no queue does not let the cursor move."""
         self._pub = conn.channel()
-        self._unconfirmed: set[int] = set()
-        self._refused = 0
-        self._pub_seq = 0
-        impl = async_channel(self._pub)
-        if impl is None:  # pragma: no cover - a pika without it: confirm each publish in turn
-            self._pub.confirm_delivery()
-            return
-        # the publishes that follow Confirm.Select on this channel are confirmed (the broker keeps
-        # the channel's order), so they need not wait for its SelectOk
-        impl.confirm_delivery(ack_nack_callback=self._on_pub_confirm)
+        self._out = ConfirmedPublisher(self._pub, mandatory=True)
         conn.process_data_events(time_limit=0)
-
-    def _on_pub_confirm(self, frame) -> None:
-        method = frame.method
-        done = {t for t in self._unconfirmed if t <= method.delivery_tag} if method.multiple else \
-            {method.delivery_tag} & self._unconfirmed
-        self._unconfirmed -= done
-        if isinstance(method, pika.spec.Basic.Nack):
-            self._refused += len(done)
 
     def _publish_confirmed(self, conn, payloads: list[bytes]) -> bool:
         """Publish a poll's messages into the (quorum) first step queue and wait for their confirms,
         before the cursor moves. False: the poll is repeated later from the same cursor (the held
         cursor and the poller token stay with this replica), and those already confirmed arrive twice
-        (at-least-once) — when the queue refused one, or when a confirm did not come within the
-        timeout. Either way the channel is replaced: on RabbitMQ 3.10.8 a channel whose first publish
+        (at-least-once) — when the queue refused or returned one, or when a confirm did not come within
+        the timeout. Either way the channel is replaced: on RabbitMQ 3.10.8 a channel whose first publish
         to a quorum queue met its leader's node down has every later publish to it refused (seen in the
         failover test: 99 of 99, poll after poll, into an empty queue), and a queue whose leader died
         may never confirm what the old leader got (the broker sequences each channel's publishes)."""
-        assert self._pub is not None and self.first is not None
-        impl = async_channel(self._pub)
-        if impl is None:  # pragma: no cover - see _open_pub
-            for p in payloads:
-                try:
-                    self._pub.basic_publish(self.exchange, self.first, p, PERSISTENT)
-                except pika.exceptions.NackError:
-                    return False
+        assert self._pub is not None and self._out is not None and self.first is not None
+        got = self._out.publish_batch(conn, self.exchange, self.first, payloads, PERSISTENT, self.timeout)
+        if got.ok:
             return True
-        self._refused = 0
-        for p in payloads:
-            self._pub_seq += 1
-            self._unconfirmed.add(self._pub_seq)
-            impl.basic_publish(self.exchange, self.first, p, PERSISTENT)
-        until = time.monotonic() + self.timeout
-        while self._unconfirmed and time.monotonic() < until:
-            conn.process_data_events(time_limit=min(0.05, max(0.0, until - time.monotonic())))
-        if self._unconfirmed:
+        if got.unconfirmed:
             log.warning("trigger '%s': %d of the %d message(s) of this poll not confirmed within %g s (the queue "
                         "of '%s' lost its leader?); the poll is repeated on a new channel", self.name,
-                        len(self._unconfirmed), len(payloads), self.timeout, self.first)
-            self._pub.close()
-            self._open_pub(conn)
-            return False
-        if self._refused:
+                        got.unconfirmed, len(payloads), self.timeout, self.first)
+        else:
             # full, or (RabbitMQ 3.10.8) a channel whose first publish met the queue's leader gone: that
             # channel's publishes to the queue are refused from then on, so the poll goes on a new one
-            log.warning("trigger '%s': the queue of '%s' refused %d of the %d message(s) of this poll (full, or "
-                        "its leader was lost); the poll is repeated later on a new channel", self.name, self.first,
-                        self._refused, len(payloads))
-            self._pub.close()
-            self._open_pub(conn)
-            return False
-        return True
+            log.warning("trigger '%s': the queue of '%s' refused %d and returned %d of the %d message(s) of this "
+                        "poll (full, its leader was lost, or it is gone); the poll is repeated later on a new "
+                        "channel", self.name, self.first, got.refused, got.returned, len(payloads))
+        self._pub.close()
+        self._open_pub(conn)
+        return False
 
-    def _commit(self, ch, tag: int, new_state: dict, version: int, now: float,
-                payloads: list[bytes]) -> None:
+    def _commit(self, tag: int, new_state: dict, version: int, now: float, payloads: list[bytes]) -> None:
         """The poll's transaction: its messages (unless already confirmed), dead letters, the new
         cursor and the ack of the old one."""
+        tx = self._tx
         if self.first and self._pub is None:
             for p in payloads:
-                ch.basic_publish(self.exchange, self.first, p, PERSISTENT)
+                tx.publish(self.exchange, self.first, p)
         dlq = names.dead_letter_queue(self.flow.name, self.name)
         for _m, info, p in self.runner.last_dead:  # records over max_message_bytes: dead, cursor moves on
-            ch.basic_publish("", dlq, p, error_props(info, self.name))
+            tx.publish("", dlq, p, error_props(info, self.name))
             if self.flow.on_error is not None:  # in the same transaction: the on_error actions hear of it
                 ev = event_payload(self.flow.name, event_from_dead(self.flow.name, _m, info))
-                ch.basic_publish("", names.errors_queue(self.flow.name), ev, PERSISTENT)
+                tx.publish("", names.errors_queue(self.flow.name), ev)
             log.warning("trigger '%s': a record was dead-lettered: %s", self.name, info.message)
-        ch.basic_publish("", self.state_q, orjson.dumps(new_state), state_props(now, version + 1))
-        ch.basic_ack(tag)
-        ch.tx_commit()
+        tx.publish("", self.state_q, orjson.dumps(new_state), state_props(now, version + 1))
+        tx.ack(tag)
+        tx.commit()
         self._held = None
         self.polls += 1
         if self.max_polls is not None and self.polls >= self.max_polls:
@@ -462,13 +441,13 @@ class TriggerWorker:
         if payloads:
             log.info("trigger '%s': emitted %d message(s)", self.name, len(payloads))
 
-    def _report(self, ch, exc: BaseException) -> None:
+    def _report(self, exc: BaseException) -> None:
         """A failed poll, to the flow's on_error actions (its own transaction: nothing else is in it)."""
         if self.flow.on_error is None:
             return
         ev = event_from_exception("poll_failed", self.flow.name, self.name, exc)
-        ch.basic_publish("", names.errors_queue(self.flow.name), event_payload(self.flow.name, ev), PERSISTENT)
-        ch.tx_commit()
+        self._tx.publish("", names.errors_queue(self.flow.name), event_payload(self.flow.name, ev))
+        self._tx.commit()
 
     def _retry_later(self, state: dict) -> None:
         self.metrics.failed.inc()

@@ -37,7 +37,9 @@ class LocalDeadLetters(DeadLetterStore):
             self.flow.step(step)  # SpecError with did-you-mean for an unknown step
 
     @staticmethod
-    def _ids(ids: Iterable[str]) -> list[int]:
+    def parse_ids(ids: Iterable[str]) -> list[int]:
+        """Dead-letter ids as the store numbers them (also used by replay_edited); SpecError for one
+        that is not a number."""
         out = []
         for i in ids:
             try:
@@ -53,14 +55,14 @@ class LocalDeadLetters(DeadLetterStore):
         return [redact_dead_letter(dead_letter_from_row(r), self.redactor) for r in rows]
 
     def show(self, dead_id: str) -> DeadLetter:
-        rows = self.store.dead_rows(ids=self._ids([dead_id]))
+        rows = self.store.dead_rows(ids=self.parse_ids([dead_id]))
         if not rows:
             raise SpecError(f"no dead letter with id '{dead_id}'; see 'flownb dlq list' for ids", field="id")
         return redact_dead_letter(dead_letter_from_row(rows[0]), self.redactor)
 
     def replay(self, step: str | None = None, ids: Iterable[str] | None = None) -> int:
         self._check_step(step)
-        wanted = self._ids(ids) if ids else None
+        wanted = self.parse_ids(ids) if ids else None
         rows = self.store.dead_rows(step, wanted)
         if wanted is not None:
             missing = sorted(set(wanted) - {r[0] for r in rows})

@@ -167,7 +167,7 @@ def test_flow(flow: Flow, sample: Any = None, progress: bool | None = None, *,
     once) in memory. Retries happen on a virtual clock, without waiting. Actions with outside
     effects run dry unless ``live`` (the module's docstring)."""
     if sample is not None:  # a raw pandas read of a csv.poll/sql.poll source: say how it differs
-        from ...rules.mapping import raw_sample_note
+        from ...rules.preview import raw_sample_note
         note = raw_sample_note(flow, sample)
         if note is not None:
             warnings.warn(note, UserWarning, stacklevel=3)

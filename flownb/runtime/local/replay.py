@@ -29,7 +29,7 @@ def replay_edited(flow: Flow, state_dir: Path, wanted: Mapping[str, Any], rebuil
     given), else nothing is replayed."""
     store = LocalDeadLetters(flow, state_dir)
     try:
-        ids = store._ids(wanted)  # SpecError for an id that is not a number
+        ids = store.parse_ids(wanted)  # SpecError for an id that is not a number
         rows = {str(r[0]): r for r in store.store.dead_rows(step, ids)}
         missing = [i for i in wanted if i not in rows]
         wrong = [i for i in wanted if i in rows and wanted[i].get("_step") not in (None, rows[i][1])]

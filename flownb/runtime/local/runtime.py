@@ -34,7 +34,7 @@ from ...errors import FlownbError, MessageError, QueueFull, RuntimeFailure, Stat
 from ...flow import Flow
 from ...message import Message
 from ...recorder import Recorder
-from ...records import _no_gc, to_records
+from ...records import no_gc, to_records
 from ..core import DeadLetter, ErrorInfo, Outcome, Route, StageRun, StageRunner, StepRunner, TriggerRunner, undecodable
 from ..health import HEALTH
 from ..on_error import event_from_exception
@@ -274,7 +274,7 @@ class LocalRuntime:
             self._fed = list(dict.fromkeys([*members, *after])) if fuse else [self._first]
         if not memory and self.state_dir is None:
             raise StateError("a state directory is needed (or memory=True for an in-memory run)")
-        self._lock_file = None if self.state_dir is None or memory else _lock(self.state_dir, self.flow.name)
+        self._lock_file = None if self.state_dir is None or memory else lock_state_dir(self.state_dir, self.flow.name)
         try:
             self.store = QueueStore(None) if memory or self.state_dir is None else \
                 open_state(self.state_dir, self.flow.name, reset=reset_state)
@@ -559,7 +559,7 @@ class LocalRuntime:
         and :meth:`drain` reports why."""
         total = polls = 0
         while not self._stop.is_set():
-            with _no_gc():  # as in drain_pass
+            with no_gc():  # as in drain_pass
                 n = self.poll_once(raise_errors=raise_errors, progress=progress)
             total += n
             polls += 1
@@ -783,7 +783,7 @@ class LocalRuntime:
             for name in self.steps:
                 if self._stop.is_set():
                     return total + moved
-                with _no_gc():  # collected after the batch is committed and gone, not while it lives
+                with no_gc():  # collected after the batch is committed and gone, not while it lives
                     moved += self.process_step(name, progress)
             total += moved
             if moved == 0:
@@ -955,7 +955,7 @@ class LocalRuntime:
         return [dead_letter_from_row(r) for r in self.store.dead_rows(step)]
 
 
-def _lock(state_dir: Path, flow: str):
+def lock_state_dir(state_dir: Path, flow: str):
     """Hold ``<state_dir>/<flow>.lock`` (flock) while a runtime uses the flow's queues: two runtimes
     on one database would process the same messages twice."""
     import fcntl

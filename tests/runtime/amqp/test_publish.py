@@ -1,13 +1,16 @@
 """runtime/amqp/publish.py: the webhook publisher's frames byte for byte against pamqp (which aiormq
-uses), the message properties every publisher shares, and the private client-library API flownb
-relies on being there for the installed versions."""
+uses), the message properties every publisher shares, the private client-library API flownb
+relies on being there for the installed versions, and the pika publishers (confirmed: acks, nacks,
+returns and the deadline of a batch; transactional: all or nothing) against RabbitMQ."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiormq
 import orjson
+import pika
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -18,6 +21,8 @@ from flownb.runtime.amqp.publish import (
     PERSISTENT,
     POLLED_HEADER,
     TRANSIENT,
+    ConfirmedPublisher,
+    TransactionalPublisher,
     aiormq_props,
     error_props,
     marshal_header,
@@ -93,3 +98,85 @@ def test_a_channel_without_the_internals_is_reported_with_the_aiormq_version():
     assert [p for p in problems if p.startswith("aiormq ")] == [
         (f"aiormq {metadata.version('aiormq')}: the channel lacks the internals FastPublisher needs "
          f"(the ingress falls back to basic_publish)")]
+
+
+def _depth(conn, queue: str) -> int:
+    ch = conn.channel()
+    try:
+        return ch.queue_declare(queue, passive=True).method.message_count
+    finally:
+        ch.close()
+
+
+@pytest.mark.integration
+@pytest.mark.rabbitmq
+def test_a_confirmed_batch_reports_what_the_broker_acked_refused_and_returned(broker):
+    conn = pika.BlockingConnection(pika.URLParameters(broker))
+    try:
+        setup = conn.channel()
+        setup.queue_declare("open", durable=True)
+        setup.queue_declare("full", durable=True, arguments={"x-max-length": 3, "x-overflow": "reject-publish"})
+        out = ConfirmedPublisher(conn.channel(), mandatory=True)
+        bodies = [orjson.dumps({"n": i}) for i in range(50)]
+        got = out.publish_batch(conn, "", "open", bodies, PERSISTENT, 30.0)
+        assert (got.ok, got.unconfirmed, got.refused, got.returned) == (True, 0, 0, 0)
+        assert len(out) == 0 and _depth(conn, "open") == 50
+        # a queue that is full refuses (basic.nack) what it cannot take; only those are counted
+        got = out.publish_batch(conn, "", "full", bodies[:5], PERSISTENT, 30.0)
+        assert (got.ok, got.refused, got.returned) == (False, 2, 0)
+        assert _depth(conn, "full") == 3
+        # mandatory: a message that reaches no queue comes back and is counted, not lost in silence
+        got = out.publish_batch(conn, "", "no-such-queue", bodies[:2], PERSISTENT, 30.0)
+        assert (got.ok, got.refused, got.returned) == (False, 0, 2)
+    finally:
+        conn.close()
+
+
+@pytest.mark.integration
+@pytest.mark.rabbitmq
+def test_a_batch_not_confirmed_by_its_deadline_stays_pending_until_its_confirms_arrive(broker):
+    conn = pika.BlockingConnection(pika.URLParameters(broker))
+    try:
+        conn.channel().queue_declare("q", durable=True)
+        seen: list[bool] = []
+        out = ConfirmedPublisher(conn.channel(), lambda done, ack: seen.extend([ack] * len(done)))
+        got = out.publish_batch(conn, "", "q", [b"{}"] * 20, PERSISTENT, 0.0)  # no time to hear the broker
+        assert (got.ok, got.unconfirmed) == (False, 20)
+        assert out.oldest() is not None and out.oldest().key == "q"
+        deadline = time.monotonic() + 30
+        while len(out) and time.monotonic() < deadline:
+            conn.process_data_events(time_limit=0.05)
+        assert len(out) == 0 and seen == [True] * 20 and out.oldest() is None
+    finally:
+        conn.close()
+
+
+@pytest.mark.integration
+@pytest.mark.rabbitmq
+def test_a_transaction_applies_its_publishes_and_acks_together_or_not_at_all(broker):
+    conn = pika.BlockingConnection(pika.URLParameters(broker))
+    try:
+        setup = conn.channel()
+        for q in ("cursor", "out"):
+            setup.queue_declare(q, durable=True)
+        setup.basic_publish("", "cursor", b'{"v": 1}', PERSISTENT)
+        ch = conn.channel()
+        tx = TransactionalPublisher(ch)
+        method, _props, _body = ch.basic_get("cursor", auto_ack=False)
+        tx.publish("", "out", b"{}")
+        tx.publish("", "cursor", b'{"v": 2}')
+        tx.ack(method.delivery_tag)
+        ch.close()  # before the commit: nothing of it happened, the old cursor is back
+        assert (_depth(conn, "out"), _depth(conn, "cursor")) == (0, 1)
+        ch = conn.channel()
+        tx = TransactionalPublisher(ch)
+        method, _props, body = ch.basic_get("cursor", auto_ack=False)
+        assert body == b'{"v": 1}'
+        tx.publish("", "out", b"{}")
+        tx.publish("", "cursor", b'{"v": 2}')
+        tx.ack(method.delivery_tag)
+        tx.commit()
+        assert (_depth(conn, "out"), _depth(conn, "cursor")) == (1, 1)
+        assert setup.basic_get("cursor", auto_ack=True)[2] == b'{"v": 2}'
+    finally:
+        conn.close()

@@ -64,7 +64,7 @@ def test_a_worker_of_a_spec_that_renamed_a_step_refuses_while_the_old_queue_hold
 
     from amqp_components import wait_for
 
-    from flownb.runtime.amqp.topology import _count
+    from flownb.runtime.amqp.topology import message_count
     old, new = _flow("slow"), _flow("enrich")
     old_spec, new_spec = old.save(tmp_path / "old.yaml"), new.save(tmp_path / "new.yaml")
     exe = str(Path(sys.executable).with_name("flownb"))
@@ -78,7 +78,7 @@ def test_a_worker_of_a_spec_that_renamed_a_step_refuses_while_the_old_queue_hold
     proc = start(old_spec, log)  # a worker of the old spec records its steps, then consumes
     wait_for(lambda: b"consuming" in log.read_bytes(), timeout=60, what="the old spec's worker consuming")
     conn = connect(broker)
-    assert _count(conn, names.manifest_queue("upg")) == 1
+    assert message_count(conn, names.manifest_queue("upg")) == 1
     ch = conn.channel()
     ch.confirm_delivery()
     for i in range(5):
@@ -113,7 +113,7 @@ def test_removing_a_step_that_holds_messages_is_refused(broker, tmp_path):
 
     from amqp_components import wait_for
 
-    from flownb.runtime.amqp.topology import _count
+    from flownb.runtime.amqp.topology import message_count as _count
     from flownb.runtime.upgrade import check_broker_manifest
     old = _flow("slow")
     new = flownb.Flow(name="upg", trigger=old.trigger, steps=[old.steps[1]])  # 'slow' removed
