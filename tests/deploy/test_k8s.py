@@ -31,11 +31,13 @@ def test_validator_rejects_a_broken_deployment():
 def test_exported_manifests_validate(hooks_export):
     objs = [o for p in sorted((hooks_export / "k8s").glob("*.yaml")) for o in load_yaml_all(p)]
     kinds = sorted(o["kind"] for o in objs)
-    assert kinds == ["ConfigMap", "Deployment", "Deployment", "Deployment", "PodMonitor", "PrometheusRule", "Service",
-                     "Service", "StatefulSet"]
+    # the broker: a three-node cluster (the export's default for its quorum queues, docs/deploy.md)
+    assert kinds == ["ConfigMap", "ConfigMap", "Deployment", "Deployment", "Deployment", "PodDisruptionBudget",
+                     "PodMonitor", "PrometheusRule", "Role", "RoleBinding", "Service", "Service", "Service",
+                     "ServiceAccount", "StatefulSet"]
     for o in objs:
         _check(o)
-    cm = next(o for o in objs if o["kind"] == "ConfigMap")
+    cm = next(o for o in objs if o["kind"] == "ConfigMap" and "flow.yaml" in o["data"])
     assert yaml.safe_load(cm["data"]["flow.yaml"])["name"] == "hooks"
     deps = {o["metadata"]["labels"]["flownb.step"]: o for o in objs if o["kind"] == "Deployment"}
     assert deps["show"]["spec"]["replicas"] == 3
@@ -49,7 +51,8 @@ def test_exported_manifests_validate(hooks_export):
         own = {"hook": ["HOOK_TOKEN_E2E"], "show": [], "store": ["DB_URL_E2E"]}[d["metadata"]["labels"]["flownb.step"]]
         assert refs == {k: {"name": "flownb-hooks-secrets", "key": k} for k in own}  # its own secrets only
         broker = next(e for e in c["env"] if e["name"] == "FLOWNB_BROKER_URL")
-        assert broker["value"] == "amqp://guest:guest@flownb-hooks-rabbitmq:5672/"
+        assert broker["value"] == ",".join(f"amqp://guest:guest@flownb-hooks-rabbitmq-{i}.flownb-hooks-rabbitmq-nodes:5672/"
+                                           for i in range(3))
     svc = next(o for o in objs if o["kind"] == "Service" and o["metadata"]["labels"]["flownb.step"] == "hook")
     assert svc["spec"]["ports"][0]["targetPort"] == "webhook"
     assert deps["hook"]["spec"]["strategy"]["type"] == "RollingUpdate"
