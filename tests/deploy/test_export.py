@@ -186,7 +186,8 @@ def test_cli_export_exit_codes(tmp_path, capsys, monkeypatch):
 
 
 def _files_flow(**trigger) -> Flow:
-    return Flow(name="files", trigger=step("src", "csv.poll", **{"path": "data/orders-*.csv", "cursor": "id", **trigger}),
+    config = {"path": "data/orders-*.csv", "cursor": "id", **trigger}
+    return Flow(name="files", trigger=step("src", "csv.poll", **config),
                 steps=[step("items", "split", path="lines"),  # JSONata, not a file: no volume
                        step("save", "sql.upsert", url="sqlite:///data/db/shop.db", table="t", key=["id"], replicas=2),
                        step("pg", "sql.upsert", url_env="PG_URL_X", table="t", key=["id"]),
@@ -233,7 +234,8 @@ def test_local_files_become_volumes_mounted_in_exactly_the_steps_that_use_them(t
                       "pg": {}, "out": {"/srv/exports": "files-srv-exports"}}
     for name in ("src", "save", "out"):
         pod = deps[name]["spec"]["template"]["spec"]
-        claim = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+        claim = {v["name"]: v["persistentVolumeClaim"]["claimName"]
+                 for v in pod["volumes"] if "persistentVolumeClaim" in v}
         assert set(claim.values()) <= set(claims) and len(claim) == 1
         assert pod["securityContext"] == {"fsGroup": 10001}
     # a ReadWriteOnce claim follows its pod: replaced, never rolled (the new pod would wait for the old)
