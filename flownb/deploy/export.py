@@ -21,7 +21,6 @@ from ..params import coerce_all, inspect
 from .plan import (
     BROKER_ENV,
     check_no_literal_secrets,
-    data_volumes,
     local_files,
     secret_envs,
     url_has_password,
@@ -235,12 +234,15 @@ def _write(flow: Flow, out: Path, executed: dict | None, src: Path, params: dict
         raise DeployError(f"the flow spec contains the value of a secret environment variable "
                           f"({', '.join(envs)}); reference it with a '*_env' config field instead")
     res = ExportResult(flow=flow, out_dir=out, parameters=params)
-    for v in data_volumes(flow):  # an ExportError for a path no volume can bring in: nothing written
-        if v.shared and target in ("k8s", "all"):
+    # an ExportError for a path no volume can bring in: raised before anything is written
+    for v, shared in k8s.shared_claims(flow, keda=keda):
+        if shared and target in ("k8s", "all"):
+            uses = ", ".join(f"step {u[0]!r} {u[1]} {u[2]!r}" for u in v.uses)
             res.warnings.append(
-                f"local files in '{v.path}' ({', '.join(f'step {u[0]!r} {u[1]} {u[2]!r}' for u in v.uses)}) are "
-                f"shared by {v.pods} pods: Kubernetes needs a storage class offering ReadWriteMany (NFS, "
-                f"CephFS, a cloud file share) for the claim; SQLite on such a share must have one writer")
+                f"local files in '{v.path}' ({uses}) are shared by several pods ({v.pods}"
+                f"{', more as KEDA scales' if keda else ''}): Kubernetes needs a storage class offering "
+                f"ReadWriteMany (NFS, CephFS, a cloud file share) for the claim; SQLite on such a share must "
+                f"have one writer")
     for w in res.warnings:
         log.warning("%s", w)
     res.files.append(flow.save(out / "flow.yaml"))

@@ -186,6 +186,13 @@ def _deployment(flow: Flow, p: StepPlan, image: str, broker_url: str | None, mod
     return dep
 
 
+def shared_claims(flow: Flow, *, keda: bool = False) -> list[tuple[DataVolume, bool]]:
+    """(volume, shared) per folder of local files: shared when several pods mount it at once —
+    several steps, a step's replicas, or a step KEDA scales (ReadWriteMany)."""
+    scaled = {p.name for p in step_plans(flow) if keda and p.kind == "action"}
+    return [(v, v.shared or bool(scaled & set(v.services))) for v in data_volumes(flow)]
+
+
 def _claim(flow: Flow, v: DataVolume) -> str:
     return _dns(f"flownb-{flow.name}-{v.name}")
 
@@ -460,9 +467,7 @@ def render_manifests(flow: Flow, *, broker_url: str | None = None, image: str | 
         files["rabbitmq.yaml"] = {"single": _rabbitmq, "cluster": _rabbitmq_cluster,
                                   "operator": _rabbitmq_operator}[mode](flow)
     plans = step_plans(flow)
-    # a claim is shared when several pods mount it at once: steps, replicas, or a step KEDA scales
-    scaled = {p.name for p in plans if keda and p.kind == "action"}
-    claims = [(v, v.shared or bool(scaled & set(v.services))) for v in data_volumes(flow)]
+    claims = shared_claims(flow, keda=keda)
     if claims:
         files["volumes.yaml"] = _files_claims(flow, claims)
     for p in plans:
