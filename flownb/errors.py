@@ -30,6 +30,7 @@ Every error flownb raises derives from :class:`FlownbError`::
     │       ├── TopologyError      a queue/exchange exists with other arguments (configuration)
     │       └── Unavailable        an ingress cannot reach its queue: nothing was accepted
     ├── DeployError                export, image build, compose/k8s, Docker
+    │   └── ExportError            a flow cannot be exported as it is (carries step and field)
     └── ScheduleError              a schedule cannot be run or stored
 
 Errors carry data (``step``, ``field``, ``position`` …) so callers and widgets can show them without
@@ -49,7 +50,7 @@ __all__ = [
     "ParameterError", "ExpressionError", "MessageError", "MessageTooLarge", "StepError", "Retry", "RetryableError",
     "FatalError", "PoisonMessage", "EvaluationError", "EvaluationTimeout", "RuntimeFailure", "QueueFull",
     "Backpressure", "StateError", "StorageFull", "BrokerError", "TopologyError", "Unavailable", "DeployError",
-    "ScheduleError", "ScheduleInputError", "UpgradeError", "ErrorFlowFailed",
+    "ExportError", "ScheduleError", "ScheduleInputError", "UpgradeError", "ErrorFlowFailed",
     "did_you_mean",
 ]
 
@@ -286,6 +287,16 @@ class BrokerError(RuntimeFailure):
 
 class DeployError(FlownbError):
     """Export, image build, compose/Kubernetes generation or a Docker operation failed."""
+
+
+class ExportError(DeployError):
+    """A flow cannot be exported as it is: e.g. a local file its container could not be given
+    (``step`` and ``field`` say which config field; the message says what to change)."""
+
+    def __init__(self, message: str, *, step: str | None = None, field: str | None = None):
+        super().__init__(message)
+        self.step = step
+        self.field = field
 
 
 class TopologyError(BrokerError):

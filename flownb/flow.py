@@ -24,6 +24,8 @@ __all__ = ["Flow", "Step", "RetryPolicy", "OnError", "RecordPolicy", "RouteSpec"
 
 SPEC_VERSION = 1
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+#: the RabbitMQ queue topologies a spec may name (``topology:``); runtime/amqp/topology.py reads it
+TOPOLOGIES = ("classic", "quorum")
 SLUG = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
 _TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
@@ -266,6 +268,18 @@ class Flow(BaseModel):
         return v
     #: the flight recorder (opt-in): see :class:`RecordPolicy`
     record: RecordPolicy | None = None
+    #: the RabbitMQ queue topology of the flow (docs/rabbitmq.md): ``classic`` (one broker node) or
+    #: ``quorum`` (queues replicated across a cluster's nodes). Not set: ``FLOWNB_QUEUE_TYPE`` decides
+    #: (default classic); ``flownb export`` writes ``quorum`` into a spec that leaves it unset
+    topology: Literal["classic", "quorum"] | None = None
+
+    @field_validator("topology", mode="before")
+    @classmethod
+    def _topology(cls, v: Any) -> Any:
+        if v is not None and v not in TOPOLOGIES:
+            raise ValueError(f"topology {v!r} is not a queue topology; write 'classic' (queues on one broker "
+                             f"node) or 'quorum' (queues replicated across a RabbitMQ cluster), or leave it out")
+        return v
     #: the folder of the spec file this flow was loaded from (not part of the spec): relative file
     #: paths in its steps' configs are read from there (:meth:`resolved`, docs/local.md)
     _spec_dir: Path | None = PrivateAttr(None)
@@ -628,7 +642,7 @@ def from_spec(data: Any, *, source: str = "spec") -> Flow:
                 step_name = data["steps"][loc[1]].get("name")
             except (KeyError, IndexError, AttributeError, TypeError):
                 step_name = None
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")  # our validators' messages are full sentences
         if err["type"] == "extra_forbidden":
             allowed = _allowed_fields(loc)
             msg = f"unknown field{did_you_mean(str(loc[-1]), allowed)} allowed: {', '.join(allowed)}"

@@ -20,7 +20,7 @@ TREE = {
     "StateError": "RuntimeFailure", "StorageFull": "RuntimeFailure", "ErrorFlowFailed": "RuntimeFailure",
     "BrokerError": "RuntimeFailure",
     "TopologyError": "BrokerError", "Unavailable": "BrokerError", "DeployError": "FlownbError",
-    "ScheduleError": "FlownbError",
+    "ExportError": "DeployError", "ScheduleError": "FlownbError",
 }
 
 

@@ -309,3 +309,21 @@ def test_fuse_names_consecutive_action_steps_and_round_trips():
 def test_a_bad_fuse_is_a_clear_spec_error(fuse, says):
     with pytest.raises(SpecError, match=re.escape(says)):
         load(_fuse_flow(fuse))
+
+
+@pytest.mark.parametrize("topology", ["classic", "quorum", None])
+def test_topology_round_trips_and_is_left_out_when_unset(topology):
+    flow = Flow(name="t", trigger=step("h", "webhook"), steps=[step("a", "log")], topology=topology)
+    text = flow.to_yaml()
+    assert ("topology:" in text) is (topology is not None)
+    assert load(text) == flow and load(text).topology == topology
+
+
+def test_an_unknown_topology_is_refused_with_the_choices():
+    text = "flownb: 1\nname: t\ntrigger: {name: h, component: webhook}\ntopology: mirrored\n"
+    with pytest.raises(SpecError) as e:
+        load(text)
+    assert e.value.field == "topology"
+    assert str(e.value) == ("field 'topology': spec: topology 'mirrored' is not a queue topology; write 'classic' "
+                            "(queues on one broker node) or 'quorum' (queues replicated across a RabbitMQ cluster), "
+                            "or leave it out")

@@ -33,7 +33,7 @@ def export_cli(args, con) -> int:
     res = export(args.source, args.output, params=dict(args.param or []), params_file=args.params_file,
                  target=args.target, flow_name=args.flow, broker_url=args.broker_url, image=args.image,
                  ingress_host=args.ingress_host, keda=args.keda, kernel_name=args.kernel,
-                 schedules_dir=args.schedules, schedule_names=args.schedule)
+                 schedules_dir=args.schedules, schedule_names=args.schedule, rabbitmq=args.rabbitmq)
     con.print(f"[green]exported[/green] flow '{res.flow.name}' to {res.out_dir}")
     for f in res.files:
         con.print(f"  {f.relative_to(res.out_dir)}")
@@ -121,6 +121,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--image", default=None, help="image name (default flownb-<flow>:latest)")
     p.add_argument("--ingress-host", default=None, help="Kubernetes: add an Ingress for a webhook trigger")
     p.add_argument("--keda", action="store_true", help="Kubernetes: a KEDA ScaledObject per action step")
+    p.add_argument("--rabbitmq", choices=["single", "cluster", "operator"], default=None,
+                   help="Kubernetes, without --broker-url: the broker to write — one node, a 3-node cluster "
+                        "(StatefulSet, peer discovery) or a RabbitmqCluster for the cluster operator "
+                        "(default: cluster for quorum queues, single for 'topology: classic')")
     p.add_argument("--kernel", default=None, help="Jupyter kernel (default: the notebook's)")
     p.add_argument("--schedules", default=None, metavar="STATE_DIR",
                    help="Kubernetes: turn the schedules stored there ('flownb schedule add') into CronJobs")

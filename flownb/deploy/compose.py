@@ -12,6 +12,7 @@ from .plan import (
     INTERNAL_BROKER_URL,
     RABBITMQ_IMAGE,
     RECORDER_DIR,
+    data_volumes,
     image_name,
     step_plans,
     url_has_password,
@@ -45,7 +46,9 @@ def render_compose(flow: Flow, *, broker_url: str | None = None, image: str | No
     """The compose document (a dict). Secrets come from ``secrets.env`` (see secrets.env.example),
     read by ``docker compose --env-file secrets.env``: each service receives only the variables its
     step reads (``${NAME:?…}``: compose refuses to start when one is unset); a broker URL carrying a
-    password is read from there too rather than written here."""
+    password is read from there too rather than written here. Each folder of local files the steps
+    name (:func:`~flownb.deploy.plan.data_volumes`) is a named volume mounted on the same path in the
+    services of the steps that use it."""
     environment: dict[str, str] = {}
     if broker_url is None:
         environment[BROKER_ENV] = INTERNAL_BROKER_URL
@@ -57,6 +60,7 @@ def render_compose(flow: Flow, *, broker_url: str | None = None, image: str | No
     if broker_url is None:
         services["rabbitmq"] = _rabbitmq()
     img = image or image_name(flow)
+    files = data_volumes(flow)  # the folders of local files: a named volume each, same path inside
     for p in step_plans(flow):
         # every step service names the build: compose then never tries to pull the local image
         svc: dict = {"image": img, "build": {"context": "."}}
@@ -75,10 +79,14 @@ def render_compose(flow: Flow, *, broker_url: str | None = None, image: str | No
             svc["ports"] = [f"{p.port}:{p.port}"]
         if p.kind == "recorder":  # its SQLite file outlives the container
             svc["volumes"] = [f"recorder-data:{RECORDER_DIR}"]
+        mounts = [f"{v.name}:{v.path}" for v in files if p.name in v.services]
+        if mounts:  # exactly the services of the steps that use the files
+            svc["volumes"] = [*svc.get("volumes", []), *mounts]
         services[p.name] = svc
     doc: dict = {"services": services}
     volumes: dict[str, dict] = {**({"rabbitmq-data": {}} if broker_url is None else {}),
-               **({"recorder-data": {}} if "recorder" in {p.kind for p in step_plans(flow)} else {})}
+               **({"recorder-data": {}} if "recorder" in {p.kind for p in step_plans(flow)} else {}),
+               **{v.name: {} for v in files}}
     if volumes:
         doc["volumes"] = volumes
     return doc

@@ -22,7 +22,16 @@ from ..flow import Flow, load
 from ..runtime.amqp import names
 from ..runtime.amqp.names import DEFAULT_BROKER_URL
 from .image import build_image, docker_client, image_exists
-from .plan import BROKER_ENV, RABBITMQ_IMAGE, RECORDER_DIR, image_name, secret_envs, step_plans
+from .plan import (
+    BROKER_ENV,
+    RABBITMQ_IMAGE,
+    RECORDER_DIR,
+    DataVolume,
+    data_volumes,
+    image_name,
+    secret_envs,
+    step_plans,
+)
 
 __all__ = ["RESTART_POLICY", "DeployResult", "deploy", "down", "read_env_file", "status"]
 
@@ -125,7 +134,10 @@ def deploy(out: str | Path, *, broker_url: str | None = None, network: str = "ho
            base_image: str | None = None, build: bool = True, image: str | None = None,
            volumes: dict[str, str] | None = None, progress: Progress | None = None) -> DeployResult:
     """Build the image (unless ``build=False``), start RabbitMQ unless ``broker_url`` is given, then
-    one container per step replica. Re-deploying replaces the flow's worker containers."""
+    one container per step replica. Re-deploying replaces the flow's worker containers. The folders of
+    local files the steps name are named volumes ``flownb-<flow>-files-…`` mounted on the same path in
+    the containers of those steps, as in docker-compose.yml; ``volumes`` (HOST: CONTAINER, every
+    container) replaces the named volume of a folder it covers."""
     out = Path(out)
     say = progress or (lambda m: log.info("%s", m))
     flow = load(out / "flow.yaml")
@@ -141,6 +153,9 @@ def deploy(out: str | Path, *, broker_url: str | None = None, network: str = "ho
     _remove(client, flow.name, workers_only=True, say=say)
     env = {BROKER_ENV: broker_url}
     binds = {host: {"bind": target, "mode": "rw"} for host, target in (volumes or {}).items()}
+    # each folder of local files the steps name: a named volume in the containers of those steps,
+    # unless a --volume already brings that folder (or one holding it) in from the host
+    files = [v for v in data_volumes(flow) if not _bound(v, (volumes or {}).values())]
     result = DeployResult(flow=flow.name, image=tag, broker_url=broker_url)
     for p in step_plans(flow):
         replicas = p.replicas
@@ -153,7 +168,8 @@ def deploy(out: str | Path, *, broker_url: str | None = None, network: str = "ho
             labels = {"flownb.flow": flow.name, "flownb.step": p.name, "flownb.replica": str(i),
                       "flownb.role": "worker"}
             own = {**env, **{k: env_secrets[k] for k in p.secrets if k in env_secrets}}  # its secrets only
-            mounts = binds
+            mounts = {**binds, **{_files_volume(flow.name, v): {"bind": v.path, "mode": "rw"}
+                                  for v in files if p.name in v.services}}
             if p.kind == "recorder":  # its SQLite file on a named volume that outlives the container
                 mounts = {**binds, _recorder_volume(flow.name): {"bind": RECORDER_DIR, "mode": "rw"}}
             c = _run_worker(client, tag, p.command(), name, network, own, labels, mounts)
@@ -164,6 +180,15 @@ def deploy(out: str | Path, *, broker_url: str | None = None, network: str = "ho
 
 def _recorder_volume(flow: str) -> str:
     return f"flownb-{flow}-recorder"
+
+
+def _files_volume(flow: str, v: DataVolume) -> str:
+    return f"flownb-{flow}-{v.name}"
+
+
+def _bound(v: DataVolume, targets) -> bool:
+    """A --volume HOST:CONTAINER mounts ``v``'s folder, or a folder holding it."""
+    return any((v.path + "/").startswith(t.rstrip("/") + "/") for t in targets)
 
 
 def _run_worker(client, image: str, command: list[str], name: str, network: str, env: dict, labels: dict,
@@ -273,14 +298,16 @@ def _remove(client, flow_name: str, *, workers_only: bool, say: Progress) -> lis
 def down(out: str | Path, *, keep_broker: bool = False, volumes: bool = False,
          progress: Progress | None = None) -> list[str]:
     """Stop (SIGTERM, drain) and remove the flow's containers; the broker too unless ``keep_broker``;
-    its data volume (and the flight recorder's) only with ``volumes=True``."""
+    its data volume (and the flight recorder's, and those of the steps' local files) only with
+    ``volumes=True``."""
     say = progress or (lambda m: log.info("%s", m))
     flow = load(Path(out) / "flow.yaml")
     client = docker_client()
     removed = _remove(client, flow.name, workers_only=keep_broker, say=say)
     if volumes:
         import docker
-        names = [_recorder_volume(flow.name)] + ([] if keep_broker else [f"flownb-{flow.name}-rabbitmq"])
+        names = [_recorder_volume(flow.name), *(_files_volume(flow.name, v) for v in data_volumes(flow))] + (
+            [] if keep_broker else [f"flownb-{flow.name}-rabbitmq"])
         for volume in names:
             try:
                 client.volumes.get(volume).remove(force=True)

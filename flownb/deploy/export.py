@@ -18,7 +18,13 @@ from ..display import FLOW_MIME
 from ..errors import DeployError, ParameterError, did_you_mean
 from ..flow import Flow, from_spec, load
 from ..params import coerce_all, inspect
-from .plan import BROKER_ENV, check_no_literal_secrets, secret_envs, url_has_password
+from .plan import (
+    BROKER_ENV,
+    check_no_literal_secrets,
+    local_files,
+    secret_envs,
+    url_has_password,
+)
 from .redact import redact_notebook, redact_values
 
 __all__ = [
@@ -26,6 +32,7 @@ __all__ = [
     "ExportResult",
     "export",
     "flows_in_notebook",
+    "local_files",
 ]
 
 log = logging.getLogger("flownb.deploy")
@@ -39,26 +46,8 @@ class ExportResult:
     out_dir: Path
     files: list[Path] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
-    #: what the deployment will not do as the notebook did (e.g. local files a container cannot see)
+    #: what the deployment needs beyond the files written (e.g. a storage class for shared volumes)
     warnings: list[str] = field(default_factory=list)
-
-
-_LOCAL_PATH_KEYS = ("path",)
-
-
-def local_files(flow: Flow) -> list[tuple[str, str, str]]:
-    """(step, field, path) of every local file or SQLite database the flow reads or writes: a
-    container sees none of them unless a volume brings them in."""
-    out = []
-    for s in flow.all_steps:
-        for key, value in s.config.items():
-            if not isinstance(value, str) or "{{" in value:
-                continue
-            if key in _LOCAL_PATH_KEYS:
-                out.append((s.name, key, value))
-            elif key == "url" and value.startswith("sqlite:///") and value != "sqlite:///:memory:":
-                out.append((s.name, key, value[len("sqlite:///"):]))
-    return out
 
 
 # -- parameters ----------------------------------------------------------------------------------
@@ -144,7 +133,8 @@ def export(source: str | Path, out_dir: str | Path, *, params: dict[str, Any] | 
            params_file: str | Path | None = None, target: str = "all", flow_name: str | None = None,
            broker_url: str | None = None, kernel_name: str | None = None, image: str | None = None,
            ingress_host: str | None = None, keda: bool = False,
-           schedules_dir: str | Path | None = None, schedule_names: list[str] | None = None) -> ExportResult:
+           schedules_dir: str | Path | None = None, schedule_names: list[str] | None = None,
+           rabbitmq: str | None = None) -> ExportResult:
     """Export a notebook (run with papermill) or a spec to a deployment directory ``out_dir``.
 
     ``schedules_dir`` is a state directory holding ``schedules.db`` (``flownb schedule add``): its
@@ -154,6 +144,8 @@ def export(source: str | Path, out_dir: str | Path, *, params: dict[str, Any] | 
     if target not in TARGETS:
         raise DeployError(f"unknown target '{target}'{did_you_mean(target, TARGETS)} "
                           f"targets: {', '.join(TARGETS)}")
+    from .k8s import check_rabbitmq_mode
+    check_rabbitmq_mode(rabbitmq, broker_url)
     schedules = load_schedules(schedules_dir, schedule_names)
     src = Path(source)
     if not src.exists():
@@ -176,7 +168,7 @@ def export(source: str | Path, out_dir: str | Path, *, params: dict[str, Any] | 
         flow = flow.with_parameters(given)
         result_params = dict(given)
     return _write(flow, out, executed, src, result_params, target=target, broker_url=broker_url,
-                  image=image, ingress_host=ingress_host, keda=keda, schedules=schedules)
+                  image=image, ingress_host=ingress_host, keda=keda, schedules=schedules, rabbitmq=rabbitmq)
 
 
 def load_schedules(state_dir: str | Path | None, names: list[str] | None = None) -> list:
@@ -227,9 +219,11 @@ def _copy_schedule_notebooks(schedules: list, out: Path) -> Path:
 
 def _write(flow: Flow, out: Path, executed: dict | None, src: Path, params: dict[str, Any], *,
            target: str, broker_url: str | None, image: str | None, ingress_host: str | None,
-           keda: bool, schedules: list | None = None) -> ExportResult:
+           keda: bool, schedules: list | None = None, rabbitmq: str | None = None) -> ExportResult:
     from . import compose, k8s
     from . import image as image_mod
+    if flow.topology is None:  # a deployment runs on replicated queues unless the spec says classic
+        flow = Flow.model_validate({**flow.model_dump(mode="python"), "topology": "quorum"}).located(flow.spec_dir)
     flow = flow.resolved(paths=False)  # the spec lands in the image: its relative paths stay relative
     flow.validate_components()
     check_no_literal_secrets(flow)
@@ -240,12 +234,15 @@ def _write(flow: Flow, out: Path, executed: dict | None, src: Path, params: dict
         raise DeployError(f"the flow spec contains the value of a secret environment variable "
                           f"({', '.join(envs)}); reference it with a '*_env' config field instead")
     res = ExportResult(flow=flow, out_dir=out, parameters=params)
-    for step_name, key, path in local_files(flow):
-        res.warnings.append(
-            f"step '{step_name}' {key} '{path}' is a local file: each container has its own filesystem, so "
-            f"it reads nothing / writes where no one looks unless a volume brings it in (flownb deploy "
-            f"--volume HOST:CONTAINER, a compose volume, a Kubernetes PersistentVolumeClaim); use a "
-            f"database server or an absolute path on a mounted volume")
+    # an ExportError for a path no volume can bring in: raised before anything is written
+    for v, shared in k8s.shared_claims(flow, keda=keda):
+        if shared and target in ("k8s", "all"):
+            uses = ", ".join(f"step {u[0]!r} {u[1]} {u[2]!r}" for u in v.uses)
+            res.warnings.append(
+                f"local files in '{v.path}' ({uses}) are shared by several pods ({v.pods}"
+                f"{', more as KEDA scales' if keda else ''}): Kubernetes needs a storage class offering "
+                f"ReadWriteMany (NFS, CephFS, a cloud file share) for the claim; SQLite on such a share must "
+                f"have one writer")
     for w in res.warnings:
         log.warning("%s", w)
     res.files.append(flow.save(out / "flow.yaml"))
@@ -257,6 +254,8 @@ def _write(flow: Flow, out: Path, executed: dict | None, src: Path, params: dict
         res.files += sorted(nb_dir.iterdir())
     res.files.append(image_mod.write_dockerfile(out, flow, notebooks=bool(schedules)))
     env_names = envs + ([BROKER_ENV] if broker_url and url_has_password(broker_url) else [])
+    if target in ("k8s", "all") and k8s.rabbitmq_mode(flow, rabbitmq, broker_url) == "cluster":
+        env_names.append(k8s.ERLANG_COOKIE_KEY)  # the cluster's nodes share it: in the flow's Secret
     if env_names:
         res.files.append(_write_text(out / "secrets.env.example", "".join(
             f"{e}=\n" for e in env_names), []))
@@ -264,7 +263,8 @@ def _write(flow: Flow, out: Path, executed: dict | None, src: Path, params: dict
         res.files.append(compose.write_compose(out, flow, broker_url=broker_url, image=image))
     if target in ("k8s", "all"):
         res.files += k8s.write_manifests(out / "k8s", flow, broker_url=broker_url, image=image,
-                                        ingress_host=ingress_host, keda=keda, schedules=schedules or [])
+                                        ingress_host=ingress_host, keda=keda, schedules=schedules or [],
+                                        rabbitmq=rabbitmq)
     elif schedules:
         log.warning("%d schedule(s) are exported as Kubernetes CronJobs only (--target k8s or all); "
                     "with compose, run 'flownb schedule serve' beside the workers", len(schedules))

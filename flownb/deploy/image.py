@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import DeployError
 from ..flow import Flow, load
-from .plan import extras_for, image_name
+from .plan import data_volumes, extras_for, image_name
 
 __all__ = [
     "DEBIAN_BASE_IMAGE",
@@ -48,7 +48,7 @@ RUN python3 -m venv /opt/flownb \\
  && useradd --system --uid {uid} --gid {uid} --home-dir /app --no-create-home --shell /usr/sbin/nologin flownb \\
  && mkdir -p /app /data && chown {uid}:{uid} /app /data
 COPY flow.yaml /app/flow.yaml
-{notebooks}WORKDIR /app
+{notebooks}{data}WORKDIR /app
 USER {uid}:{uid}
 CMD ["flownb", "worker", "/app/flow.yaml", "--all"]
 """
@@ -60,6 +60,10 @@ NOTEBOOKS_COPY = ("# scheduled notebooks, run by the CronJobs in k8s/schedules.y
                   "COPY --chown={uid}:{uid} notebooks /app/notebooks\n")
 DOCKERIGNORE_NOTEBOOKS = ("# the wheelhouse, the spec and the scheduled notebooks go into the image "
                           "(never secrets.env)\n*\n!wheels\n!flow.yaml\n!notebooks\n")
+# the folders of local files the steps name, where volumes are mounted: owned by the image's user, so
+# a new named volume (which takes the owner of the folder it is mounted on) is writable by the workers
+DATA_DIRS = ("# folders of the flow's local files: volumes are mounted here (docker-compose.yml, k8s/)\n"
+             "RUN mkdir -p {folders} && chown {uid}:{uid} {folders}\n")
 #: what a scheduled notebook needs on top of the lean core: papermill and a Python kernel
 SCHEDULE_REQUIREMENTS = ["papermill>=2.5", "ipykernel>=6.0"]
 
@@ -73,8 +77,11 @@ def write_dockerfile(out: Path, flow: Flow, base_image: str = DEFAULT_BASE_IMAGE
         notebooks = (out / "notebooks").is_dir()
     (out / ".dockerignore").write_text(DOCKERIGNORE_NOTEBOOKS if notebooks else DOCKERIGNORE, encoding="utf-8")
     path = out / "Dockerfile"
+    import shlex
+    folders = " ".join(shlex.quote(v.path) for v in data_volumes(flow))
     path.write_text(DOCKERFILE.format(flow=flow.name, base=base_image, uid=UID,
-                                      notebooks=NOTEBOOKS_COPY.format(uid=UID) if notebooks else ""),
+                                      notebooks=NOTEBOOKS_COPY.format(uid=UID) if notebooks else "",
+                                      data=DATA_DIRS.format(uid=UID, folders=folders) if folders else ""),
                     encoding="utf-8")
     return path
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import glob
+import hashlib
+import posixpath
 import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import DeployError
+from ..errors import DeployError, ExportError
 from ..flow import Flow, Step
 from ..runtime.amqp.names import (
     BROKER_ENV,  # noqa: F401  (re-exported: every target names it)
@@ -165,3 +168,131 @@ def extras_for(flow: Flow) -> list[str]:
         if any(c.startswith(prefix) for c in components):
             extras.append(extra)
     return extras
+
+
+# -- local files: volumes ------------------------------------------------------------------------
+
+#: where the image holds the spec (/app/flow.yaml): a worker reads the spec's relative paths from here
+APP_DIR = "/app"
+#: components whose ``path`` names a local file, folder or glob (besides those listing it in their
+#: ``local_paths``); a ``sqlite:///`` URL in any field named ``url`` is a local file too
+_FILE_COMPONENTS = ("csv.", "file.")
+#: folders a volume must never cover: the image's own system, its venv and the spec's folder
+_SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run", "/sbin", "/sys",
+                "/usr", "/opt/flownb")
+
+
+def local_files(flow: Flow) -> list[tuple[str, str, str]]:
+    """(step, field, path) of every local file, folder, glob or SQLite database the flow's steps (its
+    on_error actions included) read or write: a container sees none of them unless a volume brings
+    them in (:func:`data_volumes`)."""
+    out = []
+    for s in [*flow.all_steps, *flow.error_steps]:
+        for key, value in s.config.items():
+            if not isinstance(value, str) or "{{" in value:
+                continue
+            if key != "url" and key in _path_fields(s.component):
+                out.append((s.name, key, value))
+            elif key == "url" and value.startswith("sqlite:///") and not value.startswith("sqlite:///:memory:"):
+                out.append((s.name, key, value[len("sqlite:///"):].split("?", 1)[0]))
+    return out
+
+
+def _path_fields(component: str) -> tuple[str, ...]:
+    """The config fields of ``component`` that name a local path (split's ``path`` is JSONata)."""
+    from ..errors import FlownbError
+    from ..registry import get
+    try:
+        fields = tuple(getattr(get(component), "local_paths", ()))
+    except FlownbError:  # not installed here: the deployment image may still provide it
+        fields = ()
+    return fields + (("path",) if component.startswith(_FILE_COMPONENTS) else ())
+
+
+def _folder(step: str, key: str, path: str) -> str:
+    """The folder, in the container, that holds ``path`` (a file, a folder, or a glob: its fixed
+    leading folders): the folder a volume is mounted on. Paths whose folder cannot take a volume
+    are an :class:`ExportError` naming the step and field and what to write instead."""
+    parts = path.split("/")
+    if any(glob.has_magic(p) for p in parts):
+        fixed = parts[:next(i for i, p in enumerate(parts) if glob.has_magic(p))]
+    else:
+        fixed = parts[:-1]  # a file (or csv.write/file.write's output): its folder takes the volume
+    is_abs = path.startswith("/")
+    rel = "/".join(fixed)
+    folder = posixpath.normpath(posixpath.join(APP_DIR, rel) if not is_abs else (rel or "/"))
+    how = (f"keep the file in a folder of its own, e.g. '{_example(key, 'data/' + parts[-1])}' (a volume "
+           f"on /app/data) or '{_example(key, '/data/' + parts[-1])}', so a volume can be mounted there")
+    if not is_abs and not (folder + "/").startswith(APP_DIR + "/"):
+        raise ExportError(f"'{path}' leaves the spec's folder ('..'); in the container the spec lies in "
+                          f"{APP_DIR}, where that path names nothing: use an absolute path such as "
+                          f"'{_example(key, '/data/' + parts[-1])}' or one inside the spec's folder",
+                          step=step, field=key)
+    if folder == APP_DIR:
+        what = "has no fixed folder before its first wildcard" if any(glob.has_magic(p) for p in parts) else \
+            "lies in the spec's own folder"
+        raise ExportError(f"'{path}' {what} ({APP_DIR} in the container, which holds the spec): a volume "
+                          f"there would hide it; {how}", step=step, field=key)
+    if folder == "/" or folder in ("/opt", "/var", "/home") or APP_DIR.startswith(folder + "/") or any(
+            (folder + "/").startswith(d + "/") for d in _SYSTEM_DIRS):
+        raise ExportError(f"'{path}' would need a volume on '{folder}', which holds the image's own files; "
+                          f"{how}", step=step, field=key)
+    return folder
+
+
+def _example(key: str, path: str) -> str:
+    return f"sqlite:///{path}" if key == "url" else path
+
+
+@dataclass(frozen=True)
+class DataVolume:
+    """A folder of local files some steps use: a named volume (compose, ``flownb deploy``) or a
+    PersistentVolumeClaim (Kubernetes), mounted on the same path in exactly the containers of those
+    steps, so the spec is unchanged."""
+
+    #: short name: the compose volume, the pod's volume, the suffix of the claim and Docker volume
+    name: str
+    #: absolute path in the container (a relative path of the spec: under /app)
+    path: str
+    #: (step, field, path as written) of every use
+    uses: tuple[tuple[str, str, str], ...]
+    #: the services (StepPlan names) whose containers mount it
+    services: tuple[str, ...]
+    #: the pods that mount it at once: every replica of every service
+    pods: int
+
+    @property
+    def shared(self) -> bool:
+        """Mounted by more than one container at once (several steps or replicas)."""
+        return self.pods > 1
+
+
+def data_volumes(flow: Flow) -> list[DataVolume]:
+    """One volume per folder of local files (a folder inside another one's joins it: one volume
+    must hold both, or a step would write where another never reads), in the order first used."""
+    found: list[tuple[str, tuple[str, str, str]]] = [(_folder(*use), use) for use in local_files(flow)]
+    roots: list[str] = []
+    for folder in sorted({f for f, _ in found}, key=lambda f: f.count("/")):
+        if not any((folder + "/").startswith(r + "/") for r in roots):
+            roots.append(folder)
+    plans = step_plans(flow) if found else []
+    out: list[DataVolume] = []
+    names: set[str] = set()
+    for root in dict.fromkeys(next(r for r in roots if (f + "/").startswith(r + "/")) for f, _ in found):
+        uses = tuple(u for f, u in found if (f + "/").startswith(root + "/"))
+        steps = {u[0] for u in uses}
+        users = [p for p in plans if any(s.name in steps for s in p.steps)]
+        name = _volume_name(root, names)
+        names.add(name)
+        out.append(DataVolume(name=name, path=root, uses=uses, services=tuple(p.name for p in users),
+                              pods=sum(p.replicas for p in users)))
+    return out
+
+
+def _volume_name(path: str, taken: set[str]) -> str:
+    rel = path[len(APP_DIR) + 1:] if path.startswith(APP_DIR + "/") else path.lstrip("/")
+    slug = re.sub(r"[^a-z0-9]+", "-", rel.lower()).strip("-")[:40].strip("-") or "root"
+    name = f"files-{slug}"
+    if name in taken:  # two folders with one slug ('Data' and 'data'): the path's hash tells them apart
+        name = f"{name}-{hashlib.sha1(path.encode()).hexdigest()[:8]}"
+    return name

@@ -300,15 +300,15 @@ def amqp_depths(flow: Flow, broker: str) -> dict[str, dict[str, int]]:
             for s, d in queue_depths(flow.resolved(), broker).items()}
 
 
-def _manifest(ch, flow: str) -> dict | None:
+def _manifest(ch, flow: str, kind: str) -> dict | None:
     import orjson
 
     from .amqp import names
-    from .amqp.topology import declare_kept, queue_type
+    from .amqp.topology import declare_kept
     q = names.manifest_queue(flow)
     # a register: the newest manifest pushes the old one out (drop-head); replicated with quorum queues
     # (one an older flownb declared classic is kept), so a worker starts while any one node is down
-    if queue_type() == "quorum":
+    if kind == "quorum":
         declare_kept(ch, q, {"x-max-length": 1})
     else:
         ch.queue_declare(q, durable=True, arguments={"x-max-length": 1})
@@ -340,7 +340,7 @@ def check_broker_manifest(flow: Flow, broker: str, command: str) -> None:
     one lacks, still holds messages on the broker; otherwise record this spec's steps."""
     from ..errors import BrokerError
     from .amqp import names
-    from .amqp.topology import connect, message_count, suspect_queue
+    from .amqp.topology import connect, message_count, queue_type, suspect_queue
     try:
         conn = connect(broker, name="flownb manifest")
     except BrokerError as exc:  # the worker itself waits for the broker with back-off, as before
@@ -349,7 +349,7 @@ def check_broker_manifest(flow: Flow, broker: str, command: str) -> None:
         return
     try:
         ch = conn.channel()
-        known = _manifest(ch, flow.name) or {}
+        known = _manifest(ch, flow.name, queue_type(flow)) or {}
         steps = {s.name for s in flow.actions}
         held = {}
         for s in known.get("steps") or []:
@@ -375,8 +375,9 @@ def check_broker_manifest(flow: Flow, broker: str, command: str) -> None:
 
 def _upgrade_amqp(plan: Plan, broker: str) -> dict[str, int]:
     from .amqp import names
-    from .amqp.topology import connect, declare_flow, retry_levels, suspect_queue
+    from .amqp.topology import connect, declare_flow, queue_type, retry_levels, suspect_queue
     conn = connect(broker, name="flownb-upgrade")
+    kind = queue_type(plan.new)
     moved: dict[str, int] = {}
     try:
         declare_flow(conn.channel(), plan.new)  # the new topology first: moved messages land in declared queues
@@ -387,8 +388,8 @@ def _upgrade_amqp(plan: Plan, broker: str) -> dict[str, int]:
                 continue
             sources = [names.step_queue(f, a), suspect_queue(f, a), names.retry_ready_queue(f, a),
                        *(names.retry_queue(f, a, lvl) for lvl in retry_levels(old_steps[a].retry_policy))]
-            n = sum(_move_queue(conn, q, names.exchange(f), b) for q in sources)
-            n += _move_queue(conn, names.dead_letter_queue(f, a), "", names.dead_letter_queue(f, b))
+            n = sum(_move_queue(conn, q, names.exchange(f), b, kind) for q in sources)
+            n += _move_queue(conn, names.dead_letter_queue(f, a), "", names.dead_letter_queue(f, b), kind)
             moved[a] = n
         for a in plan.removed:  # removed, not renamed: upgrade() refused while they held messages
             if a in plan.renamed or a not in old_steps:
@@ -396,7 +397,7 @@ def _upgrade_amqp(plan: Plan, broker: str) -> dict[str, int]:
             queues = [names.step_queue(f, a), suspect_queue(f, a), names.retry_ready_queue(f, a),
                       *(names.retry_queue(f, a, lvl) for lvl in retry_levels(old_steps[a].retry_policy)),
                       names.dead_letter_queue(f, a)]
-            kept = [q for q in queues if not _delete_if_empty(conn, q)]
+            kept = [q for q in queues if not _delete_if_empty(conn, q, kind)]
             if kept:
                 log.warning("flow '%s': the queues of the removed step '%s' were kept (%s): they are consumed "
                             "or hold messages again; stop the old spec's workers and run 'flownb upgrade' again",
@@ -404,7 +405,7 @@ def _upgrade_amqp(plan: Plan, broker: str) -> dict[str, int]:
             else:
                 log.info("flow '%s': removed the queues of step '%s'", f, a)
         ch = conn.channel()
-        _manifest(ch, f)  # declares the register
+        _manifest(ch, f, kind)  # declares the register
         _record_manifest(ch, plan.new)
     finally:
         if conn.is_open:
@@ -412,7 +413,7 @@ def _upgrade_amqp(plan: Plan, broker: str) -> dict[str, int]:
     return moved
 
 
-def _move_queue(conn, queue: str, exchange: str, routing_key: str) -> int:
+def _move_queue(conn, queue: str, exchange: str, routing_key: str, kind: str) -> int:
     """Move every message of ``queue``: publish it (confirmed) to ``exchange``/``routing_key``, ack it
     after the confirm; then delete the queue if it is empty. A queue that does not exist moves 0."""
     import pika
@@ -436,20 +437,18 @@ def _move_queue(conn, queue: str, exchange: str, routing_key: str) -> int:
         n += 1
     if ch.is_open:
         ch.close()
-    _delete_if_empty(conn, queue)
+    _delete_if_empty(conn, queue, kind)
     return n
 
 
-def _delete_if_empty(conn, queue: str) -> bool:
+def _delete_if_empty(conn, queue: str, kind: str) -> bool:
     """Delete ``queue`` if it is empty and nobody consumes it; whether it is gone (a queue that does
     not exist is)."""
     import pika
-
-    from .amqp.topology import queue_type
     ch = conn.channel()
     try:
         ok = ch.queue_declare(queue, passive=True).method
-        if queue_type() == "quorum":
+        if kind == "quorum":
             # RabbitMQ refuses queue.delete if-empty on a quorum queue (540, closing the connection):
             # delete it only when a passive declare shows it empty and unconsumed
             if ok.message_count or ok.consumer_count:

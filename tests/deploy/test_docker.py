@@ -237,3 +237,41 @@ def test_a_recording_flow_deploys_its_recorder_which_fills_a_file_on_its_own_vol
         _teardown(client, name, out, keep_broker=True, volumes=True)
     with pytest.raises(docker.errors.NotFound):
         client.volumes.get(f"flownb-{name}-recorder")
+
+
+@pytest.mark.integration
+@pytest.mark.docker
+@pytest.mark.rabbitmq
+@pytest.mark.slow
+def test_a_step_writing_a_local_file_gets_a_named_volume_in_its_container_only(docker_engine, vhost_url, tmp_path):
+    """docs/deploy.md, "Local files": ``flownb deploy`` mounts the folder of a step's local file (a
+    relative path: under /app, where the spec lies) as the named volume flownb-<flow>-files-<folder>
+    in that step's container only; the image's user can write it (the Dockerfile made the folder
+    its own); ``down --volumes`` removes it."""
+    import docker
+
+    from flownb import Flow, step
+    from flownb.deploy import export
+    ensure_base_image(DEBIAN_BASE_IMAGE)
+    name = f"files-{uuid.uuid4().hex[:8]}"
+    out = tmp_path / "deploy"
+    Flow(name=name, trigger=step("tick", "schedule", cron="* * * * * */2", catchup=False),
+         steps=[step("sink", "csv.write", path="data/out.csv", columns=["scheduled_for"], fsync=False),
+                step("say", "log")]).save(tmp_path / "flow.yaml")
+    export(tmp_path / "flow.yaml", out, target="compose")
+    client = docker.from_env()
+    volume = f"flownb-{name}-files-data"
+
+    def rows() -> int:
+        rc, output = client.containers.get(f"flownb-{name}-sink-0").exec_run(["sh", "-c", "cat /app/data/out.csv"])
+        return len(output.decode().splitlines()) - 1 if rc == 0 else 0  # the header is not a row
+    try:
+        assert main(["deploy", str(out), "--broker-url", vhost_url, "--base-image", DEBIAN_BASE_IMAGE]) == 0
+        _wait(lambda: rows() >= 2, 120, "two rows in the step's file on its volume")
+        mounts = {c.labels["flownb.step"]: [(m["Type"], m.get("Name"), m["Destination"]) for m in c.attrs["Mounts"]]
+                  for c in client.containers.list(filters={"label": f"flownb.flow={name}"})}
+        assert mounts == {"tick": [], "sink": [("volume", volume, "/app/data")], "say": []}
+    finally:
+        _teardown(client, name, out, keep_broker=True, volumes=True)
+    with pytest.raises(docker.errors.NotFound):
+        client.volumes.get(volume)

@@ -18,7 +18,7 @@ from flownb.deploy import export, flows_in_notebook
 from flownb.errors import DeployError, ParameterError
 from flownb.registry import register
 
-from .conftest import DATA
+from .conftest import DATA, load_yaml_all
 
 
 def _notebook(path: Path, *cells: str, params: str = "x = 1") -> Path:
@@ -48,7 +48,10 @@ def test_export_writes_every_file_with_parameters_resolved(hooks_export):
     nb = json.loads((out / "hooks.executed.ipynb").read_text())
     injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
     assert injected and "replicas = 3" in "".join(injected[0]["source"])
-    assert sorted((out / "secrets.env.example").read_text().split()) == ["DB_URL_E2E=", "HOOK_TOKEN_E2E="]
+    # the steps' secrets and the Erlang cookie of the RabbitMQ cluster the Kubernetes manifests start
+    assert sorted((out / "secrets.env.example").read_text().split()) == ["DB_URL_E2E=", "HOOK_TOKEN_E2E=",
+                                                                          "RABBITMQ_ERLANG_COOKIE="]
+    assert spec["topology"] == "quorum"  # the notebook's flow leaves it unset: exports run replicated queues
 
 
 def test_secrets_never_reach_an_exported_file(hooks_export):
@@ -121,7 +124,7 @@ def test_a_failing_cell_reports_where_and_keeps_a_redacted_record(tmp_path):
 def test_spec_input_skips_papermill_and_overrides_flow_parameters(tmp_path):
     flow = Flow(name="from-spec", parameters={"table": "a", "n": 1},
                 trigger=step("hook", "webhook", token_env="T"),
-                steps=[step("store", "sql.upsert", url="sqlite:///x.db", table="{{ table }}", key=["id"])])
+                steps=[step("store", "sql.upsert", url="sqlite:///data/x.db", table="{{ table }}", key=["id"])])
     src = flow.save(tmp_path / "flow.yaml")
     res = export(src, tmp_path / "out", params={"table": "b", "n": "7"}, target="k8s")
     spec = yaml.safe_load((tmp_path / "out" / "flow.yaml").read_text())
@@ -182,19 +185,112 @@ def test_cli_export_exit_codes(tmp_path, capsys, monkeypatch):
     assert "exported flow 'hooks'" in capsys.readouterr().out
 
 
-def test_local_files_are_named_in_warnings_because_a_container_cannot_see_them(tmp_path, capsys):
-    flow = Flow(name="files", trigger=step("src", "csv.poll", path="data/orders-*.csv", cursor="id"),
-                steps=[step("save", "sql.upsert", url="sqlite:///shop.db", table="t", key=["id"]),
-                       step("pg", "sql.upsert", url_env="PG_URL_X", table="t", key=["id"])])
+def _files_flow(**trigger) -> Flow:
+    config = {"path": "data/orders-*.csv", "cursor": "id", **trigger}
+    return Flow(name="files", trigger=step("src", "csv.poll", **config),
+                steps=[step("items", "split", path="lines"),  # JSONata, not a file: no volume
+                       step("save", "sql.upsert", url="sqlite:///data/db/shop.db", table="t", key=["id"], replicas=2),
+                       step("pg", "sql.upsert", url_env="PG_URL_X", table="t", key=["id"]),
+                       step("out", "csv.write", path="/srv/exports/out.csv")])
+
+
+def test_local_files_become_volumes_mounted_in_exactly_the_steps_that_use_them(tmp_path):
+    """docs/deploy.md, "Local files": a folder of local files is a compose volume / a Kubernetes
+    PersistentVolumeClaim mounted on the same path (the spec unchanged) in the containers of the
+    steps that use it; a folder inside another joins it; shared by several pods: ReadWriteMany."""
+    from .test_compose import _validate as validate_compose
+    from .test_k8s import _check
+    src = _files_flow().save(tmp_path / "flow.yaml")
+    res = export(src, tmp_path / "out")
+    out = tmp_path / "out"
+    spec = yaml.safe_load((out / "flow.yaml").read_text())
+    assert spec["trigger"]["config"]["path"] == "data/orders-*.csv"  # as written: same path in the container
+    assert spec["steps"][1]["config"]["url"] == "sqlite:///data/db/shop.db"
+
+    doc = yaml.safe_load((out / "docker-compose.yml").read_text())
+    validate_compose(doc)
+    svc = doc["services"]
+    assert doc["volumes"] == {"rabbitmq-data": {}, "files-data": {}, "files-srv-exports": {}}
+    assert svc["src"]["volumes"] == ["files-data:/app/data"]  # data/ and data/db/: one volume
+    assert svc["save"]["volumes"] == ["files-data:/app/data"]
+    assert svc["out"]["volumes"] == ["files-srv-exports:/srv/exports"]
+    assert "volumes" not in svc["items"] and "volumes" not in svc["pg"]
+    # a new named volume takes the owner of the image's folder: the workers' user
+    assert "RUN mkdir -p /app/data /srv/exports && chown 10001:10001 /app/data /srv/exports" in \
+        (out / "Dockerfile").read_text()
+
+    objs = [o for p in sorted((out / "k8s").glob("*.yaml")) for o in load_yaml_all(p)]
+    for o in objs:
+        _check(o)
+    claims = {o["metadata"]["name"]: o for o in objs if o["kind"] == "PersistentVolumeClaim"}
+    assert set(claims) == {"flownb-files-files-data", "flownb-files-files-srv-exports"}
+    # src (1 replica) and save (2) share data/: three pods; out alone writes /srv/exports
+    assert claims["flownb-files-files-data"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claims["flownb-files-files-srv-exports"]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    deps = {o["metadata"]["labels"]["flownb.step"]: o for o in objs if o["kind"] == "Deployment"}
+    mounts = {name: {m["mountPath"]: m["name"] for m in d["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+                     if m["name"] != "spec"} for name, d in deps.items()}
+    assert mounts == {"src": {"/app/data": "files-data"}, "items": {}, "save": {"/app/data": "files-data"},
+                      "pg": {}, "out": {"/srv/exports": "files-srv-exports"}}
+    for name in ("src", "save", "out"):
+        pod = deps[name]["spec"]["template"]["spec"]
+        claim = {v["name"]: v["persistentVolumeClaim"]["claimName"]
+                 for v in pod["volumes"] if "persistentVolumeClaim" in v}
+        assert set(claim.values()) <= set(claims) and len(claim) == 1
+        assert pod["securityContext"] == {"fsGroup": 10001}
+    # a ReadWriteOnce claim follows its pod: replaced, never rolled (the new pod would wait for the old)
+    assert deps["out"]["spec"]["strategy"] == {"type": "Recreate"}
+    assert deps["save"]["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert [w.split(" are shared by")[0] for w in res.warnings] == [
+        "local files in '/app/data' (step 'src' path 'data/orders-*.csv', step 'save' url 'data/db/shop.db')"]
+    assert "ReadWriteMany" in res.warnings[0]
+
+
+@pytest.mark.parametrize("trigger, why", [
+    ({"path": "orders.csv"}, "lies in the spec's own folder"),
+    ({"path": "*.csv"}, "has no fixed folder before its first wildcard"),
+    ({"path": "**/orders.csv"}, "has no fixed folder before its first wildcard"),
+    ({"path": "../shared/orders.csv"}, "leaves the spec's folder"),
+    ({"path": "/*/orders.csv"}, "would need a volume on '/'"),
+    ({"path": "/usr/local/orders.csv"}, "would need a volume on '/usr/local'"),
+])
+def test_a_local_file_no_volume_can_bring_in_stops_the_export_naming_step_and_field(tmp_path, trigger, why):
+    from flownb.errors import ExportError
+    src = _files_flow(**trigger).save(tmp_path / "flow.yaml")
+    with pytest.raises(ExportError, match=why) as e:
+        export(src, tmp_path / "out", target="compose")
+    assert (e.value.step, e.value.field) == ("src", "path")
+    assert str(e.value).startswith(f"step 'src', field 'path': '{trigger['path']}'")
+    assert f"'/data/{trigger['path'].rsplit('/', 1)[-1]}'" in str(e.value)  # what to write instead
+    assert not (tmp_path / "out" / "flow.yaml").exists() and not (tmp_path / "out" / "docker-compose.yml").exists()
+
+
+def test_cli_export_of_a_sqlite_file_beside_the_spec_names_step_field_and_the_fix(tmp_path, capsys):
+    flow = Flow(name="files", trigger=step("hook", "webhook", token_env="T"),
+                steps=[step("save", "sql.upsert", url="sqlite:///shop.db", table="t", key=["id"])])
     src = flow.save(tmp_path / "flow.yaml")
-    assert main(["export", str(src), "-o", str(tmp_path / "out"), "--target", "compose"]) == 0
-    out = " ".join(capsys.readouterr().out.split())
-    assert "warning: step 'src' path 'data/orders-*.csv' is a local file" in out
-    assert "warning: step 'save' url 'shop.db' is a local file" in out
-    assert "'pg'" not in out and "--volume HOST:CONTAINER" in out
-    res = export(src, tmp_path / "out2", target="compose")
-    assert [w.split(" is a local file")[0] for w in res.warnings] == [
-        "step 'src' path 'data/orders-*.csv'", "step 'save' url 'shop.db'"]
+    assert main(["export", str(src), "-o", str(tmp_path / "out"), "--target", "k8s"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "step 'save', field 'url': 'shop.db' lies in the spec's own folder" in err
+    assert "'sqlite:///data/shop.db'" in err and not (tmp_path / "out" / "k8s").exists()
+
+
+def test_export_writes_quorum_unless_the_spec_says_classic(tmp_path):
+    """docs/deploy.md: an exported spec that leaves 'topology:' unset runs quorum queues (the spec in
+    the image says so, so every process reading it agrees); one that says classic stays classic, and
+    its Kubernetes broker is a single node."""
+    flow = Flow(name="topo", trigger=step("hook", "webhook", token_env="T"), steps=[step("work", "log")])
+    export(flow.save(tmp_path / "a.yaml"), tmp_path / "a", target="all")
+    assert yaml.safe_load((tmp_path / "a" / "flow.yaml").read_text())["topology"] == "quorum"
+    assert "RABBITMQ_ERLANG_COOKIE=" in (tmp_path / "a" / "secrets.env.example").read_text()
+    sts = [o for o in load_yaml_all(tmp_path / "a" / "k8s" / "rabbitmq.yaml") if o["kind"] == "StatefulSet"]
+    assert [s["spec"]["replicas"] for s in sts] == [3]
+    classic = flow.model_copy(update={"topology": "classic"})
+    export(classic.save(tmp_path / "b.yaml"), tmp_path / "b", target="all")
+    assert yaml.safe_load((tmp_path / "b" / "flow.yaml").read_text())["topology"] == "classic"
+    sts = [o for o in load_yaml_all(tmp_path / "b" / "k8s" / "rabbitmq.yaml") if o["kind"] == "StatefulSet"]
+    assert [s["spec"]["replicas"] for s in sts] == [1]
+    assert not (tmp_path / "b" / "secrets.env.example").read_text().count("RABBITMQ_ERLANG_COOKIE")
 
 
 def _kernel_notebook(path: Path) -> None:

@@ -31,11 +31,13 @@ def test_validator_rejects_a_broken_deployment():
 def test_exported_manifests_validate(hooks_export):
     objs = [o for p in sorted((hooks_export / "k8s").glob("*.yaml")) for o in load_yaml_all(p)]
     kinds = sorted(o["kind"] for o in objs)
-    assert kinds == ["ConfigMap", "Deployment", "Deployment", "Deployment", "PodMonitor", "PrometheusRule", "Service",
-                     "Service", "StatefulSet"]
+    # the broker: a three-node cluster (the export's default for its quorum queues, docs/deploy.md)
+    assert kinds == ["ConfigMap", "ConfigMap", "Deployment", "Deployment", "Deployment", "PodDisruptionBudget",
+                     "PodMonitor", "PrometheusRule", "Role", "RoleBinding", "Service", "Service", "Service",
+                     "ServiceAccount", "StatefulSet"]
     for o in objs:
         _check(o)
-    cm = next(o for o in objs if o["kind"] == "ConfigMap")
+    cm = next(o for o in objs if o["kind"] == "ConfigMap" and "flow.yaml" in o["data"])
     assert yaml.safe_load(cm["data"]["flow.yaml"])["name"] == "hooks"
     deps = {o["metadata"]["labels"]["flownb.step"]: o for o in objs if o["kind"] == "Deployment"}
     assert deps["show"]["spec"]["replicas"] == 3
@@ -49,7 +51,8 @@ def test_exported_manifests_validate(hooks_export):
         own = {"hook": ["HOOK_TOKEN_E2E"], "show": [], "store": ["DB_URL_E2E"]}[d["metadata"]["labels"]["flownb.step"]]
         assert refs == {k: {"name": "flownb-hooks-secrets", "key": k} for k in own}  # its own secrets only
         broker = next(e for e in c["env"] if e["name"] == "FLOWNB_BROKER_URL")
-        assert broker["value"] == "amqp://guest:guest@flownb-hooks-rabbitmq:5672/"
+        assert broker["value"] == ",".join(f"amqp://guest:guest@flownb-hooks-rabbitmq-{i}.flownb-hooks-rabbitmq-nodes:5672/"
+                                           for i in range(3))
     svc = next(o for o in objs if o["kind"] == "Service" and o["metadata"]["labels"]["flownb.step"] == "hook")
     assert svc["spec"]["ports"][0]["targetPort"] == "webhook"
     assert deps["hook"]["spec"]["strategy"]["type"] == "RollingUpdate"
@@ -166,3 +169,92 @@ def test_a_recording_flow_gets_a_recorder_on_a_volume_claim_of_its_own():
     assert {"name": "recorder", "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]}} in pod["volumes"]
     assert pod["securityContext"] == {"fsGroup": 10001} and dep["spec"]["replicas"] == 1
     assert "readinessProbe" not in c and {e["name"] for e in c["env"]} == {"FLOWNB_BROKER_URL"}
+
+
+def _quorum_flow(**kw) -> Flow:
+    return Flow(name="ha", trigger=step("hook", "webhook", token_env="TOK"), steps=[step("work", "log", replicas=2)],
+                topology="quorum", **kw)
+
+
+def test_a_quorum_flow_gets_a_three_node_rabbitmq_cluster_formed_by_peer_discovery():
+    """docs/deploy.md, "A highly available broker": three nodes in a parallel StatefulSet find each
+    other through the Kubernetes API; the workers list every node."""
+    files = render_manifests(_quorum_flow(), keda=True)
+    objs = files["rabbitmq.yaml"]
+    for o in objs:
+        _check(o)
+    by_kind = {o["kind"]: o for o in objs}
+    assert sorted(by_kind) == ["ConfigMap", "PodDisruptionBudget", "Role", "RoleBinding", "Service",
+                               "ServiceAccount", "StatefulSet"]
+    sts = by_kind["StatefulSet"]
+    assert sts["spec"]["replicas"] == 3 and sts["spec"]["podManagementPolicy"] == "Parallel"
+    services = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Service"}
+    headless = services["flownb-ha-rabbitmq-nodes"]
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is True
+    assert sts["spec"]["serviceName"] == "flownb-ha-rabbitmq-nodes"
+    assert {p["port"] for p in headless["spec"]["ports"]} == {4369, 25672, 5672}
+    assert set(services) == {"flownb-ha-rabbitmq-nodes", "flownb-ha-rabbitmq"}  # + the client Service
+    # peer discovery reads the headless Service's endpoints with the pods' own ServiceAccount
+    pod = sts["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == by_kind["ServiceAccount"]["metadata"]["name"] == "flownb-ha-rabbitmq"
+    assert {"apiGroups": [""], "resources": ["endpoints"], "verbs": ["get"]} in by_kind["Role"]["rules"]
+    assert by_kind["RoleBinding"]["roleRef"]["name"] == by_kind["Role"]["metadata"]["name"]
+    assert by_kind["RoleBinding"]["subjects"] == [{"kind": "ServiceAccount", "name": "flownb-ha-rabbitmq"}]
+    conf = by_kind["ConfigMap"]["data"]["rabbitmq.conf"]
+    assert "cluster_formation.peer_discovery_backend = rabbit_peer_discovery_k8s" in conf
+    assert "cluster_formation.k8s.service_name = flownb-ha-rabbitmq-nodes" in conf
+    assert "cluster_formation.k8s.address_type = hostname" in conf
+    assert "rabbitmq_peer_discovery_k8s" in by_kind["ConfigMap"]["data"]["enabled_plugins"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["RABBITMQ_NODENAME"] == "rabbit@$(MY_POD_NAME).$(K8S_SERVICE_NAME).$(MY_POD_NAMESPACE).svc.cluster.local"
+    assert env["RABBITMQ_USE_LONGNAME"] == "true" and env["K8S_SERVICE_NAME"] == "flownb-ha-rabbitmq-nodes"
+    # the Erlang cookie the nodes share comes from the flow's Secret, never from a file written here
+    cookie = next(v for v in pod["volumes"] if v["name"] == "erlang-cookie")["secret"]
+    assert cookie["secretName"] == "flownb-ha-secrets" and cookie["items"][0]["key"] == "RABBITMQ_ERLANG_COOKIE"
+    assert "chmod 600 /var/lib/rabbitmq/.erlang.cookie" in pod["initContainers"][0]["command"][-1]
+    assert by_kind["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
+    work = files["step-work.yaml"]
+    env = {e["name"]: e.get("value") for e in work[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FLOWNB_BROKER_URL"].split(",") == [
+        f"amqp://guest:guest@flownb-ha-rabbitmq-{i}.flownb-ha-rabbitmq-nodes:5672/" for i in range(3)]
+    scaled = next(o for o in work if o["kind"] == "ScaledObject")  # KEDA takes one URL: the Service
+    assert scaled["spec"]["triggers"][0]["metadata"]["hostFromEnv"] == "FLOWNB_RABBITMQ_SERVICE_URL"
+    assert env["FLOWNB_RABBITMQ_SERVICE_URL"] == "amqp://guest:guest@flownb-ha-rabbitmq:5672/"
+
+
+def test_the_broker_mode_can_be_chosen_and_the_operator_gets_a_rabbitmq_cluster_resource():
+    single = render_manifests(_quorum_flow(), rabbitmq="single")["rabbitmq.yaml"]
+    assert [o["kind"] for o in single] == ["StatefulSet", "Service"] and single[0]["spec"]["replicas"] == 1
+    files = render_manifests(_quorum_flow(), rabbitmq="operator")
+    (cluster,) = files["rabbitmq.yaml"]
+    assert cluster["apiVersion"] == "rabbitmq.com/v1beta1" and cluster["kind"] == "RabbitmqCluster"
+    assert cluster["metadata"]["name"] == "flownb-ha-rabbitmq" and cluster["spec"]["replicas"] == 3
+    assert cluster["spec"]["persistence"] == {"storage": "1Gi"}
+    dep = files["step-work.yaml"][0]
+    _check(dep)
+    env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    # the operator's Secret <cluster>-default-user holds the credentials; the URL is built from them
+    assert env[:2] == [{"name": n, "valueFrom": {"secretKeyRef": {"name": "flownb-ha-rabbitmq-default-user", "key": k}}}
+                       for n, k in (("RABBITMQ_USERNAME", "username"), ("RABBITMQ_PASSWORD", "password"))]
+    assert env[2] == {"name": "FLOWNB_BROKER_URL",
+                      "value": "amqp://$(RABBITMQ_USERNAME):$(RABBITMQ_PASSWORD)@flownb-ha-rabbitmq:5672/"}
+    from flownb.errors import DeployError
+    with pytest.raises(DeployError, match="--keda .* --rabbitmq cluster"):
+        render_manifests(_quorum_flow(), rabbitmq="operator", keda=True)
+    with pytest.raises(DeployError, match="with --broker-url it writes none"):
+        render_manifests(_quorum_flow(), rabbitmq="cluster", broker_url="amqp://mq:5672/")
+    with pytest.raises(DeployError, match="did you mean 'cluster'"):
+        render_manifests(_quorum_flow(), rabbitmq="clustr")
+    # not set: a flow without 'topology: quorum' keeps one node (its classic queues live on one)
+    plain = Flow(name="ha", trigger=step("hook", "webhook", token_env="TOK"), steps=[step("work", "log")])
+    assert [o["kind"] for o in render_manifests(plain)["rabbitmq.yaml"]] == ["StatefulSet", "Service"]
+
+
+def test_a_step_scaled_by_keda_shares_its_claim_read_write_many():
+    flow = Flow(name="kf", trigger=step("hook", "webhook", token_env="TOK"),
+                steps=[step("out", "csv.write", path="/srv/out/rows.csv")])
+    for keda, mode in ((False, "ReadWriteOnce"), (True, "ReadWriteMany")):
+        (claim,) = render_manifests(flow, keda=keda)["volumes.yaml"]
+        _check(claim)
+        assert claim["spec"]["accessModes"] == [mode]
+        assert claim["metadata"]["annotations"]["flownb.io/mount-path"] == "/srv/out"

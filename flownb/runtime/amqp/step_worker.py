@@ -119,7 +119,7 @@ class StepWorker:
         self._busy_since: float | None = None  # when the processing thread took its current batch
         self._busy_size = 0
         # poison detection: quorum queues count deliveries; on classic queues the worker counts them
-        self.quorum = queue_type() == "quorum"
+        self.quorum = queue_type(flow) == "quorum"
         self.max_deliveries = max_deliveries or env_max_deliveries()
         self.suspect_qs = [suspect_queue(flow.name, r.step.name) for r in self.runners]
         self.errors_q = names.errors_queue(flow.name) if flow.on_error is not None else None

@@ -15,10 +15,11 @@ Per flow: a durable direct exchange ``flownb.<flow>``. Per action step:
   (prefetch 1), so only the message in process is blamed for the next death (poison detection);
 - ``flownb.<flow>.<step>.dlq``: dead letters, each with its error in the ``x-flownb-error`` header.
 
-These queues are **classic** queues by default (``FLOWNB_QUEUE_TYPE``, default ``classic``: one
-local broker for development and tests, exact length limits, light to create and delete; exports
-do not change it) and **quorum** queues with ``FLOWNB_QUEUE_TYPE=quorum`` on every worker of the
-flow: replicated. Poison messages are detected on both (step_worker.py): a quorum queue counts the
+These queues are **classic** queues by default (the spec's ``topology:``, else ``FLOWNB_QUEUE_TYPE``,
+default ``classic``: one local broker for development and tests, exact length limits, light to create
+and delete) and **quorum** queues with ``topology: quorum`` in the spec (what ``flownb export`` writes
+into a spec that leaves it unset) or ``FLOWNB_QUEUE_TYPE=quorum`` on every worker of the flow:
+replicated. Poison messages are detected on both (step_worker.py): a quorum queue counts the
 deliveries of each message
 (``x-delivery-count``), which the worker hands to ``StepRunner.run_payloads(deliveries=...)``; the
 delay queues dead-letter ``at-least-once`` (the expired retry stays in its delay queue until the
@@ -83,14 +84,30 @@ def max_length() -> int:
                           f"of messages such as 100000") from None
 
 
-def queue_type() -> str:
-    """Type of the step queues (env ``FLOWNB_QUEUE_TYPE``: ``classic``, the default, or ``quorum``,
-    replicated across a cluster's nodes)."""
-    raw = os.environ.get("FLOWNB_QUEUE_TYPE", "").strip().lower() or "classic"
+def queue_type(flow: Flow | None = None) -> str:
+    """Type of the flow's queues: the spec's ``topology:`` (``classic`` or ``quorum``) when it names
+    one, else env ``FLOWNB_QUEUE_TYPE`` (``classic``, the default: one local broker, or ``quorum``,
+    replicated across a cluster's nodes). The spec wins so that every process reading it — workers,
+    ``flownb dlq``/``state``/``upgrade`` on an operator's machine — declares the same queues whatever
+    its environment; an environment that says otherwise is logged once."""
+    raw = os.environ.get("FLOWNB_QUEUE_TYPE", "").strip().lower()
+    if flow is not None and flow.topology is not None:
+        if raw and raw != flow.topology and (flow.name, raw) not in _OVERRULED:
+            _OVERRULED.add((flow.name, raw))
+            logging.getLogger("flownb.amqp").warning(
+                "flow '%s': its spec says 'topology: %s'; FLOWNB_QUEUE_TYPE=%s is ignored for it",
+                flow.name, flow.topology, raw)
+        return flow.topology
+    raw = raw or "classic"
     if raw not in QUEUE_TYPES:
         raise BrokerError(f"FLOWNB_QUEUE_TYPE={raw!r} is not a queue type; set it to 'quorum' (replicated; "
-                          f"poison messages are detected) or 'classic' (the default)")
+                          f"poison messages are detected) or 'classic' (the default), or set 'topology:' "
+                          f"in the flow's spec")
     return raw
+
+
+#: (flow, FLOWNB_QUEUE_TYPE) pairs whose environment a spec's topology overruled (logged once)
+_OVERRULED: set[tuple[str, str]] = set()
 
 
 def max_deliveries() -> int:
@@ -129,7 +146,7 @@ def trigger_queues(flow: Flow) -> tuple[str, str | None]:
     topology (the cursor queue's single active consumer is the poller), ``(.cursor, .poller)`` with
     quorum queues (see the module docstring)."""
     f, t = flow.name, flow.trigger.name
-    if queue_type() == "quorum":
+    if queue_type(flow) == "quorum":
         return names.cursor_queue(f, t), names.poller_queue(f, t)
     return names.state_queue(f, t), None
 
@@ -311,8 +328,9 @@ def declare_queue(ch, queue: str, args: dict | None, kind: str = "classic") -> N
             other = "classic" if kind == "quorum" else "quorum"
             raise TopologyError(
                 f"queue '{queue}' exists as a {other} queue but this worker declares {kind} queues "
-                f"(FLOWNB_QUEUE_TYPE={kind}); a queue's type cannot change. Either set FLOWNB_QUEUE_TYPE="
-                f"{other} on every worker of the flow (classic queues are not replicated), or "
+                f"(the spec's 'topology:', else FLOWNB_QUEUE_TYPE: {kind}); a queue's type cannot change. "
+                f"Either set 'topology: {other}' in the flow's spec (or FLOWNB_QUEUE_TYPE={other} on every "
+                f"worker of a spec that leaves it unset; classic queues are not replicated), or "
                 f"move to {kind} queues: stop the flow's trigger, let its workers drain every step queue "
                 f"to 0, stop them, save the dead letters (flownb dlq list), delete the flow's queues "
                 f"(rabbitmqctl delete_queue -p <vhost> <name>, for every queue named "
@@ -332,7 +350,7 @@ def declare_step(ch, flow: Flow, step_name: str) -> None:
     ex = names.exchange(f)
     q = names.step_queue(f, step.name)
     ready = names.retry_ready_queue(f, step.name)
-    kind = queue_type()
+    kind = queue_type(flow)
     declare_queue(ch, q, _step_queue_args(), kind)
     ch.queue_bind(q, ex, routing_key=step.name)
     declare_queue(ch, ready, None, kind)
@@ -453,7 +471,7 @@ def declare_errors(ch, flow: Flow) -> None:
     """The queue of failure events for the flow's on_error worker: bounded (the oldest drop first:
     a flow failing for days while nobody runs the on_error worker must not fill the broker)."""
     declare_queue(ch, names.errors_queue(flow.name), {"x-max-length": max_errors(), "x-overflow": "drop-head"},
-             queue_type())
+                  queue_type(flow))
 
 
 def message_count(conn, queue: str) -> int:

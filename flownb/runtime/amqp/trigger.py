@@ -117,7 +117,7 @@ class TriggerWorker:
         self.metrics = StepMetrics(flow.name, self.name)
         #: quorum step queues: the emitted messages are published with confirms before the cursor's
         #: transaction (a transaction into a quorum queue is not confirmed: see the module's docstring)
-        self.confirm = queue_type() == "quorum"
+        self.confirm = queue_type(flow) == "quorum"
         self.timeout = broker_timeout()  # the longest wait for the broker (a confirm, tx.commit)
         self._pub: pika.adapters.blocking_connection.BlockingChannel | None = None  # the confirm channel
         self._out: ConfirmedPublisher | None = None  # publishes on self._pub
