@@ -1,17 +1,21 @@
 """``flownb dlq list|show|replay``: the dead letters of either runtime (a state directory or a broker);
 ``flownb state show|set|rewind``: a polling trigger's cursor on either runtime (flownb/cursor.py);
-``flownb trace`` and ``flownb recorder``: the flight recorder (flownb/recorder.py)."""
+``flownb trace`` and ``flownb recorder``: the flight recorder (flownb/recorder.py); ``flownb plan`` and
+``flownb upgrade``: changing a running flow's spec without stranding its messages (upgrade.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._cli import add_broker, add_spec, console, load_flow
-from ..errors import SpecError
+from ..errors import SpecError, UpgradeError
 from .amqp.names import BROKER_ENV
+
+if TYPE_CHECKING:
+    from ..flow import Flow
 
 
 def add_parser(sub: Any) -> None:
@@ -73,6 +77,17 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--db", required=True, help="the SQLite file to write (created when missing)")
     p.add_argument("--until-idle", action="store_true", help="exit 0 once the tap queue is empty")
     p.set_defaults(handler=recorder_cli)
+
+    for name, helptext in (("plan", "what changing a flow's spec does to its queues and state"),
+                           ("upgrade", "move the messages of renamed steps, then remove the old queues")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("old", help="the spec that runs now")
+        p.add_argument("new", help="the spec that replaces it")
+        p.add_argument("--rename", action="append", metavar="OLD=NEW", help="a renamed step (repeatable)")
+        g = p.add_mutually_exclusive_group(required=name == "upgrade")
+        g.add_argument("--state-dir", default=None, help="the embedded runtime's state directory")
+        add_broker(g, "the RabbitMQ URL of a deployment")
+        p.set_defaults(handler=plan_cli if name == "plan" else upgrade_cli)
 
 
 def _dlq_store(args, flow):
@@ -228,5 +243,76 @@ def trace_cli(args) -> int:
 
 def recorder_cli(args) -> int:
     from .._cli import redacted
-    from .amqp.recorder import recorder_cli as run
-    return redacted(run, args)
+    return redacted(_recorder, args)
+
+
+def _recorder(flow: Flow, args) -> int:
+    """``flownb recorder SPEC --broker URL --db FILE [--until-idle]``: SIGTERM/SIGINT stop it after the
+    batch in hand is written (exit 0); a lost broker connection exits 1."""
+    import signal
+    import threading
+
+    from .amqp.names import broker_url
+    from .amqp.recorder import drain
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    counts = drain(flow, broker_url(args.broker), args.db, until_idle=args.until_idle, stop=stop)
+    print(f"flownb recorder: {counts['rows']} row(s) of {counts['events']} event(s) written to {args.db}"
+          + (f"; {counts['bad']} unreadable event(s) skipped" if counts["bad"] else "")
+          + (f"; {counts['pruned']} row(s) older than keep pruned" if counts["pruned"] else ""), flush=True)
+    return 0
+
+
+def _cli_renames(values: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values or []:
+        a, sep, b = v.partition("=")
+        if not sep or not a or not b:
+            raise UpgradeError(f"--rename {v!r}: write OLD=NEW (step names)")
+        out[a.strip()] = b.strip()
+    return out
+
+
+def _load(path: str) -> Flow:
+    from ..flow import load
+    flow = load(Path(path))
+    flow.validate_components()
+    return flow
+
+
+def plan_cli(args) -> int:
+    from .upgrade import amqp_depths, local_depths, local_specs, make_plan
+    old, new = _load(args.old), _load(args.new)
+    depths = specs = None
+    if args.state_dir:
+        depths = local_depths(Path(args.state_dir), new.name) or {}
+        specs = local_specs(Path(args.state_dir), new.name)
+    elif args.broker:
+        depths = amqp_depths(old, args.broker)
+    plan = make_plan(old, new, _cli_renames(args.rename), depths=depths)
+    plan.specs = specs
+    con = console()
+    for line in plan.lines():
+        con.print(line, soft_wrap=True, markup=False)
+    if args.broker:
+        con.print("  queued messages per spec version: not counted on RabbitMQ (reading a message takes it off "
+                  "its queue and returns it; see docs/rabbitmq.md)", soft_wrap=True, markup=False)
+    if plan.orphaned or plan.guessed:
+        con.print("upgrade would refuse: confirm the renames or empty the removed steps' queues first",
+                  markup=False)
+        return 1
+    return 0
+
+
+def upgrade_cli(args) -> int:
+    from .upgrade import upgrade
+    plan, moved = upgrade(_load(args.old), _load(args.new), _cli_renames(args.rename),
+                          state_dir=args.state_dir, broker=args.broker)
+    con = console()
+    for line in plan.lines():
+        con.print(line, soft_wrap=True, markup=False)
+    for a, n in moved.items():
+        con.print(f"moved {n:,} message(s) from '{a}' to '{plan.renamed[a]}'", markup=False)
+    return 0

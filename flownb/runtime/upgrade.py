@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..errors import UpgradeError
 from ..flow import Flow
@@ -488,70 +487,3 @@ def upgrade(old: Flow, new: Flow, renames: dict[str, str] | None = None, *,
         return plan, _upgrade_local(plan, Path(state_dir))
     assert broker is not None
     return plan, _upgrade_amqp(plan, broker)
-
-
-def _cli_renames(values: list[str] | None) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for v in values or []:
-        a, sep, b = v.partition("=")
-        if not sep or not a or not b:
-            raise UpgradeError(f"--rename {v!r}: write OLD=NEW (step names)")
-        out[a.strip()] = b.strip()
-    return out
-
-
-def add_parser(sub: Any) -> None:
-    from .._cli import add_broker
-    for name, helptext in (("plan", "what changing a flow's spec does to its queues and state"),
-                           ("upgrade", "move the messages of renamed steps, then remove the old queues")):
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("old", help="the spec that runs now")
-        p.add_argument("new", help="the spec that replaces it")
-        p.add_argument("--rename", action="append", metavar="OLD=NEW", help="a renamed step (repeatable)")
-        g = p.add_mutually_exclusive_group(required=name == "upgrade")
-        g.add_argument("--state-dir", default=None, help="the embedded runtime's state directory")
-        add_broker(g, "the RabbitMQ URL of a deployment")
-        p.set_defaults(handler=_plan_cli if name == "plan" else _upgrade_cli)
-
-
-def _load(path: str) -> Flow:
-    from ..flow import load
-    flow = load(Path(path))
-    flow.validate_components()
-    return flow
-
-
-def _plan_cli(args) -> int:
-    from .._cli import console
-    old, new = _load(args.old), _load(args.new)
-    depths = specs = None
-    if args.state_dir:
-        depths = local_depths(Path(args.state_dir), new.name) or {}
-        specs = local_specs(Path(args.state_dir), new.name)
-    elif args.broker:
-        depths = amqp_depths(old, args.broker)
-    plan = make_plan(old, new, _cli_renames(args.rename), depths=depths)
-    plan.specs = specs
-    con = console()
-    for line in plan.lines():
-        con.print(line, soft_wrap=True, markup=False)
-    if args.broker:
-        con.print("  queued messages per spec version: not counted on RabbitMQ (reading a message takes it off "
-                  "its queue and returns it; see docs/rabbitmq.md)", soft_wrap=True, markup=False)
-    if plan.orphaned or plan.guessed:
-        con.print("upgrade would refuse: confirm the renames or empty the removed steps' queues first",
-                  markup=False)
-        return 1
-    return 0
-
-
-def _upgrade_cli(args) -> int:
-    from .._cli import console
-    plan, moved = upgrade(_load(args.old), _load(args.new), _cli_renames(args.rename),
-                          state_dir=args.state_dir, broker=args.broker)
-    con = console()
-    for line in plan.lines():
-        con.print(line, soft_wrap=True, markup=False)
-    for a, n in moved.items():
-        con.print(f"moved {n:,} message(s) from '{a}' to '{plan.renamed[a]}'", markup=False)
-    return 0

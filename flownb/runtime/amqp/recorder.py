@@ -260,20 +260,3 @@ def drain(flow: Flow, broker: str, db: str | Path, *, until_idle: bool = False,
             pass
         sql.close()
     return counts
-
-
-def recorder_cli(flow: Flow, args: Any) -> int:
-    """``flownb recorder SPEC --broker URL --db FILE [--until-idle]``: SIGTERM/SIGINT stop it after the
-    batch in hand is written (exit 0); a lost broker connection exits 1."""
-    import signal
-
-    from .names import broker_url
-    stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-    counts = drain(flow, broker_url(args.broker), args.db, until_idle=args.until_idle, stop=stop)
-    print(f"flownb recorder: {counts['rows']} row(s) of {counts['events']} event(s) written to {args.db}"
-          + (f"; {counts['bad']} unreadable event(s) skipped" if counts["bad"] else "")
-          + (f"; {counts['pruned']} row(s) older than keep pruned" if counts["pruned"] else ""), flush=True)
-    return 0
