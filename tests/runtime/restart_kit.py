@@ -119,7 +119,12 @@ class CsvSource(Source):
         self.path.write_text("id,payload\n")
 
     def trigger(self):
-        return flownb.step("src", "csv.poll", path=str(self.path), cursor="id", key="id", interval="100ms")
+        # polls of at most 200 rows, as the sql.poll source's: the sink grows by at most a batch per
+        # commit, so "KILL_AT rows at the sink but not all fed rows" is a window the kill can hit (with
+        # the default 1,000, a first poll of 500 rows and a second of the other 1,000 took the sink
+        # from 500 to all 1,500 in one commit on a loaded machine: the kill came after the flow)
+        return flownb.step("src", "csv.poll", path=str(self.path), cursor="id", key="id", interval="100ms",
+                           batch_size=200)
 
     def add(self, ids):
         with open(self.path, "a", newline="") as fh:
