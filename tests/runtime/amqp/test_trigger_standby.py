@@ -32,6 +32,19 @@ def _trigger_process(spec: Path, broker: str, log: Path) -> subprocess.Popen:
                             stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
+def _wait_up(proc: subprocess.Popen, log: Path, what: str) -> None:
+    """Until the replica says it waits to be the active poller; a replica that died or stays silent
+    fails with its exit code and its log (what it was doing instead)."""
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"{what}: the process exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        return "waiting to be the active poller" in log.read_text()
+    try:
+        wait_for(up, 60, what=what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- its log ---\n{log.read_text()[-3000:]}") from None
+
+
 @pytest.mark.slow
 def test_a_standby_trigger_replica_takes_over_from_the_same_cursor(broker, running, tmp_path):
     db, gate = tmp_path / "sink.db", tmp_path / "gate"
@@ -46,9 +59,9 @@ def test_a_standby_trigger_replica_takes_over_from_the_same_cursor(broker, runni
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     procs = [_trigger_process(spec, broker, logs[0])]
     try:
-        wait_for(lambda: "waiting to be the active poller" in logs[0].read_text(), 60, what="replica a up")
+        _wait_up(procs[0], logs[0], "replica a up")
         procs.append(_trigger_process(spec, broker, logs[1]))  # b starts second: it is the standby
-        wait_for(lambda: "waiting to be the active poller" in logs[1].read_text(), 60, what="replica b up")
+        _wait_up(procs[1], logs[1], "replica b up")
         wait_for(lambda: sink_counts(db)[0] >= 10, 60, what="10 messages from the active replica")
         assert "emitted" in logs[0].read_text() and "emitted" not in logs[1].read_text()  # b only waits
         procs[0].send_signal(signal.SIGKILL)  # the active poller dies: its unacked cursor is requeued
