@@ -10,7 +10,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -23,6 +22,7 @@ import pytest
 import yaml
 
 from flownb.testing import HttpTarget
+from tests.processes import stop
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -155,14 +155,9 @@ def _until(cond, what: str, proc: subprocess.Popen, timeout: float = 60) -> None
 
 
 def _stop(proc: subprocess.Popen, log: Path) -> str:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    code = stop(proc)
     out = log.read_text()
-    assert proc.returncode == 0, out[-3000:]
+    assert code == 0, out[-3000:]
     return out
 
 

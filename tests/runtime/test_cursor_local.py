@@ -12,6 +12,7 @@ import flownb
 from flownb.cli import main
 from flownb.errors import FlownbError, SpecError
 from flownb.runtime.local import LocalRuntime
+from tests.processes import stop
 
 
 def _flow(tmp_path):
@@ -154,7 +155,6 @@ def test_backfill_while_flownb_run_runs_reaches_the_sink_and_leaves_the_live_cur
     """A real ``flownb run`` process polls a SQLite table into an HTTP sink; a backfill from this
     process queues a past range for it while it runs: the range arrives a second time, live rows
     keep arriving, and the cursor is the running flow's alone."""
-    import signal
     import subprocess
     import sys
     import time
@@ -208,12 +208,7 @@ def test_backfill_while_flownb_run_runs_reaches_the_sink_and_leaves_the_live_cur
             wait(lambda: read_cursor(flow, state_dir=state)["cursor"] == 25, "the live cursor at 25")
             assert proc.poll() is None  # still running
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
         db.close()
         assert proc.returncode == 0, log.read_text()[-2000:]
         assert arrived() == want  # nothing more after the stop

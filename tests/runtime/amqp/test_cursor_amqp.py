@@ -17,6 +17,7 @@ from flownb.message import Message
 from flownb.runtime.amqp import names
 from flownb.runtime.amqp.topology import connect, declare_flow, trigger_queues
 from flownb.runtime.amqp.trigger import TriggerWorker, read_state
+from tests.processes import stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
 
@@ -208,11 +209,7 @@ def test_backfill_while_the_workers_run_reaches_the_sink_and_leaves_the_live_cur
             for p in procs:
                 p.terminate()
             for p in procs:
-                try:
-                    p.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+                stop(p)
             log.close()
         db.close()
     # one cursor, the trigger worker's: where it read up to, with the version of its own commits only
