@@ -15,6 +15,12 @@ on quorum queues; both pipelines use the queue type flownb declares, ``FLOWNB_QU
 run), and the summary gives each type's best and the ratio quorum / classic.
 
     .venv/bin/python benchmarks/amqp_throughput.py [--messages 20000] [--queue-types classic,quorum]
+        [--cluster]
+
+``--cluster``: on the three-node cluster of ``scripts/rabbitmq-cluster`` (started and stopped by the
+benchmark; the machine's broker on 5672 is not used): every process connects to node 1, and a quorum
+queue is replicated on all three nodes (a message is written on a majority before it is confirmed),
+which is what quorum queues cost in production; a classic queue lives on node 1 alone.
 
 Last line: one JSON object with every figure.
 """
@@ -46,12 +52,14 @@ from flownb.runtime.amqp import names
 from flownb.runtime.amqp.topology import connect, declare_flow, queue_type
 
 ROOT = "amqp://guest:guest@127.0.0.1:5672/"
+CTL = ["rabbitmqctl", "-q"]  # --cluster: node 1 of scripts/rabbitmq-cluster
+CLUSTER = Path(__file__).resolve().parents[1] / "scripts" / "rabbitmq-cluster"
 STEP_SRC = "def f(body, ctx):\n    body['{field}'] = body['n'] * 2\n    return body\n"
 SLOW_SRC = "import time\ndef f(body, ctx):\n    time.sleep(0.02)\n    return body\n"
 
 
 def ctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+    subprocess.run([*CTL, *args], check=True, capture_output=True, timeout=60)
 
 
 def new_vhost() -> tuple[str, str]:
@@ -252,7 +260,22 @@ def main() -> None:
                     "(the machine is shared: this damps noise equally for both)")
     ap.add_argument("--queue-types", default="classic,quorum",
                     help="comma-separated queue types measured in the same run (interleaved)")
+    ap.add_argument("--cluster", action="store_true", help="run on a three-node cluster started with "
+                    "scripts/rabbitmq-cluster (127.0.0.1:5673-5675) instead of the broker on 5672")
     args = ap.parse_args()
+    if args.cluster:
+        global ROOT, CTL
+        env = {**os.environ, "RABBITMQ_CLUSTER_OWNER": str(os.getpid())}  # gone with this process
+        subprocess.run([str(CLUSTER), "start"], check=True, env=env, timeout=600)
+        ROOT, CTL = "amqp://guest:guest@127.0.0.1:5673/", [str(CLUSTER), "ctl", "1", "-q"]
+    try:
+        run(args)
+    finally:
+        if args.cluster:
+            subprocess.run([str(CLUSTER), "stop"], timeout=300)
+
+
+def run(args: argparse.Namespace) -> None:
     types = [t.strip() for t in args.queue_types.split(",") if t.strip()]
     pks: dict[str, list[dict]] = {t: [] for t in types}
     fbs: dict[str, list[dict]] = {t: [] for t in types}
@@ -268,7 +291,8 @@ def main() -> None:
                 fbs[t].append(bench_flownb(args.messages, tmp))
                 print(f"[{r + 1}] {t:7} flownb workers, 3 steps:    {fbs[t][-1]['rate']:8.0f} msg/s "
                       f"({fbs[t][-1]['seconds']:.2f}s)")
-        figures: dict = {"messages": args.messages, "rounds": args.rounds, "queue_types": types}
+        figures: dict = {"messages": args.messages, "rounds": args.rounds, "queue_types": types,
+                         "broker": "3-node cluster (scripts/rabbitmq-cluster)" if args.cluster else "one node"}
         for t in types:
             pk, fb = best(pks[t]), best(fbs[t])
             ratio = fb["rate"] / pk["rate"]
