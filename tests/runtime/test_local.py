@@ -12,7 +12,7 @@ from runtimes import sink_counts
 
 from flownb import Message, action
 from flownb.errors import MessageError, QueueFull, RuntimeFailure, SpecError
-from flownb.runtime.local import LocalDeadLetters, LocalRuntime
+from flownb.runtime.local import LocalDeadLetters, LocalRuntime, VirtualClock
 
 FAST = {"retry": {"max_attempts": 3, "initial": "20ms", "max": "50ms"}}
 
@@ -165,16 +165,18 @@ def test_retry_reschedules_with_backoff_then_succeeds(flow_factory, tmp_path):
     flow = flow_factory(("flaky", "lt.flaky", {"fail_times": 2},
                          {"retry": {"max_attempts": 5, "initial": "300ms", "multiplier": 2}}),
                         trigger=("lt.count", {"total": 3}))
-    with LocalRuntime(flow, tmp_path, record=True) as rt:
+    # on the runtime's clock, injected: the back-off is exact (a wall clock read by the test itself
+    # once saw 0.897 s for the 0.9 s of waiting, on a VM whose clock was adjusted meanwhile)
+    clock = VirtualClock(start=1_000.0)
+    with LocalRuntime(flow, tmp_path, record=True, clock=clock) as rt:
         rt.poll_once()
-        t0 = time.time()
         rt.process_step("flaky")
         rows = rt.store.conn.execute("SELECT attempt, available_at FROM queue").fetchall()
         assert [a for a, _ in rows] == [2, 2, 2]
-        assert all(0.25 < at - t0 < 1.0 for _, at in rows)
+        assert [at for _, at in rows] == [pytest.approx(1_000.3)] * 3  # 300 ms after the failure
         assert rt.process_step("flaky") == 0           # not due yet
         summary = rt.drain()
-        assert time.time() - t0 >= 0.9                 # waited 300ms, then 600ms
+        assert clock() == pytest.approx(1_000.9)       # waited 300 ms, then 600 ms, and no longer
     assert summary.steps["flaky"].retried == 6 and summary.steps["flaky"].outputs == 3
     assert [b["attempts"] for b in rt.recorded["flaky"]] == [3, 3, 3]
 
