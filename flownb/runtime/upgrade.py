@@ -84,6 +84,11 @@ class Plan:
             out.append(f"  * step '{s}': retry policy changed (its delay queues are declared anew; "
                        f"waiting retries keep their old delay)")
         out.append(f"  trigger '{self.new.trigger.name}': cursor {self.cursor}")
+        if self.source is None and self.old.topology != self.new.topology:
+            out.append(f"  ! topology: {self.old.topology or 'not set'} → {self.new.topology or 'not set'}: on "
+                       f"RabbitMQ a queue's type cannot change, and a worker stops with a TopologyError where "
+                       f"the step queues exist as the other type; drain and delete them first, or keep the "
+                       f"old topology (docs/rabbitmq.md, \"Classic queues of an older flownb\")")
         if len(out) == 2 and self.cursor == "kept":
             out.insert(1, "  no change to steps or queues")
         out.extend(f"  {line}" for line in route_lines(self.new))

@@ -112,3 +112,19 @@ def test_plan_lists_additions_retry_changes_and_the_cursor():
         make_plan(old, new, {"x": "c"})
     with pytest.raises(UpgradeError, match="two flows"):
         make_plan(old, flownb.Flow(name="g", trigger=old.trigger, steps=old.steps))
+
+
+def test_plan_says_when_the_queue_type_changes():
+    """``topology:`` classic → quorum cannot be applied to existing queues (RabbitMQ cannot change a
+    queue's type): the plan says so and what to do; an unchanged topology says nothing."""
+    old = flownb.Flow(name="f", trigger=flownb.step("src", "csv.poll", path="a.csv", cursor="ts"),
+                      steps=[flownb.step("a", "log")])
+    quorum = old.model_copy(update={"topology": "quorum"})
+    lines = make_plan(old, quorum).lines()
+    assert [line for line in lines if "topology" in line] == [
+        "  ! topology: not set → quorum: on RabbitMQ a queue's type cannot change, and a worker stops with a "
+        "TopologyError where the step queues exist as the other type; drain and delete them first, or keep the "
+        "old topology (docs/rabbitmq.md, \"Classic queues of an older flownb\")"]
+    assert "  ! topology: quorum → classic" in "\n".join(make_plan(quorum, quorum.model_copy(
+        update={"topology": "classic"})).lines())
+    assert not [line for line in make_plan(quorum, quorum).lines() if "topology" in line]
