@@ -21,10 +21,9 @@ def _flow(middle: str) -> flownb.Flow:
                        steps=[flownb.step(middle, "mapping", fields={"id": "id"}), flownb.step("out", "log")])
 
 
-@pytest.mark.parametrize("queue_type", ["classic", "quorum"])  # quorum: no queue.delete if-empty
-def test_upgrade_moves_a_renamed_steps_messages_and_dead_letters(broker, monkeypatch, queue_type):
-    monkeypatch.setenv("FLOWNB_QUEUE_TYPE", queue_type)
-    old, new = _flow("slow"), _flow("enrich")
+def _queue_n_for_slow(broker: str, old: flownb.Flow):
+    """Declare ``old``'s topology and queue N messages (confirmed) for its step 'slow'; the open
+    connection."""
     conn = connect(broker)
     ch = conn.channel()
     declare_flow(ch, old.resolved())
@@ -32,6 +31,15 @@ def test_upgrade_moves_a_renamed_steps_messages_and_dead_letters(broker, monkeyp
     for i in range(N):
         ch.basic_publish(names.exchange("upg"), "slow", Message(body={"id": i}, flow="upg", step="hook").to_json(),
                          pika.BasicProperties(delivery_mode=2))
+    return conn
+
+
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])  # quorum: no queue.delete if-empty
+def test_upgrade_moves_a_renamed_steps_messages_and_dead_letters(broker, monkeypatch, queue_type):
+    monkeypatch.setenv("FLOWNB_QUEUE_TYPE", queue_type)
+    old, new = _flow("slow"), _flow("enrich")
+    conn = _queue_n_for_slow(broker, old)
+    ch = conn.channel()
     ch.basic_publish("", names.dead_letter_queue("upg", "slow"), b'{"id": -1}', pika.BasicProperties(delivery_mode=2))
     conn.close()
 
@@ -121,14 +129,7 @@ def test_removing_a_step_that_holds_messages_is_refused(broker, tmp_path):
     exe = str(Path(sys.executable).with_name("flownb"))
     env = {"FLOWNB_BROKER_URL": broker, "PATH": "/usr/bin:/bin", "UPG_TOKEN": "t" * 20, "COLUMNS": "200"}
     check_broker_manifest(old, broker, str(old_spec))  # what a worker of the old spec records as it starts
-    conn = connect(broker)
-    ch = conn.channel()
-    declare_flow(ch, old.resolved())
-    ch.confirm_delivery()
-    for i in range(N):
-        ch.basic_publish(names.exchange("upg"), "slow", Message(body={"id": i}, flow="upg", step="hook").to_json(),
-                         pika.BasicProperties(delivery_mode=2))
-    conn.close()
+    _queue_n_for_slow(broker, old).close()
 
     r = subprocess.run([exe, "worker", str(new_spec), "--step", "out"], capture_output=True, text=True,
                        env=env, timeout=60)
