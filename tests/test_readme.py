@@ -10,7 +10,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import pytest
 import yaml
 
 from flownb.testing import HttpTarget
+from tests.processes import free_port as _free_port
 from tests.processes import stop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,10 +140,6 @@ def test_the_two_commands_exist_and_are_run():
     assert "scripts/test" in (ROOT / ".ci" / "run").read_text()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _until(cond, what: str, proc: subprocess.Popen, timeout: float = 60) -> None:

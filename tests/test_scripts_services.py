@@ -9,13 +9,11 @@ import socket
 import subprocess
 from pathlib import Path
 
+from tests.processes import free_port as _free_port
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "services"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_services_exits_1_naming_mosquitto_and_redis_when_it_cannot_start_them(tmp_path):

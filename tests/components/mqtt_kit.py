@@ -15,6 +15,8 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
+from tests.processes import free_port
+
 HOST, PORT = "127.0.0.1", 1883
 
 
@@ -31,10 +33,6 @@ def require_mosquitto() -> None:
         pytest.skip("Mosquitto is not running on 127.0.0.1:1883 (scripts/services starts it)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def unique(prefix: str = "flownb-test") -> str:

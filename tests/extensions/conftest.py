@@ -8,7 +8,6 @@ import os
 import secrets
 import shutil
 import site
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 EXTENSIONS = {
@@ -42,10 +43,6 @@ def ensure_installed(module: str) -> None:
     importlib.import_module(module)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class JupyterServer:

@@ -64,6 +64,7 @@ import yaml
 
 import flownb
 from flownb.flow import Flow, from_spec
+from tests.processes import free_port as _free_port
 
 HERE = Path(__file__).parent
 FLOWS = HERE / "flows"
@@ -590,11 +591,6 @@ def broker_up() -> bool:
         return False
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _flownb_cmd() -> list[str]:

@@ -29,7 +29,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import flownb
 from flownb.rules import compile as compile_expr
+from tests.processes import free_port
 
 FLOWNB = str(Path(sys.executable).parent / "flownb")
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -331,10 +331,6 @@ BAD_LOG = (" ERROR ", " CRITICAL ", "Traceback", "panicked", "dead-lettered", "P
 BROKER_RESTART_LOG = ("CONNECTION_FORCED", " ERROR pika.")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Child:

@@ -7,6 +7,7 @@ import socket
 import threading
 
 import flownb
+from tests.processes import free_port  # noqa: F401 - the setup tests import it from here
 
 SOURCE = '''
 import socket
@@ -16,12 +17,6 @@ _conn = socket.create_connection(("127.0.0.1", {port}), timeout=2)  # like a dat
 def step(body, ctx):
     return {{**body, "enriched": True}}
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def flow(name: str, port: int, out) -> flownb.Flow:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,14 +24,11 @@ from flownb.runtime.amqp import names
 from flownb.runtime.amqp.topology import retry_levels
 from flownb.webhook.app import Hook, create_app
 from flownb.webhook.server import uvicorn_config, webhook_config
+from tests.processes import free_port
 
 BROKER = "amqp://guest:guest@127.0.0.1:5672/"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_cli(args: list[str], env: dict, port: int, *, within: float = 60) -> subprocess.Popen:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -28,14 +27,11 @@ from flownb.runtime.amqp.metrics import serve  # noqa: E402
 from flownb.runtime.amqp.step_worker import PERSISTENT, StepWorker  # noqa: E402
 from flownb.runtime.amqp.topology import connect, declare_flow, queue_depths  # noqa: E402
 from flownb.runtime.health import HEALTH  # noqa: E402
+from tests.processes import free_port as _port
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(broker: str, **extra: str) -> dict[str, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -16,15 +15,12 @@ import flownb
 from flownb.errors import BrokerError
 from flownb.runtime.amqp import names
 from flownb.runtime.amqp.topology import connect, declare_flow, queue_depths
+from tests.processes import free_port as _port
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
 RUN_WORKER = Path(__file__).parent / "run_worker.py"
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_worker_all_runs_the_flow_serves_metrics_and_exits_0_on_sigterm(broker, tmp_path):
