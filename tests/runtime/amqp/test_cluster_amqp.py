@@ -38,6 +38,16 @@ def _worker(spec: Path, step: str, url: str, log: Path) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=log.open("ab"), cwd=log.parent)
 
 
+def _wait_all_at_sink(db: Path, total: int, timeout: float, when: str, node, logs: dict[str, Path]) -> None:
+    """Until ``total`` rows are in the sink; else fail saying where they stopped: the sink, the
+    queues (asked of a running ``node``) and the workers' logs."""
+    try:
+        wait_for(lambda: sink_counts(db)[0] == total, timeout=timeout, what=f"all {total} rows at the sink {when}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; at the sink {sink_counts(db)}\n{_queues(node)}\n" + "\n".join(
+            f"--- {s}:\n{p.read_text()[-2500:]}" for s, p in logs.items())) from None
+
+
 def _sink_rows(db: Path) -> tuple[int, int, int]:
     """(rows, sum of n, rows whose body went through both work steps) in the sink's ``seen`` table."""
     import sqlite3
@@ -106,12 +116,7 @@ def test_the_node_leading_the_step_queues_stops_mid_run_and_the_flow_goes_on_and
         running = wait_for(lambda: len(rabbitmq_cluster.running()) == 3 and rabbitmq_cluster.running(),
                            timeout=120, what=f"{a.name} to rejoin the cluster")
         gate2.touch()  # the last quarter, with a back
-        try:
-            wait_for(lambda: sink_counts(db)[0] == TOTAL, timeout=600,
-                     what=f"all {TOTAL} records at the sink after the node stopped (had {at_stop})")
-        except AssertionError as exc:  # say where the records stopped: the workers' logs and the queues
-            raise AssertionError(f"{exc}; at the sink {sink_counts(db)}\n{_queues(b)}\n" + "\n".join(
-                f"--- {s}:\n{p.read_text()[-2500:]}" for s, p in logs.items())) from None
+        _wait_all_at_sink(db, TOTAL, 600, f"after the node stopped (had {at_stop})", b, logs)
         seconds = time.monotonic() - t0
         for p in procs:
             assert p.poll() is None, f"a worker died: {p.args}"
@@ -212,12 +217,7 @@ def test_the_node_leading_the_trigger_state_dies_and_a_standby_trigger_goes_on_f
         at_kill = sink_counts(db)[0]
         assert "took over" not in logs["src-b"].read_text()  # B only waited so far
         b.kill()  # the leader of the cursor and of the lock, and trigger A's node: gone without a goodbye
-        try:
-            wait_for(lambda: sink_counts(db)[0] == total, timeout=300,
-                     what=f"all {total} rows at the sink after the node died (had {at_kill})")
-        except AssertionError as exc:  # say where the rows stopped: the workers' logs and the queues
-            raise AssertionError(f"{exc}; at the sink {sink_counts(db)}\n{_queues(a)}\n" + "\n".join(
-                f"--- {s}:\n{p.read_text()[-2500:]}" for s, p in logs.items())) from None
+        _wait_all_at_sink(db, total, 300, f"after the node died (had {at_kill})", a, logs)
         assert _leader(a, cursor_q) in (f"{a.name}@localhost", f"{c.name}@localhost")
         # a worker that starts while the node is down starts (manifest, topology: all replicated)
         logs["late"] = tmp_path / "late.log"

@@ -30,7 +30,7 @@ from flownb.runtime.amqp.publish import (
     private_api_problems,
     state_props,
 )
-from flownb.runtime.amqp.topology import ERROR_HEADER, STEP_HEADER, VERSION_HEADER
+from flownb.runtime.amqp.topology import ERROR_HEADER, STEP_HEADER, VERSION_HEADER, message_count
 from flownb.runtime.core import ErrorInfo
 
 ids = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=60)
@@ -100,14 +100,6 @@ def test_a_channel_without_the_internals_is_reported_with_the_aiormq_version():
          f"(the ingress falls back to basic_publish)")]
 
 
-def _depth(conn, queue: str) -> int:
-    ch = conn.channel()
-    try:
-        return ch.queue_declare(queue, passive=True).method.message_count
-    finally:
-        ch.close()
-
-
 @pytest.mark.integration
 @pytest.mark.rabbitmq
 def test_a_confirmed_batch_reports_what_the_broker_acked_refused_and_returned(broker):
@@ -120,11 +112,11 @@ def test_a_confirmed_batch_reports_what_the_broker_acked_refused_and_returned(br
         bodies = [orjson.dumps({"n": i}) for i in range(50)]
         got = out.publish_batch(conn, "", "open", bodies, PERSISTENT, 30.0)
         assert (got.ok, got.unconfirmed, got.refused, got.returned) == (True, 0, 0, 0)
-        assert len(out) == 0 and _depth(conn, "open") == 50
+        assert len(out) == 0 and message_count(conn, "open") == 50
         # a queue that is full refuses (basic.nack) what it cannot take; only those are counted
         got = out.publish_batch(conn, "", "full", bodies[:5], PERSISTENT, 30.0)
         assert (got.ok, got.refused, got.returned) == (False, 2, 0)
-        assert _depth(conn, "full") == 3
+        assert message_count(conn, "full") == 3
         # mandatory: a message that reaches no queue comes back and is counted, not lost in silence
         got = out.publish_batch(conn, "", "no-such-queue", bodies[:2], PERSISTENT, 30.0)
         assert (got.ok, got.refused, got.returned) == (False, 0, 2)
@@ -167,7 +159,7 @@ def test_a_transaction_applies_its_publishes_and_acks_together_or_not_at_all(bro
         tx.publish("", "cursor", b'{"v": 2}')
         tx.ack(method.delivery_tag)
         ch.close()  # before the commit: nothing of it happened, the old cursor is back
-        assert (_depth(conn, "out"), _depth(conn, "cursor")) == (0, 1)
+        assert (message_count(conn, "out"), message_count(conn, "cursor")) == (0, 1)
         ch = conn.channel()
         tx = TransactionalPublisher(ch)
         method, _props, body = ch.basic_get("cursor", auto_ack=False)
@@ -176,7 +168,7 @@ def test_a_transaction_applies_its_publishes_and_acks_together_or_not_at_all(bro
         tx.publish("", "cursor", b'{"v": 2}')
         tx.ack(method.delivery_tag)
         tx.commit()
-        assert (_depth(conn, "out"), _depth(conn, "cursor")) == (1, 1)
+        assert (message_count(conn, "out"), message_count(conn, "cursor")) == (1, 1)
         assert setup.basic_get("cursor", auto_ack=True)[2] == b'{"v": 2}'
     finally:
         conn.close()
