@@ -300,7 +300,9 @@ class ExportError(DeployError):
 
 
 class TopologyError(BrokerError):
-    """A queue or exchange exists with other arguments: a configuration problem, not an outage."""
+    """A configuration problem on the broker's side, not an outage: a queue or exchange that exists
+    with other arguments, a broker URL or a ``FLOWNB_*`` broker setting that cannot be read. Retrying
+    cannot fix it: a worker exits with it instead of reconnecting."""
 
 
 class Unavailable(BrokerError):

@@ -62,3 +62,26 @@ def test_broker_is_repeatable_in_every_command_that_takes_it(argv):
     assert parser.parse_args([*argv, "--broker", "amqp://u:p@h1,h2/v"]).broker == "amqp://u:p@h1,h2/v"
     if argv[0] != "upgrade":  # which needs --broker or --state-dir
         assert parser.parse_args(argv).broker is None  # then FLOWNB_BROKER_URL, as before
+
+
+def test_a_worker_given_a_broker_url_it_cannot_read_exits_1_instead_of_reconnecting_for_ever(tmp_path):
+    """A malformed URL (or FLOWNB_* broker setting) is a TopologyError: a configuration problem the
+    worker's reconnect loop does not retry (it did, for ever, warning 'broker unavailable')."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    spec = tmp_path / "flow.yaml"
+    spec.write_text("flownb: 1\nname: badurl\n"
+                    "trigger: {name: hook, component: webhook, config: {token_env: BADURL_T}}\n"
+                    "steps:\n  - {name: out, component: log, config: {}}\n")
+    exe = str(Path(sys.executable).with_name("flownb"))
+    r = subprocess.run([exe, "worker", str(spec), "--step", "out", "--broker", "amqp://u:secret@h1/vh,h2"],
+                       capture_output=True, text=True, timeout=60, env={**os.environ, "BADURL_T": "x"})
+    assert r.returncode == 1, r.stderr
+    assert "with several hosts in one URL the vhost comes after the last host" in r.stderr
+    assert "retrying" not in r.stderr and "secret" not in r.stderr
+    r = subprocess.run([exe, "worker", str(spec), "--step", "out"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "BADURL_T": "x", "FLOWNB_QUEUE_TYPE": "quorm"})
+    assert r.returncode == 1 and "FLOWNB_QUEUE_TYPE='quorm' is not a queue type" in r.stderr, r.stderr

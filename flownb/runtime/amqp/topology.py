@@ -80,7 +80,7 @@ def max_length() -> int:
     try:
         return int(raw) if raw else DEFAULT_MAX_LENGTH
     except ValueError:
-        raise BrokerError(f"FLOWNB_MAX_QUEUE_LENGTH={raw!r} is not an integer; set it to a number "
+        raise TopologyError(f"FLOWNB_MAX_QUEUE_LENGTH={raw!r} is not an integer; set it to a number "
                           f"of messages such as 100000") from None
 
 
@@ -100,7 +100,7 @@ def queue_type(flow: Flow | None = None) -> str:
         return flow.topology
     raw = raw or "classic"
     if raw not in QUEUE_TYPES:
-        raise BrokerError(f"FLOWNB_QUEUE_TYPE={raw!r} is not a queue type; set it to 'quorum' (replicated; "
+        raise TopologyError(f"FLOWNB_QUEUE_TYPE={raw!r} is not a queue type; set it to 'quorum' (replicated; "
                           f"poison messages are detected) or 'classic' (the default), or set 'topology:' "
                           f"in the flow's spec")
     return raw
@@ -119,7 +119,7 @@ def max_deliveries() -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise BrokerError(f"FLOWNB_MAX_DELIVERIES={raw!r} is not a positive integer; set it to the number "
+        raise TopologyError(f"FLOWNB_MAX_DELIVERIES={raw!r} is not a positive integer; set it to the number "
                           f"of worker deaths after which a message is dead-lettered, such as 3")
     return value
 
@@ -136,7 +136,7 @@ def broker_timeout() -> float:
     except ValueError:
         value = 0.0
     if value <= 0:
-        raise BrokerError(f"FLOWNB_BROKER_TIMEOUT={raw!r} is not a positive duration; set it to how long a worker "
+        raise TopologyError(f"FLOWNB_BROKER_TIMEOUT={raw!r} is not a positive duration; set it to how long a worker "
                           f"waits for the broker before it reconnects, such as 30s")
     return value
 
@@ -178,7 +178,7 @@ def parameters(url: str, **kw: Any) -> pika.URLParameters:
     try:
         params = pika.URLParameters(url)
     except (ValueError, TypeError) as exc:
-        raise BrokerError(f"invalid broker URL {url!r} ({exc}); write amqp://user:pass@host:5672/vhost") from exc
+        raise TopologyError(f"invalid broker URL {url!r} ({exc}); write amqp://user:pass@host:5672/vhost") from exc
     params.connection_attempts = kw.get("connection_attempts", 1)
     params.blocked_connection_timeout = kw.get("blocked_connection_timeout", 300)
     if "heartbeat" in kw:
@@ -205,10 +205,12 @@ def broker_urls(url: str) -> list[str]:
     in one URL (``amqp://u:p@mq-0,mq-1:5673,mq-2/vhost?heartbeat=10``): each host inherits the
     scheme, the credentials, the vhost and the query, and a host without a port gets the default
     one. The forms mix: a part with ``://`` starts a URL, a bare ``host[:port]`` after it is one
-    more host of that URL (the vhost and query follow the last host, as in the short form)."""
+    more host of that URL (the vhost and query follow the last host, as in the short form). A URL
+    that is none of these is a :class:`TopologyError`: a configuration problem that retrying cannot
+    fix, so a worker exits with it instead of reconnecting for ever."""
     parts = [u.strip() for u in url.split(",")]
     if not any(parts):
-        raise BrokerError("empty broker URL; write amqp://user:pass@host:5672/vhost (several nodes: "
+        raise TopologyError("empty broker URL; write amqp://user:pass@host:5672/vhost (several nodes: "
                           "amqp://user:pass@host1,host2:5673,host3/vhost, or full URLs comma-separated)")
     groups: list[list[str]] = []
     for part in parts:
@@ -219,7 +221,7 @@ def broker_urls(url: str) -> list[str]:
         elif groups:
             groups[-1].append(part)
         else:
-            raise BrokerError(f"broker URL {_redact_userinfo(url)!r} starts with a host without a scheme "
+            raise TopologyError(f"broker URL {_redact_userinfo(url)!r} starts with a host without a scheme "
                               f"({part!r}); write amqp://user:pass@{part}/vhost, or list it after a full URL")
     out = []
     for group in groups:
@@ -228,7 +230,7 @@ def broker_urls(url: str) -> list[str]:
             continue
         first = _URL.match(group[0])
         if first is None or first["rest"]:
-            raise BrokerError(f"broker URL {_redact_userinfo(','.join(group))!r}: with several hosts in one URL "
+            raise TopologyError(f"broker URL {_redact_userinfo(','.join(group))!r}: with several hosts in one URL "
                               f"the vhost comes after the last host (amqp://user:pass@host1,host2:5673/vhost)")
         *middle, last = group[1:]
         tail = re.match(r"^(?P<host>[^/?#]*)(?P<rest>[/?#].*)?$", last)
@@ -236,7 +238,7 @@ def broker_urls(url: str) -> list[str]:
         hosts = [first["host"], *middle, tail["host"]]
         bad = [h for h in hosts if not h or any(c in h for c in "/?#@")]
         if bad:
-            raise BrokerError(f"broker URL {_redact_userinfo(','.join(group))!r}: {bad[0]!r} is not a host[:port]; "
+            raise TopologyError(f"broker URL {_redact_userinfo(','.join(group))!r}: {bad[0]!r} is not a host[:port]; "
                               f"write amqp://user:pass@host1,host2:5673,host3/vhost")
         auth = f"{first['userinfo']}@" if first["userinfo"] is not None else ""
         out.extend(f"{first['scheme']}://{auth}{h}{tail['rest'] or ''}" for h in hosts)
