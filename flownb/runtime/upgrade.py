@@ -215,11 +215,7 @@ def local_specs(state_dir: Path, flow: str) -> dict[str, int] | None:
     from .local.store import open_state
     store = open_state(Path(state_dir), flow, create=False)
     try:
-        with store.lock:
-            rows = store.conn.execute(
-                "SELECT CASE WHEN json_valid(CAST(payload AS TEXT)) "
-                "THEN json_extract(CAST(payload AS TEXT), '$.meta.spec') END, count(*) FROM queue GROUP BY 1")
-            return {str(h or ""): n for h, n in rows}
+        return _queued_specs(store)
     finally:
         store.close()
 
@@ -392,8 +388,8 @@ def _upgrade_amqp(plan: Plan, broker: str) -> dict[str, int]:
                 continue
             sources = [names.step_queue(f, a), suspect_queue(f, a), names.retry_ready_queue(f, a),
                        *(names.retry_queue(f, a, lvl) for lvl in retry_levels(old_steps[a].retry_policy))]
-            n = sum(_move_queue(conn, q, names.exchange(f), b, kind) for q in sources)
-            n += _move_queue(conn, names.dead_letter_queue(f, a), "", names.dead_letter_queue(f, b), kind)
+            n = sum(_move_queue(conn, q, names.exchange(f), b) for q in sources)
+            n += _move_queue(conn, names.dead_letter_queue(f, a), "", names.dead_letter_queue(f, b))
             moved[a] = n
         for a in plan.removed:  # removed, not renamed: upgrade() refused while they held messages
             if a in plan.renamed or a not in old_steps:
@@ -401,7 +397,7 @@ def _upgrade_amqp(plan: Plan, broker: str) -> dict[str, int]:
             queues = [names.step_queue(f, a), suspect_queue(f, a), names.retry_ready_queue(f, a),
                       *(names.retry_queue(f, a, lvl) for lvl in retry_levels(old_steps[a].retry_policy)),
                       names.dead_letter_queue(f, a)]
-            kept = [q for q in queues if not _delete_if_empty(conn, q, kind)]
+            kept = [q for q in queues if not _delete_if_empty(conn, q)]
             if kept:
                 log.warning("flow '%s': the queues of the removed step '%s' were kept (%s): they are consumed "
                             "or hold messages again; stop the old spec's workers and run 'flownb upgrade' again",
@@ -417,7 +413,7 @@ def _upgrade_amqp(plan: Plan, broker: str) -> dict[str, int]:
     return moved
 
 
-def _move_queue(conn, queue: str, exchange: str, routing_key: str, kind: str) -> int:
+def _move_queue(conn, queue: str, exchange: str, routing_key: str) -> int:
     """Move every message of ``queue``: publish it (confirmed) to ``exchange``/``routing_key``, ack it
     after the confirm; then delete the queue if it is empty. A queue that does not exist moves 0."""
     import pika
@@ -441,25 +437,23 @@ def _move_queue(conn, queue: str, exchange: str, routing_key: str, kind: str) ->
         n += 1
     if ch.is_open:
         ch.close()
-    _delete_if_empty(conn, queue, kind)
+    _delete_if_empty(conn, queue)
     return n
 
 
-def _delete_if_empty(conn, queue: str, kind: str) -> bool:
+def _delete_if_empty(conn, queue: str) -> bool:
     """Delete ``queue`` if it is empty and nobody consumes it; whether it is gone (a queue that does
-    not exist is)."""
+    not exist is). Checked with a passive declare, then deleted, for either queue type: RabbitMQ
+    refuses queue.delete if-empty on a quorum queue (540, closing the connection), and the type of
+    an old queue is not always the one the new spec (or this machine's FLOWNB_QUEUE_TYPE) names —
+    the old spec's workers are stopped during an upgrade, so nothing is published in between."""
     import pika
     ch = conn.channel()
     try:
         ok = ch.queue_declare(queue, passive=True).method
-        if kind == "quorum":
-            # RabbitMQ refuses queue.delete if-empty on a quorum queue (540, closing the connection):
-            # delete it only when a passive declare shows it empty and unconsumed
-            if ok.message_count or ok.consumer_count:
-                return False
-            ch.queue_delete(queue)
-        else:
-            ch.queue_delete(queue, if_empty=True, if_unused=True)
+        if ok.message_count or ok.consumer_count:
+            return False
+        ch.queue_delete(queue)
     except pika.exceptions.ChannelClosedByBroker as exc:  # no such queue (404), or published to meanwhile
         return exc.reply_code == 404
     finally:
