@@ -435,8 +435,8 @@ def _local_backfill(flow: Flow, state_dir: Path, start, end, key, max_polls) -> 
         k = _check_range(saved, end, key)
 
         def commit(payloads: list[bytes], dead: list) -> None:
-            store.commit_backfill(name, first, payloads,
-                                  [(name, 1, p, orjson.dumps(info.to_dict())) for _m, info, p in dead], time.time())
+            store.commit_poll(name, first, payloads, None, 0.0, time.time(),  # state None: the cursor is the flow's
+                              dead=[(name, 1, p, orjson.dumps(info.to_dict())) for _m, info, p in dead])
 
         polls, messages = _bounded_poll(flow, rewound(saved, start, k), k, end, max_polls, commit,
                                         state_dir=state_dir)

@@ -412,13 +412,15 @@ class QueueStore:
         return orjson.loads(row[0]), row[1]
 
     def commit_poll(self, trigger: str, first_step: str | None, payloads: Sequence[bytes],
-                    state: dict, next_at: float, now: float,
+                    state: dict | None, next_at: float, now: float,
                     dead: Sequence[tuple[str, int, bytes, bytes | str]] = (), died: int = 0) -> None:
         """One transaction: the poll's messages, its dead letters (step, attempt, payload, error:
         records that cannot become messages) and the trigger's new state. ``died``: how many of the
         first messages the process died with in hand (a poll redone after the process died running
         its first batch through the first stage: :meth:`claim_poll`): each of those is queued with
-        that death counted (``deliveries`` 1)."""
+        that death counted (``deliveries`` 1). ``state`` None: the trigger's state is left as it is
+        (``flownb backfill``: a running flow's cursor is its own; safe beside a running ``flownb run``,
+        the write waits for its transaction, the busy timeout)."""
         with self.transaction("nothing was queued, the cursor did not move") as c:
             if dead:
                 c.executemany("INSERT INTO dead (step, attempt, payload, error, at) VALUES (?, ?, ?, ?, ?)",
@@ -427,20 +429,8 @@ class QueueStore:
                 c.executemany("INSERT INTO queue (step, available_at, attempt, payload, deliveries) "
                               "VALUES (?, ?, 1, ?, ?)", [(first_step, now, p, int(i < died))
                                                           for i, p in enumerate(payloads)])
-            self._set_state(c, trigger, state, next_at)
-
-    def commit_backfill(self, trigger: str, first_step: str | None, payloads: Sequence[bytes],
-                        dead: Sequence[tuple[str, int, bytes, bytes | str]], now: float) -> None:
-        """One transaction: a backfill poll's messages for the first step and its dead letters, the
-        trigger's state left as it is (``flownb backfill``: a running flow's cursor is its own). Safe
-        beside a running ``flownb run``: the write waits for its transaction (the busy timeout)."""
-        with self.transaction("nothing of this backfill poll was queued") as c:
-            if dead:
-                c.executemany("INSERT INTO dead (step, attempt, payload, error, at) VALUES (?, ?, ?, ?, ?)",
-                              [(s, a, p, e, now) for s, a, p, e in dead])
-            if payloads and first_step is not None:
-                c.executemany("INSERT INTO queue (step, available_at, attempt, payload) VALUES (?, ?, 1, ?)",
-                              [(first_step, now, p) for p in payloads])
+            if state is not None:
+                self._set_state(c, trigger, state, next_at)
 
     @staticmethod
     def _set_state(c: sqlite3.Connection, trigger: str, state: dict, next_at: float) -> None:
