@@ -576,7 +576,12 @@ class TriggerRunner:
         #: records of the last poll that could not become messages (too large): (message, error,
         #: payload) — the runtime stores them as the trigger's dead letters with the new cursor
         self.last_dead: list[tuple[Message, ErrorInfo, bytes]] = []
+        # a trigger whose records are plain JSON values (json_native: csv.poll) hands them on as they
+        # are; any other's go on in their wire form (a datetime becomes a string, a tuple a list),
+        # exactly as the first step receives them from its queue
+        self.native = bool(getattr(type(self.component), "json_native", False))
         self._open = False
+        self._delay_error = ""  # the last next_delay failure logged (said once, not every interval)
 
     @property
     def kind(self) -> str:
@@ -608,12 +613,17 @@ class TriggerRunner:
             except Exception:
                 return self.component.interval
         try:
-            return self.component.next_delay(state)
+            delay = self.component.next_delay(state)
         except Exception as exc:
-            log.warning("trigger '%s': cannot tell when to poll next from its cursor (%s: %s); polling "
-                        "every %.0fs until the cursor is fixed ('flownb state show|set')", self.step.name,
-                        type(exc).__name__, exc, self.component.interval)
+            said = f"{type(exc).__name__}: {exc}"
+            if said != self._delay_error:  # once per error: callers ask again every second or so
+                self._delay_error = said
+                log.warning("trigger '%s': cannot tell when to poll next from its cursor (%s); polling "
+                            "every %.0fs until the cursor is fixed ('flownb state show|set')", self.step.name,
+                            said, self.component.interval)
             return self.component.interval
+        self._delay_error = ""
+        return delay
 
     def poll(self, state: dict, *, encode: bool = True) -> tuple[list[Message], list[bytes], dict]:
         """Poll once on a copy of ``state``; return messages, their wire form, and the new state.
@@ -631,10 +641,7 @@ class TriggerRunner:
         room = self.max_bytes - _ENVELOPE
         dumps, opts = orjson.dumps, ENCODE_OPTS
         new_message, next_id = _new_outcome, new_id
-        # a trigger whose records are plain JSON values (json_native: csv.poll) hands them on as they
-        # are; any other's go on in their wire form (a datetime becomes a string, a tuple a list),
-        # exactly as the first step receives them from its queue
-        native = bool(getattr(type(self.component), "json_native", False))
+        native = self.native
         records = self.component.poll(new_state, self.ctx)
         created = time.time()  # the poll's messages were made now (Message.first, inline)
         for body in records:
