@@ -191,8 +191,10 @@ class Scheduler:
             self.notify_errors()
             self._stop.wait(self.interval)
         self.wait_idle()
-        self.notify_errors(force=True)  # what failed last is not left for the next start
-        self.errors.close()
+        try:
+            self.notify_errors(force=True)  # what failed last is not left for the next start
+        finally:
+            self.errors.close()  # the on_error actions' connections, even when that delivery failed
         log.info("scheduler stopped")
 
     def stop(self) -> None:
