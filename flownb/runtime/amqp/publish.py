@@ -240,8 +240,11 @@ class ConfirmedPublisher:
     publisher owns the channel's confirms: nothing else publishes on it."""
 
     def __init__(self, channel: Any, on_confirm: Callable[[list[Outgoing], bool], None] | None = None, *,
-                 mandatory: bool = False):
+                 mandatory: bool = False, retain: bool = True):
         self.mandatory = mandatory
+        #: False: a pending publish drops its body once sent (a caller that never sends it again, such
+        #: as the flight recorder's tap, holds no bodies while confirms are slow in coming)
+        self.retain = retain
         self.pending: OrderedDict[int, Outgoing] = OrderedDict()  # delivery tag -> publish, in tag order
         self.refused = self.returned = 0  # nacks and returns received (reset by the caller as it likes)
         self._on_confirm_cb = on_confirm
@@ -287,6 +290,8 @@ class ConfirmedPublisher:
         # registered once sent: a publish that raised (its channel closed) took no delivery tag, and no
         # confirm can arrive before this returns (they are read by this thread's I/O loop)
         self.channel.basic_publish(pub.exchange, pub.key, pub.body, pub.props, mandatory=self.mandatory)
+        if not self.retain:
+            pub.body = b""
         self._seq += 1
         self.pending[self._seq] = pub
 

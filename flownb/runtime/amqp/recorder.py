@@ -136,7 +136,7 @@ class Tap:
 
     def _on_channel(self, ch: Any) -> None:
         ch.add_on_close_callback(self._on_closed)
-        self._out = ConfirmedPublisher(ch, self._on_confirm)
+        self._out = ConfirmedPublisher(ch, self._on_confirm, retain=False)  # the tap never sends again
         self._ch = ch
 
     def _on_closed(self, ch: Any, reason: Any) -> None:
